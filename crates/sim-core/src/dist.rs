@@ -1,0 +1,307 @@
+//! Distributions as written in scenario files, and their samplers.
+//!
+//! Values are plain numbers in the quantity's unit (seconds for times, tokens for token
+//! counts). Time values may also be written as duration strings ("800ms"), which are
+//! converted to seconds.
+
+use crate::rng::SimRng;
+use crate::time::SimDuration;
+use rand::RngExt;
+use rand_distr::{Distribution, Exp, Gamma, LogNormal, Normal};
+use serde::{Deserialize, Deserializer};
+
+/// A number, or a duration string converted to seconds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Num(pub f64);
+
+impl<'de> Deserialize<'de> for Num {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(i64),
+            Float(f64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(i) => Ok(Num(i as f64)),
+            Raw::Float(x) => Ok(Num(x)),
+            Raw::Text(t) => SimDuration::parse(&t)
+                .map(|d| Num(d.as_secs_f64()))
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// z such that Phi(z) = 0.99, for lognormals quoted as (median, p99).
+const Z99: f64 = 2.326_347_874_040_841;
+
+/// A distribution as written in a scenario: `{ dist = "exponential", mean = "100ms" }`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(tag = "dist", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DistSpec {
+    /// Always `value`.
+    Constant { value: Num },
+    /// Same as constant; the queueing-theory name (M/D/1).
+    Deterministic { value: Num },
+    /// Uniform on [low, high].
+    Uniform { low: Num, high: Num },
+    /// Exponential with the given mean.
+    Exponential { mean: Num },
+    /// Normal, truncated at zero (resampled, not clamped).
+    Normal { mean: Num, std: Num },
+    /// Lognormal given by its median and 99th percentile, as latencies are quoted.
+    Lognormal { median: Num, p99: Num },
+    /// Gamma given by mean and coefficient of variation.
+    Gamma { mean: Num, cv: f64 },
+    /// Uniform choice among the listed values.
+    Empirical { values: Vec<Num> },
+}
+
+/// A validated, ready-to-draw distribution.
+#[derive(Clone, Debug)]
+pub enum Sampler {
+    Constant(f64),
+    Uniform(f64, f64),
+    Exponential(Exp<f64>, f64),
+    Normal(Normal<f64>, f64),
+    LogNormal(LogNormal<f64>, f64),
+    Gamma(Gamma<f64>, f64),
+    Empirical(Vec<f64>, f64),
+}
+
+fn finite_nonneg(name: &str, v: f64) -> Result<f64, String> {
+    if !v.is_finite() || v < 0.0 {
+        Err(format!("`{name}` must be a finite number >= 0, got {v}"))
+    } else {
+        Ok(v)
+    }
+}
+
+fn positive(name: &str, v: f64) -> Result<f64, String> {
+    if !v.is_finite() || v <= 0.0 {
+        Err(format!("`{name}` must be a finite number > 0, got {v}"))
+    } else {
+        Ok(v)
+    }
+}
+
+impl DistSpec {
+    /// Validates parameters and builds the sampler; the error says which parameter and
+    /// what was expected (the caller adds the key path).
+    pub fn sampler(&self) -> Result<Sampler, String> {
+        Ok(match self {
+            DistSpec::Constant { value } | DistSpec::Deterministic { value } => {
+                Sampler::Constant(finite_nonneg("value", value.0)?)
+            }
+            DistSpec::Uniform { low, high } => {
+                let lo = finite_nonneg("low", low.0)?;
+                let hi = finite_nonneg("high", high.0)?;
+                if hi < lo {
+                    return Err(format!("`high` ({hi}) must be >= `low` ({lo})"));
+                }
+                Sampler::Uniform(lo, hi)
+            }
+            DistSpec::Exponential { mean } => {
+                let m = positive("mean", mean.0)?;
+                Sampler::Exponential(Exp::new(1.0 / m).map_err(|e| e.to_string())?, m)
+            }
+            DistSpec::Normal { mean, std } => {
+                let m = finite_nonneg("mean", mean.0)?;
+                let s = finite_nonneg("std", std.0)?;
+                let n = Normal::new(m, s).map_err(|e| e.to_string())?;
+                Sampler::Normal(n, truncated_normal_mean(m, s))
+            }
+            DistSpec::Lognormal { median, p99 } => {
+                let med = positive("median", median.0)?;
+                let q = positive("p99", p99.0)?;
+                if q < med {
+                    return Err(format!("`p99` ({q}) must be >= `median` ({med})"));
+                }
+                let sigma = (q.ln() - med.ln()) / Z99;
+                let ln = LogNormal::new(med.ln(), sigma).map_err(|e| e.to_string())?;
+                Sampler::LogNormal(ln, med * (sigma * sigma / 2.0).exp())
+            }
+            DistSpec::Gamma { mean, cv } => {
+                let m = positive("mean", mean.0)?;
+                let cv = positive("cv", *cv)?;
+                let shape = 1.0 / (cv * cv);
+                let g = Gamma::new(shape, m / shape).map_err(|e| e.to_string())?;
+                Sampler::Gamma(g, m)
+            }
+            DistSpec::Empirical { values } => {
+                if values.is_empty() {
+                    return Err("`values` must list at least one value".into());
+                }
+                let mut v = Vec::with_capacity(values.len());
+                for (i, x) in values.iter().enumerate() {
+                    v.push(finite_nonneg(&format!("values[{i}]"), x.0)?);
+                }
+                let mean = v.iter().sum::<f64>() / v.len() as f64;
+                Sampler::Empirical(v, mean)
+            }
+        })
+    }
+}
+
+impl Sampler {
+    /// Draws one value (never negative).
+    #[inline]
+    pub fn sample(&self, rng: &mut SimRng) -> f64 {
+        match self {
+            Sampler::Constant(v) => *v,
+            Sampler::Uniform(lo, hi) => lo + (hi - lo) * rng.random::<f64>(),
+            Sampler::Exponential(d, _) => d.sample(rng),
+            Sampler::Normal(d, _) => {
+                // Truncation at zero by rejection; bounded so that a degenerate
+                // parameterisation cannot hang a run.
+                for _ in 0..1000 {
+                    let x = d.sample(rng);
+                    if x >= 0.0 {
+                        return x;
+                    }
+                }
+                0.0
+            }
+            Sampler::LogNormal(d, _) => d.sample(rng),
+            Sampler::Gamma(d, _) => d.sample(rng),
+            Sampler::Empirical(v, _) => v[rng.random_range(0..v.len())],
+        }
+    }
+
+    /// Draws a duration, the value being in seconds.
+    #[inline]
+    pub fn sample_duration(&self, rng: &mut SimRng) -> SimDuration {
+        SimDuration::from_secs_f64(self.sample(rng))
+    }
+
+    /// Draws a token count (rounded to the nearest integer).
+    #[inline]
+    pub fn sample_tokens(&self, rng: &mut SimRng) -> u64 {
+        self.sample(rng).round() as u64
+    }
+
+    /// The distribution's mean (of the truncated normal, for `Normal`).
+    pub fn mean(&self) -> f64 {
+        match self {
+            Sampler::Constant(v) => *v,
+            Sampler::Uniform(lo, hi) => (lo + hi) / 2.0,
+            Sampler::Exponential(_, m)
+            | Sampler::Normal(_, m)
+            | Sampler::LogNormal(_, m)
+            | Sampler::Gamma(_, m)
+            | Sampler::Empirical(_, m) => *m,
+        }
+    }
+
+    /// Squared coefficient of variation, where known in closed form.
+    pub fn scv(&self) -> Option<f64> {
+        match self {
+            Sampler::Constant(_) => Some(0.0),
+            Sampler::Exponential(..) => Some(1.0),
+            Sampler::Uniform(lo, hi) => {
+                let m = (lo + hi) / 2.0;
+                (m > 0.0).then(|| (hi - lo).powi(2) / 12.0 / (m * m))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Mean of N(m, s^2) truncated to [0, inf).
+fn truncated_normal_mean(m: f64, s: f64) -> f64 {
+    if s == 0.0 {
+        return m;
+    }
+    let alpha = -m / s;
+    let pdf = (-alpha * alpha / 2.0).exp() / (2.0 * std::f64::consts::PI).sqrt();
+    let tail = 0.5 * erfc(alpha / std::f64::consts::SQRT_2);
+    if tail <= 0.0 { m } else { m + s * pdf / tail }
+}
+
+/// Complementary error function (Numerical Recipes' erfcc, relative error < 1.2e-7).
+pub fn erfc(x: f64) -> f64 {
+    let z = x.abs();
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let r = t
+        * (-z * z - 1.265_512_23
+            + t * (1.000_023_68
+                + t * (0.374_091_96
+                    + t * (0.096_784_18
+                        + t * (-0.186_288_06
+                            + t * (0.278_868_07
+                                + t * (-1.135_203_98
+                                    + t * (1.488_515_87
+                                        + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
+            .exp();
+    if x >= 0.0 { r } else { 2.0 - r }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::StreamFactory;
+
+    fn parse(s: &str) -> DistSpec {
+        #[derive(Deserialize)]
+        struct W {
+            d: DistSpec,
+        }
+        toml::from_str::<W>(&format!("d = {s}")).unwrap().d
+    }
+
+    #[test]
+    fn sample_means_match() {
+        let cases = [
+            (r#"{ dist = "exponential", mean = "100ms" }"#, 0.1),
+            (r#"{ dist = "constant", value = 3 }"#, 3.0),
+            (r#"{ dist = "uniform", low = 1, high = 3 }"#, 2.0),
+            (r#"{ dist = "gamma", mean = 5.0, cv = 0.5 }"#, 5.0),
+            (r#"{ dist = "lognormal", median = "1s", p99 = "5s" }"#, 0.0),
+            (r#"{ dist = "normal", mean = 1.0, std = 1.0 }"#, 0.0),
+            (r#"{ dist = "empirical", values = [1, 2, 6] }"#, 3.0),
+        ];
+        for (text, expected) in cases {
+            let s = parse(text).sampler().unwrap();
+            let mut rng = StreamFactory::new(1).stream(text);
+            let n = 200_000;
+            let mean = (0..n).map(|_| s.sample(&mut rng)).sum::<f64>() / n as f64;
+            let want = if expected == 0.0 { s.mean() } else { expected };
+            assert!(
+                (mean - want).abs() / want < 0.01,
+                "{text}: sample mean {mean} vs {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn lognormal_hits_its_quoted_p99() {
+        let s = parse(r#"{ dist = "lognormal", median = "200ms", p99 = "2s" }"#)
+            .sampler()
+            .unwrap();
+        let mut rng = StreamFactory::new(9).stream("ln");
+        let mut v: Vec<f64> = (0..100_000).map(|_| s.sample(&mut rng)).collect();
+        v.sort_by(f64::total_cmp);
+        assert!((v[50_000] - 0.2).abs() < 0.01, "median {}", v[50_000]);
+        assert!((v[99_000] - 2.0).abs() < 0.15, "p99 {}", v[99_000]);
+    }
+
+    #[test]
+    fn bad_parameters_are_named() {
+        let e = parse(r#"{ dist = "exponential", mean = -1 }"#)
+            .sampler()
+            .unwrap_err();
+        assert!(e.contains("mean"), "{e}");
+        let e = parse(r#"{ dist = "lognormal", median = 2, p99 = 1 }"#)
+            .sampler()
+            .unwrap_err();
+        assert!(e.contains("p99"), "{e}");
+        #[derive(Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct W {
+            d: DistSpec,
+        }
+        let e = toml::from_str::<W>(r#"d = { dist = "exponential", meen = 1 }"#).unwrap_err();
+        assert!(e.to_string().contains("meen"), "{e}");
+    }
+}

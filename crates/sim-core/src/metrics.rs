@@ -1,0 +1,403 @@
+//! What a run measured, and the `summary.json` contract built from it.
+//!
+//! Latencies go into HDR histograms (3 significant digits: any percentile is within
+//! 0.1% of the exact sample percentile); means come from exact sums.
+
+use crate::scenario::{Scenario, WorkflowClass};
+use crate::station::{HopDone, StationReport};
+use crate::time::{SimDuration, SimTime};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// Significant digits kept by every latency histogram.
+pub const HISTOGRAM_SIGFIG: u8 = 3;
+
+fn new_histogram() -> Histogram<u64> {
+    // Auto-resizing, so any latency fits; 3 significant digits cannot fail to build.
+    Histogram::new(HISTOGRAM_SIGFIG).unwrap_or_else(|_| unreachable!())
+}
+
+/// Records into an auto-resizing histogram; clamps (never drops) if resizing fails.
+#[inline]
+fn record(h: &mut Histogram<u64>, v: u64) {
+    if h.record(v).is_err() {
+        h.saturating_record(v);
+    }
+}
+
+/// Per-class counters and distributions, for workflows that arrived after warm-up.
+#[derive(Clone, Debug)]
+pub struct ClassStats {
+    pub name: String,
+    pub slo: Option<SimDuration>,
+    pub arrived: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub rejected: u64,
+    pub abandoned: u64,
+    pub in_flight: u64,
+    /// End-to-end latency of completed workflows, nanoseconds.
+    pub latency_ns: Histogram<u64>,
+    pub latency_sum_ns: u128,
+    pub within_slo: u64,
+    /// Cost of each completed workflow, in completion order.
+    pub usd_per_success: Vec<f64>,
+    /// Cost run up by workflows that had not finished at the end of the run.
+    pub usd_unfinished: f64,
+}
+
+impl ClassStats {
+    pub fn new(c: &WorkflowClass) -> Self {
+        ClassStats {
+            name: c.name.clone(),
+            slo: c.slo,
+            arrived: 0,
+            completed: 0,
+            failed: 0,
+            rejected: 0,
+            abandoned: 0,
+            in_flight: 0,
+            latency_ns: new_histogram(),
+            latency_sum_ns: 0,
+            within_slo: 0,
+            usd_per_success: Vec::new(),
+            usd_unfinished: 0.0,
+        }
+    }
+
+    pub fn record_completion(&mut self, latency: SimDuration, usd: f64) {
+        self.completed += 1;
+        // Saturating: a latency beyond the histogram's range is clamped, never lost.
+        record(&mut self.latency_ns, latency.as_nanos().max(1));
+        self.latency_sum_ns += latency.as_nanos() as u128;
+        if self.slo.is_some_and(|s| latency <= s) {
+            self.within_slo += 1;
+        }
+        self.usd_per_success.push(usd);
+    }
+}
+
+/// Per-pool hop statistics, for hops submitted after warm-up.
+#[derive(Clone, Debug)]
+pub struct PoolStats {
+    pub hops: u64,
+    /// Hops that had to queue (wait > 0).
+    pub waited: u64,
+    pub wait_ns: Histogram<u64>,
+    pub wait_sum_ns: u128,
+    pub sojourn_sum_ns: u128,
+    pub usd_attributed: f64,
+}
+
+impl Default for PoolStats {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PoolStats {
+    pub fn new() -> Self {
+        PoolStats {
+            hops: 0,
+            waited: 0,
+            wait_ns: new_histogram(),
+            wait_sum_ns: 0,
+            sojourn_sum_ns: 0,
+            usd_attributed: 0.0,
+        }
+    }
+
+    pub fn record(&mut self, d: &HopDone) {
+        let wait = d.queue_wait().as_nanos();
+        self.hops += 1;
+        if wait > 0 {
+            self.waited += 1;
+        }
+        record(&mut self.wait_ns, wait);
+        self.wait_sum_ns += wait as u128;
+        self.sojourn_sum_ns += d.sojourn().as_nanos() as u128;
+        self.usd_attributed += d.usd;
+    }
+
+    pub fn mean_wait_s(&self) -> f64 {
+        if self.hops == 0 {
+            0.0
+        } else {
+            self.wait_sum_ns as f64 / self.hops as f64 / 1e9
+        }
+    }
+    pub fn mean_sojourn_s(&self) -> f64 {
+        if self.hops == 0 {
+            0.0
+        } else {
+            self.sojourn_sum_ns as f64 / self.hops as f64 / 1e9
+        }
+    }
+    /// Fraction of hops that waited in the queue.
+    pub fn prob_wait(&self) -> f64 {
+        if self.hops == 0 {
+            0.0
+        } else {
+            self.waited as f64 / self.hops as f64
+        }
+    }
+    /// Waiting-time quantile in seconds (HDR, 3 significant digits).
+    pub fn wait_quantile_s(&self, q: f64) -> f64 {
+        self.wait_ns.value_at_quantile(q) as f64 / 1e9
+    }
+}
+
+/// Everything one run measured.
+#[derive(Clone, Debug)]
+pub struct RunResult {
+    pub seed: u64,
+    pub events: u64,
+    pub end: SimTime,
+    pub window_start: SimTime,
+    pub drain: bool,
+    pub classes: Vec<ClassStats>,
+    pub pool_names: Vec<String>,
+    pub pools: Vec<PoolStats>,
+    pub pool_reports: Vec<StationReport>,
+}
+
+impl RunResult {
+    pub fn new(
+        scenario: &Scenario,
+        events: u64,
+        end: SimTime,
+        window_start: SimTime,
+        classes: Vec<ClassStats>,
+        pools: Vec<PoolStats>,
+        pool_reports: Vec<StationReport>,
+    ) -> Self {
+        RunResult {
+            seed: scenario.seed,
+            events,
+            end,
+            window_start,
+            drain: scenario.drain,
+            classes,
+            pool_names: scenario.pools.iter().map(|p| p.name.clone()).collect(),
+            pools,
+            pool_reports,
+        }
+    }
+
+    /// Length of the measurement window (warm-up excluded).
+    pub fn window(&self) -> SimDuration {
+        self.end - self.window_start
+    }
+
+    pub fn class(&self, name: &str) -> Option<&ClassStats> {
+        self.classes.iter().find(|c| c.name == name)
+    }
+
+    pub fn pool(&self, name: &str) -> Option<(&PoolStats, &StationReport)> {
+        let i = self.pool_names.iter().position(|n| n == name)?;
+        Some((&self.pools[i], &self.pool_reports[i]))
+    }
+
+    /// The `summary.json` document.
+    pub fn summary(&self) -> Summary {
+        let mut classes = BTreeMap::new();
+        let mut total_usd_workflows = 0.0;
+        for c in &self.classes {
+            let lat =
+                |q: f64| (c.completed > 0).then(|| c.latency_ns.value_at_quantile(q) as f64 / 1e9);
+            let mut costs = c.usd_per_success.clone();
+            costs.sort_by(f64::total_cmp);
+            let usd_success: f64 = costs.iter().sum();
+            let usd_total = usd_success + c.usd_unfinished;
+            total_usd_workflows += usd_total;
+            classes.insert(
+                c.name.clone(),
+                ClassSummary {
+                    arrived: c.arrived,
+                    completed: c.completed,
+                    failed: c.failed,
+                    rejected: c.rejected,
+                    abandoned: c.abandoned,
+                    in_flight: c.in_flight,
+                    latency_s: LatencySummary {
+                        mean: (c.completed > 0)
+                            .then(|| c.latency_sum_ns as f64 / c.completed as f64 / 1e9),
+                        p50: lat(0.50),
+                        p95: lat(0.95),
+                        p99: lat(0.99),
+                        max: (c.completed > 0).then(|| c.latency_ns.max() as f64 / 1e9),
+                    },
+                    usd_per_outcome: CostSummary {
+                        mean: (c.completed > 0).then(|| usd_success / c.completed as f64),
+                        p50: exact_quantile(&costs, 0.50),
+                        p95: exact_quantile(&costs, 0.95),
+                        all_in: (c.completed > 0).then(|| usd_total / c.completed as f64),
+                    },
+                    usd_total,
+                    slo_s: c.slo.map(|s| s.as_secs_f64()),
+                    slo_attainment: match (c.slo, c.completed + c.in_flight) {
+                        (Some(_), n) if n > 0 => Some(c.within_slo as f64 / n as f64),
+                        _ => None,
+                    },
+                },
+            );
+        }
+        let mut pools = BTreeMap::new();
+        let mut usd_capacity = 0.0;
+        for (i, name) in self.pool_names.iter().enumerate() {
+            let s = &self.pools[i];
+            let r = &self.pool_reports[i];
+            let window_s = r.window.as_secs_f64();
+            usd_capacity += r.usd_capacity;
+            let busy_usd = if r.servers > 0 && window_s > 0.0 {
+                r.usd_capacity * r.busy_server_s / (r.servers as f64 * window_s)
+            } else {
+                0.0
+            };
+            pools.insert(
+                name.clone(),
+                PoolSummary {
+                    servers: r.servers,
+                    utilization: r.utilization(),
+                    hops: s.hops,
+                    throughput_per_s: if window_s > 0.0 {
+                        s.hops as f64 / window_s
+                    } else {
+                        0.0
+                    },
+                    prob_wait: s.prob_wait(),
+                    queue_wait_s: WaitSummary {
+                        mean: s.mean_wait_s(),
+                        p50: s.wait_quantile_s(0.50),
+                        p95: s.wait_quantile_s(0.95),
+                        p99: s.wait_quantile_s(0.99),
+                    },
+                    mean_in_system: if window_s > 0.0 {
+                        r.in_system_s / window_s
+                    } else {
+                        0.0
+                    },
+                    mean_queue_length: if window_s > 0.0 {
+                        r.queued_s / window_s
+                    } else {
+                        0.0
+                    },
+                    usd_capacity: r.usd_capacity,
+                    usd_idle: (r.usd_capacity - busy_usd).max(0.0),
+                },
+            );
+        }
+        Summary {
+            schema_version: 1,
+            seed: self.seed,
+            events: self.events,
+            simulated_seconds: self.end.as_secs_f64(),
+            warmup_seconds: self.window_start.as_secs_f64(),
+            measured_seconds: self.window().as_secs_f64(),
+            drain: self.drain,
+            classes,
+            pools,
+            totals: TotalsSummary {
+                usd_capacity,
+                usd_workflows: total_usd_workflows,
+                completed: self.classes.iter().map(|c| c.completed).sum(),
+                usd_per_outcome: {
+                    let n: u64 = self.classes.iter().map(|c| c.completed).sum();
+                    (n > 0).then(|| usd_capacity / n as f64)
+                },
+            },
+        }
+    }
+}
+
+/// Exact quantile (nearest rank) of sorted values.
+pub fn exact_quantile(sorted: &[f64], q: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+/// `summary.json`. Field names are a contract: see docs/output.md.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Summary {
+    pub schema_version: u32,
+    pub seed: u64,
+    pub events: u64,
+    pub simulated_seconds: f64,
+    pub warmup_seconds: f64,
+    pub measured_seconds: f64,
+    pub drain: bool,
+    pub classes: BTreeMap<String, ClassSummary>,
+    pub pools: BTreeMap<String, PoolSummary>,
+    pub totals: TotalsSummary,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ClassSummary {
+    pub arrived: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub rejected: u64,
+    pub abandoned: u64,
+    pub in_flight: u64,
+    pub latency_s: LatencySummary,
+    pub usd_per_outcome: CostSummary,
+    pub usd_total: f64,
+    pub slo_s: Option<f64>,
+    pub slo_attainment: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct LatencySummary {
+    pub mean: Option<f64>,
+    pub p50: Option<f64>,
+    pub p95: Option<f64>,
+    pub p99: Option<f64>,
+    pub max: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct CostSummary {
+    /// Mean cost of a successful workflow.
+    pub mean: Option<f64>,
+    pub p50: Option<f64>,
+    pub p95: Option<f64>,
+    /// Everything the class's workflows cost (including unfinished ones) / completed.
+    pub all_in: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct WaitSummary {
+    pub mean: f64,
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct PoolSummary {
+    pub servers: u32,
+    pub utilization: f64,
+    pub hops: u64,
+    pub throughput_per_s: f64,
+    pub prob_wait: f64,
+    pub queue_wait_s: WaitSummary,
+    pub mean_in_system: f64,
+    pub mean_queue_length: f64,
+    pub usd_capacity: f64,
+    pub usd_idle: f64,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct TotalsSummary {
+    /// What the pools cost over the measurement window (busy and idle).
+    pub usd_capacity: f64,
+    /// Cost attributed to measured workflows.
+    pub usd_workflows: f64,
+    pub completed: u64,
+    /// Fully loaded: pool capacity cost / completed workflows.
+    pub usd_per_outcome: Option<f64>,
+}

@@ -1,0 +1,141 @@
+//! The place where hops are served. A pool of the scenario is a [`Station`]: the
+//! simulator submits hops to it and wakes it at the times it asked for; the station
+//! reports finished hops. The abstract queueing station lives here; the GPU replica
+//! model and paid API tiers plug into the same trait.
+
+use crate::time::{SimDuration, SimTime};
+
+/// Identifies a submitted hop within one run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct JobId(pub u64);
+
+/// What a hop asks of the station.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Work {
+    /// Occupies one server for this long (abstract queueing station).
+    Service(SimDuration),
+    /// An LLM call served by a GPU replica or a paid API.
+    Llm(Box<crate::gpu::LlmRequest>),
+}
+
+#[derive(Clone, Debug)]
+pub struct HopJob {
+    pub id: JobId,
+    pub work: Work,
+}
+
+/// A finished hop.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct HopDone {
+    pub id: JobId,
+    pub submitted: SimTime,
+    pub started: SimTime,
+    pub finished: SimTime,
+    /// Server time the hop occupied (what it is charged for).
+    pub busy: SimDuration,
+    /// Dollars attributed to the hop.
+    pub usd: f64,
+    /// TTFT/TPOT and cache figures, for LLM hops.
+    pub llm: Option<crate::gpu::LlmTimings>,
+}
+
+impl HopDone {
+    pub fn queue_wait(&self) -> SimDuration {
+        self.started - self.submitted
+    }
+    pub fn sojourn(&self) -> SimDuration {
+        self.finished - self.submitted
+    }
+}
+
+/// Where a station puts what it wants to tell the simulator. Reused between calls so
+/// that the hot path does not allocate.
+#[derive(Default, Debug)]
+pub struct StationOutput {
+    /// (time, token): call `wake(token)` at that time.
+    pub wakeups: Vec<(SimTime, u64)>,
+    pub done: Vec<HopDone>,
+}
+
+impl StationOutput {
+    pub fn clear(&mut self) {
+        self.wakeups.clear();
+        self.done.clear();
+    }
+}
+
+/// Time-integrated load of a station over the measurement window.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StationReport {
+    /// Server count (capacity), for utilisation.
+    pub servers: u32,
+    /// Length of the measurement window.
+    pub window: SimDuration,
+    /// Integral of busy servers over the window, in server-seconds.
+    pub busy_server_s: f64,
+    /// Integral of hops in the station (queued + in service), in hop-seconds.
+    pub in_system_s: f64,
+    /// Integral of queued hops (not yet in service), in hop-seconds.
+    pub queued_s: f64,
+    /// Cost of keeping the station up over the window.
+    pub usd_capacity: f64,
+    /// Hops queued or in service right now.
+    pub in_system_now: u64,
+}
+
+impl StationReport {
+    /// Busy fraction of capacity over the window.
+    pub fn utilization(&self) -> f64 {
+        let cap = self.servers as f64 * self.window.as_secs_f64();
+        if cap > 0.0 {
+            self.busy_server_s / cap
+        } else {
+            0.0
+        }
+    }
+}
+
+/// A pool as seen by the simulator.
+pub trait Station {
+    /// A hop arrives at `now`.
+    fn submit(&mut self, now: SimTime, job: HopJob, out: &mut StationOutput);
+    /// A wake-up the station asked for has come.
+    fn wake(&mut self, now: SimTime, token: u64, out: &mut StationOutput);
+    /// Start of the measurement window (end of warm-up): reset time integrals.
+    fn begin_measurement(&mut self, now: SimTime);
+    /// Load over the window, integrated up to `now`.
+    fn report(&mut self, now: SimTime) -> StationReport;
+}
+
+/// Integrates a piecewise-constant level over time.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TimeIntegral {
+    last: SimTime,
+    level: u64,
+    area_ns: u128,
+}
+
+impl TimeIntegral {
+    #[inline]
+    pub fn set(&mut self, now: SimTime, level: u64) {
+        self.advance(now);
+        self.level = level;
+    }
+    #[inline]
+    fn advance(&mut self, now: SimTime) {
+        self.area_ns += self.level as u128 * (now.0.saturating_sub(self.last.0)) as u128;
+        self.last = now;
+    }
+    pub fn reset(&mut self, now: SimTime) {
+        self.advance(now);
+        self.area_ns = 0;
+    }
+    /// Area up to `now`, in level-seconds.
+    pub fn area_s(&mut self, now: SimTime) -> f64 {
+        self.advance(now);
+        self.area_ns as f64 / 1e9
+    }
+    pub fn level(&self) -> u64 {
+        self.level
+    }
+}

@@ -1,0 +1,231 @@
+//! Simulated time: integer nanoseconds, never floating point, so that event order and
+//! every derived figure are exactly reproducible.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+use std::ops::{Add, AddAssign, Sub};
+
+/// A span of simulated time in nanoseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SimDuration(pub u64);
+
+/// An instant of simulated time: nanoseconds since the start of the run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SimTime(pub u64);
+
+pub const NANOS_PER_SEC: u64 = 1_000_000_000;
+
+impl SimDuration {
+    pub const ZERO: SimDuration = SimDuration(0);
+
+    pub const fn from_nanos(ns: u64) -> Self {
+        SimDuration(ns)
+    }
+    pub const fn from_millis(ms: u64) -> Self {
+        SimDuration(ms * 1_000_000)
+    }
+    pub const fn from_secs(s: u64) -> Self {
+        SimDuration(s * NANOS_PER_SEC)
+    }
+    /// Rounds to the nearest nanosecond; negative and NaN inputs become zero.
+    pub fn from_secs_f64(s: f64) -> Self {
+        if s.is_nan() || s <= 0.0 {
+            SimDuration(0)
+        } else {
+            let ns = (s * NANOS_PER_SEC as f64).round();
+            SimDuration(if ns >= u64::MAX as f64 {
+                u64::MAX
+            } else {
+                ns as u64
+            })
+        }
+    }
+    pub const fn as_nanos(self) -> u64 {
+        self.0
+    }
+    pub fn as_secs_f64(self) -> f64 {
+        self.0 as f64 / NANOS_PER_SEC as f64
+    }
+
+    /// Parses "250ms", "1.5s", "6m", "1h", "2d", "750us", "10ns", or a bare number of
+    /// seconds ("0.25").
+    pub fn parse(text: &str) -> Result<Self, DurationParseError> {
+        let t = text.trim();
+        let err = || DurationParseError {
+            input: text.to_string(),
+        };
+        if t.is_empty() {
+            return Err(err());
+        }
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '_'))
+            .unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let num = num.replace('_', "");
+        if num.is_empty() || num.starts_with('.') && num.len() == 1 {
+            return Err(err());
+        }
+        let value: f64 = num.parse().map_err(|_| err())?;
+        let scale_ns: f64 = match unit.trim() {
+            "" | "s" | "sec" | "secs" => 1e9,
+            "ns" => 1.0,
+            "us" | "µs" => 1e3,
+            "ms" => 1e6,
+            "m" | "min" | "mins" => 60e9,
+            "h" | "hr" | "hours" => 3600e9,
+            "d" | "days" => 86_400e9,
+            _ => return Err(err()),
+        };
+        let ns = value * scale_ns;
+        if !ns.is_finite() || ns >= u64::MAX as f64 {
+            return Err(err());
+        }
+        Ok(SimDuration(ns.round() as u64))
+    }
+}
+
+/// A duration string that could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "`{input}` is not a duration: expected a number with a unit, like \"250ms\", \"1.5s\", \"6m\" or \"1h\""
+)]
+pub struct DurationParseError {
+    pub input: String,
+}
+
+impl fmt::Display for SimDuration {
+    /// Prints the shortest exact form in the largest unit that keeps it readable:
+    /// 250ms, 1.5s, 6m, 1h, 90s.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ns = self.0;
+        let units: [(u64, &str); 6] = [
+            (3_600 * NANOS_PER_SEC, "h"),
+            (60 * NANOS_PER_SEC, "m"),
+            (NANOS_PER_SEC, "s"),
+            (1_000_000, "ms"),
+            (1_000, "us"),
+            (1, "ns"),
+        ];
+        if ns == 0 {
+            return write!(f, "0s");
+        }
+        for (scale, name) in units {
+            // Largest unit in which the value is exact to three decimals.
+            if ns >= scale && (ns as u128 * 1000) % scale as u128 == 0 {
+                let milli = ns as u128 * 1000 / scale as u128;
+                let (whole, frac) = (milli / 1000, milli % 1000);
+                if frac == 0 {
+                    return write!(f, "{whole}{name}");
+                }
+                let frac = format!("{frac:03}");
+                return write!(f, "{whole}.{}{name}", frac.trim_end_matches('0'));
+            }
+        }
+        write!(f, "{ns}ns")
+    }
+}
+
+impl fmt::Display for SimTime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "t={}", SimDuration(self.0))
+    }
+}
+
+impl SimTime {
+    pub const ZERO: SimTime = SimTime(0);
+    pub const fn as_nanos(self) -> u64 {
+        self.0
+    }
+    pub fn as_secs_f64(self) -> f64 {
+        self.0 as f64 / NANOS_PER_SEC as f64
+    }
+    /// Time elapsed since `earlier`, zero if `earlier` is later.
+    pub fn since(self, earlier: SimTime) -> SimDuration {
+        SimDuration(self.0.saturating_sub(earlier.0))
+    }
+}
+
+impl Add<SimDuration> for SimTime {
+    type Output = SimTime;
+    fn add(self, d: SimDuration) -> SimTime {
+        SimTime(self.0.saturating_add(d.0))
+    }
+}
+impl AddAssign<SimDuration> for SimTime {
+    fn add_assign(&mut self, d: SimDuration) {
+        self.0 = self.0.saturating_add(d.0);
+    }
+}
+impl Sub<SimTime> for SimTime {
+    type Output = SimDuration;
+    fn sub(self, o: SimTime) -> SimDuration {
+        self.since(o)
+    }
+}
+impl Add for SimDuration {
+    type Output = SimDuration;
+    fn add(self, o: SimDuration) -> SimDuration {
+        SimDuration(self.0.saturating_add(o.0))
+    }
+}
+
+impl Serialize for SimDuration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for SimDuration {
+    /// Accepts a duration string ("250ms") or a plain number of seconds.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Int(i64),
+            Float(f64),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Text(t) => SimDuration::parse(&t).map_err(serde::de::Error::custom),
+            Raw::Int(i) if i >= 0 => Ok(SimDuration::from_secs(i as u64)),
+            Raw::Float(x) if x >= 0.0 && x.is_finite() => Ok(SimDuration::from_secs_f64(x)),
+            _ => Err(serde::de::Error::custom(
+                "a duration must not be negative: expected e.g. \"250ms\" or a number of seconds >= 0",
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_human_durations() {
+        assert_eq!(SimDuration::parse("250ms").unwrap().0, 250_000_000);
+        assert_eq!(SimDuration::parse("1.5s").unwrap().0, 1_500_000_000);
+        assert_eq!(SimDuration::parse("6m").unwrap().0, 360 * NANOS_PER_SEC);
+        assert_eq!(SimDuration::parse("1h").unwrap().0, 3600 * NANOS_PER_SEC);
+        assert_eq!(SimDuration::parse("750us").unwrap().0, 750_000);
+        assert_eq!(SimDuration::parse("0.25").unwrap().0, 250_000_000);
+        assert!(SimDuration::parse("fast").is_err());
+        assert!(SimDuration::parse("10 parsecs").is_err());
+        assert!(SimDuration::parse("").is_err());
+        assert!(SimDuration::parse("-5s").is_err());
+    }
+
+    #[test]
+    fn prints_and_round_trips() {
+        for s in [
+            "250ms", "1.5s", "6m", "1h", "90s", "1.25ms", "17ns", "0s", "2.5h",
+        ] {
+            let d = SimDuration::parse(s).unwrap();
+            let printed = d.to_string();
+            assert_eq!(SimDuration::parse(&printed).unwrap(), d, "{s} -> {printed}");
+        }
+        assert_eq!(SimDuration::parse("1.5s").unwrap().to_string(), "1.5s");
+        assert_eq!(SimDuration::parse("250ms").unwrap().to_string(), "250ms");
+        assert_eq!(SimDuration::parse("90m").unwrap().to_string(), "1.5h");
+        assert_eq!(SimDuration::parse("1h").unwrap().to_string(), "1h");
+    }
+}

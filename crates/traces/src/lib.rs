@@ -1,0 +1,1 @@
+//! Trace readers, writers and workload fitting for factorysim.

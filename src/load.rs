@@ -1,0 +1,178 @@
+//! Reading a scenario file: TOML parsing, `--set key.path=value` overrides, validation.
+//! Every error names the file, the line or key, and what was expected.
+
+use sim_core::{Scenario, ScenarioSpec};
+use std::path::Path;
+
+/// Bad input from the user: the CLI exits with code 2 and prints this one line.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {detail}")]
+pub struct InputError {
+    pub file: String,
+    pub detail: String,
+}
+
+impl InputError {
+    pub fn new(file: impl Into<String>, detail: impl Into<String>) -> Self {
+        InputError {
+            file: file.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
+/// A parsed and validated scenario, with the spec kept for re-validation by variants.
+#[derive(Clone, Debug)]
+pub struct LoadedScenario {
+    pub file: String,
+    pub spec: ScenarioSpec,
+    pub scenario: Scenario,
+}
+
+/// Reads `path`, applies `sets` (each `key.path=value`) and validates.
+pub fn load_scenario(path: &Path, sets: &[String]) -> Result<LoadedScenario, InputError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| InputError::new(&file, format!("cannot read scenario file: {e}")))?;
+    parse_scenario(&file, &text, sets)
+}
+
+/// Parses scenario text; `file` is only used in messages.
+pub fn parse_scenario(
+    file: &str,
+    text: &str,
+    sets: &[String],
+) -> Result<LoadedScenario, InputError> {
+    let spec: ScenarioSpec = if sets.is_empty() {
+        toml::from_str(text).map_err(|e| toml_error(file, text, &e))?
+    } else {
+        let mut table: toml::Table =
+            toml::from_str(text).map_err(|e| toml_error(file, text, &e))?;
+        for s in sets {
+            apply_set(&mut table, s).map_err(|m| InputError::new(file, m))?;
+        }
+        let regenerated = toml::to_string(&table)
+            .map_err(|e| InputError::new(file, format!("after --set overrides: {e}")))?;
+        toml::from_str(&regenerated).map_err(|e| {
+            InputError::new(
+                file,
+                format!("after --set overrides: {}", e.message().trim()),
+            )
+        })?
+    };
+    let scenario = spec
+        .validate()
+        .map_err(|e| InputError::new(file, locate_key(text, &e.key, e.to_string())))?;
+    Ok(LoadedScenario {
+        file: file.to_string(),
+        spec,
+        scenario,
+    })
+}
+
+/// `file:line:col: message` from a TOML error.
+fn toml_error(file: &str, text: &str, e: &toml::de::Error) -> InputError {
+    let msg = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let (line, col) = line_col(text, span.start);
+            InputError::new(format!("{file}:{line}:{col}"), msg)
+        }
+        None => InputError::new(file, msg),
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+    (line, col)
+}
+
+/// Adds the line of the key's last segment where it can be found unambiguously.
+fn locate_key(text: &str, key: &str, message: String) -> String {
+    let leaf = key
+        .rsplit('.')
+        .next()
+        .unwrap_or(key)
+        .split('[')
+        .next()
+        .unwrap_or(key);
+    let hits: Vec<usize> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| {
+            let t = l.trim_start();
+            t.starts_with(&format!("{leaf} ")) || t.starts_with(&format!("{leaf}="))
+        })
+        .map(|(i, _)| i + 1)
+        .collect();
+    if hits.len() == 1 {
+        format!("line {}: {message}", hits[0])
+    } else {
+        message
+    }
+}
+
+/// Applies one `key.path=value` override. The value is read as a TOML value
+/// (number, boolean, string, inline table, array); anything else is taken as a string.
+pub fn apply_set(table: &mut toml::Table, set: &str) -> Result<(), String> {
+    let Some((path, raw)) = set.split_once('=') else {
+        return Err(format!(
+            "--set `{set}`: expected key.path=value, e.g. pools.gpu.servers=4"
+        ));
+    };
+    let path = path.trim();
+    if path.is_empty() {
+        return Err(format!("--set `{set}`: the key path is empty"));
+    }
+    let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.trim().to_string()));
+    let parts: Vec<&str> = path.split('.').collect();
+    let mut root = toml::Value::Table(std::mem::take(table));
+    let result = set_path(&mut root, &parts, value, set);
+    if let toml::Value::Table(t) = root {
+        *table = t;
+    }
+    result
+}
+
+fn set_path(
+    cur: &mut toml::Value,
+    parts: &[&str],
+    value: toml::Value,
+    set: &str,
+) -> Result<(), String> {
+    let Some((part, rest)) = parts.split_first() else {
+        *cur = value;
+        return Ok(());
+    };
+    match cur {
+        toml::Value::Table(t) => {
+            let child = t
+                .entry(part.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if rest.is_empty() {
+                *child = value;
+                Ok(())
+            } else {
+                set_path(child, rest, value, set)
+            }
+        }
+        toml::Value::Array(a) => {
+            let idx: usize = part.parse().map_err(|_| {
+                format!("--set `{set}`: `{part}` indexes an array, expected a number")
+            })?;
+            let len = a.len();
+            let slot = a.get_mut(idx).ok_or_else(|| {
+                format!("--set `{set}`: index {idx} is out of range (the array has {len} items)")
+            })?;
+            set_path(slot, rest, value, set)
+        }
+        _ => Err(format!(
+            "--set `{set}`: `{part}` is inside a value, not a table"
+        )),
+    }
+}
