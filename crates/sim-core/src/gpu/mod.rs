@@ -6,6 +6,12 @@
 //! - [`PerfModel`]: how long one iteration of a replica takes, given its shape.
 //! - [`crate::station::Work::Llm`] carrying an [`LlmRequest`]: what an LLM hop asks for.
 
+pub mod gpu_station;
+pub mod kv;
+pub mod perf;
+pub mod profiles;
+pub mod replica;
+
 use crate::time::SimDuration;
 
 /// What one iteration (one forward pass) of a replica computes.

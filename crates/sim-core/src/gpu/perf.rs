@@ -1,0 +1,1 @@
+//! (filled in by the GPU data-plane work)
