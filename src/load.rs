@@ -89,29 +89,59 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
-/// Adds the line of the key's last segment where it can be found unambiguously.
+/// Prefixes the line where the key is written, when it can be found unambiguously:
+/// inside the `[table]` section named by the longest prefix of the key path.
 fn locate_key(text: &str, key: &str, message: String) -> String {
-    let leaf = key
-        .rsplit('.')
-        .next()
-        .unwrap_or(key)
-        .split('[')
-        .next()
-        .unwrap_or(key);
-    let hits: Vec<usize> = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| {
-            let t = l.trim_start();
-            t.starts_with(&format!("{leaf} ")) || t.starts_with(&format!("{leaf}="))
-        })
-        .map(|(i, _)| i + 1)
+    let segments: Vec<&str> = key
+        .split('.')
+        .map(|s| s.split('[').next().unwrap_or(s))
+        .collect();
+    let Some(leaf) = segments.last() else {
+        return message;
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    // The section to search: from its header to the next header.
+    let mut range = 0..lines.len();
+    for n in (1..segments.len()).rev() {
+        let header = format!("[{}]", segments[..n].join("."));
+        if let Some(start) = lines.iter().position(|l| l.trim() == header) {
+            let end = lines[start + 1..]
+                .iter()
+                .position(|l| l.trim_start().starts_with('['))
+                .map(|i| start + 1 + i)
+                .unwrap_or(lines.len());
+            range = start..end;
+            break;
+        }
+    }
+    let hits: Vec<usize> = range
+        .filter(|&i| assigns(lines[i], leaf))
+        .map(|i| i + 1)
         .collect();
     if hits.len() == 1 {
         format!("line {}: {message}", hits[0])
     } else {
         message
     }
+}
+
+/// Whether `line` assigns `key` (`key = ...` at the start or inside an inline table).
+fn assigns(line: &str, key: &str) -> bool {
+    let code = line.split('#').next().unwrap_or(line);
+    let mut from = 0;
+    while let Some(pos) = code[from..].find(key) {
+        let at = from + pos;
+        let before_ok = code[..at]
+            .chars()
+            .next_back()
+            .is_none_or(|c| c == ' ' || c == '{' || c == ',' || c == '\t');
+        let after = code[at + key.len()..].trim_start();
+        if before_ok && after.starts_with('=') && !after.starts_with("==") {
+            return true;
+        }
+        from = at + key.len();
+    }
+    false
 }
 
 /// Applies one `key.path=value` override. The value is read as a TOML value

@@ -19,7 +19,7 @@ pub fn fmt_secs(s: Option<f64>) -> String {
 pub fn fmt_usd(x: Option<f64>) -> String {
     match x {
         None => "-".into(),
-        Some(x) if x == 0.0 => "$0".into(),
+        Some(0.0) => "$0".into(),
         Some(x) if x < 0.01 => format!("${x:.5}"),
         Some(x) if x < 100.0 => format!("${x:.4}"),
         Some(x) => format!("${x:.2}"),
@@ -30,7 +30,7 @@ fn fmt_count(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(ch);

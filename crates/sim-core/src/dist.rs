@@ -4,9 +4,8 @@
 //! counts). Time values may also be written as duration strings ("800ms"), which are
 //! converted to seconds.
 
-use crate::rng::SimRng;
 use crate::time::SimDuration;
-use rand::RngExt;
+use rand::{Rng, RngExt};
 use rand_distr::{Distribution, Exp, Gamma, LogNormal, Normal};
 use serde::{Deserialize, Deserializer};
 
@@ -147,7 +146,7 @@ impl DistSpec {
 impl Sampler {
     /// Draws one value (never negative).
     #[inline]
-    pub fn sample(&self, rng: &mut SimRng) -> f64 {
+    pub fn sample<R: Rng + ?Sized>(&self, rng: &mut R) -> f64 {
         match self {
             Sampler::Constant(v) => *v,
             Sampler::Uniform(lo, hi) => lo + (hi - lo) * rng.random::<f64>(),
@@ -171,13 +170,13 @@ impl Sampler {
 
     /// Draws a duration, the value being in seconds.
     #[inline]
-    pub fn sample_duration(&self, rng: &mut SimRng) -> SimDuration {
+    pub fn sample_duration<R: Rng + ?Sized>(&self, rng: &mut R) -> SimDuration {
         SimDuration::from_secs_f64(self.sample(rng))
     }
 
     /// Draws a token count (rounded to the nearest integer).
     #[inline]
-    pub fn sample_tokens(&self, rng: &mut SimRng) -> u64 {
+    pub fn sample_tokens<R: Rng + ?Sized>(&self, rng: &mut R) -> u64 {
         self.sample(rng).round() as u64
     }
 

@@ -3,15 +3,32 @@
 //! so adding a component or changing a policy never shifts another component's draws
 //! (common random numbers across compared variants).
 //!
-//! Generator: ChaCha8 (`rand_chacha`), whose output is specified by the algorithm and
-//! stable across crate versions. The name hash is FNV-1a 64, written out here so that it
-//! can never change under us (std's `DefaultHasher` is explicitly unstable).
+//! Generators: ChaCha8 (`rand_chacha`) for component streams; Xoshiro256++
+//! (`rand_xoshiro`) for the per-workflow streams, which are created once per workflow
+//! and must be cheap to seed. Both are specified by their algorithms and value-stable
+//! across crate versions. The name hash is FNV-1a 64, written out here so that it can
+//! never change under us (std's `DefaultHasher` is explicitly unstable).
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use rand_xoshiro::Xoshiro256PlusPlus;
 
-/// The generator every stream uses.
+/// The generator every named component stream uses.
 pub type SimRng = ChaCha8Rng;
+
+/// The generator of one workflow's own draws (tokens, service times, branch counts).
+pub type WorkflowRng = Xoshiro256PlusPlus;
+
+/// The stream of workflow number `n` of a class whose work seed is `class_seed`: the
+/// same workflow draws the same numbers whatever order the simulator serves it in.
+pub fn workflow_stream(class_seed: u64, n: u64) -> WorkflowRng {
+    let mut state = class_seed ^ n.wrapping_mul(0xd1b5_4a32_d192_ed03);
+    let mut key = [0u8; 32];
+    for chunk in key.chunks_mut(8) {
+        chunk.copy_from_slice(&splitmix64(&mut state).to_le_bytes());
+    }
+    Xoshiro256PlusPlus::from_seed(key)
+}
 
 /// FNV-1a, 64-bit: a stable hash of a stream name.
 pub fn stable_hash(name: &str) -> u64 {

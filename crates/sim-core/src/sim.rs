@@ -1,17 +1,18 @@
 //! The run loop: a single-threaded discrete-event simulation of one scenario.
 //!
 //! Event order is (time, insertion sequence). Workflow arrivals of each class come from
-//! the class's own stream; each workflow draws its work from its own ChaCha stream
-//! (class stream, stream id = workflow number), so a policy that reorders hops can
-//! never change what any workflow asks for (common random numbers).
+//! the class's own stream; each workflow draws its work from its own stream (seeded by
+//! the class and the workflow number), so a policy that reorders hops can never change
+//! what any workflow asks for (common random numbers).
 
 use crate::event_queue::EventQueue;
 use crate::metrics::{ClassStats, PoolStats, RunResult};
 use crate::queue_station::QueueStation;
-use crate::rng::{SimRng, StreamFactory};
+use crate::rng::{SimRng, StreamFactory, WorkflowRng, workflow_stream};
 use crate::scenario::{Arrival, Scenario};
 use crate::station::{HopJob, JobId, Station, StationOutput, Work};
 use crate::time::{SimDuration, SimTime};
+use rand::RngExt;
 use rand_distr::{Distribution, Exp};
 
 #[derive(Clone, Copy, Debug)]
@@ -27,14 +28,14 @@ struct Workflow {
     next_hop: u32,
     usd: f64,
     counted: bool,
-    rng: SimRng,
+    rng: WorkflowRng,
 }
 
 struct ClassRuntime {
     arrivals_rng: SimRng,
     interarrival: Exp<f64>,
-    /// Per-workflow streams are this generator with `set_stream(workflow number)`.
-    work_rng: SimRng,
+    /// Seed of the per-workflow streams (see [`workflow_stream`]).
+    work_seed: u64,
     next_workflow: u64,
 }
 
@@ -65,7 +66,7 @@ pub fn run(scenario: &Scenario, mut opts: RunOptions<'_>) -> RunResult {
                 arrivals_rng: streams.stream(&format!("class/{}/arrivals", c.name)),
                 // Validation guarantees a finite positive rate; the rate is in per-second.
                 interarrival: Exp::new(rate_per_s).unwrap_or_else(|_| unreachable!()),
-                work_rng: streams.stream(&format!("class/{}/work", c.name)),
+                work_seed: streams.stream(&format!("class/{}/work", c.name)).random(),
                 next_workflow: 0,
             }
         })
@@ -117,8 +118,7 @@ pub fn run(scenario: &Scenario, mut opts: RunOptions<'_>) -> RunResult {
                 if next < horizon {
                     queue.push(next, Event::Arrival { class });
                 }
-                let mut rng = c.work_rng.clone();
-                rng.set_stream(c.next_workflow);
+                let rng = workflow_stream(c.work_seed, c.next_workflow);
                 c.next_workflow += 1;
                 let counted = now >= warmup;
                 if counted {

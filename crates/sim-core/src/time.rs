@@ -111,7 +111,7 @@ impl fmt::Display for SimDuration {
         }
         for (scale, name) in units {
             // Largest unit in which the value is exact to three decimals.
-            if ns >= scale && (ns as u128 * 1000) % scale as u128 == 0 {
+            if ns >= scale && (ns as u128 * 1000).is_multiple_of(scale as u128) {
                 let milli = ns as u128 * 1000 / scale as u128;
                 let (whole, frac) = (milli / 1000, milli % 1000);
                 if frac == 0 {
