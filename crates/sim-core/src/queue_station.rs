@@ -22,7 +22,11 @@ struct InService {
 }
 
 pub struct QueueStation {
+    /// Capacity; `u32::MAX` for an unlimited station (tool without a bulkhead).
     servers: u32,
+    /// Slots ever created; slots are created lazily so unlimited stations stay small.
+    created: u32,
+    max_busy: u64,
     usd_per_server_ns: f64,
     usd_per_server_hour: f64,
     queue: VecDeque<Waiting>,
@@ -42,9 +46,10 @@ impl QueueStation {
             usd_per_server_ns: usd_per_server_hour / 3.6e12,
             usd_per_server_hour,
             queue: VecDeque::new(),
-            slots: vec![None; servers as usize],
-            // Popped from the back: lowest slot first.
-            free: (0..servers).rev().collect(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            created: 0,
+            max_busy: 0,
             busy: TimeIntegral::default(),
             in_system: TimeIntegral::default(),
             queued: TimeIntegral::default(),
@@ -52,9 +57,29 @@ impl QueueStation {
         }
     }
 
+    /// A station for a downstream system: `limit` calls at once (a bulkhead shared by
+    /// every workflow), or unlimited. Tools are paid per call, not per hour.
+    pub fn bulkhead(limit: Option<u32>) -> Self {
+        Self::new(limit.unwrap_or(u32::MAX), 0.0)
+    }
+
+    fn busy(&self) -> u32 {
+        self.created - self.free.len() as u32
+    }
+
+    fn has_free_server(&self) -> bool {
+        !self.free.is_empty() || self.created < self.servers
+    }
+
     fn start(&mut self, now: SimTime, w: Waiting, out: &mut StationOutput) {
-        let Some(slot) = self.free.pop() else {
-            unreachable!("start() is only called with a free server")
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                // Only called when a server is free: create the next slot.
+                self.slots.push(None);
+                self.created += 1;
+                self.created - 1
+            }
         };
         self.slots[slot as usize] = Some(InService {
             id: w.id,
@@ -65,7 +90,8 @@ impl QueueStation {
     }
 
     fn update_levels(&mut self, now: SimTime) {
-        let busy = (self.servers as usize - self.free.len()) as u64;
+        let busy = self.busy() as u64;
+        self.max_busy = self.max_busy.max(busy);
         let queued = self.queue.len() as u64;
         self.busy.set(now, busy);
         self.queued.set(now, queued);
@@ -86,10 +112,10 @@ impl Station for QueueStation {
             service,
             submitted: now,
         };
-        if self.free.is_empty() {
-            self.queue.push_back(w);
-        } else {
+        if self.has_free_server() {
             self.start(now, w, out);
+        } else {
+            self.queue.push_back(w);
         }
         self.update_levels(now);
     }
@@ -124,15 +150,21 @@ impl Station for QueueStation {
 
     fn report(&mut self, now: SimTime) -> StationReport {
         let window = now - self.window_start;
+        let unlimited = self.servers == u32::MAX;
         StationReport {
-            servers: self.servers,
+            // An unlimited station has no capacity to be a fraction of.
+            servers: if unlimited { 0 } else { self.servers },
             window,
             busy_server_s: self.busy.area_s(now),
             in_system_s: self.in_system.area_s(now),
             queued_s: self.queued.area_s(now),
-            usd_capacity: self.servers as f64 * self.usd_per_server_hour * window.as_secs_f64()
-                / 3600.0,
+            usd_capacity: if unlimited {
+                0.0
+            } else {
+                self.servers as f64 * self.usd_per_server_hour * window.as_secs_f64() / 3600.0
+            },
             in_system_now: self.in_system.level(),
+            max_busy: self.max_busy,
         }
     }
 }

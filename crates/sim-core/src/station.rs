@@ -81,6 +81,8 @@ pub struct StationReport {
     pub usd_capacity: f64,
     /// Hops queued or in service right now.
     pub in_system_now: u64,
+    /// Most hops in service at once over the whole run (a bulkhead's high-water mark).
+    pub max_busy: u64,
 }
 
 impl StationReport {
