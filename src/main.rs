@@ -91,6 +91,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 &loaded.scenario,
                 RunOptions {
                     progress: Some(&mut tick),
+                    ..Default::default()
                 },
             );
             bar.finish_and_clear();

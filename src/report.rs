@@ -185,13 +185,40 @@ pub fn check_table(file: &str, sc: &Scenario) -> String {
         }
     );
     out.push('\n');
-    let mut t = Table::new(&["class", "rate/s", "hops", "mean work", "SLO"]);
+    let mut t = Table::new(&[
+        "class",
+        "arrivals",
+        "nodes",
+        "hops/workflow",
+        "mean work",
+        "SLO",
+    ]);
     for c in &sc.classes {
-        let work: f64 = c.hops.iter().map(|h| h.service.mean()).sum();
+        let visits = sim_core::scenario::expected_visits(&c.graph);
+        let hops: f64 = c
+            .graph
+            .nodes
+            .iter()
+            .zip(&visits)
+            .filter(|(n, _)| n.pool.is_some() || n.tool.is_some())
+            .map(|(_, v)| v)
+            .sum();
+        let work: f64 = c
+            .graph
+            .nodes
+            .iter()
+            .zip(&visits)
+            .map(|(n, v)| v * n.service.as_ref().map(|s| s.mean()).unwrap_or(0.0))
+            .sum();
+        let arrivals = match &c.arrival {
+            sim_core::scenario::Arrival::Closed { users, .. } => format!("{users} users"),
+            _ => format!("{:.3}/s", c.mean_rate_per_s(sc.horizon)),
+        };
         t.row(vec![
             c.name.clone(),
-            format!("{:.3}", c.arrival.mean_rate_per_s()),
-            c.hops.len().to_string(),
+            arrivals,
+            c.graph.nodes.len().to_string(),
+            format!("{hops:.2}"),
             fmt_secs(Some(work)),
             c.slo.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
         ]);

@@ -20,6 +20,7 @@ pub mod sim;
 pub mod station;
 pub mod theory;
 pub mod time;
+pub mod workflow;
 
 pub use event_queue::EventQueue;
 pub use metrics::{RunResult, Summary};

@@ -3,9 +3,31 @@
 //! Latencies go into HDR histograms (3 significant digits: any percentile is within
 //! 0.1% of the exact sample percentile); means come from exact sums.
 
-use crate::scenario::{Scenario, WorkflowClass};
+use crate::scenario::WorkflowClass;
 use crate::station::{HopDone, StationReport};
 use crate::time::{SimDuration, SimTime};
+
+/// One finished hop, as logged with `RunOptions::hop_log` (span logs, exact tests).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HopRecord {
+    pub workflow: u64,
+    pub class: String,
+    pub node: String,
+    pub role: String,
+    pub branch: Option<u32>,
+    /// Pool or tool name.
+    pub station: String,
+    /// "llm", "escalation" or "tool".
+    pub kind: &'static str,
+    /// Context inherited from parents (before the node's inherit fraction).
+    pub context_in: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub submitted: SimTime,
+    pub started: SimTime,
+    pub finished: SimTime,
+    pub usd: f64,
+}
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -45,6 +67,22 @@ pub struct ClassStats {
     pub usd_per_success: Vec<f64>,
     /// Cost run up by workflows that had not finished at the end of the run.
     pub usd_unfinished: f64,
+    /// Failed workflows by cause ("tool crm failed", "timeout at plan").
+    pub failed_by_cause: BTreeMap<String, u64>,
+    /// Waste: cost of failed and abandoned workflows, and of hops that finished after
+    /// their workflow's outcome was decided (quorum stragglers, timed-out calls).
+    pub usd_waste_failed: f64,
+    pub usd_waste_abandoned: f64,
+    pub usd_waste_leftover: f64,
+    /// Human review dollars (included in workflow costs).
+    pub usd_human: f64,
+    /// Largest fan-out of each finished workflow.
+    pub fan_out: Vec<u32>,
+    /// Loop repetitions over all finished workflows.
+    pub loops: u64,
+    pub escalations: u64,
+    /// Model tokens (input + output) of each completed workflow.
+    pub tokens_per_success: Vec<u64>,
 }
 
 impl ClassStats {
@@ -63,10 +101,25 @@ impl ClassStats {
             within_slo: 0,
             usd_per_success: Vec::new(),
             usd_unfinished: 0.0,
+            failed_by_cause: BTreeMap::new(),
+            usd_waste_failed: 0.0,
+            usd_waste_abandoned: 0.0,
+            usd_waste_leftover: 0.0,
+            usd_human: 0.0,
+            fan_out: Vec::new(),
+            loops: 0,
+            escalations: 0,
+            tokens_per_success: Vec::new(),
         }
     }
 
-    pub fn record_completion(&mut self, latency: SimDuration, usd: f64) {
+    /// Workflows whose outcome is decided.
+    pub fn finished(&self) -> u64 {
+        self.completed + self.failed + self.rejected + self.abandoned
+    }
+
+    pub fn record_completion(&mut self, latency: SimDuration, usd: f64, tokens: u64) {
+        self.tokens_per_success.push(tokens);
         self.completed += 1;
         // Saturating: a latency beyond the histogram's range is clamped, never lost.
         record(&mut self.latency_ns, latency.as_nanos().max(1));
@@ -148,6 +201,49 @@ impl PoolStats {
     }
 }
 
+/// Per-tool call statistics, for calls submitted after warm-up.
+#[derive(Clone, Debug)]
+pub struct ToolStats {
+    pub name: String,
+    pub calls: u64,
+    pub failures: u64,
+    pub retries: u64,
+    pub latency_sum_ns: u128,
+    pub wait_sum_ns: u128,
+    pub usd: f64,
+    pub report: StationReport,
+}
+
+impl ToolStats {
+    pub fn new(name: &str) -> Self {
+        ToolStats {
+            name: name.to_string(),
+            calls: 0,
+            failures: 0,
+            retries: 0,
+            latency_sum_ns: 0,
+            wait_sum_ns: 0,
+            usd: 0.0,
+            report: StationReport::default(),
+        }
+    }
+
+    pub fn mean_wait_s(&self) -> f64 {
+        if self.calls == 0 {
+            0.0
+        } else {
+            self.wait_sum_ns as f64 / self.calls as f64 / 1e9
+        }
+    }
+
+    pub fn record(&mut self, d: &HopDone, usd_per_call: f64) {
+        self.calls += 1;
+        self.latency_sum_ns += (d.finished - d.started).as_nanos() as u128;
+        self.wait_sum_ns += d.queue_wait().as_nanos() as u128;
+        self.usd += usd_per_call;
+    }
+}
+
 /// Everything one run measured.
 #[derive(Clone, Debug)]
 pub struct RunResult {
@@ -160,31 +256,10 @@ pub struct RunResult {
     pub pool_names: Vec<String>,
     pub pools: Vec<PoolStats>,
     pub pool_reports: Vec<StationReport>,
+    pub tools: Vec<ToolStats>,
 }
 
 impl RunResult {
-    pub fn new(
-        scenario: &Scenario,
-        events: u64,
-        end: SimTime,
-        window_start: SimTime,
-        classes: Vec<ClassStats>,
-        pools: Vec<PoolStats>,
-        pool_reports: Vec<StationReport>,
-    ) -> Self {
-        RunResult {
-            seed: scenario.seed,
-            events,
-            end,
-            window_start,
-            drain: scenario.drain,
-            classes,
-            pool_names: scenario.pools.iter().map(|p| p.name.clone()).collect(),
-            pools,
-            pool_reports,
-        }
-    }
-
     /// Length of the measurement window (warm-up excluded).
     pub fn window(&self) -> SimDuration {
         self.end - self.window_start
@@ -209,7 +284,11 @@ impl RunResult {
             let mut costs = c.usd_per_success.clone();
             costs.sort_by(f64::total_cmp);
             let usd_success: f64 = costs.iter().sum();
-            let usd_total = usd_success + c.usd_unfinished;
+            let usd_total = usd_success
+                + c.usd_unfinished
+                + c.usd_waste_failed
+                + c.usd_waste_abandoned
+                + c.usd_waste_leftover;
             total_usd_workflows += usd_total;
             classes.insert(
                 c.name.clone(),
@@ -235,6 +314,38 @@ impl RunResult {
                         all_in: (c.completed > 0).then(|| usd_total / c.completed as f64),
                     },
                     usd_total,
+                    usd_waste: WasteSummary {
+                        failed: c.usd_waste_failed,
+                        abandoned: c.usd_waste_abandoned,
+                        after_outcome: c.usd_waste_leftover,
+                    },
+                    usd_human: c.usd_human,
+                    failed_by_cause: c.failed_by_cause.clone(),
+                    fan_out: {
+                        let mut f: Vec<f64> = c.fan_out.iter().map(|&x| x as f64).collect();
+                        f.sort_by(f64::total_cmp);
+                        Percentiles {
+                            p50: exact_quantile(&f, 0.5),
+                            p95: exact_quantile(&f, 0.95),
+                            max: f.last().copied(),
+                        }
+                    },
+                    tokens_per_workflow: {
+                        let mut t: Vec<f64> =
+                            c.tokens_per_success.iter().map(|&x| x as f64).collect();
+                        t.sort_by(f64::total_cmp);
+                        Percentiles {
+                            p50: exact_quantile(&t, 0.5),
+                            p95: exact_quantile(&t, 0.95),
+                            max: t.last().copied(),
+                        }
+                    },
+                    loops_per_workflow: if c.finished() > 0 {
+                        c.loops as f64 / c.finished() as f64
+                    } else {
+                        0.0
+                    },
+                    escalations: c.escalations,
                     slo_s: c.slo.map(|s| s.as_secs_f64()),
                     slo_attainment: match (c.slo, c.completed + c.in_flight) {
                         (Some(_), n) if n > 0 => Some(c.within_slo as f64 / n as f64),
@@ -288,6 +399,25 @@ impl RunResult {
                 },
             );
         }
+        let tools = self
+            .tools
+            .iter()
+            .map(|t| {
+                let calls = t.calls.max(1) as f64;
+                (
+                    t.name.clone(),
+                    ToolSummary {
+                        calls: t.calls,
+                        failures: t.failures,
+                        retries: t.retries,
+                        mean_latency_s: t.latency_sum_ns as f64 / calls / 1e9,
+                        mean_wait_s: t.wait_sum_ns as f64 / calls / 1e9,
+                        max_in_flight: t.report.max_busy,
+                        usd: t.usd,
+                    },
+                )
+            })
+            .collect();
         Summary {
             schema_version: 1,
             seed: self.seed,
@@ -298,6 +428,7 @@ impl RunResult {
             drain: self.drain,
             classes,
             pools,
+            tools,
             totals: TotalsSummary {
                 usd_capacity,
                 usd_workflows: total_usd_workflows,
@@ -332,7 +463,34 @@ pub struct Summary {
     pub drain: bool,
     pub classes: BTreeMap<String, ClassSummary>,
     pub pools: BTreeMap<String, PoolSummary>,
+    pub tools: BTreeMap<String, ToolSummary>,
     pub totals: TotalsSummary,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ToolSummary {
+    pub calls: u64,
+    pub failures: u64,
+    pub retries: u64,
+    pub mean_latency_s: f64,
+    pub mean_wait_s: f64,
+    pub max_in_flight: u64,
+    pub usd: f64,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct WasteSummary {
+    pub failed: f64,
+    pub abandoned: f64,
+    /// Hops that finished after their workflow's outcome was decided.
+    pub after_outcome: f64,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Percentiles {
+    pub p50: Option<f64>,
+    pub p95: Option<f64>,
+    pub max: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -346,6 +504,13 @@ pub struct ClassSummary {
     pub latency_s: LatencySummary,
     pub usd_per_outcome: CostSummary,
     pub usd_total: f64,
+    pub usd_waste: WasteSummary,
+    pub usd_human: f64,
+    pub failed_by_cause: BTreeMap<String, u64>,
+    pub fan_out: Percentiles,
+    pub tokens_per_workflow: Percentiles,
+    pub loops_per_workflow: f64,
+    pub escalations: u64,
     pub slo_s: Option<f64>,
     pub slo_attainment: Option<f64>,
 }

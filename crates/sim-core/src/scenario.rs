@@ -3,7 +3,8 @@
 //! errors name the key path and what was expected.
 
 use crate::dist::{DistSpec, Sampler};
-use crate::time::SimDuration;
+use crate::time::{SimDuration, SimTime};
+use crate::workflow::{Names, NodeKind, NodeSpec, WorkflowGraph, compile_graph};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -22,6 +23,35 @@ pub struct ScenarioSpec {
     /// Workflow classes, by name.
     #[serde(default)]
     pub classes: BTreeMap<String, ClassSpec>,
+    /// Downstream systems that tool nodes call, by name.
+    #[serde(default)]
+    pub tools: BTreeMap<String, ToolSpec>,
+}
+
+/// `[tools.NAME]`: a downstream system (search API, CRM, code runner).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolSpec {
+    /// Latency of one call.
+    pub latency: DistSpec,
+    /// Probability that a call fails.
+    #[serde(default)]
+    pub failure_probability: f64,
+    /// Extra attempts after a failure.
+    #[serde(default)]
+    pub retries: u32,
+    /// Wait before each retry (default none).
+    #[serde(default)]
+    pub retry_backoff: Option<DistSpec>,
+    /// Tokens the call returns into the caller's context.
+    #[serde(default)]
+    pub payload_tokens: Option<DistSpec>,
+    #[serde(default)]
+    pub usd_per_call: f64,
+    /// Most calls in flight at once, shared by all workflows (a bulkhead); default
+    /// unlimited.
+    #[serde(default)]
+    pub concurrency: Option<u32>,
 }
 
 /// `[simulation]`: run control.
@@ -81,11 +111,44 @@ pub struct PoolSpec {
 #[serde(deny_unknown_fields)]
 pub struct ClassSpec {
     pub arrival: ArrivalSpec,
-    /// The chain of hops each workflow runs, in order.
-    pub hops: Vec<HopSpec>,
+    /// A simple chain of hops, run in order (shorthand for `nodes`).
+    #[serde(default)]
+    pub hops: Option<Vec<HopSpec>>,
+    /// The workflow graph (see docs/workflows.md).
+    #[serde(default)]
+    pub nodes: Option<Vec<NodeSpec>>,
     /// Latency target for the whole workflow (reported as SLO attainment).
     #[serde(default)]
     pub slo: Option<SimDuration>,
+    /// A user who waits longer than this gives up: the workflow is abandoned (its cost
+    /// is still counted, as waste).
+    #[serde(default)]
+    pub abandon_after: Option<SimDuration>,
+    #[serde(default)]
+    pub tenant: Option<String>,
+    #[serde(default)]
+    pub lane: Option<String>,
+    /// Windows of changed load (month-end, launches).
+    #[serde(default)]
+    pub bursts: Vec<BurstSpec>,
+}
+
+/// A window in which arrivals are multiplied and/or fan-out changes.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BurstSpec {
+    /// Start of the first window.
+    pub start: SimDuration,
+    pub duration: SimDuration,
+    /// Repeat every this long (e.g. "30d"); default once.
+    #[serde(default)]
+    pub every: Option<SimDuration>,
+    /// Arrival-rate multiplier inside the window (default 1).
+    #[serde(default)]
+    pub rate_factor: Option<f64>,
+    /// Replaces every fan-out count of the class inside the window.
+    #[serde(default)]
+    pub fan_out: Option<DistSpec>,
 }
 
 /// How workflows of a class arrive.
@@ -94,6 +157,11 @@ pub struct ClassSpec {
 pub enum ArrivalSpec {
     /// Poisson arrivals at `rate` workflows per second.
     Poisson { rate: f64 },
+    /// Poisson with a piecewise-constant rate: `rates[i]` (per second) holds for the
+    /// i-th `step`, cycling (24 hourly values make a diurnal profile).
+    Piecewise { step: SimDuration, rates: Vec<f64> },
+    /// Closed loop: `users` each start a workflow, wait for it to end, think, repeat.
+    Closed { users: u32, think: DistSpec },
 }
 
 /// One hop of a workflow chain.
@@ -135,6 +203,7 @@ pub struct Scenario {
     pub drain: bool,
     pub pools: Vec<Pool>,
     pub classes: Vec<WorkflowClass>,
+    pub tools: Vec<Tool>,
 }
 
 #[derive(Clone, Debug)]
@@ -148,28 +217,128 @@ pub struct Pool {
 pub struct WorkflowClass {
     pub name: String,
     pub arrival: Arrival,
-    pub hops: Vec<Hop>,
+    pub graph: WorkflowGraph,
     pub slo: Option<SimDuration>,
+    pub abandon_after: Option<SimDuration>,
+    pub tenant: String,
+    pub lane: String,
+    pub bursts: Vec<Burst>,
 }
 
 #[derive(Clone, Debug)]
 pub enum Arrival {
-    Poisson { rate_per_s: f64 },
-}
-
-impl Arrival {
-    pub fn mean_rate_per_s(&self) -> f64 {
-        match self {
-            Arrival::Poisson { rate_per_s } => *rate_per_s,
-        }
-    }
+    Poisson {
+        rate_per_s: f64,
+    },
+    Piecewise {
+        step: SimDuration,
+        rates_per_s: Vec<f64>,
+    },
+    Closed {
+        users: u32,
+        think: Sampler,
+    },
 }
 
 #[derive(Clone, Debug)]
-pub struct Hop {
+pub struct Burst {
+    pub start: SimTime,
+    pub duration: SimDuration,
+    pub every: Option<SimDuration>,
+    pub rate_factor: f64,
+    pub fan_out: Option<Sampler>,
+}
+
+impl Burst {
+    pub fn active(&self, t: SimTime) -> bool {
+        if t < self.start {
+            return false;
+        }
+        let since = (t - self.start).as_nanos();
+        let phase = match self.every {
+            Some(e) if e.as_nanos() > 0 => since % e.as_nanos(),
+            _ => since,
+        };
+        phase < self.duration.as_nanos()
+    }
+}
+
+impl WorkflowClass {
+    /// Arrival rate (per second) at time `t`, bursts included; zero for closed loops.
+    pub fn rate_at(&self, t: SimTime) -> f64 {
+        let base = match &self.arrival {
+            Arrival::Poisson { rate_per_s } => *rate_per_s,
+            Arrival::Piecewise { step, rates_per_s } => {
+                let i = (t.as_nanos() / step.as_nanos().max(1)) as usize % rates_per_s.len();
+                rates_per_s[i]
+            }
+            Arrival::Closed { .. } => 0.0,
+        };
+        let factor: f64 = self
+            .bursts
+            .iter()
+            .filter(|b| b.active(t))
+            .map(|b| b.rate_factor)
+            .product();
+        base * factor
+    }
+
+    /// An upper bound of `rate_at` over all time (for thinning).
+    pub fn max_rate(&self) -> f64 {
+        let base = match &self.arrival {
+            Arrival::Poisson { rate_per_s } => *rate_per_s,
+            Arrival::Piecewise { rates_per_s, .. } => {
+                rates_per_s.iter().copied().fold(0.0, f64::max)
+            }
+            Arrival::Closed { .. } => 0.0,
+        };
+        base * self
+            .bursts
+            .iter()
+            .map(|b| b.rate_factor.max(1.0))
+            .product::<f64>()
+    }
+
+    /// Time-averaged arrival rate over [0, horizon).
+    pub fn mean_rate_per_s(&self, horizon: SimDuration) -> f64 {
+        match &self.arrival {
+            Arrival::Closed { .. } => 0.0,
+            _ => {
+                // Average over a fine grid; exact for the piecewise steps used in practice.
+                let n = 10_000u64;
+                let h = horizon.as_nanos().max(1);
+                (0..n)
+                    .map(|i| self.rate_at(SimTime(h / n * i + h / (2 * n))))
+                    .sum::<f64>()
+                    / n as f64
+            }
+        }
+    }
+
+    /// The fan-out count sampler in force at `t` for node `node`.
+    pub fn fan_out_at(&self, node: usize, t: SimTime) -> Option<&Sampler> {
+        let f = self.graph.nodes[node].fan_out.as_ref()?;
+        Some(
+            self.bursts
+                .iter()
+                .filter(|b| b.active(t))
+                .find_map(|b| b.fan_out.as_ref())
+                .unwrap_or(&f.count),
+        )
+    }
+}
+
+/// A validated tool.
+#[derive(Clone, Debug)]
+pub struct Tool {
     pub name: String,
-    pub pool: usize,
-    pub service: Sampler,
+    pub latency: Sampler,
+    pub failure_probability: f64,
+    pub retries: u32,
+    pub retry_backoff: Option<Sampler>,
+    pub payload_tokens: Option<Sampler>,
+    pub usd_per_call: f64,
+    pub concurrency: Option<u32>,
 }
 
 impl ScenarioSpec {
@@ -229,70 +398,206 @@ impl ScenarioSpec {
                 usd_per_server_hour: p.usd_per_server_hour,
             });
         }
+        let mut tools = Vec::new();
+        let mut tool_index = BTreeMap::new();
+        for (name, t) in &self.tools {
+            let key = format!("tools.{name}");
+            let latency = t
+                .latency
+                .sampler()
+                .map_err(|m| err(format!("{key}.latency"), m))?;
+            if !(0.0..=1.0).contains(&t.failure_probability) {
+                return Err(err(
+                    format!("{key}.failure_probability"),
+                    format!(
+                        "expected a probability in [0, 1], got {}",
+                        t.failure_probability
+                    ),
+                ));
+            }
+            if !t.usd_per_call.is_finite() || t.usd_per_call < 0.0 {
+                return Err(err(
+                    format!("{key}.usd_per_call"),
+                    format!("expected a price >= 0, got {}", t.usd_per_call),
+                ));
+            }
+            if t.concurrency == Some(0) {
+                return Err(err(
+                    format!("{key}.concurrency"),
+                    "expected a concurrency limit >= 1 (omit it for unlimited)",
+                ));
+            }
+            let sampler = |field: &str, d: &Option<DistSpec>| {
+                d.as_ref()
+                    .map(|d| d.sampler().map_err(|m| err(format!("{key}.{field}"), m)))
+                    .transpose()
+            };
+            tool_index.insert(name.clone(), tools.len());
+            tools.push(Tool {
+                name: name.clone(),
+                latency,
+                failure_probability: t.failure_probability,
+                retries: t.retries,
+                retry_backoff: sampler("retry_backoff", &t.retry_backoff)?,
+                payload_tokens: sampler("payload_tokens", &t.payload_tokens)?,
+                usd_per_call: t.usd_per_call,
+                concurrency: t.concurrency,
+            });
+        }
+        let pool_service: BTreeMap<String, Option<DistSpec>> = self
+            .pools
+            .iter()
+            .map(|(n, p)| (n.clone(), p.service.clone()))
+            .collect();
+        let gpu_pools: BTreeMap<String, bool> =
+            self.pools.keys().map(|n| (n.clone(), false)).collect();
+        let names = Names {
+            pools: &pool_index,
+            pool_service: &pool_service,
+            gpu_pools: &gpu_pools,
+            tools: &tool_index,
+        };
         let mut classes = Vec::new();
         for (name, c) in &self.classes {
             let key = format!("classes.{name}");
-            let arrival = match c.arrival {
+            let arrival = match &c.arrival {
                 ArrivalSpec::Poisson { rate } => {
-                    if !rate.is_finite() || rate <= 0.0 {
+                    if !rate.is_finite() || *rate <= 0.0 {
                         return Err(err(
                             format!("{key}.arrival.rate"),
                             format!("expected a positive rate in workflows per second, got {rate}"),
                         ));
                     }
-                    Arrival::Poisson { rate_per_s: rate }
+                    Arrival::Poisson { rate_per_s: *rate }
+                }
+                ArrivalSpec::Piecewise { step, rates } => {
+                    if *step == SimDuration::ZERO {
+                        return Err(err(
+                            format!("{key}.arrival.step"),
+                            "expected a positive step, like \"1h\"",
+                        ));
+                    }
+                    if rates.is_empty()
+                        || rates.iter().any(|r| !r.is_finite() || *r < 0.0)
+                        || rates.iter().all(|r| *r == 0.0)
+                    {
+                        return Err(err(
+                            format!("{key}.arrival.rates"),
+                            format!(
+                                "expected a list of rates >= 0 per second, not all zero; got {rates:?}"
+                            ),
+                        ));
+                    }
+                    Arrival::Piecewise {
+                        step: *step,
+                        rates_per_s: rates.clone(),
+                    }
+                }
+                ArrivalSpec::Closed { users, think } => {
+                    if *users == 0 {
+                        return Err(err(
+                            format!("{key}.arrival.users"),
+                            "expected at least 1 user",
+                        ));
+                    }
+                    let think = think
+                        .sampler()
+                        .map_err(|m| err(format!("{key}.arrival.think"), m))?;
+                    Arrival::Closed {
+                        users: *users,
+                        think,
+                    }
                 }
             };
-            if c.hops.is_empty() {
-                return Err(err(
-                    format!("{key}.hops"),
-                    "expected at least one hop, like hops = [{ pool = \"gpu\" }]",
-                ));
-            }
-            let mut hops = Vec::new();
-            for (i, h) in c.hops.iter().enumerate() {
-                let hkey = format!("{key}.hops[{i}]");
-                let Some(&pool) = pool_index.get(&h.pool) else {
-                    let known: Vec<&str> = self.pools.keys().map(String::as_str).collect();
+            let nodes: Vec<NodeSpec> = match (&c.hops, &c.nodes) {
+                (Some(_), Some(_)) => {
                     return Err(err(
-                        format!("{hkey}.pool"),
-                        format!(
-                            "no pool named `{}`; expected one of: {}",
-                            h.pool,
-                            known.join(", ")
-                        ),
+                        key.clone(),
+                        "give either `hops` (a chain) or `nodes` (a graph), not both",
                     ));
-                };
-                let spec = h.service.as_ref().or(self.pools[&h.pool].service.as_ref());
-                let Some(spec) = spec else {
+                }
+                (None, None) => {
                     return Err(err(
-                        format!("{hkey}.service"),
-                        format!(
-                            "expected a service-time distribution on the hop or on pool `{}`",
-                            h.pool
-                        ),
+                        format!("{key}.hops"),
+                        "expected `hops = [{ pool = \"...\" }]` or a `nodes` graph",
                     ));
-                };
-                let service = spec
-                    .sampler()
-                    .map_err(|m| err(format!("{hkey}.service"), m))?;
-                hops.push(Hop {
-                    name: h.name.clone().unwrap_or_else(|| h.pool.clone()),
-                    pool,
-                    service,
-                });
-            }
+                }
+                (Some(hops), None) => {
+                    if hops.is_empty() {
+                        return Err(err(
+                            format!("{key}.hops"),
+                            "expected at least one hop, like hops = [{ pool = \"gpu\" }]",
+                        ));
+                    }
+                    chain_to_nodes(hops)
+                }
+                (None, Some(nodes)) => nodes.clone(),
+            };
+            let graph_key = if c.hops.is_some() {
+                format!("{key}.hops")
+            } else {
+                format!("{key}.nodes")
+            };
+            let graph = compile_graph(&graph_key, &nodes, &names).map_err(|(k, m)| {
+                // Chain hops are written without ids; report them by position.
+                err(k.replace(".id", ".name"), m)
+            })?;
             if c.slo == Some(SimDuration::ZERO) {
                 return Err(err(
                     format!("{key}.slo"),
                     "expected a positive latency target",
                 ));
             }
+            if c.abandon_after == Some(SimDuration::ZERO) {
+                return Err(err(
+                    format!("{key}.abandon_after"),
+                    "expected a positive duration",
+                ));
+            }
+            let mut bursts = Vec::new();
+            for (i, b) in c.bursts.iter().enumerate() {
+                let bk = format!("{key}.bursts[{i}]");
+                let factor = b.rate_factor.unwrap_or(1.0);
+                if !factor.is_finite() || factor < 0.0 {
+                    return Err(err(
+                        format!("{bk}.rate_factor"),
+                        format!("expected a multiplier >= 0, got {factor}"),
+                    ));
+                }
+                if b.duration == SimDuration::ZERO {
+                    return Err(err(
+                        format!("{bk}.duration"),
+                        "expected a positive duration",
+                    ));
+                }
+                if b.every.is_some_and(|e| e < b.duration) {
+                    return Err(err(
+                        format!("{bk}.every"),
+                        "expected a period at least as long as the window",
+                    ));
+                }
+                let fan_out = b
+                    .fan_out
+                    .as_ref()
+                    .map(|d| d.sampler().map_err(|m| err(format!("{bk}.fan_out"), m)))
+                    .transpose()?;
+                bursts.push(Burst {
+                    start: SimTime(b.start.as_nanos()),
+                    duration: b.duration,
+                    every: b.every,
+                    rate_factor: factor,
+                    fan_out,
+                });
+            }
             classes.push(WorkflowClass {
                 name: name.clone(),
                 arrival,
-                hops,
+                graph,
                 slo: c.slo,
+                abandon_after: c.abandon_after,
+                tenant: c.tenant.clone().unwrap_or_else(|| "default".into()),
+                lane: c.lane.clone().unwrap_or_else(|| "default".into()),
+                bursts,
             });
         }
         Ok(Scenario {
@@ -303,8 +608,48 @@ impl ScenarioSpec {
             drain: sim.drain,
             pools,
             classes,
+            tools,
         })
     }
+}
+
+/// The `hops` shorthand as graph nodes: each hop after the previous one.
+fn chain_to_nodes(hops: &[HopSpec]) -> Vec<NodeSpec> {
+    hops.iter()
+        .enumerate()
+        .map(|(i, h)| NodeSpec {
+            id: format!("{}#{i}", h.name.clone().unwrap_or_else(|| h.pool.clone())),
+            kind: NodeKind::Llm,
+            after: if i == 0 {
+                vec![]
+            } else {
+                vec![format!(
+                    "{}#{}",
+                    hops[i - 1]
+                        .name
+                        .clone()
+                        .unwrap_or_else(|| hops[i - 1].pool.clone()),
+                    i - 1
+                )]
+            },
+            role: Some(h.name.clone().unwrap_or_else(|| h.pool.clone())),
+            pool: Some(h.pool.clone()),
+            service: h.service.clone(),
+            input_tokens: None,
+            output_tokens: None,
+            shared_prefix_tokens: 0,
+            inherit: None,
+            timeout: None,
+            tool: None,
+            probability: None,
+            minutes: None,
+            usd_per_minute: 0.0,
+            compact_to: None,
+            fan_out: None,
+            loop_back: None,
+            escalate: None,
+        })
+        .collect()
 }
 
 /// Offered load per pool, from the scenario alone (no simulation).
@@ -321,28 +666,74 @@ pub struct PoolLoad {
 }
 
 impl Scenario {
+    /// Expected load per pool from the scenario alone: hop rate x mean service time,
+    /// counting expected fan-out, loop repetitions (geometric, capped) and escalations.
     pub fn offered_load(&self) -> Vec<PoolLoad> {
+        let mut rate = vec![0.0; self.pools.len()];
+        let mut work = vec![0.0; self.pools.len()];
+        for c in &self.classes {
+            let r = c.mean_rate_per_s(self.horizon);
+            let visits = expected_visits(&c.graph);
+            for (i, n) in c.graph.nodes.iter().enumerate() {
+                let v = r * visits[i];
+                let mean = n.service.as_ref().map(Sampler::mean).unwrap_or(0.0);
+                if let Some(p) = n.pool {
+                    rate[p] += v;
+                    work[p] += v * mean;
+                }
+                if let Some(e) = &n.escalate {
+                    rate[e.pool] += v * e.probability;
+                    work[e.pool] += v * e.probability * mean;
+                }
+            }
+        }
         self.pools
             .iter()
             .enumerate()
-            .map(|(pi, p)| {
-                let mut rate = 0.0;
-                let mut work = 0.0;
-                for c in &self.classes {
-                    let r = c.arrival.mean_rate_per_s();
-                    for h in c.hops.iter().filter(|h| h.pool == pi) {
-                        rate += r;
-                        work += r * h.service.mean();
-                    }
-                }
-                PoolLoad {
-                    pool: p.name.clone(),
-                    servers: p.servers,
-                    hop_rate_per_s: rate,
-                    mean_service_s: if rate > 0.0 { work / rate } else { 0.0 },
-                    rho: work / p.servers as f64,
-                }
+            .map(|(pi, p)| PoolLoad {
+                pool: p.name.clone(),
+                servers: p.servers,
+                hop_rate_per_s: rate[pi],
+                mean_service_s: if rate[pi] > 0.0 {
+                    work[pi] / rate[pi]
+                } else {
+                    0.0
+                },
+                rho: work[pi] / p.servers as f64,
             })
             .collect()
     }
+}
+
+/// Expected executions of each node per workflow.
+pub fn expected_visits(g: &WorkflowGraph) -> Vec<f64> {
+    let mut v = vec![1.0; g.nodes.len()];
+    for (i, n) in g.nodes.iter().enumerate() {
+        if n.kind == NodeKind::Human {
+            v[i] *= n.probability;
+        }
+        if let Some(f) = &n.fan_out {
+            let m = f.count.mean();
+            v[i] *= m;
+            let mut cur = i;
+            while cur != f.through {
+                cur = g.nodes[cur].children[0];
+                v[cur] *= m;
+            }
+        }
+    }
+    for n in &g.nodes {
+        if let Some(l) = &n.loop_back {
+            let p = l.probability;
+            // Expected runs of a loop body: sum_{k=0}^{max} p^k.
+            let runs = match l.max {
+                Some(m) => (0..=m).map(|k| p.powi(k as i32)).sum::<f64>(),
+                None => 1.0 / (1.0 - p),
+            };
+            for &b in &l.body {
+                v[b] *= runs;
+            }
+        }
+    }
+    v
 }

@@ -1,42 +1,160 @@
 //! The run loop: a single-threaded discrete-event simulation of one scenario.
 //!
-//! Event order is (time, insertion sequence). Workflow arrivals of each class come from
-//! the class's own stream; each workflow draws its work from its own stream (seeded by
-//! the class and the workflow number), so a policy that reorders hops can never change
-//! what any workflow asks for (common random numbers).
+//! Event order is (time, insertion sequence). Arrivals of each class come from the
+//! class's own stream; each workflow draws everything it asks for (tokens, service
+//! times, branch counts, failures, loop decisions) from its own stream, seeded by the
+//! class and the workflow number, so a policy that reorders or reroutes hops never
+//! changes what any workflow asks for (common random numbers).
+//!
+//! A workflow is a graph of nodes (see [`crate::workflow`]). A node starts when all its
+//! parents have finished; its prompt inherits a fraction of their context. Fan-out nodes
+//! run as parallel branches (optionally in waves) joined by all or a quorum; loops
+//! re-run a sub-graph with some probability; a workflow completes when every sink node
+//! has finished, and fails, is abandoned or is still in flight otherwise. Work that
+//! keeps running after its workflow's outcome is decided (quorum stragglers, abandoned
+//! or failed workflows) is still charged, as waste.
 
 use crate::event_queue::EventQueue;
-use crate::metrics::{ClassStats, PoolStats, RunResult};
+use crate::metrics::{ClassStats, HopRecord, PoolStats, RunResult, ToolStats};
 use crate::queue_station::QueueStation;
 use crate::rng::{SimRng, StreamFactory, WorkflowRng, workflow_stream};
-use crate::scenario::{Arrival, Scenario};
-use crate::station::{HopJob, JobId, Station, StationOutput, Work};
+use crate::scenario::{Arrival, Scenario, WorkflowClass};
+use crate::station::{HopDone, HopJob, JobId, Station, StationOutput, Work};
 use crate::time::{SimDuration, SimTime};
+use crate::workflow::NodeKind;
 use rand::RngExt;
-use rand_distr::{Distribution, Exp};
+use rand_distr::{Distribution, Exp1};
 
 #[derive(Clone, Copy, Debug)]
 enum Event {
-    Arrival { class: u32 },
-    Wake { pool: u32, token: u64 },
+    /// Next open-loop arrival of a class.
+    Arrival {
+        class: u32,
+    },
+    /// A closed-loop user starts a workflow.
+    UserStart {
+        class: u32,
+        user: u32,
+    },
+    Wake {
+        station: u32,
+        token: u64,
+    },
+    /// A workflow timer; its details are in the timer slab (keeps events small).
+    Timer {
+        id: u32,
+    },
     MeasureStart,
 }
 
+#[derive(Clone, Copy, Debug)]
+struct TimerRec {
+    slot: u32,
+    wf_id: u64,
+    what: Timer,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Timer {
+    /// The user gives up on the workflow.
+    Abandon,
+    /// The caller stops waiting for hop `seq`.
+    HopTimeout { hop: u32, seq: u64 },
+    /// A human review at `node` (branch) is done.
+    HumanDone {
+        node: u32,
+        branch: u32,
+        epoch: u32,
+        context: u64,
+    },
+    /// Retry a failed tool call.
+    ToolRetry {
+        node: u32,
+        branch: u32,
+        epoch: u32,
+        attempt: u32,
+        context: u64,
+    },
+}
+
+const NO_BRANCH: u32 = u32::MAX;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    Completed,
+    Failed,
+    Abandoned,
+}
+
+#[derive(Clone, Debug, Default)]
+struct NodeState {
+    pending_parents: u32,
+    /// Context accumulated from finished parents (before the inherit fraction).
+    context_in: u64,
+    done: bool,
+    loops: u32,
+    /// Bumped when a loop resets the node: completions of older runs are ignored.
+    epoch: u32,
+    // Fan-out bookkeeping (head nodes only).
+    branches_total: u32,
+    launched: u32,
+    finished: u32,
+    in_flight: u32,
+    needed: u32,
+    joined: bool,
+    branch_context_sum: u64,
+}
+
 struct Workflow {
+    id: u64,
     class: u32,
     arrived: SimTime,
-    next_hop: u32,
-    usd: f64,
     counted: bool,
+    user: Option<u32>,
     rng: WorkflowRng,
+    usd: f64,
+    tokens: u64,
+    fan_out: u32,
+    loops: u32,
+    outcome: Option<Outcome>,
+    /// Hops and timers of this workflow still pending (hops only; timers are checked by id).
+    outstanding: u32,
+    sinks_remaining: u32,
+    nodes: Vec<NodeState>,
+    active: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum HopKind {
+    Model,
+    Escalation,
+    Tool { attempt: u32 },
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Hop {
+    seq: u64,
+    slot: u32,
+    wf_id: u64,
+    node: u32,
+    branch: u32,
+    epoch: u32,
+    kind: HopKind,
+    station: u32,
+    context_in: u64,
+    input_tokens: u64,
+    output_tokens: u64,
+    timed_out: bool,
 }
 
 struct ClassRuntime {
     arrivals_rng: SimRng,
-    interarrival: Exp<f64>,
-    /// Seed of the per-workflow streams (see [`workflow_stream`]).
     work_seed: u64,
     next_workflow: u64,
+    max_rate: f64,
+    /// True when the rate never changes: no thinning draw is needed.
+    constant_rate: bool,
+    unit_exp: Exp1,
 }
 
 /// Options that are not part of the scenario.
@@ -44,218 +162,931 @@ struct ClassRuntime {
 pub struct RunOptions<'a> {
     /// Called about every 65k events with the fraction of the horizon simulated.
     pub progress: Option<&'a mut dyn FnMut(f64)>,
+    /// If set, every finished hop is appended here (for span logs and exact tests).
+    pub hop_log: Option<&'a mut Vec<HopRecord>>,
 }
 
 /// Runs a validated scenario to completion.
-pub fn run(scenario: &Scenario, mut opts: RunOptions<'_>) -> RunResult {
-    let streams = StreamFactory::new(scenario.seed);
-    let horizon = SimTime(scenario.horizon.as_nanos());
-    let warmup = SimTime(scenario.warmup.as_nanos());
+pub fn run(scenario: &Scenario, opts: RunOptions<'_>) -> RunResult {
+    Sim::new(scenario, opts).run()
+}
 
-    let mut stations: Vec<Box<dyn Station>> = scenario
-        .pools
-        .iter()
-        .map(|p| Box::new(QueueStation::new(p.servers, p.usd_per_server_hour)) as Box<dyn Station>)
-        .collect();
-    let mut classes: Vec<ClassRuntime> = scenario
-        .classes
-        .iter()
-        .map(|c| {
-            let Arrival::Poisson { rate_per_s } = c.arrival;
-            ClassRuntime {
+struct Sim<'a, 'o> {
+    sc: &'a Scenario,
+    opts: RunOptions<'o>,
+    horizon: SimTime,
+    warmup: SimTime,
+    now: SimTime,
+    queue: EventQueue<Event>,
+    /// Pools first, then tools.
+    stations: Vec<Box<dyn Station>>,
+    out: StationOutput,
+    classes: Vec<ClassRuntime>,
+    class_stats: Vec<ClassStats>,
+    pool_stats: Vec<PoolStats>,
+    tool_stats: Vec<ToolStats>,
+    workflows: Vec<Workflow>,
+    free_workflows: Vec<u32>,
+    hops: Vec<Option<Hop>>,
+    free_hops: Vec<u32>,
+    next_wf_id: u64,
+    next_hop_seq: u64,
+    timers: Vec<Option<TimerRec>>,
+    free_timers: Vec<u32>,
+    /// Sink-node count per class.
+    sinks: Vec<u32>,
+}
+
+impl<'a, 'o> Sim<'a, 'o> {
+    fn new(sc: &'a Scenario, opts: RunOptions<'o>) -> Self {
+        let streams = StreamFactory::new(sc.seed);
+        let mut stations: Vec<Box<dyn Station>> = sc
+            .pools
+            .iter()
+            .map(|p| {
+                Box::new(QueueStation::new(p.servers, p.usd_per_server_hour)) as Box<dyn Station>
+            })
+            .collect();
+        for t in &sc.tools {
+            stations.push(Box::new(QueueStation::bulkhead(t.concurrency)));
+        }
+        let classes = sc
+            .classes
+            .iter()
+            .map(|c| ClassRuntime {
                 arrivals_rng: streams.stream(&format!("class/{}/arrivals", c.name)),
-                // Validation guarantees a finite positive rate; the rate is in per-second.
-                interarrival: Exp::new(rate_per_s).unwrap_or_else(|_| unreachable!()),
                 work_seed: streams.stream(&format!("class/{}/work", c.name)).random(),
                 next_workflow: 0,
+                max_rate: c.max_rate(),
+                unit_exp: Exp1,
+                constant_rate: matches!(c.arrival, Arrival::Poisson { .. })
+                    && c.bursts.iter().all(|b| b.rate_factor == 1.0),
+            })
+            .collect();
+        Sim {
+            sc,
+            opts,
+            horizon: SimTime(sc.horizon.as_nanos()),
+            warmup: SimTime(sc.warmup.as_nanos()),
+            now: SimTime::ZERO,
+            queue: EventQueue::with_capacity(1024),
+            stations,
+            out: StationOutput::default(),
+            classes,
+            class_stats: sc.classes.iter().map(ClassStats::new).collect(),
+            pool_stats: sc.pools.iter().map(|_| PoolStats::new()).collect(),
+            tool_stats: sc.tools.iter().map(|t| ToolStats::new(&t.name)).collect(),
+            workflows: Vec::new(),
+            free_workflows: Vec::new(),
+            hops: Vec::new(),
+            free_hops: Vec::new(),
+            next_wf_id: 0,
+            next_hop_seq: 0,
+            timers: Vec::new(),
+            free_timers: Vec::new(),
+            sinks: sc
+                .classes
+                .iter()
+                .map(|c| {
+                    c.graph
+                        .nodes
+                        .iter()
+                        .filter(|n| n.children.is_empty())
+                        .count() as u32
+                })
+                .collect(),
+        }
+    }
+
+    fn run(mut self) -> RunResult {
+        let sc = self.sc;
+        for ci in 0..sc.classes.len() {
+            match &sc.classes[ci].arrival {
+                Arrival::Closed { users, think } => {
+                    for u in 0..*users {
+                        let t = SimTime::ZERO
+                            + think.sample_duration(&mut self.classes[ci].arrivals_rng);
+                        if t < self.horizon {
+                            self.queue.push(
+                                t,
+                                Event::UserStart {
+                                    class: ci as u32,
+                                    user: u,
+                                },
+                            );
+                        }
+                    }
+                }
+                _ => self.schedule_next_arrival(ci, SimTime::ZERO),
             }
-        })
-        .collect();
-
-    let mut class_stats: Vec<ClassStats> = scenario.classes.iter().map(ClassStats::new).collect();
-    let mut pool_stats: Vec<PoolStats> = scenario.pools.iter().map(|_| PoolStats::new()).collect();
-
-    let mut queue: EventQueue<Event> = EventQueue::with_capacity(1024);
-    let mut workflows: Vec<Option<Workflow>> = Vec::new();
-    let mut free_slots: Vec<u32> = Vec::new();
-    let mut out = StationOutput::default();
-
-    for (ci, c) in classes.iter_mut().enumerate() {
-        let gap = SimDuration::from_secs_f64(c.interarrival.sample(&mut c.arrivals_rng));
-        let t = SimTime::ZERO + gap;
-        if t < horizon {
-            queue.push(t, Event::Arrival { class: ci as u32 });
+        }
+        if self.warmup > SimTime::ZERO {
+            self.queue.push(self.warmup, Event::MeasureStart);
+        } else {
+            for s in self.stations.iter_mut() {
+                s.begin_measurement(SimTime::ZERO);
+            }
+        }
+        let mut events: u64 = 0;
+        let horizon_ns = self.horizon.as_nanos().max(1) as f64;
+        while let Some((t, ev)) = self.queue.pop() {
+            if !sc.drain && t > self.horizon {
+                break;
+            }
+            self.now = t;
+            events += 1;
+            if events & 0xFFFF == 0
+                && let Some(p) = self.opts.progress.as_mut()
+            {
+                p((t.as_nanos() as f64 / horizon_ns).min(1.0));
+            }
+            match ev {
+                Event::Arrival { class } => {
+                    self.schedule_next_arrival(class as usize, t);
+                    self.start_workflow(class as usize, None);
+                }
+                Event::UserStart { class, user } => self.start_workflow(class as usize, Some(user)),
+                Event::Wake { station, token } => {
+                    self.stations[station as usize].wake(t, token, &mut self.out);
+                    self.flush_wakeups(station as usize);
+                }
+                Event::Timer { id } => {
+                    if let Some(rec) = self.timers.get_mut(id as usize).and_then(Option::take) {
+                        self.free_timers.push(id);
+                        self.on_timer(rec.slot, rec.wf_id, rec.what);
+                    }
+                }
+                Event::MeasureStart => {
+                    for s in self.stations.iter_mut() {
+                        s.begin_measurement(t);
+                    }
+                }
+            }
+            self.process_done();
+        }
+        let end = if sc.drain {
+            self.now.max(self.horizon)
+        } else {
+            self.horizon
+        };
+        for wf in self.workflows.iter().filter(|w| w.active) {
+            // Workflows whose outcome is decided were counted then; only undecided ones
+            // are in flight. (Hops still running are charged when they finish.)
+            if wf.counted && wf.outcome.is_none() {
+                let cs = &mut self.class_stats[wf.class as usize];
+                cs.in_flight += 1;
+                cs.usd_unfinished += wf.usd;
+            }
+        }
+        let reports = self
+            .stations
+            .iter_mut()
+            .map(|s| s.report(end))
+            .collect::<Vec<_>>();
+        let n_pools = sc.pools.len();
+        let (pool_reports, tool_reports) = {
+            let mut r = reports;
+            let tools = r.split_off(n_pools);
+            (r, tools)
+        };
+        for (ts, rep) in self.tool_stats.iter_mut().zip(tool_reports) {
+            ts.report = rep;
+        }
+        RunResult {
+            seed: sc.seed,
+            events,
+            end,
+            window_start: self.warmup,
+            drain: sc.drain,
+            classes: self.class_stats,
+            pool_names: sc.pools.iter().map(|p| p.name.clone()).collect(),
+            pools: self.pool_stats,
+            pool_reports,
+            tools: self.tool_stats,
         }
     }
-    if warmup > SimTime::ZERO {
-        queue.push(warmup, Event::MeasureStart);
-    } else {
-        for s in stations.iter_mut() {
-            s.begin_measurement(SimTime::ZERO);
+
+    fn schedule_next_arrival(&mut self, ci: usize, from: SimTime) {
+        let class = &self.sc.classes[ci];
+        let rt = &mut self.classes[ci];
+        if rt.max_rate <= 0.0 {
+            return;
+        }
+        let mut t = from;
+        // Thinning (Lewis-Shedler): candidates at the peak rate, accepted with
+        // probability rate(t) / peak. Bounded so a long zero-rate stretch cannot spin.
+        for _ in 0..1_000_000 {
+            let e: f64 = rt.unit_exp.sample(&mut rt.arrivals_rng);
+            let gap = e / rt.max_rate;
+            t += SimDuration::from_secs_f64(gap);
+            if t >= self.horizon {
+                return;
+            }
+            if rt.constant_rate {
+                break;
+            }
+            let accept: f64 = rt.arrivals_rng.random();
+            if accept * rt.max_rate < class.rate_at(t) {
+                break;
+            }
+        }
+        if t < self.horizon {
+            self.queue.push(t, Event::Arrival { class: ci as u32 });
         }
     }
 
-    let mut events: u64 = 0;
-    let mut now = SimTime::ZERO;
-    let horizon_ns = horizon.as_nanos().max(1) as f64;
-    while let Some((t, ev)) = queue.pop() {
-        if !scenario.drain && t > horizon {
-            break;
+    fn start_workflow(&mut self, ci: usize, user: Option<u32>) {
+        let sc = self.sc;
+        let class = &sc.classes[ci];
+        let now = self.now;
+        let rt = &mut self.classes[ci];
+        let rng = workflow_stream(rt.work_seed, rt.next_workflow);
+        rt.next_workflow += 1;
+        let counted = now >= self.warmup;
+        if counted {
+            self.class_stats[ci].arrived += 1;
         }
-        now = t;
-        events += 1;
-        if events & 0xFFFF == 0
-            && let Some(p) = opts.progress.as_mut()
-        {
-            p((now.as_nanos() as f64 / horizon_ns).min(1.0));
-        }
-        match ev {
-            Event::Arrival { class } => {
-                let ci = class as usize;
-                let c = &mut classes[ci];
-                let gap = SimDuration::from_secs_f64(c.interarrival.sample(&mut c.arrivals_rng));
-                let next = now + gap;
-                if next < horizon {
-                    queue.push(next, Event::Arrival { class });
-                }
-                let rng = workflow_stream(c.work_seed, c.next_workflow);
-                c.next_workflow += 1;
-                let counted = now >= warmup;
-                if counted {
-                    class_stats[ci].arrived += 1;
-                }
-                let wf = Workflow {
-                    class,
+        let id = self.next_wf_id;
+        self.next_wf_id += 1;
+        let g = &class.graph;
+        let slot = match self.free_workflows.pop() {
+            Some(s) => s,
+            None => {
+                self.workflows.push(Workflow {
+                    id: 0,
+                    class: 0,
                     arrived: now,
-                    next_hop: 0,
+                    counted: false,
+                    user: None,
+                    rng: rng.clone(),
                     usd: 0.0,
-                    counted,
-                    rng,
-                };
-                let slot = match free_slots.pop() {
-                    Some(s) => {
-                        workflows[s as usize] = Some(wf);
-                        s
-                    }
-                    None => {
-                        workflows.push(Some(wf));
-                        (workflows.len() - 1) as u32
-                    }
-                };
-                let mut ctx = Ctx {
-                    scenario,
-                    stations: &mut stations,
-                    queue: &mut queue,
-                    out: &mut out,
-                };
-                ctx.submit_next_hop(&mut workflows, slot, now);
+                    tokens: 0,
+                    fan_out: 0,
+                    loops: 0,
+                    outcome: None,
+                    outstanding: 0,
+                    sinks_remaining: 0,
+                    nodes: Vec::new(),
+                    active: false,
+                });
+                (self.workflows.len() - 1) as u32
             }
-            Event::Wake { pool, token } => {
-                stations[pool as usize].wake(now, token, &mut out);
-                flush_wakeups(&mut queue, &mut out, pool as usize);
-            }
-            Event::MeasureStart => {
-                for s in stations.iter_mut() {
-                    s.begin_measurement(now);
-                }
-            }
+        };
+        let wf = &mut self.workflows[slot as usize];
+        wf.id = id;
+        wf.class = ci as u32;
+        wf.arrived = now;
+        wf.counted = counted;
+        wf.user = user;
+        wf.rng = rng;
+        wf.usd = 0.0;
+        wf.tokens = 0;
+        wf.fan_out = 0;
+        wf.loops = 0;
+        wf.outcome = None;
+        wf.outstanding = 0;
+        wf.active = true;
+        wf.sinks_remaining = self.sinks[ci];
+        wf.nodes.clear();
+        wf.nodes.extend(g.nodes.iter().map(|n| NodeState {
+            pending_parents: n.parents.len() as u32,
+            ..NodeState::default()
+        }));
+        if let Some(after) = class.abandon_after {
+            self.set_timer(now + after, slot, id, Timer::Abandon);
         }
-        // Finishing a hop may submit the next one, which may finish at once and report
-        // more, so loop until nothing is pending.
-        while !out.done.is_empty() {
-            let mut finished = std::mem::take(&mut out.done);
-            for done in finished.drain(..) {
-                let slot = done.id.0 as u32;
-                let Some(wf) = workflows[slot as usize].as_mut() else {
-                    continue;
-                };
-                let ci = wf.class as usize;
-                let hop = &scenario.classes[ci].hops[wf.next_hop as usize];
-                wf.usd += done.usd;
-                if done.submitted >= warmup {
-                    pool_stats[hop.pool].record(&done);
-                }
-                wf.next_hop += 1;
-                if (wf.next_hop as usize) < scenario.classes[ci].hops.len() {
-                    let mut ctx = Ctx {
-                        scenario,
-                        stations: &mut stations,
-                        queue: &mut queue,
-                        out: &mut out,
-                    };
-                    ctx.submit_next_hop(&mut workflows, slot, now);
-                } else if let Some(wf) = workflows[slot as usize].take() {
-                    free_slots.push(slot);
+        self.start_node(slot, 0, NO_BRANCH, 0);
+    }
+
+    /// Starts `node` (or one branch of it) with `context` tokens inherited.
+    fn start_node(&mut self, slot: u32, node: usize, branch: u32, context: u64) {
+        let sc = self.sc;
+        let now = self.now;
+        let wf = &mut self.workflows[slot as usize];
+        let class = &sc.classes[wf.class as usize];
+        let spec = &class.graph.nodes[node];
+        let epoch = wf.nodes[node].epoch;
+
+        if branch == NO_BRANCH && spec.fan_out.is_some() {
+            let count = class
+                .fan_out_at(node, now)
+                .map(|s| s.sample_tokens(&mut wf.rng))
+                .unwrap_or(1)
+                .min(u32::MAX as u64 - 1) as u32;
+            let f = spec.fan_out.as_ref().map(|f| (f.quorum, f.wave, f.through));
+            let (quorum, wave, through) = f.unwrap_or((None, None, node));
+            wf.fan_out = wf.fan_out.max(count);
+            let st = &mut wf.nodes[node];
+            st.branches_total = count;
+            st.needed = quorum.map(|q| q.min(count)).unwrap_or(count);
+            st.launched = 0;
+            st.finished = 0;
+            st.in_flight = 0;
+            st.joined = false;
+            st.branch_context_sum = 0;
+            st.context_in = context;
+            if count == 0 {
+                // No branches: the fan-out is a no-op and the join passes context on.
+                self.complete_node(slot, through, context);
+                return;
+            }
+            self.launch_wave(slot, node, wave);
+            return;
+        }
+
+        match spec.kind {
+            NodeKind::Human => {
+                if wf.rng.random::<f64>() < spec.probability {
+                    let minutes = spec
+                        .minutes
+                        .as_ref()
+                        .map(|m| m.sample(&mut wf.rng))
+                        .unwrap_or(0.0);
+                    wf.usd += minutes * spec.usd_per_minute;
                     if wf.counted {
-                        class_stats[ci].record_completion(now - wf.arrived, wf.usd);
+                        self.class_stats[wf.class as usize].usd_human +=
+                            minutes * spec.usd_per_minute;
                     }
+                    let wf_id = wf.id;
+                    self.set_timer(
+                        now + SimDuration::from_secs_f64(minutes * 60.0),
+                        slot,
+                        wf_id,
+                        Timer::HumanDone {
+                            node: node as u32,
+                            branch,
+                            epoch,
+                            context,
+                        },
+                    );
+                } else {
+                    self.node_finished(slot, node, branch, context);
                 }
             }
-            // Hand the (now empty) buffer back so its capacity is reused.
-            if out.done.is_empty() {
-                out.done = finished;
+            NodeKind::Tool => {
+                self.submit_tool(slot, node, branch, epoch, 0, context);
+            }
+            NodeKind::Llm | NodeKind::Compact => {
+                let inherited = (spec.inherit * context as f64).round() as u64;
+                let base = spec
+                    .input_tokens
+                    .as_ref()
+                    .map(|d| d.sample_tokens(&mut wf.rng))
+                    .unwrap_or(0);
+                let input = base + inherited;
+                let output = match spec.compact_to {
+                    Some(c) => c,
+                    None => spec
+                        .output_tokens
+                        .as_ref()
+                        .map(|d| d.sample_tokens(&mut wf.rng))
+                        .unwrap_or(0),
+                };
+                let service = spec
+                    .service
+                    .as_ref()
+                    .map(|s| s.sample_duration(&mut wf.rng))
+                    .unwrap_or(SimDuration::ZERO);
+                let pool = spec.pool.unwrap_or(0);
+                let timeout = spec.timeout;
+                self.submit_hop(
+                    slot,
+                    Hop {
+                        seq: 0,
+                        slot,
+                        wf_id: 0,
+                        node: node as u32,
+                        branch,
+                        epoch,
+                        kind: HopKind::Model,
+                        station: pool as u32,
+                        context_in: context,
+                        input_tokens: input,
+                        output_tokens: output,
+                        timed_out: false,
+                    },
+                    Work::Service(service),
+                    timeout,
+                );
             }
         }
     }
 
-    let end = if scenario.drain {
-        now.max(horizon)
-    } else {
-        horizon
-    };
-    // Workflows still in the system, with the cost they have run up so far.
-    for wf in workflows.iter().flatten() {
-        if wf.counted {
-            let cs = &mut class_stats[wf.class as usize];
-            cs.in_flight += 1;
-            cs.usd_unfinished += wf.usd;
+    fn launch_wave(&mut self, slot: u32, head: usize, wave: Option<u32>) {
+        let st = &self.workflows[slot as usize].nodes[head];
+        let remaining = st.branches_total - st.launched;
+        let n = wave.map(|w| w.min(remaining)).unwrap_or(remaining);
+        let context = st.context_in;
+        for _ in 0..n {
+            let st = &mut self.workflows[slot as usize].nodes[head];
+            let b = st.launched;
+            st.launched += 1;
+            st.in_flight += 1;
+            self.start_node(slot, head, b, context);
+            if self.workflows[slot as usize].outcome.is_some() {
+                return;
+            }
         }
     }
-    let reports = stations.iter_mut().map(|s| s.report(end)).collect();
-    RunResult::new(
-        scenario,
-        events,
-        end,
-        warmup,
-        class_stats,
-        pool_stats,
-        reports,
-    )
-}
 
-/// Moves the wake-ups a station asked for into the event queue.
-#[inline]
-fn flush_wakeups(queue: &mut EventQueue<Event>, out: &mut StationOutput, pool: usize) {
-    for (t, token) in out.wakeups.drain(..) {
-        queue.push(
-            t,
-            Event::Wake {
-                pool: pool as u32,
-                token,
+    fn submit_tool(
+        &mut self,
+        slot: u32,
+        node: usize,
+        branch: u32,
+        epoch: u32,
+        attempt: u32,
+        context: u64,
+    ) {
+        let sc = self.sc;
+        let wf = &mut self.workflows[slot as usize];
+        let spec = &sc.classes[wf.class as usize].graph.nodes[node];
+        let tool_idx = spec.tool.unwrap_or(0);
+        let tool = &sc.tools[tool_idx];
+        let latency = tool.latency.sample_duration(&mut wf.rng);
+        let timeout = spec.timeout;
+        self.submit_hop(
+            slot,
+            Hop {
+                seq: 0,
+                slot,
+                wf_id: 0,
+                node: node as u32,
+                branch,
+                epoch,
+                kind: HopKind::Tool { attempt },
+                station: (sc.pools.len() + tool_idx) as u32,
+                context_in: context,
+                input_tokens: 0,
+                output_tokens: 0,
+                timed_out: false,
             },
+            Work::Service(latency),
+            timeout,
         );
     }
-}
 
-struct Ctx<'a, 's> {
-    scenario: &'a Scenario,
-    stations: &'a mut [Box<dyn Station + 's>],
-    queue: &'a mut EventQueue<Event>,
-    out: &'a mut StationOutput,
-}
+    fn submit_hop(&mut self, slot: u32, mut hop: Hop, work: Work, timeout: Option<SimDuration>) {
+        let wf = &mut self.workflows[slot as usize];
+        hop.seq = self.next_hop_seq;
+        hop.wf_id = wf.id;
+        self.next_hop_seq += 1;
+        wf.outstanding += 1;
+        if matches!(hop.kind, HopKind::Model | HopKind::Escalation) {
+            wf.tokens += hop.input_tokens + hop.output_tokens;
+        }
+        let station = hop.station as usize;
+        let hop_slot = match self.free_hops.pop() {
+            Some(h) => {
+                self.hops[h as usize] = Some(hop);
+                h
+            }
+            None => {
+                self.hops.push(Some(hop));
+                (self.hops.len() - 1) as u32
+            }
+        };
+        if let Some(t) = timeout {
+            self.set_timer(
+                self.now + t,
+                slot,
+                hop.wf_id,
+                Timer::HopTimeout {
+                    hop: hop_slot,
+                    seq: hop.seq,
+                },
+            );
+        }
+        self.stations[station].submit(
+            self.now,
+            HopJob {
+                id: JobId(hop_slot as u64),
+                work,
+            },
+            &mut self.out,
+        );
+        self.flush_wakeups(station);
+    }
 
-impl Ctx<'_, '_> {
-    fn submit_next_hop(&mut self, workflows: &mut [Option<Workflow>], slot: u32, now: SimTime) {
-        let Some(wf) = workflows[slot as usize].as_mut() else {
+    fn set_timer(&mut self, at: SimTime, slot: u32, wf_id: u64, what: Timer) {
+        let rec = Some(TimerRec { slot, wf_id, what });
+        let id = match self.free_timers.pop() {
+            Some(id) => {
+                self.timers[id as usize] = rec;
+                id
+            }
+            None => {
+                self.timers.push(rec);
+                (self.timers.len() - 1) as u32
+            }
+        };
+        self.queue.push(at, Event::Timer { id });
+    }
+
+    #[inline]
+    fn flush_wakeups(&mut self, station: usize) {
+        for (t, token) in self.out.wakeups.drain(..) {
+            self.queue.push(
+                t,
+                Event::Wake {
+                    station: station as u32,
+                    token,
+                },
+            );
+        }
+    }
+
+    /// Handles finished hops; finishing one may submit more, which may finish at once.
+    fn process_done(&mut self) {
+        while !self.out.done.is_empty() {
+            let mut finished = std::mem::take(&mut self.out.done);
+            for done in finished.drain(..) {
+                self.on_hop_done(done);
+            }
+            if self.out.done.is_empty() {
+                self.out.done = finished;
+            }
+        }
+    }
+
+    fn on_hop_done(&mut self, done: HopDone) {
+        let sc = self.sc;
+        let hop_slot = done.id.0 as usize;
+        let Some(hop) = self.hops.get_mut(hop_slot).and_then(Option::take) else {
             return;
         };
-        let hop = &self.scenario.classes[wf.class as usize].hops[wf.next_hop as usize];
-        let service = hop.service.sample_duration(&mut wf.rng);
-        let job = HopJob {
-            id: JobId(slot as u64),
-            work: Work::Service(service),
-        };
-        self.stations[hop.pool].submit(now, job, self.out);
-        flush_wakeups(self.queue, self.out, hop.pool);
+        self.free_hops.push(hop_slot as u32);
+        let slot = hop.slot;
+        let wf = &mut self.workflows[slot as usize];
+        if !wf.active || wf.id != hop.wf_id {
+            return;
+        }
+        let ci = wf.class as usize;
+        let class = &sc.classes[ci];
+        let spec = &class.graph.nodes[hop.node as usize];
+        let mut usd = done.usd;
+        let n_pools = sc.pools.len();
+        if let HopKind::Tool { .. } = hop.kind {
+            let ti = hop.station as usize - n_pools;
+            usd += sc.tools[ti].usd_per_call;
+        }
+        wf.usd += usd;
+        wf.outstanding -= 1;
+        let counted = wf.counted;
+        if done.submitted >= self.warmup {
+            let st = hop.station as usize;
+            if st < n_pools {
+                self.pool_stats[st].record(&done);
+            } else {
+                self.tool_stats[st - n_pools].record(&done, sc.tools[st - n_pools].usd_per_call);
+            }
+        }
+        if let Some(log) = self.opts.hop_log.as_mut() {
+            log.push(HopRecord {
+                workflow: hop.wf_id,
+                class: class.name.clone(),
+                node: spec.id.clone(),
+                role: spec.role.clone(),
+                branch: (hop.branch != NO_BRANCH).then_some(hop.branch),
+                station: if (hop.station as usize) < n_pools {
+                    sc.pools[hop.station as usize].name.clone()
+                } else {
+                    sc.tools[hop.station as usize - n_pools].name.clone()
+                },
+                kind: match hop.kind {
+                    HopKind::Model => "llm",
+                    HopKind::Escalation => "escalation",
+                    HopKind::Tool { .. } => "tool",
+                },
+                context_in: hop.context_in,
+                input_tokens: hop.input_tokens,
+                output_tokens: hop.output_tokens,
+                submitted: done.submitted,
+                started: done.started,
+                finished: done.finished,
+                usd,
+            });
+        }
+        let wf = &mut self.workflows[slot as usize];
+        let stale =
+            wf.outcome.is_some() || hop.timed_out || wf.nodes[hop.node as usize].epoch != hop.epoch;
+        if stale {
+            // The workflow no longer needs this hop: its cost is waste.
+            if counted {
+                self.class_stats[ci].usd_waste_leftover += usd;
+            }
+            self.maybe_release(slot);
+            return;
+        }
+        let node = hop.node as usize;
+        match hop.kind {
+            HopKind::Tool { attempt } => {
+                let tool = &sc.tools[hop.station as usize - n_pools];
+                if wf.rng.random::<f64>() < tool.failure_probability {
+                    if counted {
+                        self.tool_stats[hop.station as usize - n_pools].failures += 1;
+                    }
+                    if attempt < tool.retries {
+                        let backoff = tool
+                            .retry_backoff
+                            .as_ref()
+                            .map(|b| b.sample_duration(&mut wf.rng))
+                            .unwrap_or_default();
+                        let wf_id = wf.id;
+                        wf.outstanding += 1;
+                        self.set_timer(
+                            self.now + backoff,
+                            slot,
+                            wf_id,
+                            Timer::ToolRetry {
+                                node: node as u32,
+                                branch: hop.branch,
+                                epoch: hop.epoch,
+                                attempt: attempt + 1,
+                                context: hop.context_in,
+                            },
+                        );
+                    } else {
+                        self.finish_workflow(
+                            slot,
+                            Outcome::Failed,
+                            &format!("tool {} failed", tool.name),
+                        );
+                    }
+                    return;
+                }
+                let payload = tool
+                    .payload_tokens
+                    .as_ref()
+                    .map(|d| d.sample_tokens(&mut wf.rng))
+                    .unwrap_or(0);
+                self.node_finished(slot, node, hop.branch, hop.context_in + payload);
+            }
+            HopKind::Model => {
+                if let Some(e) = &spec.escalate
+                    && wf.rng.random::<f64>() < e.probability
+                {
+                    let service = spec
+                        .service
+                        .as_ref()
+                        .map(|s| s.sample_duration(&mut wf.rng))
+                        .unwrap_or_default();
+                    if counted {
+                        self.class_stats[ci].escalations += 1;
+                    }
+                    let timeout = spec.timeout;
+                    self.submit_hop(
+                        slot,
+                        Hop {
+                            kind: HopKind::Escalation,
+                            station: e.pool as u32,
+                            ..hop
+                        },
+                        Work::Service(service),
+                        timeout,
+                    );
+                    return;
+                }
+                let out = hop.input_tokens + hop.output_tokens;
+                let ctx = if spec.compact_to.is_some() {
+                    hop.output_tokens
+                } else {
+                    out
+                };
+                self.node_finished(slot, node, hop.branch, ctx);
+            }
+            HopKind::Escalation => {
+                let ctx = if spec.compact_to.is_some() {
+                    hop.output_tokens
+                } else {
+                    hop.input_tokens + hop.output_tokens
+                };
+                self.node_finished(slot, node, hop.branch, ctx);
+            }
+        }
     }
+
+    fn on_timer(&mut self, slot: u32, wf_id: u64, what: Timer) {
+        let Some(wf) = self.workflows.get(slot as usize) else {
+            return;
+        };
+        if !wf.active || wf.id != wf_id {
+            return;
+        }
+        let undecided = wf.outcome.is_none();
+        let class = wf.class as usize;
+        let counted = wf.counted;
+        let graph = &self.sc.classes[class].graph;
+        match what {
+            Timer::Abandon => {
+                if undecided {
+                    self.finish_workflow(slot, Outcome::Abandoned, "abandoned");
+                }
+            }
+            Timer::HopTimeout { hop, seq } => {
+                let live = self
+                    .hops
+                    .get_mut(hop as usize)
+                    .and_then(|h| h.as_mut())
+                    .filter(|h| h.seq == seq);
+                if let Some(h) = live
+                    && undecided
+                {
+                    h.timed_out = true;
+                    let cause = format!("timeout at {}", graph.nodes[h.node as usize].id);
+                    self.finish_workflow(slot, Outcome::Failed, &cause);
+                }
+            }
+            Timer::HumanDone {
+                node,
+                branch,
+                epoch,
+                context,
+            } => {
+                if undecided && wf.nodes[node as usize].epoch == epoch {
+                    self.node_finished(slot, node as usize, branch, context);
+                }
+            }
+            Timer::ToolRetry {
+                node,
+                branch,
+                epoch,
+                attempt,
+                context,
+            } => {
+                let current = wf.nodes[node as usize].epoch == epoch;
+                self.workflows[slot as usize].outstanding -= 1;
+                if undecided && current {
+                    if counted {
+                        let ti = graph.nodes[node as usize].tool.unwrap_or(0);
+                        self.tool_stats[ti].retries += 1;
+                    }
+                    self.submit_tool(slot, node as usize, branch, epoch, attempt, context);
+                } else {
+                    self.maybe_release(slot);
+                }
+            }
+        }
+    }
+
+    /// A node (or one branch's step) finished with `context` tokens of output context.
+    fn node_finished(&mut self, slot: u32, node: usize, branch: u32, context: u64) {
+        let sc = self.sc;
+        let wf = &mut self.workflows[slot as usize];
+        let g = &sc.classes[wf.class as usize].graph;
+        if branch == NO_BRANCH {
+            self.complete_node(slot, node, context);
+            return;
+        }
+        // A branch step: walk the chain, or join at its end.
+        let head = g.nodes[node].in_branch_of.unwrap_or(node);
+        let Some(f) = g.nodes[head].fan_out.as_ref() else {
+            self.complete_node(slot, node, context);
+            return;
+        };
+        if node != f.through {
+            let next = g.nodes[node].children[0];
+            self.start_node(slot, next, branch, context);
+            return;
+        }
+        let st = &mut wf.nodes[head];
+        st.finished += 1;
+        st.in_flight -= 1;
+        if st.joined {
+            return;
+        }
+        st.branch_context_sum += context;
+        if st.finished >= st.needed {
+            st.joined = true;
+            let sum = st.branch_context_sum;
+            self.complete_node(slot, f.through, sum);
+        } else if st.in_flight == 0 && st.launched < st.branches_total {
+            self.launch_wave(slot, head, f.wave);
+        }
+    }
+
+    fn complete_node(&mut self, slot: u32, node: usize, context: u64) {
+        let sc = self.sc;
+        let wf = &mut self.workflows[slot as usize];
+        if wf.outcome.is_some() {
+            return;
+        }
+        let ci = wf.class as usize;
+        let g = &sc.classes[ci].graph;
+        let spec = &g.nodes[node];
+        if let Some(l) = &spec.loop_back
+            && l.max.is_none_or(|m| wf.nodes[node].loops < m)
+            && wf.rng.random::<f64>() < l.probability
+        {
+            wf.nodes[node].loops += 1;
+            wf.loops += 1;
+            // Re-run the body: parents outside it stay done; the loop target gets the
+            // feedback (this node's output context) on top of what it had.
+            for &b in &l.body {
+                let in_body_parents = g.nodes[b]
+                    .parents
+                    .iter()
+                    .filter(|p| l.body.contains(p))
+                    .count() as u32;
+                let outside_ctx = if b == l.to {
+                    wf.nodes[b].context_in + context
+                } else {
+                    0
+                };
+                let st = &mut wf.nodes[b];
+                st.epoch += 1;
+                st.done = false;
+                st.pending_parents = in_body_parents;
+                st.context_in = outside_ctx;
+                st.joined = false;
+            }
+            // Non-target body nodes also inherit from parents outside the body; those
+            // finished earlier and will not notify again, so nothing to add for a
+            // single-entry body (the usual verifier -> researcher loop).
+            let to_ctx = wf.nodes[l.to].context_in;
+            self.start_node(slot, l.to, NO_BRANCH, to_ctx);
+            return;
+        }
+        wf.nodes[node].done = true;
+        if spec.children.is_empty() {
+            wf.sinks_remaining -= 1;
+            if wf.sinks_remaining == 0 {
+                self.finish_workflow(slot, Outcome::Completed, "");
+            }
+            return;
+        }
+        for &c in &spec.children {
+            let wf = &mut self.workflows[slot as usize];
+            if wf.outcome.is_some() {
+                return;
+            }
+            let st = &mut wf.nodes[c];
+            st.pending_parents = st.pending_parents.saturating_sub(1);
+            st.context_in += context;
+            if st.pending_parents == 0 {
+                let ctx = st.context_in;
+                self.start_node(slot, c, NO_BRANCH, ctx);
+            }
+        }
+    }
+
+    fn finish_workflow(&mut self, slot: u32, outcome: Outcome, cause: &str) {
+        let now = self.now;
+        let wf = &mut self.workflows[slot as usize];
+        if wf.outcome.is_some() {
+            return;
+        }
+        wf.outcome = Some(outcome);
+        let ci = wf.class as usize;
+        if wf.counted {
+            let cs = &mut self.class_stats[ci];
+            cs.fan_out.push(wf.fan_out);
+            cs.loops += wf.loops as u64;
+            match outcome {
+                Outcome::Completed => cs.record_completion(now - wf.arrived, wf.usd, wf.tokens),
+                Outcome::Failed => {
+                    cs.failed += 1;
+                    *cs.failed_by_cause.entry(cause.to_string()).or_insert(0) += 1;
+                    cs.usd_waste_failed += wf.usd;
+                }
+                Outcome::Abandoned => {
+                    cs.abandoned += 1;
+                    cs.usd_waste_abandoned += wf.usd;
+                }
+            }
+        }
+        if let Some(user) = wf.user {
+            let think = match &self.sc.classes[ci].arrival {
+                Arrival::Closed { think, .. } => {
+                    think.sample_duration(&mut self.classes[ci].arrivals_rng)
+                }
+                _ => SimDuration::ZERO,
+            };
+            let t = now + think;
+            if t < self.horizon {
+                self.queue.push(
+                    t,
+                    Event::UserStart {
+                        class: ci as u32,
+                        user,
+                    },
+                );
+            }
+        }
+        self.maybe_release(slot);
+    }
+
+    /// Frees a workflow whose outcome is decided once nothing of it is running.
+    fn maybe_release(&mut self, slot: u32) {
+        let wf = &mut self.workflows[slot as usize];
+        if wf.active && wf.outcome.is_some() && wf.outstanding == 0 {
+            wf.active = false;
+            self.free_workflows.push(slot);
+        }
+    }
+}
+
+/// The class a workflow class name refers to, for callers holding only a name.
+pub fn class_by_name<'a>(sc: &'a Scenario, name: &str) -> Option<&'a WorkflowClass> {
+    sc.classes.iter().find(|c| c.name == name)
 }

@@ -175,6 +175,13 @@ impl Serialize for SimDuration {
     }
 }
 
+impl Serialize for SimTime {
+    /// Integer nanoseconds since the start of the run.
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
 impl<'de> Deserialize<'de> for SimDuration {
     /// Accepts a duration string ("250ms") or a plain number of seconds.
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

@@ -353,3 +353,580 @@ fn common_random_numbers_across_capacity_changes() {
     assert!((ws - wb).abs() < 1e-6, "busy work {ws} vs {wb}");
     assert!(rs.pools[0].mean_wait_s() > rb.pools[0].mean_wait_s());
 }
+
+// ---------------------------------------------------------------------------------
+// Workflow graphs
+// ---------------------------------------------------------------------------------
+
+use sim_core::metrics::HopRecord;
+
+fn run_logged(text: &str, seed: u64) -> (RunResult, Vec<HopRecord>) {
+    let mut sc = scenario(text);
+    sc.seed = seed;
+    let mut log = Vec::new();
+    let r = run(
+        &sc,
+        RunOptions {
+            hop_log: Some(&mut log),
+            ..Default::default()
+        },
+    );
+    (r, log)
+}
+
+#[test]
+fn deterministic_dag_latency_is_its_critical_path() {
+    // plan(1s) -> {research(2s), lookup tool(5s) -> summarise(0.5s)} -> answer(1s):
+    // critical path = 1 + max(2, 5 + 0.5) + 1 = 7.5s, with enough servers that nothing
+    // queues (arrivals are far apart compared with the work).
+    let text = r#"
+[simulation]
+horizon = "2h"
+drain = true
+[pools.llm]
+servers = 50
+service = { dist = "constant", value = "1s" }
+[tools.db]
+latency = { dist = "constant", value = "5s" }
+[classes.c]
+arrival = { process = "poisson", rate = 0.01 }
+[[classes.c.nodes]]
+id = "plan"
+pool = "llm"
+[[classes.c.nodes]]
+id = "research"
+pool = "llm"
+after = ["plan"]
+service = { dist = "constant", value = "2s" }
+[[classes.c.nodes]]
+id = "lookup"
+kind = "tool"
+tool = "db"
+after = ["plan"]
+[[classes.c.nodes]]
+id = "summarise"
+pool = "llm"
+after = ["lookup"]
+service = { dist = "constant", value = "500ms" }
+[[classes.c.nodes]]
+id = "answer"
+pool = "llm"
+after = ["research", "summarise"]
+"#;
+    let r = run_seed(text, 1);
+    let c = &r.classes[0];
+    assert!(c.completed > 30);
+    // Exact: the sum of latencies is completed x 7.5s to the nanosecond, and the
+    // histogram's extremes agree within its 0.1% precision.
+    assert_eq!(c.latency_sum_ns, 7_500_000_000u128 * c.completed as u128);
+    for v in [c.latency_ns.min(), c.latency_ns.max()] {
+        assert!((v as f64 / 7.5e9 - 1.0).abs() < 1e-3, "{v}");
+    }
+}
+
+fn harmonic(n: u32) -> f64 {
+    (1..=n).map(|k| 1.0 / k as f64).sum()
+}
+
+#[test]
+fn fan_out_join_all_matches_the_expected_maximum() {
+    // n parallel exponential(1s) branches on an unlimited tool: E[max] = H_n seconds.
+    for n in [4u32, 8] {
+        let text = format!(
+            r#"
+[simulation]
+horizon = "20000s"
+drain = true
+[pools.unused]
+servers = 1
+service = {{ dist = "constant", value = "1s" }}
+[tools.search]
+latency = {{ dist = "exponential", mean = "1s" }}
+[classes.c]
+arrival = {{ process = "poisson", rate = 2.0 }}
+[[classes.c.nodes]]
+id = "research"
+kind = "tool"
+tool = "search"
+fan_out = {{ count = {{ dist = "constant", value = {n} }} }}
+"#
+        );
+        let ci = replicate(&text, 10, |r| {
+            let c = &r.classes[0];
+            c.latency_sum_ns as f64 / c.completed as f64 / 1e9
+        });
+        assert_matches(&format!("fan-out {n} join-all E[max]"), &ci, harmonic(n));
+    }
+}
+
+#[test]
+fn quorum_join_waits_for_the_kth_fastest() {
+    // 4 exponential(1s) branches, quorum 2: E[2nd order statistic] = 1/4 + 1/3.
+    let text = r#"
+[simulation]
+horizon = "20000s"
+drain = true
+[pools.unused]
+servers = 1
+service = { dist = "constant", value = "1s" }
+[tools.search]
+latency = { dist = "exponential", mean = "1s" }
+[classes.c]
+arrival = { process = "poisson", rate = 2.0 }
+[[classes.c.nodes]]
+id = "research"
+kind = "tool"
+tool = "search"
+fan_out = { count = { dist = "constant", value = 4 }, quorum = 2 }
+[[classes.c.nodes]]
+id = "merge"
+pool = "unused"
+after = ["research"]
+service = { dist = "constant", value = "0s" }
+"#;
+    let ci = replicate(text, 10, |r| {
+        let c = &r.classes[0];
+        c.latency_sum_ns as f64 / c.completed as f64 / 1e9
+    });
+    assert_matches("quorum 2 of 4", &ci, 0.25 + 1.0 / 3.0);
+    // The two stragglers per workflow still run and are charged as waste.
+    let r = run_seed(text, 1);
+    assert_eq!(r.tools[0].calls, 4 * r.classes[0].completed);
+}
+
+#[test]
+fn uncapped_loop_runs_a_geometric_number_of_times() {
+    // Verify loops back to research with p = 0.6: runs per workflow ~ Geometric with
+    // mean 1 / (1 - p) = 2.5, i.e. 1.5 repetitions.
+    let text = r#"
+[simulation]
+horizon = "30000s"
+drain = true
+[pools.llm]
+servers = 1000
+service = { dist = "constant", value = "10ms" }
+[classes.c]
+arrival = { process = "poisson", rate = 5.0 }
+[[classes.c.nodes]]
+id = "research"
+pool = "llm"
+[[classes.c.nodes]]
+id = "verify"
+pool = "llm"
+after = ["research"]
+loop = { to = "research", probability = 0.6 }
+"#;
+    let r = run_seed(text, 4);
+    let c = &r.classes[0];
+    let n = c.completed as f64;
+    assert!(n > 100_000.0);
+    let mean_runs = 1.0 + c.loops as f64 / n;
+    // sd of a geometric count = sqrt(p) / (1 - p) = 1.94; 99% half-width:
+    let hw = 2.576 * 0.6f64.sqrt() / 0.4 / n.sqrt();
+    assert!(
+        (mean_runs - 2.5).abs() < hw,
+        "mean runs {mean_runs} vs 2.5 +/- {hw}"
+    );
+    assert!(hw / 2.5 < 0.025);
+    // Each run is two hops.
+    assert_eq!(r.pools[0].hops as f64, 2.0 * (n + c.loops as f64));
+    // A cap bounds it: with max = 2, at most 3 runs.
+    let capped = text.replace("probability = 0.6 }", "probability = 0.6, max = 2 }");
+    let r = run_seed(&capped, 4);
+    let c = &r.classes[0];
+    let expected = 0.6 + 0.36; // E[min(Geo, 2)] repetitions
+    let got = c.loops as f64 / c.completed as f64;
+    assert!(
+        (got - expected).abs() < 0.02,
+        "capped loops {got} vs {expected}"
+    );
+}
+
+#[test]
+fn context_growth_is_exact() {
+    // plan: 100 prompt + 50 out -> context 150; search tool adds a 300-token payload;
+    // answer inherits all of it: 20 + 150 + 300 = 470 prompt tokens. The critic inherits
+    // half of answer's context (470 + 10 = 480 -> 240) on top of 5 of its own; the
+    // compactor cuts everything to 64, so `final` sees 64 + 1.
+    let text = r#"
+[simulation]
+horizon = "1h"
+drain = true
+[pools.llm]
+servers = 8
+service = { dist = "constant", value = "100ms" }
+[tools.search]
+latency = { dist = "constant", value = "200ms" }
+payload_tokens = { dist = "constant", value = 300 }
+[classes.c]
+arrival = { process = "poisson", rate = 0.5 }
+[[classes.c.nodes]]
+id = "plan"
+pool = "llm"
+input_tokens = { dist = "constant", value = 100 }
+output_tokens = { dist = "constant", value = 50 }
+[[classes.c.nodes]]
+id = "search"
+kind = "tool"
+tool = "search"
+after = ["plan"]
+[[classes.c.nodes]]
+id = "answer"
+pool = "llm"
+after = ["search"]
+input_tokens = { dist = "constant", value = 20 }
+output_tokens = { dist = "constant", value = 10 }
+[[classes.c.nodes]]
+id = "critic"
+pool = "llm"
+after = ["answer"]
+inherit = 0.5
+input_tokens = { dist = "constant", value = 5 }
+output_tokens = { dist = "constant", value = 3 }
+[[classes.c.nodes]]
+id = "compact"
+kind = "compact"
+pool = "llm"
+after = ["critic"]
+compact_to = 64
+[[classes.c.nodes]]
+id = "final"
+pool = "llm"
+after = ["compact"]
+input_tokens = { dist = "constant", value = 1 }
+output_tokens = { dist = "constant", value = 2 }
+"#;
+    let (r, log) = run_logged(text, 2);
+    assert!(r.classes[0].completed > 1000);
+    let input_of = |node: &str| -> Vec<u64> {
+        log.iter()
+            .filter(|h| h.node == node)
+            .map(|h| h.input_tokens)
+            .collect()
+    };
+    assert!(input_of("plan").iter().all(|&t| t == 100));
+    assert!(input_of("answer").iter().all(|&t| t == 20 + 150 + 300));
+    assert!(input_of("critic").iter().all(|&t| t == 5 + 240));
+    // compact's prompt is the critic's context (245 + 3 = 248); its output is 64.
+    assert!(input_of("compact").iter().all(|&t| t == 248));
+    assert!(input_of("final").iter().all(|&t| t == 1 + 64));
+    assert!(!input_of("final").is_empty());
+}
+
+#[test]
+fn bulkhead_never_exceeds_its_concurrency() {
+    let text = r#"
+[simulation]
+horizon = "2h"
+[pools.llm]
+servers = 100
+service = { dist = "exponential", mean = "100ms" }
+[tools.crm]
+latency = { dist = "exponential", mean = "1s" }
+concurrency = 2
+[classes.c]
+arrival = { process = "poisson", rate = 1.8 }
+[[classes.c.nodes]]
+id = "plan"
+pool = "llm"
+[[classes.c.nodes]]
+id = "lookup"
+kind = "tool"
+tool = "crm"
+after = ["plan"]
+"#;
+    let (r, log) = run_logged(text, 3);
+    assert_eq!(
+        r.tools[0].report.max_busy, 2,
+        "the bulkhead is full at times and never over"
+    );
+    // Independent check from the hop log: sweep starts and finishes of tool calls.
+    let mut edges: Vec<(u64, i32)> = log
+        .iter()
+        .filter(|h| h.kind == "tool")
+        .flat_map(|h| [(h.started.0, 1), (h.finished.0, -1)])
+        .collect();
+    edges.sort_by_key(|&(t, d)| (t, d));
+    let mut level = 0;
+    let mut max = 0;
+    for (_, d) in edges {
+        level += d;
+        max = max.max(level);
+    }
+    assert_eq!(max, 2);
+    assert!(
+        r.tools[0].mean_wait_s() > 0.5,
+        "calls queue behind the bulkhead"
+    );
+}
+
+#[test]
+fn every_outcome_kind_is_accounted_for_and_costs_add_up() {
+    // Tool failures (some recovered by retries), hop timeouts, abandonment, human review
+    // and quorum stragglers, in one overloaded factory.
+    let text = r#"
+[simulation]
+horizon = "3h"
+warmup = "10m"
+[pools.llm]
+servers = 3
+usd_per_server_hour = 10.0
+service = { dist = "lognormal", median = "1s", p99 = "10s" }
+[tools.flaky]
+latency = { dist = "exponential", mean = "500ms" }
+failure_probability = 0.2
+retries = 1
+retry_backoff = { dist = "constant", value = "1s" }
+usd_per_call = 0.002
+concurrency = 4
+[classes.c]
+arrival = { process = "poisson", rate = 0.9 }
+abandon_after = "40s"
+[[classes.c.nodes]]
+id = "plan"
+pool = "llm"
+timeout = "20s"
+[[classes.c.nodes]]
+id = "research"
+kind = "tool"
+tool = "flaky"
+after = ["plan"]
+fan_out = { count = { dist = "uniform", low = 1, high = 4 }, quorum = 1 }
+[[classes.c.nodes]]
+id = "write"
+pool = "llm"
+after = ["research"]
+[[classes.c.nodes]]
+id = "review"
+kind = "human"
+after = ["write"]
+probability = 0.1
+minutes = { dist = "exponential", mean = 0.2 }
+usd_per_minute = 1.0
+"#;
+    for drain in [false, true] {
+        let mut sc = scenario(text);
+        sc.drain = drain;
+        let mut log = Vec::new();
+        let r = run(
+            &sc,
+            RunOptions {
+                hop_log: Some(&mut log),
+                ..Default::default()
+            },
+        );
+        let c = &r.classes[0];
+        assert_eq!(
+            c.arrived,
+            c.completed + c.failed + c.rejected + c.abandoned + c.in_flight,
+            "drain={drain}"
+        );
+        assert!(
+            c.completed > 0 && c.failed > 0 && c.abandoned > 0,
+            "{} {} {}",
+            c.completed,
+            c.failed,
+            c.abandoned
+        );
+        assert_eq!(c.failed, c.failed_by_cause.values().sum::<u64>());
+        assert!(c.failed_by_cause.keys().any(|k| k.starts_with("timeout")));
+        assert!(c.failed_by_cause.contains_key("tool flaky failed"));
+        if drain {
+            assert_eq!(c.in_flight, 0);
+            // With everything drained, every dollar charged to a hop (plus human review)
+            // lands in exactly one bucket. Only workflows arriving after warm-up are
+            // counted, so compare over those.
+            let s = r.summary();
+            let cs = &s.classes["c"];
+            let buckets = c.usd_per_success.iter().sum::<f64>()
+                + c.usd_waste_failed
+                + c.usd_waste_abandoned
+                + c.usd_waste_leftover
+                + c.usd_unfinished;
+            assert!((cs.usd_total - buckets).abs() < 1e-9);
+            assert!(cs.usd_waste.after_outcome > 0.0, "stragglers are charged");
+        }
+    }
+}
+
+#[test]
+fn closed_loop_users_and_piecewise_rates() {
+    // 20 users, 5s think, 1s service on 100 servers: throughput = N / (Z + R) = 20/6 per s.
+    let text = r#"
+[simulation]
+horizon = "20000s"
+warmup = "100s"
+[pools.llm]
+servers = 100
+service = { dist = "constant", value = "1s" }
+[classes.c]
+arrival = { process = "closed", users = 20, think = { dist = "exponential", mean = "5s" } }
+hops = [{ pool = "llm" }]
+"#;
+    let r = run_seed(text, 1);
+    let thr = r.classes[0].completed as f64 / r.window().as_secs_f64();
+    assert!(
+        (thr - 20.0 / 6.0).abs() / (20.0 / 6.0) < 0.02,
+        "closed-loop throughput {thr}"
+    );
+    // Piecewise: rate 1/s for an hour, 3/s the next, cycling: mean 2/s.
+    let text = r#"
+[simulation]
+horizon = "40h"
+[pools.llm]
+servers = 100
+service = { dist = "constant", value = "1s" }
+[classes.c]
+arrival = { process = "piecewise", step = "1h", rates = [1.0, 3.0] }
+hops = [{ pool = "llm" }]
+"#;
+    let (r, log) = run_logged(text, 1);
+    let rate = r.classes[0].arrived as f64 / (40.0 * 3600.0);
+    assert!((rate - 2.0).abs() < 0.02, "mean rate {rate}");
+    let in_odd_hours = log
+        .iter()
+        .filter(|h| (h.submitted.0 / 3_600_000_000_000) % 2 == 1)
+        .count() as f64;
+    let share = in_odd_hours / log.len() as f64;
+    assert!(
+        (share - 0.75).abs() < 0.01,
+        "share of arrivals in 3/s hours {share}"
+    );
+}
+
+#[test]
+fn bursts_multiply_rate_and_change_fan_out() {
+    let text = r#"
+[simulation]
+horizon = "10h"
+drain = true
+[pools.llm]
+servers = 1000
+service = { dist = "constant", value = "1s" }
+[classes.c]
+arrival = { process = "poisson", rate = 1.0 }
+bursts = [{ start = "2h", duration = "1h", every = "5h", rate_factor = 8.0, fan_out = { dist = "constant", value = 24 } }]
+[[classes.c.nodes]]
+id = "research"
+pool = "llm"
+fan_out = { count = { dist = "constant", value = 3 } }
+"#;
+    let (r, log) = run_logged(text, 1);
+    let in_burst = |t: u64| {
+        let h = t / 3_600_000_000_000;
+        h == 2 || h == 7
+    };
+    let burst_wf: std::collections::BTreeSet<u64> = log
+        .iter()
+        .filter(|h| in_burst(h.submitted.0))
+        .map(|h| h.workflow)
+        .collect();
+    let calm_wf: std::collections::BTreeSet<u64> = log
+        .iter()
+        .filter(|h| !in_burst(h.submitted.0))
+        .map(|h| h.workflow)
+        .collect();
+    // 8x the rate in 2 of 10 hours: 16 of 24 rate-hours.
+    let share = burst_wf.len() as f64 / (burst_wf.len() + calm_wf.len()) as f64;
+    assert!((share - 16.0 / 24.0).abs() < 0.02, "burst share {share}");
+    let hops_burst = log.iter().filter(|h| in_burst(h.submitted.0)).count();
+    assert_eq!(hops_burst, 24 * burst_wf.len());
+    assert_eq!(r.summary().classes["c"].fan_out.max, Some(24.0));
+}
+
+fn invalid(text: &str) -> sim_core::SpecError {
+    let spec: ScenarioSpec = toml::from_str(text).expect("parses");
+    spec.validate().expect_err("must be rejected")
+}
+
+#[test]
+fn graph_validation_errors_name_the_problem() {
+    let base = |nodes: &str| {
+        format!(
+            r#"
+[pools.llm]
+servers = 1
+service = {{ dist = "constant", value = "1s" }}
+[classes.c]
+arrival = {{ process = "poisson", rate = 1.0 }}
+{nodes}
+"#
+        )
+    };
+    let e = invalid(&base(
+        r#"
+[[classes.c.nodes]]
+id = "a"
+pool = "llm"
+[[classes.c.nodes]]
+id = "b"
+pool = "llm"
+after = ["a", "c"]
+[[classes.c.nodes]]
+id = "c"
+pool = "llm"
+after = ["b"]
+"#,
+    ));
+    assert!(
+        e.message.contains("cycle") && e.message.contains("loop"),
+        "{e}"
+    );
+    let e = invalid(&base(
+        r#"
+[[classes.c.nodes]]
+id = "a"
+pool = "llm"
+[[classes.c.nodes]]
+id = "b"
+pool = "llm"
+after = ["x"]
+"#,
+    ));
+    assert!(
+        e.key == "classes.c.nodes[1].after" && e.message.contains("no node with id `x`"),
+        "{e}"
+    );
+    let e = invalid(&base(
+        r#"
+[[classes.c.nodes]]
+id = "a"
+pool = "llm"
+[[classes.c.nodes]]
+id = "orphan"
+pool = "llm"
+"#,
+    ));
+    assert!(e.message.contains("unreachable"), "{e}");
+    let e = invalid(&base(
+        r#"
+[[classes.c.nodes]]
+id = "a"
+pool = "llm"
+fan_out = { count = { dist = "constant", value = 3 }, quorum = 2 }
+"#,
+    ));
+    assert!(e.message.contains("nothing to join"), "{e}");
+    let e = invalid(&base(
+        r#"
+[[classes.c.nodes]]
+id = "a"
+pool = "llm"
+[[classes.c.nodes]]
+id = "b"
+pool = "llm"
+after = ["a"]
+loop = { to = "b", probability = 1.0 }
+"#,
+    ));
+    assert!(e.message.contains("never ends"), "{e}");
+    let e = invalid(&base(
+        r#"
+[[classes.c.nodes]]
+id = "a"
+kind = "tool"
+tool = "nope"
+"#,
+    ));
+    assert!(e.message.contains("no tool named `nope`"), "{e}");
+}
