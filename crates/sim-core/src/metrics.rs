@@ -257,6 +257,38 @@ pub struct RunResult {
     pub pools: Vec<PoolStats>,
     pub pool_reports: Vec<StationReport>,
     pub tools: Vec<ToolStats>,
+    /// One row per sampling interval (default one simulated minute).
+    pub timeseries: Vec<TimeseriesRow>,
+}
+
+/// The factory over one sampling interval ending at `t`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TimeseriesRow {
+    /// End of the interval, seconds since the start of the run.
+    pub t_s: f64,
+    /// Workflow arrivals, completions, failures and abandonments in the interval (all
+    /// classes, warm-up included).
+    pub arrivals: u64,
+    pub completions: u64,
+    pub failed: u64,
+    pub abandoned: u64,
+    /// Workflows started and not yet decided, at `t`.
+    pub in_flight: u64,
+    /// Per pool, in scenario order (names in `RunResult::pool_names`).
+    pub pools: Vec<PoolSample>,
+    /// Dollars spent in the interval: pool capacity (busy or idle) plus tool calls and
+    /// human review charged in it.
+    pub usd: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PoolSample {
+    /// Hops waiting or in service at `t`.
+    pub in_system: u64,
+    /// Busy fraction over the interval.
+    pub utilization: f64,
+    /// Servers or replicas provisioned at `t`.
+    pub servers: u32,
 }
 
 impl RunResult {

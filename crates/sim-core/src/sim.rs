@@ -45,6 +45,21 @@ enum Event {
         id: u32,
     },
     MeasureStart,
+    /// Record a timeseries row.
+    Sample,
+}
+
+/// Length of one timeseries interval.
+pub const SAMPLE_INTERVAL: SimDuration = SimDuration::from_secs(60);
+
+#[derive(Clone, Copy, Debug, Default)]
+struct IntervalCounters {
+    arrivals: u64,
+    completions: u64,
+    failed: u64,
+    abandoned: u64,
+    in_flight: u64,
+    usd_variable: f64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -195,6 +210,11 @@ struct Sim<'a, 'o> {
     free_timers: Vec<u32>,
     /// Sink-node count per class.
     sinks: Vec<u32>,
+    interval: IntervalCounters,
+    /// Busy server-seconds per station at the last sample (to take differences).
+    last_busy: Vec<f64>,
+    last_sample: SimTime,
+    timeseries: Vec<crate::metrics::TimeseriesRow>,
 }
 
 impl<'a, 'o> Sim<'a, 'o> {
@@ -255,6 +275,10 @@ impl<'a, 'o> Sim<'a, 'o> {
                         .count() as u32
                 })
                 .collect(),
+            interval: IntervalCounters::default(),
+            last_busy: vec![0.0; sc.pools.len()],
+            last_sample: SimTime::ZERO,
+            timeseries: Vec::new(),
         }
     }
 
@@ -282,6 +306,9 @@ impl<'a, 'o> Sim<'a, 'o> {
         }
         if self.warmup > SimTime::ZERO {
             self.queue.push(self.warmup, Event::MeasureStart);
+        }
+        if SimTime::ZERO + SAMPLE_INTERVAL <= self.horizon {
+            self.queue.push(SimTime::ZERO + SAMPLE_INTERVAL, Event::Sample);
         } else {
             for s in self.stations.iter_mut() {
                 s.begin_measurement(SimTime::ZERO);
@@ -317,8 +344,19 @@ impl<'a, 'o> Sim<'a, 'o> {
                     }
                 }
                 Event::MeasureStart => {
+                    // Time integrals restart here; take the next sample's differences
+                    // from zero.
                     for s in self.stations.iter_mut() {
                         s.begin_measurement(t);
+                    }
+                    self.last_busy.iter_mut().for_each(|b| *b = 0.0);
+                }
+                Event::Sample => {
+                    self.sample();
+                    let next = t + SAMPLE_INTERVAL;
+                    // Keep sampling while anything is scheduled (drain) or until the horizon.
+                    if next <= self.horizon || (sc.drain && !self.queue.is_empty()) {
+                        self.queue.push(next, Event::Sample);
                     }
                 }
             }
@@ -363,7 +401,44 @@ impl<'a, 'o> Sim<'a, 'o> {
             pools: self.pool_stats,
             pool_reports,
             tools: self.tool_stats,
+            timeseries: self.timeseries,
         }
+    }
+
+    fn sample(&mut self) {
+        let sc = self.sc;
+        let now = self.now;
+        let dt = (now - self.last_sample).as_secs_f64();
+        let mut pools = Vec::with_capacity(sc.pools.len());
+        let mut usd = self.interval.usd_variable;
+        for (i, p) in sc.pools.iter().enumerate() {
+            let rep = self.stations[i].report(now);
+            let busy = rep.busy_server_s - self.last_busy[i];
+            self.last_busy[i] = rep.busy_server_s;
+            let cap = rep.servers as f64 * dt;
+            pools.push(crate::metrics::PoolSample {
+                in_system: rep.in_system_now,
+                utilization: if cap > 0.0 { busy / cap } else { 0.0 },
+                servers: rep.servers,
+            });
+            usd += p.servers as f64 * p.usd_per_server_hour * dt / 3600.0;
+        }
+        let c = self.interval;
+        self.timeseries.push(crate::metrics::TimeseriesRow {
+            t_s: now.as_secs_f64(),
+            arrivals: c.arrivals,
+            completions: c.completions,
+            failed: c.failed,
+            abandoned: c.abandoned,
+            in_flight: c.in_flight,
+            pools,
+            usd,
+        });
+        self.interval = IntervalCounters {
+            in_flight: c.in_flight,
+            ..IntervalCounters::default()
+        };
+        self.last_sample = now;
     }
 
     fn schedule_next_arrival(&mut self, ci: usize, from: SimTime) {
@@ -406,6 +481,8 @@ impl<'a, 'o> Sim<'a, 'o> {
         if counted {
             self.class_stats[ci].arrived += 1;
         }
+        self.interval.arrivals += 1;
+        self.interval.in_flight += 1;
         let id = self.next_wf_id;
         self.next_wf_id += 1;
         let g = &class.graph;
@@ -503,6 +580,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                         .map(|m| m.sample(&mut wf.rng))
                         .unwrap_or(0.0);
                     wf.usd += minutes * spec.usd_per_minute;
+                    self.interval.usd_variable += minutes * spec.usd_per_minute;
                     if wf.counted {
                         self.class_stats[wf.class as usize].usd_human +=
                             minutes * spec.usd_per_minute;
@@ -729,6 +807,7 @@ impl<'a, 'o> Sim<'a, 'o> {
         if let HopKind::Tool { .. } = hop.kind {
             let ti = hop.station as usize - n_pools;
             usd += sc.tools[ti].usd_per_call;
+            self.interval.usd_variable += sc.tools[ti].usd_per_call;
         }
         wf.usd += usd;
         wf.outstanding -= 1;
@@ -1038,6 +1117,12 @@ impl<'a, 'o> Sim<'a, 'o> {
         }
         wf.outcome = Some(outcome);
         let ci = wf.class as usize;
+        self.interval.in_flight -= 1;
+        match outcome {
+            Outcome::Completed => self.interval.completions += 1,
+            Outcome::Failed => self.interval.failed += 1,
+            Outcome::Abandoned => self.interval.abandoned += 1,
+        }
         if wf.counted {
             let cs = &mut self.class_stats[ci];
             cs.fan_out.push(wf.fan_out);
