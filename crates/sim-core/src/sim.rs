@@ -308,7 +308,8 @@ impl<'a, 'o> Sim<'a, 'o> {
             self.queue.push(self.warmup, Event::MeasureStart);
         }
         if SimTime::ZERO + SAMPLE_INTERVAL <= self.horizon {
-            self.queue.push(SimTime::ZERO + SAMPLE_INTERVAL, Event::Sample);
+            self.queue
+                .push(SimTime::ZERO + SAMPLE_INTERVAL, Event::Sample);
         } else {
             for s in self.stations.iter_mut() {
                 s.begin_measurement(SimTime::ZERO);
