@@ -104,6 +104,12 @@ pub struct PoolSpec {
     /// Default service time of a hop on this pool (a hop may override it).
     #[serde(default)]
     pub service: Option<DistSpec>,
+    /// Token-driven service on an abstract pool: added for every 1,000 prompt tokens.
+    #[serde(default)]
+    pub prefill_per_1k_tokens: Option<SimDuration>,
+    /// Token-driven service on an abstract pool: added for every output token.
+    #[serde(default)]
+    pub decode_per_token: Option<SimDuration>,
 }
 
 /// `[classes.NAME]`: a workflow class.
@@ -120,6 +126,10 @@ pub struct ClassSpec {
     /// Latency target for the whole workflow (reported as SLO attainment).
     #[serde(default)]
     pub slo: Option<SimDuration>,
+    /// Share of workflows that should meet `slo` (default 0.99); the error budget is
+    /// 1 - slo_target.
+    #[serde(default)]
+    pub slo_target: Option<f64>,
     /// A user who waits longer than this gives up: the workflow is abandoned (its cost
     /// is still counted, as waste).
     #[serde(default)]
@@ -211,6 +221,17 @@ pub struct Pool {
     pub name: String,
     pub servers: u32,
     pub usd_per_server_hour: f64,
+    /// Nanoseconds per 1,000 prompt tokens and per output token (abstract pools).
+    pub prefill_ns_per_1k: u64,
+    pub decode_ns_per_token: u64,
+}
+
+impl Pool {
+    /// Token-driven part of a hop's service time on this pool.
+    pub fn token_time(&self, input_tokens: u64, output_tokens: u64) -> SimDuration {
+        let prefill = (input_tokens as u128 * self.prefill_ns_per_1k as u128 / 1000) as u64;
+        SimDuration(prefill.saturating_add(output_tokens.saturating_mul(self.decode_ns_per_token)))
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -219,6 +240,7 @@ pub struct WorkflowClass {
     pub arrival: Arrival,
     pub graph: WorkflowGraph,
     pub slo: Option<SimDuration>,
+    pub slo_target: f64,
     pub abandon_after: Option<SimDuration>,
     pub tenant: String,
     pub lane: String,
@@ -396,6 +418,8 @@ impl ScenarioSpec {
                 name: name.clone(),
                 servers: p.servers as u32,
                 usd_per_server_hour: p.usd_per_server_hour,
+                prefill_ns_per_1k: p.prefill_per_1k_tokens.map(|d| d.as_nanos()).unwrap_or(0),
+                decode_ns_per_token: p.decode_per_token.map(|d| d.as_nanos()).unwrap_or(0),
             });
         }
         let mut tools = Vec::new();
@@ -447,7 +471,18 @@ impl ScenarioSpec {
         let pool_service: BTreeMap<String, Option<DistSpec>> = self
             .pools
             .iter()
-            .map(|(n, p)| (n.clone(), p.service.clone()))
+            .map(|(n, p)| {
+                // A token-driven pool needs no service distribution: it defaults to zero.
+                let token_driven =
+                    p.prefill_per_1k_tokens.is_some() || p.decode_per_token.is_some();
+                let zero = DistSpec::Constant {
+                    value: crate::dist::Num(0.0),
+                };
+                (
+                    n.clone(),
+                    p.service.clone().or(token_driven.then_some(zero)),
+                )
+            })
             .collect();
         let gpu_pools: BTreeMap<String, bool> =
             self.pools.keys().map(|n| (n.clone(), false)).collect();
@@ -548,6 +583,14 @@ impl ScenarioSpec {
                     "expected a positive latency target",
                 ));
             }
+            if let Some(t) = c.slo_target
+                && !(t > 0.0 && t < 1.0)
+            {
+                return Err(err(
+                    format!("{key}.slo_target"),
+                    format!("expected a share strictly between 0 and 1, like 0.99; got {t}"),
+                ));
+            }
             if c.abandon_after == Some(SimDuration::ZERO) {
                 return Err(err(
                     format!("{key}.abandon_after"),
@@ -594,6 +637,7 @@ impl ScenarioSpec {
                 arrival,
                 graph,
                 slo: c.slo,
+                slo_target: c.slo_target.unwrap_or(0.99),
                 abandon_after: c.abandon_after,
                 tenant: c.tenant.clone().unwrap_or_else(|| "default".into()),
                 lane: c.lane.clone().unwrap_or_else(|| "default".into()),
@@ -619,6 +663,7 @@ fn chain_to_nodes(hops: &[HopSpec]) -> Vec<NodeSpec> {
         .enumerate()
         .map(|(i, h)| NodeSpec {
             id: format!("{}#{i}", h.name.clone().unwrap_or_else(|| h.pool.clone())),
+            enabled: true,
             kind: NodeKind::Llm,
             after: if i == 0 {
                 vec![]
@@ -674,16 +719,27 @@ impl Scenario {
         for c in &self.classes {
             let r = c.mean_rate_per_s(self.horizon);
             let visits = expected_visits(&c.graph);
+            let tokens = expected_tokens(&c.graph, &self.tools);
             for (i, n) in c.graph.nodes.iter().enumerate() {
+                if !n.enabled {
+                    continue;
+                }
                 let v = r * visits[i];
-                let mean = n.service.as_ref().map(Sampler::mean).unwrap_or(0.0);
+                let (input, output) = (tokens[i].input, tokens[i].output);
+                let service = n.service.as_ref().map(Sampler::mean).unwrap_or(0.0);
+                let on = |pool: usize| {
+                    service
+                        + self.pools[pool]
+                            .token_time(input.round() as u64, output.round() as u64)
+                            .as_secs_f64()
+                };
                 if let Some(p) = n.pool {
                     rate[p] += v;
-                    work[p] += v * mean;
+                    work[p] += v * on(p);
                 }
                 if let Some(e) = &n.escalate {
                     rate[e.pool] += v * e.probability;
-                    work[e.pool] += v * e.probability * mean;
+                    work[e.pool] += v * e.probability * on(e.pool);
                 }
             }
         }
@@ -703,6 +759,90 @@ impl Scenario {
             })
             .collect()
     }
+}
+
+/// Expected prompt, output and context tokens of one execution of a node.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExpectedTokens {
+    pub input: f64,
+    pub output: f64,
+    /// Context passed on to children.
+    pub context_out: f64,
+}
+
+/// Expected tokens per node, following context inheritance in topological order (a
+/// join passes on the sum over its expected branches; loop feedback is ignored).
+pub fn expected_tokens(g: &WorkflowGraph, tools: &[Tool]) -> Vec<ExpectedTokens> {
+    let mut t = vec![ExpectedTokens::default(); g.nodes.len()];
+    // Branch multiplier of a fan-out's last node, for the join.
+    let mut join_factor = vec![1.0; g.nodes.len()];
+    for n in &g.nodes {
+        if let Some(f) = &n.fan_out {
+            join_factor[f.through] = f.count.mean();
+        }
+    }
+    for &i in &g.order {
+        let n = &g.nodes[i];
+        let ctx_in: f64 = n
+            .parents
+            .iter()
+            .map(|&p| {
+                t[p].context_out
+                    * if g.nodes[i].in_branch_of.is_some() {
+                        1.0
+                    } else {
+                        join_factor[p]
+                    }
+            })
+            .sum();
+        let mean = |s: &Option<Sampler>| s.as_ref().map(Sampler::mean).unwrap_or(0.0);
+        t[i] = if !n.enabled {
+            ExpectedTokens {
+                input: 0.0,
+                output: 0.0,
+                context_out: ctx_in,
+            }
+        } else {
+            match n.kind {
+                NodeKind::Llm => {
+                    let input = mean(&n.input_tokens) + n.inherit * ctx_in;
+                    let output = mean(&n.output_tokens);
+                    ExpectedTokens {
+                        input,
+                        output,
+                        context_out: input + output,
+                    }
+                }
+                NodeKind::Compact => {
+                    let input = mean(&n.input_tokens) + n.inherit * ctx_in;
+                    let output = n.compact_to.map(|c| (c as f64).min(input)).unwrap_or(0.0);
+                    ExpectedTokens {
+                        input,
+                        output,
+                        context_out: output,
+                    }
+                }
+                NodeKind::Tool => {
+                    let payload = n
+                        .tool
+                        .and_then(|ti| tools.get(ti))
+                        .map(|t| mean(&t.payload_tokens))
+                        .unwrap_or(0.0);
+                    ExpectedTokens {
+                        input: 0.0,
+                        output: payload,
+                        context_out: ctx_in + payload,
+                    }
+                }
+                NodeKind::Human => ExpectedTokens {
+                    input: 0.0,
+                    output: 0.0,
+                    context_out: ctx_in,
+                },
+            }
+        };
+    }
+    t
 }
 
 /// Expected executions of each node per workflow.

@@ -572,6 +572,10 @@ impl<'a, 'o> Sim<'a, 'o> {
             return;
         }
 
+        if !spec.enabled {
+            self.node_finished(slot, node, branch, context);
+            return;
+        }
         match spec.kind {
             NodeKind::Human => {
                 if wf.rng.random::<f64>() < spec.probability {
@@ -614,19 +618,21 @@ impl<'a, 'o> Sim<'a, 'o> {
                     .unwrap_or(0);
                 let input = base + inherited;
                 let output = match spec.compact_to {
-                    Some(c) => c,
+                    // A summary is never longer than what it summarises.
+                    Some(c) => c.min(input),
                     None => spec
                         .output_tokens
                         .as_ref()
                         .map(|d| d.sample_tokens(&mut wf.rng))
                         .unwrap_or(0),
                 };
+                let pool = spec.pool.unwrap_or(0);
                 let service = spec
                     .service
                     .as_ref()
                     .map(|s| s.sample_duration(&mut wf.rng))
-                    .unwrap_or(SimDuration::ZERO);
-                let pool = spec.pool.unwrap_or(0);
+                    .unwrap_or(SimDuration::ZERO)
+                    + sc.pools[pool].token_time(input, output);
                 let timeout = spec.timeout;
                 self.submit_hop(
                     slot,
@@ -910,7 +916,8 @@ impl<'a, 'o> Sim<'a, 'o> {
                         .service
                         .as_ref()
                         .map(|s| s.sample_duration(&mut wf.rng))
-                        .unwrap_or_default();
+                        .unwrap_or_default()
+                        + sc.pools[e.pool].token_time(hop.input_tokens, hop.output_tokens);
                     if counted {
                         self.class_stats[ci].escalations += 1;
                     }

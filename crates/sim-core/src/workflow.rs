@@ -34,6 +34,10 @@ pub struct NodeSpec {
     pub id: String,
     #[serde(default)]
     pub kind: NodeKind,
+    /// A disabled node passes its inherited context straight on, taking no time (to
+    /// switch steps on and off from the command line: `--set ...enabled=false`).
+    #[serde(default = "yes")]
+    pub enabled: bool,
     /// Parents: this node starts when all of them have finished.
     #[serde(default)]
     pub after: Vec<String>,
@@ -127,6 +131,7 @@ pub struct EscalateSpec {
 #[derive(Clone, Debug)]
 pub struct Node {
     pub id: String,
+    pub enabled: bool,
     pub role: String,
     pub kind: NodeKind,
     pub pool: Option<usize>,
@@ -180,6 +185,10 @@ pub struct WorkflowGraph {
     pub nodes: Vec<Node>,
     /// Topological order (loops excluded).
     pub order: Vec<usize>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// What node validation needs to know about the rest of the scenario.
@@ -419,6 +428,7 @@ pub fn compile_graph(
         }
         nodes.push(Node {
             id: s.id.clone(),
+            enabled: s.enabled,
             role: s.role.clone().unwrap_or_else(|| s.id.clone()),
             kind: s.kind,
             pool,
