@@ -3,5 +3,9 @@
 
 pub mod load;
 pub mod report;
+pub mod trace_cmd;
 
 pub use load::{InputError, LoadedScenario, load_scenario, parse_scenario};
+
+#[cfg(test)]
+mod story_tests;

@@ -54,6 +54,10 @@ enum Command {
         #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
         sets: Vec<String>,
     },
+    /// Inspect a recorded trace (`trace stats TRACE`).
+    Trace(factorysim::trace_cmd::TraceArgs),
+    /// Fit a workload profile to a trace and write a scenario fragment.
+    Fit(factorysim::trace_cmd::FitArgs),
 }
 
 fn main() -> ExitCode {
@@ -116,6 +120,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             print!("{}", report::check_table(&loaded.file, &loaded.scenario));
             Ok(())
         }
+        Command::Trace(args) => factorysim::trace_cmd::run_trace(args),
+        Command::Fit(args) => factorysim::trace_cmd::run_fit(args),
     }
 }
 

@@ -1,0 +1,449 @@
+//! Trace statistics as plain structs: arrival rate (overall and by step), burstiness,
+//! token distributions, Mooncake prefix-block reuse, and per-workflow-class agent
+//! figures for span traces. Token and arrival values are kept (4 and 8 bytes a row)
+//! for exact percentiles.
+
+use crate::error::TraceError;
+use crate::request::{ReadReport, RequestRecord};
+use crate::span::SpanKind;
+use crate::workflow::Workflow;
+use std::collections::{BTreeMap, HashMap};
+
+/// Default step of the rate-by-step table and the piecewise fit: one hour.
+pub const DEFAULT_STEP_NS: u64 = 3_600_000_000_000;
+
+/// Percentile `q` in [0, 1] of sorted values (linear interpolation between ranks).
+pub fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let pos = q.clamp(0.0, 1.0) * (sorted.len() - 1) as f64;
+    let lo = pos.floor() as usize;
+    let hi = pos.ceil() as usize;
+    sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
+}
+
+/// Count, mean and percentiles of a sample.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Summary {
+    pub count: u64,
+    pub mean: f64,
+    pub min: f64,
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Summary {
+    /// From values sorted ascending.
+    pub fn from_sorted(v: &[f64]) -> Summary {
+        if v.is_empty() {
+            return Summary::default();
+        }
+        Summary {
+            count: v.len() as u64,
+            mean: v.iter().sum::<f64>() / v.len() as f64,
+            min: v[0],
+            p50: quantile(v, 0.5),
+            p95: quantile(v, 0.95),
+            p99: quantile(v, 0.99),
+            max: v[v.len() - 1],
+        }
+    }
+
+    /// Sorts `v` and summarises it.
+    pub fn of(mut v: Vec<f64>) -> Summary {
+        v.sort_by(f64::total_cmp);
+        Summary::from_sorted(&v)
+    }
+}
+
+/// Arrival figures of a trace (or of one workflow class).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ArrivalStats {
+    pub rows: u64,
+    pub first_ns: u64,
+    pub last_ns: u64,
+    /// last - first, in seconds.
+    pub duration_s: f64,
+    /// (rows - 1) / duration: one over the mean inter-arrival time (0 if undefined).
+    pub mean_rate_per_s: f64,
+    /// The step of `rate_by_step`, in seconds.
+    pub step_s: f64,
+    /// Arrivals per second in consecutive steps from the first arrival; the last,
+    /// partial step's rate is over the part of it the trace covers.
+    pub rate_by_step: Vec<f64>,
+    /// Coefficient of variation of inter-arrival times (1 for Poisson, > 1 bursty).
+    pub interarrival_cv: f64,
+}
+
+impl ArrivalStats {
+    /// From arrival times (any order; they are sorted).
+    pub fn from_arrivals(mut t: Vec<u64>, step_ns: u64) -> ArrivalStats {
+        t.sort_unstable();
+        let step_ns = step_ns.max(1);
+        let n = t.len();
+        let mut s = ArrivalStats {
+            rows: n as u64,
+            step_s: step_ns as f64 / 1e9,
+            ..ArrivalStats::default()
+        };
+        if n == 0 {
+            return s;
+        }
+        s.first_ns = t[0];
+        s.last_ns = t[n - 1];
+        let dur = t[n - 1] - t[0];
+        s.duration_s = dur as f64 / 1e9;
+        if n >= 2 && dur > 0 {
+            s.mean_rate_per_s = (n - 1) as f64 / s.duration_s;
+            let gaps: Vec<f64> = t.windows(2).map(|w| (w[1] - w[0]) as f64).collect();
+            let mean = gaps.iter().sum::<f64>() / gaps.len() as f64;
+            let var = gaps.iter().map(|g| (g - mean).powi(2)).sum::<f64>() / gaps.len() as f64;
+            s.interarrival_cv = if mean > 0.0 { var.sqrt() / mean } else { 0.0 };
+        }
+        if dur == 0 {
+            // One instant: no rate can be measured.
+            return s;
+        }
+        let steps = (dur / step_ns + 1) as usize;
+        let mut counts = vec![0u64; steps];
+        for &x in &t {
+            counts[((x - t[0]) / step_ns) as usize] += 1;
+        }
+        s.rate_by_step = counts
+            .iter()
+            .enumerate()
+            .map(|(k, &c)| {
+                let start = k as u64 * step_ns;
+                let covered = if k + 1 == steps {
+                    (dur - start).max(1).min(step_ns)
+                } else {
+                    step_ns
+                };
+                // A last step covering under 1% of a step would give a meaningless
+                // rate; it is reported over the whole step.
+                let covered = if covered * 100 < step_ns && steps > 1 {
+                    step_ns
+                } else {
+                    covered
+                };
+                c as f64 / (covered as f64 / 1e9)
+            })
+            .collect();
+        s
+    }
+}
+
+/// Prefix-block reuse of a Mooncake trace: a block is reused when the same chain of
+/// block hashes up to and including it was seen in an earlier request (what a prefix
+/// cache with unlimited KV would hit).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PrefixStats {
+    pub requests_with_blocks: u64,
+    pub blocks: u64,
+    pub reused_blocks: u64,
+    /// reused / blocks.
+    pub reuse_share: f64,
+}
+
+/// Counts reused prefix blocks incrementally (a trie of block-hash chains).
+#[derive(Default)]
+pub struct PrefixCounter {
+    children: HashMap<(u32, u64), u32>,
+    nodes: u32,
+    pub stats: PrefixStats,
+}
+
+impl PrefixCounter {
+    /// Adds one request's hashes; returns how many leading blocks were already cached.
+    pub fn add(&mut self, hashes: &[u64]) -> u64 {
+        self.stats.requests_with_blocks += 1;
+        self.stats.blocks += hashes.len() as u64;
+        let mut node = 0u32;
+        let mut hits = 0u64;
+        let mut matching = true;
+        for &h in hashes {
+            match self.children.get(&(node, h)) {
+                Some(&c) if matching => {
+                    hits += 1;
+                    node = c;
+                }
+                _ => {
+                    matching = false;
+                    self.nodes += 1;
+                    let c = self.nodes;
+                    self.children.insert((node, h), c);
+                    node = c;
+                }
+            }
+        }
+        self.stats.reused_blocks += hits;
+        if self.stats.blocks > 0 {
+            self.stats.reuse_share = self.stats.reused_blocks as f64 / self.stats.blocks as f64;
+        }
+        hits
+    }
+}
+
+/// Statistics of a flat request trace.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RequestStats {
+    pub arrivals: ArrivalStats,
+    pub input_tokens: Summary,
+    pub output_tokens: Summary,
+    pub prefix: Option<PrefixStats>,
+    pub report: ReadReport,
+    /// Input tokens of every row, sorted (for fitting).
+    pub input_sorted: Vec<f64>,
+    /// Output tokens of every row, sorted.
+    pub output_sorted: Vec<f64>,
+}
+
+/// Reads a request stream to the end and summarises it; the first error stops it.
+pub fn request_stats(
+    records: impl IntoIterator<Item = Result<RequestRecord, TraceError>>,
+    step_ns: u64,
+) -> Result<RequestStats, TraceError> {
+    let mut arrivals = Vec::new();
+    let mut input = Vec::new();
+    let mut output = Vec::new();
+    let mut prefix: Option<PrefixCounter> = None;
+    for r in records {
+        let r = r?;
+        arrivals.push(r.arrival_ns);
+        input.push(r.input_tokens as f64);
+        output.push(r.output_tokens as f64);
+        if let Some(h) = &r.block_hashes {
+            prefix.get_or_insert_with(PrefixCounter::default).add(h);
+        }
+    }
+    input.sort_by(f64::total_cmp);
+    output.sort_by(f64::total_cmp);
+    Ok(RequestStats {
+        arrivals: ArrivalStats::from_arrivals(arrivals, step_ns),
+        input_tokens: Summary::from_sorted(&input),
+        output_tokens: Summary::from_sorted(&output),
+        prefix: prefix.map(|p| p.stats),
+        report: ReadReport::default(),
+        input_sorted: input,
+        output_sorted: output,
+    })
+}
+
+/// Agent figures of one workflow class of a span trace.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ClassStats {
+    pub class: String,
+    pub workflows: u64,
+    pub spans: u64,
+    pub llm_spans: u64,
+    pub tool_spans: u64,
+    /// Workflow arrivals (earliest span start).
+    pub arrivals: ArrivalStats,
+    /// Fan-out per tick: children of each span that has children.
+    pub fanout: Summary,
+    /// Context growth per hop: input tokens of an LLM span minus those of its nearest
+    /// LLM ancestor.
+    pub context_growth: Summary,
+    /// Share of LLM and tool spans that are retries (`attempt` > 1).
+    pub retry_rate: f64,
+    /// Cached (shared-prefix) input tokens over all input tokens of LLM spans.
+    pub shared_prefix_share: f64,
+    /// Tool spans' `tool_wait_ms`.
+    pub tool_latency_ms: Summary,
+    /// Input + output tokens of each workflow.
+    pub tokens_per_workflow: Summary,
+    /// LLM spans per workflow.
+    pub llm_hops_per_workflow: Summary,
+    /// Per LLM span.
+    pub input_tokens: Summary,
+    pub output_tokens: Summary,
+    /// Sorted raw values for fitting.
+    pub input_sorted: Vec<f64>,
+    pub output_sorted: Vec<f64>,
+    pub fanout_sorted: Vec<f64>,
+    pub tool_latency_sorted_ms: Vec<f64>,
+    pub llm_hops_sorted: Vec<f64>,
+}
+
+/// Statistics of a span trace, by workflow class (`default` for workflows without one).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SpanStats {
+    pub classes: BTreeMap<String, ClassStats>,
+    pub all: ClassStats,
+    pub report: ReadReport,
+}
+
+#[derive(Default)]
+struct ClassAcc {
+    workflows: u64,
+    spans: u64,
+    llm: u64,
+    tool: u64,
+    retries: u64,
+    cached: u64,
+    llm_input: u64,
+    arrivals: Vec<u64>,
+    fanout: Vec<f64>,
+    growth: Vec<f64>,
+    tool_ms: Vec<f64>,
+    tokens: Vec<f64>,
+    hops: Vec<f64>,
+    input: Vec<f64>,
+    output: Vec<f64>,
+}
+
+impl ClassAcc {
+    fn add(&mut self, wf: &Workflow) {
+        self.workflows += 1;
+        self.arrivals.push(wf.arrival_ns);
+        let mut tokens = 0u64;
+        let mut hops = 0u64;
+        for (i, s) in wf.spans.iter().enumerate() {
+            self.spans += 1;
+            tokens += s.input_tokens + s.output_tokens;
+            if !wf.children[i].is_empty() {
+                self.fanout.push(wf.children[i].len() as f64);
+            }
+            match s.kind {
+                SpanKind::Llm => {
+                    self.llm += 1;
+                    hops += 1;
+                    self.cached += s.cached_tokens;
+                    self.llm_input += s.input_tokens;
+                    self.input.push(s.input_tokens as f64);
+                    self.output.push(s.output_tokens as f64);
+                    let mut a = wf.parent[i];
+                    while let Some(p) = a {
+                        if wf.spans[p].kind == SpanKind::Llm {
+                            self.growth
+                                .push(s.input_tokens as f64 - wf.spans[p].input_tokens as f64);
+                            break;
+                        }
+                        a = wf.parent[p];
+                    }
+                }
+                SpanKind::Tool => {
+                    self.tool += 1;
+                    self.tool_ms.push(s.tool_wait_ms);
+                }
+                SpanKind::Agent => {}
+            }
+            if s.kind != SpanKind::Agent && s.attempt > 1 {
+                self.retries += 1;
+            }
+        }
+        self.tokens.push(tokens as f64);
+        self.hops.push(hops as f64);
+    }
+
+    fn finish(self, class: String, step_ns: u64) -> ClassStats {
+        let sort = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v
+        };
+        let input = sort(self.input);
+        let output = sort(self.output);
+        let fanout = sort(self.fanout);
+        let tool = sort(self.tool_ms);
+        let hops = sort(self.hops);
+        let work = self.llm + self.tool;
+        ClassStats {
+            class,
+            workflows: self.workflows,
+            spans: self.spans,
+            llm_spans: self.llm,
+            tool_spans: self.tool,
+            arrivals: ArrivalStats::from_arrivals(self.arrivals, step_ns),
+            fanout: Summary::from_sorted(&fanout),
+            context_growth: Summary::of(self.growth),
+            retry_rate: if work > 0 {
+                self.retries as f64 / work as f64
+            } else {
+                0.0
+            },
+            shared_prefix_share: if self.llm_input > 0 {
+                self.cached as f64 / self.llm_input as f64
+            } else {
+                0.0
+            },
+            tool_latency_ms: Summary::from_sorted(&tool),
+            tokens_per_workflow: Summary::of(self.tokens),
+            llm_hops_per_workflow: Summary::from_sorted(&hops),
+            input_tokens: Summary::from_sorted(&input),
+            output_tokens: Summary::from_sorted(&output),
+            input_sorted: input,
+            output_sorted: output,
+            fanout_sorted: fanout,
+            tool_latency_sorted_ms: tool,
+            llm_hops_sorted: hops,
+        }
+    }
+}
+
+/// The class name statistics file a workflow under.
+pub fn class_of(wf: &Workflow) -> String {
+    wf.class.clone().unwrap_or_else(|| "default".to_string())
+}
+
+/// Reads a workflow stream to the end and summarises it by class.
+pub fn span_stats(
+    workflows: impl IntoIterator<Item = Result<Workflow, TraceError>>,
+    step_ns: u64,
+) -> Result<SpanStats, TraceError> {
+    let mut by_class: BTreeMap<String, ClassAcc> = BTreeMap::new();
+    let mut all = ClassAcc::default();
+    for wf in workflows {
+        let wf = wf?;
+        all.add(&wf);
+        by_class.entry(class_of(&wf)).or_default().add(&wf);
+    }
+    Ok(SpanStats {
+        classes: by_class
+            .into_iter()
+            .map(|(k, a)| (k.clone(), a.finish(k, step_ns)))
+            .collect(),
+        all: all.finish("all".into(), step_ns),
+        report: ReadReport::default(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_interpolate() {
+        let v = [1.0, 2.0, 3.0, 4.0, 5.0];
+        assert_eq!(quantile(&v, 0.5), 3.0);
+        assert_eq!(quantile(&v, 0.25), 2.0);
+        assert_eq!(quantile(&v, 0.1), 1.4);
+        assert_eq!(quantile(&[], 0.5), 0.0);
+    }
+
+    #[test]
+    fn arrival_rates_by_step() {
+        // 0..10 s one per second, step 5 s: two full-ish steps.
+        let t: Vec<u64> = (0..10).map(|s| s * 1_000_000_000).collect();
+        let a = ArrivalStats::from_arrivals(t, 5_000_000_000);
+        assert_eq!(a.rows, 10);
+        assert!((a.mean_rate_per_s - 1.0).abs() < 1e-12);
+        assert_eq!(a.rate_by_step.len(), 2);
+        assert!((a.rate_by_step[0] - 1.0).abs() < 1e-12);
+        assert!((a.rate_by_step[1] - 5.0 / 4.0).abs() < 1e-12);
+        assert!(a.interarrival_cv.abs() < 1e-12);
+    }
+
+    #[test]
+    fn prefix_trie_counts_chained_hits() {
+        let mut p = PrefixCounter::default();
+        assert_eq!(p.add(&[1, 2, 3]), 0);
+        assert_eq!(p.add(&[1, 2, 4]), 2);
+        assert_eq!(p.add(&[5, 2, 3]), 0);
+        assert_eq!(p.add(&[1, 2, 3, 9]), 3);
+        assert_eq!(p.stats.blocks, 13);
+        assert_eq!(p.stats.reused_blocks, 5);
+    }
+}
