@@ -163,7 +163,7 @@ fn prepare(input: &TraceInput) -> Result<Prepared, InputError> {
         read: ReadOptions {
             format: Some(format),
             skip_bad_rows: input.skip_bad_rows,
-            group_window_lines: input.group_window,
+            group_window_spans: input.group_window,
         },
         replay,
         step_ns,
@@ -356,30 +356,32 @@ fn class_rows(out: &mut String, c: &ClassStats) {
         "fan-out per tick",
         format!("p50 {}  p95 {}", n(c.fanout.p50), n(c.fanout.p95)),
     );
-    row(
-        out,
-        "context growth per hop",
+    let growth = if c.context_growth.count == 0 {
+        "-".to_string()
+    } else {
         format!(
             "mean {}  p50 {} tokens",
             n(c.context_growth.mean),
             n(c.context_growth.p50)
-        ),
-    );
+        )
+    };
+    row(out, "context growth per hop", growth);
     row(out, "retry rate", format!("{:.1}%", c.retry_rate * 100.0));
     row(
         out,
         "shared-prefix share",
         format!("{:.1}%", c.shared_prefix_share * 100.0),
     );
-    row(
-        out,
-        "tool latency",
+    let tool = if c.tool_latency_ms.count == 0 {
+        "-".to_string()
+    } else {
         format!(
             "p50 {}  p95 {}",
             fmt_secs(Some(c.tool_latency_ms.p50 / 1e3)),
             fmt_secs(Some(c.tool_latency_ms.p95 / 1e3))
-        ),
-    );
+        )
+    };
+    row(out, "tool latency", tool);
     row(
         out,
         "tokens per workflow",

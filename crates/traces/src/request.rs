@@ -34,7 +34,7 @@ pub struct ReadOptions {
     pub skip_bad_rows: bool,
     /// Span logs: a workflow is complete when none of its spans appeared in this many
     /// lines (default [`crate::workflow::DEFAULT_GROUP_WINDOW`]).
-    pub group_window_lines: Option<u64>,
+    pub group_window_spans: Option<u64>,
 }
 
 /// What reading a trace found, besides the records.

@@ -141,6 +141,24 @@ impl Workflow {
         }
     }
 
+    /// A flat request as a one-hop workflow (one LLM span, id `r<line>`), for
+    /// replaying request traces through the workflow machinery.
+    pub fn single_hop(req: &crate::request::RequestRecord) -> Workflow {
+        let id = format!("r{}", req.line);
+        let span = SpanRecord {
+            workflow_id: id.clone(),
+            span_id: "0".into(),
+            kind: SpanKind::Llm,
+            input_tokens: req.input_tokens as u64,
+            output_tokens: req.output_tokens as u64,
+            start_ns: req.arrival_ns,
+            attempt: 1,
+            line: req.line,
+            ..SpanRecord::default()
+        };
+        Workflow::build(id, vec![span], 0)
+    }
+
     /// Span indices in an order where every parent comes before its children
     /// (breadth first from the roots).
     pub fn topo_order(&self) -> Vec<usize> {
@@ -191,6 +209,10 @@ impl Workflow {
     }
 }
 
+fn fnv1a(s: &str) -> u64 {
+    sim_core::rng::stable_hash(s)
+}
+
 struct OpenWorkflow {
     spans: Vec<SpanRecord>,
     last_seq: u64,
@@ -205,7 +227,11 @@ pub struct WorkflowReader<S: SpanSource> {
     origin_ns: Option<u64>,
     open: BTreeMap<String, OpenWorkflow>,
     order: VecDeque<String>,
-    closed: HashSet<String>,
+    /// FNV-1a hashes of completed workflow ids (8 bytes each, so that a trace of
+    /// tens of millions of workflows stays small; a 64-bit collision, about 1e-6 for
+    /// 10 million ids, would report a false late span, never merge silently).
+    closed: HashSet<u64>,
+    last_arrival: u64,
     ready: VecDeque<Workflow>,
     counts: ReadReport,
     source_done: bool,
@@ -234,7 +260,7 @@ pub fn open_workflows(
     Ok(WorkflowReader::new(
         source,
         opts.skip_bad_rows,
-        opts.group_window_lines.unwrap_or(DEFAULT_GROUP_WINDOW),
+        opts.group_window_spans.unwrap_or(DEFAULT_GROUP_WINDOW),
     ))
 }
 
@@ -258,6 +284,7 @@ impl<S: SpanSource> WorkflowReader<S> {
             open: BTreeMap::new(),
             order: VecDeque::new(),
             closed: HashSet::new(),
+            last_arrival: 0,
             ready: VecDeque::new(),
             counts: ReadReport::default(),
             source_done: false,
@@ -305,13 +332,12 @@ impl<S: SpanSource> WorkflowReader<S> {
                 DagIssue::Cycle { .. } => self.counts.cycles += 1,
             }
         }
-        self.closed.insert(id);
+        self.closed.insert(fnv1a(&id));
         self.counts.workflows += 1;
-        if let Some(last) = self.ready.back()
-            && wf.arrival_ns < last.arrival_ns
-        {
+        if wf.arrival_ns < self.last_arrival {
             self.counts.out_of_order += 1;
         }
+        self.last_arrival = wf.arrival_ns;
         self.ready.push_back(wf);
         Ok(())
     }
@@ -338,7 +364,7 @@ impl<S: SpanSource> WorkflowReader<S> {
         if self.origin_ns.is_none() {
             self.origin_ns = Some(span.start_ns);
         }
-        if self.closed.contains(&span.workflow_id) {
+        if self.closed.contains(&fnv1a(&span.workflow_id)) {
             return Err(TraceError::row(
                 self.source.file(),
                 span.line,

@@ -375,7 +375,7 @@ fn interleaved_workflows_group_within_the_window() {
     assert_eq!(wfs[0].spans.len(), source[0].len());
     // With a window of 1 span the second workflow's spans come too late: an error.
     let opts = ReadOptions {
-        group_window_lines: Some(1),
+        group_window_spans: Some(1),
         ..ReadOptions::default()
     };
     let err = open_workflows(&path, &opts)
@@ -384,7 +384,7 @@ fn interleaved_workflows_group_within_the_window() {
         .expect("a late span is an error");
     assert!(err.to_string().contains("already complete"), "{err}");
     let opts = ReadOptions {
-        group_window_lines: Some(1),
+        group_window_spans: Some(1),
         skip_bad_rows: true,
         ..ReadOptions::default()
     };
@@ -913,4 +913,25 @@ fn span_log_start_time_rfc3339_and_inferred_kinds() {
     assert_eq!(w.spans[1].start_ns - w.spans[0].start_ns, 500_000_000);
     assert_eq!(w.spans[1].kind, SpanKind::Tool);
     assert_eq!(w.parent, vec![None, Some(0)]);
+}
+
+#[test]
+fn request_traces_replay_as_single_hop_workflows() {
+    let recs = read_all(&data(CODE));
+    let wfs: Vec<Workflow> = recs.iter().map(Workflow::single_hop).collect();
+    assert_eq!(wfs.len(), 8819);
+    let ids: BTreeSet<&str> = wfs.iter().map(|w| w.id.as_str()).collect();
+    assert_eq!(ids.len(), wfs.len(), "unique ids");
+    let (i, o) = wfs.iter().fold((0, 0), |(i, o), w| {
+        let (a, b) = w.token_totals();
+        (i + a, o + b)
+    });
+    let want_i: u64 = recs.iter().map(|r| r.input_tokens as u64).sum();
+    let want_o: u64 = recs.iter().map(|r| r.output_tokens as u64).sum();
+    assert_eq!((i, o), (want_i, want_o));
+    assert!(
+        wfs.iter()
+            .zip(&recs)
+            .all(|(w, r)| w.arrival_ns == r.arrival_ns)
+    );
 }
