@@ -1,6 +1,7 @@
 //! factorysim: scenario loading, reporting and the command-line verbs. The engine is in
 //! `sim-core`; this crate turns files into scenarios and results into tables and JSON.
 
+pub mod calibrate;
 pub mod load;
 pub mod report;
 pub mod trace_cmd;
