@@ -1137,6 +1137,24 @@ mod tests {
     }
 
     #[test]
+    fn in_repo_copy_matches_shared_data() {
+        let shared = repo("../shared/data/calibration/splitwise_perf_model.csv");
+        let Ok(original) = std::fs::read(&shared) else {
+            eprintln!(
+                "SKIPPED: {} is absent; the calibration tests use the in-repo copy",
+                shared.display()
+            );
+            return;
+        };
+        let copy = std::fs::read(repo(DEFAULT_DATA)).expect("in-repo CSV copy");
+        assert!(
+            copy == original,
+            "{DEFAULT_DATA} differs from {}",
+            shared.display()
+        );
+    }
+
+    #[test]
     fn fit_recovers_exact_coefficients() {
         // y = 5 + 2 x1 + 0.5 x2 on exact data; the fit returns it.
         let x: Vec<Vec<f64>> = (1..10)

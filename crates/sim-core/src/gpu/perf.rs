@@ -365,6 +365,22 @@ impl PerfModel for CalibratedPerf {
     }
 }
 
+/// Decode throughput of a replica in output tokens per second when `batch` sequences,
+/// each with `context_each` tokens of context, decode together (no prefill): the
+/// ceiling the `check` verb reports for a full batch.
+pub fn decode_tokens_per_sec(perf: &dyn PerfModel, batch: u32, context_each: u64) -> f64 {
+    if batch == 0 {
+        return 0.0;
+    }
+    let shape = IterationShape {
+        decode_seqs: batch,
+        decode_context_tokens: batch as u64 * context_each,
+        ..Default::default()
+    };
+    let secs = perf.iteration_time(&shape).as_secs_f64();
+    if secs > 0.0 { batch as f64 / secs } else { 0.0 }
+}
+
 /// Builds the performance model `kind` ("roofline" or "calibrated") for `model` on
 /// `gpu` with tensor parallelism `tp`, from the catalog's profiles, roofline constants
 /// and calibration table.
@@ -649,6 +665,17 @@ mod tests {
             toml::from_str::<crate::gpu::profiles::ProfileOverrides>("[roofline]\nfoo = 1\n")
                 .is_err()
         );
+    }
+
+    #[test]
+    fn decode_throughput_grows_with_batch() {
+        let r = roofline("llama-3-8b", "h100-80gb", 1);
+        assert_eq!(decode_tokens_per_sec(&r, 0, 100), 0.0);
+        let one = decode_tokens_per_sec(&r, 1, 1000);
+        let t = r.iteration_time(&decode(1, 1000)).as_secs_f64();
+        assert!((one - 1.0 / t).abs() < 1e-9);
+        let many = decode_tokens_per_sec(&r, 64, 1000);
+        assert!(many > 10.0 * one, "{one} vs {many}");
     }
 
     #[test]
