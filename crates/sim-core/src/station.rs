@@ -107,6 +107,10 @@ pub trait Station {
     fn begin_measurement(&mut self, now: SimTime);
     /// Load over the window, integrated up to `now`.
     fn report(&mut self, now: SimTime) -> StationReport;
+    /// GPU figures over the window (batching, KV cache, prefix cache), for GPU pools.
+    fn gpu_report(&mut self, _now: SimTime) -> Option<crate::gpu::gpu_station::GpuPoolReport> {
+        None
+    }
 }
 
 /// Integrates a piecewise-constant level over time.

@@ -1,1 +1,670 @@
-//! (filled in by the GPU data-plane work)
+//! A pool of identical model replicas as a [`Station`]: LLM hops are dispatched on
+//! arrival to one replica by a [`ReplicaPicker`] and served there with continuous
+//! batching (see [`crate::gpu::replica`]).
+//!
+//! Wake tokens carry the replica index (high 24 bits) and the generation of that
+//! replica's plan (low 40 bits); a wake-up for an older plan is ignored.
+//!
+//! `Work::Service` sent to a GPU pool is a no-op: it finishes at once, occupies
+//! nothing and costs nothing (scenario validation should not route one here; this
+//! keeps a misrouted hop from stalling its workflow). Such hops are counted in
+//! [`GpuPoolReport::service_noops`].
+
+use super::replica::{Replica, ReplicaConfig, ReplicaReport};
+use super::{LlmRequest, LlmTimings, PerfModel};
+use crate::station::{HopDone, HopJob, Station, StationOutput, StationReport, Work};
+use crate::time::{SimDuration, SimTime};
+use std::sync::Arc;
+
+const GEN_BITS: u32 = 40;
+const GEN_MASK: u64 = (1 << GEN_BITS) - 1;
+
+/// A replica as a picker sees it at dispatch time (state as of now).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplicaView {
+    /// Prompt and output tokens still to process over its queued and running requests.
+    pub outstanding_tokens: u64,
+    pub running: u32,
+    pub waiting: u32,
+    pub kv_used_blocks: u64,
+    pub kv_capacity_blocks: u32,
+}
+
+/// Chooses the replica of a pool that serves an arriving LLM hop.
+pub trait ReplicaPicker: Send + std::fmt::Debug {
+    /// Index into `replicas` (never empty); out-of-range answers are clamped.
+    fn pick(&mut self, replicas: &[ReplicaView], req: &LlmRequest) -> usize;
+    fn name(&self) -> &str;
+}
+
+/// Replicas in turn.
+#[derive(Clone, Debug, Default)]
+pub struct RoundRobin {
+    next: usize,
+}
+
+impl ReplicaPicker for RoundRobin {
+    fn pick(&mut self, replicas: &[ReplicaView], _req: &LlmRequest) -> usize {
+        let i = self.next % replicas.len().max(1);
+        self.next = i + 1;
+        i
+    }
+    fn name(&self) -> &str {
+        "round-robin"
+    }
+}
+
+/// The replica with the fewest outstanding tokens; ties go to the lowest index.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LeastOutstandingTokens;
+
+impl ReplicaPicker for LeastOutstandingTokens {
+    fn pick(&mut self, replicas: &[ReplicaView], _req: &LlmRequest) -> usize {
+        let mut best = 0;
+        for (i, r) in replicas.iter().enumerate() {
+            if r.outstanding_tokens < replicas[best].outstanding_tokens {
+                best = i;
+            }
+        }
+        best
+    }
+    fn name(&self) -> &str {
+        "least-outstanding-tokens"
+    }
+}
+
+/// GPU figures of a pool over the measurement window.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct GpuPoolReport {
+    pub name: String,
+    pub perf_model: String,
+    pub picker: String,
+    pub window: SimDuration,
+    pub replicas: u32,
+    /// Averages and totals over the replicas.
+    pub busy_fraction: f64,
+    pub kv_occupancy_mean: f64,
+    pub kv_occupancy_max: f64,
+    pub batch_size_mean: f64,
+    pub iterations: u64,
+    pub preemptions: u64,
+    pub prompt_tokens: u64,
+    pub cached_tokens: u64,
+    pub prefix_hit_rate: f64,
+    pub tokens_in_flight_mean: f64,
+    pub finished: u64,
+    /// Requests too large for a replica, finished at once without service.
+    pub rejected: u64,
+    /// `Work::Service` hops sent here, finished at once as no-ops.
+    pub service_noops: u64,
+    pub per_replica: Vec<ReplicaReport>,
+}
+
+pub struct GpuPoolStation {
+    name: String,
+    perf_name: String,
+    replicas: Vec<Replica>,
+    picker: Box<dyn ReplicaPicker>,
+    usd_per_replica_hour: f64,
+    views: Vec<ReplicaView>,
+    window_start: SimTime,
+    service_noops: u64,
+    /// Requests refused because the pool has no replica.
+    unserved: u64,
+}
+
+impl std::fmt::Debug for GpuPoolStation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuPoolStation")
+            .field("name", &self.name)
+            .field("replicas", &self.replicas)
+            .field("picker", &self.picker)
+            .finish()
+    }
+}
+
+impl GpuPoolStation {
+    /// `replicas` identical replicas; dispatch by least outstanding tokens.
+    pub fn new(
+        name: impl Into<String>,
+        replicas: u32,
+        cfg: ReplicaConfig,
+        perf: Arc<dyn PerfModel>,
+        usd_per_replica_hour: f64,
+    ) -> Result<Self, String> {
+        let name = name.into();
+        let cfg = cfg.validated().map_err(|e| format!("pool `{name}`: {e}"))?;
+        if replicas >= 1 << (64 - GEN_BITS) {
+            return Err(format!(
+                "pool `{name}`: {replicas} replicas is more than supported"
+            ));
+        }
+        let replicas = (0..replicas)
+            .map(|_| Replica::new(cfg.clone(), perf.clone(), usd_per_replica_hour))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(GpuPoolStation {
+            name,
+            perf_name: perf.name().to_string(),
+            views: Vec::with_capacity(replicas.len()),
+            replicas,
+            picker: Box::new(LeastOutstandingTokens),
+            usd_per_replica_hour,
+            window_start: SimTime::ZERO,
+            service_noops: 0,
+            unserved: 0,
+        })
+    }
+
+    pub fn with_picker(mut self, picker: Box<dyn ReplicaPicker>) -> Self {
+        self.picker = picker;
+        self
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn replicas(&self) -> &[Replica] {
+        &self.replicas
+    }
+
+    /// Hands over what the replicas asked for (also what they decided inside
+    /// `report`/`begin_measurement`, which have no output: those plans start at a time
+    /// whose own wake-up is still pending, so the hand-over happens in time).
+    fn drain(&mut self, out: &mut StationOutput) {
+        for (i, r) in self.replicas.iter_mut().enumerate() {
+            if let Some((t, generation)) = r.take_wake() {
+                out.wakeups
+                    .push((t, ((i as u64) << GEN_BITS) | (generation & GEN_MASK)));
+            }
+            r.drain_done(&mut out.done);
+        }
+    }
+
+    fn finish_now(now: SimTime, id: crate::station::JobId, llm: Option<LlmTimings>) -> HopDone {
+        HopDone {
+            id,
+            submitted: now,
+            started: now,
+            finished: now,
+            busy: SimDuration::ZERO,
+            usd: 0.0,
+            llm,
+        }
+    }
+}
+
+impl Station for GpuPoolStation {
+    fn submit(&mut self, now: SimTime, job: HopJob, out: &mut StationOutput) {
+        match job.work {
+            Work::Service(_) => {
+                self.service_noops += 1;
+                out.done.push(Self::finish_now(now, job.id, None));
+            }
+            Work::Llm(req) => {
+                if self.replicas.is_empty() {
+                    self.unserved += 1;
+                    out.done
+                        .push(Self::finish_now(now, job.id, Some(LlmTimings::default())));
+                    return;
+                }
+                self.views.clear();
+                for r in self.replicas.iter_mut() {
+                    r.advance(now);
+                    self.views.push(ReplicaView {
+                        outstanding_tokens: r.outstanding_tokens(),
+                        running: r.running_len(),
+                        waiting: r.waiting_len(),
+                        kv_used_blocks: r.kv_used_blocks(),
+                        kv_capacity_blocks: r.config().kv_capacity_blocks,
+                    });
+                }
+                let i = self
+                    .picker
+                    .pick(&self.views, &req)
+                    .min(self.replicas.len() - 1);
+                self.replicas[i].submit(now, job.id, &req);
+            }
+        }
+        self.drain(out);
+    }
+
+    fn wake(&mut self, now: SimTime, token: u64, out: &mut StationOutput) {
+        let i = (token >> GEN_BITS) as usize;
+        if let Some(r) = self.replicas.get_mut(i)
+            && r.generation() & GEN_MASK == token & GEN_MASK
+        {
+            r.advance(now);
+        }
+        self.drain(out);
+    }
+
+    fn begin_measurement(&mut self, now: SimTime) {
+        for r in self.replicas.iter_mut() {
+            r.begin_measurement(now);
+        }
+        self.window_start = now;
+        self.service_noops = 0;
+        self.unserved = 0;
+    }
+
+    fn report(&mut self, now: SimTime) -> StationReport {
+        let window = now - self.window_start;
+        let mut rep = StationReport {
+            servers: self.replicas.len() as u32,
+            window,
+            usd_capacity: self.replicas.len() as f64
+                * self.usd_per_replica_hour
+                * window.as_secs_f64()
+                / 3600.0,
+            ..StationReport::default()
+        };
+        for r in self.replicas.iter_mut() {
+            rep.busy_server_s += r.busy_s(now);
+            rep.in_system_s += r.in_system_s(now);
+            rep.queued_s += r.queued_s(now);
+            rep.in_system_now += (r.running_len() + r.waiting_len()) as u64;
+        }
+        rep
+    }
+
+    fn gpu_report(&mut self, now: SimTime) -> Option<GpuPoolReport> {
+        let per_replica: Vec<ReplicaReport> =
+            self.replicas.iter_mut().map(|r| r.report(now)).collect();
+        let n = per_replica.len().max(1) as f64;
+        let avg = |f: fn(&ReplicaReport) -> f64| per_replica.iter().map(f).sum::<f64>() / n;
+        let sum = |f: fn(&ReplicaReport) -> u64| per_replica.iter().map(f).sum::<u64>();
+        let iterations = sum(|r| r.iterations);
+        let batch_weighted: f64 = per_replica
+            .iter()
+            .map(|r| r.batch_size_mean * r.iterations as f64)
+            .sum();
+        let prompt_tokens = sum(|r| r.prompt_tokens);
+        let cached_tokens = sum(|r| r.cached_tokens);
+        Some(GpuPoolReport {
+            name: self.name.clone(),
+            perf_model: self.perf_name.clone(),
+            picker: self.picker.name().to_string(),
+            window: now - self.window_start,
+            replicas: self.replicas.len() as u32,
+            busy_fraction: avg(|r| r.busy_fraction),
+            kv_occupancy_mean: avg(|r| r.kv_occupancy_mean),
+            kv_occupancy_max: per_replica
+                .iter()
+                .map(|r| r.kv_occupancy_max)
+                .fold(0.0, f64::max),
+            batch_size_mean: if iterations > 0 {
+                batch_weighted / iterations as f64
+            } else {
+                0.0
+            },
+            iterations,
+            preemptions: sum(|r| r.preemptions),
+            prompt_tokens,
+            cached_tokens,
+            prefix_hit_rate: if prompt_tokens > 0 {
+                cached_tokens as f64 / prompt_tokens as f64
+            } else {
+                0.0
+            },
+            tokens_in_flight_mean: per_replica.iter().map(|r| r.tokens_in_flight_mean).sum(),
+            finished: sum(|r| r.finished),
+            rejected: sum(|r| r.rejected) + self.unserved,
+            service_noops: self.service_noops,
+            per_replica,
+        })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::gpu::IterationShape;
+    use crate::gpu::kv::mix;
+    use crate::station::JobId;
+    use proptest::prelude::*;
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+
+    /// Iteration time linear in the shape, in whole microseconds so that iteration
+    /// boundaries often coincide with arrivals, reports and each other.
+    #[derive(Debug)]
+    pub(crate) struct CoarsePerf;
+    impl PerfModel for CoarsePerf {
+        fn iteration_time(&self, s: &IterationShape) -> SimDuration {
+            SimDuration(
+                1000 * (1
+                    + s.prefill_tokens / 32
+                    + s.prefill_context_tokens / 1024
+                    + s.decode_seqs as u64 / 4
+                    + s.decode_context_tokens / 512),
+            )
+        }
+        fn name(&self) -> &str {
+            "coarse"
+        }
+    }
+
+    pub(crate) fn llm(input: u32, output: u32) -> LlmRequest {
+        LlmRequest {
+            input_tokens: input,
+            output_tokens: output,
+            shared_prefix_tokens: 0,
+            prefix_group: 0,
+            block_hashes: None,
+            hash_block_tokens: 0,
+        }
+    }
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+    enum Ev {
+        Submit(usize),
+        Wake(u64),
+        Measure,
+        Report,
+    }
+
+    #[derive(Debug, PartialEq)]
+    pub(crate) struct RunOut {
+        pub done: Vec<HopDone>,
+        pub reports: Vec<(StationReport, GpuPoolReport)>,
+        /// Wake-ups delivered.
+        pub wakes: u64,
+    }
+
+    /// Runs arrivals through a station like the engine does, but orders same-time
+    /// events at random (seeded by `tie_seed`): the station must not depend on it.
+    /// Checks the accounting after every event.
+    pub(crate) fn drive(
+        st: &mut GpuPoolStation,
+        arrivals: &[(u64, LlmRequest)],
+        measure_at: u64,
+        report_at: &[u64],
+        tie_seed: u64,
+    ) -> RunOut {
+        let mut heap = BinaryHeap::new();
+        let mut rng = tie_seed;
+        let mut key = move || {
+            rng = mix(rng, 1);
+            rng
+        };
+        // Submits, reports and the window start keep one order among themselves (it is
+        // the input, the same in every run); wake-ups fall anywhere between them.
+        let mut fixed = 0u64;
+        let mut fixed_key = move || {
+            fixed += 1;
+            mix(0xF1, fixed)
+        };
+        for (i, (at, _)) in arrivals.iter().enumerate() {
+            heap.push(Reverse((*at, fixed_key(), Ev::Submit(i))));
+        }
+        heap.push(Reverse((measure_at, fixed_key(), Ev::Measure)));
+        for &t in report_at {
+            heap.push(Reverse((t, fixed_key(), Ev::Report)));
+        }
+        let mut out = StationOutput::default();
+        let mut done = Vec::new();
+        let mut reports = Vec::new();
+        let mut last = 0;
+        let mut wakes = 0;
+        while let Some(Reverse((t, _, ev))) = heap.pop() {
+            assert!(t >= last, "time went backwards");
+            last = t;
+            let now = SimTime(t);
+            out.clear();
+            match ev {
+                Ev::Submit(i) => st.submit(
+                    now,
+                    HopJob {
+                        id: JobId(i as u64),
+                        work: Work::Llm(Box::new(arrivals[i].1.clone())),
+                    },
+                    &mut out,
+                ),
+                Ev::Wake(token) => {
+                    wakes += 1;
+                    st.wake(now, token, &mut out)
+                }
+                Ev::Measure => st.begin_measurement(now),
+                Ev::Report => {
+                    reports.push((st.report(now), st.gpu_report(now).unwrap_or_default()))
+                }
+            }
+            for &(wt, token) in &out.wakeups {
+                assert!(wt.0 >= t, "wake-up in the past");
+                heap.push(Reverse((wt.0, key(), Ev::Wake(token))));
+            }
+            for d in out.done.drain(..) {
+                assert_eq!(d.finished, now, "a hop reported late");
+                done.push(d);
+            }
+            for r in st.replicas() {
+                if let Err(e) = r.check_invariants() {
+                    panic!("at {now}: {e}");
+                }
+            }
+        }
+        let end = SimTime(last);
+        reports.push((st.report(end), st.gpu_report(end).unwrap_or_default()));
+        done.sort_by_key(|d| d.id);
+        RunOut {
+            done,
+            reports,
+            wakes,
+        }
+    }
+
+    pub(crate) fn station(replicas: u32, cfg: ReplicaConfig, round_robin: bool) -> GpuPoolStation {
+        let st = GpuPoolStation::new("gpu", replicas, cfg, Arc::new(CoarsePerf), 3.6)
+            .unwrap_or_else(|e| panic!("{e}"));
+        if round_robin {
+            st.with_picker(Box::new(RoundRobin::default()))
+        } else {
+            st
+        }
+    }
+
+    fn arb_request() -> impl Strategy<Value = LlmRequest> {
+        (
+            1u32..200,
+            1u32..50,
+            0u64..3,
+            0u32..200,
+            prop::option::of((
+                prop::collection::vec(0u64..3, 0..12),
+                prop_oneof![Just(4u32), Just(16), Just(40)],
+            )),
+        )
+            .prop_map(|(input, output, group, shared, hashes)| {
+                let (block_hashes, hash_block_tokens) = match hashes {
+                    Some((v, h)) => (Some(v.into()), h),
+                    None => (None, 0),
+                };
+                LlmRequest {
+                    input_tokens: input,
+                    output_tokens: output,
+                    shared_prefix_tokens: shared.min(input),
+                    prefix_group: group,
+                    block_hashes,
+                    hash_block_tokens,
+                }
+            })
+    }
+
+    fn arb_config() -> impl Strategy<Value = ReplicaConfig> {
+        (
+            6u32..160,
+            prop_oneof![Just(1u32), Just(2), Just(4), Just(16)],
+            1u32..8,
+            0u32..300,
+            prop_oneof![Just(0.0), Just(0.05), Just(0.3)],
+            any::<bool>(),
+            any::<bool>(),
+        )
+            .prop_map(
+                |(kv, bs, seqs, extra, watermark, chunked, prefix)| ReplicaConfig {
+                    max_num_seqs: seqs,
+                    max_batched_tokens: seqs + extra,
+                    block_size: bs,
+                    kv_capacity_blocks: kv,
+                    watermark,
+                    chunked_prefill: chunked,
+                    prefix_caching: prefix,
+                    decode_skipping: true,
+                },
+            )
+    }
+
+    fn arb_workload() -> impl Strategy<Value = (Vec<(u64, LlmRequest)>, u64, Vec<u64>)> {
+        (
+            prop::collection::vec((0u64..120, arb_request()), 1..30),
+            0u64..120,
+            prop::collection::vec(0u64..200, 0..4),
+        )
+            .prop_map(|(arrivals, measure, reports)| {
+                (
+                    arrivals.into_iter().map(|(t, r)| (t * 1000, r)).collect(),
+                    measure * 1000,
+                    reports.into_iter().map(|t| t * 1000).collect(),
+                )
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        /// Decode skipping changes nothing: every hop's figures and every report are
+        /// bit-identical to the iteration-by-iteration run, whatever the order of
+        /// same-time events in either run.
+        #[test]
+        fn decode_skipping_is_exact(
+            cfg in arb_config(),
+            replicas in 1u32..3,
+            round_robin in any::<bool>(),
+            (arrivals, measure, reports) in arb_workload(),
+            seeds in (any::<u64>(), any::<u64>()),
+        ) {
+            let skip = drive(&mut station(replicas, cfg.clone(), round_robin), &arrivals, measure, &reports, seeds.0);
+            let plain_cfg = ReplicaConfig { decode_skipping: false, ..cfg };
+            let plain = drive(&mut station(replicas, plain_cfg, round_robin), &arrivals, measure, &reports, seeds.1);
+            prop_assert_eq!(skip.done.len(), arrivals.len(), "every request finishes");
+            prop_assert_eq!(&skip.done, &plain.done);
+            prop_assert_eq!(&skip.reports, &plain.reports);
+            prop_assert!(skip.wakes <= plain.wakes);
+        }
+
+        /// Small caches under load: the KV accounting stays consistent and within
+        /// capacity after every event (checked inside `drive`), and every request
+        /// finishes.
+        #[test]
+        fn kv_accounting_holds_under_pressure(
+            kv in 4u32..40,
+            bs in prop_oneof![Just(1u32), Just(4), Just(16)],
+            seqs in 1u32..16,
+            skipping in any::<bool>(),
+            (arrivals, measure, reports) in arb_workload(),
+        ) {
+            let cfg = ReplicaConfig {
+                max_num_seqs: seqs,
+                max_batched_tokens: seqs.max(64),
+                block_size: bs,
+                kv_capacity_blocks: kv,
+                watermark: 0.0,
+                decode_skipping: skipping,
+                ..ReplicaConfig::defaults(kv)
+            };
+            let run = drive(&mut station(1, cfg, false), &arrivals, measure, &reports, 7);
+            prop_assert_eq!(run.done.len(), arrivals.len());
+            let gpu = &run.reports[run.reports.len() - 1].1;
+            prop_assert!(gpu.kv_occupancy_max <= 1.0);
+        }
+    }
+
+    #[test]
+    fn stretches_skip_wakes_and_submits_cut_them_exactly() {
+        let cfg = ReplicaConfig {
+            block_size: 4,
+            ..ReplicaConfig::new(400).unwrap_or_else(|e| panic!("{e}"))
+        };
+        // Long decodes, with arrivals landing inside stretches and on boundaries.
+        let mut arrivals: Vec<(u64, LlmRequest)> = (0..4).map(|_| (0, llm(50, 300))).collect();
+        arrivals.extend((1..12).map(|i| (i * 37_000, llm(20 + i as u32, 40 + 9 * i as u32))));
+        let reports = [50_000, 123_000, 400_000];
+        let skip = drive(
+            &mut station(2, cfg.clone(), false),
+            &arrivals,
+            30_000,
+            &reports,
+            3,
+        );
+        let plain_cfg = ReplicaConfig {
+            decode_skipping: false,
+            ..cfg
+        };
+        let plain = drive(
+            &mut station(2, plain_cfg, false),
+            &arrivals,
+            30_000,
+            &reports,
+            4,
+        );
+        assert_eq!(skip.done, plain.done);
+        assert_eq!(skip.reports, plain.reports);
+        assert!(
+            skip.wakes * 5 < plain.wakes,
+            "{} wakes with skipping, {} without",
+            skip.wakes,
+            plain.wakes
+        );
+    }
+
+    #[test]
+    fn least_outstanding_tokens_prefers_lowest_index_on_ties() {
+        let v = |t| ReplicaView {
+            outstanding_tokens: t,
+            ..ReplicaView::default()
+        };
+        let mut p = LeastOutstandingTokens;
+        assert_eq!(p.pick(&[v(5), v(3), v(3)], &llm(1, 1)), 1);
+        assert_eq!(p.pick(&[v(0), v(0)], &llm(1, 1)), 0);
+        let mut rr = RoundRobin::default();
+        let picks: Vec<usize> = (0..4)
+            .map(|_| rr.pick(&[v(0), v(0), v(0)], &llm(1, 1)))
+            .collect();
+        assert_eq!(picks, vec![0, 1, 2, 0]);
+    }
+
+    #[test]
+    fn dispatch_spreads_by_outstanding_tokens() {
+        let cfg = ReplicaConfig::new(1000).unwrap();
+        let arrivals: Vec<(u64, LlmRequest)> =
+            vec![(0, llm(100, 10)), (1, llm(10, 1)), (2, llm(10, 1))];
+        let mut st = station(2, cfg, false);
+        let run = drive(&mut st, &arrivals, 0, &[], 1);
+        let gpu = &run.reports[0].1;
+        // 110 tokens on replica 0, so both small ones go to replica 1.
+        assert_eq!(gpu.per_replica[0].finished, 1);
+        assert_eq!(gpu.per_replica[1].finished, 2);
+    }
+
+    #[test]
+    fn service_work_is_a_no_op_and_stale_wakes_are_ignored() {
+        let mut st = station(1, ReplicaConfig::new(100).unwrap(), false);
+        let mut out = StationOutput::default();
+        st.submit(
+            SimTime(5),
+            HopJob {
+                id: JobId(9),
+                work: Work::Service(SimDuration::from_secs(1)),
+            },
+            &mut out,
+        );
+        assert_eq!(out.done.len(), 1);
+        assert_eq!(out.done[0].finished, SimTime(5));
+        assert!(out.done[0].llm.is_none() && out.wakeups.is_empty());
+        out.clear();
+        st.wake(SimTime(6), 12345, &mut out);
+        assert!(out.done.is_empty() && out.wakeups.is_empty());
+        assert_eq!(st.gpu_report(SimTime(7)).map(|r| r.service_noops), Some(1));
+    }
+}

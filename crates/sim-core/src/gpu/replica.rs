@@ -1,1 +1,1445 @@
-//! (filled in by the GPU data-plane work)
+//! One model replica serving LLM hops with iteration-level continuous batching in the
+//! manner of vLLM: a FIFO waiting queue, a running set, a paged KV cache with prefix
+//! caching, chunked prefill, admission with a free-block watermark, and preemption by
+//! recompute.
+//!
+//! # One iteration, planned at time `t`
+//! 1. Running sequences in admission order: a decoding sequence gets one token (and a
+//!    new KV block when its length crosses a block boundary); a sequence still
+//!    prefilling (chunked prefill) gets the token budget left after reserving one token
+//!    for every decoding sequence behind it, shrunk to the free blocks. When a sequence
+//!    cannot get even one block, the most recently admitted running sequence is
+//!    preempted (blocks freed, back to the front of the waiting queue, its generated
+//!    tokens folded into the prompt to recompute) until one frees up, or the sequence
+//!    itself is the most recent one and is preempted.
+//! 2. If nobody was preempted, waiting sequences are admitted in FIFO order while the
+//!    sequence limit and token budget allow and KV blocks for the prompt's first chunk
+//!    (what is left of the budget) are available above the watermark. On an empty
+//!    replica the watermark is waived and the chunk shrunk to the cache, so that any
+//!    request that fits the cache can always start. Prefix-cache hits skip prefill; at
+//!    least one prompt token is always computed.
+//! 3. The iteration lasts `PerfModel::iteration_time` of its shape. At its end a
+//!    sequence whose prefill completed emits its first token, a decoding one its next
+//!    token; a sequence with all its output tokens finishes and frees its blocks.
+//!
+//! # Decode skipping
+//! When an iteration is pure decode and nothing can change the batch for a while (no
+//! sequence finishes, every block-boundary crossing finds a block, the head of the
+//! waiting queue stays blocked), the following `k` decode iterations are planned at
+//! once and applied lazily: one wake-up instead of `k`. Their effects are applied
+//! iteration by iteration in time order whenever the replica is looked at, so every
+//! figure is identical (not close) to the iteration-by-iteration run. A submit that
+//! would become admissible cuts the stretch at the end of the iteration in progress.
+//!
+//! # Time semantics
+//! Every call at time `now` first applies all effects at times `<= now`. A request
+//! submitted at `now` is therefore never part of an iteration that starts at `now`
+//! unless the replica was idle, whatever the order of same-time events.
+//!
+//! # Cost
+//! Each iteration's duration is split among its sequences in proportion to the tokens
+//! each processed in it, in integer fixed point (1/2^20 ns), so that the split is exact
+//! and independent of how iterations are grouped.
+
+use super::kv::{KvCache, PrefixMatch, prefix_block_ids};
+use super::{IterationShape, LlmRequest, LlmTimings, PerfModel};
+use crate::station::{HopDone, JobId, TimeIntegral};
+use crate::time::{SimDuration, SimTime};
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+/// Fixed-point scale of cost shares: 1/2^20 ns.
+const SHARE_SCALE: u128 = 1 << 20;
+/// Longest run of decode iterations planned at once; bounds the work wasted when a
+/// submit cuts a stretch short.
+const MAX_STRETCH: u32 = 4096;
+
+/// Scheduler and cache settings of a replica (vLLM's names where they exist).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ReplicaConfig {
+    /// Most sequences in the running set (vLLM `max_num_seqs`). Default 256.
+    pub max_num_seqs: u32,
+    /// Token budget of one iteration (vLLM `max_num_batched_tokens`). Default 8192.
+    pub max_batched_tokens: u32,
+    /// Tokens per KV block. Default 16.
+    pub block_size: u32,
+    /// KV cache size in blocks.
+    pub kv_capacity_blocks: u32,
+    /// Fraction of blocks that admission leaves free (floor of fraction x capacity).
+    /// Default 0.01.
+    pub watermark: f64,
+    /// Split long prompts across iterations within the token budget. Default true.
+    pub chunked_prefill: bool,
+    /// Reuse cached prompt prefixes across requests. Default true.
+    pub prefix_caching: bool,
+    /// Advance decode-only stretches in one event. Results are identical either way.
+    /// Default true.
+    pub decode_skipping: bool,
+}
+
+impl ReplicaConfig {
+    /// The defaults above for a cache of `kv_capacity_blocks`, not yet validated.
+    pub fn defaults(kv_capacity_blocks: u32) -> Self {
+        ReplicaConfig {
+            max_num_seqs: 256,
+            max_batched_tokens: 8192,
+            block_size: 16,
+            kv_capacity_blocks,
+            watermark: 0.01,
+            chunked_prefill: true,
+            prefix_caching: true,
+            decode_skipping: true,
+        }
+    }
+
+    /// The defaults, validated.
+    pub fn new(kv_capacity_blocks: u32) -> Result<Self, String> {
+        Self::defaults(kv_capacity_blocks).validated()
+    }
+
+    /// Checks the settings; use as `ReplicaConfig { .., ..ReplicaConfig::defaults(n) }.validated()`.
+    pub fn validated(self) -> Result<Self, String> {
+        if self.max_num_seqs == 0 {
+            return Err("max_num_seqs must be at least 1".into());
+        }
+        if self.max_batched_tokens < self.max_num_seqs {
+            return Err(format!(
+                "max_batched_tokens ({}) must be at least max_num_seqs ({}) so that every running sequence can decode in each iteration",
+                self.max_batched_tokens, self.max_num_seqs
+            ));
+        }
+        if self.block_size == 0 || self.block_size > 1 << 16 {
+            return Err(format!(
+                "block_size must be between 1 and 65536 tokens, not {}",
+                self.block_size
+            ));
+        }
+        if self.kv_capacity_blocks == 0 {
+            return Err(
+                "kv_capacity_blocks must be at least 1: the model leaves no room for KV cache"
+                    .into(),
+            );
+        }
+        if !(self.watermark.is_finite() && (0.0..1.0).contains(&self.watermark)) {
+            return Err(format!(
+                "watermark must be a fraction in [0, 1), not {}",
+                self.watermark
+            ));
+        }
+        Ok(self)
+    }
+
+    /// Blocks admission keeps free.
+    pub fn watermark_blocks(&self) -> u32 {
+        (self.watermark * self.kv_capacity_blocks as f64).floor() as u32
+    }
+}
+
+/// One request on the replica.
+#[derive(Debug)]
+struct Seq {
+    id: JobId,
+    submitted: SimTime,
+    started: Option<SimTime>,
+    first_token: Option<SimTime>,
+    input: u32,
+    output: u32,
+    /// Tokens to prefill: the prompt, plus generated tokens after a preemption.
+    prompt_len: u32,
+    /// Tokens whose KV is in the cache.
+    computed: u32,
+    generated: u32,
+    /// Tokens processed in the iteration being run (general iterations only).
+    scheduled: u32,
+    blocks: Vec<u32>,
+    /// Chained prefix hashes of the prompt's identifiable blocks.
+    prefix_ids: Vec<u64>,
+    /// Leading blocks already in the prefix cache (hit or registered).
+    registered: u32,
+    cached_tokens: u32,
+    preemptions: u32,
+    /// Busy time charged, in 1/SHARE_SCALE ns.
+    share: u128,
+}
+
+impl Seq {
+    #[inline]
+    fn in_decode(&self) -> bool {
+        self.computed >= self.prompt_len
+    }
+    /// Tokens still to process: prompt left to prefill plus outputs left to generate.
+    fn remaining(&self) -> u64 {
+        (self.prompt_len - self.computed.min(self.prompt_len)) as u64
+            + (self.output - self.generated) as u64
+    }
+    fn hop_done(&self, end: SimTime, usd_per_ns: f64) -> HopDone {
+        let first = self.first_token.unwrap_or(end);
+        let tpot = if self.output > 1 {
+            SimDuration((end - first).as_nanos() / (self.output as u64 - 1))
+        } else {
+            SimDuration::ZERO
+        };
+        HopDone {
+            id: self.id,
+            submitted: self.submitted,
+            started: self.started.unwrap_or(end),
+            finished: end,
+            busy: SimDuration((self.share / SHARE_SCALE) as u64),
+            usd: self.share as f64 / SHARE_SCALE as f64 * usd_per_ns,
+            llm: Some(LlmTimings {
+                ttft: first - self.submitted,
+                tpot,
+                cached_tokens: self.cached_tokens,
+                preemptions: self.preemptions,
+            }),
+        }
+    }
+}
+
+/// Decode iterations planned beyond the current general iteration, applied lazily.
+#[derive(Debug, Default)]
+struct Stretch {
+    /// Sequences decoding in every iteration of the stretch (the whole running set).
+    n: u32,
+    ends: Vec<SimTime>,
+    durs: Vec<SimDuration>,
+    /// Blocks allocated at the start of each iteration.
+    allocs: Vec<u32>,
+    /// Iterations whose start / end effects have been applied.
+    started: usize,
+    ended: usize,
+    /// Blocks allocated logically but not yet taken from the cache.
+    pending_allocs: u32,
+    /// Cost share of one sequence over the ended iterations.
+    share: u128,
+}
+
+#[derive(Debug)]
+struct Busy {
+    generation: u64,
+    general_end: SimTime,
+    general_dur: SimDuration,
+    general_tokens: u64,
+    /// The general iteration's end effects are still to apply.
+    general_pending: bool,
+    ext: Stretch,
+}
+
+impl Busy {
+    fn final_end(&self) -> SimTime {
+        self.ext.ends.last().copied().unwrap_or(self.general_end)
+    }
+}
+
+enum Admission {
+    Admit {
+        hits: u32,
+        chunk: u32,
+        new_blocks: u32,
+    },
+    Blocked(Blocked),
+}
+
+enum Blocked {
+    SeqLimit,
+    TokenBudget,
+    KvBlocks { hits_evictable: u32 },
+}
+
+/// Windowed figures of a replica.
+#[derive(Debug)]
+struct Stats {
+    window_start: SimTime,
+    busy: TimeIntegral,
+    kv_used: TimeIntegral,
+    kv_tokens: TimeIntegral,
+    running: TimeIntegral,
+    waiting: TimeIntegral,
+    kv_max: u64,
+    iterations: u64,
+    prefill_tokens: u64,
+    decode_tokens: u64,
+    preemptions: u64,
+    prompt_tokens: u64,
+    hit_tokens: u64,
+    finished: u64,
+    rejected: u64,
+    /// Iterations by batch size (sequences with tokens in the iteration).
+    batch_hist: Vec<u64>,
+}
+
+/// Per-replica figures over the measurement window.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct ReplicaReport {
+    pub window: SimDuration,
+    /// Fraction of the window with an iteration running.
+    pub busy_fraction: f64,
+    pub kv_capacity_blocks: u32,
+    /// Blocks referenced by sequences: time-average and maximum.
+    pub kv_used_blocks_mean: f64,
+    pub kv_used_blocks_max: u64,
+    /// The same as fractions of capacity.
+    pub kv_occupancy_mean: f64,
+    pub kv_occupancy_max: f64,
+    pub iterations: u64,
+    pub prefill_tokens: u64,
+    pub decode_tokens: u64,
+    /// Sequences per iteration.
+    pub batch_size_mean: f64,
+    pub batch_size_p50: u32,
+    pub batch_size_p99: u32,
+    pub batch_size_max: u32,
+    /// Iterations by batch size (index = batch size), up to the largest seen.
+    pub batch_size_histogram: Vec<u64>,
+    pub preemptions: u64,
+    /// Prompt tokens admitted (recomputed prompts count again) and those served from
+    /// the prefix cache.
+    pub prompt_tokens: u64,
+    pub cached_tokens: u64,
+    /// cached_tokens / prompt_tokens.
+    pub prefix_hit_rate: f64,
+    /// Time-average of tokens held in the KV cache by running sequences.
+    pub tokens_in_flight_mean: f64,
+    pub running_mean: f64,
+    pub waiting_mean: f64,
+    pub finished: u64,
+    /// Requests that can never fit this replica, finished at once without service.
+    pub rejected: u64,
+    pub running_now: u32,
+    pub waiting_now: u32,
+    pub outstanding_tokens_now: u64,
+}
+
+/// One replica. Drive it with [`Replica::advance`] before looking at it at `now`, and
+/// collect what it asks for with [`Replica::take_wake`] and [`Replica::drain_done`].
+pub struct Replica {
+    cfg: ReplicaConfig,
+    perf: Arc<dyn PerfModel>,
+    usd_per_ns: f64,
+    watermark_blocks: u32,
+    kv: KvCache,
+    waiting: VecDeque<Seq>,
+    running: Vec<Seq>,
+    busy: Option<Busy>,
+    generation: u64,
+    /// Sum of [`Seq::remaining`] over waiting and running sequences, as of the applied
+    /// effects.
+    outstanding: u64,
+    /// Tokens held in the KV cache by running sequences, as of the applied effects.
+    kv_tokens: u64,
+    pending_done: Vec<HopDone>,
+    pending_wake: Option<(SimTime, u64)>,
+    stats: Stats,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("perf", &self.perf.name())
+            .field("waiting", &self.waiting.len())
+            .field("running", &self.running.len())
+            .field("generation", &self.generation)
+            .finish()
+    }
+}
+
+impl Replica {
+    pub fn new(
+        cfg: ReplicaConfig,
+        perf: Arc<dyn PerfModel>,
+        usd_per_hour: f64,
+    ) -> Result<Self, String> {
+        let cfg = cfg.validated()?;
+        Ok(Replica {
+            usd_per_ns: usd_per_hour / 3.6e12,
+            watermark_blocks: cfg.watermark_blocks(),
+            kv: KvCache::new(cfg.kv_capacity_blocks),
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            busy: None,
+            generation: 0,
+            outstanding: 0,
+            kv_tokens: 0,
+            pending_done: Vec::new(),
+            pending_wake: None,
+            stats: Stats {
+                window_start: SimTime::ZERO,
+                busy: TimeIntegral::default(),
+                kv_used: TimeIntegral::default(),
+                kv_tokens: TimeIntegral::default(),
+                running: TimeIntegral::default(),
+                waiting: TimeIntegral::default(),
+                kv_max: 0,
+                iterations: 0,
+                prefill_tokens: 0,
+                decode_tokens: 0,
+                preemptions: 0,
+                prompt_tokens: 0,
+                hit_tokens: 0,
+                finished: 0,
+                rejected: 0,
+                batch_hist: vec![0; cfg.max_num_seqs as usize + 1],
+            },
+            cfg,
+            perf,
+        })
+    }
+
+    pub fn config(&self) -> &ReplicaConfig {
+        &self.cfg
+    }
+    /// Generation of the current plan; a wake-up for an older one is stale.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+    /// Prompt and output tokens still to process, over queued and running requests.
+    pub fn outstanding_tokens(&self) -> u64 {
+        self.outstanding
+    }
+    pub fn running_len(&self) -> u32 {
+        self.running.len() as u32
+    }
+    pub fn waiting_len(&self) -> u32 {
+        self.waiting.len() as u32
+    }
+    /// KV blocks referenced by sequences.
+    pub fn kv_used_blocks(&self) -> u64 {
+        self.kv.used() as u64
+            + self
+                .busy
+                .as_ref()
+                .map_or(0, |b| b.ext.pending_allocs as u64)
+    }
+    /// The wake-up the replica wants, if it changed since last asked: (time, generation).
+    pub fn take_wake(&mut self) -> Option<(SimTime, u64)> {
+        self.pending_wake.take()
+    }
+    /// Moves finished requests into `out`.
+    pub fn drain_done(&mut self, out: &mut Vec<HopDone>) {
+        out.append(&mut self.pending_done);
+    }
+
+    /// A request arrives at `now`. Call [`Replica::advance`] to `now` first.
+    pub fn submit(&mut self, now: SimTime, id: JobId, req: &LlmRequest) {
+        self.advance(now);
+        // A prompt of no tokens still has the start token; a hop generates at least one.
+        let input = req.input_tokens.max(1);
+        let output = req.output_tokens.max(1);
+        let max_tokens = input as u64 + output as u64 - 1;
+        let fits_cache = max_tokens.div_ceil(self.cfg.block_size as u64)
+            <= self.cfg.kv_capacity_blocks as u64
+            && max_tokens <= u32::MAX as u64;
+        // Without chunked prefill a (recomputed) prompt must fit one iteration.
+        let fits_budget =
+            self.cfg.chunked_prefill || max_tokens <= self.cfg.max_batched_tokens as u64;
+        if !(fits_cache && fits_budget) {
+            self.stats.rejected += 1;
+            self.pending_done.push(HopDone {
+                id,
+                submitted: now,
+                started: now,
+                finished: now,
+                busy: SimDuration::ZERO,
+                usd: 0.0,
+                llm: Some(LlmTimings::default()),
+            });
+            return;
+        }
+        let mut prefix_ids = Vec::new();
+        if self.cfg.prefix_caching {
+            prefix_block_ids(req, input, self.cfg.block_size, &mut prefix_ids);
+        }
+        let seq = Seq {
+            id,
+            submitted: now,
+            started: None,
+            first_token: None,
+            input,
+            output,
+            prompt_len: input,
+            computed: 0,
+            generated: 0,
+            scheduled: 0,
+            blocks: Vec::new(),
+            prefix_ids,
+            registered: 0,
+            cached_tokens: 0,
+            preemptions: 0,
+            share: 0,
+        };
+        self.outstanding += seq.remaining();
+        let new_head = self.waiting.is_empty();
+        self.waiting.push_back(seq);
+        self.set_levels(now);
+        if self.busy.is_none() {
+            self.plan_at(now);
+        } else if new_head {
+            self.cut_stretch_for_new_head();
+        }
+    }
+
+    /// Applies every effect at times `<= now`: iteration ends, the next plans.
+    pub fn advance(&mut self, now: SimTime) {
+        while let Some(b) = &self.busy {
+            if b.general_pending {
+                if b.general_end > now {
+                    return;
+                }
+                let (end, dur, tokens) = (b.general_end, b.general_dur, b.general_tokens);
+                if let Some(b) = self.busy.as_mut() {
+                    b.general_pending = false;
+                }
+                self.end_general(end, dur, tokens);
+                continue;
+            }
+            let j = b.ext.ended;
+            if j < b.ext.ends.len() {
+                if b.ext.started == j {
+                    let start = if j == 0 {
+                        b.general_end
+                    } else {
+                        b.ext.ends[j - 1]
+                    };
+                    if start > now {
+                        return;
+                    }
+                    self.ext_start(start);
+                    continue;
+                }
+                let end = b.ext.ends[j];
+                if end > now {
+                    return;
+                }
+                self.ext_end(end);
+                continue;
+            }
+            let end = b.final_end();
+            if let Some(b) = self.busy.take()
+                && !b.ext.ends.is_empty()
+            {
+                self.materialize(&b.ext);
+                self.retire_finished(end);
+                self.set_levels(end);
+            }
+            self.plan_at(end);
+        }
+    }
+
+    /// Start of the measurement window.
+    pub fn begin_measurement(&mut self, now: SimTime) {
+        self.advance(now);
+        let kv_level = self.kv_used_blocks();
+        let st = &mut self.stats;
+        st.window_start = now;
+        st.busy.reset(now);
+        st.kv_used.reset(now);
+        st.kv_tokens.reset(now);
+        st.running.reset(now);
+        st.waiting.reset(now);
+        st.kv_max = kv_level;
+        st.iterations = 0;
+        st.prefill_tokens = 0;
+        st.decode_tokens = 0;
+        st.preemptions = 0;
+        st.prompt_tokens = 0;
+        st.hit_tokens = 0;
+        st.finished = 0;
+        st.rejected = 0;
+        st.batch_hist.iter_mut().for_each(|c| *c = 0);
+    }
+
+    /// Figures over the window, up to `now`.
+    pub fn report(&mut self, now: SimTime) -> ReplicaReport {
+        self.advance(now);
+        let cap = self.cfg.kv_capacity_blocks;
+        let st = &mut self.stats;
+        let window = now - st.window_start;
+        let secs = window.as_secs_f64();
+        let mean = |area: f64| if secs > 0.0 { area / secs } else { 0.0 };
+        let kv_mean = mean(st.kv_used.area_s(now));
+        let total: u64 = st.batch_hist.iter().sum();
+        let weighted: u64 = st
+            .batch_hist
+            .iter()
+            .enumerate()
+            .map(|(b, &c)| b as u64 * c)
+            .sum();
+        let quantile = |num: u64, den: u64| -> u32 {
+            let mut cum = 0u64;
+            for (b, &c) in st.batch_hist.iter().enumerate() {
+                cum += c;
+                if total > 0 && cum * den >= total * num {
+                    return b as u32;
+                }
+            }
+            0
+        };
+        let p50 = quantile(1, 2);
+        let p99 = quantile(99, 100);
+        let max = st.batch_hist.iter().rposition(|&c| c > 0).unwrap_or(0);
+        let histogram = if total > 0 {
+            st.batch_hist[..=max].to_vec()
+        } else {
+            Vec::new()
+        };
+        ReplicaReport {
+            window,
+            busy_fraction: mean(st.busy.area_s(now)),
+            kv_capacity_blocks: cap,
+            kv_used_blocks_mean: kv_mean,
+            kv_used_blocks_max: st.kv_max,
+            kv_occupancy_mean: kv_mean / cap as f64,
+            kv_occupancy_max: st.kv_max as f64 / cap as f64,
+            iterations: st.iterations,
+            prefill_tokens: st.prefill_tokens,
+            decode_tokens: st.decode_tokens,
+            batch_size_mean: if total > 0 {
+                weighted as f64 / total as f64
+            } else {
+                0.0
+            },
+            batch_size_p50: p50,
+            batch_size_p99: p99,
+            batch_size_max: max as u32,
+            batch_size_histogram: histogram,
+            preemptions: st.preemptions,
+            prompt_tokens: st.prompt_tokens,
+            cached_tokens: st.hit_tokens,
+            prefix_hit_rate: if st.prompt_tokens > 0 {
+                st.hit_tokens as f64 / st.prompt_tokens as f64
+            } else {
+                0.0
+            },
+            tokens_in_flight_mean: mean(st.kv_tokens.area_s(now)),
+            running_mean: mean(st.running.area_s(now)),
+            waiting_mean: mean(st.waiting.area_s(now)),
+            finished: st.finished,
+            rejected: st.rejected,
+            running_now: self.running.len() as u32,
+            waiting_now: self.waiting.len() as u32,
+            outstanding_tokens_now: self.outstanding,
+        }
+    }
+
+    /// Busy time integrated over the window, in seconds.
+    pub fn busy_s(&mut self, now: SimTime) -> f64 {
+        self.advance(now);
+        self.stats.busy.area_s(now)
+    }
+    /// Requests queued or running, integrated over the window (hop-seconds).
+    pub fn in_system_s(&mut self, now: SimTime) -> f64 {
+        self.advance(now);
+        self.stats.running.area_s(now) + self.stats.waiting.area_s(now)
+    }
+    /// Requests waiting, integrated over the window (hop-seconds).
+    pub fn queued_s(&mut self, now: SimTime) -> f64 {
+        self.advance(now);
+        self.stats.waiting.area_s(now)
+    }
+
+    fn set_levels(&mut self, t: SimTime) {
+        let kv = self.kv_used_blocks();
+        let st = &mut self.stats;
+        st.kv_used.set(t, kv);
+        st.kv_max = st.kv_max.max(kv);
+        st.kv_tokens.set(t, self.kv_tokens);
+        st.running.set(t, self.running.len() as u64);
+        st.waiting.set(t, self.waiting.len() as u64);
+    }
+
+    /// Plans the iteration starting at `t` (the replica is not busy), or goes idle.
+    fn plan_at(&mut self, t: SimTime) {
+        debug_assert!(self.busy.is_none());
+        let bs = self.cfg.block_size;
+        let mut budget = self.cfg.max_batched_tokens;
+        // Decoding sequences not yet given their token: the budget reserved for them.
+        let mut decodes_left = self.running.iter().filter(|s| s.in_decode()).count() as u32;
+        let mut preempted = false;
+        let mut shape = IterationShape::default();
+        let mut batch = 0u32;
+        let mut total_tokens = 0u64;
+        let mut i = 0;
+        while i < self.running.len() {
+            let s = &self.running[i];
+            let decode = s.in_decode();
+            if decode {
+                decodes_left -= 1;
+            }
+            let want = if decode {
+                1
+            } else {
+                (s.prompt_len - s.computed).min(budget - decodes_left)
+            };
+            if want == 0 {
+                i += 1;
+                continue;
+            }
+            let held = s.blocks.len() as u32;
+            let slack = held * bs - s.computed;
+            if slack == 0 && self.kv.available() == 0 {
+                let mut self_preempted = false;
+                while self.kv.available() == 0 {
+                    let last = self.running.len() - 1;
+                    if last != i && self.running[last].in_decode() {
+                        decodes_left -= 1;
+                    }
+                    self.preempt_last();
+                    preempted = true;
+                    if last == i {
+                        self_preempted = true;
+                        break;
+                    }
+                }
+                if self_preempted {
+                    break;
+                }
+            }
+            let avail = self.kv.available();
+            let s = &mut self.running[i];
+            let mut tokens = want;
+            let mut need = (s.computed + want).div_ceil(bs) - held;
+            if need > avail {
+                // Only a prefill chunk can need several blocks: shrink it to what fits.
+                need = avail;
+                tokens = slack + avail * bs;
+            }
+            for _ in 0..need {
+                if let Some(b) = self.kv.allocate() {
+                    s.blocks.push(b);
+                }
+            }
+            s.scheduled = tokens;
+            budget -= tokens;
+            total_tokens += tokens as u64;
+            batch += 1;
+            if decode {
+                shape.decode_seqs += 1;
+                shape.decode_context_tokens += s.computed as u64 + 1;
+            } else {
+                shape.prefill_tokens += tokens as u64;
+                shape.prefill_seqs += 1;
+                shape.prefill_context_tokens += s.computed as u64;
+            }
+            i += 1;
+        }
+        // After a preemption nothing is admitted: the cache is known to be short.
+        if !preempted {
+            while let Some(head) = self.waiting.front() {
+                let Admission::Admit {
+                    hits,
+                    chunk,
+                    new_blocks,
+                } = self.check_admission(head, budget)
+                else {
+                    break;
+                };
+                self.admit(t, hits, chunk, new_blocks);
+                budget -= chunk;
+                total_tokens += chunk as u64;
+                batch += 1;
+                shape.prefill_tokens += chunk as u64;
+                shape.prefill_seqs += 1;
+                shape.prefill_context_tokens += (hits * bs) as u64;
+            }
+        }
+        if batch == 0 {
+            // Unreachable: a request that fits the cache (checked at submit) is always
+            // admissible on an empty replica. Refuse the queue rather than hang.
+            debug_assert!(
+                self.waiting.is_empty(),
+                "replica idle with requests waiting"
+            );
+            while let Some(s) = self.waiting.pop_front() {
+                self.outstanding -= s.remaining();
+                self.stats.rejected += 1;
+                self.pending_done.push(HopDone {
+                    id: s.id,
+                    submitted: s.submitted,
+                    started: t,
+                    finished: t,
+                    busy: SimDuration::ZERO,
+                    usd: 0.0,
+                    llm: Some(LlmTimings::default()),
+                });
+            }
+            self.stats.busy.set(t, 0);
+            self.set_levels(t);
+            return;
+        }
+        let dur = self.perf.iteration_time(&shape);
+        let end = t + dur;
+        let st = &mut self.stats;
+        st.iterations += 1;
+        st.batch_hist[batch as usize] += 1;
+        st.prefill_tokens += shape.prefill_tokens;
+        st.decode_tokens += shape.decode_seqs as u64;
+        self.generation += 1;
+        let mut busy = Busy {
+            generation: self.generation,
+            general_end: end,
+            general_dur: dur,
+            general_tokens: total_tokens,
+            general_pending: true,
+            ext: Stretch::default(),
+        };
+        if self.cfg.decode_skipping
+            && !preempted
+            && shape.prefill_seqs == 0
+            && shape.decode_seqs as usize == self.running.len()
+        {
+            self.plan_stretch(&mut busy.ext, end, budget);
+        }
+        self.pending_wake = Some((busy.final_end(), busy.generation));
+        self.busy = Some(busy);
+        self.stats.busy.set(t, 1);
+        self.set_levels(t);
+    }
+
+    fn check_admission(&self, head: &Seq, budget_left: u32) -> Admission {
+        if self.running.len() as u32 >= self.cfg.max_num_seqs {
+            return Admission::Blocked(Blocked::SeqLimit);
+        }
+        if budget_left == 0 {
+            return Admission::Blocked(Blocked::TokenBudget);
+        }
+        let bs = self.cfg.block_size;
+        // At least one prompt token is computed, so the last full block of a fully
+        // cached prompt is not a hit.
+        let max_hits = ((head.prompt_len - 1) / bs) as usize;
+        let m = if self.cfg.prefix_caching {
+            let ids = &head.prefix_ids[..head.prefix_ids.len().min(max_hits)];
+            self.kv.match_prefix(ids)
+        } else {
+            PrefixMatch::default()
+        };
+        let remaining = head.prompt_len - m.blocks * bs;
+        let watermark = if self.running.is_empty() {
+            0
+        } else {
+            self.watermark_blocks
+        };
+        let room = (self.kv.available() - m.evictable).saturating_sub(watermark);
+        let blocked = Admission::Blocked(Blocked::KvBlocks {
+            hits_evictable: m.evictable,
+        });
+        if self.cfg.chunked_prefill {
+            let chunk = remaining.min(budget_left);
+            let blocks = chunk.div_ceil(bs);
+            if blocks <= room {
+                Admission::Admit {
+                    hits: m.blocks,
+                    chunk,
+                    new_blocks: blocks,
+                }
+            } else if self.running.is_empty() && room > 0 {
+                // Only an empty replica shrinks the first chunk to the cache: elsewhere
+                // a partly admitted prompt would just be preempted again.
+                Admission::Admit {
+                    hits: m.blocks,
+                    chunk: room * bs,
+                    new_blocks: room,
+                }
+            } else {
+                blocked
+            }
+        } else if remaining > budget_left {
+            Admission::Blocked(Blocked::TokenBudget)
+        } else {
+            let blocks = remaining.div_ceil(bs);
+            if blocks > room {
+                blocked
+            } else {
+                Admission::Admit {
+                    hits: m.blocks,
+                    chunk: remaining,
+                    new_blocks: blocks,
+                }
+            }
+        }
+    }
+
+    fn admit(&mut self, t: SimTime, hits: u32, chunk: u32, new_blocks: u32) {
+        let Some(mut s) = self.waiting.pop_front() else {
+            return;
+        };
+        let bs = self.cfg.block_size;
+        for &h in &s.prefix_ids[..hits as usize] {
+            if let Some(b) = self.kv.lookup(h) {
+                self.kv.acquire(b);
+                s.blocks.push(b);
+            }
+        }
+        for _ in 0..new_blocks {
+            if let Some(b) = self.kv.allocate() {
+                s.blocks.push(b);
+            }
+        }
+        let hit_tokens = hits * bs;
+        s.computed = hit_tokens;
+        s.registered = hits;
+        s.scheduled = chunk;
+        if s.started.is_none() {
+            s.started = Some(t);
+            s.cached_tokens = hit_tokens;
+        }
+        self.stats.prompt_tokens += s.prompt_len as u64;
+        self.stats.hit_tokens += hit_tokens as u64;
+        self.kv_tokens += hit_tokens as u64;
+        self.outstanding -= hit_tokens as u64;
+        self.running.push(s);
+    }
+
+    /// Preempts the most recently admitted running sequence by recompute.
+    fn preempt_last(&mut self) {
+        let Some(mut v) = self.running.pop() else {
+            return;
+        };
+        let before = v.remaining();
+        for &b in v.blocks.iter().rev() {
+            self.kv.release(b);
+        }
+        v.blocks.clear();
+        self.kv_tokens -= v.computed as u64;
+        v.prompt_len = v.input + v.generated;
+        v.computed = 0;
+        v.scheduled = 0;
+        v.registered = 0;
+        v.preemptions += 1;
+        self.outstanding = self.outstanding - before + v.remaining();
+        self.stats.preemptions += 1;
+        self.waiting.push_front(v);
+    }
+
+    /// End effects of the general iteration.
+    fn end_general(&mut self, end: SimTime, dur: SimDuration, tokens: u64) {
+        let bs = self.cfg.block_size;
+        let caching = self.cfg.prefix_caching;
+        for s in self.running.iter_mut() {
+            let tok = s.scheduled;
+            if tok == 0 {
+                continue;
+            }
+            s.scheduled = 0;
+            s.share += dur.as_nanos() as u128 * tok as u128 * SHARE_SCALE / tokens as u128;
+            let was_prefill = !s.in_decode();
+            s.computed += tok;
+            self.kv_tokens += tok as u64;
+            if was_prefill {
+                self.outstanding -= tok as u64;
+                if caching {
+                    while (s.registered as usize) < s.prefix_ids.len()
+                        && (s.registered + 1) * bs <= s.computed
+                    {
+                        let i = s.registered as usize;
+                        self.kv.register(s.blocks[i], s.prefix_ids[i]);
+                        s.registered += 1;
+                    }
+                }
+                if s.computed >= s.prompt_len {
+                    s.generated += 1;
+                    self.outstanding -= 1;
+                    s.first_token.get_or_insert(end);
+                }
+            } else {
+                s.generated += 1;
+                self.outstanding -= 1;
+            }
+        }
+        self.retire_finished(end);
+        self.set_levels(end);
+    }
+
+    /// Finished sequences free their blocks (tail first, so that a cached prefix's
+    /// root outlives its branches in the LRU) and report.
+    fn retire_finished(&mut self, end: SimTime) {
+        let usd_per_ns = self.usd_per_ns;
+        let kv = &mut self.kv;
+        let done = &mut self.pending_done;
+        let kv_tokens = &mut self.kv_tokens;
+        let stats = &mut self.stats;
+        self.running.retain_mut(|s| {
+            if s.generated < s.output {
+                return true;
+            }
+            for &b in s.blocks.iter().rev() {
+                kv.release(b);
+            }
+            *kv_tokens -= s.computed as u64;
+            stats.finished += 1;
+            done.push(s.hop_done(end, usd_per_ns));
+            false
+        });
+    }
+
+    /// Plans decode iterations after the pure-decode iteration ending at `end0` for as
+    /// long as the batch cannot change. `budget_left` is that iteration's unused budget.
+    fn plan_stretch(&self, ext: &mut Stretch, end0: SimTime, budget_left: u32) {
+        let bs = self.cfg.block_size;
+        let n = self.running.len() as u32;
+        let mut kmax = MAX_STRETCH;
+        // Context after the first iteration, summed.
+        let mut ctx = 0u64;
+        for s in &self.running {
+            kmax = kmax.min((s.output - s.generated).saturating_sub(1));
+            ctx += s.computed as u64 + 1;
+        }
+        if kmax == 0 {
+            return;
+        }
+        // The head of the queue must stay blocked. Limits on sequences and tokens do
+        // not move during a stretch, and fewer blocks only block more, except that an
+        // eviction can free a chunked head whose prefix hits were evictable: then the
+        // stretch must not evict.
+        let may_evict = match self.waiting.front() {
+            None => true,
+            Some(head) => match self.check_admission(head, budget_left) {
+                Admission::Admit { .. } => return,
+                Admission::Blocked(Blocked::SeqLimit | Blocked::TokenBudget) => true,
+                Admission::Blocked(Blocked::KvBlocks { hits_evictable }) => {
+                    !self.cfg.chunked_prefill || hits_evictable == 0
+                }
+            },
+        };
+        let limit = if may_evict {
+            self.kv.available()
+        } else {
+            self.kv.free_uncached()
+        };
+        ext.allocs.clear();
+        ext.allocs.resize(kmax as usize, 0);
+        for s in &self.running {
+            // Context before stretch iteration j (1-based) is l + j - 1; a new block is
+            // needed when that is a multiple of the block size.
+            let l = s.computed + 1;
+            let r = l % bs;
+            let mut j = if r == 0 { 1 } else { bs - r + 1 };
+            while j <= kmax {
+                ext.allocs[j as usize - 1] += 1;
+                j += bs;
+            }
+        }
+        let mut cum = 0u32;
+        let mut k = 0usize;
+        for &a in &ext.allocs {
+            if cum + a > limit {
+                break;
+            }
+            cum += a;
+            k += 1;
+        }
+        if k == 0 {
+            ext.allocs.clear();
+            return;
+        }
+        ext.allocs.truncate(k);
+        ext.ends.clear();
+        ext.durs.clear();
+        let mut t = end0;
+        for j in 1..=k as u64 {
+            let shape = IterationShape {
+                decode_seqs: n,
+                decode_context_tokens: ctx + n as u64 * j,
+                ..IterationShape::default()
+            };
+            let d = self.perf.iteration_time(&shape);
+            t += d;
+            ext.durs.push(d);
+            ext.ends.push(t);
+        }
+        ext.n = n;
+    }
+
+    fn ext_start(&mut self, start: SimTime) {
+        let Some(b) = self.busy.as_mut() else { return };
+        let ext = &mut b.ext;
+        ext.pending_allocs += ext.allocs[ext.started];
+        ext.started += 1;
+        let n = ext.n;
+        let st = &mut self.stats;
+        st.iterations += 1;
+        st.batch_hist[n as usize] += 1;
+        st.decode_tokens += n as u64;
+        self.set_levels(start);
+    }
+
+    fn ext_end(&mut self, end: SimTime) {
+        let Some(b) = self.busy.as_mut() else { return };
+        let ext = &mut b.ext;
+        let n = ext.n as u64;
+        ext.share += ext.durs[ext.ended].as_nanos() as u128 * SHARE_SCALE / n as u128;
+        ext.ended += 1;
+        self.kv_tokens += n;
+        self.outstanding -= n;
+        self.set_levels(end);
+    }
+
+    /// Brings every sequence up to date after a finished stretch.
+    fn materialize(&mut self, ext: &Stretch) {
+        let k = ext.ended as u32;
+        let bs = self.cfg.block_size;
+        for s in self.running.iter_mut() {
+            s.computed += k;
+            s.generated += k;
+            s.share += ext.share;
+            let need = s.computed.div_ceil(bs) as usize;
+            while s.blocks.len() < need {
+                let Some(b) = self.kv.allocate() else {
+                    debug_assert!(false, "stretch planned more blocks than available");
+                    break;
+                };
+                s.blocks.push(b);
+            }
+        }
+    }
+
+    /// A request became the head of an empty queue during a stretch: unless it is
+    /// blocked for as long as the stretch lasts, end the stretch after the iteration in
+    /// progress so that the next boundary considers it.
+    fn cut_stretch_for_new_head(&mut self) {
+        let n = self.running.len() as u32;
+        if n >= self.cfg.max_num_seqs || self.cfg.max_batched_tokens == n {
+            return;
+        }
+        let Some(b) = self.busy.as_mut() else { return };
+        let keep = if b.general_pending {
+            0
+        } else {
+            b.ext.ended + 1
+        };
+        if keep >= b.ext.ends.len() {
+            return;
+        }
+        b.ext.ends.truncate(keep);
+        b.ext.durs.truncate(keep);
+        b.ext.allocs.truncate(keep);
+        self.generation += 1;
+        b.generation = self.generation;
+        self.pending_wake = Some((b.final_end(), b.generation));
+    }
+
+    /// Checks the accounting; for tests.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        self.kv.check_invariants()?;
+        let lazy = self.busy.as_ref().map_or(0, |b| b.ext.ended as u32);
+        let bs = self.cfg.block_size;
+        if self.kv_used_blocks() > self.cfg.kv_capacity_blocks as u64 {
+            return Err(format!(
+                "{} blocks used of {}",
+                self.kv_used_blocks(),
+                self.cfg.kv_capacity_blocks
+            ));
+        }
+        let mut held = 0u64;
+        let mut tokens = 0u64;
+        let mut outstanding = 0u64;
+        for s in &self.running {
+            held += s.blocks.len() as u64;
+            let computed = s.computed + lazy;
+            tokens += computed as u64;
+            outstanding += s.remaining() - lazy as u64;
+            if s.blocks.len() as u32 * bs < s.computed + s.scheduled {
+                return Err(format!("{:?} holds too few blocks", s.id));
+            }
+        }
+        for s in &self.waiting {
+            if !s.blocks.is_empty() {
+                return Err(format!("{:?} waits holding blocks", s.id));
+            }
+            outstanding += s.remaining();
+        }
+        // Blocks shared through the prefix cache are counted once per holder.
+        if held < self.kv.used() as u64 {
+            return Err(format!(
+                "sequences hold {held} blocks, cache says {} used",
+                self.kv.used()
+            ));
+        }
+        if tokens != self.kv_tokens {
+            return Err(format!(
+                "kv tokens {} but sequences hold {tokens}",
+                self.kv_tokens
+            ));
+        }
+        if outstanding != self.outstanding {
+            return Err(format!(
+                "outstanding {} but sequences need {outstanding}",
+                self.outstanding
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Iteration time linear in every term of the shape, to the nanosecond.
+    #[derive(Debug)]
+    struct LinearPerf;
+    impl PerfModel for LinearPerf {
+        fn iteration_time(&self, s: &IterationShape) -> SimDuration {
+            SimDuration(
+                5_000
+                    + 40 * s.prefill_tokens
+                    + 11 * s.prefill_seqs as u64
+                    + 3 * s.prefill_context_tokens
+                    + 700 * s.decode_seqs as u64
+                    + 2 * s.decode_context_tokens,
+            )
+        }
+        fn name(&self) -> &str {
+            "linear"
+        }
+    }
+
+    fn t(shape: IterationShape) -> u64 {
+        LinearPerf.iteration_time(&shape).as_nanos()
+    }
+    fn prefill(tokens: u64, seqs: u32, ctx: u64) -> u64 {
+        t(IterationShape {
+            prefill_tokens: tokens,
+            prefill_seqs: seqs,
+            prefill_context_tokens: ctx,
+            ..IterationShape::default()
+        })
+    }
+    fn decode(seqs: u32, ctx: u64) -> u64 {
+        t(IterationShape {
+            decode_seqs: seqs,
+            decode_context_tokens: ctx,
+            ..IterationShape::default()
+        })
+    }
+
+    fn req(input: u32, output: u32) -> LlmRequest {
+        LlmRequest {
+            input_tokens: input,
+            output_tokens: output,
+            shared_prefix_tokens: 0,
+            prefix_group: 0,
+            block_hashes: None,
+            hash_block_tokens: 0,
+        }
+    }
+
+    /// Feeds arrivals (time-ordered) to one replica and runs it dry.
+    fn run(cfg: ReplicaConfig, arrivals: &[(u64, LlmRequest)]) -> (Vec<HopDone>, ReplicaReport) {
+        let mut r = Replica::new(cfg, Arc::new(LinearPerf), 3.6).unwrap_or_else(|e| panic!("{e}"));
+        let mut done = Vec::new();
+        let mut wake: Option<SimTime> = None;
+        let mut next = 0;
+        loop {
+            let arrival = arrivals.get(next).map(|a| SimTime(a.0));
+            match (arrival, wake) {
+                (Some(a), w) if w.is_none_or(|w| a <= w) => {
+                    r.submit(a, JobId(next as u64), &arrivals[next].1);
+                    next += 1;
+                }
+                (_, Some(w)) => {
+                    wake = None;
+                    r.advance(w);
+                }
+                (None, None) => break,
+                (Some(_), None) => unreachable!(),
+            }
+            if let Some((tw, _)) = r.take_wake() {
+                wake = Some(tw);
+            }
+            r.drain_done(&mut done);
+            r.check_invariants().unwrap_or_else(|e| panic!("{e}"));
+        }
+        done.sort_by_key(|d| d.id);
+        let end = done.iter().map(|d| d.finished).max().unwrap_or_default();
+        (done, r.report(end))
+    }
+
+    fn both_modes(
+        cfg: ReplicaConfig,
+        arrivals: &[(u64, LlmRequest)],
+    ) -> (Vec<HopDone>, ReplicaReport) {
+        let a = run(
+            ReplicaConfig {
+                decode_skipping: true,
+                ..cfg.clone()
+            },
+            arrivals,
+        );
+        let b = run(
+            ReplicaConfig {
+                decode_skipping: false,
+                ..cfg
+            },
+            arrivals,
+        );
+        assert_eq!(a, b, "decode skipping changed the result");
+        a
+    }
+
+    #[test]
+    fn single_request_takes_the_models_prefill_plus_decode_times() {
+        let cfg = ReplicaConfig::new(1000).unwrap();
+        let (done, rep) = both_modes(cfg, &[(1_000, req(100, 10))]);
+        let pre = prefill(100, 1, 0);
+        let dec: u64 = (1..=9).map(|j| decode(1, 100 + j)).sum();
+        let d = done[0];
+        assert_eq!(d.started, SimTime(1_000));
+        assert_eq!(d.finished, SimTime(1_000 + pre + dec));
+        let llm = d.llm.unwrap();
+        assert_eq!(llm.ttft, SimDuration(pre));
+        assert_eq!(llm.tpot, SimDuration(dec / 9));
+        // Alone in every iteration, it is charged every nanosecond.
+        assert_eq!(d.busy, SimDuration(pre + dec));
+        assert!((d.usd - (pre + dec) as f64 * 1e-12).abs() < 1e-18);
+        assert_eq!(rep.iterations, 10);
+        assert_eq!(rep.batch_size_histogram, vec![0, 10]);
+    }
+
+    #[test]
+    fn chunked_prefill_splits_the_prompt_within_the_budget() {
+        let cfg = ReplicaConfig {
+            max_batched_tokens: 128,
+            max_num_seqs: 4,
+            ..ReplicaConfig::defaults(1000)
+        };
+        let (done, _) = both_modes(cfg, &[(0, req(300, 3))]);
+        let pre = prefill(128, 1, 0) + prefill(128, 1, 128) + prefill(44, 1, 256);
+        let dec = decode(1, 301) + decode(1, 302);
+        assert_eq!(done[0].llm.unwrap().ttft, SimDuration(pre));
+        assert_eq!(done[0].finished, SimTime(pre + dec));
+    }
+
+    #[test]
+    fn identical_batch_iterates_at_the_models_pace() {
+        // A one-token request occupies the first iteration so that the batch of eight
+        // is admitted together at its end.
+        let n = 8u32;
+        let mut arrivals = vec![(0, req(16, 1))];
+        arrivals.extend((0..n).map(|_| (0, req(64, 20))));
+        let (done, rep) = both_modes(ReplicaConfig::new(1000).unwrap(), &arrivals);
+        let t0 = prefill(16, 1, 0);
+        let pre = prefill(64 * n as u64, n, 0);
+        let steps: Vec<u64> = (1..=19).map(|j| decode(n, n as u64 * (64 + j))).collect();
+        let dec: u64 = steps.iter().sum();
+        for d in &done[1..] {
+            let llm = d.llm.unwrap();
+            assert_eq!(d.started, SimTime(t0));
+            assert_eq!(llm.ttft, SimDuration(t0 + pre));
+            assert_eq!(llm.tpot, SimDuration(dec / 19));
+            assert_eq!(d.finished, SimTime(t0 + pre + dec));
+            // Equal shares of every iteration (floored in fixed point).
+            assert!(d.busy.as_nanos().abs_diff((pre + dec) / n as u64) <= 20);
+        }
+        assert_eq!(rep.iterations, 1 + 1 + 19);
+        assert_eq!(rep.batch_size_histogram[n as usize], 20);
+        assert_eq!(rep.batch_size_p50, n);
+    }
+
+    fn preemption_case(kv_blocks: u32) -> (Vec<HopDone>, ReplicaReport) {
+        // Two requests needing ceil((4 + 9 - 1) / 4) = 3 blocks each.
+        let cfg = ReplicaConfig {
+            block_size: 4,
+            watermark: 0.0,
+            ..ReplicaConfig::defaults(kv_blocks)
+        };
+        both_modes(cfg, &[(0, req(4, 9)), (0, req(4, 9))])
+    }
+
+    #[test]
+    fn preempts_when_and_only_when_it_must() {
+        let (done, rep) = preemption_case(6);
+        assert_eq!(rep.preemptions, 0);
+        assert!(done.iter().all(|d| d.llm.unwrap().preemptions == 0));
+
+        let (done, rep) = preemption_case(4);
+        assert_eq!(rep.preemptions, 1);
+        // The most recently admitted one is recomputed; both finish.
+        assert_eq!(done[0].llm.unwrap().preemptions, 0);
+        assert_eq!(done[1].llm.unwrap().preemptions, 1);
+        assert!(done[1].finished > done[0].finished);
+        assert_eq!(rep.finished, 2);
+        assert_eq!(rep.kv_used_blocks_max, 4);
+    }
+
+    #[test]
+    fn oversized_requests_are_rejected_not_stuck() {
+        let cfg = ReplicaConfig {
+            block_size: 4,
+            ..ReplicaConfig::defaults(4)
+        };
+        let (done, rep) = run(cfg, &[(0, req(10, 8)), (0, req(4, 2))]);
+        assert_eq!(rep.rejected, 1);
+        assert_eq!(done[0].busy, SimDuration::ZERO);
+        assert_eq!(done[1].llm.unwrap().cached_tokens, 0);
+        assert_eq!(rep.finished, 1);
+    }
+
+    #[test]
+    fn second_request_with_the_same_block_hashes_hits_the_prefix_cache() {
+        let mooncake = |input| LlmRequest {
+            block_hashes: Some(vec![11, 12, 13].into()),
+            hash_block_tokens: 512,
+            ..req(input, 4)
+        };
+        let (done, rep) = both_modes(
+            ReplicaConfig::new(1000).unwrap(),
+            &[(0, mooncake(1100)), (10_000_000, mooncake(1100))],
+        );
+        assert_eq!(done[0].llm.unwrap().cached_tokens, 0);
+        // 68 full blocks of 16 tokens; at least one token is always computed.
+        assert_eq!(done[1].llm.unwrap().cached_tokens, 68 * 16);
+        assert_eq!(
+            done[1].llm.unwrap().ttft,
+            SimDuration(prefill(1100 - 1088, 1, 1088))
+        );
+        assert_eq!(rep.cached_tokens, 1088);
+        assert_eq!(rep.prompt_tokens, 2200);
+    }
+
+    #[test]
+    fn prefix_cache_evicts_least_recently_used_tail_first() {
+        let shared = |group, at| {
+            (
+                at,
+                LlmRequest {
+                    shared_prefix_tokens: 160,
+                    prefix_group: group,
+                    ..req(161, 1)
+                },
+            )
+        };
+        // 20 blocks: X leaves 10 cached blocks; Y needs 11, so it evicts one of X's,
+        // the tail one (released first); Z with X's prefix still hits 9 blocks.
+        let cfg = ReplicaConfig {
+            watermark: 0.0,
+            ..ReplicaConfig::defaults(20)
+        };
+        let (done, _) = both_modes(
+            cfg,
+            &[shared(1, 0), shared(2, 10_000_000), shared(1, 20_000_000)],
+        );
+        assert_eq!(done[1].llm.unwrap().cached_tokens, 0);
+        assert_eq!(done[2].llm.unwrap().cached_tokens, 9 * 16);
+    }
+
+    #[test]
+    fn config_validation_explains_itself() {
+        assert!(ReplicaConfig::new(0).is_err());
+        let e = ReplicaConfig {
+            max_batched_tokens: 8,
+            max_num_seqs: 16,
+            ..ReplicaConfig::defaults(10)
+        }
+        .validated()
+        .unwrap_err();
+        assert!(e.contains("max_batched_tokens"), "{e}");
+        assert!(
+            ReplicaConfig {
+                watermark: 1.0,
+                ..ReplicaConfig::defaults(10)
+            }
+            .validated()
+            .is_err()
+        );
+    }
+}

@@ -1,0 +1,122 @@
+//! GPU replica speed: simulated iterations per second on one core.
+//!
+//! `replica/decode64`: one replica kept at 64 running sequences (closed loop: each
+//! finished request is replaced at once) of 128-token prompts and 512-1016-token
+//! outputs, 512 requests in all: decode-heavy continuous batching. Run with decode
+//! skipping on (`skip`) and off (`step`); throughput is in simulated iterations.
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use sim_core::gpu::gpu_station::GpuPoolStation;
+use sim_core::gpu::replica::ReplicaConfig;
+use sim_core::gpu::{IterationShape, LlmRequest, PerfModel};
+use sim_core::station::{HopJob, JobId, Station, StationOutput, Work};
+use sim_core::{SimDuration, SimTime};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::hint::black_box;
+use std::sync::Arc;
+
+/// A linear iteration-time model of roughly an 8B model on one GPU.
+#[derive(Debug)]
+struct LinearPerf;
+impl PerfModel for LinearPerf {
+    fn iteration_time(&self, s: &IterationShape) -> SimDuration {
+        SimDuration(
+            6_000_000
+                + 60 * s.prefill_tokens
+                + 2 * s.prefill_context_tokens
+                + 15_000 * s.decode_seqs as u64
+                + 20 * s.decode_context_tokens,
+        )
+    }
+    fn name(&self) -> &str {
+        "linear"
+    }
+}
+
+const CONCURRENCY: u64 = 64;
+const REQUESTS: u64 = 512;
+
+fn request(i: u64) -> Work {
+    Work::Llm(Box::new(LlmRequest {
+        input_tokens: 128,
+        output_tokens: 512 + (i * 37 % 64) as u32 * 8,
+        shared_prefix_tokens: 64,
+        prefix_group: 1,
+        block_hashes: None,
+        hash_block_tokens: 0,
+    }))
+}
+
+/// Runs the closed loop to the end; returns the iterations simulated.
+fn decode64(skip: bool) -> u64 {
+    let cfg = ReplicaConfig {
+        decode_skipping: skip,
+        ..ReplicaConfig::defaults(40_000)
+    };
+    let mut st = GpuPoolStation::new("bench", 1, cfg, Arc::new(LinearPerf), 2.0)
+        .unwrap_or_else(|e| panic!("bench pool: {e}"));
+    let mut out = StationOutput::default();
+    let mut heap: BinaryHeap<Reverse<(SimTime, u64, u64)>> = BinaryHeap::new();
+    let mut seq = 0u64;
+    let mut submitted = 0u64;
+    let mut finished = 0u64;
+    for _ in 0..CONCURRENCY {
+        st.submit(
+            SimTime::ZERO,
+            HopJob {
+                id: JobId(submitted),
+                work: request(submitted),
+            },
+            &mut out,
+        );
+        submitted += 1;
+    }
+    let mut now = SimTime::ZERO;
+    loop {
+        for (t, token) in out.wakeups.drain(..) {
+            seq += 1;
+            heap.push(Reverse((t, seq, token)));
+        }
+        let replace = out.done.len() as u64;
+        finished += replace;
+        out.done.clear();
+        for _ in 0..replace {
+            if submitted < REQUESTS {
+                st.submit(
+                    now,
+                    HopJob {
+                        id: JobId(submitted),
+                        work: request(submitted),
+                    },
+                    &mut out,
+                );
+                submitted += 1;
+            }
+        }
+        if !out.wakeups.is_empty() || !out.done.is_empty() {
+            continue;
+        }
+        let Some(Reverse((t, _, token))) = heap.pop() else {
+            break;
+        };
+        now = t;
+        st.wake(now, token, &mut out);
+    }
+    assert_eq!(finished, REQUESTS);
+    st.gpu_report(now).map_or(0, |r| r.iterations)
+}
+
+fn bench(c: &mut Criterion) {
+    let mut g = c.benchmark_group("replica");
+    let iterations = decode64(true);
+    assert_eq!(iterations, decode64(false));
+    g.throughput(Throughput::Elements(iterations));
+    g.sample_size(10);
+    g.bench_function("decode64/skip", |b| b.iter(|| black_box(decode64(true))));
+    g.bench_function("decode64/step", |b| b.iter(|| black_box(decode64(false))));
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
