@@ -133,3 +133,31 @@ impl Lines {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_numbered_and_bad_utf8_is_a_row_error() {
+        let bytes = b"\xef\xbb\xbfa\r\n\xff\nb".to_vec();
+        let mut l = Lines::new("m", wrap_reader(std::io::Cursor::new(bytes)).unwrap());
+        assert_eq!(l.next_line().unwrap(), Some((1, "a")));
+        let e = l.next_line().unwrap_err();
+        assert_eq!((e.location(), e.line()), ("m:2".to_string(), Some(2)));
+        assert_eq!(l.next_line().unwrap(), Some((3, "b")));
+        assert_eq!(l.next_line().unwrap(), None);
+    }
+
+    #[test]
+    fn gzip_in_memory() {
+        use std::io::Write;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(b"x\ny\n").unwrap();
+        let gz = enc.finish().unwrap();
+        let mut l = Lines::new("g", wrap_reader(std::io::Cursor::new(gz)).unwrap());
+        assert_eq!(l.next_line().unwrap(), Some((1, "x")));
+        assert_eq!(l.next_line().unwrap(), Some((2, "y")));
+        assert_eq!(l.next_line().unwrap(), None);
+    }
+}

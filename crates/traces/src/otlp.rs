@@ -287,3 +287,31 @@ impl Iterator for OtlpReader {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(trace: &str, span: &str) -> String {
+        format!(
+            r#"{{"resourceSpans":[{{"scopeSpans":[{{"spans":[{{"traceId":"{trace}","spanId":"{span}","startTimeUnixNano":"1","endTimeUnixNano":"2"}}]}}]}}]}}"#
+        )
+    }
+
+    #[test]
+    fn json_lines_documents_carry_their_line() {
+        let text = format!(
+            "{}\n{}\n\n{}\n",
+            doc("a", "1"),
+            doc("b", "1"),
+            doc("c", "1")
+        );
+        let r = OtlpReader::from_reader(
+            "x.json".into(),
+            Box::new(std::io::Cursor::new(text.into_bytes())),
+            false,
+        );
+        let lines: Vec<u64> = r.map(|s| s.unwrap().line).collect();
+        assert_eq!(lines, vec![1, 2, 4]);
+    }
+}
