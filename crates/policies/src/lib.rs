@@ -1,2 +1,227 @@
-//! Control-plane policy implementations for factorysim. They implement traits defined in
-//! `sim-core`; sim-core never depends on this crate.
+//! Control-plane policy implementations for factorysim. Each implements a trait from
+//! `sim_core::policy`; [`Standard`] builds them from the scenario's specs. sim-core never
+//! depends on this crate.
+//!
+//! | decision | spec | implementations |
+//! |---|---|---|
+//! | queue discipline | `pools.X.discipline` | [`Fifo`](sim_core::policy::Fifo), [`StrictPriority`], [`WeightedFair`], [`EarliestDeadline`] |
+//! | tier routing | `[routing] policy` | [`FirstAvailable`], [`CostAware`], [`LeastLoaded`] |
+//! | autoscaling | `pools.X.autoscale` | [`QueueDepthAutoscaler`] |
+
+use sim_core::SimTime;
+use sim_core::policy::{
+    AutoscaleSpec, Autoscaler, DisciplineSpec, Fifo, JobMeta, PolicyFactory, PoolView,
+    QueueDiscipline, RouteRequest, RoutingSpec, ScaleObservation, TierRouter,
+};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+
+/// Strict priority across lanes: a waiting hop of a higher-priority lane is always
+/// served before any lower one; FIFO within a priority. (The practice: interactive
+/// lanes preempt batch in the queue, never mid-service.)
+#[derive(Default)]
+pub struct StrictPriority {
+    queues: BTreeMap<Reverse<i32>, VecDeque<u64>>,
+    len: usize,
+}
+
+impl QueueDiscipline for StrictPriority {
+    fn push(&mut self, _now: SimTime, meta: JobMeta, key: u64) {
+        self.queues
+            .entry(Reverse(meta.priority))
+            .or_default()
+            .push_back(key);
+        self.len += 1;
+    }
+    fn pop(&mut self, _now: SimTime) -> Option<u64> {
+        let (&prio, q) = self.queues.iter_mut().find(|(_, q)| !q.is_empty())?;
+        let key = q.pop_front();
+        if q.is_empty() {
+            self.queues.remove(&prio);
+        }
+        self.len -= 1;
+        key
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
+/// Weighted fair queuing across lanes by start-time fair queuing (Goyal et al., 1996):
+/// each hop gets a start tag max(virtual time, its lane's last finish tag) and a finish
+/// tag start + size / weight; the hop with the smallest start tag is served and the
+/// virtual time advances to it. Under saturation each lane's share of server time
+/// converges to its weight over the sum of the weights.
+#[derive(Default)]
+pub struct WeightedFair {
+    lanes: BTreeMap<u32, VecDeque<(f64, u64)>>,
+    last_finish: BTreeMap<u32, f64>,
+    virtual_time: f64,
+    len: usize,
+}
+
+impl QueueDiscipline for WeightedFair {
+    fn push(&mut self, _now: SimTime, meta: JobMeta, key: u64) {
+        let last = self.last_finish.get(&meta.lane).copied().unwrap_or(0.0);
+        let start = self.virtual_time.max(last);
+        let finish = start + meta.size_ns as f64 / meta.weight.max(1e-9);
+        self.last_finish.insert(meta.lane, finish);
+        self.lanes
+            .entry(meta.lane)
+            .or_default()
+            .push_back((start, key));
+        self.len += 1;
+    }
+    fn pop(&mut self, _now: SimTime) -> Option<u64> {
+        // Smallest start tag among lane heads; ties to the lower lane index.
+        let lane = self
+            .lanes
+            .iter()
+            .filter_map(|(&l, q)| q.front().map(|&(s, _)| (s, l)))
+            .min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)))?
+            .1;
+        let q = self.lanes.get_mut(&lane)?;
+        let (start, key) = q.pop_front()?;
+        self.virtual_time = self.virtual_time.max(start);
+        self.len -= 1;
+        Some(key)
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
+/// Earliest deadline first: the hop whose workflow's SLO runs out soonest; FIFO among
+/// equal deadlines (hops without an SLO go last).
+#[derive(Default)]
+pub struct EarliestDeadline {
+    heap: BinaryHeap<Reverse<(SimTime, u64, u64)>>,
+    seq: u64,
+}
+
+impl QueueDiscipline for EarliestDeadline {
+    fn push(&mut self, _now: SimTime, meta: JobMeta, key: u64) {
+        self.heap.push(Reverse((meta.deadline, self.seq, key)));
+        self.seq += 1;
+    }
+    fn pop(&mut self, _now: SimTime) -> Option<u64> {
+        self.heap.pop().map(|Reverse((_, _, k))| k)
+    }
+    fn len(&self) -> usize {
+        self.heap.len()
+    }
+}
+
+/// Static routing with fallback: the first pool of the tier's chain that is up and
+/// admits the hop (a 429 or an outage moves to the next, marked degraded).
+pub struct FirstAvailable;
+
+impl TierRouter for FirstAvailable {
+    fn choose(&mut self, _req: &RouteRequest, candidates: &[PoolView]) -> Option<usize> {
+        candidates.iter().position(|c| c.available)
+    }
+}
+
+/// Cost-aware routing: the cheapest available pool whose predicted latency fits the time
+/// left before the workflow's SLO (and whose cost fits its remaining budget); if none
+/// fits, the available pool with the lowest predicted latency.
+pub struct CostAware;
+
+impl TierRouter for CostAware {
+    fn choose(&mut self, req: &RouteRequest, candidates: &[PoolView]) -> Option<usize> {
+        let fits = |c: &PoolView| {
+            req.slo_remaining_s
+                .is_none_or(|left| c.predicted_latency_s() <= left)
+                && req.budget_remaining_usd.is_none_or(|b| c.usd <= b)
+        };
+        let cheapest_fit = candidates
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.available && fits(c))
+            .min_by(|a, b| a.1.usd.total_cmp(&b.1.usd).then(a.0.cmp(&b.0)))
+            .map(|(i, _)| i);
+        cheapest_fit.or_else(|| LeastLoaded.choose(req, candidates))
+    }
+}
+
+/// The available pool with the lowest predicted latency (queue ahead / servers +
+/// service); ties to the earlier pool of the chain.
+pub struct LeastLoaded;
+
+impl TierRouter for LeastLoaded {
+    fn choose(&mut self, _req: &RouteRequest, candidates: &[PoolView]) -> Option<usize> {
+        candidates
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.available)
+            .min_by(|a, b| {
+                a.1.predicted_latency_s()
+                    .total_cmp(&b.1.predicted_latency_s())
+                    .then(a.0.cmp(&b.0))
+            })
+            .map(|(i, _)| i)
+    }
+}
+
+/// Reactive autoscaling on queue depth: target servers = ceil((busy + queued) /
+/// target per server), clamped to [min, max]; no change within `cooldown` of the last
+/// change. New servers take `boot` to come up (and are paid for from boot start);
+/// removed servers drain their current hop first.
+pub struct QueueDepthAutoscaler {
+    spec: AutoscaleSpec,
+    last_change: Option<SimTime>,
+}
+
+impl QueueDepthAutoscaler {
+    pub fn new(spec: AutoscaleSpec) -> Self {
+        QueueDepthAutoscaler {
+            spec,
+            last_change: None,
+        }
+    }
+}
+
+impl Autoscaler for QueueDepthAutoscaler {
+    fn target(&mut self, obs: &ScaleObservation) -> u32 {
+        let current = obs.running + obs.booting;
+        if let Some(last) = self.last_change
+            && obs.now < last + self.spec.cooldown
+        {
+            return current;
+        }
+        let load = (obs.busy + obs.queued) as f64;
+        let wanted = (load / self.spec.target).ceil() as u32;
+        let target = wanted.clamp(self.spec.min, self.spec.max);
+        if target != current {
+            self.last_change = Some(obs.now);
+        }
+        target
+    }
+}
+
+/// The policies the CLI runs with: every discipline, router and autoscaler above.
+pub struct Standard;
+
+impl PolicyFactory for Standard {
+    fn discipline(&self, spec: DisciplineSpec) -> Box<dyn QueueDiscipline> {
+        match spec {
+            DisciplineSpec::Fifo => Box::new(Fifo::default()),
+            DisciplineSpec::Priority => Box::new(StrictPriority::default()),
+            DisciplineSpec::WeightedFair => Box::new(WeightedFair::default()),
+            DisciplineSpec::EarliestDeadline => Box::new(EarliestDeadline::default()),
+        }
+    }
+    fn router(&self, spec: RoutingSpec) -> Box<dyn TierRouter> {
+        match spec {
+            RoutingSpec::Static => Box::new(FirstAvailable),
+            RoutingSpec::CostAware => Box::new(CostAware),
+            RoutingSpec::LeastLoaded => Box::new(LeastLoaded),
+        }
+    }
+    fn autoscaler(&self, spec: &AutoscaleSpec) -> Box<dyn Autoscaler> {
+        Box::new(QueueDepthAutoscaler::new(spec.clone()))
+    }
+    fn supports(&self, _spec: DisciplineSpec) -> bool {
+        true
+    }
+}

@@ -13,6 +13,7 @@ pub mod dist;
 pub mod event_queue;
 pub mod gpu;
 pub mod metrics;
+pub mod policy;
 pub mod queue_station;
 pub mod rng;
 pub mod scenario;

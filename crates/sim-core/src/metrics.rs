@@ -69,6 +69,12 @@ pub struct ClassStats {
     pub usd_unfinished: f64,
     /// Failed workflows by cause ("tool crm failed", "timeout at plan").
     pub failed_by_cause: BTreeMap<String, u64>,
+    /// Rejected workflows by cause ("429 from api-mid", "frontier down").
+    pub rejected_by_cause: BTreeMap<String, u64>,
+    /// Waste: cost run up by workflows rejected after work had started.
+    pub usd_waste_rejected: f64,
+    /// Hops served by a fallback pool of their tier (not the tier's first choice).
+    pub degraded_hops: u64,
     /// Waste: cost of failed and abandoned workflows, and of hops that finished after
     /// their workflow's outcome was decided (quorum stragglers, timed-out calls).
     pub usd_waste_failed: f64,
@@ -83,6 +89,11 @@ pub struct ClassStats {
     pub escalations: u64,
     /// Model tokens (input + output) of each completed workflow.
     pub tokens_per_success: Vec<u64>,
+    // --- results/showback (issue 7) ---
+    /// Tenant (showback owner) of the class.
+    pub tenant: String,
+    /// Share of workflows that should meet `slo` (error budget = 1 - target).
+    pub slo_target: f64,
 }
 
 impl ClassStats {
@@ -102,6 +113,9 @@ impl ClassStats {
             usd_per_success: Vec::new(),
             usd_unfinished: 0.0,
             failed_by_cause: BTreeMap::new(),
+            rejected_by_cause: BTreeMap::new(),
+            usd_waste_rejected: 0.0,
+            degraded_hops: 0,
             usd_waste_failed: 0.0,
             usd_waste_abandoned: 0.0,
             usd_waste_leftover: 0.0,
@@ -110,6 +124,8 @@ impl ClassStats {
             loops: 0,
             escalations: 0,
             tokens_per_success: Vec::new(),
+            tenant: c.tenant.clone(),
+            slo_target: c.slo_target,
         }
     }
 
@@ -379,10 +395,11 @@ impl RunResult {
                     },
                     escalations: c.escalations,
                     slo_s: c.slo.map(|s| s.as_secs_f64()),
-                    slo_attainment: match (c.slo, c.completed + c.in_flight) {
-                        (Some(_), n) if n > 0 => Some(c.within_slo as f64 / n as f64),
-                        _ => None,
-                    },
+                    slo_attainment: slo_attainment(c),
+                    // --- results/showback (issue 7) ---
+                    tenant: c.tenant.clone(),
+                    slo_target: c.slo.map(|_| c.slo_target),
+                    slo_burn_rate: slo_attainment(c).and_then(|a| burn_rate(a, c.slo_target)),
                 },
             );
         }
@@ -450,6 +467,16 @@ impl RunResult {
                 )
             })
             .collect();
+        // --- results/showback (issue 7): totals that make the cost balance visible ---
+        let usd_idle: f64 = pools.values().map(|p: &PoolSummary| p.usd_idle).sum();
+        let usd_tools: f64 = self.tools.iter().map(|t| t.usd).sum();
+        let usd_human: f64 = self.classes.iter().map(|c| c.usd_human).sum();
+        let usd_waste: f64 = self
+            .classes
+            .iter()
+            .map(|c| c.usd_waste_failed + c.usd_waste_abandoned + c.usd_waste_leftover)
+            .sum();
+        let tenants = tenant_summaries(&self.classes);
         Summary {
             schema_version: 1,
             seed: self.seed,
@@ -469,9 +496,88 @@ impl RunResult {
                     let n: u64 = self.classes.iter().map(|c| c.completed).sum();
                     (n > 0).then(|| usd_capacity / n as f64)
                 },
+                usd_idle,
+                usd_tools,
+                usd_human,
+                usd_spent: usd_capacity + usd_tools + usd_human,
+                usd_waste,
             },
+            tenants,
         }
     }
+}
+
+// --- results/showback (issue 7): SLO attainment, burn rate, tenants ---
+
+/// Share of the class's measured workflows (every arrival after warm-up: completed,
+/// failed, rejected, abandoned or still in flight) that completed within the SLO;
+/// `None` without an SLO or without arrivals.
+pub fn slo_attainment(c: &ClassStats) -> Option<f64> {
+    match (c.slo, c.arrived) {
+        (Some(_), n) if n > 0 => Some(c.within_slo as f64 / n as f64),
+        _ => None,
+    }
+}
+
+/// Error-budget burn rate: the miss rate over the allowed miss rate,
+/// `(1 - attainment) / (1 - target)`. 1.0 spends the budget exactly; above 1 the SLO is
+/// being missed. `None` when the target leaves no budget (target >= 1).
+pub fn burn_rate(attainment: f64, target: f64) -> Option<f64> {
+    let budget = 1.0 - target;
+    (budget > 0.0).then(|| (1.0 - attainment) / budget)
+}
+
+/// Showback per tenant, from the classes it owns.
+fn tenant_summaries(classes: &[ClassStats]) -> BTreeMap<String, TenantSummary> {
+    let mut out: BTreeMap<String, TenantSummary> = BTreeMap::new();
+    for c in classes {
+        let t = out.entry(c.tenant.clone()).or_insert(TenantSummary {
+            classes: Vec::new(),
+            workflows: 0,
+            completed: 0,
+            decided: 0,
+            success_rate: None,
+            tokens: 0,
+            usd: 0.0,
+            usd_per_outcome: None,
+        });
+        t.classes.push(c.name.clone());
+        t.workflows += c.arrived;
+        t.completed += c.completed;
+        t.decided += c.finished();
+        t.tokens += c.tokens_per_success.iter().sum::<u64>();
+        t.usd += c.usd_per_success.iter().sum::<f64>()
+            + c.usd_unfinished
+            + c.usd_waste_failed
+            + c.usd_waste_abandoned
+            + c.usd_waste_leftover;
+    }
+    for t in out.values_mut() {
+        t.classes.sort();
+        t.success_rate = (t.decided > 0).then(|| t.completed as f64 / t.decided as f64);
+        t.usd_per_outcome = (t.completed > 0).then(|| t.usd / t.completed as f64);
+    }
+    out
+}
+
+/// One tenant's showback line (`tenants.<name>` in summary.json, a row of showback.csv).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct TenantSummary {
+    /// Workflow classes owned by the tenant.
+    pub classes: Vec<String>,
+    /// Measured workflows (arrivals after warm-up).
+    pub workflows: u64,
+    pub completed: u64,
+    /// Workflows whose outcome is decided (not in flight).
+    pub decided: u64,
+    /// completed / decided.
+    pub success_rate: Option<f64>,
+    /// Model tokens (input + output) of completed workflows.
+    pub tokens: u64,
+    /// Everything the tenant's workflows cost (same buckets as `classes.<name>.usd_total`).
+    pub usd: f64,
+    /// usd / completed.
+    pub usd_per_outcome: Option<f64>,
 }
 
 /// Exact quantile (nearest rank) of sorted values.
@@ -497,6 +603,8 @@ pub struct Summary {
     pub pools: BTreeMap<String, PoolSummary>,
     pub tools: BTreeMap<String, ToolSummary>,
     pub totals: TotalsSummary,
+    // --- results/showback (issue 7) ---
+    pub tenants: BTreeMap<String, TenantSummary>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -545,6 +653,12 @@ pub struct ClassSummary {
     pub escalations: u64,
     pub slo_s: Option<f64>,
     pub slo_attainment: Option<f64>,
+    // --- results/showback (issue 7) ---
+    pub tenant: String,
+    /// Share of workflows that should meet the SLO (`null` without an SLO).
+    pub slo_target: Option<f64>,
+    /// (1 - slo_attainment) / (1 - slo_target).
+    pub slo_burn_rate: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -597,4 +711,15 @@ pub struct TotalsSummary {
     pub completed: u64,
     /// Fully loaded: pool capacity cost / completed workflows.
     pub usd_per_outcome: Option<f64>,
+    // --- results/showback (issue 7) ---
+    /// Pool capacity not used by any hop (sum of `pools.<name>.usd_idle`).
+    pub usd_idle: f64,
+    /// Tool calls charged (all calls submitted in the window).
+    pub usd_tools: f64,
+    /// Human review charged to measured workflows.
+    pub usd_human: f64,
+    /// usd_capacity + usd_tools + usd_human.
+    pub usd_spent: f64,
+    /// Waste over all classes: failed, abandoned and after-outcome dollars.
+    pub usd_waste: f64,
 }

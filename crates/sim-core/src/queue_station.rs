@@ -1,11 +1,13 @@
-//! The abstract queueing station: `c` identical servers and one FIFO queue. This is the
-//! teaching model (M/M/c, M/D/1, ...) and the oracle that checks the engine.
+//! The abstract queueing station: `c` identical servers and one queue. This is the
+//! teaching model (M/M/c, M/D/1, ...) and the oracle that checks the engine. The queue
+//! discipline is a policy (FIFO by default); the server count can change at run time
+//! (autoscaling: booting servers are paid for, retiring servers finish their hop first).
 
+use crate::policy::{Fifo, JobMeta, QueueDiscipline};
 use crate::station::{
-    HopDone, HopJob, JobId, Station, StationOutput, StationReport, TimeIntegral, Work,
+    HopDone, HopJob, JobId, LoadNow, Station, StationOutput, StationReport, TimeIntegral, Work,
 };
 use crate::time::{SimDuration, SimTime};
-use std::collections::VecDeque;
 
 #[derive(Clone, Copy, Debug)]
 struct Waiting {
@@ -22,39 +24,70 @@ struct InService {
 }
 
 pub struct QueueStation {
-    /// Capacity; `u32::MAX` for an unlimited station (tool without a bulkhead).
+    /// Running servers; `u32::MAX` for an unlimited station (tool without a bulkhead).
     servers: u32,
-    /// Slots ever created; slots are created lazily so unlimited stations stay small.
-    created: u32,
+    booting: u32,
+    /// Servers to take out of service as soon as they finish their hop.
+    retiring: u32,
+    /// Hops in service.
+    in_service: u32,
     max_busy: u64,
     usd_per_server_ns: f64,
     usd_per_server_hour: f64,
-    queue: VecDeque<Waiting>,
-    /// Slot per server; the wake token is the slot index.
+    discipline: Box<dyn QueueDiscipline>,
+    waiting: Vec<Option<Waiting>>,
+    free_waiting: Vec<u32>,
+    /// Slot per hop in service; the wake token is the slot index. Created lazily so
+    /// unlimited stations stay small.
     slots: Vec<Option<InService>>,
-    free: Vec<u32>,
+    free_slots: Vec<u32>,
     busy: TimeIntegral,
     in_system: TimeIntegral,
     queued: TimeIntegral,
+    /// Running servers over time (for utilisation when the size changes).
+    running: TimeIntegral,
+    /// Running + booting servers over time (what is paid for).
+    provisioned: TimeIntegral,
+    resized: bool,
     window_start: SimTime,
 }
 
 impl QueueStation {
     pub fn new(servers: u32, usd_per_server_hour: f64) -> Self {
-        QueueStation {
+        Self::with_discipline(servers, usd_per_server_hour, Box::new(Fifo::default()))
+    }
+
+    pub fn with_discipline(
+        servers: u32,
+        usd_per_server_hour: f64,
+        discipline: Box<dyn QueueDiscipline>,
+    ) -> Self {
+        let mut s = QueueStation {
             servers,
+            booting: 0,
+            retiring: 0,
+            in_service: 0,
+            max_busy: 0,
             usd_per_server_ns: usd_per_server_hour / 3.6e12,
             usd_per_server_hour,
-            queue: VecDeque::new(),
+            discipline,
+            waiting: Vec::new(),
+            free_waiting: Vec::new(),
             slots: Vec::new(),
-            free: Vec::new(),
-            created: 0,
-            max_busy: 0,
+            free_slots: Vec::new(),
             busy: TimeIntegral::default(),
             in_system: TimeIntegral::default(),
             queued: TimeIntegral::default(),
+            running: TimeIntegral::default(),
+            provisioned: TimeIntegral::default(),
+            resized: false,
             window_start: SimTime::ZERO,
+        };
+        if servers != u32::MAX {
+            s.running.set(SimTime::ZERO, servers as u64);
+            s.provisioned.set(SimTime::ZERO, servers as u64);
         }
+        s
     }
 
     /// A station for a downstream system: `limit` calls at once (a bulkhead shared by
@@ -63,24 +96,19 @@ impl QueueStation {
         Self::new(limit.unwrap_or(u32::MAX), 0.0)
     }
 
-    fn busy(&self) -> u32 {
-        self.created - self.free.len() as u32
-    }
-
     fn has_free_server(&self) -> bool {
-        !self.free.is_empty() || self.created < self.servers
+        self.in_service < self.servers
     }
 
     fn start(&mut self, now: SimTime, w: Waiting, out: &mut StationOutput) {
-        let slot = match self.free.pop() {
+        let slot = match self.free_slots.pop() {
             Some(s) => s,
             None => {
-                // Only called when a server is free: create the next slot.
                 self.slots.push(None);
-                self.created += 1;
-                self.created - 1
+                (self.slots.len() - 1) as u32
             }
         };
+        self.in_service += 1;
         self.slots[slot as usize] = Some(InService {
             id: w.id,
             submitted: w.submitted,
@@ -89,18 +117,40 @@ impl QueueStation {
         out.wakeups.push((now + w.service, slot as u64));
     }
 
+    /// Starts waiting hops while servers are free.
+    fn fill(&mut self, now: SimTime, out: &mut StationOutput) {
+        while self.has_free_server() {
+            let Some(key) = self.discipline.pop(now) else {
+                break;
+            };
+            if let Some(w) = self.waiting.get_mut(key as usize).and_then(Option::take) {
+                self.free_waiting.push(key as u32);
+                self.start(now, w, out);
+            }
+        }
+    }
+
     fn update_levels(&mut self, now: SimTime) {
-        let busy = self.busy() as u64;
+        let busy = self.in_service as u64;
+        let queued = self.discipline.len() as u64;
         self.max_busy = self.max_busy.max(busy);
-        let queued = self.queue.len() as u64;
         self.busy.set(now, busy);
         self.queued.set(now, queued);
         self.in_system.set(now, busy + queued);
+        if self.servers != u32::MAX {
+            self.running.set(now, self.servers as u64);
+            self.provisioned
+                .set(now, (self.servers + self.booting) as u64);
+        }
     }
 }
 
 impl Station for QueueStation {
     fn submit(&mut self, now: SimTime, job: HopJob, out: &mut StationOutput) {
+        self.submit_meta(now, job, &JobMeta::default(), out);
+    }
+
+    fn submit_meta(&mut self, now: SimTime, job: HopJob, meta: &JobMeta, out: &mut StationOutput) {
         let service = match job.work {
             Work::Service(d) => d,
             // A queueing station has no notion of tokens; validation never routes an
@@ -112,10 +162,21 @@ impl Station for QueueStation {
             service,
             submitted: now,
         };
-        if self.has_free_server() {
+        if self.has_free_server() && self.discipline.is_empty() {
             self.start(now, w, out);
         } else {
-            self.queue.push_back(w);
+            let key = match self.free_waiting.pop() {
+                Some(k) => {
+                    self.waiting[k as usize] = Some(w);
+                    k
+                }
+                None => {
+                    self.waiting.push(Some(w));
+                    (self.waiting.len() - 1) as u32
+                }
+            };
+            self.discipline.push(now, *meta, key as u64);
+            self.fill(now, out);
         }
         self.update_levels(now);
     }
@@ -133,24 +194,69 @@ impl Station for QueueStation {
                 usd: busy.as_nanos() as f64 * self.usd_per_server_ns,
                 llm: None,
             });
-            self.free.push(slot as u32);
-            if let Some(next) = self.queue.pop_front() {
-                self.start(now, next, out);
+            self.free_slots.push(slot as u32);
+            self.in_service -= 1;
+            if self.retiring > 0 {
+                self.retiring -= 1;
+                self.servers -= 1;
             }
+            self.fill(now, out);
             self.update_levels(now);
         }
+    }
+
+    fn load_now(&self) -> Option<LoadNow> {
+        Some(LoadNow {
+            servers: self.servers - self.retiring,
+            booting: self.booting,
+            busy: self.in_service as u64,
+            queued: self.discipline.len() as u64,
+        })
+    }
+
+    fn boot_started(&mut self, now: SimTime) {
+        self.booting += 1;
+        self.resized = true;
+        self.update_levels(now);
+    }
+
+    fn boot_finished(&mut self, now: SimTime, out: &mut StationOutput) {
+        if self.booting > 0 {
+            self.booting -= 1;
+            self.servers += 1;
+            self.fill(now, out);
+            self.update_levels(now);
+        }
+    }
+
+    fn retire_server(&mut self, now: SimTime) {
+        self.resized = true;
+        if self.servers - self.retiring <= 1 {
+            return;
+        }
+        if self.in_service < self.servers - self.retiring {
+            // An idle server: gone at once.
+            self.servers -= 1;
+        } else {
+            // All busy: the next server to finish its hop leaves (drain).
+            self.retiring += 1;
+        }
+        self.update_levels(now);
     }
 
     fn begin_measurement(&mut self, now: SimTime) {
         self.busy.reset(now);
         self.in_system.reset(now);
         self.queued.reset(now);
+        self.running.reset(now);
+        self.provisioned.reset(now);
         self.window_start = now;
     }
 
     fn report(&mut self, now: SimTime) -> StationReport {
         let window = now - self.window_start;
         let unlimited = self.servers == u32::MAX;
+        let provisioned_s = self.provisioned.area_s(now);
         StationReport {
             // An unlimited station has no capacity to be a fraction of.
             servers: if unlimited { 0 } else { self.servers },
@@ -161,10 +267,15 @@ impl Station for QueueStation {
             usd_capacity: if unlimited {
                 0.0
             } else {
-                self.servers as f64 * self.usd_per_server_hour * window.as_secs_f64() / 3600.0
+                provisioned_s * self.usd_per_server_hour / 3600.0
             },
             in_system_now: self.in_system.level(),
             max_busy: self.max_busy,
+            capacity_server_s: if self.resized {
+                self.running.area_s(now)
+            } else {
+                0.0
+            },
         }
     }
 }

@@ -26,6 +26,88 @@ pub struct ScenarioSpec {
     /// Downstream systems that tool nodes call, by name.
     #[serde(default)]
     pub tools: BTreeMap<String, ToolSpec>,
+    /// Lanes (online-interactive, batch-offline, ...): priority and fair-share weight.
+    #[serde(default)]
+    pub lanes: BTreeMap<String, LaneSpec>,
+    /// Model tiers: each an ordered fallback chain of pools.
+    #[serde(default)]
+    pub tiers: BTreeMap<String, TierSpec>,
+    /// How tiered hops choose among their tier's pools.
+    #[serde(default)]
+    pub routing: RoutingSection,
+    /// Named variants for `factorysim compare` (each a list of `key.path=value`).
+    #[serde(default)]
+    pub variants: BTreeMap<String, VariantSpec>,
+}
+
+/// `[lanes.NAME]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaneSpec {
+    /// Larger is served first under `discipline = "priority"`.
+    #[serde(default)]
+    pub priority: i32,
+    /// Share under `discipline = "weighted_fair"`.
+    #[serde(default = "one")]
+    pub weight: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// `[tiers.NAME]`: pools in fallback order (first is preferred by static routing).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierSpec {
+    pub pools: Vec<String>,
+}
+
+/// `[routing]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingSection {
+    #[serde(default)]
+    pub policy: crate::policy::RoutingSpec,
+}
+
+/// `[variants.NAME]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VariantSpec {
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Overrides, each `key.path=value` as with `--set`.
+    pub set: Vec<String>,
+}
+
+/// A window in which a pool is down (fault injection).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutageSpec {
+    pub start: SimDuration,
+    pub duration: SimDuration,
+}
+
+/// A paid model API as a pool: no servers to queue for, priced per token, with rate
+/// limits that answer 429.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSpec {
+    /// Time to first token.
+    pub ttft: DistSpec,
+    /// Time per output token after the first.
+    pub tpot: DistSpec,
+    #[serde(default)]
+    pub usd_per_1k_input: f64,
+    #[serde(default)]
+    pub usd_per_1k_output: f64,
+    /// Requests per minute before the API answers 429.
+    #[serde(default)]
+    pub rpm: Option<u32>,
+    /// Tokens (input + output) per minute before the API answers 429.
+    #[serde(default)]
+    pub tpm: Option<u64>,
 }
 
 /// `[tools.NAME]`: a downstream system (search API, CRM, code runner).
@@ -96,8 +178,32 @@ impl Default for SimulationSpec {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolSpec {
-    /// Number of servers (c in M/M/c).
-    pub servers: i64,
+    /// Number of servers (c in M/M/c); not used by `api` pools.
+    #[serde(default)]
+    pub servers: Option<i64>,
+    /// Queue discipline across lanes: fifo (default), priority, weighted_fair,
+    /// earliest_deadline.
+    #[serde(default)]
+    pub discipline: crate::policy::DisciplineSpec,
+    /// Reactive autoscaling (boot lead time, cooldown, min/max).
+    #[serde(default)]
+    pub autoscale: Option<crate::policy::AutoscaleSpec>,
+    /// Admission watermark: when this many hops wait, new hops get 429.
+    #[serde(default)]
+    pub max_queue: Option<u32>,
+    /// The retry-after a 429 from this pool carries (default 1s); the client honours it
+    /// with +/-20% jitter.
+    #[serde(default)]
+    pub retry_after: Option<SimDuration>,
+    /// Attempts a client makes against 429s before the workflow is rejected (default 4).
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    /// Windows in which the pool is down: new hops are refused (fallback or 429).
+    #[serde(default)]
+    pub outages: Vec<OutageSpec>,
+    /// A paid API instead of servers.
+    #[serde(default)]
+    pub api: Option<ApiSpec>,
     /// Price of one server for one hour, in US dollars.
     #[serde(default)]
     pub usd_per_server_hour: f64,
@@ -138,6 +244,9 @@ pub struct ClassSpec {
     pub tenant: Option<String>,
     #[serde(default)]
     pub lane: Option<String>,
+    /// Most dollars a workflow should spend; cost-aware routing respects it.
+    #[serde(default)]
+    pub budget_usd: Option<f64>,
     /// Windows of changed load (month-end, launches).
     #[serde(default)]
     pub bursts: Vec<BurstSpec>,
@@ -214,19 +323,71 @@ pub struct Scenario {
     pub pools: Vec<Pool>,
     pub classes: Vec<WorkflowClass>,
     pub tools: Vec<Tool>,
+    pub lanes: Vec<Lane>,
+    /// Each tier's pools, in fallback order.
+    pub tiers: Vec<Tier>,
+    pub routing: crate::policy::RoutingSpec,
+}
+
+#[derive(Clone, Debug)]
+pub struct Lane {
+    pub name: String,
+    pub priority: i32,
+    pub weight: f64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Tier {
+    pub name: String,
+    pub pools: Vec<usize>,
 }
 
 #[derive(Clone, Debug)]
 pub struct Pool {
     pub name: String,
+    /// Servers at the start (`u32::MAX` for an API: no queueing).
     pub servers: u32,
+    pub discipline: crate::policy::DisciplineSpec,
+    pub autoscale: Option<crate::policy::AutoscaleSpec>,
+    pub max_queue: Option<u32>,
+    pub retry_after: SimDuration,
+    pub max_attempts: u32,
+    pub outages: Vec<(SimTime, SimTime)>,
+    pub api: Option<Api>,
+    /// Default service time of hops here.
+    pub service: Option<Sampler>,
     pub usd_per_server_hour: f64,
     /// Nanoseconds per 1,000 prompt tokens and per output token (abstract pools).
     pub prefill_ns_per_1k: u64,
     pub decode_ns_per_token: u64,
 }
 
+/// A validated paid API.
+#[derive(Clone, Debug)]
+pub struct Api {
+    pub ttft: Sampler,
+    pub tpot: Sampler,
+    pub usd_per_1k_input: f64,
+    pub usd_per_1k_output: f64,
+    pub rpm: Option<u32>,
+    pub tpm: Option<u64>,
+}
+
 impl Pool {
+    /// Whether the pool is in an outage window at `t`.
+    pub fn down_at(&self, t: SimTime) -> bool {
+        self.outages.iter().any(|&(a, b)| t >= a && t < b)
+    }
+
+    /// Dollars of a hop of these tokens on an API pool (zero for server pools, which
+    /// charge server time instead).
+    pub fn api_usd(&self, input_tokens: u64, output_tokens: u64) -> f64 {
+        self.api.as_ref().map_or(0.0, |a| {
+            input_tokens as f64 / 1000.0 * a.usd_per_1k_input
+                + output_tokens as f64 / 1000.0 * a.usd_per_1k_output
+        })
+    }
+
     /// Token-driven part of a hop's service time on this pool.
     pub fn token_time(&self, input_tokens: u64, output_tokens: u64) -> SimDuration {
         let prefill = (input_tokens as u128 * self.prefill_ns_per_1k as u128 / 1000) as u64;
@@ -244,6 +405,9 @@ pub struct WorkflowClass {
     pub abandon_after: Option<SimDuration>,
     pub tenant: String,
     pub lane: String,
+    pub lane_index: usize,
+    /// Most dollars a workflow should spend (cost-aware routing respects it).
+    pub budget_usd: Option<f64>,
     pub bursts: Vec<Burst>,
 }
 
@@ -395,12 +559,25 @@ impl ScenarioSpec {
         let mut pool_index = BTreeMap::new();
         for (name, p) in &self.pools {
             let key = format!("pools.{name}");
-            if p.servers < 1 || p.servers > u32::MAX as i64 {
-                return Err(err(
-                    format!("{key}.servers"),
-                    format!("expected a whole number of servers >= 1, got {}", p.servers),
-                ));
-            }
+            let servers = match (p.servers, &p.api) {
+                (Some(n), None) if (1..=u32::MAX as i64 - 1).contains(&n) => n as u32,
+                (None, Some(_)) => u32::MAX,
+                (Some(_), Some(_)) => {
+                    return Err(err(
+                        format!("{key}.servers"),
+                        "an `api` pool has no servers; remove `servers`",
+                    ));
+                }
+                (n, None) => {
+                    return Err(err(
+                        format!("{key}.servers"),
+                        format!(
+                            "expected a whole number of servers >= 1, got {}",
+                            n.map(|n| n.to_string()).unwrap_or_else(|| "nothing".into())
+                        ),
+                    ));
+                }
+            };
             if !p.usd_per_server_hour.is_finite() || p.usd_per_server_hour < 0.0 {
                 return Err(err(
                     format!("{key}.usd_per_server_hour"),
@@ -410,17 +587,172 @@ impl ScenarioSpec {
                     ),
                 ));
             }
-            if let Some(s) = &p.service {
-                s.sampler().map_err(|m| err(format!("{key}.service"), m))?;
+            let service = p
+                .service
+                .as_ref()
+                .map(|s| s.sampler().map_err(|m| err(format!("{key}.service"), m)))
+                .transpose()?;
+            if let Some(a) = &p.autoscale {
+                if a.min < 1 || a.max < a.min {
+                    return Err(err(
+                        format!("{key}.autoscale"),
+                        format!("expected 1 <= min <= max, got min {} max {}", a.min, a.max),
+                    ));
+                }
+                if !a.target.is_finite() || a.target <= 0.0 {
+                    return Err(err(
+                        format!("{key}.autoscale.target"),
+                        format!("expected a positive load per server, got {}", a.target),
+                    ));
+                }
+                if a.metric != "queue_depth" {
+                    return Err(err(
+                        format!("{key}.autoscale.metric"),
+                        format!("unknown metric `{}`; expected \"queue_depth\"", a.metric),
+                    ));
+                }
+                if a.interval == SimDuration::ZERO {
+                    return Err(err(
+                        format!("{key}.autoscale.interval"),
+                        "expected a positive interval",
+                    ));
+                }
+                if p.api.is_some() {
+                    return Err(err(
+                        format!("{key}.autoscale"),
+                        "an `api` pool cannot be autoscaled",
+                    ));
+                }
+            }
+            let api = match &p.api {
+                None => None,
+                Some(a) => {
+                    for (f, v) in [
+                        ("usd_per_1k_input", a.usd_per_1k_input),
+                        ("usd_per_1k_output", a.usd_per_1k_output),
+                    ] {
+                        if !v.is_finite() || v < 0.0 {
+                            return Err(err(
+                                format!("{key}.api.{f}"),
+                                format!("expected a price >= 0, got {v}"),
+                            ));
+                        }
+                    }
+                    if a.rpm == Some(0) || a.tpm == Some(0) {
+                        return Err(err(
+                            format!("{key}.api"),
+                            "a rate limit of 0 admits nothing; omit it for no limit",
+                        ));
+                    }
+                    Some(Api {
+                        ttft: a
+                            .ttft
+                            .sampler()
+                            .map_err(|m| err(format!("{key}.api.ttft"), m))?,
+                        tpot: a
+                            .tpot
+                            .sampler()
+                            .map_err(|m| err(format!("{key}.api.tpot"), m))?,
+                        usd_per_1k_input: a.usd_per_1k_input,
+                        usd_per_1k_output: a.usd_per_1k_output,
+                        rpm: a.rpm,
+                        tpm: a.tpm,
+                    })
+                }
+            };
+            if p.max_attempts == Some(0) {
+                return Err(err(
+                    format!("{key}.max_attempts"),
+                    "expected at least 1 attempt",
+                ));
             }
             pool_index.insert(name.clone(), pools.len());
             pools.push(Pool {
                 name: name.clone(),
-                servers: p.servers as u32,
+                servers,
+                discipline: p.discipline,
+                autoscale: p.autoscale.clone(),
+                max_queue: p.max_queue,
+                retry_after: p.retry_after.unwrap_or(SimDuration::from_secs(1)),
+                max_attempts: p.max_attempts.unwrap_or(4),
+                outages: p
+                    .outages
+                    .iter()
+                    .map(|o| {
+                        (
+                            SimTime(o.start.as_nanos()),
+                            SimTime(o.start.as_nanos()) + o.duration,
+                        )
+                    })
+                    .collect(),
+                api,
+                service,
                 usd_per_server_hour: p.usd_per_server_hour,
                 prefill_ns_per_1k: p.prefill_per_1k_tokens.map(|d| d.as_nanos()).unwrap_or(0),
                 decode_ns_per_token: p.decode_per_token.map(|d| d.as_nanos()).unwrap_or(0),
             });
+        }
+        let mut lanes = vec![Lane {
+            name: "default".into(),
+            priority: 0,
+            weight: 1.0,
+        }];
+        for (name, l) in &self.lanes {
+            if !l.weight.is_finite() || l.weight <= 0.0 {
+                return Err(err(
+                    format!("lanes.{name}.weight"),
+                    format!("expected a positive weight, got {}", l.weight),
+                ));
+            }
+            if name == "default" {
+                lanes[0] = Lane {
+                    name: name.clone(),
+                    priority: l.priority,
+                    weight: l.weight,
+                };
+            } else {
+                lanes.push(Lane {
+                    name: name.clone(),
+                    priority: l.priority,
+                    weight: l.weight,
+                });
+            }
+        }
+        let mut tiers = Vec::new();
+        let mut tier_index = BTreeMap::new();
+        for (name, t) in &self.tiers {
+            if t.pools.is_empty() {
+                return Err(err(
+                    format!("tiers.{name}.pools"),
+                    "expected at least one pool",
+                ));
+            }
+            let mut chain = Vec::new();
+            for (i, p) in t.pools.iter().enumerate() {
+                let Some(&pi) = pool_index.get(p) else {
+                    return Err(err(
+                        format!("tiers.{name}.pools[{i}]"),
+                        format!(
+                            "no pool named `{p}`; expected one of: {}",
+                            self.pools.keys().cloned().collect::<Vec<_>>().join(", ")
+                        ),
+                    ));
+                };
+                chain.push(pi);
+            }
+            tier_index.insert(name.clone(), tiers.len());
+            tiers.push(Tier {
+                name: name.clone(),
+                pools: chain,
+            });
+        }
+        for (name, v) in &self.variants {
+            if v.set.iter().any(|s| !s.contains('=')) {
+                return Err(err(
+                    format!("variants.{name}.set"),
+                    "expected a list of \"key.path=value\" strings",
+                ));
+            }
         }
         let mut tools = Vec::new();
         let mut tool_index = BTreeMap::new();
@@ -473,8 +805,9 @@ impl ScenarioSpec {
             .iter()
             .map(|(n, p)| {
                 // A token-driven pool needs no service distribution: it defaults to zero.
-                let token_driven =
-                    p.prefill_per_1k_tokens.is_some() || p.decode_per_token.is_some();
+                let token_driven = p.prefill_per_1k_tokens.is_some()
+                    || p.decode_per_token.is_some()
+                    || p.api.is_some();
                 let zero = DistSpec::Constant {
                     value: crate::dist::Num(0.0),
                 };
@@ -486,7 +819,13 @@ impl ScenarioSpec {
             .collect();
         let gpu_pools: BTreeMap<String, bool> =
             self.pools.keys().map(|n| (n.clone(), false)).collect();
+        let tier_pools: Vec<Vec<String>> = tiers
+            .iter()
+            .map(|t| t.pools.iter().map(|&i| pools[i].name.clone()).collect())
+            .collect();
         let names = Names {
+            tiers: &tier_index,
+            tier_pools: &tier_pools,
             pools: &pool_index,
             pool_service: &pool_service,
             gpu_pools: &gpu_pools,
@@ -641,6 +980,23 @@ impl ScenarioSpec {
                 abandon_after: c.abandon_after,
                 tenant: c.tenant.clone().unwrap_or_else(|| "default".into()),
                 lane: c.lane.clone().unwrap_or_else(|| "default".into()),
+                lane_index: match &c.lane {
+                    None => 0,
+                    Some(l) => lanes.iter().position(|x| &x.name == l).ok_or_else(|| {
+                        err(
+                            format!("{key}.lane"),
+                            format!(
+                                "no lane named `{l}`; define it as [lanes.{l}] (known: {})",
+                                lanes
+                                    .iter()
+                                    .map(|x| x.name.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        )
+                    })?,
+                },
+                budget_usd: c.budget_usd,
                 bursts,
             });
         }
@@ -653,6 +1009,9 @@ impl ScenarioSpec {
             pools,
             classes,
             tools,
+            lanes,
+            tiers,
+            routing: self.routing.policy,
         })
     }
 }
@@ -679,6 +1038,7 @@ fn chain_to_nodes(hops: &[HopSpec]) -> Vec<NodeSpec> {
             },
             role: Some(h.name.clone().unwrap_or_else(|| h.pool.clone())),
             pool: Some(h.pool.clone()),
+            tier: None,
             service: h.service.clone(),
             input_tokens: None,
             output_tokens: None,
@@ -726,14 +1086,20 @@ impl Scenario {
                 }
                 let v = r * visits[i];
                 let (input, output) = (tokens[i].input, tokens[i].output);
-                let service = n.service.as_ref().map(Sampler::mean).unwrap_or(0.0);
                 let on = |pool: usize| {
+                    let service = n
+                        .service
+                        .as_ref()
+                        .or(self.pools[pool].service.as_ref())
+                        .map(Sampler::mean)
+                        .unwrap_or(0.0);
                     service
                         + self.pools[pool]
                             .token_time(input.round() as u64, output.round() as u64)
                             .as_secs_f64()
                 };
-                if let Some(p) = n.pool {
+                // A tiered node is counted on its tier's first choice.
+                if let Some(p) = n.pool.or(n.tier.map(|t| self.tiers[t].pools[0])) {
                     rate[p] += v;
                     work[p] += v * on(p);
                 }

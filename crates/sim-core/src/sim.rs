@@ -16,6 +16,10 @@
 
 use crate::event_queue::EventQueue;
 use crate::metrics::{ClassStats, HopRecord, PoolStats, RunResult, ToolStats};
+use crate::policy::{
+    Autoscaler, BuiltinPolicies, JobMeta, PolicyFactory, PoolView, RouteRequest, ScaleObservation,
+    TierRouter,
+};
 use crate::queue_station::QueueStation;
 use crate::rng::{SimRng, StreamFactory, WorkflowRng, workflow_stream};
 use crate::scenario::{Arrival, Scenario, WorkflowClass};
@@ -24,6 +28,7 @@ use crate::time::{SimDuration, SimTime};
 use crate::workflow::NodeKind;
 use rand::RngExt;
 use rand_distr::{Distribution, Exp1};
+use std::collections::VecDeque;
 
 #[derive(Clone, Copy, Debug)]
 enum Event {
@@ -47,6 +52,14 @@ enum Event {
     MeasureStart,
     /// Record a timeseries row.
     Sample,
+    /// A pool's autoscaler looks at its load.
+    AutoscaleTick {
+        pool: u32,
+    },
+    /// A server of a pool has finished booting.
+    BootDone {
+        pool: u32,
+    },
 }
 
 /// Length of one timeseries interval.
@@ -82,6 +95,16 @@ enum Timer {
         epoch: u32,
         context: u64,
     },
+    /// Try a model hop again after a 429 (or an outage), honouring retry-after.
+    RouteRetry {
+        node: u32,
+        branch: u32,
+        epoch: u32,
+        attempt: u32,
+        context: u64,
+        input: u64,
+        output: u64,
+    },
     /// Retry a failed tool call.
     ToolRetry {
         node: u32,
@@ -99,6 +122,7 @@ enum Outcome {
     Completed,
     Failed,
     Abandoned,
+    Rejected,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -179,6 +203,9 @@ pub struct RunOptions<'a> {
     pub progress: Option<&'a mut dyn FnMut(f64)>,
     /// If set, every finished hop is appended here (for span logs and exact tests).
     pub hop_log: Option<&'a mut Vec<HopRecord>>,
+    /// Builds queue disciplines, routers and autoscalers; default
+    /// [`BuiltinPolicies`] (FIFO, first available, fixed size).
+    pub policies: Option<&'a dyn PolicyFactory>,
 }
 
 /// Runs a validated scenario to completion.
@@ -210,6 +237,10 @@ struct Sim<'a, 'o> {
     free_timers: Vec<u32>,
     /// Sink-node count per class.
     sinks: Vec<u32>,
+    router: Box<dyn TierRouter>,
+    autoscalers: Vec<Option<Box<dyn Autoscaler>>>,
+    /// Recent (time, tokens) of requests per API pool, for RPM/TPM limits.
+    api_window: Vec<VecDeque<(SimTime, u64)>>,
     interval: IntervalCounters,
     /// Busy server-seconds per station at the last sample (to take differences).
     last_busy: Vec<f64>,
@@ -220,12 +251,29 @@ struct Sim<'a, 'o> {
 impl<'a, 'o> Sim<'a, 'o> {
     fn new(sc: &'a Scenario, opts: RunOptions<'o>) -> Self {
         let streams = StreamFactory::new(sc.seed);
+        let factory: &dyn PolicyFactory = opts.policies.unwrap_or(&BuiltinPolicies);
         let mut stations: Vec<Box<dyn Station>> = sc
             .pools
             .iter()
             .map(|p| {
-                Box::new(QueueStation::new(p.servers, p.usd_per_server_hour)) as Box<dyn Station>
+                // An API pool never queues (servers = unlimited) and charges per token.
+                let price = if p.api.is_some() {
+                    0.0
+                } else {
+                    p.usd_per_server_hour
+                };
+                Box::new(QueueStation::with_discipline(
+                    p.servers,
+                    price,
+                    factory.discipline(p.discipline),
+                )) as Box<dyn Station>
             })
+            .collect();
+        let router = factory.router(sc.routing);
+        let autoscalers: Vec<Option<Box<dyn Autoscaler>>> = sc
+            .pools
+            .iter()
+            .map(|p| p.autoscale.as_ref().map(|a| factory.autoscaler(a)))
             .collect();
         for t in &sc.tools {
             stations.push(Box::new(QueueStation::bulkhead(t.concurrency)));
@@ -275,6 +323,9 @@ impl<'a, 'o> Sim<'a, 'o> {
                         .count() as u32
                 })
                 .collect(),
+            router,
+            autoscalers,
+            api_window: vec![VecDeque::new(); sc.pools.len()],
             interval: IntervalCounters::default(),
             last_busy: vec![0.0; sc.pools.len()],
             last_sample: SimTime::ZERO,
@@ -306,6 +357,14 @@ impl<'a, 'o> Sim<'a, 'o> {
         }
         if self.warmup > SimTime::ZERO {
             self.queue.push(self.warmup, Event::MeasureStart);
+        }
+        for (pi, p) in sc.pools.iter().enumerate() {
+            if let Some(a) = &p.autoscale {
+                self.queue.push(
+                    SimTime::ZERO + a.interval,
+                    Event::AutoscaleTick { pool: pi as u32 },
+                );
+            }
         }
         if SimTime::ZERO + SAMPLE_INTERVAL <= self.horizon {
             self.queue
@@ -351,6 +410,19 @@ impl<'a, 'o> Sim<'a, 'o> {
                         s.begin_measurement(t);
                     }
                     self.last_busy.iter_mut().for_each(|b| *b = 0.0);
+                }
+                Event::AutoscaleTick { pool } => {
+                    self.autoscale(pool as usize);
+                    if let Some(a) = &sc.pools[pool as usize].autoscale {
+                        let next = t + a.interval;
+                        if next <= self.horizon || (sc.drain && !self.queue.is_empty()) {
+                            self.queue.push(next, Event::AutoscaleTick { pool });
+                        }
+                    }
+                }
+                Event::BootDone { pool } => {
+                    self.stations[pool as usize].boot_finished(t, &mut self.out);
+                    self.flush_wakeups(pool as usize);
                 }
                 Event::Sample => {
                     self.sample();
@@ -403,6 +475,41 @@ impl<'a, 'o> Sim<'a, 'o> {
             pool_reports,
             tools: self.tool_stats,
             timeseries: self.timeseries,
+        }
+    }
+
+    fn autoscale(&mut self, pool: usize) {
+        let now = self.now;
+        let Some(load) = self.stations[pool].load_now() else {
+            return;
+        };
+        let Some(scaler) = self.autoscalers[pool].as_mut() else {
+            return;
+        };
+        let obs = ScaleObservation {
+            now,
+            running: load.servers,
+            booting: load.booting,
+            busy: load.busy,
+            queued: load.queued,
+        };
+        let target = scaler.target(&obs);
+        let current = load.servers + load.booting;
+        let boot = self.sc.pools[pool]
+            .autoscale
+            .as_ref()
+            .map(|a| a.boot)
+            .unwrap_or_default();
+        if target > current {
+            for _ in current..target {
+                self.stations[pool].boot_started(now);
+                self.queue
+                    .push(now + boot, Event::BootDone { pool: pool as u32 });
+            }
+        } else {
+            for _ in target..current {
+                self.stations[pool].retire_server(now);
+            }
         }
     }
 
@@ -626,35 +733,205 @@ impl<'a, 'o> Sim<'a, 'o> {
                         .map(|d| d.sample_tokens(&mut wf.rng))
                         .unwrap_or(0),
                 };
-                let pool = spec.pool.unwrap_or(0);
-                let service = spec
-                    .service
-                    .as_ref()
-                    .map(|s| s.sample_duration(&mut wf.rng))
-                    .unwrap_or(SimDuration::ZERO)
-                    + sc.pools[pool].token_time(input, output);
-                let timeout = spec.timeout;
-                self.submit_hop(
-                    slot,
-                    Hop {
-                        seq: 0,
-                        slot,
-                        wf_id: 0,
-                        node: node as u32,
-                        branch,
-                        epoch,
-                        kind: HopKind::Model,
-                        station: pool as u32,
-                        context_in: context,
-                        input_tokens: input,
-                        output_tokens: output,
-                        timed_out: false,
-                    },
-                    Work::Service(service),
-                    timeout,
-                );
+                self.route_model_hop(slot, node, branch, epoch, context, input, output, 0);
             }
         }
+    }
+
+    /// Whether pool `p` takes a new hop of `tokens` now: up, below its queue watermark,
+    /// and (for an API) within its RPM/TPM limits.
+    fn admits(&mut self, p: usize, tokens: u64) -> bool {
+        let pool = &self.sc.pools[p];
+        let now = self.now;
+        if pool.down_at(now) {
+            return false;
+        }
+        if let Some(max) = pool.max_queue
+            && self.stations[p]
+                .load_now()
+                .is_some_and(|l| l.queued >= max as u64)
+        {
+            return false;
+        }
+        if let Some(api) = &pool.api {
+            let window = &mut self.api_window[p];
+            let minute_ago = SimTime(now.as_nanos().saturating_sub(60_000_000_000));
+            while window.front().is_some_and(|&(t, _)| t <= minute_ago) {
+                window.pop_front();
+            }
+            if api.rpm.is_some_and(|rpm| window.len() as u64 >= rpm as u64) {
+                return false;
+            }
+            if let Some(tpm) = api.tpm {
+                let used: u64 = window.iter().map(|&(_, k)| k).sum();
+                if used + tokens > tpm {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Expected service seconds and dollars of a model hop on pool `p`.
+    fn estimate(
+        &self,
+        spec: &crate::workflow::Node,
+        p: usize,
+        input: u64,
+        output: u64,
+    ) -> (f64, f64) {
+        let pool = &self.sc.pools[p];
+        match &pool.api {
+            Some(api) => (
+                api.ttft.mean() + output.saturating_sub(1) as f64 * api.tpot.mean(),
+                pool.api_usd(input, output),
+            ),
+            None => {
+                let base = spec
+                    .service
+                    .as_ref()
+                    .or(pool.service.as_ref())
+                    .map(|s| s.mean())
+                    .unwrap_or(0.0);
+                let t = base + pool.token_time(input, output).as_secs_f64();
+                (t, t * pool.usd_per_server_hour / 3600.0)
+            }
+        }
+    }
+
+    /// Chooses the pool of a model hop (its fixed pool, or the router's pick from its
+    /// tier's fallback chain) and submits it; with no pool available, the client backs
+    /// off for the pool's retry-after (with jitter) and tries again, up to the pool's
+    /// `max_attempts`, after which the workflow is rejected.
+    #[allow(clippy::too_many_arguments)]
+    fn route_model_hop(
+        &mut self,
+        slot: u32,
+        node: usize,
+        branch: u32,
+        epoch: u32,
+        context: u64,
+        input: u64,
+        output: u64,
+        attempt: u32,
+    ) {
+        let sc = self.sc;
+        let now = self.now;
+        let (ci, arrived, usd_so_far) = {
+            let wf = &self.workflows[slot as usize];
+            (wf.class as usize, wf.arrived, wf.usd)
+        };
+        let class = &sc.classes[ci];
+        let spec = &class.graph.nodes[node];
+        let chain: Vec<usize> = match (spec.tier, spec.pool) {
+            (Some(t), _) => sc.tiers[t].pools.clone(),
+            (None, Some(p)) => vec![p],
+            (None, None) => vec![0],
+        };
+        let mut views = Vec::with_capacity(chain.len());
+        for &p in &chain {
+            let load = self.stations[p].load_now().unwrap_or_default();
+            let (service_s, usd) = self.estimate(spec, p, input, output);
+            let available = self.admits(p, input + output);
+            views.push(PoolView {
+                pool: p,
+                servers: load.servers,
+                busy: load.busy,
+                queued: load.queued,
+                service_s,
+                usd,
+                available,
+            });
+        }
+        let choice = if spec.tier.is_some() {
+            let req = RouteRequest {
+                class: ci,
+                lane: class.lane_index as u32,
+                slo_remaining_s: class.slo.map(|s| ((arrived + s) - now).as_secs_f64()),
+                budget_remaining_usd: class.budget_usd.map(|b| b - usd_so_far),
+            };
+            self.router
+                .choose(&req, &views)
+                .filter(|&i| i < views.len() && views[i].available)
+        } else {
+            views[0].available.then_some(0)
+        };
+        let Some(i) = choice else {
+            let first = &sc.pools[chain[0]];
+            if attempt + 1 >= first.max_attempts {
+                let cause = if first.down_at(now) {
+                    format!("{} down", first.name)
+                } else {
+                    format!("429 from {}", first.name)
+                };
+                self.finish_workflow(slot, Outcome::Rejected, &cause);
+                return;
+            }
+            let wf = &mut self.workflows[slot as usize];
+            let jitter = 0.8 + 0.4 * wf.rng.random::<f64>();
+            let wait = SimDuration::from_secs_f64(first.retry_after.as_secs_f64() * jitter);
+            wf.outstanding += 1;
+            let wf_id = wf.id;
+            self.set_timer(
+                now + wait,
+                slot,
+                wf_id,
+                Timer::RouteRetry {
+                    node: node as u32,
+                    branch,
+                    epoch,
+                    attempt: attempt + 1,
+                    context,
+                    input,
+                    output,
+                },
+            );
+            return;
+        };
+        let p = chain[i];
+        let pool = &sc.pools[p];
+        let wf = &mut self.workflows[slot as usize];
+        if i > 0 && wf.counted {
+            self.class_stats[ci].degraded_hops += 1;
+        }
+        let service = match &pool.api {
+            Some(api) => {
+                let ttft = api.ttft.sample(&mut wf.rng);
+                let tpot = api.tpot.sample(&mut wf.rng);
+                SimDuration::from_secs_f64(ttft + output.saturating_sub(1) as f64 * tpot)
+            }
+            None => {
+                spec.service
+                    .as_ref()
+                    .or(pool.service.as_ref())
+                    .map(|s| s.sample_duration(&mut wf.rng))
+                    .unwrap_or(SimDuration::ZERO)
+                    + pool.token_time(input, output)
+            }
+        };
+        if pool.api.is_some() {
+            self.api_window[p].push_back((now, input + output));
+        }
+        let timeout = spec.timeout;
+        self.submit_hop(
+            slot,
+            Hop {
+                seq: 0,
+                slot,
+                wf_id: 0,
+                node: node as u32,
+                branch,
+                epoch,
+                kind: HopKind::Model,
+                station: p as u32,
+                context_in: context,
+                input_tokens: input,
+                output_tokens: output,
+                timed_out: false,
+            },
+            Work::Service(service),
+            timeout,
+        );
     }
 
     fn launch_wave(&mut self, slot: u32, head: usize, wave: Option<u32>) {
@@ -742,12 +1019,31 @@ impl<'a, 'o> Sim<'a, 'o> {
                 },
             );
         }
-        self.stations[station].submit(
+        let meta = {
+            let wf = &self.workflows[slot as usize];
+            let class = &self.sc.classes[wf.class as usize];
+            let lane = &self.sc.lanes[class.lane_index];
+            JobMeta {
+                lane: class.lane_index as u32,
+                priority: lane.priority,
+                weight: lane.weight,
+                deadline: class
+                    .slo
+                    .map(|s| wf.arrived + s)
+                    .unwrap_or(SimTime(u64::MAX)),
+                size_ns: match &work {
+                    Work::Service(d) => d.as_nanos().max(1),
+                    Work::Llm(r) => (r.input_tokens + r.output_tokens).max(1) as u64,
+                },
+            }
+        };
+        self.stations[station].submit_meta(
             self.now,
             HopJob {
                 id: JobId(hop_slot as u64),
                 work,
             },
+            &meta,
             &mut self.out,
         );
         self.flush_wakeups(station);
@@ -811,6 +1107,12 @@ impl<'a, 'o> Sim<'a, 'o> {
         let spec = &class.graph.nodes[hop.node as usize];
         let mut usd = done.usd;
         let n_pools = sc.pools.len();
+        if let HopKind::Model | HopKind::Escalation = hop.kind {
+            let api_usd =
+                sc.pools[hop.station as usize].api_usd(hop.input_tokens, hop.output_tokens);
+            usd += api_usd;
+            self.interval.usd_variable += api_usd;
+        }
         if let HopKind::Tool { .. } = hop.kind {
             let ti = hop.station as usize - n_pools;
             usd += sc.tools[ti].usd_per_call;
@@ -994,6 +1296,32 @@ impl<'a, 'o> Sim<'a, 'o> {
                     self.node_finished(slot, node as usize, branch, context);
                 }
             }
+            Timer::RouteRetry {
+                node,
+                branch,
+                epoch,
+                attempt,
+                context,
+                input,
+                output,
+            } => {
+                let current = wf.nodes[node as usize].epoch == epoch;
+                self.workflows[slot as usize].outstanding -= 1;
+                if undecided && current {
+                    self.route_model_hop(
+                        slot,
+                        node as usize,
+                        branch,
+                        epoch,
+                        context,
+                        input,
+                        output,
+                        attempt,
+                    );
+                } else {
+                    self.maybe_release(slot);
+                }
+            }
             Timer::ToolRetry {
                 node,
                 branch,
@@ -1128,7 +1456,7 @@ impl<'a, 'o> Sim<'a, 'o> {
         self.interval.in_flight -= 1;
         match outcome {
             Outcome::Completed => self.interval.completions += 1,
-            Outcome::Failed => self.interval.failed += 1,
+            Outcome::Failed | Outcome::Rejected => self.interval.failed += 1,
             Outcome::Abandoned => self.interval.abandoned += 1,
         }
         if wf.counted {
@@ -1145,6 +1473,11 @@ impl<'a, 'o> Sim<'a, 'o> {
                 Outcome::Abandoned => {
                     cs.abandoned += 1;
                     cs.usd_waste_abandoned += wf.usd;
+                }
+                Outcome::Rejected => {
+                    cs.rejected += 1;
+                    *cs.rejected_by_cause.entry(cause.to_string()).or_insert(0) += 1;
+                    cs.usd_waste_rejected += wf.usd;
                 }
             }
         }

@@ -83,11 +83,27 @@ pub struct StationReport {
     pub in_system_now: u64,
     /// Most hops in service at once over the whole run (a bulkhead's high-water mark).
     pub max_busy: u64,
+    /// Integral of running servers over the window, in server-seconds, for pools whose
+    /// size changes (autoscaling); zero means the size was fixed at `servers`.
+    pub capacity_server_s: f64,
+}
+
+/// A station's load right now, for routers and autoscalers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoadNow {
+    /// Running servers (booted).
+    pub servers: u32,
+    pub booting: u32,
+    pub busy: u64,
+    pub queued: u64,
 }
 
 impl StationReport {
     /// Busy fraction of capacity over the window.
     pub fn utilization(&self) -> f64 {
+        if self.capacity_server_s > 0.0 {
+            return self.busy_server_s / self.capacity_server_s;
+        }
         let cap = self.servers as f64 * self.window.as_secs_f64();
         if cap > 0.0 {
             self.busy_server_s / cap
@@ -101,6 +117,27 @@ impl StationReport {
 pub trait Station {
     /// A hop arrives at `now`.
     fn submit(&mut self, now: SimTime, job: HopJob, out: &mut StationOutput);
+    /// Submits with scheduling attributes (lane, priority, deadline) for stations whose
+    /// queue discipline uses them; others ignore them.
+    fn submit_meta(
+        &mut self,
+        now: SimTime,
+        job: HopJob,
+        _meta: &crate::policy::JobMeta,
+        out: &mut StationOutput,
+    ) {
+        self.submit(now, job, out)
+    }
+    /// Current load, if the station can tell (routers fall back to service time only).
+    fn load_now(&self) -> Option<LoadNow> {
+        None
+    }
+    /// A server starts booting (it is paid for from now).
+    fn boot_started(&mut self, _now: SimTime) {}
+    /// A booting server is up and takes work.
+    fn boot_finished(&mut self, _now: SimTime, _out: &mut StationOutput) {}
+    /// Take one server out of service (at once if idle, else when its hop ends).
+    fn retire_server(&mut self, _now: SimTime) {}
     /// A wake-up the station asked for has come.
     fn wake(&mut self, now: SimTime, token: u64, out: &mut StationOutput);
     /// Start of the measurement window (end of warm-up): reset time integrals.

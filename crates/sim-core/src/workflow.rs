@@ -47,6 +47,9 @@ pub struct NodeSpec {
     /// llm/compact: the pool that serves the call.
     #[serde(default)]
     pub pool: Option<String>,
+    /// llm/compact: instead of a pool, a tier; the router picks among its pools.
+    #[serde(default)]
+    pub tier: Option<String>,
     /// llm/compact on a queueing pool: service time (defaults to the pool's `service`).
     #[serde(default)]
     pub service: Option<DistSpec>,
@@ -132,6 +135,8 @@ pub struct EscalateSpec {
 pub struct Node {
     pub id: String,
     pub enabled: bool,
+    /// The tier a router chooses a pool from (instead of a fixed `pool`).
+    pub tier: Option<usize>,
     pub role: String,
     pub kind: NodeKind,
     pub pool: Option<usize>,
@@ -193,6 +198,9 @@ fn yes() -> bool {
 
 /// What node validation needs to know about the rest of the scenario.
 pub struct Names<'a> {
+    pub tiers: &'a BTreeMap<String, usize>,
+    /// Pool names of each tier, in fallback order.
+    pub tier_pools: &'a [Vec<String>],
     pub pools: &'a BTreeMap<String, usize>,
     /// Pools whose default service distribution exists (queueing stations).
     pub pool_service: &'a BTreeMap<String, Option<DistSpec>>,
@@ -298,8 +306,36 @@ pub fn compile_graph(
                     .transpose()
             };
         let needs_pool = matches!(s.kind, NodeKind::Llm | NodeKind::Compact);
-        let pool = match (&s.pool, needs_pool) {
-            (Some(p), true) => Some(names.pools.get(p).copied().ok_or_else(|| {
+        let tier = match (&s.tier, needs_pool) {
+            (Some(t), true) => Some(names.tiers.get(t).copied().ok_or_else(|| {
+                (
+                    format!("{nk}.tier"),
+                    format!(
+                        "no tier named `{t}`; expected one of: {}",
+                        known(names.tiers.keys())
+                    ),
+                )
+            })?),
+            (Some(_), false) => {
+                return Err((
+                    format!("{nk}.tier"),
+                    format!(
+                        "only llm and compact nodes have a tier; node `{}` is {:?}",
+                        s.id, s.kind
+                    )
+                    .to_lowercase(),
+                ));
+            }
+            (None, _) => None,
+        };
+        let pool = match (&s.pool, needs_pool, tier.is_some()) {
+            (Some(_), true, true) => {
+                return Err((
+                    format!("{nk}.pool"),
+                    format!("node `{}` names both a pool and a tier; give one", s.id),
+                ));
+            }
+            (Some(p), true, false) => Some(names.pools.get(p).copied().ok_or_else(|| {
                 (
                     format!("{nk}.pool"),
                     format!(
@@ -308,13 +344,14 @@ pub fn compile_graph(
                     ),
                 )
             })?),
-            (None, true) => {
+            (None, true, false) => {
                 return Err((
                     format!("{nk}.pool"),
-                    format!("{:?} node `{}` needs a `pool`", s.kind, s.id).to_lowercase(),
+                    format!("{:?} node `{}` needs a `pool` or a `tier`", s.kind, s.id)
+                        .to_lowercase(),
                 ));
             }
-            (Some(_), false) => {
+            (Some(_), false, _) => {
                 return Err((
                     format!("{nk}.pool"),
                     format!(
@@ -324,24 +361,27 @@ pub fn compile_graph(
                     .to_lowercase(),
                 ));
             }
-            (None, false) => None,
+            (None, _, _) => None,
         };
-        let mut service = sampler("service", &s.service)?;
-        if let (Some(p), true) = (&s.pool, needs_pool) {
-            let is_gpu = names.gpu_pools.get(p).copied().unwrap_or(false);
-            if service.is_none() && !is_gpu {
-                let default = names.pool_service.get(p).cloned().flatten();
-                service = match default {
-                    Some(d) => Some(d.sampler().map_err(|m| (format!("{nk}.service"), m))?),
-                    None => {
-                        return Err((
-                            format!("{nk}.service"),
-                            format!(
-                                "expected a service-time distribution on the node or on pool `{p}`"
-                            ),
-                        ));
-                    }
-                };
+        let service = sampler("service", &s.service)?;
+        // Pools this node may run on must know how long it takes there.
+        if needs_pool && service.is_none() {
+            let candidates: Vec<&String> = match (tier, &s.pool) {
+                (Some(t), _) => names.tier_pools[t].iter().collect(),
+                (None, Some(p)) => vec![p],
+                _ => vec![],
+            };
+            for p in candidates {
+                let is_gpu = names.gpu_pools.get(p).copied().unwrap_or(false);
+                let has_default = names.pool_service.get(p).is_some_and(Option::is_some);
+                if !is_gpu && !has_default {
+                    return Err((
+                        format!("{nk}.service"),
+                        format!(
+                            "expected a service-time distribution on the node or on pool `{p}`"
+                        ),
+                    ));
+                }
             }
         }
         let tool = match (s.kind, &s.tool) {
@@ -429,6 +469,7 @@ pub fn compile_graph(
         nodes.push(Node {
             id: s.id.clone(),
             enabled: s.enabled,
+            tier,
             role: s.role.clone().unwrap_or_else(|| s.id.clone()),
             kind: s.kind,
             pool,

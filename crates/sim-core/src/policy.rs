@@ -1,0 +1,226 @@
+//! Control-plane policy traits. sim-core defines the decisions (what a queue serves
+//! next, which pool a tiered hop goes to, how many servers a pool should have); the
+//! `policies` crate implements them and provides a [`PolicyFactory`] that builds them
+//! from the scenario's specs. sim-core itself only ships FIFO, the first-pool router and
+//! "never scale" so that it can run without the policies crate.
+
+use crate::time::{SimDuration, SimTime};
+use serde::Deserialize;
+
+/// Scheduling attributes of a hop, seen by queue disciplines.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct JobMeta {
+    /// Index of the hop's lane (see `Scenario::lanes`).
+    pub lane: u32,
+    /// Larger runs first under strict priority.
+    pub priority: i32,
+    /// Weighted-fair-queuing weight of the lane.
+    pub weight: f64,
+    /// When the workflow's SLO runs out (earliest-deadline-first).
+    pub deadline: SimTime,
+    /// Expected server time of the hop, nanoseconds (the "packet size" for WFQ).
+    pub size_ns: u64,
+}
+
+impl Default for JobMeta {
+    fn default() -> Self {
+        JobMeta {
+            lane: 0,
+            priority: 0,
+            weight: 1.0,
+            deadline: SimTime(u64::MAX),
+            size_ns: 1,
+        }
+    }
+}
+
+/// Which waiting hop a station serves next. Keys are opaque to the discipline.
+pub trait QueueDiscipline: Send {
+    fn push(&mut self, now: SimTime, meta: JobMeta, key: u64);
+    fn pop(&mut self, now: SimTime) -> Option<u64>;
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// First come, first served.
+#[derive(Default)]
+pub struct Fifo {
+    queue: std::collections::VecDeque<u64>,
+}
+
+impl QueueDiscipline for Fifo {
+    fn push(&mut self, _now: SimTime, _meta: JobMeta, key: u64) {
+        self.queue.push_back(key);
+    }
+    fn pop(&mut self, _now: SimTime) -> Option<u64> {
+        self.queue.pop_front()
+    }
+    fn len(&self) -> usize {
+        self.queue.len()
+    }
+}
+
+/// `discipline = "..."` on a pool.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DisciplineSpec {
+    /// First come, first served.
+    #[default]
+    Fifo,
+    /// Highest lane priority first; FIFO within a priority.
+    Priority,
+    /// Weighted fair queuing across lanes by their weights (start-time fair queuing on
+    /// expected server time).
+    WeightedFair,
+    /// Earliest deadline (workflow arrival + class SLO) first.
+    EarliestDeadline,
+}
+
+/// What a tier router sees of one candidate pool, as of now.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PoolView {
+    pub pool: usize,
+    pub servers: u32,
+    pub busy: u64,
+    pub queued: u64,
+    /// Expected service time of this hop on this pool, seconds.
+    pub service_s: f64,
+    /// Expected dollars of this hop on this pool.
+    pub usd: f64,
+    /// The pool is up (not in an outage) and admits work (below its watermarks).
+    pub available: bool,
+}
+
+impl PoolView {
+    /// A queueing estimate of this hop's latency: wait for the work ahead spread over
+    /// the servers, then its own service.
+    pub fn predicted_latency_s(&self) -> f64 {
+        let ahead = (self.busy + self.queued).saturating_sub(self.servers as u64 - 1) as f64;
+        ahead * self.service_s / self.servers.max(1) as f64 + self.service_s
+    }
+}
+
+/// What the router knows about the hop.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RouteRequest {
+    pub class: usize,
+    pub lane: u32,
+    /// Time left before the workflow misses its SLO (None: no SLO).
+    pub slo_remaining_s: Option<f64>,
+    /// Dollars the workflow may still spend (None: no budget).
+    pub budget_remaining_usd: Option<f64>,
+}
+
+/// Chooses the pool of a tiered hop among the tier's fallback chain.
+pub trait TierRouter: Send {
+    /// Index into `candidates` (in fallback-chain order), or None to reject the hop.
+    fn choose(&mut self, req: &RouteRequest, candidates: &[PoolView]) -> Option<usize>;
+}
+
+/// `[routing] policy = ...`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RoutingSpec {
+    /// The first available pool of the tier's chain (fallback on outage or 429).
+    #[default]
+    Static,
+    /// The cheapest available pool whose predicted latency fits the SLO time left (and
+    /// the budget), else the fastest.
+    CostAware,
+    /// The available pool with the lowest predicted latency.
+    LeastLoaded,
+}
+
+/// Autoscaling of a pool: reactive on a load signal, with boot lead time and cooldown.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AutoscaleSpec {
+    /// Load signal: "queue_depth" (hops waiting or in service per server).
+    #[serde(default = "default_metric")]
+    pub metric: String,
+    /// Target value of the signal per server.
+    pub target: f64,
+    pub min: u32,
+    pub max: u32,
+    /// How long a new server takes to boot (charged from boot start).
+    #[serde(default)]
+    pub boot: SimDuration,
+    /// Minimum time between two scaling actions.
+    #[serde(default)]
+    pub cooldown: SimDuration,
+    /// How often the autoscaler looks.
+    #[serde(default = "default_interval")]
+    pub interval: SimDuration,
+}
+
+fn default_metric() -> String {
+    "queue_depth".into()
+}
+fn default_interval() -> SimDuration {
+    SimDuration::from_secs(30)
+}
+
+/// What an autoscaler sees of its pool.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ScaleObservation {
+    pub now: SimTime,
+    /// Running servers (booted), including those draining.
+    pub running: u32,
+    /// Servers booting.
+    pub booting: u32,
+    pub busy: u64,
+    pub queued: u64,
+}
+
+/// Decides a pool's target server count (running + booting).
+pub trait Autoscaler: Send {
+    fn target(&mut self, obs: &ScaleObservation) -> u32;
+}
+
+/// Builds policies from their specs.
+pub trait PolicyFactory: Sync {
+    fn discipline(&self, spec: DisciplineSpec) -> Box<dyn QueueDiscipline>;
+    fn router(&self, spec: RoutingSpec) -> Box<dyn TierRouter>;
+    fn autoscaler(&self, spec: &AutoscaleSpec) -> Box<dyn Autoscaler>;
+    /// Whether this factory implements `spec` (so a caller can refuse a scenario
+    /// instead of silently running something else).
+    fn supports(&self, spec: DisciplineSpec) -> bool;
+}
+
+/// The minimal policies sim-core runs with on its own: FIFO queues, first-available
+/// routing, fixed capacity. Scenarios asking for more need `policies::Standard`
+/// (the CLI always uses it).
+pub struct BuiltinPolicies;
+
+struct FirstAvailable;
+
+impl TierRouter for FirstAvailable {
+    fn choose(&mut self, _req: &RouteRequest, candidates: &[PoolView]) -> Option<usize> {
+        candidates.iter().position(|c| c.available)
+    }
+}
+
+struct FixedCapacity;
+
+impl Autoscaler for FixedCapacity {
+    fn target(&mut self, obs: &ScaleObservation) -> u32 {
+        obs.running + obs.booting
+    }
+}
+
+impl PolicyFactory for BuiltinPolicies {
+    fn discipline(&self, _spec: DisciplineSpec) -> Box<dyn QueueDiscipline> {
+        Box::new(Fifo::default())
+    }
+    fn router(&self, _spec: RoutingSpec) -> Box<dyn TierRouter> {
+        Box::new(FirstAvailable)
+    }
+    fn autoscaler(&self, _spec: &AutoscaleSpec) -> Box<dyn Autoscaler> {
+        Box::new(FixedCapacity)
+    }
+    fn supports(&self, spec: DisciplineSpec) -> bool {
+        spec == DisciplineSpec::Fifo
+    }
+}
