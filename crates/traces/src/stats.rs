@@ -12,6 +12,9 @@ use std::collections::{BTreeMap, HashMap};
 /// Default step of the rate-by-step table and the piecewise fit: one hour.
 pub const DEFAULT_STEP_NS: u64 = 3_600_000_000_000;
 
+/// Most steps in a rate table; a smaller step leaves the table empty.
+pub const MAX_STEPS: u64 = 1_000_000;
+
 /// Percentile `q` in [0, 1] of sorted values (linear interpolation between ranks).
 pub fn quantile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
@@ -107,7 +110,12 @@ impl ArrivalStats {
             // One instant: no rate can be measured.
             return s;
         }
-        let steps = (dur / step_ns + 1) as usize;
+        let steps = dur / step_ns + 1;
+        if steps > MAX_STEPS {
+            // A step far too small for the trace: no table rather than a huge one.
+            return s;
+        }
+        let steps = steps as usize;
         let mut counts = vec![0u64; steps];
         for &x in &t {
             counts[((x - t[0]) / step_ns) as usize] += 1;
