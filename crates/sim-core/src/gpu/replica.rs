@@ -50,8 +50,21 @@ use std::sync::Arc;
 
 /// Fixed-point scale of cost shares: 1/2^20 ns.
 const SHARE_SCALE: u128 = 1 << 20;
-/// Longest run of decode iterations planned at once; bounds the work wasted when a
-/// submit cuts a stretch short.
+
+/// `dur x tokens / total` in 1/SHARE_SCALE ns, floored; in u64 when that cannot
+/// overflow (the same value, faster).
+#[inline]
+fn share_of(dur: SimDuration, tokens: u64, total: u64) -> u128 {
+    match dur.as_nanos().checked_mul(tokens) {
+        Some(p) if p < 1 << 43 => ((p << 20) / total) as u128,
+        _ => dur.as_nanos() as u128 * tokens as u128 * SHARE_SCALE / total as u128,
+    }
+}
+/// Bounds on the decode iterations planned at once. The bound adapts: it doubles when a
+/// stretch runs to its end and halves when a submit cuts one short, so that a busy
+/// arrival stream does not waste time planning iterations that never happen. Stretch
+/// lengths never change results.
+const MIN_STRETCH: u32 = 8;
 const MAX_STRETCH: u32 = 4096;
 
 /// Scheduler and cache settings of a replica (vLLM's names where they exist).
@@ -212,6 +225,8 @@ struct Stretch {
     pending_allocs: u32,
     /// Cost share of one sequence over the ended iterations.
     share: u128,
+    /// A submit cut the stretch short.
+    cut: bool,
 }
 
 #[derive(Debug)]
@@ -329,6 +344,8 @@ pub struct Replica {
     kv_tokens: u64,
     pending_done: Vec<HopDone>,
     pending_wake: Option<(SimTime, u64)>,
+    /// Current bound on stretch length (see [`MIN_STRETCH`]).
+    stretch_cap: u32,
     stats: Stats,
 }
 
@@ -362,6 +379,7 @@ impl Replica {
             kv_tokens: 0,
             pending_done: Vec::new(),
             pending_wake: None,
+            stretch_cap: MIN_STRETCH,
             stats: Stats {
                 window_start: SimTime::ZERO,
                 busy: TimeIntegral::default(),
@@ -517,6 +535,9 @@ impl Replica {
             if let Some(b) = self.busy.take()
                 && !b.ext.ends.is_empty()
             {
+                if !b.ext.cut {
+                    self.stretch_cap = (self.stretch_cap * 2).min(MAX_STRETCH);
+                }
                 self.materialize(&b.ext);
                 self.retire_finished(end);
                 self.set_levels(end);
@@ -920,7 +941,7 @@ impl Replica {
                 continue;
             }
             s.scheduled = 0;
-            s.share += dur.as_nanos() as u128 * tok as u128 * SHARE_SCALE / tokens as u128;
+            s.share += share_of(dur, tok as u64, tokens);
             let was_prefill = !s.in_decode();
             s.computed += tok;
             self.kv_tokens += tok as u64;
@@ -976,7 +997,7 @@ impl Replica {
     fn plan_stretch(&self, ext: &mut Stretch, end0: SimTime, budget_left: u32) {
         let bs = self.cfg.block_size;
         let n = self.running.len() as u32;
-        let mut kmax = MAX_STRETCH;
+        let mut kmax = self.stretch_cap;
         // Context after the first iteration, summed.
         let mut ctx = 0u64;
         for s in &self.running {
@@ -1052,25 +1073,33 @@ impl Replica {
     fn ext_start(&mut self, start: SimTime) {
         let Some(b) = self.busy.as_mut() else { return };
         let ext = &mut b.ext;
-        ext.pending_allocs += ext.allocs[ext.started];
+        let allocs = ext.allocs[ext.started];
+        ext.pending_allocs += allocs;
         ext.started += 1;
         let n = ext.n;
         let st = &mut self.stats;
         st.iterations += 1;
         st.batch_hist[n as usize] += 1;
         st.decode_tokens += n as u64;
-        self.set_levels(start);
+        // Only the KV level can change at a stretch iteration's start; setting an
+        // integral to its current level changes nothing, so the others are skipped.
+        if allocs > 0 {
+            let kv = self.kv_used_blocks();
+            let st = &mut self.stats;
+            st.kv_used.set(start, kv);
+            st.kv_max = st.kv_max.max(kv);
+        }
     }
 
     fn ext_end(&mut self, end: SimTime) {
         let Some(b) = self.busy.as_mut() else { return };
         let ext = &mut b.ext;
         let n = ext.n as u64;
-        ext.share += ext.durs[ext.ended].as_nanos() as u128 * SHARE_SCALE / n as u128;
+        ext.share += share_of(ext.durs[ext.ended], 1, n);
         ext.ended += 1;
         self.kv_tokens += n;
         self.outstanding -= n;
-        self.set_levels(end);
+        self.stats.kv_tokens.set(end, self.kv_tokens);
     }
 
     /// Brings every sequence up to date after a finished stretch.
@@ -1112,6 +1141,8 @@ impl Replica {
         b.ext.ends.truncate(keep);
         b.ext.durs.truncate(keep);
         b.ext.allocs.truncate(keep);
+        b.ext.cut = true;
+        self.stretch_cap = (self.stretch_cap / 2).max(MIN_STRETCH);
         self.generation += 1;
         b.generation = self.generation;
         self.pending_wake = Some((b.final_end(), b.generation));
