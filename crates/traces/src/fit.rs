@@ -327,7 +327,11 @@ impl FitProfile {
                 "# {} rows over {} s; mean rate {}/s; inter-arrival CV {} (1 = Poisson, > 1 burstier).",
                 c.rows,
                 num(c.duration_s),
-                num(c.arrival.mean_rate()),
+                num(if c.duration_s > 0.0 && c.rows > 1 {
+                    (c.rows - 1) as f64 / c.duration_s
+                } else {
+                    c.arrival.mean_rate()
+                }),
                 num(c.interarrival_cv)
             );
             if let Some(a) = &c.agent {
