@@ -12,7 +12,7 @@
 
 use super::replica::{Replica, ReplicaConfig, ReplicaReport};
 use super::{LlmRequest, LlmTimings, PerfModel};
-use crate::station::{HopDone, HopJob, Station, StationOutput, StationReport, Work};
+use crate::station::{HopDone, HopJob, LoadNow, Station, StationOutput, StationReport, Work};
 use crate::time::{SimDuration, SimTime};
 use std::sync::Arc;
 
@@ -227,6 +227,20 @@ impl Station for GpuPoolStation {
             }
         }
         self.drain(out);
+    }
+
+    /// Sequences running (`busy`) and waiting (`queued`) over the replicas, as of the
+    /// last call.
+    fn load_now(&self) -> Option<LoadNow> {
+        let mut load = LoadNow {
+            servers: self.replicas.len() as u32,
+            ..LoadNow::default()
+        };
+        for r in &self.replicas {
+            load.busy += r.running_len() as u64;
+            load.queued += r.waiting_len() as u64;
+        }
+        Some(load)
     }
 
     fn wake(&mut self, now: SimTime, token: u64, out: &mut StationOutput) {
@@ -553,6 +567,39 @@ pub(crate) mod tests {
             prop_assert!(skip.wakes <= plain.wakes);
         }
 
+        /// The same under heavy load: dense arrivals, small caches, shared prefixes,
+        /// preemptions.
+        #[test]
+        fn decode_skipping_is_exact_under_load(
+            kv in 6u32..60,
+            bs in prop_oneof![Just(1u32), Just(4), Just(16)],
+            seqs in 2u32..24,
+            chunked in any::<bool>(),
+            replicas in 1u32..3,
+            arrivals in prop::collection::vec((0u64..40, arb_request()), 20..80),
+            measure in 0u64..40,
+            seeds in (any::<u64>(), any::<u64>()),
+        ) {
+            let arrivals: Vec<(u64, LlmRequest)> =
+                arrivals.into_iter().map(|(t, r)| (t * 1000, r)).collect();
+            let cfg = ReplicaConfig {
+                max_num_seqs: seqs,
+                max_batched_tokens: seqs.max(48),
+                block_size: bs,
+                kv_capacity_blocks: kv,
+                watermark: 0.05,
+                chunked_prefill: chunked,
+                ..ReplicaConfig::defaults(kv)
+            };
+            let reports = [measure * 1000 + 500, 30_000];
+            let skip = drive(&mut station(replicas, cfg.clone(), false), &arrivals, measure * 1000, &reports, seeds.0);
+            let plain_cfg = ReplicaConfig { decode_skipping: false, ..cfg };
+            let plain = drive(&mut station(replicas, plain_cfg, false), &arrivals, measure * 1000, &reports, seeds.1);
+            prop_assert_eq!(skip.done.len(), arrivals.len());
+            prop_assert_eq!(&skip.done, &plain.done);
+            prop_assert_eq!(&skip.reports, &plain.reports);
+        }
+
         /// Small caches under load: the KV accounting stays consistent and within
         /// capacity after every event (checked inside `drive`), and every request
         /// finishes.
@@ -620,6 +667,23 @@ pub(crate) mod tests {
 
     #[test]
     fn least_outstanding_tokens_prefers_lowest_index_on_ties() {
+        // (also checks load_now)
+        let mut st = station(
+            2,
+            ReplicaConfig::new(100).unwrap_or_else(|e| panic!("{e}")),
+            false,
+        );
+        let mut out = StationOutput::default();
+        for i in 0..3 {
+            let job = HopJob {
+                id: JobId(i),
+                work: Work::Llm(Box::new(llm(10, 5))),
+            };
+            st.submit(SimTime(0), job, &mut out);
+        }
+        let load = st.load_now().unwrap_or_default();
+        assert_eq!((load.servers, load.busy, load.queued), (2, 2, 1));
+
         let v = |t| ReplicaView {
             outstanding_tokens: t,
             ..ReplicaView::default()
