@@ -2,8 +2,12 @@
 //!
 //! `replica/decode64`: one replica kept at 64 running sequences (closed loop: each
 //! finished request is replaced at once) of 128-token prompts and 512-1016-token
-//! outputs, 512 requests in all: decode-heavy continuous batching. Run with decode
-//! skipping on (`skip`) and off (`step`); throughput is in simulated iterations.
+//! outputs, 512 requests in all: decode-heavy continuous batching with a steady churn
+//! of arrivals and departures.
+//! `replica/batch64`: 64 identical requests (128-token prompts, 1024 outputs) decoded
+//! together to the end: the best case for decode skipping.
+//! Each runs with decode skipping on (`skip`) and off (`step`); throughput is in
+//! simulated iterations.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use sim_core::gpu::gpu_station::GpuPoolStation;
@@ -37,10 +41,14 @@ impl PerfModel for LinearPerf {
 const CONCURRENCY: u64 = 64;
 const REQUESTS: u64 = 512;
 
-fn request(i: u64) -> Work {
+fn request(i: u64, refill: bool) -> Work {
     Work::Llm(Box::new(LlmRequest {
         input_tokens: 128,
-        output_tokens: 512 + (i * 37 % 64) as u32 * 8,
+        output_tokens: if refill {
+            512 + (i * 37 % 64) as u32 * 8
+        } else {
+            1024
+        },
         shared_prefix_tokens: 64,
         prefix_group: 1,
         block_hashes: None,
@@ -48,8 +56,9 @@ fn request(i: u64) -> Work {
     }))
 }
 
-/// Runs the closed loop to the end; returns the iterations simulated.
-fn decode64(skip: bool) -> u64 {
+/// Runs the closed loop (or, without `refill`, one batch) to the end; returns the
+/// iterations simulated.
+fn decode64(skip: bool, refill: bool) -> u64 {
     let cfg = ReplicaConfig {
         decode_skipping: skip,
         ..ReplicaConfig::defaults(40_000)
@@ -66,7 +75,7 @@ fn decode64(skip: bool) -> u64 {
             SimTime::ZERO,
             HopJob {
                 id: JobId(submitted),
-                work: request(submitted),
+                work: request(submitted, refill),
             },
             &mut out,
         );
@@ -82,12 +91,12 @@ fn decode64(skip: bool) -> u64 {
         finished += replace;
         out.done.clear();
         for _ in 0..replace {
-            if submitted < REQUESTS {
+            if refill && submitted < REQUESTS {
                 st.submit(
                     now,
                     HopJob {
                         id: JobId(submitted),
-                        work: request(submitted),
+                        work: request(submitted, refill),
                     },
                     &mut out,
                 );
@@ -103,18 +112,24 @@ fn decode64(skip: bool) -> u64 {
         now = t;
         st.wake(now, token, &mut out);
     }
-    assert_eq!(finished, REQUESTS);
+    assert_eq!(finished, submitted);
     st.gpu_report(now).map_or(0, |r| r.iterations)
 }
 
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("replica");
-    let iterations = decode64(true);
-    assert_eq!(iterations, decode64(false));
-    g.throughput(Throughput::Elements(iterations));
     g.sample_size(10);
-    g.bench_function("decode64/skip", |b| b.iter(|| black_box(decode64(true))));
-    g.bench_function("decode64/step", |b| b.iter(|| black_box(decode64(false))));
+    for (name, refill) in [("decode64", true), ("batch64", false)] {
+        let iterations = decode64(true, refill);
+        assert_eq!(iterations, decode64(false, refill));
+        g.throughput(Throughput::Elements(iterations));
+        g.bench_function(format!("{name}/skip"), |b| {
+            b.iter(|| black_box(decode64(true, refill)))
+        });
+        g.bench_function(format!("{name}/step"), |b| {
+            b.iter(|| black_box(decode64(false, refill)))
+        });
+    }
     g.finish();
 }
 
