@@ -3,10 +3,29 @@
 
 pub mod calibrate;
 pub mod load;
+pub mod outputs;
+pub mod plots;
+pub mod replications;
 pub mod report;
 pub mod trace_cmd;
 
 pub use load::{InputError, LoadedScenario, load_scenario, parse_scenario};
+
+/// Runs a scenario with the standard control-plane policies (every CLI verb uses this;
+/// `sim_core::run` alone only knows FIFO, first-available routing and fixed capacity).
+pub fn simulate(
+    scenario: &sim_core::Scenario,
+    progress: Option<&mut dyn FnMut(f64)>,
+) -> sim_core::RunResult {
+    sim_core::run(
+        scenario,
+        sim_core::RunOptions {
+            progress,
+            policies: Some(&policies::Standard),
+            ..Default::default()
+        },
+    )
+}
 
 #[cfg(test)]
 mod story_tests;

@@ -2,9 +2,9 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use factorysim::{InputError, load_scenario, report};
+use factorysim::replications::{self, SummaryDoc, run_replications};
+use factorysim::{InputError, load_scenario, outputs, plots, report};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use sim_core::RunOptions;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,7 +25,7 @@ struct Cli {
 enum Command {
     /// Simulate a scenario, print a summary table and write DIR/summary.json.
     #[command(
-        after_help = "Examples:\n  factorysim run scenarios/quickstart.toml\n  factorysim run scenarios/mmc.toml --seed 7 --out out/mmc --set pools.agents.servers=5"
+        after_help = "Examples:\n  factorysim run scenarios/quickstart.toml\n  factorysim run scenarios/mmc.toml --seed 7 --out out/mmc --set pools.agents.servers=5\n  factorysim run scenarios/quickstart.toml --replications 10\n\nWrites DIR/summary.json, DIR/timeseries.csv, DIR/showback.csv and DIR/plots/*.{svg,png}\n(see docs/output.md)."
     )]
     Run {
         /// Scenario file (TOML).
@@ -42,6 +42,13 @@ enum Command {
         /// Print summary.json to stdout instead of the table.
         #[arg(long)]
         json: bool,
+        /// Independent replications with seeds seed, seed+1, ... (run in parallel); adds
+        /// means and 95% confidence intervals to the table and to summary.json.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        replications: u32,
+        /// Skip the plots in DIR/plots/.
+        #[arg(long)]
+        no_plots: bool,
     },
     /// Validate a scenario and print derived quantities (offered load per pool).
     #[command(
@@ -86,34 +93,71 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             out,
             mut sets,
             json,
+            replications,
+            no_plots,
         } => {
             if let Some(seed) = seed {
                 sets.push(format!("simulation.seed={seed}"));
             }
             let loaded = load_scenario(&scenario, &sets)?;
-            let bar = progress_bar();
-            let mut tick = |f: f64| bar.set_position((f * 1000.0) as u64);
-            let result = sim_core::run(
-                &loaded.scenario,
-                RunOptions {
-                    progress: Some(&mut tick),
-                    ..Default::default()
-                },
-            );
-            bar.finish_and_clear();
+            let (result, reps) = if replications <= 1 {
+                let bar = progress_bar(1000);
+                let mut tick = |f: f64| bar.set_position((f * 1000.0) as u64);
+                let result = factorysim::simulate(&loaded.scenario, Some(&mut tick));
+                bar.finish_and_clear();
+                (result, None)
+            } else {
+                let bar = progress_bar(replications as u64);
+                let done = || bar.inc(1);
+                let mut runs = run_replications(&loaded.scenario, replications, &done);
+                bar.finish_and_clear();
+                let summaries: Vec<_> = runs.iter().map(|r| r.summary()).collect();
+                let est = replications::estimate(&summaries);
+                runs.truncate(1);
+                match runs.pop() {
+                    Some(first) => (first, Some(est)),
+                    None => anyhow::bail!("no replication ran"),
+                }
+            };
             let summary = result.summary();
-            let text = serde_json::to_string_pretty(&summary)? + "\n";
+            let doc = SummaryDoc {
+                summary: &summary,
+                replications: reps.as_ref(),
+            };
+            let text = serde_json::to_string_pretty(&doc)? + "\n";
             std::fs::create_dir_all(&out)
                 .with_context(|| format!("cannot create output directory {}", out.display()))?;
             let path = out.join("summary.json");
             std::fs::write(&path, &text)
                 .with_context(|| format!("cannot write {}", path.display()))?;
+            outputs::write_csvs(&out, &result, &summary)?;
+            let plots = if no_plots {
+                Vec::new()
+            } else {
+                plots::write_run_plots(&out, &result)?
+            };
             if json {
                 print!("{text}");
             } else {
                 println!("{}", loaded.file);
-                print!("{}", report::run_table(&summary));
-                println!("\nWrote {}", path.display());
+                let opts = report::TableOptions {
+                    colour: std::io::stdout().is_terminal(),
+                    replications: reps.as_ref(),
+                };
+                print!("{}", report::run_table_with(&summary, &opts));
+                println!(
+                    "\nWrote {}, timeseries.csv, showback.csv{}",
+                    path.display(),
+                    if plots.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            " and {} plots in {}",
+                            plots.len(),
+                            out.join("plots").display()
+                        )
+                    }
+                );
             }
             Ok(())
         }
@@ -129,11 +173,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// A progress bar on stderr, only when stderr is a terminal.
-fn progress_bar() -> ProgressBar {
+fn progress_bar(len: u64) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
-    let bar = ProgressBar::with_draw_target(Some(1000), ProgressDrawTarget::stderr());
+    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
     if let Ok(style) =
         ProgressStyle::with_template("{spinner} simulating [{bar:40}] {percent}% ({elapsed})")
     {

@@ -1,5 +1,6 @@
 //! Terminal tables for `run` and `check`.
 
+use crate::replications::{Estimate, Replications};
 use sim_core::Summary;
 use sim_core::scenario::Scenario;
 use std::fmt::Write;
@@ -8,6 +9,7 @@ use std::fmt::Write;
 pub fn fmt_secs(s: Option<f64>) -> String {
     match s {
         None => "-".into(),
+        Some(0.0) => "0s".into(),
         Some(s) if s < 1e-3 => format!("{:.1}us", s * 1e6),
         Some(s) if s < 1.0 => format!("{:.1}ms", s * 1e3),
         Some(s) if s < 120.0 => format!("{s:.2}s"),
@@ -77,8 +79,96 @@ impl Table {
     }
 }
 
-/// The table printed by `factorysim run`.
+/// How `run_table_with` renders.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TableOptions<'a> {
+    /// ANSI colour (headings, SLO misses). Only when stdout is a terminal.
+    pub colour: bool,
+    /// Estimates across independent replications, printed as their own table.
+    pub replications: Option<&'a Replications>,
+}
+
+fn paint(text: &str, code: &str, on: bool) -> String {
+    if on {
+        format!("\x1b[{code}m{text}\x1b[0m")
+    } else {
+        text.to_string()
+    }
+}
+
+fn heading(out: &mut String, text: &str, colour: bool) {
+    out.push_str(&paint(text, "1", colour));
+    out.push('\n');
+}
+
+/// A value and its 95% half-width in the value's unit: "9.72s ± 0.31".
+pub fn fmt_secs_pm(mean: f64, hw: Option<f64>) -> String {
+    let (scale, unit, dec) = match mean {
+        m if m < 1e-3 => (1e6, "us", 1),
+        m if m < 1.0 => (1e3, "ms", 1),
+        m if m < 120.0 => (1.0, "s", 2),
+        m if m < 7200.0 => (1.0 / 60.0, "m", 1),
+        _ => (1.0 / 3600.0, "h", 1),
+    };
+    match hw {
+        Some(h) => format!("{:.dec$}{unit} ± {:.dec$}", mean * scale, h * scale),
+        None => format!("{:.dec$}{unit}", mean * scale),
+    }
+}
+
+fn fmt_est_secs(e: &Option<Estimate>) -> String {
+    e.as_ref()
+        .map(|e| fmt_secs_pm(e.mean, e.ci95))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn fmt_est_usd(e: &Option<Estimate>) -> String {
+    match e {
+        None => "-".into(),
+        Some(e) => {
+            let m = fmt_usd(Some(e.mean));
+            // Same decimals as the mean.
+            let dec = m.split('.').nth(1).map(|d| d.len()).unwrap_or(0);
+            match e.ci95 {
+                Some(h) => format!("{m} ± {h:.dec$}"),
+                None => m,
+            }
+        }
+    }
+}
+
+fn fmt_est_pct(e: &Option<Estimate>) -> String {
+    match e {
+        None => "-".into(),
+        Some(e) => match e.ci95 {
+            Some(h) => format!("{:.1}% ± {:.1}", e.mean * 100.0, h * 100.0),
+            None => format!("{:.1}%", e.mean * 100.0),
+        },
+    }
+}
+
+fn fmt_pct(x: f64) -> String {
+    let p = x * 100.0;
+    if p > 99.0 && p < 100.0 {
+        format!("{p:.2}%")
+    } else {
+        format!("{p:.1}%")
+    }
+}
+
+fn fmt_opt_count(x: Option<f64>) -> String {
+    x.map(|v| fmt_count(v.round() as u64))
+        .unwrap_or_else(|| "-".into())
+}
+
+/// The table printed by `factorysim run`, without colour or replications.
 pub fn run_table(s: &Summary) -> String {
+    run_table_with(s, &TableOptions::default())
+}
+
+/// The table printed by `factorysim run`.
+pub fn run_table_with(s: &Summary, opts: &TableOptions<'_>) -> String {
+    let colour = opts.colour;
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -91,7 +181,53 @@ pub fn run_table(s: &Summary) -> String {
         if s.drain { "  |  drained" } else { "" }
     );
     out.push('\n');
-    out.push_str("Workflow classes (latency = arrival to last hop; $/outcome = cost of a successful workflow)\n");
+
+    // SLO misses first, worst burn rate first.
+    let mut slo: Vec<(&String, f64, f64, f64, f64)> = s
+        .classes
+        .iter()
+        .filter_map(|(n, c)| {
+            Some((
+                n,
+                c.slo_attainment?,
+                c.slo_s?,
+                c.slo_target?,
+                c.slo_burn_rate.unwrap_or(0.0),
+            ))
+        })
+        .collect();
+    slo.sort_by(|a, b| b.4.total_cmp(&a.4).then_with(|| a.0.cmp(b.0)));
+    let misses: Vec<_> = slo.iter().filter(|x| x.1 < x.3).collect();
+    if !misses.is_empty() {
+        let w = misses
+            .iter()
+            .map(|m| m.0.chars().count())
+            .max()
+            .unwrap_or(0);
+        for (i, (name, att, slo_s, target, burn)) in misses.iter().enumerate() {
+            let lead = if i == 0 { "SLO misses:" } else { "" };
+            let line = format!(
+                "{lead:<11} {name:<w$}  {} within {} (target {}), burn rate {burn:.1}x",
+                fmt_pct(*att),
+                fmt_secs(Some(*slo_s)),
+                fmt_pct(*target).replace(".0%", "%"),
+            );
+            out.push_str(&paint(&line, "1;31", colour));
+            out.push('\n');
+        }
+        out.push_str(
+            "  burn rate = (1 - attainment) / (1 - target): 1x spends the error budget exactly\n\n",
+        );
+    } else if !slo.is_empty() {
+        out.push_str(&paint("SLOs: every class met its target", "32", colour));
+        out.push_str("\n\n");
+    }
+
+    heading(
+        &mut out,
+        "Workflow classes (latency = arrival to last hop; $/outcome = cost of a successful workflow)",
+        colour,
+    );
     let mut t = Table::new(&[
         "class",
         "arrived",
@@ -105,6 +241,7 @@ pub fn run_table(s: &Summary) -> String {
         "$/outcome",
         "p95 $",
         "SLO met",
+        "burn",
     ]);
     for (name, c) in &s.classes {
         t.row(vec![
@@ -120,14 +257,70 @@ pub fn run_table(s: &Summary) -> String {
             fmt_usd(c.usd_per_outcome.mean),
             fmt_usd(c.usd_per_outcome.p95),
             match (c.slo_attainment, c.slo_s) {
-                (Some(a), Some(slo)) => format!("{:.1}% <= {}", a * 100.0, fmt_secs(Some(slo))),
+                (Some(a), Some(slo)) => format!("{} <= {}", fmt_pct(a), fmt_secs(Some(slo))),
                 _ => "-".into(),
             },
+            c.slo_burn_rate
+                .map(|b| format!("{b:.1}x"))
+                .unwrap_or_else(|| "-".into()),
         ]);
     }
     t.render(&mut out);
     out.push('\n');
-    out.push_str("Pools\n");
+
+    heading(
+        &mut out,
+        "Work and waste per class (tokens of completed workflows; waste = $ of work that produced no outcome)",
+        colour,
+    );
+    let mut t = Table::new(&[
+        "class",
+        "tokens p50",
+        "tokens p95",
+        "fan-out p95",
+        "loops/wf",
+        "$ failed",
+        "$ abandoned",
+        "$ after outcome",
+        "$ human",
+        "$ total",
+    ]);
+    for (name, c) in &s.classes {
+        t.row(vec![
+            name.clone(),
+            fmt_opt_count(c.tokens_per_workflow.p50),
+            fmt_opt_count(c.tokens_per_workflow.p95),
+            fmt_opt_count(c.fan_out.p95),
+            format!("{:.2}", c.loops_per_workflow),
+            fmt_usd(Some(c.usd_waste.failed)),
+            fmt_usd(Some(c.usd_waste.abandoned)),
+            fmt_usd(Some(c.usd_waste.after_outcome)),
+            fmt_usd(Some(c.usd_human)),
+            fmt_usd(Some(c.usd_total)),
+        ]);
+    }
+    t.render(&mut out);
+    let causes: Vec<_> = s
+        .classes
+        .iter()
+        .filter(|(_, c)| !c.failed_by_cause.is_empty())
+        .collect();
+    if !causes.is_empty() {
+        out.push('\n');
+        heading(&mut out, "Failed workflows by cause", colour);
+        let mut t = Table::new(&["class", "cause", "workflows"]);
+        for (name, c) in causes {
+            let mut by: Vec<_> = c.failed_by_cause.iter().collect();
+            by.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+            for (cause, n) in by {
+                t.row(vec![name.clone(), cause.clone(), fmt_count(*n)]);
+            }
+        }
+        t.render(&mut out);
+    }
+    out.push('\n');
+
+    heading(&mut out, "Pools", colour);
     let mut t = Table::new(&[
         "pool",
         "servers",
@@ -155,13 +348,97 @@ pub fn run_table(s: &Summary) -> String {
         ]);
     }
     t.render(&mut out);
+    out.push('\n');
+    let share = |x: f64, of: f64| {
+        if of > 0.0 {
+            format!("{:.1}%", x / of * 100.0)
+        } else {
+            "-".into()
+        }
+    };
+    let tt = &s.totals;
     let _ = writeln!(
         out,
-        "\nTotal: {} capacity over the measured window, {} workflows completed, fully loaded {} per outcome",
-        fmt_usd(Some(s.totals.usd_capacity)),
-        fmt_count(s.totals.completed),
-        fmt_usd(s.totals.usd_per_outcome)
+        "Idle capacity: {} of {} pool capacity ({}) was paid for with no hop on it",
+        fmt_usd(Some(tt.usd_idle)),
+        fmt_usd(Some(tt.usd_capacity)),
+        share(tt.usd_idle, tt.usd_capacity)
     );
+    let waste_failed: f64 = s.classes.values().map(|c| c.usd_waste.failed).sum();
+    let waste_abandoned: f64 = s.classes.values().map(|c| c.usd_waste.abandoned).sum();
+    let waste_after: f64 = s.classes.values().map(|c| c.usd_waste.after_outcome).sum();
+    let _ = writeln!(
+        out,
+        "Waste: {} ({} of workflow spend): {} failed, {} abandoned, {} after the outcome",
+        fmt_usd(Some(tt.usd_waste)),
+        share(tt.usd_waste, tt.usd_workflows),
+        fmt_usd(Some(waste_failed)),
+        fmt_usd(Some(waste_abandoned)),
+        fmt_usd(Some(waste_after)),
+    );
+    let _ = writeln!(
+        out,
+        "Total: {} capacity over the measured window, {} workflows completed, fully loaded {} per outcome",
+        fmt_usd(Some(tt.usd_capacity)),
+        fmt_count(tt.completed),
+        fmt_usd(tt.usd_per_outcome)
+    );
+    if tt.usd_tools > 0.0 || tt.usd_human > 0.0 {
+        let _ = writeln!(
+            out,
+            "       plus {} tool calls and {} human review: {} spent in all",
+            fmt_usd(Some(tt.usd_tools)),
+            fmt_usd(Some(tt.usd_human)),
+            fmt_usd(Some(tt.usd_spent))
+        );
+    }
+
+    if let Some(r) = opts.replications {
+        out.push('\n');
+        let seeds = match (r.seeds.first(), r.seeds.last()) {
+            (Some(a), Some(b)) => format!("seeds {a}..{b}"),
+            _ => String::new(),
+        };
+        heading(
+            &mut out,
+            &format!(
+                "Across {} replications ({seeds}; mean ± 95% confidence half-width)",
+                r.count
+            ),
+            colour,
+        );
+        let mut t = Table::new(&[
+            "class",
+            "p50",
+            "p95",
+            "p99",
+            "$/outcome",
+            "success",
+            "SLO met",
+        ]);
+        for (name, c) in &r.classes {
+            t.row(vec![
+                name.clone(),
+                fmt_est_secs(&c.latency_s.p50),
+                fmt_est_secs(&c.latency_s.p95),
+                fmt_est_secs(&c.latency_s.p99),
+                fmt_est_usd(&c.usd_per_outcome),
+                fmt_est_pct(&c.success_rate),
+                fmt_est_pct(&c.slo_attainment),
+            ]);
+        }
+        t.render(&mut out);
+        let mut t = Table::new(&["pool", "util"]);
+        for (name, p) in &r.pools {
+            t.row(vec![name.clone(), fmt_est_pct(&p.utilization)]);
+        }
+        t.render(&mut out);
+        let _ = writeln!(
+            out,
+            "  fully loaded $/outcome {}",
+            fmt_est_usd(&r.totals.usd_per_outcome)
+        );
+    }
     out
 }
 

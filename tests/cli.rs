@@ -307,3 +307,507 @@ fn bad_set_override_is_an_input_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("sevrers"));
 }
+
+// ---------------------------------------------------------------------------------
+// Results (issue 7): percentiles, cost conservation, SLOs, snapshots, outputs, plots,
+// replications.
+
+use factorysim::parse_scenario;
+use sim_core::metrics::{ClassStats, RunResult, exact_quantile};
+use sim_core::{RunOptions, SimDuration, SimTime};
+
+fn scenario_from(text: &str) -> sim_core::Scenario {
+    parse_scenario("test.toml", text, &[])
+        .expect("valid scenario")
+        .scenario
+}
+
+/// A run result around the given classes, with no pools (for summary-only tests).
+fn result_with(classes: Vec<ClassStats>) -> RunResult {
+    RunResult {
+        seed: 1,
+        events: 0,
+        end: SimTime(3_600_000_000_000),
+        window_start: SimTime(0),
+        drain: true,
+        classes,
+        pool_names: Vec::new(),
+        pools: Vec::new(),
+        pool_reports: Vec::new(),
+        tools: Vec::new(),
+        timeseries: Vec::new(),
+    }
+}
+
+/// Deterministic xorshift64* uniform in (0, 1).
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let x = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        ((x >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+}
+
+#[test]
+fn hdr_percentiles_agree_with_exact_percentiles_within_3_significant_digits() {
+    let sc = scenario_from(GOOD);
+    // Lognormal latencies spanning 1ms..1000s, heavy tail, plus a few exact repeats.
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    for (n, median_s, sigma) in [(1usize, 1.0, 0.5), (17, 0.02, 1.0), (50_000, 2.0, 1.2)] {
+        let mut c = ClassStats::new(&sc.classes[0]);
+        let mut raw = Vec::with_capacity(n);
+        for _ in 0..n {
+            // Box-Muller normal.
+            let z = (-2.0 * rng.next().ln()).sqrt() * (std::f64::consts::TAU * rng.next()).cos();
+            let ns = ((median_s * (sigma * z).exp()) * 1e9).round().max(1.0) as u64;
+            raw.push(ns as f64 / 1e9);
+            c.arrived += 1;
+            c.record_completion(SimDuration(ns), 0.0, 0);
+        }
+        raw.sort_by(f64::total_cmp);
+        let s = result_with(vec![c]).summary();
+        let lat = &s.classes["chat"].latency_s;
+        for (q, got) in [
+            (0.5, lat.p50),
+            (0.95, lat.p95),
+            (0.99, lat.p99),
+            (1.0, lat.max),
+        ] {
+            let exact = exact_quantile(&raw, q).unwrap();
+            let got = got.unwrap();
+            // HDR reports the top of the bucket holding the exact sample: never below it,
+            // and at most one part in 1,000 (3 significant digits) above it.
+            assert!(
+                got >= exact - 1e-9 && got <= exact * (1.0 + 1e-3) + 1e-9,
+                "n={n} q={q}: hdr {got} exact {exact}"
+            );
+        }
+        let mean = raw.iter().sum::<f64>() / n as f64;
+        assert!((lat.mean.unwrap() - mean).abs() <= 1e-9 * mean.max(1.0) + 1e-9);
+    }
+}
+
+#[test]
+fn slo_attainment_and_burn_rate_on_a_known_case() {
+    let sc = scenario_from(&GOOD.replace(
+        "arrival = { process = \"poisson\", rate = 1.0 }",
+        "arrival = { process = \"poisson\", rate = 1.0 }\nslo = \"5s\"\nslo_target = 0.98",
+    ));
+    let mut c = ClassStats::new(&sc.classes[0]);
+    // 1,000 arrivals: 900 complete in 1s, 50 in 10s, 30 fail, 20 are still in flight.
+    // Attainment = 900 / 1000 = 0.9; burn = (1 - 0.9) / (1 - 0.98) = 5.
+    for i in 0..950 {
+        let secs = if i < 900 { 1 } else { 10 };
+        c.record_completion(SimDuration(secs * 1_000_000_000), 0.01, 100);
+    }
+    c.arrived = 1000;
+    c.failed = 30;
+    c.in_flight = 20;
+    let s = result_with(vec![c]).summary();
+    let chat = &s.classes["chat"];
+    assert_eq!(chat.slo_s, Some(5.0));
+    assert_eq!(chat.slo_target, Some(0.98));
+    assert!((chat.slo_attainment.unwrap() - 0.9).abs() < 1e-12);
+    assert!((chat.slo_burn_rate.unwrap() - 5.0).abs() < 1e-9);
+    assert!((sim_core::metrics::burn_rate(0.99, 0.99).unwrap() - 1.0).abs() < 1e-9);
+    assert_eq!(sim_core::metrics::burn_rate(1.0, 0.99), Some(0.0));
+    assert!((sim_core::metrics::burn_rate(0.912, 0.99).unwrap() - 8.8).abs() < 1e-9);
+
+    // End to end: constant 1s service, ample servers, so every workflow takes exactly 1s.
+    let text = r#"
+[simulation]
+horizon = "10m"
+drain = true
+[pools.gpu]
+servers = 50
+service = { dist = "constant", value = "1s" }
+[classes.fast]
+arrival = { process = "poisson", rate = 1.0 }
+slo = "2s"
+hops = [{ pool = "gpu" }]
+[classes.slow]
+arrival = { process = "poisson", rate = 1.0 }
+slo = "500ms"
+hops = [{ pool = "gpu" }]
+"#;
+    let dir = tempdir();
+    let path = dir.path().join("slo.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = run_ok(&[
+        "run",
+        path.to_str().unwrap(),
+        "--out",
+        dir.path().to_str().unwrap(),
+        "--no-plots",
+    ]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    let s: serde_json::Value =
+        serde_json::from_str(&read(&dir.path().join("summary.json"))).unwrap();
+    assert_eq!(s["classes"]["fast"]["slo_attainment"].as_f64(), Some(1.0));
+    assert_eq!(s["classes"]["fast"]["slo_burn_rate"].as_f64(), Some(0.0));
+    assert_eq!(s["classes"]["slow"]["slo_attainment"].as_f64(), Some(0.0));
+    let burn = s["classes"]["slow"]["slo_burn_rate"].as_f64().unwrap();
+    assert!((burn - 100.0).abs() < 1e-9, "{burn}");
+    assert!(
+        table.contains("SLO misses: slow  0.0% within 500.0ms (target 99%), burn rate 100.0x"),
+        "{table}"
+    );
+    assert!(!table.contains("\x1b["), "no colour when stdout is a pipe");
+}
+
+#[test]
+fn cost_is_conserved_to_the_cent() {
+    // Tools with failures and retries, timeouts, abandonment, human review and quorum
+    // stragglers; drained and without warm-up, so every dollar belongs to a measured
+    // workflow or to idle capacity.
+    let text = r#"
+[simulation]
+horizon = "2h"
+drain = true
+[pools.llm]
+servers = 3
+usd_per_server_hour = 10.0
+service = { dist = "lognormal", median = "1s", p99 = "10s" }
+[pools.small]
+servers = 2
+usd_per_server_hour = 1.5
+service = { dist = "exponential", mean = "300ms" }
+[tools.flaky]
+latency = { dist = "exponential", mean = "500ms" }
+failure_probability = 0.2
+retries = 1
+retry_backoff = { dist = "constant", value = "1s" }
+usd_per_call = 0.002
+concurrency = 4
+[classes.c]
+arrival = { process = "poisson", rate = 0.9 }
+abandon_after = "40s"
+tenant = "acme"
+[[classes.c.nodes]]
+id = "plan"
+pool = "llm"
+timeout = "20s"
+[[classes.c.nodes]]
+id = "research"
+kind = "tool"
+tool = "flaky"
+after = ["plan"]
+fan_out = { count = { dist = "uniform", low = 1, high = 4 }, quorum = 1 }
+[[classes.c.nodes]]
+id = "write"
+pool = "llm"
+after = ["research"]
+[[classes.c.nodes]]
+id = "review"
+kind = "human"
+after = ["write"]
+probability = 0.1
+minutes = { dist = "exponential", mean = 0.2 }
+usd_per_minute = 1.0
+[classes.d]
+arrival = { process = "poisson", rate = 0.5 }
+tenant = "globex"
+hops = [{ pool = "small" }, { pool = "llm", service = { dist = "exponential", mean = "500ms" } }]
+"#;
+    let sc = scenario_from(text);
+    let r = sim_core::run(&sc, RunOptions::default());
+    let s = r.summary();
+    let c = &r.classes[0];
+    assert!(
+        c.failed > 0 && c.abandoned > 0 && c.usd_human > 0.0,
+        "every bucket is used"
+    );
+    // Left: what each workflow was charged (success, waste buckets, unfinished) plus
+    // idle capacity.
+    let per_workflow: f64 = r
+        .classes
+        .iter()
+        .map(|c| {
+            c.usd_per_success.iter().sum::<f64>()
+                + c.usd_waste_failed
+                + c.usd_waste_abandoned
+                + c.usd_waste_leftover
+                + c.usd_unfinished
+        })
+        .sum();
+    let idle: f64 = s.pools.values().map(|p| p.usd_idle).sum();
+    // Right: pool hours x price, computed from the scenario, plus tool and human totals.
+    let hours = s.measured_seconds / 3600.0;
+    let capacity: f64 = sc
+        .pools
+        .iter()
+        .map(|p| p.servers as f64 * hours * p.usd_per_server_hour)
+        .sum();
+    let tools: f64 = r.tools.iter().map(|t| t.usd).sum();
+    let human: f64 = r.classes.iter().map(|c| c.usd_human).sum();
+    assert!((capacity - s.totals.usd_capacity).abs() < 1e-6);
+    let left = per_workflow + idle;
+    let right = capacity + tools + human;
+    assert!(
+        (left - right).abs() < 0.005,
+        "workflows {per_workflow} + idle {idle} = {left} vs capacity {capacity} + tools {tools} + human {human} = {right}"
+    );
+    assert!((s.totals.usd_workflows + s.totals.usd_idle - s.totals.usd_spent).abs() < 0.005);
+    assert!(s.totals.usd_waste > 0.0);
+    // Tenants split the same dollars.
+    let tenants: f64 = s.tenants.values().map(|t| t.usd).sum();
+    assert!((tenants - s.totals.usd_workflows).abs() < 1e-9);
+    assert_eq!(s.tenants.keys().collect::<Vec<_>>(), vec!["acme", "globex"]);
+}
+
+/// Runs the quickstart into a temp dir; returns (dir, stdout with the dir redacted).
+fn quickstart(extra: &[&str]) -> (tempfile::TempDir, String) {
+    let dir = tempdir();
+    let d = dir.path().to_str().unwrap().to_string();
+    let mut args = vec!["run", "scenarios/quickstart.toml", "--out", &d];
+    args.extend_from_slice(extra);
+    let out = run_ok(&args);
+    let stdout = String::from_utf8_lossy(&out.stdout).replace(&d, "OUT");
+    (dir, stdout)
+}
+
+#[test]
+fn quickstart_table_and_summary_snapshots() {
+    let (dir, stdout) = quickstart(&["--no-plots"]);
+    assert!(!stdout.contains('\x1b'), "no colour in a pipe");
+    insta::assert_snapshot!("quickstart_table", stdout);
+    insta::assert_snapshot!("quickstart_summary", read(&dir.path().join("summary.json")));
+}
+
+#[test]
+fn csv_outputs_add_up() {
+    let (dir, _) = quickstart(&["--no-plots"]);
+    let s: serde_json::Value =
+        serde_json::from_str(&read(&dir.path().join("summary.json"))).unwrap();
+    // timeseries.csv: one row per simulated minute, pool columns per pool.
+    let ts = read(&dir.path().join("timeseries.csv"));
+    let mut lines = ts.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    assert_eq!(
+        header,
+        [
+            "t_s",
+            "arrivals",
+            "completions",
+            "failed",
+            "abandoned",
+            "in_flight",
+            "llm-large_in_system",
+            "llm-large_utilization",
+            "llm-large_servers",
+            "tools_in_system",
+            "tools_utilization",
+            "tools_servers",
+            "usd"
+        ]
+    );
+    let rows: Vec<Vec<f64>> = lines
+        .map(|l| l.split(',').map(|x| x.parse::<f64>().unwrap()).collect())
+        .collect();
+    assert_eq!(rows.len(), 30);
+    assert_eq!(rows[0][0], 60.0);
+    let arrivals: f64 = rows.iter().map(|r| r[1]).sum();
+    let measured: u64 = ["chat", "report"]
+        .iter()
+        .map(|c| s["classes"][c]["arrived"].as_u64().unwrap())
+        .sum();
+    assert!(arrivals >= measured as f64, "{arrivals} < {measured}");
+    let spend: f64 = rows.iter().map(|r| r[12]).sum();
+    assert!(spend > s["totals"]["usd_capacity"].as_f64().unwrap());
+
+    // showback.csv: the tenant rows add up to the totals.
+    let sb = read(&dir.path().join("showback.csv"));
+    let mut lines = sb.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "tenant,cost_centre,classes,workflows,completed,success_rate,tokens,usd,usd_per_outcome"
+    );
+    let (mut workflows, mut completed, mut usd) = (0u64, 0u64, 0f64);
+    for l in lines {
+        let f: Vec<&str> = l.split(',').collect();
+        workflows += f[3].parse::<u64>().unwrap();
+        completed += f[4].parse::<u64>().unwrap();
+        usd += f[7].parse::<f64>().unwrap();
+    }
+    assert_eq!(workflows, measured);
+    assert_eq!(completed, s["totals"]["completed"].as_u64().unwrap());
+    let total = s["totals"]["usd_workflows"].as_f64().unwrap();
+    assert!((usd - total).abs() < 1e-6, "{usd} vs {total}");
+}
+
+/// PNG signature, an IHDR chunk with a non-zero size, and some data.
+fn assert_png(path: &Path) {
+    let b = std::fs::read(path).expect("png");
+    assert!(b.len() > 2_000, "{} is tiny", path.display());
+    assert_eq!(&b[..8], b"\x89PNG\r\n\x1a\n", "{}", path.display());
+    assert_eq!(&b[12..16], b"IHDR");
+    let w = u32::from_be_bytes([b[16], b[17], b[18], b[19]]);
+    let h = u32::from_be_bytes([b[20], b[21], b[22], b[23]]);
+    assert!(w >= 400 && h >= 300, "{}: {w}x{h}", path.display());
+    assert!(b.windows(4).any(|x| x == b"IDAT") && b.ends_with(b"IEND\xaeB`\x82"));
+}
+
+/// Well-formed XML (balanced elements) whose root element is <svg>, with some text.
+fn assert_svg(path: &Path) {
+    let text = read(path);
+    let mut stack: Vec<String> = Vec::new();
+    let mut root = None;
+    let mut rest = text.as_str();
+    let mut texts = 0;
+    while let Some(i) = rest.find('<') {
+        rest = &rest[i..];
+        if rest.starts_with("<?") || rest.starts_with("<!--") {
+            let end = if rest.starts_with("<?") { "?>" } else { "-->" };
+            let j = rest.find(end).expect("unterminated declaration");
+            rest = &rest[j + end.len()..];
+            continue;
+        }
+        let j = rest.find('>').expect("unterminated tag");
+        let tag = &rest[1..j];
+        rest = &rest[j + 1..];
+        if let Some(name) = tag.strip_prefix('/') {
+            assert_eq!(
+                stack.pop().as_deref(),
+                Some(name.trim()),
+                "{}",
+                path.display()
+            );
+        } else {
+            let name: String = tag
+                .chars()
+                .take_while(|c| !c.is_whitespace() && *c != '/')
+                .collect();
+            if name == "text" {
+                texts += 1;
+            }
+            if root.is_none() {
+                root = Some(name.clone());
+            } else {
+                assert!(
+                    !stack.is_empty(),
+                    "{}: content after the root",
+                    path.display()
+                );
+            }
+            if !tag.ends_with('/') {
+                stack.push(name);
+            }
+        }
+    }
+    assert_eq!(root.as_deref(), Some("svg"), "{}", path.display());
+    assert!(stack.is_empty(), "{}: unclosed {stack:?}", path.display());
+    assert!(texts >= 5, "{}: axis labels expected", path.display());
+}
+
+#[test]
+fn quickstart_plots_are_valid_png_and_svg() {
+    let (dir, stdout) = quickstart(&[]);
+    assert!(stdout.contains("6 plots"), "{stdout}");
+    for name in ["latency_cdf", "usd_per_outcome", "timeseries"] {
+        let stem = dir.path().join("plots").join(name);
+        assert_png(&stem.with_extension("png"));
+        assert_svg(&stem.with_extension("svg"));
+    }
+    let svg = read(&dir.path().join("plots/latency_cdf.svg"));
+    for label in [
+        "latency (seconds",
+        "cumulative share",
+        "chat",
+        "report",
+        "SLO",
+    ] {
+        assert!(svg.contains(label), "latency_cdf.svg lacks {label:?}");
+    }
+}
+
+#[test]
+fn compare_bars_draws_grouped_bars() {
+    use factorysim::plots::{CompareClass, compare_bars};
+    let dir = tempdir();
+    let variants = vec![
+        "baseline".to_string(),
+        "h100".to_string(),
+        "spill-to-api".to_string(),
+    ];
+    let classes = vec![
+        CompareClass {
+            class: "chat".into(),
+            p99_s: vec![Some(9.72), Some(6.1), Some(7.4)],
+            usd_per_outcome: vec![Some(0.0076), Some(0.0091), Some(0.0113)],
+        },
+        CompareClass {
+            class: "report".into(),
+            p99_s: vec![Some(38.3), Some(24.0), None],
+            usd_per_outcome: vec![Some(0.0515), Some(0.0602), Some(0.0488)],
+        },
+    ];
+    let stem = dir.path().join("compare");
+    let files = compare_bars(&stem, &variants, &classes).expect("plot");
+    assert_eq!(files.len(), 2);
+    assert_png(&stem.with_extension("png"));
+    assert_svg(&stem.with_extension("svg"));
+    let svg = read(&stem.with_extension("svg"));
+    for label in [
+        "baseline",
+        "h100",
+        "spill-to-api",
+        "chat",
+        "report",
+        "p99 latency",
+    ] {
+        assert!(svg.contains(label), "compare.svg lacks {label:?}");
+    }
+    if let Ok(keep) = std::env::var("FACTORYSIM_KEEP_PLOTS") {
+        let _ = compare_bars(&Path::new(&keep).join("compare"), &variants, &classes);
+    }
+}
+
+#[test]
+fn replications_are_deterministic_across_thread_counts() {
+    let mut texts = Vec::new();
+    for threads in ["1", "2"] {
+        let dir = tempdir();
+        let out = bin()
+            .args([
+                "run",
+                "scenarios/quickstart.toml",
+                "--replications",
+                "4",
+                "--no-plots",
+                "--out",
+                dir.path().to_str().unwrap(),
+            ])
+            .env("RAYON_NUM_THREADS", threads)
+            .current_dir(root())
+            .output()
+            .expect("spawn");
+        assert!(out.status.success());
+        let table = String::from_utf8_lossy(&out.stdout);
+        assert!(table.contains("Across 4 replications"), "{table}");
+        assert!(table.contains(" ± "), "{table}");
+        texts.push(read(&dir.path().join("summary.json")));
+    }
+    assert_eq!(texts[0], texts[1], "byte-identical for 1 and 2 threads");
+    let mut v: serde_json::Value = serde_json::from_str(&texts[0]).unwrap();
+    let reps = v["replications"].clone();
+    assert_eq!(reps["count"], 4);
+    assert_eq!(reps["seeds"], serde_json::json!([42, 43, 44, 45]));
+    let p99 = &reps["classes"]["chat"]["latency_s"]["p99"];
+    assert_eq!(p99["n"], 4);
+    assert!(p99["ci95"].as_f64().unwrap() > 0.0);
+    let mean = p99["mean"].as_f64().unwrap();
+    assert!(mean > 5.0 && mean < 20.0, "{mean}");
+    for key in ["usd_per_outcome", "success_rate", "slo_attainment"] {
+        assert!(reps["classes"]["report"][key]["mean"].is_f64(), "{key}");
+    }
+    assert!(reps["pools"]["llm-large"]["utilization"]["ci95"].is_f64());
+    // The single-run keys are the first replication's: the plain run with seed 42.
+    let (dir, _) = quickstart(&["--no-plots"]);
+    let plain: serde_json::Value =
+        serde_json::from_str(&read(&dir.path().join("summary.json"))).unwrap();
+    v.as_object_mut().unwrap().remove("replications");
+    assert_eq!(v, plain);
+}

@@ -1,0 +1,129 @@
+//! The CSV files `factorysim run` writes next to summary.json: `timeseries.csv` (per
+//! sampling interval) and `showback.csv` (per tenant). Formats: docs/output.md.
+
+use sim_core::Summary;
+use sim_core::metrics::RunResult;
+use std::path::Path;
+
+/// Errors writing an output file.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    #[error("cannot write {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Csv { path: String, source: csv::Error },
+}
+
+fn csv_err(path: &Path) -> impl Fn(csv::Error) -> OutputError + '_ {
+    move |source| OutputError::Csv {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn opt(x: Option<f64>) -> String {
+    x.map(|v| v.to_string()).unwrap_or_default()
+}
+
+/// `timeseries.csv` as a string: one row per sampling interval of the run.
+pub fn timeseries_csv(r: &RunResult) -> Result<String, csv::Error> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let mut header: Vec<String> = [
+        "t_s",
+        "arrivals",
+        "completions",
+        "failed",
+        "abandoned",
+        "in_flight",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for p in &r.pool_names {
+        header.push(format!("{p}_in_system"));
+        header.push(format!("{p}_utilization"));
+        header.push(format!("{p}_servers"));
+    }
+    header.push("usd".into());
+    w.write_record(&header)?;
+    for row in &r.timeseries {
+        let mut rec = vec![
+            row.t_s.to_string(),
+            row.arrivals.to_string(),
+            row.completions.to_string(),
+            row.failed.to_string(),
+            row.abandoned.to_string(),
+            row.in_flight.to_string(),
+        ];
+        for i in 0..r.pool_names.len() {
+            match row.pools.get(i) {
+                Some(p) => {
+                    rec.push(p.in_system.to_string());
+                    rec.push(p.utilization.to_string());
+                    rec.push(p.servers.to_string());
+                }
+                None => rec.extend([String::new(), String::new(), String::new()]),
+            }
+        }
+        rec.push(row.usd.to_string());
+        w.write_record(&rec)?;
+    }
+    let bytes = w.into_inner().map_err(|e| e.into_error())?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// `showback.csv` as a string: one row per tenant (cost centre = tenant).
+pub fn showback_csv(s: &Summary) -> Result<String, csv::Error> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record([
+        "tenant",
+        "cost_centre",
+        "classes",
+        "workflows",
+        "completed",
+        "success_rate",
+        "tokens",
+        "usd",
+        "usd_per_outcome",
+    ])?;
+    for (name, t) in &s.tenants {
+        w.write_record([
+            name.clone(),
+            name.clone(),
+            t.classes.join(";"),
+            t.workflows.to_string(),
+            t.completed.to_string(),
+            opt(t.success_rate),
+            t.tokens.to_string(),
+            t.usd.to_string(),
+            opt(t.usd_per_outcome),
+        ])?;
+    }
+    let bytes = w.into_inner().map_err(|e| e.into_error())?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// Writes `timeseries.csv` and `showback.csv` into `dir`; returns the paths written.
+pub fn write_csvs(
+    dir: &Path,
+    r: &RunResult,
+    s: &Summary,
+) -> Result<Vec<std::path::PathBuf>, OutputError> {
+    let mut written = Vec::new();
+    for (name, text) in [
+        ("timeseries.csv", timeseries_csv(r)),
+        ("showback.csv", showback_csv(s)),
+    ] {
+        let path = dir.join(name);
+        let text = text.map_err(csv_err(&path))?;
+        std::fs::write(&path, text).map_err(|source| OutputError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        written.push(path);
+    }
+    Ok(written)
+}

@@ -1,0 +1,667 @@
+//! Plots of a run (plotters, SVG and PNG): latency CDF per class, $/outcome histogram
+//! per class, pool time series (queue depth, utilisation, servers), and the grouped bar
+//! chart used to compare variants. Text uses the embedded DejaVu Sans
+//! (assets/fonts), so plots render the same on a machine without fonts.
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use sim_core::metrics::RunResult;
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+
+static FONT: &[u8] = include_bytes!("../assets/fonts/DejaVuSans.ttf");
+const FAMILY: &str = "sans-serif";
+
+/// Errors drawing or writing a plot.
+#[derive(Debug, thiserror::Error)]
+pub enum PlotError {
+    #[error("cannot create {path}: {source}")]
+    Dir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot draw {path}: {detail}")]
+    Draw { path: String, detail: String },
+    #[error("embedded font is not a valid font")]
+    Font,
+}
+
+fn register_font() -> Result<(), PlotError> {
+    static ONCE: Once = Once::new();
+    let mut ok = true;
+    ONCE.call_once(|| {
+        ok = plotters::style::register_font(FAMILY, FontStyle::Normal, FONT).is_ok()
+            && plotters::style::register_font(FAMILY, FontStyle::Bold, FONT).is_ok();
+    });
+    if ok { Ok(()) } else { Err(PlotError::Font) }
+}
+
+/// Tableau-10 colours: distinct, colour-blind friendlier than pure RGB.
+const PALETTE: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+fn colour(i: usize) -> RGBColor {
+    PALETTE[i % PALETTE.len()]
+}
+
+type DrawResult = Result<(), String>;
+
+fn s<E: std::fmt::Display>(e: E) -> String {
+    e.to_string()
+}
+
+/// Draws `draw` into `stem.svg` and `stem.png`.
+macro_rules! render_both {
+    ($stem:expr, $size:expr, $draw:ident ( $($arg:expr),* )) => {{
+        let stem: &Path = $stem;
+        let svg = stem.with_extension("svg");
+        let png = stem.with_extension("png");
+        let draw_err = |p: &Path, detail: String| PlotError::Draw {
+            path: p.display().to_string(),
+            detail,
+        };
+        {
+            let root = SVGBackend::new(&svg, $size).into_drawing_area();
+            $draw(&root, $($arg),*)
+                .and_then(|_| root.present().map_err(s))
+                .map_err(|d| draw_err(&svg, d))?;
+        }
+        {
+            let root = BitMapBackend::new(&png, $size).into_drawing_area();
+            $draw(&root, $($arg),*)
+                .and_then(|_| root.present().map_err(s))
+                .map_err(|d| draw_err(&png, d))?;
+        }
+        vec![svg, png]
+    }};
+}
+
+/// A nice upper bound for an axis: 1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6 or 8 x 10^k at or
+/// above `x`.
+fn nice_ceil(x: f64) -> f64 {
+    if x <= 0.0 || !x.is_finite() {
+        return 1.0;
+    }
+    let p = 10f64.powf(x.log10().floor());
+    for m in [1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0] {
+        if m * p >= x * (1.0 - 1e-12) {
+            return m * p;
+        }
+    }
+    10.0 * p
+}
+
+/// A nice lower bound for a log axis: 1, 2 or 5 x 10^k at or below `x`.
+fn nice_floor(x: f64) -> f64 {
+    let p = 10f64.powf(x.log10().floor());
+    for m in [5.0, 2.0, 1.0] {
+        if m * p <= x * (1.0 + 1e-12) {
+            return m * p;
+        }
+    }
+    p
+}
+
+/// Seconds with a unit, short.
+fn fmt_s(v: f64) -> String {
+    if v == 0.0 {
+        "0".into()
+    } else if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 1.0 {
+        format!("{}", (v * 10.0).round() / 10.0)
+    } else if v >= 0.01 {
+        format!("{}", (v * 1000.0).round() / 1000.0)
+    } else {
+        format!("{v:.1e}")
+    }
+}
+
+fn fmt_usd_axis(v: f64, span: f64) -> String {
+    let decimals = if span <= 0.0 {
+        4
+    } else {
+        ((-span.log10()).ceil() as i32 + 2).clamp(0, 6) as usize
+    };
+    format!("${v:.decimals$}")
+}
+
+// ---------------------------------------------------------------------------------
+// Data extracted from a run, independent of the backend.
+
+/// Empirical CDF of one class's latency, from its HDR histogram.
+pub struct CdfSeries {
+    pub class: String,
+    /// (latency seconds, cumulative share), increasing.
+    pub points: Vec<(f64, f64)>,
+    pub slo_s: Option<f64>,
+    pub workflows: u64,
+}
+
+pub fn latency_cdfs(r: &RunResult) -> Vec<CdfSeries> {
+    r.classes
+        .iter()
+        .map(|c| {
+            let total = c.latency_ns.len() as f64;
+            let mut points = Vec::new();
+            if total > 0.0 {
+                for v in c.latency_ns.iter_recorded() {
+                    let x = c.latency_ns.highest_equivalent(v.value_iterated_to()) as f64 / 1e9;
+                    let y = v.count_since_last_iteration() as f64;
+                    let prev = points.last().map(|p: &(f64, f64)| p.1).unwrap_or(0.0);
+                    points.push((x, prev + y / total));
+                }
+            }
+            CdfSeries {
+                class: c.name.clone(),
+                points,
+                slo_s: c.slo.map(|d| d.as_secs_f64()),
+                workflows: c.latency_ns.len(),
+            }
+        })
+        .collect()
+}
+
+fn draw_cdf<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, series: &[CdfSeries]) -> DrawResult {
+    root.fill(&WHITE).map_err(s)?;
+    let all = series.iter().flat_map(|c| c.points.iter().map(|p| p.0));
+    let (mut lo, mut hi) = all.fold((f64::INFINITY, 0f64), |(l, h), x| (l.min(x), h.max(x)));
+    for c in series {
+        if let Some(slo) = c.slo_s {
+            hi = hi.max(slo);
+            lo = lo.min(slo);
+        }
+    }
+    if !lo.is_finite() || lo <= 0.0 {
+        lo = 1e-3;
+    }
+    let lo = nice_floor(lo);
+    let hi = nice_ceil((hi * 1.15).max(lo * 10.0));
+    // Ticks at 1, 2 and 5 x 10^k; faint grid at every integer multiple.
+    let (mut ticks, mut grid) = (Vec::new(), Vec::new());
+    let mut p = 10f64.powf(lo.log10().floor());
+    while p <= hi {
+        for m in 1..10 {
+            let v = p * m as f64;
+            if v >= lo * (1.0 - 1e-9) && v <= hi * (1.0 + 1e-9) {
+                if matches!(m, 1 | 2 | 5) {
+                    ticks.push(v);
+                } else {
+                    grid.push(v);
+                }
+            }
+        }
+        p *= 10.0;
+    }
+    let mut chart = ChartBuilder::on(root)
+        .caption(
+            "Workflow latency CDF per class (completed workflows)",
+            (FAMILY, 22),
+        )
+        .margin(15)
+        .x_label_area_size(50)
+        .y_label_area_size(70)
+        .build_cartesian_2d(
+            (lo..hi)
+                .log_scale()
+                .with_key_points(ticks)
+                .with_light_points(grid),
+            0f64..1.0,
+        )
+        .map_err(s)?;
+    chart
+        .configure_mesh()
+        .x_desc("end-to-end latency (seconds, log scale)")
+        .y_desc("cumulative share of workflows")
+        .x_label_formatter(&|v| fmt_s(*v))
+        .y_label_formatter(&|v| format!("{:.0}%", v * 100.0))
+        .label_style((FAMILY, 14))
+        .axis_desc_style((FAMILY, 16))
+        .draw()
+        .map_err(s)?;
+    for (i, c) in series.iter().enumerate() {
+        let col = colour(i);
+        // Step function: each bucket's share is reached at its upper edge.
+        let mut pts = Vec::with_capacity(c.points.len() * 2 + 1);
+        let mut prev = 0.0;
+        for &(x, y) in &c.points {
+            pts.push((x, prev));
+            pts.push((x, y));
+            prev = y;
+        }
+        chart
+            .draw_series(LineSeries::new(pts, col.stroke_width(2)))
+            .map_err(s)?
+            .label(format!("{} ({} workflows)", c.class, c.workflows))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], col.stroke_width(2)));
+        if let Some(slo) = c.slo_s {
+            chart
+                .draw_series(DashedLineSeries::new(
+                    vec![(slo, 0.0), (slo, 1.0)],
+                    6,
+                    4,
+                    col.stroke_width(1),
+                ))
+                .map_err(s)?
+                .label(format!("{} SLO {}s", c.class, fmt_s(slo)))
+                .legend(move |(x, y)| {
+                    EmptyElement::at((x, y))
+                        + PathElement::new(vec![(0, 0), (7, 0)], col.stroke_width(2))
+                        + PathElement::new(vec![(11, 0), (18, 0)], col.stroke_width(2))
+                });
+        }
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .label_font((FAMILY, 14))
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK.mix(0.5))
+        .draw()
+        .map_err(s)?;
+    Ok(())
+}
+
+/// Cost of each successful workflow of a class.
+pub struct CostSeries {
+    pub class: String,
+    pub usd: Vec<f64>,
+}
+
+pub fn cost_series(r: &RunResult) -> Vec<CostSeries> {
+    r.classes
+        .iter()
+        .map(|c| CostSeries {
+            class: c.name.clone(),
+            usd: c.usd_per_success.clone(),
+        })
+        .collect()
+}
+
+fn draw_cost_hist<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    series: &[CostSeries],
+) -> DrawResult {
+    root.fill(&WHITE).map_err(s)?;
+    let root = root
+        .titled(
+            "Cost per successful workflow, by class",
+            (FAMILY, 22).into_font(),
+        )
+        .map_err(s)?;
+    let panels = root.split_evenly((series.len().max(1), 1));
+    for (i, (c, area)) in series.iter().zip(panels.iter()).enumerate() {
+        let col = colour(i);
+        let mut v = c.usd.clone();
+        v.sort_by(f64::total_cmp);
+        let (lo, hi) = match (v.first(), v.last()) {
+            (Some(&a), Some(&b)) if b > a => (a, b),
+            (Some(&a), _) => (a * 0.9, a * 1.1 + 1e-9),
+            _ => (0.0, 1.0),
+        };
+        let bins = 40usize;
+        let width = (hi - lo) / bins as f64;
+        let mut counts = vec![0u64; bins];
+        for x in &v {
+            let b = (((x - lo) / width) as usize).min(bins - 1);
+            counts[b] += 1;
+        }
+        let ymax = counts.iter().copied().max().unwrap_or(1).max(1) as f64 * 1.25;
+        let mut chart = ChartBuilder::on(area)
+            .caption(
+                format!("{} ({} successful workflows)", c.class, v.len()),
+                (FAMILY, 17),
+            )
+            .margin(12)
+            .x_label_area_size(45)
+            .y_label_area_size(70)
+            .build_cartesian_2d(lo..hi, 0f64..ymax)
+            .map_err(s)?;
+        let span = hi - lo;
+        chart
+            .configure_mesh()
+            .x_desc("USD per successful workflow")
+            .y_desc("workflows")
+            .x_labels(8)
+            .x_label_formatter(&|x| fmt_usd_axis(*x, span))
+            .y_label_formatter(&|y| format!("{y:.0}"))
+            .label_style((FAMILY, 13))
+            .axis_desc_style((FAMILY, 15))
+            .draw()
+            .map_err(s)?;
+        chart
+            .draw_series(counts.iter().enumerate().map(|(b, &n)| {
+                let x0 = lo + b as f64 * width;
+                Rectangle::new([(x0, 0.0), (x0 + width, n as f64)], col.mix(0.7).filled())
+            }))
+            .map_err(s)?;
+        if !v.is_empty() {
+            let mean = v.iter().sum::<f64>() / v.len() as f64;
+            let p95 = sim_core::metrics::exact_quantile(&v, 0.95).unwrap_or(mean);
+            for (label, x, dash) in [("mean", mean, false), ("p95", p95, true)] {
+                let style = BLACK.stroke_width(2);
+                let pts = vec![(x, 0.0), (x, ymax)];
+                let label = format!("{label} {}", fmt_usd_axis(x, span / 10.0));
+                let anno = if dash {
+                    chart
+                        .draw_series(DashedLineSeries::new(pts, 6, 4, style))
+                        .map_err(s)?
+                } else {
+                    chart.draw_series(LineSeries::new(pts, style)).map_err(s)?
+                };
+                anno.label(label).legend(move |(x, y)| {
+                    if dash {
+                        EmptyElement::at((x, y))
+                            + PathElement::new(vec![(0, 0), (7, 0)], BLACK.stroke_width(2))
+                            + PathElement::new(vec![(11, 0), (18, 0)], BLACK.stroke_width(2))
+                    } else {
+                        EmptyElement::at((x, y))
+                            + PathElement::new(vec![(0, 0), (18, 0)], BLACK.stroke_width(2))
+                            + PathElement::new(vec![(18, 0), (18, 0)], BLACK.stroke_width(2))
+                    }
+                });
+            }
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperRight)
+                .label_font((FAMILY, 13))
+                .background_style(WHITE.mix(0.9))
+                .border_style(BLACK.mix(0.5))
+                .draw()
+                .map_err(s)?;
+        }
+    }
+    Ok(())
+}
+
+/// Per-pool series over the run, from `RunResult::timeseries`.
+pub struct PoolSeries {
+    pub pool: String,
+    pub in_system: Vec<(f64, f64)>,
+    pub utilization: Vec<(f64, f64)>,
+    pub servers: Vec<(f64, f64)>,
+}
+
+pub fn pool_series(r: &RunResult) -> Vec<PoolSeries> {
+    r.pool_names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let mut p = PoolSeries {
+                pool: name.clone(),
+                in_system: Vec::new(),
+                utilization: Vec::new(),
+                servers: Vec::new(),
+            };
+            for row in &r.timeseries {
+                if let Some(sample) = row.pools.get(i) {
+                    let t = row.t_s / 60.0;
+                    p.in_system.push((t, sample.in_system as f64));
+                    p.utilization.push((t, sample.utilization * 100.0));
+                    p.servers.push((t, sample.servers as f64));
+                }
+            }
+            p
+        })
+        .collect()
+}
+
+fn draw_timeseries<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    pools: &[PoolSeries],
+) -> DrawResult {
+    root.fill(&WHITE).map_err(s)?;
+    let root = root
+        .titled(
+            "Pools over time (one point per sampling interval)",
+            (FAMILY, 22).into_font(),
+        )
+        .map_err(s)?;
+    let panels = root.split_evenly((3, 1));
+    let tmax = pools
+        .iter()
+        .flat_map(|p| p.in_system.iter().map(|x| x.0))
+        .fold(0f64, f64::max)
+        .max(1.0);
+    type Pick = fn(&PoolSeries) -> &Vec<(f64, f64)>;
+    let panels_spec: [(&str, &str, Pick); 3] = [
+        ("Queue depth", "hops in pool (waiting + in service)", |p| {
+            &p.in_system
+        }),
+        ("Utilisation", "busy share of servers (%)", |p| {
+            &p.utilization
+        }),
+        ("Servers / replicas", "servers provisioned", |p| &p.servers),
+    ];
+    for (k, ((title, ydesc, pick), area)) in panels_spec.iter().zip(panels.iter()).enumerate() {
+        let ymax_data = pools
+            .iter()
+            .flat_map(|p| pick(p).iter().map(|x| x.1))
+            .fold(0f64, f64::max);
+        // Head-room above the data for the legend.
+        let ymax = if k == 1 {
+            130.0
+        } else {
+            nice_ceil((ymax_data * 1.35).max(1.0))
+        };
+        let mut chart = ChartBuilder::on(area)
+            .caption(*title, (FAMILY, 17))
+            .margin(12)
+            .x_label_area_size(45)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0f64..tmax, 0f64..ymax)
+            .map_err(s)?;
+        chart
+            .configure_mesh()
+            .x_desc("simulated time (minutes)")
+            .x_label_formatter(&|x| fmt_s(*x))
+            .y_desc(*ydesc)
+            .y_label_formatter(&|y| {
+                if k == 1 {
+                    format!("{y:.0}%")
+                } else {
+                    format!("{y}")
+                }
+            })
+            .label_style((FAMILY, 13))
+            .axis_desc_style((FAMILY, 14))
+            .draw()
+            .map_err(s)?;
+        for (i, p) in pools.iter().enumerate() {
+            let col = colour(i);
+            let pts = pick(p).clone();
+            chart
+                .draw_series(LineSeries::new(pts, col.stroke_width(2)))
+                .map_err(s)?
+                .label(p.pool.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 24, y)], col.stroke_width(2))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .label_font((FAMILY, 13))
+            .background_style(WHITE.mix(0.9))
+            .border_style(BLACK.mix(0.5))
+            .draw()
+            .map_err(s)?;
+    }
+    Ok(())
+}
+
+fn plots_dir(dir: &Path) -> Result<PathBuf, PlotError> {
+    let p = dir.join("plots");
+    std::fs::create_dir_all(&p).map_err(|source| PlotError::Dir {
+        path: p.display().to_string(),
+        source,
+    })?;
+    Ok(p)
+}
+
+/// Writes the plots of a run into `DIR/plots/`: `latency_cdf`, `usd_per_outcome` and
+/// `timeseries`, each as `.svg` and `.png`. Returns the files written.
+pub fn write_run_plots(dir: &Path, r: &RunResult) -> Result<Vec<PathBuf>, PlotError> {
+    register_font()?;
+    let p = plots_dir(dir)?;
+    let mut out = Vec::new();
+    let cdfs = latency_cdfs(r);
+    out.extend(render_both!(
+        &p.join("latency_cdf"),
+        (1000, 620),
+        draw_cdf(&cdfs)
+    ));
+    let costs = cost_series(r);
+    let h = 60 + 320 * costs.len().max(1) as u32;
+    out.extend(render_both!(
+        &p.join("usd_per_outcome"),
+        (1000, h),
+        draw_cost_hist(&costs)
+    ));
+    let pools = pool_series(r);
+    out.extend(render_both!(
+        &p.join("timeseries"),
+        (1000, 1020),
+        draw_timeseries(&pools)
+    ));
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------
+// Comparison of variants (for `compare`).
+
+/// One class's figures in each compared variant (same order as the variant names).
+#[derive(Clone, Debug)]
+pub struct CompareClass {
+    pub class: String,
+    pub p99_s: Vec<Option<f64>>,
+    pub usd_per_outcome: Vec<Option<f64>>,
+}
+
+fn draw_compare<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    variants: &[String],
+    classes: &[CompareClass],
+) -> DrawResult {
+    root.fill(&WHITE).map_err(s)?;
+    let root = root
+        .titled(
+            "Variants side by side: p99 latency and $/outcome per class",
+            (FAMILY, 22).into_font(),
+        )
+        .map_err(s)?;
+    let panels = root.split_evenly((1, 2));
+    let nv = variants.len().max(1) as i32;
+    // Each bar is 2 units wide; a class group is 2*nv units plus a 2-unit gap, so the
+    // group centre (where the class name goes) falls on an integer.
+    let group = 2 * nv + 2;
+    let n = classes.len().max(1) as i32;
+    type Pick = fn(&CompareClass) -> &Vec<Option<f64>>;
+    let spec: [(&str, &str, Pick, bool); 2] = [
+        (
+            "p99 workflow latency",
+            "p99 latency (seconds)",
+            |c| &c.p99_s,
+            false,
+        ),
+        (
+            "$ per successful workflow",
+            "USD per outcome (mean)",
+            |c| &c.usd_per_outcome,
+            true,
+        ),
+    ];
+    for ((title, ydesc, pick, usd), area) in spec.iter().zip(panels.iter()) {
+        let ymax_data = classes
+            .iter()
+            .flat_map(|c| pick(c).iter().flatten().copied())
+            .fold(0f64, f64::max);
+        let ymax = nice_ceil(ymax_data * 1.35);
+        let mut chart = ChartBuilder::on(area)
+            .caption(*title, (FAMILY, 17))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(75)
+            .build_cartesian_2d(0..n * group, 0f64..ymax)
+            .map_err(s)?;
+        let names: Vec<String> = classes.iter().map(|c| c.class.clone()).collect();
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels((n * group + 1) as usize)
+            .x_label_formatter(&|x| {
+                let g = x / group;
+                if x % group == 1 + nv && (g as usize) < names.len() {
+                    names[g as usize].clone()
+                } else {
+                    String::new()
+                }
+            })
+            .set_tick_mark_size(LabelAreaPosition::Bottom, 0)
+            .x_desc("workflow class")
+            .y_desc(*ydesc)
+            .y_label_formatter(&|y| {
+                if *usd {
+                    fmt_usd_axis(*y, ymax)
+                } else {
+                    fmt_s(*y)
+                }
+            })
+            .label_style((FAMILY, 13))
+            .axis_desc_style((FAMILY, 15))
+            .draw()
+            .map_err(s)?;
+        for (vi, vname) in variants.iter().enumerate() {
+            let col = colour(vi);
+            let bars: Vec<_> = classes
+                .iter()
+                .enumerate()
+                .filter_map(|(ci, c)| {
+                    let y = pick(c).get(vi).copied().flatten()?;
+                    let x0 = ci as i32 * group + 1 + 2 * vi as i32;
+                    Some(Rectangle::new([(x0, 0.0), (x0 + 2, y)], col.filled()))
+                })
+                .collect();
+            chart
+                .draw_series(bars)
+                .map_err(s)?
+                .label(vname.clone())
+                .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], col.filled()));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .label_font((FAMILY, 13))
+            .background_style(WHITE.mix(0.9))
+            .border_style(BLACK.mix(0.5))
+            .draw()
+            .map_err(s)?;
+    }
+    Ok(())
+}
+
+/// Grouped bar chart of p99 latency and mean $/outcome per class, one bar per variant,
+/// written as `stem.svg` and `stem.png` (the parent directory must exist).
+pub fn compare_bars(
+    stem: &Path,
+    variants: &[String],
+    classes: &[CompareClass],
+) -> Result<Vec<PathBuf>, PlotError> {
+    register_font()?;
+    let width = (500 + 60 * (variants.len() * classes.len()) as u32).clamp(1000, 2400);
+    Ok(render_both!(
+        stem,
+        (width, 560),
+        draw_compare(variants, classes)
+    ))
+}
