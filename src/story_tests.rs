@@ -2,14 +2,14 @@
 //! each story (which way and roughly how far each figure moves), not exact numbers.
 
 use crate::load_scenario;
-use sim_core::{RunOptions, Summary};
+use sim_core::Summary;
 use std::path::Path;
 
 fn run(file: &str, sets: &[&str]) -> Summary {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
     let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
     let loaded = load_scenario(&path, &sets).unwrap_or_else(|e| panic!("{e}"));
-    sim_core::run(&loaded.scenario, RunOptions::default()).summary()
+    crate::simulate(&loaded.scenario, None).summary()
 }
 
 fn p99(s: &Summary, class: &str) -> f64 {
@@ -59,4 +59,32 @@ fn month_end_fan_out_cliff_and_its_three_fixes() {
     assert!(usd(&compact) < 0.9 * usd(&month_end));
     // Fix 3, reconciliation on its own batch lane: chat is back to a normal day.
     assert!((p99(&batch, "chat") / p99(&normal, "chat") - 1.0).abs() < 0.05);
+}
+
+#[test]
+fn h100_pool_has_lower_p99_than_a100_at_equal_load() {
+    let f = "scenarios/gpu-pool.toml";
+    let a100 = run(f, &[]);
+    let h100 = run(f, &["classes.chat.nodes.0.pool=h100"]);
+    // Same arrivals and token draws (common random numbers): equal load.
+    assert_eq!(a100.classes["chat"].arrived, h100.classes["chat"].arrived);
+    assert!(
+        p99(&h100, "chat") < 0.8 * p99(&a100, "chat"),
+        "{} vs {}",
+        p99(&h100, "chat"),
+        p99(&a100, "chat")
+    );
+    let llm = |s: &Summary, p: &str| {
+        s.pools[p]
+            .llm
+            .clone()
+            .expect("a GPU pool reports LLM figures")
+    };
+    let (a, h) = (llm(&a100, "a100"), llm(&h100, "h100"));
+    assert!(h.ttft_s.p99 < a.ttft_s.p99 && h.tpot_s.mean < a.tpot_s.mean);
+    assert!(h.replicas.batch_size_mean < a.replicas.batch_size_mean);
+    assert!(
+        h.replicas.prefix_hit_rate > 0.3,
+        "the 800-token system prompt is cached"
+    );
 }

@@ -157,6 +157,12 @@ pub struct PoolStats {
     pub wait_sum_ns: u128,
     pub sojourn_sum_ns: u128,
     pub usd_attributed: f64,
+    /// LLM hops on GPU pools: time to first token and mean time per output token.
+    pub ttft_ns: Histogram<u64>,
+    pub tpot_ns: Histogram<u64>,
+    pub llm_hops: u64,
+    pub preempted_hops: u64,
+    pub cached_tokens: u64,
 }
 
 impl Default for PoolStats {
@@ -174,10 +180,24 @@ impl PoolStats {
             wait_sum_ns: 0,
             sojourn_sum_ns: 0,
             usd_attributed: 0.0,
+            ttft_ns: new_histogram(),
+            tpot_ns: new_histogram(),
+            llm_hops: 0,
+            preempted_hops: 0,
+            cached_tokens: 0,
         }
     }
 
     pub fn record(&mut self, d: &HopDone) {
+        if let Some(l) = &d.llm {
+            self.llm_hops += 1;
+            record(&mut self.ttft_ns, l.ttft.as_nanos().max(1));
+            record(&mut self.tpot_ns, l.tpot.as_nanos().max(1));
+            self.cached_tokens += l.cached_tokens as u64;
+            if l.preemptions > 0 {
+                self.preempted_hops += 1;
+            }
+        }
         let wait = d.queue_wait().as_nanos();
         self.hops += 1;
         if wait > 0 {
@@ -273,6 +293,8 @@ pub struct RunResult {
     pub pools: Vec<PoolStats>,
     pub pool_reports: Vec<StationReport>,
     pub tools: Vec<ToolStats>,
+    /// GPU pool reports (None for abstract pools), in pool order.
+    pub gpu_reports: Vec<Option<crate::gpu::gpu_station::GpuPoolReport>>,
     /// One row per sampling interval (default one simulated minute).
     pub timeseries: Vec<TimeseriesRow>,
 }
@@ -445,6 +467,27 @@ impl RunResult {
                     },
                     usd_capacity: r.usd_capacity,
                     usd_idle: (r.usd_capacity - busy_usd).max(0.0),
+                    llm: self.gpu_reports.get(i).cloned().flatten().map(|g| {
+                        let q = |h: &Histogram<u64>, x: f64| h.value_at_quantile(x) as f64 / 1e9;
+                        let summary = |h: &Histogram<u64>| WaitSummary {
+                            mean: h.mean() / 1e9,
+                            p50: q(h, 0.5),
+                            p95: q(h, 0.95),
+                            p99: q(h, 0.99),
+                        };
+                        LlmPoolSummary {
+                            hops: s.llm_hops,
+                            ttft_s: summary(&s.ttft_ns),
+                            tpot_s: summary(&s.tpot_ns),
+                            preempted_share: if s.llm_hops > 0 {
+                                s.preempted_hops as f64 / s.llm_hops as f64
+                            } else {
+                                0.0
+                            },
+                            cached_tokens: s.cached_tokens,
+                            replicas: g,
+                        }
+                    }),
                 },
             );
         }
@@ -700,6 +743,22 @@ pub struct PoolSummary {
     pub mean_queue_length: f64,
     pub usd_capacity: f64,
     pub usd_idle: f64,
+    /// LLM serving figures of GPU pools (absent for abstract pools).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub llm: Option<LlmPoolSummary>,
+}
+
+/// Per-request and per-replica figures of a GPU pool.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct LlmPoolSummary {
+    pub hops: u64,
+    pub ttft_s: WaitSummary,
+    pub tpot_s: WaitSummary,
+    /// Share of LLM hops preempted (recomputed) at least once.
+    pub preempted_share: f64,
+    pub cached_tokens: u64,
+    /// Replica figures: busy fraction, KV occupancy, batch sizes, prefix-cache hit rate.
+    pub replicas: crate::gpu::gpu_station::GpuPoolReport,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]

@@ -38,6 +38,44 @@ pub struct ScenarioSpec {
     /// Named variants for `factorysim compare` (each a list of `key.path=value`).
     #[serde(default)]
     pub variants: BTreeMap<String, VariantSpec>,
+    /// Extra or changed GPU and model profiles (see docs/gpu-model.md).
+    #[serde(default)]
+    pub profiles: Option<crate::gpu::profiles::ProfileOverrides>,
+}
+
+/// `gpu = { ... }` on a pool: `servers` model replicas, each `model` on `tp` GPUs,
+/// served with continuous batching and a paged KV cache.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuPoolSpec {
+    pub model: String,
+    pub gpu: String,
+    /// Tensor-parallel degree (GPUs per replica). Default 1.
+    #[serde(default)]
+    pub tp: Option<u32>,
+    /// Performance model: "roofline" (default) or "calibrated".
+    #[serde(default)]
+    pub perf: Option<String>,
+    /// Fraction of GPU memory for weights + KV cache. Default 0.9.
+    #[serde(default)]
+    pub memory_utilization: Option<f64>,
+    #[serde(default)]
+    pub max_num_seqs: Option<u32>,
+    #[serde(default)]
+    pub max_batched_tokens: Option<u32>,
+    #[serde(default)]
+    pub block_size: Option<u32>,
+    #[serde(default)]
+    pub watermark: Option<f64>,
+    #[serde(default)]
+    pub chunked_prefill: Option<bool>,
+    #[serde(default)]
+    pub prefix_caching: Option<bool>,
+    #[serde(default)]
+    pub decode_skipping: Option<bool>,
+    /// Replica load balancing: "least_outstanding_tokens" (default) or "round_robin".
+    #[serde(default)]
+    pub picker: Option<String>,
 }
 
 /// `[lanes.NAME]`.
@@ -204,6 +242,9 @@ pub struct PoolSpec {
     /// A paid API instead of servers.
     #[serde(default)]
     pub api: Option<ApiSpec>,
+    /// GPU model replicas instead of abstract servers.
+    #[serde(default)]
+    pub gpu: Option<GpuPoolSpec>,
     /// Price of one server for one hour, in US dollars.
     #[serde(default)]
     pub usd_per_server_hour: f64,
@@ -354,12 +395,47 @@ pub struct Pool {
     pub max_attempts: u32,
     pub outages: Vec<(SimTime, SimTime)>,
     pub api: Option<Api>,
+    pub gpu: Option<GpuPool>,
     /// Default service time of hops here.
     pub service: Option<Sampler>,
     pub usd_per_server_hour: f64,
     /// Nanoseconds per 1,000 prompt tokens and per output token (abstract pools).
     pub prefill_ns_per_1k: u64,
     pub decode_ns_per_token: u64,
+}
+
+/// A validated GPU pool.
+#[derive(Clone, Debug)]
+pub struct GpuPool {
+    pub model: String,
+    pub gpu: String,
+    pub tp: u32,
+    pub config: crate::gpu::replica::ReplicaConfig,
+    pub perf: std::sync::Arc<dyn crate::gpu::PerfModel>,
+    pub round_robin: bool,
+    /// KV capacity of one replica, tokens.
+    pub kv_tokens: u64,
+}
+
+impl GpuPool {
+    /// Prefill plus decode time of one request alone on an idle replica.
+    pub fn solo_latency(&self, input: u64, output: u64) -> (SimDuration, SimDuration) {
+        use crate::gpu::IterationShape;
+        let prefill = self.perf.iteration_time(&IterationShape {
+            prefill_tokens: input,
+            prefill_seqs: 1,
+            ..IterationShape::default()
+        });
+        let step = self.perf.iteration_time(&IterationShape {
+            decode_seqs: 1,
+            decode_context_tokens: input + output / 2,
+            ..IterationShape::default()
+        });
+        (
+            prefill,
+            SimDuration(step.as_nanos().saturating_mul(output.saturating_sub(1))),
+        )
+    }
 }
 
 /// A validated paid API.
@@ -555,10 +631,48 @@ impl ScenarioSpec {
                 "expected at least one workflow class, like [classes.chat]",
             ));
         }
+        let mut catalog =
+            crate::gpu::profiles::ProfileCatalog::try_builtin().map_err(|m| err("profiles", m))?;
+        if let Some(o) = &self.profiles {
+            catalog.extend(o.clone()).map_err(|m| err("profiles", m))?;
+        }
         let mut pools = Vec::new();
         let mut pool_index = BTreeMap::new();
         for (name, p) in &self.pools {
             let key = format!("pools.{name}");
+            let gpu = match &p.gpu {
+                None => None,
+                Some(g) => Some(compile_gpu_pool(&key, g, &catalog)?),
+            };
+            if gpu.is_some() {
+                if p.api.is_some() {
+                    return Err(err(
+                        format!("{key}.gpu"),
+                        "a pool is either `gpu` or `api`, not both",
+                    ));
+                }
+                if p.service.is_some()
+                    || p.prefill_per_1k_tokens.is_some()
+                    || p.decode_per_token.is_some()
+                {
+                    return Err(err(
+                        format!("{key}.service"),
+                        "a `gpu` pool times hops from tokens with its performance model; remove service/prefill_per_1k_tokens/decode_per_token",
+                    ));
+                }
+                if p.autoscale.is_some() {
+                    return Err(err(
+                        format!("{key}.autoscale"),
+                        "autoscaling is not supported on `gpu` pools yet; use an abstract pool",
+                    ));
+                }
+                if p.discipline != crate::policy::DisciplineSpec::Fifo {
+                    return Err(err(
+                        format!("{key}.discipline"),
+                        "`gpu` pools queue per replica in FIFO order; other disciplines apply to abstract pools",
+                    ));
+                }
+            }
             let servers = match (p.servers, &p.api) {
                 (Some(n), None) if (1..=u32::MAX as i64 - 1).contains(&n) => n as u32,
                 (None, Some(_)) => u32::MAX,
@@ -686,8 +800,16 @@ impl ScenarioSpec {
                     })
                     .collect(),
                 api,
+                usd_per_server_hour: match &gpu {
+                    // A GPU pool without a price pays the GPU profile's list price per GPU.
+                    Some(g) if p.usd_per_server_hour == 0.0 => catalog
+                        .gpu(&g.gpu)
+                        .map(|x| x.price_usd_per_hour * g.tp as f64)
+                        .unwrap_or(0.0),
+                    _ => p.usd_per_server_hour,
+                },
+                gpu,
                 service,
-                usd_per_server_hour: p.usd_per_server_hour,
                 prefill_ns_per_1k: p.prefill_per_1k_tokens.map(|d| d.as_nanos()).unwrap_or(0),
                 decode_ns_per_token: p.decode_per_token.map(|d| d.as_nanos()).unwrap_or(0),
             });
@@ -817,8 +939,11 @@ impl ScenarioSpec {
                 )
             })
             .collect();
-        let gpu_pools: BTreeMap<String, bool> =
-            self.pools.keys().map(|n| (n.clone(), false)).collect();
+        let gpu_pools: BTreeMap<String, bool> = self
+            .pools
+            .iter()
+            .map(|(n, p)| (n.clone(), p.gpu.is_some()))
+            .collect();
         let tier_pools: Vec<Vec<String>> = tiers
             .iter()
             .map(|t| t.pools.iter().map(|&i| pools[i].name.clone()).collect())
@@ -1014,6 +1139,80 @@ impl ScenarioSpec {
             routing: self.routing.policy,
         })
     }
+}
+
+fn compile_gpu_pool(
+    key: &str,
+    g: &GpuPoolSpec,
+    catalog: &crate::gpu::profiles::ProfileCatalog,
+) -> Result<GpuPool, SpecError> {
+    let model = catalog
+        .model(&g.model)
+        .map_err(|m| err(format!("{key}.gpu.model"), m))?;
+    let gpu = catalog
+        .gpu(&g.gpu)
+        .map_err(|m| err(format!("{key}.gpu.gpu"), m))?;
+    let tp = g.tp.unwrap_or(1);
+    if tp == 0 || tp > 64 {
+        return Err(err(
+            format!("{key}.gpu.tp"),
+            format!("expected a tensor-parallel degree from 1 to 64, got {tp}"),
+        ));
+    }
+    let mem = g.memory_utilization.unwrap_or(0.9);
+    if !(mem > 0.0 && mem <= 1.0) {
+        return Err(err(
+            format!("{key}.gpu.memory_utilization"),
+            format!("expected a fraction in (0, 1], got {mem}"),
+        ));
+    }
+    let kv_tokens = crate::gpu::profiles::kv_capacity_tokens(model, gpu, tp, mem)
+        .map_err(|m| err(format!("{key}.gpu"), m))?;
+    let kind = g.perf.clone().unwrap_or_else(|| "roofline".into());
+    let perf = crate::gpu::perf::build_perf_model(&kind, &g.model, &g.gpu, tp, catalog)
+        .map_err(|m| err(format!("{key}.gpu.perf"), m))?;
+    let defaults = crate::gpu::replica::ReplicaConfig::defaults(1);
+    let block_size = g.block_size.unwrap_or(defaults.block_size);
+    if block_size == 0 {
+        return Err(err(
+            format!("{key}.gpu.block_size"),
+            "expected a block size >= 1 token",
+        ));
+    }
+    let blocks = (kv_tokens / block_size as u64).min(u32::MAX as u64) as u32;
+    let config = crate::gpu::replica::ReplicaConfig {
+        max_num_seqs: g.max_num_seqs.unwrap_or(defaults.max_num_seqs),
+        max_batched_tokens: g.max_batched_tokens.unwrap_or(defaults.max_batched_tokens),
+        block_size,
+        kv_capacity_blocks: blocks,
+        watermark: g.watermark.unwrap_or(defaults.watermark),
+        chunked_prefill: g.chunked_prefill.unwrap_or(defaults.chunked_prefill),
+        prefix_caching: g.prefix_caching.unwrap_or(defaults.prefix_caching),
+        decode_skipping: g.decode_skipping.unwrap_or(defaults.decode_skipping),
+    }
+    .validated()
+    .map_err(|m| err(format!("{key}.gpu"), m))?;
+    let round_robin = match g.picker.as_deref() {
+        None | Some("least_outstanding_tokens") => false,
+        Some("round_robin") => true,
+        Some(other) => {
+            return Err(err(
+                format!("{key}.gpu.picker"),
+                format!(
+                    "unknown picker `{other}`; expected \"least_outstanding_tokens\" or \"round_robin\""
+                ),
+            ));
+        }
+    };
+    Ok(GpuPool {
+        model: g.model.clone(),
+        gpu: g.gpu.clone(),
+        tp,
+        config,
+        perf,
+        round_robin,
+        kv_tokens,
+    })
 }
 
 /// The `hops` shorthand as graph nodes: each hop after the previous one.

@@ -15,6 +15,8 @@
 //! or failed workflows) is still charged, as waste.
 
 use crate::event_queue::EventQueue;
+use crate::gpu::LlmRequest;
+use crate::gpu::gpu_station::{GpuPoolStation, RoundRobin};
 use crate::metrics::{ClassStats, HopRecord, PoolStats, RunResult, ToolStats};
 use crate::policy::{
     Autoscaler, BuiltinPolicies, JobMeta, PolicyFactory, PoolView, RouteRequest, ScaleObservation,
@@ -256,6 +258,25 @@ impl<'a, 'o> Sim<'a, 'o> {
             .pools
             .iter()
             .map(|p| {
+                if let Some(g) = &p.gpu {
+                    let station = GpuPoolStation::new(
+                        p.name.clone(),
+                        p.servers,
+                        g.config.clone(),
+                        g.perf.clone(),
+                        p.usd_per_server_hour,
+                    );
+                    // Validation built the same configuration, so this cannot fail;
+                    // should it, the pool falls back to an abstract station.
+                    if let Ok(station) = station {
+                        let station = if g.round_robin {
+                            station.with_picker(Box::new(RoundRobin::default()))
+                        } else {
+                            station
+                        };
+                        return Box::new(station) as Box<dyn Station>;
+                    }
+                }
                 // An API pool never queues (servers = unlimited) and charges per token.
                 let price = if p.api.is_some() {
                     0.0
@@ -449,6 +470,10 @@ impl<'a, 'o> Sim<'a, 'o> {
                 cs.usd_unfinished += wf.usd;
             }
         }
+        let gpu_reports: Vec<_> = self.stations[..sc.pools.len()]
+            .iter_mut()
+            .map(|st| st.gpu_report(end))
+            .collect();
         let reports = self
             .stations
             .iter_mut()
@@ -474,6 +499,7 @@ impl<'a, 'o> Sim<'a, 'o> {
             pools: self.pool_stats,
             pool_reports,
             tools: self.tool_stats,
+            gpu_reports,
             timeseries: self.timeseries,
         }
     }
@@ -781,6 +807,11 @@ impl<'a, 'o> Sim<'a, 'o> {
         output: u64,
     ) -> (f64, f64) {
         let pool = &self.sc.pools[p];
+        if let Some(g) = &pool.gpu {
+            let (prefill, decode) = g.solo_latency(input, output);
+            let t = (prefill + decode).as_secs_f64();
+            return (t, t * pool.usd_per_server_hour / 3600.0);
+        }
         match &pool.api {
             Some(api) => (
                 api.ttft.mean() + output.saturating_sub(1) as f64 * api.tpot.mean(),
@@ -912,6 +943,18 @@ impl<'a, 'o> Sim<'a, 'o> {
         if pool.api.is_some() {
             self.api_window[p].push_back((now, input + output));
         }
+        let work = if pool.gpu.is_some() {
+            Work::Llm(Box::new(LlmRequest {
+                input_tokens: input.min(u32::MAX as u64) as u32,
+                output_tokens: output.clamp(1, u32::MAX as u64) as u32,
+                shared_prefix_tokens: (spec.shared_prefix_tokens as u64).min(input) as u32,
+                prefix_group: crate::rng::stable_hash(&format!("{}/{}", class.name, spec.role)),
+                block_hashes: None,
+                hash_block_tokens: 0,
+            }))
+        } else {
+            Work::Service(service)
+        };
         let timeout = spec.timeout;
         self.submit_hop(
             slot,
@@ -929,7 +972,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                 output_tokens: output,
                 timed_out: false,
             },
-            Work::Service(service),
+            work,
             timeout,
         );
     }
