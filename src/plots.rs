@@ -5,6 +5,7 @@
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use sim_core::metrics::RunResult;
 use std::path::{Path, PathBuf};
 use std::sync::Once;
@@ -131,9 +132,97 @@ fn fmt_usd_axis(v: f64, span: f64) -> String {
     let decimals = if span <= 0.0 {
         4
     } else {
-        ((-span.log10()).ceil() as i32 + 2).clamp(0, 6) as usize
+        ((-span.log10()).ceil() as i32 + 1).clamp(0, 6) as usize
     };
     format!("${v:.decimals$}")
+}
+
+// ---------------------------------------------------------------------------------
+// Legends sit in a strip above the plots, never on top of data.
+
+#[derive(Clone, Copy)]
+enum Mark {
+    Line,
+    Dashed,
+    Box,
+}
+
+struct Entry {
+    label: String,
+    colour: RGBColor,
+    mark: Mark,
+}
+
+const LEGEND_ROW: i32 = 24;
+const LEGEND_LEFT: i32 = 80;
+
+/// Lays out entries in rows across `width`: (x, row) per entry, and the rows used.
+fn legend_layout<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    entries: &[Entry],
+) -> (Vec<(i32, i32)>, i32) {
+    let width = area.dim_in_pixel().0 as i32;
+    let font: TextStyle = (FAMILY, 14).into_font().into();
+    let (mut x, mut row) = (LEGEND_LEFT, 0);
+    let mut at = Vec::with_capacity(entries.len());
+    for e in entries {
+        let tw = area
+            .estimate_text_size(&e.label, &font)
+            .map(|(w, _)| w as i32)
+            .unwrap_or(8 * e.label.chars().count() as i32);
+        let w = 30 + tw + 26;
+        if x + w > width - 10 && x > LEGEND_LEFT {
+            x = LEGEND_LEFT;
+            row += 1;
+        }
+        at.push((x, row));
+        x += w;
+    }
+    (at, if entries.is_empty() { 0 } else { row + 1 })
+}
+
+/// Height of the strip `draw_legend` needs.
+fn legend_height<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, entries: &[Entry]) -> u32 {
+    (legend_layout(area, entries).1 * LEGEND_ROW + 8) as u32
+}
+
+fn draw_legend<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, entries: &[Entry]) -> DrawResult {
+    let (at, _) = legend_layout(area, entries);
+    let font = (FAMILY, 14).into_font();
+    for (e, &(x, row)) in entries.iter().zip(&at) {
+        let y = 4 + row * LEGEND_ROW + LEGEND_ROW / 2;
+        let c = e.colour;
+        match e.mark {
+            Mark::Line => area
+                .draw(&PathElement::new(
+                    vec![(x, y), (x + 24, y)],
+                    c.stroke_width(3),
+                ))
+                .map_err(s)?,
+            Mark::Dashed => {
+                for dx in [0, 10, 20] {
+                    area.draw(&PathElement::new(
+                        vec![(x + dx, y), (x + dx + 5, y)],
+                        c.stroke_width(2),
+                    ))
+                    .map_err(s)?;
+                }
+            }
+            Mark::Box => area
+                .draw(&Rectangle::new(
+                    [(x + 4, y - 7), (x + 20, y + 7)],
+                    c.filled(),
+                ))
+                .map_err(s)?,
+        }
+        area.draw(&Text::new(
+            e.label.clone(),
+            (x + 30, y),
+            font.color(&BLACK).pos(Pos::new(HPos::Left, VPos::Center)),
+        ))
+        .map_err(s)?;
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------
@@ -203,11 +292,30 @@ fn draw_cdf<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, series: &[CdfSeri
         }
         p *= 10.0;
     }
-    let mut chart = ChartBuilder::on(root)
-        .caption(
+    let mut entries = Vec::new();
+    for (i, c) in series.iter().enumerate() {
+        entries.push(Entry {
+            label: format!("{} ({} workflows)", c.class, c.workflows),
+            colour: colour(i),
+            mark: Mark::Line,
+        });
+        if let Some(slo) = c.slo_s {
+            entries.push(Entry {
+                label: format!("{} SLO {}s", c.class, fmt_s(slo)),
+                colour: colour(i),
+                mark: Mark::Dashed,
+            });
+        }
+    }
+    let root = root
+        .titled(
             "Workflow latency CDF per class (completed workflows)",
-            (FAMILY, 22),
+            (FAMILY, 22).into_font(),
         )
+        .map_err(s)?;
+    let (legend, plot) = root.split_vertically(legend_height(&root, &entries));
+    draw_legend(&legend, &entries)?;
+    let mut chart = ChartBuilder::on(&plot)
         .margin(15)
         .x_label_area_size(50)
         .y_label_area_size(70)
@@ -241,34 +349,18 @@ fn draw_cdf<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, series: &[CdfSeri
         }
         chart
             .draw_series(LineSeries::new(pts, col.stroke_width(2)))
-            .map_err(s)?
-            .label(format!("{} ({} workflows)", c.class, c.workflows))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], col.stroke_width(2)));
+            .map_err(s)?;
         if let Some(slo) = c.slo_s {
             chart
                 .draw_series(DashedLineSeries::new(
                     vec![(slo, 0.0), (slo, 1.0)],
                     6,
                     4,
-                    col.stroke_width(1),
+                    col.stroke_width(2),
                 ))
-                .map_err(s)?
-                .label(format!("{} SLO {}s", c.class, fmt_s(slo)))
-                .legend(move |(x, y)| {
-                    EmptyElement::at((x, y))
-                        + PathElement::new(vec![(0, 0), (7, 0)], col.stroke_width(2))
-                        + PathElement::new(vec![(11, 0), (18, 0)], col.stroke_width(2))
-                });
+                .map_err(s)?;
         }
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .label_font((FAMILY, 14))
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK.mix(0.5))
-        .draw()
-        .map_err(s)?;
     Ok(())
 }
 
@@ -299,7 +391,21 @@ fn draw_cost_hist<DB: DrawingBackend>(
             (FAMILY, 22).into_font(),
         )
         .map_err(s)?;
-    let panels = root.split_evenly((series.len().max(1), 1));
+    let entries = [
+        Entry {
+            label: "mean".into(),
+            colour: BLACK,
+            mark: Mark::Line,
+        },
+        Entry {
+            label: "p95".into(),
+            colour: BLACK,
+            mark: Mark::Dashed,
+        },
+    ];
+    let (legend, plots) = root.split_vertically(legend_height(&root, &entries));
+    draw_legend(&legend, &entries)?;
+    let panels = plots.split_evenly((series.len().max(1), 1));
     for (i, (c, area)) in series.iter().zip(panels.iter()).enumerate() {
         let col = colour(i);
         let mut v = c.usd.clone();
@@ -316,18 +422,27 @@ fn draw_cost_hist<DB: DrawingBackend>(
             let b = (((x - lo) / width) as usize).min(bins - 1);
             counts[b] += 1;
         }
-        let ymax = counts.iter().copied().max().unwrap_or(1).max(1) as f64 * 1.25;
+        let ymax = nice_ceil(counts.iter().copied().max().unwrap_or(1).max(1) as f64 * 1.1);
+        let span = hi - lo;
+        let mean = (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+        let p95 = sim_core::metrics::exact_quantile(&v, 0.95);
+        let caption = match (mean, p95) {
+            (Some(m), Some(p)) => format!(
+                "{}: {} successful workflows, mean {}, p95 {}",
+                c.class,
+                v.len(),
+                fmt_usd_axis(m, span / 10.0),
+                fmt_usd_axis(p, span / 10.0)
+            ),
+            _ => format!("{}: no successful workflow", c.class),
+        };
         let mut chart = ChartBuilder::on(area)
-            .caption(
-                format!("{} ({} successful workflows)", c.class, v.len()),
-                (FAMILY, 17),
-            )
+            .caption(caption, (FAMILY, 16))
             .margin(12)
             .x_label_area_size(45)
             .y_label_area_size(70)
             .build_cartesian_2d(lo..hi, 0f64..ymax)
             .map_err(s)?;
-        let span = hi - lo;
         chart
             .configure_mesh()
             .x_desc("USD per successful workflow")
@@ -345,39 +460,18 @@ fn draw_cost_hist<DB: DrawingBackend>(
                 Rectangle::new([(x0, 0.0), (x0 + width, n as f64)], col.mix(0.7).filled())
             }))
             .map_err(s)?;
-        if !v.is_empty() {
-            let mean = v.iter().sum::<f64>() / v.len() as f64;
-            let p95 = sim_core::metrics::exact_quantile(&v, 0.95).unwrap_or(mean);
-            for (label, x, dash) in [("mean", mean, false), ("p95", p95, true)] {
-                let style = BLACK.stroke_width(2);
-                let pts = vec![(x, 0.0), (x, ymax)];
-                let label = format!("{label} {}", fmt_usd_axis(x, span / 10.0));
-                let anno = if dash {
-                    chart
-                        .draw_series(DashedLineSeries::new(pts, 6, 4, style))
-                        .map_err(s)?
-                } else {
-                    chart.draw_series(LineSeries::new(pts, style)).map_err(s)?
-                };
-                anno.label(label).legend(move |(x, y)| {
-                    if dash {
-                        EmptyElement::at((x, y))
-                            + PathElement::new(vec![(0, 0), (7, 0)], BLACK.stroke_width(2))
-                            + PathElement::new(vec![(11, 0), (18, 0)], BLACK.stroke_width(2))
-                    } else {
-                        EmptyElement::at((x, y))
-                            + PathElement::new(vec![(0, 0), (18, 0)], BLACK.stroke_width(2))
-                            + PathElement::new(vec![(18, 0), (18, 0)], BLACK.stroke_width(2))
-                    }
-                });
-            }
+        if let (Some(mean), Some(p95)) = (mean, p95) {
+            let style = BLACK.stroke_width(2);
             chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperRight)
-                .label_font((FAMILY, 13))
-                .background_style(WHITE.mix(0.9))
-                .border_style(BLACK.mix(0.5))
-                .draw()
+                .draw_series(LineSeries::new(vec![(mean, 0.0), (mean, ymax)], style))
+                .map_err(s)?;
+            chart
+                .draw_series(DashedLineSeries::new(
+                    vec![(p95, 0.0), (p95, ymax)],
+                    6,
+                    4,
+                    style,
+                ))
                 .map_err(s)?;
         }
     }
@@ -423,11 +517,22 @@ fn draw_timeseries<DB: DrawingBackend>(
     root.fill(&WHITE).map_err(s)?;
     let root = root
         .titled(
-            "Pools over time (one point per sampling interval)",
+            "Pools over time (one point per simulated minute)",
             (FAMILY, 22).into_font(),
         )
         .map_err(s)?;
-    let panels = root.split_evenly((3, 1));
+    let entries: Vec<Entry> = pools
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Entry {
+            label: p.pool.clone(),
+            colour: colour(i),
+            mark: Mark::Line,
+        })
+        .collect();
+    let (legend, plots) = root.split_vertically(legend_height(&root, &entries));
+    draw_legend(&legend, &entries)?;
+    let panels = plots.split_evenly((3, 1));
     let tmax = pools
         .iter()
         .flat_map(|p| p.in_system.iter().map(|x| x.0))
@@ -435,27 +540,30 @@ fn draw_timeseries<DB: DrawingBackend>(
         .max(1.0);
     type Pick = fn(&PoolSeries) -> &Vec<(f64, f64)>;
     let panels_spec: [(&str, &str, Pick); 3] = [
-        ("Queue depth", "hops in pool (waiting + in service)", |p| {
-            &p.in_system
-        }),
-        ("Utilisation", "busy share of servers (%)", |p| {
-            &p.utilization
-        }),
-        ("Servers / replicas", "servers provisioned", |p| &p.servers),
+        (
+            "Queue depth at the end of each minute",
+            "hops in pool (waiting + in service)",
+            |p| &p.in_system,
+        ),
+        (
+            "Utilisation over each minute",
+            "busy share of servers (%)",
+            |p| &p.utilization,
+        ),
+        ("Servers / replicas provisioned", "servers", |p| &p.servers),
     ];
     for (k, ((title, ydesc, pick), area)) in panels_spec.iter().zip(panels.iter()).enumerate() {
         let ymax_data = pools
             .iter()
             .flat_map(|p| pick(p).iter().map(|x| x.1))
             .fold(0f64, f64::max);
-        // Head-room above the data for the legend.
         let ymax = if k == 1 {
-            130.0
+            105.0
         } else {
-            nice_ceil((ymax_data * 1.35).max(1.0))
+            nice_ceil((ymax_data * 1.1).max(1.0))
         };
         let mut chart = ChartBuilder::on(area)
-            .caption(*title, (FAMILY, 17))
+            .caption(*title, (FAMILY, 16))
             .margin(12)
             .x_label_area_size(45)
             .y_label_area_size(70)
@@ -470,7 +578,7 @@ fn draw_timeseries<DB: DrawingBackend>(
                 if k == 1 {
                     format!("{y:.0}%")
                 } else {
-                    format!("{y}")
+                    fmt_s(*y)
                 }
             })
             .label_style((FAMILY, 13))
@@ -478,24 +586,10 @@ fn draw_timeseries<DB: DrawingBackend>(
             .draw()
             .map_err(s)?;
         for (i, p) in pools.iter().enumerate() {
-            let col = colour(i);
-            let pts = pick(p).clone();
             chart
-                .draw_series(LineSeries::new(pts, col.stroke_width(2)))
-                .map_err(s)?
-                .label(p.pool.clone())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 24, y)], col.stroke_width(2))
-                });
+                .draw_series(LineSeries::new(pick(p).clone(), colour(i).stroke_width(2)))
+                .map_err(s)?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .label_font((FAMILY, 13))
-            .background_style(WHITE.mix(0.9))
-            .border_style(BLACK.mix(0.5))
-            .draw()
-            .map_err(s)?;
     }
     Ok(())
 }
@@ -560,7 +654,18 @@ fn draw_compare<DB: DrawingBackend>(
             (FAMILY, 22).into_font(),
         )
         .map_err(s)?;
-    let panels = root.split_evenly((1, 2));
+    let entries: Vec<Entry> = variants
+        .iter()
+        .enumerate()
+        .map(|(i, v)| Entry {
+            label: v.clone(),
+            colour: colour(i),
+            mark: Mark::Box,
+        })
+        .collect();
+    let (legend, plots) = root.split_vertically(legend_height(&root, &entries));
+    draw_legend(&legend, &entries)?;
+    let panels = plots.split_evenly((1, 2));
     let nv = variants.len().max(1) as i32;
     // Each bar is 2 units wide; a class group is 2*nv units plus a 2-unit gap, so the
     // group centre (where the class name goes) falls on an integer.
@@ -569,7 +674,7 @@ fn draw_compare<DB: DrawingBackend>(
     type Pick = fn(&CompareClass) -> &Vec<Option<f64>>;
     let spec: [(&str, &str, Pick, bool); 2] = [
         (
-            "p99 workflow latency",
+            "p99 workflow latency (missing bar: no completed workflow)",
             "p99 latency (seconds)",
             |c| &c.p99_s,
             false,
@@ -586,11 +691,11 @@ fn draw_compare<DB: DrawingBackend>(
             .iter()
             .flat_map(|c| pick(c).iter().flatten().copied())
             .fold(0f64, f64::max);
-        let ymax = nice_ceil(ymax_data * 1.35);
+        let ymax = nice_ceil(ymax_data * 1.1);
         let mut chart = ChartBuilder::on(area)
-            .caption(*title, (FAMILY, 17))
+            .caption(*title, (FAMILY, 15))
             .margin(12)
-            .x_label_area_size(40)
+            .x_label_area_size(45)
             .y_label_area_size(75)
             .build_cartesian_2d(0..n * group, 0f64..ymax)
             .map_err(s)?;
@@ -621,7 +726,7 @@ fn draw_compare<DB: DrawingBackend>(
             .axis_desc_style((FAMILY, 15))
             .draw()
             .map_err(s)?;
-        for (vi, vname) in variants.iter().enumerate() {
+        for vi in 0..variants.len() {
             let col = colour(vi);
             let bars: Vec<_> = classes
                 .iter()
@@ -632,20 +737,8 @@ fn draw_compare<DB: DrawingBackend>(
                     Some(Rectangle::new([(x0, 0.0), (x0 + 2, y)], col.filled()))
                 })
                 .collect();
-            chart
-                .draw_series(bars)
-                .map_err(s)?
-                .label(vname.clone())
-                .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], col.filled()));
+            chart.draw_series(bars).map_err(s)?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .label_font((FAMILY, 13))
-            .background_style(WHITE.mix(0.9))
-            .border_style(BLACK.mix(0.5))
-            .draw()
-            .map_err(s)?;
     }
     Ok(())
 }

@@ -428,6 +428,7 @@ pub fn run_table_with(s: &Summary, opts: &TableOptions<'_>) -> String {
             ]);
         }
         t.render(&mut out);
+        out.push('\n');
         let mut t = Table::new(&["pool", "util"]);
         for (name, p) in &r.pools {
             t.row(vec![name.clone(), fmt_est_pct(&p.utilization)]);

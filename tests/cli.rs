@@ -314,7 +314,7 @@ fn bad_set_override_is_an_input_error() {
 
 use factorysim::parse_scenario;
 use sim_core::metrics::{ClassStats, RunResult, exact_quantile};
-use sim_core::{RunOptions, SimDuration, SimTime};
+use sim_core::{RunOptions, SimDuration};
 
 fn scenario_from(text: &str) -> sim_core::Scenario {
     parse_scenario("test.toml", text, &[])
@@ -322,21 +322,14 @@ fn scenario_from(text: &str) -> sim_core::Scenario {
         .scenario
 }
 
-/// A run result around the given classes, with no pools (for summary-only tests).
+/// A run result around the given classes (for summary-only tests): a real, short run of
+/// `GOOD` (so new `RunResult` fields need no change here) with its classes replaced.
 fn result_with(classes: Vec<ClassStats>) -> RunResult {
-    RunResult {
-        seed: 1,
-        events: 0,
-        end: SimTime(3_600_000_000_000),
-        window_start: SimTime(0),
-        drain: true,
-        classes,
-        pool_names: Vec::new(),
-        pools: Vec::new(),
-        pool_reports: Vec::new(),
-        tools: Vec::new(),
-        timeseries: Vec::new(),
-    }
+    let mut sc = scenario_from(GOOD);
+    sc.horizon = SimDuration(1_000_000_000);
+    let mut r = sim_core::run(&sc, RunOptions::default());
+    r.classes = classes;
+    r
 }
 
 /// Deterministic xorshift64* uniform in (0, 1).
