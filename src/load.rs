@@ -27,6 +27,100 @@ pub struct LoadedScenario {
     pub file: String,
     pub spec: ScenarioSpec,
     pub scenario: Scenario,
+    /// What loading found worth telling (trace rows skipped or out of order).
+    pub notes: Vec<String>,
+}
+
+/// Tokens per Mooncake prefix-hash block.
+const MOONCAKE_BLOCK_TOKENS: u32 = 512;
+
+/// Takes `process = "trace"` arrivals out of the table (the rest of the scenario schema
+/// does not know trace options) and replaces them with `process = "recorded"`.
+fn extract_traces(
+    file: &str,
+    table: &mut toml::Table,
+) -> Result<Vec<(String, traces::TraceSpec)>, InputError> {
+    let mut found = Vec::new();
+    let Some(toml::Value::Table(classes)) = table.get_mut("classes") else {
+        return Ok(found);
+    };
+    for (name, class) in classes.iter_mut() {
+        let Some(arrival) = class.get_mut("arrival").and_then(|a| a.as_table_mut()) else {
+            continue;
+        };
+        if arrival.get("process").and_then(|p| p.as_str()) != Some("trace") {
+            continue;
+        }
+        let mut options = arrival.clone();
+        options.remove("process");
+        let spec: traces::TraceSpec =
+            toml::Value::Table(options)
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    InputError::new(
+                        file,
+                        format!("key `classes.{name}.arrival`: {}", e.message().trim()),
+                    )
+                })?;
+        arrival.clear();
+        arrival.insert("process".into(), toml::Value::String("recorded".into()));
+        found.push((name.clone(), spec));
+    }
+    Ok(found)
+}
+
+/// Reads each class's trace into recorded requests.
+fn load_traces(
+    file: &str,
+    scenario: &mut Scenario,
+    traces_by_class: &[(String, traces::TraceSpec)],
+    notes: &mut Vec<String>,
+) -> Result<(), InputError> {
+    let base = Path::new(file).parent().unwrap_or(Path::new("."));
+    for (class, spec) in traces_by_class {
+        let key = format!("classes.{class}.arrival");
+        let bad = |m: String| InputError::new(file, format!("key `{key}`: {m}"));
+        let read = spec.read_options().map_err(bad)?;
+        let replay = spec.replay_options(scenario.seed).map_err(bad)?;
+        let path = spec.path(base);
+        let mut it = traces::replay_requests(&path, &read, &replay)
+            .map_err(|e| InputError::new(path.display().to_string(), e.to_string()))?;
+        let mut requests = Vec::new();
+        for r in it.by_ref() {
+            let r = r.map_err(|e| InputError::new(path.display().to_string(), e.to_string()))?;
+            requests.push(sim_core::scenario::RecordedRequest {
+                at: sim_core::SimTime(r.arrival_ns),
+                input_tokens: r.input_tokens,
+                output_tokens: r.output_tokens,
+                block_hashes: r.block_hashes.map(std::sync::Arc::from),
+                hash_block_tokens: MOONCAKE_BLOCK_TOKENS,
+            });
+        }
+        let report = it.report();
+        if report.read.skipped_rows > 0 {
+            notes.push(format!(
+                "{}: skipped {} bad rows (first: {})",
+                path.display(),
+                report.read.skipped_rows,
+                report.read.first_skipped.clone().unwrap_or_default()
+            ));
+        }
+        if report.read.out_of_order > 0 {
+            notes.push(format!(
+                "{}: {} rows arrive earlier than the row before them (replayed in time order)",
+                path.display(),
+                report.read.out_of_order
+            ));
+        }
+        // Readers never reorder; the simulator needs arrivals in time order.
+        requests.sort_by_key(|r| r.at);
+        if let Some(c) = scenario.classes.iter_mut().find(|c| &c.name == class) {
+            c.arrival = sim_core::scenario::Arrival::Recorded {
+                requests: std::sync::Arc::new(requests),
+            };
+        }
+    }
+    Ok(())
 }
 
 /// Reads `path`, applies `sets` (each `key.path=value`) and validates.
@@ -43,11 +137,12 @@ pub fn parse_scenario(
     text: &str,
     sets: &[String],
 ) -> Result<LoadedScenario, InputError> {
-    let spec: ScenarioSpec = if sets.is_empty() {
+    let mut table: toml::Table = toml::from_str(text).map_err(|e| toml_error(file, text, &e))?;
+    let traces_by_class = extract_traces(file, &mut table)?;
+    let spec: ScenarioSpec = if sets.is_empty() && traces_by_class.is_empty() {
+        // Straight from the text, so that errors carry line and column.
         toml::from_str(text).map_err(|e| toml_error(file, text, &e))?
     } else {
-        let mut table: toml::Table =
-            toml::from_str(text).map_err(|e| toml_error(file, text, &e))?;
         for s in sets {
             apply_set(&mut table, s).map_err(|m| InputError::new(file, m))?;
         }
@@ -60,13 +155,16 @@ pub fn parse_scenario(
             )
         })?
     };
-    let scenario = spec
+    let mut scenario = spec
         .validate()
         .map_err(|e| InputError::new(file, locate_key(text, &e.key, e.to_string())))?;
+    let mut notes = Vec::new();
+    load_traces(file, &mut scenario, &traces_by_class, &mut notes)?;
     Ok(LoadedScenario {
         file: file.to_string(),
         spec,
         scenario,
+        notes,
     })
 }
 

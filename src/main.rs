@@ -100,6 +100,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 sets.push(format!("simulation.seed={seed}"));
             }
             let loaded = load_scenario(&scenario, &sets)?;
+            for note in &loaded.notes {
+                eprintln!("note: {note}");
+            }
             let (result, reps) = if replications <= 1 {
                 let bar = progress_bar(1000);
                 let mut tick = |f: f64| bar.set_position((f * 1000.0) as u64);
@@ -163,6 +166,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Check { scenario, sets } => {
             let loaded = load_scenario(&scenario, &sets)?;
+            for note in &loaded.notes {
+                eprintln!("note: {note}");
+            }
             print!("{}", report::check_table(&loaded.file, &loaded.scenario));
             Ok(())
         }

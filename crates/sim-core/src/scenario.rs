@@ -322,6 +322,21 @@ pub enum ArrivalSpec {
     Piecewise { step: SimDuration, rates: Vec<f64> },
     /// Closed loop: `users` each start a workflow, wait for it to end, think, repeat.
     Closed { users: u32, think: DistSpec },
+    /// Recorded arrivals. Written in a scenario as `process = "trace"` with the trace's
+    /// options; the loader reads the trace and hands the requests over (see
+    /// docs/traces.md). `recorded` itself has no parameters.
+    Recorded {},
+}
+
+/// One recorded request: when it arrived and what it asked for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecordedRequest {
+    pub at: SimTime,
+    pub input_tokens: u32,
+    pub output_tokens: u32,
+    /// Prefix-block hashes (Mooncake), `hash_block_tokens` tokens each.
+    pub block_hashes: Option<std::sync::Arc<[u64]>>,
+    pub hash_block_tokens: u32,
 }
 
 /// One hop of a workflow chain.
@@ -500,6 +515,11 @@ pub enum Arrival {
         users: u32,
         think: Sampler,
     },
+    /// Replayed requests, in arrival order; the entry node of each workflow takes its
+    /// tokens (and prefix hashes) from its request.
+    Recorded {
+        requests: std::sync::Arc<Vec<RecordedRequest>>,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -534,7 +554,7 @@ impl WorkflowClass {
                 let i = (t.as_nanos() / step.as_nanos().max(1)) as usize % rates_per_s.len();
                 rates_per_s[i]
             }
-            Arrival::Closed { .. } => 0.0,
+            Arrival::Closed { .. } | Arrival::Recorded { .. } => 0.0,
         };
         let factor: f64 = self
             .bursts
@@ -552,7 +572,7 @@ impl WorkflowClass {
             Arrival::Piecewise { rates_per_s, .. } => {
                 rates_per_s.iter().copied().fold(0.0, f64::max)
             }
-            Arrival::Closed { .. } => 0.0,
+            Arrival::Closed { .. } | Arrival::Recorded { .. } => 0.0,
         };
         base * self
             .bursts
@@ -565,6 +585,13 @@ impl WorkflowClass {
     pub fn mean_rate_per_s(&self, horizon: SimDuration) -> f64 {
         match &self.arrival {
             Arrival::Closed { .. } => 0.0,
+            Arrival::Recorded { requests } => {
+                let n = requests
+                    .iter()
+                    .filter(|r| r.at.as_nanos() < horizon.as_nanos())
+                    .count();
+                n as f64 / horizon.as_secs_f64().max(1e-9)
+            }
             _ => {
                 // Average over a fine grid; exact for the piecewise steps used in practice.
                 let n = 10_000u64;
@@ -992,6 +1019,9 @@ impl ScenarioSpec {
                         rates_per_s: rates.clone(),
                     }
                 }
+                ArrivalSpec::Recorded {} => Arrival::Recorded {
+                    requests: std::sync::Arc::new(Vec::new()),
+                },
                 ArrivalSpec::Closed { users, think } => {
                     if *users == 0 {
                         return Err(err(

@@ -152,6 +152,8 @@ struct Workflow {
     arrived: SimTime,
     counted: bool,
     user: Option<u32>,
+    /// Index of the recorded request this workflow replays.
+    record: Option<u32>,
     rng: WorkflowRng,
     usd: f64,
     tokens: u64,
@@ -195,6 +197,8 @@ struct ClassRuntime {
     max_rate: f64,
     /// True when the rate never changes: no thinning draw is needed.
     constant_rate: bool,
+    /// Recorded requests already scheduled.
+    scheduled_records: usize,
     unit_exp: Exp1,
 }
 
@@ -308,6 +312,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                 next_workflow: 0,
                 max_rate: c.max_rate(),
                 unit_exp: Exp1,
+                scheduled_records: 0,
                 constant_rate: matches!(c.arrival, Arrival::Poisson { .. })
                     && c.bursts.iter().all(|b| b.rate_factor == 1.0),
             })
@@ -578,6 +583,19 @@ impl<'a, 'o> Sim<'a, 'o> {
     fn schedule_next_arrival(&mut self, ci: usize, from: SimTime) {
         let class = &self.sc.classes[ci];
         let rt = &mut self.classes[ci];
+        if let Arrival::Recorded { requests } = &class.arrival {
+            // The next request not yet scheduled: arrivals are scheduled one at a time,
+            // in order, like the Poisson stream.
+            let n = rt.scheduled_records;
+            if let Some(r) = requests.get(n)
+                && r.at < self.horizon
+            {
+                rt.scheduled_records += 1;
+                self.queue
+                    .push(r.at.max(from), Event::Arrival { class: ci as u32 });
+            }
+            return;
+        }
         if rt.max_rate <= 0.0 {
             return;
         }
@@ -610,6 +628,7 @@ impl<'a, 'o> Sim<'a, 'o> {
         let now = self.now;
         let rt = &mut self.classes[ci];
         let rng = workflow_stream(rt.work_seed, rt.next_workflow);
+        let workflow_no = rt.next_workflow;
         rt.next_workflow += 1;
         let counted = now >= self.warmup;
         if counted {
@@ -629,6 +648,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                     arrived: now,
                     counted: false,
                     user: None,
+                    record: None,
                     rng: rng.clone(),
                     usd: 0.0,
                     tokens: 0,
@@ -649,6 +669,10 @@ impl<'a, 'o> Sim<'a, 'o> {
         wf.arrived = now;
         wf.counted = counted;
         wf.user = user;
+        wf.record = match &class.arrival {
+            Arrival::Recorded { .. } => Some(workflow_no as u32),
+            _ => None,
+        };
         wf.rng = rng;
         wf.usd = 0.0;
         wf.tokens = 0;
@@ -749,8 +773,8 @@ impl<'a, 'o> Sim<'a, 'o> {
                     .as_ref()
                     .map(|d| d.sample_tokens(&mut wf.rng))
                     .unwrap_or(0);
-                let input = base + inherited;
-                let output = match spec.compact_to {
+                let mut input = base + inherited;
+                let mut output = match spec.compact_to {
                     // A summary is never longer than what it summarises.
                     Some(c) => c.min(input),
                     None => spec
@@ -759,6 +783,14 @@ impl<'a, 'o> Sim<'a, 'o> {
                         .map(|d| d.sample_tokens(&mut wf.rng))
                         .unwrap_or(0),
                 };
+                // A replayed request: the entry hop asks for exactly what was recorded.
+                if node == 0
+                    && let (Some(r), Arrival::Recorded { requests }) = (wf.record, &class.arrival)
+                    && let Some(req) = requests.get(r as usize)
+                {
+                    input = req.input_tokens as u64;
+                    output = req.output_tokens as u64;
+                }
                 self.route_model_hop(slot, node, branch, epoch, context, input, output, 0);
             }
         }
@@ -943,14 +975,18 @@ impl<'a, 'o> Sim<'a, 'o> {
         if pool.api.is_some() {
             self.api_window[p].push_back((now, input + output));
         }
+        let recorded = match (node, wf.record, &class.arrival) {
+            (0, Some(r), Arrival::Recorded { requests }) => requests.get(r as usize),
+            _ => None,
+        };
         let work = if pool.gpu.is_some() {
             Work::Llm(Box::new(LlmRequest {
                 input_tokens: input.min(u32::MAX as u64) as u32,
                 output_tokens: output.clamp(1, u32::MAX as u64) as u32,
                 shared_prefix_tokens: (spec.shared_prefix_tokens as u64).min(input) as u32,
                 prefix_group: crate::rng::stable_hash(&format!("{}/{}", class.name, spec.role)),
-                block_hashes: None,
-                hash_block_tokens: 0,
+                block_hashes: recorded.as_ref().and_then(|r| r.block_hashes.clone()),
+                hash_block_tokens: recorded.as_ref().map_or(0, |r| r.hash_block_tokens),
             }))
         } else {
             Work::Service(service)
