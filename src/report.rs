@@ -44,6 +44,8 @@ fn fmt_count(n: u64) -> String {
 struct Table {
     header: Vec<String>,
     rows: Vec<Vec<String>>,
+    /// Columns aligned left (the first `left`); the others align right.
+    left: usize,
 }
 
 impl Table {
@@ -51,7 +53,12 @@ impl Table {
         Table {
             header: header.iter().map(|s| s.to_string()).collect(),
             rows: Vec::new(),
+            left: 1,
         }
+    }
+    fn left_columns(mut self, n: usize) -> Self {
+        self.left = n;
+        self
     }
     fn row(&mut self, r: Vec<String>) {
         self.rows.push(r);
@@ -67,8 +74,8 @@ impl Table {
         for r in std::iter::once(&self.header).chain(&self.rows) {
             let mut line = String::new();
             for (i, c) in r.iter().enumerate() {
-                if i == 0 {
-                    let _ = write!(line, "  {c:<width$}", width = w[0]);
+                if i < self.left {
+                    let _ = write!(line, "  {c:<width$}", width = w[i]);
                 } else {
                     let _ = write!(line, "  {c:>width$}", width = w[i]);
                 }
@@ -308,7 +315,7 @@ pub fn run_table_with(s: &Summary, opts: &TableOptions<'_>) -> String {
     if !causes.is_empty() {
         out.push('\n');
         heading(&mut out, "Failed workflows by cause", colour);
-        let mut t = Table::new(&["class", "cause", "workflows"]);
+        let mut t = Table::new(&["class", "cause", "workflows"]).left_columns(2);
         for (name, c) in causes {
             let mut by: Vec<_> = c.failed_by_cause.iter().collect();
             by.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
@@ -386,10 +393,11 @@ pub fn run_table_with(s: &Summary, opts: &TableOptions<'_>) -> String {
     if tt.usd_tools > 0.0 || tt.usd_human > 0.0 {
         let _ = writeln!(
             out,
-            "       plus {} tool calls and {} human review: {} spent in all",
+            "       plus {} tool calls and {} human review: {} spent in all, {} per outcome",
             fmt_usd(Some(tt.usd_tools)),
             fmt_usd(Some(tt.usd_human)),
-            fmt_usd(Some(tt.usd_spent))
+            fmt_usd(Some(tt.usd_spent)),
+            fmt_usd((tt.completed > 0).then(|| tt.usd_spent / tt.completed as f64))
         );
     }
 

@@ -562,6 +562,10 @@ fn quickstart(extra: &[&str]) -> (tempfile::TempDir, String) {
     (dir, stdout)
 }
 
+/// Snapshots of the quickstart's table and summary.json (tests/snapshots/). When a model
+/// change moves the quickstart's figures on purpose, refresh them with
+/// `INSTA_UPDATE=always cargo test --release -p factorysim --test cli` and review the diff
+/// (CI never writes snapshots, so a stale one fails there).
 #[test]
 fn quickstart_table_and_summary_snapshots() {
     let (dir, stdout) = quickstart(&["--no-plots"]);
