@@ -49,6 +49,9 @@ enum Command {
         /// Skip the plots in DIR/plots/.
         #[arg(long)]
         no_plots: bool,
+        /// Also write DIR/workflows.csv: latency, cost and tokens of every completed workflow.
+        #[arg(long)]
+        workflows_csv: bool,
     },
     /// Validate a scenario and print derived quantities (offered load per pool).
     #[command(
@@ -95,6 +98,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             json,
             replications,
             no_plots,
+            workflows_csv,
         } => {
             if let Some(seed) = seed {
                 sets.push(format!("simulation.seed={seed}"));
@@ -134,6 +138,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             std::fs::write(&path, &text)
                 .with_context(|| format!("cannot write {}", path.display()))?;
             outputs::write_csvs(&out, &result, &summary)?;
+            if workflows_csv {
+                outputs::write_workflows_csv(&out, &result)?;
+            }
             let plots = if no_plots {
                 Vec::new()
             } else {
@@ -149,8 +156,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 };
                 print!("{}", report::run_table_with(&summary, &opts));
                 println!(
-                    "\nWrote {}, timeseries.csv, showback.csv{}",
+                    "\nWrote {}, timeseries.csv, showback.csv{}{}",
                     path.display(),
+                    if workflows_csv { ", workflows.csv" } else { "" },
                     if plots.is_empty() {
                         String::new()
                     } else {

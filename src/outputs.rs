@@ -106,6 +106,56 @@ pub fn showback_csv(s: &Summary) -> Result<String, csv::Error> {
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
+/// `workflows.csv` as a string: one row per completed workflow, class by class in
+/// completion order. Failed, abandoned and unfinished workflows are not listed one by one
+/// (their dollars are the waste buckets of summary.json).
+pub fn workflows_csv(r: &RunResult) -> Result<String, csv::Error> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record([
+        "class",
+        "tenant",
+        "completion",
+        "latency_s",
+        "usd",
+        "tokens",
+        "within_slo",
+    ])?;
+    for c in &r.classes {
+        for (i, &lat) in c.latency_per_success_ns.iter().enumerate() {
+            w.write_record([
+                c.name.clone(),
+                c.tenant.clone(),
+                (i + 1).to_string(),
+                (lat as f64 / 1e9).to_string(),
+                c.usd_per_success
+                    .get(i)
+                    .map(|u| u.to_string())
+                    .unwrap_or_default(),
+                c.tokens_per_success
+                    .get(i)
+                    .map(|t| t.to_string())
+                    .unwrap_or_default(),
+                c.slo
+                    .map(|s| (lat <= s.as_nanos()).to_string())
+                    .unwrap_or_default(),
+            ])?;
+        }
+    }
+    let bytes = w.into_inner().map_err(|e| e.into_error())?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// Writes `workflows.csv` into `dir`; returns its path.
+pub fn write_workflows_csv(dir: &Path, r: &RunResult) -> Result<std::path::PathBuf, OutputError> {
+    let path = dir.join("workflows.csv");
+    let text = workflows_csv(r).map_err(csv_err(&path))?;
+    std::fs::write(&path, text).map_err(|source| OutputError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok(path)
+}
+
 /// Writes `timeseries.csv` and `showback.csv` into `dir`; returns the paths written.
 pub fn write_csvs(
     dir: &Path,

@@ -808,3 +808,43 @@ fn replications_are_deterministic_across_thread_counts() {
     v.as_object_mut().unwrap().remove("replications");
     assert_eq!(v, plain);
 }
+
+#[test]
+fn workflows_csv_lists_every_completed_workflow() {
+    let (dir, stdout) = quickstart(&["--no-plots", "--workflows-csv"]);
+    assert!(stdout.contains("workflows.csv"), "{stdout}");
+    let s: serde_json::Value =
+        serde_json::from_str(&read(&dir.path().join("summary.json"))).unwrap();
+    let text = read(&dir.path().join("workflows.csv"));
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "class,tenant,completion,latency_s,usd,tokens,within_slo"
+    );
+    let mut per_class: std::collections::BTreeMap<String, (u64, f64, u64, Vec<f64>)> =
+        Default::default();
+    for l in lines {
+        let f: Vec<&str> = l.split(',').collect();
+        let e = per_class.entry(f[0].to_string()).or_default();
+        e.0 += 1;
+        e.1 += f[4].parse::<f64>().unwrap();
+        e.2 += u64::from(f[6] == "true");
+        e.3.push(f[3].parse::<f64>().unwrap());
+    }
+    for (class, (n, usd, within, mut lat)) in per_class {
+        let c = &s["classes"][&class];
+        assert_eq!(n, c["completed"].as_u64().unwrap(), "{class}");
+        let mean = c["usd_per_outcome"]["mean"].as_f64().unwrap();
+        assert!((usd / n as f64 - mean).abs() < 1e-9, "{class}");
+        let att = c["slo_attainment"].as_f64().unwrap();
+        let arrived = c["arrived"].as_u64().unwrap() as f64;
+        assert!((within as f64 / arrived - att).abs() < 1e-12, "{class}");
+        lat.sort_by(f64::total_cmp);
+        let p99 = c["latency_s"]["p99"].as_f64().unwrap();
+        let exact = exact_quantile(&lat, 0.99).unwrap();
+        assert!(
+            p99 >= exact - 1e-9 && p99 <= exact * 1.001 + 1e-9,
+            "{class}"
+        );
+    }
+}

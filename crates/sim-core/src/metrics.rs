@@ -94,6 +94,9 @@ pub struct ClassStats {
     pub tenant: String,
     /// Share of workflows that should meet `slo` (error budget = 1 - target).
     pub slo_target: f64,
+    /// End-to-end latency of each completed workflow, in completion order (same order
+    /// as `usd_per_success`), for the per-workflow CSV.
+    pub latency_per_success_ns: Vec<u64>,
 }
 
 impl ClassStats {
@@ -126,6 +129,7 @@ impl ClassStats {
             tokens_per_success: Vec::new(),
             tenant: c.tenant.clone(),
             slo_target: c.slo_target,
+            latency_per_success_ns: Vec::new(),
         }
     }
 
@@ -144,6 +148,7 @@ impl ClassStats {
             self.within_slo += 1;
         }
         self.usd_per_success.push(usd);
+        self.latency_per_success_ns.push(latency.as_nanos());
     }
 }
 
