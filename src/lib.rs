@@ -2,6 +2,7 @@
 //! `sim-core`; this crate turns files into scenarios and results into tables and JSON.
 
 pub mod calibrate;
+pub mod capacity;
 pub mod load;
 pub mod outputs;
 pub mod plots;

@@ -1,0 +1,191 @@
+//! Capacity figures of GPU pools for `factorysim check`: how many tokens and sequences
+//! the KV cache holds, the decode throughput ceiling, and the concurrency the offered
+//! load needs by Little's law (arrival rate x (TTFT + output tokens x TPOT), not
+//! arrival rate x TTFT).
+
+use sim_core::gpu::perf::decode_tokens_per_sec;
+use sim_core::scenario::{Scenario, expected_tokens, expected_visits};
+use std::fmt::Write;
+
+/// Offered LLM load on one GPU pool.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GpuPoolLoad {
+    pub pool: String,
+    pub replicas: u32,
+    /// KV capacity of one replica, tokens.
+    pub kv_tokens_per_replica: u64,
+    /// Hops per second sent to the pool.
+    pub hop_rate_per_s: f64,
+    /// Mean prompt and output tokens of those hops.
+    pub mean_input: f64,
+    pub mean_output: f64,
+    /// Sequences the pool's KV cache holds at the mean context (prompt + output / 2).
+    pub kv_sequences: f64,
+    /// Decode tokens per second of the pool with every replica at its largest batch.
+    pub decode_ceiling_tok_s: f64,
+    /// Solo-request TTFT and TPOT from the performance model.
+    pub ttft_s: f64,
+    pub tpot_s: f64,
+    /// Little's law: sequences in flight the load needs.
+    pub needed_concurrency: f64,
+}
+
+/// One entry per GPU pool.
+pub fn gpu_pool_loads(sc: &Scenario) -> Vec<GpuPoolLoad> {
+    let mut out = Vec::new();
+    for (pi, pool) in sc.pools.iter().enumerate() {
+        let Some(g) = &pool.gpu else { continue };
+        let (mut rate, mut inp, mut outp) = (0.0, 0.0, 0.0);
+        for c in &sc.classes {
+            let r = c.mean_rate_per_s(sc.horizon);
+            let visits = expected_visits(&c.graph);
+            let tokens = expected_tokens(&c.graph, &sc.tools);
+            for (i, n) in c.graph.nodes.iter().enumerate() {
+                let on_pool = n.pool == Some(pi)
+                    || n.tier
+                        .is_some_and(|t| sc.tiers[t].pools.first() == Some(&pi));
+                if n.enabled && on_pool {
+                    let v = r * visits[i];
+                    rate += v;
+                    inp += v * tokens[i].input;
+                    outp += v * tokens[i].output;
+                }
+            }
+        }
+        let (mean_input, mean_output) = if rate > 0.0 {
+            (inp / rate, outp / rate)
+        } else {
+            (0.0, 0.0)
+        };
+        let context = (mean_input + mean_output / 2.0).max(1.0);
+        let per_replica_seqs = (g.kv_tokens as f64 / context).min(g.config.max_num_seqs as f64);
+        let (prefill, decode) = g.solo_latency(
+            mean_input.round() as u64,
+            mean_output.round().max(1.0) as u64,
+        );
+        let ttft = prefill.as_secs_f64();
+        let tpot = if mean_output > 1.0 {
+            decode.as_secs_f64() / (mean_output - 1.0)
+        } else {
+            0.0
+        };
+        let batch = per_replica_seqs.floor().max(1.0) as u32;
+        out.push(GpuPoolLoad {
+            pool: pool.name.clone(),
+            replicas: pool.servers,
+            kv_tokens_per_replica: g.kv_tokens,
+            hop_rate_per_s: rate,
+            mean_input,
+            mean_output,
+            kv_sequences: per_replica_seqs * pool.servers as f64,
+            decode_ceiling_tok_s: decode_tokens_per_sec(
+                g.perf.as_ref(),
+                batch,
+                context.round() as u64,
+            ) * pool.servers as f64,
+            ttft_s: ttft,
+            tpot_s: tpot,
+            needed_concurrency: rate * (ttft + mean_output * tpot),
+        });
+    }
+    out
+}
+
+/// The GPU section of `factorysim check` (empty when there are no GPU pools).
+pub fn gpu_capacity_table(sc: &Scenario) -> String {
+    let loads = gpu_pool_loads(sc);
+    if loads.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from(
+        "\nGPU pools (solo TTFT/TPOT from the performance model; needed = rate x (TTFT + output x TPOT))\n",
+    );
+    let _ = writeln!(
+        s,
+        "  {:<12} {:>8} {:>12} {:>12} {:>10} {:>14} {:>10} {:>9} {:>8} {:>10}",
+        "pool",
+        "replicas",
+        "KV tok/rep",
+        "KV seqs",
+        "hops/s",
+        "decode tok/s",
+        "TTFT",
+        "TPOT",
+        "needed",
+        "headroom"
+    );
+    for l in loads {
+        let headroom = if l.needed_concurrency > 0.0 {
+            l.kv_sequences / l.needed_concurrency
+        } else {
+            f64::INFINITY
+        };
+        let _ = writeln!(
+            s,
+            "  {:<12} {:>8} {:>12} {:>12.0} {:>10.3} {:>14.0} {:>9.0}ms {:>7.1}ms {:>8.1} {:>10}",
+            l.pool,
+            l.replicas,
+            l.kv_tokens_per_replica,
+            l.kv_sequences,
+            l.hop_rate_per_s,
+            l.decode_ceiling_tok_s,
+            l.ttft_s * 1e3,
+            l.tpot_s * 1e3,
+            l.needed_concurrency,
+            headroom
+        );
+        let demand = l.hop_rate_per_s * l.mean_output;
+        if demand > l.decode_ceiling_tok_s {
+            let _ = writeln!(
+                s,
+                "warning: pool {} needs {demand:.0} output tokens/s, above its decode ceiling of {:.0}",
+                l.pool, l.decode_ceiling_tok_s
+            );
+        }
+        if l.needed_concurrency > l.kv_sequences {
+            let _ = writeln!(
+                s,
+                "warning: pool {} needs {:.0} sequences in flight but its KV cache holds about {:.0}: expect queueing and preemption",
+                l.pool, l.needed_concurrency, l.kv_sequences
+            );
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn littles_law_uses_the_whole_request_time() {
+        let text = r#"
+[simulation]
+horizon = "10m"
+[pools.h100]
+servers = 2
+gpu = { model = "llama-3-8b", gpu = "h100-80gb" }
+[classes.c]
+arrival = { process = "poisson", rate = 4.0 }
+[[classes.c.nodes]]
+id = "answer"
+pool = "h100"
+input_tokens = { dist = "constant", value = 1000 }
+output_tokens = { dist = "constant", value = 200 }
+"#;
+        let sc = crate::parse_scenario("inline.toml", text, &[])
+            .unwrap_or_else(|e| panic!("{e}"))
+            .scenario;
+        let l = &gpu_pool_loads(&sc)[0];
+        assert_eq!((l.mean_input, l.mean_output), (1000.0, 200.0));
+        assert!((l.needed_concurrency - 4.0 * (l.ttft_s + 200.0 * l.tpot_s)).abs() < 1e-9);
+        // Much more than rate x TTFT alone.
+        assert!(l.needed_concurrency > 20.0 * 4.0 * l.ttft_s);
+        // KV: Llama-3-8B keeps 131,072 bytes per token.
+        let g = sc.pools[0].gpu.as_ref().expect("gpu pool");
+        assert_eq!(l.kv_tokens_per_replica, g.kv_tokens);
+        assert!(l.kv_sequences > 100.0 && l.decode_ceiling_tok_s > 1000.0);
+        let text_out = gpu_capacity_table(&sc);
+        assert!(text_out.contains("h100") && text_out.contains("needed"));
+    }
+}
