@@ -3,6 +3,7 @@
 
 pub mod calibrate;
 pub mod capacity;
+pub mod compare;
 pub mod load;
 pub mod outputs;
 pub mod plots;

@@ -68,6 +68,8 @@ enum Command {
     Trace(factorysim::trace_cmd::TraceArgs),
     /// Fit a workload profile to a trace and write a scenario fragment.
     Fit(factorysim::trace_cmd::FitArgs),
+    /// Run variants of a scenario on common random numbers and compare them side by side.
+    Compare(factorysim::compare::CompareArgs),
     /// Fit the calibrated performance model to measured timings and regenerate docs/validation.md.
     Calibrate(factorysim::calibrate::CalibrateArgs),
 }
@@ -184,6 +186,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Trace(args) => factorysim::trace_cmd::run_trace(args),
         Command::Fit(args) => factorysim::trace_cmd::run_fit(args),
         Command::Calibrate(args) => factorysim::calibrate::run(args),
+        Command::Compare(args) => factorysim::compare::run(args),
     }
 }
 

@@ -1,0 +1,1296 @@
+//! `factorysim compare`: run variants of one scenario on common random numbers and put
+//! them side by side, with the paired difference of every figure to the first variant
+//! (the baseline) and its 95% Student-t confidence interval over the seeds.
+//!
+//! Variants come from `[variants.NAME] set = ["key.path=value", ...]` in the scenario
+//! (in name order) and then from `--variant NAME:key.path=value[,key.path=value]` on the
+//! command line. Each variant is the scenario with the global `--set`s and then its own
+//! overrides applied. Every variant runs with the seeds `S, S+1, ..., S+N-1`: the engine
+//! derives arrivals and per-workflow draws from the seed alone, so the variants see the
+//! same workload and the per-seed differences isolate the policy's effect.
+//!
+//! Runs are independent and run in parallel (rayon), collected in input order, so the
+//! table and `compare.json` are byte-identical for any thread count.
+
+use crate::load::{InputError, parse_scenario};
+use crate::replications::Estimate;
+use crate::report::{fmt_secs, fmt_usd};
+use rayon::prelude::*;
+use serde::Serialize;
+use sim_core::metrics::RunResult;
+use sim_core::{Scenario, Summary};
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::path::PathBuf;
+
+/// `factorysim compare` arguments.
+#[derive(clap::Args, Debug, Clone)]
+#[command(
+    after_help = "Examples:\n  factorysim compare scenarios/tier-policies.toml --replications 5\n  factorysim compare scenarios/mmc.toml --variant five:pools.agents.servers=5 --variant six:pools.agents.servers=6\n  factorysim compare scenarios/month-end.toml --variant waves:classes.claims.nodes.1.fan_out.wave=6 --variant 'compact:classes.claims.nodes.3.enabled=true'\n\nVariants declared in the file ([variants.NAME] set = [\"key.path=value\", ...]) come first,\nin name order, then --variant ones; the first is the baseline. Without declared variants the\nbaseline is the scenario as written (\"baseline\"). Writes DIR/compare.json and\nDIR/compare.{svg,png} (see docs/policies.md)."
+)]
+pub struct CompareArgs {
+    /// Scenario file (TOML).
+    pub scenario: PathBuf,
+    /// A variant: NAME:key.path=value[,key.path=value] (repeatable). Commas inside
+    /// brackets, braces or quotes belong to the value. A bare NAME adds the scenario as
+    /// written under that name.
+    #[arg(long = "variant", value_name = "NAME:KEY.PATH=VALUE[,...]")]
+    pub variants: Vec<String>,
+    /// Seeds per variant: S, S+1, ..., S+N-1 (the same for every variant).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub replications: u32,
+    /// First seed S (default: simulation.seed of the scenario).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Output directory for compare.json and the bar chart.
+    #[arg(long, default_value = "out/compare")]
+    pub out: PathBuf,
+    /// Override a scenario value in every variant, e.g. --set simulation.horizon=30m
+    /// (repeatable; applied before each variant's own overrides).
+    #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
+    pub sets: Vec<String>,
+    /// Print compare.json to stdout instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Skip the bar chart (DIR/compare.svg and .png).
+    #[arg(long)]
+    pub no_plots: bool,
+}
+
+/// What to compare, independent of the command line.
+#[derive(Clone, Debug, Default)]
+pub struct CompareOptions {
+    /// Global overrides, applied to every variant first.
+    pub sets: Vec<String>,
+    /// `--variant` arguments, as typed.
+    pub variants: Vec<String>,
+    /// Seeds per variant (at least 1).
+    pub replications: u32,
+    /// First seed; default the scenario's `simulation.seed`.
+    pub seed: Option<u64>,
+}
+
+/// One variant to run.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Variant {
+    pub name: String,
+    /// "file", "command_line", or "implicit" (the scenario as written, when the file
+    /// declares no variants).
+    pub source: &'static str,
+    pub description: Option<String>,
+    /// Its overrides, applied after the global `--set`s.
+    pub set: Vec<String>,
+}
+
+const VARIANT_SYNTAX: &str = "expected NAME:key.path=value[,key.path=value], e.g. \
+     --variant cheap:routing.policy=cost_aware,pools.frontier.servers=8";
+
+/// Parses one `--variant` argument.
+pub fn parse_variant_arg(arg: &str) -> Result<Variant, String> {
+    let raw = arg.trim();
+    let bad = |why: &str| format!("--variant `{arg}`: {why}; {VARIANT_SYNTAX}");
+    if raw.is_empty() {
+        return Err(bad("empty"));
+    }
+    let (name, rest) = match raw.split_once(':') {
+        Some((n, r)) => (n.trim(), Some(r)),
+        None => (raw, None),
+    };
+    if name.contains('=') {
+        return Err(bad("the variant name is missing before `:`"));
+    }
+    if name.is_empty() {
+        return Err(bad("the variant name is empty"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(bad(&format!(
+            "the variant name `{name}` has `{c}`; use letters, digits, '-', '_' or '.'"
+        )));
+    }
+    let mut set = Vec::new();
+    if let Some(rest) = rest {
+        if rest.trim().is_empty() {
+            return Err(bad(&format!("variant `{name}` has no override after `:`")));
+        }
+        for piece in split_top_level(rest).map_err(|m| bad(&format!("variant `{name}`: {m}")))? {
+            let piece = piece.trim();
+            let Some((key, value)) = piece.split_once('=') else {
+                return Err(bad(&format!(
+                    "variant `{name}`: `{piece}` is not key.path=value"
+                )));
+            };
+            let key = key.trim();
+            if key.is_empty() || key.split('.').any(str::is_empty) || key.contains(' ') {
+                return Err(bad(&format!(
+                    "variant `{name}`: `{key}` is not a key path like pools.gpu.servers"
+                )));
+            }
+            if value.trim().is_empty() {
+                return Err(bad(&format!("variant `{name}`: `{key}` has no value")));
+            }
+            set.push(format!("{key}={}", value.trim()));
+        }
+    }
+    Ok(Variant {
+        name: name.to_string(),
+        source: "command_line",
+        description: None,
+        set,
+    })
+}
+
+/// Splits on commas outside brackets, braces and quotes.
+fn split_top_level(s: &str) -> Result<Vec<&str>, String> {
+    let mut out = Vec::new();
+    let mut depth: i32 = 0;
+    let mut quote: Option<char> = None;
+    let mut start = 0;
+    for (i, c) in s.char_indices() {
+        match quote {
+            Some(q) => {
+                if c == q {
+                    quote = None;
+                }
+            }
+            None => match c {
+                '"' | '\'' => quote = Some(c),
+                '[' | '{' => depth += 1,
+                ']' | '}' => {
+                    depth -= 1;
+                    if depth < 0 {
+                        return Err(format!("unbalanced `{c}`"));
+                    }
+                }
+                ',' if depth == 0 => {
+                    out.push(&s[start..i]);
+                    start = i + 1;
+                }
+                _ => {}
+            },
+        }
+    }
+    if quote.is_some() {
+        return Err("unterminated quote".into());
+    }
+    if depth != 0 {
+        return Err("unbalanced brackets or braces".into());
+    }
+    out.push(&s[start..]);
+    Ok(out)
+}
+
+/// The variants to run, baseline first: the file's (in name order), then the command
+/// line's; "baseline" (no overrides) first when the file declares none.
+pub fn plan_variants(
+    file: &str,
+    text: &str,
+    opts: &CompareOptions,
+) -> Result<Vec<Variant>, InputError> {
+    let base = parse_scenario(file, text, &opts.sets)?;
+    let mut variants: Vec<Variant> = base
+        .spec
+        .variants
+        .iter()
+        .map(|(name, v)| Variant {
+            name: name.clone(),
+            source: "file",
+            description: v.description.clone(),
+            set: v.set.clone(),
+        })
+        .collect();
+    if variants.is_empty() {
+        variants.push(Variant {
+            name: "baseline".into(),
+            source: "implicit",
+            description: Some("the scenario as written".into()),
+            set: Vec::new(),
+        });
+    }
+    for arg in &opts.variants {
+        let v = parse_variant_arg(arg).map_err(|m| InputError::new(file, m))?;
+        if let Some(prev) = variants.iter().find(|x| x.name == v.name) {
+            return Err(InputError::new(
+                file,
+                format!(
+                    "--variant `{arg}`: a variant named `{}` already exists ({}); expected a new name",
+                    v.name,
+                    match prev.source {
+                        "file" => "declared in the file",
+                        "implicit" => "the implicit baseline",
+                        _ => "given earlier on the command line",
+                    }
+                ),
+            ));
+        }
+        variants.push(v);
+    }
+    Ok(variants)
+}
+
+// ---------------------------------------------------------------------------------
+// Figures of one run.
+
+/// The figures of one (variant, seed) run: `variants[i].runs[j]` in compare.json.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RunFigures {
+    pub seed: u64,
+    pub classes: BTreeMap<String, ClassFigures>,
+    pub pools: BTreeMap<String, PoolFigures>,
+    pub totals: TotalFigures,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ClassFigures {
+    pub arrived: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub rejected: u64,
+    pub abandoned: u64,
+    pub in_flight: u64,
+    pub latency_s: LatencyFigures,
+    /// Mean cost of a successful workflow (`usd_per_outcome.mean` of summary.json).
+    pub usd_per_outcome: Option<f64>,
+    /// completed / (arrived - in_flight).
+    pub success_rate: Option<f64>,
+    pub slo_attainment: Option<f64>,
+    /// Everything the class's measured workflows cost, rejected ones included.
+    pub usd_total: f64,
+    /// Dollars that bought no outcome: the sum of `usd_waste_by`.
+    pub usd_waste: f64,
+    pub usd_waste_by: WasteFigures,
+    /// Hops served by a fallback pool of their tier.
+    pub degraded_hops: u64,
+    pub escalations: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LatencyFigures {
+    pub p50: Option<f64>,
+    pub p95: Option<f64>,
+    pub p99: Option<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct WasteFigures {
+    pub failed: f64,
+    pub abandoned: f64,
+    pub after_outcome: f64,
+    pub rejected: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PoolFigures {
+    /// Busy server-time / provisioned server-time (`null` for an API pool).
+    pub utilization: Option<f64>,
+    /// Time-average servers provisioned (autoscaling moves it; `null` for an API).
+    pub mean_servers: Option<f64>,
+    pub hops: u64,
+    pub mean_wait_s: f64,
+    /// Cost of keeping the pool up over the window (0 for an API: it charges per token).
+    pub usd_capacity: f64,
+    /// The part of usd_capacity no hop used.
+    pub usd_idle: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TotalFigures {
+    pub completed: u64,
+    /// Self-hosted capacity over the window.
+    pub usd_capacity: f64,
+    pub usd_idle: f64,
+    /// Sum of the classes' usd_total (server time, API tokens, tools, human review).
+    pub usd_workflows: f64,
+    /// usd_workflows + usd_idle: what the factory paid, API tokens included.
+    pub usd_all_in: f64,
+    /// usd_all_in / completed.
+    pub usd_per_outcome_all_in: Option<f64>,
+    pub usd_waste: f64,
+}
+
+/// The figures of one run of `sc`.
+pub fn figures(sc: &Scenario, r: &RunResult) -> RunFigures {
+    let s: Summary = r.summary();
+    let mut classes = BTreeMap::new();
+    for c in &r.classes {
+        let Some(cs) = s.classes.get(&c.name) else {
+            continue;
+        };
+        let waste = WasteFigures {
+            failed: c.usd_waste_failed,
+            abandoned: c.usd_waste_abandoned,
+            after_outcome: c.usd_waste_leftover,
+            rejected: c.usd_waste_rejected,
+        };
+        let usd_waste = waste.failed + waste.abandoned + waste.after_outcome + waste.rejected;
+        let decided = c.arrived.saturating_sub(c.in_flight);
+        classes.insert(
+            c.name.clone(),
+            ClassFigures {
+                arrived: c.arrived,
+                completed: c.completed,
+                failed: c.failed,
+                rejected: c.rejected,
+                abandoned: c.abandoned,
+                in_flight: c.in_flight,
+                latency_s: LatencyFigures {
+                    p50: cs.latency_s.p50,
+                    p95: cs.latency_s.p95,
+                    p99: cs.latency_s.p99,
+                },
+                usd_per_outcome: cs.usd_per_outcome.mean,
+                success_rate: (decided > 0).then(|| c.completed as f64 / decided as f64),
+                slo_attainment: cs.slo_attainment,
+                usd_total: c.usd_per_success.iter().sum::<f64>() + c.usd_unfinished + usd_waste,
+                usd_waste,
+                usd_waste_by: waste,
+                degraded_hops: c.degraded_hops,
+                escalations: c.escalations,
+            },
+        );
+    }
+    let mut pools = BTreeMap::new();
+    let window_s = r.window().as_secs_f64();
+    for (i, name) in r.pool_names.iter().enumerate() {
+        let (Some(stats), Some(rep)) = (r.pools.get(i), r.pool_reports.get(i)) else {
+            continue;
+        };
+        let api = sc.pools.get(i).is_some_and(|p| p.api.is_some());
+        let price = if api {
+            0.0
+        } else {
+            sc.pools.get(i).map_or(0.0, |p| p.usd_per_server_hour)
+        };
+        let mean_servers = if rep.capacity_server_s > 0.0 && window_s > 0.0 {
+            rep.capacity_server_s / window_s
+        } else {
+            rep.servers as f64
+        };
+        pools.insert(
+            name.clone(),
+            PoolFigures {
+                utilization: (!api).then(|| rep.utilization()),
+                mean_servers: (!api).then_some(mean_servers),
+                hops: stats.hops,
+                mean_wait_s: stats.mean_wait_s(),
+                usd_capacity: rep.usd_capacity,
+                usd_idle: (rep.usd_capacity - rep.busy_server_s * price / 3600.0).max(0.0),
+            },
+        );
+    }
+    let completed: u64 = classes.values().map(|c| c.completed).sum();
+    let usd_workflows: f64 = classes.values().map(|c| c.usd_total).sum();
+    let usd_idle: f64 = pools.values().map(|p| p.usd_idle).sum();
+    let usd_all_in = usd_workflows + usd_idle;
+    let totals = TotalFigures {
+        completed,
+        usd_capacity: pools.values().map(|p| p.usd_capacity).sum(),
+        usd_idle,
+        usd_workflows,
+        usd_all_in,
+        usd_per_outcome_all_in: (completed > 0).then(|| usd_all_in / completed as f64),
+        usd_waste: classes.values().map(|c| c.usd_waste).sum(),
+    };
+    RunFigures {
+        seed: r.seed,
+        classes,
+        pools,
+        totals,
+    }
+}
+
+/// Every numeric figure of a run by its dotted path (`classes.chat.latency_s.p99`);
+/// `None` for a figure the run does not have (a percentile with no completion).
+pub fn flatten(f: &RunFigures) -> BTreeMap<String, Option<f64>> {
+    fn walk(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, Option<f64>>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, x) in m {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&key, x, out);
+                }
+            }
+            serde_json::Value::Number(n) => {
+                out.insert(prefix.to_string(), n.as_f64());
+            }
+            serde_json::Value::Null => {
+                out.insert(prefix.to_string(), None);
+            }
+            _ => {}
+        }
+    }
+    let mut out = BTreeMap::new();
+    if let Ok(v) = serde_json::to_value(f) {
+        walk("", &v, &mut out);
+    }
+    out.remove("seed");
+    out
+}
+
+// ---------------------------------------------------------------------------------
+// The comparison.
+
+/// A paired difference (variant - baseline) of one figure over the seeds.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PairedDiff {
+    /// Mean of the per-seed differences.
+    pub mean: f64,
+    /// Half-width of the 95% Student-t interval of that mean (`null` with one seed).
+    pub ci95: Option<f64>,
+    /// Seeds where both runs have the figure.
+    pub n: u32,
+    /// The interval excludes 0: the difference is not noise at 95%.
+    pub excludes_zero: bool,
+    /// Per seed, in `seeds` order (`null` where either run lacks the figure).
+    pub per_seed: Vec<Option<f64>>,
+}
+
+impl PairedDiff {
+    /// `None` when no seed has the figure in both runs.
+    pub fn of(per_seed: Vec<Option<f64>>) -> Option<PairedDiff> {
+        let values: Vec<f64> = per_seed.iter().flatten().copied().collect();
+        let e = Estimate::of(&values)?;
+        Some(PairedDiff {
+            mean: e.mean,
+            ci95: e.ci95,
+            n: e.n,
+            excludes_zero: e.ci95.is_some_and(|h| e.mean.abs() > h),
+            per_seed,
+        })
+    }
+}
+
+/// One variant in compare.json.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct VariantResult {
+    #[serde(flatten)]
+    pub variant: Variant,
+    /// Figures of each run, in `seeds` order.
+    pub runs: Vec<RunFigures>,
+    /// Mean and 95% interval of every figure over the seeds, by dotted path.
+    pub mean: BTreeMap<String, Estimate>,
+    /// Paired difference to the baseline of every figure both have (`null` for the
+    /// baseline itself).
+    pub diff: Option<BTreeMap<String, PairedDiff>>,
+}
+
+/// compare.json.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Comparison {
+    pub schema_version: u32,
+    pub scenario: String,
+    /// Global overrides applied to every variant.
+    pub sets: Vec<String>,
+    pub replications: u32,
+    pub seeds: Vec<u64>,
+    pub confidence: f64,
+    pub baseline: String,
+    pub variants: Vec<VariantResult>,
+    /// Things that look like mistakes: an override that creates a pool, class, tool,
+    /// lane or tier the scenario does not have; a variant whose every figure equals the
+    /// baseline's.
+    pub warnings: Vec<String>,
+}
+
+/// Runs the comparison of scenario `text` (`file` names it in messages).
+pub fn compare(file: &str, text: &str, opts: &CompareOptions) -> Result<Comparison, InputError> {
+    compare_with_progress(file, text, opts, &|| {})
+}
+
+/// As [`compare`], calling `on_done` after each run.
+pub fn compare_with_progress(
+    file: &str,
+    text: &str,
+    opts: &CompareOptions,
+    on_done: &(dyn Fn() + Sync),
+) -> Result<Comparison, InputError> {
+    if opts.replications == 0 {
+        return Err(InputError::new(
+            file,
+            "--replications: expected at least 1 seed per variant",
+        ));
+    }
+    let variants = plan_variants(file, text, opts)?;
+    let mut scenarios = Vec::with_capacity(variants.len());
+    for v in &variants {
+        let mut sets = opts.sets.clone();
+        sets.extend(v.set.iter().cloned());
+        let loaded = parse_scenario(file, text, &sets)
+            .map_err(|e| InputError::new(e.file, format!("variant `{}`: {}", v.name, e.detail)))?;
+        scenarios.push(loaded.scenario);
+    }
+    let first_seed = opts.seed.unwrap_or(scenarios[0].seed);
+    let seeds: Vec<u64> = (0..opts.replications as u64)
+        .map(|i| first_seed.wrapping_add(i))
+        .collect();
+    let jobs: Vec<(usize, u64)> = (0..variants.len())
+        .flat_map(|v| seeds.iter().map(move |&s| (v, s)))
+        .collect();
+    let runs: Vec<RunFigures> = jobs
+        .par_iter()
+        .map(|&(v, seed)| {
+            let mut sc = scenarios[v].clone();
+            sc.seed = seed;
+            let r = crate::simulate(&sc, None);
+            let f = figures(&sc, &r);
+            on_done();
+            f
+        })
+        .collect();
+    let n = seeds.len();
+    let mut per_variant: Vec<Vec<RunFigures>> = Vec::with_capacity(variants.len());
+    let mut it = runs.into_iter();
+    for _ in 0..variants.len() {
+        per_variant.push(it.by_ref().take(n).collect());
+    }
+    let flat: Vec<Vec<BTreeMap<String, Option<f64>>>> = per_variant
+        .iter()
+        .map(|runs| runs.iter().map(flatten).collect())
+        .collect();
+    let mut results = Vec::with_capacity(variants.len());
+    for (vi, (variant, runs)) in variants.into_iter().zip(per_variant).enumerate() {
+        let keys: std::collections::BTreeSet<&String> =
+            flat[vi].iter().flat_map(|m| m.keys()).collect();
+        let mut mean = BTreeMap::new();
+        for k in &keys {
+            let values: Vec<f64> = flat[vi]
+                .iter()
+                .filter_map(|m| m.get(*k).copied().flatten())
+                .collect();
+            if let Some(e) = Estimate::of(&values) {
+                mean.insert((*k).clone(), e);
+            }
+        }
+        let diff = (vi > 0).then(|| {
+            let mut d = BTreeMap::new();
+            for k in &keys {
+                let per_seed: Vec<Option<f64>> = (0..n)
+                    .map(|j| {
+                        let a = flat[vi][j].get(*k).copied().flatten()?;
+                        let b = flat[0][j].get(*k).copied().flatten()?;
+                        Some(a - b)
+                    })
+                    .collect();
+                if let Some(p) = PairedDiff::of(per_seed) {
+                    d.insert((*k).clone(), p);
+                }
+            }
+            d
+        });
+        results.push(VariantResult {
+            variant,
+            runs,
+            mean,
+            diff,
+        });
+    }
+    let mut warnings = creation_warnings(text, &opts.sets, &results);
+    for v in results.iter().skip(1) {
+        if !v.variant.set.is_empty()
+            && v.diff.as_ref().is_some_and(|d| {
+                d.values()
+                    .all(|p| p.per_seed.iter().flatten().all(|x| *x == 0.0))
+            })
+        {
+            warnings.push(format!(
+                "variant `{}`: every figure equals the baseline's; do its overrides ({}) reach anything the simulation uses?",
+                v.variant.name,
+                v.variant.set.join(", ")
+            ));
+        }
+    }
+    Ok(Comparison {
+        schema_version: 1,
+        scenario: file.to_string(),
+        sets: opts.sets.clone(),
+        replications: opts.replications,
+        seeds,
+        confidence: 0.95,
+        baseline: results
+            .first()
+            .map(|v| v.variant.name.clone())
+            .unwrap_or_default(),
+        variants: results,
+        warnings,
+    })
+}
+
+/// Overrides whose key path names a pool, class, tool, lane or tier the scenario does
+/// not define: `--set` creates it, which is rarely what was meant (a typo).
+fn creation_warnings(text: &str, sets: &[String], variants: &[VariantResult]) -> Vec<String> {
+    let Ok(table) = toml::from_str::<toml::Table>(text) else {
+        return Vec::new();
+    };
+    let named = ["pools", "classes", "tools", "lanes", "tiers"];
+    let check = |who: &str, set: &str| -> Option<String> {
+        let path = set.split_once('=')?.0.trim();
+        let mut parts = path.split('.');
+        let section = parts.next()?;
+        let name = parts.next()?;
+        parts.next()?;
+        if !named.contains(&section) {
+            return None;
+        }
+        let exists = table
+            .get(section)
+            .and_then(|t| t.as_table())
+            .is_some_and(|t| t.contains_key(name));
+        (!exists).then(|| {
+            format!("{who}: `{path}` creates {section}.{name}, which the scenario does not define")
+        })
+    };
+    let mut out: Vec<String> = sets.iter().filter_map(|s| check("--set", s)).collect();
+    for v in variants {
+        for s in &v.variant.set {
+            if let Some(w) = check(&format!("variant `{}`", v.variant.name), s) {
+                out.push(w);
+            }
+        }
+    }
+    out
+}
+
+/// compare.json text (pretty, newline-terminated).
+pub fn to_json(c: &Comparison) -> String {
+    serde_json::to_string_pretty(c).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}")) + "\n"
+}
+
+// ---------------------------------------------------------------------------------
+// The table.
+
+#[derive(Clone, Copy)]
+enum Unit {
+    Secs,
+    Usd,
+    Share,
+}
+
+fn fmt_value(unit: Unit, x: f64) -> String {
+    match unit {
+        Unit::Secs => fmt_secs(Some(x)),
+        Unit::Usd => fmt_usd(Some(x)),
+        Unit::Share => format!("{:.1}%", x * 100.0),
+    }
+}
+
+/// Decimals that show 2 significant digits of `x`.
+fn decimals_for(x: f64) -> usize {
+    if x <= 0.0 || !x.is_finite() {
+        return 1;
+    }
+    (1 - x.log10().floor() as i64).clamp(0, 6) as usize
+}
+
+/// "-9.8s ± 0.6", "-$0.0042 ± 0.0003", "+1.2pp ± 0.4"; "same" when every seed is equal.
+fn fmt_diff(unit: Unit, d: &PairedDiff) -> String {
+    let hw = d.ci95.unwrap_or(0.0);
+    if d.mean == 0.0 && hw == 0.0 {
+        return "same".into();
+    }
+    let sign = if d.mean < 0.0 { "-" } else { "+" };
+    let m = d.mean.abs();
+    let big = m.max(hw);
+    let (scale, unit_s, prefix) = match unit {
+        Unit::Secs => match big {
+            b if b < 1e-3 => (1e6, "us", ""),
+            b if b < 1.0 => (1e3, "ms", ""),
+            b if b < 120.0 => (1.0, "s", ""),
+            b if b < 7200.0 => (1.0 / 60.0, "m", ""),
+            _ => (1.0 / 3600.0, "h", ""),
+        },
+        Unit::Usd => (1.0, "", "$"),
+        Unit::Share => (100.0, "pp", ""),
+    };
+    let dec = decimals_for(big * scale).max(match unit {
+        Unit::Share => 1,
+        _ => 0,
+    });
+    if format!("{:.dec$}", big * scale)
+        .chars()
+        .all(|ch| ch == '0' || ch == '.')
+    {
+        return "≈0".into();
+    }
+    let body = format!("{sign}{prefix}{:.dec$}{unit_s}", m * scale);
+    match d.ci95 {
+        Some(h) => format!("{body} ± {:.dec$}", h * scale),
+        None => body,
+    }
+}
+
+/// One cell: the mean, and for a non-baseline variant its paired difference.
+fn cell(v: &VariantResult, key: &str, unit: Unit) -> String {
+    let Some(m) = v.mean.get(key) else {
+        return "-".into();
+    };
+    let value = fmt_value(unit, m.mean);
+    match v.diff.as_ref().and_then(|d| d.get(key)) {
+        None => value,
+        Some(d) => format!(
+            "{value} ({}){}",
+            fmt_diff(unit, d),
+            if d.excludes_zero { "*" } else { "" }
+        ),
+    }
+}
+
+fn render(header: &[String], rows: &[Vec<String>], out: &mut String) {
+    let mut w = vec![0; header.len()];
+    for r in std::iter::once(header).chain(rows.iter().map(|r| r.as_slice())) {
+        for (i, c) in r.iter().enumerate() {
+            if i < w.len() {
+                w[i] = w[i].max(c.chars().count());
+            }
+        }
+    }
+    for r in std::iter::once(header).chain(rows.iter().map(|r| r.as_slice())) {
+        let mut line = String::new();
+        for (i, c) in r.iter().enumerate() {
+            let width = w.get(i).copied().unwrap_or(0);
+            if i == 0 {
+                let _ = write!(line, "  {c:<width$}");
+            } else {
+                let _ = write!(line, "  {c:>width$}");
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+}
+
+/// The side-by-side table `factorysim compare` prints.
+pub fn table(c: &Comparison) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} variants x {} seeds ({}), common random numbers; baseline `{}`",
+        c.variants.len(),
+        c.replications,
+        match c.seeds.as_slice() {
+            [] => String::new(),
+            [s] => format!("seed {s}"),
+            [a, .., b] => format!("seeds {a}..{b}"),
+        },
+        c.baseline
+    );
+    for v in &c.variants {
+        let what = if v.variant.set.is_empty() {
+            "(no overrides)".to_string()
+        } else {
+            v.variant.set.join("  ")
+        };
+        let _ = writeln!(out, "  {:<w$}  {what}", v.variant.name, w = name_width(c));
+    }
+    let _ = writeln!(
+        out,
+        "Cells: mean over the seeds (paired difference to `{}`, mean ± 95% CI); * = the CI excludes 0",
+        c.baseline
+    );
+    let Some(base) = c.variants.first() else {
+        return out;
+    };
+    let class_names: Vec<&String> = base
+        .runs
+        .first()
+        .map_or(Vec::new(), |r| r.classes.keys().collect());
+    for class in class_names {
+        out.push('\n');
+        let _ = writeln!(out, "class {class}");
+        let header: Vec<String> = [
+            "variant",
+            "p50",
+            "p95",
+            "p99",
+            "$/outcome",
+            "success",
+            "waste $",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let k = |f: &str| format!("classes.{class}.{f}");
+        let rows: Vec<Vec<String>> = c
+            .variants
+            .iter()
+            .map(|v| {
+                vec![
+                    v.variant.name.clone(),
+                    cell(v, &k("latency_s.p50"), Unit::Secs),
+                    cell(v, &k("latency_s.p95"), Unit::Secs),
+                    cell(v, &k("latency_s.p99"), Unit::Secs),
+                    cell(v, &k("usd_per_outcome"), Unit::Usd),
+                    cell(v, &k("success_rate"), Unit::Share),
+                    cell(v, &k("usd_waste"), Unit::Usd),
+                ]
+            })
+            .collect();
+        render(&header, &rows, &mut out);
+    }
+    // Pools: utilisation for server pools, hops for API pools.
+    let pools: Vec<(&String, bool)> = base.runs.first().map_or(Vec::new(), |r| {
+        r.pools
+            .iter()
+            .map(|(n, p)| (n, p.utilization.is_some()))
+            .collect()
+    });
+    if !pools.is_empty() {
+        out.push('\n');
+        let _ = writeln!(
+            out,
+            "pools (utilisation = busy / provisioned server time; API pools: hops per run)"
+        );
+        let mut header = vec!["variant".to_string()];
+        header.extend(pools.iter().map(|(n, _)| (*n).clone()));
+        let rows: Vec<Vec<String>> = c
+            .variants
+            .iter()
+            .map(|v| {
+                let mut row = vec![v.variant.name.clone()];
+                for (n, servers) in &pools {
+                    row.push(if *servers {
+                        cell(v, &format!("pools.{n}.utilization"), Unit::Share)
+                    } else {
+                        cell_count(v, &format!("pools.{n}.hops"))
+                    });
+                }
+                row
+            })
+            .collect();
+        render(&header, &rows, &mut out);
+    }
+    out.push('\n');
+    let _ = writeln!(
+        out,
+        "factory (all-in = every workflow's dollars + idle capacity, API tokens included)"
+    );
+    let header: Vec<String> = [
+        "variant",
+        "all-in $/outcome",
+        "all-in $",
+        "idle $",
+        "waste $",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let rows: Vec<Vec<String>> = c
+        .variants
+        .iter()
+        .map(|v| {
+            vec![
+                v.variant.name.clone(),
+                cell(v, "totals.usd_per_outcome_all_in", Unit::Usd),
+                cell(v, "totals.usd_all_in", Unit::Usd),
+                cell(v, "totals.usd_idle", Unit::Usd),
+                cell(v, "totals.usd_waste", Unit::Usd),
+            ]
+        })
+        .collect();
+    render(&header, &rows, &mut out);
+    for w in &c.warnings {
+        let _ = writeln!(out, "warning: {w}");
+    }
+    out
+}
+
+fn name_width(c: &Comparison) -> usize {
+    c.variants
+        .iter()
+        .map(|v| v.variant.name.chars().count())
+        .max()
+        .unwrap_or(0)
+}
+
+/// A count cell: mean and signed paired difference.
+fn cell_count(v: &VariantResult, key: &str) -> String {
+    let Some(m) = v.mean.get(key) else {
+        return "-".into();
+    };
+    let value = format!("{:.0}", m.mean);
+    match v.diff.as_ref().and_then(|d| d.get(key)) {
+        None => value,
+        Some(d) if d.mean == 0.0 && d.ci95.unwrap_or(0.0) == 0.0 => format!("{value} (same)"),
+        Some(d) => format!(
+            "{value} ({:+.0}{}){}",
+            d.mean,
+            d.ci95.map(|h| format!(" ± {h:.0}")).unwrap_or_default(),
+            if d.excludes_zero { "*" } else { "" }
+        ),
+    }
+}
+
+/// Per-class bars (p99 and $/outcome means) for the plot.
+fn plot_classes(c: &Comparison) -> Vec<crate::plots::CompareClass> {
+    let Some(base) = c.variants.first() else {
+        return Vec::new();
+    };
+    let names: Vec<String> = base
+        .runs
+        .first()
+        .map_or(Vec::new(), |r| r.classes.keys().cloned().collect());
+    names
+        .into_iter()
+        .map(|class| {
+            let get = |v: &VariantResult, f: &str| {
+                v.mean.get(&format!("classes.{class}.{f}")).map(|e| e.mean)
+            };
+            crate::plots::CompareClass {
+                p99_s: c.variants.iter().map(|v| get(v, "latency_s.p99")).collect(),
+                usd_per_outcome: c
+                    .variants
+                    .iter()
+                    .map(|v| get(v, "usd_per_outcome"))
+                    .collect(),
+                class,
+            }
+        })
+        .collect()
+}
+
+/// `factorysim compare`.
+pub fn run(args: CompareArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::io::IsTerminal;
+    let file = args.scenario.display().to_string();
+    let text = std::fs::read_to_string(&args.scenario)
+        .map_err(|e| InputError::new(&file, format!("cannot read scenario file: {e}")))?;
+    let opts = CompareOptions {
+        sets: args.sets.clone(),
+        variants: args.variants.clone(),
+        replications: args.replications,
+        seed: args.seed,
+    };
+    // Plan first, so the progress bar knows the number of runs.
+    let planned = plan_variants(&file, &text, &opts)?.len() as u64 * args.replications as u64;
+    let bar = if std::io::stderr().is_terminal() {
+        let b = indicatif::ProgressBar::with_draw_target(
+            Some(planned),
+            indicatif::ProgressDrawTarget::stderr(),
+        );
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{spinner} comparing [{bar:40}] {pos}/{len} runs ({elapsed})",
+        ) {
+            b.set_style(style);
+        }
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let done = || bar.inc(1);
+    let cmp = compare_with_progress(&file, &text, &opts, &done)?;
+    bar.finish_and_clear();
+    let json = to_json(&cmp);
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create output directory {}", args.out.display()))?;
+    let path = args.out.join("compare.json");
+    std::fs::write(&path, &json).with_context(|| format!("cannot write {}", path.display()))?;
+    let plots = if args.no_plots {
+        Vec::new()
+    } else {
+        let names: Vec<String> = cmp
+            .variants
+            .iter()
+            .map(|v| v.variant.name.clone())
+            .collect();
+        crate::plots::compare_bars(&args.out.join("compare"), &names, &plot_classes(&cmp))?
+    };
+    if args.json {
+        print!("{json}");
+    } else {
+        println!("{file}");
+        print!("{}", table(&cmp));
+        println!(
+            "\nWrote {}{}",
+            path.display(),
+            if plots.is_empty() {
+                String::new()
+            } else {
+                format!(" and {}", args.out.join("compare.{svg,png}").display())
+            }
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SMALL: &str = r#"
+[simulation]
+seed = 3
+horizon = "20m"
+warmup = "2m"
+[pools.gpu]
+servers = 2
+usd_per_server_hour = 2.0
+service = { dist = "exponential", mean = "1s" }
+[pools.api]
+api = { ttft = { dist = "constant", value = "300ms" }, tpot = { dist = "constant", value = "10ms" }, usd_per_1k_input = 0.5, usd_per_1k_output = 1.5 }
+[tiers.any]
+pools = ["gpu", "api"]
+[classes.chat]
+arrival = { process = "poisson", rate = 1.5 }
+slo = "5s"
+[[classes.chat.nodes]]
+id = "answer"
+tier = "any"
+input_tokens = { dist = "constant", value = 500 }
+output_tokens = { dist = "uniform", low = 50, high = 150 }
+"#;
+
+    fn opts(variants: &[&str], n: u32) -> CompareOptions {
+        CompareOptions {
+            sets: Vec::new(),
+            variants: variants.iter().map(|s| s.to_string()).collect(),
+            replications: n,
+            seed: None,
+        }
+    }
+
+    #[test]
+    fn identical_variants_give_identical_results() {
+        let c = compare(
+            "small.toml",
+            SMALL,
+            &opts(&["twin", "same-size:pools.gpu.servers=2"], 4),
+        )
+        .unwrap();
+        assert_eq!(c.baseline, "baseline");
+        assert_eq!(c.variants.len(), 3);
+        for v in &c.variants[1..] {
+            assert_eq!(v.runs, c.variants[0].runs, "{}", v.variant.name);
+            let diff = v.diff.as_ref().unwrap();
+            assert!(diff.len() > 20);
+            for (k, d) in diff {
+                assert!(
+                    d.per_seed.iter().flatten().all(|x| *x == 0.0),
+                    "{k}: {:?}",
+                    d.per_seed
+                );
+                assert_eq!((d.mean, d.ci95, d.excludes_zero), (0.0, Some(0.0), false));
+            }
+        }
+        assert!(c.variants[0].diff.is_none());
+        // Overrides that change nothing are flagged.
+        assert!(c.warnings.iter().any(|w| w.contains("same-size")));
+    }
+
+    #[test]
+    fn paired_differences_equal_per_seed_differences() {
+        let c = compare(
+            "small.toml",
+            SMALL,
+            &opts(
+                &[
+                    "three:pools.gpu.servers=3",
+                    "cheap:routing.policy=cost_aware",
+                ],
+                3,
+            ),
+        )
+        .unwrap();
+        assert_eq!(c.seeds, vec![3, 4, 5]);
+        for (vi, v) in c.variants.iter().enumerate().skip(1) {
+            let diff = v.diff.as_ref().unwrap();
+            let mut sets = Vec::new();
+            sets.extend(v.variant.set.iter().cloned());
+            let var = parse_scenario("small.toml", SMALL, &sets).unwrap().scenario;
+            let base = parse_scenario("small.toml", SMALL, &[]).unwrap().scenario;
+            let mut per_seed_p99 = Vec::new();
+            for (j, &seed) in c.seeds.iter().enumerate() {
+                let run = |sc: &Scenario| {
+                    let mut sc = sc.clone();
+                    sc.seed = seed;
+                    let r = crate::simulate(&sc, None);
+                    (r.summary(), figures(&sc, &r))
+                };
+                let (sv, fv) = run(&var);
+                let (sb, fb) = run(&base);
+                assert_eq!(fv, c.variants[vi].runs[j]);
+                assert_eq!(fb, c.variants[0].runs[j]);
+                let d = sv.classes["chat"].latency_s.p99.unwrap()
+                    - sb.classes["chat"].latency_s.p99.unwrap();
+                assert_eq!(diff["classes.chat.latency_s.p99"].per_seed[j], Some(d));
+                let d_usd = sv.classes["chat"].usd_per_outcome.mean.unwrap()
+                    - sb.classes["chat"].usd_per_outcome.mean.unwrap();
+                assert_eq!(
+                    diff["classes.chat.usd_per_outcome"].per_seed[j],
+                    Some(d_usd)
+                );
+                let d_util = sv.pools["gpu"].utilization - sb.pools["gpu"].utilization;
+                assert_eq!(diff["pools.gpu.utilization"].per_seed[j], Some(d_util));
+                per_seed_p99.push(d);
+            }
+            let e = Estimate::of(&per_seed_p99).unwrap();
+            let p = &diff["classes.chat.latency_s.p99"];
+            assert_eq!((p.mean, p.ci95, p.n), (e.mean, e.ci95, 3));
+            assert_eq!(
+                p.excludes_zero,
+                e.ci95.is_some_and(|h| e.mean.abs() > h),
+                "{}",
+                v.variant.name
+            );
+        }
+        // A third server shortens the queue, so p99 falls on every seed.
+        let three = c.variants[1].diff.as_ref().unwrap();
+        assert!(
+            three["classes.chat.latency_s.p99"]
+                .per_seed
+                .iter()
+                .all(|d| d.is_some_and(|d| d < 0.0))
+        );
+    }
+
+    #[test]
+    fn compare_json_is_byte_identical_across_runs_and_thread_counts() {
+        let o = opts(
+            &[
+                "three:pools.gpu.servers=3",
+                "fast:routing.policy=least_loaded",
+            ],
+            4,
+        );
+        let in_pool = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| to_json(&compare("small.toml", SMALL, &o).unwrap()))
+        };
+        let a = in_pool(1);
+        let b = in_pool(2);
+        let c = to_json(&compare("small.toml", SMALL, &o).unwrap());
+        assert_eq!(a, b);
+        assert_eq!(a, c);
+        assert!(a.contains("\"baseline\": \"baseline\""));
+        let cmp = compare("small.toml", SMALL, &o).unwrap();
+        assert_eq!(
+            table(&cmp),
+            table(&compare("small.toml", SMALL, &o).unwrap())
+        );
+    }
+
+    #[test]
+    fn malformed_variants_are_rejected_with_a_clear_message() {
+        for (arg, expect) in [
+            ("pools.gpu.servers=3", "the variant name is missing"),
+            (":pools.gpu.servers=3", "the variant name is empty"),
+            ("big:", "has no override after"),
+            ("big:pools.gpu.servers", "is not key.path=value"),
+            ("big:=3", "is not a key path"),
+            ("big:pools..servers=3", "is not a key path"),
+            ("big:pools.gpu.servers=", "has no value"),
+            ("big one:pools.gpu.servers=3", "has ` `"),
+            ("big:classes.chat.nodes={x=1", "unbalanced"),
+        ] {
+            let e = compare("small.toml", SMALL, &opts(&[arg], 1)).unwrap_err();
+            let msg = e.to_string();
+            assert!(msg.contains(expect), "{arg}: {msg}");
+            assert!(msg.contains(&format!("--variant `{arg}`")), "{msg}");
+            assert!(msg.contains("expected NAME:key.path=value"), "{msg}");
+        }
+        // A duplicate name, and an override the scenario rejects, name the variant.
+        let e = compare(
+            "small.toml",
+            SMALL,
+            &opts(&["baseline:pools.gpu.servers=3"], 1),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("already exists"), "{e}");
+        let e = compare("small.toml", SMALL, &opts(&["neg:pools.gpu.servers=-1"], 1))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("variant `neg`") && e.contains("servers"), "{e}");
+    }
+
+    #[test]
+    fn variant_values_may_hold_commas_inside_brackets() {
+        let v = parse_variant_arg(
+            "burst:classes.c.bursts=[{start=\"1m\",duration=\"2m\"}],pools.a.servers=4,x.y=\"a,b\"",
+        )
+        .unwrap();
+        assert_eq!(
+            v.set,
+            vec![
+                "classes.c.bursts=[{start=\"1m\",duration=\"2m\"}]",
+                "pools.a.servers=4",
+                "x.y=\"a,b\""
+            ]
+        );
+        assert_eq!(
+            parse_variant_arg("plain").unwrap().set,
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn file_variants_come_first_in_name_order() {
+        let text = format!(
+            "{SMALL}\n[variants.z-last]\nset = [\"pools.gpu.servers=4\"]\n[variants.a-first]\nset = []\n"
+        );
+        let c = compare("v.toml", &text, &opts(&["cli:pools.gpu.servers=3"], 1)).unwrap();
+        let names: Vec<&str> = c.variants.iter().map(|v| v.variant.name.as_str()).collect();
+        assert_eq!(names, ["a-first", "z-last", "cli"]);
+        assert_eq!(c.baseline, "a-first");
+        assert_eq!(c.variants[1].variant.source, "file");
+        assert_eq!(c.variants[2].variant.source, "command_line");
+        // A typo that creates a new pool is flagged.
+        let c = compare("v.toml", SMALL, &opts(&["typo:pools.gpus.servers=3"], 1)).unwrap();
+        assert!(
+            c.warnings.iter().any(|w| w.contains("pools.gpus")),
+            "{:?}",
+            c.warnings
+        );
+    }
+
+    /// The story docs/policies.md tells about scenarios/tier-policies.toml.
+    #[test]
+    fn tier_policies_story() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/tier-policies.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let c = compare(path, &text, &opts(&[], 5)).unwrap();
+        let names: Vec<&str> = c.variants.iter().map(|v| v.variant.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "a-static-frontier",
+                "b-tiered",
+                "c-cost-aware",
+                "d-least-loaded"
+            ]
+        );
+        let get = |v: usize, k: &str| c.variants[v].mean[k].mean;
+        let all_in = |v: usize| get(v, "totals.usd_per_outcome_all_in");
+        let p99 = |v: usize, class: &str| get(v, &format!("classes.{class}.latency_s.p99"));
+        let classes = ["assistant", "research", "summarise"];
+        // Routing by role is about 5x cheaper than sending everything to the frontier.
+        for (v, name) in names.iter().enumerate().skip(1) {
+            assert!(all_in(v) < 0.35 * all_in(0), "{name}");
+        }
+        // The cheapest policy whose p99 is within 10% of the baseline's for every class
+        // is cost-aware.
+        let margin = 1.10;
+        let ok: Vec<usize> = (1..4)
+            .filter(|&v| classes.iter().all(|cl| p99(v, cl) <= margin * p99(0, cl)))
+            .collect();
+        let best = ok
+            .iter()
+            .copied()
+            .min_by(|&a, &b| all_in(a).total_cmp(&all_in(b)));
+        assert_eq!(best.map(|v| names[v]), Some("c-cost-aware"), "{ok:?}");
+        // Static tiering is (slightly) cheaper but its research p99 is worse than the
+        // baseline's beyond the margin; least-loaded buys the best research p99 with
+        // API tokens, at 25%+ more per outcome than cost-aware.
+        assert!(p99(1, "research") > margin * p99(0, "research"));
+        assert!(p99(3, "research") < p99(2, "research"));
+        assert!(all_in(3) > 1.25 * all_in(2));
+    }
+}
