@@ -180,7 +180,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 eprintln!("note: {note}");
             }
             print!("{}", report::check_table(&loaded.file, &loaded.scenario));
-            print!("{}", factorysim::capacity::gpu_capacity_table(&loaded.scenario));
+            print!(
+                "{}",
+                factorysim::capacity::gpu_capacity_table(&loaded.scenario)
+            );
             Ok(())
         }
         Command::Trace(args) => factorysim::trace_cmd::run_trace(args),

@@ -4,6 +4,7 @@
 use policies::Standard;
 use sim_core::metrics::{HopRecord, RunResult};
 use sim_core::{RunOptions, Scenario, ScenarioSpec};
+use std::collections::BTreeMap;
 
 fn scenario(text: &str) -> Scenario {
     let spec: ScenarioSpec = toml::from_str(text).unwrap_or_else(|e| panic!("{e}"));
@@ -340,4 +341,100 @@ tier = "any"
     let on_fast = log.iter().filter(|h| h.station == "fast").count();
     assert!(on_fast > 0 && on_fast < log.len());
     assert!(r.summary().classes["c"].slo_attainment > Some(0.99));
+}
+
+const BREAKER: &str = r#"
+[simulation]
+horizon = "40m"
+drain = true
+[pools.a]
+servers = 8
+service = { dist = "constant", value = "500ms" }
+outages = [{ start = "10m", duration = "10m" }]
+BREAKER
+[pools.b]
+servers = 8
+service = { dist = "constant", value = "500ms" }
+[tiers.mid]
+pools = ["a", "b"]
+[classes.c]
+arrival = { process = "poisson", rate = 2.0 }
+[[classes.c.nodes]]
+id = "call"
+tier = "mid"
+"#;
+
+#[test]
+fn breaker_opens_after_failures_and_probes_after_the_open_duration() {
+    let (without, log_without) = run_logged(&BREAKER.replace("BREAKER", ""));
+    let (with, log_with) =
+        run_logged(&BREAKER.replace("BREAKER", r#"breaker = { failures = 3, open = "60s" }"#));
+    // Without a breaker every hop in the outage first tries a and is refused.
+    let in_outage = |t: u64| (600_000_000_000..1_200_000_000_000).contains(&t);
+    let outage_hops = log_without
+        .iter()
+        .filter(|h| in_outage(h.submitted.0))
+        .count() as u64;
+    assert_eq!(without.pools[0].refusals, outage_hops);
+    assert_eq!(without.pools[0].breaker_opens, 0);
+    // With it: 3 refusals open it; each 60s later one probe is refused and reopens it.
+    // 10 minutes of outage: 1 opening after 3 failures, then about one per minute.
+    let r = &with.pools[0];
+    assert!(
+        (9..=11).contains(&r.breaker_opens),
+        "{} opens",
+        r.breaker_opens
+    );
+    assert_eq!(
+        r.refusals,
+        3 + (r.breaker_opens - 1),
+        "3 to open, then one failed probe per reopening"
+    );
+    // After the outage the next probe succeeds and traffic returns to a within 60s.
+    let back = log_with
+        .iter()
+        .filter(|h| h.submitted.0 >= 1_200_000_000_000 && h.station == "a")
+        .map(|h| h.submitted.0)
+        .min()
+        .expect("traffic returns to a");
+    assert!(back < 1_260_000_000_000, "{back}");
+    let after = log_with
+        .iter()
+        .filter(|h| h.submitted.0 > 1_300_000_000_000);
+    assert!(after.clone().all(|h| h.station == "a"));
+}
+
+#[test]
+fn fan_out_cap_and_emergency_switch() {
+    // Every coordinator asks for 24 branches; the class caps them at 10, and from 1h the
+    // emergency switch caps every fan-out at 2.
+    let text = r#"
+[simulation]
+horizon = "2h"
+drain = true
+[emergency]
+max_fan_out = 2
+from = "1h"
+[pools.llm]
+servers = 1000
+service = { dist = "constant", value = "1s" }
+[classes.c]
+arrival = { process = "poisson", rate = 0.5 }
+max_fan_out = 10
+[[classes.c.nodes]]
+id = "research"
+pool = "llm"
+fan_out = { count = { dist = "constant", value = 24 } }
+"#;
+    let (_, log) = run_logged(text);
+    let mut per_wf: BTreeMap<u64, (u64, usize)> = BTreeMap::new();
+    for h in &log {
+        let e = per_wf.entry(h.workflow).or_insert((h.submitted.0, 0));
+        e.0 = e.0.min(h.submitted.0);
+        e.1 += 1;
+    }
+    for (start, n) in per_wf.values() {
+        let expected = if *start >= 3_600_000_000_000 { 2 } else { 10 };
+        assert_eq!(*n, expected, "workflow started at {start}");
+    }
 }

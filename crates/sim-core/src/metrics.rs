@@ -168,6 +168,10 @@ pub struct PoolStats {
     pub llm_hops: u64,
     pub preempted_hops: u64,
     pub cached_tokens: u64,
+    /// Hops this pool refused (down, watermark, rate limit) when a client tried it.
+    pub refusals: u64,
+    /// Times its circuit breaker opened.
+    pub breaker_opens: u64,
 }
 
 impl Default for PoolStats {
@@ -190,6 +194,8 @@ impl PoolStats {
             llm_hops: 0,
             preempted_hops: 0,
             cached_tokens: 0,
+            refusals: 0,
+            breaker_opens: 0,
         }
     }
 
@@ -437,7 +443,13 @@ impl RunResult {
             let r = &self.pool_reports[i];
             let window_s = r.window.as_secs_f64();
             usd_capacity += r.usd_capacity;
-            let busy_usd = if r.servers > 0 && window_s > 0.0 {
+            // Dollars of capacity that hops used. A fixed pool: its busy share of the
+            // capacity cost. An autoscaled pool (paid while booting, so the price per
+            // running server-second is not the capacity cost over running time): what
+            // its hops were charged (busy seconds x price), so booting time is idle.
+            let busy_usd = if r.capacity_server_s > 0.0 {
+                s.usd_attributed.min(r.usd_capacity)
+            } else if r.servers > 0 && window_s > 0.0 {
                 r.usd_capacity * r.busy_server_s / (r.servers as f64 * window_s)
             } else {
                 0.0

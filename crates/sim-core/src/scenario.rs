@@ -41,6 +41,29 @@ pub struct ScenarioSpec {
     /// Extra or changed GPU and model profiles (see docs/gpu-model.md).
     #[serde(default)]
     pub profiles: Option<crate::gpu::profiles::ProfileOverrides>,
+    /// A global emergency switch: cap every fan-out from a point in time.
+    #[serde(default)]
+    pub emergency: Option<EmergencySpec>,
+}
+
+/// `[emergency]`: "max fan-out 2 from time t".
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmergencySpec {
+    pub max_fan_out: u32,
+    pub from: SimDuration,
+    #[serde(default)]
+    pub until: Option<SimDuration>,
+}
+
+/// `breaker = { failures = 5, open = "30s" }` on a pool: a circuit breaker.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerSpec {
+    /// Consecutive failed calls (refusals, timeouts) that open the breaker.
+    pub failures: u32,
+    /// How long it stays open before letting one probe through (half-open).
+    pub open: SimDuration,
 }
 
 /// `gpu = { ... }` on a pool: `servers` model replicas, each `model` on `tp` GPUs,
@@ -245,6 +268,9 @@ pub struct PoolSpec {
     /// GPU model replicas instead of abstract servers.
     #[serde(default)]
     pub gpu: Option<GpuPoolSpec>,
+    /// Circuit breaker in front of the pool.
+    #[serde(default)]
+    pub breaker: Option<BreakerSpec>,
     /// Price of one server for one hour, in US dollars.
     #[serde(default)]
     pub usd_per_server_hour: f64,
@@ -288,6 +314,9 @@ pub struct ClassSpec {
     /// Most dollars a workflow should spend; cost-aware routing respects it.
     #[serde(default)]
     pub budget_usd: Option<f64>,
+    /// Cap on every fan-out of the class's workflows.
+    #[serde(default)]
+    pub max_fan_out: Option<u32>,
     /// Windows of changed load (month-end, launches).
     #[serde(default)]
     pub bursts: Vec<BurstSpec>,
@@ -383,6 +412,8 @@ pub struct Scenario {
     /// Each tier's pools, in fallback order.
     pub tiers: Vec<Tier>,
     pub routing: crate::policy::RoutingSpec,
+    /// Emergency fan-out cap: (from, until, max).
+    pub emergency: Option<(SimTime, Option<SimTime>, u32)>,
 }
 
 #[derive(Clone, Debug)]
@@ -411,6 +442,7 @@ pub struct Pool {
     pub outages: Vec<(SimTime, SimTime)>,
     pub api: Option<Api>,
     pub gpu: Option<GpuPool>,
+    pub breaker: Option<BreakerSpec>,
     /// Default service time of hops here.
     pub service: Option<Sampler>,
     pub usd_per_server_hour: f64,
@@ -499,6 +531,7 @@ pub struct WorkflowClass {
     pub lane_index: usize,
     /// Most dollars a workflow should spend (cost-aware routing respects it).
     pub budget_usd: Option<f64>,
+    pub max_fan_out: Option<u32>,
     pub bursts: Vec<Burst>,
 }
 
@@ -801,6 +834,14 @@ impl ScenarioSpec {
                     })
                 }
             };
+            if let Some(b) = &p.breaker
+                && (b.failures == 0 || b.open == SimDuration::ZERO)
+            {
+                return Err(err(
+                    format!("{key}.breaker"),
+                    "expected failures >= 1 and a positive open duration",
+                ));
+            }
             if p.max_attempts == Some(0) {
                 return Err(err(
                     format!("{key}.max_attempts"),
@@ -836,6 +877,7 @@ impl ScenarioSpec {
                     _ => p.usd_per_server_hour,
                 },
                 gpu,
+                breaker: p.breaker.clone(),
                 service,
                 prefill_ns_per_1k: p.prefill_per_1k_tokens.map(|d| d.as_nanos()).unwrap_or(0),
                 decode_ns_per_token: p.decode_per_token.map(|d| d.as_nanos()).unwrap_or(0),
@@ -1152,6 +1194,7 @@ impl ScenarioSpec {
                     })?,
                 },
                 budget_usd: c.budget_usd,
+                max_fan_out: c.max_fan_out,
                 bursts,
             });
         }
@@ -1167,6 +1210,13 @@ impl ScenarioSpec {
             lanes,
             tiers,
             routing: self.routing.policy,
+            emergency: self.emergency.as_ref().map(|e| {
+                (
+                    SimTime(e.from.as_nanos()),
+                    e.until.map(|u| SimTime(u.as_nanos())),
+                    e.max_fan_out,
+                )
+            }),
         })
     }
 }

@@ -190,6 +190,15 @@ struct Hop {
     timed_out: bool,
 }
 
+/// A pool's circuit breaker: closed (counting consecutive failures), open until a time,
+/// then half-open (one probe at a time; its success closes, its failure reopens).
+#[derive(Clone, Copy, Debug, Default)]
+struct BreakerState {
+    failures: u32,
+    open_until: Option<SimTime>,
+    probing: bool,
+}
+
 struct ClassRuntime {
     arrivals_rng: SimRng,
     work_seed: u64,
@@ -247,6 +256,7 @@ struct Sim<'a, 'o> {
     autoscalers: Vec<Option<Box<dyn Autoscaler>>>,
     /// Recent (time, tokens) of requests per API pool, for RPM/TPM limits.
     api_window: Vec<VecDeque<(SimTime, u64)>>,
+    breakers: Vec<BreakerState>,
     interval: IntervalCounters,
     /// Busy server-seconds per station at the last sample (to take differences).
     last_busy: Vec<f64>,
@@ -352,6 +362,7 @@ impl<'a, 'o> Sim<'a, 'o> {
             router,
             autoscalers,
             api_window: vec![VecDeque::new(); sc.pools.len()],
+            breakers: vec![BreakerState::default(); sc.pools.len()],
             interval: IntervalCounters::default(),
             last_busy: vec![0.0; sc.pools.len()],
             last_sample: SimTime::ZERO,
@@ -708,6 +719,14 @@ impl<'a, 'o> Sim<'a, 'o> {
                 .map(|s| s.sample_tokens(&mut wf.rng))
                 .unwrap_or(1)
                 .min(u32::MAX as u64 - 1) as u32;
+            // Fan-out caps: the class's own, and the global emergency switch.
+            let mut count = count.min(class.max_fan_out.unwrap_or(u32::MAX));
+            if let Some((from, until, cap)) = sc.emergency
+                && now >= from
+                && until.is_none_or(|u| now < u)
+            {
+                count = count.min(cap);
+            }
             let f = spec.fan_out.as_ref().map(|f| (f.quorum, f.wave, f.through));
             let (quorum, wave, through) = f.unwrap_or((None, None, node));
             wf.fan_out = wf.fan_out.max(count);
@@ -793,6 +812,43 @@ impl<'a, 'o> Sim<'a, 'o> {
                 }
                 self.route_model_hop(slot, node, branch, epoch, context, input, output, 0);
             }
+        }
+    }
+
+    /// Whether pool `p`'s breaker lets a call through now.
+    fn breaker_allows(&self, p: usize) -> bool {
+        let b = &self.breakers[p];
+        match b.open_until {
+            Some(until) if self.now < until => false,
+            // Half-open: one probe at a time.
+            Some(_) => !b.probing,
+            None => true,
+        }
+    }
+
+    /// A call to pool `p` failed (refused or timed out).
+    fn breaker_failure(&mut self, p: usize) {
+        let Some(spec) = &self.sc.pools[p].breaker else {
+            return;
+        };
+        let now = self.now;
+        let b = &mut self.breakers[p];
+        let half_open = b.open_until.is_some_and(|u| now >= u);
+        b.failures += 1;
+        if half_open || b.failures >= spec.failures {
+            b.open_until = Some(now + spec.open);
+            b.failures = 0;
+            b.probing = false;
+            self.pool_stats[p].breaker_opens += 1;
+        }
+    }
+
+    /// A call to pool `p` succeeded.
+    fn breaker_success(&mut self, p: usize) {
+        let b = &mut self.breakers[p];
+        b.failures = 0;
+        if b.open_until.is_some_and(|u| self.now >= u) {
+            *b = BreakerState::default();
         }
     }
 
@@ -895,7 +951,7 @@ impl<'a, 'o> Sim<'a, 'o> {
         for &p in &chain {
             let load = self.stations[p].load_now().unwrap_or_default();
             let (service_s, usd) = self.estimate(spec, p, input, output);
-            let available = self.admits(p, input + output);
+            let available = self.breaker_allows(p) && self.admits(p, input + output);
             views.push(PoolView {
                 pool: p,
                 servers: load.servers,
@@ -919,6 +975,15 @@ impl<'a, 'o> Sim<'a, 'o> {
         } else {
             views[0].available.then_some(0)
         };
+        // The client tried the chain in order up to its choice: every pool before it
+        // that its breaker let through but that refused counts as a failed call.
+        let tried = choice.unwrap_or(chain.len());
+        for (k, &p) in chain.iter().enumerate().take(tried) {
+            if !views[k].available && self.breaker_allows(p) {
+                self.pool_stats[p].refusals += 1;
+                self.breaker_failure(p);
+            }
+        }
         let Some(i) = choice else {
             let first = &sc.pools[chain[0]];
             if attempt + 1 >= first.max_attempts {
@@ -952,6 +1017,9 @@ impl<'a, 'o> Sim<'a, 'o> {
             return;
         };
         let p = chain[i];
+        if self.breakers[p].open_until.is_some_and(|u| now >= u) {
+            self.breakers[p].probing = true;
+        }
         let pool = &sc.pools[p];
         let wf = &mut self.workflows[slot as usize];
         if i > 0 && wf.counted {
@@ -1234,6 +1302,9 @@ impl<'a, 'o> Sim<'a, 'o> {
                 usd,
             });
         }
+        if !hop.timed_out && (hop.station as usize) < n_pools {
+            self.breaker_success(hop.station as usize);
+        }
         let wf = &mut self.workflows[slot as usize];
         let stale =
             wf.outcome.is_some() || hop.timed_out || wf.nodes[hop.node as usize].epoch != hop.epoch;
@@ -1361,7 +1432,11 @@ impl<'a, 'o> Sim<'a, 'o> {
                     && undecided
                 {
                     h.timed_out = true;
+                    let station = h.station as usize;
                     let cause = format!("timeout at {}", graph.nodes[h.node as usize].id);
+                    if station < self.sc.pools.len() {
+                        self.breaker_failure(station);
+                    }
                     self.finish_workflow(slot, Outcome::Failed, &cause);
                 }
             }
