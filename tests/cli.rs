@@ -848,3 +848,37 @@ fn workflows_csv_lists_every_completed_workflow() {
         );
     }
 }
+
+#[test]
+fn cost_is_conserved_with_an_autoscaled_pool() {
+    // Booting servers are paid for and serve nothing: they land in idle capacity. Not
+    // drained (workflows still running at the horizon are `usd_unfinished`).
+    let text = r#"
+[simulation]
+horizon = "1h"
+[pools.gpu]
+servers = 2
+usd_per_server_hour = 4.0
+service = { dist = "exponential", mean = "2s" }
+autoscale = { target = 2.0, min = 2, max = 20, boot = "90s", cooldown = "5m", interval = "30s" }
+[classes.chat]
+arrival = { process = "piecewise", step = "15m", rates = [1.0, 4.0, 6.0, 2.0] }
+hops = [{ pool = "gpu" }]
+"#;
+    let r = factorysim::simulate(&scenario_from(text), None);
+    let s = r.summary();
+    assert!(
+        r.timeseries.iter().any(|t| t.pools[0].servers > 2),
+        "it scaled"
+    );
+    let t = &s.totals;
+    assert!(
+        (t.usd_workflows + t.usd_idle - t.usd_spent).abs() < 0.005,
+        "{} + {} vs {}",
+        t.usd_workflows,
+        t.usd_idle,
+        t.usd_spent
+    );
+    let p = &s.pools["gpu"];
+    assert!(p.usd_idle > 0.0 && p.usd_idle < p.usd_capacity);
+}
