@@ -708,8 +708,8 @@ fn fmt_diff(unit: Unit, d: &PairedDiff) -> String {
         Unit::Share => (100.0, "pp", ""),
     };
     let dec = decimals_for(big * scale).max(match unit {
-        Unit::Share => 1,
-        _ => 0,
+        Unit::Share | Unit::Secs => 1,
+        Unit::Usd => 0,
     });
     if format!("{:.dec$}", big * scale)
         .chars()
@@ -769,9 +769,11 @@ pub fn table(c: &Comparison) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{} variants x {} seeds ({}), common random numbers; baseline `{}`",
+        "{} variant{} x {} seed{} ({}), common random numbers; baseline `{}`",
         c.variants.len(),
+        if c.variants.len() == 1 { "" } else { "s" },
         c.replications,
+        if c.replications == 1 { "" } else { "s" },
         match c.seeds.as_slice() {
             [] => String::new(),
             [s] => format!("seed {s}"),
