@@ -574,6 +574,7 @@ fn draw_timeseries<DB: DrawingBackend>(
             .x_desc("simulated time (minutes)")
             .x_label_formatter(&|x| fmt_s(*x))
             .y_desc(*ydesc)
+            .y_labels(7)
             .y_label_formatter(&|y| {
                 if k == 1 {
                     format!("{y:.0}%")
@@ -585,9 +586,12 @@ fn draw_timeseries<DB: DrawingBackend>(
             .axis_desc_style((FAMILY, 14))
             .draw()
             .map_err(s)?;
+        // Earlier pools are drawn wider, so equal lines show both colours.
+        let n = pools.len() as u32;
         for (i, p) in pools.iter().enumerate() {
+            let w = 2 + 3 * (n - 1 - i as u32).min(3);
             chart
-                .draw_series(LineSeries::new(pick(p).clone(), colour(i).stroke_width(2)))
+                .draw_series(LineSeries::new(pick(p).clone(), colour(i).stroke_width(w)))
                 .map_err(s)?;
         }
     }
