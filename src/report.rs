@@ -288,6 +288,7 @@ pub fn run_table_with(s: &Summary, opts: &TableOptions<'_>) -> String {
         "loops/wf",
         "$ failed",
         "$ abandoned",
+        "$ rejected",
         "$ after outcome",
         "$ human",
         "$ total",
@@ -301,6 +302,7 @@ pub fn run_table_with(s: &Summary, opts: &TableOptions<'_>) -> String {
             format!("{:.2}", c.loops_per_workflow),
             fmt_usd(Some(c.usd_waste.failed)),
             fmt_usd(Some(c.usd_waste.abandoned)),
+            fmt_usd(Some(c.usd_waste.rejected)),
             fmt_usd(Some(c.usd_waste.after_outcome)),
             fmt_usd(Some(c.usd_human)),
             fmt_usd(Some(c.usd_total)),
@@ -373,14 +375,16 @@ pub fn run_table_with(s: &Summary, opts: &TableOptions<'_>) -> String {
     );
     let waste_failed: f64 = s.classes.values().map(|c| c.usd_waste.failed).sum();
     let waste_abandoned: f64 = s.classes.values().map(|c| c.usd_waste.abandoned).sum();
+    let waste_rejected: f64 = s.classes.values().map(|c| c.usd_waste.rejected).sum();
     let waste_after: f64 = s.classes.values().map(|c| c.usd_waste.after_outcome).sum();
     let _ = writeln!(
         out,
-        "Waste: {} ({} of workflow spend): {} failed, {} abandoned, {} after the outcome",
+        "Waste: {} ({} of workflow spend): {} failed, {} abandoned, {} rejected, {} after the outcome",
         fmt_usd(Some(tt.usd_waste)),
         share(tt.usd_waste, tt.usd_workflows),
         fmt_usd(Some(waste_failed)),
         fmt_usd(Some(waste_abandoned)),
+        fmt_usd(Some(waste_rejected)),
         fmt_usd(Some(waste_after)),
     );
     let _ = writeln!(
@@ -390,14 +394,15 @@ pub fn run_table_with(s: &Summary, opts: &TableOptions<'_>) -> String {
         fmt_count(tt.completed),
         fmt_usd(tt.usd_per_outcome)
     );
-    if tt.usd_tools > 0.0 || tt.usd_human > 0.0 {
+    if tt.usd_tools > 0.0 || tt.usd_human > 0.0 || tt.usd_api > 0.0 {
         let _ = writeln!(
             out,
-            "       plus {} tool calls and {} human review: {} spent in all, {} per outcome",
+            "Spent: {} capacity + {} API tokens + {} tool calls + {} human review = {}",
+            fmt_usd(Some(tt.usd_capacity)),
+            fmt_usd(Some(tt.usd_api)),
             fmt_usd(Some(tt.usd_tools)),
             fmt_usd(Some(tt.usd_human)),
             fmt_usd(Some(tt.usd_spent)),
-            fmt_usd((tt.completed > 0).then(|| tt.usd_spent / tt.completed as f64))
         );
     }
 
@@ -481,21 +486,45 @@ pub fn check_table(file: &str, sc: &Scenario) -> String {
     ]);
     for c in &sc.classes {
         let visits = sim_core::scenario::expected_visits(&c.graph);
-        let hops: f64 = c
-            .graph
-            .nodes
-            .iter()
-            .zip(&visits)
-            .filter(|(n, _)| n.pool.is_some() || n.tool.is_some())
-            .map(|(_, v)| v)
-            .sum();
-        let work: f64 = c
-            .graph
-            .nodes
-            .iter()
-            .zip(&visits)
-            .map(|(n, v)| v * n.service.as_ref().map(|s| s.mean()).unwrap_or(0.0))
-            .sum();
+        let tokens = sim_core::scenario::expected_tokens(&c.graph, &sc.tools);
+        let mut hops = 0.0;
+        let mut work = 0.0;
+        for (i, n) in c.graph.nodes.iter().enumerate() {
+            if !n.enabled {
+                continue;
+            }
+            // A tiered hop is counted on its tier's first choice.
+            let pool = n.pool.or(n.tier.map(|t| sc.tiers[t].pools[0]));
+            if pool.is_some() || n.tool.is_some() {
+                hops += visits[i];
+            }
+            if let Some(p) = pool {
+                let pool = &sc.pools[p];
+                let service = n
+                    .service
+                    .as_ref()
+                    .or(pool.service.as_ref())
+                    .map(|s| s.mean())
+                    .unwrap_or(0.0);
+                let (input, output) = (
+                    tokens[i].input.round() as u64,
+                    tokens[i].output.round() as u64,
+                );
+                let token_s = match &pool.gpu {
+                    Some(g) => {
+                        let (prefill, decode) = g.solo_latency(input, output.max(1));
+                        (prefill + decode).as_secs_f64()
+                    }
+                    None => match &pool.api {
+                        Some(api) => {
+                            api.ttft.mean() + output.saturating_sub(1) as f64 * api.tpot.mean()
+                        }
+                        None => pool.token_time(input, output).as_secs_f64(),
+                    },
+                };
+                work += visits[i] * (service + token_s);
+            }
+        }
         let arrivals = match &c.arrival {
             sim_core::scenario::Arrival::Closed { users, .. } => format!("{users} users"),
             _ => format!("{:.3}/s", c.mean_rate_per_s(sc.horizon)),

@@ -438,3 +438,59 @@ fan_out = { count = { dist = "constant", value = 24 } }
         assert_eq!(*n, expected, "workflow started at {start}");
     }
 }
+
+#[test]
+fn routing_changes_keep_common_random_numbers() {
+    // The same workflows ask for the same tokens and branch counts whichever pool their
+    // hops land on (a server pool drawing service times, or an API drawing TTFT/TPOT).
+    let text = r#"
+[simulation]
+horizon = "30m"
+drain = true
+[pools.gpu]
+servers = 3
+service = { dist = "exponential", mean = "2s" }
+[pools.api]
+api = { ttft = { dist = "lognormal", median = "500ms", p99 = "3s" }, tpot = { dist = "constant", value = "10ms" }, usd_per_1k_input = 0.003, usd_per_1k_output = 0.015 }
+[tiers.mid]
+pools = ["gpu", "api"]
+[routing]
+policy = "POLICY"
+[classes.c]
+arrival = { process = "poisson", rate = 1.0 }
+slo = "20s"
+[[classes.c.nodes]]
+id = "plan"
+tier = "mid"
+input_tokens = { dist = "uniform", low = 100, high = 2000 }
+output_tokens = { dist = "uniform", low = 10, high = 500 }
+[[classes.c.nodes]]
+id = "research"
+tier = "mid"
+after = ["plan"]
+fan_out = { count = { dist = "uniform", low = 1, high = 6 } }
+output_tokens = { dist = "uniform", low = 10, high = 500 }
+"#;
+    let asks = |policy: &str| {
+        let (_, log) = run_logged(&text.replace("POLICY", policy));
+        let mut v: Vec<(u64, String, Option<u32>, u64, u64)> = log
+            .iter()
+            .map(|h| {
+                (
+                    h.workflow,
+                    h.node.clone(),
+                    h.branch,
+                    h.input_tokens,
+                    h.output_tokens,
+                )
+            })
+            .collect();
+        v.sort();
+        let on_api = log.iter().filter(|h| h.station == "api").count();
+        (v, on_api)
+    };
+    let (a, api_a) = asks("static");
+    let (b, api_b) = asks("least_loaded");
+    assert_ne!(api_a, api_b, "the policies route differently");
+    assert_eq!(a, b);
+}

@@ -170,6 +170,8 @@ pub struct PoolStats {
     pub cached_tokens: u64,
     /// Hops this pool refused (down, watermark, rate limit) when a client tried it.
     pub refusals: u64,
+    /// Per-token dollars of API hops (paid APIs have no capacity cost).
+    pub usd_api: f64,
     /// Times its circuit breaker opened.
     pub breaker_opens: u64,
 }
@@ -195,6 +197,7 @@ impl PoolStats {
             preempted_hops: 0,
             cached_tokens: 0,
             refusals: 0,
+            usd_api: 0.0,
             breaker_opens: 0,
         }
     }
@@ -369,6 +372,7 @@ impl RunResult {
                 + c.usd_unfinished
                 + c.usd_waste_failed
                 + c.usd_waste_abandoned
+                + c.usd_waste_rejected
                 + c.usd_waste_leftover;
             total_usd_workflows += usd_total;
             classes.insert(
@@ -398,6 +402,7 @@ impl RunResult {
                     usd_waste: WasteSummary {
                         failed: c.usd_waste_failed,
                         abandoned: c.usd_waste_abandoned,
+                        rejected: c.usd_waste_rejected,
                         after_outcome: c.usd_waste_leftover,
                     },
                     usd_human: c.usd_human,
@@ -534,8 +539,14 @@ impl RunResult {
         let usd_waste: f64 = self
             .classes
             .iter()
-            .map(|c| c.usd_waste_failed + c.usd_waste_abandoned + c.usd_waste_leftover)
+            .map(|c| {
+                c.usd_waste_failed
+                    + c.usd_waste_abandoned
+                    + c.usd_waste_rejected
+                    + c.usd_waste_leftover
+            })
             .sum();
+        let usd_api: f64 = self.pools.iter().map(|p| p.usd_api).sum();
         let tenants = tenant_summaries(&self.classes);
         Summary {
             schema_version: 1,
@@ -554,12 +565,13 @@ impl RunResult {
                 completed: self.classes.iter().map(|c| c.completed).sum(),
                 usd_per_outcome: {
                     let n: u64 = self.classes.iter().map(|c| c.completed).sum();
-                    (n > 0).then(|| usd_capacity / n as f64)
+                    (n > 0).then(|| (usd_capacity + usd_tools + usd_human + usd_api) / n as f64)
                 },
                 usd_idle,
                 usd_tools,
                 usd_human,
-                usd_spent: usd_capacity + usd_tools + usd_human,
+                usd_spent: usd_capacity + usd_tools + usd_human + usd_api,
+                usd_api,
                 usd_waste,
             },
             tenants,
@@ -610,6 +622,7 @@ fn tenant_summaries(classes: &[ClassStats]) -> BTreeMap<String, TenantSummary> {
             + c.usd_unfinished
             + c.usd_waste_failed
             + c.usd_waste_abandoned
+            + c.usd_waste_rejected
             + c.usd_waste_leftover;
     }
     for t in out.values_mut() {
@@ -682,6 +695,8 @@ pub struct ToolSummary {
 pub struct WasteSummary {
     pub failed: f64,
     pub abandoned: f64,
+    /// Workflows rejected (429, outage) after some of their work had run.
+    pub rejected: f64,
     /// Hops that finished after their workflow's outcome was decided.
     pub after_outcome: f64,
 }
@@ -785,7 +800,8 @@ pub struct TotalsSummary {
     /// Cost attributed to measured workflows.
     pub usd_workflows: f64,
     pub completed: u64,
-    /// Fully loaded: pool capacity cost / completed workflows.
+    /// Fully loaded: everything spent (pool capacity busy or idle, API tokens, tool
+    /// calls, human review) / completed workflows.
     pub usd_per_outcome: Option<f64>,
     // --- results/showback (issue 7) ---
     /// Pool capacity not used by any hop (sum of `pools.<name>.usd_idle`).
@@ -794,8 +810,10 @@ pub struct TotalsSummary {
     pub usd_tools: f64,
     /// Human review charged to measured workflows.
     pub usd_human: f64,
-    /// usd_capacity + usd_tools + usd_human.
+    /// usd_capacity + usd_tools + usd_human + usd_api.
     pub usd_spent: f64,
-    /// Waste over all classes: failed, abandoned and after-outcome dollars.
+    /// Waste over all classes: failed, abandoned, rejected and after-outcome dollars.
     pub usd_waste: f64,
+    /// Per-token dollars paid to API pools.
+    pub usd_api: f64,
 }

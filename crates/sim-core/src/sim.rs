@@ -154,6 +154,8 @@ struct Workflow {
     user: Option<u32>,
     /// Index of the recorded request this workflow replays.
     record: Option<u32>,
+    /// The workflow's number within its class (seeds its streams).
+    number: u64,
     rng: WorkflowRng,
     usd: f64,
     tokens: u64,
@@ -211,6 +213,17 @@ struct ClassRuntime {
     unit_exp: Exp1,
 }
 
+/// The stream a model hop's timing draws come from (service time, API TTFT/TPOT, 429
+/// jitter): keyed by the workflow and the hop's place in it, not by the pool it lands
+/// on, so routing a hop elsewhere never shifts the workflow's other draws.
+fn timing_stream(work_seed: u64, wf_no: u64, parts: [u64; 5]) -> WorkflowRng {
+    let mut h = work_seed ^ 0x5bd1_e995_9e37_79b9;
+    for x in parts {
+        h = (h ^ x).wrapping_mul(0x0100_0000_01b3).rotate_left(29) ^ (h >> 17);
+    }
+    workflow_stream(h, wf_no)
+}
+
 /// Options that are not part of the scenario.
 #[derive(Default)]
 pub struct RunOptions<'a> {
@@ -260,6 +273,7 @@ struct Sim<'a, 'o> {
     interval: IntervalCounters,
     /// Busy server-seconds per station at the last sample (to take differences).
     last_busy: Vec<f64>,
+    last_capacity_usd: Vec<f64>,
     last_sample: SimTime,
     timeseries: Vec<crate::metrics::TimeseriesRow>,
 }
@@ -365,6 +379,7 @@ impl<'a, 'o> Sim<'a, 'o> {
             breakers: vec![BreakerState::default(); sc.pools.len()],
             interval: IntervalCounters::default(),
             last_busy: vec![0.0; sc.pools.len()],
+            last_capacity_usd: vec![0.0; sc.pools.len()],
             last_sample: SimTime::ZERO,
             timeseries: Vec::new(),
         }
@@ -447,6 +462,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                         s.begin_measurement(t);
                     }
                     self.last_busy.iter_mut().for_each(|b| *b = 0.0);
+                    self.last_capacity_usd.iter_mut().for_each(|b| *b = 0.0);
                 }
                 Event::AutoscaleTick { pool } => {
                     self.autoscale(pool as usize);
@@ -561,7 +577,7 @@ impl<'a, 'o> Sim<'a, 'o> {
         let dt = (now - self.last_sample).as_secs_f64();
         let mut pools = Vec::with_capacity(sc.pools.len());
         let mut usd = self.interval.usd_variable;
-        for (i, p) in sc.pools.iter().enumerate() {
+        for i in 0..sc.pools.len() {
             let rep = self.stations[i].report(now);
             let busy = rep.busy_server_s - self.last_busy[i];
             self.last_busy[i] = rep.busy_server_s;
@@ -571,7 +587,9 @@ impl<'a, 'o> Sim<'a, 'o> {
                 utilization: if cap > 0.0 { busy / cap } else { 0.0 },
                 servers: rep.servers,
             });
-            usd += p.servers as f64 * p.usd_per_server_hour * dt / 3600.0;
+            // Capacity paid in the interval (autoscaled pools: booting and running).
+            usd += (rep.usd_capacity - self.last_capacity_usd[i]).max(0.0);
+            self.last_capacity_usd[i] = rep.usd_capacity;
         }
         let c = self.interval;
         self.timeseries.push(crate::metrics::TimeseriesRow {
@@ -660,6 +678,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                     counted: false,
                     user: None,
                     record: None,
+                    number: 0,
                     rng: rng.clone(),
                     usd: 0.0,
                     tokens: 0,
@@ -680,6 +699,7 @@ impl<'a, 'o> Sim<'a, 'o> {
         wf.arrived = now;
         wf.counted = counted;
         wf.user = user;
+        wf.number = workflow_no;
         wf.record = match &class.arrival {
             Arrival::Recorded { .. } => Some(workflow_no as u32),
             _ => None,
@@ -996,7 +1016,12 @@ impl<'a, 'o> Sim<'a, 'o> {
                 return;
             }
             let wf = &mut self.workflows[slot as usize];
-            let jitter = 0.8 + 0.4 * wf.rng.random::<f64>();
+            let mut trng = timing_stream(
+                self.classes[ci].work_seed,
+                wf.number,
+                [node as u64, branch as u64, epoch as u64, attempt as u64, 1],
+            );
+            let jitter = 0.8 + 0.4 * trng.random::<f64>();
             let wait = SimDuration::from_secs_f64(first.retry_after.as_secs_f64() * jitter);
             wf.outstanding += 1;
             let wf_id = wf.id;
@@ -1025,40 +1050,19 @@ impl<'a, 'o> Sim<'a, 'o> {
         if i > 0 && wf.counted {
             self.class_stats[ci].degraded_hops += 1;
         }
-        let service = match &pool.api {
-            Some(api) => {
-                let ttft = api.ttft.sample(&mut wf.rng);
-                let tpot = api.tpot.sample(&mut wf.rng);
-                SimDuration::from_secs_f64(ttft + output.saturating_sub(1) as f64 * tpot)
-            }
-            None => {
-                spec.service
-                    .as_ref()
-                    .or(pool.service.as_ref())
-                    .map(|s| s.sample_duration(&mut wf.rng))
-                    .unwrap_or(SimDuration::ZERO)
-                    + pool.token_time(input, output)
-            }
-        };
         if pool.api.is_some() {
             self.api_window[p].push_back((now, input + output));
         }
         let recorded = match (node, wf.record, &class.arrival) {
-            (0, Some(r), Arrival::Recorded { requests }) => requests.get(r as usize),
+            (0, Some(r), Arrival::Recorded { requests }) => requests.get(r as usize).cloned(),
             _ => None,
         };
-        let work = if pool.gpu.is_some() {
-            Work::Llm(Box::new(LlmRequest {
-                input_tokens: input.min(u32::MAX as u64) as u32,
-                output_tokens: output.clamp(1, u32::MAX as u64) as u32,
-                shared_prefix_tokens: (spec.shared_prefix_tokens as u64).min(input) as u32,
-                prefix_group: crate::rng::stable_hash(&format!("{}/{}", class.name, spec.role)),
-                block_hashes: recorded.as_ref().and_then(|r| r.block_hashes.clone()),
-                hash_block_tokens: recorded.as_ref().map_or(0, |r| r.hash_block_tokens),
-            }))
-        } else {
-            Work::Service(service)
-        };
+        let mut trng = timing_stream(
+            self.classes[ci].work_seed,
+            wf.number,
+            [node as u64, branch as u64, epoch as u64, attempt as u64, 0],
+        );
+        let work = self.hop_work(ci, node, p, input, output, recorded.as_ref(), &mut trng);
         let timeout = spec.timeout;
         self.submit_hop(
             slot,
@@ -1079,6 +1083,50 @@ impl<'a, 'o> Sim<'a, 'o> {
             work,
             timeout,
         );
+    }
+
+    /// What a model hop of `input`/`output` tokens asks of pool `p`: token requests for
+    /// GPU replicas, a service time elsewhere (an API: TTFT + (output - 1) x TPOT; an
+    /// abstract pool: its service draw plus the token-driven part).
+    #[allow(clippy::too_many_arguments)]
+    fn hop_work(
+        &self,
+        ci: usize,
+        node: usize,
+        p: usize,
+        input: u64,
+        output: u64,
+        recorded: Option<&crate::scenario::RecordedRequest>,
+        trng: &mut WorkflowRng,
+    ) -> Work {
+        let class = &self.sc.classes[ci];
+        let spec = &class.graph.nodes[node];
+        let pool = &self.sc.pools[p];
+        if pool.gpu.is_some() {
+            return Work::Llm(Box::new(LlmRequest {
+                input_tokens: input.min(u32::MAX as u64) as u32,
+                output_tokens: output.clamp(1, u32::MAX as u64) as u32,
+                shared_prefix_tokens: (spec.shared_prefix_tokens as u64).min(input) as u32,
+                prefix_group: crate::rng::stable_hash(&format!("{}/{}", class.name, spec.role)),
+                block_hashes: recorded.and_then(|r| r.block_hashes.clone()),
+                hash_block_tokens: recorded.map_or(0, |r| r.hash_block_tokens),
+            }));
+        }
+        Work::Service(match &pool.api {
+            Some(api) => {
+                let ttft = api.ttft.sample(trng);
+                let tpot = api.tpot.sample(trng);
+                SimDuration::from_secs_f64(ttft + output.saturating_sub(1) as f64 * tpot)
+            }
+            None => {
+                spec.service
+                    .as_ref()
+                    .or(pool.service.as_ref())
+                    .map(|s| s.sample_duration(trng))
+                    .unwrap_or(SimDuration::ZERO)
+                    + pool.token_time(input, output)
+            }
+        })
     }
 
     fn launch_wave(&mut self, slot: u32, head: usize, wave: Option<u32>) {
@@ -1259,6 +1307,9 @@ impl<'a, 'o> Sim<'a, 'o> {
                 sc.pools[hop.station as usize].api_usd(hop.input_tokens, hop.output_tokens);
             usd += api_usd;
             self.interval.usd_variable += api_usd;
+            if done.submitted >= self.warmup {
+                self.pool_stats[hop.station as usize].usd_api += api_usd;
+            }
         }
         if let HopKind::Tool { .. } = hop.kind {
             let ti = hop.station as usize - n_pools;
@@ -1364,12 +1415,20 @@ impl<'a, 'o> Sim<'a, 'o> {
                 if let Some(e) = &spec.escalate
                     && wf.rng.random::<f64>() < e.probability
                 {
-                    let service = spec
-                        .service
-                        .as_ref()
-                        .map(|s| s.sample_duration(&mut wf.rng))
-                        .unwrap_or_default()
-                        + sc.pools[e.pool].token_time(hop.input_tokens, hop.output_tokens);
+                    let mut trng = timing_stream(
+                        self.classes[ci].work_seed,
+                        wf.number,
+                        [node as u64, hop.branch as u64, hop.epoch as u64, 0, 2],
+                    );
+                    let work = self.hop_work(
+                        ci,
+                        node,
+                        e.pool,
+                        hop.input_tokens,
+                        hop.output_tokens,
+                        None,
+                        &mut trng,
+                    );
                     if counted {
                         self.class_stats[ci].escalations += 1;
                     }
@@ -1381,7 +1440,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                             station: e.pool as u32,
                             ..hop
                         },
-                        Work::Service(service),
+                        work,
                         timeout,
                     );
                     return;
