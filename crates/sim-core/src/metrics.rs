@@ -407,6 +407,8 @@ impl RunResult {
                     },
                     usd_human: c.usd_human,
                     failed_by_cause: c.failed_by_cause.clone(),
+                    rejected_by_cause: c.rejected_by_cause.clone(),
+                    degraded_hops: c.degraded_hops,
                     fan_out: {
                         let mut f: Vec<f64> = c.fan_out.iter().map(|&x| x as f64).collect();
                         f.sort_by(f64::total_cmp);
@@ -489,6 +491,9 @@ impl RunResult {
                     },
                     usd_capacity: r.usd_capacity,
                     usd_idle: (r.usd_capacity - busy_usd).max(0.0),
+                    refusals: s.refusals,
+                    breaker_opens: s.breaker_opens,
+                    usd_api: s.usd_api,
                     llm: self.gpu_reports.get(i).cloned().flatten().map(|g| {
                         let q = |h: &Histogram<u64>, x: f64| h.value_at_quantile(x) as f64 / 1e9;
                         let summary = |h: &Histogram<u64>| WaitSummary {
@@ -722,6 +727,10 @@ pub struct ClassSummary {
     pub usd_waste: WasteSummary,
     pub usd_human: f64,
     pub failed_by_cause: BTreeMap<String, u64>,
+    /// Rejected workflows by cause ("429 from X", "X down").
+    pub rejected_by_cause: BTreeMap<String, u64>,
+    /// Hops served by a fallback pool of their tier.
+    pub degraded_hops: u64,
     pub fan_out: Percentiles,
     pub tokens_per_workflow: Percentiles,
     pub loops_per_workflow: f64,
@@ -778,6 +787,12 @@ pub struct PoolSummary {
     /// LLM serving figures of GPU pools (absent for abstract pools).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub llm: Option<LlmPoolSummary>,
+    /// Hops this pool refused when a client tried it (outage, watermark, rate limit).
+    pub refusals: u64,
+    /// Times its circuit breaker opened.
+    pub breaker_opens: u64,
+    /// Per-token dollars (API pools).
+    pub usd_api: f64,
 }
 
 /// Per-request and per-replica figures of a GPU pool.
