@@ -494,3 +494,41 @@ output_tokens = { dist = "uniform", low = 10, high = 500 }
     assert_ne!(api_a, api_b, "the policies route differently");
     assert_eq!(a, b);
 }
+
+#[test]
+fn draining_an_autoscaled_pool_ends() {
+    let text = r#"
+[simulation]
+horizon = "10m"
+warmup = "2m"
+drain = true
+[pools.gpu]
+servers = 1
+service = { dist = "constant", value = "2s" }
+autoscale = { target = 1.0, min = 1, max = 4, boot = "1m", cooldown = "2m", interval = "30s" }
+[classes.c]
+arrival = { process = "poisson", rate = 1.5 }
+hops = [{ pool = "gpu" }]
+"#;
+    let (r, _) = run_logged(text);
+    let c = &r.classes[0];
+    assert_eq!(c.in_flight, 0);
+    // Sampling stops once the last workflow is done: a few rows past the horizon at most.
+    let last = r.timeseries.last().map(|row| row.t_s).unwrap_or(0.0);
+    assert!(
+        last <= r.end.as_secs_f64() + 60.0,
+        "last sample {last}s, end {}",
+        r.end.as_secs_f64()
+    );
+    // The minute holding the warm-up reset is measured like any other.
+    let at_reset = r
+        .timeseries
+        .iter()
+        .find(|row| row.t_s == 120.0)
+        .expect("row at 2m");
+    assert!(
+        at_reset.pools[0].utilization > 0.3,
+        "{:?}",
+        at_reset.pools[0]
+    );
+}

@@ -274,6 +274,13 @@ struct Sim<'a, 'o> {
     /// Busy server-seconds per station at the last sample (to take differences).
     last_busy: Vec<f64>,
     last_capacity_usd: Vec<f64>,
+    /// Busy server-seconds and capacity dollars accrued between the last sample and
+    /// the warm-up reset, carried into the next sample.
+    carry_busy: Vec<f64>,
+    carry_usd: Vec<f64>,
+    /// Workflows started and not yet released (drain keeps periodic events going only
+    /// while some exist).
+    live_workflows: u64,
     last_sample: SimTime,
     timeseries: Vec<crate::metrics::TimeseriesRow>,
 }
@@ -380,6 +387,9 @@ impl<'a, 'o> Sim<'a, 'o> {
             interval: IntervalCounters::default(),
             last_busy: vec![0.0; sc.pools.len()],
             last_capacity_usd: vec![0.0; sc.pools.len()],
+            carry_busy: vec![0.0; sc.pools.len()],
+            carry_usd: vec![0.0; sc.pools.len()],
+            live_workflows: 0,
             last_sample: SimTime::ZERO,
             timeseries: Vec::new(),
         }
@@ -456,8 +466,13 @@ impl<'a, 'o> Sim<'a, 'o> {
                     }
                 }
                 Event::MeasureStart => {
-                    // Time integrals restart here; take the next sample's differences
-                    // from zero.
+                    // Time integrals restart here: carry what accrued since the last
+                    // sample into the next one, and take later differences from zero.
+                    for i in 0..sc.pools.len() {
+                        let rep = self.stations[i].report(t);
+                        self.carry_busy[i] += rep.busy_server_s - self.last_busy[i];
+                        self.carry_usd[i] += rep.usd_capacity - self.last_capacity_usd[i];
+                    }
                     for s in self.stations.iter_mut() {
                         s.begin_measurement(t);
                     }
@@ -468,7 +483,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                     self.autoscale(pool as usize);
                     if let Some(a) = &sc.pools[pool as usize].autoscale {
                         let next = t + a.interval;
-                        if next <= self.horizon || (sc.drain && !self.queue.is_empty()) {
+                        if next <= self.horizon || (sc.drain && self.live_workflows > 0) {
                             self.queue.push(next, Event::AutoscaleTick { pool });
                         }
                     }
@@ -481,7 +496,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                     self.sample();
                     let next = t + SAMPLE_INTERVAL;
                     // Keep sampling while anything is scheduled (drain) or until the horizon.
-                    if next <= self.horizon || (sc.drain && !self.queue.is_empty()) {
+                    if next <= self.horizon || (sc.drain && self.live_workflows > 0) {
                         self.queue.push(next, Event::Sample);
                     }
                 }
@@ -579,7 +594,8 @@ impl<'a, 'o> Sim<'a, 'o> {
         let mut usd = self.interval.usd_variable;
         for i in 0..sc.pools.len() {
             let rep = self.stations[i].report(now);
-            let busy = rep.busy_server_s - self.last_busy[i];
+            let busy =
+                rep.busy_server_s - self.last_busy[i] + std::mem::take(&mut self.carry_busy[i]);
             self.last_busy[i] = rep.busy_server_s;
             let cap = rep.servers as f64 * dt;
             pools.push(crate::metrics::PoolSample {
@@ -588,7 +604,9 @@ impl<'a, 'o> Sim<'a, 'o> {
                 servers: rep.servers,
             });
             // Capacity paid in the interval (autoscaled pools: booting and running).
-            usd += (rep.usd_capacity - self.last_capacity_usd[i]).max(0.0);
+            usd += (rep.usd_capacity - self.last_capacity_usd[i]
+                + std::mem::take(&mut self.carry_usd[i]))
+            .max(0.0);
             self.last_capacity_usd[i] = rep.usd_capacity;
         }
         let c = self.interval;
@@ -712,6 +730,7 @@ impl<'a, 'o> Sim<'a, 'o> {
         wf.outcome = None;
         wf.outstanding = 0;
         wf.active = true;
+        self.live_workflows += 1;
         wf.sinks_remaining = self.sinks[ci];
         wf.nodes.clear();
         wf.nodes.extend(g.nodes.iter().map(|n| NodeState {
@@ -1721,6 +1740,7 @@ impl<'a, 'o> Sim<'a, 'o> {
         if wf.active && wf.outcome.is_some() && wf.outstanding == 0 {
             wf.active = false;
             self.free_workflows.push(slot);
+            self.live_workflows -= 1;
         }
     }
 }
