@@ -42,7 +42,6 @@ pub struct QueueStation {
     slots: Vec<Option<InService>>,
     free_slots: Vec<u32>,
     busy: TimeIntegral,
-    in_system: TimeIntegral,
     queued: TimeIntegral,
     /// Running servers over time (for utilisation when the size changes).
     running: TimeIntegral,
@@ -76,7 +75,6 @@ impl QueueStation {
             slots: Vec::new(),
             free_slots: Vec::new(),
             busy: TimeIntegral::default(),
-            in_system: TimeIntegral::default(),
             queued: TimeIntegral::default(),
             running: TimeIntegral::default(),
             provisioned: TimeIntegral::default(),
@@ -136,8 +134,10 @@ impl QueueStation {
         self.max_busy = self.max_busy.max(busy);
         self.busy.set(now, busy);
         self.queued.set(now, queued);
-        self.in_system.set(now, busy + queued);
-        if self.servers != u32::MAX {
+        // Hops in the system = busy + queued: integrated from those two in `report`.
+        // The server count only changes when autoscaling boots or retires a server;
+        // a level left unchanged integrates correctly without being touched.
+        if self.resized && self.servers != u32::MAX {
             self.running.set(now, self.servers as u64);
             self.provisioned
                 .set(now, (self.servers + self.booting) as u64);
@@ -246,7 +246,6 @@ impl Station for QueueStation {
 
     fn begin_measurement(&mut self, now: SimTime) {
         self.busy.reset(now);
-        self.in_system.reset(now);
         self.queued.reset(now);
         self.running.reset(now);
         self.provisioned.reset(now);
@@ -257,19 +256,21 @@ impl Station for QueueStation {
         let window = now - self.window_start;
         let unlimited = self.servers == u32::MAX;
         let provisioned_s = self.provisioned.area_s(now);
+        let busy_server_s = self.busy.area_s(now);
+        let queued_s = self.queued.area_s(now);
         StationReport {
             // An unlimited station has no capacity to be a fraction of.
             servers: if unlimited { 0 } else { self.servers },
             window,
-            busy_server_s: self.busy.area_s(now),
-            in_system_s: self.in_system.area_s(now),
-            queued_s: self.queued.area_s(now),
+            busy_server_s,
+            in_system_s: busy_server_s + queued_s,
+            queued_s,
             usd_capacity: if unlimited {
                 0.0
             } else {
                 provisioned_s * self.usd_per_server_hour / 3600.0
             },
-            in_system_now: self.in_system.level(),
+            in_system_now: self.busy.level() + self.queued.level(),
             max_busy: self.max_busy,
             capacity_server_s: if self.resized {
                 self.running.area_s(now)

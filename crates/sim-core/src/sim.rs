@@ -981,27 +981,33 @@ impl<'a, 'o> Sim<'a, 'o> {
         };
         let class = &sc.classes[ci];
         let spec = &class.graph.nodes[node];
-        let chain: Vec<usize> = match (spec.tier, spec.pool) {
-            (Some(t), _) => sc.tiers[t].pools.clone(),
-            (None, Some(p)) => vec![p],
-            (None, None) => vec![0],
+        const POOL_ZERO: usize = 0;
+        let chain: &[usize] = match (spec.tier, spec.pool.as_ref()) {
+            (Some(t), _) => &sc.tiers[t].pools,
+            (None, Some(p)) => std::slice::from_ref(p),
+            (None, None) => std::slice::from_ref(&POOL_ZERO),
         };
-        let mut views = Vec::with_capacity(chain.len());
-        for &p in &chain {
-            let load = self.stations[p].load_now().unwrap_or_default();
-            let (service_s, usd) = self.estimate(spec, p, input, output);
-            let available = self.breaker_allows(p) && self.admits(p, input + output);
-            views.push(PoolView {
-                pool: p,
-                servers: load.servers,
-                busy: load.busy,
-                queued: load.queued,
-                service_s,
-                usd,
-                available,
-            });
-        }
+        // Only tiered hops need the router's view of every candidate; a pinned hop only
+        // needs to know whether its pool takes it (and most pools always do).
+        let mut available: Vec<bool> = Vec::new();
+        let mut pinned_ok = false;
         let choice = if spec.tier.is_some() {
+            let mut views = Vec::with_capacity(chain.len());
+            for &p in chain {
+                let load = self.stations[p].load_now().unwrap_or_default();
+                let (service_s, usd) = self.estimate(spec, p, input, output);
+                let ok = self.breaker_allows(p) && self.admits(p, input + output);
+                available.push(ok);
+                views.push(PoolView {
+                    pool: p,
+                    servers: load.servers,
+                    busy: load.busy,
+                    queued: load.queued,
+                    service_s,
+                    usd,
+                    available: ok,
+                });
+            }
             let req = RouteRequest {
                 class: ci,
                 lane: class.lane_index as u32,
@@ -1012,13 +1018,21 @@ impl<'a, 'o> Sim<'a, 'o> {
                 .choose(&req, &views)
                 .filter(|&i| i < views.len() && views[i].available)
         } else {
-            views[0].available.then_some(0)
+            let p = chain[0];
+            let pool = &sc.pools[p];
+            let always_admits = pool.breaker.is_none()
+                && pool.outages.is_empty()
+                && pool.max_queue.is_none()
+                && pool.api.is_none();
+            pinned_ok = always_admits || (self.breaker_allows(p) && self.admits(p, input + output));
+            pinned_ok.then_some(0)
         };
         // The client tried the chain in order up to its choice: every pool before it
         // that its breaker let through but that refused counts as a failed call.
         let tried = choice.unwrap_or(chain.len());
         for (k, &p) in chain.iter().enumerate().take(tried) {
-            if !views[k].available && self.breaker_allows(p) {
+            let ok = available.get(k).copied().unwrap_or(pinned_ok);
+            if !ok && self.breaker_allows(p) {
                 self.pool_stats[p].refusals += 1;
                 self.breaker_failure(p);
             }
