@@ -9,6 +9,7 @@ pub mod outputs;
 pub mod plots;
 pub mod replications;
 pub mod report;
+pub mod spans;
 pub mod trace_cmd;
 
 pub use load::{InputError, LoadedScenario, load_scenario, parse_scenario};

@@ -52,6 +52,10 @@ enum Command {
         /// Also write DIR/workflows.csv: latency, cost and tokens of every completed workflow.
         #[arg(long)]
         workflows_csv: bool,
+        /// Also write every hop as an agent span log (JSONL, the format `trace stats`
+        /// and `fit` read) to this file.
+        #[arg(long, value_name = "FILE")]
+        spans: Option<PathBuf>,
     },
     /// Validate a scenario and print derived quantities (offered load per pool).
     #[command(
@@ -101,6 +105,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             replications,
             no_plots,
             workflows_csv,
+            spans,
         } => {
             if let Some(seed) = seed {
                 sets.push(format!("simulation.seed={seed}"));
@@ -112,7 +117,29 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let (result, reps) = if replications <= 1 {
                 let bar = progress_bar(1000);
                 let mut tick = |f: f64| bar.set_position((f * 1000.0) as u64);
-                let result = factorysim::simulate(&loaded.scenario, Some(&mut tick));
+                let result = match &spans {
+                    None => factorysim::simulate(&loaded.scenario, Some(&mut tick)),
+                    Some(path) => {
+                        let mut log = Vec::new();
+                        let result = sim_core::run(
+                            &loaded.scenario,
+                            sim_core::RunOptions {
+                                progress: Some(&mut tick),
+                                hop_log: Some(&mut log),
+                                policies: Some(&policies::Standard),
+                            },
+                        );
+                        let file = std::fs::File::create(path)
+                            .with_context(|| format!("cannot create {}", path.display()))?;
+                        factorysim::spans::write_span_log(
+                            std::io::BufWriter::new(file),
+                            &loaded.scenario,
+                            &log,
+                        )
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                        result
+                    }
+                };
                 bar.finish_and_clear();
                 (result, None)
             } else {
