@@ -7,8 +7,11 @@
 //! | queue discipline | `pools.X.discipline` | [`Fifo`](sim_core::policy::Fifo), [`StrictPriority`], [`WeightedFair`], [`EarliestDeadline`] |
 //! | tier routing | `[routing] policy` | [`FirstAvailable`], [`CostAware`], [`LeastLoaded`] |
 //! | autoscaling | `pools.X.autoscale` | [`QueueDepthAutoscaler`] |
+//! | replica load balancing | `pools.X.gpu.picker` | round robin, least outstanding tokens (sim-core), [`PrefixAffinity`], [`KvAware`] |
 
 use sim_core::SimTime;
+use sim_core::gpu::LlmRequest;
+use sim_core::gpu::gpu_station::{LeastOutstandingTokens, ReplicaPicker, ReplicaView, RoundRobin};
 use sim_core::policy::{
     AutoscaleSpec, Autoscaler, DisciplineSpec, Fifo, JobMeta, PolicyFactory, PoolView,
     QueueDiscipline, RouteRequest, RoutingSpec, ScaleObservation, TierRouter,
@@ -199,6 +202,62 @@ impl Autoscaler for QueueDepthAutoscaler {
     }
 }
 
+/// Prefix affinity: requests sharing a prefix (the same first prefix-block hash, or
+/// the same prefix group) go to the same replica, so its prefix cache hits; with
+/// bounded load: if that replica has more than twice the least-loaded replica's
+/// outstanding tokens plus one batch worth (8,192), the least-loaded one is used.
+#[derive(Debug, Default)]
+pub struct PrefixAffinity;
+
+impl ReplicaPicker for PrefixAffinity {
+    fn pick(&mut self, replicas: &[ReplicaView], req: &LlmRequest) -> usize {
+        let n = replicas.len().max(1);
+        let key = req
+            .block_hashes
+            .as_ref()
+            .and_then(|h| h.first().copied())
+            .unwrap_or(req.prefix_group);
+        // SplitMix64 finaliser so that nearby keys spread over replicas.
+        let mut z = key.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        let home = ((z ^ (z >> 31)) % n as u64) as usize;
+        let least = LeastOutstandingTokens.pick(replicas, req);
+        let (h, l) = (
+            replicas[home].outstanding_tokens,
+            replicas[least].outstanding_tokens,
+        );
+        if h > 2 * l + 8192 { least } else { home }
+    }
+    fn name(&self) -> &str {
+        "prefix-affinity"
+    }
+}
+
+/// KV-utilisation aware: the replica with the smallest share of its KV cache in use;
+/// ties to fewer outstanding tokens, then the lower index.
+#[derive(Debug, Default)]
+pub struct KvAware;
+
+impl ReplicaPicker for KvAware {
+    fn pick(&mut self, replicas: &[ReplicaView], _req: &LlmRequest) -> usize {
+        let share = |r: &ReplicaView| r.kv_used_blocks as f64 / r.kv_capacity_blocks.max(1) as f64;
+        let mut best = 0;
+        for (i, r) in replicas.iter().enumerate() {
+            let b = &replicas[best];
+            let better = share(r) < share(b)
+                || (share(r) == share(b) && r.outstanding_tokens < b.outstanding_tokens);
+            if better {
+                best = i;
+            }
+        }
+        best
+    }
+    fn name(&self) -> &str {
+        "kv-aware"
+    }
+}
+
 /// The policies the CLI runs with: every discipline, router and autoscaler above.
 pub struct Standard;
 
@@ -223,5 +282,14 @@ impl PolicyFactory for Standard {
     }
     fn supports(&self, _spec: DisciplineSpec) -> bool {
         true
+    }
+    fn replica_picker(&self, name: &str) -> Option<Box<dyn ReplicaPicker>> {
+        match name {
+            "prefix_affinity" => Some(Box::new(PrefixAffinity)),
+            "kv_aware" => Some(Box::new(KvAware)),
+            "round_robin" => Some(Box::new(RoundRobin::default())),
+            "least_outstanding_tokens" => Some(Box::new(LeastOutstandingTokens)),
+            _ => None,
+        }
     }
 }

@@ -532,3 +532,54 @@ hops = [{ pool = "gpu" }]
         at_reset.pools[0]
     );
 }
+
+#[test]
+fn prefix_affinity_raises_the_prefix_cache_hit_rate() {
+    // 4 replicas; 12 agent roles, each with a 3,000-token system prompt. Least
+    // outstanding tokens scatters each role over all replicas and the small caches
+    // (about 20k tokens each) evict; prefix affinity keeps each role on one replica.
+    let mut text = String::from(
+        r#"
+[simulation]
+horizon = "10m"
+drain = true
+[pools.gpu]
+servers = 4
+gpu = { model = "llama-3-8b", gpu = "l40s", memory_utilization = 0.38, picker = "PICKER" }
+"#,
+    );
+    for i in 0..12 {
+        text.push_str(&format!(
+            r#"
+[classes.role{i}]
+arrival = {{ process = "poisson", rate = 0.4 }}
+[[classes.role{i}.nodes]]
+id = "answer"
+pool = "gpu"
+input_tokens = {{ dist = "uniform", low = 3200, high = 4000 }}
+output_tokens = {{ dist = "uniform", low = 20, high = 120 }}
+shared_prefix_tokens = 3000
+"#
+        ));
+    }
+    let hit_rate = |picker: &str| {
+        let (r, _) = run_logged(&text.replace("PICKER", picker));
+        let s = r.summary();
+        let llm = s.pools["gpu"].llm.clone().expect("gpu pool");
+        (
+            llm.replicas.prefix_hit_rate,
+            s.pools["gpu"].llm.clone().map(|l| l.ttft_s.p99),
+        )
+    };
+    let (affinity, _) = hit_rate("prefix_affinity");
+    let (least, _) = hit_rate("least_outstanding_tokens");
+    let (kv, _) = hit_rate("kv_aware");
+    eprintln!(
+        "prefix hit rate: affinity {affinity:.3}, least-outstanding {least:.3}, kv-aware {kv:.3}"
+    );
+    assert!(
+        affinity > least + 0.05,
+        "affinity {affinity:.3} vs least-outstanding {least:.3}"
+    );
+    assert!(kv > 0.0 && least > 0.0);
+}

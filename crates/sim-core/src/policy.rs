@@ -187,6 +187,14 @@ pub trait PolicyFactory: Sync {
     /// Whether this factory implements `spec` (so a caller can refuse a scenario
     /// instead of silently running something else).
     fn supports(&self, spec: DisciplineSpec) -> bool;
+    /// A GPU pool's replica picker by name; `None` leaves the pool to sim-core's
+    /// built-in pickers (least outstanding tokens, round robin).
+    fn replica_picker(
+        &self,
+        _name: &str,
+    ) -> Option<Box<dyn crate::gpu::gpu_station::ReplicaPicker>> {
+        None
+    }
 }
 
 /// The minimal policies sim-core runs with on its own: FIFO queues, first-available

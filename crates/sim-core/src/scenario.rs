@@ -96,7 +96,8 @@ pub struct GpuPoolSpec {
     pub prefix_caching: Option<bool>,
     #[serde(default)]
     pub decode_skipping: Option<bool>,
-    /// Replica load balancing: "least_outstanding_tokens" (default) or "round_robin".
+    /// Replica load balancing: "least_outstanding_tokens" (default), "round_robin",
+    /// "prefix_affinity" or "kv_aware".
     #[serde(default)]
     pub picker: Option<String>,
 }
@@ -459,7 +460,8 @@ pub struct GpuPool {
     pub tp: u32,
     pub config: crate::gpu::replica::ReplicaConfig,
     pub perf: std::sync::Arc<dyn crate::gpu::PerfModel>,
-    pub round_robin: bool,
+    /// Replica picker name (see `GpuPoolSpec::picker`).
+    pub picker: String,
     /// KV capacity of one replica, tokens.
     pub kv_tokens: u64,
 }
@@ -1272,25 +1274,32 @@ fn compile_gpu_pool(
     }
     .validated()
     .map_err(|m| err(format!("{key}.gpu"), m))?;
-    let round_robin = match g.picker.as_deref() {
-        None | Some("least_outstanding_tokens") => false,
-        Some("round_robin") => true,
-        Some(other) => {
-            return Err(err(
-                format!("{key}.gpu.picker"),
-                format!(
-                    "unknown picker `{other}`; expected \"least_outstanding_tokens\" or \"round_robin\""
-                ),
-            ));
-        }
-    };
+    let picker = g
+        .picker
+        .clone()
+        .unwrap_or_else(|| "least_outstanding_tokens".into());
+    const PICKERS: [&str; 4] = [
+        "least_outstanding_tokens",
+        "round_robin",
+        "prefix_affinity",
+        "kv_aware",
+    ];
+    if !PICKERS.contains(&picker.as_str()) {
+        return Err(err(
+            format!("{key}.gpu.picker"),
+            format!(
+                "unknown picker `{picker}`; expected one of: {}",
+                PICKERS.join(", ")
+            ),
+        ));
+    }
     Ok(GpuPool {
         model: g.model.clone(),
         gpu: g.gpu.clone(),
         tp,
         config,
         perf,
-        round_robin,
+        picker,
         kv_tokens,
     })
 }

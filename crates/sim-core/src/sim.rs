@@ -304,10 +304,12 @@ impl<'a, 'o> Sim<'a, 'o> {
                     // Validation built the same configuration, so this cannot fail;
                     // should it, the pool falls back to an abstract station.
                     if let Ok(station) = station {
-                        let station = if g.round_robin {
-                            station.with_picker(Box::new(RoundRobin::default()))
-                        } else {
-                            station
+                        let station = match factory.replica_picker(&g.picker) {
+                            Some(picker) => station.with_picker(picker),
+                            None if g.picker == "round_robin" => {
+                                station.with_picker(Box::new(RoundRobin::default()))
+                            }
+                            None => station,
                         };
                         return Box::new(station) as Box<dyn Station>;
                     }
