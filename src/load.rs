@@ -6,7 +6,7 @@ use std::path::Path;
 
 /// Bad input from the user: the CLI exits with code 2 and prints this one line.
 #[derive(Debug, thiserror::Error)]
-#[error("{file}: {detail}")]
+#[error("{}{detail}", if file.is_empty() { String::new() } else { format!("{file}: ") })]
 pub struct InputError {
     pub file: String,
     pub detail: String,
@@ -48,8 +48,19 @@ fn extract_traces(
         let Some(arrival) = class.get_mut("arrival").and_then(|a| a.as_table_mut()) else {
             continue;
         };
-        if arrival.get("process").and_then(|p| p.as_str()) != Some("trace") {
-            continue;
+        match arrival.get("process").and_then(|p| p.as_str()) {
+            Some("trace") => {}
+            // `recorded` is what the loader turns `trace` into; written by hand it would
+            // replay nothing.
+            Some("recorded") => {
+                return Err(InputError::new(
+                    file,
+                    format!(
+                        "key `classes.{name}.arrival.process`: \"recorded\" is internal; expected \"trace\" with a `file`"
+                    ),
+                ));
+            }
+            _ => continue,
         }
         let mut options = arrival.clone();
         options.remove("process");
@@ -84,10 +95,11 @@ fn load_traces(
         let replay = spec.replay_options(scenario.seed).map_err(bad)?;
         let path = spec.path(base);
         let mut it = traces::replay_requests(&path, &read, &replay)
-            .map_err(|e| InputError::new(path.display().to_string(), e.to_string()))?;
+            .map_err(|e| InputError::new("", e.to_string()))?;
         let mut requests = Vec::new();
         for r in it.by_ref() {
-            let r = r.map_err(|e| InputError::new(path.display().to_string(), e.to_string()))?;
+            // Trace errors already name the file and line.
+            let r = r.map_err(|e| InputError::new("", e.to_string()))?;
             requests.push(sim_core::scenario::RecordedRequest {
                 at: sim_core::SimTime(r.arrival_ns),
                 input_tokens: r.input_tokens,
@@ -149,10 +161,12 @@ pub fn parse_scenario(
         let regenerated = toml::to_string(&table)
             .map_err(|e| InputError::new(file, format!("after --set overrides: {e}")))?;
         toml::from_str(&regenerated).map_err(|e| {
-            InputError::new(
-                file,
-                format!("after --set overrides: {}", e.message().trim()),
-            )
+            let when = if sets.is_empty() {
+                "" // trace arrivals only: the message still names the key
+            } else {
+                "after --set overrides: "
+            };
+            InputError::new(file, format!("{when}{}", e.message().trim()))
         })?
     };
     let mut scenario = spec

@@ -553,7 +553,11 @@ pub fn check_table(file: &str, sc: &Scenario) -> String {
         };
         t.row(vec![
             l.pool,
-            l.servers.to_string(),
+            if l.servers == u32::MAX {
+                "api".to_string()
+            } else {
+                l.servers.to_string()
+            },
             format!("{:.3}", l.hop_rate_per_s),
             fmt_secs(Some(l.mean_service_s)),
             format!("{:.3}", l.rho),

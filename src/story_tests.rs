@@ -227,3 +227,31 @@ hops = [{ pool = "gpu" }]
     assert!(expected > 100_000, "the trace reuses prefixes: {expected}");
     assert_eq!(llm.replicas.cached_tokens, expected);
 }
+
+#[test]
+fn bad_trace_arrivals_are_clear_input_errors() {
+    let with = |arrival: &str| {
+        let text = replay_scenario("azure-llm-2023/AzureLLMInferenceTrace_code.csv", "")
+            .replace(
+                r#"arrival = { process = "trace", file = "../traces/data/azure-llm-2023/AzureLLMInferenceTrace_code.csv" }"#,
+                arrival,
+            );
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/inline-test.toml");
+        match crate::parse_scenario(&file.display().to_string(), &text, &[]) {
+            Ok(_) => panic!("{arrival} must be rejected"),
+            Err(e) => e.to_string(),
+        }
+    };
+    let e = with(r#"arrival = { process = "recorded" }"#);
+    assert!(
+        e.contains("classes.t.arrival.process") && e.contains("\"trace\""),
+        "{e}"
+    );
+    let e = with(r#"arrival = { process = "trace", file = "../traces/data/nope.csv" }"#);
+    assert!(e.contains("nope.csv"), "{e}");
+    let e = with(r#"arrival = { process = "trace", file = "x.csv", speed = 2 }"#);
+    assert!(
+        e.contains("classes.t.arrival") && e.contains("speed"),
+        "{e}"
+    );
+}

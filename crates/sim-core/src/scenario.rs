@@ -1111,10 +1111,13 @@ impl ScenarioSpec {
             } else {
                 format!("{key}.nodes")
             };
-            let graph = compile_graph(&graph_key, &nodes, &names).map_err(|(k, m)| {
+            let mut graph = compile_graph(&graph_key, &nodes, &names).map_err(|(k, m)| {
                 // Chain hops are written without ids; report them by position.
                 err(k.replace(".id", ".name"), m)
             })?;
+            for n in &mut graph.nodes {
+                n.prefix_group = crate::rng::stable_hash(&format!("{name}/{}", n.role));
+            }
             if c.slo == Some(SimDuration::ZERO) {
                 return Err(err(
                     format!("{key}.slo"),

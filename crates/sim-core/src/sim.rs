@@ -1142,7 +1142,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                 input_tokens: input.min(u32::MAX as u64) as u32,
                 output_tokens: output.clamp(1, u32::MAX as u64) as u32,
                 shared_prefix_tokens: (spec.shared_prefix_tokens as u64).min(input) as u32,
-                prefix_group: crate::rng::stable_hash(&format!("{}/{}", class.name, spec.role)),
+                prefix_group: spec.prefix_group,
                 block_hashes: recorded.and_then(|r| r.block_hashes.clone()),
                 hash_block_tokens: recorded.map_or(0, |r| r.hash_block_tokens),
             }));

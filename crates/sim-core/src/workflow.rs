@@ -138,6 +138,9 @@ pub struct Node {
     /// The tier a router chooses a pool from (instead of a fixed `pool`).
     pub tier: Option<usize>,
     pub role: String,
+    /// Identifies the node's shared prompt prefix for prefix caching: a stable hash of
+    /// "class/role", set when the class is validated.
+    pub prefix_group: u64,
     pub kind: NodeKind,
     pub pool: Option<usize>,
     pub tool: Option<usize>,
@@ -471,6 +474,7 @@ pub fn compile_graph(
             enabled: s.enabled,
             tier,
             role: s.role.clone().unwrap_or_else(|| s.id.clone()),
+            prefix_group: 0,
             kind: s.kind,
             pool,
             tool,
