@@ -7,6 +7,7 @@ pub mod compare;
 pub mod load;
 pub mod outputs;
 pub mod plots;
+pub mod replay;
 pub mod replications;
 pub mod report;
 pub mod spans;

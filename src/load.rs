@@ -1,7 +1,9 @@
 //! Reading a scenario file: TOML parsing, `--set key.path=value` overrides, validation.
 //! Every error names the file, the line or key, and what was expected.
 
+use sim_core::scenario::RecordedRequest;
 use sim_core::{Scenario, ScenarioSpec};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Bad input from the user: the CLI exits with code 2 and prints this one line.
@@ -34,13 +36,21 @@ pub struct LoadedScenario {
 /// Tokens per Mooncake prefix-hash block.
 const MOONCAKE_BLOCK_TOKENS: u32 = 512;
 
+/// Trace arrivals found in a scenario table.
+#[derive(Default)]
+struct TraceArrivals {
+    /// Classes with `process = "trace"`, and their trace options.
+    traces: Vec<(String, traces::TraceSpec)>,
+    /// Classes with `process = "routed"`: they receive rows that a trace's rules send
+    /// them.
+    routed: Vec<String>,
+}
+
 /// Takes `process = "trace"` arrivals out of the table (the rest of the scenario schema
-/// does not know trace options) and replaces them with `process = "recorded"`.
-fn extract_traces(
-    file: &str,
-    table: &mut toml::Table,
-) -> Result<Vec<(String, traces::TraceSpec)>, InputError> {
-    let mut found = Vec::new();
+/// does not know trace options) and replaces them, and `process = "routed"`, with
+/// `process = "recorded"`.
+fn extract_traces(file: &str, table: &mut toml::Table) -> Result<TraceArrivals, InputError> {
+    let mut found = TraceArrivals::default();
     let Some(toml::Value::Table(classes)) = table.get_mut("classes") else {
         return Ok(found);
     };
@@ -50,6 +60,19 @@ fn extract_traces(
         };
         match arrival.get("process").and_then(|p| p.as_str()) {
             Some("trace") => {}
+            Some("routed") => {
+                if let Some(k) = arrival.keys().find(|k| k.as_str() != "process") {
+                    return Err(InputError::new(
+                        file,
+                        format!(
+                            "key `classes.{name}.arrival.{k}`: a routed class takes no arrival options; its rows come from another class's trace rules"
+                        ),
+                    ));
+                }
+                arrival.insert("process".into(), toml::Value::String("recorded".into()));
+                found.routed.push(name.clone());
+                continue;
+            }
             // `recorded` is what the loader turns `trace` into; written by hand it would
             // replay nothing.
             Some("recorded") => {
@@ -75,62 +98,240 @@ fn extract_traces(
                 })?;
         arrival.clear();
         arrival.insert("process".into(), toml::Value::String("recorded".into()));
-        found.push((name.clone(), spec));
+        found.traces.push((name.clone(), spec));
     }
     Ok(found)
 }
 
-/// Reads each class's trace into recorded requests.
+/// Where a trace row goes: the class its label names, if that class takes trace rows
+/// (it is the trace's own class, or `routed`), else the trace's own class. A class
+/// named by a rule must take trace rows.
+fn target_class(
+    label: Option<&str>,
+    from_rule: bool,
+    own: usize,
+    receivers: &[usize],
+    scenario: &Scenario,
+) -> Result<usize, String> {
+    let Some(name) = label else {
+        return Ok(own);
+    };
+    match scenario.classes.iter().position(|c| c.name == name) {
+        Some(c) if c == own || receivers.contains(&c) => Ok(c),
+        _ if !from_rule => Ok(own),
+        Some(_) => Err(format!(
+            "a rule sends rows to class `{name}`, whose arrivals are its own; give it `arrival = {{ process = \"routed\" }}`"
+        )),
+        None => Err(format!(
+            "a rule sends rows to class `{name}`, which does not exist (known: {})",
+            scenario
+                .classes
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
+/// Reads each class's trace into recorded requests (request traces) or recorded
+/// workflows (span traces), sending rows where the trace's rules say.
 fn load_traces(
     file: &str,
     scenario: &mut Scenario,
-    traces_by_class: &[(String, traces::TraceSpec)],
+    arrivals: &TraceArrivals,
     notes: &mut Vec<String>,
 ) -> Result<(), InputError> {
     let base = Path::new(file).parent().unwrap_or(Path::new("."));
-    for (class, spec) in traces_by_class {
+    let index = |name: &str| scenario.classes.iter().position(|c| c.name == name);
+    let mut receivers: Vec<usize> = arrivals.routed.iter().filter_map(|n| index(n)).collect();
+    receivers.extend(arrivals.traces.iter().filter_map(|(n, _)| index(n)));
+    let mut per_class: Vec<Vec<RecordedRequest>> = vec![Vec::new(); scenario.classes.len()];
+    let mut extra_tools = Vec::new();
+    for (class, spec) in &arrivals.traces {
         let key = format!("classes.{class}.arrival");
         let bad = |m: String| InputError::new(file, format!("key `{key}`: {m}"));
-        let read = spec.read_options().map_err(bad)?;
+        let Some(own) = index(class) else {
+            continue;
+        };
+        let mut read = spec.read_options().map_err(bad)?;
         let replay = spec.replay_options(scenario.seed).map_err(bad)?;
-        let path = spec.path(base);
-        let mut it = traces::replay_requests(&path, &read, &replay)
-            .map_err(|e| InputError::new("", e.to_string()))?;
-        let mut requests = Vec::new();
-        for r in it.by_ref() {
-            // Trace errors already name the file and line.
-            let r = r.map_err(|e| InputError::new("", e.to_string()))?;
-            requests.push(sim_core::scenario::RecordedRequest {
-                at: sim_core::SimTime(r.arrival_ns),
-                input_tokens: r.input_tokens,
-                output_tokens: r.output_tokens,
-                block_hashes: r.block_hashes.map(std::sync::Arc::from),
-                hash_block_tokens: MOONCAKE_BLOCK_TOKENS,
-            });
+        let rules = spec.rule_set().map_err(bad)?;
+        for (i, r) in rules.rules.iter().enumerate() {
+            let what = match (&r.tenant, &r.lane) {
+                (Some(_), _) => "tenant",
+                (_, Some(_)) => "lane",
+                _ => continue,
+            };
+            return Err(bad(format!(
+                "rules[{i}].{what}: a replayed row takes its class's {what}; send rows to a class with that {what} with `class = \"...\"` instead"
+            )));
         }
-        let report = it.report();
-        if report.read.skipped_rows > 0 {
+        let path = spec.path(base);
+        let format = match read.format {
+            Some(f) => f,
+            None => traces::TraceFormat::detect(&path)
+                .map_err(|e| InputError::new("", e.to_string()))?,
+        };
+        read.format = Some(format);
+        let mut routed_rows: BTreeMap<usize, u64> = BTreeMap::new();
+        let report = if format.is_request_trace() {
+            if let Some((i, _)) = rules
+                .rules
+                .iter()
+                .enumerate()
+                .find(|(_, r)| r.tier.is_some())
+            {
+                return Err(bad(format!(
+                    "rules[{i}].tier: rows of a request trace run the class's own hops; route them to a class whose hop uses that tier with `class = \"...\"`"
+                )));
+            }
+            let mut it = traces::replay_requests(&path, &read, &replay)
+                .map_err(|e| InputError::new("", e.to_string()))?;
+            for r in it.by_ref() {
+                // Trace errors already name the file and line.
+                let r = r.map_err(|e| InputError::new("", e.to_string()))?;
+                let labels = rules.labels(&r);
+                let target = target_class(
+                    labels.class.as_deref(),
+                    labels.rule.is_some(),
+                    own,
+                    &receivers,
+                    scenario,
+                )
+                .map_err(|m| bad(format!("rules[{}]: {m}", labels.rule.unwrap_or(0))))?;
+                *routed_rows.entry(target).or_default() += 1;
+                per_class[target].push(RecordedRequest {
+                    at: sim_core::SimTime(r.arrival_ns),
+                    input_tokens: r.input_tokens,
+                    output_tokens: r.output_tokens,
+                    block_hashes: r.block_hashes.map(std::sync::Arc::from),
+                    hash_block_tokens: MOONCAKE_BLOCK_TOKENS,
+                    graph: None,
+                });
+            }
+            it.report()
+        } else {
+            let mut it = traces::replay_workflows(&path, &read, &replay)
+                .map_err(|e| InputError::new("", e.to_string()))?;
+            let mut resolver =
+                crate::replay::SpanResolver::new(scenario, own, std::mem::take(&mut extra_tools));
+            for wf in it.by_ref() {
+                let mut wf = wf.map_err(|e| InputError::new("", e.to_string()))?;
+                let rule = rules.labels(&wf).rule;
+                rules.apply_to_workflow(&mut wf);
+                let target = target_class(
+                    wf.class.as_deref(),
+                    rule.is_some(),
+                    own,
+                    &receivers,
+                    scenario,
+                )
+                .map_err(|m| bad(format!("rules[{}]: {m}", rule.unwrap_or(0))))?;
+                *routed_rows.entry(target).or_default() += 1;
+                let steps = resolver.steps(&wf);
+                let graph = sim_core::workflow::WorkflowGraph::from_recorded(
+                    &scenario.classes[target].name,
+                    &steps,
+                );
+                let (input, output) = wf.token_totals();
+                per_class[target].push(RecordedRequest {
+                    at: sim_core::SimTime(wf.arrival_ns),
+                    input_tokens: input.min(u32::MAX as u64) as u32,
+                    output_tokens: output.min(u32::MAX as u64) as u32,
+                    block_hashes: None,
+                    hash_block_tokens: MOONCAKE_BLOCK_TOKENS,
+                    graph: Some(std::sync::Arc::new(graph)),
+                });
+            }
+            let c = &resolver.counts;
+            let list = |m: &BTreeMap<String, u64>| {
+                m.iter()
+                    .map(|(k, v)| format!("{k} ({v})"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            if !c.unmatched_tiers.is_empty() {
+                notes.push(format!(
+                    "{}: model spans whose tier names no tier or pool of the scenario ran on class `{class}`'s first model hop's pool: {}",
+                    path.display(),
+                    list(&c.unmatched_tiers)
+                ));
+            }
+            if !c.recorded_tools.is_empty() {
+                notes.push(format!(
+                    "{}: tool spans of tools the scenario does not define waited their recorded time: {}",
+                    path.display(),
+                    list(&c.recorded_tools)
+                ));
+            }
+            if c.retries_folded > 0 {
+                notes.push(format!(
+                    "{}: {} retry spans folded into their first attempt (the simulated factory decides retries)",
+                    path.display(),
+                    c.retries_folded
+                ));
+            }
+            extra_tools = std::mem::take(&mut resolver.extra_tools);
+            it.report()
+        };
+        if routed_rows.keys().any(|&c| c != own) {
+            let shares: Vec<String> = routed_rows
+                .iter()
+                .map(|(&c, n)| format!("{} {n}", scenario.classes[c].name))
+                .collect();
+            notes.push(format!(
+                "{}: rows by class: {}",
+                path.display(),
+                shares.join(", ")
+            ));
+        }
+        let r = &report.read;
+        if r.skipped_rows > 0 {
             notes.push(format!(
                 "{}: skipped {} bad rows (first: {})",
                 path.display(),
-                report.read.skipped_rows,
-                report.read.first_skipped.clone().unwrap_or_default()
+                r.skipped_rows,
+                r.first_skipped.clone().unwrap_or_default()
             ));
         }
-        if report.read.out_of_order > 0 {
+        let dag = r.orphan_spans + r.duplicate_spans + r.cycles;
+        if dag > 0 {
+            notes.push(format!(
+                "{}: {} orphan spans replayed as extra roots, {} duplicate span ids, {} parent cycles broken",
+                path.display(),
+                r.orphan_spans,
+                r.duplicate_spans,
+                r.cycles
+            ));
+        }
+        if r.out_of_order > 0 {
             notes.push(format!(
                 "{}: {} rows arrive earlier than the row before them (replayed in time order)",
                 path.display(),
-                report.read.out_of_order
+                r.out_of_order
             ));
+        }
+    }
+    scenario.tools.extend(extra_tools);
+    for name in &arrivals.routed {
+        if let Some(c) = index(name)
+            && per_class[c].is_empty()
+        {
+            notes.push(format!(
+                "class `{name}` is routed, but no trace rule sent it any rows"
+            ));
+        }
+    }
+    for (c, mut requests) in per_class.into_iter().enumerate() {
+        if !receivers.contains(&c) {
+            continue;
         }
         // Readers never reorder; the simulator needs arrivals in time order.
         requests.sort_by_key(|r| r.at);
-        if let Some(c) = scenario.classes.iter_mut().find(|c| &c.name == class) {
-            c.arrival = sim_core::scenario::Arrival::Recorded {
-                requests: std::sync::Arc::new(requests),
-            };
-        }
+        scenario.classes[c].arrival = sim_core::scenario::Arrival::Recorded {
+            requests: std::sync::Arc::new(requests),
+        };
     }
     Ok(())
 }
@@ -150,30 +351,31 @@ pub fn parse_scenario(
     sets: &[String],
 ) -> Result<LoadedScenario, InputError> {
     let mut table: toml::Table = toml::from_str(text).map_err(|e| toml_error(file, text, &e))?;
-    let traces_by_class = extract_traces(file, &mut table)?;
-    let spec: ScenarioSpec = if sets.is_empty() && traces_by_class.is_empty() {
-        // Straight from the text, so that errors carry line and column.
-        toml::from_str(text).map_err(|e| toml_error(file, text, &e))?
-    } else {
-        for s in sets {
-            apply_set(&mut table, s).map_err(|m| InputError::new(file, m))?;
-        }
-        let regenerated = toml::to_string(&table)
-            .map_err(|e| InputError::new(file, format!("after --set overrides: {e}")))?;
-        toml::from_str(&regenerated).map_err(|e| {
-            let when = if sets.is_empty() {
-                "" // trace arrivals only: the message still names the key
-            } else {
-                "after --set overrides: "
-            };
-            InputError::new(file, format!("{when}{}", e.message().trim()))
-        })?
-    };
+    let arrivals = extract_traces(file, &mut table)?;
+    let spec: ScenarioSpec =
+        if sets.is_empty() && arrivals.traces.is_empty() && arrivals.routed.is_empty() {
+            // Straight from the text, so that errors carry line and column.
+            toml::from_str(text).map_err(|e| toml_error(file, text, &e))?
+        } else {
+            for s in sets {
+                apply_set(&mut table, s).map_err(|m| InputError::new(file, m))?;
+            }
+            let regenerated = toml::to_string(&table)
+                .map_err(|e| InputError::new(file, format!("after --set overrides: {e}")))?;
+            toml::from_str(&regenerated).map_err(|e| {
+                let when = if sets.is_empty() {
+                    "" // trace arrivals only: the message still names the key
+                } else {
+                    "after --set overrides: "
+                };
+                InputError::new(file, format!("{when}{}", e.message().trim()))
+            })?
+        };
     let mut scenario = spec
         .validate()
         .map_err(|e| InputError::new(file, locate_key(text, &e.key, e.to_string())))?;
     let mut notes = Vec::new();
-    load_traces(file, &mut scenario, &traces_by_class, &mut notes)?;
+    load_traces(file, &mut scenario, &arrivals, &mut notes)?;
     Ok(LoadedScenario {
         file: file.to_string(),
         spec,

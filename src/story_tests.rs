@@ -255,3 +255,170 @@ fn bad_trace_arrivals_are_clear_input_errors() {
         "{e}"
     );
 }
+
+#[test]
+fn trace_rules_route_rows_to_classes_exactly() {
+    // Rows with at least 4000 prompt tokens go to `long`; count them independently.
+    let csv = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("traces/data/azure-llm-2023/AzureLLMInferenceTrace_code.csv");
+    let text = std::fs::read_to_string(&csv).unwrap_or_else(|e| panic!("{e}"));
+    let long_rows = text
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            l.split(',')
+                .nth(1)
+                .and_then(|t| t.trim().parse::<u64>().ok())
+                .is_some_and(|t| t >= 4000)
+        })
+        .count() as u64;
+    assert!(long_rows > 100 && long_rows < 8_819, "{long_rows}");
+    let scenario = replay_scenario(
+        "azure-llm-2023/AzureLLMInferenceTrace_code.csv",
+        r#", rules = [{ when = [{ field = "input_tokens", min = 4000 }], class = "long" }]"#,
+    ) + r#"
+[classes.long]
+arrival = { process = "routed" }
+hops = [{ pool = "fast" }]
+"#;
+    let loaded = load_inline(&scenario);
+    assert_eq!(loaded.notes.len(), 1, "{:?}", loaded.notes);
+    assert!(
+        loaded.notes[0].contains(&format!("long {long_rows}")),
+        "{:?}",
+        loaded.notes
+    );
+    let s = crate::simulate(&loaded.scenario, None).summary();
+    assert_eq!(s.classes["long"].arrived, long_rows);
+    assert_eq!(s.classes["t"].arrived, 8_819 - long_rows);
+    assert_eq!(
+        s.classes["t"].completed + s.classes["long"].completed,
+        8_819
+    );
+
+    // Rules that cannot be honoured are input errors naming the key.
+    let err = |rules: &str, extra: &str| {
+        let text = replay_scenario(
+            "azure-llm-2023/AzureLLMInferenceTrace_code.csv",
+            &format!(", rules = [{rules}]"),
+        ) + extra;
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/inline-test.toml");
+        match crate::parse_scenario(&file.display().to_string(), &text, &[]) {
+            Ok(_) => panic!("{rules} must be rejected"),
+            Err(e) => e.to_string(),
+        }
+    };
+    let e = err(r#"{ class = "nope" }"#, "");
+    assert!(
+        e.contains("classes.t.arrival") && e.contains("`nope`") && e.contains("does not exist"),
+        "{e}"
+    );
+    let e = err(
+        r#"{ class = "other" }"#,
+        "[classes.other]\narrival = { process = \"poisson\", rate = 1 }\nhops = [{ pool = \"fast\" }]\n",
+    );
+    assert!(e.contains("routed"), "{e}");
+    let e = err(r#"{ tenant = "acme" }"#, "");
+    assert!(e.contains("rules[0].tenant"), "{e}");
+    let e = err(r#"{ tier = "big" }"#, "");
+    assert!(e.contains("rules[0].tier"), "{e}");
+}
+
+/// Two OTLP GenAI workflows: an agent whose chat call is followed by a search (the
+/// search started after the chat ended), and a lone completion 5 s later.
+const OTLP_EXPORT: &str = r#"{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"travel-agent"}}]},
+ "scopeSpans":[{"scope":{"name":"genai"},"spans":[
+  {"traceId":"t1","spanId":"0001","parentSpanId":"","name":"invoke_agent planner",
+   "startTimeUnixNano":"1700000000000000000","endTimeUnixNano":"1700000003000000000",
+   "attributes":[{"key":"gen_ai.operation.name","value":{"stringValue":"invoke_agent"}},{"key":"gen_ai.agent.name","value":{"stringValue":"planner"}}]},
+  {"traceId":"t1","spanId":"0002","parentSpanId":"0001","name":"chat gpt-4o",
+   "startTimeUnixNano":"1700000000100000000","endTimeUnixNano":"1700000001100000000",
+   "attributes":[{"key":"gen_ai.operation.name","value":{"stringValue":"chat"}},{"key":"gen_ai.request.model","value":{"stringValue":"gpt-4o"}},
+     {"key":"gen_ai.usage.input_tokens","value":{"intValue":"1200"}},{"key":"gen_ai.usage.output_tokens","value":{"intValue":85}},
+     {"key":"gen_ai.agent.name","value":{"stringValue":"planner"}}]},
+  {"traceId":"t1","spanId":"0003","parentSpanId":"0001","name":"execute_tool search",
+   "startTimeUnixNano":"1700000001200000000","endTimeUnixNano":"1700000001450000000",
+   "attributes":[{"key":"gen_ai.operation.name","value":{"stringValue":"execute_tool"}},{"key":"gen_ai.tool.name","value":{"stringValue":"search"}}]}
+ ]}]}]}
+{"resourceSpans":[{"scopeSpans":[{"spans":[
+  {"traceId":"t2","spanId":"01","startTimeUnixNano":1700000005000000000,"endTimeUnixNano":1700000006000000000,
+   "attributes":[{"key":"gen_ai.operation.name","value":{"stringValue":"text_completion"}},{"key":"gen_ai.request.model","value":{"stringValue":"gpt-4o"}},
+     {"key":"gen_ai.usage.input_tokens","value":{"intValue":10}},{"key":"gen_ai.usage.output_tokens","value":{"intValue":5}}]}
+ ]}]}]}
+"#;
+
+#[test]
+fn otlp_workflows_replay_with_their_structure_on_the_simulated_factory() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let trace = dir.path().join("export.otlp.json");
+    std::fs::write(&trace, OTLP_EXPORT).unwrap_or_else(|e| panic!("{e}"));
+    // The factory decides the timing: 1 s per model call, 2 s per search (the trace
+    // says 1 s and 250 ms). `gpt-4o` is mapped to the `frontier` tier by a rule.
+    let text = format!(
+        r#"
+[simulation]
+horizon = "1m"
+drain = true
+[pools.small]
+servers = 1
+service = {{ dist = "constant", value = "9s" }}
+[pools.big]
+servers = 2
+service = {{ dist = "constant", value = "1s" }}
+[tiers.frontier]
+pools = ["big"]
+[tools.search]
+latency = {{ dist = "constant", value = "2s" }}
+[classes.agent]
+arrival = {{ process = "trace", file = {file:?}, rules = [{{ when = [{{ field = "model_tier", equals = "gpt-4o" }}], tier = "frontier" }}] }}
+hops = [{{ pool = "small" }}]
+"#,
+        file = trace.display().to_string()
+    );
+    let loaded = crate::parse_scenario("inline.toml", &text, &[]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(loaded.notes.is_empty(), "{:?}", loaded.notes);
+    let mut log = Vec::new();
+    let result = sim_core::run(
+        &loaded.scenario,
+        sim_core::RunOptions {
+            hop_log: Some(&mut log),
+            policies: Some(&policies::Standard),
+            ..Default::default()
+        },
+    );
+    let c = &result.classes[0];
+    assert_eq!((c.arrived, c.completed), (2, 2));
+    let hops: Vec<(&str, &str, u64, u64, f64, f64)> = log
+        .iter()
+        .map(|h| {
+            (
+                h.station.as_str(),
+                h.kind,
+                h.input_tokens,
+                h.output_tokens,
+                h.submitted.as_secs_f64(),
+                h.finished.as_secs_f64(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        hops,
+        [
+            ("big", "llm", 1200, 85, 0.0, 1.0),
+            ("search", "tool", 0, 0, 1.0, 3.0),
+            ("big", "llm", 10, 5, 5.0, 6.0),
+        ]
+    );
+
+    // Without the rule, `gpt-4o` names nothing in the scenario: the calls run on the
+    // class's own first hop's pool, and the load says so.
+    let text = text.replace(
+        r#", rules = [{ when = [{ field = "model_tier", equals = "gpt-4o" }], tier = "frontier" }]"#,
+        "",
+    );
+    let loaded = crate::parse_scenario("inline.toml", &text, &[]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(loaded.notes.len(), 1, "{:?}", loaded.notes);
+    assert!(loaded.notes[0].contains("gpt-4o (2)"), "{:?}", loaded.notes);
+    let s = crate::simulate(&loaded.scenario, None).summary();
+    assert_eq!(s.pools["small"].hops, 2);
+}

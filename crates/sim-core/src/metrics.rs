@@ -11,6 +11,8 @@ use crate::time::{SimDuration, SimTime};
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct HopRecord {
     pub workflow: u64,
+    /// The recorded request or workflow the hop's workflow replays, if any.
+    pub record: Option<u32>,
     pub class: String,
     pub node: String,
     pub role: String,
@@ -19,6 +21,8 @@ pub struct HopRecord {
     pub station: String,
     /// "llm", "escalation" or "tool".
     pub kind: &'static str,
+    /// 1 for a first call; 2, 3, ... for retries of a failed tool call.
+    pub attempt: u32,
     /// Context inherited from parents (before the node's inherit fraction).
     pub context_in: u64,
     pub input_tokens: u64,

@@ -359,7 +359,7 @@ pub enum ArrivalSpec {
 }
 
 /// One recorded request: when it arrived and what it asked for.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct RecordedRequest {
     pub at: SimTime,
     pub input_tokens: u32,
@@ -367,6 +367,9 @@ pub struct RecordedRequest {
     /// Prefix-block hashes (Mooncake), `hash_block_tokens` tokens each.
     pub block_hashes: Option<std::sync::Arc<[u64]>>,
     pub hash_block_tokens: u32,
+    /// A recorded workflow (span log): its own graph replaces the class's, and its
+    /// token counts are those of the graph (`input_tokens`/`output_tokens` are totals).
+    pub graph: Option<std::sync::Arc<crate::workflow::WorkflowGraph>>,
 }
 
 /// One hop of a workflow chain.
@@ -637,6 +640,17 @@ impl WorkflowClass {
                     / n as f64
             }
         }
+    }
+
+    /// The graph a workflow of this class runs: a replayed recorded workflow's own
+    /// (`record` indexes the recorded requests), else the class's.
+    pub fn graph_for(&self, record: Option<u32>) -> &crate::workflow::WorkflowGraph {
+        if let (Some(r), Arrival::Recorded { requests }) = (record, &self.arrival)
+            && let Some(g) = requests.get(r as usize).and_then(|q| q.graph.as_deref())
+        {
+            return g;
+        }
+        &self.graph
     }
 
     /// The fan-out count sampler in force at `t` for node `node`.

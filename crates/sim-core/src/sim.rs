@@ -687,7 +687,11 @@ impl<'a, 'o> Sim<'a, 'o> {
         self.interval.in_flight += 1;
         let id = self.next_wf_id;
         self.next_wf_id += 1;
-        let g = &class.graph;
+        let record = match &class.arrival {
+            Arrival::Recorded { .. } => Some(workflow_no as u32),
+            _ => None,
+        };
+        let g = class.graph_for(record);
         let slot = match self.free_workflows.pop() {
             Some(s) => s,
             None => {
@@ -720,10 +724,7 @@ impl<'a, 'o> Sim<'a, 'o> {
         wf.counted = counted;
         wf.user = user;
         wf.number = workflow_no;
-        wf.record = match &class.arrival {
-            Arrival::Recorded { .. } => Some(workflow_no as u32),
-            _ => None,
-        };
+        wf.record = record;
         wf.rng = rng;
         wf.usd = 0.0;
         wf.tokens = 0;
@@ -733,7 +734,11 @@ impl<'a, 'o> Sim<'a, 'o> {
         wf.outstanding = 0;
         wf.active = true;
         self.live_workflows += 1;
-        wf.sinks_remaining = self.sinks[ci];
+        wf.sinks_remaining = if std::ptr::eq(g, &class.graph) {
+            self.sinks[ci]
+        } else {
+            g.nodes.iter().filter(|n| n.children.is_empty()).count() as u32
+        };
         wf.nodes.clear();
         wf.nodes.extend(g.nodes.iter().map(|n| NodeState {
             pending_parents: n.parents.len() as u32,
@@ -751,7 +756,8 @@ impl<'a, 'o> Sim<'a, 'o> {
         let now = self.now;
         let wf = &mut self.workflows[slot as usize];
         let class = &sc.classes[wf.class as usize];
-        let spec = &class.graph.nodes[node];
+        let graph = class.graph_for(wf.record);
+        let spec = &graph.nodes[node];
         let epoch = wf.nodes[node].epoch;
 
         if branch == NO_BRANCH && spec.fan_out.is_some() {
@@ -844,9 +850,11 @@ impl<'a, 'o> Sim<'a, 'o> {
                         .unwrap_or(0),
                 };
                 // A replayed request: the entry hop asks for exactly what was recorded.
+                // (A replayed workflow's nodes carry their own recorded tokens.)
                 if node == 0
                     && let (Some(r), Arrival::Recorded { requests }) = (wf.record, &class.arrival)
                     && let Some(req) = requests.get(r as usize)
+                    && req.graph.is_none()
                 {
                     input = req.input_tokens as u64;
                     output = req.output_tokens as u64;
@@ -977,12 +985,12 @@ impl<'a, 'o> Sim<'a, 'o> {
     ) {
         let sc = self.sc;
         let now = self.now;
-        let (ci, arrived, usd_so_far) = {
+        let (ci, arrived, usd_so_far, record) = {
             let wf = &self.workflows[slot as usize];
-            (wf.class as usize, wf.arrived, wf.usd)
+            (wf.class as usize, wf.arrived, wf.usd, wf.record)
         };
         let class = &sc.classes[ci];
-        let spec = &class.graph.nodes[node];
+        let spec = &class.graph_for(record).nodes[node];
         const POOL_ZERO: usize = 0;
         let chain: &[usize] = match (spec.tier, spec.pool.as_ref()) {
             (Some(t), _) => &sc.tiers[t].pools,
@@ -1097,7 +1105,16 @@ impl<'a, 'o> Sim<'a, 'o> {
             wf.number,
             [node as u64, branch as u64, epoch as u64, attempt as u64, 0],
         );
-        let work = self.hop_work(ci, node, p, input, output, recorded.as_ref(), &mut trng);
+        let work = self.hop_work(
+            ci,
+            record,
+            node,
+            p,
+            input,
+            output,
+            recorded.as_ref(),
+            &mut trng,
+        );
         let timeout = spec.timeout;
         self.submit_hop(
             slot,
@@ -1127,6 +1144,7 @@ impl<'a, 'o> Sim<'a, 'o> {
     fn hop_work(
         &self,
         ci: usize,
+        record: Option<u32>,
         node: usize,
         p: usize,
         input: u64,
@@ -1135,7 +1153,7 @@ impl<'a, 'o> Sim<'a, 'o> {
         trng: &mut WorkflowRng,
     ) -> Work {
         let class = &self.sc.classes[ci];
-        let spec = &class.graph.nodes[node];
+        let spec = &class.graph_for(record).nodes[node];
         let pool = &self.sc.pools[p];
         if pool.gpu.is_some() {
             return Work::Llm(Box::new(LlmRequest {
@@ -1192,10 +1210,16 @@ impl<'a, 'o> Sim<'a, 'o> {
     ) {
         let sc = self.sc;
         let wf = &mut self.workflows[slot as usize];
-        let spec = &sc.classes[wf.class as usize].graph.nodes[node];
+        let spec = &sc.classes[wf.class as usize].graph_for(wf.record).nodes[node];
         let tool_idx = spec.tool.unwrap_or(0);
         let tool = &sc.tools[tool_idx];
-        let latency = tool.latency.sample_duration(&mut wf.rng);
+        // The node's own latency (a call site, or a replayed span's recorded wait), else
+        // the tool's.
+        let latency = spec
+            .service
+            .as_ref()
+            .unwrap_or(&tool.latency)
+            .sample_duration(&mut wf.rng);
         let timeout = spec.timeout;
         self.submit_hop(
             slot,
@@ -1333,8 +1357,9 @@ impl<'a, 'o> Sim<'a, 'o> {
             return;
         }
         let ci = wf.class as usize;
+        let record = wf.record;
         let class = &sc.classes[ci];
-        let spec = &class.graph.nodes[hop.node as usize];
+        let spec = &class.graph_for(record).nodes[hop.node as usize];
         let mut usd = done.usd;
         let n_pools = sc.pools.len();
         if let HopKind::Model | HopKind::Escalation = hop.kind {
@@ -1365,6 +1390,7 @@ impl<'a, 'o> Sim<'a, 'o> {
         if let Some(log) = self.opts.hop_log.as_mut() {
             log.push(HopRecord {
                 workflow: hop.wf_id,
+                record,
                 class: class.name.clone(),
                 node: spec.id.clone(),
                 role: spec.role.clone(),
@@ -1378,6 +1404,10 @@ impl<'a, 'o> Sim<'a, 'o> {
                     HopKind::Model => "llm",
                     HopKind::Escalation => "escalation",
                     HopKind::Tool { .. } => "tool",
+                },
+                attempt: match hop.kind {
+                    HopKind::Tool { attempt } => attempt + 1,
+                    _ => 1,
                 },
                 context_in: hop.context_in,
                 input_tokens: hop.input_tokens,
@@ -1457,6 +1487,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                     );
                     let work = self.hop_work(
                         ci,
+                        record,
                         node,
                         e.pool,
                         hop.input_tokens,
@@ -1509,7 +1540,7 @@ impl<'a, 'o> Sim<'a, 'o> {
         let undecided = wf.outcome.is_none();
         let class = wf.class as usize;
         let counted = wf.counted;
-        let graph = &self.sc.classes[class].graph;
+        let graph = self.sc.classes[class].graph_for(wf.record);
         match what {
             Timer::Abandon => {
                 if undecided {
@@ -1596,7 +1627,7 @@ impl<'a, 'o> Sim<'a, 'o> {
     fn node_finished(&mut self, slot: u32, node: usize, branch: u32, context: u64) {
         let sc = self.sc;
         let wf = &mut self.workflows[slot as usize];
-        let g = &sc.classes[wf.class as usize].graph;
+        let g = sc.classes[wf.class as usize].graph_for(wf.record);
         if branch == NO_BRANCH {
             self.complete_node(slot, node, context);
             return;
@@ -1635,7 +1666,7 @@ impl<'a, 'o> Sim<'a, 'o> {
             return;
         }
         let ci = wf.class as usize;
-        let g = &sc.classes[ci].graph;
+        let g = sc.classes[ci].graph_for(wf.record);
         let spec = &g.nodes[node];
         if let Some(l) = &spec.loop_back
             && l.max.is_none_or(|m| wf.nodes[node].loops < m)

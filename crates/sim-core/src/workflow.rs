@@ -50,7 +50,8 @@ pub struct NodeSpec {
     /// llm/compact: instead of a pool, a tier; the router picks among its pools.
     #[serde(default)]
     pub tier: Option<String>,
-    /// llm/compact on a queueing pool: service time (defaults to the pool's `service`).
+    /// llm/compact on a queueing pool: service time (defaults to the pool's `service`);
+    /// tool: this call's latency (defaults to the tool's `latency`).
     #[serde(default)]
     pub service: Option<DistSpec>,
     /// llm: prompt tokens written by this node itself (system prompt + instructions).
@@ -643,4 +644,126 @@ fn reachable(nodes: &[Node], start: usize, next: impl Fn(&Node) -> &Vec<usize>) 
         }
     }
     seen
+}
+
+/// What one recorded step (a span of a span log) does, resolved against the scenario.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RecordedWork {
+    /// A model call with exactly these tokens, on a pinned pool or a tier.
+    Model {
+        pool: Option<usize>,
+        tier: Option<usize>,
+        input_tokens: u64,
+        output_tokens: u64,
+        /// Leading prompt tokens shared with other calls of the same role.
+        shared_prefix_tokens: u32,
+    },
+    /// A call to a tool: its failures, retries and bulkhead; its latency drawn from the
+    /// tool's distribution, or `wait` when given (the recorded wait).
+    Tool {
+        tool: usize,
+        wait: Option<SimDuration>,
+    },
+    /// A structural step that does no work (an agent span enclosing its children).
+    Pass,
+}
+
+/// One step of a recorded workflow: a node of its replayed graph.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecordedStep {
+    pub id: String,
+    pub role: String,
+    pub work: RecordedWork,
+    /// Steps that must finish before this one starts (indices of earlier steps).
+    pub after: Vec<usize>,
+}
+
+impl WorkflowGraph {
+    /// The graph that replays a recorded workflow: a work-free entry node, then one
+    /// node per step (step `i` is node `i + 1`). Steps without parents hang under the
+    /// entry. Tokens are taken as recorded (nothing is inherited: a recorded prompt
+    /// already contains its context). `class` names the prefix groups (class/role).
+    ///
+    /// A parent index that is not earlier than its step is ignored, so the result is
+    /// always a DAG in topological order.
+    pub fn from_recorded(class: &str, steps: &[RecordedStep]) -> WorkflowGraph {
+        let constant = Sampler::Constant;
+        let mut nodes = Vec::with_capacity(steps.len() + 1);
+        nodes.push(Node::pass("start", "start"));
+        for (i, s) in steps.iter().enumerate() {
+            let mut n = Node::pass(&s.id, &s.role);
+            n.prefix_group = crate::rng::stable_hash(&format!("{class}/{}", s.role));
+            match &s.work {
+                RecordedWork::Model {
+                    pool,
+                    tier,
+                    input_tokens,
+                    output_tokens,
+                    shared_prefix_tokens,
+                } => {
+                    n.kind = NodeKind::Llm;
+                    n.pool = *pool;
+                    n.tier = *tier;
+                    n.input_tokens = Some(constant(*input_tokens as f64));
+                    n.output_tokens = Some(constant(*output_tokens as f64));
+                    n.shared_prefix_tokens = *shared_prefix_tokens;
+                }
+                RecordedWork::Tool { tool, wait } => {
+                    n.kind = NodeKind::Tool;
+                    n.tool = Some(*tool);
+                    n.service = wait.map(|w| constant(w.as_secs_f64()));
+                }
+                RecordedWork::Pass => {}
+            }
+            n.enabled = !matches!(s.work, RecordedWork::Pass);
+            let mut parents: Vec<usize> =
+                s.after.iter().filter(|&&p| p < i).map(|&p| p + 1).collect();
+            parents.sort_unstable();
+            parents.dedup();
+            if parents.is_empty() {
+                parents.push(0);
+            }
+            n.parents = parents;
+            nodes.push(n);
+        }
+        for i in 0..nodes.len() {
+            for p in nodes[i].parents.clone() {
+                nodes[p].children.push(i);
+            }
+        }
+        let order = (0..nodes.len()).collect();
+        WorkflowGraph { nodes, order }
+    }
+}
+
+impl Node {
+    /// A node that does nothing (disabled: passes its context straight on).
+    fn pass(id: &str, role: &str) -> Node {
+        Node {
+            id: id.to_string(),
+            enabled: false,
+            tier: None,
+            role: role.to_string(),
+            prefix_group: 0,
+            kind: NodeKind::Llm,
+            pool: None,
+            tool: None,
+            service: None,
+            input_tokens: None,
+            output_tokens: None,
+            shared_prefix_tokens: 0,
+            inherit: 0.0,
+            timeout: None,
+            probability: 1.0,
+            minutes: None,
+            usd_per_minute: 0.0,
+            compact_to: None,
+            fan_out: None,
+            loop_back: None,
+            escalate: None,
+            parents: Vec::new(),
+            children: Vec::new(),
+            in_branch_of: None,
+        }
+    }
 }
