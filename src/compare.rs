@@ -264,6 +264,9 @@ pub struct ClassFigures {
     /// Hops served by a fallback pool of their tier.
     pub degraded_hops: u64,
     pub escalations: u64,
+    /// Extra dollars of over-tiered hops of completed workflows (part of their cost,
+    /// so neither in `usd_waste` nor added to `usd_total`).
+    pub usd_over_tiered: f64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -308,6 +311,8 @@ pub struct TotalFigures {
     /// usd_all_in / completed.
     pub usd_per_outcome_all_in: Option<f64>,
     pub usd_waste: f64,
+    /// Sum of the classes' usd_over_tiered.
+    pub usd_over_tiered: f64,
 }
 
 /// The figures of one run of `sc`.
@@ -348,6 +353,7 @@ pub fn figures(sc: &Scenario, r: &RunResult) -> RunFigures {
                 usd_waste_by: waste,
                 degraded_hops: c.degraded_hops,
                 escalations: c.escalations,
+                usd_over_tiered: c.usd_waste_over_tiered,
             },
         );
     }
@@ -392,6 +398,7 @@ pub fn figures(sc: &Scenario, r: &RunResult) -> RunFigures {
         usd_all_in,
         usd_per_outcome_all_in: (completed > 0).then(|| usd_all_in / completed as f64),
         usd_waste: classes.values().map(|c| c.usd_waste).sum(),
+        usd_over_tiered: classes.values().map(|c| c.usd_over_tiered).sum(),
     };
     RunFigures {
         seed: r.seed,
@@ -877,6 +884,7 @@ pub fn table(c: &Comparison) -> String {
         "all-in $",
         "idle $",
         "waste $",
+        "over-tiered $",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -891,6 +899,7 @@ pub fn table(c: &Comparison) -> String {
                 cell(v, "totals.usd_all_in", Unit::Usd),
                 cell(v, "totals.usd_idle", Unit::Usd),
                 cell(v, "totals.usd_waste", Unit::Usd),
+                cell(v, "totals.usd_over_tiered", Unit::Usd),
             ]
         })
         .collect();

@@ -48,6 +48,17 @@ pub fn timeseries_csv(r: &RunResult) -> Result<String, csv::Error> {
         header.push(format!("{p}_servers"));
     }
     header.push("usd".into());
+    // Columns added later go after `usd`, so readers by position keep working.
+    let gpu: Vec<bool> = (0..r.pool_names.len())
+        .map(|i| r.gpu_reports.get(i).is_some_and(Option::is_some))
+        .collect();
+    for p in &r.pool_names {
+        header.push(format!("{p}_queued"));
+    }
+    for (p, _) in r.pool_names.iter().zip(&gpu).filter(|x| *x.1) {
+        header.push(format!("{p}_kv_occupancy"));
+        header.push(format!("{p}_tokens_in_flight"));
+    }
     w.write_record(&header)?;
     for row in &r.timeseries {
         let mut rec = vec![
@@ -69,6 +80,22 @@ pub fn timeseries_csv(r: &RunResult) -> Result<String, csv::Error> {
             }
         }
         rec.push(row.usd.to_string());
+        for i in 0..r.pool_names.len() {
+            rec.push(
+                row.pools
+                    .get(i)
+                    .map_or(String::new(), |p| p.queued.to_string()),
+            );
+        }
+        for (i, _) in gpu.iter().enumerate().filter(|x| *x.1) {
+            let p = row.pools.get(i);
+            rec.push(opt(p.and_then(|p| p.kv_occupancy)));
+            rec.push(
+                p.and_then(|p| p.tokens_in_flight)
+                    .map(|t| t.to_string())
+                    .unwrap_or_default(),
+            );
+        }
         w.write_record(&rec)?;
     }
     let bytes = w.into_inner().map_err(|e| e.into_error())?;

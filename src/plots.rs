@@ -484,6 +484,15 @@ pub struct PoolSeries {
     pub in_system: Vec<(f64, f64)>,
     pub utilization: Vec<(f64, f64)>,
     pub servers: Vec<(f64, f64)>,
+    /// GPU pools only (empty otherwise): KV cache occupancy (%) and tokens in flight.
+    pub kv_occupancy: Vec<(f64, f64)>,
+    pub tokens_in_flight: Vec<(f64, f64)>,
+}
+
+impl PoolSeries {
+    fn gpu(&self) -> bool {
+        !self.kv_occupancy.is_empty()
+    }
 }
 
 pub fn pool_series(r: &RunResult) -> Vec<PoolSeries> {
@@ -496,6 +505,8 @@ pub fn pool_series(r: &RunResult) -> Vec<PoolSeries> {
                 in_system: Vec::new(),
                 utilization: Vec::new(),
                 servers: Vec::new(),
+                kv_occupancy: Vec::new(),
+                tokens_in_flight: Vec::new(),
             };
             for row in &r.timeseries {
                 if let Some(sample) = row.pools.get(i) {
@@ -503,6 +514,12 @@ pub fn pool_series(r: &RunResult) -> Vec<PoolSeries> {
                     p.in_system.push((t, sample.in_system as f64));
                     p.utilization.push((t, sample.utilization * 100.0));
                     p.servers.push((t, sample.servers as f64));
+                    if let Some(kv) = sample.kv_occupancy {
+                        p.kv_occupancy.push((t, kv * 100.0));
+                    }
+                    if let Some(k) = sample.tokens_in_flight {
+                        p.tokens_in_flight.push((t, k as f64));
+                    }
                 }
             }
             p
@@ -532,32 +549,56 @@ fn draw_timeseries<DB: DrawingBackend>(
         .collect();
     let (legend, plots) = root.split_vertically(legend_height(&root, &entries));
     draw_legend(&legend, &entries)?;
-    let panels = plots.split_evenly((3, 1));
+    let gpu = pools.iter().any(PoolSeries::gpu);
+    let panels = plots.split_evenly((timeseries_panels(pools), 1));
     let tmax = pools
         .iter()
         .flat_map(|p| p.in_system.iter().map(|x| x.0))
         .fold(0f64, f64::max)
         .max(1.0);
     type Pick = fn(&PoolSeries) -> &Vec<(f64, f64)>;
-    let panels_spec: [(&str, &str, Pick); 3] = [
+    // (title, y axis, series, y is a percentage)
+    let mut panels_spec: Vec<(&str, &str, Pick, bool)> = vec![
         (
             "Queue depth at the end of each minute",
             "hops in pool (waiting + in service)",
             |p| &p.in_system,
+            false,
         ),
         (
             "Utilisation over each minute",
             "busy share of servers (%)",
             |p| &p.utilization,
+            true,
         ),
-        ("Servers / replicas provisioned", "servers", |p| &p.servers),
+        (
+            "Servers / replicas provisioned",
+            "servers",
+            |p| &p.servers,
+            false,
+        ),
     ];
-    for (k, ((title, ydesc, pick), area)) in panels_spec.iter().zip(panels.iter()).enumerate() {
+    if gpu {
+        panels_spec.push((
+            "KV cache occupancy at the end of each minute (GPU pools)",
+            "KV blocks in use (%)",
+            |p| &p.kv_occupancy,
+            true,
+        ));
+        panels_spec.push((
+            "Tokens in flight at the end of each minute (GPU pools)",
+            "tokens in KV cache",
+            |p| &p.tokens_in_flight,
+            false,
+        ));
+    }
+    for ((title, ydesc, pick, pct), area) in panels_spec.iter().zip(panels.iter()) {
+        let pct = *pct;
         let ymax_data = pools
             .iter()
             .flat_map(|p| pick(p).iter().map(|x| x.1))
             .fold(0f64, f64::max);
-        let ymax = if k == 1 {
+        let ymax = if pct {
             105.0
         } else {
             nice_ceil((ymax_data * 1.1).max(1.0))
@@ -576,10 +617,10 @@ fn draw_timeseries<DB: DrawingBackend>(
             .y_desc(*ydesc)
             .y_labels(7)
             .y_label_formatter(&|y| {
-                if k == 1 {
+                if pct {
                     format!("{y:.0}%")
                 } else {
-                    fmt_s(*y)
+                    fmt_count_axis(*y)
                 }
             })
             .label_style((FAMILY, 13))
@@ -596,6 +637,28 @@ fn draw_timeseries<DB: DrawingBackend>(
         }
     }
     Ok(())
+}
+
+/// Panels of the time-series plot: queue depth, utilisation and servers, plus KV
+/// occupancy and tokens in flight when a pool is a GPU pool.
+fn timeseries_panels(pools: &[PoolSeries]) -> usize {
+    if pools.iter().any(PoolSeries::gpu) {
+        5
+    } else {
+        3
+    }
+}
+
+/// A count on an axis: 0, 2.5, 40, 1,200, 35k, 1.2M.
+fn fmt_count_axis(v: f64) -> String {
+    let a = v.abs();
+    if a >= 1e6 {
+        format!("{}M", (v / 1e5).round() / 10.0)
+    } else if a >= 1e4 {
+        format!("{}k", (v / 1e2).round() / 10.0)
+    } else {
+        fmt_s(v)
+    }
 }
 
 fn plots_dir(dir: &Path) -> Result<PathBuf, PlotError> {
@@ -627,9 +690,10 @@ pub fn write_run_plots(dir: &Path, r: &RunResult) -> Result<Vec<PathBuf>, PlotEr
         draw_cost_hist(&costs)
     ));
     let pools = pool_series(r);
+    let h = 60 + 320 * timeseries_panels(&pools) as u32;
     out.extend(render_both!(
         &p.join("timeseries"),
-        (1000, 1020),
+        (1000, h),
         draw_timeseries(&pools)
     ));
     Ok(out)

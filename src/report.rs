@@ -277,7 +277,7 @@ pub fn run_table_with(s: &Summary, opts: &TableOptions<'_>) -> String {
 
     heading(
         &mut out,
-        "Work and waste per class (tokens of completed workflows; waste = $ of work that produced no outcome)",
+        "Work and waste per class (tokens of completed workflows; waste = $ of work that produced no outcome; over-tiered = extra $ of hops on a dearer pool than their tier's cheapest)",
         colour,
     );
     let mut t = Table::new(&[
@@ -290,6 +290,7 @@ pub fn run_table_with(s: &Summary, opts: &TableOptions<'_>) -> String {
         "$ abandoned",
         "$ rejected",
         "$ after outcome",
+        "$ over-tiered",
         "$ human",
         "$ total",
     ]);
@@ -304,6 +305,7 @@ pub fn run_table_with(s: &Summary, opts: &TableOptions<'_>) -> String {
             fmt_usd(Some(c.usd_waste.abandoned)),
             fmt_usd(Some(c.usd_waste.rejected)),
             fmt_usd(Some(c.usd_waste.after_outcome)),
+            fmt_usd(Some(c.usd_waste.over_tiered)),
             fmt_usd(Some(c.usd_human)),
             fmt_usd(Some(c.usd_total)),
         ]);
@@ -387,6 +389,13 @@ pub fn run_table_with(s: &Summary, opts: &TableOptions<'_>) -> String {
         fmt_usd(Some(waste_rejected)),
         fmt_usd(Some(waste_after)),
     );
+    if tt.usd_waste_over_tiered > 0.0 {
+        let _ = writeln!(
+            out,
+            "Over-tiered: {} paid by successful workflows for hops on a dearer pool than their tier's cheapest (part of their cost)",
+            fmt_usd(Some(tt.usd_waste_over_tiered)),
+        );
+    }
     let _ = writeln!(
         out,
         "Total: {} capacity over the measured window, {} workflows completed, fully loaded {} per outcome",
@@ -452,6 +461,13 @@ pub fn run_table_with(s: &Summary, opts: &TableOptions<'_>) -> String {
             "  fully loaded $/outcome {}",
             fmt_est_usd(&r.totals.usd_per_outcome)
         );
+    }
+    if !s.warnings.is_empty() {
+        out.push('\n');
+        for w in &s.warnings {
+            out.push_str(&paint(&format!("warning: {w}"), "33", colour));
+            out.push('\n');
+        }
     }
     out
 }

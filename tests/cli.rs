@@ -468,6 +468,12 @@ service = { dist = "lognormal", median = "1s", p99 = "10s" }
 servers = 2
 usd_per_server_hour = 1.5
 service = { dist = "exponential", mean = "300ms" }
+outages = [{ start = "30m", duration = "15m" }]
+[pools.api]
+api = { ttft = { dist = "constant", value = "300ms" }, tpot = { dist = "constant", value = "5ms" },
+        usd_per_1k_input = 0.001, usd_per_1k_output = 0.002 }
+[tiers.t]
+pools = ["small", "api"]
 [tools.flaky]
 latency = { dist = "exponential", mean = "500ms" }
 failure_probability = 0.2
@@ -503,7 +509,16 @@ usd_per_minute = 1.0
 [classes.d]
 arrival = { process = "poisson", rate = 0.5 }
 tenant = "globex"
-hops = [{ pool = "small" }, { pool = "llm", service = { dist = "exponential", mean = "500ms" } }]
+[[classes.d.nodes]]
+id = "first"
+tier = "t"
+input_tokens = { dist = "constant", value = 1000 }
+output_tokens = { dist = "constant", value = 200 }
+[[classes.d.nodes]]
+id = "second"
+pool = "llm"
+after = ["first"]
+service = { dist = "exponential", mean = "500ms" }
 "#;
     let sc = scenario_from(text);
     let r = sim_core::run(&sc, RunOptions::default());
@@ -513,13 +528,21 @@ hops = [{ pool = "small" }, { pool = "llm", service = { dist = "exponential", me
         c.failed > 0 && c.abandoned > 0 && c.usd_human > 0.0,
         "every bucket is used"
     );
-    // Left: what each workflow was charged (success, waste buckets, unfinished) plus
-    // idle capacity.
+    // The outage of `small` sends class d's first hop to the API: over-tiered waste,
+    // which is part of the successful workflows' dollars, not on top of them.
+    let over_tiered = r.classes[1].usd_waste_over_tiered;
+    assert!(over_tiered > 0.0 && r.classes[0].usd_waste_over_tiered == 0.0);
+    assert_eq!(s.totals.usd_waste_over_tiered, over_tiered);
+    assert!(s.totals.usd_api > 0.0);
+    // Left: what each workflow was charged (success less its over-tiered part, the
+    // over-tiered bucket, the other waste buckets, unfinished) plus idle capacity.
     let per_workflow: f64 = r
         .classes
         .iter()
         .map(|c| {
-            c.usd_per_success.iter().sum::<f64>()
+            (c.usd_per_success.iter().sum::<f64>() - c.usd_waste_over_tiered)
+                + c.usd_waste_over_tiered
+                + c.usd_waste_rejected
                 + c.usd_waste_failed
                 + c.usd_waste_abandoned
                 + c.usd_waste_leftover
@@ -536,12 +559,13 @@ hops = [{ pool = "small" }, { pool = "llm", service = { dist = "exponential", me
         .sum();
     let tools: f64 = r.tools.iter().map(|t| t.usd).sum();
     let human: f64 = r.classes.iter().map(|c| c.usd_human).sum();
+    let api = s.totals.usd_api;
     assert!((capacity - s.totals.usd_capacity).abs() < 1e-6);
     let left = per_workflow + idle;
-    let right = capacity + tools + human;
+    let right = capacity + tools + human + api;
     assert!(
         (left - right).abs() < 0.005,
-        "workflows {per_workflow} + idle {idle} = {left} vs capacity {capacity} + tools {tools} + human {human} = {right}"
+        "workflows {per_workflow} + idle {idle} = {left} vs capacity {capacity} + tools {tools} + human {human} + api {api} = {right}"
     );
     assert!((s.totals.usd_workflows + s.totals.usd_idle - s.totals.usd_spent).abs() < 0.005);
     assert!(s.totals.usd_waste > 0.0);
@@ -575,6 +599,45 @@ fn quickstart_table_and_summary_snapshots() {
 }
 
 #[test]
+fn gpu_timeseries_has_kv_occupancy_and_tokens_in_flight() {
+    let dir = tempdir();
+    run_ok(&[
+        "run",
+        "scenarios/gpu-pool.toml",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    let ts = read(&dir.path().join("timeseries.csv"));
+    let mut lines = ts.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).expect(name);
+    let (kv, tokens, queued, in_sys) = (
+        col("a100_kv_occupancy"),
+        col("a100_tokens_in_flight"),
+        col("a100_queued"),
+        col("a100_in_system"),
+    );
+    assert!(col("h100_kv_occupancy") > kv);
+    let rows: Vec<Vec<f64>> = lines
+        .map(|l| l.split(',').map(|x| x.parse::<f64>().unwrap()).collect())
+        .collect();
+    assert_eq!(rows.len(), 20);
+    for r in &rows {
+        assert!(r[kv] > 0.0 && r[kv] < 1.0, "{r:?}");
+        assert!(r[queued] <= r[in_sys]);
+        // Each running sequence holds at least its prompt's KV (at least one token).
+        assert!(r[tokens] >= r[in_sys] - r[queued], "{r:?}");
+        // The idle H100 pool holds nothing.
+        assert_eq!(r[col("h100_tokens_in_flight")], 0.0);
+    }
+    // The time-series plot gains the KV and tokens panels (5 panels: 1,660 px high).
+    let png = std::fs::read(dir.path().join("plots/timeseries.png")).unwrap();
+    assert_eq!(&png[1..4], b"PNG");
+    let height = u32::from_be_bytes([png[20], png[21], png[22], png[23]]);
+    assert_eq!(height, 1660);
+}
+
+#[test]
 fn csv_outputs_add_up() {
     let (dir, _) = quickstart(&["--no-plots"]);
     let s: serde_json::Value =
@@ -598,7 +661,9 @@ fn csv_outputs_add_up() {
             "tools_in_system",
             "tools_utilization",
             "tools_servers",
-            "usd"
+            "usd",
+            "llm-large_queued",
+            "tools_queued"
         ]
     );
     let rows: Vec<Vec<f64>> = lines
@@ -614,6 +679,12 @@ fn csv_outputs_add_up() {
     assert!(arrivals >= measured as f64, "{arrivals} < {measured}");
     let spend: f64 = rows.iter().map(|r| r[12]).sum();
     assert!(spend > s["totals"]["usd_capacity"].as_f64().unwrap());
+    // Waiting hops are some of the hops in the pool; with 10 servers, the rest serve.
+    for r in &rows {
+        assert!(r[13] <= r[6] && r[14] <= r[9], "{r:?}");
+        assert!(r[6] - r[13] <= 10.0, "{r:?}");
+    }
+    assert!(rows.iter().any(|r| r[6] > 0.0));
 
     // showback.csv: the tenant rows add up to the totals.
     let sb = read(&dir.path().join("showback.csv"));

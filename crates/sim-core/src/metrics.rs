@@ -101,6 +101,10 @@ pub struct ClassStats {
     /// End-to-end latency of each completed workflow, in completion order (same order
     /// as `usd_per_success`), for the per-workflow CSV.
     pub latency_per_success_ns: Vec<u64>,
+    /// Waste: the extra dollars of over-tiered hops (run on a dearer pool than the
+    /// cheapest of their tier) of completed workflows. Part of `usd_per_success`, not
+    /// added to it: see docs/output.md.
+    pub usd_waste_over_tiered: f64,
 }
 
 impl ClassStats {
@@ -134,6 +138,7 @@ impl ClassStats {
             tenant: c.tenant.clone(),
             slo_target: c.slo_target,
             latency_per_success_ns: Vec::new(),
+            usd_waste_over_tiered: 0.0,
         }
     }
 
@@ -315,6 +320,8 @@ pub struct RunResult {
     pub gpu_reports: Vec<Option<crate::gpu::gpu_station::GpuPoolReport>>,
     /// One row per sampling interval (default one simulated minute).
     pub timeseries: Vec<TimeseriesRow>,
+    /// Per-hop figures by class, lane, tier, pool, tenant and tool.
+    pub breakdown: Breakdown,
 }
 
 /// The factory over one sampling interval ending at `t`.
@@ -345,6 +352,12 @@ pub struct PoolSample {
     pub utilization: f64,
     /// Servers or replicas provisioned at `t`.
     pub servers: u32,
+    /// Hops waiting (not in service) at `t`.
+    pub queued: u64,
+    /// GPU pools: KV blocks in use / KV blocks of the replicas, at `t`.
+    pub kv_occupancy: Option<f64>,
+    /// GPU pools: tokens held in the KV cache by running sequences, at `t`.
+    pub tokens_in_flight: Option<u64>,
 }
 
 impl RunResult {
@@ -408,6 +421,7 @@ impl RunResult {
                         abandoned: c.usd_waste_abandoned,
                         rejected: c.usd_waste_rejected,
                         after_outcome: c.usd_waste_leftover,
+                        over_tiered: c.usd_waste_over_tiered,
                     },
                     usd_human: c.usd_human,
                     failed_by_cause: c.failed_by_cause.clone(),
@@ -557,6 +571,7 @@ impl RunResult {
             .sum();
         let usd_api: f64 = self.pools.iter().map(|p| p.usd_api).sum();
         let tenants = tenant_summaries(&self.classes);
+        let (breakdown, warnings) = self.breakdown_summary();
         Summary {
             schema_version: 1,
             seed: self.seed,
@@ -582,8 +597,11 @@ impl RunResult {
                 usd_spent: usd_capacity + usd_tools + usd_human + usd_api,
                 usd_api,
                 usd_waste,
+                usd_waste_over_tiered: self.classes.iter().map(|c| c.usd_waste_over_tiered).sum(),
             },
             tenants,
+            breakdown,
+            warnings,
         }
     }
 }
@@ -687,6 +705,10 @@ pub struct Summary {
     pub totals: TotalsSummary,
     // --- results/showback (issue 7) ---
     pub tenants: BTreeMap<String, TenantSummary>,
+    /// Per-hop figures by class, lane, tier, pool, tenant and tool.
+    pub breakdown: BreakdownSummary,
+    /// Findings worth a look (a prefill-heavy class on an interactive lane).
+    pub warnings: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -708,6 +730,9 @@ pub struct WasteSummary {
     pub rejected: f64,
     /// Hops that finished after their workflow's outcome was decided.
     pub after_outcome: f64,
+    /// Extra dollars of over-tiered hops of completed workflows (part of their cost:
+    /// not in `usd_total` twice, not in `totals.usd_waste`).
+    pub over_tiered: f64,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -835,4 +860,429 @@ pub struct TotalsSummary {
     pub usd_waste: f64,
     /// Per-token dollars paid to API pools.
     pub usd_api: f64,
+    /// Extra dollars of over-tiered hops of completed workflows (sum of
+    /// `classes.<name>.usd_waste.over_tiered`; part of `usd_workflows`).
+    pub usd_waste_over_tiered: f64,
+}
+
+// --- per-hop breakdown by class, lane, tier, pool, tenant and tool (issue 7) ---
+
+/// Prefill share of GPU time above which a class on an interactive lane is warned about.
+pub const PREFILL_SHARE_WARNING: f64 = 0.55;
+
+/// An HDR histogram of nanoseconds with the exact sum (for the mean).
+#[derive(Clone, Debug)]
+pub struct Hist {
+    pub ns: Histogram<u64>,
+    pub sum_ns: u128,
+}
+
+impl Default for Hist {
+    fn default() -> Self {
+        Hist {
+            ns: new_histogram(),
+            sum_ns: 0,
+        }
+    }
+}
+
+impl Hist {
+    #[inline]
+    pub fn record(&mut self, v: SimDuration) {
+        self.record_n(v, 1);
+    }
+    /// Records `n` samples of the same value.
+    #[inline]
+    pub fn record_n(&mut self, v: SimDuration, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let v = v.as_nanos();
+        if self.ns.record_n(v, n).is_err() {
+            self.ns.saturating_record_n(v, n);
+        }
+        self.sum_ns += v as u128 * n as u128;
+    }
+    pub fn count(&self) -> u64 {
+        self.ns.len()
+    }
+    /// Mean, p50, p90, p95, p99, p99.9 and max in seconds; `None` without samples.
+    pub fn dist(&self) -> Option<Dist> {
+        let n = self.count();
+        if n == 0 {
+            return None;
+        }
+        let q = |x: f64| self.ns.value_at_quantile(x) as f64 / 1e9;
+        Some(Dist {
+            n,
+            mean: self.sum_ns as f64 / n as f64 / 1e9,
+            p50: q(0.50),
+            p90: q(0.90),
+            p95: q(0.95),
+            p99: q(0.99),
+            p999: q(0.999),
+            max: self.ns.max() as f64 / 1e9,
+        })
+    }
+}
+
+/// A distribution of one per-hop figure, seconds (HDR, 3 significant digits; the mean
+/// from the exact sum).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Dist {
+    /// Samples (hops; for `itl_s`, token gaps).
+    pub n: u64,
+    pub mean: f64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p95: f64,
+    pub p99: f64,
+    /// The 99.9th percentile.
+    pub p999: f64,
+    pub max: f64,
+}
+
+/// Per-hop figures of one group of hops (a class, lane, tier, pool, tenant or tool),
+/// for hops submitted after the warm-up.
+#[derive(Clone, Debug, Default)]
+pub struct HopGroupStats {
+    /// Model hops (first tries and escalations) served.
+    pub hops: u64,
+    /// Submission to start of service, model hops.
+    pub queue_wait: Hist,
+    /// Model hops served by GPU replicas (with token timings).
+    pub llm_hops: u64,
+    pub ttft: Hist,
+    /// Mean time per output token after the first, per hop with more than one output token.
+    pub tpot: Hist,
+    /// Inter-token latency, one sample per output token after the first (each hop's
+    /// gaps taken at its mean gap).
+    pub itl: Hist,
+    pub tool_calls: u64,
+    /// Submission to start of a tool call (bulkhead wait).
+    pub tool_wait: Hist,
+    /// GPU busy time charged to the hops, and the part spent prefilling.
+    pub gpu_busy_ns: u128,
+    pub prefill_busy_ns: u128,
+    /// Dollars charged to the hops (server time, API tokens, tool calls).
+    pub usd: f64,
+    /// Hops run on a dearer pool than their tier's cheapest, and the extra dollars
+    /// (actual minus the cheapest pool's expected cost), whatever the workflow's outcome.
+    pub over_tiered_hops: u64,
+    pub usd_over_tiered: f64,
+}
+
+/// What a finished hop contributes to the breakdown.
+#[derive(Clone, Copy, Debug)]
+pub struct HopSample<'a> {
+    pub class: usize,
+    /// The tier the node asked for (`None`: pinned to a pool).
+    pub tier: Option<usize>,
+    pub escalation: bool,
+    /// Pool index, or `None` for a tool call.
+    pub pool: Option<usize>,
+    pub tool: Option<usize>,
+    pub done: &'a HopDone,
+    pub output_tokens: u64,
+    pub usd: f64,
+    /// Extra dollars of an over-tiered hop.
+    pub over_tiered: Option<f64>,
+}
+
+impl HopGroupStats {
+    fn record(&mut self, s: &HopSample<'_>) {
+        self.usd += s.usd;
+        if s.tool.is_some() {
+            self.tool_calls += 1;
+            self.tool_wait.record(s.done.queue_wait());
+            return;
+        }
+        self.hops += 1;
+        self.queue_wait.record(s.done.queue_wait());
+        if let Some(l) = &s.done.llm {
+            self.llm_hops += 1;
+            self.ttft.record(l.ttft);
+            if s.output_tokens > 1 {
+                self.tpot.record(l.tpot);
+                self.itl.record_n(l.tpot, s.output_tokens - 1);
+            }
+            self.gpu_busy_ns += s.done.busy.as_nanos() as u128;
+            self.prefill_busy_ns += l.prefill_busy.as_nanos() as u128;
+        }
+        if let Some(x) = s.over_tiered {
+            self.over_tiered_hops += 1;
+            self.usd_over_tiered += x;
+        }
+    }
+
+    /// Prefill time / GPU busy time (`None` without GPU time).
+    pub fn prefill_share(&self) -> Option<f64> {
+        (self.gpu_busy_ns > 0).then(|| self.prefill_busy_ns as f64 / self.gpu_busy_ns as f64)
+    }
+
+    fn summary(&self, latency: Option<&Histogram<u64>>, latency_sum_ns: u128) -> HopGroupSummary {
+        HopGroupSummary {
+            workflow_latency_s: latency.map(|h| {
+                Hist {
+                    ns: h.clone(),
+                    sum_ns: latency_sum_ns,
+                }
+                .dist()
+            }),
+            hops: self.hops,
+            queue_wait_s: self.queue_wait.dist(),
+            llm_hops: self.llm_hops,
+            ttft_s: self.ttft.dist(),
+            tpot_s: self.tpot.dist(),
+            itl_s: self.itl.dist(),
+            tool_calls: self.tool_calls,
+            tool_wait_s: self.tool_wait.dist(),
+            gpu_busy_s: self.gpu_busy_ns as f64 / 1e9,
+            prefill_share: self.prefill_share(),
+            usd: self.usd,
+            over_tiered_hops: self.over_tiered_hops,
+            usd_over_tiered: self.usd_over_tiered,
+        }
+    }
+}
+
+/// Per-hop figures grouped five ways (and tools), in scenario order.
+#[derive(Clone, Debug, Default)]
+pub struct Breakdown {
+    pub class_names: Vec<String>,
+    pub by_class: Vec<HopGroupStats>,
+    pub lane_names: Vec<String>,
+    /// Whether each lane is interactive: a priority above the `default` lane's, or a
+    /// name containing "interactive".
+    pub lane_interactive: Vec<bool>,
+    pub by_lane: Vec<HopGroupStats>,
+    /// The scenario's tiers, then `(pinned)` (nodes pinned to a pool) and
+    /// `(escalation)` (escalated hops).
+    pub tier_names: Vec<String>,
+    pub by_tier: Vec<HopGroupStats>,
+    pub pool_names: Vec<String>,
+    pub by_pool: Vec<HopGroupStats>,
+    pub tenant_names: Vec<String>,
+    pub by_tenant: Vec<HopGroupStats>,
+    pub tool_names: Vec<String>,
+    pub by_tool: Vec<HopGroupStats>,
+    /// Lane and tenant of each class (indices into the lists above).
+    pub class_lane: Vec<usize>,
+    pub class_tenant: Vec<usize>,
+}
+
+/// Tier key of hops whose node names a pool rather than a tier.
+pub const PINNED_TIER: &str = "(pinned)";
+/// Tier key of escalated hops.
+pub const ESCALATION_TIER: &str = "(escalation)";
+
+impl Breakdown {
+    pub fn new(sc: &crate::scenario::Scenario) -> Self {
+        let default_priority = sc
+            .lanes
+            .iter()
+            .find(|l| l.name == "default")
+            .map_or(0, |l| l.priority);
+        let mut tenant_names: Vec<String> = sc.classes.iter().map(|c| c.tenant.clone()).collect();
+        tenant_names.sort();
+        tenant_names.dedup();
+        let mut tier_names: Vec<String> = sc.tiers.iter().map(|t| t.name.clone()).collect();
+        tier_names.push(PINNED_TIER.into());
+        tier_names.push(ESCALATION_TIER.into());
+        let groups = |n: usize| vec![HopGroupStats::default(); n];
+        Breakdown {
+            class_names: sc.classes.iter().map(|c| c.name.clone()).collect(),
+            by_class: groups(sc.classes.len()),
+            lane_names: sc.lanes.iter().map(|l| l.name.clone()).collect(),
+            lane_interactive: sc
+                .lanes
+                .iter()
+                .map(|l| {
+                    l.priority > default_priority
+                        || l.name.to_ascii_lowercase().contains("interactive")
+                })
+                .collect(),
+            by_lane: groups(sc.lanes.len()),
+            by_tier: groups(tier_names.len()),
+            tier_names,
+            pool_names: sc.pools.iter().map(|p| p.name.clone()).collect(),
+            by_pool: groups(sc.pools.len()),
+            by_tenant: groups(tenant_names.len()),
+            class_tenant: sc
+                .classes
+                .iter()
+                .map(|c| {
+                    tenant_names
+                        .iter()
+                        .position(|t| *t == c.tenant)
+                        .unwrap_or(0)
+                })
+                .collect(),
+            tenant_names,
+            tool_names: sc.tools.iter().map(|t| t.name.clone()).collect(),
+            by_tool: groups(sc.tools.len()),
+            class_lane: sc.classes.iter().map(|c| c.lane_index).collect(),
+        }
+    }
+
+    /// Records one finished hop in its class, lane, tenant, tier and pool (or tool) groups.
+    pub fn record(&mut self, s: &HopSample<'_>) {
+        let c = s.class;
+        if let Some(g) = self.by_class.get_mut(c) {
+            g.record(s);
+        }
+        if let Some(g) = self
+            .class_lane
+            .get(c)
+            .and_then(|&l| self.by_lane.get_mut(l))
+        {
+            g.record(s);
+        }
+        if let Some(g) = self
+            .class_tenant
+            .get(c)
+            .and_then(|&t| self.by_tenant.get_mut(t))
+        {
+            g.record(s);
+        }
+        if let Some(t) = s.tool {
+            if let Some(g) = self.by_tool.get_mut(t) {
+                g.record(s);
+            }
+            return;
+        }
+        let n = self.by_tier.len();
+        let tier = if s.escalation {
+            n - 1
+        } else {
+            s.tier.unwrap_or(n - 2)
+        };
+        if let Some(g) = self.by_tier.get_mut(tier) {
+            g.record(s);
+        }
+        if let Some(g) = s.pool.and_then(|p| self.by_pool.get_mut(p)) {
+            g.record(s);
+        }
+    }
+}
+
+/// `breakdown` of summary.json: per-hop figures by class, lane, tier, pool, tenant, tool.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct BreakdownSummary {
+    pub by_class: BTreeMap<String, HopGroupSummary>,
+    pub by_lane: BTreeMap<String, HopGroupSummary>,
+    pub by_tier: BTreeMap<String, HopGroupSummary>,
+    pub by_pool: BTreeMap<String, HopGroupSummary>,
+    pub by_tenant: BTreeMap<String, HopGroupSummary>,
+    pub by_tool: BTreeMap<String, HopGroupSummary>,
+}
+
+/// One group's per-hop figures (see docs/output.md, `breakdown`).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct HopGroupSummary {
+    /// End-to-end latency of the group's completed workflows (classes, lanes and
+    /// tenants only; `null` inside when none completed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workflow_latency_s: Option<Option<Dist>>,
+    pub hops: u64,
+    pub queue_wait_s: Option<Dist>,
+    pub llm_hops: u64,
+    pub ttft_s: Option<Dist>,
+    pub tpot_s: Option<Dist>,
+    pub itl_s: Option<Dist>,
+    pub tool_calls: u64,
+    pub tool_wait_s: Option<Dist>,
+    pub gpu_busy_s: f64,
+    pub prefill_share: Option<f64>,
+    pub usd: f64,
+    pub over_tiered_hops: u64,
+    pub usd_over_tiered: f64,
+}
+
+impl RunResult {
+    /// The `breakdown` key of summary.json and the prefill-share warnings.
+    pub fn breakdown_summary(&self) -> (BreakdownSummary, Vec<String>) {
+        let b = &self.breakdown;
+        // Workflow latency of classes, merged per lane and tenant.
+        let mut lane_lat: Vec<(Histogram<u64>, u128)> =
+            b.lane_names.iter().map(|_| (new_histogram(), 0)).collect();
+        let mut tenant_lat: Vec<(Histogram<u64>, u128)> = b
+            .tenant_names
+            .iter()
+            .map(|_| (new_histogram(), 0))
+            .collect();
+        for c in &self.classes {
+            let Some(ci) = b.class_names.iter().position(|n| *n == c.name) else {
+                continue;
+            };
+            for (groups, idx) in [
+                (&mut lane_lat, b.class_lane.get(ci)),
+                (&mut tenant_lat, b.class_tenant.get(ci)),
+            ] {
+                if let Some((h, sum)) = idx.and_then(|&i| groups.get_mut(i)) {
+                    // Both histograms auto-resize, so adding cannot fail.
+                    let _ = h.add(&c.latency_ns);
+                    *sum += c.latency_sum_ns;
+                }
+            }
+        }
+        let plain = |names: &[String], groups: &[HopGroupStats]| {
+            names
+                .iter()
+                .zip(groups)
+                // The pseudo-tiers appear only when they have hops.
+                .filter(|(n, g)| g.hops > 0 || (n != &PINNED_TIER && n != &ESCALATION_TIER))
+                .map(|(n, g)| (n.clone(), g.summary(None, 0)))
+                .collect::<BTreeMap<_, _>>()
+        };
+        let with_latency =
+            |names: &[String], groups: &[HopGroupStats], lat: &[(Histogram<u64>, u128)]| {
+                names
+                    .iter()
+                    .zip(groups)
+                    .zip(lat)
+                    .map(|((n, g), (h, sum))| (n.clone(), g.summary(Some(h), *sum)))
+                    .collect::<BTreeMap<_, _>>()
+            };
+        let class_lat: Vec<(Histogram<u64>, u128)> = b
+            .class_names
+            .iter()
+            .map(|n| match self.classes.iter().find(|c| c.name == *n) {
+                Some(c) => (c.latency_ns.clone(), c.latency_sum_ns),
+                None => (new_histogram(), 0),
+            })
+            .collect();
+        let mut warnings = Vec::new();
+        for (ci, (name, g)) in b.class_names.iter().zip(&b.by_class).enumerate() {
+            let Some(lane) = b.class_lane.get(ci).copied() else {
+                continue;
+            };
+            if let Some(share) = g.prefill_share()
+                && share > PREFILL_SHARE_WARNING
+                && b.lane_interactive.get(lane).copied().unwrap_or(false)
+            {
+                warnings.push(format!(
+                    "class {name} on interactive lane `{}`: prefill is {:.0}% of its GPU time (above {:.0}%); long prompts stall the decode of every request batched with them: shorten or cache the context (prefix caching), or serve it from its own pool",
+                    b.lane_names[lane],
+                    share * 100.0,
+                    PREFILL_SHARE_WARNING * 100.0
+                ));
+            }
+        }
+        (
+            BreakdownSummary {
+                by_class: with_latency(&b.class_names, &b.by_class, &class_lat),
+                // Lanes no class uses are left out.
+                by_lane: with_latency(&b.lane_names, &b.by_lane, &lane_lat)
+                    .into_iter()
+                    .filter(|(n, _)| b.class_lane.iter().any(|&l| b.lane_names.get(l) == Some(n)))
+                    .collect(),
+                by_tier: plain(&b.tier_names, &b.by_tier),
+                by_pool: plain(&b.pool_names, &b.by_pool),
+                by_tenant: with_latency(&b.tenant_names, &b.by_tenant, &tenant_lat),
+                by_tool: plain(&b.tool_names, &b.by_tool),
+            },
+            warnings,
+        )
+    }
 }

@@ -17,7 +17,9 @@
 use crate::event_queue::EventQueue;
 use crate::gpu::LlmRequest;
 use crate::gpu::gpu_station::{GpuPoolStation, RoundRobin};
-use crate::metrics::{ClassStats, HopRecord, PoolStats, RunResult, ToolStats};
+use crate::metrics::{
+    Breakdown, ClassStats, HopRecord, HopSample, PoolStats, RunResult, ToolStats,
+};
 use crate::policy::{
     Autoscaler, BuiltinPolicies, JobMeta, PolicyFactory, PoolView, RouteRequest, ScaleObservation,
     TierRouter,
@@ -283,6 +285,11 @@ struct Sim<'a, 'o> {
     live_workflows: u64,
     last_sample: SimTime,
     timeseries: Vec<crate::metrics::TimeseriesRow>,
+    /// Per-hop figures by class, lane, tier, pool, tenant and tool.
+    breakdown: Breakdown,
+    /// Extra dollars of each live workflow's over-tiered hops (by workflow slot), moved
+    /// to the class's over-tiered waste when the workflow completes.
+    over_tiered_usd: Vec<f64>,
 }
 
 impl<'a, 'o> Sim<'a, 'o> {
@@ -394,6 +401,8 @@ impl<'a, 'o> Sim<'a, 'o> {
             live_workflows: 0,
             last_sample: SimTime::ZERO,
             timeseries: Vec::new(),
+            breakdown: Breakdown::new(sc),
+            over_tiered_usd: Vec::new(),
         }
     }
 
@@ -550,6 +559,7 @@ impl<'a, 'o> Sim<'a, 'o> {
             tools: self.tool_stats,
             gpu_reports,
             timeseries: self.timeseries,
+            breakdown: self.breakdown,
         }
     }
 
@@ -600,10 +610,20 @@ impl<'a, 'o> Sim<'a, 'o> {
                 rep.busy_server_s - self.last_busy[i] + std::mem::take(&mut self.carry_busy[i]);
             self.last_busy[i] = rep.busy_server_s;
             let cap = rep.servers as f64 * dt;
+            let kv = self.stations[i].kv_now();
             pools.push(crate::metrics::PoolSample {
                 in_system: rep.in_system_now,
                 utilization: if cap > 0.0 { busy / cap } else { 0.0 },
                 servers: rep.servers,
+                queued: self.stations[i].load_now().map_or(0, |l| l.queued),
+                kv_occupancy: kv.map(|k| {
+                    if k.capacity_blocks > 0 {
+                        k.used_blocks as f64 / k.capacity_blocks as f64
+                    } else {
+                        0.0
+                    }
+                }),
+                tokens_in_flight: kv.map(|k| k.tokens),
             });
             // Capacity paid in the interval (autoscaled pools: booting and running).
             usd += (rep.usd_capacity - self.last_capacity_usd[i]
@@ -1379,6 +1399,7 @@ impl<'a, 'o> Sim<'a, 'o> {
         wf.usd += usd;
         wf.outstanding -= 1;
         let counted = wf.counted;
+        let over_tiered = self.over_tiered_extra(&hop, spec, usd);
         if done.submitted >= self.warmup {
             let st = hop.station as usize;
             if st < n_pools {
@@ -1386,6 +1407,17 @@ impl<'a, 'o> Sim<'a, 'o> {
             } else {
                 self.tool_stats[st - n_pools].record(&done, sc.tools[st - n_pools].usd_per_call);
             }
+            self.breakdown.record(&HopSample {
+                class: ci,
+                tier: spec.tier,
+                escalation: hop.kind == HopKind::Escalation,
+                pool: (st < n_pools).then_some(st),
+                tool: (st >= n_pools).then(|| st - n_pools),
+                done: &done,
+                output_tokens: hop.output_tokens,
+                usd,
+                over_tiered,
+            });
         }
         if let Some(log) = self.opts.hop_log.as_mut() {
             log.push(HopRecord {
@@ -1425,13 +1457,25 @@ impl<'a, 'o> Sim<'a, 'o> {
         let stale =
             wf.outcome.is_some() || hop.timed_out || wf.nodes[hop.node as usize].epoch != hop.epoch;
         if stale {
-            // The workflow no longer needs this hop: its cost is waste.
+            // The workflow no longer needs this hop: its cost is waste (and only waste:
+            // a hop of an earlier loop epoch leaves the live workflow's cost).
+            if wf.outcome.is_none() {
+                wf.usd -= usd;
+            }
             if counted {
                 self.class_stats[ci].usd_waste_leftover += usd;
             }
             self.maybe_release(slot);
             return;
         }
+        if let Some(x) = over_tiered {
+            let s = slot as usize;
+            if self.over_tiered_usd.len() <= s {
+                self.over_tiered_usd.resize(s + 1, 0.0);
+            }
+            self.over_tiered_usd[s] += x;
+        }
+        let wf = &mut self.workflows[slot as usize];
         let node = hop.node as usize;
         match hop.kind {
             HopKind::Tool { attempt } => {
@@ -1724,6 +1768,28 @@ impl<'a, 'o> Sim<'a, 'o> {
         }
     }
 
+    /// The extra dollars of a model hop run on a dearer pool than the cheapest of the
+    /// tier its node asked for (by the router's expected cost of the hop on each pool):
+    /// `usd` minus the cheapest pool's expected cost, at least 0. `None` when the hop is
+    /// not over-tiered (a pinned node, an escalation, or the cheapest pool).
+    fn over_tiered_extra(&self, hop: &Hop, spec: &crate::workflow::Node, usd: f64) -> Option<f64> {
+        let tier = spec.tier?;
+        if hop.kind != HopKind::Model || hop.station as usize >= self.sc.pools.len() {
+            return None;
+        }
+        let cost = |p: usize| {
+            self.estimate(spec, p, hop.input_tokens, hop.output_tokens)
+                .1
+        };
+        let cheapest = self.sc.tiers[tier]
+            .pools
+            .iter()
+            .map(|&p| cost(p))
+            .fold(f64::INFINITY, f64::min);
+        let mine = cost(hop.station as usize);
+        (mine > cheapest * (1.0 + 1e-9)).then(|| (usd - cheapest).max(0.0))
+    }
+
     fn finish_workflow(&mut self, slot: u32, outcome: Outcome, cause: &str) {
         let now = self.now;
         let wf = &mut self.workflows[slot as usize];
@@ -1738,8 +1804,15 @@ impl<'a, 'o> Sim<'a, 'o> {
             Outcome::Failed | Outcome::Rejected => self.interval.failed += 1,
             Outcome::Abandoned => self.interval.abandoned += 1,
         }
+        let over_tiered = self
+            .over_tiered_usd
+            .get_mut(slot as usize)
+            .map_or(0.0, std::mem::take);
         if wf.counted {
             let cs = &mut self.class_stats[ci];
+            if outcome == Outcome::Completed {
+                cs.usd_waste_over_tiered += over_tiered;
+            }
             cs.fan_out.push(wf.fan_out);
             cs.loops += wf.loops as u64;
             match outcome {

@@ -148,6 +148,20 @@ pub trait Station {
     fn gpu_report(&mut self, _now: SimTime) -> Option<crate::gpu::gpu_station::GpuPoolReport> {
         None
     }
+    /// KV cache use right now, for GPU pools (as of the last `report` at this time).
+    fn kv_now(&self) -> Option<KvNow> {
+        None
+    }
+}
+
+/// A GPU pool's KV cache right now, summed over its replicas.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KvNow {
+    /// Blocks referenced by sequences, and the blocks the replicas have.
+    pub used_blocks: u64,
+    pub capacity_blocks: u64,
+    /// Tokens held in the KV cache by running sequences.
+    pub tokens: u64,
 }
 
 /// Integrates a piecewise-constant level over time.

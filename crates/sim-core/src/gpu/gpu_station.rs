@@ -282,6 +282,16 @@ impl Station for GpuPoolStation {
         rep
     }
 
+    fn kv_now(&self) -> Option<crate::station::KvNow> {
+        let mut kv = crate::station::KvNow::default();
+        for r in &self.replicas {
+            kv.used_blocks += r.kv_used_blocks();
+            kv.capacity_blocks += r.config().kv_capacity_blocks as u64;
+            kv.tokens += r.kv_tokens();
+        }
+        Some(kv)
+    }
+
     fn gpu_report(&mut self, now: SimTime) -> Option<GpuPoolReport> {
         let per_replica: Vec<ReplicaReport> =
             self.replicas.iter_mut().map(|r| r.report(now)).collect();

@@ -68,4 +68,7 @@ pub struct LlmTimings {
     pub cached_tokens: u32,
     /// Times the sequence was preempted (and recomputed).
     pub preemptions: u32,
+    /// The part of the hop's busy time spent prefilling (its share of the iterations in
+    /// which it had a prefill chunk: the prompt, and any recomputation after preemption).
+    pub prefill_busy: SimDuration,
 }

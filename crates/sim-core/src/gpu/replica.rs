@@ -173,6 +173,8 @@ struct Seq {
     preemptions: u32,
     /// Busy time charged, in 1/SHARE_SCALE ns.
     share: u128,
+    /// The part of `share` charged for prefill chunks (prompt and recomputation).
+    prefill_share: u128,
 }
 
 impl Seq {
@@ -204,6 +206,7 @@ impl Seq {
                 tpot,
                 cached_tokens: self.cached_tokens,
                 preemptions: self.preemptions,
+                prefill_busy: SimDuration((self.prefill_share / SHARE_SCALE) as u64),
             }),
         }
     }
@@ -420,6 +423,10 @@ impl Replica {
     pub fn waiting_len(&self) -> u32 {
         self.waiting.len() as u32
     }
+    /// Tokens held in the KV cache by running sequences, as of the applied effects.
+    pub fn kv_tokens(&self) -> u64 {
+        self.kv_tokens
+    }
     /// KV blocks referenced by sequences.
     pub fn kv_used_blocks(&self) -> u64 {
         self.kv.used() as u64
@@ -484,6 +491,7 @@ impl Replica {
             cached_tokens: 0,
             preemptions: 0,
             share: 0,
+            prefill_share: 0,
         };
         self.outstanding += seq.remaining();
         let new_head = self.waiting.is_empty();
@@ -941,8 +949,12 @@ impl Replica {
                 continue;
             }
             s.scheduled = 0;
-            s.share += share_of(dur, tok as u64, tokens);
+            let part = share_of(dur, tok as u64, tokens);
+            s.share += part;
             let was_prefill = !s.in_decode();
+            if was_prefill {
+                s.prefill_share += part;
+            }
             s.computed += tok;
             self.kv_tokens += tok as u64;
             if was_prefill {

@@ -1,0 +1,397 @@
+//! Results (issue 7): the per-hop breakdown against the hop log, the prefill-share
+//! warning, the over-tiered waste bucket and cost conservation with it.
+
+use sim_core::metrics::{HopRecord, RunResult};
+use sim_core::{RunOptions, Scenario, ScenarioSpec, run};
+
+fn scenario(text: &str) -> Scenario {
+    let spec: ScenarioSpec = toml::from_str(text).expect("test scenario parses");
+    spec.validate().expect("test scenario is valid")
+}
+
+fn run_logged(text: &str) -> (Scenario, RunResult, Vec<HopRecord>) {
+    let sc = scenario(text);
+    let mut log = Vec::new();
+    let r = run(
+        &sc,
+        RunOptions {
+            hop_log: Some(&mut log),
+            ..Default::default()
+        },
+    );
+    (sc, r, log)
+}
+
+/// Two classes on two lanes and two tenants, pinned and tiered nodes, a tool, an
+/// escalation and a warm-up.
+const MIXED: &str = r#"
+[simulation]
+seed = 7
+horizon = "20m"
+warmup = "3m"
+[pools.small]
+servers = 2
+usd_per_server_hour = 1.0
+service = { dist = "exponential", mean = "400ms" }
+[pools.big]
+servers = 2
+usd_per_server_hour = 6.0
+service = { dist = "exponential", mean = "300ms" }
+[pools.frontier]
+servers = 1
+usd_per_server_hour = 20.0
+service = { dist = "constant", value = "500ms" }
+[tools.search]
+latency = { dist = "exponential", mean = "200ms" }
+concurrency = 2
+[lanes.interactive]
+priority = 10
+[lanes.batch]
+[tiers.mid]
+pools = ["small", "big"]
+[routing]
+policy = "least_loaded"
+[classes.chat]
+arrival = { process = "poisson", rate = 1.5 }
+lane = "interactive"
+tenant = "support"
+[[classes.chat.nodes]]
+id = "plan"
+tier = "mid"
+escalate = { probability = 0.2, pool = "frontier" }
+[[classes.chat.nodes]]
+id = "look"
+kind = "tool"
+tool = "search"
+after = ["plan"]
+[[classes.chat.nodes]]
+id = "answer"
+pool = "small"
+after = ["look"]
+[classes.report]
+arrival = { process = "poisson", rate = 0.5 }
+lane = "batch"
+tenant = "finance"
+[[classes.report.nodes]]
+id = "outline"
+tier = "mid"
+[[classes.report.nodes]]
+id = "draft"
+pool = "big"
+after = ["outline"]
+"#;
+
+#[test]
+fn breakdown_counts_and_waits_agree_with_the_hop_log() {
+    let (sc, r, log) = run_logged(MIXED);
+    let s = r.summary();
+    let b = &s.breakdown;
+    let warm = sc.warmup.as_nanos();
+    let measured: Vec<&HopRecord> = log.iter().filter(|h| h.submitted.0 >= warm).collect();
+    let model = |f: &dyn Fn(&HopRecord) -> bool| {
+        measured.iter().filter(|h| h.kind != "tool" && f(h)).count() as u64
+    };
+    let model_hops = model(&|_| true);
+    assert!(model_hops > 1000, "{model_hops}");
+    // Every grouping splits the same model hops.
+    for (what, groups) in [
+        ("class", &b.by_class),
+        ("lane", &b.by_lane),
+        ("tier", &b.by_tier),
+        ("pool", &b.by_pool),
+        ("tenant", &b.by_tenant),
+    ] {
+        let sum: u64 = groups.values().map(|g| g.hops).sum();
+        assert_eq!(sum, model_hops, "by_{what}");
+    }
+    // Per pool and per class, exactly the log's counts; and the pools' own hop counts.
+    for (name, g) in &b.by_pool {
+        assert_eq!(g.hops, model(&|h| h.station == *name), "pool {name}");
+        assert_eq!(g.hops, s.pools[name].hops, "pool {name}");
+    }
+    for (class, lane, tenant) in [
+        ("chat", "interactive", "support"),
+        ("report", "batch", "finance"),
+    ] {
+        let n = model(&|h| h.class == class);
+        assert_eq!(b.by_class[class].hops, n);
+        assert_eq!(b.by_lane[lane].hops, n);
+        assert_eq!(b.by_tenant[tenant].hops, n);
+    }
+    // Tiers: the tiered nodes' first tries, the pinned nodes, and the escalations.
+    let escalations = model(&|h| h.kind == "escalation");
+    assert!(escalations > 0);
+    assert_eq!(b.by_tier["(escalation)"].hops, escalations);
+    assert_eq!(
+        b.by_tier["mid"].hops,
+        model(&|h| h.kind == "llm" && (h.node == "plan" || h.node == "outline"))
+    );
+    assert_eq!(
+        b.by_tier["(pinned)"].hops,
+        model(&|h| h.kind == "llm" && (h.node == "answer" || h.node == "draft"))
+    );
+    assert!(
+        !b.by_lane.contains_key("default"),
+        "unused lanes are left out"
+    );
+    // Tool calls: by tool and in the chat groups, none in the pools.
+    let calls = measured.iter().filter(|h| h.kind == "tool").count() as u64;
+    assert!(calls > 0);
+    assert_eq!(b.by_tool["search"].tool_calls, calls);
+    assert_eq!(b.by_class["chat"].tool_calls, calls);
+    assert_eq!(b.by_class["report"].tool_calls, 0);
+    // Queue waits: the mean is exact, the max within the histogram's precision.
+    let waits = |f: &dyn Fn(&HopRecord) -> bool| -> Vec<f64> {
+        measured
+            .iter()
+            .filter(|h| f(h))
+            .map(|h| (h.started - h.submitted).as_secs_f64())
+            .collect()
+    };
+    for (name, g) in &b.by_pool {
+        let w = waits(&|h| h.kind != "tool" && h.station == *name);
+        let d = g.queue_wait_s.as_ref().expect("hops waited or not");
+        let mean = w.iter().sum::<f64>() / w.len() as f64;
+        let max = w.iter().copied().fold(0.0, f64::max);
+        assert!((d.mean - mean).abs() < 1e-9, "{name}: {} vs {mean}", d.mean);
+        assert!(d.max >= max - 1e-9 && d.max <= max * 1.001 + 1e-9, "{name}");
+        assert!(d.p50 <= d.p90 && d.p90 <= d.p95 && d.p95 <= d.p99 && d.p99 <= d.p999);
+    }
+    let tw = waits(&|h| h.kind == "tool");
+    let d = b.by_tool["search"].tool_wait_s.as_ref().unwrap();
+    assert!((d.mean - tw.iter().sum::<f64>() / tw.len() as f64).abs() < 1e-9);
+    // Dollars of the hops, per pool, equal the log's.
+    for (name, g) in &b.by_pool {
+        let usd: f64 = measured
+            .iter()
+            .filter(|h| h.kind != "tool" && h.station == *name)
+            .map(|h| h.usd)
+            .sum();
+        assert!((g.usd - usd).abs() < 1e-9, "{name}");
+    }
+    // Abstract pools have no token timings.
+    assert!(b.by_pool["small"].ttft_s.is_none() && b.by_pool["small"].prefill_share.is_none());
+    // Workflow latency per lane is the class's (one class per lane).
+    let lane = b.by_lane["interactive"]
+        .workflow_latency_s
+        .clone()
+        .unwrap()
+        .unwrap();
+    assert_eq!(Some(lane.p99), s.classes["chat"].latency_s.p99);
+    assert_eq!(lane.n, s.classes["chat"].completed);
+    assert!(b.by_pool["small"].workflow_latency_s.is_none());
+}
+
+#[test]
+fn a_known_queue_wait() {
+    // One user at a time fans out 3 branches onto one server with a constant 1s service:
+    // the branches wait 0, 1 and 2 seconds. The think time (10s) keeps workflows apart.
+    let text = r#"
+[simulation]
+horizon = "10m"
+[pools.one]
+servers = 1
+service = { dist = "constant", value = "1s" }
+[classes.c]
+arrival = { process = "closed", users = 1, think = { dist = "constant", value = "10s" } }
+[[classes.c.nodes]]
+id = "fan"
+pool = "one"
+fan_out = { count = { dist = "constant", value = 3 } }
+"#;
+    let (_, r, log) = run_logged(text);
+    let s = r.summary();
+    let g = &s.breakdown.by_pool["one"];
+    let d = g.queue_wait_s.as_ref().unwrap();
+    assert_eq!(g.hops, log.len() as u64);
+    assert_eq!(g.hops % 3, 0);
+    // 46 workflows start within 10 minutes (every 13s from 10s); the last may be cut.
+    assert!(g.hops >= 3 * 45, "{}", g.hops);
+    assert!((d.mean - 1.0).abs() < 1e-9, "{}", d.mean);
+    assert!(
+        (d.p50 - 1.0).abs() < 1e-3 && (d.max - 2.0).abs() < 2e-3,
+        "{d:?}"
+    );
+    assert!(d.p90 > 1.99 && d.p90 < 2.003);
+    assert_eq!(s.breakdown.by_class["c"].queue_wait_s.as_ref(), Some(d));
+}
+
+/// Three classes on one GPU pool: prefill-heavy on an interactive lane (warned),
+/// decode-heavy on an interactive lane (not warned), prefill-heavy on a batch lane (not
+/// warned: not interactive).
+const GPU: &str = r#"
+[simulation]
+seed = 3
+horizon = "5m"
+drain = true
+[pools.gpu]
+servers = 2
+gpu = { model = "llama-3-8b", gpu = "h100-80gb", tp = 1, prefix_caching = false }
+[lanes.fast]
+priority = 5
+[lanes.interactive-low]
+[lanes.bulk]
+[classes.rag]
+arrival = { process = "poisson", rate = 2.0 }
+lane = "fast"
+[[classes.rag.nodes]]
+id = "call"
+pool = "gpu"
+input_tokens = { dist = "constant", value = 6000 }
+output_tokens = { dist = "constant", value = 4 }
+[classes.writer]
+arrival = { process = "poisson", rate = 2.0 }
+lane = "interactive-low"
+[[classes.writer.nodes]]
+id = "call"
+pool = "gpu"
+input_tokens = { dist = "constant", value = 50 }
+output_tokens = { dist = "constant", value = 400 }
+[classes.index]
+arrival = { process = "poisson", rate = 2.0 }
+lane = "bulk"
+[[classes.index.nodes]]
+id = "call"
+pool = "gpu"
+input_tokens = { dist = "constant", value = 6000 }
+output_tokens = { dist = "constant", value = 4 }
+"#;
+
+#[test]
+fn prefill_share_warns_only_for_prefill_heavy_interactive_classes() {
+    let (_, r, _) = run_logged(GPU);
+    let s = r.summary();
+    let b = &s.breakdown;
+    let share = |c: &str| b.by_class[c].prefill_share.unwrap();
+    assert!(share("rag") > 0.55, "rag {}", share("rag"));
+    assert!(share("index") > 0.55, "index {}", share("index"));
+    assert!(share("writer") < 0.2, "writer {}", share("writer"));
+    // The pool's share is the busy-weighted mean of the classes'.
+    let busy: f64 = b.by_class.values().map(|g| g.gpu_busy_s).sum();
+    let pool = &b.by_pool["gpu"];
+    assert!((pool.gpu_busy_s - busy).abs() < 1e-6);
+    let weighted: f64 = b
+        .by_class
+        .values()
+        .map(|g| g.gpu_busy_s * g.prefill_share.unwrap())
+        .sum::<f64>()
+        / busy;
+    assert!((pool.prefill_share.unwrap() - weighted).abs() < 1e-9);
+    // GPU busy time charged to hops is the pool's busy time (continuous batching splits
+    // each iteration among its sequences; drained, so every hop has reported).
+    let pool_busy = r.pool_reports[0].busy_server_s;
+    assert!(
+        (busy - pool_busy).abs() < 1e-6 * pool_busy,
+        "{busy} vs {pool_busy}"
+    );
+    // Token timings: every hop of `writer` has 399 gaps.
+    let w = &b.by_class["writer"];
+    assert_eq!(w.itl_s.as_ref().unwrap().n, 399 * w.llm_hops);
+    assert_eq!(w.tpot_s.as_ref().unwrap().n, w.llm_hops);
+    assert!(w.ttft_s.as_ref().unwrap().p50 > 0.0);
+    // Exactly one warning: rag on lane `fast` (priority above default's).
+    assert_eq!(s.warnings.len(), 1, "{:?}", s.warnings);
+    assert!(s.warnings[0].starts_with("class rag on interactive lane `fast`: prefill is "));
+    // A lane named like "interactive" counts too: make writer prefill-heavy.
+    let heavy = GPU
+        .replace("value = 50 }", "value = 6000 }")
+        .replace("value = 400 }", "value = 4 }");
+    let (_, r, _) = run_logged(&heavy);
+    let w = r.summary().warnings;
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert!(w[1].starts_with("class writer on interactive lane `interactive-low`"));
+}
+
+/// Tier `mid` = a cheap pool ($0.002 per hop: 2s at $3.60/h) then a paid API ($0.0105
+/// per hop: 1000 input and 500 output tokens at $0.003 / $0.015 per 1k). The cheap pool
+/// is down for the first 10 minutes, so those hops fall back to the API.
+const OUTAGE: &str = r#"
+[simulation]
+horizon = "20m"
+drain = true
+[pools.cheap]
+servers = 1
+usd_per_server_hour = 3.6
+service = { dist = "constant", value = "2s" }
+outages = [{ start = "0s", duration = "10m" }]
+[pools.api]
+api = { ttft = { dist = "constant", value = "500ms" }, tpot = { dist = "constant", value = "10ms" },
+        usd_per_1k_input = 0.003, usd_per_1k_output = 0.015 }
+[pools.review]
+servers = 1
+usd_per_server_hour = 2.0
+service = { dist = "constant", value = "1s" }
+[tiers.mid]
+pools = ["cheap", "api"]
+[classes.c]
+arrival = { process = "poisson", rate = 0.1 }
+[[classes.c.nodes]]
+id = "draft"
+tier = "mid"
+input_tokens = { dist = "constant", value = 1000 }
+output_tokens = { dist = "constant", value = 500 }
+escalate = { probability = 0.3, pool = "api" }
+[[classes.c.nodes]]
+id = "check"
+pool = "review"
+after = ["draft"]
+"#;
+
+#[test]
+fn over_tiered_dollars_are_exact_for_an_outage_fallback() {
+    let (_, r, log) = run_logged(OUTAGE);
+    let s = r.summary();
+    let c = &s.classes["c"];
+    assert_eq!(c.completed, c.arrived, "drained: every workflow completes");
+    let on = |pool: &str, kind: &str| {
+        log.iter()
+            .filter(|h| h.station == pool && h.kind == kind)
+            .count()
+    };
+    let fallbacks = on("api", "llm");
+    let escalations = on("api", "escalation");
+    assert!(fallbacks > 30 && on("cheap", "llm") > 30, "{fallbacks}");
+    assert!(
+        escalations > 10,
+        "escalations to the API are not over-tiered"
+    );
+    // Every fallback hop paid 0.0105 where the tier's cheapest pool expected 0.002.
+    let expected = fallbacks as f64 * (0.0105 - 0.002);
+    assert!(
+        (c.usd_waste.over_tiered - expected).abs() < 1e-9,
+        "{} vs {expected}",
+        c.usd_waste.over_tiered
+    );
+    assert_eq!(s.totals.usd_waste_over_tiered, c.usd_waste.over_tiered);
+    let g = &s.breakdown.by_pool["api"];
+    assert_eq!(g.over_tiered_hops, fallbacks as u64);
+    assert!((g.usd_over_tiered - expected).abs() < 1e-9);
+    assert_eq!(s.breakdown.by_pool["cheap"].over_tiered_hops, 0);
+    assert_eq!(s.breakdown.by_tier["(escalation)"].over_tiered_hops, 0);
+    assert_eq!(c.degraded_hops, fallbacks as u64);
+    // Part of the successful workflows' cost, not added to it: usd_total is unchanged.
+    let success: f64 = r.classes[0].usd_per_success.iter().sum();
+    assert!((c.usd_total - success).abs() < 1e-9);
+    // Conservation with the bucket carved out of the successful workflows' dollars:
+    // (success - over-tiered) + over-tiered + other waste + unfinished + idle = spent.
+    let buckets = (success - c.usd_waste.over_tiered)
+        + c.usd_waste.over_tiered
+        + c.usd_waste.failed
+        + c.usd_waste.abandoned
+        + c.usd_waste.rejected
+        + c.usd_waste.after_outcome
+        + r.classes[0].usd_unfinished;
+    let api: f64 = log
+        .iter()
+        .filter(|h| h.station == "api")
+        .map(|h| h.usd)
+        .sum();
+    assert!((api - s.totals.usd_api).abs() < 1e-9);
+    let hours = s.measured_seconds / 3600.0;
+    let capacity = hours * (3.6 + 2.0);
+    assert!((capacity - s.totals.usd_capacity).abs() < 1e-9);
+    let left = buckets + s.totals.usd_idle;
+    let right = capacity + api;
+    assert!((left - right).abs() < 0.005, "{left} vs {right}");
+    assert!((s.totals.usd_workflows + s.totals.usd_idle - s.totals.usd_spent).abs() < 0.005);
+}
