@@ -229,7 +229,7 @@ fn load_traces(
                 )
                 .map_err(|m| bad(format!("rules[{}]: {m}", rule.unwrap_or(0))))?;
                 *routed_rows.entry(target).or_default() += 1;
-                let steps = resolver.steps(&wf);
+                let steps = resolver.steps(&wf, target);
                 let graph = sim_core::workflow::WorkflowGraph::from_recorded(
                     &scenario.classes[target].name,
                     &steps,

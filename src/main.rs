@@ -120,6 +120,13 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 let result = match &spans {
                     None => factorysim::simulate(&loaded.scenario, Some(&mut tick)),
                     Some(path) => {
+                        // Created before the run, so a bad path fails at once.
+                        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                            std::fs::create_dir_all(dir)
+                                .with_context(|| format!("cannot create {}", dir.display()))?;
+                        }
+                        let file = std::fs::File::create(path)
+                            .with_context(|| format!("cannot create {}", path.display()))?;
                         let mut log = Vec::new();
                         let result = sim_core::run(
                             &loaded.scenario,
@@ -129,8 +136,6 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                                 policies: Some(&policies::Standard),
                             },
                         );
-                        let file = std::fs::File::create(path)
-                            .with_context(|| format!("cannot create {}", path.display()))?;
                         factorysim::spans::write_span_log(
                             std::io::BufWriter::new(file),
                             &loaded.scenario,

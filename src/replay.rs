@@ -6,7 +6,9 @@
 //! - an `llm` span is a model call with its recorded input and output tokens (cached
 //!   tokens become the role's shared prefix), on the tier or pool its `model_tier`
 //!   names (after the trace's rules), else on the pool or tier of the class's first
-//!   model node;
+//!   model node; on a queueing pool its service time is that of the class's node with
+//!   the same role, else the pool's, else (a pool with no time model) the recorded
+//!   `prefill_ms + decode_ms`; the role's node also gives its timeout;
 //! - a `tool` span calls the scenario's tool of that name (`model_tier` or
 //!   `agent_role`), with the tool's own latency, failures and bulkhead; a tool the
 //!   scenario does not define becomes an unlimited, failure-free tool that waits each
@@ -127,8 +129,65 @@ impl<'a> SpanResolver<'a> {
         }
     }
 
-    /// The steps of one recorded workflow, parents before children.
-    pub fn steps(&mut self, wf: &traces::Workflow) -> Vec<RecordedStep> {
+    /// The class node of `role` and `kind`, if the class has one.
+    fn role_node(
+        &self,
+        class: usize,
+        role: &str,
+        kind: sim_core::workflow::NodeKind,
+    ) -> Option<&'a sim_core::workflow::Node> {
+        let sc: &'a Scenario = self.scenario;
+        sc.classes
+            .get(class)?
+            .graph
+            .nodes
+            .iter()
+            .find(|n| n.role == role && n.kind == kind)
+    }
+
+    /// Service time and timeout of a step: its role's node in `class`; for a model call
+    /// on a queueing pool with no time model of its own, the recorded duration.
+    fn timing(
+        &self,
+        class: usize,
+        s: &SpanRecord,
+        work: &RecordedWork,
+    ) -> (Option<Sampler>, Option<SimDuration>) {
+        use sim_core::workflow::NodeKind;
+        let kind = match work {
+            RecordedWork::Model { .. } => NodeKind::Llm,
+            RecordedWork::Tool { .. } => NodeKind::Tool,
+            RecordedWork::Pass => return (None, None),
+        };
+        let node = self.role_node(class, &s.agent_role, kind);
+        let timeout = node.and_then(|n| n.timeout);
+        if let Some(service) = node.and_then(|n| n.service.clone()) {
+            return (Some(service), timeout);
+        }
+        if let RecordedWork::Model { pool, tier, .. } = work {
+            let sc = self.scenario;
+            let pools: Vec<usize> = match (pool, tier) {
+                (_, Some(t)) => sc.tiers[*t].pools.clone(),
+                (Some(p), None) => vec![*p],
+                (None, None) => Vec::new(),
+            };
+            let untimed = pools.iter().any(|&p| {
+                let p = &sc.pools[p];
+                p.service.is_none()
+                    && p.gpu.is_none()
+                    && p.api.is_none()
+                    && p.token_time(1000, 1) == SimDuration::ZERO
+            });
+            if untimed {
+                let ms = (s.prefill_ms + s.decode_ms).max(0.0);
+                return (Some(Sampler::Constant(ms / 1e3)), timeout);
+            }
+        }
+        (None, timeout)
+    }
+
+    /// The steps of one recorded workflow of class `class`, parents before children.
+    pub fn steps(&mut self, wf: &traces::Workflow, class: usize) -> Vec<RecordedStep> {
         self.counts.workflows += 1;
         let n = wf.spans.len();
         let order = wf.topo_order();
@@ -211,8 +270,11 @@ impl<'a> SpanResolver<'a> {
                     }
                 }
             }
+            let (service, timeout) = self.timing(class, s, &work);
             step_of[i] = Some(steps.len());
             steps.push(RecordedStep {
+                service,
+                timeout,
                 id: s.span_id.clone(),
                 role: if s.agent_role.is_empty() {
                     s.kind.name().to_string()
@@ -287,7 +349,7 @@ hops = [{ pool = "gpu" }]
         ];
         let wf = traces::Workflow::build("w".into(), spans, 0);
         let mut r = SpanResolver::new(&loaded.scenario, 0, Vec::new());
-        let steps = r.steps(&wf);
+        let steps = r.steps(&wf, 0);
         let ids: Vec<&str> = steps.iter().map(|s| s.id.as_str()).collect();
         assert_eq!(
             ids,

@@ -410,6 +410,31 @@ hops = [{{ pool = "small" }}]
         ]
     );
 
+    // A pool without a time model of its own serves a replayed call in its recorded
+    // time (1 s for both calls here): the same hops.
+    let untimed = text.replace(
+        "servers = 2\nservice = { dist = \"constant\", value = \"1s\" }\n",
+        "servers = 2\n",
+    );
+    assert_ne!(untimed, text);
+    let loaded =
+        crate::parse_scenario("inline.toml", &untimed, &[]).unwrap_or_else(|e| panic!("{e}"));
+    let mut log2 = Vec::new();
+    sim_core::run(
+        &loaded.scenario,
+        sim_core::RunOptions {
+            hop_log: Some(&mut log2),
+            policies: Some(&policies::Standard),
+            ..Default::default()
+        },
+    );
+    let times = |log: &[sim_core::metrics::HopRecord]| -> Vec<(u64, u64)> {
+        log.iter()
+            .map(|h| (h.submitted.as_nanos(), h.finished.as_nanos()))
+            .collect()
+    };
+    assert_eq!(times(&log2), times(&log));
+
     // Without the rule, `gpt-4o` names nothing in the scenario: the calls run on the
     // class's own first hop's pool, and the load says so.
     let text = text.replace(

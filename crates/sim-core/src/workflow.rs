@@ -669,11 +669,15 @@ pub enum RecordedWork {
 }
 
 /// One step of a recorded workflow: a node of its replayed graph.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct RecordedStep {
     pub id: String,
     pub role: String,
     pub work: RecordedWork,
+    /// Model calls on a queueing pool: the service time (else the pool's); tools: the
+    /// latency (else the tool's, or the recorded `wait`).
+    pub service: Option<Sampler>,
+    pub timeout: Option<SimDuration>,
     /// Steps that must finish before this one starts (indices of earlier steps).
     pub after: Vec<usize>,
 }
@@ -715,6 +719,10 @@ impl WorkflowGraph {
                 }
                 RecordedWork::Pass => {}
             }
+            if s.service.is_some() {
+                n.service.clone_from(&s.service);
+            }
+            n.timeout = s.timeout;
             n.enabled = !matches!(s.work, RecordedWork::Pass);
             let mut parents: Vec<usize> =
                 s.after.iter().filter(|&&p| p < i).map(|&p| p + 1).collect();
