@@ -331,6 +331,8 @@ pub fn run_table_with(s: &Summary, opts: &TableOptions<'_>) -> String {
     }
     out.push('\n');
 
+    hop_table(s, &mut out, colour);
+
     heading(&mut out, "Pools", colour);
     let mut t = Table::new(&[
         "pool",
@@ -470,6 +472,73 @@ pub fn run_table_with(s: &Summary, opts: &TableOptions<'_>) -> String {
         }
     }
     out
+}
+
+/// "Per-hop latency": the `breakdown` of summary.json, one row per pool (and per lane,
+/// tier and tenant when there are several, and per tool), token columns only when some
+/// hop ran on a GPU pool.
+fn hop_table(s: &Summary, out: &mut String, colour: bool) {
+    let b = &s.breakdown;
+    type Groups = std::collections::BTreeMap<String, sim_core::metrics::HopGroupSummary>;
+    let mut rows: Vec<(String, &sim_core::metrics::HopGroupSummary)> = Vec::new();
+    let tiered = b.by_tier.keys().any(|k| !k.starts_with('('));
+    let sets: [(&str, &Groups, bool); 5] = [
+        ("pool", &b.by_pool, true),
+        ("lane", &b.by_lane, b.by_lane.len() > 1),
+        ("tier", &b.by_tier, tiered),
+        ("tenant", &b.by_tenant, b.by_tenant.len() > 1),
+        ("tool", &b.by_tool, true),
+    ];
+    for (kind, groups, show) in sets {
+        if show {
+            rows.extend(groups.iter().map(|(n, g)| (format!("{kind} {n}"), g)));
+        }
+    }
+    if rows.is_empty() {
+        return;
+    }
+    let llm = rows.iter().any(|(_, g)| g.llm_hops > 0);
+    heading(
+        out,
+        "Per-hop latency (hops submitted after the warm-up; tools: wait for a slot)",
+        colour,
+    );
+    let mut header = vec!["group", "hops", "wait p50", "wait p99", "wait p99.9"];
+    if llm {
+        header.extend(["TTFT p50", "TTFT p99", "TPOT p99", "ITL p99.9", "prefill"]);
+    }
+    let mut t = Table::new(&header);
+    let p = |d: &Option<sim_core::metrics::Dist>, f: fn(&sim_core::metrics::Dist) -> f64| {
+        fmt_secs(d.as_ref().map(f))
+    };
+    for (name, g) in rows {
+        let (n, wait) = if g.tool_calls > 0 && g.hops == 0 {
+            (g.tool_calls, &g.tool_wait_s)
+        } else {
+            (g.hops, &g.queue_wait_s)
+        };
+        let mut r = vec![
+            name,
+            fmt_count(n),
+            p(wait, |d| d.p50),
+            p(wait, |d| d.p99),
+            p(wait, |d| d.p999),
+        ];
+        if llm {
+            r.extend([
+                p(&g.ttft_s, |d| d.p50),
+                p(&g.ttft_s, |d| d.p99),
+                p(&g.tpot_s, |d| d.p99),
+                p(&g.itl_s, |d| d.p999),
+                g.prefill_share
+                    .map(|x| format!("{:.0}%", x * 100.0))
+                    .unwrap_or_else(|| "-".into()),
+            ]);
+        }
+        t.row(r);
+    }
+    t.render(out);
+    out.push('\n');
 }
 
 /// The derived quantities printed by `factorysim check`.

@@ -953,3 +953,47 @@ hops = [{ pool = "gpu" }]
     let p = &s.pools["gpu"];
     assert!(p.usd_idle > 0.0 && p.usd_idle < p.usd_capacity);
 }
+
+#[test]
+fn prefill_heavy_interactive_class_is_warned_in_the_table_and_summary() {
+    let text = r#"
+[simulation]
+horizon = "3m"
+[pools.gpu]
+servers = 1
+gpu = { model = "llama-3-8b", gpu = "h100-80gb", tp = 1, prefix_caching = false }
+[lanes.interactive]
+[classes.rag]
+arrival = { process = "poisson", rate = 1.0 }
+lane = "interactive"
+[[classes.rag.nodes]]
+id = "call"
+pool = "gpu"
+input_tokens = { dist = "constant", value = 6000 }
+output_tokens = { dist = "constant", value = 4 }
+"#;
+    let dir = tempdir();
+    let path = dir.path().join("rag.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = run_ok(&[
+        "run",
+        path.to_str().unwrap(),
+        "--out",
+        dir.path().to_str().unwrap(),
+        "--no-plots",
+    ]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("\nwarning: class rag on interactive lane `interactive`: prefill is "),
+        "{table}"
+    );
+    assert!(table.contains("  pool gpu "), "{table}");
+    let s: serde_json::Value =
+        serde_json::from_str(&read(&dir.path().join("summary.json"))).unwrap();
+    let w = s["warnings"].as_array().unwrap();
+    assert_eq!(w.len(), 1);
+    let share = s["breakdown"]["by_class"]["rag"]["prefill_share"]
+        .as_f64()
+        .unwrap();
+    assert!(share > 0.8, "{share}");
+}
