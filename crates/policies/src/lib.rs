@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | queue discipline | `pools.X.discipline` | [`Fifo`](sim_core::policy::Fifo), [`StrictPriority`], [`WeightedFair`], [`EarliestDeadline`] |
 //! | tier routing | `[routing] policy` | [`FirstAvailable`], [`CostAware`], [`LeastLoaded`] |
-//! | autoscaling | `pools.X.autoscale` | [`QueueDepthAutoscaler`] |
+//! | autoscaling | `pools.X.autoscale` | [`ReactiveAutoscaler`] (queue depth, tokens in flight, p99 TTFT; pre-warming) |
 //! | replica load balancing | `pools.X.gpu.picker` | round robin, least outstanding tokens (sim-core), [`PrefixAffinity`], [`KvAware`] |
 
 use sim_core::SimTime;
@@ -166,35 +166,75 @@ impl TierRouter for LeastLoaded {
     }
 }
 
-/// Reactive autoscaling on queue depth: target servers = ceil((busy + queued) /
-/// target per server), clamped to [min, max]; no change within `cooldown` of the last
-/// change. New servers take `boot` to come up (and are paid for from boot start);
-/// removed servers drain their current hop first.
-pub struct QueueDepthAutoscaler {
+/// Reactive autoscaling on one signal, with a scheduled floor (pre-warming).
+///
+/// - `queue_depth`: target servers = ceil((busy + queued) / target).
+/// - `tokens_in_flight`: target servers = ceil(tokens in flight / target).
+/// - `p99_ttft`: with p = the windowed p99 TTFT and c = running + booting servers:
+///   p > target: max(c + 1, ceil(c x p / target)) (the Kubernetes HPA ratio rule, at
+///   least one more); p < `scale_down_below` x target: c - 1; else c. With no hop
+///   finished in the window: c - 1 if the pool is empty (busy + queued = 0), else c.
+///
+/// The result is clamped to [floor, max], where floor is `min` raised by the pre-warm
+/// rules active now. No change within `cooldown` of the last change, except that a
+/// count below the floor is raised to it at once. New servers take `boot` to come up
+/// (and are paid for from boot start); removed servers drain their work first.
+pub struct ReactiveAutoscaler {
     spec: AutoscaleSpec,
     last_change: Option<SimTime>,
 }
 
-impl QueueDepthAutoscaler {
+/// The queue-depth autoscaler is the reactive autoscaler with `metric = "queue_depth"`.
+pub type QueueDepthAutoscaler = ReactiveAutoscaler;
+
+impl ReactiveAutoscaler {
     pub fn new(spec: AutoscaleSpec) -> Self {
-        QueueDepthAutoscaler {
+        ReactiveAutoscaler {
             spec,
             last_change: None,
         }
     }
+
+    /// What the signal asks for, before the floor, the max and the cooldown.
+    fn wanted(&self, obs: &ScaleObservation, current: u32) -> u32 {
+        let target = self.spec.target;
+        match self.spec.metric.as_str() {
+            "tokens_in_flight" => (obs.tokens_in_flight as f64 / target).ceil() as u32,
+            "p99_ttft" => match obs.ttft_p99 {
+                Some(p) => {
+                    let p = p.as_secs_f64();
+                    if p > target {
+                        let ratio = (current as f64 * p / target).ceil() as u32;
+                        ratio.max(current.saturating_add(1))
+                    } else if p < self.spec.scale_down_below * target {
+                        current.saturating_sub(1)
+                    } else {
+                        current
+                    }
+                }
+                None if obs.busy + obs.queued == 0 => current.saturating_sub(1),
+                None => current,
+            },
+            _ => ((obs.busy + obs.queued) as f64 / target).ceil() as u32,
+        }
+    }
 }
 
-impl Autoscaler for QueueDepthAutoscaler {
+impl Autoscaler for ReactiveAutoscaler {
     fn target(&mut self, obs: &ScaleObservation) -> u32 {
         let current = obs.running + obs.booting;
-        if let Some(last) = self.last_change
+        let floor = self.spec.floor_at(obs.now);
+        // A count below the floor (a scheduled floor, lost servers) is raised at once,
+        // whatever the cooldown.
+        if current >= floor
+            && let Some(last) = self.last_change
             && obs.now < last + self.spec.cooldown
         {
             return current;
         }
-        let load = (obs.busy + obs.queued) as f64;
-        let wanted = (load / self.spec.target).ceil() as u32;
-        let target = wanted.clamp(self.spec.min, self.spec.max);
+        let target = self
+            .wanted(obs, current)
+            .clamp(floor, self.spec.max.max(floor));
         if target != current {
             self.last_change = Some(obs.now);
         }
@@ -278,7 +318,7 @@ impl PolicyFactory for Standard {
         }
     }
     fn autoscaler(&self, spec: &AutoscaleSpec) -> Box<dyn Autoscaler> {
-        Box::new(QueueDepthAutoscaler::new(spec.clone()))
+        Box::new(ReactiveAutoscaler::new(spec.clone()))
     }
     fn supports(&self, _spec: DisciplineSpec) -> bool {
         true

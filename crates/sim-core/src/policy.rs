@@ -133,14 +133,17 @@ pub enum RoutingSpec {
     LeastLoaded,
 }
 
-/// Autoscaling of a pool: reactive on a load signal, with boot lead time and cooldown.
+/// Autoscaling of a pool: reactive on a load signal, with boot lead time, cooldown and
+/// scheduled pre-warming.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AutoscaleSpec {
-    /// Load signal: "queue_depth" (hops waiting or in service per server).
+    /// Load signal: "queue_depth" (hops waiting or in service per server),
+    /// "tokens_in_flight" (prompt + output tokens of the pool's unfinished hops per
+    /// server) or "p99_ttft" (windowed p99 time to first token, seconds).
     #[serde(default = "default_metric")]
     pub metric: String,
-    /// Target value of the signal per server.
+    /// Target value of the signal per server (`p99_ttft`: the p99 TTFT, in seconds).
     pub target: f64,
     pub min: u32,
     pub max: u32,
@@ -153,6 +156,78 @@ pub struct AutoscaleSpec {
     /// How often the autoscaler looks.
     #[serde(default = "default_interval")]
     pub interval: SimDuration,
+    /// `p99_ttft`: the window of finished hops the p99 is taken over (default 2m).
+    #[serde(default = "default_window")]
+    pub window: SimDuration,
+    /// `p99_ttft`: scale down (one server) when the p99 is below this fraction of the
+    /// target (default 0.5).
+    #[serde(default = "default_scale_down_below")]
+    pub scale_down_below: f64,
+    /// Scheduled floors: from `from` to `until` (repeating `every`), at least `min`.
+    #[serde(default)]
+    pub prewarm: Vec<PrewarmSpec>,
+}
+
+/// `prewarm = [{ from = "8h", until = "10h", min = 12, every = "24h" }]`: from `from`
+/// (simulated time since the start) until `until`, and again every `every` if given,
+/// the pool keeps at least `min` servers (running or booting).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PrewarmSpec {
+    pub from: SimDuration,
+    pub until: SimDuration,
+    pub min: u32,
+    #[serde(default)]
+    pub every: Option<SimDuration>,
+}
+
+impl PrewarmSpec {
+    /// Whether the rule's window covers `now`.
+    pub fn active_at(&self, now: SimTime) -> bool {
+        let (t, from, until) = (now.as_nanos(), self.from.as_nanos(), self.until.as_nanos());
+        if t < from {
+            return false;
+        }
+        let phase = match self.every {
+            Some(e) if e.as_nanos() > 0 => (t - from) % e.as_nanos(),
+            _ => t - from,
+        };
+        phase < until.saturating_sub(from)
+    }
+
+    /// The first window start at or after `t`.
+    pub fn next_start(&self, t: SimTime) -> Option<SimTime> {
+        let from = self.from.as_nanos();
+        if t.as_nanos() <= from {
+            return Some(SimTime(from));
+        }
+        let e = self.every?.as_nanos();
+        if e == 0 {
+            return None;
+        }
+        let k = (t.as_nanos() - from).div_ceil(e);
+        k.checked_mul(e)
+            .and_then(|x| x.checked_add(from))
+            .map(SimTime)
+    }
+}
+
+impl AutoscaleSpec {
+    /// The floor at `now`: `min`, raised by every pre-warm rule whose window covers
+    /// `now` (never above `max`).
+    pub fn floor_at(&self, now: SimTime) -> u32 {
+        self.prewarm
+            .iter()
+            .filter(|p| p.active_at(now))
+            .map(|p| p.min)
+            .fold(self.min, u32::max)
+            .min(self.max)
+    }
+
+    /// The first pre-warm window start at or after `t`, over every rule.
+    pub fn next_prewarm(&self, t: SimTime) -> Option<SimTime> {
+        self.prewarm.iter().filter_map(|p| p.next_start(t)).min()
+    }
 }
 
 fn default_metric() -> String {
@@ -161,17 +236,31 @@ fn default_metric() -> String {
 fn default_interval() -> SimDuration {
     SimDuration::from_secs(30)
 }
+fn default_window() -> SimDuration {
+    SimDuration::from_secs(120)
+}
+fn default_scale_down_below() -> f64 {
+    0.5
+}
 
 /// What an autoscaler sees of its pool.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ScaleObservation {
     pub now: SimTime,
-    /// Running servers (booted), including those draining.
+    /// Running servers (booted), not counting those draining.
     pub running: u32,
     /// Servers booting.
     pub booting: u32,
     pub busy: u64,
     pub queued: u64,
+    /// Prompt + output tokens of the hops submitted to the pool and not finished.
+    pub tokens_in_flight: u64,
+    /// p99 (nearest rank) of the time to first token of the hops that finished on the
+    /// pool within the autoscaler's `window` (abstract pools: time to start of
+    /// service); `None` without such hops.
+    pub ttft_p99: Option<SimDuration>,
+    /// How many hops that p99 is over.
+    pub ttft_samples: u32,
 }
 
 /// Decides a pool's target server count (running + booting).

@@ -66,6 +66,54 @@ pub struct BreakerSpec {
     pub open: SimDuration,
 }
 
+/// `spot = { ... }` on a GPU pool: the first `servers` replicas run on spot capacity.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpotSpec {
+    /// Replicas on spot (the first ones); default all of the pool's `servers`.
+    #[serde(default)]
+    pub servers: Option<u32>,
+    /// Preemptions per spot replica-hour up (exponential times between preemptions).
+    pub preemptions_per_hour: f64,
+    /// Price of a spot replica-hour.
+    pub usd_per_server_hour: f64,
+    /// What happens to the requests running on a preempted replica.
+    #[serde(default)]
+    pub on_preempt: OnPreempt,
+    /// Whether a preempted replica is replaced by a new spot replica (default true).
+    #[serde(default = "yes")]
+    pub replace: bool,
+    /// Boot time of a replacement (default: the GPU profile's boot time).
+    #[serde(default)]
+    pub boot: Option<SimDuration>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `on_preempt` of a spot pool.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnPreempt {
+    /// Send the request again to the pool (another replica), counted.
+    #[default]
+    Recompute,
+    /// The hop fails, and its workflow with it.
+    Fail,
+}
+
+/// A validated spot spec.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Spot {
+    pub servers: u32,
+    pub preemptions_per_hour: f64,
+    pub usd_per_server_hour: f64,
+    pub on_preempt: OnPreempt,
+    pub replace: bool,
+    pub boot: SimDuration,
+}
+
 /// `gpu = { ... }` on a pool: `servers` model replicas, each `model` on `tp` GPUs,
 /// served with continuous batching and a paged KV cache.
 #[derive(Clone, Debug, Deserialize)]
@@ -272,6 +320,9 @@ pub struct PoolSpec {
     /// Circuit breaker in front of the pool.
     #[serde(default)]
     pub breaker: Option<BreakerSpec>,
+    /// Spot capacity: some replicas at a spot price, preempted at a rate.
+    #[serde(default)]
+    pub spot: Option<SpotSpec>,
     /// Price of one server for one hour, in US dollars.
     #[serde(default)]
     pub usd_per_server_hour: f64,
@@ -447,6 +498,7 @@ pub struct Pool {
     pub api: Option<Api>,
     pub gpu: Option<GpuPool>,
     pub breaker: Option<BreakerSpec>,
+    pub spot: Option<Spot>,
     /// Default service time of hops here.
     pub service: Option<Sampler>,
     pub usd_per_server_hour: f64,
@@ -736,12 +788,6 @@ impl ScenarioSpec {
                         "a `gpu` pool times hops from tokens with its performance model; remove service/prefill_per_1k_tokens/decode_per_token",
                     ));
                 }
-                if p.autoscale.is_some() {
-                    return Err(err(
-                        format!("{key}.autoscale"),
-                        "autoscaling is not supported on `gpu` pools yet; use an abstract pool",
-                    ));
-                }
                 if p.discipline != crate::policy::DisciplineSpec::Fifo {
                     return Err(err(
                         format!("{key}.discipline"),
@@ -795,10 +841,13 @@ impl ScenarioSpec {
                         format!("expected a positive load per server, got {}", a.target),
                     ));
                 }
-                if a.metric != "queue_depth" {
+                if !["queue_depth", "tokens_in_flight", "p99_ttft"].contains(&a.metric.as_str()) {
                     return Err(err(
                         format!("{key}.autoscale.metric"),
-                        format!("unknown metric `{}`; expected \"queue_depth\"", a.metric),
+                        format!(
+                            "unknown metric `{}`; expected \"queue_depth\", \"tokens_in_flight\" or \"p99_ttft\"",
+                            a.metric
+                        ),
                     ));
                 }
                 if a.interval == SimDuration::ZERO {
@@ -806,6 +855,56 @@ impl ScenarioSpec {
                         format!("{key}.autoscale.interval"),
                         "expected a positive interval",
                     ));
+                }
+                if a.window == SimDuration::ZERO {
+                    return Err(err(
+                        format!("{key}.autoscale.window"),
+                        "expected a positive window, like \"2m\"",
+                    ));
+                }
+                if !(a.scale_down_below.is_finite()
+                    && a.scale_down_below > 0.0
+                    && a.scale_down_below <= 1.0)
+                {
+                    return Err(err(
+                        format!("{key}.autoscale.scale_down_below"),
+                        format!(
+                            "expected a fraction of the target in (0, 1], got {}",
+                            a.scale_down_below
+                        ),
+                    ));
+                }
+                for (i, w) in a.prewarm.iter().enumerate() {
+                    let wkey = format!("{key}.autoscale.prewarm[{i}]");
+                    if w.until <= w.from {
+                        return Err(err(
+                            wkey,
+                            format!(
+                                "expected `until` after `from`, got from {} until {}",
+                                w.from, w.until
+                            ),
+                        ));
+                    }
+                    if w.min < 1 || w.min > a.max {
+                        return Err(err(
+                            format!("{wkey}.min"),
+                            format!(
+                                "expected a floor between 1 and the autoscaler's max ({}), got {}",
+                                a.max, w.min
+                            ),
+                        ));
+                    }
+                    let span = SimDuration(w.until.as_nanos() - w.from.as_nanos());
+                    if let Some(e) = w.every
+                        && e < span
+                    {
+                        return Err(err(
+                            format!("{wkey}.every"),
+                            format!(
+                                "expected a period at least as long as the window ({span}), got {e}"
+                            ),
+                        ));
+                    }
                 }
                 if p.api.is_some() {
                     return Err(err(
@@ -864,6 +963,60 @@ impl ScenarioSpec {
                     "expected at least 1 attempt",
                 ));
             }
+            let spot = match (&p.spot, &gpu) {
+                (None, _) => None,
+                (Some(_), None) => {
+                    return Err(err(
+                        format!("{key}.spot"),
+                        "spot capacity is modelled on `gpu` pools (replicas); an abstract pool's servers are interchangeable",
+                    ));
+                }
+                (Some(sp), Some(g)) => {
+                    let n = sp.servers.unwrap_or(servers);
+                    if n < 1 || n > servers {
+                        return Err(err(
+                            format!("{key}.spot.servers"),
+                            format!("expected between 1 and the pool's {servers} servers, got {n}"),
+                        ));
+                    }
+                    if !(sp.preemptions_per_hour.is_finite() && sp.preemptions_per_hour > 0.0) {
+                        return Err(err(
+                            format!("{key}.spot.preemptions_per_hour"),
+                            format!(
+                                "expected a positive rate per replica-hour, got {}",
+                                sp.preemptions_per_hour
+                            ),
+                        ));
+                    }
+                    if !(sp.usd_per_server_hour.is_finite() && sp.usd_per_server_hour >= 0.0) {
+                        return Err(err(
+                            format!("{key}.spot.usd_per_server_hour"),
+                            format!("expected a price >= 0, got {}", sp.usd_per_server_hour),
+                        ));
+                    }
+                    if !sp.replace && n == servers && p.autoscale.is_none() {
+                        return Err(err(
+                            format!("{key}.spot.replace"),
+                            "with every replica on spot, no replacement and no autoscaler the pool would be left with no replica; keep `replace = true`, put part of the pool on demand, or add `autoscale`",
+                        ));
+                    }
+                    let boot = match sp.boot {
+                        Some(b) => b,
+                        None => catalog
+                            .gpu(&g.gpu)
+                            .map(|x| x.boot_time)
+                            .unwrap_or(SimDuration::ZERO),
+                    };
+                    Some(Spot {
+                        servers: n,
+                        preemptions_per_hour: sp.preemptions_per_hour,
+                        usd_per_server_hour: sp.usd_per_server_hour,
+                        on_preempt: sp.on_preempt,
+                        replace: sp.replace,
+                        boot,
+                    })
+                }
+            };
             pool_index.insert(name.clone(), pools.len());
             pools.push(Pool {
                 name: name.clone(),
@@ -894,6 +1047,7 @@ impl ScenarioSpec {
                 },
                 gpu,
                 breaker: p.breaker.clone(),
+                spot,
                 service,
                 prefill_ns_per_1k: p.prefill_per_1k_tokens.map(|d| d.as_nanos()).unwrap_or(0),
                 decode_ns_per_token: p.decode_per_token.map(|d| d.as_nanos()).unwrap_or(0),

@@ -16,7 +16,7 @@
 
 use crate::event_queue::EventQueue;
 use crate::gpu::LlmRequest;
-use crate::gpu::gpu_station::{GpuPoolStation, RoundRobin};
+use crate::gpu::gpu_station::{GpuPoolStation, RoundRobin, SpotConfig};
 use crate::metrics::{
     Breakdown, ClassStats, HopRecord, HopSample, PoolStats, RunResult, ToolStats,
 };
@@ -26,7 +26,7 @@ use crate::policy::{
 };
 use crate::queue_station::QueueStation;
 use crate::rng::{SimRng, StreamFactory, WorkflowRng, workflow_stream};
-use crate::scenario::{Arrival, Scenario, WorkflowClass};
+use crate::scenario::{Arrival, OnPreempt, Scenario, WorkflowClass};
 use crate::station::{HopDone, HopJob, JobId, Station, StationOutput, Work};
 use crate::time::{SimDuration, SimTime};
 use crate::workflow::NodeKind;
@@ -62,6 +62,19 @@ enum Event {
     },
     /// A server of a pool has finished booting.
     BootDone {
+        pool: u32,
+    },
+    /// A pre-warm window of a pool's autoscaler opens: the autoscaler looks at once.
+    Prewarm {
+        pool: u32,
+    },
+    /// A candidate spot preemption of a pool (thinning at the rate of all its spot
+    /// replicas up; accepted in proportion to those actually up).
+    SpotPreempt {
+        pool: u32,
+    },
+    /// A replacement spot replica of a pool has booted.
+    SpotBootDone {
         pool: u32,
     },
 }
@@ -272,6 +285,13 @@ struct Sim<'a, 'o> {
     /// Recent (time, tokens) of requests per API pool, for RPM/TPM limits.
     api_window: Vec<VecDeque<(SimTime, u64)>>,
     breakers: Vec<BreakerState>,
+    /// Prompt + output tokens of each pool's submitted, unfinished hops (autoscaling).
+    pool_tokens: Vec<u64>,
+    /// (finish time, TTFT ns) of hops finished on pools autoscaled on `p99_ttft`, within
+    /// the autoscaler's window.
+    ttft_window: Vec<VecDeque<(SimTime, u64)>>,
+    /// Per spot pool, the stream its preemption times and victims are drawn from.
+    spot_rng: Vec<Option<SimRng>>,
     interval: IntervalCounters,
     /// Busy server-seconds per station at the last sample (to take differences).
     last_busy: Vec<f64>,
@@ -310,6 +330,14 @@ impl<'a, 'o> Sim<'a, 'o> {
                     );
                     // Validation built the same configuration, so this cannot fail;
                     // should it, the pool falls back to an abstract station.
+                    let station = match (station, &p.spot) {
+                        (Ok(st), Some(sp)) => st.with_spot(SpotConfig {
+                            replicas: sp.servers,
+                            usd_per_replica_hour: sp.usd_per_server_hour,
+                            recompute: sp.on_preempt == OnPreempt::Recompute,
+                        }),
+                        (st, _) => st,
+                    };
                     if let Ok(station) = station {
                         let station = match factory.replica_picker(&g.picker) {
                             Some(picker) => station.with_picker(picker),
@@ -393,6 +421,17 @@ impl<'a, 'o> Sim<'a, 'o> {
             autoscalers,
             api_window: vec![VecDeque::new(); sc.pools.len()],
             breakers: vec![BreakerState::default(); sc.pools.len()],
+            pool_tokens: vec![0; sc.pools.len()],
+            ttft_window: vec![VecDeque::new(); sc.pools.len()],
+            spot_rng: sc
+                .pools
+                .iter()
+                .map(|p| {
+                    p.spot
+                        .as_ref()
+                        .map(|_| streams.stream(&format!("pool/{}/spot", p.name)))
+                })
+                .collect(),
             interval: IntervalCounters::default(),
             last_busy: vec![0.0; sc.pools.len()],
             last_capacity_usd: vec![0.0; sc.pools.len()],
@@ -437,7 +476,15 @@ impl<'a, 'o> Sim<'a, 'o> {
                     SimTime::ZERO + a.interval,
                     Event::AutoscaleTick { pool: pi as u32 },
                 );
+                if let Some(t) = a.next_prewarm(SimTime::ZERO)
+                    && t <= self.horizon
+                {
+                    self.queue.push(t, Event::Prewarm { pool: pi as u32 });
+                }
             }
+        }
+        for pi in 0..sc.pools.len() {
+            self.schedule_spot(pi, SimTime::ZERO);
         }
         if SimTime::ZERO + SAMPLE_INTERVAL <= self.horizon {
             self.queue
@@ -502,6 +549,23 @@ impl<'a, 'o> Sim<'a, 'o> {
                 Event::BootDone { pool } => {
                     self.stations[pool as usize].boot_finished(t, &mut self.out);
                     self.flush_wakeups(pool as usize);
+                }
+                Event::SpotPreempt { pool } => {
+                    self.spot_preempt(pool as usize);
+                    self.schedule_spot(pool as usize, t);
+                }
+                Event::SpotBootDone { pool } => {
+                    self.stations[pool as usize].spot_boot_finished(t, &mut self.out);
+                    self.flush_wakeups(pool as usize);
+                }
+                Event::Prewarm { pool } => {
+                    self.autoscale(pool as usize);
+                    if let Some(a) = &sc.pools[pool as usize].autoscale
+                        && let Some(next) = a.next_prewarm(t + SimDuration(1))
+                        && next <= self.horizon
+                    {
+                        self.queue.push(next, Event::Prewarm { pool });
+                    }
                 }
                 Event::Sample => {
                     self.sample();
@@ -571,20 +635,34 @@ impl<'a, 'o> Sim<'a, 'o> {
         let Some(scaler) = self.autoscalers[pool].as_mut() else {
             return;
         };
+        let Some(spec) = self.sc.pools[pool].autoscale.as_ref() else {
+            return;
+        };
+        // The p99 TTFT of the hops finished within the window (nearest rank).
+        let window = &mut self.ttft_window[pool];
+        let since = SimTime(now.as_nanos().saturating_sub(spec.window.as_nanos()));
+        while window.front().is_some_and(|&(t, _)| t < since) {
+            window.pop_front();
+        }
+        let mut ttfts: Vec<u64> = window.iter().map(|&(_, v)| v).collect();
+        ttfts.sort_unstable();
+        let ttft_p99 = (!ttfts.is_empty()).then(|| {
+            let rank = (ttfts.len() * 99).div_ceil(100).max(1);
+            SimDuration(ttfts[rank - 1])
+        });
         let obs = ScaleObservation {
             now,
             running: load.servers,
             booting: load.booting,
             busy: load.busy,
             queued: load.queued,
+            tokens_in_flight: self.pool_tokens[pool],
+            ttft_p99,
+            ttft_samples: ttfts.len() as u32,
         };
         let target = scaler.target(&obs);
         let current = load.servers + load.booting;
-        let boot = self.sc.pools[pool]
-            .autoscale
-            .as_ref()
-            .map(|a| a.boot)
-            .unwrap_or_default();
+        let boot = spec.boot;
         if target > current {
             for _ in current..target {
                 self.stations[pool].boot_started(now);
@@ -596,6 +674,90 @@ impl<'a, 'o> Sim<'a, 'o> {
                 self.stations[pool].retire_server(now);
             }
         }
+    }
+
+    /// Schedules pool `pool`'s next candidate spot preemption after `from`: exponential
+    /// gaps at `preemptions_per_hour` x its spot replicas (thinned in `spot_preempt`).
+    fn schedule_spot(&mut self, pool: usize, from: SimTime) {
+        let Some(spot) = &self.sc.pools[pool].spot else {
+            return;
+        };
+        let Some(rng) = self.spot_rng[pool].as_mut() else {
+            return;
+        };
+        let rate_per_s = spot.preemptions_per_hour * spot.servers as f64 / 3600.0;
+        let e: f64 = Exp1.sample(rng);
+        let t = from + SimDuration::from_secs_f64(e / rate_per_s);
+        if t <= self.horizon || (self.sc.drain && self.live_workflows > 0) {
+            self.queue.push(t, Event::SpotPreempt { pool: pool as u32 });
+        }
+    }
+
+    /// A candidate preemption: accepted with probability (spot replicas up) / (spot
+    /// replicas configured); the victim is uniform among those up. A lost replica is
+    /// replaced (booting, paid at the spot price) when the pool says so.
+    fn spot_preempt(&mut self, pool: usize) {
+        let Some(spot) = &self.sc.pools[pool].spot else {
+            return;
+        };
+        let Some(rng) = self.spot_rng[pool].as_mut() else {
+            return;
+        };
+        let u: f64 = rng.random();
+        let x = u * spot.servers as f64;
+        let up = self.stations[pool].spot_up();
+        if x >= up as f64 {
+            return;
+        }
+        let now = self.now;
+        if !self.stations[pool].preempt(now, x as u32, &mut self.out) {
+            return;
+        }
+        if spot.replace {
+            self.stations[pool].spot_boot_started(now);
+            self.queue
+                .push(now + spot.boot, Event::SpotBootDone { pool: pool as u32 });
+        }
+        self.flush_wakeups(pool);
+        let lost = std::mem::take(&mut self.out.lost);
+        for d in &lost {
+            self.on_hop_lost(d, pool);
+        }
+        self.out.lost = lost;
+        self.out.lost.clear();
+    }
+
+    /// A hop lost with its replica (`on_preempt = "fail"`): charged what it used, and
+    /// its workflow fails.
+    fn on_hop_lost(&mut self, done: &HopDone, pool: usize) {
+        let hop_slot = done.id.0 as usize;
+        let Some(hop) = self.hops.get_mut(hop_slot).and_then(Option::take) else {
+            return;
+        };
+        self.free_hops.push(hop_slot as u32);
+        self.pool_tokens[pool] =
+            self.pool_tokens[pool].saturating_sub(hop.input_tokens + hop.output_tokens);
+        if done.submitted >= self.warmup {
+            self.pool_stats[pool].usd_attributed += done.usd;
+        }
+        let slot = hop.slot;
+        let wf = &mut self.workflows[slot as usize];
+        if !wf.active || wf.id != hop.wf_id {
+            return;
+        }
+        wf.usd += done.usd;
+        wf.outstanding -= 1;
+        let stale =
+            wf.outcome.is_some() || hop.timed_out || wf.nodes[hop.node as usize].epoch != hop.epoch;
+        if stale {
+            if wf.counted {
+                self.class_stats[wf.class as usize].usd_waste_leftover += done.usd;
+            }
+            self.maybe_release(slot);
+            return;
+        }
+        let cause = format!("preempted on {}", self.sc.pools[pool].name);
+        self.finish_workflow(slot, Outcome::Failed, &cause);
     }
 
     fn sample(&mut self) {
@@ -1272,6 +1434,9 @@ impl<'a, 'o> Sim<'a, 'o> {
             wf.tokens += hop.input_tokens + hop.output_tokens;
         }
         let station = hop.station as usize;
+        if station < self.sc.pools.len() {
+            self.pool_tokens[station] += hop.input_tokens + hop.output_tokens;
+        }
         let hop_slot = match self.free_hops.pop() {
             Some(h) => {
                 self.hops[h as usize] = Some(hop);
@@ -1371,6 +1536,7 @@ impl<'a, 'o> Sim<'a, 'o> {
             return;
         };
         self.free_hops.push(hop_slot as u32);
+        self.hop_left_pool(&hop, &done);
         let slot = hop.slot;
         let wf = &mut self.workflows[slot as usize];
         if !wf.active || wf.id != hop.wf_id {
@@ -1571,6 +1737,25 @@ impl<'a, 'o> Sim<'a, 'o> {
                 };
                 self.node_finished(slot, node, hop.branch, ctx);
             }
+        }
+    }
+
+    /// Autoscaling signals of a hop leaving its pool: tokens in flight, and the TTFT
+    /// window of pools autoscaled on `p99_ttft`.
+    fn hop_left_pool(&mut self, hop: &Hop, done: &HopDone) {
+        let p = hop.station as usize;
+        if p >= self.sc.pools.len() {
+            return;
+        }
+        self.pool_tokens[p] =
+            self.pool_tokens[p].saturating_sub(hop.input_tokens + hop.output_tokens);
+        if self.sc.pools[p]
+            .autoscale
+            .as_ref()
+            .is_some_and(|a| a.metric == "p99_ttft")
+        {
+            let ttft = done.llm.map_or(done.started - done.submitted, |l| l.ttft);
+            self.ttft_window[p].push_back((done.finished, ttft.as_nanos()));
         }
     }
 

@@ -55,12 +55,16 @@ pub struct StationOutput {
     /// (time, token): call `wake(token)` at that time.
     pub wakeups: Vec<(SimTime, u64)>,
     pub done: Vec<HopDone>,
+    /// Hops lost with their server (spot preemption under `on_preempt = "fail"`):
+    /// they will not finish; `busy`/`usd` are what they were charged.
+    pub lost: Vec<HopDone>,
 }
 
 impl StationOutput {
     pub fn clear(&mut self) {
         self.wakeups.clear();
         self.done.clear();
+        self.lost.clear();
     }
 }
 
@@ -138,6 +142,19 @@ pub trait Station {
     fn boot_finished(&mut self, _now: SimTime, _out: &mut StationOutput) {}
     /// Take one server out of service (at once if idle, else when its hop ends).
     fn retire_server(&mut self, _now: SimTime) {}
+    /// Spot servers up (exposed to preemption).
+    fn spot_up(&self) -> u32 {
+        0
+    }
+    /// The `k`-th spot server up is preempted at `now`: its work is lost (sent again or
+    /// reported in `out.lost`). False if there is no such server.
+    fn preempt(&mut self, _now: SimTime, _k: u32, _out: &mut StationOutput) -> bool {
+        false
+    }
+    /// A replacement spot server starts booting (paid at the spot price from now).
+    fn spot_boot_started(&mut self, _now: SimTime) {}
+    /// A replacement spot server is up.
+    fn spot_boot_finished(&mut self, _now: SimTime, _out: &mut StationOutput) {}
     /// A wake-up the station asked for has come.
     fn wake(&mut self, now: SimTime, token: u64, out: &mut StationOutput);
     /// Start of the measurement window (end of warm-up): reset time integrals.

@@ -12,8 +12,11 @@
 
 use super::replica::{Replica, ReplicaConfig, ReplicaReport};
 use super::{LlmRequest, LlmTimings, PerfModel};
-use crate::station::{HopDone, HopJob, LoadNow, Station, StationOutput, StationReport, Work};
+use crate::station::{
+    HopDone, HopJob, JobId, LoadNow, Station, StationOutput, StationReport, TimeIntegral, Work,
+};
 use crate::time::{SimDuration, SimTime};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 const GEN_BITS: u32 = 40;
@@ -97,7 +100,68 @@ pub struct GpuPoolReport {
     pub rejected: u64,
     /// `Work::Service` hops sent here, finished at once as no-ops.
     pub service_noops: u64,
+    /// Autoscaled or spot pools: replica-hours paid and up, boots, retirements, spot
+    /// preemptions and their victims (absent for a fixed on-demand pool).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<CapacityReport>,
     pub per_replica: Vec<ReplicaReport>,
+}
+
+/// Where a replica is in its life (autoscaling and spot capacity).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Life {
+    /// Takes new requests.
+    Up,
+    /// Retired by the autoscaler: serves what it has, takes nothing new, and is paid
+    /// for until its last request finishes.
+    Draining,
+    /// Gone (drained, or lost to a spot preemption); kept for its figures.
+    Gone,
+}
+
+/// Spot capacity of a GPU pool (see `crate::scenario::SpotSpec`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SpotConfig {
+    /// Replicas on spot at the start (the first ones).
+    pub replicas: u32,
+    pub usd_per_replica_hour: f64,
+    /// What happens to the requests running on a lost replica: recomputed on another
+    /// replica of the pool (true) or reported lost (the workflow fails).
+    pub recompute: bool,
+}
+
+/// A request kept while it is in a spot pool, so that it can be sent again.
+#[derive(Clone, Debug)]
+struct Kept {
+    req: LlmRequest,
+    submitted: SimTime,
+    /// Server time and dollars of work lost to preemptions, charged when it finishes.
+    lost_busy: SimDuration,
+    lost_usd: f64,
+    recomputes: u32,
+}
+
+/// Capacity figures of a pool whose size changes (autoscaling, spot), over the window.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct CapacityReport {
+    /// Replica-hours paid: from each boot start to its drain end (or preemption).
+    pub replica_hours: f64,
+    /// Replica-hours up (booted, including draining).
+    pub running_replica_hours: f64,
+    /// Of `replica_hours`, on spot.
+    pub spot_replica_hours: f64,
+    /// Spot replica-hours up: the exposure to preemption.
+    pub spot_running_replica_hours: f64,
+    /// Boots started, retirements decided, spot preemptions.
+    pub boots: u64,
+    pub retirements: u64,
+    pub spot_preemptions: u64,
+    /// Requests running on a preempted replica: sent again to the pool (recomputed) or
+    /// lost (their workflow fails).
+    pub victims_recomputed: u64,
+    pub victims_failed: u64,
+    /// Requests waiting on a preempted replica, moved to another replica.
+    pub moved_waiting: u64,
 }
 
 pub struct GpuPoolStation {
@@ -111,6 +175,27 @@ pub struct GpuPoolStation {
     service_noops: u64,
     /// Requests refused because the pool has no replica.
     unserved: u64,
+    // --- autoscaling and spot ---
+    cfg: ReplicaConfig,
+    perf: Arc<dyn PerfModel>,
+    life: Vec<Life>,
+    on_spot: Vec<bool>,
+    /// Index of the replica behind each entry of `views`.
+    view_index: Vec<usize>,
+    booting: u32,
+    booting_spot: u32,
+    spot: Option<SpotConfig>,
+    /// True once the pool's size or price mix can change: capacity is integrated.
+    resized: bool,
+    up_or_draining: TimeIntegral,
+    paid_on_demand: TimeIntegral,
+    paid_spot: TimeIntegral,
+    spot_up: TimeIntegral,
+    /// Requests that found no replica up (all lost to preemption), in arrival order.
+    parked: VecDeque<(JobId, SimTime)>,
+    /// Requests in the pool, for pools with spot replicas.
+    kept: BTreeMap<JobId, Kept>,
+    counts: CapacityReport,
 }
 
 impl std::fmt::Debug for GpuPoolStation {
@@ -139,20 +224,177 @@ impl GpuPoolStation {
                 "pool `{name}`: {replicas} replicas is more than supported"
             ));
         }
+        let n = replicas;
         let replicas = (0..replicas)
             .map(|_| Replica::new(cfg.clone(), perf.clone(), usd_per_replica_hour))
             .collect::<Result<Vec<_>, _>>()?;
+        let mut up_or_draining = TimeIntegral::default();
+        up_or_draining.set(SimTime::ZERO, n as u64);
+        let mut paid_on_demand = TimeIntegral::default();
+        paid_on_demand.set(SimTime::ZERO, n as u64);
         Ok(GpuPoolStation {
             name,
             perf_name: perf.name().to_string(),
             views: Vec::with_capacity(replicas.len()),
+            life: vec![Life::Up; replicas.len()],
+            on_spot: vec![false; replicas.len()],
+            view_index: Vec::with_capacity(replicas.len()),
             replicas,
             picker: Box::new(LeastOutstandingTokens),
             usd_per_replica_hour,
             window_start: SimTime::ZERO,
             service_noops: 0,
             unserved: 0,
+            cfg,
+            perf,
+            booting: 0,
+            booting_spot: 0,
+            spot: None,
+            resized: false,
+            up_or_draining,
+            paid_on_demand,
+            paid_spot: TimeIntegral::default(),
+            spot_up: TimeIntegral::default(),
+            parked: VecDeque::new(),
+            kept: BTreeMap::new(),
+            counts: CapacityReport::default(),
         })
+    }
+
+    /// Puts the first `spot.replicas` replicas on spot: charged at the spot price and
+    /// exposed to [`Station::preempt`].
+    pub fn with_spot(mut self, spot: SpotConfig) -> Result<Self, String> {
+        let k = (spot.replicas as usize).min(self.replicas.len());
+        for i in 0..k {
+            self.replicas[i] = Replica::new(
+                self.cfg.clone(),
+                self.perf.clone(),
+                spot.usd_per_replica_hour,
+            )?;
+            self.on_spot[i] = true;
+        }
+        self.spot = Some(spot);
+        self.resized = true;
+        self.update_levels(SimTime::ZERO);
+        Ok(self)
+    }
+
+    /// Capacity figures over the window (autoscaled or spot pools), up to `now`.
+    pub fn capacity_report(&mut self, now: SimTime) -> Option<CapacityReport> {
+        if !self.resized {
+            return None;
+        }
+        Some(CapacityReport {
+            replica_hours: (self.paid_on_demand.area_s(now) + self.paid_spot.area_s(now)) / 3600.0,
+            running_replica_hours: self.up_or_draining.area_s(now) / 3600.0,
+            spot_replica_hours: self.paid_spot.area_s(now) / 3600.0,
+            spot_running_replica_hours: self.spot_up.area_s(now) / 3600.0,
+            ..self.counts
+        })
+    }
+
+    fn count(&self, f: impl Fn(usize) -> bool) -> u32 {
+        (0..self.replicas.len()).filter(|&i| f(i)).count() as u32
+    }
+
+    /// Replicas taking new requests.
+    fn up(&self) -> u32 {
+        self.count(|i| self.life[i] == Life::Up)
+    }
+
+    fn update_levels(&mut self, now: SimTime) {
+        if !self.resized {
+            return;
+        }
+        let live = |i: usize| self.life[i] != Life::Gone;
+        let running = self.count(live) as u64;
+        let spot_running = self.count(|i| live(i) && self.on_spot[i]) as u64;
+        self.up_or_draining.set(now, running);
+        self.spot_up.set(now, spot_running);
+        self.paid_spot
+            .set(now, spot_running + self.booting_spot as u64);
+        self.paid_on_demand
+            .set(now, running - spot_running + self.booting as u64);
+    }
+
+    /// Sends a request to a replica chosen by the picker among those up, or parks it
+    /// when none is.
+    fn dispatch(&mut self, now: SimTime, submitted: SimTime, id: JobId, req: &LlmRequest) {
+        self.views.clear();
+        self.view_index.clear();
+        for (i, r) in self.replicas.iter_mut().enumerate() {
+            if self.life[i] != Life::Up {
+                continue;
+            }
+            r.advance(now);
+            self.views.push(ReplicaView {
+                outstanding_tokens: r.outstanding_tokens(),
+                running: r.running_len(),
+                waiting: r.waiting_len(),
+                kv_used_blocks: r.kv_used_blocks(),
+                kv_capacity_blocks: r.config().kv_capacity_blocks,
+            });
+            self.view_index.push(i);
+        }
+        if self.views.is_empty() {
+            self.parked.push_back((id, submitted));
+            return;
+        }
+        let v = self.picker.pick(&self.views, req).min(self.views.len() - 1);
+        let i = self.view_index[v];
+        self.replicas[i].submit_since(now, submitted, id, req);
+    }
+
+    /// A booted replica joins the pool and takes the requests parked for want of one.
+    fn add_replica(&mut self, now: SimTime, spot: bool, out: &mut StationOutput) {
+        let price = match (spot, self.spot) {
+            (true, Some(s)) => s.usd_per_replica_hour,
+            _ => self.usd_per_replica_hour,
+        };
+        // The configuration was validated when the pool was built.
+        let Ok(mut r) = Replica::new(self.cfg.clone(), self.perf.clone(), price) else {
+            return;
+        };
+        if self.replicas.len() as u64 >= 1 << (64 - GEN_BITS) {
+            return;
+        }
+        r.begin_measurement(self.window_start.min(now));
+        self.replicas.push(r);
+        self.life.push(Life::Up);
+        self.on_spot.push(spot);
+        self.update_levels(now);
+        while let Some((id, submitted)) = self.parked.pop_front() {
+            let Some(req) = self.kept.get(&id).map(|k| k.req.clone()) else {
+                continue;
+            };
+            self.dispatch(now, submitted, id, &req);
+        }
+        self.drain(out);
+    }
+
+    /// Draining replicas that have finished their last request are gone.
+    fn retire_drained(&mut self, now: SimTime) {
+        let mut changed = false;
+        for (i, r) in self.replicas.iter().enumerate() {
+            if self.life[i] == Life::Draining && r.running_len() + r.waiting_len() == 0 {
+                self.life[i] = Life::Gone;
+                changed = true;
+            }
+        }
+        if changed {
+            self.update_levels(now);
+        }
+    }
+
+    /// Adds a finished request's lost work (spot preemptions) to what it reports.
+    fn settle(&mut self, d: &mut HopDone) {
+        if let Some(k) = self.kept.remove(&d.id) {
+            d.busy = SimDuration(d.busy.as_nanos() + k.lost_busy.as_nanos());
+            d.usd += k.lost_usd;
+            if let Some(l) = d.llm.as_mut() {
+                l.preemptions += k.recomputes;
+            }
+        }
     }
 
     pub fn with_picker(mut self, picker: Box<dyn ReplicaPicker>) -> Self {
@@ -172,12 +414,20 @@ impl GpuPoolStation {
     /// `report`/`begin_measurement`, which have no output: those plans start at a time
     /// whose own wake-up is still pending, so the hand-over happens in time).
     fn drain(&mut self, out: &mut StationOutput) {
+        let from = out.done.len();
         for (i, r) in self.replicas.iter_mut().enumerate() {
             if let Some((t, generation)) = r.take_wake() {
                 out.wakeups
                     .push((t, ((i as u64) << GEN_BITS) | (generation & GEN_MASK)));
             }
             r.drain_done(&mut out.done);
+        }
+        if !self.kept.is_empty() {
+            for k in from..out.done.len() {
+                let mut d = out.done[k];
+                self.settle(&mut d);
+                out.done[k] = d;
+            }
         }
     }
 
@@ -208,22 +458,25 @@ impl Station for GpuPoolStation {
                         .push(Self::finish_now(now, job.id, Some(LlmTimings::default())));
                     return;
                 }
-                self.views.clear();
-                for r in self.replicas.iter_mut() {
-                    r.advance(now);
-                    self.views.push(ReplicaView {
-                        outstanding_tokens: r.outstanding_tokens(),
-                        running: r.running_len(),
-                        waiting: r.waiting_len(),
-                        kv_used_blocks: r.kv_used_blocks(),
-                        kv_capacity_blocks: r.config().kv_capacity_blocks,
-                    });
+                if self.spot.is_some() {
+                    self.kept.insert(
+                        job.id,
+                        Kept {
+                            req: (*req).clone(),
+                            submitted: now,
+                            lost_busy: SimDuration::ZERO,
+                            lost_usd: 0.0,
+                            recomputes: 0,
+                        },
+                    );
                 }
-                let i = self
-                    .picker
-                    .pick(&self.views, &req)
-                    .min(self.replicas.len() - 1);
-                self.replicas[i].submit(now, job.id, &req);
+                if self.parked.is_empty() {
+                    self.dispatch(now, now, job.id, &req);
+                } else {
+                    // Behind requests already waiting for a replica (only a spot pool
+                    // can have none up, and it keeps every request).
+                    self.parked.push_back((job.id, now));
+                }
             }
         }
         self.drain(out);
@@ -233,7 +486,13 @@ impl Station for GpuPoolStation {
     /// last call.
     fn load_now(&self) -> Option<LoadNow> {
         let mut load = LoadNow {
-            servers: self.replicas.len() as u32,
+            servers: if self.resized {
+                self.up()
+            } else {
+                self.replicas.len() as u32
+            },
+            booting: self.booting + self.booting_spot,
+            queued: self.parked.len() as u64,
             ..LoadNow::default()
         };
         for r in &self.replicas {
@@ -249,8 +508,118 @@ impl Station for GpuPoolStation {
             && r.generation() & GEN_MASK == token & GEN_MASK
         {
             r.advance(now);
+            if self.life[i] == Life::Draining {
+                self.retire_drained(now);
+            }
         }
         self.drain(out);
+    }
+
+    fn boot_started(&mut self, now: SimTime) {
+        self.resized = true;
+        self.booting += 1;
+        self.counts.boots += 1;
+        self.update_levels(now);
+    }
+
+    fn boot_finished(&mut self, now: SimTime, out: &mut StationOutput) {
+        if self.booting == 0 {
+            return;
+        }
+        self.booting -= 1;
+        self.add_replica(now, false, out);
+    }
+
+    fn retire_server(&mut self, now: SimTime) {
+        self.resized = true;
+        if self.up() <= 1 {
+            return;
+        }
+        // The replica up with the least work left; ties to the newest.
+        let mut pick: Option<(usize, u64)> = None;
+        for (i, r) in self.replicas.iter_mut().enumerate() {
+            if self.life[i] != Life::Up {
+                continue;
+            }
+            r.advance(now);
+            let left = r.outstanding_tokens();
+            if pick.is_none_or(|(_, l)| left <= l) {
+                pick = Some((i, left));
+            }
+        }
+        let pick = pick.map(|(i, _)| i);
+        let Some(i) = pick else { return };
+        self.counts.retirements += 1;
+        self.life[i] = Life::Draining;
+        self.retire_drained(now);
+        self.update_levels(now);
+    }
+
+    fn spot_up(&self) -> u32 {
+        self.count(|i| self.life[i] != Life::Gone && self.on_spot[i])
+    }
+
+    fn preempt(&mut self, now: SimTime, k: u32, out: &mut StationOutput) -> bool {
+        let Some(spot) = self.spot else {
+            return false;
+        };
+        let Some(i) = (0..self.replicas.len())
+            .filter(|&i| self.life[i] != Life::Gone && self.on_spot[i])
+            .nth(k as usize)
+        else {
+            return false;
+        };
+        self.counts.spot_preemptions += 1;
+        self.life[i] = Life::Gone;
+        let evicted = self.replicas[i].evict_all(now);
+        self.update_levels(now);
+        for e in evicted {
+            let Some(kept) = self.kept.get_mut(&e.id) else {
+                continue;
+            };
+            kept.lost_busy = SimDuration(kept.lost_busy.as_nanos() + e.busy.as_nanos());
+            kept.lost_usd += e.usd;
+            if e.running && !spot.recompute {
+                self.counts.victims_failed += 1;
+                let k = self.kept.remove(&e.id);
+                let (busy, usd) = k.map_or((SimDuration::ZERO, 0.0), |k| (k.lost_busy, k.lost_usd));
+                out.lost.push(HopDone {
+                    id: e.id,
+                    submitted: e.submitted,
+                    started: e.submitted,
+                    finished: now,
+                    busy,
+                    usd,
+                    llm: None,
+                });
+                continue;
+            }
+            if e.running {
+                self.counts.victims_recomputed += 1;
+                kept.recomputes += 1 + e.preemptions;
+            } else {
+                self.counts.moved_waiting += 1;
+                kept.recomputes += e.preemptions;
+            }
+            let (req, submitted) = (kept.req.clone(), kept.submitted);
+            self.dispatch(now, submitted, e.id, &req);
+        }
+        self.drain(out);
+        true
+    }
+
+    fn spot_boot_started(&mut self, now: SimTime) {
+        self.booting_spot += 1;
+        self.counts.boots += 1;
+        self.update_levels(now);
+    }
+
+    fn spot_boot_finished(&mut self, now: SimTime, out: &mut StationOutput) {
+        if self.booting_spot == 0 {
+            return;
+        }
+        self.booting_spot -= 1;
+        self.add_replica(now, true, out);
     }
 
     fn begin_measurement(&mut self, now: SimTime) {
@@ -260,6 +629,11 @@ impl Station for GpuPoolStation {
         self.window_start = now;
         self.service_noops = 0;
         self.unserved = 0;
+        self.up_or_draining.reset(now);
+        self.paid_on_demand.reset(now);
+        self.paid_spot.reset(now);
+        self.spot_up.reset(now);
+        self.counts = CapacityReport::default();
     }
 
     fn report(&mut self, now: SimTime) -> StationReport {
@@ -273,18 +647,31 @@ impl Station for GpuPoolStation {
                 / 3600.0,
             ..StationReport::default()
         };
+        if self.resized {
+            let spot_price = self.spot.map_or(0.0, |s| s.usd_per_replica_hour);
+            rep.servers = self.count(|i| self.life[i] != Life::Gone);
+            rep.usd_capacity = (self.paid_on_demand.area_s(now) * self.usd_per_replica_hour
+                + self.paid_spot.area_s(now) * spot_price)
+                / 3600.0;
+            rep.capacity_server_s = self.up_or_draining.area_s(now);
+        }
         for r in self.replicas.iter_mut() {
             rep.busy_server_s += r.busy_s(now);
             rep.in_system_s += r.in_system_s(now);
             rep.queued_s += r.queued_s(now);
             rep.in_system_now += (r.running_len() + r.waiting_len()) as u64;
         }
+        rep.in_system_now += self.parked.len() as u64;
         rep
     }
 
     fn kv_now(&self) -> Option<crate::station::KvNow> {
         let mut kv = crate::station::KvNow::default();
-        for r in &self.replicas {
+        for (i, r) in self.replicas.iter().enumerate() {
+            // Replicas gone (drained, preempted) hold nothing and are no capacity.
+            if self.life[i] == Life::Gone {
+                continue;
+            }
             kv.used_blocks += r.kv_used_blocks();
             kv.capacity_blocks += r.config().kv_capacity_blocks as u64;
             kv.tokens += r.kv_tokens();
@@ -335,6 +722,7 @@ impl Station for GpuPoolStation {
             finished: sum(|r| r.finished),
             rejected: sum(|r| r.rejected) + self.unserved,
             service_noops: self.service_noops,
+            capacity: self.capacity_report(now),
             per_replica,
         })
     }
@@ -719,6 +1107,140 @@ pub(crate) mod tests {
         // 110 tokens on replica 0, so both small ones go to replica 1.
         assert_eq!(gpu.per_replica[0].finished, 1);
         assert_eq!(gpu.per_replica[1].finished, 2);
+    }
+
+    /// Delivers wake-ups in time order until none is left, collecting finished hops.
+    fn run_out(st: &mut GpuPoolStation, out: &mut StationOutput, done: &mut Vec<HopDone>) {
+        let mut heap: BinaryHeap<Reverse<(SimTime, u64)>> =
+            out.wakeups.drain(..).map(Reverse).collect();
+        done.append(&mut out.done);
+        while let Some(Reverse((t, token))) = heap.pop() {
+            st.wake(t, token, out);
+            heap.extend(out.wakeups.drain(..).map(Reverse));
+            done.append(&mut out.done);
+        }
+    }
+
+    fn submit(
+        st: &mut GpuPoolStation,
+        t: SimTime,
+        id: u64,
+        req: LlmRequest,
+        out: &mut StationOutput,
+    ) {
+        let job = HopJob {
+            id: JobId(id),
+            work: Work::Llm(Box::new(req)),
+        };
+        st.submit(t, job, out);
+    }
+
+    #[test]
+    fn a_retired_replica_drains_and_is_paid_from_boot_start_to_its_last_request() {
+        // $3.6 per replica-hour = $0.001 per second.
+        let mut st = station(1, ReplicaConfig::new(1000).unwrap(), false);
+        let mut out = StationOutput::default();
+        let s = |x: u64| SimTime(x * 1_000_000_000);
+        st.boot_started(s(10));
+        let l = st.load_now().unwrap_or_default();
+        assert_eq!((l.servers, l.booting), (1, 1));
+        st.boot_finished(s(70), &mut out);
+        // A long request on replica 0, a shorter one on the new replica 1.
+        submit(&mut st, s(70), 0, llm(100, 2000), &mut out);
+        submit(&mut st, s(70), 1, llm(10, 500), &mut out);
+        // 100us later (iterations take microseconds here), retire one: the replica with
+        // the least work left (1) drains.
+        let us = |x: u64| SimTime(s(70).as_nanos() + x * 1000);
+        st.retire_server(us(100));
+        let l = st.load_now().unwrap_or_default();
+        assert_eq!((l.servers, l.busy), (1, 2));
+        assert_eq!(st.report(us(100)).servers, 2);
+        // A new request goes to the replica still up.
+        submit(&mut st, us(200), 2, llm(10, 10), &mut out);
+        let mut done = Vec::new();
+        run_out(&mut st, &mut out, &mut done);
+        done.sort_by_key(|d| d.id);
+        assert_eq!(done.len(), 3);
+        let gpu = st.gpu_report(s(100)).unwrap_or_default();
+        let finished: Vec<u64> = gpu.per_replica.iter().map(|r| r.finished).collect();
+        assert_eq!(finished, vec![2, 1]);
+        assert_eq!(st.load_now().map(|l| l.servers), Some(1));
+        // Paid: replica 0 for 100s; replica 1 from boot start (10s) to its last
+        // request's end.
+        let drain_end = done[1].finished.as_secs_f64();
+        assert!(drain_end > 70.0 && drain_end < 71.0, "{drain_end}");
+        let rep = st.report(s(100));
+        assert_eq!(rep.servers, 1);
+        let paid_s = 100.0 + (drain_end - 10.0);
+        assert!((rep.usd_capacity - paid_s * 0.001).abs() < 1e-12, "{rep:?}");
+        assert!((rep.capacity_server_s - (100.0 + drain_end - 70.0)).abs() < 1e-9);
+        let cap = gpu.capacity.unwrap_or_default();
+        assert_eq!((cap.boots, cap.retirements), (1, 1));
+    }
+
+    #[test]
+    fn a_preempted_spot_replica_loses_its_work_and_the_request_is_recomputed() {
+        let spot = |recompute| SpotConfig {
+            replicas: 1,
+            usd_per_replica_hour: 1.8,
+            recompute,
+        };
+        for recompute in [true, false] {
+            let mut st = station(2, ReplicaConfig::new(1000).unwrap(), false)
+                .with_spot(spot(recompute))
+                .unwrap_or_else(|e| panic!("{e}"));
+            let mut out = StationOutput::default();
+            // Replica 0 (spot) takes the first request, replica 1 the second.
+            submit(&mut st, SimTime(0), 0, llm(100, 400), &mut out);
+            submit(&mut st, SimTime(0), 1, llm(10, 5), &mut out);
+            assert_eq!(st.spot_up(), 1);
+            // Run to 100us: part of request 0 is computed (and charged) on replica 0.
+            let cut = SimTime(100_000);
+            let mut heap: Vec<(SimTime, u64)> = out.wakeups.drain(..).collect();
+            let mut done = Vec::new();
+            while let Some(i) = (0..heap.len()).min_by_key(|&i| heap[i].0) {
+                let (t, token) = heap.swap_remove(i);
+                if t > cut {
+                    heap.push((t, token));
+                    break;
+                }
+                st.wake(t, token, &mut out);
+                heap.append(&mut out.wakeups);
+                done.append(&mut out.done);
+            }
+            assert!(done.iter().all(|d| d.id == JobId(1)), "{done:?}");
+            assert!(st.preempt(cut, 0, &mut out));
+            assert_eq!(st.spot_up(), 0);
+            let cap = st.capacity_report(cut).unwrap_or_default();
+            assert_eq!(cap.spot_preemptions, 1);
+            out.wakeups.extend(heap);
+            if recompute {
+                assert!(out.lost.is_empty());
+                assert_eq!(cap.victims_recomputed, 1);
+                run_out(&mut st, &mut out, &mut done);
+                done.sort_by_key(|d| d.id);
+                let d = done[0];
+                // Counted from its first submission, charged for both attempts: the
+                // lost work at the spot price plus the rerun on demand.
+                assert_eq!(d.submitted, SimTime(0));
+                assert!(d.llm.is_some_and(|l| l.preemptions >= 1));
+                let rerun_usd = (d.busy.as_nanos() as f64) * 3.6 / 3.6e12;
+                assert!(d.usd < rerun_usd, "spot time is cheaper: {d:?}");
+                assert!(d.usd > 0.0);
+                let gpu = st.gpu_report(d.finished).unwrap_or_default();
+                assert_eq!(gpu.per_replica[1].finished, 2);
+            } else {
+                assert_eq!(cap.victims_failed, 1);
+                assert_eq!(out.lost.len(), 1);
+                let lost = out.lost[0];
+                assert_eq!(lost.id, JobId(0));
+                assert!(lost.busy > SimDuration::ZERO);
+                assert!((lost.usd - lost.busy.as_nanos() as f64 * 1.8 / 3.6e12).abs() < 1e-12);
+                out.lost.clear();
+                run_out(&mut st, &mut out, &mut done);
+                assert!(done.iter().all(|d| d.id != JobId(0)));
+            }
+        }
     }
 
     #[test]

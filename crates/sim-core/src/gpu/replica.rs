@@ -328,6 +328,19 @@ pub struct ReplicaReport {
     pub outstanding_tokens_now: u64,
 }
 
+/// A request taken off a lost replica (see [`Replica::evict_all`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Evicted {
+    pub id: JobId,
+    pub submitted: SimTime,
+    /// Server time and dollars it was charged on the replica (work now lost).
+    pub busy: SimDuration,
+    pub usd: f64,
+    pub preemptions: u32,
+    /// It was running (admitted, holding KV cache), not waiting.
+    pub running: bool,
+}
+
 /// One replica. Drive it with [`Replica::advance`] before looking at it at `now`, and
 /// collect what it asks for with [`Replica::take_wake`] and [`Replica::drain_done`].
 pub struct Replica {
@@ -446,6 +459,13 @@ impl Replica {
 
     /// A request arrives at `now`. Call [`Replica::advance`] to `now` first.
     pub fn submit(&mut self, now: SimTime, id: JobId, req: &LlmRequest) {
+        self.submit_since(now, now, id, req);
+    }
+
+    /// A request submitted to the pool at `submitted` reaches this replica at `now`
+    /// (later when it was parked or is recomputed after a spot preemption): its TTFT
+    /// and latency count from `submitted`.
+    pub fn submit_since(&mut self, now: SimTime, submitted: SimTime, id: JobId, req: &LlmRequest) {
         self.advance(now);
         // A prompt of no tokens still has the start token; a hop generates at least one.
         let input = req.input_tokens.max(1);
@@ -461,7 +481,7 @@ impl Replica {
             self.stats.rejected += 1;
             self.pending_done.push(HopDone {
                 id,
-                submitted: now,
+                submitted,
                 started: now,
                 finished: now,
                 busy: SimDuration::ZERO,
@@ -476,7 +496,7 @@ impl Replica {
         }
         let seq = Seq {
             id,
-            submitted: now,
+            submitted,
             started: None,
             first_token: None,
             input,
@@ -502,6 +522,40 @@ impl Replica {
         } else if new_head {
             self.cut_stretch_for_new_head();
         }
+    }
+
+    /// The replica is lost at `now` (a spot preemption): every request on it is taken
+    /// off, running ones losing their KV cache and the iteration in progress. Returns
+    /// them in admission order (running first, then waiting); iterations that ended
+    /// before `now` stay charged to their requests. The replica is left empty and idle.
+    pub fn evict_all(&mut self, now: SimTime) -> Vec<Evicted> {
+        self.advance(now);
+        if let Some(b) = self.busy.take()
+            && !b.general_pending
+            && b.ext.ended > 0
+        {
+            // Stretch iterations that ended are folded in; the one in progress is lost.
+            self.materialize(&b.ext);
+        }
+        self.generation += 1;
+        self.pending_wake = None;
+        let usd_per_ns = self.usd_per_ns;
+        let evicted = |s: Seq, running: bool| Evicted {
+            id: s.id,
+            submitted: s.submitted,
+            busy: SimDuration((s.share / SHARE_SCALE) as u64),
+            usd: s.share as f64 / SHARE_SCALE as f64 * usd_per_ns,
+            preemptions: s.preemptions,
+            running,
+        };
+        let mut out: Vec<Evicted> = self.running.drain(..).map(|s| evicted(s, true)).collect();
+        out.extend(self.waiting.drain(..).map(|s| evicted(s, false)));
+        self.kv = KvCache::new(self.cfg.kv_capacity_blocks);
+        self.outstanding = 0;
+        self.kv_tokens = 0;
+        self.stats.busy.set(now, 0);
+        self.set_levels(now);
+        out
     }
 
     /// Applies every effect at times `<= now`: iteration ends, the next plans.

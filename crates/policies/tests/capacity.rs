@@ -1,0 +1,507 @@
+//! Capacity policies inside the simulator: the autoscaler's signals (queue depth,
+//! tokens in flight, p99 TTFT) with boot delay, scheduled pre-warming, GPU pool
+//! autoscaling with drain, and spot capacity with preemptions. Each check would fail if
+//! the mechanism were wrong: exact trajectories on constructed cases, conservation, and
+//! a Poisson interval on preemption counts.
+
+use policies::Standard;
+use sim_core::gpu::gpu_station::{GpuPoolReport, ReplicaPicker};
+use sim_core::metrics::RunResult;
+use sim_core::policy::{
+    AutoscaleSpec, Autoscaler, DisciplineSpec, PolicyFactory, QueueDiscipline, RoutingSpec,
+    ScaleObservation, TierRouter,
+};
+use sim_core::{RunOptions, Scenario, ScenarioSpec, SimDuration};
+use std::sync::{Arc, Mutex};
+
+fn scenario(text: &str) -> Scenario {
+    let spec: ScenarioSpec = toml::from_str(text).unwrap_or_else(|e| panic!("{e}"));
+    spec.validate().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// One autoscaler decision: when, what it saw, what it asked for.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Decision {
+    t_s: f64,
+    running: u32,
+    booting: u32,
+    tokens: u64,
+    p99_s: Option<f64>,
+    target: u32,
+}
+
+type Log = Arc<Mutex<Vec<Decision>>>;
+
+/// `policies::Standard`, with every autoscaler decision logged.
+struct Logging(Log);
+
+struct LoggedScaler {
+    inner: Box<dyn Autoscaler>,
+    log: Log,
+}
+
+impl Autoscaler for LoggedScaler {
+    fn target(&mut self, obs: &ScaleObservation) -> u32 {
+        let target = self.inner.target(obs);
+        if let Ok(mut log) = self.log.lock() {
+            log.push(Decision {
+                t_s: obs.now.as_secs_f64(),
+                running: obs.running,
+                booting: obs.booting,
+                tokens: obs.tokens_in_flight,
+                p99_s: obs.ttft_p99.map(SimDuration::as_secs_f64),
+                target,
+            });
+        }
+        target
+    }
+}
+
+impl PolicyFactory for Logging {
+    fn discipline(&self, spec: DisciplineSpec) -> Box<dyn QueueDiscipline> {
+        Standard.discipline(spec)
+    }
+    fn router(&self, spec: RoutingSpec) -> Box<dyn TierRouter> {
+        Standard.router(spec)
+    }
+    fn autoscaler(&self, spec: &AutoscaleSpec) -> Box<dyn Autoscaler> {
+        Box::new(LoggedScaler {
+            inner: Standard.autoscaler(spec),
+            log: self.0.clone(),
+        })
+    }
+    fn supports(&self, spec: DisciplineSpec) -> bool {
+        Standard.supports(spec)
+    }
+    fn replica_picker(&self, name: &str) -> Option<Box<dyn ReplicaPicker>> {
+        Standard.replica_picker(name)
+    }
+}
+
+fn run_logged(text: &str) -> (RunResult, Vec<Decision>) {
+    let sc = scenario(text);
+    let log: Log = Arc::default();
+    let factory = Logging(log.clone());
+    let r = sim_core::run(
+        &sc,
+        RunOptions {
+            policies: Some(&factory),
+            ..Default::default()
+        },
+    );
+    let log = log.lock().map(|l| l.clone()).unwrap_or_default();
+    (r, log)
+}
+
+fn run(text: &str) -> RunResult {
+    sim_core::run(
+        &scenario(text),
+        RunOptions {
+            policies: Some(&Standard),
+            ..Default::default()
+        },
+    )
+}
+
+fn gpu_report(r: &RunResult) -> GpuPoolReport {
+    r.gpu_reports[0].clone().expect("a gpu pool")
+}
+
+/// (t, running, booting, tokens, target) rows of the log.
+fn rows(log: &[Decision]) -> Vec<(u32, u32, u32, u64, u32)> {
+    log.iter()
+        .map(|d| (d.t_s as u32, d.running, d.booting, d.tokens, d.target))
+        .collect()
+}
+
+#[test]
+fn tokens_in_flight_trajectory_with_boot_delay_and_drain() {
+    // Ten closed-loop users arrive together at 295s (think 295s), each with one hop of
+    // 1,000 prompt tokens taking exactly 100s on an abstract pool of one server. Target
+    // 2,500 tokens per server; ticks every 30s; a new server boots in 60s.
+    let text = r#"
+[simulation]
+horizon = "11m"
+[pools.p]
+servers = 1
+service = { dist = "constant", value = 100 }
+autoscale = { metric = "tokens_in_flight", target = 2500.0, min = 1, max = 8, boot = "60s", interval = "30s" }
+[classes.c]
+arrival = { process = "closed", users = 10, think = { dist = "constant", value = 295 } }
+[[classes.c.nodes]]
+id = "a"
+pool = "p"
+input_tokens = { dist = "constant", value = 1000 }
+output_tokens = { dist = "constant", value = 0 }
+"#;
+    let (r, log) = run_logged(text);
+    // Hand-derived: 10,000 tokens at the 300s tick ask for 4 servers; three boot until
+    // 360s. U1 (295-395) leaves 9,000; U2-U4 (360-460) leave 6,000: 3 servers, the
+    // fourth drains with U5 (395-495); 5,000 at 510s ask for 2, the third drains with
+    // U6-U8 (460-560); 2,000 at 570s ask for 1, the second drains with U9/U10
+    // (560-660). `running` never counts a draining server.
+    let mut want: Vec<(u32, u32, u32, u64, u32)> = (1..=9).map(|k| (30 * k, 1, 0, 0, 1)).collect();
+    want.extend([
+        (300, 1, 0, 10_000, 4),
+        (330, 1, 3, 10_000, 4),
+        (360, 4, 0, 10_000, 4),
+        (390, 4, 0, 10_000, 4),
+        (420, 4, 0, 9_000, 4),
+        (450, 4, 0, 9_000, 4),
+        (480, 4, 0, 6_000, 3),
+        (510, 3, 0, 5_000, 2),
+        (540, 2, 0, 5_000, 2),
+        (570, 2, 0, 2_000, 1),
+        (600, 1, 0, 2_000, 1),
+        (630, 1, 0, 2_000, 1),
+        (660, 1, 0, 0, 1),
+    ]);
+    assert_eq!(rows(&log), want);
+    // Paid from boot start (300s) to drain end: 3 x 60s booting; the servers ran
+    // 360-495, 360-560 and 360-660, and the first server the whole 660s.
+    let rep = &r.pool_reports[0];
+    let running_s = 660.0 + (495.0 - 360.0) + (560.0 - 360.0) + (660.0 - 360.0);
+    assert!((rep.capacity_server_s - running_s).abs() < 1e-6, "{rep:?}");
+}
+
+#[test]
+fn p99_ttft_trajectory_with_boot_delay() {
+    // Four closed-loop users (think 1s) on one server with 30s constant service: the
+    // queue builds. TTFT on an abstract pool is the wait for service. Target p99 5s,
+    // window 60s, ticks every 30s, boot 45s, max 4.
+    let text = r#"
+[simulation]
+horizon = "270s"
+[pools.p]
+servers = 1
+service = { dist = "constant", value = 30 }
+autoscale = { metric = "p99_ttft", target = 5.0, window = "60s", min = 1, max = 4, boot = "45s", interval = "30s" }
+[classes.c]
+arrival = { process = "closed", users = 4, think = { dist = "constant", value = 1 } }
+hops = [{ pool = "p" }]
+"#;
+    let (_, log) = run_logged(text);
+    let got: Vec<(u32, u32, u32, Option<f64>, u32)> = log
+        .iter()
+        .map(|d| (d.t_s as u32, d.running, d.booting, d.p99_s, d.target))
+        .collect();
+    // By hand: A 1-31 (TTFT 0), B 31-61 (30), C 61-91 (60), D 91-121 (90), A2 121-151
+    // (89); three servers up at 135 serve B2/C2/D2 (73, 43, 13) to 165; from then on
+    // nobody waits.
+    // 30s: nothing finished yet but 4 hops in the pool: hold.
+    // 60s: {0} -> p99 0 < 2.5: down by one, but min 1: hold.
+    // 90s: {0, 30} -> 30 > 5: max(1 + 1, ceil(1 x 30 / 5)) = 6, clamped to 4; boot 3.
+    // 120s-210s: p99 60, 90, 90, 89: above target but at max.
+    // 240s: window 180-240 holds only zero waits: down to 3 (a busy server drains).
+    // 270s: still zero: down to 2.
+    let want = vec![
+        (30, 1, 0, None, 1),
+        (60, 1, 0, Some(0.0), 1),
+        (90, 1, 0, Some(30.0), 4),
+        (120, 1, 3, Some(60.0), 4),
+        (150, 4, 0, Some(90.0), 4),
+        (180, 4, 0, Some(90.0), 4),
+        (210, 4, 0, Some(89.0), 4),
+        (240, 4, 0, Some(0.0), 3),
+        (270, 3, 0, Some(0.0), 2),
+    ];
+    assert_eq!(got, want);
+}
+
+#[test]
+fn prewarm_raises_the_floor_at_the_scheduled_time_before_load() {
+    // Load arrives at 61m (six users, think 61m, 10s hops). A pre-warm window from
+    // 3010s (50m10s) to 70m, repeating every 2h, keeps at least 8 servers; boot 10m.
+    let text = r#"
+[simulation]
+horizon = "3h"
+[pools.p]
+servers = 1
+usd_per_server_hour = 1.0
+service = { dist = "constant", value = 10 }
+autoscale = { target = 1.0, min = 1, max = 20, boot = "10m", cooldown = "5m", interval = "30s", prewarm = [{ from = "3010s", until = "70m", min = 8, every = "2h" }] }
+[classes.c]
+arrival = { process = "closed", users = 6, think = { dist = "constant", value = 3660 } }
+hops = [{ pool = "p" }]
+"#;
+    let (r, log) = run_logged(text);
+    // The floor is applied at 3010s exactly (not at a tick): 7 boots start.
+    let first_up = log.iter().find(|d| d.target > 1).expect("a scale-up");
+    assert_eq!(
+        (first_up.t_s, first_up.running, first_up.target),
+        (3010.0, 1, 8)
+    );
+    // Nothing scales below 8 while the window is open, though the pool is idle.
+    for d in log.iter().filter(|d| d.t_s >= 3010.0 && d.t_s < 4200.0) {
+        assert_eq!(d.target, 8, "{d:?}");
+    }
+    // After the window the idle pool goes back to its minimum.
+    let at_close = log.iter().find(|d| d.t_s == 4200.0).expect("tick at 70m");
+    assert_eq!(at_close.target, 1, "{at_close:?}");
+    // And again two hours later.
+    let again = log
+        .iter()
+        .find(|d| d.t_s == 10210.0)
+        .expect("second window");
+    assert_eq!((again.running, again.target), (1, 8));
+    // Eight servers are up (booted 3010 + 600 = 3610s) before the load arrives at
+    // 3660s: the sample at 60m still has 1, the one at 61m has 8.
+    let servers_at = |t: f64| {
+        r.timeseries
+            .iter()
+            .find(|row| row.t_s == t)
+            .map(|row| row.pools[0].servers)
+    };
+    assert_eq!(servers_at(3600.0), Some(1));
+    assert_eq!(servers_at(3660.0), Some(8));
+    // None of the six 61m hops waited; of the six of the next round (at 2h02m10s, one
+    // server again), five did.
+    assert_eq!((r.pools[0].hops, r.pools[0].waited), (12, 5));
+}
+
+/// A GPU pool autoscaled on queue depth: requests arrive for 20 minutes, then stop.
+const GPU_SCALED: &str = r#"
+[simulation]
+horizon = "40m"
+seed = 3
+[pools.g]
+servers = 1
+usd_per_server_hour = 3.6
+gpu = { model = "llama-3-8b", gpu = "h100-80gb", max_num_seqs = 8 }
+autoscale = { metric = "METRIC", target = TARGET, min = 1, max = 4, boot = "2m", cooldown = "1m", interval = "30s" }
+[classes.c]
+arrival = { process = "piecewise", step = "20m", rates = [6.0, 0.0] }
+[[classes.c.nodes]]
+id = "a"
+pool = "g"
+input_tokens = { dist = "constant", value = 1500 }
+output_tokens = { dist = "constant", value = 400 }
+"#;
+
+#[test]
+fn gpu_pool_autoscaling_charges_from_boot_start_to_drain_end() {
+    for (metric, target) in [
+        ("queue_depth", "8.0"),
+        ("tokens_in_flight", "15000.0"),
+        ("p99_ttft", "1.0"),
+    ] {
+        let text = GPU_SCALED
+            .replace("METRIC", metric)
+            .replace("TARGET", target);
+        let (r, log) = run_logged(&text);
+        let g = gpu_report(&r);
+        let cap = g.capacity.expect("an autoscaled pool reports capacity");
+        // It scaled up, then back to one replica after the load stopped.
+        assert!(cap.boots >= 1, "{metric}: {cap:?}");
+        assert!(cap.retirements >= 1, "{metric}: {cap:?}");
+        let max_seen = log.iter().map(|d| d.running).max().unwrap_or(0);
+        assert!(max_seen >= 2, "{metric}: {log:?}");
+        assert_eq!(log.last().map(|d| d.target), Some(1), "{metric}");
+        // Boot delay: no replica is running earlier than 2 minutes after the first
+        // decision that booted one.
+        let first_boot = log.iter().find(|d| d.target > d.running + d.booting);
+        let first_boot = first_boot.map(|d| d.t_s).expect("a boot");
+        for d in &log {
+            if d.t_s < first_boot + 120.0 {
+                assert_eq!(d.running, 1, "{metric} at {}: {d:?}", d.t_s);
+            }
+        }
+        // Capacity dollars are the paid replica-hours x price, exactly; paid time
+        // exceeds running time by exactly the boots (2 minutes each).
+        let rep = &r.pool_reports[0];
+        assert!(
+            (rep.usd_capacity - cap.replica_hours * 3.6).abs() < 1e-9,
+            "{metric}: {} vs {}",
+            rep.usd_capacity,
+            cap.replica_hours
+        );
+        let booting_h = cap.replica_hours - cap.running_replica_hours;
+        assert!(
+            (booting_h - cap.boots as f64 * 120.0 / 3600.0).abs() < 1e-9,
+            "{metric}: {booting_h} h booting for {} boots",
+            cap.boots
+        );
+        eprintln!(
+            "{metric}: {} boots, {} retirements, {:.3} replica-hours paid, {:.3} up, ${:.4}",
+            cap.boots,
+            cap.retirements,
+            cap.replica_hours,
+            cap.running_replica_hours,
+            rep.usd_capacity
+        );
+        // Every request was served.
+        let c = &r.classes[0];
+        assert_eq!(c.arrived, c.completed + c.in_flight, "{metric}");
+        assert!(c.completed > 5000, "{metric}: {}", c.completed);
+    }
+}
+
+/// A GPU pool with spot replicas under light load.
+const SPOT: &str = r#"
+[simulation]
+horizon = "2h"
+seed = SEED
+drain = true
+[pools.g]
+servers = 4
+gpu = { model = "llama-3-8b", gpu = "h100-80gb" }
+spot = { preemptions_per_hour = 10.0, usd_per_server_hour = 1.0, boot = "2m", on_preempt = "ON_PREEMPT" }
+[classes.c]
+arrival = { process = "poisson", rate = 2.0 }
+[[classes.c.nodes]]
+id = "a"
+pool = "g"
+input_tokens = { dist = "constant", value = 2000 }
+output_tokens = { dist = "constant", value = 600 }
+"#;
+
+#[test]
+fn spot_preemptions_follow_the_rate_and_victims_are_conserved() {
+    let (mut preemptions, mut exposure_h) = (0u64, 0.0f64);
+    for seed in 1..=5 {
+        for on_preempt in ["recompute", "fail"] {
+            let text = SPOT
+                .replace("SEED", &seed.to_string())
+                .replace("ON_PREEMPT", on_preempt);
+            let r = run(&text);
+            let cap = gpu_report(&r).capacity.expect("a spot pool");
+            let c = &r.classes[0];
+            // Conservation: every arrival ends completed or failed (drain), and every
+            // victim is either recomputed or fails its (one-hop) workflow.
+            assert_eq!(c.in_flight, 0);
+            assert_eq!(c.arrived, c.completed + c.failed, "{on_preempt}");
+            assert!(cap.spot_preemptions > 0);
+            match on_preempt {
+                "recompute" => {
+                    assert_eq!(c.failed, 0);
+                    assert_eq!(cap.victims_failed, 0);
+                    assert!(cap.victims_recomputed > 0, "{cap:?}");
+                }
+                _ => {
+                    assert_eq!(cap.victims_recomputed, 0);
+                    assert!(cap.victims_failed > 0, "{cap:?}");
+                    assert_eq!(c.failed, cap.victims_failed, "{cap:?}");
+                    assert_eq!(
+                        c.failed_by_cause.get("preempted on g").copied(),
+                        Some(cap.victims_failed)
+                    );
+                    // Their lost GPU time is charged to the failed workflows (waste).
+                    assert!(c.usd_waste_failed > 0.0);
+                }
+            }
+            // Every replica is spot at $1/h: capacity dollars = paid replica-hours.
+            let rep = &r.pool_reports[0];
+            assert!((rep.usd_capacity - cap.spot_replica_hours).abs() < 1e-9);
+            // A replacement boots 2 minutes per preemption, paid.
+            let booting_h = cap.spot_replica_hours - cap.spot_running_replica_hours;
+            assert!((booting_h - cap.boots as f64 * 2.0 / 60.0).abs() < 1e-6);
+            assert_eq!(cap.boots, cap.spot_preemptions);
+            if on_preempt == "recompute" {
+                preemptions += cap.spot_preemptions;
+                exposure_h += cap.spot_running_replica_hours;
+            }
+        }
+    }
+    // Preemptions are Poisson with mean rate x exposure (spot replica-hours up):
+    // within 3 standard deviations.
+    let mean = 10.0 * exposure_h;
+    let sd = mean.sqrt();
+    eprintln!(
+        "{preemptions} preemptions over {exposure_h:.2} spot replica-hours up (expected {mean:.1})"
+    );
+    assert!(
+        (preemptions as f64 - mean).abs() < 3.0 * sd,
+        "{preemptions} preemptions, expected {mean:.1} +/- {:.1}",
+        3.0 * sd
+    );
+    // Without replacements, half the pool on spot: both spot replicas are lost for
+    // good (at 10 per hour each over 2h), the on-demand half carries on.
+    let text = SPOT
+        .replace("SEED", "1")
+        .replace("ON_PREEMPT", "recompute")
+        .replace("spot = { ", "spot = { servers = 2, ")
+        .replace("boot = \"2m\"", "replace = false");
+    let r = run(&text);
+    let cap = gpu_report(&r).capacity.expect("a spot pool");
+    assert_eq!((cap.spot_preemptions, cap.boots), (2, 0), "{cap:?}");
+    let c = &r.classes[0];
+    assert_eq!(c.arrived, c.completed);
+}
+
+#[test]
+fn bad_capacity_keys_are_named() {
+    let base = r#"
+[simulation]
+horizon = "1h"
+[pools.g]
+servers = 2
+POOL
+[classes.c]
+arrival = { process = "poisson", rate = 1.0 }
+[[classes.c.nodes]]
+id = "a"
+pool = "g"
+"#;
+    let gpu = r#"gpu = { model = "llama-3-8b", gpu = "h100-80gb" }"#;
+    let cases = [
+        (
+            r#"service = { dist = "constant", value = 1 }
+autoscale = { metric = "gpu_util", target = 1.0, min = 1, max = 2 }"#,
+            "pools.g.autoscale.metric",
+        ),
+        (
+            r#"service = { dist = "constant", value = 1 }
+autoscale = { target = 1.0, min = 1, max = 4, prewarm = [{ from = "2h", until = "1h", min = 2 }] }"#,
+            "pools.g.autoscale.prewarm[0]",
+        ),
+        (
+            r#"service = { dist = "constant", value = 1 }
+autoscale = { target = 1.0, min = 1, max = 4, prewarm = [{ from = "1h", until = "2h", min = 9 }] }"#,
+            "pools.g.autoscale.prewarm[0].min",
+        ),
+        (
+            r#"service = { dist = "constant", value = 1 }
+autoscale = { target = 1.0, min = 1, max = 4, prewarm = [{ from = "1h", until = "3h", min = 2, every = "1h" }] }"#,
+            "pools.g.autoscale.prewarm[0].every",
+        ),
+        (
+            r#"service = { dist = "constant", value = 1 }
+autoscale = { metric = "p99_ttft", target = 1.0, min = 1, max = 4, scale_down_below = 1.5 }"#,
+            "pools.g.autoscale.scale_down_below",
+        ),
+        (
+            r#"service = { dist = "constant", value = 1 }
+spot = { preemptions_per_hour = 1.0, usd_per_server_hour = 1.0 }"#,
+            "pools.g.spot",
+        ),
+        (
+            "GPU\nspot = { servers = 3, preemptions_per_hour = 1.0, usd_per_server_hour = 1.0 }",
+            "pools.g.spot.servers",
+        ),
+        (
+            "GPU\nspot = { preemptions_per_hour = 0.0, usd_per_server_hour = 1.0 }",
+            "pools.g.spot.preemptions_per_hour",
+        ),
+        (
+            "GPU\nspot = { preemptions_per_hour = 1.0, usd_per_server_hour = 1.0, replace = false }",
+            "pools.g.spot.replace",
+        ),
+    ];
+    for (pool, key) in cases {
+        let text = base.replace("POOL", &pool.replace("GPU", gpu));
+        let spec: ScenarioSpec = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+        match spec.validate() {
+            Err(e) => assert_eq!(e.key, key, "{e}"),
+            Ok(_) => panic!("accepted: {pool}"),
+        }
+    }
+    // A typo inside the new tables is a parse error naming the field.
+    let text = base.replace(
+        "POOL",
+        &format!("{gpu}\nspot = {{ preemptions_per_hour = 1.0, usd_per_server_hour = 1.0, on_preemt = \"fail\" }}"),
+    );
+    let e = toml::from_str::<ScenarioSpec>(&text)
+        .err()
+        .map(|e| e.to_string());
+    assert!(e.is_some_and(|e| e.contains("on_preemt")));
+}
