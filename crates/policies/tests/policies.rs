@@ -583,3 +583,642 @@ shared_prefix_tokens = 3000
     );
     assert!(kv > 0.0 && least > 0.0);
 }
+
+// --- Admission and backpressure: token watermarks, shedding, degrading, tenant
+// budgets, token buckets ---
+
+/// For each hop `keep` selects, in log order: the model tokens in flight (over the
+/// selected hops) just after it was admitted. A hop finishing at the same instant counts
+/// as gone.
+fn in_flight_after_admission(log: &[HopRecord], keep: impl Fn(&HopRecord) -> bool) -> Vec<u64> {
+    let mut events: Vec<(u64, u8, usize)> = Vec::new();
+    for (i, h) in log.iter().enumerate().filter(|(_, h)| keep(h)) {
+        events.push((h.submitted.0, 1, i));
+        events.push((h.finished.0, 0, i));
+    }
+    events.sort();
+    let mut after = vec![0; log.len()];
+    let mut now: u64 = 0;
+    for (_, kind, i) in events {
+        let k = log[i].input_tokens + log[i].output_tokens;
+        if kind == 1 {
+            now += k;
+            after[i] = now;
+        } else {
+            now -= k;
+        }
+    }
+    log.iter()
+        .enumerate()
+        .filter(|(_, h)| keep(h))
+        .map(|(i, _)| after[i])
+        .collect()
+}
+
+/// Model tokens in flight over the hops `keep` selects at instant `t` (submitted at or
+/// before `t`, not finished by then).
+fn in_flight_at(log: &[HopRecord], keep: impl Fn(&HopRecord) -> bool, t: u64) -> u64 {
+    log.iter()
+        .filter(|h| keep(h) && h.submitted.0 <= t && h.finished.0 > t)
+        .map(|h| h.input_tokens + h.output_tokens)
+        .sum()
+}
+
+fn assert_conservation(r: &RunResult) {
+    for c in &r.classes {
+        assert_eq!(
+            c.arrived,
+            c.completed + c.failed + c.rejected + c.abandoned + c.in_flight,
+            "conservation for {}",
+            c.name
+        );
+    }
+}
+
+/// One pool of 4 servers whose service time follows the tokens (200ms per 1k prompt
+/// tokens + 10ms per output token: about 2.7s for the mean hop of 2,475 tokens), loaded
+/// at rho 0.95: without a cap its tokens in flight often pass 17,000.
+const WATERMARK: &str = r#"
+[simulation]
+horizon = "1h"
+drain = true
+[pools.mid]
+servers = 4
+prefill_per_1k_tokens = "200ms"
+decode_per_token = "10ms"
+retry_after = "2s"
+max_attempts = 5
+admission = { max_tokens_in_flight = 20000, watermark = 0.85, action = "ACTION" }
+[classes.c]
+arrival = { process = "poisson", rate = 1.4 }
+[[classes.c.nodes]]
+id = "call"
+pool = "mid"
+input_tokens = { dist = "uniform", low = 500, high = 4000 }
+output_tokens = { dist = "uniform", low = 50, high = 400 }
+"#;
+
+#[test]
+fn token_watermark_rejects_above_it_and_queue_only_counts() {
+    const THRESHOLD: u64 = 17_000; // 0.85 x 20,000
+    let cause = "429 from mid (tokens in flight)";
+    // reject: tokens in flight never pass the watermark; every refusal is a 429 the
+    // client backs off from, and the workflows that give up are rejected with it.
+    let (r, log) = run_logged(&WATERMARK.replace("ACTION", "reject"));
+    let after = in_flight_after_admission(&log, |_| true);
+    let peak = after.iter().copied().max().unwrap_or(0);
+    assert!(peak <= THRESHOLD, "peak {peak}");
+    assert!(peak > THRESHOLD - 4_400, "the cap binds: peak {peak}");
+    let s = r.summary();
+    let pool = &s.pools["mid"];
+    assert_eq!(pool.peak_tokens_in_flight, peak);
+    assert!(pool.refusals > 100, "{} refusals", pool.refusals);
+    assert_eq!(
+        pool.refusals_by_cause,
+        BTreeMap::from([("tokens_in_flight".to_string(), pool.refusals)])
+    );
+    let c = &s.classes["c"];
+    // One pinned hop per workflow: every refusal is one refused attempt of the class.
+    assert_eq!(
+        c.refused_by_cause,
+        BTreeMap::from([(cause.to_string(), pool.refusals)])
+    );
+    assert!(c.rejected > 0);
+    assert_eq!(
+        c.rejected_by_cause,
+        BTreeMap::from([(cause.to_string(), c.rejected)])
+    );
+    // A rejected workflow was refused on each of its 5 attempts.
+    assert!(pool.refusals >= 5 * c.rejected);
+    assert_eq!(c.completed as usize, log.len());
+    assert_eq!(c.in_flight, 0);
+    assert_conservation(&r);
+
+    // queue: everything is admitted; the hops admitted above the watermark are counted,
+    // exactly those whose admission took the tokens in flight over 17,000.
+    let (q, log) = run_logged(&WATERMARK.replace("ACTION", "queue"));
+    let over = in_flight_after_admission(&log, |_| true)
+        .into_iter()
+        .filter(|&t| t > THRESHOLD)
+        .count() as u64;
+    let s = q.summary();
+    assert!(over > 100, "{over} hops over the watermark");
+    assert_eq!(s.pools["mid"].admitted_over_watermark, over);
+    assert_eq!(s.classes["c"].admitted_over_watermark, over);
+    assert_eq!(s.pools["mid"].refusals, 0);
+    assert_eq!(s.classes["c"].completed, s.classes["c"].arrived);
+    assert_conservation(&q);
+}
+
+#[test]
+fn shed_refuses_only_the_low_priority_lane() {
+    // chat (priority 10) and etl (priority 0) share a pool whose watermark is 50% of
+    // 20,000 tokens. Above 10,000 etl is shed; chat goes on up to 20,000.
+    let text = r#"
+[simulation]
+horizon = "1h"
+drain = true
+[lanes.interactive]
+priority = 10
+[lanes.batch]
+priority = 0
+[pools.mid]
+servers = 6
+prefill_per_1k_tokens = "200ms"
+decode_per_token = "10ms"
+retry_after = "2s"
+max_attempts = 4
+admission = { max_tokens_in_flight = 20000, watermark = 0.5, action = "ACTION" }
+[classes.chat]
+arrival = { process = "poisson", rate = 0.3 }
+lane = "interactive"
+[[classes.chat.nodes]]
+id = "answer"
+pool = "mid"
+input_tokens = { dist = "uniform", low = 500, high = 1500 }
+output_tokens = { dist = "uniform", low = 50, high = 150 }
+[classes.etl]
+arrival = { process = "poisson", rate = 2.0 }
+lane = "batch"
+[[classes.etl.nodes]]
+id = "extract"
+pool = "mid"
+input_tokens = { dist = "uniform", low = 2000, high = 4000 }
+output_tokens = { dist = "uniform", low = 100, high = 300 }
+"#;
+    let (r, log) = run_logged(&text.replace("ACTION", "shed"));
+    let after = in_flight_after_admission(&log, |_| true);
+    let (mut chat_above, mut chat_n) = (0, 0);
+    for (h, &t) in log.iter().zip(&after) {
+        if h.class == "etl" {
+            assert!(t <= 10_000, "an etl hop admitted at {t} tokens in flight");
+        } else {
+            assert!(t <= 20_000, "a chat hop admitted at {t} tokens in flight");
+            chat_n += 1;
+            chat_above += usize::from(t > 10_000);
+        }
+    }
+    // chat was served above the watermark, where etl was shed (about half its hops).
+    assert!(
+        chat_above * 3 > chat_n,
+        "{chat_above} of {chat_n} chat hops"
+    );
+    let s = r.summary();
+    let chat = &s.classes["chat"];
+    assert!(
+        chat.refused_by_cause.is_empty(),
+        "{:?}",
+        chat.refused_by_cause
+    );
+    assert_eq!((chat.rejected, chat.completed), (0, chat.arrived));
+    let etl = &s.classes["etl"];
+    let shed = s.pools["mid"].refusals_by_cause.get("shed").copied();
+    assert!(shed.is_some_and(|n| n > 500), "{shed:?}");
+    assert_eq!(
+        etl.refused_by_cause,
+        BTreeMap::from([("429 from mid (shed)".to_string(), shed.unwrap_or(0))])
+    );
+    assert!(etl.rejected > 0);
+    assert_eq!(s.pools["mid"].refusals, shed.unwrap_or(0));
+    assert_conservation(&r);
+
+    // With `reject` at the same watermark chat is refused too.
+    let (rj, _) = run_logged(&text.replace("ACTION", "reject"));
+    let chat = &rj.summary().classes["chat"];
+    assert!(
+        chat.refused_by_cause
+            .get("429 from mid (tokens in flight)")
+            .is_some_and(|&n| n > 0),
+        "{:?}",
+        chat.refused_by_cause
+    );
+}
+
+#[test]
+fn degrade_sends_hops_above_the_watermark_to_the_named_pool() {
+    let text = r#"
+[simulation]
+horizon = "1h"
+drain = true
+[pools.big]
+servers = 8
+prefill_per_1k_tokens = "200ms"
+decode_per_token = "10ms"
+admission = { max_tokens_in_flight = 12000, action = "degrade", degrade_to = "small" }
+[pools.small]
+servers = 8
+prefill_per_1k_tokens = "50ms"
+decode_per_token = "3ms"
+[classes.c]
+arrival = { process = "poisson", rate = 1.5 }
+[[classes.c.nodes]]
+id = "call"
+pool = "big"
+input_tokens = { dist = "uniform", low = 500, high = 4000 }
+output_tokens = { dist = "uniform", low = 50, high = 400 }
+"#;
+    let (r, log) = run_logged(text);
+    let on_big = |h: &HopRecord| h.station == "big";
+    for (h, t) in log
+        .iter()
+        .filter(|h| on_big(h))
+        .zip(in_flight_after_admission(&log, on_big))
+    {
+        assert!(t <= 12_000, "hop of {} admitted at {t}", h.workflow);
+    }
+    // Every hop on small went there because big was full for it.
+    let mut degraded = 0;
+    for h in log.iter().filter(|h| h.station == "small") {
+        let k = h.input_tokens + h.output_tokens;
+        let big_now = in_flight_at(&log, on_big, h.submitted.0);
+        assert!(big_now + k > 12_000, "degraded at {big_now} + {k}");
+        degraded += 1;
+    }
+    let s = r.summary();
+    assert!(degraded > 100, "{degraded} degraded hops");
+    assert_eq!(s.pools["big"].degraded_away, degraded);
+    assert_eq!(s.classes["c"].degraded_hops, degraded);
+    assert_eq!(s.pools["small"].hops, degraded);
+    assert_eq!(s.pools["big"].refusals + s.pools["small"].refusals, 0);
+    assert_eq!(s.classes["c"].completed, s.classes["c"].arrived);
+    assert_conservation(&r);
+}
+
+#[test]
+fn tenant_token_budget_is_never_exceeded() {
+    // Tenant acme owns two classes sharing an 8,000-token budget for in-flight work;
+    // beta has none. The pool has room for everyone, so only the budget refuses.
+    let text = r#"
+[simulation]
+horizon = "1h"
+drain = true
+TENANTS
+[pools.mid]
+servers = 50
+prefill_per_1k_tokens = "200ms"
+decode_per_token = "10ms"
+retry_after = "1s"
+max_attempts = 6
+[classes.a1]
+arrival = { process = "poisson", rate = 1.0 }
+tenant = "acme"
+[[classes.a1.nodes]]
+id = "call"
+pool = "mid"
+input_tokens = { dist = "uniform", low = 500, high = 4000 }
+output_tokens = { dist = "uniform", low = 50, high = 400 }
+[classes.a2]
+arrival = { process = "poisson", rate = 0.5 }
+tenant = "acme"
+[[classes.a2.nodes]]
+id = "call"
+pool = "mid"
+input_tokens = { dist = "uniform", low = 500, high = 4000 }
+output_tokens = { dist = "uniform", low = 50, high = 400 }
+[classes.b]
+arrival = { process = "poisson", rate = 1.0 }
+tenant = "beta"
+[[classes.b.nodes]]
+id = "call"
+pool = "mid"
+input_tokens = { dist = "uniform", low = 500, high = 4000 }
+output_tokens = { dist = "uniform", low = 50, high = 400 }
+"#;
+    let acme = |h: &HopRecord| h.class == "a1" || h.class == "a2";
+    let cause = "429 from tenant acme (token budget)";
+    let (r, log) =
+        run_logged(&text.replace("TENANTS", "[tenants.acme]\nmax_tokens_in_flight = 8000"));
+    let peak = in_flight_after_admission(&log, acme)
+        .into_iter()
+        .max()
+        .unwrap_or(0);
+    assert!(peak <= 8_000 && peak > 8_000 - 4_400, "acme peak {peak}");
+    let s = r.summary();
+    let mut refused = 0;
+    for c in ["a1", "a2"] {
+        let cs = &s.classes[c];
+        assert_eq!(cs.refused_by_cause.keys().collect::<Vec<_>>(), vec![cause]);
+        refused += cs.refused_by_cause[cause];
+        for cause_seen in cs.rejected_by_cause.keys() {
+            assert_eq!(cause_seen, cause);
+        }
+    }
+    assert!(refused > 100, "{refused} refused attempts");
+    let b = &s.classes["b"];
+    assert!(b.refused_by_cause.is_empty());
+    assert_eq!(b.completed, b.arrived);
+    // A tenant budget is not a pool refusal.
+    assert_eq!(s.pools["mid"].refusals, 0);
+    assert_conservation(&r);
+    // Without the budget acme goes above 8,000 tokens in flight.
+    let (_, free) = run_logged(&text.replace("TENANTS", ""));
+    let free_peak = in_flight_after_admission(&free, acme)
+        .into_iter()
+        .max()
+        .unwrap_or(0);
+    assert!(free_peak > 8_000, "unbudgeted acme peak {free_peak}");
+}
+
+#[test]
+fn token_bucket_admits_at_its_rate() {
+    // 100 requests a second, exactly every 10ms, of exactly 1,000 tokens (800 in, 200
+    // out): 100,000 tokens/s offered to a bucket of 5,000 tokens/s and burst 20,000.
+    // The bucket starts full at t = 0, when the first request drains it, so it is never
+    // full again and admitted(t) = 20,000 + 5,000 t - level(t). After every attempt
+    // (one at least every 10ms) the level is below 1,000 + 5,000 x 0.01 = 1,050 tokens,
+    // hence 20,000 + 5,000 t - 1,050 < admitted(t) <= 20,000 + 5,000 t at every t.
+    for limit in [
+        "[lanes.batch]\nrate_limit = { tokens_per_s = 5000, burst = 20000 }",
+        "[tenants.acme]\nrate_limit = { tokens_per_s = 5000, burst = 20000 }",
+    ] {
+        let text = format!(
+            r#"
+[simulation]
+horizon = "10m"
+drain = true
+{limit}
+[pools.mid]
+servers = 1000
+service = {{ dist = "constant", value = "1s" }}
+retry_after = "1s"
+max_attempts = 3
+[classes.c]
+arrival = {{ process = "recorded" }}
+lane = "LANE"
+tenant = "acme"
+hops = [{{ pool = "mid" }}]
+"#
+        )
+        .replace(
+            "LANE",
+            if limit.contains("lanes") {
+                "batch"
+            } else {
+                "default"
+            },
+        );
+        let mut sc = scenario(&text);
+        let requests: Vec<sim_core::scenario::RecordedRequest> = (0..60_000u64)
+            .map(|i| sim_core::scenario::RecordedRequest {
+                at: sim_core::SimTime(i * 10_000_000),
+                input_tokens: 800,
+                output_tokens: 200,
+                block_hashes: None,
+                hash_block_tokens: 0,
+            })
+            .collect();
+        sc.classes[0].arrival = sim_core::scenario::Arrival::Recorded {
+            requests: std::sync::Arc::new(requests),
+        };
+        let mut log = Vec::new();
+        let r = sim_core::run(
+            &sc,
+            RunOptions {
+                hop_log: Some(&mut log),
+                policies: Some(&Standard),
+                ..Default::default()
+            },
+        );
+        let mut admitted: Vec<(u64, u64)> = log
+            .iter()
+            .map(|h| (h.submitted.0, h.input_tokens + h.output_tokens))
+            .collect();
+        admitted.sort();
+        // Conformance at every admission (integer arithmetic: tokens x 1e9 against
+        // burst x 1e9 + rate x t_ns).
+        let mut total: u128 = 0;
+        for &(t, k) in &admitted {
+            total += k as u128;
+            assert!(
+                total * 1_000_000_000 <= 20_000 * 1_000_000_000 + 5_000 * t as u128,
+                "{total} tokens admitted by {t}ns ({limit})"
+            );
+        }
+        // Over the saturated 10 minutes: 20,000 + 5,000 x 600 = 3,020,000 tokens, within
+        // the level bound of 1,050.
+        let horizon = 600_000_000_000u64;
+        let by_horizon: u64 = admitted
+            .iter()
+            .filter(|&&(t, _)| t <= horizon)
+            .map(|&(_, k)| k)
+            .sum();
+        assert!(
+            by_horizon <= 3_020_000 && by_horizon > 3_020_000 - 1_050,
+            "{by_horizon} tokens admitted ({limit})"
+        );
+        let c = &r.classes[0];
+        assert_eq!(c.completed as usize, log.len());
+        assert!(c.rejected > 50_000, "{} rejected", c.rejected);
+        let expected = if limit.contains("lanes") {
+            "429 from lane batch (rate limit)"
+        } else {
+            "429 from tenant acme (rate limit)"
+        };
+        assert_eq!(
+            c.rejected_by_cause,
+            BTreeMap::from([(expected.to_string(), c.rejected)])
+        );
+        assert_conservation(&r);
+    }
+}
+
+#[test]
+fn admission_keys_are_validated() {
+    let base = r#"
+[pools.a]
+servers = 1
+service = { dist = "constant", value = "1s" }
+POOL
+[pools.b]
+servers = 1
+service = { dist = "constant", value = "1s" }
+[lanes.batch]
+LANE
+[classes.c]
+arrival = { process = "poisson", rate = 1.0 }
+lane = "batch"
+tenant = "acme"
+hops = [{ pool = "a" }]
+EXTRA
+"#;
+    let check = |pool: &str, lane: &str, extra: &str| {
+        let text = base
+            .replace("POOL", pool)
+            .replace("LANE", lane)
+            .replace("EXTRA", extra);
+        let spec: ScenarioSpec = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+        spec.validate().err().map(|e| e.key)
+    };
+    let key = |k: &str| Some(k.to_string());
+    assert_eq!(check("", "", ""), None);
+    assert_eq!(
+        check(
+            r#"admission = { max_tokens_in_flight = 100, watermark = 0.8, action = "degrade", degrade_to = "b" }"#,
+            r#"admission = { max_tokens_in_flight = 100, action = "degrade", degrade_to = "a" }"#,
+            "[tenants.acme]\nmax_tokens_in_flight = 10\nrate_limit = { tokens_per_s = 0.5, burst = 1 }"
+        ),
+        key("lanes.batch.admission.degrade_to"),
+        "a lane may not degrade to a pool that degrades in turn"
+    );
+    assert_eq!(
+        check(
+            r#"admission = { max_tokens_in_flight = 100, watermark = 1.5 }"#,
+            "",
+            ""
+        ),
+        key("pools.a.admission.watermark")
+    );
+    assert_eq!(
+        check(
+            r#"admission = { max_tokens_in_flight = 100, action = "degrade" }"#,
+            "",
+            ""
+        ),
+        key("pools.a.admission.degrade_to")
+    );
+    assert_eq!(
+        check(
+            r#"admission = { max_tokens_in_flight = 100, action = "reject", degrade_to = "b" }"#,
+            "",
+            ""
+        ),
+        key("pools.a.admission.degrade_to")
+    );
+    assert_eq!(
+        check(
+            r#"admission = { max_tokens_in_flight = 100, action = "degrade", degrade_to = "nope" }"#,
+            "",
+            ""
+        ),
+        key("pools.a.admission.degrade_to")
+    );
+    assert_eq!(
+        check(
+            "",
+            r#"admission = { max_tokens_in_flight = 100, action = "shed" }"#,
+            ""
+        ),
+        key("lanes.batch.admission.action")
+    );
+    assert_eq!(
+        check("", "rate_limit = { tokens_per_s = 0, burst = 10 }", ""),
+        key("lanes.batch.rate_limit.tokens_per_s")
+    );
+    assert_eq!(
+        check("", "", "[tenants.other]\nmax_tokens_in_flight = 10"),
+        key("tenants.other")
+    );
+    assert_eq!(
+        check("", "", "[tenants.acme]\nmax_tokens_in_flight = 0"),
+        key("tenants.acme.max_tokens_in_flight")
+    );
+    // An unknown action is a parse error naming the choices.
+    let text = base
+        .replace(
+            "POOL",
+            r#"admission = { max_tokens_in_flight = 100, action = "drop" }"#,
+        )
+        .replace("LANE", "")
+        .replace("EXTRA", "");
+    let e = toml::from_str::<ScenarioSpec>(&text)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(e.contains("queue") && e.contains("shed"), "{e}");
+}
+
+#[test]
+fn lane_watermark_counts_the_lane_over_every_pool() {
+    // The batch lane's two classes use pools a and b; its watermark caps their tokens in
+    // flight together. chat (default lane) shares pool a and is never refused.
+    let text = r#"
+[simulation]
+horizon = "1h"
+drain = true
+[lanes.batch]
+admission = { max_tokens_in_flight = 10000, ACTION }
+[pools.a]
+servers = 20
+prefill_per_1k_tokens = "200ms"
+decode_per_token = "10ms"
+[pools.b]
+servers = 20
+prefill_per_1k_tokens = "200ms"
+decode_per_token = "10ms"
+[pools.c]
+servers = 20
+prefill_per_1k_tokens = "50ms"
+decode_per_token = "3ms"
+[classes.etl1]
+arrival = { process = "poisson", rate = 1.0 }
+lane = "batch"
+[[classes.etl1.nodes]]
+id = "call"
+pool = "a"
+input_tokens = { dist = "uniform", low = 500, high = 4000 }
+output_tokens = { dist = "uniform", low = 50, high = 400 }
+[classes.etl2]
+arrival = { process = "poisson", rate = 1.0 }
+lane = "batch"
+[[classes.etl2.nodes]]
+id = "call"
+pool = "b"
+input_tokens = { dist = "uniform", low = 500, high = 4000 }
+output_tokens = { dist = "uniform", low = 50, high = 400 }
+[classes.chat]
+arrival = { process = "poisson", rate = 1.0 }
+[[classes.chat.nodes]]
+id = "call"
+pool = "a"
+input_tokens = { dist = "uniform", low = 500, high = 4000 }
+output_tokens = { dist = "uniform", low = 50, high = 400 }
+"#;
+    let batch = |h: &HopRecord| h.class.starts_with("etl");
+    let (r, log) = run_logged(&text.replace("ACTION", r#"action = "reject""#));
+    let peak = in_flight_after_admission(&log, batch)
+        .into_iter()
+        .max()
+        .unwrap_or(0);
+    assert!(peak <= 10_000 && peak > 10_000 - 4_400, "batch peak {peak}");
+    let s = r.summary();
+    let cause = "429 from lane batch (tokens in flight)";
+    let refused: u64 = ["etl1", "etl2"]
+        .iter()
+        .map(|c| {
+            s.classes[*c]
+                .refused_by_cause
+                .get(cause)
+                .copied()
+                .unwrap_or(0)
+        })
+        .sum();
+    assert!(refused > 100, "{refused}");
+    assert!(s.classes["chat"].refused_by_cause.is_empty());
+    assert_eq!(s.pools["a"].refusals + s.pools["b"].refusals, 0);
+    assert_conservation(&r);
+
+    // degrade: above the watermark batch hops go to c; the lane's tokens on c still
+    // count, so a hop reaches a or b only while the whole lane is below 10,000.
+    let (r, log) = run_logged(&text.replace("ACTION", r#"action = "degrade", degrade_to = "c""#));
+    let after = in_flight_after_admission(&log, batch);
+    let mut on_c = 0;
+    for (h, &t) in log.iter().filter(|h| batch(h)).zip(&after) {
+        if h.station == "c" {
+            let k = h.input_tokens + h.output_tokens;
+            assert!(t > 10_000, "degraded at {} + {k}", t - k);
+            on_c += 1;
+        } else {
+            assert!(t <= 10_000, "admitted to {} at {t}", h.station);
+        }
+    }
+    let s = r.summary();
+    assert!(on_c > 100, "{on_c} degraded");
+    let degraded: u64 = ["etl1", "etl2"]
+        .iter()
+        .map(|c| s.classes[*c].degraded_hops)
+        .sum();
+    assert_eq!(degraded, on_c);
+    assert_eq!(s.pools["c"].hops, on_c);
+    assert_eq!(s.classes["chat"].degraded_hops, 0);
+    assert_conservation(&r);
+}

@@ -77,8 +77,13 @@ pub struct ClassStats {
     pub rejected_by_cause: BTreeMap<String, u64>,
     /// Waste: cost run up by workflows rejected after work had started.
     pub usd_waste_rejected: f64,
-    /// Hops served by a fallback pool of their tier (not the tier's first choice).
+    /// Hops served by a fallback pool of their tier (not the tier's first choice), or
+    /// sent to a cheaper pool by a `degrade` admission watermark.
     pub degraded_hops: u64,
+    /// Hop attempts nothing admitted (the client backed off or gave up), by cause.
+    pub refused_by_cause: BTreeMap<String, u64>,
+    /// Hops admitted above a `queue` watermark (lane or pool).
+    pub admitted_over_watermark: u64,
     /// Waste: cost of failed and abandoned workflows, and of hops that finished after
     /// their workflow's outcome was decided (quorum stragglers, timed-out calls).
     pub usd_waste_failed: f64,
@@ -127,6 +132,8 @@ impl ClassStats {
             rejected_by_cause: BTreeMap::new(),
             usd_waste_rejected: 0.0,
             degraded_hops: 0,
+            refused_by_cause: BTreeMap::new(),
+            admitted_over_watermark: 0,
             usd_waste_failed: 0.0,
             usd_waste_abandoned: 0.0,
             usd_waste_leftover: 0.0,
@@ -179,6 +186,14 @@ pub struct PoolStats {
     pub cached_tokens: u64,
     /// Hops this pool refused (down, watermark, rate limit) when a client tried it.
     pub refusals: u64,
+    /// `refusals` by cause: down, max_queue, rate_limit, tokens_in_flight, shed.
+    pub refusals_by_cause: BTreeMap<&'static str, u64>,
+    /// Hops admitted above its `queue` token watermark.
+    pub admitted_over_watermark: u64,
+    /// Hops its `degrade` token watermark sent to another pool.
+    pub degraded_away: u64,
+    /// Most model tokens (input + output) in flight at once.
+    pub peak_tokens_in_flight: u64,
     /// Per-token dollars of API hops (paid APIs have no capacity cost).
     pub usd_api: f64,
     /// Times its circuit breaker opened.
@@ -206,6 +221,10 @@ impl PoolStats {
             preempted_hops: 0,
             cached_tokens: 0,
             refusals: 0,
+            refusals_by_cause: BTreeMap::new(),
+            admitted_over_watermark: 0,
+            degraded_away: 0,
+            peak_tokens_in_flight: 0,
             usd_api: 0.0,
             breaker_opens: 0,
         }
@@ -427,6 +446,8 @@ impl RunResult {
                     failed_by_cause: c.failed_by_cause.clone(),
                     rejected_by_cause: c.rejected_by_cause.clone(),
                     degraded_hops: c.degraded_hops,
+                    refused_by_cause: c.refused_by_cause.clone(),
+                    admitted_over_watermark: c.admitted_over_watermark,
                     fan_out: {
                         let mut f: Vec<f64> = c.fan_out.iter().map(|&x| x as f64).collect();
                         f.sort_by(f64::total_cmp);
@@ -510,6 +531,14 @@ impl RunResult {
                     usd_capacity: r.usd_capacity,
                     usd_idle: (r.usd_capacity - busy_usd).max(0.0),
                     refusals: s.refusals,
+                    refusals_by_cause: s
+                        .refusals_by_cause
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), *v))
+                        .collect(),
+                    admitted_over_watermark: s.admitted_over_watermark,
+                    degraded_away: s.degraded_away,
+                    peak_tokens_in_flight: s.peak_tokens_in_flight,
                     breaker_opens: s.breaker_opens,
                     usd_api: s.usd_api,
                     llm: self.gpu_reports.get(i).cloned().flatten().map(|g| {
@@ -758,8 +787,12 @@ pub struct ClassSummary {
     pub failed_by_cause: BTreeMap<String, u64>,
     /// Rejected workflows by cause ("429 from X", "X down").
     pub rejected_by_cause: BTreeMap<String, u64>,
-    /// Hops served by a fallback pool of their tier.
+    /// Hops served by a fallback pool of their tier, or degraded by a watermark.
     pub degraded_hops: u64,
+    /// Hop attempts nothing admitted, by cause (the 429s the client backed off from).
+    pub refused_by_cause: BTreeMap<String, u64>,
+    /// Hops admitted above a `queue` token watermark.
+    pub admitted_over_watermark: u64,
     pub fan_out: Percentiles,
     pub tokens_per_workflow: Percentiles,
     pub loops_per_workflow: f64,
@@ -818,6 +851,14 @@ pub struct PoolSummary {
     pub llm: Option<LlmPoolSummary>,
     /// Hops this pool refused when a client tried it (outage, watermark, rate limit).
     pub refusals: u64,
+    /// `refusals` by cause: down, max_queue, rate_limit, tokens_in_flight, shed.
+    pub refusals_by_cause: BTreeMap<String, u64>,
+    /// Hops admitted above a `queue` token watermark.
+    pub admitted_over_watermark: u64,
+    /// Hops a `degrade` token watermark sent to another pool.
+    pub degraded_away: u64,
+    /// Most model tokens (input + output) in flight at once.
+    pub peak_tokens_in_flight: u64,
     /// Times its circuit breaker opened.
     pub breaker_opens: u64,
     /// Per-token dollars (API pools).

@@ -44,6 +44,68 @@ pub struct ScenarioSpec {
     /// A global emergency switch: cap every fan-out from a point in time.
     #[serde(default)]
     pub emergency: Option<EmergencySpec>,
+    /// Tenants (the `tenant` of classes): token budgets for in-flight work and rate
+    /// limits.
+    #[serde(default)]
+    pub tenants: BTreeMap<String, TenantSpec>,
+}
+
+/// `admission = { ... }` on a pool or a lane: a watermark on model tokens in flight
+/// (input + output tokens of hops admitted and not finished).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdmissionSpec {
+    /// The token capacity the watermark is a share of.
+    pub max_tokens_in_flight: u64,
+    /// Share of `max_tokens_in_flight` above which `action` applies (default 1.0).
+    #[serde(default)]
+    pub watermark: Option<f64>,
+    /// What happens to a hop that would go above the watermark (default `reject`).
+    #[serde(default)]
+    pub action: AdmissionAction,
+    /// The pool a hop goes to instead under `action = "degrade"`.
+    #[serde(default)]
+    pub degrade_to: Option<String>,
+}
+
+/// What an admission watermark does to a hop that would cross it.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AdmissionAction {
+    /// Admit it anyway (it waits in the pool's queue); counted as over the watermark.
+    Queue,
+    /// Refuse it with a 429 and the pool's retry-after.
+    #[default]
+    Reject,
+    /// Send it to `degrade_to` instead, counted as a degraded hop.
+    Degrade,
+    /// Refuse hops of lanes below the highest-priority lane that reaches the pool;
+    /// the top lane is admitted up to 100% of `max_tokens_in_flight`.
+    Shed,
+}
+
+/// `rate_limit = { tokens_per_s = 5000, burst = 20000 }` on a lane or a tenant: a
+/// token bucket over model tokens (input + output) of admitted hops.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSpec {
+    /// Refill rate, model tokens per second.
+    pub tokens_per_s: f64,
+    /// Bucket size, tokens (the bucket starts full).
+    pub burst: u64,
+}
+
+/// `[tenants.NAME]`: limits shared by every class with `tenant = "NAME"`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSpec {
+    /// Token budget for in-flight work: a hop that would take the tenant's model tokens
+    /// in flight above this is refused (429).
+    #[serde(default)]
+    pub max_tokens_in_flight: Option<u64>,
+    /// Token bucket over the tenant's admitted model tokens.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitSpec>,
 }
 
 /// `[emergency]`: "max fan-out 2 from time t".
@@ -160,6 +222,13 @@ pub struct LaneSpec {
     /// Share under `discipline = "weighted_fair"`.
     #[serde(default = "one")]
     pub weight: f64,
+    /// Watermark on the lane's model tokens in flight, over all pools (actions
+    /// `queue`, `reject`, `degrade`).
+    #[serde(default)]
+    pub admission: Option<AdmissionSpec>,
+    /// Token bucket over the lane's admitted model tokens.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitSpec>,
 }
 
 fn one() -> f64 {
@@ -301,6 +370,9 @@ pub struct PoolSpec {
     /// Admission watermark: when this many hops wait, new hops get 429.
     #[serde(default)]
     pub max_queue: Option<u32>,
+    /// Admission watermark on the pool's model tokens in flight, with an action.
+    #[serde(default)]
+    pub admission: Option<AdmissionSpec>,
     /// The retry-after a 429 from this pool carries (default 1s); the client honours it
     /// with +/-20% jitter.
     #[serde(default)]
@@ -469,6 +541,8 @@ pub struct Scenario {
     pub routing: crate::policy::RoutingSpec,
     /// Emergency fan-out cap: (from, until, max).
     pub emergency: Option<(SimTime, Option<SimTime>, u32)>,
+    /// Tenants with limits (`[tenants.NAME]`), in name order.
+    pub tenants: Vec<Tenant>,
 }
 
 #[derive(Clone, Debug)]
@@ -476,6 +550,37 @@ pub struct Lane {
     pub name: String,
     pub priority: i32,
     pub weight: f64,
+    pub admission: Option<Admission>,
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A validated admission watermark on tokens in flight.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Admission {
+    pub max_tokens_in_flight: u64,
+    /// floor(watermark x max_tokens_in_flight): a hop that would take the tokens in
+    /// flight above this meets `action`.
+    pub threshold: u64,
+    pub action: AdmissionAction,
+    /// Pool index for `degrade`.
+    pub degrade_to: Option<usize>,
+    /// Highest priority of the lanes whose classes can send hops to the pool (`shed`).
+    pub top_priority: i32,
+}
+
+/// A validated token bucket: refill in milli-tokens per second, size in tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    pub milli_tokens_per_s: u64,
+    pub burst: u64,
+}
+
+/// A validated `[tenants.NAME]`.
+#[derive(Clone, Debug)]
+pub struct Tenant {
+    pub name: String,
+    pub max_tokens_in_flight: Option<u64>,
+    pub rate_limit: Option<RateLimit>,
 }
 
 #[derive(Clone, Debug)]
@@ -492,6 +597,7 @@ pub struct Pool {
     pub discipline: crate::policy::DisciplineSpec,
     pub autoscale: Option<crate::policy::AutoscaleSpec>,
     pub max_queue: Option<u32>,
+    pub admission: Option<Admission>,
     pub retry_after: SimDuration,
     pub max_attempts: u32,
     pub outages: Vec<(SimTime, SimTime)>,
@@ -584,6 +690,8 @@ pub struct WorkflowClass {
     pub slo_target: f64,
     pub abandon_after: Option<SimDuration>,
     pub tenant: String,
+    /// Index into `Scenario::tenants` when the tenant has limits.
+    pub tenant_index: Option<usize>,
     pub lane: String,
     pub lane_index: usize,
     /// Most dollars a workflow should spend (cost-aware routing respects it).
@@ -1024,6 +1132,8 @@ impl ScenarioSpec {
                 discipline: p.discipline,
                 autoscale: p.autoscale.clone(),
                 max_queue: p.max_queue,
+                // Resolved below, once every pool has an index.
+                admission: None,
                 retry_after: p.retry_after.unwrap_or(SimDuration::from_secs(1)),
                 max_attempts: p.max_attempts.unwrap_or(4),
                 outages: p
@@ -1053,10 +1163,44 @@ impl ScenarioSpec {
                 decode_ns_per_token: p.decode_per_token.map(|d| d.as_nanos()).unwrap_or(0),
             });
         }
+        for (name, p) in &self.pools {
+            if let Some(a) = &p.admission {
+                let key = format!("pools.{name}.admission");
+                let adm = compile_admission(&key, a, &pool_index)?;
+                if adm.degrade_to.is_some_and(|d| pools[d].name == *name) {
+                    return Err(err(
+                        format!("{key}.degrade_to"),
+                        "expected another pool than the one the watermark is on",
+                    ));
+                }
+                pools[pool_index[name]].admission = Some(adm);
+            }
+        }
+        // A degraded hop is not degraded again: its target refuses instead.
+        let degrades_further = |pools: &[Pool], d: usize| {
+            pools[d]
+                .admission
+                .as_ref()
+                .is_some_and(|a| a.action == AdmissionAction::Degrade)
+        };
+        for (name, p) in &self.pools {
+            if let Some(d) = p.admission.as_ref().and_then(|a| a.degrade_to.as_ref())
+                && degrades_further(&pools, pool_index[d])
+            {
+                return Err(err(
+                    format!("pools.{name}.admission.degrade_to"),
+                    format!(
+                        "pool `{d}` degrades in turn; degrade to a pool whose admission action is not \"degrade\""
+                    ),
+                ));
+            }
+        }
         let mut lanes = vec![Lane {
             name: "default".into(),
             priority: 0,
             weight: 1.0,
+            admission: None,
+            rate_limit: None,
         }];
         for (name, l) in &self.lanes {
             if !l.weight.is_finite() || l.weight <= 0.0 {
@@ -1065,19 +1209,79 @@ impl ScenarioSpec {
                     format!("expected a positive weight, got {}", l.weight),
                 ));
             }
-            if name == "default" {
-                lanes[0] = Lane {
-                    name: name.clone(),
-                    priority: l.priority,
-                    weight: l.weight,
-                };
-            } else {
-                lanes.push(Lane {
-                    name: name.clone(),
-                    priority: l.priority,
-                    weight: l.weight,
-                });
+            let key = format!("lanes.{name}");
+            let admission = match &l.admission {
+                None => None,
+                Some(a) if a.action == AdmissionAction::Shed => {
+                    return Err(err(
+                        format!("{key}.admission.action"),
+                        "`shed` ranks the lanes sharing a pool, so it applies to pools; on a lane use \"queue\", \"reject\" or \"degrade\"",
+                    ));
+                }
+                Some(a) => Some(compile_admission(
+                    &format!("{key}.admission"),
+                    a,
+                    &pool_index,
+                )?),
+            };
+            if let Some(d) = admission.as_ref().and_then(|a| a.degrade_to)
+                && degrades_further(&pools, d)
+            {
+                return Err(err(
+                    format!("{key}.admission.degrade_to"),
+                    format!(
+                        "pool `{}` degrades in turn; degrade to a pool whose admission action is not \"degrade\"",
+                        pools[d].name
+                    ),
+                ));
             }
+            let lane = Lane {
+                name: name.clone(),
+                priority: l.priority,
+                weight: l.weight,
+                admission,
+                rate_limit: l
+                    .rate_limit
+                    .as_ref()
+                    .map(|r| compile_rate_limit(&format!("{key}.rate_limit"), r))
+                    .transpose()?,
+            };
+            if name == "default" {
+                lanes[0] = lane;
+            } else {
+                lanes.push(lane);
+            }
+        }
+        let mut tenants = Vec::new();
+        for (name, t) in &self.tenants {
+            let key = format!("tenants.{name}");
+            let used = self
+                .classes
+                .values()
+                .any(|c| c.tenant.as_deref().unwrap_or("default") == name);
+            if !used {
+                return Err(err(
+                    key,
+                    format!(
+                        "no class has tenant = \"{name}\"; limits apply to the classes of a tenant"
+                    ),
+                ));
+            }
+            if t.max_tokens_in_flight == Some(0) {
+                return Err(err(
+                    format!("{key}.max_tokens_in_flight"),
+                    "expected a budget of at least 1 token (omit it for none)",
+                ));
+            }
+            tenants.push(Tenant {
+                name: name.clone(),
+                max_tokens_in_flight: t.max_tokens_in_flight,
+                rate_limit: t
+                    .rate_limit
+                    .as_ref()
+                    .map(|r| compile_rate_limit(&format!("{key}.rate_limit"), r))
+                    .transpose()?,
+            });
         }
         let mut tiers = Vec::new();
         let mut tier_index = BTreeMap::new();
@@ -1349,6 +1553,9 @@ impl ScenarioSpec {
                 slo_target: c.slo_target.unwrap_or(0.99),
                 abandon_after: c.abandon_after,
                 tenant: c.tenant.clone().unwrap_or_else(|| "default".into()),
+                tenant_index: tenants
+                    .iter()
+                    .position(|t| t.name == c.tenant.as_deref().unwrap_or("default")),
                 lane: c.lane.clone().unwrap_or_else(|| "default".into()),
                 lane_index: match &c.lane {
                     None => 0,
@@ -1371,6 +1578,7 @@ impl ScenarioSpec {
                 bursts,
             });
         }
+        set_top_priorities(&mut pools, &classes, &lanes, &tiers);
         Ok(Scenario {
             description: self.description.clone(),
             seed: sim.seed,
@@ -1390,7 +1598,141 @@ impl ScenarioSpec {
                     e.max_fan_out,
                 )
             }),
+            tenants,
         })
+    }
+}
+
+/// Validates an `admission = { ... }` table (the caller checks where `shed` may go).
+fn compile_admission(
+    key: &str,
+    a: &AdmissionSpec,
+    pool_index: &BTreeMap<String, usize>,
+) -> Result<Admission, SpecError> {
+    if a.max_tokens_in_flight == 0 {
+        return Err(err(
+            format!("{key}.max_tokens_in_flight"),
+            "expected a capacity of at least 1 token",
+        ));
+    }
+    let w = a.watermark.unwrap_or(1.0);
+    if !(w > 0.0 && w <= 1.0) {
+        return Err(err(
+            format!("{key}.watermark"),
+            format!("expected a share in (0, 1], like 0.85; got {w}"),
+        ));
+    }
+    let threshold = (w * a.max_tokens_in_flight as f64).floor() as u64;
+    if threshold == 0 {
+        return Err(err(
+            format!("{key}.watermark"),
+            "watermark x max_tokens_in_flight is below one token: nothing would be admitted",
+        ));
+    }
+    let degrade_to = match (&a.degrade_to, a.action) {
+        (None, AdmissionAction::Degrade) => {
+            return Err(err(
+                format!("{key}.degrade_to"),
+                "action = \"degrade\" needs the pool to send hops to, like degrade_to = \"small\"",
+            ));
+        }
+        (None, _) => None,
+        (Some(_), action) if action != AdmissionAction::Degrade => {
+            return Err(err(
+                format!("{key}.degrade_to"),
+                "only used with action = \"degrade\"; remove it or change the action",
+            ));
+        }
+        (Some(d), _) => Some(*pool_index.get(d).ok_or_else(|| {
+            err(
+                format!("{key}.degrade_to"),
+                format!(
+                    "no pool named `{d}`; expected one of: {}",
+                    pool_index.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            )
+        })?),
+    };
+    Ok(Admission {
+        max_tokens_in_flight: a.max_tokens_in_flight,
+        threshold,
+        action: a.action,
+        degrade_to,
+        top_priority: i32::MIN,
+    })
+}
+
+/// Validates a `rate_limit = { tokens_per_s, burst }` table.
+fn compile_rate_limit(key: &str, r: &RateLimitSpec) -> Result<RateLimit, SpecError> {
+    let milli = r.tokens_per_s * 1000.0;
+    if !milli.is_finite() || milli.round() < 1.0 || milli > 1e15 {
+        return Err(err(
+            format!("{key}.tokens_per_s"),
+            format!(
+                "expected a rate from 0.001 to 1e12 tokens per second, got {}",
+                r.tokens_per_s
+            ),
+        ));
+    }
+    if r.burst == 0 {
+        return Err(err(
+            format!("{key}.burst"),
+            "expected a bucket of at least 1 token",
+        ));
+    }
+    Ok(RateLimit {
+        milli_tokens_per_s: milli.round() as u64,
+        burst: r.burst,
+    })
+}
+
+/// For `shed`: the highest priority of the lanes whose classes can send a hop to each
+/// pool (a node's pool, any pool of its tier, its escalation pool, and the pools hops
+/// are degraded to from those or from the class's lane).
+fn set_top_priorities(
+    pools: &mut [Pool],
+    classes: &[WorkflowClass],
+    lanes: &[Lane],
+    tiers: &[Tier],
+) {
+    let mut top = vec![i32::MIN; pools.len()];
+    for c in classes {
+        let lane = &lanes[c.lane_index];
+        let mut reach = vec![false; pools.len()];
+        for n in &c.graph.nodes {
+            if let Some(p) = n.pool {
+                reach[p] = true;
+            }
+            if let Some(t) = n.tier {
+                for &p in &tiers[t].pools {
+                    reach[p] = true;
+                }
+            }
+            if let Some(e) = &n.escalate {
+                reach[e.pool] = true;
+            }
+        }
+        let direct = reach.clone();
+        for (p, pool) in pools.iter().enumerate() {
+            if direct[p]
+                && let Some(d) = pool.admission.as_ref().and_then(|a| a.degrade_to)
+            {
+                reach[d] = true;
+            }
+        }
+        if let Some(d) = lane.admission.as_ref().and_then(|a| a.degrade_to) {
+            reach[d] = true;
+        }
+        for (p, r) in reach.iter().enumerate() {
+            if *r {
+                top[p] = top[p].max(lane.priority);
+            }
+        }
+    }
+    for (pool, t) in pools.iter_mut().zip(top) {
+        if let Some(a) = pool.admission.as_mut() {
+            a.top_priority = t;
+        }
     }
 }
 

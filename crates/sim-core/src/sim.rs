@@ -26,7 +26,7 @@ use crate::policy::{
 };
 use crate::queue_station::QueueStation;
 use crate::rng::{SimRng, StreamFactory, WorkflowRng, workflow_stream};
-use crate::scenario::{Arrival, OnPreempt, Scenario, WorkflowClass};
+use crate::scenario::{AdmissionAction, Arrival, OnPreempt, RateLimit, Scenario, WorkflowClass};
 use crate::station::{HopDone, HopJob, JobId, Station, StationOutput, Work};
 use crate::time::{SimDuration, SimTime};
 use crate::workflow::NodeKind;
@@ -216,6 +216,89 @@ struct BreakerState {
     probing: bool,
 }
 
+/// Where an admitted hop goes, by the pool's tokens-in-flight watermark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Placement {
+    Direct,
+    /// Above a `queue` watermark: admitted, counted.
+    OverWatermark,
+    /// Above a `degrade` watermark: to this pool instead.
+    Degrade(usize),
+}
+
+/// Why a pool refused a hop (`pools.<name>.refusals_by_cause` keys).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refusal {
+    Down,
+    MaxQueue,
+    RateLimit,
+    TokensInFlight,
+    Shed,
+}
+
+impl Refusal {
+    fn key(self) -> &'static str {
+        match self {
+            Refusal::Down => "down",
+            Refusal::MaxQueue => "max_queue",
+            Refusal::RateLimit => "rate_limit",
+            Refusal::TokensInFlight => "tokens_in_flight",
+            Refusal::Shed => "shed",
+        }
+    }
+
+    /// The cause a workflow rejected after this refusal is reported with.
+    fn cause(self, pool: &str) -> String {
+        match self {
+            Refusal::Down => format!("{pool} down"),
+            Refusal::MaxQueue | Refusal::RateLimit => format!("429 from {pool}"),
+            Refusal::TokensInFlight => format!("429 from {pool} (tokens in flight)"),
+            Refusal::Shed => format!("429 from {pool} (shed)"),
+        }
+    }
+}
+
+/// A token bucket in picotokens (integer arithmetic): refills at the rate, holds at
+/// most `burst` tokens, starts full. A hop of k tokens passes when the bucket holds
+/// min(k, burst) tokens and takes k (a hop larger than the bucket leaves it in debt).
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
+    spec: RateLimit,
+    level: i128,
+    last: SimTime,
+}
+
+const PICO: i128 = 1_000_000_000_000;
+
+impl Bucket {
+    fn new(spec: RateLimit) -> Self {
+        Bucket {
+            spec,
+            level: spec.burst as i128 * PICO,
+            last: SimTime::ZERO,
+        }
+    }
+
+    fn refill(&mut self, now: SimTime) {
+        let cap = self.spec.burst as i128 * PICO;
+        let dt = now.as_nanos().saturating_sub(self.last.as_nanos()) as i128;
+        // ns x milli-tokens per second = picotokens.
+        let add = dt.saturating_mul(self.spec.milli_tokens_per_s as i128);
+        self.level = self.level.saturating_add(add).min(cap);
+        self.last = now;
+    }
+
+    fn allows(&mut self, now: SimTime, tokens: u64) -> bool {
+        self.refill(now);
+        self.level >= tokens.min(self.spec.burst) as i128 * PICO
+    }
+
+    fn take(&mut self, now: SimTime, tokens: u64) {
+        self.refill(now);
+        self.level -= tokens as i128 * PICO;
+    }
+}
+
 struct ClassRuntime {
     arrivals_rng: SimRng,
     work_seed: u64,
@@ -285,13 +368,20 @@ struct Sim<'a, 'o> {
     /// Recent (time, tokens) of requests per API pool, for RPM/TPM limits.
     api_window: Vec<VecDeque<(SimTime, u64)>>,
     breakers: Vec<BreakerState>,
-    /// Prompt + output tokens of each pool's submitted, unfinished hops (autoscaling).
+    /// Prompt + output tokens of each pool's submitted, unfinished hops (autoscaling,
+    /// token watermarks).
     pool_tokens: Vec<u64>,
     /// (finish time, TTFT ns) of hops finished on pools autoscaled on `p99_ttft`, within
     /// the autoscaler's window.
     ttft_window: Vec<VecDeque<(SimTime, u64)>>,
     /// Per spot pool, the stream its preemption times and victims are drawn from.
     spot_rng: Vec<Option<SimRng>>,
+    /// Model tokens (input + output) of hops admitted and not finished, per lane and
+    /// tenant (`Scenario::tenants`).
+    lane_tokens: Vec<u64>,
+    tenant_tokens: Vec<u64>,
+    lane_buckets: Vec<Option<Bucket>>,
+    tenant_buckets: Vec<Option<Bucket>>,
     interval: IntervalCounters,
     /// Busy server-seconds per station at the last sample (to take differences).
     last_busy: Vec<f64>,
@@ -431,6 +521,18 @@ impl<'a, 'o> Sim<'a, 'o> {
                         .as_ref()
                         .map(|_| streams.stream(&format!("pool/{}/spot", p.name)))
                 })
+                .collect(),
+            lane_tokens: vec![0; sc.lanes.len()],
+            tenant_tokens: vec![0; sc.tenants.len()],
+            lane_buckets: sc
+                .lanes
+                .iter()
+                .map(|l| l.rate_limit.map(Bucket::new))
+                .collect(),
+            tenant_buckets: sc
+                .tenants
+                .iter()
+                .map(|t| t.rate_limit.map(Bucket::new))
                 .collect(),
             interval: IntervalCounters::default(),
             last_busy: vec![0.0; sc.pools.len()],
@@ -737,6 +839,7 @@ impl<'a, 'o> Sim<'a, 'o> {
         self.free_hops.push(hop_slot as u32);
         self.pool_tokens[pool] =
             self.pool_tokens[pool].saturating_sub(hop.input_tokens + hop.output_tokens);
+        self.release_admission_tokens(&hop);
         if done.submitted >= self.warmup {
             self.pool_stats[pool].usd_attributed += done.usd;
         }
@@ -1074,6 +1177,15 @@ impl<'a, 'o> Sim<'a, 'o> {
         }
     }
 
+    /// Pool `p` refused a call the client made: counted by cause, and a failure for
+    /// its breaker.
+    fn refused_by_pool(&mut self, p: usize, r: Refusal) {
+        let st = &mut self.pool_stats[p];
+        st.refusals += 1;
+        *st.refusals_by_cause.entry(r.key()).or_insert(0) += 1;
+        self.breaker_failure(p);
+    }
+
     /// A call to pool `p` succeeded.
     fn breaker_success(&mut self, p: usize) {
         let b = &mut self.breakers[p];
@@ -1083,20 +1195,26 @@ impl<'a, 'o> Sim<'a, 'o> {
         }
     }
 
-    /// Whether pool `p` takes a new hop of `tokens` now: up, below its queue watermark,
-    /// and (for an API) within its RPM/TPM limits.
-    fn admits(&mut self, p: usize, tokens: u64) -> bool {
+    /// Whether pool `p` takes a new hop of `tokens` model tokens from a lane of
+    /// `priority` now: up, below its queue watermark, (an API) within its RPM/TPM
+    /// limits, and what its tokens-in-flight watermark says.
+    fn pool_admission(
+        &mut self,
+        p: usize,
+        tokens: u64,
+        priority: i32,
+    ) -> Result<Placement, Refusal> {
         let pool = &self.sc.pools[p];
         let now = self.now;
         if pool.down_at(now) {
-            return false;
+            return Err(Refusal::Down);
         }
         if let Some(max) = pool.max_queue
             && self.stations[p]
                 .load_now()
                 .is_some_and(|l| l.queued >= max as u64)
         {
-            return false;
+            return Err(Refusal::MaxQueue);
         }
         if let Some(api) = &pool.api {
             let window = &mut self.api_window[p];
@@ -1105,16 +1223,80 @@ impl<'a, 'o> Sim<'a, 'o> {
                 window.pop_front();
             }
             if api.rpm.is_some_and(|rpm| window.len() as u64 >= rpm as u64) {
-                return false;
+                return Err(Refusal::RateLimit);
             }
             if let Some(tpm) = api.tpm {
                 let used: u64 = window.iter().map(|&(_, k)| k).sum();
                 if used + tokens > tpm {
-                    return false;
+                    return Err(Refusal::RateLimit);
                 }
             }
         }
-        true
+        if let Some(a) = &pool.admission {
+            let after = self.pool_tokens[p].saturating_add(tokens);
+            if after > a.threshold {
+                return match a.action {
+                    AdmissionAction::Queue => Ok(Placement::OverWatermark),
+                    AdmissionAction::Reject => Err(Refusal::TokensInFlight),
+                    AdmissionAction::Degrade => match a.degrade_to {
+                        Some(q) => Ok(Placement::Degrade(q)),
+                        None => Err(Refusal::TokensInFlight),
+                    },
+                    // The top lane goes on up to 100%; lower lanes are shed.
+                    AdmissionAction::Shed if priority < a.top_priority => Err(Refusal::Shed),
+                    AdmissionAction::Shed if after <= a.max_tokens_in_flight => {
+                        Ok(Placement::Direct)
+                    }
+                    AdmissionAction::Shed => Err(Refusal::TokensInFlight),
+                };
+            }
+        }
+        Ok(Placement::Direct)
+    }
+
+    /// Lane and tenant limits, checked before any pool is tried: `Ok(Some(pool))` when
+    /// the lane's watermark degrades the hop to `pool`, `Ok(None)` to go on, and the
+    /// 429's cause otherwise. `over` is set when a `queue` watermark is crossed.
+    fn gateway(
+        &mut self,
+        ci: usize,
+        tokens: u64,
+        over: &mut bool,
+    ) -> Result<Option<usize>, String> {
+        let sc = self.sc;
+        let class = &sc.classes[ci];
+        let li = class.lane_index;
+        let lane = &sc.lanes[li];
+        let mut degrade = None;
+        if let Some(a) = &lane.admission
+            && self.lane_tokens[li].saturating_add(tokens) > a.threshold
+        {
+            match a.action {
+                AdmissionAction::Queue => *over = true,
+                AdmissionAction::Degrade if a.degrade_to.is_some() => degrade = a.degrade_to,
+                _ => return Err(format!("429 from lane {} (tokens in flight)", lane.name)),
+            }
+        }
+        if let Some(b) = self.lane_buckets[li].as_mut()
+            && !b.allows(self.now, tokens)
+        {
+            return Err(format!("429 from lane {} (rate limit)", lane.name));
+        }
+        if let Some(ti) = class.tenant_index {
+            let tenant = &sc.tenants[ti];
+            if tenant
+                .max_tokens_in_flight
+                .is_some_and(|m| self.tenant_tokens[ti].saturating_add(tokens) > m)
+            {
+                return Err(format!("429 from tenant {} (token budget)", tenant.name));
+            }
+            if let Some(b) = self.tenant_buckets[ti].as_mut()
+                && !b.allows(self.now, tokens)
+            {
+                return Err(format!("429 from tenant {} (rate limit)", tenant.name));
+            }
+        }
+        Ok(degrade)
     }
 
     /// Expected service seconds and dollars of a model hop on pool `p`.
@@ -1179,17 +1361,34 @@ impl<'a, 'o> Sim<'a, 'o> {
             (None, Some(p)) => std::slice::from_ref(p),
             (None, None) => std::slice::from_ref(&POOL_ZERO),
         };
+        // Retry-after and attempts come from the first pool of the hop's own chain.
+        let home = chain[0];
+        let tokens = input + output;
+        let priority = sc.lanes[class.lane_index].priority;
+        // Lane and tenant limits come first; a lane watermark may degrade the hop.
+        let mut over = false;
+        let gate = self.gateway(ci, tokens, &mut over);
+        let lane_degrade = gate.as_ref().ok().copied().flatten();
+        let chain: &[usize] = match &lane_degrade {
+            Some(d) => std::slice::from_ref(d),
+            None => chain,
+        };
         // Only tiered hops need the router's view of every candidate; a pinned hop only
-        // needs to know whether its pool takes it (and most pools always do).
-        let mut available: Vec<bool> = Vec::new();
-        let mut pinned_ok = false;
-        let choice = if spec.tier.is_some() {
+        // needs to know whether its pool takes it (and most pools always do). `checks`
+        // holds each candidate's answer (`None`: its breaker kept the client away).
+        let mut checks: Vec<Option<Result<Placement, Refusal>>> = Vec::new();
+        let choice = if gate.is_err() {
+            None
+        } else if spec.tier.is_some() && lane_degrade.is_none() {
             let mut views = Vec::with_capacity(chain.len());
             for &p in chain {
                 let load = self.stations[p].load_now().unwrap_or_default();
                 let (service_s, usd) = self.estimate(spec, p, input, output);
-                let ok = self.breaker_allows(p) && self.admits(p, input + output);
-                available.push(ok);
+                let check = self
+                    .breaker_allows(p)
+                    .then(|| self.pool_admission(p, tokens, priority));
+                let ok = matches!(check, Some(Ok(_)));
+                checks.push(check);
                 views.push(PoolView {
                     pool: p,
                     servers: load.servers,
@@ -1215,65 +1414,134 @@ impl<'a, 'o> Sim<'a, 'o> {
             let always_admits = pool.breaker.is_none()
                 && pool.outages.is_empty()
                 && pool.max_queue.is_none()
-                && pool.api.is_none();
-            pinned_ok = always_admits || (self.breaker_allows(p) && self.admits(p, input + output));
-            pinned_ok.then_some(0)
+                && pool.api.is_none()
+                && pool.admission.is_none();
+            let check = if always_admits {
+                Some(Ok(Placement::Direct))
+            } else {
+                self.breaker_allows(p)
+                    .then(|| self.pool_admission(p, tokens, priority))
+            };
+            let ok = matches!(check, Some(Ok(_)));
+            checks.push(check);
+            ok.then_some(0)
         };
         // The client tried the chain in order up to its choice: every pool before it
         // that its breaker let through but that refused counts as a failed call.
-        let tried = choice.unwrap_or(chain.len());
-        for (k, &p) in chain.iter().enumerate().take(tried) {
-            let ok = available.get(k).copied().unwrap_or(pinned_ok);
-            if !ok && self.breaker_allows(p) {
-                self.pool_stats[p].refusals += 1;
-                self.breaker_failure(p);
+        let tried = choice.unwrap_or(checks.len());
+        for k in 0..tried {
+            if let Some(Err(r)) = checks[k] {
+                self.refused_by_pool(chain[k], r);
             }
         }
-        let Some(i) = choice else {
-            let first = &sc.pools[chain[0]];
-            if attempt + 1 >= first.max_attempts {
-                let cause = if first.down_at(now) {
-                    format!("{} down", first.name)
-                } else {
-                    format!("429 from {}", first.name)
-                };
-                self.finish_workflow(slot, Outcome::Rejected, &cause);
+        // Where the hop goes: (position in the chain, pool, degraded by a watermark), or
+        // the cause of the 429 when nothing takes it.
+        let placed: Result<(usize, usize, bool), String> = match (gate, choice) {
+            (Err(cause), _) => Err(cause),
+            (Ok(_), None) => Err(match checks.first() {
+                Some(Some(Err(r))) => r.cause(&sc.pools[chain[0]].name),
+                // Not tried (its breaker is open), or the router chose none.
+                _ if sc.pools[chain[0]].down_at(now) => {
+                    Refusal::Down.cause(&sc.pools[chain[0]].name)
+                }
+                _ => Refusal::MaxQueue.cause(&sc.pools[chain[0]].name),
+            }),
+            (Ok(_), Some(i)) => match checks[i] {
+                Some(Ok(Placement::Degrade(q))) => {
+                    let check = self
+                        .breaker_allows(q)
+                        .then(|| self.pool_admission(q, tokens, priority));
+                    match check {
+                        Some(Ok(pl @ (Placement::Direct | Placement::OverWatermark))) => {
+                            if pl == Placement::OverWatermark {
+                                over = true;
+                                self.pool_stats[q].admitted_over_watermark += 1;
+                            }
+                            self.pool_stats[chain[i]].degraded_away += 1;
+                            Ok((i, q, true))
+                        }
+                        Some(Ok(Placement::Degrade(_))) | Some(Err(_)) | None => {
+                            let r = match check {
+                                Some(Err(r)) => r,
+                                _ if sc.pools[q].down_at(now) => Refusal::Down,
+                                _ => Refusal::TokensInFlight,
+                            };
+                            if check.is_some() {
+                                self.refused_by_pool(q, r);
+                            }
+                            Err(r.cause(&sc.pools[q].name))
+                        }
+                    }
+                }
+                Some(Ok(Placement::OverWatermark)) => {
+                    over = true;
+                    self.pool_stats[chain[i]].admitted_over_watermark += 1;
+                    Ok((i, chain[i], lane_degrade.is_some()))
+                }
+                _ => Ok((i, chain[i], lane_degrade.is_some())),
+            },
+        };
+        let (i, p, degraded) = match placed {
+            Ok(x) => x,
+            Err(cause) => {
+                let first = &sc.pools[home];
+                if self.workflows[slot as usize].counted {
+                    *self.class_stats[ci]
+                        .refused_by_cause
+                        .entry(cause.clone())
+                        .or_insert(0) += 1;
+                }
+                if attempt + 1 >= first.max_attempts {
+                    self.finish_workflow(slot, Outcome::Rejected, &cause);
+                    return;
+                }
+                let wf = &mut self.workflows[slot as usize];
+                let mut trng = timing_stream(
+                    self.classes[ci].work_seed,
+                    wf.number,
+                    [node as u64, branch as u64, epoch as u64, attempt as u64, 1],
+                );
+                let jitter = 0.8 + 0.4 * trng.random::<f64>();
+                let wait = SimDuration::from_secs_f64(first.retry_after.as_secs_f64() * jitter);
+                wf.outstanding += 1;
+                let wf_id = wf.id;
+                self.set_timer(
+                    now + wait,
+                    slot,
+                    wf_id,
+                    Timer::RouteRetry {
+                        node: node as u32,
+                        branch,
+                        epoch,
+                        attempt: attempt + 1,
+                        context,
+                        input,
+                        output,
+                    },
+                );
                 return;
             }
-            let wf = &mut self.workflows[slot as usize];
-            let mut trng = timing_stream(
-                self.classes[ci].work_seed,
-                wf.number,
-                [node as u64, branch as u64, epoch as u64, attempt as u64, 1],
-            );
-            let jitter = 0.8 + 0.4 * trng.random::<f64>();
-            let wait = SimDuration::from_secs_f64(first.retry_after.as_secs_f64() * jitter);
-            wf.outstanding += 1;
-            let wf_id = wf.id;
-            self.set_timer(
-                now + wait,
-                slot,
-                wf_id,
-                Timer::RouteRetry {
-                    node: node as u32,
-                    branch,
-                    epoch,
-                    attempt: attempt + 1,
-                    context,
-                    input,
-                    output,
-                },
-            );
-            return;
         };
-        let p = chain[i];
         if self.breakers[p].open_until.is_some_and(|u| now >= u) {
             self.breakers[p].probing = true;
         }
+        // Admitted: the lane's and tenant's buckets pay for the tokens.
+        if let Some(b) = self.lane_buckets[class.lane_index].as_mut() {
+            b.take(now, tokens);
+        }
+        if let Some(b) = class
+            .tenant_index
+            .and_then(|t| self.tenant_buckets[t].as_mut())
+        {
+            b.take(now, tokens);
+        }
         let pool = &sc.pools[p];
         let wf = &mut self.workflows[slot as usize];
-        if i > 0 && wf.counted {
+        if (i > 0 || degraded) && wf.counted {
             self.class_stats[ci].degraded_hops += 1;
+        }
+        if over && wf.counted {
+            self.class_stats[ci].admitted_over_watermark += 1;
         }
         if pool.api.is_some() {
             self.api_window[p].push_back((now, input + output));
@@ -1431,11 +1699,19 @@ impl<'a, 'o> Sim<'a, 'o> {
         self.next_hop_seq += 1;
         wf.outstanding += 1;
         if matches!(hop.kind, HopKind::Model | HopKind::Escalation) {
-            wf.tokens += hop.input_tokens + hop.output_tokens;
+            let k = hop.input_tokens + hop.output_tokens;
+            wf.tokens += k;
+            let class = &self.sc.classes[wf.class as usize];
+            self.lane_tokens[class.lane_index] += k;
+            if let Some(t) = class.tenant_index {
+                self.tenant_tokens[t] += k;
+            }
         }
         let station = hop.station as usize;
         if station < self.sc.pools.len() {
             self.pool_tokens[station] += hop.input_tokens + hop.output_tokens;
+            let st = &mut self.pool_stats[station];
+            st.peak_tokens_in_flight = st.peak_tokens_in_flight.max(self.pool_tokens[station]);
         }
         let hop_slot = match self.free_hops.pop() {
             Some(h) => {
@@ -1537,6 +1813,7 @@ impl<'a, 'o> Sim<'a, 'o> {
         };
         self.free_hops.push(hop_slot as u32);
         self.hop_left_pool(&hop, &done);
+        self.release_admission_tokens(&hop);
         let slot = hop.slot;
         let wf = &mut self.workflows[slot as usize];
         if !wf.active || wf.id != hop.wf_id {
@@ -1737,6 +2014,28 @@ impl<'a, 'o> Sim<'a, 'o> {
                 };
                 self.node_finished(slot, node, hop.branch, ctx);
             }
+        }
+    }
+
+    /// A model hop left its pool (finished or lost): its tokens no longer count in
+    /// flight for its lane and tenant.
+    fn release_admission_tokens(&mut self, hop: &Hop) {
+        if !matches!(hop.kind, HopKind::Model | HopKind::Escalation) {
+            return;
+        }
+        let k = hop.input_tokens + hop.output_tokens;
+        let Some(ci) = self
+            .workflows
+            .get(hop.slot as usize)
+            .map(|w| w.class as usize)
+        else {
+            return;
+        };
+        let class = &self.sc.classes[ci];
+        let lane = &mut self.lane_tokens[class.lane_index];
+        *lane = lane.saturating_sub(k);
+        if let Some(t) = class.tenant_index {
+            self.tenant_tokens[t] = self.tenant_tokens[t].saturating_sub(k);
         }
     }
 
