@@ -965,6 +965,7 @@ hops = [{{ pool = "mid" }}]
                 output_tokens: 200,
                 block_hashes: None,
                 hash_block_tokens: 0,
+                graph: None,
             })
             .collect();
         sc.classes[0].arrival = sim_core::scenario::Arrival::Recorded {
