@@ -1222,4 +1222,25 @@ output_tokens = { dist = "uniform", low = 50, high = 400 }
     assert_eq!(s.pools["c"].hops, on_c);
     assert_eq!(s.classes["chat"].degraded_hops, 0);
     assert_conservation(&r);
+
+    // queue: nothing refused or moved; the batch hops admitted above the watermark are
+    // counted, exactly those whose admission took the lane above 10,000.
+    let (r, log) = run_logged(&text.replace("ACTION", r#"action = "queue""#));
+    let over = in_flight_after_admission(&log, batch)
+        .into_iter()
+        .filter(|&t| t > 10_000)
+        .count() as u64;
+    let s = r.summary();
+    let counted: u64 = ["etl1", "etl2"]
+        .iter()
+        .map(|c| s.classes[*c].admitted_over_watermark)
+        .sum();
+    assert!(over > 100, "{over} over the watermark");
+    assert_eq!(counted, over);
+    assert_eq!(s.classes["chat"].admitted_over_watermark, 0);
+    assert_eq!(s.pools["c"].hops, 0);
+    for c in s.classes.values() {
+        assert!(c.refused_by_cause.is_empty());
+        assert_eq!(c.completed, c.arrived);
+    }
 }
