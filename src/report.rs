@@ -338,6 +338,7 @@ pub fn run_table_with(s: &Summary, opts: &TableOptions<'_>) -> String {
         "pool",
         "servers",
         "util",
+        "rho",
         "hops",
         "P(wait)",
         "mean wait",
@@ -351,6 +352,9 @@ pub fn run_table_with(s: &Summary, opts: &TableOptions<'_>) -> String {
             name.clone(),
             p.servers.to_string(),
             format!("{:.1}%", p.utilization * 100.0),
+            p.offered_rho
+                .map(|r| format!("{r:.3}"))
+                .unwrap_or_else(|| "-".into()),
             fmt_count(p.hops),
             format!("{:.3}", p.prob_wait),
             fmt_secs(Some(p.queue_wait_s.mean)),

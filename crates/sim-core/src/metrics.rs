@@ -341,6 +341,9 @@ pub struct RunResult {
     pub timeseries: Vec<TimeseriesRow>,
     /// Per-hop figures by class, lane, tier, pool, tenant and tool.
     pub breakdown: Breakdown,
+    /// Offered load rho per pool from the scenario (`Scenario::offered_load`), `None`
+    /// for GPU and API pools.
+    pub offered_rho: Vec<Option<f64>>,
 }
 
 /// The factory over one sampling interval ending at `t`.
@@ -505,6 +508,7 @@ impl RunResult {
                 PoolSummary {
                     servers: r.servers,
                     utilization: r.utilization(),
+                    offered_rho: self.offered_rho.get(i).copied().flatten(),
                     hops: s.hops,
                     throughput_per_s: if window_s > 0.0 {
                         s.hops as f64 / window_s
@@ -838,6 +842,9 @@ pub struct WaitSummary {
 pub struct PoolSummary {
     pub servers: u32,
     pub utilization: f64,
+    /// Offered load per server from the scenario, lambda x E[S] / c (abstract pools;
+    /// `null` for GPU and API pools).
+    pub offered_rho: Option<f64>,
     pub hops: u64,
     pub throughput_per_s: f64,
     pub prob_wait: f64,

@@ -726,6 +726,14 @@ impl<'a, 'o> Sim<'a, 'o> {
             gpu_reports,
             timeseries: self.timeseries,
             breakdown: self.breakdown,
+            // The scenario's offered load (abstract pools only: a GPU pool's service time
+            // comes from its replicas, an API never queues).
+            offered_rho: sc
+                .offered_load()
+                .iter()
+                .zip(&sc.pools)
+                .map(|(l, p)| (p.gpu.is_none() && p.api.is_none()).then_some(l.rho))
+                .collect(),
         }
     }
 

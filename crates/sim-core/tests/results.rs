@@ -395,3 +395,36 @@ fn over_tiered_dollars_are_exact_for_an_outage_fallback() {
     assert!((left - right).abs() < 0.005, "{left} vs {right}");
     assert!((s.totals.usd_workflows + s.totals.usd_idle - s.totals.usd_spent).abs() < 0.005);
 }
+
+#[test]
+fn offered_load_rho_per_pool() {
+    // 1 workflow/s x (one 1s hop on `a` + 30% x one 2s hop on `b`): rho_a = 1 x 1 / 2 =
+    // 0.5, rho_b = 0.3 x 2 / 3 = 0.2; the GPU pool has none.
+    let text = r#"
+[simulation]
+horizon = "2h"
+[pools.a]
+servers = 2
+service = { dist = "constant", value = "1s" }
+[pools.b]
+servers = 3
+service = { dist = "constant", value = "2s" }
+[pools.gpu]
+servers = 1
+gpu = { model = "llama-3-8b", gpu = "h100-80gb", tp = 1 }
+[classes.c]
+arrival = { process = "poisson", rate = 1.0 }
+[[classes.c.nodes]]
+id = "x"
+pool = "a"
+escalate = { probability = 0.3, pool = "b" }
+"#;
+    let (_, r, _) = run_logged(text);
+    let s = r.summary();
+    assert!((s.pools["a"].offered_rho.unwrap() - 0.5).abs() < 1e-12);
+    assert!((s.pools["b"].offered_rho.unwrap() - 0.2).abs() < 1e-12);
+    assert_eq!(s.pools["gpu"].offered_rho, None);
+    // The measured utilisation agrees within sampling noise (7,200 workflows).
+    assert!((s.pools["a"].utilization - 0.5).abs() < 0.03);
+    assert!((s.pools["b"].utilization - 0.2).abs() < 0.03);
+}
