@@ -861,6 +861,10 @@ impl<'a, 'o> Sim<'a, 'o> {
         let stale =
             wf.outcome.is_some() || hop.timed_out || wf.nodes[hop.node as usize].epoch != hop.epoch;
         if stale {
+            // Waste only: a hop of an earlier loop epoch leaves the live workflow's cost.
+            if wf.outcome.is_none() {
+                wf.usd -= done.usd;
+            }
             if wf.counted {
                 self.class_stats[wf.class as usize].usd_waste_leftover += done.usd;
             }

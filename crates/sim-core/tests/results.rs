@@ -428,3 +428,48 @@ escalate = { probability = 0.3, pool = "b" }
     assert!((s.pools["a"].utilization - 0.5).abs() < 0.03);
     assert!((s.pools["b"].utilization - 0.2).abs() < 0.03);
 }
+
+#[test]
+fn a_quorum_straggler_of_an_earlier_loop_run_is_charged_once() {
+    // research fans out 4 branches joined by the first; verify loops back to research
+    // half the time, while the slower branches of the previous run are still going.
+    // Their dollars are waste (after the outcome of their run), not also the workflow's.
+    let text = r#"
+[simulation]
+horizon = "1h"
+drain = true
+[pools.p]
+servers = 40
+usd_per_server_hour = 3.6
+service = { dist = "exponential", mean = "2s" }
+[pools.v]
+servers = 10
+usd_per_server_hour = 1.0
+service = { dist = "constant", value = "100ms" }
+[classes.c]
+arrival = { process = "poisson", rate = 0.5 }
+[[classes.c.nodes]]
+id = "research"
+pool = "p"
+fan_out = { count = { dist = "constant", value = 4 }, quorum = 1 }
+[[classes.c.nodes]]
+id = "verify"
+pool = "v"
+after = ["research"]
+loop = { to = "research", probability = 0.5, max = 3 }
+"#;
+    let (_, r, log) = run_logged(text);
+    let s = r.summary();
+    let c = &r.classes[0];
+    assert_eq!(c.completed, c.arrived);
+    assert!(c.loops > 500, "{}", c.loops);
+    assert!(c.usd_waste_leftover > 0.0);
+    // Every hop's dollars are charged exactly once: to a workflow or as waste.
+    let hops: f64 = log.iter().map(|h| h.usd).sum();
+    let charged = c.usd_per_success.iter().sum::<f64>() + c.usd_waste_leftover;
+    assert!(
+        (hops - charged).abs() < 1e-6,
+        "hops {hops} vs charged {charged}"
+    );
+    assert!((s.totals.usd_workflows + s.totals.usd_idle - s.totals.usd_spent).abs() < 0.005);
+}
