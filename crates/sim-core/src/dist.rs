@@ -177,7 +177,12 @@ impl Sampler {
     /// Draws a token count (rounded to the nearest integer).
     #[inline]
     pub fn sample_tokens<R: Rng + ?Sized>(&self, rng: &mut R) -> u64 {
-        self.sample(rng).round() as u64
+        let x = self.sample(rng);
+        if x >= u64::MAX as f64 {
+            u64::MAX
+        } else {
+            crate::time::round_non_negative(x)
+        }
     }
 
     /// The distribution's mean (of the truncated normal, for `Normal`).

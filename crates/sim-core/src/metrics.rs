@@ -954,6 +954,22 @@ impl Hist {
     pub fn count(&self) -> u64 {
         self.ns.len()
     }
+    /// Adds `o`'s samples (bucket counts add exactly; an auto-resizing histogram
+    /// cannot refuse them).
+    pub fn merge(&mut self, o: &Hist) {
+        if o.count() == 0 {
+            return;
+        }
+        if self.ns.add(&o.ns).is_err() {
+            for v in o.ns.iter_recorded() {
+                let (x, n) = (v.value_iterated_to(), v.count_at_value());
+                if self.ns.record_n(x, n).is_err() {
+                    self.ns.saturating_record_n(x, n);
+                }
+            }
+        }
+        self.sum_ns += o.sum_ns;
+    }
     /// Mean, p50, p90, p95, p99, p99.9 and max in seconds; `None` without samples.
     pub fn dist(&self) -> Option<Dist> {
         let n = self.count();
@@ -1063,6 +1079,23 @@ impl HopGroupStats {
         }
     }
 
+    /// Adds another group's hops (exact: histograms merge bucket by bucket).
+    fn merge(&mut self, o: &HopGroupStats) {
+        self.hops += o.hops;
+        self.queue_wait.merge(&o.queue_wait);
+        self.llm_hops += o.llm_hops;
+        self.ttft.merge(&o.ttft);
+        self.tpot.merge(&o.tpot);
+        self.itl.merge(&o.itl);
+        self.tool_calls += o.tool_calls;
+        self.tool_wait.merge(&o.tool_wait);
+        self.gpu_busy_ns += o.gpu_busy_ns;
+        self.prefill_busy_ns += o.prefill_busy_ns;
+        self.usd += o.usd;
+        self.over_tiered_hops += o.over_tiered_hops;
+        self.usd_over_tiered += o.usd_over_tiered;
+    }
+
     /// Prefill time / GPU busy time (`None` without GPU time).
     pub fn prefill_share(&self) -> Option<f64> {
         (self.gpu_busy_ns > 0).then(|| self.prefill_busy_ns as f64 / self.gpu_busy_ns as f64)
@@ -1117,6 +1150,9 @@ pub struct Breakdown {
     /// Lane and tenant of each class (indices into the lists above).
     pub class_lane: Vec<usize>,
     pub class_tenant: Vec<usize>,
+    /// Hops recorded during the run, by (class, tier, station); merged by `finish`.
+    cells: Vec<(usize, usize, usize, HopGroupStats)>,
+    cell_of: Vec<u32>,
 }
 
 /// Tier key of hops whose node names a pool rather than a tier.
@@ -1170,47 +1206,84 @@ impl Breakdown {
             tool_names: sc.tools.iter().map(|t| t.name.clone()).collect(),
             by_tool: groups(sc.tools.len()),
             class_lane: sc.classes.iter().map(|c| c.lane_index).collect(),
+            cells: Vec::new(),
+            cell_of: Vec::new(),
         }
     }
 
-    /// Records one finished hop in its class, lane, tenant, tier and pool (or tool) groups.
+    /// Records one finished hop. Hops are kept once per (class, tier, pool or tool)
+    /// cell, so each figure costs one histogram update; [`Breakdown::finish`] merges
+    /// the cells into the class, lane, tenant, tier, pool and tool groups.
     pub fn record(&mut self, s: &HopSample<'_>) {
-        let c = s.class;
-        if let Some(g) = self.by_class.get_mut(c) {
-            g.record(s);
-        }
-        if let Some(g) = self
-            .class_lane
-            .get(c)
-            .and_then(|&l| self.by_lane.get_mut(l))
-        {
-            g.record(s);
-        }
-        if let Some(g) = self
-            .class_tenant
-            .get(c)
-            .and_then(|&t| self.by_tenant.get_mut(t))
-        {
-            g.record(s);
-        }
-        if let Some(t) = s.tool {
-            if let Some(g) = self.by_tool.get_mut(t) {
-                g.record(s);
-            }
-            return;
-        }
-        let n = self.by_tier.len();
-        let tier = if s.escalation {
-            n - 1
-        } else {
-            s.tier.unwrap_or(n - 2)
+        let n_tiers = self.by_tier.len();
+        let n_pools = self.by_pool.len();
+        let stations = n_pools + self.by_tool.len();
+        let tier = match (s.tool, s.escalation) {
+            (Some(_), _) => n_tiers, // tools have no tier
+            (None, true) => n_tiers - 1,
+            (None, false) => s.tier.unwrap_or(n_tiers - 2),
         };
-        if let Some(g) = self.by_tier.get_mut(tier) {
-            g.record(s);
+        let station = match (s.tool, s.pool) {
+            (Some(t), _) => n_pools + t,
+            (None, Some(p)) => p,
+            (None, None) => stations,
+        };
+        let key = (s.class * (n_tiers + 1) + tier) * (stations + 1) + station;
+        if self.cell_of.len() <= key {
+            let size = self.class_names.len().max(s.class + 1) * (n_tiers + 1) * (stations + 1);
+            self.cell_of.resize(size.max(key + 1), u32::MAX);
         }
-        if let Some(g) = s.pool.and_then(|p| self.by_pool.get_mut(p)) {
-            g.record(s);
+        let cell = match self.cell_of[key] {
+            u32::MAX => {
+                self.cell_of[key] = self.cells.len() as u32;
+                self.cells
+                    .push((s.class, tier, station, HopGroupStats::default()));
+                self.cells.len() - 1
+            }
+            i => i as usize,
+        };
+        self.cells[cell].3.record(s);
+    }
+
+    /// Merges the recorded cells into the groups (the `by_*` lists). Called once, at
+    /// the end of a run; merging histograms is exact.
+    pub fn finish(&mut self) {
+        let n_tiers = self.by_tier.len();
+        let n_pools = self.by_pool.len();
+        for (class, tier, station, g) in std::mem::take(&mut self.cells) {
+            if let Some(t) = self.by_class.get_mut(class) {
+                t.merge(&g);
+            }
+            if let Some(t) = self
+                .class_lane
+                .get(class)
+                .and_then(|&l| self.by_lane.get_mut(l))
+            {
+                t.merge(&g);
+            }
+            if let Some(t) = self
+                .class_tenant
+                .get(class)
+                .and_then(|&i| self.by_tenant.get_mut(i))
+            {
+                t.merge(&g);
+            }
+            if station >= n_pools {
+                if let Some(t) = self.by_tool.get_mut(station - n_pools) {
+                    t.merge(&g);
+                }
+                continue;
+            }
+            if tier < n_tiers
+                && let Some(t) = self.by_tier.get_mut(tier)
+            {
+                t.merge(&g);
+            }
+            if let Some(t) = self.by_pool.get_mut(station) {
+                t.merge(&g);
+            }
         }
+        self.cell_of.clear();
     }
 }
 

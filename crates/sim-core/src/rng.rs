@@ -23,10 +23,19 @@ pub type WorkflowRng = Xoshiro256PlusPlus;
 /// same workflow draws the same numbers whatever order the simulator serves it in.
 pub fn workflow_stream(class_seed: u64, n: u64) -> WorkflowRng {
     let mut state = class_seed ^ n.wrapping_mul(0xd1b5_4a32_d192_ed03);
+    // Four SplitMix64 outputs, little-endian, as the 256-bit seed (written out rather
+    // than looped: this runs once per workflow and once per model hop).
+    let (a, b, c, d) = (
+        splitmix64(&mut state),
+        splitmix64(&mut state),
+        splitmix64(&mut state),
+        splitmix64(&mut state),
+    );
     let mut key = [0u8; 32];
-    for chunk in key.chunks_mut(8) {
-        chunk.copy_from_slice(&splitmix64(&mut state).to_le_bytes());
-    }
+    key[..8].copy_from_slice(&a.to_le_bytes());
+    key[8..16].copy_from_slice(&b.to_le_bytes());
+    key[16..24].copy_from_slice(&c.to_le_bytes());
+    key[24..].copy_from_slice(&d.to_le_bytes());
     Xoshiro256PlusPlus::from_seed(key)
 }
 
@@ -41,6 +50,7 @@ pub fn stable_hash(name: &str) -> u64 {
 }
 
 /// SplitMix64 step, used to spread (seed, name hash) into a 256-bit ChaCha key.
+#[inline]
 fn splitmix64(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
     let mut z = *state;

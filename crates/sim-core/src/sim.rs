@@ -725,7 +725,10 @@ impl<'a, 'o> Sim<'a, 'o> {
             tools: self.tool_stats,
             gpu_reports,
             timeseries: self.timeseries,
-            breakdown: self.breakdown,
+            breakdown: {
+                self.breakdown.finish();
+                self.breakdown
+            },
             // The scenario's offered load (abstract pools only: a GPU pool's service time
             // comes from its replicas, an API never queues).
             offered_rho: sc

@@ -32,12 +32,12 @@ impl SimDuration {
         if s.is_nan() || s <= 0.0 {
             SimDuration(0)
         } else {
-            let ns = (s * NANOS_PER_SEC as f64).round();
-            SimDuration(if ns >= u64::MAX as f64 {
-                u64::MAX
+            let ns = s * NANOS_PER_SEC as f64;
+            if ns >= u64::MAX as f64 {
+                SimDuration(u64::MAX)
             } else {
-                ns as u64
-            })
+                SimDuration(round_non_negative(ns))
+            }
         }
     }
     pub const fn as_nanos(self) -> u64 {
@@ -203,8 +203,42 @@ impl<'de> Deserialize<'de> for SimDuration {
     }
 }
 
+/// `x.round() as u64` for `0 <= x < 2^64`, without a libm call (the baseline x86-64
+/// target has no rounding instruction): the fractional part of a double is exact, so
+/// this rounds half away from zero exactly like `f64::round`.
+#[inline]
+pub fn round_non_negative(x: f64) -> u64 {
+    let t = x as u64;
+    if x - t as f64 >= 0.5 { t + 1 } else { t }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn rounding_without_libm_matches_f64_round() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut values = vec![
+            0.0,
+            0.5,
+            1.5,
+            2.5,
+            0.49999999999999994,
+            4503599627370495.5,
+            1e18,
+        ];
+        for _ in 0..100_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let bits = (x >> 12) | 0x3ff0_0000_0000_0000;
+            let unit = f64::from_bits(bits) - 1.0;
+            values.push(unit * 10f64.powi((x % 19) as i32));
+        }
+        for v in values {
+            assert_eq!(round_non_negative(v), v.round() as u64, "{v}");
+        }
+    }
+
     use super::*;
 
     #[test]
