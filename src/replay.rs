@@ -119,6 +119,7 @@ impl<'a> SpanResolver<'a> {
                     payload_tokens: None,
                     usd_per_call: 0.0,
                     concurrency: None,
+                    spikes: Vec::new(),
                 });
                 self.extra_tools.len() - 1
             }

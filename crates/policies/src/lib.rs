@@ -5,7 +5,7 @@
 //! | decision | spec | implementations |
 //! |---|---|---|
 //! | queue discipline | `pools.X.discipline` | [`Fifo`](sim_core::policy::Fifo), [`StrictPriority`], [`WeightedFair`], [`EarliestDeadline`] |
-//! | tier routing | `[routing] policy` | [`FirstAvailable`], [`CostAware`], [`LeastLoaded`] |
+//! | tier routing | `[routing] policy` | [`FirstAvailable`], [`CostAware`], [`LeastLoaded`] (within the chain `[[routing.rules]]` chose: `Scenario::tier_chain`) |
 //! | autoscaling | `pools.X.autoscale` | [`ReactiveAutoscaler`] (queue depth, tokens in flight, p99 TTFT; pre-warming) |
 //! | replica load balancing | `pools.X.gpu.picker` | round robin, least outstanding tokens (sim-core), [`PrefixAffinity`], [`KvAware`] |
 
@@ -126,25 +126,47 @@ impl TierRouter for FirstAvailable {
 }
 
 /// Cost-aware routing: the cheapest available pool whose predicted latency fits the time
-/// left before the workflow's SLO (and whose cost fits its remaining budget); if none
-/// fits, the available pool with the lowest predicted latency.
+/// left before the workflow's SLO and whose cost fits its remaining budget; if none fits
+/// both, the fastest (lowest predicted latency) available pool within the budget; if
+/// none is within the budget, the cheapest available pool.
 pub struct CostAware;
 
 impl TierRouter for CostAware {
     fn choose(&mut self, req: &RouteRequest, candidates: &[PoolView]) -> Option<usize> {
+        let in_budget = |c: &PoolView| req.budget_remaining_usd.is_none_or(|b| c.usd <= b);
         let fits = |c: &PoolView| {
-            req.slo_remaining_s
-                .is_none_or(|left| c.predicted_latency_s() <= left)
-                && req.budget_remaining_usd.is_none_or(|b| c.usd <= b)
+            in_budget(c)
+                && req
+                    .slo_remaining_s
+                    .is_none_or(|left| c.predicted_latency_s() <= left)
         };
-        let cheapest_fit = candidates
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.available && fits(c))
-            .min_by(|a, b| a.1.usd.total_cmp(&b.1.usd).then(a.0.cmp(&b.0)))
-            .map(|(i, _)| i);
-        cheapest_fit.or_else(|| LeastLoaded.choose(req, candidates))
+        let cheapest = |ok: &dyn Fn(&PoolView) -> bool| {
+            candidates
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.available && ok(c))
+                .min_by(|a, b| a.1.usd.total_cmp(&b.1.usd).then(a.0.cmp(&b.0)))
+                .map(|(i, _)| i)
+        };
+        cheapest(&fits)
+            .or_else(|| fastest(candidates, &in_budget))
+            .or_else(|| cheapest(&|_| true))
     }
+}
+
+/// The available pool accepted by `ok` with the lowest predicted latency; ties to the
+/// earlier pool of the chain.
+fn fastest(candidates: &[PoolView], ok: &dyn Fn(&PoolView) -> bool) -> Option<usize> {
+    candidates
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.available && ok(c))
+        .min_by(|a, b| {
+            a.1.predicted_latency_s()
+                .total_cmp(&b.1.predicted_latency_s())
+                .then(a.0.cmp(&b.0))
+        })
+        .map(|(i, _)| i)
 }
 
 /// The available pool with the lowest predicted latency (queue ahead / servers +
@@ -153,16 +175,7 @@ pub struct LeastLoaded;
 
 impl TierRouter for LeastLoaded {
     fn choose(&mut self, _req: &RouteRequest, candidates: &[PoolView]) -> Option<usize> {
-        candidates
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.available)
-            .min_by(|a, b| {
-                a.1.predicted_latency_s()
-                    .total_cmp(&b.1.predicted_latency_s())
-                    .then(a.0.cmp(&b.0))
-            })
-            .map(|(i, _)| i)
+        fastest(candidates, &|_| true)
     }
 }
 

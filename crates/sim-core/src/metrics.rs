@@ -198,6 +198,8 @@ pub struct PoolStats {
     pub usd_api: f64,
     /// Times its circuit breaker opened.
     pub breaker_opens: u64,
+    /// Calls that came back with an error (`error_rate`).
+    pub errors: u64,
 }
 
 impl Default for PoolStats {
@@ -227,6 +229,7 @@ impl PoolStats {
             peak_tokens_in_flight: 0,
             usd_api: 0.0,
             breaker_opens: 0,
+            errors: 0,
         }
     }
 
@@ -544,6 +547,7 @@ impl RunResult {
                     degraded_away: s.degraded_away,
                     peak_tokens_in_flight: s.peak_tokens_in_flight,
                     breaker_opens: s.breaker_opens,
+                    errors: s.errors,
                     usd_api: s.usd_api,
                     llm: self.gpu_reports.get(i).cloned().flatten().map(|g| {
                         let q = |h: &Histogram<u64>, x: f64| h.value_at_quantile(x) as f64 / 1e9;
@@ -870,6 +874,8 @@ pub struct PoolSummary {
     pub breaker_opens: u64,
     /// Per-token dollars (API pools).
     pub usd_api: f64,
+    /// Calls that came back with an error (pool `error_rate`), retried or failed.
+    pub errors: u64,
 }
 
 /// Per-request and per-replica figures of a GPU pool.

@@ -126,8 +126,8 @@ pub enum RoutingSpec {
     /// The first available pool of the tier's chain (fallback on outage or 429).
     #[default]
     Static,
-    /// The cheapest available pool whose predicted latency fits the SLO time left (and
-    /// the budget), else the fastest.
+    /// The cheapest available pool whose predicted latency fits the SLO time left and
+    /// the budget; else the fastest within the budget; else the cheapest.
     CostAware,
     /// The available pool with the lowest predicted latency.
     LeastLoaded,

@@ -118,12 +118,25 @@ pub struct EmergencySpec {
     pub until: Option<SimDuration>,
 }
 
-/// `breaker = { failures = 5, open = "30s" }` on a pool: a circuit breaker.
+/// `breaker = { failures = 5, open = "30s" }` or `breaker = { error_rate = 0.5,
+/// window = "30s", min_calls = 10, open = "30s" }` on a pool: a circuit breaker that
+/// opens on consecutive failures, on the share of failed calls in a sliding window, or
+/// on whichever comes first when both are given.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct BreakerSpec {
-    /// Consecutive failed calls (refusals, timeouts) that open the breaker.
-    pub failures: u32,
+    /// Consecutive failed calls (refusals, timeouts, errors) that open the breaker.
+    #[serde(default)]
+    pub failures: Option<u32>,
+    /// Share of failed calls among the calls of the last `window` that opens it.
+    #[serde(default)]
+    pub error_rate: Option<f64>,
+    /// Sliding window of the error rate (default 30s).
+    #[serde(default)]
+    pub window: Option<SimDuration>,
+    /// Calls the window must hold before the error rate counts (default 10).
+    #[serde(default)]
+    pub min_calls: Option<u32>,
     /// How long it stays open before letting one probe through (half-open).
     pub open: SimDuration,
 }
@@ -174,6 +187,63 @@ pub struct Spot {
     pub on_preempt: OnPreempt,
     pub replace: bool,
     pub boot: SimDuration,
+}
+
+/// A validated circuit breaker (see [`BreakerSpec`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Breaker {
+    pub failures: Option<u32>,
+    /// (error rate, window, minimum calls in the window).
+    pub error_rate: Option<(f64, SimDuration, u32)>,
+    pub open: SimDuration,
+}
+
+/// `storms = [{ start, duration, fraction }]` on a pool: in the window, that share of
+/// the calls the pool would admit is answered 429 instead (fault injection).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StormSpec {
+    pub start: SimDuration,
+    pub duration: SimDuration,
+    pub fraction: f64,
+}
+
+/// `spikes = [{ start, duration, factor }]` on a tool: calls made in the window take
+/// `factor` times their drawn latency (fault injection).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpikeSpec {
+    pub start: SimDuration,
+    pub duration: SimDuration,
+    pub factor: f64,
+}
+
+/// `error_backoff = { base = "1s", max = "1m" }` on a pool: how a client waits before
+/// retrying a call that failed with an error: `base` x 2^(retries so far) x a uniform
+/// jitter in [0.8, 1.2], at most `max`.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BackoffSpec {
+    #[serde(default = "default_backoff_base")]
+    pub base: SimDuration,
+    #[serde(default = "default_backoff_max")]
+    pub max: SimDuration,
+}
+
+fn default_backoff_base() -> SimDuration {
+    SimDuration::from_secs(1)
+}
+fn default_backoff_max() -> SimDuration {
+    SimDuration::from_secs(60)
+}
+
+impl Default for BackoffSpec {
+    fn default() -> Self {
+        BackoffSpec {
+            base: default_backoff_base(),
+            max: default_backoff_max(),
+        }
+    }
 }
 
 /// `gpu = { ... }` on a pool: `servers` model replicas, each `model` on `tp` GPUs,
@@ -248,6 +318,48 @@ pub struct TierSpec {
 pub struct RoutingSection {
     #[serde(default)]
     pub policy: crate::policy::RoutingSpec,
+    /// Ordered routing rules; the first whose conditions match a tiered hop decides its
+    /// tier and/or restricts its pools; the policy then picks within that chain.
+    #[serde(default)]
+    pub rules: Vec<RuleSpec>,
+}
+
+/// `[[routing.rules]]`: when the conditions hold, route on `tier` (instead of the
+/// node's) and/or only on `pools`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSpec {
+    /// Conditions, all of which must hold (none: always).
+    #[serde(default)]
+    pub when: RuleWhenSpec,
+    /// The tier whose chain the hop is routed on.
+    #[serde(default)]
+    pub tier: Option<String>,
+    /// Only these pools of the chain are used (in chain order).
+    #[serde(default)]
+    pub pools: Option<Vec<String>>,
+}
+
+/// The conditions of a routing rule.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleWhenSpec {
+    /// The workflow class.
+    #[serde(default)]
+    pub class: Option<String>,
+    /// The node's own tier.
+    #[serde(default)]
+    pub tier: Option<String>,
+    /// The class's data sensitivity label.
+    #[serde(default)]
+    pub sensitivity: Option<String>,
+    /// The class's SLO is shorter than this.
+    #[serde(default)]
+    pub slo_below: Option<SimDuration>,
+    /// The workflow's remaining budget (class `budget_usd` minus dollars spent so far)
+    /// is below this many dollars.
+    #[serde(default)]
+    pub budget_below: Option<f64>,
 }
 
 /// `[variants.NAME]`.
@@ -313,6 +425,9 @@ pub struct ToolSpec {
     /// unlimited.
     #[serde(default)]
     pub concurrency: Option<u32>,
+    /// Latency spike windows (fault injection).
+    #[serde(default)]
+    pub spikes: Vec<SpikeSpec>,
 }
 
 /// `[simulation]`: run control.
@@ -395,6 +510,15 @@ pub struct PoolSpec {
     /// Spot capacity: some replicas at a spot price, preempted at a rate.
     #[serde(default)]
     pub spot: Option<SpotSpec>,
+    /// Share of admitted calls that fail after their service (an error answer).
+    #[serde(default)]
+    pub error_rate: Option<f64>,
+    /// Backoff before retrying a call that failed with an error.
+    #[serde(default)]
+    pub error_backoff: Option<BackoffSpec>,
+    /// 429 storm windows (fault injection).
+    #[serde(default)]
+    pub storms: Vec<StormSpec>,
     /// Price of one server for one hour, in US dollars.
     #[serde(default)]
     pub usd_per_server_hour: f64,
@@ -435,9 +559,13 @@ pub struct ClassSpec {
     pub tenant: Option<String>,
     #[serde(default)]
     pub lane: Option<String>,
-    /// Most dollars a workflow should spend; cost-aware routing respects it.
+    /// Most dollars a workflow should spend; cost-aware routing and routing rules
+    /// respect it.
     #[serde(default)]
     pub budget_usd: Option<f64>,
+    /// Data sensitivity label (for example "restricted"), matched by routing rules.
+    #[serde(default)]
+    pub sensitivity: Option<String>,
     /// Cap on every fan-out of the class's workflows.
     #[serde(default)]
     pub max_fan_out: Option<u32>,
@@ -539,6 +667,8 @@ pub struct Scenario {
     /// Each tier's pools, in fallback order.
     pub tiers: Vec<Tier>,
     pub routing: crate::policy::RoutingSpec,
+    /// Routing rules, in order (first match wins).
+    pub routing_rules: Vec<RoutingRule>,
     /// Emergency fan-out cap: (from, until, max).
     pub emergency: Option<(SimTime, Option<SimTime>, u32)>,
     /// Tenants with limits (`[tenants.NAME]`), in name order.
@@ -589,6 +719,43 @@ pub struct Tier {
     pub pools: Vec<usize>,
 }
 
+/// A validated routing rule.
+#[derive(Clone, Debug)]
+pub struct RoutingRule {
+    pub class: Option<usize>,
+    pub tier: Option<usize>,
+    pub sensitivity: Option<String>,
+    pub slo_below: Option<SimDuration>,
+    pub budget_below: Option<f64>,
+    /// The chain a matching hop is routed on, by the node's tier.
+    pub chains: Vec<Vec<usize>>,
+}
+
+impl RoutingRule {
+    /// Whether the rule matches a hop of `class` on a node of `tier` with `budget_left`
+    /// dollars left (None: the class has no budget).
+    pub fn matches(
+        &self,
+        class_index: usize,
+        class: &WorkflowClass,
+        tier: usize,
+        budget_left: Option<f64>,
+    ) -> bool {
+        self.class.is_none_or(|c| c == class_index)
+            && self.tier.is_none_or(|t| t == tier)
+            && self
+                .sensitivity
+                .as_ref()
+                .is_none_or(|s| class.sensitivity.as_ref() == Some(s))
+            && self
+                .slo_below
+                .is_none_or(|x| class.slo.is_some_and(|slo| slo < x))
+            && self
+                .budget_below
+                .is_none_or(|x| budget_left.is_some_and(|b| b < x))
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Pool {
     pub name: String,
@@ -603,7 +770,12 @@ pub struct Pool {
     pub outages: Vec<(SimTime, SimTime)>,
     pub api: Option<Api>,
     pub gpu: Option<GpuPool>,
-    pub breaker: Option<BreakerSpec>,
+    pub breaker: Option<Breaker>,
+    /// Share of admitted calls that fail after their service.
+    pub error_rate: f64,
+    pub error_backoff: BackoffSpec,
+    /// 429 storms: (start, end, fraction).
+    pub storms: Vec<(SimTime, SimTime, f64)>,
     pub spot: Option<Spot>,
     /// Default service time of hops here.
     pub service: Option<Sampler>,
@@ -665,6 +837,16 @@ impl Pool {
         self.outages.iter().any(|&(a, b)| t >= a && t < b)
     }
 
+    /// The share of calls answered 429 by a storm at `t` (0 outside every storm; the
+    /// largest share when storms overlap).
+    pub fn storm_at(&self, t: SimTime) -> f64 {
+        self.storms
+            .iter()
+            .filter(|&&(a, b, _)| t >= a && t < b)
+            .map(|&(_, _, f)| f)
+            .fold(0.0, f64::max)
+    }
+
     /// Dollars of a hop of these tokens on an API pool (zero for server pools, which
     /// charge server time instead).
     pub fn api_usd(&self, input_tokens: u64, output_tokens: u64) -> f64 {
@@ -696,6 +878,8 @@ pub struct WorkflowClass {
     pub lane_index: usize,
     /// Most dollars a workflow should spend (cost-aware routing respects it).
     pub budget_usd: Option<f64>,
+    /// Data sensitivity label, matched by routing rules.
+    pub sensitivity: Option<String>,
     pub max_fan_out: Option<u32>,
     pub bursts: Vec<Burst>,
 }
@@ -837,6 +1021,25 @@ pub struct Tool {
     pub payload_tokens: Option<Sampler>,
     pub usd_per_call: f64,
     pub concurrency: Option<u32>,
+    /// Latency spikes: (start, end, factor).
+    pub spikes: Vec<(SimTime, SimTime, f64)>,
+}
+
+impl Tool {
+    /// The latency multiplier at `t` (the product of the spikes in force; 1 outside).
+    pub fn spike_at(&self, t: SimTime) -> f64 {
+        self.spikes
+            .iter()
+            .filter(|&&(a, b, _)| t >= a && t < b)
+            .map(|&(_, _, f)| f)
+            .product()
+    }
+}
+
+/// Start and end of a fault window.
+fn window(start: SimDuration, duration: SimDuration) -> (SimTime, SimTime) {
+    let a = SimTime(start.as_nanos());
+    (a, a + duration)
 }
 
 impl ScenarioSpec {
@@ -1057,13 +1260,44 @@ impl ScenarioSpec {
                     })
                 }
             };
-            if let Some(b) = &p.breaker
-                && (b.failures == 0 || b.open == SimDuration::ZERO)
-            {
+            let breaker = p
+                .breaker
+                .as_ref()
+                .map(|b| compile_breaker(&format!("{key}.breaker"), b))
+                .transpose()?;
+            let error_rate = p.error_rate.unwrap_or(0.0);
+            if !(0.0..=1.0).contains(&error_rate) {
                 return Err(err(
-                    format!("{key}.breaker"),
-                    "expected failures >= 1 and a positive open duration",
+                    format!("{key}.error_rate"),
+                    format!("expected a share of calls in [0, 1], got {error_rate}"),
                 ));
+            }
+            let error_backoff = p.error_backoff.unwrap_or_default();
+            if error_backoff.base == SimDuration::ZERO || error_backoff.max < error_backoff.base {
+                return Err(err(
+                    format!("{key}.error_backoff"),
+                    format!(
+                        "expected 0 < base <= max, got base {} max {}",
+                        error_backoff.base, error_backoff.max
+                    ),
+                ));
+            }
+            let mut storms = Vec::new();
+            for (i, st) in p.storms.iter().enumerate() {
+                if !(st.fraction > 0.0 && st.fraction <= 1.0) {
+                    return Err(err(
+                        format!("{key}.storms[{i}].fraction"),
+                        format!("expected a share of calls in (0, 1], got {}", st.fraction),
+                    ));
+                }
+                if st.duration == SimDuration::ZERO {
+                    return Err(err(
+                        format!("{key}.storms[{i}].duration"),
+                        "expected a positive duration",
+                    ));
+                }
+                let (a, b) = window(st.start, st.duration);
+                storms.push((a, b, st.fraction));
             }
             if p.max_attempts == Some(0) {
                 return Err(err(
@@ -1156,7 +1390,10 @@ impl ScenarioSpec {
                     _ => p.usd_per_server_hour,
                 },
                 gpu,
-                breaker: p.breaker.clone(),
+                breaker,
+                error_rate,
+                error_backoff,
+                storms,
                 spot,
                 service,
                 prefill_ns_per_1k: p.prefill_per_1k_tokens.map(|d| d.as_nanos()).unwrap_or(0),
@@ -1353,6 +1590,23 @@ impl ScenarioSpec {
                     .map(|d| d.sampler().map_err(|m| err(format!("{key}.{field}"), m)))
                     .transpose()
             };
+            let mut spikes = Vec::new();
+            for (i, sp) in t.spikes.iter().enumerate() {
+                if !sp.factor.is_finite() || sp.factor <= 0.0 {
+                    return Err(err(
+                        format!("{key}.spikes[{i}].factor"),
+                        format!("expected a positive latency multiplier, got {}", sp.factor),
+                    ));
+                }
+                if sp.duration == SimDuration::ZERO {
+                    return Err(err(
+                        format!("{key}.spikes[{i}].duration"),
+                        "expected a positive duration",
+                    ));
+                }
+                let (a, b) = window(sp.start, sp.duration);
+                spikes.push((a, b, sp.factor));
+            }
             tool_index.insert(name.clone(), tools.len());
             tools.push(Tool {
                 name: name.clone(),
@@ -1363,6 +1617,7 @@ impl ScenarioSpec {
                 payload_tokens: sampler("payload_tokens", &t.payload_tokens)?,
                 usd_per_call: t.usd_per_call,
                 concurrency: t.concurrency,
+                spikes,
             });
         }
         let pool_service: BTreeMap<String, Option<DistSpec>> = self
@@ -1574,11 +1829,19 @@ impl ScenarioSpec {
                     })?,
                 },
                 budget_usd: c.budget_usd,
+                sensitivity: c.sensitivity.clone(),
                 max_fan_out: c.max_fan_out,
                 bursts,
             });
         }
         set_top_priorities(&mut pools, &classes, &lanes, &tiers);
+        let routing_rules = compile_rules(
+            &self.routing.rules,
+            &classes,
+            &tiers,
+            &tier_index,
+            &pool_index,
+        )?;
         Ok(Scenario {
             description: self.description.clone(),
             seed: sim.seed,
@@ -1591,6 +1854,7 @@ impl ScenarioSpec {
             lanes,
             tiers,
             routing: self.routing.policy,
+            routing_rules,
             emergency: self.emergency.as_ref().map(|e| {
                 (
                     SimTime(e.from.as_nanos()),
@@ -1736,6 +2000,223 @@ fn set_top_priorities(
     }
 }
 
+fn compile_breaker(key: &str, b: &BreakerSpec) -> Result<Breaker, SpecError> {
+    if b.open == SimDuration::ZERO {
+        return Err(err(
+            format!("{key}.open"),
+            "expected a positive open duration",
+        ));
+    }
+    if b.failures == Some(0) {
+        return Err(err(
+            format!("{key}.failures"),
+            "expected at least 1 consecutive failure",
+        ));
+    }
+    let error_rate = match b.error_rate {
+        None => {
+            if b.window.is_some() || b.min_calls.is_some() {
+                return Err(err(
+                    key,
+                    "`window` and `min_calls` belong to an `error_rate` breaker; add error_rate = 0.5 or remove them",
+                ));
+            }
+            None
+        }
+        Some(r) => {
+            if !(r > 0.0 && r <= 1.0) {
+                return Err(err(
+                    format!("{key}.error_rate"),
+                    format!("expected a share of failed calls in (0, 1], got {r}"),
+                ));
+            }
+            let window = b.window.unwrap_or(SimDuration::from_secs(30));
+            if window == SimDuration::ZERO {
+                return Err(err(format!("{key}.window"), "expected a positive window"));
+            }
+            let min_calls = b.min_calls.unwrap_or(10);
+            if min_calls == 0 {
+                return Err(err(format!("{key}.min_calls"), "expected at least 1 call"));
+            }
+            Some((r, window, min_calls))
+        }
+    };
+    if b.failures.is_none() && error_rate.is_none() {
+        return Err(err(
+            key,
+            "expected `failures` (consecutive) or `error_rate` (in a window), or both",
+        ));
+    }
+    Ok(Breaker {
+        failures: b.failures,
+        error_rate,
+        open: b.open,
+    })
+}
+
+/// Resolves `[[routing.rules]]`: names to indices, and for every tier the chain a
+/// matching hop of that tier is routed on. A rule that would leave a hop it can match
+/// with no pool is refused.
+fn compile_rules(
+    specs: &[RuleSpec],
+    classes: &[WorkflowClass],
+    tiers: &[Tier],
+    tier_index: &BTreeMap<String, usize>,
+    pool_index: &BTreeMap<String, usize>,
+) -> Result<Vec<RoutingRule>, SpecError> {
+    let known = |m: &BTreeMap<String, usize>| m.keys().cloned().collect::<Vec<_>>().join(", ");
+    let tier_of = |key: String, t: &str| {
+        tier_index.get(t).copied().ok_or_else(|| {
+            err(
+                key,
+                format!(
+                    "no tier named `{t}`; expected one of: {}",
+                    known(tier_index)
+                ),
+            )
+        })
+    };
+    let mut rules = Vec::new();
+    for (i, r) in specs.iter().enumerate() {
+        let key = format!("routing.rules[{i}]");
+        let w = &r.when;
+        let class = match &w.class {
+            None => None,
+            Some(c) => Some(classes.iter().position(|x| &x.name == c).ok_or_else(|| {
+                err(
+                    format!("{key}.when.class"),
+                    format!(
+                        "no class named `{c}`; expected one of: {}",
+                        classes
+                            .iter()
+                            .map(|x| x.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )
+            })?),
+        };
+        let when_tier = w
+            .tier
+            .as_ref()
+            .map(|t| tier_of(format!("{key}.when.tier"), t))
+            .transpose()?;
+        if let Some(s) = &w.sensitivity
+            && !classes.iter().any(|c| c.sensitivity.as_ref() == Some(s))
+        {
+            let mut labels: Vec<&str> = classes
+                .iter()
+                .filter_map(|c| c.sensitivity.as_deref())
+                .collect();
+            labels.sort();
+            labels.dedup();
+            return Err(err(
+                format!("{key}.when.sensitivity"),
+                format!(
+                    "no class has sensitivity `{s}` (set `sensitivity = \"{s}\"` on a class); labels in use: {}",
+                    if labels.is_empty() {
+                        "none".to_string()
+                    } else {
+                        labels.join(", ")
+                    }
+                ),
+            ));
+        }
+        if w.slo_below == Some(SimDuration::ZERO) {
+            return Err(err(
+                format!("{key}.when.slo_below"),
+                "expected a positive duration",
+            ));
+        }
+        if let Some(b) = w.budget_below
+            && !b.is_finite()
+        {
+            return Err(err(
+                format!("{key}.when.budget_below"),
+                format!("expected a number of dollars, got {b}"),
+            ));
+        }
+        if r.tier.is_none() && r.pools.is_none() {
+            return Err(err(
+                key,
+                "expected `tier = \"...\"` and/or `pools = [...]`: what the rule routes to",
+            ));
+        }
+        let to_tier = r
+            .tier
+            .as_ref()
+            .map(|t| tier_of(format!("{key}.tier"), t))
+            .transpose()?;
+        let only = match &r.pools {
+            None => None,
+            Some(ps) => {
+                if ps.is_empty() {
+                    return Err(err(format!("{key}.pools"), "expected at least one pool"));
+                }
+                let mut v = Vec::new();
+                for (j, p) in ps.iter().enumerate() {
+                    v.push(*pool_index.get(p).ok_or_else(|| {
+                        err(
+                            format!("{key}.pools[{j}]"),
+                            format!(
+                                "no pool named `{p}`; expected one of: {}",
+                                known(pool_index)
+                            ),
+                        )
+                    })?);
+                }
+                Some(v)
+            }
+        };
+        let chains: Vec<Vec<usize>> = (0..tiers.len())
+            .map(|t| {
+                tiers[to_tier.unwrap_or(t)]
+                    .pools
+                    .iter()
+                    .copied()
+                    .filter(|p| only.as_ref().is_none_or(|o| o.contains(p)))
+                    .collect()
+            })
+            .collect();
+        let rule = RoutingRule {
+            class,
+            tier: when_tier,
+            sensitivity: w.sensitivity.clone(),
+            slo_below: w.slo_below,
+            budget_below: w.budget_below,
+            chains,
+        };
+        // Every tiered node the rule can match must keep at least one pool.
+        for (ci, c) in classes.iter().enumerate() {
+            for n in &c.graph.nodes {
+                let Some(t) = n.tier else { continue };
+                // With a budget, some workflow may have any amount left.
+                let may_match = rule.matches(ci, c, t, c.budget_usd.map(|_| f64::NEG_INFINITY));
+                if may_match && rule.chains[t].is_empty() {
+                    return Err(err(
+                        format!("{key}.pools"),
+                        format!(
+                            "leaves node `{}` of class `{}` (tier `{}`: {}) with no pool; name pools of the chain the rule routes on",
+                            n.id,
+                            c.name,
+                            tiers[t].name,
+                            tiers[to_tier.unwrap_or(t)]
+                                .pools
+                                .iter()
+                                .filter_map(|&p| pool_index.iter().find(|e| *e.1 == p))
+                                .map(|e| e.0.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+        rules.push(rule);
+    }
+    Ok(rules)
+}
+
 fn compile_gpu_pool(
     key: &str,
     g: &GpuPoolSpec,
@@ -1872,6 +2353,18 @@ pub struct PoolLoad {
 }
 
 impl Scenario {
+    /// The fallback chain a hop of `class` on a node of `tier` is routed on: the first
+    /// matching routing rule's, else the tier's own. `budget_left` is the workflow's
+    /// remaining budget (None without one).
+    pub fn tier_chain(&self, class: usize, tier: usize, budget_left: Option<f64>) -> &[usize] {
+        let c = &self.classes[class];
+        self.routing_rules
+            .iter()
+            .find(|r| r.matches(class, c, tier, budget_left))
+            .map(|r| r.chains[tier].as_slice())
+            .unwrap_or(&self.tiers[tier].pools)
+    }
+
     /// Expected load per pool from the scenario alone: hop rate x mean service time,
     /// counting expected fan-out, loop repetitions (geometric, capped) and escalations.
     pub fn offered_load(&self) -> Vec<PoolLoad> {

@@ -122,6 +122,16 @@ enum Timer {
         input: u64,
         output: u64,
     },
+    /// Redo an escalation call that failed with an error, after its backoff.
+    EscalationRetry {
+        node: u32,
+        branch: u32,
+        epoch: u32,
+        attempt: u32,
+        context: u64,
+        input: u64,
+        output: u64,
+    },
     /// Retry a failed tool call.
     ToolRetry {
         node: u32,
@@ -205,15 +215,39 @@ struct Hop {
     input_tokens: u64,
     output_tokens: u64,
     timed_out: bool,
+    /// Which attempt of the call this is (0: the first; model and escalation hops).
+    attempt: u32,
 }
 
-/// A pool's circuit breaker: closed (counting consecutive failures), open until a time,
+/// A pool's circuit breaker: closed (counting consecutive failures and, for an
+/// error-rate breaker, the outcomes of the calls in its window), open until a time,
 /// then half-open (one probe at a time; its success closes, its failure reopens).
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct BreakerState {
     failures: u32,
     open_until: Option<SimTime>,
     probing: bool,
+    /// Outcomes (time, failed) of the calls in the error-rate window, while closed.
+    window: VecDeque<(SimTime, bool)>,
+    window_failed: u32,
+}
+
+impl BreakerState {
+    /// Records a call's outcome in the error-rate window (dropping calls older than
+    /// `span`) and returns (calls, failed) in the window.
+    fn record(&mut self, now: SimTime, span: SimDuration, failed: bool) -> (u32, u32) {
+        self.window.push_back((now, failed));
+        self.window_failed += failed as u32;
+        let start = SimTime(now.as_nanos().saturating_sub(span.as_nanos()));
+        while let Some(&(t, f)) = self.window.front() {
+            if t > start {
+                break;
+            }
+            self.window.pop_front();
+            self.window_failed -= f as u32;
+        }
+        (self.window.len() as u32, self.window_failed)
+    }
 }
 
 /// Where an admitted hop goes, by the pool's tokens-in-flight watermark.
@@ -234,6 +268,8 @@ enum Refusal {
     RateLimit,
     TokensInFlight,
     Shed,
+    /// A 429 storm (fault injection).
+    Storm,
 }
 
 impl Refusal {
@@ -244,6 +280,7 @@ impl Refusal {
             Refusal::RateLimit => "rate_limit",
             Refusal::TokensInFlight => "tokens_in_flight",
             Refusal::Shed => "shed",
+            Refusal::Storm => "storm",
         }
     }
 
@@ -254,6 +291,7 @@ impl Refusal {
             Refusal::MaxQueue | Refusal::RateLimit => format!("429 from {pool}"),
             Refusal::TokensInFlight => format!("429 from {pool} (tokens in flight)"),
             Refusal::Shed => format!("429 from {pool} (shed)"),
+            Refusal::Storm => format!("429 from {pool} (storm)"),
         }
     }
 }
@@ -1175,7 +1213,7 @@ impl<'a, 'o> Sim<'a, 'o> {
         }
     }
 
-    /// A call to pool `p` failed (refused or timed out).
+    /// A call to pool `p` failed (refused, timed out or answered with an error).
     fn breaker_failure(&mut self, p: usize) {
         let Some(spec) = &self.sc.pools[p].breaker else {
             return;
@@ -1184,10 +1222,22 @@ impl<'a, 'o> Sim<'a, 'o> {
         let b = &mut self.breakers[p];
         let half_open = b.open_until.is_some_and(|u| now >= u);
         b.failures += 1;
-        if half_open || b.failures >= spec.failures {
+        let consecutive = spec.failures.is_some_and(|f| b.failures >= f);
+        // The error rate is watched while closed; results arriving while open are not
+        // calls the breaker let through.
+        let rate = match spec.error_rate {
+            Some((share, span, min_calls)) if b.open_until.is_none() => {
+                let (calls, failed) = b.record(now, span, true);
+                calls >= min_calls && failed as f64 >= share * calls as f64
+            }
+            _ => false,
+        };
+        if half_open || consecutive || rate {
             b.open_until = Some(now + spec.open);
             b.failures = 0;
             b.probing = false;
+            b.window.clear();
+            b.window_failed = 0;
             self.pool_stats[p].breaker_opens += 1;
         }
     }
@@ -1203,11 +1253,169 @@ impl<'a, 'o> Sim<'a, 'o> {
 
     /// A call to pool `p` succeeded.
     fn breaker_success(&mut self, p: usize) {
+        let now = self.now;
         let b = &mut self.breakers[p];
         b.failures = 0;
-        if b.open_until.is_some_and(|u| self.now >= u) {
+        if b.open_until.is_some_and(|u| now >= u) {
             *b = BreakerState::default();
+        } else if b.open_until.is_none()
+            && let Some((_, span, _)) = self.sc.pools[p].breaker.as_ref().and_then(|s| s.error_rate)
+        {
+            b.record(now, span, false);
         }
+    }
+
+    /// Whether a 429 storm on pool `p` answers this call: in a storm window, a draw
+    /// from the hop's timing stream (keyed by the pool) below the storm's share.
+    fn storm_refuses(&self, p: usize, ci: usize, wf_no: u64, key: [u64; 4]) -> bool {
+        let share = self.sc.pools[p].storm_at(self.now);
+        share > 0.0 && {
+            let mut trng = timing_stream(
+                self.classes[ci].work_seed,
+                wf_no,
+                [key[0], key[1], key[2], key[3], 3 | ((p as u64) << 8)],
+            );
+            trng.random::<f64>() < share
+        }
+    }
+
+    /// A pool's admission answer, turned into a 429 when a storm refuses the call.
+    fn storm_filter(
+        &self,
+        p: usize,
+        check: Result<Placement, Refusal>,
+        ci: usize,
+        wf_no: u64,
+        key: [u64; 4],
+    ) -> Result<Placement, Refusal> {
+        match check {
+            Ok(_) if self.storm_refuses(p, ci, wf_no, key) => Err(Refusal::Storm),
+            c => c,
+        }
+    }
+
+    /// Whether a finished model or escalation call failed with an error: a draw from
+    /// the hop's timing stream below its pool's `error_rate`.
+    fn call_failed(&self, ci: usize, wf_no: u64, hop: &Hop) -> bool {
+        let rate = self.sc.pools[hop.station as usize].error_rate;
+        let tag = if hop.kind == HopKind::Escalation {
+            6
+        } else {
+            4
+        };
+        rate > 0.0 && {
+            let mut trng = timing_stream(
+                self.classes[ci].work_seed,
+                wf_no,
+                [
+                    hop.node as u64,
+                    hop.branch as u64,
+                    hop.epoch as u64,
+                    hop.attempt as u64,
+                    tag,
+                ],
+            );
+            trng.random::<f64>() < rate
+        }
+    }
+
+    /// A model or escalation call failed with an error: retry it after an exponential
+    /// backoff with jitter (a model call is routed again, so its tier may fall back; an
+    /// escalation goes to its escalation pool again), or fail the workflow once the
+    /// pool's `max_attempts` are used up.
+    fn retry_failed_call(&mut self, slot: u32, hop: Hop) {
+        let sc = self.sc;
+        let pool = &sc.pools[hop.station as usize];
+        if hop.attempt + 1 >= pool.max_attempts {
+            self.finish_workflow(slot, Outcome::Failed, &format!("error from {}", pool.name));
+            return;
+        }
+        let wf = &mut self.workflows[slot as usize];
+        let escalation = hop.kind == HopKind::Escalation;
+        let mut trng = timing_stream(
+            self.classes[wf.class as usize].work_seed,
+            wf.number,
+            [
+                hop.node as u64,
+                hop.branch as u64,
+                hop.epoch as u64,
+                hop.attempt as u64,
+                if escalation { 7 } else { 5 },
+            ],
+        );
+        let jitter = 0.8 + 0.4 * trng.random::<f64>();
+        let b = pool.error_backoff;
+        let exp = b.base.as_secs_f64() * 2f64.powi(hop.attempt.min(60) as i32);
+        let wait = SimDuration::from_secs_f64(exp.min(b.max.as_secs_f64()) * jitter);
+        wf.outstanding += 1;
+        let wf_id = wf.id;
+        let (node, branch, epoch, attempt) = (hop.node, hop.branch, hop.epoch, hop.attempt + 1);
+        let (context, input, output) = (hop.context_in, hop.input_tokens, hop.output_tokens);
+        let what = if escalation {
+            Timer::EscalationRetry {
+                node,
+                branch,
+                epoch,
+                attempt,
+                context,
+                input,
+                output,
+            }
+        } else {
+            Timer::RouteRetry {
+                node,
+                branch,
+                epoch,
+                attempt,
+                context,
+                input,
+                output,
+            }
+        };
+        self.set_timer(self.now + wait, slot, wf_id, what);
+    }
+
+    /// Submits the escalation call of `hop` (attempt `hop.attempt`) to its node's
+    /// escalation pool.
+    fn submit_escalation(&mut self, slot: u32, hop: Hop) {
+        let sc = self.sc;
+        let wf = &self.workflows[slot as usize];
+        let ci = wf.class as usize;
+        let spec = &sc.classes[ci].graph_for(wf.record).nodes[hop.node as usize];
+        let Some(e) = &spec.escalate else {
+            return;
+        };
+        let mut trng = timing_stream(
+            self.classes[ci].work_seed,
+            wf.number,
+            [
+                hop.node as u64,
+                hop.branch as u64,
+                hop.epoch as u64,
+                hop.attempt as u64,
+                2,
+            ],
+        );
+        let work = self.hop_work(
+            ci,
+            wf.record,
+            hop.node as usize,
+            e.pool,
+            hop.input_tokens,
+            hop.output_tokens,
+            None,
+            &mut trng,
+        );
+        self.submit_hop(
+            slot,
+            Hop {
+                kind: HopKind::Escalation,
+                station: e.pool as u32,
+                ..hop
+            },
+            work,
+            spec.timeout,
+        );
     }
 
     /// Whether pool `p` takes a new hop of `tokens` model tokens from a lane of
@@ -1364,18 +1572,29 @@ impl<'a, 'o> Sim<'a, 'o> {
     ) {
         let sc = self.sc;
         let now = self.now;
-        let (ci, arrived, usd_so_far, record) = {
+        let (ci, arrived, usd_so_far, record, wf_no) = {
             let wf = &self.workflows[slot as usize];
-            (wf.class as usize, wf.arrived, wf.usd, wf.record)
+            (wf.class as usize, wf.arrived, wf.usd, wf.record, wf.number)
         };
         let class = &sc.classes[ci];
         let spec = &class.graph_for(record).nodes[node];
         const POOL_ZERO: usize = 0;
         let chain: &[usize] = match (spec.tier, spec.pool.as_ref()) {
-            (Some(t), _) => &sc.tiers[t].pools,
+            // Routing rules may route the hop on another tier or restrict its pools.
+            (Some(t), _) => sc.tier_chain(ci, t, class.budget_usd.map(|b| b - usd_so_far)),
             (None, Some(p)) => std::slice::from_ref(p),
             (None, None) => std::slice::from_ref(&POOL_ZERO),
         };
+        if chain.is_empty() {
+            // Validation refuses rules that leave a node without a pool; defensive.
+            self.finish_workflow(
+                slot,
+                Outcome::Rejected,
+                "no pool allowed by the routing rules",
+            );
+            return;
+        }
+        let storm_key = [node as u64, branch as u64, epoch as u64, attempt as u64];
         // Retry-after and attempts come from the first pool of the hop's own chain.
         let home = chain[0];
         let tokens = input + output;
@@ -1401,7 +1620,8 @@ impl<'a, 'o> Sim<'a, 'o> {
                 let (service_s, usd) = self.estimate(spec, p, input, output);
                 let check = self
                     .breaker_allows(p)
-                    .then(|| self.pool_admission(p, tokens, priority));
+                    .then(|| self.pool_admission(p, tokens, priority))
+                    .map(|c| self.storm_filter(p, c, ci, wf_no, storm_key));
                 let ok = matches!(check, Some(Ok(_)));
                 checks.push(check);
                 views.push(PoolView {
@@ -1430,12 +1650,14 @@ impl<'a, 'o> Sim<'a, 'o> {
                 && pool.outages.is_empty()
                 && pool.max_queue.is_none()
                 && pool.api.is_none()
-                && pool.admission.is_none();
+                && pool.admission.is_none()
+                && pool.storms.is_empty();
             let check = if always_admits {
                 Some(Ok(Placement::Direct))
             } else {
                 self.breaker_allows(p)
                     .then(|| self.pool_admission(p, tokens, priority))
+                    .map(|c| self.storm_filter(p, c, ci, wf_no, storm_key))
             };
             let ok = matches!(check, Some(Ok(_)));
             checks.push(check);
@@ -1465,7 +1687,8 @@ impl<'a, 'o> Sim<'a, 'o> {
                 Some(Ok(Placement::Degrade(q))) => {
                     let check = self
                         .breaker_allows(q)
-                        .then(|| self.pool_admission(q, tokens, priority));
+                        .then(|| self.pool_admission(q, tokens, priority))
+                        .map(|c| self.storm_filter(q, c, ci, wf_no, storm_key));
                     match check {
                         Some(Ok(pl @ (Placement::Direct | Placement::OverWatermark))) => {
                             if pl == Placement::OverWatermark {
@@ -1596,6 +1819,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                 input_tokens: input,
                 output_tokens: output,
                 timed_out: false,
+                attempt,
             },
             work,
             timeout,
@@ -1680,11 +1904,18 @@ impl<'a, 'o> Sim<'a, 'o> {
         let tool = &sc.tools[tool_idx];
         // The node's own latency (a call site, or a replayed span's recorded wait), else
         // the tool's.
-        let latency = spec
+        let mut latency = spec
             .service
             .as_ref()
             .unwrap_or(&tool.latency)
             .sample_duration(&mut wf.rng);
+        if !tool.spikes.is_empty() {
+            // A latency spike in force when the call is made multiplies its latency.
+            let factor = tool.spike_at(self.now);
+            if factor != 1.0 {
+                latency = SimDuration::from_secs_f64(latency.as_secs_f64() * factor);
+            }
+        }
         let timeout = spec.timeout;
         self.submit_hop(
             slot,
@@ -1701,6 +1932,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                 input_tokens: 0,
                 output_tokens: 0,
                 timed_out: false,
+                attempt: 0,
             },
             Work::Service(latency),
             timeout,
@@ -1908,8 +2140,21 @@ impl<'a, 'o> Sim<'a, 'o> {
                 usd,
             });
         }
+        // A model or escalation call that came back may have failed with an error.
+        let wf_no = self.workflows[slot as usize].number;
+        let failed_call = !hop.timed_out
+            && (hop.station as usize) < n_pools
+            && !matches!(hop.kind, HopKind::Tool { .. })
+            && self.call_failed(ci, wf_no, &hop);
         if !hop.timed_out && (hop.station as usize) < n_pools {
-            self.breaker_success(hop.station as usize);
+            if failed_call {
+                if done.submitted >= self.warmup {
+                    self.pool_stats[hop.station as usize].errors += 1;
+                }
+                self.breaker_failure(hop.station as usize);
+            } else {
+                self.breaker_success(hop.station as usize);
+            }
         }
         let wf = &mut self.workflows[slot as usize];
         let stale =
@@ -1978,39 +2223,16 @@ impl<'a, 'o> Sim<'a, 'o> {
                     .unwrap_or(0);
                 self.node_finished(slot, node, hop.branch, hop.context_in + payload);
             }
+            HopKind::Model if failed_call => self.retry_failed_call(slot, hop),
+            HopKind::Escalation if failed_call => self.retry_failed_call(slot, hop),
             HopKind::Model => {
                 if let Some(e) = &spec.escalate
                     && wf.rng.random::<f64>() < e.probability
                 {
-                    let mut trng = timing_stream(
-                        self.classes[ci].work_seed,
-                        wf.number,
-                        [node as u64, hop.branch as u64, hop.epoch as u64, 0, 2],
-                    );
-                    let work = self.hop_work(
-                        ci,
-                        record,
-                        node,
-                        e.pool,
-                        hop.input_tokens,
-                        hop.output_tokens,
-                        None,
-                        &mut trng,
-                    );
                     if counted {
                         self.class_stats[ci].escalations += 1;
                     }
-                    let timeout = spec.timeout;
-                    self.submit_hop(
-                        slot,
-                        Hop {
-                            kind: HopKind::Escalation,
-                            station: e.pool as u32,
-                            ..hop
-                        },
-                        work,
-                        timeout,
-                    );
+                    self.submit_escalation(slot, Hop { attempt: 0, ..hop });
                     return;
                 }
                 let out = hop.input_tokens + hop.output_tokens;
@@ -2139,6 +2361,44 @@ impl<'a, 'o> Sim<'a, 'o> {
                         input,
                         output,
                         attempt,
+                    );
+                } else {
+                    self.maybe_release(slot);
+                }
+            }
+            Timer::EscalationRetry {
+                node,
+                branch,
+                epoch,
+                attempt,
+                context,
+                input,
+                output,
+            } => {
+                let current = wf.nodes[node as usize].epoch == epoch;
+                self.workflows[slot as usize].outstanding -= 1;
+                if undecided && current {
+                    let station = graph.nodes[node as usize]
+                        .escalate
+                        .as_ref()
+                        .map_or(0, |e| e.pool as u32);
+                    self.submit_escalation(
+                        slot,
+                        Hop {
+                            seq: 0,
+                            slot,
+                            wf_id,
+                            node,
+                            branch,
+                            epoch,
+                            kind: HopKind::Escalation,
+                            station,
+                            context_in: context,
+                            input_tokens: input,
+                            output_tokens: output,
+                            timed_out: false,
+                            attempt,
+                        },
                     );
                 } else {
                     self.maybe_release(slot);

@@ -1,0 +1,570 @@
+//! Tier routing rules, cascade escalation, budgets, and reliability (error rates,
+//! error-rate circuit breakers, retries with backoff, 429 storms and tool latency
+//! spikes), each checked inside the simulator with figures that would be wrong if the
+//! mechanism were.
+
+use policies::Standard;
+use sim_core::metrics::{HopRecord, RunResult};
+use sim_core::{RunOptions, Scenario, ScenarioSpec, SpecError};
+use std::collections::BTreeMap;
+
+fn scenario(text: &str) -> Scenario {
+    let spec: ScenarioSpec = toml::from_str(text).unwrap_or_else(|e| panic!("{e}"));
+    spec.validate().unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn run_logged(text: &str) -> (RunResult, Vec<HopRecord>) {
+    let sc = scenario(text);
+    let mut log = Vec::new();
+    let r = sim_core::run(
+        &sc,
+        RunOptions {
+            hop_log: Some(&mut log),
+            policies: Some(&Standard),
+            ..Default::default()
+        },
+    );
+    (r, log)
+}
+
+/// Hops of each workflow, in submission order.
+fn by_workflow<'a>(log: &'a [HopRecord], class: &str) -> BTreeMap<u64, Vec<&'a HopRecord>> {
+    let mut m: BTreeMap<u64, Vec<&HopRecord>> = BTreeMap::new();
+    for h in log.iter().filter(|h| h.class == class) {
+        m.entry(h.workflow).or_default().push(h);
+    }
+    for v in m.values_mut() {
+        v.sort_by_key(|h| (h.submitted.0, h.finished.0));
+    }
+    m
+}
+
+/// Whether `k` successes in `n` trials is within the 99.9% normal interval of
+/// Binomial(n, p).
+fn within_binomial(k: u64, n: u64, p: f64) -> bool {
+    let mean = n as f64 * p;
+    let sd = (n as f64 * p * (1.0 - p)).sqrt();
+    (k as f64 - mean).abs() <= 3.29 * sd
+}
+
+fn pool<'a>(r: &'a RunResult, name: &str) -> &'a sim_core::metrics::PoolStats {
+    let i = r
+        .pool_names
+        .iter()
+        .position(|n| n == name)
+        .unwrap_or_else(|| panic!("no pool {name}"));
+    &r.pools[i]
+}
+
+const RULES: &str = r#"
+[simulation]
+horizon = "30m"
+drain = true
+[pools.api]
+api = { ttft = { dist = "constant", value = "1s" }, tpot = { dist = "constant", value = "0ms" }, usd_per_1k_input = 0.01 }
+[pools.onprem]
+servers = 1000
+service = { dist = "constant", value = "1s" }
+[pools.small]
+servers = 1000
+service = { dist = "constant", value = "500ms" }
+[tiers.frontier]
+pools = ["api", "onprem"]
+[tiers.small]
+pools = ["small"]
+[[routing.rules]]
+when = { sensitivity = "restricted" }
+pools = ["onprem"]
+[[routing.rules]]
+when = { slo_below = "10s" }
+tier = "small"
+[[routing.rules]]
+when = { class = "research", budget_below = 0.02 }
+tier = "small"
+
+# Restricted data with a tight SLO: the first rule wins (on-prem, not small).
+[classes.claims]
+arrival = { process = "poisson", rate = 0.5 }
+sensitivity = "restricted"
+slo = "5s"
+[[classes.claims.nodes]]
+id = "extract"
+tier = "frontier"
+# A tight SLO: the small tier.
+[classes.chat]
+arrival = { process = "poisson", rate = 0.5 }
+slo = "5s"
+[[classes.chat.nodes]]
+id = "answer"
+tier = "frontier"
+# The second call goes to small once less than $0.02 of the $0.05 budget is left.
+[classes.research]
+arrival = { process = "poisson", rate = 0.5 }
+budget_usd = 0.05
+[[classes.research.nodes]]
+id = "plan"
+tier = "frontier"
+input_tokens = { dist = "uniform", low = 1000, high = 5000 }
+[[classes.research.nodes]]
+id = "write"
+after = ["plan"]
+tier = "frontier"
+inherit = 0.0
+input_tokens = { dist = "constant", value = 100 }
+# No rule matches: the tier as written.
+[classes.report]
+arrival = { process = "poisson", rate = 0.5 }
+[[classes.report.nodes]]
+id = "draft"
+tier = "frontier"
+"#;
+
+#[test]
+fn routing_rules_first_match_wins_with_exact_counts() {
+    let (r, log) = run_logged(RULES);
+    let on = |class: &str, station: &str| {
+        log.iter()
+            .filter(|h| h.class == class && h.station == station)
+            .count() as u64
+    };
+    let arrived = |c: &str| r.class(c).expect("class").arrived;
+    for c in ["claims", "chat", "research", "report"] {
+        let s = r.class(c).expect("class");
+        assert!(s.arrived > 700, "{c}: {}", s.arrived);
+        assert_eq!(s.completed, s.arrived, "{c}");
+    }
+    // Sensitivity restricts to on-prem, and wins over the SLO rule.
+    assert_eq!(on("claims", "onprem"), arrived("claims"));
+    // A tight SLO routes on the small tier.
+    assert_eq!(on("chat", "small"), arrived("chat"));
+    // No rule: the tier's first pool, the API.
+    assert_eq!(on("report", "api"), arrived("report"));
+    // Budget: the plan call costs input/1000 x $0.01 on the API; the write call goes to
+    // small exactly when 0.05 - that < 0.02, i.e. the plan read more than 3,000 tokens.
+    let mut to_small = 0;
+    let mut to_api = 0;
+    for (wf, hops) in by_workflow(&log, "research") {
+        assert_eq!(hops.len(), 2, "workflow {wf}");
+        assert_eq!(
+            (hops[0].node.as_str(), hops[0].station.as_str()),
+            ("plan", "api")
+        );
+        let left = 0.05 - hops[0].usd;
+        let expected = if left < 0.02 { "small" } else { "api" };
+        assert_eq!(hops[1].station, expected, "workflow {wf}: ${left} left");
+        if expected == "small" {
+            to_small += 1;
+        } else {
+            to_api += 1;
+        }
+    }
+    // Plan input is uniform on [1000, 5000]: about half read more than 3,000 tokens.
+    let n = to_small + to_api;
+    assert_eq!(n, arrived("research"));
+    assert!(within_binomial(to_small, n, 0.5), "{to_small} of {n}");
+    // Without the rules every hop stays on the API (the tier's first pool).
+    let (a, b) = (
+        RULES.find("[[routing.rules]]").expect("rules"),
+        RULES.find("# Restricted").expect("classes"),
+    );
+    let (_, plain) = run_logged(&format!("{}{}", &RULES[..a], &RULES[b..]));
+    assert!(plain.len() > 3000 && plain.iter().all(|h| h.station == "api"));
+}
+
+fn invalid(text: &str) -> SpecError {
+    let spec: ScenarioSpec = toml::from_str(text).expect("parses");
+    spec.validate().expect_err("must be rejected")
+}
+
+#[test]
+fn routing_rules_validation_names_the_key() {
+    let with_rule = |rule: &str| {
+        RULES.replacen(
+            "[[routing.rules]]",
+            &format!("[[routing.rules]]\n{rule}\n[[routing.rules]]"),
+            1,
+        )
+    };
+    let e = invalid(&with_rule("when = { class = \"nope\" }\ntier = \"small\""));
+    assert_eq!(e.key, "routing.rules[0].when.class");
+    assert!(e.message.contains("no class named `nope`"), "{e}");
+    let e = invalid(&with_rule("tier = \"mid\""));
+    assert_eq!(e.key, "routing.rules[0].tier");
+    assert!(
+        e.message.contains("no tier named `mid`") && e.message.contains("frontier, small"),
+        "{e}"
+    );
+    let e = invalid(&with_rule("when = { tier = \"big\" }\ntier = \"small\""));
+    assert_eq!(e.key, "routing.rules[0].when.tier");
+    let e = invalid(&with_rule("pools = [\"onprem\", \"gpu9\"]"));
+    assert_eq!(e.key, "routing.rules[0].pools[1]");
+    let e = invalid(&with_rule(
+        "when = { sensitivity = \"secret\" }\ntier = \"small\"",
+    ));
+    assert_eq!(e.key, "routing.rules[0].when.sensitivity");
+    assert!(e.message.contains("restricted"), "{e}");
+    let e = invalid(&with_rule("when = { class = \"chat\" }"));
+    assert_eq!(e.key, "routing.rules[0]");
+    // Restricting the frontier tier to the small pool leaves its nodes with no pool.
+    let e = invalid(&with_rule(
+        "when = { class = \"chat\" }\npools = [\"small\"]",
+    ));
+    assert_eq!(e.key, "routing.rules[0].pools");
+    assert!(e.message.contains("node `answer` of class `chat`"), "{e}");
+    // Unknown keys are refused by name.
+    let spec: Result<ScenarioSpec, _> =
+        toml::from_str(&with_rule("when = { clas = \"chat\" }\ntier = \"small\""));
+    let e = spec.expect_err("unknown key");
+    assert!(e.to_string().contains("unknown field `clas`"), "{e}");
+}
+
+#[test]
+fn escalation_count_is_binomial_and_each_call_is_charged_once() {
+    // Every answer costs 1000 in / 100 out on `mid` ($0.001 + $0.0002); with probability
+    // 0.2 it is redone on `frontier` ($0.01 + $0.003) before the workflow completes.
+    let text = r#"
+[simulation]
+horizon = "30m"
+drain = true
+[pools.mid]
+api = { ttft = { dist = "constant", value = "200ms" }, tpot = { dist = "constant", value = "10ms" }, usd_per_1k_input = 0.001, usd_per_1k_output = 0.002 }
+[pools.frontier]
+api = { ttft = { dist = "constant", value = "500ms" }, tpot = { dist = "constant", value = "20ms" }, usd_per_1k_input = 0.01, usd_per_1k_output = 0.03 }
+[tiers.mid]
+pools = ["mid"]
+[classes.c]
+arrival = { process = "poisson", rate = 2.0 }
+[[classes.c.nodes]]
+id = "answer"
+tier = "mid"
+input_tokens = { dist = "constant", value = 1000 }
+output_tokens = { dist = "constant", value = 100 }
+escalate = { probability = 0.2, pool = "frontier" }
+"#;
+    let (r, log) = run_logged(text);
+    let c = r.class("c").expect("class");
+    let n = c.arrived;
+    let k = c.escalations;
+    assert_eq!(c.completed, n);
+    assert!(within_binomial(k, n, 0.2), "{k} escalations of {n}");
+    // Escalated calls run on the escalation pool, and only they do.
+    let esc: Vec<&HopRecord> = log.iter().filter(|h| h.kind == "escalation").collect();
+    assert_eq!(esc.len() as u64, k);
+    assert!(esc.iter().all(|h| h.station == "frontier"));
+    assert!(
+        log.iter()
+            .filter(|h| h.kind == "llm")
+            .all(|h| h.station == "mid")
+    );
+    assert_eq!(log.len() as u64, n + k);
+    // The escalation starts when the first answer is judged, with the same tokens:
+    // the workflow takes 0.2 + 99 x 0.01 then 0.5 + 99 x 0.02 seconds.
+    for hops in by_workflow(&log, "c").values().filter(|v| v.len() == 2) {
+        assert_eq!(hops[1].submitted, hops[0].finished);
+        assert_eq!((hops[1].input_tokens, hops[1].output_tokens), (1000, 100));
+        assert_eq!(hops[1].finished.0 - hops[1].submitted.0, 2_480_000_000);
+    }
+    // Each call is charged once, at its own pool's price.
+    let mid_usd = n as f64 * 0.0012;
+    let frontier_usd = k as f64 * 0.013;
+    assert!((pool(&r, "mid").usd_api - mid_usd).abs() < 1e-9);
+    assert!((pool(&r, "frontier").usd_api - frontier_usd).abs() < 1e-9);
+    let total = r.summary().classes["c"].usd_total;
+    assert!((total - mid_usd - frontier_usd).abs() < 1e-9, "{total}");
+}
+
+const BUDGET: &str = r#"
+[simulation]
+horizon = "20m"
+drain = true
+[pools.slow]
+api = { ttft = { dist = "constant", value = "20s" }, tpot = { dist = "constant", value = "0ms" }, usd_per_1k_input = 0.001 }
+[pools.mid]
+api = { ttft = { dist = "constant", value = "2s" }, tpot = { dist = "constant", value = "0ms" }, usd_per_1k_input = 0.01 }
+[pools.fast]
+api = { ttft = { dist = "constant", value = "500ms" }, tpot = { dist = "constant", value = "0ms" }, usd_per_1k_input = 0.05 }
+[tiers.any]
+pools = ["fast", "mid", "slow"]
+[routing]
+policy = "cost_aware"
+[classes.c]
+arrival = { process = "poisson", rate = 0.5 }
+slo = "15s"
+BUDGET
+[[classes.c.nodes]]
+id = "first"
+tier = "any"
+input_tokens = { dist = "constant", value = 1000 }
+output_tokens = { dist = "constant", value = 1 }
+[[classes.c.nodes]]
+id = "second"
+after = ["first"]
+tier = "any"
+inherit = 0.0
+input_tokens = { dist = "constant", value = 1000 }
+output_tokens = { dist = "constant", value = 1 }
+"#;
+
+#[test]
+fn budget_steers_cost_aware_routing() {
+    // A call costs $0.001 on slow (20s, misses the 15s SLO), $0.01 on mid (2s) and
+    // $0.05 on fast (0.5s).
+    let stations = |budget: &str| {
+        let (r, log) = run_logged(&BUDGET.replace("BUDGET", budget));
+        let c = r.class("c").expect("class");
+        assert!(c.arrived > 500 && c.completed == c.arrived);
+        let mut counts: BTreeMap<(String, String), u64> = BTreeMap::new();
+        for h in &log {
+            *counts
+                .entry((h.node.clone(), h.station.clone()))
+                .or_default() += 1;
+        }
+        (
+            c.arrived,
+            counts,
+            r.summary().classes["c"].usd_per_outcome.mean,
+        )
+    };
+    let key = |n: &str, s: &str| (n.to_string(), s.to_string());
+    // No budget: the cheapest pool that meets the SLO, mid, for both calls.
+    let (n, counts, _) = stations("");
+    assert_eq!(
+        counts,
+        BTreeMap::from([(key("first", "mid"), n), (key("second", "mid"), n)])
+    );
+    // $0.015: the first call on mid leaves $0.005, so the second call takes the only
+    // pool within budget (slow) and gives up the SLO rather than the budget.
+    let (n, counts, usd) = stations("budget_usd = 0.015");
+    assert_eq!(
+        counts,
+        BTreeMap::from([(key("first", "mid"), n), (key("second", "slow"), n)])
+    );
+    assert!((usd.expect("completed") - 0.011).abs() < 1e-12);
+    // Nothing within budget: the cheapest pool, never the dearest.
+    let (n, counts, _) = stations("budget_usd = 0.0005");
+    assert_eq!(
+        counts,
+        BTreeMap::from([(key("first", "slow"), n), (key("second", "slow"), n)])
+    );
+}
+
+#[test]
+fn api_429_storm_refuses_its_share_inside_the_window_only() {
+    // Static routing on [api, backup]: a call the API answers 429 falls back to backup
+    // at once, so the hops on backup are exactly the API's refusals.
+    let text = r#"
+[simulation]
+horizon = "30m"
+drain = true
+[pools.api]
+api = { ttft = { dist = "constant", value = "300ms" }, tpot = { dist = "constant", value = "0ms" } }
+storms = [{ start = "10m", duration = "10m", fraction = 0.3 }]
+[pools.backup]
+servers = 1000
+service = { dist = "constant", value = "1s" }
+[tiers.t]
+pools = ["api", "backup"]
+[classes.c]
+arrival = { process = "poisson", rate = 2.0 }
+[[classes.c.nodes]]
+id = "call"
+tier = "t"
+"#;
+    let (r, log) = run_logged(text);
+    let in_storm = |t: u64| (600_000_000_000..1_200_000_000_000).contains(&t);
+    let inside: Vec<&HopRecord> = log.iter().filter(|h| in_storm(h.submitted.0)).collect();
+    let refused = inside.iter().filter(|h| h.station == "backup").count() as u64;
+    let n = inside.len() as u64;
+    assert!(n > 1000, "{n}");
+    assert!(within_binomial(refused, n, 0.3), "{refused} of {n} refused");
+    let outside_refused = log
+        .iter()
+        .filter(|h| !in_storm(h.submitted.0) && h.station == "backup")
+        .count();
+    assert_eq!(outside_refused, 0);
+    assert_eq!(pool(&r, "api").refusals, refused);
+    assert_eq!(
+        pool(&r, "api").refusals_by_cause.get("storm"),
+        Some(&refused)
+    );
+    assert_eq!(r.class("c").expect("class").degraded_hops, refused);
+}
+
+#[test]
+fn tool_latency_spike_multiplies_latency_inside_the_window() {
+    let text = r#"
+[simulation]
+horizon = "30m"
+drain = true
+[pools.llm]
+servers = 1000
+service = { dist = "constant", value = "100ms" }
+[tools.search]
+latency = { dist = "uniform", low = "500ms", high = "1500ms" }
+spikes = [{ start = "10m", duration = "10m", factor = 3.0 }]
+[classes.c]
+arrival = { process = "poisson", rate = 1.0 }
+[[classes.c.nodes]]
+id = "think"
+pool = "llm"
+[[classes.c.nodes]]
+id = "search"
+kind = "tool"
+tool = "search"
+after = ["think"]
+"#;
+    let (_, log) = run_logged(text);
+    let in_spike = |t: u64| (600_000_000_000..1_200_000_000_000).contains(&t);
+    let stats = |inside: bool| {
+        let v: Vec<f64> = log
+            .iter()
+            .filter(|h| h.kind == "tool" && in_spike(h.submitted.0) == inside)
+            .map(|h| (h.finished.0 - h.started.0) as f64 / 1e9)
+            .collect();
+        let n = v.len() as f64;
+        let mean = v.iter().sum::<f64>() / n;
+        let sd = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+        let (lo, hi) = v
+            .iter()
+            .fold((f64::MAX, 0.0f64), |(a, b), &x| (a.min(x), b.max(x)));
+        (n, mean, sd, lo, hi)
+    };
+    // Uniform on [0.5, 1.5]s (mean 1s) outside; x3 inside: [1.5, 4.5]s, mean 3s.
+    let (n, mean, sd, lo, hi) = stats(true);
+    assert!(n > 400.0, "{n}");
+    assert!(
+        (mean - 3.0).abs() < 3.29 * sd / n.sqrt(),
+        "mean {mean} in the spike"
+    );
+    assert!(lo >= 1.5 - 1e-6 && hi <= 4.5 + 1e-6, "[{lo}, {hi}]");
+    let (n, mean, sd, lo, hi) = stats(false);
+    assert!(n > 800.0, "{n}");
+    assert!(
+        (mean - 1.0).abs() < 3.29 * sd / n.sqrt(),
+        "mean {mean} outside"
+    );
+    assert!(lo >= 0.5 - 1e-6 && hi <= 1.5 + 1e-6, "[{lo}, {hi}]");
+}
+
+#[test]
+fn pool_errors_are_retried_with_exponential_backoff_and_jitter() {
+    // Half the calls to `a` fail after their 1s service; the client retries after
+    // 1s, 2s, 4s, 4s, 4s (x jitter in [0.8, 1.2]) and gives up after 6 attempts.
+    let text = r#"
+[simulation]
+horizon = "1h"
+drain = true
+[pools.a]
+servers = 1000
+service = { dist = "constant", value = "1s" }
+error_rate = 0.5
+error_backoff = { base = "1s", max = "4s" }
+max_attempts = 6
+[classes.c]
+arrival = { process = "poisson", rate = 1.0 }
+[[classes.c.nodes]]
+id = "call"
+pool = "a"
+"#;
+    let (r, log) = run_logged(text);
+    let c = r.class("c").expect("class");
+    let wfs = by_workflow(&log, "c");
+    assert_eq!(wfs.len() as u64, c.arrived);
+    let mut six = 0;
+    for (wf, hops) in &wfs {
+        assert!(hops.len() <= 6, "workflow {wf}: {} calls", hops.len());
+        six += (hops.len() == 6) as u64;
+        for (k, w) in hops.windows(2).enumerate() {
+            let wait = (w[1].submitted.0 - w[0].finished.0) as f64 / 1e9;
+            let base = (1u64 << k).min(4) as f64;
+            assert!(
+                wait >= 0.8 * base - 1e-9 && wait <= 1.2 * base + 1e-9,
+                "workflow {wf}: retry {k} after {wait}s"
+            );
+        }
+    }
+    // A workflow fails only after six failed attempts: half of those that made a
+    // sixth call (about 1 in 64 in all); every other one completes with exactly one
+    // successful call, so errors = calls - completed.
+    assert!(six > 50, "{six}");
+    assert!(
+        c.failed <= six && within_binomial(c.failed, six, 0.5),
+        "{} of {six}",
+        c.failed
+    );
+    assert_eq!(c.failed_by_cause.get("error from a"), Some(&c.failed));
+    assert_eq!(c.completed + c.failed, c.arrived);
+    let errors = pool(&r, "a").errors;
+    assert_eq!(errors, log.len() as u64 - c.completed);
+    assert!(
+        within_binomial(errors, log.len() as u64, 0.5),
+        "{errors} of {}",
+        log.len()
+    );
+}
+
+#[test]
+fn error_rate_breaker_opens_after_min_calls_and_probes_after_the_open_duration() {
+    // Every call to `a` fails (after 500ms); the breaker opens once 10 calls in the
+    // last 30s are in and at least half failed. While it is open the tier falls back to
+    // `b`; every 60s one probe goes to `a`, fails and reopens it.
+    let text = r#"
+[simulation]
+horizon = "20m"
+drain = true
+[pools.a]
+servers = 1000
+service = { dist = "constant", value = "500ms" }
+error_rate = 1.0
+max_attempts = 10
+breaker = { error_rate = 0.5, window = "30s", min_calls = 10, open = "60s" }
+[pools.b]
+servers = 1000
+service = { dist = "constant", value = "500ms" }
+[tiers.t]
+pools = ["a", "b"]
+[classes.c]
+arrival = { process = "poisson", rate = 2.0 }
+[[classes.c.nodes]]
+id = "call"
+tier = "t"
+"#;
+    let (r, log) = run_logged(text);
+    let mut on_a: Vec<&HopRecord> = log.iter().filter(|h| h.station == "a").collect();
+    on_a.sort_by_key(|h| h.submitted.0);
+    // The 10th failure (calls finish in submission order) opens it: every call made
+    // before that went to a, none after it but the probes.
+    let opened = on_a[9].finished.0;
+    let before = on_a.iter().filter(|h| h.submitted.0 < opened).count();
+    assert!(before >= 10);
+    let first_b = log
+        .iter()
+        .filter(|h| h.station == "b")
+        .map(|h| h.submitted.0)
+        .min()
+        .expect("fallback");
+    assert!(
+        first_b >= opened,
+        "nothing fell back before the breaker opened"
+    );
+    let probes = &on_a[before..];
+    let mut last_open = opened;
+    for p in probes {
+        let gap = (p.submitted.0 - last_open) as f64 / 1e9;
+        // The next call after the 60s open period (arrivals and retries every ~0.5s).
+        assert!((60.0..65.0).contains(&gap), "probe {gap}s after opening");
+        last_open = p.finished.0;
+    }
+    let a = pool(&r, "a");
+    assert!(probes.len() >= 15, "{} probes", probes.len());
+    assert_eq!(
+        a.breaker_opens,
+        1 + probes.len() as u64,
+        "each failed probe reopens it"
+    );
+    assert_eq!(a.errors, on_a.len() as u64);
+    // Every failed call was retried and then served by b.
+    let c = r.class("c").expect("class");
+    assert_eq!(c.completed, c.arrived);
+    assert_eq!(log.len() as u64, c.arrived + a.errors);
+}
