@@ -438,6 +438,8 @@ struct Sim<'a, 'o> {
     /// Extra dollars of each live workflow's over-tiered hops (by workflow slot), moved
     /// to the class's over-tiered waste when the workflow completes.
     over_tiered_usd: Vec<f64>,
+    /// Scratch space of `route_model_hop`: each candidate pool's admission answer.
+    route_checks: Vec<Option<Result<Placement, Refusal>>>,
 }
 
 impl<'a, 'o> Sim<'a, 'o> {
@@ -582,6 +584,7 @@ impl<'a, 'o> Sim<'a, 'o> {
             timeseries: Vec::new(),
             breakdown: Breakdown::new(sc),
             over_tiered_usd: Vec::new(),
+            route_checks: Vec::new(),
         }
     }
 
@@ -1610,7 +1613,9 @@ impl<'a, 'o> Sim<'a, 'o> {
         // Only tiered hops need the router's view of every candidate; a pinned hop only
         // needs to know whether its pool takes it (and most pools always do). `checks`
         // holds each candidate's answer (`None`: its breaker kept the client away).
-        let mut checks: Vec<Option<Result<Placement, Refusal>>> = Vec::new();
+        // A reused buffer: no allocation per hop.
+        let mut checks = std::mem::take(&mut self.route_checks);
+        checks.clear();
         let choice = if gate.is_err() {
             None
         } else if spec.tier.is_some() && lane_degrade.is_none() {
@@ -1719,6 +1724,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                 _ => Ok((i, chain[i], lane_degrade.is_some())),
             },
         };
+        self.route_checks = checks;
         let (i, p, degraded) = match placed {
             Ok(x) => x,
             Err(cause) => {
