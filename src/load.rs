@@ -351,15 +351,17 @@ pub fn parse_scenario(
     sets: &[String],
 ) -> Result<LoadedScenario, InputError> {
     let mut table: toml::Table = toml::from_str(text).map_err(|e| toml_error(file, text, &e))?;
+    // Overrides first, so that they reach trace options too
+    // (`--set classes.chat.arrival.rate=2`).
+    for s in sets {
+        apply_set(&mut table, s).map_err(|m| InputError::new(file, m))?;
+    }
     let arrivals = extract_traces(file, &mut table)?;
     let spec: ScenarioSpec =
         if sets.is_empty() && arrivals.traces.is_empty() && arrivals.routed.is_empty() {
             // Straight from the text, so that errors carry line and column.
             toml::from_str(text).map_err(|e| toml_error(file, text, &e))?
         } else {
-            for s in sets {
-                apply_set(&mut table, s).map_err(|m| InputError::new(file, m))?;
-            }
             let regenerated = toml::to_string(&table)
                 .map_err(|e| InputError::new(file, format!("after --set overrides: {e}")))?;
             toml::from_str(&regenerated).map_err(|e| {

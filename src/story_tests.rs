@@ -145,6 +145,16 @@ fn time_scaling_and_windowing_are_exact() {
     let base = recorded(&load_inline(&replay_scenario(trace, "")));
     let fast = recorded(&load_inline(&replay_scenario(trace, ", rate = 2.0")));
     assert_eq!(base.len(), fast.len());
+    // `--set` reaches trace options too.
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/inline-test.toml");
+    let via_set = crate::parse_scenario(
+        &file.display().to_string(),
+        &replay_scenario(trace, ""),
+        &["classes.t.arrival.rate=2.0".to_string()],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let at = |v: &[sim_core::scenario::RecordedRequest]| v.iter().map(|r| r.at).collect::<Vec<_>>();
+    assert_eq!(at(&recorded(&via_set)), at(&fast));
     for (a, b) in base.iter().zip(&fast) {
         // Twice the rate: every arrival at half the time (to the rounded nanosecond).
         assert!(b.at.0.abs_diff(a.at.0 / 2) <= 1, "{} vs {}", a.at.0, b.at.0);
@@ -446,4 +456,50 @@ hops = [{{ pool = "small" }}]
     assert!(loaded.notes[0].contains("gpt-4o (2)"), "{:?}", loaded.notes);
     let s = crate::simulate(&loaded.scenario, None).summary();
     assert_eq!(s.pools["small"].hops, 2);
+}
+
+#[test]
+fn every_workflow_of_the_shipped_span_log_replays() {
+    // Count workflows, spans and tokens independently from the file.
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("traces/data/agent-spans/month-end-30m.spans.jsonl.gz");
+    let mut lines = traces::io::Lines::open(&path).unwrap_or_else(|e| panic!("{e}"));
+    let mut workflows: std::collections::BTreeMap<String, String> = Default::default();
+    let (mut spans, mut tokens) = (0u64, 0u64);
+    while let Some((_, line)) = lines.next_line().unwrap_or_else(|e| panic!("{e}")) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}"));
+        workflows.insert(
+            v["workflow_id"].as_str().unwrap_or_default().to_string(),
+            v["workflow_class"].as_str().unwrap_or_default().to_string(),
+        );
+        spans += 1;
+        tokens +=
+            v["input_tokens"].as_u64().unwrap_or(0) + v["output_tokens"].as_u64().unwrap_or(0);
+    }
+    let claims = workflows.values().filter(|c| *c == "claims").count() as u64;
+    let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/span-replay.toml");
+    let loaded = crate::load_scenario(&scenario, &[]).unwrap_or_else(|e| panic!("{e}"));
+    let mut log = Vec::new();
+    let result = sim_core::run(
+        &loaded.scenario,
+        sim_core::RunOptions {
+            hop_log: Some(&mut log),
+            policies: Some(&policies::Standard),
+            ..Default::default()
+        },
+    );
+    let s = result.summary();
+    assert_eq!(s.classes["claims"].arrived, claims);
+    assert_eq!(
+        s.classes["chat"].arrived + s.classes["claims"].arrived,
+        workflows.len() as u64
+    );
+    assert_eq!(
+        s.classes["chat"].completed + s.classes["claims"].completed,
+        workflows.len() as u64
+    );
+    // One hop per recorded span (the tool never fails), with the recorded tokens.
+    assert_eq!(log.len() as u64, spans);
+    let replayed: u64 = log.iter().map(|h| h.input_tokens + h.output_tokens).sum();
+    assert_eq!(replayed, tokens);
 }
