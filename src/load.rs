@@ -134,6 +134,62 @@ fn target_class(
     }
 }
 
+/// One session of a request trace as a recorded workflow: its turns in arrival order,
+/// each a model call on the class's first model node's pool or tier (with that node's
+/// service time and timeout) with the turn's recorded tokens, starting when the
+/// previous turn has finished and not before the turn's recorded arrival.
+fn session_request(
+    scenario: &Scenario,
+    class: usize,
+    turns: &[traces::RequestRecord],
+) -> RecordedRequest {
+    use sim_core::workflow::{RecordedStep, RecordedWork, WorkflowGraph};
+    let c = &scenario.classes[class];
+    let entry = c
+        .graph
+        .nodes
+        .iter()
+        .find(|n| n.pool.is_some() || n.tier.is_some());
+    let first = turns.first().map_or(0, |t| t.arrival_ns);
+    let steps: Vec<RecordedStep> = turns
+        .iter()
+        .enumerate()
+        .map(|(k, t)| RecordedStep {
+            id: format!("turn{k}"),
+            role: entry.map_or_else(|| "turn".to_string(), |n| n.role.clone()),
+            work: RecordedWork::Model {
+                // The entry's pool or tier; a class without one (impossible after
+                // validation) falls back to the first pool.
+                pool: match entry {
+                    Some(n) => n.pool,
+                    None => Some(0),
+                },
+                tier: entry.and_then(|n| n.tier),
+                input_tokens: t.input_tokens as u64,
+                output_tokens: t.output_tokens as u64,
+                shared_prefix_tokens: 0,
+            },
+            service: entry.and_then(|n| n.service.clone()),
+            timeout: entry.and_then(|n| n.timeout),
+            not_before: Some(sim_core::SimDuration::from_nanos(t.arrival_ns - first)),
+            after: if k == 0 { Vec::new() } else { vec![k - 1] },
+        })
+        .collect();
+    let (input, output) = turns.iter().fold((0u64, 0u64), |(i, o), t| {
+        (i + t.input_tokens as u64, o + t.output_tokens as u64)
+    });
+    RecordedRequest {
+        at: sim_core::SimTime(first),
+        input_tokens: input.min(u32::MAX as u64) as u32,
+        output_tokens: output.min(u32::MAX as u64) as u32,
+        block_hashes: None,
+        hash_block_tokens: MOONCAKE_BLOCK_TOKENS,
+        graph: Some(std::sync::Arc::new(WorkflowGraph::from_recorded(
+            &c.name, &steps,
+        ))),
+    }
+}
+
 /// Reads each class's trace into recorded requests (request traces) or recorded
 /// workflows (span traces), sending rows where the trace's rules say.
 fn load_traces(
@@ -188,6 +244,9 @@ fn load_traces(
             }
             let mut it = traces::replay_requests(&path, &read, &replay)
                 .map_err(|e| InputError::new("", e.to_string()))?;
+            // Rows with a session id, by (class, session), replayed as one workflow each.
+            let mut sessions: BTreeMap<(usize, String), Vec<traces::RequestRecord>> =
+                BTreeMap::new();
             for r in it.by_ref() {
                 // Trace errors already name the file and line.
                 let r = r.map_err(|e| InputError::new("", e.to_string()))?;
@@ -201,6 +260,10 @@ fn load_traces(
                 )
                 .map_err(|m| bad(format!("rules[{}]: {m}", labels.rule.unwrap_or(0))))?;
                 *routed_rows.entry(target).or_default() += 1;
+                if let Some(s) = &r.session {
+                    sessions.entry((target, s.clone())).or_default().push(r);
+                    continue;
+                }
                 per_class[target].push(RecordedRequest {
                     at: sim_core::SimTime(r.arrival_ns),
                     input_tokens: r.input_tokens,
@@ -209,6 +272,18 @@ fn load_traces(
                     hash_block_tokens: MOONCAKE_BLOCK_TOKENS,
                     graph: None,
                 });
+            }
+            if !sessions.is_empty() {
+                notes.push(format!(
+                    "{}: {} rows replayed as {} sessions",
+                    path.display(),
+                    sessions.values().map(Vec::len).sum::<usize>(),
+                    sessions.len()
+                ));
+            }
+            for ((target, _), mut turns) in sessions {
+                turns.sort_by_key(|r| r.arrival_ns);
+                per_class[target].push(session_request(scenario, target, &turns));
             }
             it.report()
         } else {

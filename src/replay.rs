@@ -276,6 +276,7 @@ impl<'a> SpanResolver<'a> {
             steps.push(RecordedStep {
                 service,
                 timeout,
+                not_before: None,
                 id: s.span_id.clone(),
                 role: if s.agent_role.is_empty() {
                     s.kind.name().to_string()

@@ -503,3 +503,70 @@ fn every_workflow_of_the_shipped_span_log_replays() {
     let replayed: u64 = log.iter().map(|h| h.input_tokens + h.output_tokens).sum();
     assert_eq!(replayed, tokens);
 }
+
+#[test]
+fn sessions_replay_turn_by_turn_after_the_answer_and_not_before_their_time() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let trace = dir.path().join("sessions.csv");
+    // Session a: turns at 0 s, 1 s (sent before the first answer could exist: replayed
+    // when it comes, at 5 s) and 20 s; session b: one turn at 2 s; a row without a
+    // session at 3 s.
+    std::fs::write(
+        &trace,
+        "arrived_at,num_prefill_tokens,num_decode_tokens,session_id\n\
+         0,100,10,a\n1,200,20,a\n2,50,5,b\n3,70,7,\n20,300,30,a\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let text = format!(
+        r#"
+[simulation]
+horizon = "1m"
+drain = true
+[pools.llm]
+servers = 10
+[classes.chat]
+arrival = {{ process = "trace", file = {file:?} }}
+hops = [{{ pool = "llm", service = {{ dist = "constant", value = "5s" }} }}]
+"#,
+        file = trace.display().to_string()
+    );
+    let loaded = crate::parse_scenario("inline.toml", &text, &[]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(loaded.notes.len(), 1, "{:?}", loaded.notes);
+    assert!(
+        loaded.notes[0].contains("4 rows replayed as 2 sessions"),
+        "{:?}",
+        loaded.notes
+    );
+    let mut log = Vec::new();
+    let result = sim_core::run(
+        &loaded.scenario,
+        sim_core::RunOptions {
+            hop_log: Some(&mut log),
+            policies: Some(&policies::Standard),
+            ..Default::default()
+        },
+    );
+    let c = &result.classes[0];
+    assert_eq!((c.arrived, c.completed), (3, 3));
+    let mut hops: Vec<(u64, u64, u64)> = log
+        .iter()
+        .map(|h| {
+            (
+                h.input_tokens,
+                h.submitted.as_nanos() / 1_000_000_000,
+                h.finished.as_nanos() / 1_000_000_000,
+            )
+        })
+        .collect();
+    hops.sort();
+    assert_eq!(
+        hops,
+        [
+            (50, 2, 7),
+            (70, 3, 8),
+            (100, 0, 5),
+            (200, 5, 10),
+            (300, 20, 25)
+        ]
+    );
+}

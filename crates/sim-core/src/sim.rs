@@ -132,6 +132,13 @@ enum Timer {
         input: u64,
         output: u64,
     },
+    /// A replayed session's turn may start now (its recorded arrival).
+    NotBefore {
+        node: u32,
+        branch: u32,
+        epoch: u32,
+        context: u64,
+    },
     /// Retry a failed tool call.
     ToolRetry {
         node: u32,
@@ -1136,6 +1143,25 @@ impl<'a, 'o> Sim<'a, 'o> {
             return;
         }
 
+        if let Some(nb) = spec.not_before
+            && now < wf.arrived + nb
+        {
+            // A replayed turn waits for its recorded arrival (the user had not sent it
+            // yet); started again by the timer.
+            let (at, wf_id) = (wf.arrived + nb, wf.id);
+            self.set_timer(
+                at,
+                slot,
+                wf_id,
+                Timer::NotBefore {
+                    node: node as u32,
+                    branch,
+                    epoch,
+                    context,
+                },
+            );
+            return;
+        }
         if !spec.enabled {
             self.node_finished(slot, node, branch, context);
             return;
@@ -2344,6 +2370,16 @@ impl<'a, 'o> Sim<'a, 'o> {
             } => {
                 if undecided && wf.nodes[node as usize].epoch == epoch {
                     self.node_finished(slot, node as usize, branch, context);
+                }
+            }
+            Timer::NotBefore {
+                node,
+                branch,
+                epoch,
+                context,
+            } => {
+                if undecided && wf.nodes[node as usize].epoch == epoch {
+                    self.start_node(slot, node as usize, branch, context);
                 }
             }
             Timer::RouteRetry {

@@ -162,6 +162,9 @@ pub struct Node {
     pub children: Vec<usize>,
     /// Set on nodes inside a fan-out chain (not the head): the head's index.
     pub in_branch_of: Option<usize>,
+    /// Replayed sessions: the node starts no earlier than this long after the
+    /// workflow's arrival (the turn's recorded arrival).
+    pub not_before: Option<SimDuration>,
 }
 
 #[derive(Clone, Debug)]
@@ -495,6 +498,7 @@ pub fn compile_graph(
             parents,
             children: Vec::new(),
             in_branch_of: None,
+            not_before: None,
         });
     }
     let order: Vec<usize> = match toposort(&graph, None) {
@@ -678,6 +682,8 @@ pub struct RecordedStep {
     /// latency (else the tool's, or the recorded `wait`).
     pub service: Option<Sampler>,
     pub timeout: Option<SimDuration>,
+    /// Starts no earlier than this long after the workflow's arrival.
+    pub not_before: Option<SimDuration>,
     /// Steps that must finish before this one starts (indices of earlier steps).
     pub after: Vec<usize>,
 }
@@ -723,6 +729,7 @@ impl WorkflowGraph {
                 n.service.clone_from(&s.service);
             }
             n.timeout = s.timeout;
+            n.not_before = s.not_before;
             n.enabled = !matches!(s.work, RecordedWork::Pass);
             let mut parents: Vec<usize> =
                 s.after.iter().filter(|&&p| p < i).map(|&p| p + 1).collect();
@@ -772,6 +779,7 @@ impl Node {
             parents: Vec::new(),
             children: Vec::new(),
             in_branch_of: None,
+            not_before: None,
         }
     }
 }

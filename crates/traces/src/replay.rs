@@ -28,6 +28,12 @@ impl Timed for RequestRecord {
     fn set_arrival_ns(&mut self, ns: u64) {
         self.arrival_ns = ns;
     }
+    /// Appends `#pass` to the session id, so a looped session is a new session.
+    fn on_loop(&mut self, pass: u32) {
+        if let Some(s) = &mut self.session {
+            *s = format!("{s}#{pass}");
+        }
+    }
 }
 
 impl Timed for Workflow {

@@ -20,6 +20,9 @@ pub struct RequestRecord {
     pub output_tokens: u32,
     /// Mooncake prefix-block hashes (512-token blocks), in prompt order.
     pub block_hashes: Option<Vec<u64>>,
+    /// The conversation or session the request belongs to, where the trace says (an
+    /// optional `session_id` column or field): a session replays as one workflow.
+    pub session: Option<String>,
     /// 1-based line in the source file.
     pub line: u64,
 }
@@ -85,6 +88,8 @@ pub struct RequestReader {
 struct ParseState {
     format: TraceFormat,
     columns: Option<[usize; 3]>,
+    /// The optional `session_id` column.
+    session_column: Option<usize>,
     azure_origin: Option<i128>,
 }
 
@@ -117,6 +122,7 @@ impl RequestReader {
             state: ParseState {
                 format,
                 columns: None,
+                session_column: None,
                 azure_origin: None,
             },
             skip_bad_rows,
@@ -167,6 +173,9 @@ impl ParseState {
                 })?;
         }
         self.columns = Some(idx);
+        self.session_column = cols
+            .iter()
+            .position(|c| c.eq_ignore_ascii_case("session_id"));
         Ok(())
     }
 
@@ -216,11 +225,18 @@ impl ParseState {
         } else {
             secs_to_ns(fields[0]).map_err(|e| format!("arrived_at: {e}"))?
         };
+        let session = self
+            .session_column
+            .and_then(|c| text.split(',').nth(c))
+            .map(|s| s.trim().trim_matches('"'))
+            .filter(|s| !s.is_empty())
+            .map(str::to_string);
         Ok(RequestRecord {
             arrival_ns,
             input_tokens,
             output_tokens,
             block_hashes: None,
+            session,
             line,
         })
     }
@@ -269,6 +285,8 @@ struct MooncakeRow {
     output_length: u32,
     #[serde(default)]
     hash_ids: Option<Vec<u64>>,
+    #[serde(default)]
+    session_id: Option<serde_json::Value>,
 }
 
 fn parse_mooncake(line: u64, text: &str) -> Result<RequestRecord, String> {
@@ -282,6 +300,11 @@ fn parse_mooncake(line: u64, text: &str) -> Result<RequestRecord, String> {
         input_tokens: row.input_length,
         output_tokens: row.output_length,
         block_hashes: row.hash_ids,
+        session: match row.session_id {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(s)) => Some(s),
+            Some(v) => Some(v.to_string()),
+        },
         line,
     })
 }

@@ -80,8 +80,11 @@ pub trait Fields {
 }
 
 impl Fields for RequestRecord {
-    /// `input_tokens`, `output_tokens`, `arrival_s`, `prefix_blocks`.
+    /// `input_tokens`, `output_tokens`, `arrival_s`, `prefix_blocks`, `session_id`.
     fn field(&self, name: &str) -> Option<FieldValue<'_>> {
+        if name == "session_id" {
+            return self.session.as_deref().map(FieldValue::Text);
+        }
         Some(FieldValue::Num(match name {
             "input_tokens" => self.input_tokens as f64,
             "output_tokens" => self.output_tokens as f64,
@@ -277,6 +280,7 @@ mod tests {
             input_tokens: 9000,
             output_tokens: 1,
             block_hashes: None,
+            session: None,
             line: 2,
         };
         let short = RequestRecord {
