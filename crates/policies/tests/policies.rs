@@ -262,6 +262,34 @@ hops = [{ pool = "a" }]
 }
 
 #[test]
+fn api_bills_shared_prefix_tokens_at_the_cached_input_price() {
+    let text = r#"
+[simulation]
+horizon = "2m"
+drain = true
+[pools.api]
+api = { ttft = { dist = "constant", value = "300ms" }, tpot = { dist = "constant", value = "20ms" }, usd_per_1k_input = 0.5, usd_per_1k_output = 1.5, usd_per_1k_cached_input = 0.05 }
+[classes.c]
+arrival = { process = "poisson", rate = 1 }
+[[classes.c.nodes]]
+id = "call"
+pool = "api"
+shared_prefix_tokens = 600
+input_tokens = { dist = "constant", value = 1000 }
+output_tokens = { dist = "constant", value = 100 }
+"#;
+    // 400 fresh prompt tokens at $0.5/1k, 600 cached at $0.05/1k, 100 out at $1.5/1k.
+    let (_, log) = run_logged(text);
+    assert!(log.len() > 50);
+    for h in &log {
+        assert!((h.usd - (0.2 + 0.03 + 0.15)).abs() < 1e-12, "{}", h.usd);
+    }
+    // Without a cached price, cached tokens cost the input price.
+    let (_, log) = run_logged(&text.replace(", usd_per_1k_cached_input = 0.05", ""));
+    assert!((log[0].usd - 0.65).abs() < 1e-12, "{}", log[0].usd);
+}
+
+#[test]
 fn api_rate_limit_answers_429_and_is_never_exceeded() {
     let text = r#"
 [simulation]

@@ -393,6 +393,11 @@ pub struct ApiSpec {
     pub usd_per_1k_input: f64,
     #[serde(default)]
     pub usd_per_1k_output: f64,
+    /// Price of prompt tokens served from the provider's prompt cache: a call's
+    /// shared-prefix tokens (the node's `shared_prefix_tokens`, assumed warm). Default:
+    /// the input price (no discount).
+    #[serde(default)]
+    pub usd_per_1k_cached_input: Option<f64>,
     /// Requests per minute before the API answers 429.
     #[serde(default)]
     pub rpm: Option<u32>,
@@ -827,6 +832,7 @@ pub struct Api {
     pub tpot: Sampler,
     pub usd_per_1k_input: f64,
     pub usd_per_1k_output: f64,
+    pub usd_per_1k_cached_input: f64,
     pub rpm: Option<u32>,
     pub tpm: Option<u64>,
 }
@@ -850,8 +856,16 @@ impl Pool {
     /// Dollars of a hop of these tokens on an API pool (zero for server pools, which
     /// charge server time instead).
     pub fn api_usd(&self, input_tokens: u64, output_tokens: u64) -> f64 {
+        self.api_usd_cached(input_tokens, 0, output_tokens)
+    }
+
+    /// As [`Pool::api_usd`], with `cached_tokens` of the prompt (at most all of it)
+    /// billed at the cached-input price.
+    pub fn api_usd_cached(&self, input_tokens: u64, cached_tokens: u64, output_tokens: u64) -> f64 {
         self.api.as_ref().map_or(0.0, |a| {
-            input_tokens as f64 / 1000.0 * a.usd_per_1k_input
+            let cached = cached_tokens.min(input_tokens);
+            (input_tokens - cached) as f64 / 1000.0 * a.usd_per_1k_input
+                + cached as f64 / 1000.0 * a.usd_per_1k_cached_input
                 + output_tokens as f64 / 1000.0 * a.usd_per_1k_output
         })
     }
@@ -1230,6 +1244,10 @@ impl ScenarioSpec {
                     for (f, v) in [
                         ("usd_per_1k_input", a.usd_per_1k_input),
                         ("usd_per_1k_output", a.usd_per_1k_output),
+                        (
+                            "usd_per_1k_cached_input",
+                            a.usd_per_1k_cached_input.unwrap_or(0.0),
+                        ),
                     ] {
                         if !v.is_finite() || v < 0.0 {
                             return Err(err(
@@ -1255,6 +1273,9 @@ impl ScenarioSpec {
                             .map_err(|m| err(format!("{key}.api.tpot"), m))?,
                         usd_per_1k_input: a.usd_per_1k_input,
                         usd_per_1k_output: a.usd_per_1k_output,
+                        usd_per_1k_cached_input: a
+                            .usd_per_1k_cached_input
+                            .unwrap_or(a.usd_per_1k_input),
                         rpm: a.rpm,
                         tpm: a.tpm,
                     })

@@ -1568,7 +1568,7 @@ impl<'a, 'o> Sim<'a, 'o> {
         match &pool.api {
             Some(api) => (
                 api.ttft.mean() + output.saturating_sub(1) as f64 * api.tpot.mean(),
-                pool.api_usd(input, output),
+                pool.api_usd_cached(input, spec.shared_prefix_tokens as u64, output),
             ),
             None => {
                 let base = spec
@@ -2105,8 +2105,11 @@ impl<'a, 'o> Sim<'a, 'o> {
         let mut usd = done.usd;
         let n_pools = sc.pools.len();
         if let HopKind::Model | HopKind::Escalation = hop.kind {
-            let api_usd =
-                sc.pools[hop.station as usize].api_usd(hop.input_tokens, hop.output_tokens);
+            let api_usd = sc.pools[hop.station as usize].api_usd_cached(
+                hop.input_tokens,
+                spec.shared_prefix_tokens as u64,
+                hop.output_tokens,
+            );
             usd += api_usd;
             self.interval.usd_variable += api_usd;
             if done.submitted >= self.warmup {
