@@ -6,6 +6,13 @@ use sim_core::metrics::{HopRecord, RunResult};
 use sim_core::{RunOptions, Scenario, ScenarioSpec};
 use std::collections::BTreeMap;
 
+// One test binary for the crate: the capacity and routing/reliability tests live in
+// their own files as modules.
+#[path = "policies/capacity.rs"]
+mod capacity;
+#[path = "policies/routing_reliability.rs"]
+mod routing_reliability;
+
 fn scenario(text: &str) -> Scenario {
     let spec: ScenarioSpec = toml::from_str(text).unwrap_or_else(|e| panic!("{e}"));
     spec.validate().unwrap_or_else(|e| panic!("{e}"))

@@ -9,6 +9,10 @@ use sim_core::metrics::RunResult;
 use sim_core::theory;
 use sim_core::{RunOptions, Scenario, ScenarioSpec, run};
 
+// One test binary for the crate: the results tests live in their own file as a module.
+#[path = "engine/results.rs"]
+mod results;
+
 fn scenario(text: &str) -> Scenario {
     let spec: ScenarioSpec = toml::from_str(text).expect("test scenario parses");
     spec.validate().expect("test scenario is valid")

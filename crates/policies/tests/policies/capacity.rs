@@ -4,6 +4,7 @@
 //! the mechanism were wrong: exact trajectories on constructed cases, conservation, and
 //! a Poisson interval on preemption counts.
 
+use super::scenario;
 use policies::Standard;
 use sim_core::gpu::gpu_station::{GpuPoolReport, ReplicaPicker};
 use sim_core::metrics::RunResult;
@@ -11,13 +12,8 @@ use sim_core::policy::{
     AutoscaleSpec, Autoscaler, DisciplineSpec, PolicyFactory, QueueDiscipline, RoutingSpec,
     ScaleObservation, TierRouter,
 };
-use sim_core::{RunOptions, Scenario, ScenarioSpec, SimDuration};
+use sim_core::{RunOptions, ScenarioSpec, SimDuration};
 use std::sync::{Arc, Mutex};
-
-fn scenario(text: &str) -> Scenario {
-    let spec: ScenarioSpec = toml::from_str(text).unwrap_or_else(|e| panic!("{e}"));
-    spec.validate().unwrap_or_else(|e| panic!("{e}"))
-}
 
 /// One autoscaler decision: when, what it saw, what it asked for.
 #[derive(Clone, Copy, Debug, PartialEq)]

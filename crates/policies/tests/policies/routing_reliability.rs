@@ -3,29 +3,10 @@
 //! spikes), each checked inside the simulator with figures that would be wrong if the
 //! mechanism were.
 
-use policies::Standard;
+use super::run_logged;
 use sim_core::metrics::{HopRecord, RunResult};
-use sim_core::{RunOptions, Scenario, ScenarioSpec, SpecError};
+use sim_core::{ScenarioSpec, SpecError};
 use std::collections::BTreeMap;
-
-fn scenario(text: &str) -> Scenario {
-    let spec: ScenarioSpec = toml::from_str(text).unwrap_or_else(|e| panic!("{e}"));
-    spec.validate().unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn run_logged(text: &str) -> (RunResult, Vec<HopRecord>) {
-    let sc = scenario(text);
-    let mut log = Vec::new();
-    let r = sim_core::run(
-        &sc,
-        RunOptions {
-            hop_log: Some(&mut log),
-            policies: Some(&Standard),
-            ..Default::default()
-        },
-    );
-    (r, log)
-}
 
 /// Hops of each workflow, in submission order.
 fn by_workflow<'a>(log: &'a [HopRecord], class: &str) -> BTreeMap<u64, Vec<&'a HopRecord>> {

@@ -1,13 +1,9 @@
 //! Results (issue 7): the per-hop breakdown against the hop log, the prefill-share
 //! warning, the over-tiered waste bucket and cost conservation with it.
 
+use super::scenario;
 use sim_core::metrics::{HopRecord, RunResult};
-use sim_core::{RunOptions, Scenario, ScenarioSpec, run};
-
-fn scenario(text: &str) -> Scenario {
-    let spec: ScenarioSpec = toml::from_str(text).expect("test scenario parses");
-    spec.validate().expect("test scenario is valid")
-}
+use sim_core::{RunOptions, Scenario, run};
 
 fn run_logged(text: &str) -> (Scenario, RunResult, Vec<HopRecord>) {
     let sc = scenario(text);
