@@ -260,11 +260,27 @@ impl<'a> SpanResolver<'a> {
                     Some(p) => &wf.children[p],
                     None => &wf.roots,
                 };
-                for &j in siblings {
-                    if j != i
+                let before = |j: usize| {
+                    j != i
                         && alias[j] == j
                         && end_ns(&wf.spans[j]) <= s.start_ns
                         && wf.spans[j].start_ns < s.start_ns
+                        && step_of[j].is_some()
+                };
+                // Only the latest of them: a sibling that ended before another of them
+                // started is already waited for through that one (transitive reduction,
+                // so a long sequential chain keeps one edge per step).
+                let latest_start = siblings
+                    .iter()
+                    .filter(|&&j| before(j))
+                    .map(|&j| wf.spans[j].start_ns)
+                    .max();
+                for &j in siblings {
+                    if before(j)
+                        && latest_start.is_some_and(|m| {
+                            // (a zero-length span starting at `m` is waited for by none)
+                            end_ns(&wf.spans[j]) > m || wf.spans[j].start_ns == m
+                        })
                         && let Some(sj) = step_of[j]
                     {
                         after.push(sj);
@@ -367,7 +383,8 @@ hops = [{ pool = "gpu" }]
         assert_eq!(after("plan"), ["agent"]);
         assert_eq!(after("search0"), ["agent", "plan"]);
         assert_eq!(after("search1"), ["agent", "plan"]);
-        assert_eq!(after("write"), ["agent", "plan", "search0", "search1"]);
+        // plan ended before both searches started: waited for through them.
+        assert_eq!(after("write"), ["agent", "search0", "search1"]);
         assert_eq!(after("fetch"), ["search1"]);
         assert_eq!(steps[0].work, RecordedWork::Pass);
         // `search` is the scenario's tool; `web` is not: a recorded-wait tool.
