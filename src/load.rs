@@ -136,8 +136,9 @@ fn target_class(
 
 /// One session of a request trace as a recorded workflow: its turns in arrival order,
 /// each a model call on the class's first model node's pool or tier (with that node's
-/// service time and timeout) with the turn's recorded tokens, starting when the
-/// previous turn has finished and not before the turn's recorded arrival.
+/// service time and timeout) with the turn's recorded tokens and prefix-block hashes,
+/// starting when the previous turn has finished and not before the turn's recorded
+/// arrival.
 fn session_request(
     scenario: &Scenario,
     class: usize,
@@ -168,6 +169,10 @@ fn session_request(
                 input_tokens: t.input_tokens as u64,
                 output_tokens: t.output_tokens as u64,
                 shared_prefix_tokens: 0,
+                // The turn's own prefix-block hashes (Mooncake), as a single request
+                // carries them.
+                block_hashes: t.block_hashes.clone().map(std::sync::Arc::from),
+                hash_block_tokens: MOONCAKE_BLOCK_TOKENS,
             },
             service: entry.and_then(|n| n.service.clone()),
             timeout: entry.and_then(|n| n.timeout),

@@ -246,6 +246,8 @@ impl<'a> SpanResolver<'a> {
                         input_tokens: s.input_tokens,
                         output_tokens: s.output_tokens,
                         shared_prefix_tokens: s.cached_tokens.min(s.input_tokens) as u32,
+                        block_hashes: None,
+                        hash_block_tokens: 0,
                     }
                 }
                 SpanKind::Tool => self.tool_target(s),

@@ -176,6 +176,40 @@ fn time_scaling_and_windowing_are_exact() {
     assert_eq!(window.iter().map(|r| r.at.0).collect::<Vec<_>>(), expected);
 }
 
+/// Prefix-cache hits (cached prompt tokens) of Mooncake requests served one after the
+/// other on one replica whose KV cache holds everything, computed independently of the
+/// simulator: a 16-token KV block is identified by the chain of 512-token hash ids up to
+/// the one holding its last token, plus its index; a request reuses its leading blocks
+/// seen before, and always computes at least its last prompt token.
+fn expected_prefix_hits(requests: impl Iterator<Item = (u64, Vec<u64>)>) -> u64 {
+    let mut seen: std::collections::BTreeSet<(u64, u64)> = std::collections::BTreeSet::new();
+    let mut expected: u64 = 0;
+    for (len, hashes) in requests {
+        let mut chain = Vec::with_capacity(hashes.len());
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for &x in &hashes {
+            h = (h ^ x).wrapping_mul(0x0100_0000_01b3).rotate_left(13);
+            chain.push(h);
+        }
+        let full = len / 16;
+        let key = |j: u64| -> Option<(u64, u64)> {
+            let b = ((16 * j + 15) / 512) as usize;
+            chain.get(b).map(|&c| (j, c))
+        };
+        let mut hits = 0;
+        while hits < full && key(hits).is_some_and(|k| seen.contains(&k)) {
+            hits += 1;
+        }
+        expected += hits.min((len.max(1) - 1) / 16) * 16;
+        for j in 0..full {
+            if let Some(k) = key(j) {
+                seen.insert(k);
+            }
+        }
+    }
+    expected
+}
+
 #[test]
 fn mooncake_hash_ids_give_the_expected_prefix_cache_hits() {
     // The first two minutes of Mooncake requests (over 300), 1000x slower than recorded so that each finishes
@@ -197,40 +231,13 @@ hops = [{ pool = "gpu" }]
     let loaded = load_inline(text);
     let reqs = recorded(&loaded);
     assert!(reqs.len() > 300, "{}", reqs.len());
-    // Expected hits, computed independently: a 16-token KV block is identified by the
-    // chain of 512-token hash ids up to the one holding its last token, plus its index;
-    // a request reuses its leading blocks seen before, and always computes at least its
-    // last prompt token.
-    let mut seen: std::collections::BTreeSet<(u64, u64)> = std::collections::BTreeSet::new();
-    let mut expected: u64 = 0;
-    for r in &reqs {
+    let expected = expected_prefix_hits(reqs.iter().map(|r| {
         let hashes = r
             .block_hashes
             .as_ref()
             .expect("mooncake rows carry hash ids");
-        let mut chain = Vec::with_capacity(hashes.len());
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for &x in hashes.iter() {
-            h = (h ^ x).wrapping_mul(0x0100_0000_01b3).rotate_left(13);
-            chain.push(h);
-        }
-        let len = r.input_tokens as u64;
-        let full = len / 16;
-        let key = |j: u64| -> Option<(u64, u64)> {
-            let b = ((16 * j + 15) / 512) as usize;
-            chain.get(b).map(|&c| (j, c))
-        };
-        let mut hits = 0;
-        while hits < full && key(hits).is_some_and(|k| seen.contains(&k)) {
-            hits += 1;
-        }
-        expected += hits.min((len.max(1) - 1) / 16) * 16;
-        for j in 0..full {
-            if let Some(k) = key(j) {
-                seen.insert(k);
-            }
-        }
-    }
+        (r.input_tokens as u64, hashes.to_vec())
+    }));
     let s = crate::simulate(&loaded.scenario, None).summary();
     let llm = s.pools["gpu"].llm.clone().expect("gpu pool");
     assert_eq!(llm.replicas.preemptions, 0);
@@ -569,4 +576,80 @@ hops = [{{ pool = "llm", service = {{ dist = "constant", value = "5s" }} }}]
             (300, 20, 25)
         ]
     );
+}
+
+#[test]
+fn session_turns_carry_their_mooncake_hashes_into_the_prefix_cache() {
+    // A Mooncake trace with sessions, one minute between turns (each answered within a
+    // second), on one replica whose KV cache holds everything. Session a: turn 1 (1,000
+    // tokens, hash ids [1, 2]), turn 2 repeats them and adds 3 (1,500 tokens), turn 3
+    // adds 4 (2,048 tokens); session b shares only hash id 1; a row without a session
+    // shares nothing.
+    let rows: [(u64, u64, &[u64], Option<&str>); 5] = [
+        (0, 1000, &[1, 2], Some("a")),
+        (60_000, 1500, &[1, 2, 3], Some("a")),
+        (120_000, 2048, &[1, 2, 3, 4], Some("a")),
+        (180_000, 600, &[1, 9], Some("b")),
+        (240_000, 1024, &[5, 6], None),
+    ];
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let trace = dir.path().join("sessions.jsonl");
+    let mut lines = String::new();
+    for (ms, input, hashes, session) in rows {
+        let session = session.map_or(String::new(), |s| format!(r#", "session_id": "{s}""#));
+        lines.push_str(&format!(
+            r#"{{"timestamp": {ms}, "input_length": {input}, "output_length": 10, "hash_ids": {hashes:?}{session}}}"#
+        ));
+        lines.push('\n');
+    }
+    std::fs::write(&trace, lines).unwrap_or_else(|e| panic!("{e}"));
+    let text = format!(
+        r#"
+[simulation]
+horizon = "1h"
+drain = true
+[profiles.gpus.h200]
+memory_gib = 4000.0
+[pools.gpu]
+servers = 1
+gpu = {{ model = "llama-3-8b", gpu = "h200", perf = "roofline" }}
+[classes.chat]
+arrival = {{ process = "trace", file = {file:?} }}
+hops = [{{ pool = "gpu" }}]
+"#,
+        file = trace.display().to_string()
+    );
+    let loaded = crate::parse_scenario("inline.toml", &text, &[]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        loaded.notes[0].contains("4 rows replayed as 2 sessions"),
+        "{:?}",
+        loaded.notes
+    );
+    // In time order, as the replica serves them. By hand: a2 reuses a1's 62 full KV
+    // blocks (992 tokens; a1's 63rd block was partial), a3 reuses a2's 93 (1,488
+    // tokens), b1 the 32 blocks of hash id 1 (512 tokens): 2,992 cached tokens.
+    let expected = expected_prefix_hits(rows.iter().map(|(_, input, h, _)| (*input, h.to_vec())));
+    assert_eq!(expected, 992 + 1488 + 512);
+    let mut log = Vec::new();
+    let result = sim_core::run(
+        &loaded.scenario,
+        sim_core::RunOptions {
+            hop_log: Some(&mut log),
+            policies: Some(&policies::Standard),
+            ..Default::default()
+        },
+    );
+    let c = &result.classes[0];
+    assert_eq!((c.arrived, c.completed), (3, 3));
+    // Each turn was answered before the next one's recorded time.
+    let mut starts: Vec<u64> = log.iter().map(|h| h.submitted.as_nanos()).collect();
+    starts.sort_unstable();
+    assert_eq!(
+        starts,
+        rows.iter().map(|r| r.0 * 1_000_000).collect::<Vec<_>>()
+    );
+    let s = result.summary();
+    let llm = s.pools["gpu"].llm.clone().expect("gpu pool");
+    assert_eq!(llm.replicas.preemptions, 0);
+    assert_eq!(llm.replicas.cached_tokens, expected);
 }

@@ -1877,13 +1877,19 @@ impl<'a, 'o> Sim<'a, 'o> {
         let spec = &class.graph_for(record).nodes[node];
         let pool = &self.sc.pools[p];
         if pool.gpu.is_some() {
+            // A recorded request's hashes, else the node's own (a replayed session turn).
+            let (block_hashes, hash_block_tokens) =
+                match recorded.filter(|r| r.block_hashes.is_some()) {
+                    Some(r) => (r.block_hashes.clone(), r.hash_block_tokens),
+                    None => (spec.block_hashes.clone(), spec.hash_block_tokens),
+                };
             return Work::Llm(Box::new(LlmRequest {
                 input_tokens: input.min(u32::MAX as u64) as u32,
                 output_tokens: output.clamp(1, u32::MAX as u64) as u32,
                 shared_prefix_tokens: (spec.shared_prefix_tokens as u64).min(input) as u32,
                 prefix_group: spec.prefix_group,
-                block_hashes: recorded.and_then(|r| r.block_hashes.clone()),
-                hash_block_tokens: recorded.map_or(0, |r| r.hash_block_tokens),
+                block_hashes,
+                hash_block_tokens,
             }));
         }
         Work::Service(match &pool.api {

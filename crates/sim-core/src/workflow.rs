@@ -165,6 +165,10 @@ pub struct Node {
     /// Replayed sessions: the node starts no earlier than this long after the
     /// workflow's arrival (the turn's recorded arrival).
     pub not_before: Option<SimDuration>,
+    /// Replayed model calls: the call's recorded prefix-block hashes (Mooncake), one
+    /// per `hash_block_tokens` prompt tokens, for the GPU replica's prefix cache.
+    pub block_hashes: Option<std::sync::Arc<[u64]>>,
+    pub hash_block_tokens: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -499,6 +503,8 @@ pub fn compile_graph(
             children: Vec::new(),
             in_branch_of: None,
             not_before: None,
+            block_hashes: None,
+            hash_block_tokens: 0,
         });
     }
     let order: Vec<usize> = match toposort(&graph, None) {
@@ -661,6 +667,10 @@ pub enum RecordedWork {
         output_tokens: u64,
         /// Leading prompt tokens shared with other calls of the same role.
         shared_prefix_tokens: u32,
+        /// Recorded prefix-block hashes (a Mooncake turn), `hash_block_tokens` prompt
+        /// tokens each; they take precedence over `shared_prefix_tokens` on a GPU pool.
+        block_hashes: Option<std::sync::Arc<[u64]>>,
+        hash_block_tokens: u32,
     },
     /// A call to a tool: its failures, retries and bulkhead; its latency drawn from the
     /// tool's distribution, or `wait` when given (the recorded wait).
@@ -710,6 +720,8 @@ impl WorkflowGraph {
                     input_tokens,
                     output_tokens,
                     shared_prefix_tokens,
+                    block_hashes,
+                    hash_block_tokens,
                 } => {
                     n.kind = NodeKind::Llm;
                     n.pool = *pool;
@@ -717,6 +729,8 @@ impl WorkflowGraph {
                     n.input_tokens = Some(constant(*input_tokens as f64));
                     n.output_tokens = Some(constant(*output_tokens as f64));
                     n.shared_prefix_tokens = *shared_prefix_tokens;
+                    n.block_hashes.clone_from(block_hashes);
+                    n.hash_block_tokens = *hash_block_tokens;
                 }
                 RecordedWork::Tool { tool, wait } => {
                     n.kind = NodeKind::Tool;
@@ -780,6 +794,8 @@ impl Node {
             children: Vec::new(),
             in_branch_of: None,
             not_before: None,
+            block_hashes: None,
+            hash_block_tokens: 0,
         }
     }
 }
