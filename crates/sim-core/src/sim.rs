@@ -188,7 +188,7 @@ struct Workflow {
     record: Option<u32>,
     /// The workflow's number within its class (seeds its streams).
     number: u64,
-    rng: WorkflowRng,
+    rng: LazyStream,
     usd: f64,
     tokens: u64,
     fan_out: u32,
@@ -359,6 +359,26 @@ struct ClassRuntime {
 /// The stream a model hop's timing draws come from (service time, API TTFT/TPOT, 429
 /// jitter): keyed by the workflow and the hop's place in it, not by the pool it lands
 /// on, so routing a hop elsewhere never shifts the workflow's other draws.
+/// A workflow's own stream, `workflow_stream(seed, n)`, seeded when first drawn from.
+#[derive(Clone, Debug)]
+struct LazyStream {
+    seed: u64,
+    n: u64,
+    rng: Option<WorkflowRng>,
+}
+
+impl LazyStream {
+    fn new(seed: u64, n: u64) -> Self {
+        LazyStream { seed, n, rng: None }
+    }
+
+    #[inline]
+    fn get(&mut self) -> &mut WorkflowRng {
+        let (seed, n) = (self.seed, self.n);
+        self.rng.get_or_insert_with(|| workflow_stream(seed, n))
+    }
+}
+
 fn timing_stream(work_seed: u64, wf_no: u64, parts: [u64; 5]) -> WorkflowRng {
     let mut h = work_seed ^ 0x5bd1_e995_9e37_79b9;
     for x in parts {
@@ -447,6 +467,11 @@ struct Sim<'a, 'o> {
     over_tiered_usd: Vec<f64>,
     /// Scratch space of `route_model_hop`: each candidate pool's admission answer.
     route_checks: Vec<Option<Result<Placement, Refusal>>>,
+    /// Per pool: nothing can refuse a hop (no breaker, outage, queue cap, API limit,
+    /// admission watermark or storm), so pinned hops skip the admission checks.
+    pool_always_admits: Vec<bool>,
+    /// Per class: its lane and tenant have no gate (watermark, rate limit, token budget).
+    class_gate_free: Vec<bool>,
 }
 
 impl<'a, 'o> Sim<'a, 'o> {
@@ -592,6 +617,31 @@ impl<'a, 'o> Sim<'a, 'o> {
             breakdown: Breakdown::new(sc),
             over_tiered_usd: Vec::new(),
             route_checks: Vec::new(),
+            pool_always_admits: sc
+                .pools
+                .iter()
+                .map(|pool| {
+                    pool.breaker.is_none()
+                        && pool.outages.is_empty()
+                        && pool.max_queue.is_none()
+                        && pool.api.is_none()
+                        && pool.admission.is_none()
+                        && pool.storms.is_empty()
+                })
+                .collect(),
+            class_gate_free: sc
+                .classes
+                .iter()
+                .map(|c| {
+                    let lane = &sc.lanes[c.lane_index];
+                    lane.admission.is_none()
+                        && lane.rate_limit.is_none()
+                        && c.tenant_index.is_none_or(|t| {
+                            sc.tenants[t].max_tokens_in_flight.is_none()
+                                && sc.tenants[t].rate_limit.is_none()
+                        })
+                })
+                .collect(),
         }
     }
 
@@ -1024,7 +1074,8 @@ impl<'a, 'o> Sim<'a, 'o> {
         let class = &sc.classes[ci];
         let now = self.now;
         let rt = &mut self.classes[ci];
-        let rng = workflow_stream(rt.work_seed, rt.next_workflow);
+        // Seeded on first use: many workflows (a plain queueing chain) never draw.
+        let rng = LazyStream::new(rt.work_seed, rt.next_workflow);
         let workflow_no = rt.next_workflow;
         rt.next_workflow += 1;
         let counted = now >= self.warmup;
@@ -1111,7 +1162,7 @@ impl<'a, 'o> Sim<'a, 'o> {
         if branch == NO_BRANCH && spec.fan_out.is_some() {
             let count = class
                 .fan_out_at(node, now)
-                .map(|s| s.sample_tokens(&mut wf.rng))
+                .map(|s| s.sample_tokens(wf.rng.get()))
                 .unwrap_or(1)
                 .min(u32::MAX as u64 - 1) as u32;
             // Fan-out caps: the class's own, and the global emergency switch.
@@ -1168,11 +1219,11 @@ impl<'a, 'o> Sim<'a, 'o> {
         }
         match spec.kind {
             NodeKind::Human => {
-                if wf.rng.random::<f64>() < spec.probability {
+                if wf.rng.get().random::<f64>() < spec.probability {
                     let minutes = spec
                         .minutes
                         .as_ref()
-                        .map(|m| m.sample(&mut wf.rng))
+                        .map(|m| m.sample(wf.rng.get()))
                         .unwrap_or(0.0);
                     wf.usd += minutes * spec.usd_per_minute;
                     self.interval.usd_variable += minutes * spec.usd_per_minute;
@@ -1204,7 +1255,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                 let base = spec
                     .input_tokens
                     .as_ref()
-                    .map(|d| d.sample_tokens(&mut wf.rng))
+                    .map(|d| d.sample_tokens(wf.rng.get()))
                     .unwrap_or(0);
                 let mut input = base + inherited;
                 let mut output = match spec.compact_to {
@@ -1213,7 +1264,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                     None => spec
                         .output_tokens
                         .as_ref()
-                        .map(|d| d.sample_tokens(&mut wf.rng))
+                        .map(|d| d.sample_tokens(wf.rng.get()))
                         .unwrap_or(0),
                 };
                 // A replayed request: the entry hop asks for exactly what was recorded.
@@ -1608,6 +1659,17 @@ impl<'a, 'o> Sim<'a, 'o> {
         let class = &sc.classes[ci];
         let spec = &class.graph_for(record).nodes[node];
         const POOL_ZERO: usize = 0;
+        if spec.tier.is_none() {
+            // A pinned hop that nothing can refuse or redirect skips the router and the
+            // gates (the common case of abstract queueing models; same result, fewer steps).
+            let p = spec.pool.unwrap_or(POOL_ZERO);
+            if self.pool_always_admits[p] && self.class_gate_free[ci] {
+                self.submit_model_hop(
+                    slot, node, branch, epoch, context, input, output, attempt, p,
+                );
+                return;
+            }
+        }
         let chain: &[usize] = match (spec.tier, spec.pool.as_ref()) {
             // Routing rules may route the hop on another tier or restrict its pools.
             (Some(t), _) => sc.tier_chain(ci, t, class.budget_usd.map(|b| b - usd_so_far)),
@@ -1676,14 +1738,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                 .filter(|&i| i < views.len() && views[i].available)
         } else {
             let p = chain[0];
-            let pool = &sc.pools[p];
-            let always_admits = pool.breaker.is_none()
-                && pool.outages.is_empty()
-                && pool.max_queue.is_none()
-                && pool.api.is_none()
-                && pool.admission.is_none()
-                && pool.storms.is_empty();
-            let check = if always_admits {
+            let check = if self.pool_always_admits[p] {
                 Some(Ok(Placement::Direct))
             } else {
                 self.breaker_allows(p)
@@ -1816,8 +1871,32 @@ impl<'a, 'o> Sim<'a, 'o> {
         if pool.api.is_some() {
             self.api_window[p].push_back((now, input + output));
         }
+        self.submit_model_hop(
+            slot, node, branch, epoch, context, input, output, attempt, p,
+        );
+    }
+
+    /// Submits an admitted model hop to pool `p`: draws its work and hands it over.
+    #[allow(clippy::too_many_arguments)]
+    fn submit_model_hop(
+        &mut self,
+        slot: u32,
+        node: usize,
+        branch: u32,
+        epoch: u32,
+        context: u64,
+        input: u64,
+        output: u64,
+        attempt: u32,
+        p: usize,
+    ) {
+        let sc = self.sc;
+        let wf = &self.workflows[slot as usize];
+        let ci = wf.class as usize;
+        let record = wf.record;
+        let class = &sc.classes[ci];
         let recorded = match (node, wf.record, &class.arrival) {
-            (0, Some(r), Arrival::Recorded { requests }) => requests.get(r as usize).cloned(),
+            (0, Some(r), Arrival::Recorded { requests }) => requests.get(r as usize),
             _ => None,
         };
         let mut trng = timing_stream(
@@ -1825,17 +1904,8 @@ impl<'a, 'o> Sim<'a, 'o> {
             wf.number,
             [node as u64, branch as u64, epoch as u64, attempt as u64, 0],
         );
-        let work = self.hop_work(
-            ci,
-            record,
-            node,
-            p,
-            input,
-            output,
-            recorded.as_ref(),
-            &mut trng,
-        );
-        let timeout = spec.timeout;
+        let work = self.hop_work(ci, record, node, p, input, output, recorded, &mut trng);
+        let timeout = class.graph_for(record).nodes[node].timeout;
         self.submit_hop(
             slot,
             Hop {
@@ -1946,7 +2016,7 @@ impl<'a, 'o> Sim<'a, 'o> {
             .service
             .as_ref()
             .unwrap_or(&tool.latency)
-            .sample_duration(&mut wf.rng);
+            .sample_duration(wf.rng.get());
         if !tool.spikes.is_empty() {
             // A latency spike in force when the call is made multiplies its latency.
             let factor = tool.spike_at(self.now);
@@ -2224,7 +2294,7 @@ impl<'a, 'o> Sim<'a, 'o> {
         match hop.kind {
             HopKind::Tool { attempt } => {
                 let tool = &sc.tools[hop.station as usize - n_pools];
-                if wf.rng.random::<f64>() < tool.failure_probability {
+                if wf.rng.get().random::<f64>() < tool.failure_probability {
                     if counted {
                         self.tool_stats[hop.station as usize - n_pools].failures += 1;
                     }
@@ -2232,7 +2302,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                         let backoff = tool
                             .retry_backoff
                             .as_ref()
-                            .map(|b| b.sample_duration(&mut wf.rng))
+                            .map(|b| b.sample_duration(wf.rng.get()))
                             .unwrap_or_default();
                         let wf_id = wf.id;
                         wf.outstanding += 1;
@@ -2260,7 +2330,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                 let payload = tool
                     .payload_tokens
                     .as_ref()
-                    .map(|d| d.sample_tokens(&mut wf.rng))
+                    .map(|d| d.sample_tokens(wf.rng.get()))
                     .unwrap_or(0);
                 self.node_finished(slot, node, hop.branch, hop.context_in + payload);
             }
@@ -2268,7 +2338,7 @@ impl<'a, 'o> Sim<'a, 'o> {
             HopKind::Escalation if failed_call => self.retry_failed_call(slot, hop),
             HopKind::Model => {
                 if let Some(e) = &spec.escalate
-                    && wf.rng.random::<f64>() < e.probability
+                    && wf.rng.get().random::<f64>() < e.probability
                 {
                     if counted {
                         self.class_stats[ci].escalations += 1;
@@ -2524,7 +2594,7 @@ impl<'a, 'o> Sim<'a, 'o> {
         let spec = &g.nodes[node];
         if let Some(l) = &spec.loop_back
             && l.max.is_none_or(|m| wf.nodes[node].loops < m)
-            && wf.rng.random::<f64>() < l.probability
+            && wf.rng.get().random::<f64>() < l.probability
         {
             wf.nodes[node].loops += 1;
             wf.loops += 1;
