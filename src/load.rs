@@ -436,27 +436,31 @@ pub fn parse_scenario(
     for s in sets {
         apply_set(&mut table, s).map_err(|m| InputError::new(file, m))?;
     }
+    let csv_notes = crate::empirical_csv::resolve(file, &mut table)?;
     let arrivals = extract_traces(file, &mut table)?;
-    let spec: ScenarioSpec =
-        if sets.is_empty() && arrivals.traces.is_empty() && arrivals.routed.is_empty() {
-            // Straight from the text, so that errors carry line and column.
-            toml::from_str(text).map_err(|e| toml_error(file, text, &e))?
-        } else {
-            let regenerated = toml::to_string(&table)
-                .map_err(|e| InputError::new(file, format!("after --set overrides: {e}")))?;
-            toml::from_str(&regenerated).map_err(|e| {
-                let when = if sets.is_empty() {
-                    "" // trace arrivals only: the message still names the key
-                } else {
-                    "after --set overrides: "
-                };
-                InputError::new(file, format!("{when}{}", e.message().trim()))
-            })?
-        };
+    let spec: ScenarioSpec = if sets.is_empty()
+        && csv_notes.is_empty()
+        && arrivals.traces.is_empty()
+        && arrivals.routed.is_empty()
+    {
+        // Straight from the text, so that errors carry line and column.
+        toml::from_str(text).map_err(|e| toml_error(file, text, &e))?
+    } else {
+        let regenerated = toml::to_string(&table)
+            .map_err(|e| InputError::new(file, format!("after --set overrides: {e}")))?;
+        toml::from_str(&regenerated).map_err(|e| {
+            let when = if sets.is_empty() {
+                "" // trace arrivals only: the message still names the key
+            } else {
+                "after --set overrides: "
+            };
+            InputError::new(file, format!("{when}{}", e.message().trim()))
+        })?
+    };
     let mut scenario = spec
         .validate()
         .map_err(|e| InputError::new(file, locate_key(text, &e.key, e.to_string())))?;
-    let mut notes = Vec::new();
+    let mut notes = csv_notes;
     load_traces(file, &mut scenario, &arrivals, &mut notes)?;
     Ok(LoadedScenario {
         file: file.to_string(),
