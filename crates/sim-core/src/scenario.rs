@@ -218,9 +218,10 @@ pub struct SpikeSpec {
     pub factor: f64,
 }
 
-/// `error_backoff = { base = "1s", max = "1m" }` on a pool: how a client waits before
-/// retrying a call that failed with an error: `base` x 2^(retries so far) x a uniform
-/// jitter in [0.8, 1.2], at most `max`.
+/// `error_backoff = { base = "1s", max = "1m", jitter = 0.2 }` on a pool: how a client
+/// waits before retrying a call that failed with an error or timed out:
+/// min(`base` x 2^(retries so far), `max`) x a uniform jitter in [1 - `jitter`,
+/// 1 + `jitter`].
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct BackoffSpec {
@@ -228,6 +229,9 @@ pub struct BackoffSpec {
     pub base: SimDuration,
     #[serde(default = "default_backoff_max")]
     pub max: SimDuration,
+    /// Half-width of the uniform jitter factor around 1 (default 0.2, in [0, 1]).
+    #[serde(default = "default_backoff_jitter")]
+    pub jitter: f64,
 }
 
 fn default_backoff_base() -> SimDuration {
@@ -236,12 +240,16 @@ fn default_backoff_base() -> SimDuration {
 fn default_backoff_max() -> SimDuration {
     SimDuration::from_secs(60)
 }
+fn default_backoff_jitter() -> f64 {
+    0.2
+}
 
 impl Default for BackoffSpec {
     fn default() -> Self {
         BackoffSpec {
             base: default_backoff_base(),
             max: default_backoff_max(),
+            jitter: default_backoff_jitter(),
         }
     }
 }
@@ -518,7 +526,7 @@ pub struct PoolSpec {
     /// Share of admitted calls that fail after their service (an error answer).
     #[serde(default)]
     pub error_rate: Option<f64>,
-    /// Backoff before retrying a call that failed with an error.
+    /// Backoff before retrying a call that failed with an error or timed out.
     #[serde(default)]
     pub error_backoff: Option<BackoffSpec>,
     /// 429 storm windows (fault injection).
@@ -1300,6 +1308,15 @@ impl ScenarioSpec {
                     format!(
                         "expected 0 < base <= max, got base {} max {}",
                         error_backoff.base, error_backoff.max
+                    ),
+                ));
+            }
+            if !(0.0..=1.0).contains(&error_backoff.jitter) {
+                return Err(err(
+                    format!("{key}.error_backoff.jitter"),
+                    format!(
+                        "expected a jitter share in [0, 1], got {}",
+                        error_backoff.jitter
                     ),
                 ));
             }

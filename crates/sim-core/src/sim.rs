@@ -1277,7 +1277,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                     input = req.input_tokens as u64;
                     output = req.output_tokens as u64;
                 }
-                self.route_model_hop(slot, node, branch, epoch, context, input, output, 0);
+                self.route_model_hop(slot, node, branch, epoch, context, input, output, 0, None);
             }
         }
     }
@@ -1399,15 +1399,19 @@ impl<'a, 'o> Sim<'a, 'o> {
         }
     }
 
-    /// A model or escalation call failed with an error: retry it after an exponential
-    /// backoff with jitter (a model call is routed again, so its tier may fall back; an
-    /// escalation goes to its escalation pool again), or fail the workflow once the
-    /// pool's `max_attempts` are used up.
-    fn retry_failed_call(&mut self, slot: u32, hop: Hop) {
+    /// A model or escalation call failed with an error (or timed out: `timeout_at` is
+    /// its node's id): retry it after an exponential backoff with jitter (a model call
+    /// is routed again, so its tier may fall back; an escalation goes to its escalation
+    /// pool again), or fail the workflow once the pool's `max_attempts` are used up.
+    fn retry_failed_call(&mut self, slot: u32, hop: Hop, timeout_at: Option<&str>) {
         let sc = self.sc;
         let pool = &sc.pools[hop.station as usize];
         if hop.attempt + 1 >= pool.max_attempts {
-            self.finish_workflow(slot, Outcome::Failed, &format!("error from {}", pool.name));
+            let cause = match timeout_at {
+                Some(node) => format!("timeout at {node}"),
+                None => format!("error from {}", pool.name),
+            };
+            self.finish_workflow(slot, Outcome::Failed, &cause);
             return;
         }
         let wf = &mut self.workflows[slot as usize];
@@ -1423,8 +1427,8 @@ impl<'a, 'o> Sim<'a, 'o> {
                 if escalation { 7 } else { 5 },
             ],
         );
-        let jitter = 0.8 + 0.4 * trng.random::<f64>();
         let b = pool.error_backoff;
+        let jitter = 1.0 - b.jitter + 2.0 * b.jitter * trng.random::<f64>();
         let exp = b.base.as_secs_f64() * 2f64.powi(hop.attempt.min(60) as i32);
         let wait = SimDuration::from_secs_f64(exp.min(b.max.as_secs_f64()) * jitter);
         wf.outstanding += 1;
@@ -1453,6 +1457,98 @@ impl<'a, 'o> Sim<'a, 'o> {
             }
         };
         self.set_timer(self.now + wait, slot, wf_id, what);
+    }
+
+    /// The caller stopped waiting for `hop` (its timeout passed). The call itself keeps
+    /// running and is charged, as waste, when it ends (a client timeout does not stop
+    /// the server). The hop is retried like a failed call: a tool by its `retries` and
+    /// `retry_backoff`; a model or escalation call by its pool's `max_attempts` and
+    /// `error_backoff`, a tiered model hop first falling back at once to the pools after
+    /// the one that timed out. Out of attempts, the workflow fails ("timeout at NODE").
+    fn retry_timed_out(&mut self, slot: u32, hop: Hop) {
+        let sc = self.sc;
+        let wf = &mut self.workflows[slot as usize];
+        let ci = wf.class as usize;
+        let spec = &sc.classes[ci].graph_for(wf.record).nodes[hop.node as usize];
+        let node = hop.node as usize;
+        if wf.nodes[node].epoch != hop.epoch {
+            // A hop of an earlier loop run: nobody waits for it any more.
+            return;
+        }
+        if hop.branch != NO_BRANCH {
+            let head = spec.in_branch_of.unwrap_or(node);
+            if wf.nodes[head].joined {
+                // A straggler of a fan-out that has already joined (quorum).
+                return;
+            }
+        }
+        match hop.kind {
+            HopKind::Tool { attempt } => {
+                let tool = &sc.tools[hop.station as usize - sc.pools.len()];
+                if attempt >= tool.retries {
+                    self.finish_workflow(slot, Outcome::Failed, &format!("timeout at {}", spec.id));
+                    return;
+                }
+                let mut trng = timing_stream(
+                    self.classes[ci].work_seed,
+                    wf.number,
+                    [
+                        hop.node as u64,
+                        hop.branch as u64,
+                        hop.epoch as u64,
+                        attempt as u64,
+                        8,
+                    ],
+                );
+                let backoff = tool
+                    .retry_backoff
+                    .as_ref()
+                    .map(|b| b.sample_duration(&mut trng))
+                    .unwrap_or_default();
+                wf.outstanding += 1;
+                let wf_id = wf.id;
+                self.set_timer(
+                    self.now + backoff,
+                    slot,
+                    wf_id,
+                    Timer::ToolRetry {
+                        node: hop.node,
+                        branch: hop.branch,
+                        epoch: hop.epoch,
+                        attempt: attempt + 1,
+                        context: hop.context_in,
+                    },
+                );
+            }
+            HopKind::Model => {
+                let p = hop.station as usize;
+                let fallback = hop.attempt + 1 < sc.pools[p].max_attempts
+                    && spec.tier.is_some_and(|t| {
+                        let left = sc.classes[ci].budget_usd.map(|b| b - wf.usd);
+                        let chain = sc.tier_chain(ci, t, left);
+                        chain
+                            .iter()
+                            .position(|&q| q == p)
+                            .is_some_and(|k| k + 1 < chain.len())
+                    });
+                if fallback {
+                    self.route_model_hop(
+                        slot,
+                        node,
+                        hop.branch,
+                        hop.epoch,
+                        hop.context_in,
+                        hop.input_tokens,
+                        hop.output_tokens,
+                        hop.attempt + 1,
+                        Some(p),
+                    );
+                } else {
+                    self.retry_failed_call(slot, hop, Some(&spec.id));
+                }
+            }
+            HopKind::Escalation => self.retry_failed_call(slot, hop, Some(&spec.id)),
+        }
     }
 
     /// Submits the escalation call of `hop` (attempt `hop.attempt`) to its node's
@@ -1637,7 +1733,9 @@ impl<'a, 'o> Sim<'a, 'o> {
     /// Chooses the pool of a model hop (its fixed pool, or the router's pick from its
     /// tier's fallback chain) and submits it; with no pool available, the client backs
     /// off for the pool's retry-after (with jitter) and tries again, up to the pool's
-    /// `max_attempts`, after which the workflow is rejected.
+    /// `max_attempts`, after which the workflow is rejected. `after`: the pool this
+    /// hop's previous attempt timed out on; a tiered hop then falls back to the pools
+    /// after it in its chain (a degraded hop).
     #[allow(clippy::too_many_arguments)]
     fn route_model_hop(
         &mut self,
@@ -1649,6 +1747,7 @@ impl<'a, 'o> Sim<'a, 'o> {
         input: u64,
         output: u64,
         attempt: u32,
+        after: Option<usize>,
     ) {
         let sc = self.sc;
         let now = self.now;
@@ -1688,6 +1787,14 @@ impl<'a, 'o> Sim<'a, 'o> {
         let storm_key = [node as u64, branch as u64, epoch as u64, attempt as u64];
         // Retry-after and attempts come from the first pool of the hop's own chain.
         let home = chain[0];
+        // A fallback after a timeout: only the pools after the one that timed out.
+        let fell_back = after
+            .and_then(|a| chain.iter().position(|&p| p == a))
+            .filter(|&k| k + 1 < chain.len());
+        let chain: &[usize] = match fell_back {
+            Some(k) => &chain[k + 1..],
+            None => chain,
+        };
         let tokens = input + output;
         let priority = sc.lanes[class.lane_index].priority;
         // Lane and tenant limits come first; a lane watermark may degrade the hop.
@@ -1862,7 +1969,7 @@ impl<'a, 'o> Sim<'a, 'o> {
         }
         let pool = &sc.pools[p];
         let wf = &mut self.workflows[slot as usize];
-        if (i > 0 || degraded) && wf.counted {
+        if (i > 0 || degraded || fell_back.is_some()) && wf.counted {
             self.class_stats[ci].degraded_hops += 1;
         }
         if over && wf.counted {
@@ -2334,8 +2441,8 @@ impl<'a, 'o> Sim<'a, 'o> {
                     .unwrap_or(0);
                 self.node_finished(slot, node, hop.branch, hop.context_in + payload);
             }
-            HopKind::Model if failed_call => self.retry_failed_call(slot, hop),
-            HopKind::Escalation if failed_call => self.retry_failed_call(slot, hop),
+            HopKind::Model if failed_call => self.retry_failed_call(slot, hop, None),
+            HopKind::Escalation if failed_call => self.retry_failed_call(slot, hop, None),
             HopKind::Model => {
                 if let Some(e) = &spec.escalate
                     && wf.rng.get().random::<f64>() < e.probability
@@ -2433,12 +2540,12 @@ impl<'a, 'o> Sim<'a, 'o> {
                     && undecided
                 {
                     h.timed_out = true;
+                    let h = *h;
                     let station = h.station as usize;
-                    let cause = format!("timeout at {}", graph.nodes[h.node as usize].id);
                     if station < self.sc.pools.len() {
                         self.breaker_failure(station);
                     }
-                    self.finish_workflow(slot, Outcome::Failed, &cause);
+                    self.retry_timed_out(slot, h);
                 }
             }
             Timer::HumanDone {
@@ -2482,6 +2589,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                         input,
                         output,
                         attempt,
+                        None,
                     );
                 } else {
                     self.maybe_release(slot);

@@ -676,6 +676,7 @@ warmup = "10m"
 servers = 3
 usd_per_server_hour = 10.0
 service = { dist = "lognormal", median = "1s", p99 = "10s" }
+max_attempts = 1                   # a timeout fails its workflow (no retry)
 [tools.flaky]
 latency = { dist = "exponential", mean = "500ms" }
 failure_probability = 0.2

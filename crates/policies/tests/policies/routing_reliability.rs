@@ -484,6 +484,229 @@ pool = "a"
     );
 }
 
+const S: u64 = 1_000_000_000;
+
+/// Start time (ns) of each workflow of a closed-loop class, in order, from the first
+/// hop of each workflow in the log.
+fn starts(wfs: &BTreeMap<u64, Vec<&HopRecord>>) -> Vec<u64> {
+    let mut v: Vec<u64> = wfs.values().map(|h| h[0].submitted.0).collect();
+    v.sort_unstable();
+    v
+}
+
+#[test]
+fn timed_out_calls_are_retried_with_backoff_and_charged_as_waste() {
+    // One user at a time (closed loop, 2s think). Every call takes 3s and times out
+    // after 2s; the client retries after a fixed 1s backoff (no jitter): attempts at
+    // a, a + 3s, a + 6s, and the workflow fails at a + 8s with "timeout at NODE". Each
+    // timed-out call runs on and is charged in full ($1 per server-second): $9 of waste
+    // per model workflow, $1.50 per tool workflow (3 calls at $0.50).
+    let text = r#"
+[simulation]
+horizon = "101s"
+[pools.slow]
+servers = 10
+usd_per_server_hour = 3600.0
+service = { dist = "constant", value = "3s" }
+max_attempts = 3
+error_backoff = { base = "1s", max = "1s", jitter = 0.0 }
+[tools.lookup]
+latency = { dist = "constant", value = "3s" }
+retries = 2
+retry_backoff = { dist = "constant", value = "1s" }
+usd_per_call = 0.5
+[classes.c]
+arrival = { process = "closed", users = 1, think = { dist = "constant", value = "2s" } }
+[[classes.c.nodes]]
+id = "call"
+pool = "slow"
+timeout = "2s"
+[classes.t]
+arrival = { process = "closed", users = 1, think = { dist = "constant", value = "2s" } }
+[[classes.t.nodes]]
+id = "lookup"
+kind = "tool"
+tool = "lookup"
+timeout = "2s"
+"#;
+    let (r, log) = run_logged(text);
+    for (class, node, usd) in [("c", "call", 3.0), ("t", "lookup", 0.5)] {
+        let c = r.class(class).expect("class");
+        let wfs = by_workflow(&log, class);
+        // The user thinks first, then workflows start every 10s (8s to fail + 2s think):
+        // 2s, 12s, ..., 92s; the one at 92s fails at 100s, before the 101s horizon.
+        let expected: Vec<u64> = (0..10).map(|k| (2 + 10 * k) * S).collect();
+        assert_eq!(starts(&wfs), expected, "{class}");
+        assert_eq!((c.arrived, c.failed, c.completed), (10, 10, 0), "{class}");
+        assert_eq!(
+            c.failed_by_cause.get(&format!("timeout at {node}")),
+            Some(&10),
+            "{class}"
+        );
+        for hops in wfs.values() {
+            let a = hops[0].submitted.0;
+            let at: Vec<(u64, u64)> = hops
+                .iter()
+                .map(|h| (h.submitted.0 - a, h.finished.0 - h.submitted.0))
+                .collect();
+            assert_eq!(
+                at,
+                vec![(0, 3 * S), (3 * S, 3 * S), (6 * S, 3 * S)],
+                "{class}"
+            );
+            assert!(hops.iter().all(|h| (h.usd - usd).abs() < 1e-12), "{class}");
+        }
+        // Every dollar is waste: the first two calls ended after their timeout (the
+        // workflow still live), the third after the workflow failed.
+        assert!(
+            (c.usd_waste_leftover - 30.0 * usd).abs() < 1e-9,
+            "{class}: {}",
+            c.usd_waste_leftover
+        );
+        assert_eq!(c.usd_waste_failed, 0.0, "{class}");
+    }
+    assert_eq!(pool(&r, "slow").errors, 0);
+    let e = invalid(&text.replace("jitter = 0.0", "jitter = 1.5"));
+    assert_eq!(e.key, "pools.slow.error_backoff.jitter");
+    assert!(e.message.contains("[0, 1]"), "{e}");
+    let spec: Result<ScenarioSpec, _> =
+        toml::from_str(&text.replace("jitter = 0.0", "jiter = 0.0"));
+    let e = spec.expect_err("unknown key");
+    assert!(e.to_string().contains("unknown field `jiter`"), "{e}");
+}
+
+#[test]
+fn a_timed_out_tiered_hop_falls_back_at_once_along_its_chain() {
+    // Tier [slow, fast]: the call to slow (3s) times out after 2s and goes at once to
+    // fast (1s), marked degraded: every workflow takes exactly 3s; with 2s think they
+    // start every 5s. The slow call runs on: $3 of waste per workflow.
+    let text = r#"
+[simulation]
+horizon = "101s"
+[pools.slow]
+servers = 10
+usd_per_server_hour = 3600.0
+service = { dist = "constant", value = "3s" }
+[pools.fast]
+servers = 10
+service = { dist = "constant", value = "1s" }
+[tiers.t]
+pools = ["slow", "fast"]
+[classes.c]
+arrival = { process = "closed", users = 1, think = { dist = "constant", value = "2s" } }
+[[classes.c.nodes]]
+id = "call"
+tier = "t"
+timeout = "2s"
+"#;
+    let (r, log) = run_logged(text);
+    let c = r.class("c").expect("class");
+    let wfs = by_workflow(&log, "c");
+    let expected: Vec<u64> = (0..20).map(|k| (2 + 5 * k) * S).collect();
+    assert_eq!(starts(&wfs), expected);
+    assert_eq!((c.arrived, c.completed, c.failed), (20, 20, 0));
+    assert_eq!(c.degraded_hops, 20);
+    for hops in wfs.values() {
+        let a = hops[0].submitted.0;
+        let at: Vec<(&str, u64, u64)> = hops
+            .iter()
+            .map(|h| (h.station.as_str(), h.submitted.0 - a, h.finished.0 - a))
+            .collect();
+        assert_eq!(at, vec![("slow", 0, 3 * S), ("fast", 2 * S, 3 * S)]);
+    }
+    assert!(
+        (c.usd_waste_leftover - 60.0).abs() < 1e-9,
+        "{}",
+        c.usd_waste_leftover
+    );
+    assert!(c.latency_per_success_ns.iter().all(|&l| l == 3 * S));
+}
+
+#[test]
+fn a_timed_out_call_succeeds_on_a_later_attempt_with_exact_latency() {
+    // Each attempt draws its own service time, 3s or 1s with equal chances, from the
+    // hop's timing stream (keyed by attempt). A 3s call times out after 2s and is
+    // retried after a fixed 1s backoff: a workflow takes exactly 1s, 4s or 7s when its
+    // first, second or third attempt draws 1s, and fails at 8s when all three draw 3s.
+    let text = r#"
+[simulation]
+horizon = "1h"
+[pools.p]
+servers = 10
+service = { dist = "empirical", values = ["3s", "1s"] }
+max_attempts = 3
+error_backoff = { base = "1s", max = "1s", jitter = 0.0 }
+[classes.c]
+arrival = { process = "closed", users = 1, think = { dist = "constant", value = "1s" } }
+[[classes.c.nodes]]
+id = "call"
+pool = "p"
+timeout = "2s"
+"#;
+    let (r, log) = run_logged(text);
+    let c = r.class("c").expect("class");
+    let wfs = by_workflow(&log, "c");
+    let mut by_attempts = [0u64; 4];
+    let all: Vec<&Vec<&HopRecord>> = wfs.values().collect();
+    for w in all.windows(2) {
+        let (hops, next) = (w[0], w[1]);
+        let a = hops[0].submitted.0;
+        for (k, h) in hops.iter().enumerate() {
+            assert_eq!(h.submitted.0 - a, 3 * k as u64 * S);
+        }
+        let last = hops[hops.len() - 1];
+        let ok = last.finished.0 - last.submitted.0 == S;
+        // Every attempt before the last drew 3s.
+        assert!(
+            hops[..hops.len() - 1]
+                .iter()
+                .all(|h| h.finished.0 - h.submitted.0 == 3 * S)
+        );
+        let end = if ok {
+            by_attempts[hops.len()] += 1;
+            a + (1 + 3 * (hops.len() as u64 - 1)) * S
+        } else {
+            assert_eq!(hops.len(), 3);
+            by_attempts[0] += 1;
+            a + 8 * S
+        };
+        assert_eq!(
+            next[0].submitted.0,
+            end + S,
+            "the next workflow starts after 1s think"
+        );
+    }
+    // Success on the second attempt happens (about a quarter of workflows).
+    assert!(by_attempts[2] > 100, "{by_attempts:?}");
+    assert!(by_attempts[1] > 100 && by_attempts[3] > 20 && by_attempts[0] > 20);
+    assert_eq!(
+        c.failed_by_cause
+            .get("timeout at call")
+            .copied()
+            .unwrap_or(0),
+        c.failed
+    );
+    // The class's own latencies (the last workflow included): only 1s, 4s and 7s.
+    for (k, secs) in [(1, 1), (2, 4), (3, 7)] {
+        let n = c
+            .latency_per_success_ns
+            .iter()
+            .filter(|&&l| l == secs * S)
+            .count() as u64;
+        assert!(
+            n == by_attempts[k] || n == by_attempts[k] + 1,
+            "{secs}s: {n}"
+        );
+    }
+    assert_eq!(c.completed, c.latency_per_success_ns.len() as u64);
+    assert!(
+        c.latency_per_success_ns
+            .iter()
+            .all(|&l| [1, 4, 7].contains(&(l / S)) && l % S == 0)
+    );
+    assert!(c.failed == by_attempts[0] || c.failed == by_attempts[0] + 1);
+}
+
 #[test]
 fn error_rate_breaker_opens_after_min_calls_and_probes_after_the_open_duration() {
     // Every call to `a` fails (after 500ms); the breaker opens once 10 calls in the
