@@ -143,7 +143,7 @@ pub fn parse_variant_arg(arg: &str) -> Result<Variant, String> {
 }
 
 /// Splits on commas outside brackets, braces and quotes.
-fn split_top_level(s: &str) -> Result<Vec<&str>, String> {
+pub(crate) fn split_top_level(s: &str) -> Result<Vec<&str>, String> {
     let mut out = Vec::new();
     let mut depth: i32 = 0;
     let mut quote: Option<char> = None;

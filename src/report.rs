@@ -41,7 +41,7 @@ fn fmt_count(n: u64) -> String {
 }
 
 /// A left-aligned first column and right-aligned others.
-struct Table {
+pub(crate) struct Table {
     header: Vec<String>,
     rows: Vec<Vec<String>>,
     /// Columns aligned left (the first `left`); the others align right.
@@ -49,21 +49,21 @@ struct Table {
 }
 
 impl Table {
-    fn new(header: &[&str]) -> Self {
+    pub(crate) fn new(header: &[&str]) -> Self {
         Table {
             header: header.iter().map(|s| s.to_string()).collect(),
             rows: Vec::new(),
             left: 1,
         }
     }
-    fn left_columns(mut self, n: usize) -> Self {
+    pub(crate) fn left_columns(mut self, n: usize) -> Self {
         self.left = n;
         self
     }
-    fn row(&mut self, r: Vec<String>) {
+    pub(crate) fn row(&mut self, r: Vec<String>) {
         self.rows.push(r);
     }
-    fn render(&self, out: &mut String) {
+    pub(crate) fn render(&self, out: &mut String) {
         let n = self.header.len();
         let mut w = vec![0; n];
         for r in std::iter::once(&self.header).chain(&self.rows) {
@@ -654,6 +654,26 @@ pub fn check_table(file: &str, sc: &Scenario) -> String {
         ]);
     }
     t.render(&mut out);
+    let theory = sim_core::theory::pool_theory(sc);
+    if theory.iter().any(Option::is_some) {
+        // The textbook's answer next to the scenario, for pools where it applies.
+        out.push('\n');
+        let mut t = Table::new(&["theory", "model", "rho", "P(wait)", "mean wait", "p99 wait"]);
+        for (p, th) in sc.pools.iter().zip(&theory) {
+            let Some(th) = th else { continue };
+            let na =
+                |x: Option<f64>, f: &dyn Fn(f64) -> String| x.map(f).unwrap_or_else(|| "-".into());
+            t.row(vec![
+                p.name.clone(),
+                th.model.to_string(),
+                format!("{:.3}", th.rho),
+                na(th.p_wait, &|x| format!("{x:.3}")),
+                na(th.mean_wait_s, &|x| fmt_secs(Some(x))),
+                na(th.p99_wait_s, &|x| fmt_secs(Some(x))),
+            ]);
+        }
+        t.render(&mut out);
+    }
     if !unstable.is_empty() {
         let _ = writeln!(
             out,

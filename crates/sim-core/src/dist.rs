@@ -185,6 +185,18 @@ impl Sampler {
         }
     }
 
+    /// E[X^2] where it has a simple closed form (constant, uniform, exponential,
+    /// empirical); `None` otherwise. Used by the M/G/1 (Pollaczek-Khinchine) formula.
+    pub fn second_moment(&self) -> Option<f64> {
+        match self {
+            Sampler::Constant(v) => Some(v * v),
+            Sampler::Uniform(lo, hi) => Some((lo * lo + lo * hi + hi * hi) / 3.0),
+            Sampler::Exponential(_, m) => Some(2.0 * m * m),
+            Sampler::Empirical(v, _) => Some(v.iter().map(|x| x * x).sum::<f64>() / v.len() as f64),
+            Sampler::Normal(..) | Sampler::LogNormal(..) | Sampler::Gamma(..) => None,
+        }
+    }
+
     /// The distribution's mean (of the truncated normal, for `Normal`).
     pub fn mean(&self) -> f64 {
         match self {
