@@ -880,6 +880,89 @@ output_tokens = { dist = "uniform", low = 50, high = 400 }
 }
 
 #[test]
+fn a_refused_degrade_target_falls_back_along_the_rest_of_the_chain() {
+    // Tier [big, c]: big degrades hops above 12,000 tokens in flight to small, which is
+    // down all run. The client then tries the rest of the chain (c), degraded, instead of
+    // backing off; with c down too (minutes 20-22), nothing takes the hop and it backs
+    // off (big's 30s retry-after, 10 attempts) with the degrade target's cause.
+    let text = r#"
+[simulation]
+horizon = "1h"
+drain = true
+[pools.big]
+servers = 8
+prefill_per_1k_tokens = "200ms"
+decode_per_token = "10ms"
+admission = { max_tokens_in_flight = 12000, action = "degrade", degrade_to = "small" }
+retry_after = "30s"
+max_attempts = 10
+[pools.small]
+servers = 8
+prefill_per_1k_tokens = "50ms"
+decode_per_token = "3ms"
+outages = [{ start = "0s", duration = "3h" }]
+[pools.c]
+servers = 8
+prefill_per_1k_tokens = "50ms"
+decode_per_token = "3ms"
+OUTAGE
+[tiers.t]
+pools = ["big", "c"]
+[classes.c]
+arrival = { process = "poisson", rate = 1.5 }
+[[classes.c.nodes]]
+id = "call"
+tier = "t"
+input_tokens = { dist = "uniform", low = 500, high = 4000 }
+output_tokens = { dist = "uniform", low = 50, high = 400 }
+"#;
+    let on_big = |h: &HopRecord| h.station == "big";
+    for c_down in [false, true] {
+        let outage = if c_down {
+            r#"outages = [{ start = "20m", duration = "2m" }]"#
+        } else {
+            ""
+        };
+        let (r, log) = run_logged(&text.replace("OUTAGE", outage));
+        for (h, t) in log
+            .iter()
+            .filter(|h| on_big(h))
+            .zip(in_flight_after_admission(&log, on_big))
+        {
+            assert!(t <= 12_000, "hop of {} admitted at {t}", h.workflow);
+        }
+        // Every hop on c went there because big was full for it and small refused.
+        let mut on_c = 0;
+        for h in log.iter().filter(|h| h.station == "c") {
+            let k = h.input_tokens + h.output_tokens;
+            let big_now = in_flight_at(&log, on_big, h.submitted.0);
+            assert!(big_now + k > 12_000, "fell back at {big_now} + {k}");
+            on_c += 1;
+        }
+        let s = r.summary();
+        let cs = &s.classes["c"];
+        assert!(on_c > 100, "{on_c} hops on c");
+        assert_eq!(cs.degraded_hops, on_c);
+        assert_eq!(s.pools["big"].degraded_away, 0);
+        assert_eq!(s.pools["small"].hops, 0);
+        let refused: u64 = cs.refused_by_cause.values().sum();
+        // small refused every hop sent to it: those that went on to c, and those that
+        // found c down too (each of those an attempt nothing admitted).
+        assert_eq!(s.pools["small"].refusals, on_c + refused);
+        assert_eq!(s.pools["small"].refusals_by_cause["down"], on_c + refused);
+        assert_eq!(s.pools["c"].refusals, refused);
+        if c_down {
+            assert!(refused > 20, "{refused}");
+            assert_eq!(cs.refused_by_cause["small down"], refused);
+        } else {
+            assert_eq!(refused, 0);
+        }
+        assert_eq!(cs.completed, cs.arrived);
+        assert_conservation(&r);
+    }
+}
+
+#[test]
 fn tenant_token_budget_is_never_exceeded() {
     // Tenant acme owns two classes sharing an 8,000-token budget for in-flight work;
     // beta has none. The pool has room for everyone, so only the budget refuses.

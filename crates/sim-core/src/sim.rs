@@ -1653,6 +1653,44 @@ impl<'a, 'o> Sim<'a, 'o> {
         Ok(Placement::Direct)
     }
 
+    /// Whether the degrade target `q` of a pool's watermark takes a hop: `Ok(true)` if
+    /// admitted above its own `queue` watermark (counted on `q`), `Ok(false)` if
+    /// admitted below it, the refusal otherwise (counted on `q` when the client tried
+    /// it; an open breaker or a `degrade` watermark of its own also refuse).
+    #[allow(clippy::too_many_arguments)]
+    fn degrade_target(
+        &mut self,
+        q: usize,
+        tokens: u64,
+        priority: i32,
+        ci: usize,
+        wf_no: u64,
+        storm_key: [u64; 4],
+    ) -> Result<bool, Refusal> {
+        let check = self
+            .breaker_allows(q)
+            .then(|| self.pool_admission(q, tokens, priority))
+            .map(|c| self.storm_filter(q, c, ci, wf_no, storm_key));
+        match check {
+            Some(Ok(Placement::Direct)) => Ok(false),
+            Some(Ok(Placement::OverWatermark)) => {
+                self.pool_stats[q].admitted_over_watermark += 1;
+                Ok(true)
+            }
+            Some(Ok(Placement::Degrade(_))) | Some(Err(_)) | None => {
+                let r = match check {
+                    Some(Err(r)) => r,
+                    _ if self.sc.pools[q].down_at(self.now) => Refusal::Down,
+                    _ => Refusal::TokensInFlight,
+                };
+                if check.is_some() {
+                    self.refused_by_pool(q, r);
+                }
+                Err(r)
+            }
+        }
+    }
+
     /// Lane and tenant limits, checked before any pool is tried: `Ok(Some(pool))` when
     /// the lane's watermark degrades the hop to `pool`, `Ok(None)` to go on, and the
     /// 429's cause otherwise. `over` is set when a `queue` watermark is crossed.
@@ -1878,29 +1916,46 @@ impl<'a, 'o> Sim<'a, 'o> {
             }),
             (Ok(_), Some(i)) => match checks[i] {
                 Some(Ok(Placement::Degrade(q))) => {
-                    let check = self
-                        .breaker_allows(q)
-                        .then(|| self.pool_admission(q, tokens, priority))
-                        .map(|c| self.storm_filter(q, c, ci, wf_no, storm_key));
-                    match check {
-                        Some(Ok(pl @ (Placement::Direct | Placement::OverWatermark))) => {
-                            if pl == Placement::OverWatermark {
-                                over = true;
-                                self.pool_stats[q].admitted_over_watermark += 1;
-                            }
+                    match self.degrade_target(q, tokens, priority, ci, wf_no, storm_key) {
+                        Ok(o) => {
+                            over |= o;
                             self.pool_stats[chain[i]].degraded_away += 1;
                             Ok((i, q, true))
                         }
-                        Some(Ok(Placement::Degrade(_))) | Some(Err(_)) | None => {
-                            let r = match check {
-                                Some(Err(r)) => r,
-                                _ if sc.pools[q].down_at(now) => Refusal::Down,
-                                _ => Refusal::TokensInFlight,
-                            };
-                            if check.is_some() {
-                                self.refused_by_pool(q, r);
+                        Err(r) => {
+                            // The degrade target refused: the client tries the rest of the
+                            // chain in order (degraded), and backs off only when all of it
+                            // refuses.
+                            let mut placed = Err(r.cause(&sc.pools[q].name));
+                            for k in (0..checks.len()).filter(|&k| k != i) {
+                                match checks[k] {
+                                    Some(Ok(Placement::Direct)) => {
+                                        placed = Ok((k, chain[k], true));
+                                        break;
+                                    }
+                                    Some(Ok(Placement::OverWatermark)) => {
+                                        over = true;
+                                        self.pool_stats[chain[k]].admitted_over_watermark += 1;
+                                        placed = Ok((k, chain[k], true));
+                                        break;
+                                    }
+                                    Some(Ok(Placement::Degrade(q2))) if q2 != q => {
+                                        let t = self.degrade_target(
+                                            q2, tokens, priority, ci, wf_no, storm_key,
+                                        );
+                                        if let Ok(o) = t {
+                                            over |= o;
+                                            self.pool_stats[chain[k]].degraded_away += 1;
+                                            placed = Ok((k, q2, true));
+                                            break;
+                                        }
+                                    }
+                                    // Refusals before the router's choice are counted.
+                                    Some(Err(r)) if k > i => self.refused_by_pool(chain[k], r),
+                                    _ => {}
+                                }
                             }
-                            Err(r.cause(&sc.pools[q].name))
+                            placed
                         }
                     }
                 }
