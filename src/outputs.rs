@@ -115,6 +115,10 @@ pub fn showback_csv(s: &Summary) -> Result<String, csv::Error> {
         "tokens",
         "usd",
         "usd_per_outcome",
+        "usd_api",
+        "usd_api_input",
+        "usd_api_cached_input",
+        "usd_api_output",
     ])?;
     for (name, t) in &s.tenants {
         w.write_record([
@@ -127,6 +131,10 @@ pub fn showback_csv(s: &Summary) -> Result<String, csv::Error> {
             t.tokens.to_string(),
             t.usd.to_string(),
             opt(t.usd_per_outcome),
+            t.usd_api.to_string(),
+            t.usd_api_split.input.to_string(),
+            t.usd_api_split.cached_input.to_string(),
+            t.usd_api_split.output.to_string(),
         ])?;
     }
     let bytes = w.into_inner().map_err(|e| e.into_error())?;

@@ -471,7 +471,7 @@ service = { dist = "exponential", mean = "300ms" }
 outages = [{ start = "30m", duration = "15m" }]
 [pools.api]
 api = { ttft = { dist = "constant", value = "300ms" }, tpot = { dist = "constant", value = "5ms" },
-        usd_per_1k_input = 0.001, usd_per_1k_output = 0.002 }
+        usd_per_1k_input = 0.001, usd_per_1k_output = 0.002, usd_per_1k_cached_input = 0.0002 }
 [tiers.t]
 pools = ["small", "api"]
 [tools.flaky]
@@ -512,6 +512,7 @@ tenant = "globex"
 [[classes.d.nodes]]
 id = "first"
 tier = "t"
+shared_prefix_tokens = 300
 input_tokens = { dist = "constant", value = 1000 }
 output_tokens = { dist = "constant", value = 200 }
 [[classes.d.nodes]]
@@ -569,6 +570,22 @@ service = { dist = "exponential", mean = "500ms" }
     );
     assert!((s.totals.usd_workflows + s.totals.usd_idle - s.totals.usd_spent).abs() < 0.005);
     assert!(s.totals.usd_waste > 0.0);
+    // The API dollars split into input, cached input and output: each call of `first`
+    // that fell back to the API bills 700 fresh and 300 cached prompt tokens and 200
+    // output tokens, so the parts are in the ratio 0.7 : 0.06 : 0.4 (per 1k: $0.001,
+    // $0.0002, $0.002); the parts add up to the API total to the cent, per pool, per
+    // class (classes d only) and in the totals.
+    let split = &s.totals.usd_api_split;
+    assert!((split.total() - api).abs() < 0.005);
+    assert!((split.input / 0.7 - split.output / 0.4).abs() < 1e-9);
+    assert!((split.cached_input / 0.06 - split.output / 0.4).abs() < 1e-9);
+    assert!(split.cached_input > 0.0);
+    assert_eq!(s.pools["api"].usd_api_split, *split);
+    assert_eq!(s.classes["c"].usd_api, 0.0);
+    let d = &s.classes["d"];
+    assert!((d.usd_api - api).abs() < 1e-9);
+    assert!((d.usd_api_split.total() - d.usd_api).abs() < 1e-12);
+    assert_eq!(s.tenants["globex"].usd_api_split, d.usd_api_split);
     // Tenants split the same dollars.
     let tenants: f64 = s.tenants.values().map(|t| t.usd).sum();
     assert!((tenants - s.totals.usd_workflows).abs() < 1e-9);
@@ -691,7 +708,7 @@ fn csv_outputs_add_up() {
     let mut lines = sb.lines();
     assert_eq!(
         lines.next().unwrap(),
-        "tenant,cost_centre,classes,workflows,completed,success_rate,tokens,usd,usd_per_outcome"
+        "tenant,cost_centre,classes,workflows,completed,success_rate,tokens,usd,usd_per_outcome,usd_api,usd_api_input,usd_api_cached_input,usd_api_output"
     );
     let (mut workflows, mut completed, mut usd) = (0u64, 0u64, 0f64);
     for l in lines {

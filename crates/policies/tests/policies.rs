@@ -286,14 +286,60 @@ input_tokens = { dist = "constant", value = 1000 }
 output_tokens = { dist = "constant", value = 100 }
 "#;
     // 400 fresh prompt tokens at $0.5/1k, 600 cached at $0.05/1k, 100 out at $1.5/1k.
-    let (_, log) = run_logged(text);
+    let (r, log) = run_logged(text);
     assert!(log.len() > 50);
     for h in &log {
         assert!((h.usd - (0.2 + 0.03 + 0.15)).abs() < 1e-12, "{}", h.usd);
     }
+    // summary.json splits the API dollars the same way, per pool, class, tenant and in
+    // the totals, and the parts add up to the API total to the cent.
+    assert_api_split(&r, log.len() as f64, [0.2, 0.03, 0.15]);
     // Without a cached price, cached tokens cost the input price.
-    let (_, log) = run_logged(&text.replace(", usd_per_1k_cached_input = 0.05", ""));
+    let (r, log) = run_logged(&text.replace(", usd_per_1k_cached_input = 0.05", ""));
     assert!((log[0].usd - 0.65).abs() < 1e-12, "{}", log[0].usd);
+    assert_api_split(&r, log.len() as f64, [0.2, 0.3, 0.15]);
+}
+
+/// `calls` calls of pool `api` by class `c` (tenant `default`), each billed `per_call`
+/// (input, cached input, output dollars): the split everywhere summary.json has it.
+fn assert_api_split(r: &RunResult, calls: f64, per_call: [f64; 3]) {
+    let s = r.summary();
+    let want = per_call.map(|x| x * calls);
+    let total = want[0] + want[1] + want[2];
+    let splits = [
+        (
+            "pool",
+            &s.pools["api"].usd_api_split,
+            s.pools["api"].usd_api,
+        ),
+        (
+            "class",
+            &s.classes["c"].usd_api_split,
+            s.classes["c"].usd_api,
+        ),
+        (
+            "tenant",
+            &s.tenants["default"].usd_api_split,
+            s.tenants["default"].usd_api,
+        ),
+        ("totals", &s.totals.usd_api_split, s.totals.usd_api),
+    ];
+    for (what, split, usd_api) in splits {
+        let got = [split.input, split.cached_input, split.output];
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < 1e-9, "{what}: {got:?} vs {want:?}");
+        }
+        assert!(
+            (usd_api - total).abs() < 1e-9,
+            "{what}: {usd_api} vs {total}"
+        );
+        assert!(
+            (split.total() - usd_api).abs() < 0.005,
+            "{what}: to the cent"
+        );
+    }
+    // Every dollar the class spent is API dollars here.
+    assert!((s.classes["c"].usd_total - total).abs() < 1e-9);
 }
 
 #[test]

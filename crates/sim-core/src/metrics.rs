@@ -52,6 +52,30 @@ fn record(h: &mut Histogram<u64>, v: u64) {
     }
 }
 
+/// Paid-API dollars split by what the tokens were billed as: prompt tokens at the input
+/// price, shared-prefix prompt tokens at the cached-input price, and output tokens.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct ApiUsdSplit {
+    pub input: f64,
+    pub cached_input: f64,
+    pub output: f64,
+}
+
+impl ApiUsdSplit {
+    /// The three parts added in a fixed order (input, cached input, output): the
+    /// figure a hop is charged.
+    #[inline]
+    pub fn total(&self) -> f64 {
+        self.input + self.cached_input + self.output
+    }
+    #[inline]
+    pub fn add(&mut self, o: &ApiUsdSplit) {
+        self.input += o.input;
+        self.cached_input += o.cached_input;
+        self.output += o.output;
+    }
+}
+
 /// Per-class counters and distributions, for workflows that arrived after warm-up.
 #[derive(Clone, Debug)]
 pub struct ClassStats {
@@ -110,6 +134,9 @@ pub struct ClassStats {
     /// cheapest of their tier) of completed workflows. Part of `usd_per_success`, not
     /// added to it: see docs/output.md.
     pub usd_waste_over_tiered: f64,
+    /// Paid-API dollars of the class's measured workflows (every outcome, stragglers
+    /// included), split by token kind; part of their cost.
+    pub usd_api_split: ApiUsdSplit,
 }
 
 impl ClassStats {
@@ -146,6 +173,7 @@ impl ClassStats {
             slo_target: c.slo_target,
             latency_per_success_ns: Vec::new(),
             usd_waste_over_tiered: 0.0,
+            usd_api_split: ApiUsdSplit::default(),
         }
     }
 
@@ -196,6 +224,8 @@ pub struct PoolStats {
     pub peak_tokens_in_flight: u64,
     /// Per-token dollars of API hops (paid APIs have no capacity cost).
     pub usd_api: f64,
+    /// `usd_api` split by token kind.
+    pub usd_api_split: ApiUsdSplit,
     /// Times its circuit breaker opened.
     pub breaker_opens: u64,
     /// Calls that came back with an error (`error_rate`).
@@ -228,6 +258,7 @@ impl PoolStats {
             degraded_away: 0,
             peak_tokens_in_flight: 0,
             usd_api: 0.0,
+            usd_api_split: ApiUsdSplit::default(),
             breaker_opens: 0,
             errors: 0,
         }
@@ -485,6 +516,8 @@ impl RunResult {
                     tenant: c.tenant.clone(),
                     slo_target: c.slo.map(|_| c.slo_target),
                     slo_burn_rate: slo_attainment(c).and_then(|a| burn_rate(a, c.slo_target)),
+                    usd_api: c.usd_api_split.total(),
+                    usd_api_split: c.usd_api_split,
                 },
             );
         }
@@ -549,6 +582,7 @@ impl RunResult {
                     breaker_opens: s.breaker_opens,
                     errors: s.errors,
                     usd_api: s.usd_api,
+                    usd_api_split: s.usd_api_split,
                     llm: self.gpu_reports.get(i).cloned().flatten().map(|g| {
                         let q = |h: &Histogram<u64>, x: f64| h.value_at_quantile(x) as f64 / 1e9;
                         let summary = |h: &Histogram<u64>| WaitSummary {
@@ -607,6 +641,10 @@ impl RunResult {
             })
             .sum();
         let usd_api: f64 = self.pools.iter().map(|p| p.usd_api).sum();
+        let mut usd_api_split = ApiUsdSplit::default();
+        for p in &self.pools {
+            usd_api_split.add(&p.usd_api_split);
+        }
         let tenants = tenant_summaries(&self.classes);
         let (breakdown, warnings) = self.breakdown_summary();
         Summary {
@@ -635,6 +673,7 @@ impl RunResult {
                 usd_api,
                 usd_waste,
                 usd_waste_over_tiered: self.classes.iter().map(|c| c.usd_waste_over_tiered).sum(),
+                usd_api_split,
             },
             tenants,
             breakdown,
@@ -676,6 +715,8 @@ fn tenant_summaries(classes: &[ClassStats]) -> BTreeMap<String, TenantSummary> {
             tokens: 0,
             usd: 0.0,
             usd_per_outcome: None,
+            usd_api: 0.0,
+            usd_api_split: ApiUsdSplit::default(),
         });
         t.classes.push(c.name.clone());
         t.workflows += c.arrived;
@@ -688,8 +729,10 @@ fn tenant_summaries(classes: &[ClassStats]) -> BTreeMap<String, TenantSummary> {
             + c.usd_waste_abandoned
             + c.usd_waste_rejected
             + c.usd_waste_leftover;
+        t.usd_api_split.add(&c.usd_api_split);
     }
     for t in out.values_mut() {
+        t.usd_api = t.usd_api_split.total();
         t.classes.sort();
         t.success_rate = (t.decided > 0).then(|| t.completed as f64 / t.decided as f64);
         t.usd_per_outcome = (t.completed > 0).then(|| t.usd / t.completed as f64);
@@ -715,6 +758,10 @@ pub struct TenantSummary {
     pub usd: f64,
     /// usd / completed.
     pub usd_per_outcome: Option<f64>,
+    /// Paid-API dollars of the tenant's workflows (part of `usd`), and their split by
+    /// token kind (sums of its classes').
+    pub usd_api: f64,
+    pub usd_api_split: ApiUsdSplit,
 }
 
 /// Exact quantile (nearest rank) of sorted values.
@@ -813,6 +860,10 @@ pub struct ClassSummary {
     pub slo_target: Option<f64>,
     /// (1 - slo_attainment) / (1 - slo_target).
     pub slo_burn_rate: Option<f64>,
+    /// Paid-API dollars of the class's measured workflows (part of `usd_total`), and
+    /// their split by token kind.
+    pub usd_api: f64,
+    pub usd_api_split: ApiUsdSplit,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -876,6 +927,8 @@ pub struct PoolSummary {
     pub usd_api: f64,
     /// Calls that came back with an error (pool `error_rate`), retried or failed.
     pub errors: u64,
+    /// `usd_api` split by token kind (input, cached input, output).
+    pub usd_api_split: ApiUsdSplit,
 }
 
 /// Per-request and per-replica figures of a GPU pool.
@@ -917,6 +970,8 @@ pub struct TotalsSummary {
     /// Extra dollars of over-tiered hops of completed workflows (sum of
     /// `classes.<name>.usd_waste.over_tiered`; part of `usd_workflows`).
     pub usd_waste_over_tiered: f64,
+    /// `usd_api` split by token kind (sum of the pools' splits).
+    pub usd_api_split: ApiUsdSplit,
 }
 
 // --- per-hop breakdown by class, lane, tier, pool, tenant and tool (issue 7) ---

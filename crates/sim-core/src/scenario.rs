@@ -870,12 +870,28 @@ impl Pool {
     /// As [`Pool::api_usd`], with `cached_tokens` of the prompt (at most all of it)
     /// billed at the cached-input price.
     pub fn api_usd_cached(&self, input_tokens: u64, cached_tokens: u64, output_tokens: u64) -> f64 {
-        self.api.as_ref().map_or(0.0, |a| {
-            let cached = cached_tokens.min(input_tokens);
-            (input_tokens - cached) as f64 / 1000.0 * a.usd_per_1k_input
-                + cached as f64 / 1000.0 * a.usd_per_1k_cached_input
-                + output_tokens as f64 / 1000.0 * a.usd_per_1k_output
-        })
+        self.api_usd_split(input_tokens, cached_tokens, output_tokens)
+            .total()
+    }
+
+    /// As [`Pool::api_usd_cached`], split into fresh input, cached input and output
+    /// dollars (whose [`ApiUsdSplit::total`] is that figure, bit for bit).
+    pub fn api_usd_split(
+        &self,
+        input_tokens: u64,
+        cached_tokens: u64,
+        output_tokens: u64,
+    ) -> crate::metrics::ApiUsdSplit {
+        self.api
+            .as_ref()
+            .map_or(crate::metrics::ApiUsdSplit::default(), |a| {
+                let cached = cached_tokens.min(input_tokens);
+                crate::metrics::ApiUsdSplit {
+                    input: (input_tokens - cached) as f64 / 1000.0 * a.usd_per_1k_input,
+                    cached_input: cached as f64 / 1000.0 * a.usd_per_1k_cached_input,
+                    output: output_tokens as f64 / 1000.0 * a.usd_per_1k_output,
+                }
+            })
     }
 
     /// Token-driven part of a hop's service time on this pool.

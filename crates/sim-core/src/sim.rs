@@ -2342,16 +2342,24 @@ impl<'a, 'o> Sim<'a, 'o> {
         let spec = &class.graph_for(record).nodes[hop.node as usize];
         let mut usd = done.usd;
         let n_pools = sc.pools.len();
-        if let HopKind::Model | HopKind::Escalation = hop.kind {
-            let api_usd = sc.pools[hop.station as usize].api_usd_cached(
+        if let HopKind::Model | HopKind::Escalation = hop.kind
+            && sc.pools[hop.station as usize].api.is_some()
+        {
+            let split = sc.pools[hop.station as usize].api_usd_split(
                 hop.input_tokens,
                 spec.shared_prefix_tokens as u64,
                 hop.output_tokens,
             );
+            let api_usd = split.total();
             usd += api_usd;
             self.interval.usd_variable += api_usd;
             if done.submitted >= self.warmup {
-                self.pool_stats[hop.station as usize].usd_api += api_usd;
+                let ps = &mut self.pool_stats[hop.station as usize];
+                ps.usd_api += api_usd;
+                ps.usd_api_split.add(&split);
+            }
+            if wf.counted {
+                self.class_stats[ci].usd_api_split.add(&split);
             }
         }
         if let HopKind::Tool { .. } = hop.kind {
