@@ -12,6 +12,7 @@ pub mod replay;
 pub mod replications;
 pub mod report;
 pub mod spans;
+pub mod sweep;
 pub mod trace_cmd;
 
 pub use load::{InputError, LoadedScenario, load_scenario, parse_scenario};

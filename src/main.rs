@@ -74,6 +74,8 @@ enum Command {
     Fit(factorysim::trace_cmd::FitArgs),
     /// Run variants of a scenario on common random numbers and compare them side by side.
     Compare(factorysim::compare::CompareArgs),
+    /// Run a scenario over a grid of parameter values, with queueing theory alongside.
+    Sweep(factorysim::sweep::SweepArgs),
     /// Fit the calibrated performance model to measured timings and regenerate docs/validation.md.
     Calibrate(factorysim::calibrate::CalibrateArgs),
 }
@@ -222,6 +224,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Fit(args) => factorysim::trace_cmd::run_fit(args),
         Command::Calibrate(args) => factorysim::calibrate::run(args),
         Command::Compare(args) => factorysim::compare::run(args),
+        Command::Sweep(args) => factorysim::sweep::run(args),
     }
 }
 

@@ -826,3 +826,179 @@ pub fn compare_bars(
         draw_compare(variants, classes)
     ))
 }
+
+// ---------------------------------------------------------------------------------
+// Parameter sweeps (for `sweep`).
+
+/// A series of (x, mean, 95% half-width) points.
+pub type ErrorSeries = (String, Vec<(f64, f64, f64)>);
+
+/// What `sweep` plots against its first parameter.
+#[derive(Clone, Debug)]
+pub struct SweepSeries {
+    pub x_label: String,
+    /// p99 workflow latency per class (and combination of the other swept values).
+    pub latency: Vec<ErrorSeries>,
+    /// The y label of the wait panel ("p99 wait in queue (s)" or the mean).
+    pub wait_label: String,
+    /// Simulated wait per pool that has a theory line.
+    pub wait_sim: Vec<ErrorSeries>,
+    /// The theory's wait per pool, same labels as `wait_sim`.
+    pub wait_theory: Vec<(String, Vec<(f64, f64)>)>,
+}
+
+fn draw_error_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    sim: &[ErrorSeries],
+    theory: &[(String, Vec<(f64, f64)>)],
+    first_colour: usize,
+) -> DrawResult {
+    let xs = sim
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|q| q.0))
+        .chain(theory.iter().flat_map(|(_, p)| p.iter().map(|q| q.0)));
+    let (x0, x1) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), x| {
+        (l.min(x), h.max(x))
+    });
+    let (x0, x1) = if x0.is_finite() && x1 > x0 {
+        let pad = (x1 - x0) * 0.05;
+        (x0 - pad, x1 + pad)
+    } else if x0.is_finite() {
+        (x0 - 1.0, x0 + 1.0)
+    } else {
+        (0.0, 1.0)
+    };
+    let ymax = sim
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|q| q.1 + q.2))
+        .chain(theory.iter().flat_map(|(_, p)| p.iter().map(|q| q.1)))
+        .fold(0f64, f64::max);
+    let ymax = nice_ceil(ymax * 1.1);
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, (FAMILY, 15))
+        .margin(12)
+        .x_label_area_size(50)
+        .y_label_area_size(70)
+        .build_cartesian_2d(x0..x1, 0f64..ymax)
+        .map_err(s)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc(y_label)
+        .y_label_formatter(&|y| fmt_s(*y))
+        .label_style((FAMILY, 13))
+        .axis_desc_style((FAMILY, 15))
+        .draw()
+        .map_err(s)?;
+    for (i, (_, pts)) in sim.iter().enumerate() {
+        let col = colour(first_colour + i);
+        chart
+            .draw_series(LineSeries::new(
+                pts.iter().map(|p| (p.0, p.1)),
+                col.stroke_width(2),
+            ))
+            .map_err(s)?;
+        chart
+            .draw_series(pts.iter().map(|p| Circle::new((p.0, p.1), 4, col.filled())))
+            .map_err(s)?;
+        chart
+            .draw_series(pts.iter().filter(|p| p.2 > 0.0).map(|p| {
+                ErrorBar::new_vertical(p.0, p.1 - p.2, p.1, p.1 + p.2, col.stroke_width(1), 8)
+            }))
+            .map_err(s)?;
+    }
+    for (label, pts) in theory {
+        // Theory in the colour of the simulated series with the same label.
+        let i = sim.iter().position(|(l, _)| l == label).unwrap_or(0);
+        chart
+            .draw_series(DashedLineSeries::new(
+                pts.iter().copied(),
+                8,
+                5,
+                colour(first_colour + i).stroke_width(2),
+            ))
+            .map_err(s)?;
+    }
+    Ok(())
+}
+
+fn draw_sweep<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, sw: &SweepSeries) -> DrawResult {
+    root.fill(&WHITE).map_err(s)?;
+    let root = root
+        .titled(
+            &format!("Sweep of {}", sw.x_label),
+            (FAMILY, 22).into_font(),
+        )
+        .map_err(s)?;
+    let mut entries: Vec<Entry> = Vec::new();
+    for (i, (label, _)) in sw.latency.iter().enumerate() {
+        entries.push(Entry {
+            label: format!("class {label}"),
+            colour: colour(i),
+            mark: Mark::Line,
+        });
+    }
+    let first_pool = sw.latency.len();
+    for (i, (label, _)) in sw.wait_sim.iter().enumerate() {
+        entries.push(Entry {
+            label: format!("pool {label} simulated"),
+            colour: colour(first_pool + i),
+            mark: Mark::Line,
+        });
+        if sw.wait_theory.iter().any(|(l, _)| l == label) {
+            entries.push(Entry {
+                label: format!("pool {label} theory"),
+                colour: colour(first_pool + i),
+                mark: Mark::Dashed,
+            });
+        }
+    }
+    let (legend, plots) = root.split_vertically(legend_height(&root, &entries).max(32));
+    draw_legend(&legend, &entries)?;
+    if sw.wait_sim.is_empty() {
+        return draw_error_panel(
+            &plots,
+            "p99 workflow latency (bars: 95% interval over seeds)",
+            &sw.x_label,
+            "p99 latency (seconds)",
+            &sw.latency,
+            &[],
+            0,
+        );
+    }
+    let panels = plots.split_evenly((1, 2));
+    draw_error_panel(
+        &panels[0],
+        "p99 workflow latency (bars: 95% interval over seeds)",
+        &sw.x_label,
+        "p99 latency (seconds)",
+        &sw.latency,
+        &[],
+        0,
+    )?;
+    draw_error_panel(
+        &panels[1],
+        "Queue wait per pool: simulated (points, 95% bars) vs theory (dashed)",
+        &sw.x_label,
+        &sw.wait_label,
+        &sw.wait_sim,
+        &sw.wait_theory,
+        first_pool,
+    )
+}
+
+/// Line plots of a sweep, written as `stem.svg` and `stem.png` (the parent directory
+/// must exist): p99 latency per class against the first swept value and, for pools
+/// where queueing theory applies, the simulated wait next to the theory's.
+pub fn sweep_lines(stem: &Path, series: &SweepSeries) -> Result<Vec<PathBuf>, PlotError> {
+    register_font()?;
+    let width = if series.wait_sim.is_empty() {
+        900
+    } else {
+        1400
+    };
+    Ok(render_both!(stem, (width, 600), draw_sweep(series)))
+}

@@ -171,6 +171,11 @@ fn every_verb_has_help_with_an_example() {
         vec!["--help"],
         vec!["run", "--help"],
         vec!["check", "--help"],
+        vec!["compare", "--help"],
+        vec!["sweep", "--help"],
+        vec!["calibrate", "--help"],
+        vec!["trace", "stats", "--help"],
+        vec!["fit", "--help"],
     ] {
         let out = run_ok(&verb);
         let text = String::from_utf8_lossy(&out.stdout);
@@ -805,6 +810,63 @@ fn quickstart_plots_are_valid_png_and_svg() {
         "SLO",
     ] {
         assert!(svg.contains(label), "latency_cdf.svg lacks {label:?}");
+    }
+}
+
+#[test]
+fn sweep_writes_json_csv_and_a_plot_with_theory() {
+    let dir = tempdir();
+    let out = dir.path().to_str().expect("utf-8 temp path");
+    let o = run_ok(&[
+        "sweep",
+        "scenarios/mmc.toml",
+        "--param",
+        "classes.jobs.arrival.rate=2.0:3.0:0.5",
+        "--set",
+        "simulation.horizon=20m",
+        "--replications",
+        "2",
+        "--out",
+        out,
+    ]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    for needle in [
+        "rate",
+        "P(wait)",
+        "theory",
+        "p99 wait",
+        "$/outcome",
+        "sweep.json",
+    ] {
+        assert!(stdout.contains(needle), "{needle:?} not in:\n{stdout}");
+    }
+    let j: serde_json::Value =
+        serde_json::from_str(&read(&dir.path().join("sweep.json"))).expect("sweep.json");
+    assert_eq!(j["grid_points"], 3);
+    assert_eq!(j["seeds"], serde_json::json!([42, 43]));
+    let p = &j["points"][2];
+    assert_eq!(p["values"]["classes.jobs.arrival.rate"], "3.0");
+    assert_eq!(p["pools"]["agents"]["theory"]["model"], "M/M/c");
+    assert!((p["pools"]["agents"]["offered_rho"].as_f64().unwrap_or(0.0) - 0.75).abs() < 1e-12);
+    assert!(
+        p["classes"]["jobs"]["latency_p99_s"]["ci95"]
+            .as_f64()
+            .is_some()
+    );
+    let csv = read(&dir.path().join("sweep.csv"));
+    assert!(csv.starts_with("index,classes.jobs.arrival.rate,kind,name,offered_rho"));
+    // One pool row and one class row per point.
+    assert_eq!(csv.lines().count(), 1 + 3 * 2);
+    assert_png(&dir.path().join("sweep.png"));
+    assert_svg(&dir.path().join("sweep.svg"));
+    let svg = read(&dir.path().join("sweep.svg"));
+    for label in [
+        "p99 latency (seconds)",
+        "p99 wait in queue",
+        "theory",
+        "arrival.rate",
+    ] {
+        assert!(svg.contains(label), "sweep.svg lacks {label:?}");
     }
 }
 
