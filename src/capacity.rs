@@ -36,15 +36,12 @@ pub fn gpu_pool_loads(sc: &Scenario) -> Vec<GpuPoolLoad> {
     for (pi, pool) in sc.pools.iter().enumerate() {
         let Some(g) = &pool.gpu else { continue };
         let (mut rate, mut inp, mut outp) = (0.0, 0.0, 0.0);
-        for c in &sc.classes {
+        for (ci, c) in sc.classes.iter().enumerate() {
             let r = c.mean_rate_per_s(sc.horizon);
             let visits = expected_visits(&c.graph);
             let tokens = expected_tokens(&c.graph, &sc.tools);
             for (i, n) in c.graph.nodes.iter().enumerate() {
-                let on_pool = n.pool == Some(pi)
-                    || n.tier
-                        .is_some_and(|t| sc.tiers[t].pools.first() == Some(&pi));
-                if n.enabled && on_pool {
+                if n.enabled && sc.a_priori_pool(ci, n) == Some(pi) {
                     let v = r * visits[i];
                     rate += v;
                     inp += v * tokens[i].input;

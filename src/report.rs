@@ -573,7 +573,7 @@ pub fn check_table(file: &str, sc: &Scenario) -> String {
         "mean work",
         "SLO",
     ]);
-    for c in &sc.classes {
+    for (ci, c) in sc.classes.iter().enumerate() {
         let visits = sim_core::scenario::expected_visits(&c.graph);
         let tokens = sim_core::scenario::expected_tokens(&c.graph, &sc.tools);
         let mut hops = 0.0;
@@ -582,8 +582,8 @@ pub fn check_table(file: &str, sc: &Scenario) -> String {
             if !n.enabled {
                 continue;
             }
-            // A tiered hop is counted on its tier's first choice.
-            let pool = n.pool.or(n.tier.map(|t| sc.tiers[t].pools[0]));
+            // A tiered hop is counted on its (rule-chosen) chain's first choice.
+            let pool = sc.a_priori_pool(ci, n);
             if pool.is_some() || n.tool.is_some() {
                 hops += visits[i];
             }
@@ -682,4 +682,98 @@ pub fn check_table(file: &str, sc: &Scenario) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    /// Routing rules decided by class-level conditions move a class's offered load in
+    /// `check`, as they move its hops in the run.
+    #[test]
+    fn check_counts_offered_load_where_the_routing_rules_send_it() {
+        // Four classes on tier t = [a, b], one 1-server pool c on tier fast. Rules: the
+        // restricted class keeps to b; the class with a 5s SLO goes to fast; the class
+        // whose whole $0.05 budget is below $0.10 goes to fast (nothing spent yet:
+        // matches from the first hop); a budget rule at $0.01 does not match before
+        // anything is spent, so z stays on a. Closed form, rho = lambda x E[S] / c:
+        // a: z 0.2/s x 1s / 2 = 0.1; b: x 0.5/s x 2s / 4 = 0.25;
+        // c: (y 0.3/s + w 0.1/s) x 0.5s / 1 = 0.2. Without the rules, everything on a:
+        // (0.5 + 0.3 + 0.2 + 0.1) x 1s / 2 = 0.55.
+        let rules = r#"
+[[routing.rules]]
+when = { sensitivity = "restricted" }
+pools = ["b"]
+[[routing.rules]]
+when = { slo_below = "10s" }
+tier = "fast"
+[[routing.rules]]
+when = { class = "w", budget_below = 0.1 }
+tier = "fast"
+[[routing.rules]]
+when = { class = "z", budget_below = 0.01 }
+pools = ["b"]
+"#;
+        let mut text = String::from(
+            r#"
+[simulation]
+horizon = "2h"
+[pools.a]
+servers = 2
+service = { dist = "constant", value = "1s" }
+[pools.b]
+servers = 4
+service = { dist = "constant", value = "2s" }
+[pools.c]
+servers = 1
+service = { dist = "constant", value = "500ms" }
+[tiers.t]
+pools = ["a", "b"]
+[tiers.fast]
+pools = ["c"]
+"#,
+        );
+        for (class, rate, extra) in [
+            ("x", 0.5, "sensitivity = \"restricted\"\n"),
+            ("y", 0.3, "slo = \"5s\"\n"),
+            ("z", 0.2, "budget_usd = 0.05\n"),
+            ("w", 0.1, "budget_usd = 0.05\n"),
+        ] {
+            text.push_str(&format!(
+                "[classes.{class}]\narrival = {{ process = \"poisson\", rate = {rate} }}\n{extra}nodes = [{{ id = \"n\", tier = \"t\" }}]\n"
+            ));
+        }
+        let rho = |text: &str| -> Vec<(String, f64)> {
+            let loaded = crate::parse_scenario("inline.toml", text, &[]).unwrap();
+            loaded
+                .scenario
+                .offered_load()
+                .into_iter()
+                .map(|l| (l.pool, l.rho))
+                .collect()
+        };
+        let close = |got: &[(String, f64)], want: [f64; 3]| {
+            assert_eq!(got.len(), 3);
+            for ((p, g), w) in got.iter().zip(want) {
+                assert!((g - w).abs() < 1e-12, "{p}: {g} vs {w}");
+            }
+        };
+        close(&rho(&text), [0.55, 0.0, 0.0]);
+        let with_rules = format!("{text}{rules}");
+        close(&rho(&with_rules), [0.1, 0.25, 0.2]);
+        // The check table prints the same, and the run agrees within sampling noise.
+        let loaded = crate::parse_scenario("inline.toml", &with_rules, &[]).unwrap();
+        let table = super::check_table("inline.toml", &loaded.scenario);
+        for (pool, want) in [("a", "0.100"), ("b", "0.250"), ("c", "0.200")] {
+            assert!(
+                table
+                    .lines()
+                    .any(|l| l.split_whitespace().next() == Some(pool) && l.contains(want)),
+                "{pool} {want}\n{table}"
+            );
+        }
+        let s = crate::simulate(&loaded.scenario, None).summary();
+        for (pool, want) in [("a", 0.1), ("b", 0.25), ("c", 0.2)] {
+            let u = s.pools[pool].utilization;
+            assert!((u - want).abs() < 0.03, "{pool}: {u}");
+        }
+    }
 }

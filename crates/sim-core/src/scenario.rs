@@ -2419,12 +2419,25 @@ impl Scenario {
             .unwrap_or(&self.tiers[tier].pools)
     }
 
+    /// The pool a node of `class` is counted on before any simulation: its own pool,
+    /// else the first pool of the chain its routing rules choose (class, tier,
+    /// sensitivity and SLO conditions decide; a `budget_below` condition is judged with
+    /// nothing spent yet, i.e. the class's whole `budget_usd` left).
+    pub fn a_priori_pool(&self, class: usize, node: &crate::workflow::Node) -> Option<usize> {
+        node.pool.or_else(|| {
+            let budget = self.classes[class].budget_usd;
+            node.tier
+                .and_then(|t| self.tier_chain(class, t, budget).first().copied())
+        })
+    }
+
     /// Expected load per pool from the scenario alone: hop rate x mean service time,
     /// counting expected fan-out, loop repetitions (geometric, capped) and escalations.
+    /// A tiered node is counted on its [`Scenario::a_priori_pool`].
     pub fn offered_load(&self) -> Vec<PoolLoad> {
         let mut rate = vec![0.0; self.pools.len()];
         let mut work = vec![0.0; self.pools.len()];
-        for c in &self.classes {
+        for (ci, c) in self.classes.iter().enumerate() {
             let r = c.mean_rate_per_s(self.horizon);
             let visits = expected_visits(&c.graph);
             let tokens = expected_tokens(&c.graph, &self.tools);
@@ -2446,8 +2459,8 @@ impl Scenario {
                             .token_time(input.round() as u64, output.round() as u64)
                             .as_secs_f64()
                 };
-                // A tiered node is counted on its tier's first choice.
-                if let Some(p) = n.pool.or(n.tier.map(|t| self.tiers[t].pools[0])) {
+                // A tiered node is counted on its (rule-chosen) chain's first choice.
+                if let Some(p) = self.a_priori_pool(ci, n) {
                     rate[p] += v;
                     work[p] += v * on(p);
                 }
