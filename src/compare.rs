@@ -55,6 +55,11 @@ pub struct CompareArgs {
     /// Skip the bar chart (DIR/compare.svg and .png).
     #[arg(long)]
     pub no_plots: bool,
+    /// A promotion gate every variant must pass against the baseline, per class:
+    /// [CLASS.]p99=10%, usd_per_outcome=5%, error_rate=0 (percentage points); repeatable.
+    /// Exit code 3 when a gate fails.
+    #[arg(long = "gate", value_name = "[CLASS.]METRIC=LIMIT")]
+    pub gates: Vec<String>,
 }
 
 /// What to compare, independent of the command line.
@@ -68,6 +73,8 @@ pub struct CompareOptions {
     pub replications: u32,
     /// First seed; default the scenario's `simulation.seed`.
     pub seed: Option<u64>,
+    /// `--gate` arguments, as typed.
+    pub gates: Vec<String>,
 }
 
 /// One variant to run.
@@ -503,6 +510,8 @@ pub struct Comparison {
     /// lane or tier the scenario does not have; a variant whose every figure equals the
     /// baseline's.
     pub warnings: Vec<String>,
+    /// Promotion gates (`--gate`), per variant after the baseline and class.
+    pub gates: Vec<crate::gates::GateVerdict>,
 }
 
 /// Runs the comparison of scenario `text` (`file` names it in messages).
@@ -523,6 +532,12 @@ pub fn compare_with_progress(
             "--replications: expected at least 1 seed per variant",
         ));
     }
+    let gates = opts
+        .gates
+        .iter()
+        .map(|g| crate::gates::parse_gate(g))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|m| InputError::new(file, m))?;
     let variants = plan_variants(file, text, opts)?;
     let mut scenarios = Vec::with_capacity(variants.len());
     for v in &variants {
@@ -612,7 +627,7 @@ pub fn compare_with_progress(
             ));
         }
     }
-    Ok(Comparison {
+    let mut c = Comparison {
         schema_version: 1,
         scenario: file.to_string(),
         sets: opts.sets.clone(),
@@ -625,7 +640,10 @@ pub fn compare_with_progress(
             .unwrap_or_default(),
         variants: results,
         warnings,
-    })
+        gates: Vec::new(),
+    };
+    c.gates = crate::gates::evaluate(&c, &gates);
+    Ok(c)
 }
 
 /// Overrides whose key path names a pool, class, tool, lane or tier the scenario does
@@ -976,6 +994,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         variants: args.variants.clone(),
         replications: args.replications,
         seed: args.seed,
+        gates: args.gates.clone(),
     };
     // Plan first, so the progress bar knows the number of runs.
     let planned = plan_variants(&file, &text, &opts)?.len() as u64 * args.replications as u64;
@@ -1016,6 +1035,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     } else {
         println!("{file}");
         print!("{}", table(&cmp));
+        print!("{}", crate::gates::table(&cmp.gates, cmp.seeds.len()));
         println!(
             "\nWrote {}{}",
             path.display(),
@@ -1025,6 +1045,15 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
                 format!(" and {}", args.out.join("compare.{svg,png}").display())
             }
         );
+    }
+    let failed: Vec<String> = cmp
+        .gates
+        .iter()
+        .filter(|g| g.verdict == "fail")
+        .map(|g| format!("{} {} {:?}", g.variant, g.class, g.metric))
+        .collect();
+    if !failed.is_empty() {
+        return Err(crate::gates::GatesFailed(failed.join(", ")).into());
     }
     Ok(())
 }
@@ -1062,7 +1091,67 @@ output_tokens = { dist = "uniform", low = 50, high = 150 }
             variants: variants.iter().map(|s| s.to_string()).collect(),
             replications: n,
             seed: None,
+            gates: Vec::new(),
         }
+    }
+
+    #[test]
+    fn promotion_gates_pass_fail_and_stay_inconclusive_by_the_interval() {
+        let mut o = opts(&["twin", "one-server:pools.gpu.servers=1"], 5);
+        o.gates = vec!["p99=10%".into(), "chat.error_rate=0".into()];
+        let c = compare("small.toml", SMALL, &o).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.gates.len(), 4);
+        let get = |v: &str, m: crate::gates::GateMetric| {
+            c.gates
+                .iter()
+                .find(|g| g.variant == v && g.metric == m)
+                .unwrap_or_else(|| panic!("no verdict {v} {m:?}"))
+        };
+        use crate::gates::GateMetric::{ErrorRate, P99};
+        // The twin changes nothing: exactly 0 change, 0 interval, pass.
+        let twin = get("twin", P99);
+        assert_eq!(
+            (twin.change, twin.ci95, twin.verdict),
+            (Some(0.0), Some(0.0), "pass")
+        );
+        assert_eq!(get("twin", ErrorRate).verdict, "pass");
+        // One server instead of two: the p99 change is the mean paired difference over
+        // the baseline's mean p99, and far beyond 10%.
+        let one = get("one-server", P99);
+        let key = "classes.chat.latency_s.p99";
+        let base = c.variants[0].mean[key].mean;
+        let d = &c.variants[2]
+            .diff
+            .as_ref()
+            .unwrap_or_else(|| panic!("no diff"))[key];
+        assert!((one.change.unwrap_or(0.0) - d.mean / base).abs() < 1e-12);
+        assert!((one.ci95.unwrap_or(0.0) - d.ci95.unwrap_or(0.0) / base).abs() < 1e-12);
+        assert!(one.change.unwrap_or(0.0) - one.ci95.unwrap_or(0.0) > 0.1);
+        assert_eq!(one.verdict, "fail");
+        // A limit inside the interval cannot be decided.
+        let at = one.change.unwrap_or(0.0);
+        let again = crate::gates::evaluate(
+            &c,
+            &[crate::gates::Gate {
+                metric: P99,
+                limit: at,
+                class: None,
+            }],
+        );
+        assert_eq!(again[1].verdict, "inconclusive");
+        let table = crate::gates::table(&c.gates, 5);
+        assert!(table.contains("one-server: FAIL"), "{table}");
+        assert!(table.contains("twin: PASS (2 of 2 gates pass)"), "{table}");
+        // A bad gate is an input error naming the file.
+        o.gates = vec!["p95=10%".into()];
+        let e = compare("small.toml", SMALL, &o)
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            e.as_deref()
+                .is_some_and(|e| e.contains("small.toml") && e.contains("unknown metric `p95`")),
+            "{e:?}"
+        );
     }
 
     #[test]

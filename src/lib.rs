@@ -5,6 +5,7 @@ pub mod calibrate;
 pub mod capacity;
 pub mod compare;
 pub mod empirical_csv;
+pub mod gates;
 pub mod load;
 pub mod outputs;
 pub mod plots;

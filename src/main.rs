@@ -88,6 +88,9 @@ fn main() -> ExitCode {
             if let Some(input) = e.downcast_ref::<InputError>() {
                 eprintln!("error: {input}");
                 ExitCode::from(2)
+            } else if let Some(g) = e.downcast_ref::<factorysim::gates::GatesFailed>() {
+                eprintln!("{g}");
+                ExitCode::from(3)
             } else {
                 eprintln!("error: {e:#}");
                 ExitCode::from(1)

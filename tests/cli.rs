@@ -871,6 +871,59 @@ fn sweep_writes_json_csv_and_a_plot_with_theory() {
 }
 
 #[test]
+fn compare_gates_exit_3_when_a_variant_fails_them() {
+    let dir = tempdir();
+    let out = dir.path().to_str().expect("utf-8 temp path");
+    let args = |variant: &str| {
+        bin()
+            .args([
+                "compare",
+                "scenarios/mmc.toml",
+                "--variant",
+                variant,
+                "--replications",
+                "5",
+                "--gate",
+                "p99=10%",
+                "--gate",
+                "error_rate=0",
+                "--gate",
+                "all_in_usd_per_outcome=30%",
+                "--no-plots",
+                "--out",
+                out,
+            ])
+            .current_dir(root())
+            .output()
+            .expect("spawn factorysim")
+    };
+    // Five servers instead of four: faster, so the gates pass.
+    let ok = args("five:pools.agents.servers=5");
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert_eq!(ok.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("Promotion gates"), "{stdout}");
+    // A fifth server costs 25% more capacity for the same outcomes: within 30%.
+    assert!(
+        stdout.contains("five: PASS (3 of 3 gates pass)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("all_in_usd_per_outcome"), "{stdout}");
+    let j: serde_json::Value =
+        serde_json::from_str(&read(&dir.path().join("compare.json"))).expect("compare.json");
+    assert_eq!(j["gates"][0]["variant"], "five");
+    assert_eq!(j["gates"][0]["metric"], "p99");
+    assert_eq!(j["gates"][0]["verdict"], "pass");
+    // Three servers at rho 1.13: the queue grows, p99 fails its gate, exit code 3.
+    let bad = args("three:pools.agents.servers=3");
+    let stdout = String::from_utf8_lossy(&bad.stdout);
+    assert_eq!(bad.status.code(), Some(3), "{stdout}");
+    assert!(stdout.contains("three: FAIL"), "{stdout}");
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("promotion gates failed: three jobs P99")
+    );
+}
+
+#[test]
 fn compare_bars_draws_grouped_bars() {
     use factorysim::plots::{CompareClass, compare_bars};
     let dir = tempdir();
