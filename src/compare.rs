@@ -985,7 +985,6 @@ fn plot_classes(c: &Comparison) -> Vec<crate::plots::CompareClass> {
 /// `factorysim compare`.
 pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     use anyhow::Context;
-    use std::io::IsTerminal;
     let file = args.scenario.display().to_string();
     let text = std::fs::read_to_string(&args.scenario)
         .map_err(|e| InputError::new(&file, format!("cannot read scenario file: {e}")))?;
@@ -998,20 +997,10 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     };
     // Plan first, so the progress bar knows the number of runs.
     let planned = plan_variants(&file, &text, &opts)?.len() as u64 * args.replications as u64;
-    let bar = if std::io::stderr().is_terminal() {
-        let b = indicatif::ProgressBar::with_draw_target(
-            Some(planned),
-            indicatif::ProgressDrawTarget::stderr(),
-        );
-        if let Ok(style) = indicatif::ProgressStyle::with_template(
-            "{spinner} comparing [{bar:40}] {pos}/{len} runs ({elapsed})",
-        ) {
-            b.set_style(style);
-        }
-        b
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let bar = crate::progress_bar(
+        planned,
+        "{spinner} comparing [{bar:40}] {pos}/{len} runs ({elapsed})",
+    );
     let done = || bar.inc(1);
     let cmp = compare_with_progress(&file, &text, &opts, &done)?;
     bar.finish_and_clear();

@@ -34,5 +34,22 @@ pub fn simulate(
     )
 }
 
+/// A progress bar on stderr drawn with the indicatif `template`; hidden when stderr is
+/// not a terminal (so logs and pipes stay clean).
+pub fn progress_bar(len: u64, template: &str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(len),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+        bar.set_style(style);
+    }
+    bar
+}
+
 #[cfg(test)]
 mod story_tests;

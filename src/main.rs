@@ -4,7 +4,6 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use factorysim::replications::{self, SummaryDoc, run_replications};
 use factorysim::{InputError, load_scenario, outputs, plots, report};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -231,16 +230,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// A progress bar on stderr, only when stderr is a terminal.
-fn progress_bar(len: u64) -> ProgressBar {
-    if !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
-    if let Ok(style) =
-        ProgressStyle::with_template("{spinner} simulating [{bar:40}] {percent}% ({elapsed})")
-    {
-        bar.set_style(style);
-    }
-    bar
+/// The run's progress bar (stderr, only on a terminal).
+fn progress_bar(len: u64) -> indicatif::ProgressBar {
+    factorysim::progress_bar(
+        len,
+        "{spinner} simulating [{bar:40}] {percent}% ({elapsed})",
+    )
 }

@@ -671,7 +671,6 @@ pub fn plot_series(s: &Sweep) -> Option<crate::plots::SweepSeries> {
 /// `factorysim sweep`.
 pub fn run(args: SweepArgs) -> anyhow::Result<()> {
     use anyhow::Context;
-    use std::io::IsTerminal;
     let file = args.scenario.display().to_string();
     let text = std::fs::read_to_string(&args.scenario)
         .map_err(|e| InputError::new(&file, format!("cannot read scenario file: {e}")))?;
@@ -695,20 +694,10 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
     if let Some((_, n)) = shard {
         planned = planned.div_ceil(n as u64);
     }
-    let bar = if std::io::stderr().is_terminal() {
-        let b = indicatif::ProgressBar::with_draw_target(
-            Some(planned),
-            indicatif::ProgressDrawTarget::stderr(),
-        );
-        if let Ok(style) = indicatif::ProgressStyle::with_template(
-            "{spinner} sweeping [{bar:40}] {pos}/{len} runs ({elapsed})",
-        ) {
-            b.set_style(style);
-        }
-        b
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let bar = crate::progress_bar(
+        planned,
+        "{spinner} sweeping [{bar:40}] {pos}/{len} runs ({elapsed})",
+    );
     let done = || bar.inc(1);
     let result = sweep(&file, &text, &opts, &done)?;
     bar.finish_and_clear();
