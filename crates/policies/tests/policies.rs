@@ -1188,6 +1188,141 @@ hops = [{{ pool = "mid" }}]
 }
 
 #[test]
+fn a_bucket_429_says_when_the_bucket_will_hold_enough_tokens() {
+    // Three users (closed loop, no think) send hops of exactly 1,000 tokens through a
+    // bucket of 1,000 tokens/s and burst 1,000. A refused client waits exactly until
+    // the bucket holds 1,000 tokens (no jitter), so the bucket pays out at every whole
+    // second to whoever waited: hops start at exactly 0s, 1s, 2s, ... with no gap and
+    // no two at once. The pool's own 2 attempts would reject workflows (a hop can need
+    // 4 attempts); the lane's or tenant's `max_attempts = 10` rejects none.
+    for limit in [
+        "[lanes.l]\nrate_limit = { tokens_per_s = 1000, burst = 1000 }\nmax_attempts = 10",
+        "[tenants.acme]\nrate_limit = { tokens_per_s = 1000, burst = 1000 }\nmax_attempts = 10",
+    ] {
+        let lane = if limit.contains("lanes") {
+            "l"
+        } else {
+            "default"
+        };
+        let text = format!(
+            r#"
+[simulation]
+horizon = "30s"
+drain = true
+{limit}
+[pools.p]
+servers = 100
+service = {{ dist = "constant", value = "100ms" }}
+retry_after = "1s"
+max_attempts = 2
+[classes.c]
+arrival = {{ process = "closed", users = 3, think = {{ dist = "constant", value = "0s" }} }}
+lane = "{lane}"
+tenant = "acme"
+[[classes.c.nodes]]
+id = "call"
+pool = "p"
+input_tokens = {{ dist = "constant", value = 1000 }}
+output_tokens = {{ dist = "constant", value = 0 }}
+"#
+        );
+        let (r, log) = run_logged(&text);
+        let mut starts: Vec<u64> = log.iter().map(|h| h.submitted.0).collect();
+        starts.sort_unstable();
+        let expected: Vec<u64> = (0..starts.len() as u64)
+            .map(|k| k * 1_000_000_000)
+            .collect();
+        assert_eq!(starts, expected, "{lane}");
+        assert!(starts.len() >= 30, "{}", starts.len());
+        let c = r.class("c").expect("class");
+        assert_eq!((c.rejected, c.completed), (0, c.arrived), "{lane}");
+        let refused: u64 = c.refused_by_cause.values().sum();
+        assert!(refused > 2 * 25, "{lane}: {refused}");
+        assert_eq!(c.refused_by_cause.len(), 1, "{lane}");
+        assert!(
+            c.refused_by_cause
+                .keys()
+                .all(|k| k.ends_with("(rate limit)")),
+            "{lane}"
+        );
+    }
+}
+
+#[test]
+fn lane_and_tenant_429s_carry_their_own_retry_after_and_attempts() {
+    // Every model hop (1,000 tokens) is over a 500-token limit of the lane (watermark)
+    // or the tenant (token budget), so every workflow is rejected: after exactly 3
+    // attempts (the limit's `max_attempts`, not the pool's 6), each retry after the
+    // limit's 5s retry-after x [0.8, 1.2] (not the pool's 1s). One user, no think; a
+    // zero-latency tool call marks when each workflow starts, so consecutive starts
+    // are two retry waits apart: 8s to 12s.
+    for (limit, cause) in [
+        (
+            "[lanes.l]\nadmission = { max_tokens_in_flight = 500 }\nretry_after = \"5s\"\nmax_attempts = 3",
+            "429 from lane l (tokens in flight)",
+        ),
+        (
+            "[tenants.acme]\nmax_tokens_in_flight = 500\nretry_after = \"5s\"\nmax_attempts = 3",
+            "429 from tenant acme (token budget)",
+        ),
+    ] {
+        let lane = if limit.contains("lanes") {
+            "l"
+        } else {
+            "default"
+        };
+        let text = format!(
+            r#"
+[simulation]
+horizon = "10m"
+drain = true
+{limit}
+[pools.p]
+servers = 10
+service = {{ dist = "constant", value = "1s" }}
+retry_after = "1s"
+max_attempts = 6
+[tools.mark]
+latency = {{ dist = "constant", value = "0s" }}
+[classes.c]
+arrival = {{ process = "closed", users = 1, think = {{ dist = "constant", value = "0s" }} }}
+lane = "{lane}"
+tenant = "acme"
+[[classes.c.nodes]]
+id = "mark"
+kind = "tool"
+tool = "mark"
+[[classes.c.nodes]]
+id = "call"
+after = ["mark"]
+pool = "p"
+input_tokens = {{ dist = "constant", value = 1000 }}
+output_tokens = {{ dist = "constant", value = 0 }}
+"#
+        );
+        let (r, log) = run_logged(&text);
+        let c = r.class("c").expect("class");
+        assert!(c.arrived > 40, "{}", c.arrived);
+        assert_eq!((c.rejected, c.completed), (c.arrived, 0), "{cause}");
+        assert_eq!(c.rejected_by_cause.get(cause), Some(&c.arrived), "{cause}");
+        assert_eq!(
+            c.refused_by_cause.get(cause),
+            Some(&(3 * c.arrived)),
+            "{cause}"
+        );
+        assert!(log.iter().all(|h| h.station == "mark"));
+        let starts: Vec<u64> = log.iter().map(|h| h.submitted.0).collect();
+        for w in starts.windows(2) {
+            let gap = w[1] - w[0];
+            assert!(
+                (8_000_000_000..=12_000_000_000).contains(&gap),
+                "{cause}: {gap}ns between workflows"
+            );
+        }
+    }
+}
+
+#[test]
 fn admission_keys_are_validated() {
     let base = r#"
 [pools.a]
@@ -1277,6 +1412,40 @@ EXTRA
         check("", "", "[tenants.acme]\nmax_tokens_in_flight = 0"),
         key("tenants.acme.max_tokens_in_flight")
     );
+    assert_eq!(
+        check("", "retry_after = \"0s\"", ""),
+        key("lanes.batch.retry_after")
+    );
+    assert_eq!(
+        check("", "", "[tenants.acme]\nmax_attempts = 0"),
+        key("tenants.acme.max_attempts")
+    );
+    assert_eq!(
+        check("", "max_attempts = 0", ""),
+        key("lanes.batch.max_attempts")
+    );
+    assert_eq!(
+        check("", "", "[tenants.acme]\nretry_after = \"0s\""),
+        key("tenants.acme.retry_after")
+    );
+    assert_eq!(
+        check(
+            "",
+            "retry_after = \"3s\"\nmax_attempts = 2",
+            "[tenants.acme]\nretry_after = \"1s\"\nmax_attempts = 9"
+        ),
+        None
+    );
+    let e = toml::from_str::<ScenarioSpec>(
+        &base
+            .replace("POOL", "")
+            .replace("LANE", "retry_afterr = \"3s\"")
+            .replace("EXTRA", ""),
+    )
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(e.contains("unknown field `retry_afterr`"), "{e}");
     // An unknown action is a parse error naming the choices.
     let text = base
         .replace(

@@ -106,6 +106,14 @@ pub struct TenantSpec {
     /// Token bucket over the tenant's admitted model tokens.
     #[serde(default)]
     pub rate_limit: Option<RateLimitSpec>,
+    /// The retry-after of the tenant's token-budget 429s (default: the hop's first
+    /// pool's); a bucket's 429 says when the bucket will hold enough tokens instead.
+    #[serde(default)]
+    pub retry_after: Option<SimDuration>,
+    /// Attempts before a hop refused by the tenant's limits is rejected (default: the
+    /// hop's first pool's `max_attempts`).
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
 }
 
 /// `[emergency]`: "max fan-out 2 from time t".
@@ -307,6 +315,14 @@ pub struct LaneSpec {
     /// Token bucket over the lane's admitted model tokens.
     #[serde(default)]
     pub rate_limit: Option<RateLimitSpec>,
+    /// The retry-after of the lane's watermark 429s (default: the hop's first pool's);
+    /// a bucket's 429 says when the bucket will hold enough tokens instead.
+    #[serde(default)]
+    pub retry_after: Option<SimDuration>,
+    /// Attempts before a hop refused by the lane's limits is rejected (default: the
+    /// hop's first pool's `max_attempts`).
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
 }
 
 fn one() -> f64 {
@@ -695,6 +711,9 @@ pub struct Lane {
     pub weight: f64,
     pub admission: Option<Admission>,
     pub rate_limit: Option<RateLimit>,
+    /// Retry-after and attempts of the lane's 429s (None: the hop's first pool's).
+    pub retry_after: Option<SimDuration>,
+    pub max_attempts: Option<u32>,
 }
 
 /// A validated admission watermark on tokens in flight.
@@ -724,6 +743,9 @@ pub struct Tenant {
     pub name: String,
     pub max_tokens_in_flight: Option<u64>,
     pub rate_limit: Option<RateLimit>,
+    /// Retry-after and attempts of the tenant's 429s (None: the hop's first pool's).
+    pub retry_after: Option<SimDuration>,
+    pub max_attempts: Option<u32>,
 }
 
 #[derive(Clone, Debug)]
@@ -1492,6 +1514,8 @@ impl ScenarioSpec {
             weight: 1.0,
             admission: None,
             rate_limit: None,
+            retry_after: None,
+            max_attempts: None,
         }];
         for (name, l) in &self.lanes {
             if !l.weight.is_finite() || l.weight <= 0.0 {
@@ -1501,6 +1525,7 @@ impl ScenarioSpec {
                 ));
             }
             let key = format!("lanes.{name}");
+            check_retry(&key, l.retry_after, l.max_attempts)?;
             let admission = match &l.admission {
                 None => None,
                 Some(a) if a.action == AdmissionAction::Shed => {
@@ -1536,6 +1561,8 @@ impl ScenarioSpec {
                     .as_ref()
                     .map(|r| compile_rate_limit(&format!("{key}.rate_limit"), r))
                     .transpose()?,
+                retry_after: l.retry_after,
+                max_attempts: l.max_attempts,
             };
             if name == "default" {
                 lanes[0] = lane;
@@ -1558,6 +1585,7 @@ impl ScenarioSpec {
                     ),
                 ));
             }
+            check_retry(&key, t.retry_after, t.max_attempts)?;
             if t.max_tokens_in_flight == Some(0) {
                 return Err(err(
                     format!("{key}.max_tokens_in_flight"),
@@ -1572,6 +1600,8 @@ impl ScenarioSpec {
                     .as_ref()
                     .map(|r| compile_rate_limit(&format!("{key}.rate_limit"), r))
                     .transpose()?,
+                retry_after: t.retry_after,
+                max_attempts: t.max_attempts,
             });
         }
         let mut tiers = Vec::new();
@@ -1981,6 +2011,27 @@ fn compile_admission(
 }
 
 /// Validates a `rate_limit = { tokens_per_s, burst }` table.
+/// A lane's or tenant's own `retry_after` (positive) and `max_attempts` (at least 1).
+fn check_retry(
+    key: &str,
+    retry_after: Option<SimDuration>,
+    max_attempts: Option<u32>,
+) -> Result<(), SpecError> {
+    if retry_after == Some(SimDuration::ZERO) {
+        return Err(err(
+            format!("{key}.retry_after"),
+            "expected a positive duration (omit it for the pool's)",
+        ));
+    }
+    if max_attempts == Some(0) {
+        return Err(err(
+            format!("{key}.max_attempts"),
+            "expected at least 1 attempt",
+        ));
+    }
+    Ok(())
+}
+
 fn compile_rate_limit(key: &str, r: &RateLimitSpec) -> Result<RateLimit, SpecError> {
     let milli = r.tokens_per_s * 1000.0;
     if !milli.is_finite() || milli.round() < 1.0 || milli > 1e15 {

@@ -342,6 +342,27 @@ impl Bucket {
         self.refill(now);
         self.level -= tokens as i128 * PICO;
     }
+
+    /// After a refused `allows`: how long until the bucket holds min(k, burst) tokens
+    /// (rounded up to the nanosecond, at least 1ns).
+    fn wait_for(&self, tokens: u64) -> SimDuration {
+        let need = tokens.min(self.spec.burst) as i128 * PICO - self.level;
+        let rate = (self.spec.milli_tokens_per_s as i128).max(1);
+        let ns = (need.max(1) + rate - 1) / rate;
+        SimDuration::from_nanos(ns.clamp(1, u64::MAX as i128) as u64)
+    }
+}
+
+/// A 429 from a lane's or tenant's limits: its cause and what it says about retrying
+/// (`None`: the hop's first pool's retry-after and attempts).
+#[derive(Clone, Debug)]
+struct GateRefusal {
+    cause: String,
+    /// A token bucket's: exactly when it will hold enough tokens (not jittered).
+    exact: Option<SimDuration>,
+    /// The lane's or tenant's own `retry_after` (jittered like a pool's).
+    retry_after: Option<SimDuration>,
+    max_attempts: Option<u32>,
 }
 
 struct ClassRuntime {
@@ -1693,17 +1714,24 @@ impl<'a, 'o> Sim<'a, 'o> {
 
     /// Lane and tenant limits, checked before any pool is tried: `Ok(Some(pool))` when
     /// the lane's watermark degrades the hop to `pool`, `Ok(None)` to go on, and the
-    /// 429's cause otherwise. `over` is set when a `queue` watermark is crossed.
+    /// 429 otherwise. `over` is set when a `queue` watermark is crossed.
     fn gateway(
         &mut self,
         ci: usize,
         tokens: u64,
         over: &mut bool,
-    ) -> Result<Option<usize>, String> {
+    ) -> Result<Option<usize>, GateRefusal> {
         let sc = self.sc;
         let class = &sc.classes[ci];
         let li = class.lane_index;
         let lane = &sc.lanes[li];
+        let now = self.now;
+        let refusal = |cause: String, exact: Option<SimDuration>, after, attempts| GateRefusal {
+            cause,
+            exact,
+            retry_after: after,
+            max_attempts: attempts,
+        };
         let mut degrade = None;
         if let Some(a) = &lane.admission
             && self.lane_tokens[li].saturating_add(tokens) > a.threshold
@@ -1711,13 +1739,25 @@ impl<'a, 'o> Sim<'a, 'o> {
             match a.action {
                 AdmissionAction::Queue => *over = true,
                 AdmissionAction::Degrade if a.degrade_to.is_some() => degrade = a.degrade_to,
-                _ => return Err(format!("429 from lane {} (tokens in flight)", lane.name)),
+                _ => {
+                    return Err(refusal(
+                        format!("429 from lane {} (tokens in flight)", lane.name),
+                        None,
+                        lane.retry_after,
+                        lane.max_attempts,
+                    ));
+                }
             }
         }
         if let Some(b) = self.lane_buckets[li].as_mut()
-            && !b.allows(self.now, tokens)
+            && !b.allows(now, tokens)
         {
-            return Err(format!("429 from lane {} (rate limit)", lane.name));
+            return Err(refusal(
+                format!("429 from lane {} (rate limit)", lane.name),
+                Some(b.wait_for(tokens)),
+                None,
+                lane.max_attempts,
+            ));
         }
         if let Some(ti) = class.tenant_index {
             let tenant = &sc.tenants[ti];
@@ -1725,12 +1765,22 @@ impl<'a, 'o> Sim<'a, 'o> {
                 .max_tokens_in_flight
                 .is_some_and(|m| self.tenant_tokens[ti].saturating_add(tokens) > m)
             {
-                return Err(format!("429 from tenant {} (token budget)", tenant.name));
+                return Err(refusal(
+                    format!("429 from tenant {} (token budget)", tenant.name),
+                    None,
+                    tenant.retry_after,
+                    tenant.max_attempts,
+                ));
             }
             if let Some(b) = self.tenant_buckets[ti].as_mut()
-                && !b.allows(self.now, tokens)
+                && !b.allows(now, tokens)
             {
-                return Err(format!("429 from tenant {} (rate limit)", tenant.name));
+                return Err(refusal(
+                    format!("429 from tenant {} (rate limit)", tenant.name),
+                    Some(b.wait_for(tokens)),
+                    None,
+                    tenant.max_attempts,
+                ));
             }
         }
         Ok(degrade)
@@ -1904,8 +1954,12 @@ impl<'a, 'o> Sim<'a, 'o> {
         }
         // Where the hop goes: (position in the chain, pool, degraded by a watermark), or
         // the cause of the 429 when nothing takes it.
+        let gate_retry = gate
+            .as_ref()
+            .err()
+            .map(|g| (g.exact, g.retry_after, g.max_attempts));
         let placed: Result<(usize, usize, bool), String> = match (gate, choice) {
-            (Err(cause), _) => Err(cause),
+            (Err(g), _) => Err(g.cause),
             (Ok(_), None) => Err(match checks.first() {
                 Some(Some(Err(r))) => r.cause(&sc.pools[chain[0]].name),
                 // Not tried (its breaker is open), or the router chose none.
@@ -1978,18 +2032,27 @@ impl<'a, 'o> Sim<'a, 'o> {
                         .entry(cause.clone())
                         .or_insert(0) += 1;
                 }
-                if attempt + 1 >= first.max_attempts {
+                // A lane's or tenant's 429 may carry its own retry-after and attempts.
+                let (exact, retry_after, attempts) = gate_retry.unwrap_or((None, None, None));
+                if attempt + 1 >= attempts.unwrap_or(first.max_attempts) {
                     self.finish_workflow(slot, Outcome::Rejected, &cause);
                     return;
                 }
                 let wf = &mut self.workflows[slot as usize];
-                let mut trng = timing_stream(
-                    self.classes[ci].work_seed,
-                    wf.number,
-                    [node as u64, branch as u64, epoch as u64, attempt as u64, 1],
-                );
-                let jitter = 0.8 + 0.4 * trng.random::<f64>();
-                let wait = SimDuration::from_secs_f64(first.retry_after.as_secs_f64() * jitter);
+                let wait = match exact {
+                    // A token bucket's 429 says exactly when it can pay: no jitter.
+                    Some(w) => w,
+                    None => {
+                        let mut trng = timing_stream(
+                            self.classes[ci].work_seed,
+                            wf.number,
+                            [node as u64, branch as u64, epoch as u64, attempt as u64, 1],
+                        );
+                        let jitter = 0.8 + 0.4 * trng.random::<f64>();
+                        let after = retry_after.unwrap_or(first.retry_after);
+                        SimDuration::from_secs_f64(after.as_secs_f64() * jitter)
+                    }
+                };
                 wf.outstanding += 1;
                 let wf_id = wf.id;
                 self.set_timer(
