@@ -1075,7 +1075,7 @@ pub struct HopGroupStats {
     pub hops: u64,
     /// Submission to start of service, model hops.
     pub queue_wait: Hist,
-    /// Model hops served by GPU replicas (with token timings).
+    /// Model hops with token timings (served by GPU replicas or paid APIs).
     pub llm_hops: u64,
     pub ttft: Hist,
     /// Mean time per output token after the first, per hop with more than one output token.
@@ -1107,6 +1107,8 @@ pub struct HopSample<'a> {
     /// Pool index, or `None` for a tool call.
     pub pool: Option<usize>,
     pub tool: Option<usize>,
+    /// Served by GPU replicas (busy time is GPU time); false for paid APIs.
+    pub gpu: bool,
     pub done: &'a HopDone,
     pub output_tokens: u64,
     pub usd: f64,
@@ -1131,8 +1133,10 @@ impl HopGroupStats {
                 self.tpot.record(l.tpot);
                 self.itl.record_n(l.tpot, s.output_tokens - 1);
             }
-            self.gpu_busy_ns += s.done.busy.as_nanos() as u128;
-            self.prefill_busy_ns += l.prefill_busy.as_nanos() as u128;
+            if s.gpu {
+                self.gpu_busy_ns += s.done.busy.as_nanos() as u128;
+                self.prefill_busy_ns += l.prefill_busy.as_nanos() as u128;
+            }
         }
         if let Some(x) = s.over_tiered {
             self.over_tiered_hops += 1;

@@ -8,6 +8,7 @@ use crate::station::{
     HopDone, HopJob, JobId, LoadNow, Station, StationOutput, StationReport, TimeIntegral, Work,
 };
 use crate::time::{SimDuration, SimTime};
+use std::collections::BTreeMap;
 
 #[derive(Clone, Copy, Debug)]
 struct Waiting {
@@ -49,6 +50,8 @@ pub struct QueueStation {
     provisioned: TimeIntegral,
     resized: bool,
     window_start: SimTime,
+    /// TTFT and TPOT of the paid-API calls in the station, reported when they finish.
+    api_timings: BTreeMap<JobId, crate::gpu::LlmTimings>,
 }
 
 impl QueueStation {
@@ -80,6 +83,7 @@ impl QueueStation {
             provisioned: TimeIntegral::default(),
             resized: false,
             window_start: SimTime::ZERO,
+            api_timings: BTreeMap::new(),
         };
         if servers != u32::MAX {
             s.running.set(SimTime::ZERO, servers as u64);
@@ -153,6 +157,17 @@ impl Station for QueueStation {
     fn submit_meta(&mut self, now: SimTime, job: HopJob, meta: &JobMeta, out: &mut StationOutput) {
         let service = match job.work {
             Work::Service(d) => d,
+            Work::Api(call) => {
+                self.api_timings.insert(
+                    job.id,
+                    crate::gpu::LlmTimings {
+                        ttft: call.ttft,
+                        tpot: call.tpot,
+                        ..Default::default()
+                    },
+                );
+                call.service
+            }
             // A queueing station has no notion of tokens; validation never routes an
             // LLM hop here, and if one arrives anyway it is served in zero time.
             Work::Llm(_) => SimDuration::ZERO,
@@ -192,7 +207,11 @@ impl Station for QueueStation {
                 finished: now,
                 busy,
                 usd: busy.as_nanos() as f64 * self.usd_per_server_ns,
-                llm: None,
+                llm: if self.api_timings.is_empty() {
+                    None
+                } else {
+                    self.api_timings.remove(&done.id)
+                },
             });
             self.free_slots.push(slot as u32);
             self.in_service -= 1;

@@ -27,7 +27,7 @@ use crate::policy::{
 use crate::queue_station::QueueStation;
 use crate::rng::{SimRng, StreamFactory, WorkflowRng, workflow_stream};
 use crate::scenario::{AdmissionAction, Arrival, OnPreempt, RateLimit, Scenario, WorkflowClass};
-use crate::station::{HopDone, HopJob, JobId, Station, StationOutput, Work};
+use crate::station::{ApiCall, HopDone, HopJob, JobId, Station, StationOutput, Work};
 use crate::time::{SimDuration, SimTime};
 use crate::workflow::NodeKind;
 use rand::RngExt;
@@ -2187,21 +2187,23 @@ impl<'a, 'o> Sim<'a, 'o> {
                 hash_block_tokens,
             }));
         }
-        Work::Service(match &pool.api {
-            Some(api) => {
-                let ttft = api.ttft.sample(trng);
-                let tpot = api.tpot.sample(trng);
-                SimDuration::from_secs_f64(ttft + output.saturating_sub(1) as f64 * tpot)
-            }
-            None => {
-                spec.service
-                    .as_ref()
-                    .or(pool.service.as_ref())
-                    .map(|s| s.sample_duration(trng))
-                    .unwrap_or(SimDuration::ZERO)
-                    + pool.token_time(input, output)
-            }
-        })
+        if let Some(api) = &pool.api {
+            let ttft = api.ttft.sample(trng);
+            let tpot = api.tpot.sample(trng);
+            return Work::Api(Box::new(ApiCall {
+                service: SimDuration::from_secs_f64(ttft + output.saturating_sub(1) as f64 * tpot),
+                ttft: SimDuration::from_secs_f64(ttft),
+                tpot: SimDuration::from_secs_f64(tpot),
+            }));
+        }
+        Work::Service(
+            spec.service
+                .as_ref()
+                .or(pool.service.as_ref())
+                .map(|s| s.sample_duration(trng))
+                .unwrap_or(SimDuration::ZERO)
+                + pool.token_time(input, output),
+        )
     }
 
     fn launch_wave(&mut self, slot: u32, head: usize, wave: Option<u32>) {
@@ -2328,6 +2330,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                     .unwrap_or(SimTime(u64::MAX)),
                 size_ns: match &work {
                     Work::Service(d) => d.as_nanos().max(1),
+                    Work::Api(c) => c.service.as_nanos().max(1),
                     Work::Llm(r) => (r.input_tokens + r.output_tokens).max(1) as u64,
                 },
             }
@@ -2447,6 +2450,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                 escalation: hop.kind == HopKind::Escalation,
                 pool: (st < n_pools).then_some(st),
                 tool: (st >= n_pools).then(|| st - n_pools),
+                gpu: st < n_pools && sc.pools[st].gpu.is_some(),
                 done: &done,
                 output_tokens: hop.output_tokens,
                 usd,

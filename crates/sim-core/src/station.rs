@@ -14,8 +14,20 @@ pub struct JobId(pub u64);
 pub enum Work {
     /// Occupies one server for this long (abstract queueing station).
     Service(SimDuration),
-    /// An LLM call served by a GPU replica or a paid API.
+    /// An LLM call served by a GPU replica.
     Llm(Box<crate::gpu::LlmRequest>),
+    /// A paid-API call: occupies one server (an API pool has as many as it needs) for
+    /// its service time and is reported with the TTFT and TPOT it was drawn with.
+    Api(Box<ApiCall>),
+}
+
+/// A paid-API call's drawn timings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ApiCall {
+    /// TTFT + (output tokens - 1) x TPOT.
+    pub service: SimDuration,
+    pub ttft: SimDuration,
+    pub tpot: SimDuration,
 }
 
 #[derive(Clone, Debug)]

@@ -5,7 +5,7 @@
 //! Wake tokens carry the replica index (high 24 bits) and the generation of that
 //! replica's plan (low 40 bits); a wake-up for an older plan is ignored.
 //!
-//! `Work::Service` sent to a GPU pool is a no-op: it finishes at once, occupies
+//! `Work::Service` (or `Work::Api`) sent to a GPU pool is a no-op: it finishes at once, occupies
 //! nothing and costs nothing (scenario validation should not route one here; this
 //! keeps a misrouted hop from stalling its workflow). Such hops are counted in
 //! [`GpuPoolReport::service_noops`].
@@ -447,7 +447,7 @@ impl GpuPoolStation {
 impl Station for GpuPoolStation {
     fn submit(&mut self, now: SimTime, job: HopJob, out: &mut StationOutput) {
         match job.work {
-            Work::Service(_) => {
+            Work::Service(_) | Work::Api(_) => {
                 self.service_noops += 1;
                 out.done.push(Self::finish_now(now, job.id, None));
             }

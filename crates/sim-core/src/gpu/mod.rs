@@ -57,7 +57,9 @@ pub struct LlmRequest {
     pub hash_block_tokens: u32,
 }
 
-/// Timings of a finished LLM hop, reported with [`crate::station::HopDone`].
+/// Timings of a finished LLM hop (GPU replica or paid API), reported with
+/// [`crate::station::HopDone`]. A paid-API call reports only `ttft` and `tpot` (its
+/// drawn values); the rest stays zero.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct LlmTimings {
     /// Submission to first output token.

@@ -469,3 +469,85 @@ loop = { to = "research", probability = 0.5, max = 3 }
     );
     assert!((s.totals.usd_workflows + s.totals.usd_idle - s.totals.usd_spent).abs() < 0.005);
 }
+
+#[test]
+fn api_hops_report_their_drawn_ttft_tpot_and_itl() {
+    // Class `fixed` calls an API with a constant 300 ms TTFT and 20 ms TPOT, 100 output
+    // tokens: every call reports exactly those, 99 gaps of 20 ms each, and no queue
+    // wait (an API has no concurrency limit). Class `drawn` draws its TTFT (uniform) on
+    // another API: its TTFT is the call's sojourn less 49 x 10 ms, from the hop log.
+    let text = r#"
+[simulation]
+horizon = "30m"
+drain = true
+[pools.api]
+api = { ttft = { dist = "constant", value = "300ms" }, tpot = { dist = "constant", value = "20ms" }, usd_per_1k_input = 0.5, usd_per_1k_output = 1.5 }
+[pools.api2]
+api = { ttft = { dist = "uniform", low = "100ms", high = "900ms" }, tpot = { dist = "constant", value = "10ms" } }
+[tiers.t]
+pools = ["api"]
+[classes.fixed]
+arrival = { process = "poisson", rate = 0.5 }
+[[classes.fixed.nodes]]
+id = "call"
+tier = "t"
+input_tokens = { dist = "constant", value = 500 }
+output_tokens = { dist = "constant", value = 100 }
+[classes.drawn]
+arrival = { process = "poisson", rate = 0.5 }
+tenant = "other"
+[[classes.drawn.nodes]]
+id = "call"
+pool = "api2"
+output_tokens = { dist = "constant", value = 50 }
+"#;
+    let (_, r, log) = run_logged(text);
+    let s = r.summary();
+    let b = &s.breakdown;
+    let calls = log.iter().filter(|h| h.station == "api").count() as u64;
+    assert!(calls > 700, "{calls}");
+    for g in [
+        &b.by_pool["api"],
+        &b.by_class["fixed"],
+        &b.by_tier["t"],
+        &b.by_tenant["default"],
+    ] {
+        assert_eq!((g.hops, g.llm_hops), (calls, calls));
+        let ttft = g.ttft_s.as_ref().unwrap();
+        let tpot = g.tpot_s.as_ref().unwrap();
+        let itl = g.itl_s.as_ref().unwrap();
+        let wait = g.queue_wait_s.as_ref().unwrap();
+        assert_eq!((ttft.n, tpot.n, itl.n), (calls, calls, 99 * calls));
+        assert_eq!((ttft.mean, tpot.mean, itl.mean), (0.3, 0.02, 0.02));
+        for (d, v) in [(ttft, 0.3), (tpot, 0.02), (itl, 0.02)] {
+            for q in [d.p50, d.p99, d.p999, d.max] {
+                assert!(q >= v && q <= v * 1.001, "{q} vs {v}");
+            }
+        }
+        assert_eq!((wait.mean, wait.max), (0.0, 0.0));
+        // API time is not GPU time.
+        assert_eq!((g.gpu_busy_s, g.prefill_share), (0.0, None));
+    }
+    // Drawn TTFTs: the breakdown's mean is the hop log's (sojourn - 49 x 10 ms), to
+    // the nanosecond rounding of each draw.
+    let drawn: Vec<f64> = log
+        .iter()
+        .filter(|h| h.station == "api2")
+        .map(|h| (h.finished - h.submitted).as_secs_f64() - 0.49)
+        .collect();
+    let g = &b.by_pool["api2"];
+    let ttft = g.ttft_s.as_ref().unwrap();
+    assert_eq!(ttft.n, drawn.len() as u64);
+    let mean = drawn.iter().sum::<f64>() / drawn.len() as f64;
+    assert!((ttft.mean - mean).abs() < 2e-9, "{} vs {mean}", ttft.mean);
+    let max = drawn.iter().copied().fold(0.0, f64::max);
+    assert!(ttft.max >= max - 2e-9 && ttft.max <= max * 1.001);
+    assert!(
+        ttft.p50 > 0.4 && ttft.p50 < 0.6,
+        "uniform 0.1-0.9 s: {}",
+        ttft.p50
+    );
+    assert_eq!(g.itl_s.as_ref().unwrap().n, 49 * drawn.len() as u64);
+    assert_eq!(g.itl_s.as_ref().unwrap().mean, 0.01);
+    assert_eq!(b.by_tenant["other"].ttft_s.as_ref(), Some(ttft));
+}
