@@ -37,7 +37,7 @@ pub fn gpu_pool_loads(sc: &Scenario) -> Vec<GpuPoolLoad> {
         let Some(g) = &pool.gpu else { continue };
         let (mut rate, mut inp, mut outp) = (0.0, 0.0, 0.0);
         for (ci, c) in sc.classes.iter().enumerate() {
-            let r = c.mean_rate_per_s(sc.horizon);
+            let r = c.mean_rate_per_s(sc.horizon) * c.workload_share(sc);
             let visits = expected_visits(&c.graph);
             let tokens = expected_tokens(&c.graph, &sc.tools);
             for (i, n) in c.graph.nodes.iter().enumerate() {

@@ -616,7 +616,10 @@ pub fn check_table(file: &str, sc: &Scenario) -> String {
         }
         let arrivals = match &c.arrival {
             sim_core::scenario::Arrival::Closed { users, .. } => format!("{users} users"),
-            _ => format!("{:.3}/s", c.mean_rate_per_s(sc.horizon)),
+            _ => format!(
+                "{:.3}/s",
+                c.mean_rate_per_s(sc.horizon) * c.workload_share(sc)
+            ),
         };
         t.row(vec![
             c.name.clone(),

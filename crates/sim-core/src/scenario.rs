@@ -601,6 +601,25 @@ pub struct ClassSpec {
     /// Windows of changed load (month-end, launches).
     #[serde(default)]
     pub bursts: Vec<BurstSpec>,
+    /// A canary: a share of this class's workflows runs on other pools or tiers and is
+    /// reported as its own class `NAME/canary`.
+    #[serde(default)]
+    pub canary: Option<CanarySpec>,
+}
+
+/// `[classes.NAME.canary]`: move a share of a class's workflows to other pools.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanarySpec {
+    /// Share of the class's workflows in the canary cohort, in (0, 1].
+    pub share: f64,
+    /// Pool replacements for the cohort: `{ "a100" = "h100" }` (pinned hops and
+    /// escalations).
+    #[serde(default)]
+    pub pools: BTreeMap<String, String>,
+    /// Tier replacements for the cohort's tiered hops: `{ "frontier" = "frontier-h100" }`.
+    #[serde(default)]
+    pub tiers: BTreeMap<String, String>,
 }
 
 /// A window in which arrivals are multiplied and/or fan-out changes.
@@ -776,7 +795,8 @@ impl RoutingRule {
         tier: usize,
         budget_left: Option<f64>,
     ) -> bool {
-        self.class.is_none_or(|c| c == class_index)
+        self.class
+            .is_none_or(|c| c == class_index || class.cohort_of == Some(c))
             && self.tier.is_none_or(|t| t == tier)
             && self
                 .sensitivity
@@ -942,6 +962,11 @@ pub struct WorkflowClass {
     pub sensitivity: Option<String>,
     pub max_fan_out: Option<u32>,
     pub bursts: Vec<Burst>,
+    /// This class's canary: (share, index of the cohort class `NAME/canary`).
+    pub canary: Option<(f64, usize)>,
+    /// For a canary cohort class: the class it takes its workflows from (it has no
+    /// arrivals of its own).
+    pub cohort_of: Option<usize>,
 }
 
 #[derive(Clone, Debug)]
@@ -1043,6 +1068,17 @@ impl WorkflowClass {
                     .sum::<f64>()
                     / n as f64
             }
+        }
+    }
+
+    /// The share of this class's arrivals that run its own graph: 1, or 1 - share for a
+    /// class with a canary, or the share for a canary cohort (`scenario` gives the
+    /// parent's share).
+    pub fn workload_share(&self, scenario: &Scenario) -> f64 {
+        match (self.canary, self.cohort_of) {
+            (Some((share, _)), _) => 1.0 - share,
+            (_, Some(parent)) => scenario.classes[parent].canary.map_or(0.0, |(s, _)| s),
+            _ => 1.0,
         }
     }
 
@@ -1916,7 +1952,24 @@ impl ScenarioSpec {
                 sensitivity: c.sensitivity.clone(),
                 max_fan_out: c.max_fan_out,
                 bursts,
+                canary: None,
+                cohort_of: None,
             });
+            if let Some(cn) = &c.canary {
+                let cohort = canary_cohort(
+                    &format!("{key}.canary"),
+                    cn,
+                    classes.len() - 1,
+                    &classes[classes.len() - 1],
+                    &pool_index,
+                    &tier_index,
+                )?;
+                let at = classes.len();
+                if let Some(parent) = classes.last_mut() {
+                    parent.canary = Some((cn.share, at));
+                }
+                classes.push(cohort);
+            }
         }
         set_top_priorities(&mut pools, &classes, &lanes, &tiers);
         let routing_rules = compile_rules(
@@ -2489,7 +2542,7 @@ impl Scenario {
         let mut rate = vec![0.0; self.pools.len()];
         let mut work = vec![0.0; self.pools.len()];
         for (ci, c) in self.classes.iter().enumerate() {
-            let r = c.mean_rate_per_s(self.horizon);
+            let r = c.mean_rate_per_s(self.horizon) * c.workload_share(self);
             let visits = expected_visits(&c.graph);
             let tokens = expected_tokens(&c.graph, &self.tools);
             for (i, n) in c.graph.nodes.iter().enumerate() {
@@ -2537,6 +2590,101 @@ impl Scenario {
             })
             .collect()
     }
+}
+
+/// The canary cohort of class `parent` (index `parent_index`): a copy of it named
+/// `NAME/canary` whose pinned pools, escalation pools and tiers are replaced as `spec`
+/// says, with no arrivals of its own.
+fn canary_cohort(
+    key: &str,
+    spec: &CanarySpec,
+    parent_index: usize,
+    parent: &WorkflowClass,
+    pool_index: &BTreeMap<String, usize>,
+    tier_index: &BTreeMap<String, usize>,
+) -> Result<WorkflowClass, SpecError> {
+    if !(spec.share > 0.0 && spec.share <= 1.0) {
+        return Err(err(
+            format!("{key}.share"),
+            format!("expected a share in (0, 1], like 0.05; got {}", spec.share),
+        ));
+    }
+    if !matches!(
+        parent.arrival,
+        Arrival::Poisson { .. } | Arrival::Piecewise { .. }
+    ) {
+        return Err(err(
+            key.to_string(),
+            "a canary splits open-loop arrivals (poisson or piecewise); closed-loop users and replayed traces are not split",
+        ));
+    }
+    if spec.pools.is_empty() && spec.tiers.is_empty() {
+        return Err(err(
+            key.to_string(),
+            "expected `pools = { \"old\" = \"new\" }` and/or `tiers = { \"old\" = \"new\" }`",
+        ));
+    }
+    let lookup = |what: &str, m: &BTreeMap<String, usize>, k: &str, name: &str| {
+        m.get(name).copied().ok_or_else(|| {
+            err(
+                format!("{key}.{what}.{k}"),
+                format!(
+                    "no {} named `{name}`; expected one of: {}",
+                    &what[..what.len() - 1],
+                    m.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            )
+        })
+    };
+    let mut pool_map = BTreeMap::new();
+    for (from, to) in &spec.pools {
+        pool_map.insert(
+            lookup("pools", pool_index, from, from)?,
+            lookup("pools", pool_index, from, to)?,
+        );
+    }
+    let mut tier_map = BTreeMap::new();
+    for (from, to) in &spec.tiers {
+        tier_map.insert(
+            lookup("tiers", tier_index, from, from)?,
+            lookup("tiers", tier_index, from, to)?,
+        );
+    }
+    let mut cohort = parent.clone();
+    cohort.name = format!("{}/canary", parent.name);
+    cohort.canary = None;
+    cohort.cohort_of = Some(parent_index);
+    let mut moved = 0;
+    for n in &mut cohort.graph.nodes {
+        if let Some(p) = n.pool.as_mut()
+            && let Some(&q) = pool_map.get(p)
+        {
+            *p = q;
+            moved += 1;
+        }
+        if let Some(e) = n.escalate.as_mut()
+            && let Some(&q) = pool_map.get(&e.pool)
+        {
+            e.pool = q;
+            moved += 1;
+        }
+        if let Some(t) = n.tier.as_mut()
+            && let Some(&u) = tier_map.get(t)
+        {
+            *t = u;
+            moved += 1;
+        }
+    }
+    if moved == 0 {
+        return Err(err(
+            key.to_string(),
+            format!(
+                "no node of class `{}` uses the pools or tiers it replaces",
+                parent.name
+            ),
+        ));
+    }
+    Ok(cohort)
 }
 
 /// Expected prompt, output and context tokens of one execution of a node.

@@ -400,6 +400,9 @@ impl LazyStream {
     }
 }
 
+/// Salt of the canary draw's stream (any constant other streams do not use).
+const CANARY_SALT: u64 = 0xca4a_2c00_5eed_0001;
+
 fn timing_stream(work_seed: u64, wf_no: u64, parts: [u64; 5]) -> WorkflowRng {
     let mut h = work_seed ^ 0x5bd1_e995_9e37_79b9;
     for x in parts {
@@ -559,7 +562,14 @@ impl<'a, 'o> Sim<'a, 'o> {
             .iter()
             .map(|c| ClassRuntime {
                 arrivals_rng: streams.stream(&format!("class/{}/arrivals", c.name)),
-                work_seed: streams.stream(&format!("class/{}/work", c.name)).random(),
+                // A canary cohort draws exactly what its workflows would have drawn in
+                // the parent class (common random numbers with a run without canary).
+                work_seed: streams
+                    .stream(&format!(
+                        "class/{}/work",
+                        c.cohort_of.map_or(&c.name, |p| &sc.classes[p].name)
+                    ))
+                    .random(),
                 next_workflow: 0,
                 max_rate: c.max_rate(),
                 unit_exp: Exp1,
@@ -685,6 +695,8 @@ impl<'a, 'o> Sim<'a, 'o> {
                         }
                     }
                 }
+                // A canary cohort's workflows arrive through its parent class.
+                _ if sc.classes[ci].cohort_of.is_some() => {}
                 _ => self.schedule_next_arrival(ci, SimTime::ZERO),
             }
         }
@@ -1099,6 +1111,17 @@ impl<'a, 'o> Sim<'a, 'o> {
         let rng = LazyStream::new(rt.work_seed, rt.next_workflow);
         let workflow_no = rt.next_workflow;
         rt.next_workflow += 1;
+        // A canary takes each workflow into its cohort with probability `share`, by a
+        // draw of its own (the workflow's other draws are unchanged).
+        let (ci, class) = match class.canary {
+            Some((share, cohort))
+                if workflow_stream(rt.work_seed ^ CANARY_SALT, workflow_no).random::<f64>()
+                    < share =>
+            {
+                (cohort, &sc.classes[cohort])
+            }
+            _ => (ci, class),
+        };
         let counted = now >= self.warmup;
         if counted {
             self.class_stats[ci].arrived += 1;

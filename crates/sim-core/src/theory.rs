@@ -100,7 +100,9 @@ pub fn pool_theory(sc: &crate::Scenario) -> Vec<Option<PoolTheory>> {
     for c in &sc.classes {
         let g = &c.graph;
         let rate = match &c.arrival {
-            Arrival::Poisson { rate_per_s } if c.bursts.is_empty() => Some(*rate_per_s),
+            Arrival::Poisson { rate_per_s } if c.bursts.is_empty() => {
+                Some(*rate_per_s * c.workload_share(sc))
+            }
             Arrival::Recorded { requests } if requests.iter().any(|r| r.graph.is_some()) => {
                 // Replayed workflows bring their own graphs: any pool may be reached.
                 ok.iter_mut().for_each(|o| *o = false);

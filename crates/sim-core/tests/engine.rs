@@ -935,3 +935,89 @@ tool = "nope"
     ));
     assert!(e.message.contains("no tool named `nope`"), "{e}");
 }
+
+const CANARY: &str = r#"
+[simulation]
+horizon = "2000s"
+seed = 5
+[pools.a100]
+servers = 100
+service = { dist = "deterministic", value = "1s" }
+[pools.h100]
+servers = 100
+service = { dist = "deterministic", value = "500ms" }
+[classes.chat]
+arrival = { process = "poisson", rate = 10.0 }
+hops = [{ pool = "a100" }]
+canary = { share = 0.2, pools = { "a100" = "h100" } }
+"#;
+
+#[test]
+fn a_canary_moves_its_share_of_workflows_and_keeps_common_random_numbers() {
+    let with = run_seed(CANARY, 5).summary();
+    let without = run_seed(&CANARY.replace("canary = ", "# canary = "), 5).summary();
+    let (chat, canary) = (&with.classes["chat"], &with.classes["chat/canary"]);
+    // The same arrivals, split: no workflow lost or added by the canary.
+    assert_eq!(
+        chat.arrived + canary.arrived,
+        without.classes["chat"].arrived
+    );
+    // The cohort's share is binomial(n, 0.2): within 4 standard deviations.
+    let n = (chat.arrived + canary.arrived) as f64;
+    let share = canary.arrived as f64 / n;
+    assert!(
+        (share - 0.2).abs() < 4.0 * (0.2 * 0.8 / n).sqrt(),
+        "{share}"
+    );
+    // Every finished cohort hop ran on the H100 pool, every other on the A100 pool; with a server
+    // per workflow nobody waits, so the latencies are the service times.
+    assert_eq!(with.pools["h100"].hops, canary.completed);
+    assert_eq!(with.pools["a100"].hops, chat.completed);
+    assert!((canary.latency_s.mean.unwrap_or(0.0) - 0.5).abs() < 1e-9);
+    assert!((chat.latency_s.mean.unwrap_or(0.0) - 1.0).abs() < 1e-9);
+    // The a-priori load follows the split exactly.
+    let load = scenario(CANARY).offered_load();
+    assert!((load[0].rho - 10.0 * 0.8 * 1.0 / 100.0).abs() < 1e-9);
+    assert!((load[1].rho - 10.0 * 0.2 * 0.5 / 100.0).abs() < 1e-9);
+}
+
+#[test]
+fn bad_canaries_name_the_key() {
+    let cases = [
+        (
+            "share = 0.2, pools = { \"a100\" = \"h100\" }",
+            "share = 0.0, pools = { \"a100\" = \"h100\" }",
+            "classes.chat.canary.share",
+        ),
+        (
+            "share = 0.2, pools = { \"a100\" = \"h100\" }",
+            "share = 0.2, pools = { \"a100\" = \"b200\" }",
+            "no pool named `b200`",
+        ),
+        (
+            "share = 0.2, pools = { \"a100\" = \"h100\" }",
+            "share = 0.2, pools = { \"h100\" = \"a100\" }",
+            "no node of class `chat`",
+        ),
+        (
+            "share = 0.2, pools = { \"a100\" = \"h100\" }",
+            "share = 0.2",
+            "expected `pools",
+        ),
+        (
+            "process = \"poisson\", rate = 10.0",
+            "process = \"closed\", users = 3, think = { dist = \"constant\", value = \"1s\" }",
+            "open-loop",
+        ),
+    ];
+    for (from, to, needle) in cases {
+        let text = CANARY.replace(from, to);
+        let spec: ScenarioSpec = toml::from_str(&text).expect("parses");
+        let e = spec
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains(needle), "{to}: {e}");
+    }
+}
