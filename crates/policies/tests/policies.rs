@@ -740,7 +740,7 @@ output_tokens = { dist = "uniform", low = 50, high = 400 }
 "#;
 
 #[test]
-fn token_watermark_rejects_above_it_and_queue_only_counts() {
+fn token_watermark_rejects_above_it_and_queue_holds_at_the_door() {
     const THRESHOLD: u64 = 17_000; // 0.85 x 20,000
     let cause = "429 from mid (tokens in flight)";
     // reject: tokens in flight never pass the watermark; every refusal is a 429 the
@@ -775,20 +775,61 @@ fn token_watermark_rejects_above_it_and_queue_only_counts() {
     assert_eq!(c.in_flight, 0);
     assert_conservation(&r);
 
-    // queue: everything is admitted; the hops admitted above the watermark are counted,
-    // exactly those whose admission took the tokens in flight over 17,000.
+    // queue: nothing is refused; a hop that would take the tokens in flight over
+    // 17,000 waits at the door (FIFO) until they fall: the pool never holds more, and
+    // the held hops are counted.
     let (q, log) = run_logged(&WATERMARK.replace("ACTION", "queue"));
-    let over = in_flight_after_admission(&log, |_| true)
-        .into_iter()
-        .filter(|&t| t > THRESHOLD)
-        .count() as u64;
+    let after = in_flight_after_admission(&log, |_| true);
+    let peak = after.iter().copied().max().unwrap_or(0);
+    assert!(peak <= THRESHOLD && peak > 16_000, "peak {peak}");
     let s = q.summary();
-    assert!(over > 100, "{over} hops over the watermark");
-    assert_eq!(s.pools["mid"].admitted_over_watermark, over);
-    assert_eq!(s.classes["c"].admitted_over_watermark, over);
+    let held = s.pools["mid"].admitted_over_watermark;
+    assert!(held > 100, "{held} hops held at the door");
+    assert_eq!(s.classes["c"].admitted_over_watermark, held);
+    assert_eq!(s.pools["mid"].peak_tokens_in_flight, peak);
     assert_eq!(s.pools["mid"].refusals, 0);
     assert_eq!(s.classes["c"].completed, s.classes["c"].arrived);
+    assert_eq!(s.classes["c"].completed as usize, log.len());
     assert_conservation(&q);
+}
+
+#[test]
+fn queue_holds_hops_at_the_door_in_fifo_order() {
+    // Five users start at once (t = 100s) with hops of exactly 1,000 tokens and 1s of
+    // service on a pool with room for 2,000 tokens in flight under `queue`: two run at
+    // a time, the others wait at the door in arrival order and enter when a hop ends.
+    let text = r#"
+[simulation]
+horizon = "150s"
+drain = true
+[pools.p]
+servers = 10
+service = { dist = "constant", value = "1s" }
+admission = { max_tokens_in_flight = 2000, action = "queue" }
+[classes.c]
+arrival = { process = "closed", users = 5, think = { dist = "constant", value = "100s" } }
+[[classes.c.nodes]]
+id = "call"
+pool = "p"
+input_tokens = { dist = "constant", value = 1000 }
+output_tokens = { dist = "constant", value = 0 }
+"#;
+    let (r, mut log) = run_logged(text);
+    log.sort_by_key(|h| h.workflow);
+    let s_ = 1_000_000_000u64;
+    let at: Vec<(u64, u64)> = log
+        .iter()
+        .map(|h| (h.submitted.0 / s_, h.finished.0 / s_))
+        .collect();
+    assert_eq!(
+        at,
+        vec![(100, 101), (100, 101), (101, 102), (101, 102), (102, 103)]
+    );
+    assert!(log.iter().all(|h| h.submitted.0 % s_ == 0));
+    let s = r.summary();
+    assert_eq!(s.pools["p"].admitted_over_watermark, 3);
+    assert_eq!(s.pools["p"].peak_tokens_in_flight, 2000);
+    assert_eq!(s.classes["c"].completed, 5);
 }
 
 #[test]
@@ -1556,20 +1597,21 @@ output_tokens = { dist = "uniform", low = 50, high = 400 }
     assert_eq!(s.classes["chat"].degraded_hops, 0);
     assert_conservation(&r);
 
-    // queue: nothing refused or moved; the batch hops admitted above the watermark are
-    // counted, exactly those whose admission took the lane above 10,000.
+    // queue: nothing refused or moved; a batch hop that would take the lane above
+    // 10,000 waits at the lane's door until it fits: the lane never passes 10,000, and
+    // the held hops are counted.
     let (r, log) = run_logged(&text.replace("ACTION", r#"action = "queue""#));
-    let over = in_flight_after_admission(&log, batch)
+    let peak = in_flight_after_admission(&log, batch)
         .into_iter()
-        .filter(|&t| t > 10_000)
-        .count() as u64;
+        .max()
+        .unwrap_or(0);
+    assert!(peak <= 10_000 && peak > 9_000, "lane peak {peak}");
     let s = r.summary();
-    let counted: u64 = ["etl1", "etl2"]
+    let held: u64 = ["etl1", "etl2"]
         .iter()
         .map(|c| s.classes[*c].admitted_over_watermark)
         .sum();
-    assert!(over > 100, "{over} over the watermark");
-    assert_eq!(counted, over);
+    assert!(held > 100, "{held} held at the lane's door");
     assert_eq!(s.classes["chat"].admitted_over_watermark, 0);
     assert_eq!(s.pools["c"].hops, 0);
     for c in s.classes.values() {

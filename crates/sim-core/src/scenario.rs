@@ -72,7 +72,8 @@ pub struct AdmissionSpec {
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum AdmissionAction {
-    /// Admit it anyway (it waits in the pool's queue); counted as over the watermark.
+    /// Hold it at the door (FIFO per pool or lane) until tokens in flight leave room
+    /// for it; counted as over the watermark.
     Queue,
     /// Refuse it with a 429 and the pool's retry-after.
     #[default]

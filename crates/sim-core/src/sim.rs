@@ -77,6 +77,15 @@ enum Event {
     SpotBootDone {
         pool: u32,
     },
+    /// Tokens in flight of a pool with held hops (a `queue` watermark) fell: release
+    /// the hops at its door that now fit.
+    DoorOpen {
+        pool: u32,
+    },
+    /// The same for a lane's `queue` watermark (the lane's tokens in flight fell).
+    LaneDoorOpen {
+        lane: u32,
+    },
 }
 
 /// Length of one timeseries interval.
@@ -261,10 +270,24 @@ impl BreakerState {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Placement {
     Direct,
-    /// Above a `queue` watermark: admitted, counted.
+    /// Above a `queue` watermark (or behind hops held there): held at the door, counted.
     OverWatermark,
     /// Above a `degrade` watermark: to this pool instead.
     Degrade(usize),
+}
+
+/// A model hop admitted to a pool but held at its door by a `queue` watermark until
+/// the pool's tokens in flight leave room for it.
+#[derive(Clone, Copy, Debug)]
+struct Held {
+    slot: u32,
+    node: u32,
+    branch: u32,
+    epoch: u32,
+    attempt: u32,
+    context: u64,
+    input: u64,
+    output: u64,
 }
 
 /// Why a pool refused a hop (`pools.<name>.refusals_by_cause` keys).
@@ -363,6 +386,8 @@ struct GateRefusal {
     /// The lane's or tenant's own `retry_after` (jittered like a pool's).
     retry_after: Option<SimDuration>,
     max_attempts: Option<u32>,
+    /// Not a 429: the lane's `queue` watermark holds the hop at its door.
+    hold: bool,
 }
 
 struct ClassRuntime {
@@ -491,6 +516,15 @@ struct Sim<'a, 'o> {
     over_tiered_usd: Vec<f64>,
     /// Scratch space of `route_model_hop`: each candidate pool's admission answer.
     route_checks: Vec<Option<Result<Placement, Refusal>>>,
+    /// Per pool, the model hops held at its door by a `queue` watermark (FIFO), and
+    /// whether a `DoorOpen` event is pending.
+    door: Vec<VecDeque<Held>>,
+    door_event: Vec<bool>,
+    /// The same per lane; `lane_release` is set while a released hop is routed (it has
+    /// passed its lane's door).
+    lane_door: Vec<VecDeque<Held>>,
+    lane_door_event: Vec<bool>,
+    lane_release: bool,
     /// Per pool: nothing can refuse a hop (no breaker, outage, queue cap, API limit,
     /// admission watermark or storm), so pinned hops skip the admission checks.
     pool_always_admits: Vec<bool>,
@@ -648,6 +682,11 @@ impl<'a, 'o> Sim<'a, 'o> {
             breakdown: Breakdown::new(sc),
             over_tiered_usd: Vec::new(),
             route_checks: Vec::new(),
+            door: vec![VecDeque::new(); sc.pools.len()],
+            door_event: vec![false; sc.pools.len()],
+            lane_door: vec![VecDeque::new(); sc.lanes.len()],
+            lane_door_event: vec![false; sc.lanes.len()],
+            lane_release: false,
             pool_always_admits: sc
                 .pools
                 .iter()
@@ -790,6 +829,14 @@ impl<'a, 'o> Sim<'a, 'o> {
                 Event::SpotBootDone { pool } => {
                     self.stations[pool as usize].spot_boot_finished(t, &mut self.out);
                     self.flush_wakeups(pool as usize);
+                }
+                Event::DoorOpen { pool } => {
+                    self.door_event[pool as usize] = false;
+                    self.open_door(pool as usize);
+                }
+                Event::LaneDoorOpen { lane } => {
+                    self.lane_door_event[lane as usize] = false;
+                    self.open_lane_door(lane as usize);
                 }
                 Event::Prewarm { pool } => {
                     self.autoscale(pool as usize);
@@ -981,6 +1028,7 @@ impl<'a, 'o> Sim<'a, 'o> {
         self.free_hops.push(hop_slot as u32);
         self.pool_tokens[pool] =
             self.pool_tokens[pool].saturating_sub(hop.input_tokens + hop.output_tokens);
+        self.door_may_open(pool);
         self.release_admission_tokens(&hop);
         if done.submitted >= self.warmup {
             self.pool_stats[pool].usd_attributed += done.usd;
@@ -1676,10 +1724,14 @@ impl<'a, 'o> Sim<'a, 'o> {
             }
         }
         if let Some(a) = &pool.admission {
+            if a.action == AdmissionAction::Queue && self.must_hold(p, tokens) {
+                return Ok(Placement::OverWatermark);
+            }
             let after = self.pool_tokens[p].saturating_add(tokens);
             if after > a.threshold {
                 return match a.action {
-                    AdmissionAction::Queue => Ok(Placement::OverWatermark),
+                    // Fits alone (nothing in flight): an oversized hop is not held forever.
+                    AdmissionAction::Queue => Ok(Placement::Direct),
                     AdmissionAction::Reject => Err(Refusal::TokensInFlight),
                     AdmissionAction::Degrade => match a.degrade_to {
                         Some(q) => Ok(Placement::Degrade(q)),
@@ -1754,13 +1806,24 @@ impl<'a, 'o> Sim<'a, 'o> {
             exact,
             retry_after: after,
             max_attempts: attempts,
+            hold: false,
         };
         let mut degrade = None;
         if let Some(a) = &lane.admission
+            && a.action == AdmissionAction::Queue
+        {
+            if !self.lane_release && self.lane_must_hold(li, tokens) {
+                *over = true;
+                return Err(GateRefusal {
+                    hold: true,
+                    ..refusal(String::new(), None, None, None)
+                });
+            }
+        } else if let Some(a) = &lane.admission
             && self.lane_tokens[li].saturating_add(tokens) > a.threshold
         {
             match a.action {
-                AdmissionAction::Queue => *over = true,
+                AdmissionAction::Queue => {}
                 AdmissionAction::Degrade if a.degrade_to.is_some() => degrade = a.degrade_to,
                 _ => {
                     return Err(refusal(
@@ -1911,6 +1974,26 @@ impl<'a, 'o> Sim<'a, 'o> {
         // Lane and tenant limits come first; a lane watermark may degrade the hop.
         let mut over = false;
         let gate = self.gateway(ci, tokens, &mut over);
+        if gate.as_ref().is_err_and(|g| g.hold) {
+            // Above the lane's `queue` watermark (or behind hops already held there):
+            // wait at the lane's door; routed when the lane's tokens in flight fall.
+            let wf = &mut self.workflows[slot as usize];
+            wf.outstanding += 1;
+            if wf.counted {
+                self.class_stats[ci].admitted_over_watermark += 1;
+            }
+            self.lane_door[class.lane_index].push_back(Held {
+                slot,
+                node: node as u32,
+                branch,
+                epoch,
+                attempt,
+                context,
+                input,
+                output,
+            });
+            return;
+        }
         let lane_degrade = gate.as_ref().ok().copied().flatten();
         let chain: &[usize] = match &lane_degrade {
             Some(d) => std::slice::from_ref(d),
@@ -2119,9 +2202,135 @@ impl<'a, 'o> Sim<'a, 'o> {
         if pool.api.is_some() {
             self.api_window[p].push_back((now, input + output));
         }
+        if pool
+            .admission
+            .as_ref()
+            .is_some_and(|a| a.action == AdmissionAction::Queue)
+            && self.must_hold(p, tokens)
+        {
+            // Above a `queue` watermark (or behind hops already held): wait at the door.
+            self.workflows[slot as usize].outstanding += 1;
+            self.door[p].push_back(Held {
+                slot,
+                node: node as u32,
+                branch,
+                epoch,
+                attempt,
+                context,
+                input,
+                output,
+            });
+            return;
+        }
         self.submit_model_hop(
             slot, node, branch, epoch, context, input, output, attempt, p,
         );
+    }
+
+    /// Whether a hop of `tokens` must wait at the door of pool `p` (a `queue`
+    /// watermark): hops are already held there (FIFO), or it would take the pool's
+    /// tokens in flight above the watermark while something is in flight (a hop
+    /// larger than the watermark goes in alone).
+    fn must_hold(&self, p: usize, tokens: u64) -> bool {
+        let Some(a) = &self.sc.pools[p].admission else {
+            return false;
+        };
+        let now = self.pool_tokens[p];
+        !self.door[p].is_empty() || (now > 0 && now.saturating_add(tokens) > a.threshold)
+    }
+
+    /// Whether a hop of `tokens` must wait at lane `li`'s door (its `queue` watermark):
+    /// as [`Self::must_hold`], over the lane's tokens in flight.
+    fn lane_must_hold(&self, li: usize, tokens: u64) -> bool {
+        let Some(a) = &self.sc.lanes[li].admission else {
+            return false;
+        };
+        let now = self.lane_tokens[li];
+        !self.lane_door[li].is_empty() || (now > 0 && now.saturating_add(tokens) > a.threshold)
+    }
+
+    /// Releases the hops held at lane `li`'s door, in order, while the first fits under
+    /// the lane's watermark (or the lane has nothing in flight): each is routed as a
+    /// new attempt would be, past the lane's door.
+    fn open_lane_door(&mut self, li: usize) {
+        let Some(a) = &self.sc.lanes[li].admission else {
+            return;
+        };
+        let threshold = a.threshold;
+        while let Some(&h) = self.lane_door[li].front() {
+            let wf = &self.workflows[h.slot as usize];
+            let live = wf.outcome.is_none() && wf.nodes[h.node as usize].epoch == h.epoch;
+            let k = h.input + h.output;
+            let in_flight = self.lane_tokens[li];
+            if live && in_flight > 0 && in_flight.saturating_add(k) > threshold {
+                break;
+            }
+            self.lane_door[li].pop_front();
+            self.workflows[h.slot as usize].outstanding -= 1;
+            if live {
+                self.lane_release = true;
+                self.route_model_hop(
+                    h.slot,
+                    h.node as usize,
+                    h.branch,
+                    h.epoch,
+                    h.context,
+                    h.input,
+                    h.output,
+                    h.attempt,
+                    None,
+                );
+                self.lane_release = false;
+            } else {
+                self.maybe_release(h.slot);
+            }
+        }
+    }
+
+    /// Pool `p`'s tokens in flight fell: schedule the release of its held hops.
+    fn door_may_open(&mut self, p: usize) {
+        if !self.door[p].is_empty() && !self.door_event[p] {
+            self.door_event[p] = true;
+            self.queue
+                .push(self.now, Event::DoorOpen { pool: p as u32 });
+        }
+    }
+
+    /// Releases the hops held at pool `p`'s door, in order, while the first fits under
+    /// the watermark (or nothing is in flight); hops whose workflow no longer needs
+    /// them are dropped (they never ran and cost nothing). A released hop's timeout
+    /// starts now.
+    fn open_door(&mut self, p: usize) {
+        let Some(a) = &self.sc.pools[p].admission else {
+            return;
+        };
+        let threshold = a.threshold;
+        while let Some(&h) = self.door[p].front() {
+            let wf = &self.workflows[h.slot as usize];
+            let live = wf.outcome.is_none() && wf.nodes[h.node as usize].epoch == h.epoch;
+            let k = h.input + h.output;
+            let in_flight = self.pool_tokens[p];
+            if live && in_flight > 0 && in_flight.saturating_add(k) > threshold {
+                break;
+            }
+            self.door[p].pop_front();
+            self.workflows[h.slot as usize].outstanding -= 1;
+            if live {
+                self.submit_model_hop(
+                    h.slot,
+                    h.node as usize,
+                    h.branch,
+                    h.epoch,
+                    h.context,
+                    h.input,
+                    h.output,
+                    h.attempt,
+                    p,
+                );
+            } else {
+                self.maybe_release(h.slot);
+            }
+        }
     }
 
     /// Submits an admitted model hop to pool `p`: draws its work and hands it over.
@@ -2640,8 +2849,14 @@ impl<'a, 'o> Sim<'a, 'o> {
             return;
         };
         let class = &self.sc.classes[ci];
-        let lane = &mut self.lane_tokens[class.lane_index];
+        let li = class.lane_index;
+        let lane = &mut self.lane_tokens[li];
         *lane = lane.saturating_sub(k);
+        if !self.lane_door[li].is_empty() && !self.lane_door_event[li] {
+            self.lane_door_event[li] = true;
+            self.queue
+                .push(self.now, Event::LaneDoorOpen { lane: li as u32 });
+        }
         if let Some(t) = class.tenant_index {
             self.tenant_tokens[t] = self.tenant_tokens[t].saturating_sub(k);
         }
@@ -2656,6 +2871,7 @@ impl<'a, 'o> Sim<'a, 'o> {
         }
         self.pool_tokens[p] =
             self.pool_tokens[p].saturating_sub(hop.input_tokens + hop.output_tokens);
+        self.door_may_open(p);
         if self.sc.pools[p]
             .autoscale
             .as_ref()
