@@ -8,6 +8,7 @@
 //! the point estimate decides, and the verdict says so.
 
 use crate::compare::{Comparison, PairedDiff};
+use crate::replications::Estimate;
 use serde::Serialize;
 
 /// What a gate limits.
@@ -98,6 +99,10 @@ pub fn parse_gate(arg: &str) -> Result<Gate, String> {
 pub struct GateVerdict {
     pub variant: String,
     pub class: String,
+    /// What the class is judged against: "baseline" (the same class in the baseline
+    /// variant) or, for a canary cohort `NAME/canary`, its control class `NAME` in the
+    /// same runs.
+    pub against: String,
     pub metric: GateMetric,
     /// The limit, as a fraction.
     pub limit: f64,
@@ -143,44 +148,112 @@ pub fn evaluate(c: &Comparison, gates: &[Gate]) -> Vec<GateVerdict> {
                 let b = base.mean.get(&key).map(|e| e.mean);
                 let x = v.mean.get(&key).map(|e| e.mean);
                 let d: Option<&PairedDiff> = v.diff.as_ref().and_then(|d| d.get(&key));
-                let (baseline, value, change, ci95) = match g.metric {
-                    GateMetric::ErrorRate => (
-                        b.map(|s| 1.0 - s),
-                        x.map(|s| 1.0 - s),
-                        // Error rate rises when the success rate falls.
-                        d.map(|d| -d.mean),
-                        d.and_then(|d| d.ci95),
-                    ),
-                    _ => match (b, d) {
-                        (Some(b), Some(d)) if b > 0.0 => {
-                            (Some(b), x, Some(d.mean / b), d.ci95.map(|h| h / b))
-                        }
-                        _ => (b, x, None, None),
-                    },
+                out.push(judge(g, &v.variant.name, class, "baseline", b, x, d));
+            }
+        }
+    }
+    // Canary cohorts against their control class, in the same runs of each variant.
+    for v in &c.variants {
+        let names: Vec<String> = v
+            .runs
+            .first()
+            .map_or(Vec::new(), |r| r.classes.keys().cloned().collect());
+        for control in &names {
+            let cohort = format!("{control}/canary");
+            if !names.contains(&cohort) {
+                continue;
+            }
+            for g in gates {
+                if g.metric == GateMetric::AllInUsdPerOutcome
+                    || g.class.as_ref().is_some_and(|only| *only != cohort)
+                {
+                    continue;
+                }
+                let pick = |class: &str| -> Vec<Option<f64>> {
+                    v.runs
+                        .iter()
+                        .map(|r| {
+                            let c = r.classes.get(class)?;
+                            match g.metric {
+                                GateMetric::P99 => c.latency_s.p99,
+                                GateMetric::UsdPerOutcome => c.usd_per_outcome,
+                                _ => c.success_rate,
+                            }
+                        })
+                        .collect()
                 };
-                let verdict = match (change, ci95) {
-                    (None, _) => "inconclusive",
-                    (Some(ch), Some(h)) if ch + h <= g.limit + 1e-12 => "pass",
-                    (Some(ch), Some(h)) if ch - h > g.limit + 1e-12 => "fail",
-                    (Some(_), Some(_)) => "inconclusive",
-                    (Some(ch), None) if ch <= g.limit + 1e-12 => "pass",
-                    (Some(_), None) => "fail",
+                let (ctl, can) = (pick(control), pick(&cohort));
+                let mean = |xs: &[Option<f64>]| {
+                    let v: Vec<f64> = xs.iter().flatten().copied().collect();
+                    Estimate::of(&v).map(|e| e.mean)
                 };
-                out.push(GateVerdict {
-                    variant: v.variant.name.clone(),
-                    class: class.clone(),
-                    metric: g.metric,
-                    limit: g.limit,
-                    baseline,
-                    value,
-                    change,
-                    ci95,
-                    verdict,
-                });
+                let per_seed = ctl
+                    .iter()
+                    .zip(&can)
+                    .map(|(a, b)| Some((*b)? - (*a)?))
+                    .collect();
+                let d = PairedDiff::of(per_seed);
+                out.push(judge(
+                    g,
+                    &v.variant.name,
+                    &cohort,
+                    control,
+                    mean(&ctl),
+                    mean(&can),
+                    d.as_ref(),
+                ));
             }
         }
     }
     out
+}
+
+/// One verdict: `against_mean` and `mean` are the two sides' means of the figure, `d`
+/// the paired difference (candidate - reference) over the seeds.
+fn judge(
+    g: &Gate,
+    variant: &str,
+    class: &str,
+    against: &str,
+    against_mean: Option<f64>,
+    mean: Option<f64>,
+    d: Option<&PairedDiff>,
+) -> GateVerdict {
+    let (baseline, value, change, ci95) = match g.metric {
+        GateMetric::ErrorRate => (
+            against_mean.map(|s| 1.0 - s),
+            mean.map(|s| 1.0 - s),
+            // Error rate rises when the success rate falls.
+            d.map(|d| -d.mean),
+            d.and_then(|d| d.ci95),
+        ),
+        _ => match (against_mean, d) {
+            (Some(b), Some(d)) if b > 0.0 => {
+                (Some(b), mean, Some(d.mean / b), d.ci95.map(|h| h / b))
+            }
+            _ => (against_mean, mean, None, None),
+        },
+    };
+    let verdict = match (change, ci95) {
+        (None, _) => "inconclusive",
+        (Some(ch), Some(h)) if ch + h <= g.limit + 1e-12 => "pass",
+        (Some(ch), Some(h)) if ch - h > g.limit + 1e-12 => "fail",
+        (Some(_), Some(_)) => "inconclusive",
+        (Some(ch), None) if ch <= g.limit + 1e-12 => "pass",
+        (Some(_), None) => "fail",
+    };
+    GateVerdict {
+        variant: variant.to_string(),
+        class: class.to_string(),
+        against: against.to_string(),
+        metric: g.metric,
+        limit: g.limit,
+        baseline,
+        value,
+        change,
+        ci95,
+        verdict,
+    }
 }
 
 fn pct(x: f64) -> String {
@@ -195,11 +268,13 @@ pub fn table(verdicts: &[GateVerdict], seeds: usize) -> String {
     if verdicts.is_empty() {
         return out;
     }
-    out.push_str("\nPromotion gates (change to the baseline, 95% CI over the seeds)\n");
+    out.push_str(
+        "\nPromotion gates (change against the baseline variant, or a canary cohort against its control class; 95% CI over the seeds)\n",
+    );
     let mut t = crate::report::Table::new(&[
-        "variant", "class", "gate", "baseline", "variant", "change", "verdict",
+        "variant", "class", "vs", "gate", "before", "after", "change", "verdict",
     ])
-    .left_columns(3);
+    .left_columns(4);
     let fmt = |m: GateMetric, x: Option<f64>| match (m, x) {
         (_, None) => "-".to_string(),
         (GateMetric::P99, Some(x)) => crate::report::fmt_secs(Some(x)),
@@ -217,6 +292,7 @@ pub fn table(verdicts: &[GateVerdict], seeds: usize) -> String {
         t.row(vec![
             v.variant.clone(),
             v.class.clone(),
+            v.against.clone(),
             format!("{} <= {}{unit}", v.metric.name(), pct(v.limit)),
             fmt(v.metric, v.baseline),
             fmt(v.metric, v.value),
@@ -264,6 +340,52 @@ pub struct GatesFailed(pub String);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_canary_cohort_is_judged_against_its_control_in_the_same_runs() {
+        const TEXT: &str = r#"
+[simulation]
+seed = 1
+horizon = "30m"
+[pools.old]
+servers = 1
+service = { dist = "exponential", mean = "1s" }
+[pools.new]
+servers = 4
+service = { dist = "exponential", mean = "1s" }
+[classes.jobs]
+arrival = { process = "poisson", rate = 0.8 }
+hops = [{ pool = "old" }]
+canary = { share = 0.3, pools = { "old" = "new" } }
+"#;
+        let opts = crate::compare::CompareOptions {
+            replications: 4,
+            gates: vec!["p99=10%".into(), "jobs/canary.error_rate=0".into()],
+            ..Default::default()
+        };
+        let c = crate::compare::compare("c.toml", TEXT, &opts).unwrap_or_else(|e| panic!("{e}"));
+        // Only the baseline variant: the gates are the cohort's against its control.
+        assert_eq!(c.gates.len(), 2);
+        let p99 = &c.gates[0];
+        assert_eq!(
+            (p99.class.as_str(), p99.against.as_str()),
+            ("jobs/canary", "jobs")
+        );
+        let runs = &c.variants[0].runs;
+        let p = |r: &crate::compare::RunFigures, k: &str| r.classes[k].latency_s.p99.unwrap_or(0.0);
+        let control = runs.iter().map(|r| p(r, "jobs")).sum::<f64>() / 4.0;
+        let diff = runs
+            .iter()
+            .map(|r| p(r, "jobs/canary") - p(r, "jobs"))
+            .sum::<f64>()
+            / 4.0;
+        assert!((p99.change.unwrap_or(0.0) - diff / control).abs() < 1e-12);
+        // Four servers instead of one at rho 0.56: the cohort hardly waits.
+        assert!(p99.change.unwrap_or(0.0) < -0.3, "{:?}", p99.change);
+        assert_eq!(p99.verdict, "pass");
+        assert_eq!(c.gates[1].metric, GateMetric::ErrorRate);
+        assert_eq!(c.gates[1].verdict, "pass");
+    }
 
     #[test]
     fn gate_syntax() {
