@@ -7,7 +7,7 @@
 //! `replica/batch64`: 64 identical requests (128-token prompts, 1024 outputs) decoded
 //! together to the end: the best case for decode skipping.
 //! Each runs with decode skipping on (`skip`) and off (`step`); throughput is in
-//! simulated iterations.
+//! simulated iterations. Requests report their inter-token gaps (two groups).
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use sim_core::gpu::gpu_station::GpuPoolStation;
@@ -41,18 +41,24 @@ impl PerfModel for LinearPerf {
 const CONCURRENCY: u64 = 64;
 const REQUESTS: u64 = 512;
 
+fn output_tokens(i: u64, refill: bool) -> u32 {
+    if refill {
+        512 + (i * 37 % 64) as u32 * 8
+    } else {
+        1024
+    }
+}
+
 fn request(i: u64, refill: bool) -> Work {
     Work::Llm(Box::new(LlmRequest {
         input_tokens: 128,
-        output_tokens: if refill {
-            512 + (i * 37 % 64) as u32 * 8
-        } else {
-            1024
-        },
+        output_tokens: output_tokens(i, refill),
         shared_prefix_tokens: 64,
         prefix_group: 1,
         block_hashes: None,
         hash_block_tokens: 0,
+        // Two classes' requests interleaved: inter-token gaps are recorded per group.
+        itl_group: Some((i % 2) as u32),
     }))
 }
 
@@ -70,6 +76,7 @@ fn decode64(skip: bool, refill: bool) -> u64 {
     let mut seq = 0u64;
     let mut submitted = 0u64;
     let mut finished = 0u64;
+    let mut gaps = 0u64;
     for _ in 0..CONCURRENCY {
         st.submit(
             SimTime::ZERO,
@@ -90,6 +97,7 @@ fn decode64(skip: bool, refill: bool) -> u64 {
         let replace = out.done.len() as u64;
         finished += replace;
         out.done.clear();
+        gaps += out.gaps.drain(..).map(|g| g.count).sum::<u64>();
         for _ in 0..replace {
             if refill && submitted < REQUESTS {
                 st.submit(
@@ -113,6 +121,14 @@ fn decode64(skip: bool, refill: bool) -> u64 {
         st.wake(now, token, &mut out);
     }
     assert_eq!(finished, submitted);
+    // Every output token after a request's first ends one gap.
+    let mut rest = Vec::new();
+    st.drain_token_gaps(&mut rest);
+    gaps += rest.iter().map(|g| g.count).sum::<u64>();
+    let outputs: u64 = (0..submitted)
+        .map(|i| output_tokens(i, refill) as u64 - 1)
+        .sum();
+    assert_eq!(gaps, outputs);
     st.gpu_report(now).map_or(0, |r| r.iterations)
 }
 

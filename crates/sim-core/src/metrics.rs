@@ -1080,8 +1080,8 @@ pub struct HopGroupStats {
     pub ttft: Hist,
     /// Mean time per output token after the first, per hop with more than one output token.
     pub tpot: Hist,
-    /// Inter-token latency, one sample per output token after the first (each hop's
-    /// gaps taken at its mean gap).
+    /// Inter-token latency, one sample per gap between consecutive output tokens of a
+    /// request (GPU: as produced; a paid API: its drawn TPOT).
     pub itl: Hist,
     pub tool_calls: u64,
     /// Submission to start of a tool call (bulkhead wait).
@@ -1131,7 +1131,11 @@ impl HopGroupStats {
             self.ttft.record(l.ttft);
             if s.output_tokens > 1 {
                 self.tpot.record(l.tpot);
-                self.itl.record_n(l.tpot, s.output_tokens - 1);
+                // A paid API's gaps are all its drawn TPOT; a GPU request reports each
+                // gap as its tokens are produced (`Breakdown::record_token_gaps`).
+                if !s.gpu {
+                    self.itl.record_n(l.tpot, s.output_tokens - 1);
+                }
             }
             if s.gpu {
                 self.gpu_busy_ns += s.done.busy.as_nanos() as u128;
@@ -1293,21 +1297,59 @@ impl Breakdown {
             (None, Some(p)) => p,
             (None, None) => stations,
         };
-        let key = (s.class * (n_tiers + 1) + tier) * (stations + 1) + station;
+        let cell = self.cell(s.class, tier, station);
+        self.cells[cell].3.record(s);
+    }
+
+    /// The cell of (class, tier index, station index), created on first use.
+    fn cell(&mut self, class: usize, tier: usize, station: usize) -> usize {
+        let n_tiers = self.by_tier.len();
+        let stations = self.by_pool.len() + self.by_tool.len();
+        let key = (class * (n_tiers + 1) + tier) * (stations + 1) + station;
         if self.cell_of.len() <= key {
-            let size = self.class_names.len().max(s.class + 1) * (n_tiers + 1) * (stations + 1);
+            let size = self.class_names.len().max(class + 1) * (n_tiers + 1) * (stations + 1);
             self.cell_of.resize(size.max(key + 1), u32::MAX);
         }
-        let cell = match self.cell_of[key] {
+        match self.cell_of[key] {
             u32::MAX => {
                 self.cell_of[key] = self.cells.len() as u32;
                 self.cells
-                    .push((s.class, tier, station, HopGroupStats::default()));
+                    .push((class, tier, station, HopGroupStats::default()));
                 self.cells.len() - 1
             }
             i => i as usize,
+        }
+    }
+
+    /// The group a model hop of `class` on pool `pool` reports its inter-token gaps to
+    /// ([`crate::gpu::LlmRequest::itl_group`]): its cell, as [`Breakdown::record`]
+    /// files the hop (`tier` asked for by the node, or an escalation).
+    pub fn token_group(
+        &self,
+        class: usize,
+        tier: Option<usize>,
+        escalation: bool,
+        pool: usize,
+    ) -> Option<u32> {
+        let n_tiers = self.by_tier.len();
+        let stations = self.by_pool.len() + self.by_tool.len();
+        let tier = if escalation {
+            n_tiers - 1
+        } else {
+            tier.unwrap_or(n_tiers - 2)
         };
-        self.cells[cell].3.record(s);
+        u32::try_from((class * (n_tiers + 1) + tier) * (stations + 1) + pool).ok()
+    }
+
+    /// Records inter-token gaps reported for a [`Breakdown::token_group`].
+    pub fn record_token_gaps(&mut self, g: &crate::station::TokenGaps) {
+        let n_tiers = self.by_tier.len();
+        let stations = self.by_pool.len() + self.by_tool.len();
+        let key = g.group as usize;
+        let (station, rest) = (key % (stations + 1), key / (stations + 1));
+        let (tier, class) = (rest % (n_tiers + 1), rest / (n_tiers + 1));
+        let cell = self.cell(class, tier, station);
+        self.cells[cell].3.itl.record_n(g.gap, g.count);
     }
 
     /// Merges the recorded cells into the groups (the `by_*` lists). Called once, at

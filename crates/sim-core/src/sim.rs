@@ -882,6 +882,13 @@ impl<'a, 'o> Sim<'a, 'o> {
             .map(|s| s.report(end))
             .collect::<Vec<_>>();
         let n_pools = sc.pools.len();
+        // Gaps of iterations the reports applied (decode-skipping stretches up to `end`).
+        for st in self.stations[..n_pools].iter_mut() {
+            st.drain_token_gaps(&mut self.out.gaps);
+        }
+        for g in self.out.gaps.drain(..) {
+            self.breakdown.record_token_gaps(&g);
+        }
         let (pool_reports, tool_reports) = {
             let mut r = reports;
             let tools = r.split_off(n_pools);
@@ -2417,6 +2424,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                 prefix_group: spec.prefix_group,
                 block_hashes,
                 hash_block_tokens,
+                itl_group: None,
             }));
         }
         if let Some(api) = &pool.api {
@@ -2506,7 +2514,28 @@ impl<'a, 'o> Sim<'a, 'o> {
         );
     }
 
-    fn submit_hop(&mut self, slot: u32, mut hop: Hop, work: Work, timeout: Option<SimDuration>) {
+    fn submit_hop(
+        &mut self,
+        slot: u32,
+        mut hop: Hop,
+        mut work: Work,
+        timeout: Option<SimDuration>,
+    ) {
+        // A measured GPU request reports its inter-token gaps into its breakdown cell.
+        if let Work::Llm(r) = &mut work
+            && self.now >= self.warmup
+        {
+            let wf = &self.workflows[slot as usize];
+            let spec = &self.sc.classes[wf.class as usize]
+                .graph_for(wf.record)
+                .nodes[hop.node as usize];
+            r.itl_group = self.breakdown.token_group(
+                wf.class as usize,
+                spec.tier,
+                hop.kind == HopKind::Escalation,
+                hop.station as usize,
+            );
+        }
         let wf = &mut self.workflows[slot as usize];
         hop.seq = self.next_hop_seq;
         hop.wf_id = wf.id;
@@ -2609,6 +2638,11 @@ impl<'a, 'o> Sim<'a, 'o> {
 
     /// Handles finished hops; finishing one may submit more, which may finish at once.
     fn process_done(&mut self) {
+        if !self.out.gaps.is_empty() {
+            for g in self.out.gaps.drain(..) {
+                self.breakdown.record_token_gaps(&g);
+            }
+        }
         while !self.out.done.is_empty() {
             let mut finished = std::mem::take(&mut self.out.done);
             for done in finished.drain(..) {

@@ -60,6 +60,33 @@ impl HopDone {
     }
 }
 
+/// Inter-token gaps of LLM requests of one group (`LlmRequest::itl_group`): `count`
+/// gaps of `gap` each. A gap is the time from one output token of a sequence to its
+/// next one: the end of the iteration that produced the first to the end of the one
+/// that produced the second.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenGaps {
+    pub group: u32,
+    pub gap: SimDuration,
+    pub count: u64,
+}
+
+impl TokenGaps {
+    /// Appends `count` gaps of `gap` to `out`, merged into its last entry when that has
+    /// the same group and gap.
+    #[inline]
+    pub fn push(out: &mut Vec<TokenGaps>, group: u32, gap: SimDuration, count: u64) {
+        if let Some(l) = out.last_mut()
+            && l.group == group
+            && l.gap == gap
+        {
+            l.count += count;
+            return;
+        }
+        out.push(TokenGaps { group, gap, count });
+    }
+}
+
 /// Where a station puts what it wants to tell the simulator. Reused between calls so
 /// that the hot path does not allocate.
 #[derive(Default, Debug)]
@@ -70,6 +97,8 @@ pub struct StationOutput {
     /// Hops lost with their server (spot preemption under `on_preempt = "fail"`):
     /// they will not finish; `busy`/`usd` are what they were charged.
     pub lost: Vec<HopDone>,
+    /// Inter-token gaps of the LLM requests that asked for them (GPU pools).
+    pub gaps: Vec<TokenGaps>,
 }
 
 impl StationOutput {
@@ -77,6 +106,7 @@ impl StationOutput {
         self.wakeups.clear();
         self.done.clear();
         self.lost.clear();
+        self.gaps.clear();
     }
 }
 
@@ -177,6 +207,9 @@ pub trait Station {
     fn gpu_report(&mut self, _now: SimTime) -> Option<crate::gpu::gpu_station::GpuPoolReport> {
         None
     }
+    /// Moves inter-token gaps not yet handed over (those of iterations applied inside
+    /// `report`/`gpu_report`, which have no output) into `out`; GPU pools.
+    fn drain_token_gaps(&mut self, _out: &mut Vec<TokenGaps>) {}
     /// KV cache use right now, for GPU pools (as of the last `report` at this time).
     fn kv_now(&self) -> Option<KvNow> {
         None

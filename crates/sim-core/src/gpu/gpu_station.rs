@@ -421,6 +421,7 @@ impl GpuPoolStation {
                     .push((t, ((i as u64) << GEN_BITS) | (generation & GEN_MASK)));
             }
             r.drain_done(&mut out.done);
+            r.drain_gaps(&mut out.gaps);
         }
         if !self.kept.is_empty() {
             for k in from..out.done.len() {
@@ -665,6 +666,12 @@ impl Station for GpuPoolStation {
         rep
     }
 
+    fn drain_token_gaps(&mut self, out: &mut Vec<crate::station::TokenGaps>) {
+        for r in self.replicas.iter_mut() {
+            r.drain_gaps(out);
+        }
+    }
+
     fn kv_now(&self) -> Option<crate::station::KvNow> {
         let mut kv = crate::station::KvNow::default();
         for (i, r) in self.replicas.iter().enumerate() {
@@ -736,7 +743,7 @@ pub(crate) mod tests {
     use crate::station::JobId;
     use proptest::prelude::*;
     use std::cmp::Reverse;
-    use std::collections::BinaryHeap;
+    use std::collections::{BTreeMap, BinaryHeap};
 
     /// Iteration time linear in the shape, in whole microseconds so that iteration
     /// boundaries often coincide with arrivals, reports and each other.
@@ -765,6 +772,7 @@ pub(crate) mod tests {
             prefix_group: 0,
             block_hashes: None,
             hash_block_tokens: 0,
+            itl_group: None,
         }
     }
 
@@ -782,6 +790,36 @@ pub(crate) mod tests {
         pub reports: Vec<(StationReport, GpuPoolReport)>,
         /// Wake-ups delivered.
         pub wakes: u64,
+        /// Inter-token gaps: (request index, gap ns) -> count.
+        pub gaps: BTreeMap<(u32, u64), u64>,
+    }
+
+    /// Every served request reported one gap per output token after its first, adding
+    /// up to the time from its first token to its last; a refused one none.
+    pub(crate) fn check_gaps(run: &RunOut, arrivals: &[(u64, LlmRequest)]) -> Result<(), String> {
+        let mut per: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
+        for (&(i, gap), &n) in &run.gaps {
+            let e = per.entry(i).or_default();
+            e.0 += n;
+            e.1 += gap * n;
+        }
+        for d in &run.done {
+            let i = d.id.0 as u32;
+            let (n, sum) = per.get(&i).copied().unwrap_or_default();
+            let ttft = d.llm.map_or(SimDuration::ZERO, |l| l.ttft);
+            let (want_n, want_sum) = if ttft == SimDuration::ZERO {
+                (0, 0)
+            } else {
+                let out = arrivals[i as usize].1.output_tokens.max(1) as u64;
+                (out - 1, (d.finished - (d.submitted + ttft)).as_nanos())
+            };
+            if (n, sum) != (want_n, want_sum) {
+                return Err(format!(
+                    "request {i}: {n} gaps adding to {sum} ns, want {want_n} adding to {want_sum} ns"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Runs arrivals through a station like the engine does, but orders same-time
@@ -819,6 +857,7 @@ pub(crate) mod tests {
         let mut reports = Vec::new();
         let mut last = 0;
         let mut wakes = 0;
+        let mut gaps = BTreeMap::new();
         while let Some(Reverse((t, _, ev))) = heap.pop() {
             assert!(t >= last, "time went backwards");
             last = t;
@@ -829,7 +868,10 @@ pub(crate) mod tests {
                     now,
                     HopJob {
                         id: JobId(i as u64),
-                        work: Work::Llm(Box::new(arrivals[i].1.clone())),
+                        work: Work::Llm(Box::new(LlmRequest {
+                            itl_group: Some(i as u32),
+                            ..arrivals[i].1.clone()
+                        })),
                     },
                     &mut out,
                 ),
@@ -850,6 +892,9 @@ pub(crate) mod tests {
                 assert_eq!(d.finished, now, "a hop reported late");
                 done.push(d);
             }
+            for g in out.gaps.drain(..) {
+                *gaps.entry((g.group, g.gap.as_nanos())).or_default() += g.count;
+            }
             for r in st.replicas() {
                 if let Err(e) = r.check_invariants() {
                     panic!("at {now}: {e}");
@@ -858,11 +903,16 @@ pub(crate) mod tests {
         }
         let end = SimTime(last);
         reports.push((st.report(end), st.gpu_report(end).unwrap_or_default()));
+        st.drain_token_gaps(&mut out.gaps);
+        for g in out.gaps.drain(..) {
+            *gaps.entry((g.group, g.gap.as_nanos())).or_default() += g.count;
+        }
         done.sort_by_key(|d| d.id);
         RunOut {
             done,
             reports,
             wakes,
+            gaps,
         }
     }
 
@@ -899,6 +949,7 @@ pub(crate) mod tests {
                     prefix_group: group,
                     block_hashes,
                     hash_block_tokens,
+                    itl_group: None,
                 }
             })
     }
@@ -962,7 +1013,11 @@ pub(crate) mod tests {
             prop_assert_eq!(skip.done.len(), arrivals.len(), "every request finishes");
             prop_assert_eq!(&skip.done, &plain.done);
             prop_assert_eq!(&skip.reports, &plain.reports);
+            prop_assert_eq!(&skip.gaps, &plain.gaps, "the same inter-token gaps");
             prop_assert!(skip.wakes <= plain.wakes);
+            if let Err(e) = check_gaps(&skip, &arrivals) {
+                prop_assert!(false, "{}", e);
+            }
         }
 
         /// The same under heavy load: dense arrivals, small caches, shared prefixes,
@@ -996,6 +1051,10 @@ pub(crate) mod tests {
             prop_assert_eq!(skip.done.len(), arrivals.len());
             prop_assert_eq!(&skip.done, &plain.done);
             prop_assert_eq!(&skip.reports, &plain.reports);
+            prop_assert_eq!(&skip.gaps, &plain.gaps, "the same inter-token gaps");
+            if let Err(e) = check_gaps(&skip, &arrivals) {
+                prop_assert!(false, "{}", e);
+            }
         }
 
         /// Small caches under load: the KV accounting stays consistent and within
@@ -1020,6 +1079,9 @@ pub(crate) mod tests {
             };
             let run = drive(&mut station(1, cfg, false), &arrivals, measure, &reports, 7);
             prop_assert_eq!(run.done.len(), arrivals.len());
+            if let Err(e) = check_gaps(&run, &arrivals) {
+                prop_assert!(false, "{}", e);
+            }
             let gpu = &run.reports[run.reports.len() - 1].1;
             prop_assert!(gpu.kv_occupancy_max <= 1.0);
         }

@@ -399,6 +399,7 @@ mod tests {
             prefix_group: 0,
             block_hashes: Some(hashes.into()),
             hash_block_tokens: 512,
+            itl_group: None,
         };
         let mut a = Vec::new();
         let mut b = Vec::new();
@@ -417,6 +418,7 @@ mod tests {
             prefix_group: 3,
             block_hashes: None,
             hash_block_tokens: 0,
+            itl_group: None,
         };
         prefix_block_ids(&shared, 100, 16, &mut a);
         assert_eq!(a.len(), 2);

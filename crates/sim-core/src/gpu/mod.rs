@@ -55,6 +55,9 @@ pub struct LlmRequest {
     /// `shared_prefix_tokens` when present.
     pub block_hashes: Option<std::sync::Arc<[u64]>>,
     pub hash_block_tokens: u32,
+    /// Where the request's inter-token gaps are reported
+    /// ([`crate::station::TokenGaps::group`]); `None`: not recorded.
+    pub itl_group: Option<u32>,
 }
 
 /// Timings of a finished LLM hop (GPU replica or paid API), reported with

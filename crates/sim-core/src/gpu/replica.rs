@@ -43,7 +43,7 @@
 
 use super::kv::{KvCache, PrefixMatch, prefix_block_ids};
 use super::{IterationShape, LlmRequest, LlmTimings, PerfModel};
-use crate::station::{HopDone, JobId, TimeIntegral};
+use crate::station::{HopDone, JobId, TimeIntegral, TokenGaps};
 use crate::time::{SimDuration, SimTime};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -155,6 +155,10 @@ struct Seq {
     submitted: SimTime,
     started: Option<SimTime>,
     first_token: Option<SimTime>,
+    /// When the sequence's latest output token was produced.
+    last_token: SimTime,
+    /// Where its inter-token gaps go (`None`: not recorded).
+    itl_group: Option<u32>,
     input: u32,
     output: u32,
     /// Tokens to prefill: the prompt, plus generated tokens after a preemption.
@@ -359,6 +363,11 @@ pub struct Replica {
     /// Tokens held in the KV cache by running sequences, as of the applied effects.
     kv_tokens: u64,
     pending_done: Vec<HopDone>,
+    /// Inter-token gaps not yet handed over.
+    pending_gaps: Vec<TokenGaps>,
+    /// (group, sequences) of the running set during the current stretch: each of its
+    /// iterations ends one gap of its length for every sequence.
+    stretch_groups: Vec<(u32, u64)>,
     pending_wake: Option<(SimTime, u64)>,
     /// Current bound on stretch length (see [`MIN_STRETCH`]).
     stretch_cap: u32,
@@ -394,6 +403,8 @@ impl Replica {
             outstanding: 0,
             kv_tokens: 0,
             pending_done: Vec::new(),
+            pending_gaps: Vec::new(),
+            stretch_groups: Vec::new(),
             pending_wake: None,
             stretch_cap: MIN_STRETCH,
             stats: Stats {
@@ -456,6 +467,12 @@ impl Replica {
     pub fn drain_done(&mut self, out: &mut Vec<HopDone>) {
         out.append(&mut self.pending_done);
     }
+    /// Moves the inter-token gaps of the applied iterations into `out`.
+    pub fn drain_gaps(&mut self, out: &mut Vec<TokenGaps>) {
+        if !self.pending_gaps.is_empty() {
+            out.append(&mut self.pending_gaps);
+        }
+    }
 
     /// A request arrives at `now`. Call [`Replica::advance`] to `now` first.
     pub fn submit(&mut self, now: SimTime, id: JobId, req: &LlmRequest) {
@@ -499,6 +516,8 @@ impl Replica {
             submitted,
             started: None,
             first_token: None,
+            last_token: now,
+            itl_group: req.itl_group,
             input,
             output,
             prompt_len: input,
@@ -871,6 +890,9 @@ impl Replica {
             && shape.decode_seqs as usize == self.running.len()
         {
             self.plan_stretch(&mut busy.ext, end, budget);
+            if !busy.ext.ends.is_empty() {
+                self.group_stretch();
+            }
         }
         self.pending_wake = Some((busy.final_end(), busy.generation));
         self.busy = Some(busy);
@@ -1023,13 +1045,25 @@ impl Replica {
                     }
                 }
                 if s.computed >= s.prompt_len {
+                    // After a preemption, recomputation ends with the next token: the
+                    // stall is one long gap.
+                    if s.generated > 0
+                        && let Some(g) = s.itl_group
+                    {
+                        TokenGaps::push(&mut self.pending_gaps, g, end - s.last_token, 1);
+                    }
                     s.generated += 1;
                     self.outstanding -= 1;
                     s.first_token.get_or_insert(end);
+                    s.last_token = end;
                 }
             } else {
+                if let Some(g) = s.itl_group {
+                    TokenGaps::push(&mut self.pending_gaps, g, end - s.last_token, 1);
+                }
                 s.generated += 1;
                 self.outstanding -= 1;
+                s.last_token = end;
             }
         }
         self.retire_finished(end);
@@ -1157,10 +1191,29 @@ impl Replica {
         }
     }
 
+    /// Counts the running set by gap group, for the stretch just planned.
+    fn group_stretch(&mut self) {
+        let groups = &mut self.stretch_groups;
+        groups.clear();
+        for s in &self.running {
+            if let Some(g) = s.itl_group {
+                match groups.iter_mut().find(|e| e.0 == g) {
+                    Some(e) => e.1 += 1,
+                    None => groups.push((g, 1)),
+                }
+            }
+        }
+    }
+
     fn ext_end(&mut self, end: SimTime) {
         let Some(b) = self.busy.as_mut() else { return };
         let ext = &mut b.ext;
         let n = ext.n as u64;
+        // Every running sequence produced a token at the previous iteration's end: this
+        // one ends a gap of its duration for each.
+        for &(g, c) in &self.stretch_groups {
+            TokenGaps::push(&mut self.pending_gaps, g, ext.durs[ext.ended], c);
+        }
         ext.share += share_of(ext.durs[ext.ended], 1, n);
         ext.ended += 1;
         self.kv_tokens += n;
@@ -1172,7 +1225,11 @@ impl Replica {
     fn materialize(&mut self, ext: &Stretch) {
         let k = ext.ended as u32;
         let bs = self.cfg.block_size;
+        let last = ext.ends[..ext.ended].last().copied();
         for s in self.running.iter_mut() {
+            if let Some(t) = last {
+                s.last_token = t;
+            }
             s.computed += k;
             s.generated += k;
             s.share += ext.share;
@@ -1317,6 +1374,7 @@ mod tests {
             prefix_group: 0,
             block_hashes: None,
             hash_block_tokens: 0,
+            itl_group: None,
         }
     }
 
@@ -1476,6 +1534,7 @@ mod tests {
         let mooncake = |input| LlmRequest {
             block_hashes: Some(vec![11, 12, 13].into()),
             hash_block_tokens: 512,
+            itl_group: None,
             ..req(input, 4)
         };
         let (done, rep) = both_modes(

@@ -551,3 +551,116 @@ output_tokens = { dist = "constant", value = 50 }
     assert_eq!(g.itl_s.as_ref().unwrap().mean, 0.01);
     assert_eq!(b.by_tenant["other"].ttft_s.as_ref(), Some(ttft));
 }
+
+#[test]
+fn gpu_inter_token_gaps_are_recorded_per_token() {
+    // One replica with a calibrated model whose decode time does not depend on context
+    // (f = 0). Request `a` (100-token prompt, 200 output tokens) arrives at 1 s and
+    // decodes alone: every gap is one solo decode iteration. Request `b` (1,000-token
+    // prompt, 1 output token) arrives at 3 s, mid-decode: its prefill joins one
+    // iteration next to a's decode step, which is a's one longer gap. Closed loops with
+    // think times of 1 s and 3 s give each class exactly one request before the horizon.
+    let text = r#"
+[simulation]
+horizon = "5s"
+drain = true
+[[profiles.calibrated]]
+model = "llama-3-8b"
+gpu = "h100-80gb"
+tp = 1
+prefill_a_ms = 10.0
+prefill_b_ms_per_token = 0.01
+prefill_c_ms_per_token2 = 0.0
+prefill_g_ms_per_extra_seq = 0.0
+decode_d_ms = 20.0
+decode_e_ms_per_seq = 1.0
+decode_f_ms_per_context_token = 0.0
+[pools.gpu]
+servers = 1
+gpu = { model = "llama-3-8b", gpu = "h100-80gb", tp = 1, perf = "calibrated", prefix_caching = false, decode_skipping = SKIP }
+[classes.a]
+arrival = { process = "closed", users = 1, think = { dist = "constant", value = "1s" } }
+[[classes.a.nodes]]
+id = "call"
+pool = "gpu"
+input_tokens = { dist = "constant", value = 100 }
+output_tokens = { dist = "constant", value = 200 }
+[classes.b]
+arrival = { process = "closed", users = 1, think = { dist = "constant", value = "3s" } }
+[[classes.b.nodes]]
+id = "call"
+pool = "gpu"
+input_tokens = { dist = "constant", value = 1000 }
+output_tokens = { dist = "constant", value = 1 }
+"#;
+    use sim_core::gpu::IterationShape;
+    let (sc, r, log) = run_logged(&text.replace("SKIP", "true"));
+    let perf = sc.pools[0].gpu.as_ref().unwrap().perf.clone();
+    let time = |s: IterationShape| perf.iteration_time(&s).as_nanos();
+    let prefill_a = time(IterationShape {
+        prefill_tokens: 100,
+        prefill_seqs: 1,
+        ..Default::default()
+    });
+    let decode = time(IterationShape {
+        decode_seqs: 1,
+        decode_context_tokens: 101,
+        ..Default::default()
+    });
+    let mixed = time(IterationShape {
+        prefill_tokens: 1000,
+        prefill_seqs: 1,
+        decode_seqs: 1,
+        decode_context_tokens: 200,
+        ..Default::default()
+    });
+    // 11 ms, 21 ms and 20 + 10 + 1 = 31 ms.
+    assert_eq!(
+        (prefill_a, decode, mixed),
+        (11_000_000, 21_000_000, 31_000_000)
+    );
+    assert_eq!(log.len(), 2);
+    let a = log.iter().find(|h| h.class == "a").unwrap();
+    let b = log.iter().find(|h| h.class == "b").unwrap();
+    assert_eq!(
+        (a.submitted.0, b.submitted.0),
+        (1_000_000_000, 3_000_000_000)
+    );
+    // b was admitted at the end of the decode iteration in progress at 3 s, and
+    // finished with the mixed iteration.
+    assert_eq!((b.finished - b.started).as_nanos(), mixed);
+    assert_eq!(
+        (a.finished - a.submitted).as_nanos(),
+        prefill_a + 198 * decode + mixed
+    );
+    // The breakdown's cells: a's 199 gaps, 198 solo decode iterations and one mixed.
+    let ci = r
+        .breakdown
+        .class_names
+        .iter()
+        .position(|n| n == "a")
+        .unwrap();
+    let h = &r.breakdown.by_class[ci].itl;
+    assert_eq!(h.count(), 199);
+    assert_eq!(h.sum_ns, (198 * decode + mixed) as u128);
+    assert_eq!(h.ns.count_between(decode, decode), 198);
+    assert_eq!(h.ns.count_between(decode * 11 / 10, u64::MAX), 1);
+    assert!(h.ns.equivalent(h.ns.max(), mixed));
+    let s = r.summary();
+    let itl = s.breakdown.by_class["a"].itl_s.clone().unwrap();
+    assert_eq!(itl.n, 199);
+    assert!((itl.mean - (198.0 * 0.021 + 0.031) / 199.0).abs() < 1e-12);
+    assert!(itl.p50 >= 0.021 && itl.p50 <= 0.021 * 1.001);
+    assert!(itl.max >= 0.031 && itl.max <= 0.031 * 1.001);
+    // Under the old mean-gap rule every gap would have been the TPOT (21.05 ms).
+    let tpot = s.breakdown.by_class["a"].tpot_s.clone().unwrap();
+    assert!(tpot.mean > 0.02105 && tpot.mean < 0.02106, "{}", tpot.mean);
+    assert!(
+        s.breakdown.by_class["b"].itl_s.is_none(),
+        "one token, no gap"
+    );
+    assert_eq!(s.breakdown.by_pool["gpu"].itl_s, Some(itl.clone()));
+    // Iteration by iteration (no decode skipping), the same gaps.
+    let (_, plain, _) = run_logged(&text.replace("SKIP", "false"));
+    assert_eq!(plain.summary().breakdown, s.breakdown);
+}
