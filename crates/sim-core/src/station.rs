@@ -72,6 +72,28 @@ pub struct TokenGaps {
 }
 
 impl TokenGaps {
+    /// Adds `count` gaps of `gap` to the entry of `out[from..]` with the same group and
+    /// gap, or appends one: entries added since `from` stay distinct (few when many
+    /// sequences share an iteration's gap).
+    #[inline]
+    pub fn add_since(
+        out: &mut Vec<TokenGaps>,
+        from: usize,
+        group: u32,
+        gap: SimDuration,
+        count: u64,
+    ) {
+        if let Some(l) = out[from..]
+            .iter_mut()
+            .rev()
+            .find(|l| l.group == group && l.gap == gap)
+        {
+            l.count += count;
+            return;
+        }
+        out.push(TokenGaps { group, gap, count });
+    }
+
     /// Appends `count` gaps of `gap` to `out`, merged into its last entry when that has
     /// the same group and gap.
     #[inline]

@@ -1019,6 +1019,8 @@ impl Replica {
     fn end_general(&mut self, end: SimTime, dur: SimDuration, tokens: u64) {
         let bs = self.cfg.block_size;
         let caching = self.cfg.prefix_caching;
+        // This iteration's gaps are merged by (group, gap) among themselves.
+        let mark = self.pending_gaps.len();
         for s in self.running.iter_mut() {
             let tok = s.scheduled;
             if tok == 0 {
@@ -1050,7 +1052,13 @@ impl Replica {
                     if s.generated > 0
                         && let Some(g) = s.itl_group
                     {
-                        TokenGaps::push(&mut self.pending_gaps, g, end - s.last_token, 1);
+                        TokenGaps::add_since(
+                            &mut self.pending_gaps,
+                            mark,
+                            g,
+                            end - s.last_token,
+                            1,
+                        );
                     }
                     s.generated += 1;
                     self.outstanding -= 1;
@@ -1059,7 +1067,7 @@ impl Replica {
                 }
             } else {
                 if let Some(g) = s.itl_group {
-                    TokenGaps::push(&mut self.pending_gaps, g, end - s.last_token, 1);
+                    TokenGaps::add_since(&mut self.pending_gaps, mark, g, end - s.last_token, 1);
                 }
                 s.generated += 1;
                 self.outstanding -= 1;
