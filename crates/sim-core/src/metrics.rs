@@ -1302,6 +1302,7 @@ impl Breakdown {
     }
 
     /// The cell of (class, tier index, station index), created on first use.
+    #[inline(always)]
     fn cell(&mut self, class: usize, tier: usize, station: usize) -> usize {
         let n_tiers = self.by_tier.len();
         let stations = self.by_pool.len() + self.by_tool.len();
