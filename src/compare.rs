@@ -547,6 +547,26 @@ pub fn compare_with_progress(
             .map_err(|e| InputError::new(e.file, format!("variant `{}`: {}", v.name, e.detail)))?;
         scenarios.push(loaded.scenario);
     }
+    // A gate on a class no variant has would judge nothing: say so before any run.
+    for g in &gates {
+        if let Some(only) = &g.class
+            && !scenarios
+                .iter()
+                .any(|sc| sc.classes.iter().any(|c| &c.name == only))
+        {
+            let known: std::collections::BTreeSet<&str> = scenarios
+                .iter()
+                .flat_map(|sc| sc.classes.iter().map(|c| c.name.as_str()))
+                .collect();
+            return Err(InputError::new(
+                file,
+                format!(
+                    "--gate: no class named `{only}`; expected one of: {}",
+                    known.into_iter().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+    }
     let first_seed = opts.seed.unwrap_or(scenarios[0].seed);
     let seeds: Vec<u64> = (0..opts.replications as u64)
         .map(|i| first_seed.wrapping_add(i))
@@ -1131,6 +1151,16 @@ output_tokens = { dist = "uniform", low = 50, high = 150 }
         let table = crate::gates::table(&c.gates, 5);
         assert!(table.contains("one-server: FAIL"), "{table}");
         assert!(table.contains("twin: PASS (2 of 2 gates pass)"), "{table}");
+        // A gate on a class that does not exist is an input error, not silence.
+        o.gates = vec!["chta.p99=10%".into()];
+        let e = compare("small.toml", SMALL, &o)
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            e.as_deref()
+                .is_some_and(|e| e.contains("no class named `chta`") && e.contains("chat")),
+            "{e:?}"
+        );
         // A bad gate is an input error naming the file.
         o.gates = vec!["p95=10%".into()];
         let e = compare("small.toml", SMALL, &o)

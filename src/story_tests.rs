@@ -653,3 +653,37 @@ hops = [{{ pool = "gpu" }}]
     assert_eq!(llm.replicas.preemptions, 0);
     assert_eq!(llm.replicas.cached_tokens, expected);
 }
+
+#[test]
+fn a_canary_on_h100_cuts_its_p99_and_raises_its_cost_per_outcome() {
+    // The README's canary: 5% of gpu-pool.toml's chat on the H100 pool.
+    let s = run(
+        "scenarios/gpu-pool.toml",
+        &["classes.chat.canary={share=0.05,pools={a100=\"h100\"}}"],
+    );
+    let without = run("scenarios/gpu-pool.toml", &[]);
+    let (chat, canary) = (&s.classes["chat"], &s.classes["chat/canary"]);
+    assert_eq!(
+        chat.arrived + canary.arrived,
+        without.classes["chat"].arrived
+    );
+    let share = canary.arrived as f64 / (chat.arrived + canary.arrived) as f64;
+    assert!((0.04..0.06).contains(&share), "{share}");
+    // Faster GPUs at a twentieth of the load: a much lower tail ...
+    assert!(
+        p99(&s, "chat/canary") < 0.6 * p99(&s, "chat"),
+        "{} vs {}",
+        p99(&s, "chat/canary"),
+        p99(&s, "chat")
+    );
+    // ... but each request runs in a small batch on its own replica: dearer per outcome.
+    let usd = |c: &str| s.classes[c].usd_per_outcome.mean.unwrap_or(0.0);
+    assert!(
+        usd("chat/canary") > 5.0 * usd("chat"),
+        "{} vs {}",
+        usd("chat/canary"),
+        usd("chat")
+    );
+    // Every H100 hop is the cohort's.
+    assert_eq!(s.pools["h100"].hops, canary.completed);
+}
