@@ -672,23 +672,9 @@ fn creation_warnings(text: &str, sets: &[String], variants: &[VariantResult]) ->
     let Ok(table) = toml::from_str::<toml::Table>(text) else {
         return Vec::new();
     };
-    let named = ["pools", "classes", "tools", "lanes", "tiers"];
     let check = |who: &str, set: &str| -> Option<String> {
         let path = set.split_once('=')?.0.trim();
-        let mut parts = path.split('.');
-        let section = parts.next()?;
-        let name = parts.next()?;
-        parts.next()?;
-        if !named.contains(&section) {
-            return None;
-        }
-        let exists = table
-            .get(section)
-            .and_then(|t| t.as_table())
-            .is_some_and(|t| t.contains_key(name));
-        (!exists).then(|| {
-            format!("{who}: `{path}` creates {section}.{name}, which the scenario does not define")
-        })
+        creates_undefined(&table, path).map(|m| format!("{who}: {m}"))
     };
     let mut out: Vec<String> = sets.iter().filter_map(|s| check("--set", s)).collect();
     for v in variants {
@@ -699,6 +685,29 @@ fn creation_warnings(text: &str, sets: &[String], variants: &[VariantResult]) ->
         }
     }
     out
+}
+
+/// When key `path` (below a pool, class, tool, lane or tier) names one the scenario
+/// `table` does not define, the message saying so (`--set` would create it: usually a
+/// typo).
+pub(crate) fn creates_undefined(table: &toml::Table, path: &str) -> Option<String> {
+    let named = ["pools", "classes", "tools", "lanes", "tiers"];
+    let mut parts = path.split('.');
+    let section = parts.next()?;
+    let name = parts.next()?;
+    parts.next()?;
+    if !named.contains(&section) {
+        return None;
+    }
+    let defined = table.get(section).and_then(|t| t.as_table());
+    if defined.is_some_and(|t| t.contains_key(name)) {
+        return None;
+    }
+    let known: Vec<&str> = defined.map_or(Vec::new(), |t| t.keys().map(String::as_str).collect());
+    Some(format!(
+        "`{path}` creates {section}.{name}, which the scenario does not define (it has: {})",
+        known.join(", ")
+    ))
 }
 
 /// compare.json text (pretty, newline-terminated).

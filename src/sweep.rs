@@ -270,6 +270,14 @@ pub fn sweep(
     if params.is_empty() {
         return Err(InputError::new(file, format!("no --param; {PARAM_SYNTAX}")));
     }
+    // A swept key below a pool or class the scenario lacks would sweep nothing.
+    if let Ok(table) = toml::from_str::<toml::Table>(text) {
+        for (key, _) in &params {
+            if let Some(m) = crate::compare::creates_undefined(&table, key) {
+                return Err(InputError::new(file, format!("--param {m}")));
+            }
+        }
+    }
     let all = grid(&params);
     if all.len() > MAX_POINTS {
         return Err(InputError::new(
@@ -901,6 +909,20 @@ hops = [{ pool = "q" }]
         .map(|e| e.to_string())
         .unwrap_or_default();
         assert!(e.contains("given twice"), "{e}");
+        // A typo in a pool name would sweep nothing: refused, naming what exists.
+        let e = sweep(
+            "mmc.toml",
+            MMC,
+            &opts(&["pools.qq.servers=1,2"], 1, None),
+            &|| {},
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(
+            e.contains("creates pools.qq") && e.contains("it has: q"),
+            "{e}"
+        );
     }
 
     #[test]
