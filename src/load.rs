@@ -409,9 +409,9 @@ fn load_traces(
         }
         // Readers never reorder; the simulator needs arrivals in time order.
         requests.sort_by_key(|r| r.at);
-        scenario.classes[c].arrival = sim_core::scenario::Arrival::Recorded {
-            requests: std::sync::Arc::new(requests),
-        };
+        scenario
+            .attach_recorded(c, requests)
+            .map_err(|e| InputError::new(file, e.to_string()))?;
     }
     Ok(())
 }

@@ -512,6 +512,56 @@ fn every_workflow_of_the_shipped_span_log_replays() {
 }
 
 #[test]
+fn a_canary_on_a_replayed_span_log_moves_a_share_of_its_recorded_workflows() {
+    // A quarter of the replayed claims workflows on the reserved batch pool.
+    let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/span-replay.toml");
+    let sets = ["classes.claims.canary={share=0.25,pools={shared=\"batch\"}}".to_string()];
+    let hops = |sets: &[String]| {
+        let loaded = crate::load_scenario(&scenario, sets).unwrap_or_else(|e| panic!("{e}"));
+        let mut log = Vec::new();
+        let s = sim_core::run(
+            &loaded.scenario,
+            sim_core::RunOptions {
+                hop_log: Some(&mut log),
+                policies: Some(&policies::Standard),
+                ..Default::default()
+            },
+        )
+        .summary();
+        (s, log)
+    };
+    let (without, base_log) = hops(&[]);
+    let (with, log) = hops(&sets);
+    let (claims, canary) = (&with.classes["claims"], &with.classes["claims/canary"]);
+    // Every recorded claims workflow replays once, in one cohort or the other.
+    assert_eq!(
+        claims.arrived + canary.arrived,
+        without.classes["claims"].arrived
+    );
+    assert_eq!(canary.completed, canary.arrived);
+    let share = canary.arrived as f64 / (claims.arrived + canary.arrived) as f64;
+    assert!((0.15..0.35).contains(&share), "{share}");
+    // The same recorded spans run (one hop each), the cohort's model hops on `batch`
+    // instead of `shared`, and nobody else's.
+    assert_eq!(log.len(), base_log.len());
+    let on = |class: &str, station: &str| {
+        log.iter()
+            .filter(|h| h.class == class && h.station == station)
+            .count()
+    };
+    assert_eq!(on("claims/canary", "shared"), 0);
+    assert!(on("claims/canary", "batch") > 0);
+    assert_eq!(
+        log.iter().filter(|h| h.station == "batch").count(),
+        on("claims/canary", "batch")
+    );
+    let tokens = |log: &[sim_core::metrics::HopRecord]| -> u64 {
+        log.iter().map(|h| h.input_tokens + h.output_tokens).sum()
+    };
+    assert_eq!(tokens(&log), tokens(&base_log));
+}
+
+#[test]
 fn sessions_replay_turn_by_turn_after_the_answer_and_not_before_their_time() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let trace = dir.path().join("sessions.csv");

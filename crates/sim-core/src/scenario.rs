@@ -968,6 +968,44 @@ pub struct WorkflowClass {
     /// For a canary cohort class: the class it takes its workflows from (it has no
     /// arrivals of its own).
     pub cohort_of: Option<usize>,
+    /// For a canary cohort class: the pool and tier replacements it applies (kept to
+    /// move the recorded workflows of a trace attached after validation).
+    pub canary_moves: Option<CanaryMoves>,
+}
+
+/// A canary cohort's replacements, by index: pinned pools and escalation pools, tiers.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CanaryMoves {
+    pub pools: BTreeMap<usize, usize>,
+    pub tiers: BTreeMap<usize, usize>,
+}
+
+impl CanaryMoves {
+    /// Rewrites `graph`'s pools and tiers; returns how many references it moved.
+    pub fn apply(&self, graph: &mut crate::workflow::WorkflowGraph) -> usize {
+        let mut moved = 0;
+        for n in &mut graph.nodes {
+            if let Some(p) = n.pool.as_mut()
+                && let Some(&q) = self.pools.get(p)
+            {
+                *p = q;
+                moved += 1;
+            }
+            if let Some(e) = n.escalate.as_mut()
+                && let Some(&q) = self.pools.get(&e.pool)
+            {
+                e.pool = q;
+                moved += 1;
+            }
+            if let Some(t) = n.tier.as_mut()
+                && let Some(&u) = self.tiers.get(t)
+            {
+                *t = u;
+                moved += 1;
+            }
+        }
+        moved
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -1955,6 +1993,7 @@ impl ScenarioSpec {
                 bursts,
                 canary: None,
                 cohort_of: None,
+                canary_moves: None,
             });
             if let Some(cn) = &c.canary {
                 let cohort = canary_cohort(
@@ -2512,6 +2551,66 @@ pub struct PoolLoad {
 }
 
 impl Scenario {
+    /// Gives class `class` the recorded requests of a trace (in time order), and its
+    /// canary cohort, if any, the same requests with the cohort's pools and tiers in
+    /// their recorded workflows. Errors (naming `classes.NAME.canary`) when the cohort
+    /// would move nothing.
+    pub fn attach_recorded(
+        &mut self,
+        class: usize,
+        requests: Vec<RecordedRequest>,
+    ) -> Result<(), SpecError> {
+        let requests = std::sync::Arc::new(requests);
+        if let Some((_, cohort)) = self.classes[class].canary {
+            let moves = self.classes[cohort]
+                .canary_moves
+                .clone()
+                .unwrap_or_default();
+            let any_graph = requests.iter().any(|r| r.graph.is_some());
+            // Requests without a graph of their own run the class's.
+            let mut moved = if requests.iter().any(|r| r.graph.is_none()) {
+                moves.apply(&mut self.classes[class].graph.clone())
+            } else {
+                0
+            };
+            let theirs = if any_graph {
+                let moved_requests: Vec<RecordedRequest> = requests
+                    .iter()
+                    .map(|r| {
+                        let mut r = r.clone();
+                        if let Some(g) = &r.graph {
+                            let mut g = (**g).clone();
+                            moved += moves.apply(&mut g);
+                            r.graph = Some(std::sync::Arc::new(g));
+                        }
+                        r
+                    })
+                    .collect();
+                std::sync::Arc::new(moved_requests)
+            } else {
+                // Flat requests share the parent's list.
+                requests.clone()
+            };
+            if moved == 0 {
+                return Err(err(
+                    format!("classes.{}.canary", self.classes[class].name),
+                    format!(
+                        "no node of class `{}`{} uses the pools or tiers it replaces",
+                        self.classes[class].name,
+                        if any_graph {
+                            " or of its recorded workflows"
+                        } else {
+                            ""
+                        }
+                    ),
+                ));
+            }
+            self.classes[cohort].arrival = Arrival::Recorded { requests: theirs };
+        }
+        self.classes[class].arrival = Arrival::Recorded { requests };
+        Ok(())
+    }
+
     /// The fallback chain a hop of `class` on a node of `tier` is routed on: the first
     /// matching routing rule's, else the tier's own. `budget_left` is the workflow's
     /// remaining budget (None without one).
@@ -2610,15 +2709,6 @@ fn canary_cohort(
             format!("expected a share in (0, 1], like 0.05; got {}", spec.share),
         ));
     }
-    if !matches!(
-        parent.arrival,
-        Arrival::Poisson { .. } | Arrival::Piecewise { .. }
-    ) {
-        return Err(err(
-            key.to_string(),
-            "a canary splits open-loop arrivals (poisson or piecewise); closed-loop users and replayed traces are not split",
-        ));
-    }
     if spec.pools.is_empty() && spec.tiers.is_empty() {
         return Err(err(
             key.to_string(),
@@ -2637,16 +2727,15 @@ fn canary_cohort(
             )
         })
     };
-    let mut pool_map = BTreeMap::new();
+    let mut moves = CanaryMoves::default();
     for (from, to) in &spec.pools {
-        pool_map.insert(
+        moves.pools.insert(
             lookup("pools", pool_index, from, from)?,
             lookup("pools", pool_index, from, to)?,
         );
     }
-    let mut tier_map = BTreeMap::new();
     for (from, to) in &spec.tiers {
-        tier_map.insert(
+        moves.tiers.insert(
             lookup("tiers", tier_index, from, from)?,
             lookup("tiers", tier_index, from, to)?,
         );
@@ -2655,26 +2744,12 @@ fn canary_cohort(
     cohort.name = format!("{}/canary", parent.name);
     cohort.canary = None;
     cohort.cohort_of = Some(parent_index);
-    let mut moved = 0;
-    for n in &mut cohort.graph.nodes {
-        if let Some(p) = n.pool.as_mut()
-            && let Some(&q) = pool_map.get(p)
-        {
-            *p = q;
-            moved += 1;
-        }
-        if let Some(e) = n.escalate.as_mut()
-            && let Some(&q) = pool_map.get(&e.pool)
-        {
-            e.pool = q;
-            moved += 1;
-        }
-        if let Some(t) = n.tier.as_mut()
-            && let Some(&u) = tier_map.get(t)
-        {
-            *t = u;
-            moved += 1;
-        }
+    let moved = moves.apply(&mut cohort.graph);
+    cohort.canary_moves = Some(moves);
+    // A replayed trace brings its own workflows after validation: checked then
+    // (`Scenario::attach_recorded`).
+    if matches!(parent.arrival, Arrival::Recorded { .. }) {
+        return Ok(cohort);
     }
     if moved == 0 {
         return Err(err(

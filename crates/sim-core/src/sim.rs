@@ -719,6 +719,8 @@ impl<'a, 'o> Sim<'a, 'o> {
         let sc = self.sc;
         for ci in 0..sc.classes.len() {
             match &sc.classes[ci].arrival {
+                // A canary cohort's workflows (and users) arrive through its parent class.
+                _ if sc.classes[ci].cohort_of.is_some() => {}
                 Arrival::Closed { users, think } => {
                     for u in 0..*users {
                         let t = SimTime::ZERO
@@ -734,8 +736,6 @@ impl<'a, 'o> Sim<'a, 'o> {
                         }
                     }
                 }
-                // A canary cohort's workflows arrive through its parent class.
-                _ if sc.classes[ci].cohort_of.is_some() => {}
                 _ => self.schedule_next_arrival(ci, SimTime::ZERO),
             }
         }
@@ -3225,9 +3225,12 @@ impl<'a, 'o> Sim<'a, 'o> {
             }
         }
         if let Some(user) = wf.user {
-            let think = match &self.sc.classes[ci].arrival {
+            // A canary cohort's user belongs to the parent class: it thinks on the
+            // parent's stream and its next workflow is split again.
+            let home = self.sc.classes[ci].cohort_of.unwrap_or(ci);
+            let think = match &self.sc.classes[home].arrival {
                 Arrival::Closed { think, .. } => {
-                    think.sample_duration(&mut self.classes[ci].arrivals_rng)
+                    think.sample_duration(&mut self.classes[home].arrivals_rng)
                 }
                 _ => SimDuration::ZERO,
             };
@@ -3236,7 +3239,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                 self.queue.push(
                     t,
                     Event::UserStart {
-                        class: ci as u32,
+                        class: home as u32,
                         user,
                     },
                 );

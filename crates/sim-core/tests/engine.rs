@@ -982,6 +982,115 @@ fn a_canary_moves_its_share_of_workflows_and_keeps_common_random_numbers() {
 }
 
 #[test]
+fn a_canary_splits_closed_loop_users_workflow_by_workflow() {
+    let closed = CANARY.replace(
+        "process = \"poisson\", rate = 10.0",
+        "process = \"closed\", users = 40, think = { dist = \"exponential\", mean = \"2s\" }",
+    );
+    // Same service time on both pools and a server per workflow: every user's cycle is
+    // the same with or without the canary, so the workflows are exactly the same ones.
+    let same = closed.replace("value = \"500ms\"", "value = \"1s\"");
+    let with = run_seed(&same, 5).summary();
+    let without = run_seed(&same.replace("canary = ", "# canary = "), 5).summary();
+    let (chat, canary) = (&with.classes["chat"], &with.classes["chat/canary"]);
+    assert_eq!(
+        chat.arrived + canary.arrived,
+        without.classes["chat"].arrived
+    );
+    assert_eq!(
+        chat.completed + canary.completed,
+        without.classes["chat"].completed
+    );
+    let n = (chat.arrived + canary.arrived) as f64;
+    let share = canary.arrived as f64 / n;
+    assert!(
+        (share - 0.2).abs() < 4.0 * (0.2 * 0.8 / n).sqrt(),
+        "{share}"
+    );
+    // A faster canary pool: the cohort's workflows take 0.5 s, the others 1 s, and each
+    // user goes back to the parent class between workflows (20% of them split again).
+    let faster = run_seed(&closed, 5).summary();
+    let (chat, canary) = (&faster.classes["chat"], &faster.classes["chat/canary"]);
+    assert_eq!(faster.pools["h100"].hops, canary.completed);
+    assert!((canary.latency_s.mean.unwrap_or(0.0) - 0.5).abs() < 1e-9);
+    assert!((chat.latency_s.mean.unwrap_or(0.0) - 1.0).abs() < 1e-9);
+    // 40 users cycling 2 s of thinking + ~0.9 s of work over 2,000 s: about 27,600
+    // workflows; the cohort is about a fifth of them.
+    let n = (chat.arrived + canary.arrived) as f64;
+    let cycle = 2.0 + 0.8 * 1.0 + 0.2 * 0.5;
+    assert!((n - 40.0 * 2000.0 / cycle).abs() < 0.02 * n, "{n}");
+}
+
+/// 1,000 requests, one every 0.5 s, for a class of CANARY declared `recorded`; with
+/// `graphs`, each request carries a copy of the class's graph as its own workflow.
+fn recorded_canary(graphs: bool) -> Result<Scenario, sim_core::scenario::SpecError> {
+    let mut sc = scenario(&CANARY.replace(
+        "process = \"poisson\", rate = 10.0",
+        "process = \"recorded\"",
+    ));
+    let graph = std::sync::Arc::new(sc.classes[0].graph.clone());
+    let requests = (0..1000u64)
+        .map(|i| sim_core::scenario::RecordedRequest {
+            at: sim_core::SimTime(i * 500_000_000),
+            input_tokens: 100,
+            output_tokens: 10,
+            block_hashes: None,
+            hash_block_tokens: 0,
+            graph: graphs.then(|| graph.clone()),
+        })
+        .collect();
+    sc.attach_recorded(0, requests)?;
+    Ok(sc)
+}
+
+#[test]
+fn a_canary_splits_replayed_requests_and_moves_their_recorded_workflows() {
+    for graphs in [false, true] {
+        let sc = recorded_canary(graphs).unwrap_or_else(|e| panic!("{e}"));
+        let r = run(&sc, RunOptions::default()).summary();
+        let (chat, canary) = (&r.classes["chat"], &r.classes["chat/canary"]);
+        // Every recorded request is replayed exactly once, in one class or the other.
+        assert_eq!(chat.arrived + canary.arrived, 1000, "graphs {graphs}");
+        assert_eq!(chat.completed + canary.completed, 1000, "graphs {graphs}");
+        let share = canary.arrived as f64 / 1000.0;
+        assert!(
+            (share - 0.2).abs() < 4.0 * (0.2 * 0.8 / 1000.0_f64).sqrt(),
+            "{share}"
+        );
+        // The cohort's recorded workflows were moved too: all its hops on the H100 pool.
+        assert_eq!(r.pools["h100"].hops, canary.completed, "graphs {graphs}");
+        assert_eq!(r.pools["a100"].hops, chat.completed, "graphs {graphs}");
+        assert!((canary.latency_s.mean.unwrap_or(0.0) - 0.5).abs() < 1e-9);
+    }
+    // Recorded workflows that never use the replaced pool: the canary would move
+    // nothing, which is an error naming the canary's key.
+    let mut sc = scenario(&CANARY.replace(
+        "process = \"poisson\", rate = 10.0",
+        "process = \"recorded\"",
+    ));
+    let mut on_h100 = sc.classes[0].graph.clone();
+    on_h100.nodes[0].pool = Some(1);
+    let on_h100 = std::sync::Arc::new(on_h100);
+    let requests = vec![sim_core::scenario::RecordedRequest {
+        at: sim_core::SimTime(0),
+        input_tokens: 1,
+        output_tokens: 1,
+        block_hashes: None,
+        hash_block_tokens: 0,
+        graph: Some(on_h100),
+    }];
+    let e = sc
+        .attach_recorded(0, requests)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        e.contains("classes.chat.canary") && e.contains("recorded workflows"),
+        "{e}"
+    );
+}
+
+#[test]
 fn bad_canaries_name_the_key() {
     let cases = [
         (
@@ -1003,11 +1112,6 @@ fn bad_canaries_name_the_key() {
             "share = 0.2, pools = { \"a100\" = \"h100\" }",
             "share = 0.2",
             "expected `pools",
-        ),
-        (
-            "process = \"poisson\", rate = 10.0",
-            "process = \"closed\", users = 3, think = { dist = \"constant\", value = \"1s\" }",
-            "open-loop",
         ),
     ];
     for (from, to, needle) in cases {
