@@ -56,8 +56,8 @@ pub struct CompareArgs {
     #[arg(long)]
     pub no_plots: bool,
     /// A promotion gate every variant must pass against the baseline, per class:
-    /// [CLASS.]p99=10%, usd_per_outcome=5%, error_rate=0 (percentage points); repeatable.
-    /// Exit code 3 when a gate fails.
+    /// [CLASS.]p99=10%, usd_per_outcome=5%, error_rate=0 (percentage points); repeatable,
+    /// and added to the file's `gates = [...]`. Exit code 3 when a gate fails.
     #[arg(long = "gate", value_name = "[CLASS.]METRIC=LIMIT")]
     pub gates: Vec<String>,
 }
@@ -532,12 +532,11 @@ pub fn compare_with_progress(
             "--replications: expected at least 1 seed per variant",
         ));
     }
-    let gates = opts
-        .gates
-        .iter()
-        .map(|g| crate::gates::parse_gate(g))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|m| InputError::new(file, m))?;
+    // The file's gates (`gates = [...]`, checked by the loader), then the command line's.
+    let mut gates = parse_scenario(file, text, &opts.sets)?.gates;
+    for g in &opts.gates {
+        gates.push(crate::gates::parse_gate(g).map_err(|m| InputError::new(file, m))?);
+    }
     let variants = plan_variants(file, text, opts)?;
     let mut scenarios = Vec::with_capacity(variants.len());
     for v in &variants {
@@ -561,7 +560,7 @@ pub fn compare_with_progress(
             return Err(InputError::new(
                 file,
                 format!(
-                    "--gate: no class named `{only}`; expected one of: {}",
+                    "gate on `{only}`: no class named `{only}` in any variant; expected one of: {}",
                     known.into_iter().collect::<Vec<_>>().join(", ")
                 ),
             ));
@@ -1143,7 +1142,31 @@ output_tokens = { dist = "uniform", low = 50, high = 150 }
             .as_ref()
             .unwrap_or_else(|| panic!("no diff"))[key];
         assert!((one.change.unwrap_or(0.0) - d.mean / base).abs() < 1e-12);
-        assert!((one.ci95.unwrap_or(0.0) - d.ci95.unwrap_or(0.0) / base).abs() < 1e-12);
+        // Its interval is the delta method's for a ratio of means: the spread of
+        // d_i - R b_i over the seeds (the baseline's own noise included), t(4) = 2.776.
+        let p99s = |v: usize| -> Vec<f64> {
+            c.variants[v]
+                .runs
+                .iter()
+                .map(|r| r.classes["chat"].latency_s.p99.unwrap_or(f64::NAN))
+                .collect()
+        };
+        let (b, x) = (p99s(0), p99s(2));
+        let r = d.mean / base;
+        let s2 = b
+            .iter()
+            .zip(&x)
+            .map(|(b, x)| (x - b - r * b).powi(2))
+            .sum::<f64>()
+            / 4.0;
+        let half = 2.776 * (s2 / 5.0).sqrt() / base;
+        assert!(
+            (one.ci95.unwrap_or(0.0) - half).abs() < 1e-9,
+            "{:?} vs {half}",
+            one.ci95
+        );
+        // Unlike the difference's own interval over the baseline's mean.
+        assert!((one.ci95.unwrap_or(0.0) - d.ci95.unwrap_or(0.0) / base).abs() > 1e-6);
         assert!(one.change.unwrap_or(0.0) - one.ci95.unwrap_or(0.0) > 0.1);
         assert_eq!(one.verdict, "fail");
         // A limit inside the interval cannot be decided.
@@ -1178,6 +1201,33 @@ output_tokens = { dist = "uniform", low = 50, high = 150 }
         assert!(
             e.as_deref()
                 .is_some_and(|e| e.contains("small.toml") && e.contains("unknown metric `p95`")),
+            "{e:?}"
+        );
+
+        // The same gates declared in the file give the same verdicts; `--gate` adds to
+        // them; a bad one names its key and line.
+        let declared = format!("gates = [\"p99=10%\", \"chat.error_rate=0\"]\n{SMALL}");
+        o.gates = Vec::new();
+        let from_file = compare("small.toml", &declared, &o).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(from_file.gates, c.gates);
+        o.gates = vec!["usd_per_outcome=5%".into()];
+        let both = compare("small.toml", &declared, &o).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(both.gates.len(), 6);
+        let others: Vec<_> = both
+            .gates
+            .iter()
+            .filter(|g| g.metric != crate::gates::GateMetric::UsdPerOutcome)
+            .cloned()
+            .collect();
+        assert_eq!(others, c.gates);
+        let bad = format!("gates = [\"p99=10%\", \"p95=1%\"]\n{SMALL}");
+        o.gates = Vec::new();
+        let e = compare("small.toml", &bad, &o).err().map(|e| e.to_string());
+        assert!(
+            e.as_deref().is_some_and(|e| e.contains("small.toml")
+                && e.contains("line 1")
+                && e.contains("gates[1]")
+                && e.contains("unknown metric `p95`")),
             "{e:?}"
         );
     }

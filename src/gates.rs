@@ -7,8 +7,8 @@
 //! inconclusive otherwise (more seeds would decide). With one seed there is no interval:
 //! the point estimate decides, and the verdict says so.
 
-use crate::compare::{Comparison, PairedDiff};
-use crate::replications::Estimate;
+use crate::compare::{Comparison, PairedDiff, RunFigures};
+use crate::replications::{Estimate, student_t_975};
 use serde::Serialize;
 
 /// What a gate limits.
@@ -27,15 +27,6 @@ pub enum GateMetric {
 }
 
 impl GateMetric {
-    fn figure(self) -> &'static str {
-        match self {
-            GateMetric::P99 => "latency_s.p99",
-            GateMetric::UsdPerOutcome => "usd_per_outcome",
-            GateMetric::ErrorRate => "success_rate",
-            GateMetric::AllInUsdPerOutcome => "usd_per_outcome_all_in",
-        }
-    }
-
     fn name(self) -> &'static str {
         match self {
             GateMetric::P99 => "p99",
@@ -61,7 +52,12 @@ const GATE_SYNTAX: &str = "expected [CLASS.]METRIC=LIMIT with METRIC one of p99,
 
 /// Parses `[CLASS.]METRIC=LIMIT` (also `<=`).
 pub fn parse_gate(arg: &str) -> Result<Gate, String> {
-    let bad = |why: String| format!("--gate `{arg}`: {why}; {GATE_SYNTAX}");
+    parse_gate_from(arg, "--gate")
+}
+
+/// As [`parse_gate`]; `origin` (`--gate`, or the file's `gates[i]`) starts the message.
+pub fn parse_gate_from(arg: &str, origin: &str) -> Result<Gate, String> {
+    let bad = |why: String| format!("{origin} `{arg}`: {why}; {GATE_SYNTAX}");
     let (lhs, rhs) = arg
         .split_once("<=")
         .or_else(|| arg.split_once('='))
@@ -140,15 +136,16 @@ pub fn evaluate(c: &Comparison, gates: &[Gate]) -> Vec<GateVerdict> {
                 if g.class.as_ref().is_some_and(|only| only != class) {
                     continue;
                 }
-                let key = if g.metric == GateMetric::AllInUsdPerOutcome {
-                    format!("totals.{}", g.metric.figure())
-                } else {
-                    format!("classes.{class}.{}", g.metric.figure())
-                };
-                let b = base.mean.get(&key).map(|e| e.mean);
-                let x = v.mean.get(&key).map(|e| e.mean);
-                let d: Option<&PairedDiff> = v.diff.as_ref().and_then(|d| d.get(&key));
-                out.push(judge(g, &v.variant.name, class, "baseline", b, x, d));
+                let reference = per_seed(&base.runs, class, g.metric);
+                let candidate = per_seed(&v.runs, class, g.metric);
+                out.push(judge(
+                    g,
+                    &v.variant.name,
+                    class,
+                    "baseline",
+                    &reference,
+                    &candidate,
+                ));
             }
         }
     }
@@ -169,38 +166,15 @@ pub fn evaluate(c: &Comparison, gates: &[Gate]) -> Vec<GateVerdict> {
                 {
                     continue;
                 }
-                let pick = |class: &str| -> Vec<Option<f64>> {
-                    v.runs
-                        .iter()
-                        .map(|r| {
-                            let c = r.classes.get(class)?;
-                            match g.metric {
-                                GateMetric::P99 => c.latency_s.p99,
-                                GateMetric::UsdPerOutcome => c.usd_per_outcome,
-                                _ => c.success_rate,
-                            }
-                        })
-                        .collect()
-                };
-                let (ctl, can) = (pick(control), pick(&cohort));
-                let mean = |xs: &[Option<f64>]| {
-                    let v: Vec<f64> = xs.iter().flatten().copied().collect();
-                    Estimate::of(&v).map(|e| e.mean)
-                };
-                let per_seed = ctl
-                    .iter()
-                    .zip(&can)
-                    .map(|(a, b)| Some((*b)? - (*a)?))
-                    .collect();
-                let d = PairedDiff::of(per_seed);
+                let reference = per_seed(&v.runs, control, g.metric);
+                let candidate = per_seed(&v.runs, &cohort, g.metric);
                 out.push(judge(
                     g,
                     &v.variant.name,
                     &cohort,
                     control,
-                    mean(&ctl),
-                    mean(&can),
-                    d.as_ref(),
+                    &reference,
+                    &candidate,
                 ));
             }
         }
@@ -208,30 +182,82 @@ pub fn evaluate(c: &Comparison, gates: &[Gate]) -> Vec<GateVerdict> {
     out
 }
 
-/// One verdict: `against_mean` and `mean` are the two sides' means of the figure, `d`
-/// the paired difference (candidate - reference) over the seeds.
+/// The gate's figure in each run (`class` is ignored for the all-in figure).
+fn per_seed(runs: &[RunFigures], class: &str, metric: GateMetric) -> Vec<Option<f64>> {
+    runs.iter()
+        .map(|r| match metric {
+            GateMetric::AllInUsdPerOutcome => r.totals.usd_per_outcome_all_in,
+            _ => {
+                let c = r.classes.get(class)?;
+                match metric {
+                    GateMetric::P99 => c.latency_s.p99,
+                    GateMetric::UsdPerOutcome => c.usd_per_outcome,
+                    _ => c.success_rate,
+                }
+            }
+        })
+        .collect()
+}
+
+/// The relative change of a figure, sum of (candidate - reference) over sum of
+/// reference across the seeds that have both, with the 95% half-width of that ratio by
+/// the delta method: the spread of the residuals d_i - R b_i, so that the reference's
+/// own noise (the denominator) is in the interval too, and its correlation with the
+/// candidate's (common random numbers) is used, not ignored.
+pub fn relative_change(pairs: &[(f64, f64)]) -> Option<(f64, Option<f64>)> {
+    let n = pairs.len();
+    let sum_b: f64 = pairs.iter().map(|p| p.0).sum();
+    if n == 0 || sum_b <= 0.0 {
+        return None;
+    }
+    let r = pairs.iter().map(|p| p.1 - p.0).sum::<f64>() / sum_b;
+    if n < 2 {
+        return Some((r, None));
+    }
+    let s2 = pairs
+        .iter()
+        .map(|&(b, x)| ((x - b) - r * b).powi(2))
+        .sum::<f64>()
+        / (n - 1) as f64;
+    let mean_b = sum_b / n as f64;
+    let half = student_t_975((n - 1) as u32) * (s2 / n as f64).sqrt() / mean_b;
+    Some((r, Some(half)))
+}
+
+/// One verdict from the per-seed figures of the reference (`against`) and the
+/// candidate, in seed order.
 fn judge(
     g: &Gate,
     variant: &str,
     class: &str,
     against: &str,
-    against_mean: Option<f64>,
-    mean: Option<f64>,
-    d: Option<&PairedDiff>,
+    reference: &[Option<f64>],
+    candidate: &[Option<f64>],
 ) -> GateVerdict {
+    let mean = |xs: &[Option<f64>]| {
+        let v: Vec<f64> = xs.iter().flatten().copied().collect();
+        Estimate::of(&v).map(|e| e.mean)
+    };
+    let (against_mean, value_mean) = (mean(reference), mean(candidate));
+    let pairs: Vec<(f64, f64)> = reference
+        .iter()
+        .zip(candidate)
+        .filter_map(|(b, x)| Some(((*b)?, (*x)?)))
+        .collect();
     let (baseline, value, change, ci95) = match g.metric {
-        GateMetric::ErrorRate => (
-            against_mean.map(|s| 1.0 - s),
-            mean.map(|s| 1.0 - s),
-            // Error rate rises when the success rate falls.
-            d.map(|d| -d.mean),
-            d.and_then(|d| d.ci95),
-        ),
-        _ => match (against_mean, d) {
-            (Some(b), Some(d)) if b > 0.0 => {
-                (Some(b), mean, Some(d.mean / b), d.ci95.map(|h| h / b))
-            }
-            _ => (against_mean, mean, None, None),
+        GateMetric::ErrorRate => {
+            // Error rate rises when the success rate falls: an absolute change in points.
+            let d = PairedDiff::of(pairs.iter().map(|&(b, x)| Some(b - x)).collect());
+            (
+                against_mean.map(|s| 1.0 - s),
+                value_mean.map(|s| 1.0 - s),
+                d.as_ref().map(|d| d.mean),
+                d.and_then(|d| d.ci95),
+            )
+        }
+        _ => match relative_change(&pairs) {
+            Some((ch, h)) => (against_mean, value_mean, Some(ch), h),
+            None => (against_mean, value_mean, None, None),
         },
     };
     let verdict = match (change, ci95) {
@@ -340,6 +366,26 @@ pub struct GatesFailed(pub String);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relative_change_interval_includes_the_reference_noise() {
+        // Every seed exactly 10% up: the ratio is certain although both sides vary.
+        let (r, h) = relative_change(&[(10.0, 11.0), (12.0, 13.2), (8.0, 8.8)])
+            .unwrap_or_else(|| panic!("no change"));
+        assert!((r - 0.1).abs() < 1e-12);
+        assert!(h.unwrap_or(1.0) < 1e-12);
+        // Every seed exactly +1 (the paired difference has no spread) on a noisy
+        // reference: the ratio is not certain. R = 3/30 = 0.1; residuals
+        // 1 - 0.1 b = 0, 0.2, -0.2; s^2 = 0.04; half = 4.303 * sqrt(0.04 / 3) / 10.
+        let (r, h) = relative_change(&[(10.0, 11.0), (8.0, 9.0), (12.0, 13.0)])
+            .unwrap_or_else(|| panic!("no change"));
+        assert!((r - 0.1).abs() < 1e-12);
+        let want = 4.303 * (0.04f64 / 3.0).sqrt() / 10.0;
+        assert!((h.unwrap_or(0.0) - want).abs() < 1e-12, "{h:?} vs {want}");
+        // One seed: no interval; a zero reference: no relative change.
+        assert_eq!(relative_change(&[(2.0, 3.0)]), Some((0.5, None)));
+        assert_eq!(relative_change(&[(0.0, 3.0)]), None);
+    }
 
     #[test]
     fn a_canary_cohort_is_judged_against_its_control_in_the_same_runs() {

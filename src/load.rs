@@ -31,6 +31,8 @@ pub struct LoadedScenario {
     pub scenario: Scenario,
     /// What loading found worth telling (trace rows skipped or out of order).
     pub notes: Vec<String>,
+    /// The file's promotion gates (`gates = [...]`), for `compare`.
+    pub gates: Vec<crate::gates::Gate>,
 }
 
 /// Tokens per Mooncake prefix-hash block.
@@ -462,11 +464,21 @@ pub fn parse_scenario(
         .map_err(|e| InputError::new(file, locate_key(text, &e.key, e.to_string())))?;
     let mut notes = csv_notes;
     load_traces(file, &mut scenario, &arrivals, &mut notes)?;
+    let gates = spec
+        .gates
+        .iter()
+        .enumerate()
+        .map(|(i, g)| {
+            crate::gates::parse_gate_from(g, &format!("key `gates[{i}]`"))
+                .map_err(|m| InputError::new(file, locate_key(text, "gates", m)))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(LoadedScenario {
         file: file.to_string(),
         spec,
         scenario,
         notes,
+        gates,
     })
 }
 

@@ -220,6 +220,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 "{}",
                 factorysim::capacity::gpu_capacity_table(&loaded.scenario)
             );
+            if !loaded.spec.gates.is_empty() {
+                println!(
+                    "\nPromotion gates for `compare`: {}",
+                    loaded.spec.gates.join(", ")
+                );
+            }
             Ok(())
         }
         Command::Trace(args) => factorysim::trace_cmd::run_trace(args),

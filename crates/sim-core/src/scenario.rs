@@ -38,6 +38,10 @@ pub struct ScenarioSpec {
     /// Named variants for `factorysim compare` (each a list of `key.path=value`).
     #[serde(default)]
     pub variants: BTreeMap<String, VariantSpec>,
+    /// Promotion gates `factorysim compare` judges every variant by, each
+    /// `[CLASS.]METRIC=LIMIT` as with `--gate` (parsed by the CLI, which owns gates).
+    #[serde(default)]
+    pub gates: Vec<String>,
     /// Extra or changed GPU and model profiles (see docs/gpu-model.md).
     #[serde(default)]
     pub profiles: Option<crate::gpu::profiles::ProfileOverrides>,
