@@ -65,16 +65,37 @@ pub struct PoolTheory {
 }
 
 /// Closed-form results per pool of `sc` (in pool order), `None` for a pool where the
-/// textbook assumptions do not hold. They hold when the pool is an abstract FIFO
-/// station with fixed servers and nothing that refuses, fails or redirects a hop
-/// (no queue cap, admission, outage, storm, breaker, error rate, autoscaler, spot, or
-/// token-driven service time), and every hop reaching it is the entry hop of a class
-/// with constant-rate Poisson arrivals, pinned to the pool with the pool's own service
-/// time (no fan-out, loop back to the entry, escalation, timeout, abandonment, lane or
-/// tenant gate, or tiered routing that could bring other hops). Then arrivals at the
-/// pool are Poisson with the sum of the class rates.
+/// textbook assumptions do not hold.
+///
+/// They hold when the pool is an abstract FIFO station with fixed servers and nothing
+/// that refuses, fails or redirects a hop (no queue cap, admission, outage, storm,
+/// breaker, error rate, autoscaler, spot, or token-driven service time), and every hop
+/// reaching it is pinned to the pool with the pool's own service time (no fan-out at
+/// the hop, loop back to the entry, escalation, timeout, abandonment, lane or tenant
+/// gate, or tiered routing that could bring other hops), in a class with constant-rate
+/// Poisson arrivals, and arrives as a Poisson stream at the class's rate:
+///
+/// - the entry hop of the class does (its arrivals are the class's);
+/// - a later hop does when the class's graph is a plain chain (every node with at most
+///   one parent and one child, and no fan-out, loop or escalation anywhere) and every
+///   node before it preserves a Poisson stream: a model hop on a pool that itself gets
+///   a stable M/M/c line here (Burke's theorem: the departures of a stable M/M/c queue
+///   are Poisson at the arrival rate, and with one exponential service time for every
+///   class each class's departures are an independent thinning), a call to a tool with
+///   no concurrency limit, failures or latency spikes, a human node (both are
+///   infinite-server delays, drawn independently per workflow: a Poisson stream
+///   delayed by i.i.d. amounts stays Poisson), or a disabled node.
+///
+/// Then the pools form a feed-forward Jackson (Kelly) network and each pool's arrivals
+/// are Poisson at the sum of the rates of the hops reaching it, so the M/M/c, M/D/1 and
+/// M/G/1 formulas apply with that rate. A pool downstream of anything else (an M/D/1 or
+/// M/G/1 pool, an unstable pool, a GPU or API pool, a bounded tool, a fan-out or loop)
+/// gets `None`, and so does a pool whose hops come back to it through other pools (a
+/// cycle between pools: product form would still give its M/M/c marginals, but the
+/// rule stays feed-forward and conservative).
 pub fn pool_theory(sc: &crate::Scenario) -> Vec<Option<PoolTheory>> {
     use crate::scenario::Arrival;
+    use crate::workflow::NodeKind;
     let n = sc.pools.len();
     let mut ok: Vec<bool> = sc
         .pools
@@ -96,7 +117,9 @@ pub fn pool_theory(sc: &crate::Scenario) -> Vec<Option<PoolTheory>> {
                 && p.service.is_some()
         })
         .collect();
-    let mut lambda = vec![0.0; n];
+    // Per pool, the hops reaching it: (Poisson rate, the upstream pools whose stable
+    // M/M/c departures the stream passed through).
+    let mut feeds: Vec<Vec<(f64, Vec<usize>)>> = vec![Vec::new(); n];
     for c in &sc.classes {
         let g = &c.graph;
         let rate = match &c.arrival {
@@ -120,6 +143,55 @@ pub fn pool_theory(sc: &crate::Scenario) -> Vec<Option<PoolTheory>> {
             .nodes
             .iter()
             .any(|nd| nd.loop_back.as_ref().is_some_and(|l| l.to == 0));
+        let chain = g.nodes.iter().all(|nd| {
+            nd.parents.len() <= 1
+                && nd.children.len() <= 1
+                && nd.fan_out.is_none()
+                && nd.loop_back.is_none()
+                && nd.escalate.is_none()
+        });
+        // The pools a Poisson stream passes through on its way from the entry to node
+        // `i` (exclusive), or None if some node before `i` may not preserve it.
+        let upstream = |i: usize| -> Option<Vec<usize>> {
+            if i == 0 {
+                return Some(Vec::new());
+            }
+            if !chain {
+                return None;
+            }
+            let mut pools = Vec::new();
+            let mut j = i;
+            while j != 0 {
+                j = *g.nodes[j].parents.first()?;
+                let nd = &g.nodes[j];
+                if nd.not_before.is_some() || nd.timeout.is_some() {
+                    return None;
+                }
+                if !nd.enabled {
+                    continue;
+                }
+                match nd.kind {
+                    NodeKind::Human => {}
+                    NodeKind::Tool => {
+                        let t = &sc.tools[nd.tool?];
+                        if t.concurrency.is_some()
+                            || t.failure_probability > 0.0
+                            || !t.spikes.is_empty()
+                        {
+                            return None;
+                        }
+                    }
+                    NodeKind::Llm | NodeKind::Compact => {
+                        // Its pool's own line decides (it needs this hop textbook too).
+                        if nd.tier.is_some() {
+                            return None;
+                        }
+                        pools.push(nd.pool?);
+                    }
+                }
+            }
+            Some(pools)
+        };
         for (i, nd) in g.nodes.iter().enumerate() {
             if !nd.enabled {
                 continue;
@@ -139,8 +211,7 @@ pub fn pool_theory(sc: &crate::Scenario) -> Vec<Option<PoolTheory>> {
                 reached.push(e.pool);
             }
             for &p in &reached {
-                let textbook = i == 0
-                    && nd.tier.is_none()
+                let textbook = nd.tier.is_none()
                     && nd.escalate.is_none()
                     && nd.service.is_none()
                     && nd.fan_out.is_none()
@@ -148,65 +219,88 @@ pub fn pool_theory(sc: &crate::Scenario) -> Vec<Option<PoolTheory>> {
                     && nd.not_before.is_none()
                     && !loops_to_entry
                     && !gated
-                    && c.abandon_after.is_none()
-                    && rate.is_some();
-                if textbook {
-                    lambda[p] += rate.unwrap_or(0.0);
-                } else {
-                    ok[p] = false;
+                    && c.abandon_after.is_none();
+                match (rate, textbook.then(|| upstream(i)).flatten()) {
+                    (Some(r), Some(up)) => feeds[p].push((r, up)),
+                    _ => ok[p] = false,
                 }
             }
         }
     }
-    sc.pools
-        .iter()
-        .enumerate()
-        .map(|(pi, p)| {
-            let service = p.service.as_ref()?;
-            if !ok[pi] || lambda[pi] <= 0.0 {
-                return None;
+    // Decide pools in feed-forward order: a pool once every upstream pool of its hops is
+    // decided. Pools on a cycle are never decided and stay None.
+    let mut decided: Vec<Option<Option<PoolTheory>>> = vec![None; n];
+    let burke = |t: &Option<Option<PoolTheory>>| matches!(t, Some(Some(t)) if t.model == "M/M/c" && t.rho < 1.0);
+    loop {
+        let mut progress = false;
+        for pi in 0..n {
+            if decided[pi].is_some() {
+                continue;
             }
-            let (l, es, c) = (lambda[pi], service.mean(), p.servers);
-            let rho = l * es / c as f64;
-            let stable = rho < 1.0;
-            let base = PoolTheory {
-                model: "",
-                servers: c,
-                arrival_rate_per_s: l,
-                mean_service_s: es,
-                rho,
-                p_wait: None,
-                mean_wait_s: None,
-                p99_wait_s: None,
+            let ups = || feeds[pi].iter().flat_map(|(_, up)| up.iter().copied());
+            let answer = if !ok[pi] || ups().any(|u| decided[u].is_some() && !burke(&decided[u])) {
+                None
+            } else if ups().all(|u| burke(&decided[u])) {
+                let lambda: f64 = feeds[pi].iter().map(|(r, _)| r).sum();
+                station(&sc.pools[pi], lambda)
+            } else {
+                continue;
             };
-            match service {
-                crate::dist::Sampler::Exponential(..) => {
-                    let mu = 1.0 / es;
-                    Some(PoolTheory {
-                        model: "M/M/c",
-                        p_wait: stable.then(|| erlang_c(c, l / mu)),
-                        mean_wait_s: stable.then(|| mmc_mean_wait(c, l, mu)),
-                        p99_wait_s: stable.then(|| mmc_wait_quantile(c, l, mu, 0.99)),
-                        ..base
-                    })
-                }
-                crate::dist::Sampler::Constant(_) if c == 1 => Some(PoolTheory {
-                    model: "M/D/1",
-                    mean_wait_s: stable.then(|| md1_mean_wait(l, es)),
-                    ..base
-                }),
-                s if c == 1 => {
-                    let m2 = s.second_moment()?;
-                    Some(PoolTheory {
-                        model: "M/G/1",
-                        mean_wait_s: stable.then(|| mg1_mean_wait(l, es, m2)),
-                        ..base
-                    })
-                }
-                _ => None,
-            }
-        })
-        .collect()
+            decided[pi] = Some(answer);
+            progress = true;
+        }
+        if !progress {
+            break;
+        }
+    }
+    decided.into_iter().map(Option::flatten).collect()
+}
+
+/// The textbook line of one pool with Poisson arrivals at `l` per second.
+fn station(p: &crate::scenario::Pool, l: f64) -> Option<PoolTheory> {
+    let service = p.service.as_ref()?;
+    if l <= 0.0 {
+        return None;
+    }
+    let (es, c) = (service.mean(), p.servers);
+    let rho = l * es / c as f64;
+    let stable = rho < 1.0;
+    let base = PoolTheory {
+        model: "",
+        servers: c,
+        arrival_rate_per_s: l,
+        mean_service_s: es,
+        rho,
+        p_wait: None,
+        mean_wait_s: None,
+        p99_wait_s: None,
+    };
+    match service {
+        crate::dist::Sampler::Exponential(..) => {
+            let mu = 1.0 / es;
+            Some(PoolTheory {
+                model: "M/M/c",
+                p_wait: stable.then(|| erlang_c(c, l / mu)),
+                mean_wait_s: stable.then(|| mmc_mean_wait(c, l, mu)),
+                p99_wait_s: stable.then(|| mmc_wait_quantile(c, l, mu, 0.99)),
+                ..base
+            })
+        }
+        crate::dist::Sampler::Constant(_) if c == 1 => Some(PoolTheory {
+            model: "M/D/1",
+            mean_wait_s: stable.then(|| md1_mean_wait(l, es)),
+            ..base
+        }),
+        s if c == 1 => {
+            let m2 = s.second_moment()?;
+            Some(PoolTheory {
+                model: "M/G/1",
+                mean_wait_s: stable.then(|| mg1_mean_wait(l, es, m2)),
+                ..base
+            })
+        }
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -243,7 +337,7 @@ service = { dist = "deterministic", value = "100ms" }
 servers = 1
 service = { dist = "uniform", low = "0s", high = "200ms" }
 [pools.fed]
-servers = 2
+servers = 3
 service = { dist = "exponential", mean = "1s" }
 "#;
 
@@ -267,9 +361,19 @@ hops = [{{ pool = \"mg1\" }}]
         ));
         // Pools in name order: fed, md1, mg1, mm4.
         let [fed, md1, mg1, mm4] = [&t[0], &t[1], &t[2], &t[3]];
-        // `fed` is reached by a second hop: its arrivals are departures of mm4 (Poisson
-        // by Burke's theorem, but the rule is kept simple and conservative).
-        assert_eq!(fed, &None);
+        // `fed` is reached by a second hop: its arrivals are class a's departures from
+        // mm4, a stable M/M/c queue, so Poisson at 2/s by Burke's theorem. M/M/3 with
+        // a = 2: Erlang B by hand is 2/3, 2/5, 4/19, so C = (4/19) / (1 - (2/3)(15/19))
+        // = 4/9; Wq = C / (c mu - lambda) = 4/9 s; p99 = ln(C / 0.01) / 1.
+        let fed = fed
+            .as_ref()
+            .unwrap_or_else(|| panic!("no Burke theory for fed"));
+        assert_eq!(fed.model, "M/M/c");
+        assert!((fed.arrival_rate_per_s - 2.0).abs() < 1e-12);
+        assert!((fed.rho - 2.0 / 3.0).abs() < 1e-12);
+        assert!((fed.p_wait.unwrap_or(0.0) - 4.0 / 9.0).abs() < 1e-12);
+        assert!((fed.mean_wait_s.unwrap_or(0.0) - 4.0 / 9.0).abs() < 1e-12);
+        assert!((fed.p99_wait_s.unwrap_or(0.0) - (400.0f64 / 9.0).ln()).abs() < 1e-12);
         let mm4 = mm4.as_ref().unwrap_or_else(|| panic!("no M/M/c theory"));
         assert_eq!(mm4.model, "M/M/c");
         assert!((mm4.arrival_rate_per_s - 3.4).abs() < 1e-12);
@@ -330,5 +434,117 @@ hops = [{{ pool = \"mm4\" }}]
             POOLS.replace("servers = 4", "servers = 4\nmax_queue = 10")
         ));
         assert_eq!(t[3], None);
+    }
+
+    /// `fed`'s line (pool index 0) when class `a` runs `nodes` and class `b` sends
+    /// `b_rate` per second straight to mm4.
+    fn fed_after(nodes: &str, b_rate: f64) -> (Option<PoolTheory>, Option<PoolTheory>) {
+        let t = theory_of(&format!(
+            "{POOLS}
+[tools.open]
+latency = {{ dist = \"lognormal\", median = \"2s\", p99 = \"20s\" }}
+[tools.bounded]
+latency = {{ dist = \"exponential\", mean = \"1s\" }}
+concurrency = 2
+[tools.flaky]
+latency = {{ dist = \"exponential\", mean = \"1s\" }}
+failure_probability = 0.1
+[classes.a]
+arrival = {{ process = \"poisson\", rate = 2.0 }}
+nodes = [{nodes}]
+[classes.b]
+arrival = {{ process = \"poisson\", rate = {b_rate} }}
+hops = [{{ pool = \"mm4\" }}]
+"
+        ));
+        (t[0].clone(), t[3].clone())
+    }
+
+    #[test]
+    fn burke_carries_poisson_through_stable_mmc_pools_and_infinite_server_delays() {
+        let x = "{ id = \"x\", pool = \"mm4\" }";
+        let fed = "{ id = \"y\", pool = \"fed\", after = [\"p\"] }";
+        let through = |mid: &str| {
+            fed_after(
+                &format!("{x}, {{ id = \"p\", after = [\"x\"], {mid} }}, {fed}"),
+                1.0,
+            )
+        };
+        // mm4 at 3/s (rho 0.75) then an unlimited tool, a human step taken half the
+        // time, or a disabled model step: fed sees Poisson at 2/s, M/M/3 as above.
+        for mid in [
+            "kind = \"tool\", tool = \"open\"",
+            "kind = \"human\", probability = 0.5, minutes = { dist = \"exponential\", mean = \"3m\" }",
+            "pool = \"md1\", enabled = false",
+        ] {
+            let (fed, mm4) = through(mid);
+            let fed = fed.unwrap_or_else(|| panic!("{mid}: no theory for fed"));
+            assert!((fed.arrival_rate_per_s - 2.0).abs() < 1e-12, "{mid}");
+            assert!((fed.mean_wait_s.unwrap_or(0.0) - 4.0 / 9.0).abs() < 1e-12);
+            assert!(mm4.is_some_and(|m| (m.rho - 0.75).abs() < 1e-12), "{mid}");
+        }
+        // A bounded tool queues (not infinite-server), a failing one thins the stream by
+        // whether the call failed; an M/D/1 or M/G/1 pool's departures are not Poisson.
+        for mid in [
+            "kind = \"tool\", tool = \"bounded\"",
+            "kind = \"tool\", tool = \"flaky\"",
+            "pool = \"md1\"",
+            "pool = \"mg1\"",
+        ] {
+            assert_eq!(through(mid).0, None, "{mid}");
+        }
+        // The M/D/1 pool itself still gets its line: its own arrivals are Poisson.
+        let t = theory_of(&format!(
+            "{POOLS}
+[classes.a]
+arrival = {{ process = \"poisson\", rate = 2.0 }}
+hops = [{{ pool = \"mm4\" }}, {{ pool = \"md1\" }}, {{ pool = \"fed\" }}]
+"
+        ));
+        let md1 = t[1].as_ref().unwrap_or_else(|| panic!("no theory for md1"));
+        // rho 0.2: W = 0.2 / (2 * 10 * 0.8) = 0.0125 s.
+        assert!((md1.mean_wait_s.unwrap_or(0.0) - 0.0125).abs() < 1e-12);
+        assert_eq!(t[0], None);
+    }
+
+    #[test]
+    fn burke_needs_a_stable_upstream_and_a_plain_chain() {
+        // Class b brings mm4 to 5/s: rho 1.25, no steady state, no Poisson departures.
+        let (fed, mm4) = fed_after(
+            "{ id = \"x\", pool = \"mm4\" }, { id = \"y\", pool = \"fed\", after = [\"x\"] }",
+            3.0,
+        );
+        assert_eq!(fed, None);
+        assert!(mm4.is_some_and(|m| m.rho >= 1.0 && m.mean_wait_s.is_none()));
+        for nodes in [
+            // A fan-out after fed (the graph is no chain): fed's own input would still
+            // be Poisson, but the rule only follows plain chains.
+            "{ id = \"x\", pool = \"mm4\" }, { id = \"y\", pool = \"fed\", after = [\"x\"] }, \
+             { id = \"z\", pool = \"mg1\", after = [\"y\"], fan_out = { count = { dist = \"constant\", value = 2 } } }",
+            // A verifier loop from fed back to the tool call before it: fed sees retries.
+            "{ id = \"x\", pool = \"mm4\" }, { id = \"v\", kind = \"tool\", tool = \"open\", after = [\"x\"] }, \
+             { id = \"y\", pool = \"fed\", after = [\"v\"], loop = { to = \"v\", probability = 0.3 } }",
+            // A join: fed waits for two parents.
+            "{ id = \"x\", pool = \"mm4\" }, { id = \"v\", kind = \"tool\", tool = \"open\", after = [\"x\"] }, \
+             { id = \"w\", kind = \"tool\", tool = \"open\", after = [\"x\"] }, \
+             { id = \"y\", pool = \"fed\", after = [\"v\", \"w\"] }",
+        ] {
+            let (fed, mm4) = fed_after(nodes, 1.0);
+            assert_eq!(fed, None, "{nodes}");
+            // mm4 is every class's entry: still M/M/c at 3/s.
+            assert!(mm4.is_some_and(|m| (m.arrival_rate_per_s - 3.0).abs() < 1e-12));
+        }
+        // A cycle between pools (a: mm4 -> fed, c: fed -> mm4): neither is decided.
+        let t = theory_of(&format!(
+            "{POOLS}
+[classes.a]
+arrival = {{ process = \"poisson\", rate = 1.0 }}
+hops = [{{ pool = \"mm4\" }}, {{ pool = \"fed\" }}]
+[classes.c]
+arrival = {{ process = \"poisson\", rate = 0.5 }}
+hops = [{{ pool = \"fed\" }}, {{ pool = \"mm4\" }}]
+"
+        ));
+        assert_eq!((&t[0], &t[3]), (&None, &None));
     }
 }

@@ -43,6 +43,12 @@ fn replicate(text: &str, n: usize, f: impl Fn(&RunResult) -> f64) -> Interval {
     let xs: Vec<f64> = (0..n)
         .map(|i| f(&run_seed(text, 1000 + i as u64)))
         .collect();
+    interval(&xs)
+}
+
+/// The 99% interval of replication values `xs`.
+fn interval(xs: &[f64]) -> Interval {
+    let n = xs.len();
     let mean = xs.iter().sum::<f64>() / n as f64;
     let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n as f64 - 1.0);
     Interval {
@@ -182,6 +188,49 @@ fn md1_pollaczek_khinchine() {
         &ci,
         theory::md1_mean_wait(8.0, 0.1),
     );
+}
+
+#[test]
+fn tandem_mmc_burke() {
+    // M/M/2 (mean 1s, lambda 1.5: rho 0.75) feeding M/M/3 (mean 1.4s: rho 0.7). By
+    // Burke's theorem the second station's arrivals are Poisson at 1.5/s, so its waits
+    // are Erlang C's, which `pool_theory` now gives for the downstream pool.
+    let text = r#"
+[simulation]
+horizon = "200000s"
+warmup = "500s"
+[pools.first]
+servers = 2
+service = { dist = "exponential", mean = "1s" }
+[pools.second]
+servers = 3
+service = { dist = "exponential", mean = "1400ms" }
+[classes.jobs]
+arrival = { process = "poisson", rate = 1.5 }
+hops = [{ pool = "first" }, { pool = "second" }]
+"#;
+    let sc = scenario(text);
+    let th = theory::pool_theory(&sc);
+    let second = sc.pools.iter().position(|p| p.name == "second");
+    let t = second
+        .and_then(|i| th[i].as_ref())
+        .expect("a Burke theory line for the second station");
+    assert_eq!((t.model, t.servers), ("M/M/c", 3));
+    assert!((t.arrival_rate_per_s - 1.5).abs() < 1e-12);
+    let (p_wait, wait) = (t.p_wait.unwrap_or(0.0), t.mean_wait_s.unwrap_or(0.0));
+    // The closed form, independently: the downstream station alone with Poisson input.
+    assert!((p_wait - theory::erlang_c(3, 2.1)).abs() < 1e-12);
+    assert!((wait - theory::mmc_mean_wait(3, 1.5, 1.0 / 1.4)).abs() < 1e-12);
+    let runs: Vec<RunResult> = (0..16).map(|i| run_seed(text, 1000 + i)).collect();
+    let at = |f: &dyn Fn(&sim_core::metrics::PoolStats) -> f64| {
+        let xs: Vec<f64> = runs
+            .iter()
+            .map(|r| f(r.pool("second").expect("pool second").0))
+            .collect();
+        interval(&xs)
+    };
+    assert_matches("tandem M/M/3 P(wait)", &at(&|p| p.prob_wait()), p_wait);
+    assert_matches("tandem M/M/3 mean wait", &at(&|p| p.mean_wait_s()), wait);
 }
 
 #[test]
