@@ -166,6 +166,35 @@ fn check_prints_offered_load_and_warns_when_unstable() {
 }
 
 #[test]
+fn check_prints_burke_theory_for_a_tandem() {
+    // M/M/2 (rho 0.75) then M/M/3 (rho 0.7) at 1.5/s: Erlang C for both stations.
+    let out = run_ok(&["check", "scenarios/tandem.toml"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "solve   M/M/c  0.700    0.492    765.9ms     6.06s",
+        "triage  M/M/c  0.750    0.643      1.29s     8.33s",
+    ] {
+        assert!(text.contains(line), "{line:?} expected in:\n{text}");
+    }
+    // An M/D/1 triage keeps its own line (0.75 / (2 * 2 * 0.25) = 0.75s) but its
+    // departures are not Poisson: no line for the solvers.
+    let out = run_ok(&[
+        "check",
+        "scenarios/tandem.toml",
+        "--set",
+        "pools.triage.servers=1",
+        "--set",
+        "pools.triage.service={dist=\"deterministic\",value=\"500ms\"}",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("triage  M/D/1  0.750        -    750.0ms"),
+        "{text}"
+    );
+    assert!(!text.contains("solve   M/"), "{text}");
+}
+
+#[test]
 fn every_verb_has_help_with_an_example() {
     for verb in [
         vec!["--help"],
