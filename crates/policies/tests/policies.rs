@@ -833,6 +833,75 @@ output_tokens = { dist = "constant", value = 0 }
 }
 
 #[test]
+fn a_held_hops_timeout_counts_its_wait_at_the_door() {
+    // As above with 10s of service and a 15s or 25s timeout, one attempt: two hops run
+    // at 100-110; two are held until 110 and run to 120; the fifth is held until 120.
+    // The caller's clock starts when it sends, at 100, door wait included.
+    let text = |door: &str, timeout: &str| {
+        format!(
+            r#"
+[simulation]
+horizon = "150s"
+drain = true
+{lane}
+[pools.p]
+servers = 10
+max_attempts = 1
+service = {{ dist = "constant", value = "10s" }}
+{pool}
+[classes.c]
+arrival = {{ process = "closed", users = 5, think = {{ dist = "constant", value = "100s" }} }}
+{class_lane}
+[[classes.c.nodes]]
+id = "call"
+pool = "p"
+timeout = "{timeout}"
+input_tokens = {{ dist = "constant", value = 1000 }}
+output_tokens = {{ dist = "constant", value = 0 }}
+"#,
+            lane = if door == "lane" {
+                "[lanes.l]\nadmission = { max_tokens_in_flight = 2000, action = \"queue\" }"
+            } else {
+                ""
+            },
+            pool = if door == "pool" {
+                "admission = { max_tokens_in_flight = 2000, action = \"queue\" }"
+            } else {
+                ""
+            },
+            class_lane = if door == "lane" { "lane = \"l\"" } else { "" },
+        )
+    };
+    let s_ = 1_000_000_000u64;
+    for door in ["pool", "lane"] {
+        // 15s: the held pair times out at 115 while running (it runs on to 120, as
+        // waste); the fifth times out at 115 still at the door and never runs.
+        let (r, mut log) = run_logged(&text(door, "15s"));
+        log.sort_by_key(|h| (h.submitted, h.workflow));
+        let at: Vec<(u64, u64)> = log
+            .iter()
+            .map(|h| (h.submitted.0 / s_, h.finished.0 / s_))
+            .collect();
+        assert_eq!(
+            at,
+            vec![(100, 110), (100, 110), (110, 120), (110, 120)],
+            "{door}"
+        );
+        let c = &r.summary().classes["c"];
+        assert_eq!((c.completed, c.failed), (2, 3), "{door}");
+        assert_eq!(c.failed_by_cause.get("timeout at call"), Some(&3), "{door}");
+        // 25s: only the fifth (held 20s, 10s of service) misses it, at 125, while it runs.
+        let (r, log) = run_logged(&text(door, "25s"));
+        assert_eq!(log.len(), 5, "{door}");
+        let c = &r.summary().classes["c"];
+        assert_eq!((c.completed, c.failed), (4, 1), "{door}");
+        // 35s: everyone makes it (30s for the fifth).
+        let (r, _) = run_logged(&text(door, "35s"));
+        assert_eq!(r.summary().classes["c"].completed, 5, "{door}");
+    }
+}
+
+#[test]
 fn shed_refuses_only_the_low_priority_lane() {
     // chat (priority 10) and etl (priority 0) share a pool whose watermark is 50% of
     // 20,000 tokens. Above 10,000 etl is shed; chat goes on up to 20,000.

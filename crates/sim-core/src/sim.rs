@@ -114,6 +114,9 @@ enum Timer {
     Abandon,
     /// The caller stops waiting for hop `seq`.
     HopTimeout { hop: u32, seq: u64 },
+    /// The caller stops waiting for a hop still held at a door (`id`): pool
+    /// `door`'s, or lane `door - pools`'s.
+    HeldTimeout { door: u32, id: u64 },
     /// A human review at `node` (branch) is done.
     HumanDone {
         node: u32,
@@ -280,6 +283,11 @@ enum Placement {
 /// the pool's tokens in flight leave room for it.
 #[derive(Clone, Copy, Debug)]
 struct Held {
+    /// Identifies it for its timeout timer.
+    id: u64,
+    /// When the caller started waiting for this call: its `timeout` runs from here,
+    /// door wait included.
+    since: SimTime,
     slot: u32,
     node: u32,
     branch: u32,
@@ -525,6 +533,10 @@ struct Sim<'a, 'o> {
     lane_door: Vec<VecDeque<Held>>,
     lane_door_event: Vec<bool>,
     lane_release: bool,
+    next_held_id: u64,
+    /// While a held hop is released: when its caller started waiting (its timeout
+    /// counts from there). Taken by the submission or the next hold.
+    held_since: Option<SimTime>,
     /// Per pool: nothing can refuse a hop (no breaker, outage, queue cap, API limit,
     /// admission watermark or storm), so pinned hops skip the admission checks.
     pool_always_admits: Vec<bool>,
@@ -687,6 +699,8 @@ impl<'a, 'o> Sim<'a, 'o> {
             lane_door: vec![VecDeque::new(); sc.lanes.len()],
             lane_door_event: vec![false; sc.lanes.len()],
             lane_release: false,
+            next_held_id: 0,
+            held_since: None,
             pool_always_admits: sc
                 .pools
                 .iter()
@@ -1984,21 +1998,13 @@ impl<'a, 'o> Sim<'a, 'o> {
         if gate.as_ref().is_err_and(|g| g.hold) {
             // Above the lane's `queue` watermark (or behind hops already held there):
             // wait at the lane's door; routed when the lane's tokens in flight fall.
-            let wf = &mut self.workflows[slot as usize];
-            wf.outstanding += 1;
-            if wf.counted {
+            if self.workflows[slot as usize].counted {
                 self.class_stats[ci].admitted_over_watermark += 1;
             }
-            self.lane_door[class.lane_index].push_back(Held {
-                slot,
-                node: node as u32,
-                branch,
-                epoch,
-                attempt,
-                context,
-                input,
-                output,
-            });
+            let door = (sc.pools.len() + class.lane_index) as u32;
+            self.hold(
+                door, slot, node, branch, epoch, attempt, context, input, output,
+            );
             return;
         }
         let lane_degrade = gate.as_ref().ok().copied().flatten();
@@ -2216,22 +2222,133 @@ impl<'a, 'o> Sim<'a, 'o> {
             && self.must_hold(p, tokens)
         {
             // Above a `queue` watermark (or behind hops already held): wait at the door.
-            self.workflows[slot as usize].outstanding += 1;
-            self.door[p].push_back(Held {
-                slot,
-                node: node as u32,
-                branch,
-                epoch,
-                attempt,
-                context,
-                input,
-                output,
-            });
+            self.hold(
+                p as u32, slot, node, branch, epoch, attempt, context, input, output,
+            );
             return;
         }
         self.submit_model_hop(
             slot, node, branch, epoch, context, input, output, attempt, p,
         );
+    }
+
+    /// Holds a model hop at door `door` (pool `door`, or lane `door - pools`), and
+    /// starts its caller's timeout, which runs from when the caller started waiting (an
+    /// earlier door, if it was held there first).
+    #[allow(clippy::too_many_arguments)]
+    fn hold(
+        &mut self,
+        door: u32,
+        slot: u32,
+        node: usize,
+        branch: u32,
+        epoch: u32,
+        attempt: u32,
+        context: u64,
+        input: u64,
+        output: u64,
+    ) {
+        let since = self.held_since.take().unwrap_or(self.now);
+        let id = self.next_held_id;
+        self.next_held_id += 1;
+        let wf = &mut self.workflows[slot as usize];
+        wf.outstanding += 1;
+        let wf_id = wf.id;
+        let timeout = self.sc.classes[wf.class as usize]
+            .graph_for(wf.record)
+            .nodes[node]
+            .timeout;
+        let held = Held {
+            id,
+            since,
+            slot,
+            node: node as u32,
+            branch,
+            epoch,
+            attempt,
+            context,
+            input,
+            output,
+        };
+        let n_pools = self.sc.pools.len();
+        match (door as usize).checked_sub(n_pools) {
+            None => self.door[door as usize].push_back(held),
+            Some(li) => self.lane_door[li].push_back(held),
+        }
+        if let Some(t) = timeout {
+            self.set_timer(
+                (since + t).max(self.now),
+                slot,
+                wf_id,
+                Timer::HeldTimeout { door, id },
+            );
+        }
+    }
+
+    /// A held hop's timeout passed at its door: it leaves the door (it never ran and
+    /// costs nothing) and is retried as a timed-out call of its pool (a lane door's hop:
+    /// of the first pool of its chain). The breaker does not count it: the pool never
+    /// saw it.
+    fn held_timed_out(&mut self, slot: u32, door: u32, id: u64) {
+        let sc = self.sc;
+        let n_pools = sc.pools.len();
+        let queue = match (door as usize).checked_sub(n_pools) {
+            None => &mut self.door[door as usize],
+            Some(li) => &mut self.lane_door[li],
+        };
+        let Some(h) = queue
+            .iter()
+            .position(|h| h.id == id)
+            .and_then(|k| queue.remove(k))
+        else {
+            return;
+        };
+        let wf = &mut self.workflows[slot as usize];
+        wf.outstanding -= 1;
+        let (ci, usd, record, wf_id) = (wf.class as usize, wf.usd, wf.record, wf.id);
+        let station = match (door as usize).checked_sub(n_pools) {
+            None => door as usize,
+            Some(_) => {
+                let class = &sc.classes[ci];
+                let spec = &class.graph_for(record).nodes[h.node as usize];
+                match spec.tier {
+                    Some(t) => sc
+                        .tier_chain(ci, t, class.budget_usd.map(|b| b - usd))
+                        .first()
+                        .copied()
+                        .unwrap_or(0),
+                    None => spec.pool.unwrap_or(0),
+                }
+            }
+        };
+        let hop = Hop {
+            seq: 0,
+            slot,
+            wf_id,
+            node: h.node,
+            branch: h.branch,
+            epoch: h.epoch,
+            kind: HopKind::Model,
+            station: station as u32,
+            context_in: h.context,
+            input_tokens: h.input,
+            output_tokens: h.output,
+            timed_out: true,
+            attempt: h.attempt,
+        };
+        self.retry_timed_out(slot, hop);
+        self.maybe_release(slot);
+        // The hops behind it may fit now.
+        match (door as usize).checked_sub(n_pools) {
+            None => self.door_may_open(door as usize),
+            Some(li) => {
+                if !self.lane_door[li].is_empty() && !self.lane_door_event[li] {
+                    self.lane_door_event[li] = true;
+                    self.queue
+                        .push(self.now, Event::LaneDoorOpen { lane: li as u32 });
+                }
+            }
+        }
     }
 
     /// Whether a hop of `tokens` must wait at the door of pool `p` (a `queue`
@@ -2276,6 +2393,7 @@ impl<'a, 'o> Sim<'a, 'o> {
             self.workflows[h.slot as usize].outstanding -= 1;
             if live {
                 self.lane_release = true;
+                self.held_since = Some(h.since);
                 self.route_model_hop(
                     h.slot,
                     h.node as usize,
@@ -2288,6 +2406,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                     None,
                 );
                 self.lane_release = false;
+                self.held_since = None;
             } else {
                 self.maybe_release(h.slot);
             }
@@ -2323,6 +2442,7 @@ impl<'a, 'o> Sim<'a, 'o> {
             self.door[p].pop_front();
             self.workflows[h.slot as usize].outstanding -= 1;
             if live {
+                self.held_since = Some(h.since);
                 self.submit_model_hop(
                     h.slot,
                     h.node as usize,
@@ -2334,6 +2454,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                     h.attempt,
                     p,
                 );
+                self.held_since = None;
             } else {
                 self.maybe_release(h.slot);
             }
@@ -2369,7 +2490,11 @@ impl<'a, 'o> Sim<'a, 'o> {
             [node as u64, branch as u64, epoch as u64, attempt as u64, 0],
         );
         let work = self.hop_work(ci, record, node, p, input, output, recorded, &mut trng);
-        let timeout = class.graph_for(record).nodes[node].timeout;
+        // A hop released from a door: its caller has been waiting since it was held.
+        let since = self.held_since.take();
+        let timeout = class.graph_for(record).nodes[node]
+            .timeout
+            .map(|t| since.map_or(t, |s| (s + t) - self.now));
         self.submit_hop(
             slot,
             Hop {
@@ -2931,6 +3056,11 @@ impl<'a, 'o> Sim<'a, 'o> {
             Timer::Abandon => {
                 if undecided {
                     self.finish_workflow(slot, Outcome::Abandoned, "abandoned");
+                }
+            }
+            Timer::HeldTimeout { door, id } => {
+                if undecided {
+                    self.held_timed_out(slot, door, id);
                 }
             }
             Timer::HopTimeout { hop, seq } => {
