@@ -2167,7 +2167,9 @@ impl<'a, 'o> Sim<'a, 'o> {
                             wf.number,
                             [node as u64, branch as u64, epoch as u64, attempt as u64, 1],
                         );
-                        let jitter = 0.8 + 0.4 * trng.random::<f64>();
+                        // Retry-After is a minimum: spread the retries over [1, 1.25]
+                        // of it, never earlier than the server said.
+                        let jitter = 1.0 + 0.25 * trng.random::<f64>();
                         let after = retry_after.unwrap_or(first.retry_after);
                         SimDuration::from_secs_f64(after.as_secs_f64() * jitter)
                     }
