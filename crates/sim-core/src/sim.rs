@@ -570,6 +570,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                         }),
                         (st, _) => st,
                     };
+                    let station = station.and_then(|st| st.with_discipline(p.discipline));
                     if let Ok(station) = station {
                         let station = match factory.replica_picker(&g.picker) {
                             Some(picker) => station.with_picker(picker),

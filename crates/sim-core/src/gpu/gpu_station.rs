@@ -5,6 +5,11 @@
 //! Wake tokens carry the replica index (high 24 bits) and the generation of that
 //! replica's plan (low 40 bits); a wake-up for an older plan is ignored.
 //!
+//! The pool's queue discipline orders each replica's waiting queue (and the pool's
+//! queue of requests waiting for a replica to come up): `Fifo`, `Priority` (highest
+//! lane priority first) or `EarliestDeadline` (earliest workflow deadline first), each
+//! FIFO within a priority or deadline; see [`GpuPoolStation::with_discipline`].
+//!
 //! `Work::Service` (or `Work::Api`) sent to a GPU pool is a no-op: it finishes at once, occupies
 //! nothing and costs nothing (scenario validation should not route one here; this
 //! keeps a misrouted hop from stalling its workflow). Such hops are counted in
@@ -12,6 +17,7 @@
 
 use super::replica::{Replica, ReplicaConfig, ReplicaReport};
 use super::{LlmRequest, LlmTimings, PerfModel};
+use crate::policy::{DisciplineSpec, JobMeta};
 use crate::station::{
     HopDone, HopJob, JobId, LoadNow, Station, StationOutput, StationReport, TimeIntegral, Work,
 };
@@ -139,6 +145,8 @@ struct Kept {
     lost_busy: SimDuration,
     lost_usd: f64,
     recomputes: u32,
+    /// Its place in a ranked queue (see [`GpuPoolStation::rank`]).
+    rank: u64,
 }
 
 /// Capacity figures of a pool whose size changes (autoscaling, spot), over the window.
@@ -191,8 +199,11 @@ pub struct GpuPoolStation {
     paid_on_demand: TimeIntegral,
     paid_spot: TimeIntegral,
     spot_up: TimeIntegral,
-    /// Requests that found no replica up (all lost to preemption), in arrival order.
-    parked: VecDeque<(JobId, SimTime)>,
+    /// Requests that found no replica up (all lost to preemption): (id, submitted,
+    /// rank), in arrival order, sorted by rank under a ranked discipline.
+    parked: VecDeque<(JobId, SimTime, u64)>,
+    /// Order of the waiting queues.
+    discipline: DisciplineSpec,
     /// Requests in the pool, for pools with spot replicas.
     kept: BTreeMap<JobId, Kept>,
     counts: CapacityReport,
@@ -256,6 +267,7 @@ impl GpuPoolStation {
             paid_spot: TimeIntegral::default(),
             spot_up: TimeIntegral::default(),
             parked: VecDeque::new(),
+            discipline: DisciplineSpec::Fifo,
             kept: BTreeMap::new(),
             counts: CapacityReport::default(),
         })
@@ -271,12 +283,58 @@ impl GpuPoolStation {
                 self.perf.clone(),
                 spot.usd_per_replica_hour,
             )?;
+            let ranked = self.ranked();
+            self.replicas[i].set_ranked(ranked);
             self.on_spot[i] = true;
         }
         self.spot = Some(spot);
         self.resized = true;
         self.update_levels(SimTime::ZERO);
         Ok(self)
+    }
+
+    /// Orders the pool's waiting queues by `discipline`: `Priority` serves the highest
+    /// lane priority first, `EarliestDeadline` the earliest workflow deadline (hops
+    /// without an SLO last), each in arrival order within a priority or deadline.
+    /// Only the order of admission changes: a running request is never preempted for a
+    /// better-placed arrival. `WeightedFair` is refused (it needs virtual-time tags
+    /// across replicas that continuous batching has no place for).
+    pub fn with_discipline(mut self, discipline: DisciplineSpec) -> Result<Self, String> {
+        if discipline == DisciplineSpec::WeightedFair {
+            return Err(format!(
+                "pool `{}`: weighted_fair is not supported on gpu pools (fifo, priority, earliest_deadline are)",
+                self.name
+            ));
+        }
+        self.discipline = discipline;
+        let ranked = self.ranked();
+        for r in self.replicas.iter_mut() {
+            r.set_ranked(ranked);
+        }
+        Ok(self)
+    }
+
+    fn ranked(&self) -> bool {
+        self.discipline != DisciplineSpec::Fifo
+    }
+
+    /// A request's place in a ranked queue, smaller first.
+    fn rank(&self, meta: &JobMeta) -> u64 {
+        match self.discipline {
+            DisciplineSpec::Priority => (i32::MAX as i64 - meta.priority as i64) as u64,
+            DisciplineSpec::EarliestDeadline => meta.deadline.as_nanos(),
+            DisciplineSpec::Fifo | DisciplineSpec::WeightedFair => 0,
+        }
+    }
+
+    /// Queues a request until a replica comes up, behind those of its rank or smaller.
+    fn park(&mut self, id: JobId, submitted: SimTime, rank: u64) {
+        let pos = if self.ranked() {
+            self.parked.partition_point(|p| p.2 <= rank)
+        } else {
+            self.parked.len()
+        };
+        self.parked.insert(pos, (id, submitted, rank));
     }
 
     /// Capacity figures over the window (autoscaled or spot pools), up to `now`.
@@ -319,7 +377,14 @@ impl GpuPoolStation {
 
     /// Sends a request to a replica chosen by the picker among those up, or parks it
     /// when none is.
-    fn dispatch(&mut self, now: SimTime, submitted: SimTime, id: JobId, req: &LlmRequest) {
+    fn dispatch(
+        &mut self,
+        now: SimTime,
+        submitted: SimTime,
+        id: JobId,
+        req: &LlmRequest,
+        rank: u64,
+    ) {
         self.views.clear();
         self.view_index.clear();
         for (i, r) in self.replicas.iter_mut().enumerate() {
@@ -337,12 +402,12 @@ impl GpuPoolStation {
             self.view_index.push(i);
         }
         if self.views.is_empty() {
-            self.parked.push_back((id, submitted));
+            self.park(id, submitted, rank);
             return;
         }
         let v = self.picker.pick(&self.views, req).min(self.views.len() - 1);
         let i = self.view_index[v];
-        self.replicas[i].submit_since(now, submitted, id, req);
+        self.replicas[i].submit_ranked(now, submitted, id, req, rank);
     }
 
     /// A booted replica joins the pool and takes the requests parked for want of one.
@@ -355,6 +420,7 @@ impl GpuPoolStation {
         let Ok(mut r) = Replica::new(self.cfg.clone(), self.perf.clone(), price) else {
             return;
         };
+        r.set_ranked(self.ranked());
         if self.replicas.len() as u64 >= 1 << (64 - GEN_BITS) {
             return;
         }
@@ -363,11 +429,11 @@ impl GpuPoolStation {
         self.life.push(Life::Up);
         self.on_spot.push(spot);
         self.update_levels(now);
-        while let Some((id, submitted)) = self.parked.pop_front() {
+        while let Some((id, submitted, rank)) = self.parked.pop_front() {
             let Some(req) = self.kept.get(&id).map(|k| k.req.clone()) else {
                 continue;
             };
-            self.dispatch(now, submitted, id, &req);
+            self.dispatch(now, submitted, id, &req, rank);
         }
         self.drain(out);
     }
@@ -447,6 +513,11 @@ impl GpuPoolStation {
 
 impl Station for GpuPoolStation {
     fn submit(&mut self, now: SimTime, job: HopJob, out: &mut StationOutput) {
+        self.submit_meta(now, job, &JobMeta::default(), out);
+    }
+
+    fn submit_meta(&mut self, now: SimTime, job: HopJob, meta: &JobMeta, out: &mut StationOutput) {
+        let rank = self.rank(meta);
         match job.work {
             Work::Service(_) | Work::Api(_) => {
                 self.service_noops += 1;
@@ -468,15 +539,16 @@ impl Station for GpuPoolStation {
                             lost_busy: SimDuration::ZERO,
                             lost_usd: 0.0,
                             recomputes: 0,
+                            rank,
                         },
                     );
                 }
                 if self.parked.is_empty() {
-                    self.dispatch(now, now, job.id, &req);
+                    self.dispatch(now, now, job.id, &req, rank);
                 } else {
-                    // Behind requests already waiting for a replica (only a spot pool
+                    // With requests already waiting for a replica (only a spot pool
                     // can have none up, and it keeps every request).
-                    self.parked.push_back((job.id, now));
+                    self.park(job.id, now, rank);
                 }
             }
         }
@@ -602,8 +674,8 @@ impl Station for GpuPoolStation {
                 self.counts.moved_waiting += 1;
                 kept.recomputes += e.preemptions;
             }
-            let (req, submitted) = (kept.req.clone(), kept.submitted);
-            self.dispatch(now, submitted, e.id, &req);
+            let (req, submitted, rank) = (kept.req.clone(), kept.submitted, kept.rank);
+            self.dispatch(now, submitted, e.id, &req, rank);
         }
         self.drain(out);
         true
@@ -832,6 +904,18 @@ pub(crate) mod tests {
         report_at: &[u64],
         tie_seed: u64,
     ) -> RunOut {
+        drive_meta(st, arrivals, &[], measure_at, report_at, tie_seed)
+    }
+
+    /// [`drive`] with the scheduling attributes of each arrival (default when missing).
+    pub(crate) fn drive_meta(
+        st: &mut GpuPoolStation,
+        arrivals: &[(u64, LlmRequest)],
+        metas: &[JobMeta],
+        measure_at: u64,
+        report_at: &[u64],
+        tie_seed: u64,
+    ) -> RunOut {
         let mut heap = BinaryHeap::new();
         let mut rng = tie_seed;
         let mut key = move || {
@@ -864,7 +948,7 @@ pub(crate) mod tests {
             let now = SimTime(t);
             out.clear();
             match ev {
-                Ev::Submit(i) => st.submit(
+                Ev::Submit(i) => st.submit_meta(
                     now,
                     HopJob {
                         id: JobId(i as u64),
@@ -873,6 +957,7 @@ pub(crate) mod tests {
                             ..arrivals[i].1.clone()
                         })),
                     },
+                    &metas.get(i).copied().unwrap_or_default(),
                     &mut out,
                 ),
                 Ev::Wake(token) => {
@@ -924,6 +1009,42 @@ pub(crate) mod tests {
         } else {
             st
         }
+    }
+
+    /// A discipline of a GPU pool, and scheduling attributes for `n` arrivals drawn
+    /// from `seed`: priorities 0-2 and deadlines within 6 us of arrival, so that ties
+    /// and reorderings are frequent.
+    fn ranked_setup(
+        disc: u8,
+        seed: u64,
+        arrivals: &[(u64, LlmRequest)],
+    ) -> (DisciplineSpec, Vec<JobMeta>) {
+        let d = [
+            DisciplineSpec::Fifo,
+            DisciplineSpec::Priority,
+            DisciplineSpec::EarliestDeadline,
+        ][disc as usize % 3];
+        let metas = arrivals
+            .iter()
+            .enumerate()
+            .map(|(i, (at, _))| {
+                let h = mix(seed, i as u64);
+                JobMeta {
+                    priority: (h % 3) as i32,
+                    deadline: if (h >> 8).is_multiple_of(4) {
+                        SimTime(u64::MAX)
+                    } else {
+                        SimTime(at + (h >> 16) % 6 * 1000)
+                    },
+                    ..JobMeta::default()
+                }
+            })
+            .collect();
+        (d, metas)
+    }
+
+    fn ordered(st: GpuPoolStation, d: DisciplineSpec) -> GpuPoolStation {
+        st.with_discipline(d).unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn arb_request() -> impl Strategy<Value = LlmRequest> {
@@ -1006,10 +1127,12 @@ pub(crate) mod tests {
             round_robin in any::<bool>(),
             (arrivals, measure, reports) in arb_workload(),
             seeds in (any::<u64>(), any::<u64>()),
+            (disc, meta_seed) in (0u8..3, any::<u64>()),
         ) {
-            let skip = drive(&mut station(replicas, cfg.clone(), round_robin), &arrivals, measure, &reports, seeds.0);
+            let (d, metas) = ranked_setup(disc, meta_seed, &arrivals);
+            let skip = drive_meta(&mut ordered(station(replicas, cfg.clone(), round_robin), d), &arrivals, &metas, measure, &reports, seeds.0);
             let plain_cfg = ReplicaConfig { decode_skipping: false, ..cfg };
-            let plain = drive(&mut station(replicas, plain_cfg, round_robin), &arrivals, measure, &reports, seeds.1);
+            let plain = drive_meta(&mut ordered(station(replicas, plain_cfg, round_robin), d), &arrivals, &metas, measure, &reports, seeds.1);
             prop_assert_eq!(skip.done.len(), arrivals.len(), "every request finishes");
             prop_assert_eq!(&skip.done, &plain.done);
             prop_assert_eq!(&skip.reports, &plain.reports);
@@ -1032,6 +1155,7 @@ pub(crate) mod tests {
             arrivals in prop::collection::vec((0u64..40, arb_request()), 20..80),
             measure in 0u64..40,
             seeds in (any::<u64>(), any::<u64>()),
+            (disc, meta_seed) in (0u8..3, any::<u64>()),
         ) {
             let arrivals: Vec<(u64, LlmRequest)> =
                 arrivals.into_iter().map(|(t, r)| (t * 1000, r)).collect();
@@ -1045,9 +1169,10 @@ pub(crate) mod tests {
                 ..ReplicaConfig::defaults(kv)
             };
             let reports = [measure * 1000 + 500, 30_000];
-            let skip = drive(&mut station(replicas, cfg.clone(), false), &arrivals, measure * 1000, &reports, seeds.0);
+            let (d, metas) = ranked_setup(disc, meta_seed, &arrivals);
+            let skip = drive_meta(&mut ordered(station(replicas, cfg.clone(), false), d), &arrivals, &metas, measure * 1000, &reports, seeds.0);
             let plain_cfg = ReplicaConfig { decode_skipping: false, ..cfg };
-            let plain = drive(&mut station(replicas, plain_cfg, false), &arrivals, measure * 1000, &reports, seeds.1);
+            let plain = drive_meta(&mut ordered(station(replicas, plain_cfg, false), d), &arrivals, &metas, measure * 1000, &reports, seeds.1);
             prop_assert_eq!(skip.done.len(), arrivals.len());
             prop_assert_eq!(&skip.done, &plain.done);
             prop_assert_eq!(&skip.reports, &plain.reports);
@@ -1067,6 +1192,7 @@ pub(crate) mod tests {
             seqs in 1u32..16,
             skipping in any::<bool>(),
             (arrivals, measure, reports) in arb_workload(),
+            (disc, meta_seed) in (0u8..3, any::<u64>()),
         ) {
             let cfg = ReplicaConfig {
                 max_num_seqs: seqs,
@@ -1077,7 +1203,8 @@ pub(crate) mod tests {
                 decode_skipping: skipping,
                 ..ReplicaConfig::defaults(kv)
             };
-            let run = drive(&mut station(1, cfg, false), &arrivals, measure, &reports, 7);
+            let (d, metas) = ranked_setup(disc, meta_seed, &arrivals);
+            let run = drive_meta(&mut ordered(station(1, cfg, false), d), &arrivals, &metas, measure, &reports, 7);
             prop_assert_eq!(run.done.len(), arrivals.len());
             if let Err(e) = check_gaps(&run, &arrivals) {
                 prop_assert!(false, "{}", e);
@@ -1238,6 +1365,59 @@ pub(crate) mod tests {
         assert!((rep.capacity_server_s - (100.0 + drain_end - 70.0)).abs() < 1e-9);
         let cap = gpu.capacity.unwrap_or_default();
         assert_eq!((cap.boots, cap.retirements), (1, 1));
+    }
+
+    #[test]
+    fn requests_waiting_for_a_replica_follow_the_discipline() {
+        // One spot replica, lost at once: three requests park, then a replica boots
+        // and takes them. The first one dispatched starts alone at once.
+        for (d, first) in [
+            (DisciplineSpec::Fifo, 0),
+            (DisciplineSpec::Priority, 2),
+            (DisciplineSpec::EarliestDeadline, 1),
+        ] {
+            let spot = SpotConfig {
+                replicas: 1,
+                usd_per_replica_hour: 1.8,
+                recompute: true,
+            };
+            let mut st = ordered(
+                station(1, ReplicaConfig::new(1000).unwrap(), false)
+                    .with_spot(spot)
+                    .unwrap_or_else(|e| panic!("{e}")),
+                d,
+            );
+            let mut out = StationOutput::default();
+            assert!(st.preempt(SimTime(0), 0, &mut out));
+            // Priorities 0, 5, 9; deadlines 30, 10, none.
+            for (id, priority, deadline) in [(0u64, 0, 30), (1, 5, 10), (2, 9, u64::MAX)] {
+                let job = HopJob {
+                    id: JobId(id),
+                    work: Work::Llm(Box::new(llm(20, 5))),
+                };
+                let meta = JobMeta {
+                    priority,
+                    deadline: SimTime(deadline),
+                    ..JobMeta::default()
+                };
+                st.submit_meta(SimTime(1 + id), job, &meta, &mut out);
+            }
+            assert_eq!(st.load_now().map(|l| l.queued), Some(3));
+            st.spot_boot_started(SimTime(5));
+            st.spot_boot_finished(SimTime(10), &mut out);
+            let mut done = Vec::new();
+            run_out(&mut st, &mut out, &mut done);
+            assert_eq!(done.len(), 3);
+            let alone: Vec<u64> = done
+                .iter()
+                .filter(|h| h.started == SimTime(10))
+                .map(|h| h.id.0)
+                .collect();
+            assert_eq!(alone, vec![first], "{d:?}");
+        }
+        let st = station(1, ReplicaConfig::new(1000).unwrap(), false);
+        let e = st.with_discipline(DisciplineSpec::WeightedFair).err();
+        assert!(e.is_some_and(|e| e.contains("weighted_fair")));
     }
 
     #[test]

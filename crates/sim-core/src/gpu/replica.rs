@@ -1,7 +1,18 @@
 //! One model replica serving LLM hops with iteration-level continuous batching in the
-//! manner of vLLM: a FIFO waiting queue, a running set, a paged KV cache with prefix
-//! caching, chunked prefill, admission with a free-block watermark, and preemption by
-//! recompute.
+//! manner of vLLM: a waiting queue (FIFO, or ordered by a rank: see below), a running
+//! set, a paged KV cache with prefix caching, chunked prefill, admission with a
+//! free-block watermark, and preemption by recompute.
+//!
+//! # Order of the waiting queue
+//! FIFO by default. A replica with a ranked queue ([`Replica::set_ranked`], the pool's
+//! `discipline = "priority"` or `"earliest_deadline"`) keeps it sorted by each
+//! request's rank, smallest first, in arrival order within a rank: an arrival goes
+//! behind every waiting request of its rank or smaller, a sequence preempted by
+//! recompute in front of every waiting request of its rank or larger (the front of its
+//! own class, as vLLM's priority policy re-sorts the preempted request into the
+//! queue). Admission still takes the head only, so a blocked head blocks everyone
+//! behind it, and a running sequence is never preempted for a better-ranked arrival.
+//! With every rank equal, the ranked queue is the FIFO queue.
 //!
 //! # One iteration, planned at time `t`
 //! 1. Running sequences in admission order: a decoding sequence gets one token (and a
@@ -9,10 +20,10 @@
 //!    prefilling (chunked prefill) gets the token budget left after reserving one token
 //!    for every decoding sequence behind it, shrunk to the free blocks. When a sequence
 //!    cannot get even one block, the most recently admitted running sequence is
-//!    preempted (blocks freed, back to the front of the waiting queue, its generated
+//!    preempted (blocks freed, back to the front of the waiting queue (of its rank), its generated
 //!    tokens folded into the prompt to recompute) until one frees up, or the sequence
 //!    itself is the most recent one and is preempted.
-//! 2. If nobody was preempted, waiting sequences are admitted in FIFO order while the
+//! 2. If nobody was preempted, waiting sequences are admitted in queue order while the
 //!    sequence limit and token budget allow and KV blocks for the prompt's first chunk
 //!    (what is left of the budget) are available above the watermark. On an empty
 //!    replica the watermark is waived and the chunk shrunk to the cache, so that any
@@ -29,7 +40,9 @@
 //! once and applied lazily: one wake-up instead of `k`. Their effects are applied
 //! iteration by iteration in time order whenever the replica is looked at, so every
 //! figure is identical (not close) to the iteration-by-iteration run. A submit that
-//! would become admissible cuts the stretch at the end of the iteration in progress.
+//! would become admissible cuts the stretch at the end of the iteration in progress;
+//! so does one that goes ahead of the head of a ranked queue (the new head may fit
+//! where the old one did not).
 //!
 //! # Time semantics
 //! Every call at time `now` first applies all effects at times `<= now`. A request
@@ -175,6 +188,8 @@ struct Seq {
     registered: u32,
     cached_tokens: u32,
     preemptions: u32,
+    /// Place in a ranked waiting queue: smaller first (0 in a FIFO queue).
+    rank: u64,
     /// Busy time charged, in 1/SHARE_SCALE ns.
     share: u128,
     /// The part of `share` charged for prefill chunks (prompt and recomputation).
@@ -353,7 +368,9 @@ pub struct Replica {
     usd_per_ns: f64,
     watermark_blocks: u32,
     kv: KvCache,
+    /// Sorted by [`Seq::rank`] when `ranked` (stable: arrival order within a rank).
     waiting: VecDeque<Seq>,
+    ranked: bool,
     running: Vec<Seq>,
     busy: Option<Busy>,
     generation: u64,
@@ -397,6 +414,7 @@ impl Replica {
             watermark_blocks: cfg.watermark_blocks(),
             kv: KvCache::new(cfg.kv_capacity_blocks),
             waiting: VecDeque::new(),
+            ranked: false,
             running: Vec::new(),
             busy: None,
             generation: 0,
@@ -432,6 +450,12 @@ impl Replica {
 
     pub fn config(&self) -> &ReplicaConfig {
         &self.cfg
+    }
+    /// Orders the waiting queue by the rank given at submit (see the module docs);
+    /// off (FIFO) by default. Set it before the first submit.
+    pub fn set_ranked(&mut self, ranked: bool) {
+        debug_assert!(self.waiting.is_empty() || !ranked);
+        self.ranked = ranked;
     }
     /// Generation of the current plan; a wake-up for an older one is stale.
     pub fn generation(&self) -> u64 {
@@ -483,6 +507,19 @@ impl Replica {
     /// (later when it was parked or is recomputed after a spot preemption): its TTFT
     /// and latency count from `submitted`.
     pub fn submit_since(&mut self, now: SimTime, submitted: SimTime, id: JobId, req: &LlmRequest) {
+        self.submit_ranked(now, submitted, id, req, 0);
+    }
+
+    /// [`Replica::submit_since`] with the request's place in a ranked waiting queue
+    /// (smaller first; ignored by a FIFO replica).
+    pub fn submit_ranked(
+        &mut self,
+        now: SimTime,
+        submitted: SimTime,
+        id: JobId,
+        req: &LlmRequest,
+        rank: u64,
+    ) {
         self.advance(now);
         // A prompt of no tokens still has the start token; a hop generates at least one.
         let input = req.input_tokens.max(1);
@@ -529,12 +566,20 @@ impl Replica {
             registered: 0,
             cached_tokens: 0,
             preemptions: 0,
+            rank,
             share: 0,
             prefill_share: 0,
         };
         self.outstanding += seq.remaining();
-        let new_head = self.waiting.is_empty();
-        self.waiting.push_back(seq);
+        let new_head = if self.ranked {
+            // Behind every waiting request of its rank or smaller.
+            let pos = self.waiting.partition_point(|s| s.rank <= rank);
+            self.waiting.insert(pos, seq);
+            pos == 0
+        } else {
+            self.waiting.push_back(seq);
+            self.waiting.len() == 1
+        };
         self.set_levels(now);
         if self.busy.is_none() {
             self.plan_at(now);
@@ -1012,7 +1057,14 @@ impl Replica {
         v.preemptions += 1;
         self.outstanding = self.outstanding - before + v.remaining();
         self.stats.preemptions += 1;
-        self.waiting.push_front(v);
+        if self.ranked {
+            // The front of its own rank: ahead of every waiting request of its rank or
+            // larger.
+            let pos = self.waiting.partition_point(|s| s.rank < v.rank);
+            self.waiting.insert(pos, v);
+        } else {
+            self.waiting.push_front(v);
+        }
     }
 
     /// End effects of the general iteration.
@@ -1252,7 +1304,7 @@ impl Replica {
         }
     }
 
-    /// A request became the head of an empty queue during a stretch: unless it is
+    /// A request became the head of the queue during a stretch: unless it is
     /// blocked for as long as the stretch lasts, end the stretch after the iteration in
     /// progress so that the next boundary considers it.
     fn cut_stretch_for_new_head(&mut self) {
@@ -1308,6 +1360,18 @@ impl Replica {
                 return Err(format!("{:?} waits holding blocks", s.id));
             }
             outstanding += s.remaining();
+        }
+        if self.ranked
+            && let Some(w) = self
+                .waiting
+                .iter()
+                .zip(self.waiting.iter().skip(1))
+                .find(|(a, b)| a.rank > b.rank)
+        {
+            return Err(format!(
+                "{:?} (rank {}) waits ahead of {:?} (rank {})",
+                w.0.id, w.0.rank, w.1.id, w.1.rank
+            ));
         }
         // Blocks shared through the prefix cache are counted once per holder.
         if held < self.kv.used() as u64 {
@@ -1522,6 +1586,67 @@ mod tests {
         assert!(done[1].finished > done[0].finished);
         assert_eq!(rep.finished, 2);
         assert_eq!(rep.kv_used_blocks_max, 4);
+    }
+
+    #[test]
+    fn a_ranked_queue_orders_arrivals_and_puts_the_preempted_in_front_of_its_rank() {
+        // The preemption case: A and B (rank 5) run, three blocks each wanted of four,
+        // so B is preempted when both cross their second block boundary. Meanwhile D
+        // (rank 5) and then C (rank 0) arrive with prompts of three blocks, blocked.
+        // (IDs: A 0, B 1, C 2, D 3.)
+        let cfg = ReplicaConfig {
+            block_size: 4,
+            watermark: 0.0,
+            ..ReplicaConfig::defaults(4)
+        };
+        let mut r = Replica::new(cfg, Arc::new(LinearPerf), 3.6).unwrap_or_else(|e| panic!("{e}"));
+        r.set_ranked(true);
+        let ids = |r: &Replica| r.waiting.iter().map(|s| s.id.0).collect::<Vec<_>>();
+        r.submit_ranked(SimTime(0), SimTime(0), JobId(0), &req(4, 9), 5);
+        r.submit_ranked(SimTime(0), SimTime(0), JobId(1), &req(4, 9), 5);
+        r.submit_ranked(SimTime(12_000), SimTime(12_000), JobId(3), &req(12, 2), 5);
+        r.submit_ranked(SimTime(12_001), SimTime(12_001), JobId(2), &req(12, 2), 0);
+        assert_eq!(r.running_len(), 2);
+        assert_eq!(
+            ids(&r),
+            vec![2, 3],
+            "the better rank first, whatever the arrival"
+        );
+        let mut done = Vec::new();
+        let mut seen = Vec::new();
+        while let Some((t, _)) = r.take_wake() {
+            r.advance(t);
+            r.drain_done(&mut done);
+            r.check_invariants().unwrap_or_else(|e| panic!("{e}"));
+            if r.stats.preemptions == 1 && seen.is_empty() {
+                seen = ids(&r);
+            }
+        }
+        // B goes back in front of D (its rank, arrived later) but behind C.
+        assert_eq!(seen, vec![2, 1, 3]);
+        assert_eq!(done.len(), 4);
+        done.sort_by_key(|d| d.started);
+        let order: Vec<u64> = done.iter().map(|d| d.id.0).collect();
+        assert_eq!(order, vec![0, 1, 2, 3]);
+        // C runs before B is readmitted: B finishes after C starts.
+        assert!(done[1].finished > done[2].started);
+
+        // In FIFO the same arrivals queue in arrival order and B goes to the very front.
+        let mut f = Replica::new(r.cfg.clone(), Arc::new(LinearPerf), 3.6)
+            .unwrap_or_else(|e| panic!("{e}"));
+        f.submit_ranked(SimTime(0), SimTime(0), JobId(0), &req(4, 9), 5);
+        f.submit_ranked(SimTime(0), SimTime(0), JobId(1), &req(4, 9), 5);
+        f.submit_ranked(SimTime(12_000), SimTime(12_000), JobId(3), &req(12, 2), 5);
+        f.submit_ranked(SimTime(12_001), SimTime(12_001), JobId(2), &req(12, 2), 0);
+        assert_eq!(ids(&f), vec![3, 2]);
+        let mut seen = Vec::new();
+        while let Some((t, _)) = f.take_wake() {
+            f.advance(t);
+            if f.stats.preemptions == 1 && seen.is_empty() {
+                seen = ids(&f);
+            }
+        }
+        assert_eq!(seen, vec![1, 3, 2]);
     }
 
     #[test]
