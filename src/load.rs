@@ -432,7 +432,8 @@ pub fn parse_scenario(
     text: &str,
     sets: &[String],
 ) -> Result<LoadedScenario, InputError> {
-    let mut table: toml::Table = toml::from_str(text).map_err(|e| toml_error(file, text, &e))?;
+    let original: toml::Table = toml::from_str(text).map_err(|e| toml_error(file, text, &e))?;
+    let mut table = original.clone();
     // Overrides first, so that they reach trace options too
     // (`--set classes.chat.arrival.rate=2`).
     for s in sets {
@@ -451,12 +452,16 @@ pub fn parse_scenario(
         let regenerated = toml::to_string(&table)
             .map_err(|e| InputError::new(file, format!("after --set overrides: {e}")))?;
         toml::from_str(&regenerated).map_err(|e| {
-            let when = if sets.is_empty() {
-                "" // trace arrivals only: the message still names the key
+            let msg = e.message().trim().to_string();
+            if sets.is_empty() {
+                // Trace arrivals only: the message still names the key.
+                InputError::new(file, msg)
             } else {
-                "after --set overrides: "
-            };
-            InputError::new(file, format!("{when}{}", e.message().trim()))
+                match first_bad_set(file, &original, sets) {
+                    Some(set) => InputError::new(file, format!("--set `{set}`: {msg}")),
+                    None => InputError::new(file, format!("after --set overrides: {msg}")),
+                }
+            }
         })?
     };
     let mut scenario = spec
@@ -480,6 +485,35 @@ pub fn parse_scenario(
         notes,
         gates,
     })
+}
+
+/// The first override after which the scenario no longer deserialises (the schema
+/// error's message names the expected type, not where the bad value came from).
+/// Only called on the error path, so re-reading CSV columns here costs nothing in a
+/// good run.
+fn first_bad_set<'a>(file: &str, original: &toml::Table, sets: &'a [String]) -> Option<&'a str> {
+    let parses = |n: usize| -> bool {
+        let mut t = original.clone();
+        for s in &sets[..n] {
+            if apply_set(&mut t, s).is_err() {
+                return false;
+            }
+        }
+        if crate::empirical_csv::resolve(file, &mut t).is_err()
+            || extract_traces(file, &mut t).is_err()
+        {
+            return false;
+        }
+        toml::to_string(&t)
+            .ok()
+            .is_some_and(|r| toml::from_str::<ScenarioSpec>(&r).is_ok())
+    };
+    if !parses(0) {
+        return None;
+    }
+    (1..=sets.len())
+        .find(|&n| !parses(n))
+        .map(|n| sets[n - 1].as_str())
 }
 
 /// `file:line:col: message` from a TOML error.

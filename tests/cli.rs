@@ -340,6 +340,31 @@ fn bad_set_override_is_an_input_error() {
         .expect("spawn");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("sevrers"));
+    // A value of the wrong type: the message names the override that brought it, not
+    // the good one before it.
+    for (bad, needle) in [
+        ("classes.jobs.arrival.rate=fast", "expected f64"),
+        ("simulation.horizon=-5s", "not a duration"),
+    ] {
+        let out = bin()
+            .args([
+                "check",
+                "scenarios/mmc.toml",
+                "--set",
+                "pools.agents.servers=5",
+                "--set",
+                bad,
+            ])
+            .current_dir(root())
+            .output()
+            .expect("spawn");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(&format!("--set `{bad}`")), "{stderr}");
+        assert!(stderr.contains(needle), "{stderr}");
+        assert!(!stderr.contains("servers=5"), "{stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    }
 }
 
 // ---------------------------------------------------------------------------------

@@ -185,6 +185,20 @@ impl Sampler {
         }
     }
 
+    /// The largest value a draw can take, where it is finite (constant, uniform,
+    /// empirical); `None` for unbounded distributions.
+    pub fn max_value(&self) -> Option<f64> {
+        match self {
+            Sampler::Constant(v) => Some(*v),
+            Sampler::Uniform(_, hi) => Some(*hi),
+            Sampler::Empirical(v, _) => v.iter().copied().reduce(f64::max),
+            Sampler::Exponential(..)
+            | Sampler::Normal(..)
+            | Sampler::LogNormal(..)
+            | Sampler::Gamma(..) => None,
+        }
+    }
+
     /// E[X^2] where it has a simple closed form (constant, uniform, exponential,
     /// empirical); `None` otherwise. Used by the M/G/1 (Pollaczek-Khinchine) formula.
     pub fn second_moment(&self) -> Option<f64> {

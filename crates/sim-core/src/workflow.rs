@@ -541,6 +541,20 @@ pub fn compile_graph(
                     "a join needs a quorum of at least 1 branch".into(),
                 ));
             }
+            // A quorum no draw can reach would silently be a join-all: refuse it where
+            // the count has a finite maximum (a draw below the quorum of an unbounded
+            // count waits for all its branches, as documented).
+            if let (Some(q), Some(max)) = (f.quorum, count.max_value())
+                && f64::from(q) > crate::time::round_non_negative(max) as f64
+            {
+                return Err((
+                    format!("{nk}.fan_out.quorum"),
+                    format!(
+                        "a quorum of {q} can never be reached: the branch count is at most {}",
+                        crate::time::round_non_negative(max)
+                    ),
+                ));
+            }
             if f.wave == Some(0) {
                 return Err((
                     format!("{nk}.fan_out.wave"),

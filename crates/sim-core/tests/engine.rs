@@ -477,6 +477,47 @@ after = ["research", "summarise"]
     }
 }
 
+#[test]
+fn a_fan_out_of_zero_branches_is_skipped() {
+    // plan(1s) fans out to {0 or 3} researchers (2s each), then answer(1s): a draw of 0
+    // skips the branch (2s), a draw of 3 runs them in parallel (3s + 1s + ... = 4s).
+    let text = r#"
+[simulation]
+horizon = "2h"
+drain = true
+[pools.llm]
+servers = 100
+service = { dist = "constant", value = "1s" }
+[classes.c]
+arrival = { process = "poisson", rate = 0.01 }
+[[classes.c.nodes]]
+id = "plan"
+pool = "llm"
+[[classes.c.nodes]]
+id = "research"
+pool = "llm"
+after = ["plan"]
+service = { dist = "constant", value = "2s" }
+fan_out = { count = { dist = "empirical", values = [0, 3] } }
+[[classes.c.nodes]]
+id = "answer"
+pool = "llm"
+after = ["research"]
+"#;
+    let r = run_seed(text, 3);
+    let c = &r.classes[0];
+    assert_eq!(c.completed, c.arrived);
+    assert!(c.completed > 40);
+    let (lo, hi) = (c.latency_ns.min(), c.latency_ns.max());
+    assert!((lo as f64 / 2e9 - 1.0).abs() < 1e-3, "{lo}");
+    assert!((hi as f64 / 4e9 - 1.0).abs() < 1e-3, "{hi}");
+    // Every workflow took 2s or 4s, so the sum pins how many skipped the fan-out.
+    let extra = c.latency_sum_ns - 2_000_000_000u128 * c.completed as u128;
+    assert_eq!(extra % 2_000_000_000, 0);
+    let skipped = c.completed as u128 - extra / 2_000_000_000;
+    assert!(skipped > 0 && skipped < c.completed as u128, "{skipped}");
+}
+
 fn harmonic(n: u32) -> f64 {
     (1..=n).map(|k| 1.0 / k as f64).sum()
 }
@@ -961,6 +1002,30 @@ fan_out = { count = { dist = "constant", value = 3 }, quorum = 2 }
 "#,
     ));
     assert!(e.message.contains("nothing to join"), "{e}");
+    // A quorum above the largest possible branch count would quietly be a join-all.
+    let quorum = |q: u32| {
+        base(&format!(
+            r#"
+[[classes.c.nodes]]
+id = "a"
+pool = "llm"
+fan_out = {{ count = {{ dist = "uniform", low = 1, high = 4 }}, quorum = {q} }}
+[[classes.c.nodes]]
+id = "b"
+pool = "llm"
+after = ["a"]
+"#
+        ))
+    };
+    let e = invalid(&quorum(5));
+    assert!(
+        e.key == "classes.c.nodes[0].fan_out.quorum"
+            && e.message.contains("quorum of 5 can never be reached")
+            && e.message.contains("at most 4"),
+        "{e}"
+    );
+    let spec: ScenarioSpec = toml::from_str(&quorum(4)).expect("toml");
+    assert!(spec.validate().is_ok(), "a reachable quorum is accepted");
     let e = invalid(&base(
         r#"
 [[classes.c.nodes]]
