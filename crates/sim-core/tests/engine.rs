@@ -518,6 +518,123 @@ after = ["research"]
     assert!(skipped > 0 && skipped < c.completed as u128, "{skipped}");
 }
 
+#[test]
+fn human_review_takes_its_share_its_minutes_and_its_dollars() {
+    // draft(1s) -> review (human, p = 0.3, 2 minutes at $1.50/min) -> send(1s): a
+    // workflow takes 2s, or 122s when reviewed, so the latency sum counts the reviews
+    // exactly; their dollars are 2 x 1.5 = $3 each, and nothing else costs anything.
+    let text = r#"
+[simulation]
+horizon = "20h"
+drain = true
+[pools.llm]
+servers = 100
+service = { dist = "constant", value = "1s" }
+[classes.c]
+arrival = { process = "poisson", rate = 0.05 }
+[[classes.c.nodes]]
+id = "draft"
+pool = "llm"
+[[classes.c.nodes]]
+id = "review"
+kind = "human"
+after = ["draft"]
+probability = 0.3
+minutes = { dist = "constant", value = 2 }
+usd_per_minute = 1.5
+[[classes.c.nodes]]
+id = "send"
+pool = "llm"
+after = ["review"]
+"#;
+    let r = run_seed(text, 9);
+    let c = &r.classes[0];
+    assert_eq!(c.completed, c.arrived);
+    let n = c.completed as f64;
+    assert!(n > 3000.0, "{n}");
+    let extra = c.latency_sum_ns - 2_000_000_000u128 * c.completed as u128;
+    assert_eq!(
+        extra % 120_000_000_000,
+        0,
+        "every review adds exactly 2 minutes"
+    );
+    let reviewed = (extra / 120_000_000_000) as f64;
+    // Binomial(n, 0.3): within 4 standard deviations.
+    let sd = (n * 0.3 * 0.7).sqrt();
+    assert!((reviewed - 0.3 * n).abs() < 4.0 * sd, "{reviewed} of {n}");
+    assert!(
+        (c.usd_human - 3.0 * reviewed).abs() < 1e-6,
+        "{}",
+        c.usd_human
+    );
+    let (lo, hi) = (c.latency_ns.min(), c.latency_ns.max());
+    assert!((lo as f64 / 2e9 - 1.0).abs() < 1e-3, "{lo}");
+    assert!((hi as f64 / 122e9 - 1.0).abs() < 1e-3, "{hi}");
+}
+
+#[test]
+fn tool_failures_and_retries_follow_the_binomial_chain() {
+    // One tool call per workflow, failing with p = 0.4 and retried twice: the workflow
+    // fails only if all 3 attempts fail (p^3 = 0.064); calls per workflow average
+    // 1 + p + p^2 = 1.56; every call costs $0.01.
+    let text = r#"
+[simulation]
+horizon = "10h"
+drain = true
+[pools.llm]
+servers = 100
+service = { dist = "constant", value = "1s" }
+[tools.api]
+latency = { dist = "constant", value = "1s" }
+failure_probability = 0.4
+retries = 2
+usd_per_call = 0.01
+[classes.c]
+arrival = { process = "poisson", rate = 0.5 }
+[[classes.c.nodes]]
+id = "call"
+kind = "tool"
+tool = "api"
+[[classes.c.nodes]]
+id = "answer"
+pool = "llm"
+after = ["call"]
+"#;
+    let r = run_seed(text, 21);
+    let c = &r.classes[0];
+    let n = c.arrived as f64;
+    assert!(n > 15_000.0, "{n}");
+    assert_eq!(c.arrived, c.completed + c.failed);
+    let p_fail = 0.4f64.powi(3);
+    let sd = (n * p_fail * (1.0 - p_fail)).sqrt();
+    assert!(
+        (c.failed as f64 - p_fail * n).abs() < 4.0 * sd,
+        "{} of {n}",
+        c.failed
+    );
+    let t = &r.tools[0];
+    // Calls are 1 + Binomial chain: the count of attempts per workflow has mean 1.56
+    // and variance p + p^2 - ... ; 4 sd over n workflows with a per-workflow sd < 0.8.
+    let calls = t.calls as f64;
+    assert!(
+        (calls / n - 1.56).abs() < 4.0 * 0.8 / n.sqrt(),
+        "{calls} calls"
+    );
+    assert_eq!(
+        t.calls,
+        c.arrived + t.retries,
+        "each retry is one more call"
+    );
+    assert_eq!(
+        t.failures,
+        t.retries + c.failed,
+        "a failure is retried or fails the workflow"
+    );
+    assert!((t.usd - 0.01 * calls).abs() < 1e-6);
+    // Completed workflows took 2s plus 1s per retry: 2, 3 or 4 seconds.
+    assert!((c.latency_ns.max() as f64 / 4e9 - 1.0).abs() < 1e-3);
+}
+
 fn harmonic(n: u32) -> f64 {
     (1..=n).map(|k| 1.0 / k as f64).sum()
 }
