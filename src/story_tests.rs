@@ -17,7 +17,7 @@ fn p99(s: &Summary, class: &str) -> f64 {
 }
 
 #[test]
-fn month_end_fan_out_cliff_and_its_three_fixes() {
+fn month_end_fan_out_cliff_and_its_fixes() {
     let f = "scenarios/month-end.toml";
     let normal = run(f, &["classes.claims.bursts=[]"]);
     let month_end = run(f, &[]);
@@ -26,12 +26,20 @@ fn month_end_fan_out_cliff_and_its_three_fixes() {
     let batch = run(
         f,
         &[
+            "classes.claims.lane=batch-offline",
             "classes.claims.nodes.0.pool=batch",
             "classes.claims.nodes.1.pool=batch",
             "classes.claims.nodes.4.pool=batch",
         ],
     );
-    for s in [&normal, &month_end, &waves, &compact, &batch] {
+    let priority = run(
+        f,
+        &[
+            "classes.claims.lane=batch-offline",
+            "pools.shared.discipline=priority",
+        ],
+    );
+    for s in [&normal, &month_end, &waves, &compact, &batch, &priority] {
         for c in s.classes.values() {
             assert_eq!(
                 c.arrived,
@@ -57,8 +65,17 @@ fn month_end_fan_out_cliff_and_its_three_fixes() {
             .unwrap_or(f64::INFINITY)
     };
     assert!(usd(&compact) < 0.9 * usd(&month_end));
-    // Fix 3, reconciliation on its own batch lane: chat is back to a normal day.
+    // Fix 3, reconciliation on a batch lane with its own pool: chat is back to a
+    // normal day; the claims' hops are all in the batch lane, none on the shared pool.
     assert!((p99(&batch, "chat") / p99(&normal, "chat") - 1.0).abs() < 0.05);
+    let lanes = &batch.breakdown.by_lane;
+    assert!(lanes.contains_key("batch-offline") && !lanes.contains_key("online-standard"));
+    assert!(batch.pools["batch"].hops > 1000);
+    // Fix 4, the batch lane shares the pool under strict priority: chat within 10% of
+    // its normal day with no extra capacity, and claims faster than on the batch pool.
+    assert!((p99(&priority, "chat") / p99(&normal, "chat") - 1.0).abs() < 0.10);
+    assert!(p99(&priority, "claims") < 0.7 * p99(&batch, "claims"));
+    assert_eq!(priority.pools["batch"].hops, 0);
 }
 
 #[test]
