@@ -317,6 +317,10 @@ pub struct LaneSpec {
     /// `queue`, `reject`, `degrade`).
     #[serde(default)]
     pub admission: Option<AdmissionSpec>,
+    /// Concurrency cap: most model hops (sequences) of the lane in flight at once, over
+    /// all pools; a hop beyond it waits at the lane's door (FIFO) until one finishes.
+    #[serde(default)]
+    pub max_in_flight: Option<u32>,
     /// Token bucket over the lane's admitted model tokens.
     #[serde(default)]
     pub rate_limit: Option<RateLimitSpec>,
@@ -734,6 +738,8 @@ pub struct Lane {
     pub priority: i32,
     pub weight: f64,
     pub admission: Option<Admission>,
+    /// Most model hops of the lane in flight at once (held at the lane's door beyond).
+    pub max_in_flight: Option<u32>,
     pub rate_limit: Option<RateLimit>,
     /// Retry-after and attempts of the lane's 429s (None: the hop's first pool's).
     pub retry_after: Option<SimDuration>,
@@ -1592,6 +1598,7 @@ impl ScenarioSpec {
             priority: 0,
             weight: 1.0,
             admission: None,
+            max_in_flight: None,
             rate_limit: None,
             retry_after: None,
             max_attempts: None,
@@ -1605,6 +1612,12 @@ impl ScenarioSpec {
             }
             let key = format!("lanes.{name}");
             check_retry(&key, l.retry_after, l.max_attempts)?;
+            if l.max_in_flight == Some(0) {
+                return Err(err(
+                    format!("{key}.max_in_flight"),
+                    "expected a concurrency cap >= 1 (hops in flight); leave it out for no cap",
+                ));
+            }
             let admission = match &l.admission {
                 None => None,
                 Some(a) if a.action == AdmissionAction::Shed => {
@@ -1635,6 +1648,7 @@ impl ScenarioSpec {
                 priority: l.priority,
                 weight: l.weight,
                 admission,
+                max_in_flight: l.max_in_flight,
                 rate_limit: l
                     .rate_limit
                     .as_ref()

@@ -501,6 +501,8 @@ struct Sim<'a, 'o> {
     /// Model tokens (input + output) of hops admitted and not finished, per lane and
     /// tenant (`Scenario::tenants`).
     lane_tokens: Vec<u64>,
+    /// Model hops in flight per lane (for its `max_in_flight` cap).
+    lane_hops: Vec<u32>,
     tenant_tokens: Vec<u64>,
     lane_buckets: Vec<Option<Bucket>>,
     tenant_buckets: Vec<Option<Bucket>>,
@@ -673,6 +675,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                 })
                 .collect(),
             lane_tokens: vec![0; sc.lanes.len()],
+            lane_hops: vec![0; sc.lanes.len()],
             tenant_tokens: vec![0; sc.tenants.len()],
             lane_buckets: sc
                 .lanes
@@ -720,6 +723,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                 .map(|c| {
                     let lane = &sc.lanes[c.lane_index];
                     lane.admission.is_none()
+                        && lane.max_in_flight.is_none()
                         && lane.rate_limit.is_none()
                         && c.tenant_index.is_none_or(|t| {
                             sc.tenants[t].max_tokens_in_flight.is_none()
@@ -1831,17 +1835,24 @@ impl<'a, 'o> Sim<'a, 'o> {
             hold: false,
         };
         let mut degrade = None;
-        if let Some(a) = &lane.admission
-            && a.action == AdmissionAction::Queue
+        let queue_watermark = lane
+            .admission
+            .as_ref()
+            .is_some_and(|a| a.action == AdmissionAction::Queue);
+        if (queue_watermark || lane.max_in_flight.is_some())
+            && !self.lane_release
+            && self.lane_must_hold(li, tokens)
         {
-            if !self.lane_release && self.lane_must_hold(li, tokens) {
-                *over = true;
-                return Err(GateRefusal {
-                    hold: true,
-                    ..refusal(String::new(), None, None, None)
-                });
-            }
-        } else if let Some(a) = &lane.admission
+            // Under a `queue` watermark every held hop counts as over it (as before a
+            // cap existed); a cap alone is a concurrency limit, not a watermark.
+            *over = queue_watermark;
+            return Err(GateRefusal {
+                hold: true,
+                ..refusal(String::new(), None, None, None)
+            });
+        }
+        if let Some(a) = &lane.admission
+            && !queue_watermark
             && self.lane_tokens[li].saturating_add(tokens) > a.threshold
         {
             match a.action {
@@ -1998,8 +2009,9 @@ impl<'a, 'o> Sim<'a, 'o> {
         let gate = self.gateway(ci, tokens, &mut over);
         if gate.as_ref().is_err_and(|g| g.hold) {
             // Above the lane's `queue` watermark (or behind hops already held there):
-            // wait at the lane's door; routed when the lane's tokens in flight fall.
-            if self.workflows[slot as usize].counted {
+            // wait at the lane's door; routed when the lane's tokens in flight fall (or,
+            // at its concurrency cap, when one of its hops finishes).
+            if over && self.workflows[slot as usize].counted {
                 self.class_stats[ci].admitted_over_watermark += 1;
             }
             let door = (sc.pools.len() + class.lane_index) as u32;
@@ -2368,28 +2380,39 @@ impl<'a, 'o> Sim<'a, 'o> {
 
     /// Whether a hop of `tokens` must wait at lane `li`'s door (its `queue` watermark):
     /// as [`Self::must_hold`], over the lane's tokens in flight.
+    /// With a concurrency cap (`max_in_flight`), also while the lane has that many model
+    /// hops in flight.
     fn lane_must_hold(&self, li: usize, tokens: u64) -> bool {
-        let Some(a) = &self.sc.lanes[li].admission else {
-            return false;
-        };
+        !self.lane_door[li].is_empty() || self.lane_over_tokens(li, tokens) || self.lane_at_cap(li)
+    }
+
+    /// A hop of `tokens` would take lane `li` over its `queue` watermark (a hop alone
+    /// on the lane always fits).
+    fn lane_over_tokens(&self, li: usize, tokens: u64) -> bool {
         let now = self.lane_tokens[li];
-        !self.lane_door[li].is_empty() || (now > 0 && now.saturating_add(tokens) > a.threshold)
+        self.sc.lanes[li].admission.as_ref().is_some_and(|a| {
+            a.action == AdmissionAction::Queue
+                && now > 0
+                && now.saturating_add(tokens) > a.threshold
+        })
+    }
+
+    /// Lane `li` has as many model hops in flight as its concurrency cap allows.
+    fn lane_at_cap(&self, li: usize) -> bool {
+        self.sc.lanes[li]
+            .max_in_flight
+            .is_some_and(|c| self.lane_hops[li] >= c)
     }
 
     /// Releases the hops held at lane `li`'s door, in order, while the first fits under
     /// the lane's watermark (or the lane has nothing in flight): each is routed as a
     /// new attempt would be, past the lane's door.
     fn open_lane_door(&mut self, li: usize) {
-        let Some(a) = &self.sc.lanes[li].admission else {
-            return;
-        };
-        let threshold = a.threshold;
         while let Some(&h) = self.lane_door[li].front() {
             let wf = &self.workflows[h.slot as usize];
             let live = wf.outcome.is_none() && wf.nodes[h.node as usize].epoch == h.epoch;
             let k = h.input + h.output;
-            let in_flight = self.lane_tokens[li];
-            if live && in_flight > 0 && in_flight.saturating_add(k) > threshold {
+            if live && (self.lane_over_tokens(li, k) || self.lane_at_cap(li)) {
                 break;
             }
             self.lane_door[li].pop_front();
@@ -2674,6 +2697,7 @@ impl<'a, 'o> Sim<'a, 'o> {
             wf.tokens += k;
             let class = &self.sc.classes[wf.class as usize];
             self.lane_tokens[class.lane_index] += k;
+            self.lane_hops[class.lane_index] += 1;
             if let Some(t) = class.tenant_index {
                 self.tenant_tokens[t] += k;
             }
@@ -3014,6 +3038,7 @@ impl<'a, 'o> Sim<'a, 'o> {
         let li = class.lane_index;
         let lane = &mut self.lane_tokens[li];
         *lane = lane.saturating_sub(k);
+        self.lane_hops[li] = self.lane_hops[li].saturating_sub(1);
         if !self.lane_door[li].is_empty() && !self.lane_door_event[li] {
             self.lane_door_event[li] = true;
             self.queue

@@ -135,6 +135,7 @@ pub fn pool_theory(sc: &crate::Scenario) -> Vec<Option<PoolTheory>> {
         };
         let lane = &sc.lanes[c.lane_index];
         let gated = lane.admission.is_some()
+            || lane.max_in_flight.is_some()
             || lane.rate_limit.is_some()
             || c.tenant_index.is_some_and(|t| {
                 sc.tenants[t].max_tokens_in_flight.is_some() || sc.tenants[t].rate_limit.is_some()
