@@ -355,6 +355,13 @@ pub struct RoutingSection {
     /// tier and/or restricts its pools; the policy then picks within that chain.
     #[serde(default)]
     pub rules: Vec<RuleSpec>,
+    /// Static role-to-tier map: an llm or compact node naming neither a pool nor a
+    /// tier is routed on its role's tier (`roles = { planner = "frontier" }`).
+    #[serde(default)]
+    pub roles: BTreeMap<String, String>,
+    /// The tier of such a node whose role is not in `roles`.
+    #[serde(default)]
+    pub default_tier: Option<String>,
 }
 
 /// `[[routing.rules]]`: when the conditions hold, route on `tier` (instead of the
@@ -1823,7 +1830,31 @@ impl ScenarioSpec {
             .iter()
             .map(|t| t.pools.iter().map(|&i| pools[i].name.clone()).collect())
             .collect();
+        for (role, t) in &self.routing.roles {
+            if !tier_index.contains_key(t) {
+                return Err(err(
+                    format!("routing.roles.{role}"),
+                    format!(
+                        "no tier named `{t}`; expected one of: {}",
+                        tier_index.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            }
+        }
+        if let Some(t) = &self.routing.default_tier
+            && !tier_index.contains_key(t)
+        {
+            return Err(err(
+                "routing.default_tier".to_string(),
+                format!(
+                    "no tier named `{t}`; expected one of: {}",
+                    tier_index.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
         let names = Names {
+            role_tiers: &self.routing.roles,
+            default_tier: self.routing.default_tier.as_ref(),
             tiers: &tier_index,
             tier_pools: &tier_pools,
             pools: &pool_index,

@@ -218,6 +218,11 @@ pub struct Names<'a> {
     /// Pools that are GPU replica pools (token-driven: no service time needed).
     pub gpu_pools: &'a BTreeMap<String, bool>,
     pub tools: &'a BTreeMap<String, usize>,
+    /// `[routing] roles`: the tier of an llm/compact node of this role that names
+    /// neither a pool nor a tier.
+    pub role_tiers: &'a BTreeMap<String, String>,
+    /// `[routing] default_tier`: the tier of such a node whose role is not mapped.
+    pub default_tier: Option<&'a String>,
 }
 
 fn probability(key: &str, p: f64) -> Result<f64, (String, String)> {
@@ -317,7 +322,13 @@ pub fn compile_graph(
                     .transpose()
             };
         let needs_pool = matches!(s.kind, NodeKind::Llm | NodeKind::Compact);
-        let tier = match (&s.tier, needs_pool) {
+        // A model node that names neither pool nor tier is left to the router: its
+        // role's tier from `[routing] roles`, else `[routing] default_tier`.
+        let role = s.role.as_ref().unwrap_or(&s.id);
+        let left_to_router = (needs_pool && s.tier.is_none() && s.pool.is_none())
+            .then(|| names.role_tiers.get(role).or(names.default_tier))
+            .flatten();
+        let tier = match (s.tier.as_ref().or(left_to_router), needs_pool) {
             (Some(t), true) => Some(names.tiers.get(t).copied().ok_or_else(|| {
                 (
                     format!("{nk}.tier"),
@@ -358,8 +369,11 @@ pub fn compile_graph(
             (None, true, false) => {
                 return Err((
                     format!("{nk}.pool"),
-                    format!("{:?} node `{}` needs a `pool` or a `tier`", s.kind, s.id)
-                        .to_lowercase(),
+                    format!(
+                        "{:?} node `{}` needs a `pool` or a `tier` (or a tier for its role in `[routing] roles`, or `[routing] default_tier`)",
+                        s.kind, s.id
+                    )
+                    .to_lowercase(),
                 ));
             }
             (Some(_), false, _) => {

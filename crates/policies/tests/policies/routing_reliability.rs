@@ -152,6 +152,66 @@ fn routing_rules_first_match_wins_with_exact_counts() {
     assert!(plain.len() > 3000 && plain.iter().all(|h| h.station == "api"));
 }
 
+#[test]
+fn nodes_left_to_the_router_take_their_roles_tier_or_the_default() {
+    // planner and writer name no pool or tier: the planner role maps to frontier, the
+    // writer falls back to default_tier = small; `check` names an explicit tier that
+    // wins over the map (reviewer, role planner, tier small).
+    let text = r#"
+[simulation]
+horizon = "600s"
+drain = true
+[pools.big]
+servers = 50
+service = { dist = "constant", value = "2s" }
+[pools.little]
+servers = 50
+service = { dist = "constant", value = "1s" }
+[tiers.frontier]
+pools = ["big"]
+[tiers.small]
+pools = ["little"]
+[routing]
+roles = { planner = "frontier" }
+default_tier = "small"
+[classes.c]
+arrival = { process = "poisson", rate = 1.0 }
+[[classes.c.nodes]]
+id = "plan"
+role = "planner"
+[[classes.c.nodes]]
+id = "write"
+after = ["plan"]
+[[classes.c.nodes]]
+id = "review"
+role = "planner"
+tier = "small"
+after = ["write"]
+"#;
+    let (r, log) = run_logged(text);
+    let c = r.class("c").expect("class");
+    assert!(c.completed > 400 && c.completed == c.arrived);
+    let count = |node: &str, pool: &str| {
+        log.iter()
+            .filter(|h| h.node == node && h.station == pool)
+            .count() as u64
+    };
+    assert_eq!(count("plan", "big"), c.arrived);
+    assert_eq!(count("write", "little"), c.arrived);
+    assert_eq!(count("review", "little"), c.arrived);
+    // 2s + 1s + 1s, exactly.
+    assert_eq!(c.latency_sum_ns, 4_000_000_000u128 * c.completed as u128);
+    // Without the default, the writer has nowhere to go; an unknown tier is named.
+    let e = invalid(&text.replace("default_tier = \"small\"\n", ""));
+    assert_eq!(e.key, "classes.c.nodes[1].pool");
+    assert!(e.message.contains("default_tier"), "{e}");
+    let e = invalid(&text.replace("planner = \"frontier\"", "planner = \"mid\""));
+    assert_eq!(e.key, "routing.roles.planner");
+    assert!(e.message.contains("no tier named `mid`"), "{e}");
+    let e = invalid(&text.replace("default_tier = \"small\"", "default_tier = \"tiny\""));
+    assert_eq!(e.key, "routing.default_tier");
+}
+
 fn invalid(text: &str) -> SpecError {
     let spec: ScenarioSpec = toml::from_str(text).expect("parses");
     spec.validate().expect_err("must be rejected")
