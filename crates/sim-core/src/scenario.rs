@@ -343,6 +343,19 @@ fn one() -> f64 {
 #[serde(deny_unknown_fields)]
 pub struct TierSpec {
     pub pools: Vec<String>,
+    /// Cascade: after a hop of a node on this tier answers, with `probability` the
+    /// answer is judged not good enough and the call is redone on tier `to` (whose own
+    /// `escalate` may send it further).
+    #[serde(default)]
+    pub escalate: Option<TierEscalateSpec>,
+}
+
+/// `escalate = { probability = 0.2, to = "mid" }` on a tier.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierEscalateSpec {
+    pub probability: f64,
+    pub to: String,
 }
 
 /// `[routing]`.
@@ -789,6 +802,21 @@ pub struct Tenant {
 pub struct Tier {
     pub name: String,
     pub pools: Vec<usize>,
+    /// Cascade step: (probability, tier index) of redoing an answer of this tier there.
+    pub escalate: Option<(f64, usize)>,
+}
+
+impl Scenario {
+    /// The tiers a hop of `tier` may cascade through after it (in order, not itself).
+    pub fn cascade_from(&self, tier: usize) -> impl Iterator<Item = (f64, usize)> + '_ {
+        let mut cur = tier;
+        std::iter::from_fn(move || {
+            let (p, to) = self.tiers[cur].escalate?;
+            cur = to;
+            Some((p, to))
+        })
+        .take(self.tiers.len())
+    }
 }
 
 /// A validated routing rule.
@@ -1730,7 +1758,48 @@ impl ScenarioSpec {
             tiers.push(Tier {
                 name: name.clone(),
                 pools: chain,
+                escalate: None,
             });
+        }
+        // Cascade steps, once every tier has its index; a cycle would never end.
+        for (name, t) in &self.tiers {
+            let Some(e) = &t.escalate else { continue };
+            let key = format!("tiers.{name}.escalate");
+            if !(0.0..=1.0).contains(&e.probability) {
+                return Err(err(
+                    format!("{key}.probability"),
+                    format!("expected a probability in [0, 1], got {}", e.probability),
+                ));
+            }
+            let Some(&to) = tier_index.get(&e.to) else {
+                return Err(err(
+                    format!("{key}.to"),
+                    format!(
+                        "no tier named `{}`; expected one of: {}",
+                        e.to,
+                        tier_index.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            };
+            tiers[tier_index[name]].escalate = Some((e.probability, to));
+        }
+        for (name, &start) in &tier_index {
+            let mut path = vec![start];
+            let mut cur = start;
+            while let Some((_, to)) = tiers[cur].escalate {
+                path.push(to);
+                if to == start || path.len() > tiers.len() + 1 {
+                    let names: Vec<&str> = path.iter().map(|&i| tiers[i].name.as_str()).collect();
+                    return Err(err(
+                        format!("tiers.{name}.escalate.to"),
+                        format!(
+                            "the cascade never ends: {} (the last tier of a cascade has no `escalate`)",
+                            names.join(" -> ")
+                        ),
+                    ));
+                }
+                cur = to;
+            }
         }
         for (name, v) in &self.variants {
             if v.set.iter().any(|s| !s.contains('=')) {
@@ -2720,6 +2789,16 @@ impl Scenario {
                 if let Some(e) = &n.escalate {
                     rate[e.pool] += v * e.probability;
                     work[e.pool] += v * e.probability * on(e.pool);
+                } else if let Some(t) = n.tier {
+                    // A tier cascade: each step on the next tier's first pool.
+                    let mut reach = 1.0;
+                    for (p, to) in self.cascade_from(t) {
+                        reach *= p;
+                        if let Some(&q) = self.tiers[to].pools.first() {
+                            rate[q] += v * reach;
+                            work[q] += v * reach * on(q);
+                        }
+                    }
                 }
             }
         }

@@ -143,6 +143,7 @@ enum Timer {
         context: u64,
         input: u64,
         output: u64,
+        cascade: u32,
     },
     /// A replayed session's turn may start now (its recorded arrival).
     NotBefore {
@@ -236,7 +237,13 @@ struct Hop {
     timed_out: bool,
     /// Which attempt of the call this is (0: the first; model and escalation hops).
     attempt: u32,
+    /// An escalation of a tier cascade: the tier it runs on (`NO_TIER` otherwise: a
+    /// node's own `escalate`, or not an escalation).
+    cascade: u32,
 }
+
+/// `Hop::cascade` of a hop that is not a tier-cascade escalation.
+const NO_TIER: u32 = u32::MAX;
 
 /// A pool's circuit breaker: closed (counting consecutive failures and, for an
 /// error-rate breaker, the outcomes of the calls in its window), open until a time,
@@ -1562,6 +1569,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                 context,
                 input,
                 output,
+                cascade: hop.cascade,
             }
         } else {
             Timer::RouteRetry {
@@ -1671,13 +1679,34 @@ impl<'a, 'o> Sim<'a, 'o> {
 
     /// Submits the escalation call of `hop` (attempt `hop.attempt`) to its node's
     /// escalation pool.
+    /// A tier-cascade escalation (`hop.cascade`) goes to the first pool of that tier's
+    /// chain that is up now (its first pool if none is).
     fn submit_escalation(&mut self, slot: u32, hop: Hop) {
         let sc = self.sc;
         let wf = &self.workflows[slot as usize];
         let ci = wf.class as usize;
         let spec = &sc.classes[ci].graph_for(wf.record).nodes[hop.node as usize];
-        let Some(e) = &spec.escalate else {
-            return;
+        let pool = if hop.cascade != NO_TIER {
+            let chain = &sc.tiers[hop.cascade as usize].pools;
+            let up = chain
+                .iter()
+                .copied()
+                .find(|&p| !sc.pools[p].down_at(self.now));
+            match up.or(chain.first().copied()) {
+                Some(p) => p,
+                None => return,
+            }
+        } else {
+            match &spec.escalate {
+                Some(e) => e.pool,
+                None => return,
+            }
+        };
+        // Each cascade step draws its own timing (a step's key differs by its tier).
+        let stage = if hop.cascade == NO_TIER {
+            2
+        } else {
+            8 + hop.cascade as u64
         };
         let mut trng = timing_stream(
             self.classes[ci].work_seed,
@@ -1687,14 +1716,14 @@ impl<'a, 'o> Sim<'a, 'o> {
                 hop.branch as u64,
                 hop.epoch as u64,
                 hop.attempt as u64,
-                2,
+                stage,
             ],
         );
         let work = self.hop_work(
             ci,
             wf.record,
             hop.node as usize,
-            e.pool,
+            pool,
             hop.input_tokens,
             hop.output_tokens,
             None,
@@ -1704,7 +1733,7 @@ impl<'a, 'o> Sim<'a, 'o> {
             slot,
             Hop {
                 kind: HopKind::Escalation,
-                station: e.pool as u32,
+                station: pool as u32,
                 ..hop
             },
             work,
@@ -2350,6 +2379,7 @@ impl<'a, 'o> Sim<'a, 'o> {
             output_tokens: h.output,
             timed_out: true,
             attempt: h.attempt,
+            cascade: NO_TIER,
         };
         self.retry_timed_out(slot, hop);
         self.maybe_release(slot);
@@ -2537,6 +2567,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                 output_tokens: output,
                 timed_out: false,
                 attempt,
+                cascade: NO_TIER,
             },
             work,
             timeout,
@@ -2659,6 +2690,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                 output_tokens: 0,
                 timed_out: false,
                 attempt: 0,
+                cascade: NO_TIER,
             },
             Work::Service(latency),
             timeout,
@@ -2992,13 +3024,26 @@ impl<'a, 'o> Sim<'a, 'o> {
             HopKind::Model if failed_call => self.retry_failed_call(slot, hop, None),
             HopKind::Escalation if failed_call => self.retry_failed_call(slot, hop, None),
             HopKind::Model => {
-                if let Some(e) = &spec.escalate
-                    && wf.rng.get().random::<f64>() < e.probability
+                // A node's own `escalate` replaces its tier's cascade.
+                let step = match (&spec.escalate, spec.tier) {
+                    (Some(e), _) => Some((e.probability, NO_TIER)),
+                    (None, Some(t)) => sc.tiers[t].escalate.map(|(p, to)| (p, to as u32)),
+                    (None, None) => None,
+                };
+                if let Some((p, cascade)) = step
+                    && wf.rng.get().random::<f64>() < p
                 {
                     if counted {
                         self.class_stats[ci].escalations += 1;
                     }
-                    self.submit_escalation(slot, Hop { attempt: 0, ..hop });
+                    self.submit_escalation(
+                        slot,
+                        Hop {
+                            attempt: 0,
+                            cascade,
+                            ..hop
+                        },
+                    );
                     return;
                 }
                 let out = hop.input_tokens + hop.output_tokens;
@@ -3010,6 +3055,24 @@ impl<'a, 'o> Sim<'a, 'o> {
                 self.node_finished(slot, node, hop.branch, ctx);
             }
             HopKind::Escalation => {
+                // A cascade goes on while the tier it reached escalates in turn.
+                if hop.cascade != NO_TIER
+                    && let Some((p, to)) = sc.tiers[hop.cascade as usize].escalate
+                    && wf.rng.get().random::<f64>() < p
+                {
+                    if counted {
+                        self.class_stats[ci].escalations += 1;
+                    }
+                    self.submit_escalation(
+                        slot,
+                        Hop {
+                            attempt: 0,
+                            cascade: to as u32,
+                            ..hop
+                        },
+                    );
+                    return;
+                }
                 let ctx = if spec.compact_to.is_some() {
                     hop.output_tokens
                 } else {
@@ -3164,10 +3227,12 @@ impl<'a, 'o> Sim<'a, 'o> {
                 context,
                 input,
                 output,
+                cascade,
             } => {
                 let current = wf.nodes[node as usize].epoch == epoch;
                 self.workflows[slot as usize].outstanding -= 1;
                 if undecided && current {
+                    // The pool is chosen again by submit_escalation.
                     let station = graph.nodes[node as usize]
                         .escalate
                         .as_ref()
@@ -3188,6 +3253,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                             output_tokens: output,
                             timed_out: false,
                             attempt,
+                            cascade,
                         },
                     );
                 } else {

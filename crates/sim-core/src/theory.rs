@@ -203,6 +203,9 @@ pub fn pool_theory(sc: &crate::Scenario) -> Vec<Option<PoolTheory>> {
             }
             if let Some(t) = nd.tier {
                 reached.extend(&sc.tiers[t].pools);
+                for (_, to) in sc.cascade_from(t) {
+                    reached.extend(&sc.tiers[to].pools);
+                }
                 // Routing rules may send it to any of their chains' pools.
                 for r in &sc.routing_rules {
                     reached.extend(r.chains.iter().flatten());

@@ -259,6 +259,117 @@ fn routing_rules_validation_names_the_key() {
     assert!(e.to_string().contains("unknown field `clas`"), "{e}");
 }
 
+const CASCADE: &str = r#"
+[simulation]
+horizon = "3000s"
+drain = true
+[pools.s]
+servers = 100
+service = { dist = "constant", value = "1s" }
+[pools.m]
+servers = 100
+service = { dist = "constant", value = "2s" }
+[pools.f]
+servers = 100
+service = { dist = "constant", value = "4s" }
+[tiers.small]
+pools = ["s"]
+escalate = { probability = 0.3, to = "mid" }
+[tiers.mid]
+pools = ["m"]
+escalate = { probability = 0.5, to = "frontier" }
+[tiers.frontier]
+pools = ["f"]
+[classes.c]
+arrival = { process = "poisson", rate = 2.0 }
+[[classes.c.nodes]]
+id = "answer"
+tier = "small"
+input_tokens = { dist = "constant", value = 700 }
+output_tokens = { dist = "constant", value = 70 }
+[classes.own]
+arrival = { process = "poisson", rate = 0.5 }
+[[classes.own.nodes]]
+id = "answer"
+tier = "small"
+escalate = { probability = 1.0, pool = "f" }
+"#;
+
+#[test]
+fn a_tier_cascade_escalates_step_by_step_with_each_tiers_probability() {
+    // small (1s) -> with p 0.3 mid (2s) -> with p 0.5 frontier (4s): a workflow takes
+    // 1s, 3s or 7s; each step starts the instant the previous answer finished, with
+    // the same tokens. Class `own` has its node's own escalate, which replaces the
+    // tier's cascade: always s then f, never m.
+    let (r, log) = run_logged(CASCADE);
+    let c = r.class("c").expect("c");
+    assert_eq!(c.completed, c.arrived);
+    let by_wf = by_workflow(&log, "c");
+    let (mut at_mid, mut at_frontier) = (0u64, 0u64);
+    for (wf, hops) in &by_wf {
+        let pools: Vec<&str> = hops.iter().map(|h| h.station.as_str()).collect();
+        assert!(
+            matches!(pools.as_slice(), ["s"] | ["s", "m"] | ["s", "m", "f"]),
+            "workflow {wf}: {pools:?}"
+        );
+        for w in hops.windows(2) {
+            assert_eq!(w[1].submitted, w[0].finished, "workflow {wf}");
+            assert_eq!(w[1].kind, "escalation");
+            assert_eq!((w[1].input_tokens, w[1].output_tokens), (700, 70));
+        }
+        at_mid += (pools.len() >= 2) as u64;
+        at_frontier += (pools.len() == 3) as u64;
+    }
+    let n = by_wf.len() as u64;
+    assert_eq!(n, c.arrived);
+    assert!(within_binomial(at_mid, n, 0.3), "{at_mid} of {n}");
+    assert!(
+        within_binomial(at_frontier, at_mid, 0.5),
+        "{at_frontier} of {at_mid}"
+    );
+    assert_eq!(c.escalations, at_mid + at_frontier);
+    let expected_ns = 1_000_000_000u128 * (n as u128)
+        + 2_000_000_000u128 * at_mid as u128
+        + 4_000_000_000u128 * at_frontier as u128;
+    assert_eq!(c.latency_sum_ns, expected_ns);
+    let own = by_workflow(&log, "own");
+    assert!(own.len() > 1000);
+    for hops in own.values() {
+        let pools: Vec<&str> = hops.iter().map(|h| h.station.as_str()).collect();
+        assert_eq!(pools, ["s", "f"]);
+    }
+    // Offered load follows the cascade: m sees 0.3 of c's rate, f 0.15 of it plus own.
+    let sc = super::scenario(CASCADE);
+    let load = sc.offered_load();
+    let rate = |p: &str| {
+        load.iter()
+            .find(|l| l.pool == p)
+            .map(|l| l.hop_rate_per_s)
+            .expect("pool")
+    };
+    assert!((rate("m") - 0.6).abs() < 1e-9, "{}", rate("m"));
+    assert!((rate("f") - (0.3 + 0.5)).abs() < 1e-9, "{}", rate("f"));
+}
+
+#[test]
+fn tier_cascade_validation_names_the_key() {
+    let e = invalid(&CASCADE.replace(
+        "pools = [\"f\"]",
+        "pools = [\"f\"]\nescalate = { probability = 0.1, to = \"small\" }",
+    ));
+    assert_eq!(e.key, "tiers.frontier.escalate.to");
+    assert!(
+        e.message.contains("never ends")
+            && e.message.contains("frontier -> small -> mid -> frontier"),
+        "{e}"
+    );
+    let e = invalid(&CASCADE.replace("to = \"mid\"", "to = \"medium\""));
+    assert_eq!(e.key, "tiers.small.escalate.to");
+    assert!(e.message.contains("no tier named `medium`"), "{e}");
+    let e = invalid(&CASCADE.replace("probability = 0.3", "probability = 1.3"));
+    assert_eq!(e.key, "tiers.small.escalate.probability");
+}
+
 #[test]
 fn escalation_count_is_binomial_and_each_call_is_charged_once() {
     // Every answer costs 1000 in / 100 out on `mid` ($0.001 + $0.0002); with probability
