@@ -333,6 +333,54 @@ fn warmup_excludes_early_arrivals() {
 }
 
 #[test]
+fn warmup_statistics_are_exactly_the_workflows_that_arrived_after_it() {
+    // An M/M/1 at rho 0.9 with a 200s warm-up: workflows that arrived in the warm-up
+    // and finished after it are left out, those that arrived after it are all in. The
+    // class's latency sum and counts equal those computed from the hop log (one hop per
+    // workflow, submitted at its arrival), to the nanosecond.
+    let text = queue_scenario(
+        1,
+        0.9,
+        r#"{ dist = "exponential", mean = "1s" }"#,
+        "2000s",
+        "200s",
+    );
+    let (r, log) = run_logged(&text, 8);
+    let warmup = 200_000_000_000u64;
+    let c = &r.classes[0];
+    let after: Vec<&HopRecord> = log.iter().filter(|h| h.submitted.0 >= warmup).collect();
+    let straddling = log
+        .iter()
+        .filter(|h| h.submitted.0 < warmup && h.finished.0 >= warmup)
+        .count();
+    assert!(
+        straddling >= 1,
+        "the test needs a workflow that straddles the warm-up"
+    );
+    let done: Vec<&&HopRecord> = after
+        .iter()
+        .filter(|h| h.finished.0 <= 2_000_000_000_000)
+        .collect();
+    assert_eq!(c.completed as usize, done.len());
+    assert_eq!(c.arrived, c.completed + c.in_flight);
+    let sum: u128 = done
+        .iter()
+        .map(|h| (h.finished.0 - h.submitted.0) as u128)
+        .sum();
+    assert_eq!(c.latency_sum_ns, sum);
+    // Drain: the same arrivals (none after the horizon), every one of them finished.
+    let (d, dlog) = run_logged(
+        &text.replace("[simulation]", "[simulation]\ndrain = true"),
+        8,
+    );
+    let dc = &d.classes[0];
+    assert_eq!(dc.arrived, c.arrived);
+    assert_eq!((dc.in_flight, dc.completed), (0, dc.arrived));
+    assert!(dlog.iter().all(|h| h.submitted.0 <= 2_000_000_000_000));
+    assert!(dlog.iter().any(|h| h.finished.0 > 2_000_000_000_000) || c.in_flight == 0);
+}
+
+#[test]
 fn cost_attribution_adds_up() {
     // Every busy server-second is attributed to exactly one hop: with no warm-up and a
     // drained run, attributed dollars = busy server-seconds x price.
