@@ -168,6 +168,16 @@ fn fmt_opt_count(x: Option<f64>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
+/// A count column that is `-` when no workflow had any (tokens on abstract pools, which
+/// model none; fan-out in a graph without a fan-out node): 0 would read as measured.
+fn modelled(max: Option<f64>, x: Option<f64>) -> String {
+    if max.is_some_and(|m| m > 0.0) {
+        fmt_opt_count(x)
+    } else {
+        "-".into()
+    }
+}
+
 /// The table printed by `factorysim run`, without colour or replications.
 pub fn run_table(s: &Summary) -> String {
     run_table_with(s, &TableOptions::default())
@@ -297,9 +307,9 @@ pub fn run_table_with(s: &Summary, opts: &TableOptions<'_>) -> String {
     for (name, c) in &s.classes {
         t.row(vec![
             name.clone(),
-            fmt_opt_count(c.tokens_per_workflow.p50),
-            fmt_opt_count(c.tokens_per_workflow.p95),
-            fmt_opt_count(c.fan_out.p95),
+            modelled(c.tokens_per_workflow.max, c.tokens_per_workflow.p50),
+            modelled(c.tokens_per_workflow.max, c.tokens_per_workflow.p95),
+            modelled(c.fan_out.max, c.fan_out.p95),
             format!("{:.2}", c.loops_per_workflow),
             fmt_usd(Some(c.usd_waste.failed)),
             fmt_usd(Some(c.usd_waste.abandoned)),
