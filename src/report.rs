@@ -154,6 +154,17 @@ fn fmt_est_pct(e: &Option<Estimate>) -> String {
     }
 }
 
+/// A burn rate and its half-width: "6.5x ± 0.4".
+fn fmt_est_times(e: &Option<Estimate>) -> String {
+    match e {
+        None => "-".into(),
+        Some(e) => match e.ci95 {
+            Some(h) => format!("{:.1}x ± {h:.1}", e.mean),
+            None => format!("{:.1}x", e.mean),
+        },
+    }
+}
+
 fn fmt_pct(x: f64) -> String {
     let p = x * 100.0;
     if p > 99.0 && p < 100.0 {
