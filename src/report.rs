@@ -425,10 +425,20 @@ pub fn run_table_with(s: &Summary, opts: &TableOptions<'_>) -> String {
     }
     let _ = writeln!(
         out,
-        "Total: {} capacity over the measured window, {} workflows completed, fully loaded {} per outcome",
-        fmt_usd(Some(tt.usd_capacity)),
+        "Total: {} spent over the measured window, {} workflows completed, fully loaded {} per outcome",
+        fmt_usd(Some(tt.usd_spent)),
         fmt_count(tt.completed),
         fmt_usd(tt.usd_per_outcome)
+    );
+    let un = &tt.usd_unattributed_split;
+    let _ = writeln!(
+        out,
+        "  = {} measured workflows + {} idle + {} unattributed ({} hops of warm-up workflows in the window, {} hops still running at the end)",
+        fmt_usd(Some(tt.usd_workflows)),
+        fmt_usd(Some(tt.usd_idle)),
+        fmt_usd(Some(tt.usd_unattributed)),
+        fmt_usd(Some(un.warmup_workflows)),
+        fmt_usd(Some(un.running_at_end)),
     );
     if tt.usd_tools > 0.0 || tt.usd_human > 0.0 || tt.usd_api > 0.0 {
         let _ = writeln!(
@@ -462,8 +472,11 @@ pub fn run_table_with(s: &Summary, opts: &TableOptions<'_>) -> String {
             "p95",
             "p99",
             "$/outcome",
+            "p95 $",
             "success",
             "SLO met",
+            "burn",
+            "$ waste",
         ]);
         for (name, c) in &r.classes {
             t.row(vec![
@@ -472,21 +485,32 @@ pub fn run_table_with(s: &Summary, opts: &TableOptions<'_>) -> String {
                 fmt_est_secs(&c.latency_s.p95),
                 fmt_est_secs(&c.latency_s.p99),
                 fmt_est_usd(&c.usd_per_outcome),
+                fmt_est_usd(&c.usd_per_outcome_p95),
                 fmt_est_pct(&c.success_rate),
                 fmt_est_pct(&c.slo_attainment),
+                fmt_est_times(&c.slo_burn_rate),
+                fmt_est_usd(&c.usd_waste),
             ]);
         }
         t.render(&mut out);
         out.push('\n');
-        let mut t = Table::new(&["pool", "util"]);
+        let mut t = Table::new(&["pool", "util", "$ idle"]);
         for (name, p) in &r.pools {
-            t.row(vec![name.clone(), fmt_est_pct(&p.utilization)]);
+            t.row(vec![
+                name.clone(),
+                fmt_est_pct(&p.utilization),
+                fmt_est_usd(&p.usd_idle),
+            ]);
         }
         t.render(&mut out);
+        let tr = &r.totals;
         let _ = writeln!(
             out,
-            "  fully loaded $/outcome {}",
-            fmt_est_usd(&r.totals.usd_per_outcome)
+            "  fully loaded $/outcome {}; spent {}, idle {}, waste {}",
+            fmt_est_usd(&tr.usd_per_outcome),
+            fmt_est_usd(&tr.usd_spent),
+            fmt_est_usd(&tr.usd_idle),
+            fmt_est_usd(&tr.usd_waste),
         );
     }
     if !s.warnings.is_empty() {
