@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+#[path = "cli/plots.rs"]
+mod plots;
 #[path = "cli/results.rs"]
 mod results;
 
