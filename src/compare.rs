@@ -711,7 +711,7 @@ pub(crate) fn creates_undefined(table: &toml::Table, path: &str) -> Option<Strin
 
 /// compare.json text (pretty, newline-terminated).
 pub fn to_json(c: &Comparison) -> String {
-    serde_json::to_string_pretty(c).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}")) + "\n"
+    crate::outputs::to_json_pretty(c).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}")) + "\n"
 }
 
 // ---------------------------------------------------------------------------------

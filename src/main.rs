@@ -169,7 +169,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 summary: &summary,
                 replications: reps.as_ref(),
             };
-            let text = serde_json::to_string_pretty(&doc)? + "\n";
+            let text = outputs::to_json_pretty(&doc)? + "\n";
             std::fs::create_dir_all(&out)
                 .with_context(|| format!("cannot create output directory {}", out.display()))?;
             let path = out.join("summary.json");

@@ -24,8 +24,71 @@ fn csv_err(path: &Path) -> impl Fn(csv::Error) -> OutputError + '_ {
     }
 }
 
+/// Pretty JSON (two-space indent, as `serde_json::to_string_pretty`) with negative zero
+/// written as `0.0`: a sum of nothing (no tools, no API calls) is a plain zero in every
+/// output file.
+pub fn to_json_pretty<T: serde::Serialize + ?Sized>(v: &T) -> serde_json::Result<String> {
+    use serde_json::ser::{Formatter, PrettyFormatter};
+    use std::io::{self, Write};
+    struct NoNegativeZero<'a>(PrettyFormatter<'a>);
+    impl Formatter for NoNegativeZero<'_> {
+        fn write_f64<W: ?Sized + Write>(&mut self, w: &mut W, v: f64) -> io::Result<()> {
+            self.0.write_f64(w, if v == 0.0 { 0.0 } else { v })
+        }
+        fn write_f32<W: ?Sized + Write>(&mut self, w: &mut W, v: f32) -> io::Result<()> {
+            self.0.write_f32(w, if v == 0.0 { 0.0 } else { v })
+        }
+        fn begin_array<W: ?Sized + Write>(&mut self, w: &mut W) -> io::Result<()> {
+            self.0.begin_array(w)
+        }
+        fn end_array<W: ?Sized + Write>(&mut self, w: &mut W) -> io::Result<()> {
+            self.0.end_array(w)
+        }
+        fn begin_array_value<W: ?Sized + Write>(
+            &mut self,
+            w: &mut W,
+            first: bool,
+        ) -> io::Result<()> {
+            self.0.begin_array_value(w, first)
+        }
+        fn end_array_value<W: ?Sized + Write>(&mut self, w: &mut W) -> io::Result<()> {
+            self.0.end_array_value(w)
+        }
+        fn begin_object<W: ?Sized + Write>(&mut self, w: &mut W) -> io::Result<()> {
+            self.0.begin_object(w)
+        }
+        fn end_object<W: ?Sized + Write>(&mut self, w: &mut W) -> io::Result<()> {
+            self.0.end_object(w)
+        }
+        fn begin_object_key<W: ?Sized + Write>(
+            &mut self,
+            w: &mut W,
+            first: bool,
+        ) -> io::Result<()> {
+            self.0.begin_object_key(w, first)
+        }
+        fn begin_object_value<W: ?Sized + Write>(&mut self, w: &mut W) -> io::Result<()> {
+            self.0.begin_object_value(w)
+        }
+        fn end_object_value<W: ?Sized + Write>(&mut self, w: &mut W) -> io::Result<()> {
+            self.0.end_object_value(w)
+        }
+    }
+    let mut buf = Vec::new();
+    let mut ser =
+        serde_json::Serializer::with_formatter(&mut buf, NoNegativeZero(PrettyFormatter::new()));
+    v.serialize(&mut ser)?;
+    // serde_json writes valid UTF-8.
+    Ok(String::from_utf8(buf).unwrap_or_default())
+}
+
+/// A CSV number; negative zero (a sum of nothing) is written `0`.
+fn num(v: f64) -> String {
+    (v + 0.0).to_string()
+}
+
 fn opt(x: Option<f64>) -> String {
-    x.map(|v| v.to_string()).unwrap_or_default()
+    x.map(num).unwrap_or_default()
 }
 
 /// `timeseries.csv` as a string: one row per sampling interval of the run.
@@ -73,13 +136,13 @@ pub fn timeseries_csv(r: &RunResult) -> Result<String, csv::Error> {
             match row.pools.get(i) {
                 Some(p) => {
                     rec.push(p.in_system.to_string());
-                    rec.push(p.utilization.to_string());
+                    rec.push(num(p.utilization));
                     rec.push(p.servers.to_string());
                 }
                 None => rec.extend([String::new(), String::new(), String::new()]),
             }
         }
-        rec.push(row.usd.to_string());
+        rec.push(num(row.usd));
         for i in 0..r.pool_names.len() {
             rec.push(
                 row.pools
@@ -129,12 +192,12 @@ pub fn showback_csv(s: &Summary) -> Result<String, csv::Error> {
             t.completed.to_string(),
             opt(t.success_rate),
             t.tokens.to_string(),
-            t.usd.to_string(),
+            num(t.usd),
             opt(t.usd_per_outcome),
-            t.usd_api.to_string(),
-            t.usd_api_split.input.to_string(),
-            t.usd_api_split.cached_input.to_string(),
-            t.usd_api_split.output.to_string(),
+            num(t.usd_api),
+            num(t.usd_api_split.input),
+            num(t.usd_api_split.cached_input),
+            num(t.usd_api_split.output),
         ])?;
     }
     let bytes = w.into_inner().map_err(|e| e.into_error())?;

@@ -407,74 +407,145 @@ fn draw_cost_hist<DB: DrawingBackend>(
     draw_legend(&legend, &entries)?;
     let panels = plots.split_evenly((series.len().max(1), 1));
     for (i, (c, area)) in series.iter().zip(panels.iter()).enumerate() {
-        let col = colour(i);
-        let mut v = c.usd.clone();
-        v.sort_by(f64::total_cmp);
-        let (lo, hi) = match (v.first(), v.last()) {
-            (Some(&a), Some(&b)) if b > a => (a, b),
-            (Some(&a), _) => (a * 0.9, a * 1.1 + 1e-9),
-            _ => (0.0, 1.0),
-        };
-        let bins = 40usize;
-        let width = (hi - lo) / bins as f64;
-        let mut counts = vec![0u64; bins];
-        for x in &v {
-            let b = (((x - lo) / width) as usize).min(bins - 1);
-            counts[b] += 1;
-        }
-        let ymax = nice_ceil(counts.iter().copied().max().unwrap_or(1).max(1) as f64 * 1.1);
-        let span = hi - lo;
-        let mean = (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
-        let p95 = sim_core::metrics::exact_quantile(&v, 0.95);
-        let caption = match (mean, p95) {
-            (Some(m), Some(p)) => format!(
-                "{}: {} successful workflows, mean {}, p95 {}",
-                c.class,
-                v.len(),
-                fmt_usd_axis(m, span / 10.0),
-                fmt_usd_axis(p, span / 10.0)
-            ),
-            _ => format!("{}: no successful workflow", c.class),
-        };
-        let mut chart = ChartBuilder::on(area)
-            .caption(caption, (FAMILY, 16))
-            .margin(12)
-            .x_label_area_size(45)
-            .y_label_area_size(70)
-            .build_cartesian_2d(lo..hi, 0f64..ymax)
-            .map_err(s)?;
-        chart
-            .configure_mesh()
-            .x_desc("USD per successful workflow")
-            .y_desc("workflows")
-            .x_labels(8)
-            .x_label_formatter(&|x| fmt_usd_axis(*x, span))
-            .y_label_formatter(&|y| format!("{y:.0}"))
-            .label_style((FAMILY, 13))
-            .axis_desc_style((FAMILY, 15))
-            .draw()
-            .map_err(s)?;
-        chart
-            .draw_series(counts.iter().enumerate().map(|(b, &n)| {
-                let x0 = lo + b as f64 * width;
-                Rectangle::new([(x0, 0.0), (x0 + width, n as f64)], col.mix(0.7).filled())
-            }))
-            .map_err(s)?;
-        if let (Some(mean), Some(p95)) = (mean, p95) {
-            let style = BLACK.stroke_width(2);
-            chart
-                .draw_series(LineSeries::new(vec![(mean, 0.0), (mean, ymax)], style))
-                .map_err(s)?;
-            chart
-                .draw_series(DashedLineSeries::new(
-                    vec![(p95, 0.0), (p95, ymax)],
-                    6,
-                    4,
-                    style,
-                ))
-                .map_err(s)?;
-        }
+        draw_cost_panel(area, c, colour(i))?;
     }
+    Ok(())
+}
+
+/// Largest count shown on a histogram's y axis and the number of labels, so that every
+/// label is a whole number of workflows (0, 1, 2 for one workflow, not 0, 0.2, ...).
+fn count_axis(max_count: u64) -> (f64, usize) {
+    if max_count < 10 {
+        let top = max_count + 1;
+        (top as f64, top as usize + 1)
+    } else {
+        (nice_ceil(max_count as f64 * 1.1), 8)
+    }
+}
+
+/// Where a cost histogram's x axis stops: the largest cost, or the p99 when the tail
+/// above it would squeeze the rest into a few bars (the largest more than 1.5x the
+/// p99). Returns (axis end, workflows above it).
+pub fn cost_axis_end(sorted: &[f64]) -> Option<(f64, usize)> {
+    let (&lo, &max) = (sorted.first()?, sorted.last()?);
+    let p99 = sim_core::metrics::exact_quantile(sorted, 0.99)?;
+    if max - lo > 1.5 * (p99 - lo) && p99 > lo {
+        let above = sorted.iter().filter(|&&x| x > p99).count();
+        Some((p99, above))
+    } else {
+        Some((max, 0))
+    }
+}
+
+fn draw_cost_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    c: &CostSeries,
+    col: RGBColor,
+) -> DrawResult {
+    let mut v = c.usd.clone();
+    v.sort_by(f64::total_cmp);
+    let Some((end, above)) = cost_axis_end(&v) else {
+        // Nothing to plot: say so instead of drawing an empty $0-$1 axis.
+        let (w, h) = area.dim_in_pixel();
+        area.draw(&Text::new(
+            format!("{}: no successful workflow", c.class),
+            (w as i32 / 2, 24),
+            (FAMILY, 16)
+                .into_font()
+                .color(&BLACK)
+                .pos(Pos::new(HPos::Center, VPos::Center)),
+        ))
+        .map_err(s)?;
+        area.draw(&Text::new(
+            "no successful workflow, so no cost per outcome to plot",
+            (w as i32 / 2, h as i32 / 2),
+            (FAMILY, 15)
+                .into_font()
+                .color(&RGBColor(110, 110, 110))
+                .pos(Pos::new(HPos::Center, VPos::Center)),
+        ))
+        .map_err(s)?;
+        return Ok(());
+    };
+    let lo = v[0];
+    let (lo, hi) = if end > lo {
+        (lo, end)
+    } else {
+        (lo * 0.9, lo * 1.1 + 1e-9)
+    };
+    let bins = 40usize;
+    let width = (hi - lo) / bins as f64;
+    let mut counts = vec![0u64; bins];
+    for x in v.iter().filter(|&&x| x <= hi) {
+        let b = (((x - lo) / width) as usize).min(bins - 1);
+        counts[b] += 1;
+    }
+    let (ymax, ylabels) = count_axis(counts.iter().copied().max().unwrap_or(0));
+    let span = hi - lo;
+    let mean = v.iter().sum::<f64>() / v.len() as f64;
+    let p95 = sim_core::metrics::exact_quantile(&v, 0.95).unwrap_or(mean);
+    let mut caption = format!(
+        "{}: {} successful workflows, mean {}, p95 {}",
+        c.class,
+        v.len(),
+        fmt_usd_axis(mean, span / 10.0),
+        fmt_usd_axis(p95, span / 10.0)
+    );
+    if above > 0 {
+        let _ = std::fmt::Write::write_fmt(
+            &mut caption,
+            format_args!(
+                "; {above} above {} (p99) not shown",
+                fmt_usd_axis(hi, span / 10.0)
+            ),
+        );
+    }
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, (FAMILY, 16))
+        .margin(12)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d(lo..hi, 0f64..ymax)
+        .map_err(s)?;
+    chart
+        .configure_mesh()
+        .x_desc("USD per successful workflow")
+        .y_desc("workflows")
+        .x_labels(8)
+        .y_labels(ylabels)
+        .x_label_formatter(&|x| fmt_usd_axis(*x, span))
+        // Whole workflows only (a fractional key point, if any, is left unlabelled).
+        .y_label_formatter(&|y| {
+            if y.fract().abs() < 1e-9 {
+                format!("{y:.0}")
+            } else {
+                String::new()
+            }
+        })
+        .label_style((FAMILY, 13))
+        .axis_desc_style((FAMILY, 15))
+        .draw()
+        .map_err(s)?;
+    chart
+        .draw_series(counts.iter().enumerate().map(|(b, &n)| {
+            let x0 = lo + b as f64 * width;
+            Rectangle::new([(x0, 0.0), (x0 + width, n as f64)], col.mix(0.7).filled())
+        }))
+        .map_err(s)?;
+    let style = BLACK.stroke_width(2);
+    if mean <= hi {
+        chart
+            .draw_series(LineSeries::new(vec![(mean, 0.0), (mean, ymax)], style))
+            .map_err(s)?;
+    }
+    chart
+        .draw_series(DashedLineSeries::new(
+            vec![(p95, 0.0), (p95, ymax)],
+            6,
+            4,
+            style,
+        ))
+        .map_err(s)?;
     Ok(())
 }
 
@@ -482,6 +553,8 @@ fn draw_cost_hist<DB: DrawingBackend>(
 pub struct PoolSeries {
     pub pool: String,
     pub in_system: Vec<(f64, f64)>,
+    /// Hops waiting, not in service (the queue depth).
+    pub queued: Vec<(f64, f64)>,
     pub utilization: Vec<(f64, f64)>,
     pub servers: Vec<(f64, f64)>,
     /// GPU pools only (empty otherwise): KV cache occupancy (%) and tokens in flight.
@@ -503,6 +576,7 @@ pub fn pool_series(r: &RunResult) -> Vec<PoolSeries> {
             let mut p = PoolSeries {
                 pool: name.clone(),
                 in_system: Vec::new(),
+                queued: Vec::new(),
                 utilization: Vec::new(),
                 servers: Vec::new(),
                 kv_occupancy: Vec::new(),
@@ -512,6 +586,7 @@ pub fn pool_series(r: &RunResult) -> Vec<PoolSeries> {
                 if let Some(sample) = row.pools.get(i) {
                     let t = row.t_s / 60.0;
                     p.in_system.push((t, sample.in_system as f64));
+                    p.queued.push((t, sample.queued as f64));
                     p.utilization.push((t, sample.utilization * 100.0));
                     p.servers.push((t, sample.servers as f64));
                     if let Some(kv) = sample.kv_occupancy {
@@ -560,9 +635,9 @@ fn draw_timeseries<DB: DrawingBackend>(
     // (title, y axis, series, y is a percentage)
     let mut panels_spec: Vec<(&str, &str, Pick, bool)> = vec![
         (
-            "Queue depth at the end of each minute",
-            "hops in pool (waiting + in service)",
-            |p| &p.in_system,
+            "Queue depth: hops waiting (not in service) at the end of each minute",
+            "hops waiting",
+            |p| &p.queued,
             false,
         ),
         (
@@ -594,17 +669,37 @@ fn draw_timeseries<DB: DrawingBackend>(
     }
     for ((title, ydesc, pick, pct), area) in panels_spec.iter().zip(panels.iter()) {
         let pct = *pct;
+        // Pools whose series equals an earlier pool's would hide behind it: name them in
+        // the caption and draw them dashed over it.
+        let same = same_as_earlier(pools, *pick);
+        let mut caption = title.to_string();
+        let groups: Vec<String> = (0..pools.len())
+            .filter(|&i| same[i].is_none() && same.contains(&Some(i)))
+            .map(|i| {
+                std::iter::once(i)
+                    .chain((0..pools.len()).filter(|&j| same[j] == Some(i)))
+                    .map(|j| pools[j].pool.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" = ")
+            })
+            .collect();
+        if !groups.is_empty() {
+            caption = format!("{caption} (same line: {})", groups.join(", "));
+        }
         let ymax_data = pools
             .iter()
             .flat_map(|p| pick(p).iter().map(|x| x.1))
             .fold(0f64, f64::max);
-        let ymax = if pct {
-            105.0
+        // Counts below 10 get whole-number ticks (0, 1, 2, not 0, 0.2, 0.4).
+        let (ymax, ylabels) = if pct {
+            (105.0, 7)
+        } else if ymax_data < 10.0 {
+            count_axis(ymax_data.ceil() as u64)
         } else {
-            nice_ceil((ymax_data * 1.1).max(1.0))
+            (nice_ceil(ymax_data * 1.1), 7)
         };
         let mut chart = ChartBuilder::on(area)
-            .caption(*title, (FAMILY, 16))
+            .caption(caption, (FAMILY, 16))
             .margin(12)
             .x_label_area_size(45)
             .y_label_area_size(70)
@@ -615,10 +710,12 @@ fn draw_timeseries<DB: DrawingBackend>(
             .x_desc("simulated time (minutes)")
             .x_label_formatter(&|x| fmt_s(*x))
             .y_desc(*ydesc)
-            .y_labels(7)
+            .y_labels(ylabels)
             .y_label_formatter(&|y| {
                 if pct {
                     format!("{y:.0}%")
+                } else if ymax <= 10.0 && y.fract().abs() > 1e-9 {
+                    String::new()
                 } else {
                     fmt_count_axis(*y)
                 }
@@ -627,16 +724,43 @@ fn draw_timeseries<DB: DrawingBackend>(
             .axis_desc_style((FAMILY, 14))
             .draw()
             .map_err(s)?;
-        // Earlier pools are drawn wider, so equal lines show both colours.
-        let n = pools.len() as u32;
         for (i, p) in pools.iter().enumerate() {
-            let w = 2 + 3 * (n - 1 - i as u32).min(3);
+            if same[i].is_some() {
+                continue;
+            }
             chart
-                .draw_series(LineSeries::new(pick(p).clone(), colour(i).stroke_width(w)))
+                .draw_series(LineSeries::new(pick(p).clone(), colour(i).stroke_width(3)))
                 .map_err(s)?;
+        }
+        // A pool equal to an earlier one: dashes in its colour over the first's line, so
+        // both colours show along it.
+        for (i, p) in pools.iter().enumerate() {
+            if same[i].is_some() {
+                chart
+                    .draw_series(DashedLineSeries::new(
+                        pick(p).clone(),
+                        10,
+                        10,
+                        colour(i).stroke_width(3),
+                    ))
+                    .map_err(s)?;
+            }
         }
     }
     Ok(())
+}
+
+/// For each pool, the first earlier pool whose series (`pick`) is the same, if any.
+fn same_as_earlier(
+    pools: &[PoolSeries],
+    pick: fn(&PoolSeries) -> &Vec<(f64, f64)>,
+) -> Vec<Option<usize>> {
+    (0..pools.len())
+        .map(|i| {
+            let v = pick(&pools[i]);
+            (0..i).find(|&j| !v.is_empty() && pick(&pools[j]) == v)
+        })
+        .collect()
 }
 
 /// Panels of the time-series plot: queue depth, utilisation and servers, plus KV
@@ -742,13 +866,13 @@ fn draw_compare<DB: DrawingBackend>(
     type Pick = fn(&CompareClass) -> &Vec<Option<f64>>;
     let spec: [(&str, &str, Pick, bool); 2] = [
         (
-            "p99 workflow latency (missing bar: no completed workflow)",
+            "p99 workflow latency (n/a: no completed workflow)",
             "p99 latency (seconds)",
             |c| &c.p99_s,
             false,
         ),
         (
-            "$ per successful workflow",
+            "$ per successful workflow (n/a: none succeeded)",
             "USD per outcome (mean)",
             |c| &c.usd_per_outcome,
             true,
@@ -763,23 +887,15 @@ fn draw_compare<DB: DrawingBackend>(
         let mut chart = ChartBuilder::on(area)
             .caption(*title, (FAMILY, 15))
             .margin(12)
-            .x_label_area_size(45)
+            .x_label_area_size(50)
             .y_label_area_size(75)
             .build_cartesian_2d(0..n * group, 0f64..ymax)
             .map_err(s)?;
-        let names: Vec<String> = classes.iter().map(|c| c.class.clone()).collect();
         chart
             .configure_mesh()
             .disable_x_mesh()
-            .x_labels((n * group + 1) as usize)
-            .x_label_formatter(&|x| {
-                let g = x / group;
-                if x % group == 1 + nv && (g as usize) < names.len() {
-                    names[g as usize].clone()
-                } else {
-                    String::new()
-                }
-            })
+            .x_labels(0)
+            .x_label_formatter(&|_| String::new())
             .set_tick_mark_size(LabelAreaPosition::Bottom, 0)
             .x_desc("workflow class")
             .y_desc(*ydesc)
@@ -794,18 +910,74 @@ fn draw_compare<DB: DrawingBackend>(
             .axis_desc_style((FAMILY, 15))
             .draw()
             .map_err(s)?;
+        // Class names under their group, 10 px below the axis.
+        let base = area.get_base_pixel();
+        for (ci, c) in classes.iter().enumerate() {
+            let (x, y) = chart.backend_coord(&(ci as i32 * group + 1 + nv, 0.0));
+            area.draw(&Text::new(
+                c.class.clone(),
+                (x - base.0, y - base.1 + 10),
+                (FAMILY, 13)
+                    .into_font()
+                    .color(&BLACK)
+                    .pos(Pos::new(HPos::Center, VPos::Top)),
+            ))
+            .map_err(s)?;
+        }
+        let fmt_value = |y: f64| {
+            if *usd {
+                crate::report::fmt_usd(Some(y))
+            } else {
+                crate::report::fmt_secs(Some(y))
+            }
+        };
+        let label_font = |c: &RGBColor| {
+            (FAMILY, 12)
+                .into_font()
+                .transform(FontTransform::Rotate270)
+                .color(c)
+                .pos(Pos::new(HPos::Left, VPos::Center))
+        };
         for vi in 0..variants.len() {
             let col = colour(vi);
-            let bars: Vec<_> = classes
-                .iter()
-                .enumerate()
-                .filter_map(|(ci, c)| {
-                    let y = pick(c).get(vi).copied().flatten()?;
-                    let x0 = ci as i32 * group + 1 + 2 * vi as i32;
-                    Some(Rectangle::new([(x0, 0.0), (x0 + 2, y)], col.filled()))
-                })
-                .collect();
-            chart.draw_series(bars).map_err(s)?;
+            for (ci, c) in classes.iter().enumerate() {
+                let x0 = ci as i32 * group + 1 + 2 * vi as i32;
+                let value = pick(c).get(vi).copied().flatten();
+                if let Some(y) = value {
+                    chart
+                        .draw_series(std::iter::once(Rectangle::new(
+                            [(x0, 0.0), (x0 + 2, y)],
+                            col.filled(),
+                        )))
+                        .map_err(s)?;
+                }
+                // A bar under 2% of the axis could pass for missing: label its value.
+                // A missing one says n/a, in grey, over an empty outlined slot.
+                let (text, colour_of) = match value {
+                    Some(y) if y < ymax * 0.02 => (fmt_value(y), BLACK),
+                    Some(_) => continue,
+                    None => ("n/a".to_string(), RGBColor(90, 90, 90)),
+                };
+                let (px, py) = chart.backend_coord(&(x0 + 1, value.unwrap_or(0.0)));
+                if value.is_none() {
+                    let (x1, _) = chart.backend_coord(&(x0, 0.0));
+                    let (x2, _) = chart.backend_coord(&(x0 + 2, 0.0));
+                    area.draw(&Rectangle::new(
+                        [
+                            (x1 - base.0 + 2, py - base.1 - 3),
+                            (x2 - base.0 - 2, py - base.1),
+                        ],
+                        colour_of.stroke_width(1),
+                    ))
+                    .map_err(s)?;
+                }
+                area.draw(&Text::new(
+                    text,
+                    (px - base.0, py - base.1 - 6),
+                    label_font(&colour_of),
+                ))
+                .map_err(s)?;
+            }
         }
     }
     Ok(())

@@ -97,6 +97,13 @@ pub struct ClassEstimates {
     /// completed / decided (not in flight).
     pub success_rate: Option<Estimate>,
     pub slo_attainment: Option<Estimate>,
+    /// Error-budget burn rate (`classes.<name>.slo_burn_rate`).
+    pub slo_burn_rate: Option<Estimate>,
+    /// p95 cost of a successful workflow (`classes.<name>.usd_per_outcome.p95`).
+    pub usd_per_outcome_p95: Option<Estimate>,
+    /// Waste dollars: failed + abandoned + rejected + after outcome (the class's share
+    /// of `totals.usd_waste`).
+    pub usd_waste: Option<Estimate>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -109,12 +116,26 @@ pub struct LatencyEstimates {
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct PoolEstimates {
     pub utilization: Option<Estimate>,
+    /// Idle capacity dollars (`pools.<name>.usd_idle`).
+    pub usd_idle: Option<Estimate>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct TotalEstimates {
     /// Fully loaded $/outcome (`totals.usd_per_outcome`).
     pub usd_per_outcome: Option<Estimate>,
+    /// Everything spent (`totals.usd_spent`).
+    pub usd_spent: Option<Estimate>,
+    /// Idle capacity (`totals.usd_idle`).
+    pub usd_idle: Option<Estimate>,
+    /// Waste over all classes (`totals.usd_waste`).
+    pub usd_waste: Option<Estimate>,
+}
+
+/// A class's waste dollars: failed + abandoned + rejected + after outcome.
+pub fn usd_waste(c: &sim_core::metrics::ClassSummary) -> f64 {
+    let w = &c.usd_waste;
+    w.failed + w.abandoned + w.rejected + w.after_outcome
 }
 
 /// Success rate of a class: completed / decided.
@@ -145,6 +166,9 @@ pub fn estimate(summaries: &[Summary]) -> Replications {
                     usd_per_outcome: est(&|s| c(s).and_then(|c| c.usd_per_outcome.mean)),
                     success_rate: est(&|s| c(s).as_ref().and_then(success_rate)),
                     slo_attainment: est(&|s| c(s).and_then(|c| c.slo_attainment)),
+                    slo_burn_rate: est(&|s| c(s).and_then(|c| c.slo_burn_rate)),
+                    usd_per_outcome_p95: est(&|s| c(s).and_then(|c| c.usd_per_outcome.p95)),
+                    usd_waste: est(&|s| c(s).as_ref().map(usd_waste)),
                 },
             );
         }
@@ -153,6 +177,7 @@ pub fn estimate(summaries: &[Summary]) -> Replications {
                 name.clone(),
                 PoolEstimates {
                     utilization: est(&|s| s.pools.get(name).map(|p| p.utilization)),
+                    usd_idle: est(&|s| s.pools.get(name).map(|p| p.usd_idle)),
                 },
             );
         }
@@ -165,6 +190,9 @@ pub fn estimate(summaries: &[Summary]) -> Replications {
         pools,
         totals: TotalEstimates {
             usd_per_outcome: est(&|s| s.totals.usd_per_outcome),
+            usd_spent: est(&|s| Some(s.totals.usd_spent)),
+            usd_idle: est(&|s| Some(s.totals.usd_idle)),
+            usd_waste: est(&|s| Some(s.totals.usd_waste)),
         },
     }
 }

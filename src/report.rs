@@ -154,6 +154,17 @@ fn fmt_est_pct(e: &Option<Estimate>) -> String {
     }
 }
 
+/// A burn rate and its half-width: "6.5x ± 0.4".
+fn fmt_est_times(e: &Option<Estimate>) -> String {
+    match e {
+        None => "-".into(),
+        Some(e) => match e.ci95 {
+            Some(h) => format!("{:.1}x ± {h:.1}", e.mean),
+            None => format!("{:.1}x", e.mean),
+        },
+    }
+}
+
 fn fmt_pct(x: f64) -> String {
     let p = x * 100.0;
     if p > 99.0 && p < 100.0 {
@@ -166,6 +177,16 @@ fn fmt_pct(x: f64) -> String {
 fn fmt_opt_count(x: Option<f64>) -> String {
     x.map(|v| fmt_count(v.round() as u64))
         .unwrap_or_else(|| "-".into())
+}
+
+/// A count column that is `-` when no workflow had any (tokens on abstract pools, which
+/// model none; fan-out in a graph without a fan-out node): 0 would read as measured.
+fn modelled(max: Option<f64>, x: Option<f64>) -> String {
+    if max.is_some_and(|m| m > 0.0) {
+        fmt_opt_count(x)
+    } else {
+        "-".into()
+    }
 }
 
 /// The table printed by `factorysim run`, without colour or replications.
@@ -297,9 +318,9 @@ pub fn run_table_with(s: &Summary, opts: &TableOptions<'_>) -> String {
     for (name, c) in &s.classes {
         t.row(vec![
             name.clone(),
-            fmt_opt_count(c.tokens_per_workflow.p50),
-            fmt_opt_count(c.tokens_per_workflow.p95),
-            fmt_opt_count(c.fan_out.p95),
+            modelled(c.tokens_per_workflow.max, c.tokens_per_workflow.p50),
+            modelled(c.tokens_per_workflow.max, c.tokens_per_workflow.p95),
+            modelled(c.fan_out.max, c.fan_out.p95),
             format!("{:.2}", c.loops_per_workflow),
             fmt_usd(Some(c.usd_waste.failed)),
             fmt_usd(Some(c.usd_waste.abandoned)),
@@ -404,10 +425,20 @@ pub fn run_table_with(s: &Summary, opts: &TableOptions<'_>) -> String {
     }
     let _ = writeln!(
         out,
-        "Total: {} capacity over the measured window, {} workflows completed, fully loaded {} per outcome",
-        fmt_usd(Some(tt.usd_capacity)),
+        "Total: {} spent over the measured window, {} workflows completed, fully loaded {} per outcome",
+        fmt_usd(Some(tt.usd_spent)),
         fmt_count(tt.completed),
         fmt_usd(tt.usd_per_outcome)
+    );
+    let un = &tt.usd_unattributed_split;
+    let _ = writeln!(
+        out,
+        "  = {} measured workflows + {} idle + {} unattributed ({} hops of warm-up workflows in the window, {} hops still running at the end)",
+        fmt_usd(Some(tt.usd_workflows)),
+        fmt_usd(Some(tt.usd_idle)),
+        fmt_usd(Some(tt.usd_unattributed)),
+        fmt_usd(Some(un.warmup_workflows)),
+        fmt_usd(Some(un.running_at_end)),
     );
     if tt.usd_tools > 0.0 || tt.usd_human > 0.0 || tt.usd_api > 0.0 {
         let _ = writeln!(
@@ -441,8 +472,11 @@ pub fn run_table_with(s: &Summary, opts: &TableOptions<'_>) -> String {
             "p95",
             "p99",
             "$/outcome",
+            "p95 $",
             "success",
             "SLO met",
+            "burn",
+            "$ waste",
         ]);
         for (name, c) in &r.classes {
             t.row(vec![
@@ -451,21 +485,32 @@ pub fn run_table_with(s: &Summary, opts: &TableOptions<'_>) -> String {
                 fmt_est_secs(&c.latency_s.p95),
                 fmt_est_secs(&c.latency_s.p99),
                 fmt_est_usd(&c.usd_per_outcome),
+                fmt_est_usd(&c.usd_per_outcome_p95),
                 fmt_est_pct(&c.success_rate),
                 fmt_est_pct(&c.slo_attainment),
+                fmt_est_times(&c.slo_burn_rate),
+                fmt_est_usd(&c.usd_waste),
             ]);
         }
         t.render(&mut out);
         out.push('\n');
-        let mut t = Table::new(&["pool", "util"]);
+        let mut t = Table::new(&["pool", "util", "$ idle"]);
         for (name, p) in &r.pools {
-            t.row(vec![name.clone(), fmt_est_pct(&p.utilization)]);
+            t.row(vec![
+                name.clone(),
+                fmt_est_pct(&p.utilization),
+                fmt_est_usd(&p.usd_idle),
+            ]);
         }
         t.render(&mut out);
+        let tr = &r.totals;
         let _ = writeln!(
             out,
-            "  fully loaded $/outcome {}",
-            fmt_est_usd(&r.totals.usd_per_outcome)
+            "  fully loaded $/outcome {}; spent {}, idle {}, waste {}",
+            fmt_est_usd(&tr.usd_per_outcome),
+            fmt_est_usd(&tr.usd_spent),
+            fmt_est_usd(&tr.usd_idle),
+            fmt_est_usd(&tr.usd_waste),
         );
     }
     if !s.warnings.is_empty() {

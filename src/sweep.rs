@@ -410,7 +410,7 @@ fn point(
 
 /// sweep.json text.
 pub fn to_json(s: &Sweep) -> String {
-    serde_json::to_string_pretty(s).unwrap_or_else(|_| "{}".into()) + "\n"
+    crate::outputs::to_json_pretty(s).unwrap_or_else(|_| "{}".into()) + "\n"
 }
 
 fn est_secs(e: &Option<Estimate>) -> String {

@@ -4,6 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+#[path = "cli/plots.rs"]
+mod plots;
+#[path = "cli/results.rs"]
+mod results;
+
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_factorysim"))
 }

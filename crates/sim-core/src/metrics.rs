@@ -230,6 +230,17 @@ pub struct PoolStats {
     pub breaker_opens: u64,
     /// Calls that came back with an error (`error_rate`).
     pub errors: u64,
+    /// Capacity dollars of every finished (or lost) hop, the part of its service that
+    /// fell in the measurement window (whatever workflow it served).
+    pub usd_charged_in_window: f64,
+    /// The same, for hops of workflows that arrived during the warm-up.
+    pub usd_warmup_in_window: f64,
+    /// Whole capacity dollars of hops of warm-up workflows submitted in the window (what
+    /// an autoscaled pool's `usd_attributed` counts of them).
+    pub usd_warmup_submitted: f64,
+    /// API dollars of calls of warm-up workflows submitted in the window (part of
+    /// `usd_api`, not of any measured workflow).
+    pub usd_api_warmup: f64,
 }
 
 impl Default for PoolStats {
@@ -261,6 +272,25 @@ impl PoolStats {
             usd_api_split: ApiUsdSplit::default(),
             breaker_opens: 0,
             errors: 0,
+            usd_charged_in_window: 0.0,
+            usd_warmup_in_window: 0.0,
+            usd_warmup_submitted: 0.0,
+            usd_api_warmup: 0.0,
+        }
+    }
+
+    /// The part of a hop's capacity dollars that falls in a window starting at `start`:
+    /// all of it when the hop started in the window, none when it finished before, else
+    /// the share of its service time after `start` (exact for abstract pools, where a
+    /// hop pays per second of service).
+    pub fn in_window_usd(d: &HopDone, start: SimTime) -> f64 {
+        if d.started >= start {
+            d.usd
+        } else if d.finished <= start {
+            0.0
+        } else {
+            d.usd * (d.finished - start).as_nanos() as f64
+                / (d.finished - d.started).as_nanos() as f64
         }
     }
 
@@ -323,6 +353,8 @@ pub struct ToolStats {
     pub latency_sum_ns: u128,
     pub wait_sum_ns: u128,
     pub usd: f64,
+    /// Dollars of calls of warm-up workflows submitted in the window (part of `usd`).
+    pub usd_warmup: f64,
     pub report: StationReport,
 }
 
@@ -336,6 +368,7 @@ impl ToolStats {
             latency_sum_ns: 0,
             wait_sum_ns: 0,
             usd: 0.0,
+            usd_warmup: 0.0,
             report: StationReport::default(),
         }
     }
@@ -523,6 +556,8 @@ impl RunResult {
         }
         let mut pools = BTreeMap::new();
         let mut usd_capacity = 0.0;
+        // What the window's totals paid for that no measured workflow was charged.
+        let mut unattributed = UnattributedSplit::default();
         for (i, name) in self.pool_names.iter().enumerate() {
             let s = &self.pools[i];
             let r = &self.pool_reports[i];
@@ -539,6 +574,16 @@ impl RunResult {
             } else {
                 0.0
             };
+            if r.capacity_server_s > 0.0 {
+                // Busy capacity is what hops submitted in the window were charged: a hop
+                // still running at the end is not in it (it counts as idle).
+                unattributed.warmup_workflows += s.usd_warmup_submitted;
+            } else {
+                unattributed.warmup_workflows += s.usd_warmup_in_window;
+                // Busy capacity no finished hop paid for: hops in service at the end.
+                unattributed.running_at_end += busy_usd - s.usd_charged_in_window;
+            }
+            unattributed.warmup_workflows += s.usd_api_warmup;
             pools.insert(
                 name.clone(),
                 PoolSummary {
@@ -629,6 +674,7 @@ impl RunResult {
         // --- results/showback (issue 7): totals that make the cost balance visible ---
         let usd_idle: f64 = pools.values().map(|p: &PoolSummary| p.usd_idle).sum();
         let usd_tools: f64 = self.tools.iter().map(|t| t.usd).sum();
+        unattributed.warmup_workflows += self.tools.iter().map(|t| t.usd_warmup).sum::<f64>();
         let usd_human: f64 = self.classes.iter().map(|c| c.usd_human).sum();
         let usd_waste: f64 = self
             .classes
@@ -674,6 +720,8 @@ impl RunResult {
                 usd_waste,
                 usd_waste_over_tiered: self.classes.iter().map(|c| c.usd_waste_over_tiered).sum(),
                 usd_api_split,
+                usd_unattributed: unattributed.warmup_workflows + unattributed.running_at_end,
+                usd_unattributed_split: unattributed,
             },
             tenants,
             breakdown,
@@ -972,6 +1020,22 @@ pub struct TotalsSummary {
     pub usd_waste_over_tiered: f64,
     /// `usd_api` split by token kind (sum of the pools' splits).
     pub usd_api_split: ApiUsdSplit,
+    /// Dollars in `usd_spent` charged to no measured workflow and not idle: the sum of
+    /// `usd_unattributed_split`, so `usd_workflows + usd_idle + usd_unattributed =
+    /// usd_spent`.
+    pub usd_unattributed: f64,
+    pub usd_unattributed_split: UnattributedSplit,
+}
+
+/// Spending in the window that is neither a measured workflow's nor idle capacity.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct UnattributedSplit {
+    /// Hops of workflows that arrived during the warm-up (not measured): their capacity
+    /// time in the window, and their API and tool calls submitted in it.
+    pub warmup_workflows: f64,
+    /// Capacity busy, in the window, with hops still in service when the run stopped
+    /// (charged to a workflow only when a hop finishes; 0 in a drained run).
+    pub running_at_end: f64,
 }
 
 // --- per-hop breakdown by class, lane, tier, pool, tenant and tool (issue 7) ---

@@ -1066,10 +1066,19 @@ impl<'a, 'o> Sim<'a, 'o> {
         if done.submitted >= self.warmup {
             self.pool_stats[pool].usd_attributed += done.usd;
         }
+        let in_window = PoolStats::in_window_usd(done, self.warmup);
+        self.pool_stats[pool].usd_charged_in_window += in_window;
         let slot = hop.slot;
         let wf = &mut self.workflows[slot as usize];
         if !wf.active || wf.id != hop.wf_id {
             return;
+        }
+        if !wf.counted {
+            let ps = &mut self.pool_stats[pool];
+            ps.usd_warmup_in_window += in_window;
+            if done.submitted >= self.warmup {
+                ps.usd_warmup_submitted += done.usd;
+            }
         }
         wf.usd += done.usd;
         wf.outstanding -= 1;
@@ -2847,6 +2856,10 @@ impl<'a, 'o> Sim<'a, 'o> {
         self.free_hops.push(hop_slot as u32);
         self.hop_left_pool(&hop, &done);
         self.release_admission_tokens(&hop);
+        let in_window = PoolStats::in_window_usd(&done, self.warmup);
+        if (hop.station as usize) < sc.pools.len() {
+            self.pool_stats[hop.station as usize].usd_charged_in_window += in_window;
+        }
         let slot = hop.slot;
         let wf = &mut self.workflows[slot as usize];
         if !wf.active || wf.id != hop.wf_id {
@@ -2857,6 +2870,8 @@ impl<'a, 'o> Sim<'a, 'o> {
         let class = &sc.classes[ci];
         let spec = &class.graph_for(record).nodes[hop.node as usize];
         let mut usd = done.usd;
+        // API token or tool-call dollars on top of the capacity charge.
+        let mut extra_usd = 0.0;
         let n_pools = sc.pools.len();
         if let HopKind::Model | HopKind::Escalation = hop.kind
             && sc.pools[hop.station as usize].api.is_some()
@@ -2868,6 +2883,7 @@ impl<'a, 'o> Sim<'a, 'o> {
             );
             let api_usd = split.total();
             usd += api_usd;
+            extra_usd = api_usd;
             self.interval.usd_variable += api_usd;
             if done.submitted >= self.warmup {
                 let ps = &mut self.pool_stats[hop.station as usize];
@@ -2881,11 +2897,29 @@ impl<'a, 'o> Sim<'a, 'o> {
         if let HopKind::Tool { .. } = hop.kind {
             let ti = hop.station as usize - n_pools;
             usd += sc.tools[ti].usd_per_call;
+            extra_usd = sc.tools[ti].usd_per_call;
             self.interval.usd_variable += sc.tools[ti].usd_per_call;
         }
         wf.usd += usd;
         wf.outstanding -= 1;
         let counted = wf.counted;
+        if !counted {
+            // A warm-up workflow's hop: paid for by the window's totals (capacity busy
+            // in the window, API and tool calls submitted in it), charged to no measured
+            // workflow (`totals.usd_unattributed`).
+            let st = hop.station as usize;
+            let submitted_in_window = done.submitted >= self.warmup;
+            if st < n_pools {
+                let ps = &mut self.pool_stats[st];
+                ps.usd_warmup_in_window += in_window;
+                if submitted_in_window {
+                    ps.usd_warmup_submitted += done.usd;
+                    ps.usd_api_warmup += extra_usd;
+                }
+            } else if submitted_in_window {
+                self.tool_stats[st - n_pools].usd_warmup += extra_usd;
+            }
+        }
         let over_tiered = self.over_tiered_extra(&hop, spec, usd);
         if done.submitted >= self.warmup {
             let st = hop.station as usize;
