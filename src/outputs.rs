@@ -165,7 +165,7 @@ pub fn timeseries_csv(r: &RunResult) -> Result<String, csv::Error> {
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
-/// `showback.csv` as a string: one row per tenant (cost centre = tenant).
+/// `showback.csv` as a string: one row per tenant, with its cost centre.
 pub fn showback_csv(s: &Summary) -> Result<String, csv::Error> {
     let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record([
@@ -186,7 +186,7 @@ pub fn showback_csv(s: &Summary) -> Result<String, csv::Error> {
     for (name, t) in &s.tenants {
         w.write_record([
             name.clone(),
-            name.clone(),
+            t.cost_centre.clone(),
             t.classes.join(";"),
             t.workflows.to_string(),
             t.completed.to_string(),

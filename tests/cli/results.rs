@@ -562,3 +562,65 @@ fn replication_intervals_match_the_student_t_formula() {
         "{chat}"
     );
 }
+
+// ---------------------------------------------------------------------------------
+// Showback: a tenant's cost centre.
+
+#[test]
+fn showback_rows_carry_the_tenants_cost_centre() {
+    // acme names its cost centre; beta has no [tenants] section, so its cost centre is
+    // its own name. Rows add up to the workflows' dollars.
+    let text = r#"
+[simulation]
+horizon = "20m"
+drain = true
+[pools.p]
+servers = 4
+usd_per_server_hour = 3.6
+service = { dist = "exponential", mean = "1s" }
+[tenants.acme]
+cost_centre = "CC-1042 claims ops"
+[classes.a]
+arrival = { process = "poisson", rate = 1.0 }
+tenant = "acme"
+hops = [{ pool = "p" }]
+[classes.b]
+arrival = { process = "poisson", rate = 0.5 }
+tenant = "beta"
+hops = [{ pool = "p" }]
+"#;
+    let dir = tempdir();
+    let path = dir.path().join("showback.toml");
+    std::fs::write(&path, text).expect("write");
+    let d = dir.path().join("out");
+    run_ok(&[
+        "run",
+        path.to_str().unwrap(),
+        "--no-plots",
+        "--out",
+        d.to_str().unwrap(),
+    ]);
+    let s = summary(&d);
+    assert_eq!(s["tenants"]["acme"]["cost_centre"], "CC-1042 claims ops");
+    assert_eq!(s["tenants"]["beta"]["cost_centre"], "beta");
+    let csv = read(&d.join("showback.csv"));
+    let mut rows = csv::Reader::from_reader(csv.as_bytes());
+    let mut usd = 0.0;
+    let mut seen = Vec::new();
+    for r in rows.records() {
+        let r = r.expect("row");
+        seen.push((r[0].to_string(), r[1].to_string()));
+        usd += r[7].parse::<f64>().expect("usd");
+    }
+    assert_eq!(
+        seen,
+        [
+            ("acme".to_string(), "CC-1042 claims ops".to_string()),
+            ("beta".to_string(), "beta".to_string())
+        ]
+    );
+    assert!(
+        (usd - f(&s["totals"]["usd_workflows"])).abs() < 1e-4,
+        "{usd}"
+    );
+}

@@ -125,6 +125,8 @@ pub struct ClassStats {
     // --- results/showback (issue 7) ---
     /// Tenant (showback owner) of the class.
     pub tenant: String,
+    /// The tenant's cost centre (showback).
+    pub cost_centre: String,
     /// Share of workflows that should meet `slo` (error budget = 1 - target).
     pub slo_target: f64,
     /// End-to-end latency of each completed workflow, in completion order (same order
@@ -170,6 +172,7 @@ impl ClassStats {
             escalations: 0,
             tokens_per_success: Vec::new(),
             tenant: c.tenant.clone(),
+            cost_centre: c.cost_centre.clone(),
             slo_target: c.slo_target,
             latency_per_success_ns: Vec::new(),
             usd_waste_over_tiered: 0.0,
@@ -755,6 +758,7 @@ fn tenant_summaries(classes: &[ClassStats]) -> BTreeMap<String, TenantSummary> {
     let mut out: BTreeMap<String, TenantSummary> = BTreeMap::new();
     for c in classes {
         let t = out.entry(c.tenant.clone()).or_insert(TenantSummary {
+            cost_centre: c.cost_centre.clone(),
             classes: Vec::new(),
             workflows: 0,
             completed: 0,
@@ -791,6 +795,8 @@ fn tenant_summaries(classes: &[ClassStats]) -> BTreeMap<String, TenantSummary> {
 /// One tenant's showback line (`tenants.<name>` in summary.json, a row of showback.csv).
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct TenantSummary {
+    /// The finance cost centre (`tenants.<name>.cost_centre`, default the tenant).
+    pub cost_centre: String,
     /// Workflow classes owned by the tenant.
     pub classes: Vec<String>,
     /// Measured workflows (arrivals after warm-up).

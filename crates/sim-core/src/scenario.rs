@@ -119,6 +119,10 @@ pub struct TenantSpec {
     /// hop's first pool's `max_attempts`).
     #[serde(default)]
     pub max_attempts: Option<u32>,
+    /// The finance cost centre the tenant's spend is shown back to (showback.csv;
+    /// default: the tenant's name).
+    #[serde(default)]
+    pub cost_centre: Option<String>,
 }
 
 /// `[emergency]`: "max fan-out 2 from time t".
@@ -998,6 +1002,8 @@ pub struct WorkflowClass {
     pub slo_target: f64,
     pub abandon_after: Option<SimDuration>,
     pub tenant: String,
+    /// The tenant's cost centre (`tenants.NAME.cost_centre`, default the tenant).
+    pub cost_centre: String,
     /// Index into `Scenario::tenants` when the tenant has limits.
     pub tenant_index: Option<usize>,
     pub lane: String,
@@ -2085,6 +2091,13 @@ impl ScenarioSpec {
                 slo_target: c.slo_target.unwrap_or(0.99),
                 abandon_after: c.abandon_after,
                 tenant: c.tenant.clone().unwrap_or_else(|| "default".into()),
+                cost_centre: {
+                    let t = c.tenant.as_deref().unwrap_or("default");
+                    self.tenants
+                        .get(t)
+                        .and_then(|ts| ts.cost_centre.clone())
+                        .unwrap_or_else(|| t.to_string())
+                },
                 tenant_index: tenants
                     .iter()
                     .position(|t| t.name == c.tenant.as_deref().unwrap_or("default")),
