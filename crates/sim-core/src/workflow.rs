@@ -312,7 +312,10 @@ pub fn compile_graph(
         if i == 0 && !parents.is_empty() {
             return Err((
                 format!("{nk}.after"),
-                "the first node is the entry and cannot have parents".into(),
+                format!(
+                    "the first node (`{}`) is the entry and cannot have parents: `after` on it makes a cycle; repeat work with `loop = {{ to = ..., probability = ... }}`",
+                    s.id
+                ),
             ));
         }
         let sampler =

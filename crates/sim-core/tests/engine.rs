@@ -1158,6 +1158,23 @@ pool = "llm"
 "#,
     ));
     assert!(e.message.contains("unreachable"), "{e}");
+    // A two-node cycle through the entry is named as a cycle.
+    let e = invalid(&base(
+        r#"
+[[classes.c.nodes]]
+id = "a"
+pool = "llm"
+after = ["b"]
+[[classes.c.nodes]]
+id = "b"
+pool = "llm"
+after = ["a"]
+"#,
+    ));
+    assert!(
+        e.key == "classes.c.nodes[0].after" && e.message.contains("makes a cycle"),
+        "{e}"
+    );
     let e = invalid(&base(
         r#"
 [[classes.c.nodes]]
