@@ -42,6 +42,9 @@ pub struct SpanRecord {
     pub span_id: String,
     /// `None` for a root span (the field absent, `null` or `""`).
     pub parent_span_id: Option<String>,
+    /// Other spans of the workflow this span also waited for (a join: `links`, like
+    /// OpenTelemetry span links), besides its parent; empty for most spans.
+    pub links: Vec<String>,
     pub kind: SpanKind,
     pub agent_role: String,
     pub model_tier: String,
@@ -90,6 +93,8 @@ struct SpanLineIn {
     #[serde(default)]
     parent_span_id: Option<Id>,
     #[serde(default)]
+    links: Option<Vec<Id>>,
+    #[serde(default)]
     kind: Option<SpanKind>,
     #[serde(default)]
     agent_role: String,
@@ -129,6 +134,8 @@ struct SpanLineOut<'a> {
     workflow_id: &'a str,
     span_id: &'a str,
     parent_span_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    links: &'a [String],
     kind: SpanKind,
     agent_role: &'a str,
     model_tier: &'a str,
@@ -178,6 +185,18 @@ pub fn parse_span_line(line: u64, text: &str) -> Result<SpanRecord, String> {
         .parent_span_id
         .map(Id::into_string)
         .filter(|p| !p.is_empty());
+    // Links in file order, repeats dropped.
+    let mut links: Vec<String> = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for l in s.links.unwrap_or_default() {
+        let l = l.into_string();
+        if l.is_empty() {
+            return Err("links: span ids must not be empty".into());
+        }
+        if seen.insert(l.clone()) {
+            links.push(l);
+        }
+    }
     let kind = s.kind.unwrap_or(
         if s.input_tokens == 0 && s.output_tokens == 0 && s.tool_wait_ms > 0.0 {
             SpanKind::Tool
@@ -200,6 +219,7 @@ pub fn parse_span_line(line: u64, text: &str) -> Result<SpanRecord, String> {
         workflow_id,
         span_id,
         parent_span_id,
+        links,
         kind,
         agent_role: s.agent_role,
         model_tier: s.model_tier,
@@ -320,6 +340,7 @@ impl<W: Write> SpanLogWriter<W> {
             workflow_id: &s.workflow_id,
             span_id: &s.span_id,
             parent_span_id: s.parent_span_id.as_deref(),
+            links: &s.links,
             kind: s.kind,
             agent_role: &s.agent_role,
             model_tier: &s.model_tier,

@@ -219,6 +219,7 @@ fn synthetic_workflows(n: usize) -> Vec<Vec<SpanRecord>> {
                 workflow_id: wid.clone(),
                 span_id: id,
                 parent_span_id: parent,
+                links: Vec::new(),
                 kind,
                 agent_role: role.into(),
                 model_tier: if kind == SpanKind::Llm {
@@ -933,5 +934,84 @@ fn request_traces_replay_as_single_hop_workflows() {
         wfs.iter()
             .zip(&recs)
             .all(|(w, r)| w.arrival_ns == r.arrival_ns)
+    );
+}
+
+#[test]
+fn span_links_are_extra_predecessors_checked_like_parents() {
+    // d is a join: parent c, links b (and a repeat of b, ignored). e links to a span that
+    // does not exist; in workflow y, p's link closes a cycle (q's parent is p).
+    let path = tmp("links.jsonl");
+    std::fs::write(
+        &path,
+        r#"{"workflow_id":"x","span_id":"a","start_ms":0,"input_tokens":1}
+{"workflow_id":"x","span_id":"d","parent_span_id":"c","links":["b","b"],"start_ms":9}
+{"workflow_id":"x","span_id":"b","parent_span_id":"a","start_ms":1}
+{"workflow_id":"x","span_id":"c","parent_span_id":"a","start_ms":2}
+{"workflow_id":"y","span_id":"p","links":["q"],"start_ms":0}
+{"workflow_id":"y","span_id":"q","parent_span_id":"p","start_ms":1}
+{"workflow_id":"y","span_id":"e","parent_span_id":"p","links":[7],"start_ms":2}
+"#,
+    )
+    .unwrap();
+    let x = open_workflows(&path, &ReadOptions::default())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    assert_eq!(x.spans[1].links, ["b"]);
+    assert_eq!(x.links[1], vec![2]);
+    assert_eq!(x.predecessors(1), vec![2, 3]);
+    // d comes after both b and c although it is the second line.
+    let order: Vec<&str> = x
+        .topo_order()
+        .into_iter()
+        .map(|i| x.spans[i].span_id.as_str())
+        .collect();
+    assert_eq!(order, ["a", "b", "c", "d"]);
+    // Strict: y's first problem (the cycle through p's link, line 5) stops the read.
+    let err = open_workflows(&path, &ReadOptions::default())
+        .unwrap()
+        .find_map(Result::err)
+        .unwrap();
+    let name = path.display().to_string();
+    assert!(
+        err.to_string()
+            .starts_with(&format!("{name}:5: workflow `y`: cycle")),
+        "{err}"
+    );
+    // Skip mode: the link closing the cycle is dropped, the missing one counted as an
+    // orphan; no span dropped.
+    let opts = ReadOptions {
+        skip_bad_rows: true,
+        ..ReadOptions::default()
+    };
+    let mut r = open_workflows(&path, &opts).unwrap();
+    let wfs: Vec<Workflow> = r.by_ref().map(Result::unwrap).collect();
+    let rep = r.report();
+    assert_eq!((rep.orphan_spans, rep.cycles), (1, 1));
+    let y = &wfs[1];
+    assert_eq!(y.spans.len(), 3);
+    assert_eq!(y.links, vec![Vec::<usize>::new(); 3]);
+    assert_eq!(y.topo_order().len(), 3);
+    assert!(matches!(&y.issues[1].1, DagIssue::MissingLink { link, .. } if link == "7"));
+    // Written back, links survive the round trip.
+    let out = tmp("links-out.jsonl");
+    let mut w = SpanLogWriter::new(std::fs::File::create(&out).unwrap());
+    for s in &x.spans {
+        w.write_span(s).unwrap();
+    }
+    w.flush().unwrap();
+    let back = open_workflows(&out, &ReadOptions::default())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    assert_eq!(back.links, x.links);
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(
+        text.matches("\"links\"").count(),
+        1,
+        "written only where present"
     );
 }
