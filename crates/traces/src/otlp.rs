@@ -281,10 +281,8 @@ impl Iterator for OtlpReader {
                     self.report.note_skipped(&e);
                     continue;
                 }
-                Some(Err(e)) => {
-                    self.failed = true;
-                    return Some(Err(e));
-                }
+                // A span that does not map is returned; reading may go on after it.
+                Some(Err(e)) => return Some(Err(e)),
                 None => {}
             }
             match self.docs.next() {

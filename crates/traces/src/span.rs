@@ -245,7 +245,9 @@ pub trait SpanSource: Iterator<Item = Result<SpanRecord, TraceError>> {
     fn report(&self) -> &ReadReport;
 }
 
-/// Reads a span log lazily, one line at a time.
+/// Reads a span log lazily, one line at a time. Without `skip_bad_rows` a row that
+/// does not parse is returned as an error and the next call goes on with the next
+/// line (stop at the first error to be strict); an I/O error ends the stream.
 pub struct SpanLogReader {
     file: String,
     lines: Lines,
@@ -307,10 +309,9 @@ impl Iterator for SpanLogReader {
                     return Some(Ok(span));
                 }
                 Err(e) if self.skip_bad_rows => self.report.note_skipped(&e),
-                Err(e) => {
-                    self.failed = true;
-                    return Some(Err(e));
-                }
+                // A bad row is returned; reading may go on after it (the workflow
+                // reader does, to find an earlier problem of a workflow still open).
+                Err(e) => return Some(Err(e)),
             }
         }
     }

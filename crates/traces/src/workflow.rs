@@ -376,6 +376,9 @@ pub struct WorkflowReader<S: SpanSource> {
     counts: ReadReport,
     source_done: bool,
     failed: bool,
+    /// Strict mode, after a first problem: the earliest problem (by line) found so
+    /// far; reading goes on only to complete the workflows open when it was found.
+    pending: Option<TraceError>,
 }
 
 /// Opens a span trace (span log or OTLP) as workflows.
@@ -429,6 +432,7 @@ impl<S: SpanSource> WorkflowReader<S> {
             counts: ReadReport::default(),
             source_done: false,
             failed: false,
+            pending: None,
         }
     }
 
@@ -537,9 +541,77 @@ impl<S: SpanSource> WorkflowReader<S> {
     }
 }
 
+impl<S: SpanSource> WorkflowReader<S> {
+    /// Strict mode: keeps the earlier (by line) of `e` and the pending problem.
+    fn note_problem(&mut self, e: TraceError) {
+        let line = |e: &TraceError| e.line().unwrap_or(0);
+        match &self.pending {
+            Some(p) if line(p) <= line(&e) => {}
+            _ => self.pending = Some(e),
+        }
+    }
+
+    /// Strict mode after a first problem: reads on until every workflow open at that
+    /// point is complete (at most the grouping window), keeping the earliest problem.
+    /// New workflows are not opened (all their lines come later), later bad rows are
+    /// ignored (they come later too); an I/O error ends the search.
+    fn drain(&mut self) -> TraceError {
+        self.ready.clear();
+        loop {
+            if self.open.is_empty() {
+                break;
+            }
+            if self.source_done {
+                while let Some(id) = self.order.pop_front() {
+                    if let Err(e) = self.close(id) {
+                        self.note_problem(e);
+                    }
+                }
+                break;
+            }
+            match self.source.next() {
+                None => self.source_done = true,
+                Some(Err(TraceError::Row { .. })) => {}
+                Some(Err(_)) => break,
+                Some(Ok(span)) => {
+                    if self.open.contains_key(&span.workflow_id) {
+                        if let Err(e) = self.add(span) {
+                            self.note_problem(e);
+                        }
+                    } else {
+                        self.seq += 1;
+                    }
+                    while let Some(front) = self.order.front() {
+                        let idle = self
+                            .open
+                            .get(front)
+                            .is_none_or(|o| o.last_seq + self.window <= self.seq);
+                        if !idle {
+                            break;
+                        }
+                        if let Some(id) = self.order.pop_front()
+                            && let Err(e) = self.close(id)
+                        {
+                            self.note_problem(e);
+                        }
+                    }
+                }
+            }
+        }
+        self.ready.clear();
+        self.pending
+            .take()
+            .unwrap_or_else(|| TraceError::file(self.source.file(), "reading stopped at a problem"))
+    }
+}
+
 impl<S: SpanSource> Iterator for WorkflowReader<S> {
     type Item = Result<Workflow, TraceError>;
 
+    /// In strict mode the error returned is the first problem in file order: a bad row
+    /// at its line, a workflow's orphan, duplicate or cycle at the line of the span
+    /// concerned (known when the workflow is complete, so reading goes on after a
+    /// problem until the workflows open then are complete; see [`Self::drain`]).
     fn next(&mut self) -> Option<Self::Item> {
         loop {
             if let Some(wf) = self.ready.pop_front() {
@@ -574,7 +646,12 @@ impl<S: SpanSource> Iterator for WorkflowReader<S> {
             };
             if let Err(e) = step {
                 self.failed = true;
-                return Some(Err(e));
+                let fatal = matches!(e, TraceError::Io { .. } | TraceError::File { .. });
+                if fatal || self.skip_bad_rows {
+                    return Some(Err(e));
+                }
+                self.note_problem(e);
+                return Some(Err(self.drain()));
             }
         }
     }

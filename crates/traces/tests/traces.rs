@@ -1015,3 +1015,76 @@ fn span_links_are_extra_predecessors_checked_like_parents() {
         "written only where present"
     );
 }
+
+#[test]
+fn strict_reading_reports_the_first_problem_in_file_order() {
+    let path = tmp("first-problem.jsonl");
+    let span = |wf: &str, id: &str, parent: Option<&str>| match parent {
+        Some(p) => format!(
+            r#"{{"workflow_id":"{wf}","span_id":"{id}","parent_span_id":"{p}","start_ms":0}}"#
+        ),
+        None => format!(r#"{{"workflow_id":"{wf}","span_id":"{id}","start_ms":0}}"#),
+    };
+    let first = |lines: &[String]| -> (u64, String) {
+        std::fs::write(&path, lines.join("\n")).unwrap();
+        let err = open_workflows(&path, &ReadOptions::default())
+            .unwrap()
+            .find_map(Result::err)
+            .unwrap();
+        (err.line().unwrap_or(0), err.detail())
+    };
+    let bad = "{\"workflow_id\": \"a\"}".to_string();
+    // An orphan on line 2 beats a bad row on line 7 (its workflow is complete at the
+    // end of the file: reading goes on past the bad row to find out).
+    let mut lines = vec![
+        span("a", "1", None),
+        span("a", "2", Some("nope")),
+        span("b", "1", None),
+        span("b", "2", Some("1")),
+        span("b", "3", Some("1")),
+        span("a", "3", Some("1")),
+        bad.clone(),
+        span("a", "4", Some("1")),
+    ];
+    let (line, detail) = first(&lines);
+    assert_eq!(line, 2, "{detail}");
+    assert!(detail.contains("orphan span `2`"), "{detail}");
+    // The same span whose parent comes after the bad row is no orphan: the bad row is
+    // the first problem.
+    lines.push(span("a", "nope", Some("1")));
+    let (line, detail) = first(&lines);
+    assert_eq!(line, 7, "{detail}");
+    assert!(detail.contains("span_id"), "{detail}");
+    // Across workflows: a's orphan (line 6) is found first, at a's end, but b's duplicate
+    // id on line 4 comes first in the file.
+    let lines = vec![
+        span("a", "1", None),
+        span("b", "1", None),
+        span("a", "2", Some("1")),
+        span("b", "1", None),
+        span("b", "2", Some("1")),
+        span("a", "3", Some("gone")),
+    ];
+    let (line, detail) = first(&lines);
+    assert_eq!(line, 4, "{detail}");
+    assert!(detail.contains("duplicate span id `1`"), "{detail}");
+    // Reading past a bad row completes only the workflows open at it: `b` starts after
+    // the bad row on line 3, so its orphan (line 5) is not looked for.
+    let lines = vec![
+        span("a", "1", None),
+        span("a", "2", Some("1")),
+        bad,
+        span("b", "1", None),
+        span("b", "2", Some("x")),
+    ];
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    let opts = ReadOptions {
+        group_window_spans: Some(2),
+        ..ReadOptions::default()
+    };
+    let err = open_workflows(&path, &opts)
+        .unwrap()
+        .find_map(Result::err)
+        .unwrap();
+    assert_eq!(err.line(), Some(3), "{err}");
+}
