@@ -1146,6 +1146,13 @@ impl<'a, 'o> Sim<'a, 'o> {
             }
             return;
         }
+        if let Arrival::Renewal { interarrival } = &class.arrival {
+            let t = from + interarrival.sample_duration(&mut rt.arrivals_rng);
+            if t < self.horizon {
+                self.queue.push(t, Event::Arrival { class: ci as u32 });
+            }
+            return;
+        }
         if rt.max_rate <= 0.0 {
             return;
         }
