@@ -2919,3 +2919,12 @@ pub fn expected_visits(g: &WorkflowGraph) -> Vec<f64> {
     }
     v
 }
+#[cfg(test)]
+mod recorded_size {
+    /// docs/traces.md ("Memory of a replay") quotes these sizes: update it with them.
+    #[test]
+    fn a_recorded_row_and_a_replayed_node_have_the_documented_sizes() {
+        assert_eq!(std::mem::size_of::<super::RecordedRequest>(), 48);
+        assert_eq!(std::mem::size_of::<crate::workflow::Node>(), 608);
+    }
+}
