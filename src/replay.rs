@@ -16,7 +16,8 @@
 //! - an `agent` span does no work; its children start when it starts, and among the
 //!   children of one agent span (and among root spans) a span waits for every sibling
 //!   that had ended before it started (the recorded order, sequential or parallel);
-//! - the child of an `llm` or `tool` span starts when it finishes;
+//! - the child of an `llm` or `tool` span starts when it finishes; a span with `links`
+//!   (a join) also waits for every span it links to;
 //! - a retry span (`attempt` > 1) is folded into its first attempt (the factory decides
 //!   retries); its children wait for the first attempt.
 
@@ -255,6 +256,8 @@ impl<'a> SpanResolver<'a> {
             };
             let parent = wf.parent[i].map(|p| alias[p]);
             let mut after: Vec<usize> = parent.and_then(|p| step_of[p]).into_iter().collect();
+            // A join also waits for every span it links to (their first attempts).
+            after.extend(wf.links[i].iter().filter_map(|&l| step_of[alias[l]]));
             let parent_is_agent = parent.is_none_or(|p| wf.spans[p].kind == SpanKind::Agent);
             if parent_is_agent {
                 // Siblings under an agent span (or roots) keep their recorded order.
@@ -408,5 +411,49 @@ hops = [{ pool = "gpu" }]
         assert_eq!(r.counts.retries_folded, 1);
         assert_eq!(r.counts.spans, 6);
         assert!(r.counts.unmatched_tiers.is_empty());
+    }
+
+    #[test]
+    fn a_join_waits_for_every_span_it_links_to() {
+        let loaded = crate::parse_scenario(
+            "inline.toml",
+            r#"
+[simulation]
+horizon = "1m"
+[pools.gpu]
+servers = 1
+service = { dist = "constant", value = "1s" }
+[classes.a]
+arrival = { process = "poisson", rate = 1 }
+hops = [{ pool = "gpu" }]
+"#,
+            &[],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        // plan -> three parallel calls r0, r1, r2 -> join (parent r2, links r0 and r1).
+        let mut join = span("join", Some("r2"), SpanKind::Llm, 500, 10.0);
+        join.links = vec!["r0".into(), "r1".into()];
+        let spans = vec![
+            span("plan", None, SpanKind::Llm, 0, 100.0),
+            join,
+            span("r0", Some("plan"), SpanKind::Llm, 100, 300.0),
+            span("r1", Some("plan"), SpanKind::Llm, 100, 200.0),
+            span("r2", Some("plan"), SpanKind::Llm, 100, 400.0),
+        ];
+        let wf = traces::Workflow::build("w".into(), spans, 0);
+        let mut r = SpanResolver::new(&loaded.scenario, 0, Vec::new());
+        let steps = r.steps(&wf, 0);
+        let ids: Vec<&str> = steps.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["plan", "r0", "r1", "r2", "join"]);
+        let mut after: Vec<&str> = steps[4]
+            .after
+            .iter()
+            .map(|&i| steps[i].id.as_str())
+            .collect();
+        after.sort();
+        assert_eq!(after, ["r0", "r1", "r2"]);
+        // The replayed graph: the join node has all three as parents.
+        let g = sim_core::workflow::WorkflowGraph::from_recorded("a", &steps);
+        assert_eq!(g.nodes[5].parents, vec![2, 3, 4]);
     }
 }

@@ -9,10 +9,20 @@ use std::io::Write;
 use traces::{SpanKind, SpanLogWriter, SpanRecord};
 
 /// The span records of a run's hop log, grouped by workflow (spans of one workflow
-/// are contiguous, in start order). A hop's parent span is the latest hop that had
-/// finished, before it was submitted, on one of its node's parent nodes (an escalation's
-/// parent is the call it redoes; a branch step's parent is the previous step of the
-/// same branch).
+/// are contiguous, in start order).
+///
+/// Predecessors: a hop waited for, on each of its node's parent nodes, the latest hop
+/// of that node that had finished before it was submitted, one per fan-out branch (a
+/// join after a fan-out waits for every branch). A parent node that records no hop (a
+/// disabled node, a human review step) is looked through to its own parents. The
+/// latest-finishing predecessor is the span's `parent_span_id`; the others are its
+/// `links`. An escalation's parent is the call it redoes; a branch step's
+/// predecessors are in its own branch (or outside the fan-out).
+///
+/// Timing: `decode_ms` + `prefill_ms` is the service time (start to finish, queueing
+/// excluded), split at the first output token where the pool knows it (GPU replicas,
+/// APIs) or by the token-time model's prompt part on an abstract pool
+/// ([`HopRecord::prefill`]); `cached_tokens` is [`HopRecord::cached_tokens`].
 pub fn span_records(scenario: &Scenario, log: &[HopRecord]) -> Vec<SpanRecord> {
     let mut by_wf: BTreeMap<u64, Vec<(usize, &HopRecord)>> = BTreeMap::new();
     for (i, h) in log.iter().enumerate() {
@@ -31,42 +41,113 @@ pub fn span_records(scenario: &Scenario, log: &[HopRecord]) -> Vec<SpanRecord> {
             .enumerate()
             .map(|(i, n)| (n.id.as_str(), i))
             .collect();
+        let node_of: Vec<Option<usize>> = hops
+            .iter()
+            .map(|(_, h)| index.get(h.node.as_str()).copied())
+            .collect();
+        // The fan-out a node's branches belong to (its head), if any.
+        let head = |n: Option<usize>| {
+            n.and_then(|n| {
+                let node = &graph.nodes[n];
+                if node.fan_out.is_some() {
+                    Some(n)
+                } else {
+                    node.in_branch_of
+                }
+            })
+        };
+        let has_hop: Vec<bool> = (0..graph.nodes.len())
+            .map(|n| node_of.contains(&Some(n)))
+            .collect();
         for (k, (i, h)) in hops.iter().enumerate() {
-            let node = index.get(h.node.as_str()).copied();
-            let parent_nodes: Vec<usize> = node
-                .map(|n| graph.nodes[n].parents.clone())
-                .unwrap_or_default();
-            let parent = hops[..k]
+            let node = node_of[k];
+            let mut preds: Vec<usize> = Vec::new();
+            if h.kind == "escalation" {
+                preds.extend(
+                    (0..k)
+                        .filter(|&j| {
+                            let p = hops[j].1;
+                            p.finished <= h.submitted && p.node == h.node && p.branch == h.branch
+                        })
+                        .max_by_key(|&j| (hops[j].1.finished, hops[j].0)),
+                );
+            } else if let Some(n) = node {
+                // Parent nodes, looking through those that record no hop.
+                let mut parent_nodes: Vec<usize> = Vec::new();
+                let mut stack: Vec<usize> = graph.nodes[n].parents.clone();
+                let mut seen = vec![false; graph.nodes.len()];
+                while let Some(p) = stack.pop() {
+                    if std::mem::replace(&mut seen[p], true) {
+                        continue;
+                    }
+                    if has_hop[p] {
+                        parent_nodes.push(p);
+                    } else {
+                        stack.extend(graph.nodes[p].parents.iter().copied());
+                    }
+                }
+                // The latest finished hop per (parent node, branch).
+                let mut latest: BTreeMap<(usize, Option<u32>), usize> = BTreeMap::new();
+                for j in 0..k {
+                    let p = hops[j].1;
+                    let Some(pn) = node_of[j] else { continue };
+                    if p.finished > h.submitted || !parent_nodes.contains(&pn) {
+                        continue;
+                    }
+                    let compatible = p.branch.is_none()
+                        || h.branch.is_none()
+                        || p.branch == h.branch
+                        || head(Some(pn)) != head(node);
+                    if !compatible {
+                        continue;
+                    }
+                    let e = latest.entry((pn, p.branch)).or_insert(j);
+                    if (p.finished, hops[j].0) > (hops[*e].1.finished, hops[*e].0) {
+                        *e = j;
+                    }
+                }
+                preds.extend(latest.into_values());
+            }
+            let parent = preds
                 .iter()
-                .filter(|(_, p)| p.finished <= h.submitted)
-                .filter(|(_, p)| {
-                    let pn = index.get(p.node.as_str()).copied();
-                    let is_parent_node = pn.is_some_and(|pn| parent_nodes.contains(&pn));
-                    let same_branch_step =
-                        p.branch.is_some() && p.branch == h.branch && is_parent_node;
-                    let redone = h.kind == "escalation" && p.node == h.node && p.branch == h.branch;
-                    redone
-                        || same_branch_step
-                        || (is_parent_node && (p.branch.is_none() || h.branch.is_none()))
-                })
-                .max_by_key(|(j, p)| (p.finished, *j))
-                .map(|(j, _)| format!("s{j}"));
+                .copied()
+                .max_by_key(|&j| (hops[j].1.finished, hops[j].0));
+            let mut links: Vec<usize> = preds
+                .iter()
+                .copied()
+                .filter(|&j| Some(j) != parent)
+                .map(|j| hops[j].0)
+                .collect();
+            links.sort_unstable();
             let tool = h.kind == "tool";
-            let service_ms = (h.finished - h.started).as_secs_f64() * 1e3;
+            let service = h.finished - h.started;
+            let prefill = h.prefill.min(service);
+            let ms = |d: sim_core::SimDuration| d.as_secs_f64() * 1e3;
             out.push(SpanRecord {
                 workflow_id: format!("wf{wf}"),
                 span_id: format!("s{i}"),
-                parent_span_id: parent,
+                parent_span_id: parent.map(|j| format!("s{}", hops[j].0)),
+                links: links.into_iter().map(|j| format!("s{j}")).collect(),
                 kind: if tool { SpanKind::Tool } else { SpanKind::Llm },
                 agent_role: h.role.clone(),
                 model_tier: h.station.clone(),
                 lane: class.lane.clone(),
                 input_tokens: h.input_tokens,
                 output_tokens: h.output_tokens,
-                cached_tokens: 0,
-                prefill_ms: 0.0,
-                decode_ms: if tool { 0.0 } else { service_ms },
-                tool_wait_ms: if tool { service_ms } else { 0.0 },
+                cached_tokens: if tool {
+                    0
+                } else {
+                    h.cached_tokens.min(h.input_tokens)
+                },
+                prefill_ms: if tool { 0.0 } else { ms(prefill) },
+                decode_ms: if tool {
+                    0.0
+                } else {
+                    ms(sim_core::SimDuration(
+                        service.as_nanos() - prefill.as_nanos(),
+                    ))
+                },
+                tool_wait_ms: if tool { ms(service) } else { 0.0 },
                 usd_estimate: h.usd,
                 start_ns: h.submitted.as_nanos(),
                 tenant: Some(class.tenant.clone()),
@@ -185,12 +266,13 @@ output_tokens = { dist = "uniform", low = 50, high = 300 }
                     .find(|x| x.span_id == s.span_id)
                     .unwrap_or_else(|| panic!("span {}", s.span_id));
                 assert_eq!(s.parent_span_id, orig.parent_span_id);
+                assert_eq!(s.links, orig.links);
             }
         }
     }
 
     /// A workflow as a comparable value: its spans' (role, kind, pool or tool, input,
-    /// output, parent's role), sorted.
+    /// output, roles of all its predecessors), sorted.
     fn signatures(spans: &[SpanRecord]) -> BTreeMap<Vec<String>, u32> {
         let mut by_wf: BTreeMap<&str, Vec<&SpanRecord>> = BTreeMap::new();
         for s in spans {
@@ -206,6 +288,11 @@ output_tokens = { dist = "uniform", low = 50, high = 300 }
             let mut sig: Vec<String> = spans
                 .iter()
                 .map(|s| {
+                    // Every predecessor's role (parent and links), sorted.
+                    let mut preds: Vec<String> = std::iter::once(role(&s.parent_span_id))
+                        .chain(s.links.iter().map(|l| role(&Some(l.clone()))))
+                        .collect();
+                    preds.sort();
                     format!(
                         "{} {} {} {}/{} <- {}",
                         s.agent_role,
@@ -213,7 +300,7 @@ output_tokens = { dist = "uniform", low = 50, high = 300 }
                         s.model_tier,
                         s.input_tokens,
                         s.output_tokens,
-                        role(&s.parent_span_id)
+                        preds.join(",")
                     )
                 })
                 .collect();
@@ -285,5 +372,282 @@ output_tokens = { dist = "uniform", low = 50, high = 300 }
         let (a, b) = (signatures(&written), signatures(&rewritten));
         assert_eq!(a.values().sum::<u32>(), workflows as u32);
         assert_eq!(a, b);
+    }
+
+    /// The month-end factory for 30 minutes, as the shipped span log was written.
+    const MONTH_END_SETS: [&str; 3] = [
+        "simulation.horizon=30m",
+        "simulation.warmup=0s",
+        "simulation.drain=true",
+    ];
+
+    fn run_month_end() -> (crate::LoadedScenario, Vec<HopRecord>, sim_core::RunResult) {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/month-end.toml");
+        let sets: Vec<String> = MONTH_END_SETS.iter().map(|s| s.to_string()).collect();
+        let loaded = crate::load_scenario(&path, &sets).unwrap_or_else(|e| panic!("{e}"));
+        let mut log = Vec::new();
+        let result = sim_core::run(
+            &loaded.scenario,
+            sim_core::RunOptions {
+                hop_log: Some(&mut log),
+                policies: Some(&policies::Standard),
+                ..Default::default()
+            },
+        );
+        (loaded, log, result)
+    }
+
+    #[test]
+    fn month_end_claims_round_trip_keeps_every_predecessor_of_every_span() {
+        let (loaded, log, _) = run_month_end();
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("spans.jsonl");
+        let file = std::fs::File::create(&path).unwrap_or_else(|e| panic!("{e}"));
+        write_span_log(std::io::BufWriter::new(file), &loaded.scenario, &log)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let read: BTreeMap<String, traces::Workflow> =
+            traces::open_workflows(&path, &traces::ReadOptions::default())
+                .unwrap_or_else(|e| panic!("{e}"))
+                .map(|w| w.unwrap_or_else(|e| panic!("{e}")))
+                .map(|w| (w.id.clone(), w))
+                .collect();
+        // Expected predecessors from the hop log and the claims graph alone
+        // (coordinator -> researcher x branch -> lookup -> [compact, disabled] ->
+        // reconcile): span id `s<i>` is hop i of the log.
+        let mut by_wf: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+        for (i, h) in log.iter().enumerate() {
+            if h.class == "claims" {
+                by_wf.entry(h.workflow).or_default().push(i);
+            }
+        }
+        assert_eq!(by_wf.len(), 232);
+        let mut branches_seen = std::collections::BTreeSet::new();
+        for (wf, hops) in &by_wf {
+            let on = |node: &str| -> Vec<usize> {
+                hops.iter()
+                    .copied()
+                    .filter(|&i| log[i].node == node)
+                    .collect()
+            };
+            let (coord, research, lookup, reconcile) = (
+                on("coordinator"),
+                on("researcher"),
+                on("lookup"),
+                on("reconcile"),
+            );
+            assert_eq!((coord.len(), reconcile.len()), (1, 1), "wf{wf}");
+            assert_eq!(on("compact").len(), 0);
+            let mut expected: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            let id = |i: usize| format!("s{i}");
+            expected.insert(id(coord[0]), vec![]);
+            for &r in &research {
+                expected.insert(id(r), vec![id(coord[0])]);
+            }
+            for &l in &lookup {
+                let r = research
+                    .iter()
+                    .find(|&&r| log[r].branch == log[l].branch)
+                    .unwrap_or_else(|| panic!("wf{wf}: lookup without its researcher"));
+                expected.insert(id(l), vec![id(*r)]);
+            }
+            // reconcile waited for the last ledger call of every branch.
+            let mut last: BTreeMap<Option<u32>, usize> = BTreeMap::new();
+            for &l in &lookup {
+                let e = last.entry(log[l].branch).or_insert(l);
+                if log[l].finished > log[*e].finished {
+                    *e = l;
+                }
+            }
+            assert_eq!(last.len(), research.len(), "wf{wf}");
+            branches_seen.insert(research.len());
+            let mut join: Vec<String> = last.values().map(|&l| id(l)).collect();
+            join.sort();
+            expected.insert(id(reconcile[0]), join);
+
+            let w = &read[&format!("wf{wf}")];
+            assert!(w.issues.is_empty(), "wf{wf}: {:?}", w.issues);
+            assert_eq!(w.roots.len(), 1, "wf{wf}");
+            let got: BTreeMap<String, Vec<String>> = (0..w.spans.len())
+                .map(|i| {
+                    let mut p: Vec<String> = w
+                        .predecessors(i)
+                        .into_iter()
+                        .map(|p| w.spans[p].span_id.clone())
+                        .collect();
+                    p.sort();
+                    (w.spans[i].span_id.clone(), p)
+                })
+                .collect();
+            assert_eq!(got, expected, "wf{wf}");
+        }
+        // The comparison covered joins of 2, 3 and 4 branches.
+        assert_eq!(branches_seen.into_iter().collect::<Vec<_>>(), [2, 3, 4]);
+    }
+
+    #[test]
+    fn replayed_month_end_claims_take_as_long_as_in_the_original_run() {
+        // The shipped log (written from this run) replayed by scenarios/span-replay.toml:
+        // the same factory, the same tokens and structure; only the ledger tool's
+        // latencies are drawn again (same distribution, other random numbers). With
+        // reconcile running alongside the researchers (its join lost), p50 was 11.73 s
+        // against 16.89 s.
+        let (_, _, original) = run_month_end();
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/span-replay.toml");
+        let replay = crate::load_scenario(&path, &[]).unwrap_or_else(|e| panic!("{e}"));
+        let replayed = crate::simulate(&replay.scenario, None);
+        let class = |r: &sim_core::RunResult| {
+            r.classes
+                .iter()
+                .find(|c| c.name == "claims")
+                .cloned()
+                .unwrap_or_else(|| panic!("no claims"))
+        };
+        let (a, b) = (class(&original), class(&replayed));
+        assert_eq!((a.completed, b.completed), (232, 232));
+        for q in [0.1, 0.25, 0.5, 0.75, 0.9, 0.95] {
+            let x = a.latency_ns.value_at_quantile(q) as f64 / 1e9;
+            let y = b.latency_ns.value_at_quantile(q) as f64 / 1e9;
+            // Within 6%: 232 workflows, each with 2-4 redrawn ledger calls.
+            assert!(
+                (y / x - 1.0).abs() < 0.06,
+                "p{}: original {x} s, replayed {y} s",
+                q * 100.0
+            );
+        }
+        let mean =
+            |c: &sim_core::metrics::ClassStats| c.latency_sum_ns as f64 / c.completed as f64 / 1e9;
+        let (ma, mb) = (mean(&a), mean(&b));
+        assert!(
+            (mb / ma - 1.0).abs() < 0.03,
+            "mean: original {ma} s, replayed {mb} s"
+        );
+    }
+
+    #[test]
+    fn spans_carry_cached_tokens_and_the_prefill_decode_split() {
+        // One user, two workflows one after the other (nothing queues): an abstract
+        // pool with a token-time model, a paid API with constant TTFT/TPOT, a GPU pool.
+        let text = r#"
+[simulation]
+horizon = "40s"
+drain = true
+[pools.cpu]
+servers = 1
+prefill_per_1k_tokens = "400ms"
+decode_per_token = "8ms"
+[pools.api]
+api = { ttft = { dist = "constant", value = "300ms" }, tpot = { dist = "constant", value = "20ms" }, usd_per_1k_input = 0.003, usd_per_1k_output = 0.015 }
+[pools.gpu]
+servers = 1
+gpu = { model = "llama-3-8b", gpu = "a100-80gb", tp = 1 }
+[classes.c]
+arrival = { process = "closed", users = 1, think = { dist = "constant", value = "10s" } }
+[[classes.c.nodes]]
+id = "a"
+pool = "cpu"
+input_tokens = { dist = "constant", value = 2000 }
+output_tokens = { dist = "constant", value = 100 }
+shared_prefix_tokens = 1000
+[[classes.c.nodes]]
+id = "b"
+pool = "api"
+after = ["a"]
+inherit = 0
+input_tokens = { dist = "constant", value = 2000 }
+output_tokens = { dist = "constant", value = 11 }
+shared_prefix_tokens = 1000
+[[classes.c.nodes]]
+id = "g"
+pool = "gpu"
+after = ["b"]
+inherit = 0
+input_tokens = { dist = "constant", value = 200 }
+output_tokens = { dist = "constant", value = 10 }
+shared_prefix_tokens = 100
+"#;
+        let loaded =
+            crate::parse_scenario("inline.toml", text, &[]).unwrap_or_else(|e| panic!("{e}"));
+        let mut log = Vec::new();
+        sim_core::run(
+            &loaded.scenario,
+            sim_core::RunOptions {
+                hop_log: Some(&mut log),
+                policies: Some(&policies::Standard),
+                ..Default::default()
+            },
+        );
+        let spans = span_records(&loaded.scenario, &log);
+        let gpu = loaded.scenario.pools[2]
+            .gpu
+            .as_ref()
+            .unwrap_or_else(|| panic!("gpu"));
+        // The GPU hop alone on an idle replica: its prompt is one prefill iteration
+        // (the first output token), then 9 decode steps. The second and later calls
+        // find the 100-token shared prefix cached as 6 full 16-token KV blocks (96).
+        let (solo_prefill, solo_decode) = gpu.solo_latency(200, 10);
+        let warm_prefill = gpu.perf.iteration_time(&sim_core::gpu::IterationShape {
+            prefill_tokens: 104,
+            prefill_seqs: 1,
+            prefill_context_tokens: 96,
+            ..Default::default()
+        });
+        let ms = |d: sim_core::SimDuration| d.as_nanos() as f64 / 1e6;
+        let mut seen = 0;
+        for s in &spans {
+            let first = s.workflow_id == "wf0";
+            let (cached, prefill, decode) = match s.agent_role.as_str() {
+                // 2,000 x 400 ms / 1k; 100 x 8 ms. No prefix cache on an abstract pool.
+                "a" => (0, 800.0, 800.0),
+                // TTFT, then 10 x 20 ms; the shared prefix is billed as cached input.
+                "b" => (1000, 300.0, 200.0),
+                "g" if first => (0, ms(solo_prefill), ms(solo_decode)),
+                "g" => (96, ms(warm_prefill), ms(solo_decode)),
+                other => panic!("{other}"),
+            };
+            assert_eq!(
+                s.cached_tokens, cached,
+                "{} {}",
+                s.workflow_id, s.agent_role
+            );
+            assert!(
+                (s.prefill_ms - prefill).abs() < 1e-6,
+                "{} {}: {}",
+                s.workflow_id,
+                s.agent_role,
+                s.prefill_ms
+            );
+            assert!(
+                (s.decode_ms - decode).abs() < 1e-3,
+                "{} {}: {}",
+                s.workflow_id,
+                s.agent_role,
+                s.decode_ms
+            );
+            seen += 1;
+        }
+        assert_eq!(seen, 9, "three workflows of three hops");
+        // Written and read back as such.
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("spans.jsonl");
+        let file = std::fs::File::create(&path).unwrap_or_else(|e| panic!("{e}"));
+        write_span_log(std::io::BufWriter::new(file), &loaded.scenario, &log)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let back: Vec<SpanRecord> = traces::open_workflows(&path, &traces::ReadOptions::default())
+            .unwrap_or_else(|e| panic!("{e}"))
+            .flat_map(|w| w.unwrap_or_else(|e| panic!("{e}")).spans)
+            .collect();
+        // (JSON numbers read back to within a nanosecond, not always to the bit.)
+        assert_eq!(back.len(), spans.len());
+        for s in &spans {
+            let b = back
+                .iter()
+                .find(|b| b.span_id == s.span_id)
+                .unwrap_or_else(|| panic!("{}", s.span_id));
+            assert_eq!(b.cached_tokens, s.cached_tokens);
+            assert!((b.prefill_ms - s.prefill_ms).abs() < 1e-6);
+            assert!((b.decode_ms - s.decode_ms).abs() < 1e-6);
+        }
     }
 }

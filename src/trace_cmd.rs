@@ -229,27 +229,56 @@ pub fn run_fit(args: FitArgs) -> anyhow::Result<()> {
         pool: args.pool.clone(),
     };
     let stats = compute(&p, &args.input.trace)?;
-    let (profile, report): (FitProfile, &ReadReport) = match &stats {
-        Stats::Requests(s) => (fit_requests(s, &p.file, &opts), &s.report),
-        Stats::Spans(s) => (fit_spans(s, &p.file, &opts), &s.report),
+    let (profile, report, spans): (FitProfile, &ReadReport, bool) = match &stats {
+        Stats::Requests(s) => (fit_requests(s, &p.file, &opts), &s.report, false),
+        Stats::Spans(s) => (fit_spans(s, &p.file, &opts), &s.report, true),
     };
     let text = profile.to_toml();
+    // What was read and what was not, always on stderr (stdout may be the fragment).
+    for line in read_notes(&p.file, report, spans) {
+        eprintln!("{line}");
+    }
     match &args.out {
         Some(out) => {
             std::fs::write(out, &text)
                 .with_context(|| format!("cannot write {}", out.display()))?;
             eprintln!(
-                "Wrote {} ({} class{}, {} rows read, {} bad rows skipped)",
+                "Wrote {} ({} class{})",
                 out.display(),
                 profile.classes.len(),
                 if profile.classes.len() == 1 { "" } else { "es" },
-                report.rows,
-                report.skipped_rows
             );
         }
         None => print!("{text}"),
     }
     Ok(())
+}
+
+/// The `note:` lines `fit` prints on stderr: rows read, bad rows skipped (and the first
+/// one's message), and for span traces the orphan spans, duplicate span ids and cycles
+/// found (kept in skip mode, as `trace stats` reports them).
+pub fn read_notes(file: &str, r: &ReadReport, spans: bool) -> Vec<String> {
+    let mut out = vec![if spans {
+        format!(
+            "note: {file}: {} spans read, {} workflows; {} bad rows skipped; {} orphan spans, {} duplicate span ids, {} cycles",
+            r.rows, r.workflows, r.skipped_rows, r.orphan_spans, r.duplicate_spans, r.cycles
+        )
+    } else {
+        format!(
+            "note: {file}: {} rows read; {} bad rows skipped",
+            r.rows, r.skipped_rows
+        )
+    }];
+    if let Some(first) = &r.first_skipped {
+        out.push(format!("note: first skipped: {first}"));
+    }
+    if r.out_of_order > 0 {
+        out.push(format!(
+            "note: {file}: {} arrivals out of order",
+            r.out_of_order
+        ));
+    }
+    out
 }
 
 /// A class name from a file name: lowercase, runs of other characters as `-`.

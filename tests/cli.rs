@@ -1188,3 +1188,69 @@ output_tokens = { dist = "constant", value = 4 }
         .unwrap();
     assert!(share > 0.8, "{share}");
 }
+
+#[test]
+fn fit_reports_skipped_rows_and_dag_problems_on_stderr() {
+    let dir = tempdir();
+    let path = dir.path().join("spans.jsonl");
+    let span = |wf: &str, id: &str, parent: &str| {
+        format!(
+            r#"{{"workflow_id":"{wf}","span_id":"{id}","parent_span_id":"{parent}","start_ms":{},"input_tokens":100,"output_tokens":10}}"#,
+            id.len() * 100
+        )
+    };
+    let lines = [
+        span("a", "1", ""),
+        span("a", "2", "nope"), // line 2: orphan
+        span("b", "1", ""),
+        span("b", "1", ""), // line 4: duplicate id
+        span("c", "x", "y"),
+        span("c", "y", "x"),               // a cycle
+        "{\"workflow_id\": 7".to_string(), // line 7: does not parse
+    ];
+    std::fs::write(&path, lines.join("\n")).unwrap_or_else(|e| panic!("{e}"));
+    let file = path.to_str().unwrap_or_default();
+    // Skipping, fragment on stdout: the counts still come on stderr.
+    let out = run_ok(&["fit", file, "--skip-bad-rows"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "note: {file}: 6 spans read, 3 workflows; 1 bad rows skipped; 1 orphan spans, 1 duplicate span ids, 1 cycles"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("note: first skipped: {file}:7:")),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("[classes.default]"));
+    // A request trace too.
+    let csv = dir.path().join("r.csv");
+    std::fs::write(
+        &csv,
+        "arrived_at,num_prefill_tokens,num_decode_tokens\n0,10,1\n1,x,1\n2,10,1\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let csv = csv.to_str().unwrap_or_default();
+    let out = run_ok(&["fit", csv, "--skip-bad-rows"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("note: {csv}: 2 rows read; 1 bad rows skipped")),
+        "{stderr}"
+    );
+    // Strict: the first problem in the file (the orphan on line 2), not the bad row on
+    // line 7 nor the duplicate on line 4.
+    for verb in [&["fit"][..], &["trace", "stats"][..]] {
+        let out = bin()
+            .args(verb)
+            .arg(file)
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(out.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!("{file}:2: workflow `a`: orphan span `2`")),
+            "{stderr}"
+        );
+    }
+}

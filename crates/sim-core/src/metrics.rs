@@ -27,6 +27,15 @@ pub struct HopRecord {
     pub context_in: u64,
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// Prompt tokens that did not have to be computed: a GPU replica's prefix-cache
+    /// hits; on a paid API, the shared prefix billed at the cached-input price; 0 on an
+    /// abstract pool (no prefix cache) and for tools.
+    pub cached_tokens: u64,
+    /// The part of `started..finished` before the first output token: GPU replicas and
+    /// APIs from their time to first token (queueing before service excluded); on an
+    /// abstract pool, the prompt part of its token-time model (`prefill_per_1k_tokens`),
+    /// at most the service time; zero for tools and pools with no token model.
+    pub prefill: SimDuration,
     pub submitted: SimTime,
     pub started: SimTime,
     pub finished: SimTime,

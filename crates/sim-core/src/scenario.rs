@@ -682,6 +682,10 @@ pub enum ArrivalSpec {
     /// Poisson with a piecewise-constant rate: `rates[i]` (per second) holds for the
     /// i-th `step`, cycling (24 hourly values make a diurnal profile).
     Piecewise { step: SimDuration, rates: Vec<f64> },
+    /// Renewal arrivals: independent inter-arrival gaps drawn from `interarrival`
+    /// (seconds); a `gamma` with `cv` > 1 gives bursty load with a chosen mean rate and
+    /// inter-arrival CV (what `factorysim fit` writes).
+    Renewal { interarrival: DistSpec },
     /// Closed loop: `users` each start a workflow, wait for it to end, think, repeat.
     Closed { users: u32, think: DistSpec },
     /// Recorded arrivals. Written in a scenario as `process = "trace"` with the trace's
@@ -1068,6 +1072,10 @@ pub enum Arrival {
         step: SimDuration,
         rates_per_s: Vec<f64>,
     },
+    /// Independent inter-arrival gaps (seconds), mean > 0.
+    Renewal {
+        interarrival: Sampler,
+    },
     Closed {
         users: u32,
         think: Sampler,
@@ -1111,6 +1119,7 @@ impl WorkflowClass {
                 let i = (t.as_nanos() / step.as_nanos().max(1)) as usize % rates_per_s.len();
                 rates_per_s[i]
             }
+            Arrival::Renewal { interarrival } => 1.0 / interarrival.mean(),
             Arrival::Closed { .. } | Arrival::Recorded { .. } => 0.0,
         };
         let factor: f64 = self
@@ -1129,6 +1138,7 @@ impl WorkflowClass {
             Arrival::Piecewise { rates_per_s, .. } => {
                 rates_per_s.iter().copied().fold(0.0, f64::max)
             }
+            Arrival::Renewal { interarrival } => 1.0 / interarrival.mean(),
             Arrival::Closed { .. } | Arrival::Recorded { .. } => 0.0,
         };
         base * self
@@ -1971,6 +1981,32 @@ impl ScenarioSpec {
                     Arrival::Piecewise {
                         step: *step,
                         rates_per_s: rates.clone(),
+                    }
+                }
+                ArrivalSpec::Renewal { interarrival } => {
+                    let k = format!("{key}.arrival.interarrival");
+                    let sampler = interarrival.sampler().map_err(|m| err(k.clone(), m))?;
+                    let mean = sampler.mean();
+                    if !mean.is_finite() || mean <= 0.0 {
+                        return Err(err(
+                            k,
+                            format!(
+                                "expected a gap distribution with a mean > 0 seconds, got mean {mean}"
+                            ),
+                        ));
+                    }
+                    if let Some(i) = c
+                        .bursts
+                        .iter()
+                        .position(|b| b.rate_factor.is_some_and(|f| f != 1.0))
+                    {
+                        return Err(err(
+                            format!("{key}.bursts[{i}].rate_factor"),
+                            "a renewal arrival process takes no rate_factor bursts (fan_out bursts are fine); use poisson or piecewise arrivals for rate changes",
+                        ));
+                    }
+                    Arrival::Renewal {
+                        interarrival: sampler,
                     }
                 }
                 ArrivalSpec::Recorded {} => Arrival::Recorded {
@@ -3019,4 +3055,13 @@ pub fn expected_visits(g: &WorkflowGraph) -> Vec<f64> {
         }
     }
     v
+}
+#[cfg(test)]
+mod recorded_size {
+    /// docs/traces.md ("Memory of a replay") quotes these sizes: update it with them.
+    #[test]
+    fn a_recorded_row_and_a_replayed_node_have_the_documented_sizes() {
+        assert_eq!(std::mem::size_of::<super::RecordedRequest>(), 48);
+        assert_eq!(std::mem::size_of::<crate::workflow::Node>(), 608);
+    }
 }

@@ -1166,6 +1166,13 @@ impl<'a, 'o> Sim<'a, 'o> {
             }
             return;
         }
+        if let Arrival::Renewal { interarrival } = &class.arrival {
+            let t = from + interarrival.sample_duration(&mut rt.arrivals_rng);
+            if t < self.horizon {
+                self.queue.push(t, Event::Arrival { class: ci as u32 });
+            }
+            return;
+        }
         if rt.max_rate <= 0.0 {
             return;
         }
@@ -2942,6 +2949,27 @@ impl<'a, 'o> Sim<'a, 'o> {
             });
         }
         if let Some(log) = self.opts.hop_log.as_mut() {
+            let st = hop.station as usize;
+            let service = done.finished - done.started;
+            let (cached_tokens, prefill) = match (&done.llm, sc.pools.get(st)) {
+                _ if matches!(hop.kind, HopKind::Tool { .. }) => (0, SimDuration::ZERO),
+                (Some(llm), Some(pool)) => {
+                    let cached = if pool.api.is_some() {
+                        (spec.shared_prefix_tokens as u64).min(hop.input_tokens)
+                    } else {
+                        llm.cached_tokens as u64
+                    };
+                    let first = done.submitted + llm.ttft;
+                    let prefill = if first > done.started {
+                        (first - done.started).min(service)
+                    } else {
+                        SimDuration::ZERO
+                    };
+                    (cached, prefill)
+                }
+                (None, Some(pool)) => (0, pool.token_time(hop.input_tokens, 0).min(service)),
+                (_, None) => (0, SimDuration::ZERO),
+            };
             log.push(HopRecord {
                 workflow: hop.wf_id,
                 record,
@@ -2966,6 +2994,8 @@ impl<'a, 'o> Sim<'a, 'o> {
                 context_in: hop.context_in,
                 input_tokens: hop.input_tokens,
                 output_tokens: hop.output_tokens,
+                cached_tokens,
+                prefill,
                 submitted: done.submitted,
                 started: done.started,
                 finished: done.finished,

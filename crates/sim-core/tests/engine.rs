@@ -1566,3 +1566,68 @@ fn gpu_pools_refuse_weighted_fair_and_name_what_they_support() {
         "{e}"
     );
 }
+
+#[test]
+fn renewal_arrivals_have_the_gap_distribution_they_are_given() {
+    let text = |gap: &str, horizon: &str| {
+        format!(
+            r#"
+[simulation]
+horizon = "{horizon}"
+[pools.p]
+servers = 1000
+service = {{ dist = "constant", value = "1ms" }}
+[classes.c]
+arrival = {{ process = "renewal", interarrival = {gap} }}
+hops = [{{ pool = "p" }}]
+"#
+        )
+    };
+    // Constant 0.5 s gaps: arrivals at 0.5, 1.0, ..., 9.5 s before a 10 s horizon.
+    let (r, log) = run_logged(&text(r#"{ dist = "constant", value = "500ms" }"#, "10s"), 1);
+    assert_eq!(r.classes[0].arrived, 19);
+    let mut t: Vec<u64> = log.iter().map(|h| h.submitted.as_nanos()).collect();
+    t.sort_unstable();
+    assert_eq!(t[0], 500_000_000);
+    assert!(t.windows(2).all(|w| w[1] - w[0] == 500_000_000));
+    // Gamma gaps, mean 0.2 s and CV 3: rate 5/s and inter-arrival CV 3. Over 20,000 s
+    // (about 100,000 arrivals) the sample mean gap has a relative standard error of
+    // 3 / sqrt(1e5) = 1%, the sample CV about 2%.
+    let (r, log) = run_logged(
+        &text(r#"{ dist = "gamma", mean = "200ms", cv = 3.0 }"#, "20000s"),
+        7,
+    );
+    let n = r.classes[0].arrived as f64;
+    assert!(
+        (n / 20000.0 / 5.0 - 1.0).abs() < 0.04,
+        "rate {}",
+        n / 20000.0
+    );
+    let mut t: Vec<f64> = log.iter().map(|h| h.submitted.as_secs_f64()).collect();
+    t.sort_by(f64::total_cmp);
+    let gaps: Vec<f64> = t.windows(2).map(|w| w[1] - w[0]).collect();
+    let mean = gaps.iter().sum::<f64>() / gaps.len() as f64;
+    let sd = (gaps.iter().map(|g| (g - mean).powi(2)).sum::<f64>() / gaps.len() as f64).sqrt();
+    assert!((sd / mean / 3.0 - 1.0).abs() < 0.1, "cv {}", sd / mean);
+    // Refused: a gap distribution with mean 0, and rate-factor bursts.
+    for (gap, extra, key) in [
+        (
+            r#"{ dist = "constant", value = 0 }"#,
+            "",
+            "classes.c.arrival.interarrival",
+        ),
+        (
+            r#"{ dist = "exponential", mean = "1s" }"#,
+            r#"bursts = [{ start = "1s", duration = "1s", rate_factor = 2.0 }]"#,
+            "classes.c.bursts[0].rate_factor",
+        ),
+    ] {
+        let t = text(gap, "10s").replace("hops = [", &format!("{extra}\nhops = ["));
+        let spec: sim_core::ScenarioSpec = toml::from_str(&t).unwrap_or_else(|e| panic!("{e}"));
+        let e = spec
+            .validate()
+            .err()
+            .unwrap_or_else(|| panic!("{gap} {extra} accepted"));
+        assert_eq!(e.key, key, "{e}");
+    }
+}

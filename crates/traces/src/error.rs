@@ -11,9 +11,12 @@ pub enum DagIssue {
         span_id: String,
         parent_span_id: String,
     },
+    /// The span links to (also waited for) a span that is not in its workflow; counted
+    /// with the orphans.
+    MissingLink { span_id: String, link: String },
     /// A second span with an id already used in the same workflow.
     DuplicateSpan { span_id: String },
-    /// Following parent links from this span comes back to it.
+    /// Following parent links (or span links) from this span comes back to it.
     Cycle { span_id: String },
 }
 
@@ -27,9 +30,13 @@ impl fmt::Display for DagIssue {
                 f,
                 "orphan span `{span_id}`: parent `{parent_span_id}` is not in the workflow"
             ),
+            DagIssue::MissingLink { span_id, link } => write!(
+                f,
+                "span `{span_id}` links to `{link}`, which is not in the workflow"
+            ),
             DagIssue::DuplicateSpan { span_id } => write!(f, "duplicate span id `{span_id}`"),
             DagIssue::Cycle { span_id } => {
-                write!(f, "cycle in parent links through span `{span_id}`")
+                write!(f, "cycle in parent or span links through span `{span_id}`")
             }
         }
     }

@@ -2,14 +2,18 @@
 //!
 //! Arrivals: `{ process = "piecewise", step = "1h", rates = [...] }` (per-second rates
 //! of consecutive steps from the trace start, the list repeating) when the trace covers
-//! at least two steps, else `{ process = "poisson", rate = R }` with R one over the
-//! mean inter-arrival time. Token counts: `{ dist = "empirical", values = [...] }`
+//! at least two steps; else a renewal process with gamma gaps of the trace's mean
+//! inter-arrival time and inter-arrival CV, `{ process = "renewal", interarrival =
+//! { dist = "gamma", mean = M, cv = CV } }` (so both the rate and the burstiness are
+//! reproduced), or `{ process = "poisson", rate = R }` when the CV is within 0.05 of 1
+//! or cannot be measured. Token counts: `{ dist = "empirical", values = [...] }`
 //! with at most `max_values` values, each the mean of an equal-count slice of the
 //! sorted data (so the distribution's mean equals the trace's mean up to rounding to
 //! whole tokens), or `{ dist = "lognormal", median = p50, p99 = p99 }`.
 
 use crate::stats::{ClassStats, RequestStats, SpanStats, quantile};
 use sim_core::dist::{DistSpec, Num};
+use std::collections::BTreeMap;
 use std::fmt::Write;
 
 /// Which distribution family to write for token counts and latencies.
@@ -49,8 +53,18 @@ impl Default for FitOptions {
 /// A fitted arrival process.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ArrivalFit {
-    Poisson { rate: f64 },
-    Piecewise { step_s: f64, rates: Vec<f64> },
+    Poisson {
+        rate: f64,
+    },
+    /// Gamma-distributed gaps: mean `mean_gap_s` seconds, coefficient of variation `cv`.
+    Renewal {
+        mean_gap_s: f64,
+        cv: f64,
+    },
+    Piecewise {
+        step_s: f64,
+        rates: Vec<f64>,
+    },
 }
 
 impl ArrivalFit {
@@ -58,6 +72,13 @@ impl ArrivalFit {
     pub fn mean_rate(&self) -> f64 {
         match self {
             ArrivalFit::Poisson { rate } => *rate,
+            ArrivalFit::Renewal { mean_gap_s, .. } => {
+                if *mean_gap_s > 0.0 {
+                    1.0 / mean_gap_s
+                } else {
+                    0.0
+                }
+            }
             ArrivalFit::Piecewise { rates, .. } => {
                 if rates.is_empty() {
                     0.0
@@ -82,6 +103,30 @@ pub struct AgentFit {
     pub shared_prefix_share: f64,
     /// Mean input-token growth from an LLM hop to its LLM child.
     pub context_growth_tokens: f64,
+    /// The workflow graph written for the class: one node per role, in the order of
+    /// the roles' first starts; `None` when the roles do not fit that shape (a role
+    /// missing from some workflows), and a single LLM node fanned out to the class's
+    /// LLM hops per workflow is written instead.
+    pub nodes: Option<Vec<FitNode>>,
+}
+
+/// One node of a fitted agent graph.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FitNode {
+    pub id: String,
+    /// `Some(tool)` for a tool node, `None` for an LLM node.
+    pub tool: Option<String>,
+    /// LLM nodes: per-call token distributions.
+    pub input_tokens: Option<DistSpec>,
+    pub output_tokens: Option<DistSpec>,
+    /// Tool nodes: latency in seconds.
+    pub latency: Option<DistSpec>,
+    /// Calls per workflow when not always one: a fan-out of that many branches.
+    pub count: Option<DistSpec>,
+    /// The fan-out branch runs from this node to `through` (a following role with the
+    /// same count in every workflow whose spans all hang under this one).
+    pub through: Option<String>,
+    pub after: Option<String>,
 }
 
 /// One fitted workflow class.
@@ -151,6 +196,54 @@ fn dist(sorted: &[f64], opts: &FitOptions, decimals: i32) -> Option<DistSpec> {
     })
 }
 
+/// A count distribution (calls per workflow) as an empirical list of at most
+/// `max_values` whole values: every distinct count, repeated in proportion to its
+/// frequency (largest remainders), so its shares and mean stay those of the data (the
+/// slice means of `downsample` would blend neighbouring counts).
+pub fn count_dist(sorted: &[f64], max_values: usize) -> Option<DistSpec> {
+    let n = sorted.len();
+    if n == 0 {
+        return None;
+    }
+    let m = max_values.max(1);
+    let mut distinct: Vec<(f64, usize)> = Vec::new();
+    for &x in sorted {
+        match distinct.last_mut() {
+            Some((v, c)) if *v == x => *c += 1,
+            _ => distinct.push((x, 1)),
+        }
+    }
+    let values: Vec<f64> = if n <= m {
+        sorted.to_vec()
+    } else {
+        let mut slots: Vec<(usize, usize, f64)> = distinct
+            .iter()
+            .enumerate()
+            .map(|(i, &(_, c))| {
+                let exact = c as f64 * m as f64 / n as f64;
+                (i, exact.floor() as usize, exact - exact.floor())
+            })
+            .collect();
+        let mut left = m - slots.iter().map(|s| s.1).sum::<usize>();
+        let mut order: Vec<usize> = (0..slots.len()).collect();
+        order.sort_by(|&a, &b| slots[b].2.total_cmp(&slots[a].2).then(a.cmp(&b)));
+        for k in order {
+            if left == 0 {
+                break;
+            }
+            slots[k].1 += 1;
+            left -= 1;
+        }
+        slots
+            .iter()
+            .flat_map(|&(i, k, _)| std::iter::repeat_n(distinct[i].0, k))
+            .collect()
+    };
+    Some(DistSpec::Empirical {
+        values: values.into_iter().map(Num).collect(),
+    })
+}
+
 fn token_dist(sorted: &[f64], opts: &FitOptions) -> DistSpec {
     dist(sorted, opts, 0).unwrap_or(DistSpec::Constant { value: Num(0.0) })
 }
@@ -160,6 +253,15 @@ fn arrival_fit(a: &crate::stats::ArrivalStats) -> ArrivalFit {
         ArrivalFit::Piecewise {
             step_s: a.step_s,
             rates: a.rate_by_step.clone(),
+        }
+    } else if a.rows >= 3
+        && a.mean_rate_per_s > 0.0
+        && a.interarrival_cv > 0.0
+        && (a.interarrival_cv - 1.0).abs() > 0.05
+    {
+        ArrivalFit::Renewal {
+            mean_gap_s: 1.0 / a.mean_rate_per_s,
+            cv: a.interarrival_cv,
         }
     } else {
         ArrivalFit::Poisson {
@@ -186,6 +288,91 @@ pub fn fit_requests(stats: &RequestStats, source: &str, opts: &FitOptions) -> Fi
     }
 }
 
+/// A TOML-safe node id from a role name.
+fn node_id(role: &str, kind: crate::span::SpanKind, used: &mut Vec<String>) -> String {
+    let mut id: String = role
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if id.is_empty() {
+        id = kind.name().to_string();
+    }
+    let base = id.clone();
+    let mut k = 2;
+    while used.contains(&id) {
+        id = format!("{base}-{k}");
+        k += 1;
+    }
+    used.push(id.clone());
+    id
+}
+
+/// One node per role in first-start order, each after the previous; a role with more
+/// than one call in some workflow fans out (its count distribution), and a following
+/// role whose spans all hang under it with the same count in every workflow runs in
+/// its branch. `None` when a role is missing from some workflow (no way to say "sometimes"
+/// for a model or tool node).
+fn role_graph(c: &ClassStats, opts: &FitOptions) -> Option<Vec<FitNode>> {
+    use crate::span::SpanKind;
+    let roles = &c.roles;
+    if roles.is_empty() || roles.iter().any(|r| r.counts.iter().any(|&n| n < 1.0)) {
+        return None;
+    }
+    let mut used = Vec::new();
+    let ids: Vec<String> = roles
+        .iter()
+        .map(|r| node_id(&r.role, r.kind, &mut used))
+        .collect();
+    let mut nodes: Vec<FitNode> = Vec::new();
+    let mut i = 0;
+    while i < roles.len() {
+        let r = &roles[i];
+        let varies = r.counts.iter().any(|&n| n != 1.0);
+        // The branch: following roles with the same count in every workflow whose
+        // parents are all the previous role of the branch.
+        let mut end = i;
+        if varies {
+            while end + 1 < roles.len()
+                && roles[end + 1].counts == r.counts
+                && roles[end + 1].parent_roles.len() == 1
+                && roles[end + 1].parent_roles.contains(&roles[end].role)
+            {
+                end += 1;
+            }
+        }
+        for j in i..=end {
+            let rj = &roles[j];
+            let mut counts = rj.counts.clone();
+            counts.sort_by(f64::total_cmp);
+            let tool = rj.kind == SpanKind::Tool;
+            let tool_name = if rj.tier.is_empty() {
+                rj.role.clone()
+            } else {
+                rj.tier.clone()
+            };
+            let lat_s: Vec<f64> = rj.latency_sorted_ms.iter().map(|ms| ms / 1e3).collect();
+            nodes.push(FitNode {
+                id: ids[j].clone(),
+                tool: tool.then_some(tool_name),
+                input_tokens: (!tool).then(|| token_dist(&rj.input_sorted, opts)),
+                output_tokens: (!tool).then(|| token_dist(&rj.output_sorted, opts)),
+                latency: if tool { dist(&lat_s, opts, 4) } else { None },
+                count: (j == i && varies).then(|| dist(&counts, opts, 0)).flatten(),
+                through: (j == i && end > i).then(|| ids[end].clone()),
+                after: (j > 0).then(|| ids[j - 1].clone()),
+            });
+        }
+        i = end + 1;
+    }
+    Some(nodes)
+}
+
 fn fit_class(c: &ClassStats, opts: &FitOptions) -> ClassFit {
     let tool_s: Vec<f64> = c.tool_latency_sorted_ms.iter().map(|ms| ms / 1e3).collect();
     ClassFit {
@@ -196,11 +383,12 @@ fn fit_class(c: &ClassStats, opts: &FitOptions) -> ClassFit {
         output_tokens: token_dist(&c.output_sorted, opts),
         agent: Some(AgentFit {
             fanout: dist(&c.fanout_sorted, opts, 0),
-            llm_hops: dist(&c.llm_hops_sorted, opts, 0),
+            llm_hops: count_dist(&c.llm_hops_sorted, opts.max_values),
             tool_latency: dist(&tool_s, opts, 4),
             retry_probability: c.retry_rate,
             shared_prefix_share: c.shared_prefix_share,
             context_growth_tokens: c.context_growth.mean,
+            nodes: role_graph(c, opts),
         }),
         rows: c.workflows,
         duration_s: c.arrivals.duration_s,
@@ -283,6 +471,11 @@ pub fn arrival_toml(a: &ArrivalFit) -> String {
         ArrivalFit::Poisson { rate } => {
             format!("{{ process = \"poisson\", rate = {} }}", num(*rate))
         }
+        ArrivalFit::Renewal { mean_gap_s, cv } => format!(
+            "{{ process = \"renewal\", interarrival = {{ dist = \"gamma\", mean = {}, cv = {} }} }}",
+            num(*mean_gap_s),
+            num(*cv)
+        ),
         ArrivalFit::Piecewise { step_s, rates } => {
             let r: Vec<String> = rates.iter().map(|x| num(*x)).collect();
             format!(
@@ -358,12 +551,82 @@ impl FitProfile {
             }
             let _ = writeln!(out, "[classes.{name}]");
             let _ = writeln!(out, "arrival = {}", arrival_toml(&c.arrival));
+            let agent_nodes = c.agent.as_ref().and_then(|a| a.nodes.as_ref());
+            match (agent_nodes, &c.agent) {
+                (Some(nodes), _) => {
+                    for n in nodes {
+                        let _ = writeln!(out);
+                        let _ = writeln!(out, "[[classes.{name}.nodes]]");
+                        let _ = writeln!(out, "id = {:?}", n.id);
+                        if let Some(after) = &n.after {
+                            let _ = writeln!(out, "after = [{after:?}]");
+                        }
+                        match &n.tool {
+                            Some(t) => {
+                                let _ = writeln!(out, "kind = \"tool\"");
+                                let _ = writeln!(out, "tool = {t:?}");
+                                if let Some(l) = &n.latency {
+                                    let _ = writeln!(out, "service = {}", dist_toml(l));
+                                }
+                            }
+                            None => {
+                                let _ = writeln!(out, "pool = {:?}", self.pool);
+                                // A recorded prompt already holds its context.
+                                let _ = writeln!(out, "inherit = 0");
+                                for (k, d) in [
+                                    ("input_tokens", &n.input_tokens),
+                                    ("output_tokens", &n.output_tokens),
+                                ] {
+                                    if let Some(d) = d {
+                                        let _ = writeln!(out, "{k} = {}", dist_toml(d));
+                                    }
+                                }
+                            }
+                        }
+                        if let Some(count) = &n.count {
+                            let through = n
+                                .through
+                                .as_ref()
+                                .map(|t| format!(", through = {t:?}"))
+                                .unwrap_or_default();
+                            let _ = writeln!(
+                                out,
+                                "fan_out = {{ count = {}{through} }}",
+                                dist_toml(count)
+                            );
+                        }
+                    }
+                }
+                (None, agent) => {
+                    let _ = writeln!(out);
+                    let _ = writeln!(out, "[[classes.{name}.nodes]]");
+                    let _ = writeln!(out, "id = \"call\"");
+                    let _ = writeln!(out, "pool = {:?}", self.pool);
+                    let _ = writeln!(out, "input_tokens = {}", dist_toml(&c.input_tokens));
+                    let _ = writeln!(out, "output_tokens = {}", dist_toml(&c.output_tokens));
+                    // Span traces: as many calls per workflow as the recorded LLM hops.
+                    if let Some(hops) = agent.as_ref().and_then(|a| a.llm_hops.as_ref())
+                        && !matches!(hops, DistSpec::Empirical { values } if values.iter().all(|v| v.0 == 1.0))
+                    {
+                        let _ = writeln!(out, "inherit = 0");
+                        let _ = writeln!(out, "fan_out = {{ count = {} }}", dist_toml(hops));
+                    }
+                }
+            }
+        }
+        // Tools the fitted graphs call (delete a table the scenario already has).
+        let mut tools: BTreeMap<&str, &DistSpec> = BTreeMap::new();
+        for c in &self.classes {
+            for n in c.agent.iter().flat_map(|a| a.nodes.iter().flatten()) {
+                if let (Some(t), Some(l)) = (&n.tool, &n.latency) {
+                    tools.entry(t.as_str()).or_insert(l);
+                }
+            }
+        }
+        for (t, l) in tools {
             let _ = writeln!(out);
-            let _ = writeln!(out, "[[classes.{name}.nodes]]");
-            let _ = writeln!(out, "id = \"call\"");
-            let _ = writeln!(out, "pool = {:?}", self.pool);
-            let _ = writeln!(out, "input_tokens = {}", dist_toml(&c.input_tokens));
-            let _ = writeln!(out, "output_tokens = {}", dist_toml(&c.output_tokens));
+            let _ = writeln!(out, "[tools.{}]", key(t));
+            let _ = writeln!(out, "latency = {}", dist_toml(l));
         }
         out
     }

@@ -170,6 +170,26 @@ fn map_span(sp: &Value, service: Option<&str>, line: u64) -> Result<SpanRecord, 
         return Err("expected non-empty `traceId` and `spanId`".into());
     }
     let parent = id("parentSpanId");
+    // Span links to spans of the same trace (a join's other predecessors).
+    let mut links: Vec<String> = Vec::new();
+    for l in sp
+        .get("links")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let same_trace = l
+            .get("traceId")
+            .and_then(Value::as_str)
+            .is_none_or(|t| t.is_empty() || t == workflow_id);
+        if let Some(to) = l.get("spanId").and_then(Value::as_str)
+            && same_trace
+            && !to.is_empty()
+            && !links.iter().any(|x| x == to)
+        {
+            links.push(to.to_string());
+        }
+    }
     let start = nanos(sp, "startTimeUnixNano")?;
     let end = nanos(sp, "endTimeUnixNano").unwrap_or(start);
     if end < start {
@@ -209,6 +229,7 @@ fn map_span(sp: &Value, service: Option<&str>, line: u64) -> Result<SpanRecord, 
         workflow_id,
         span_id,
         parent_span_id: (!parent.is_empty()).then_some(parent),
+        links,
         kind,
         agent_role,
         model_tier: s("gen_ai.request.model")
@@ -260,10 +281,8 @@ impl Iterator for OtlpReader {
                     self.report.note_skipped(&e);
                     continue;
                 }
-                Some(Err(e)) => {
-                    self.failed = true;
-                    return Some(Err(e));
-                }
+                // A span that does not map is returned; reading may go on after it.
+                Some(Err(e)) => return Some(Err(e)),
                 None => {}
             }
             match self.docs.next() {

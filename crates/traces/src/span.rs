@@ -42,6 +42,9 @@ pub struct SpanRecord {
     pub span_id: String,
     /// `None` for a root span (the field absent, `null` or `""`).
     pub parent_span_id: Option<String>,
+    /// Other spans of the workflow this span also waited for (a join: `links`, like
+    /// OpenTelemetry span links), besides its parent; empty for most spans.
+    pub links: Vec<String>,
     pub kind: SpanKind,
     pub agent_role: String,
     pub model_tier: String,
@@ -90,6 +93,8 @@ struct SpanLineIn {
     #[serde(default)]
     parent_span_id: Option<Id>,
     #[serde(default)]
+    links: Option<Vec<Id>>,
+    #[serde(default)]
     kind: Option<SpanKind>,
     #[serde(default)]
     agent_role: String,
@@ -129,6 +134,8 @@ struct SpanLineOut<'a> {
     workflow_id: &'a str,
     span_id: &'a str,
     parent_span_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    links: &'a [String],
     kind: SpanKind,
     agent_role: &'a str,
     model_tier: &'a str,
@@ -178,6 +185,18 @@ pub fn parse_span_line(line: u64, text: &str) -> Result<SpanRecord, String> {
         .parent_span_id
         .map(Id::into_string)
         .filter(|p| !p.is_empty());
+    // Links in file order, repeats dropped.
+    let mut links: Vec<String> = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for l in s.links.unwrap_or_default() {
+        let l = l.into_string();
+        if l.is_empty() {
+            return Err("links: span ids must not be empty".into());
+        }
+        if seen.insert(l.clone()) {
+            links.push(l);
+        }
+    }
     let kind = s.kind.unwrap_or(
         if s.input_tokens == 0 && s.output_tokens == 0 && s.tool_wait_ms > 0.0 {
             SpanKind::Tool
@@ -200,6 +219,7 @@ pub fn parse_span_line(line: u64, text: &str) -> Result<SpanRecord, String> {
         workflow_id,
         span_id,
         parent_span_id,
+        links,
         kind,
         agent_role: s.agent_role,
         model_tier: s.model_tier,
@@ -225,7 +245,9 @@ pub trait SpanSource: Iterator<Item = Result<SpanRecord, TraceError>> {
     fn report(&self) -> &ReadReport;
 }
 
-/// Reads a span log lazily, one line at a time.
+/// Reads a span log lazily, one line at a time. Without `skip_bad_rows` a row that
+/// does not parse is returned as an error and the next call goes on with the next
+/// line (stop at the first error to be strict); an I/O error ends the stream.
 pub struct SpanLogReader {
     file: String,
     lines: Lines,
@@ -287,10 +309,9 @@ impl Iterator for SpanLogReader {
                     return Some(Ok(span));
                 }
                 Err(e) if self.skip_bad_rows => self.report.note_skipped(&e),
-                Err(e) => {
-                    self.failed = true;
-                    return Some(Err(e));
-                }
+                // A bad row is returned; reading may go on after it (the workflow
+                // reader does, to find an earlier problem of a workflow still open).
+                Err(e) => return Some(Err(e)),
             }
         }
     }
@@ -320,6 +341,7 @@ impl<W: Write> SpanLogWriter<W> {
             workflow_id: &s.workflow_id,
             span_id: &s.span_id,
             parent_span_id: s.parent_span_id.as_deref(),
+            links: &s.links,
             kind: s.kind,
             agent_role: &s.agent_role,
             model_tier: &s.model_tier,

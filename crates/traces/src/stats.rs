@@ -274,6 +274,30 @@ pub struct ClassStats {
     pub fanout_sorted: Vec<f64>,
     pub tool_latency_sorted_ms: Vec<f64>,
     pub llm_hops_sorted: Vec<f64>,
+    /// The class's roles (LLM and tool spans by kind and role), in order of their mean
+    /// first start within a workflow.
+    pub roles: Vec<RoleStats>,
+}
+
+/// One role of a workflow class (spans of one kind and `agent_role`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RoleStats {
+    pub kind: SpanKind,
+    pub role: String,
+    /// The most common `model_tier` (for tools: the tool's name).
+    pub tier: String,
+    /// Spans of the role in each workflow of the class (0 where it has none).
+    pub counts: Vec<f64>,
+    /// LLM spans: tokens, sorted.
+    pub input_sorted: Vec<f64>,
+    pub output_sorted: Vec<f64>,
+    /// Tool spans: `tool_wait_ms`, sorted.
+    pub latency_sorted_ms: Vec<f64>,
+    /// Mean, over workflows with the role, of its first span's start after the
+    /// workflow's arrival (ms): the order of the roles.
+    pub mean_first_start_ms: f64,
+    /// Roles of the spans' parents (agent spans looked through; "" for a root).
+    pub parent_roles: std::collections::BTreeSet<String>,
 }
 
 /// Statistics of a span trace, by workflow class (`default` for workflows without one).
@@ -301,6 +325,19 @@ struct ClassAcc {
     hops: Vec<f64>,
     input: Vec<f64>,
     output: Vec<f64>,
+    roles: BTreeMap<(SpanKind, String), RoleAcc>,
+}
+
+#[derive(Default)]
+struct RoleAcc {
+    tiers: BTreeMap<String, u64>,
+    counts: Vec<f64>,
+    input: Vec<f64>,
+    output: Vec<f64>,
+    latency: Vec<f64>,
+    first_start_sum_ms: f64,
+    with_role: u64,
+    parent_roles: std::collections::BTreeSet<String>,
 }
 
 impl ClassAcc {
@@ -345,6 +382,50 @@ impl ClassAcc {
         }
         self.tokens.push(tokens as f64);
         self.hops.push(hops as f64);
+        // Per role: spans in this workflow, first start, tokens, latencies, parents.
+        let mut here: BTreeMap<(SpanKind, String), (u64, u64)> = BTreeMap::new();
+        for (i, s) in wf.spans.iter().enumerate() {
+            if s.kind == SpanKind::Agent {
+                continue;
+            }
+            let key = (s.kind, s.agent_role.clone());
+            let e = here.entry(key.clone()).or_insert((0, u64::MAX));
+            e.0 += 1;
+            e.1 = e.1.min(s.start_ns);
+            let before = self.workflows - 1;
+            let r = self.roles.entry(key).or_insert_with(|| RoleAcc {
+                counts: vec![0.0; before as usize],
+                ..RoleAcc::default()
+            });
+            *r.tiers.entry(s.model_tier.clone()).or_default() += 1;
+            match s.kind {
+                SpanKind::Llm => {
+                    r.input.push(s.input_tokens as f64);
+                    r.output.push(s.output_tokens as f64);
+                }
+                _ => r.latency.push(s.tool_wait_ms),
+            }
+            let mut p = wf.parent[i];
+            while let Some(j) = p {
+                if wf.spans[j].kind != SpanKind::Agent {
+                    break;
+                }
+                p = wf.parent[j];
+            }
+            r.parent_roles
+                .insert(p.map_or(String::new(), |j| wf.spans[j].agent_role.clone()));
+        }
+        let start = wf.spans.iter().map(|s| s.start_ns).min().unwrap_or(0);
+        for (key, r) in self.roles.iter_mut() {
+            match here.get(key) {
+                Some(&(n, first)) => {
+                    r.counts.push(n as f64);
+                    r.first_start_sum_ms += first.saturating_sub(start) as f64 / 1e6;
+                    r.with_role += 1;
+                }
+                None => r.counts.push(0.0),
+            }
+        }
     }
 
     fn finish(self, class: String, step_ns: u64) -> ClassStats {
@@ -358,6 +439,32 @@ impl ClassAcc {
         let tool = sort(self.tool_ms);
         let hops = sort(self.hops);
         let work = self.llm + self.tool;
+        let mut roles: Vec<RoleStats> = self
+            .roles
+            .into_iter()
+            .map(|((kind, role), r)| RoleStats {
+                kind,
+                tier: r
+                    .tiers
+                    .iter()
+                    .max_by_key(|(name, n)| (**n, std::cmp::Reverse((*name).clone())))
+                    .map(|(name, _)| name.clone())
+                    .unwrap_or_default(),
+                role,
+                counts: r.counts,
+                input_sorted: sort(r.input),
+                output_sorted: sort(r.output),
+                latency_sorted_ms: sort(r.latency),
+                mean_first_start_ms: r.first_start_sum_ms / r.with_role.max(1) as f64,
+                parent_roles: r.parent_roles,
+            })
+            .collect();
+        roles.sort_by(|a, b| {
+            a.mean_first_start_ms
+                .total_cmp(&b.mean_first_start_ms)
+                .then_with(|| a.role.cmp(&b.role))
+                .then_with(|| a.kind.cmp(&b.kind))
+        });
         ClassStats {
             class,
             workflows: self.workflows,
@@ -387,6 +494,7 @@ impl ClassAcc {
             fanout_sorted: fanout,
             tool_latency_sorted_ms: tool,
             llm_hops_sorted: hops,
+            roles,
         }
     }
 }

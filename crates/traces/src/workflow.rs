@@ -32,7 +32,10 @@ pub struct Workflow {
     pub spans: Vec<SpanRecord>,
     /// Parent of each span (index into `spans`); `None` for roots.
     pub parent: Vec<Option<usize>>,
-    /// Children of each span, in file order.
+    /// Other predecessors of each span (its `links`, resolved; sorted, never the
+    /// parent): a join waits for its parent and all of these.
+    pub links: Vec<Vec<usize>>,
+    /// Children of each span (through parent links only), in file order.
     pub children: Vec<Vec<usize>>,
     /// Root spans, in file order (orphans and broken cycles included in skip mode).
     pub roots: Vec<usize>,
@@ -118,6 +121,53 @@ impl Workflow {
                 state[p] = 2;
             }
         }
+        // Span links: resolved like parents (to the first span with the id); a missing
+        // target is reported with the orphans, a link that closes a cycle is dropped.
+        let mut links: Vec<Vec<usize>> = vec![Vec::new(); n];
+        for (i, s) in spans.iter().enumerate() {
+            for l in &s.links {
+                match index.get(l.as_str()) {
+                    Some(&j) if j == i => issues.push((
+                        s.line,
+                        DagIssue::Cycle {
+                            span_id: s.span_id.clone(),
+                        },
+                    )),
+                    Some(&j) => {
+                        if parent[i] != Some(j) {
+                            links[i].push(j);
+                        }
+                    }
+                    None => issues.push((
+                        s.line,
+                        DagIssue::MissingLink {
+                            span_id: s.span_id.clone(),
+                            link: l.clone(),
+                        },
+                    )),
+                }
+            }
+            links[i].sort_unstable();
+            links[i].dedup();
+        }
+        // Parent links alone are acyclic now; a cycle must go through a span link. Drop
+        // the links of the earliest span (in file order) on a cycle, one at a time.
+        while let Some(i) = first_on_link_cycle(&parent, &links) {
+            if let Some(j) = links[i]
+                .iter()
+                .position(|&t| reaches(&parent, &links, t, i))
+            {
+                links[i].remove(j);
+            } else {
+                break;
+            }
+            issues.push((
+                spans[i].line,
+                DagIssue::Cycle {
+                    span_id: spans[i].span_id.clone(),
+                },
+            ));
+        }
         let mut children = vec![Vec::new(); n];
         let mut roots = Vec::new();
         for (i, p) in parent.iter().enumerate() {
@@ -135,10 +185,20 @@ impl Workflow {
             id,
             spans,
             parent,
+            links,
             children,
             roots,
             issues,
         }
+    }
+
+    /// Every predecessor of span `i` (its parent and its links), sorted.
+    pub fn predecessors(&self, i: usize) -> Vec<usize> {
+        let mut v: Vec<usize> = self.parent[i].into_iter().collect();
+        v.extend(self.links.get(i).into_iter().flatten().copied());
+        v.sort_unstable();
+        v.dedup();
+        v
     }
 
     /// A flat request as a one-hop workflow (one LLM span, id `r<line>`), for
@@ -159,16 +219,47 @@ impl Workflow {
         Workflow::build(id, vec![span], 0)
     }
 
-    /// Span indices in an order where every parent comes before its children
-    /// (breadth first from the roots).
+    /// Span indices in an order where every predecessor (parent and links) comes before
+    /// its span: breadth first from the roots, a span held back until its links have
+    /// come (without links, plain breadth-first order).
     pub fn topo_order(&self) -> Vec<usize> {
-        let mut order = Vec::with_capacity(self.spans.len());
+        let n = self.spans.len();
+        let mut order = Vec::with_capacity(n);
         let mut queue: VecDeque<usize> = self.roots.iter().copied().collect();
         while let Some(i) = queue.pop_front() {
             order.push(i);
             queue.extend(self.children[i].iter().copied());
         }
-        order
+        if self.links.iter().all(Vec::is_empty) {
+            return order;
+        }
+        // Kahn's algorithm, the breadth-first rank breaking ties.
+        let mut rank = vec![0usize; n];
+        for (r, &i) in order.iter().enumerate() {
+            rank[i] = r;
+        }
+        let mut waiting: Vec<usize> = (0..n).map(|i| self.predecessors(i).len()).collect();
+        let mut after: Vec<Vec<usize>> = vec![Vec::new(); n];
+        for i in 0..n {
+            for p in self.predecessors(i) {
+                after[p].push(i);
+            }
+        }
+        let mut ready: std::collections::BinaryHeap<std::cmp::Reverse<(usize, usize)>> = (0..n)
+            .filter(|&i| waiting[i] == 0)
+            .map(|i| std::cmp::Reverse((rank[i], i)))
+            .collect();
+        let mut out = Vec::with_capacity(n);
+        while let Some(std::cmp::Reverse((_, i))) = ready.pop() {
+            out.push(i);
+            for &c in &after[i] {
+                waiting[c] -= 1;
+                if waiting[c] == 0 {
+                    ready.push(std::cmp::Reverse((rank[c], c)));
+                }
+            }
+        }
+        out
     }
 
     /// Depth of each span (roots are 0).
@@ -209,6 +300,55 @@ impl Workflow {
     }
 }
 
+/// Whether `to` is reached from `from` following predecessors (parent and links).
+fn reaches(parent: &[Option<usize>], links: &[Vec<usize>], from: usize, to: usize) -> bool {
+    let mut seen = vec![false; parent.len()];
+    let mut stack = vec![from];
+    while let Some(c) = stack.pop() {
+        if c == to {
+            return true;
+        }
+        if std::mem::replace(&mut seen[c], true) {
+            continue;
+        }
+        stack.extend(parent[c]);
+        stack.extend(links[c].iter().copied());
+    }
+    false
+}
+
+/// The earliest span (in file order) on a cycle of parent and span links, if any.
+fn first_on_link_cycle(parent: &[Option<usize>], links: &[Vec<usize>]) -> Option<usize> {
+    let n = parent.len();
+    if links.iter().all(Vec::is_empty) {
+        return None;
+    }
+    // Kahn's algorithm over predecessor counts: what is left is on or after a cycle.
+    let mut waiting = vec![0usize; n];
+    let mut after: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for i in 0..n {
+        for p in parent[i].into_iter().chain(links[i].iter().copied()) {
+            waiting[i] += 1;
+            after[p].push(i);
+        }
+    }
+    let mut stack: Vec<usize> = (0..n).filter(|&i| waiting[i] == 0).collect();
+    let mut done = 0;
+    while let Some(i) = stack.pop() {
+        done += 1;
+        for &c in &after[i] {
+            waiting[c] -= 1;
+            if waiting[c] == 0 {
+                stack.push(c);
+            }
+        }
+    }
+    if done == n {
+        return None;
+    }
+    (0..n).find(|&i| waiting[i] > 0 && links[i].iter().any(|&t| reaches(parent, links, t, i)))
+}
+
 fn fnv1a(s: &str) -> u64 {
     sim_core::rng::stable_hash(s)
 }
@@ -236,6 +376,9 @@ pub struct WorkflowReader<S: SpanSource> {
     counts: ReadReport,
     source_done: bool,
     failed: bool,
+    /// Strict mode, after a first problem: the earliest problem (by line) found so
+    /// far; reading goes on only to complete the workflows open when it was found.
+    pending: Option<TraceError>,
 }
 
 /// Opens a span trace (span log or OTLP) as workflows.
@@ -289,6 +432,7 @@ impl<S: SpanSource> WorkflowReader<S> {
             counts: ReadReport::default(),
             source_done: false,
             failed: false,
+            pending: None,
         }
     }
 
@@ -327,7 +471,9 @@ impl<S: SpanSource> WorkflowReader<S> {
                 });
             }
             match issue {
-                DagIssue::Orphan { .. } => self.counts.orphan_spans += 1,
+                DagIssue::Orphan { .. } | DagIssue::MissingLink { .. } => {
+                    self.counts.orphan_spans += 1
+                }
                 DagIssue::DuplicateSpan { .. } => self.counts.duplicate_spans += 1,
                 DagIssue::Cycle { .. } => self.counts.cycles += 1,
             }
@@ -395,9 +541,77 @@ impl<S: SpanSource> WorkflowReader<S> {
     }
 }
 
+impl<S: SpanSource> WorkflowReader<S> {
+    /// Strict mode: keeps the earlier (by line) of `e` and the pending problem.
+    fn note_problem(&mut self, e: TraceError) {
+        let line = |e: &TraceError| e.line().unwrap_or(0);
+        match &self.pending {
+            Some(p) if line(p) <= line(&e) => {}
+            _ => self.pending = Some(e),
+        }
+    }
+
+    /// Strict mode after a first problem: reads on until every workflow open at that
+    /// point is complete (at most the grouping window), keeping the earliest problem.
+    /// New workflows are not opened (all their lines come later), later bad rows are
+    /// ignored (they come later too); an I/O error ends the search.
+    fn drain(&mut self) -> TraceError {
+        self.ready.clear();
+        loop {
+            if self.open.is_empty() {
+                break;
+            }
+            if self.source_done {
+                while let Some(id) = self.order.pop_front() {
+                    if let Err(e) = self.close(id) {
+                        self.note_problem(e);
+                    }
+                }
+                break;
+            }
+            match self.source.next() {
+                None => self.source_done = true,
+                Some(Err(TraceError::Row { .. })) => {}
+                Some(Err(_)) => break,
+                Some(Ok(span)) => {
+                    if self.open.contains_key(&span.workflow_id) {
+                        if let Err(e) = self.add(span) {
+                            self.note_problem(e);
+                        }
+                    } else {
+                        self.seq += 1;
+                    }
+                    while let Some(front) = self.order.front() {
+                        let idle = self
+                            .open
+                            .get(front)
+                            .is_none_or(|o| o.last_seq + self.window <= self.seq);
+                        if !idle {
+                            break;
+                        }
+                        if let Some(id) = self.order.pop_front()
+                            && let Err(e) = self.close(id)
+                        {
+                            self.note_problem(e);
+                        }
+                    }
+                }
+            }
+        }
+        self.ready.clear();
+        self.pending
+            .take()
+            .unwrap_or_else(|| TraceError::file(self.source.file(), "reading stopped at a problem"))
+    }
+}
+
 impl<S: SpanSource> Iterator for WorkflowReader<S> {
     type Item = Result<Workflow, TraceError>;
 
+    /// In strict mode the error returned is the first problem in file order: a bad row
+    /// at its line, a workflow's orphan, duplicate or cycle at the line of the span
+    /// concerned (known when the workflow is complete, so reading goes on after a
+    /// problem until the workflows open then are complete; see [`Self::drain`]).
     fn next(&mut self) -> Option<Self::Item> {
         loop {
             if let Some(wf) = self.ready.pop_front() {
@@ -432,7 +646,12 @@ impl<S: SpanSource> Iterator for WorkflowReader<S> {
             };
             if let Err(e) = step {
                 self.failed = true;
-                return Some(Err(e));
+                let fatal = matches!(e, TraceError::Io { .. } | TraceError::File { .. });
+                if fatal || self.skip_bad_rows {
+                    return Some(Err(e));
+                }
+                self.note_problem(e);
+                return Some(Err(self.drain()));
             }
         }
     }
