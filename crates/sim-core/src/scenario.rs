@@ -857,6 +857,8 @@ pub struct GpuPool {
     pub picker: String,
     /// KV capacity of one replica, tokens.
     pub kv_tokens: u64,
+    /// The model's context limit: most prompt + output tokens of one request.
+    pub context_limit: u32,
 }
 
 impl GpuPool {
@@ -2497,6 +2499,7 @@ fn compile_gpu_pool(
         perf,
         picker,
         kv_tokens,
+        context_limit: model.context_limit,
     })
 }
 

@@ -15,11 +15,12 @@
 //! keeps a misrouted hop from stalling its workflow). Such hops are counted in
 //! [`GpuPoolReport::service_noops`].
 
-use super::replica::{Replica, ReplicaConfig, ReplicaReport};
+use super::replica::{Replica, ReplicaConfig, ReplicaReport, refused_done};
 use super::{LlmRequest, LlmTimings, PerfModel};
 use crate::policy::{DisciplineSpec, JobMeta};
 use crate::station::{
-    HopDone, HopJob, JobId, LoadNow, Station, StationOutput, StationReport, TimeIntegral, Work,
+    HopDone, HopJob, JobId, LoadNow, Refused, Station, StationOutput, StationReport, TimeIntegral,
+    Work,
 };
 use crate::time::{SimDuration, SimTime};
 use std::collections::{BTreeMap, VecDeque};
@@ -102,7 +103,9 @@ pub struct GpuPoolReport {
     pub prefix_hit_rate: f64,
     pub tokens_in_flight_mean: f64,
     pub finished: u64,
-    /// Requests too large for a replica, finished at once without service.
+    /// Requests refused at once without service, as failed hops: too large for a
+    /// replica's KV cache (or its token budget without chunked prefill), over the
+    /// model's context limit, or sent to a pool with no replica.
     pub rejected: u64,
     /// `Work::Service` hops sent here, finished at once as no-ops.
     pub service_noops: u64,
@@ -183,6 +186,10 @@ pub struct GpuPoolStation {
     service_noops: u64,
     /// Requests refused because the pool has no replica.
     unserved: u64,
+    /// Prompt + output tokens a request may have (the model's context limit).
+    context_limit: Option<u32>,
+    /// Requests refused for exceeding it.
+    over_context: u64,
     // --- autoscaling and spot ---
     cfg: ReplicaConfig,
     perf: Arc<dyn PerfModel>,
@@ -256,6 +263,8 @@ impl GpuPoolStation {
             window_start: SimTime::ZERO,
             service_noops: 0,
             unserved: 0,
+            context_limit: None,
+            over_context: 0,
             cfg,
             perf,
             booting: 0,
@@ -463,6 +472,14 @@ impl GpuPoolStation {
         }
     }
 
+    /// Refuses requests whose prompt + output tokens exceed `limit` (the model
+    /// profile's `context_limit`): they come back at once as failed hops
+    /// ([`Refused::ContextLimit`]). No limit by default.
+    pub fn with_context_limit(mut self, limit: u32) -> Self {
+        self.context_limit = Some(limit);
+        self
+    }
+
     pub fn with_picker(mut self, picker: Box<dyn ReplicaPicker>) -> Self {
         self.picker = picker;
         self
@@ -507,6 +524,7 @@ impl GpuPoolStation {
             busy: SimDuration::ZERO,
             usd: 0.0,
             llm,
+            refused: None,
         }
     }
 }
@@ -527,7 +545,22 @@ impl Station for GpuPoolStation {
                 if self.replicas.is_empty() {
                     self.unserved += 1;
                     out.done
-                        .push(Self::finish_now(now, job.id, Some(LlmTimings::default())));
+                        .push(refused_done(job.id, now, now, Refused::NoReplica));
+                    return;
+                }
+                if let Some(limit) = self.context_limit
+                    && req.input_tokens.max(1) as u64 + req.output_tokens.max(1) as u64
+                        > limit as u64
+                {
+                    // vLLM refuses a prompt whose prompt + max tokens exceed the
+                    // model's length; so does the pool, before any replica sees it.
+                    self.over_context += 1;
+                    out.done.push(refused_done(
+                        job.id,
+                        now,
+                        now,
+                        Refused::ContextLimit { limit },
+                    ));
                     return;
                 }
                 if self.spot.is_some() {
@@ -664,6 +697,7 @@ impl Station for GpuPoolStation {
                     busy,
                     usd,
                     llm: None,
+                    refused: None,
                 });
                 continue;
             }
@@ -702,6 +736,7 @@ impl Station for GpuPoolStation {
         self.window_start = now;
         self.service_noops = 0;
         self.unserved = 0;
+        self.over_context = 0;
         self.up_or_draining.reset(now);
         self.paid_on_demand.reset(now);
         self.paid_spot.reset(now);
@@ -799,7 +834,7 @@ impl Station for GpuPoolStation {
             },
             tokens_in_flight_mean: per_replica.iter().map(|r| r.tokens_in_flight_mean).sum(),
             finished: sum(|r| r.finished),
-            rejected: sum(|r| r.rejected) + self.unserved,
+            rejected: sum(|r| r.rejected) + self.unserved + self.over_context,
             service_noops: self.service_noops,
             capacity: self.capacity_report(now),
             per_replica,
