@@ -88,6 +88,62 @@ pub fn gpu_pool_loads(sc: &Scenario) -> Vec<GpuPoolLoad> {
     out
 }
 
+/// A node whose hops can exceed its GPU pool's context limit.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ContextLimitRisk {
+    pub class: String,
+    pub node: String,
+    pub pool: String,
+    pub model: String,
+    pub limit: u32,
+    /// Mean inherited context + the largest input draw + the largest output draw (the
+    /// 99.9th percentile for unbounded distributions: [`sim_core::dist::Sampler::high`]).
+    pub tokens: f64,
+}
+
+/// Every (class, node, GPU pool) whose prompt + output tokens can exceed the pool's
+/// model context limit: such hops fail with "request over context limit of POOL".
+/// The node's first pool (`a_priori_pool`) and its escalation pool are checked.
+pub fn context_limit_risks(sc: &Scenario) -> Vec<ContextLimitRisk> {
+    let mut out = Vec::new();
+    for (ci, c) in sc.classes.iter().enumerate() {
+        let tokens = expected_tokens(&c.graph, &sc.tools);
+        for (i, n) in c.graph.nodes.iter().enumerate() {
+            if !n.enabled {
+                continue;
+            }
+            let own_mean = n.input_tokens.as_ref().map_or(0.0, |s| s.mean());
+            let inherited = (tokens[i].input - own_mean).max(0.0);
+            let high = inherited
+                + n.input_tokens.as_ref().map_or(0.0, |s| s.high()).max(1.0)
+                + n.output_tokens.as_ref().map_or(0.0, |s| s.high()).max(1.0);
+            let pools = sc
+                .a_priori_pool(ci, n)
+                .into_iter()
+                .chain(n.escalate.as_ref().map(|e| e.pool));
+            for p in pools {
+                let pool = &sc.pools[p];
+                let Some(g) = &pool.gpu else { continue };
+                if high.round() > g.context_limit as f64
+                    && !out.iter().any(|r: &ContextLimitRisk| {
+                        r.class == c.name && r.node == n.id && r.pool == pool.name
+                    })
+                {
+                    out.push(ContextLimitRisk {
+                        class: c.name.clone(),
+                        node: n.id.clone(),
+                        pool: pool.name.clone(),
+                        model: g.model.clone(),
+                        limit: g.context_limit,
+                        tokens: high,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
 /// The GPU section of `factorysim check` (empty when there are no GPU pools).
 pub fn gpu_capacity_table(sc: &Scenario) -> String {
     let loads = gpu_pool_loads(sc);
@@ -147,6 +203,13 @@ pub fn gpu_capacity_table(sc: &Scenario) -> String {
             );
         }
     }
+    for r in context_limit_risks(sc) {
+        let _ = writeln!(
+            s,
+            "warning: class {} node {} on pool {}: prompt + output tokens reach about {:.0} (mean inherited context + largest input and output draws), above {}'s context limit of {}: such hops fail with \"request over context limit of {}\"",
+            r.class, r.node, r.pool, r.tokens, r.model, r.limit, r.pool
+        );
+    }
     s
 }
 
@@ -184,5 +247,63 @@ output_tokens = { dist = "constant", value = 200 }
         assert!(l.kv_sequences > 100.0 && l.decode_ceiling_tok_s > 1000.0);
         let text_out = gpu_capacity_table(&sc);
         assert!(text_out.contains("h100") && text_out.contains("needed"));
+        assert!(!text_out.contains("context limit"), "{text_out}");
+    }
+
+    #[test]
+    fn check_warns_when_tokens_can_exceed_the_context_limit() {
+        // Llama-3-8B: 8,192 tokens. `plan` alone reaches at most 3,000 + 200 = 3,200;
+        // `answer` inherits plan's mean context 2,000 + 100 = 2,100 and adds up to
+        // 5,900 + 300: 8,300 > 8,192. `short` (2,100 + 5,000 + 192 = 7,292) stays
+        // under.
+        let text = r#"
+[simulation]
+horizon = "10m"
+[pools.h100]
+servers = 1
+gpu = { model = "llama-3-8b", gpu = "h100-80gb" }
+[classes.c]
+arrival = { process = "poisson", rate = 0.1 }
+[[classes.c.nodes]]
+id = "plan"
+pool = "h100"
+input_tokens = { dist = "uniform", low = 1000, high = 3000 }
+output_tokens = { dist = "empirical", values = [0, 200] }
+[[classes.c.nodes]]
+id = "answer"
+after = ["plan"]
+pool = "h100"
+input_tokens = { dist = "uniform", low = 100, high = 5900 }
+output_tokens = { dist = "constant", value = 300 }
+[[classes.c.nodes]]
+id = "short"
+after = ["plan"]
+pool = "h100"
+input_tokens = { dist = "constant", value = 5000 }
+output_tokens = { dist = "constant", value = 192 }
+"#;
+        let sc = crate::parse_scenario("inline.toml", text, &[])
+            .unwrap_or_else(|e| panic!("{e}"))
+            .scenario;
+        let risks = context_limit_risks(&sc);
+        assert_eq!(risks.len(), 1, "{risks:?}");
+        let r = &risks[0];
+        assert_eq!(
+            (r.node.as_str(), r.pool.as_str(), r.limit),
+            ("answer", "h100", 8192)
+        );
+        assert!((r.tokens - 8300.0).abs() < 1e-6, "{}", r.tokens);
+        let out = gpu_capacity_table(&sc);
+        assert!(
+            out.contains(
+                "warning: class c node answer on pool h100: prompt + output tokens reach about 8300"
+            ) && out.contains("llama-3-8b's context limit of 8192"),
+            "{out}"
+        );
+        // Lowering answer's largest prompt by 108 tokens (8,192 exactly) clears it.
+        let sc = crate::parse_scenario("inline.toml", &text.replace("5900", "5792"), &[])
+            .unwrap_or_else(|e| panic!("{e}"))
+            .scenario;
+        assert_eq!(context_limit_risks(&sc), vec![]);
     }
 }
