@@ -637,6 +637,40 @@ fn quickstart(extra: &[&str]) -> (tempfile::TempDir, String) {
     (dir, stdout)
 }
 
+#[test]
+fn a_tensor_parallel_degree_that_does_not_split_the_heads_is_an_input_error() {
+    let check = |tp: &str| {
+        bin()
+            .args([
+                "check",
+                "scenarios/gpu-pool.toml",
+                "--set",
+                &format!("pools.a100.gpu.tp={tp}"),
+            ])
+            .current_dir(root())
+            .output()
+            .expect("spawn")
+    };
+    // Llama-3-8B has 32 attention heads: tp 3 does not divide them.
+    let out = check("3");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("pools.a100.gpu.tp")
+            && err.contains("32 attention heads")
+            && err.contains("expected one of 1, 2, 4, 8, 16, 32"),
+        "{err}"
+    );
+    // tp 2 splits both the 32 heads and the 8 KV heads.
+    let out = check("2");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Snapshots of the quickstart's table and summary.json (tests/snapshots/). When a model
 /// change moves the quickstart's figures on purpose, refresh them with
 /// `INSTA_UPDATE=always cargo test --release -p factorysim --test cli` and review the diff

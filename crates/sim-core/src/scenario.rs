@@ -2439,6 +2439,9 @@ fn compile_gpu_pool(
             format!("expected a tensor-parallel degree from 1 to 64, got {tp}"),
         ));
     }
+    model
+        .check_tp(tp)
+        .map_err(|m| err(format!("{key}.gpu.tp"), m))?;
     let mem = g.memory_utilization.unwrap_or(0.9);
     if !(mem > 0.0 && mem <= 1.0) {
         return Err(err(

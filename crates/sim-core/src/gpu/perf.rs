@@ -164,7 +164,7 @@ impl RooflinePerf {
             1.0
         };
         let kv_read = (s.prefill_context_tokens + s.decode_context_tokens) as f64
-            * m.kv_bytes_per_token() as f64;
+            * m.kv_bytes_per_token_at(self.tp) as f64;
         let bytes = dense + expert * touched + kv_read;
 
         let compute_s = flops / (tp * self.gpu.peak_flops(m.dtype_bytes) * p.compute_efficiency);
