@@ -19,8 +19,11 @@ pub struct GpuPoolLoad {
     /// Mean prompt and output tokens of those hops.
     pub mean_input: f64,
     pub mean_output: f64,
-    /// Sequences the pool's KV cache holds at the mean context (prompt + output / 2).
+    /// Sequences the pool's KV cache holds at the mean context (prompt + output / 2),
+    /// over all replicas: KV tokens per replica / mean context x replicas.
     pub kv_sequences: f64,
+    /// Sequences the scheduler lets run at once: `max_num_seqs` x replicas.
+    pub max_seqs: u64,
     /// Decode tokens per second of the pool with every replica at its largest batch.
     pub decode_ceiling_tok_s: f64,
     /// Solo-request TTFT and TPOT from the performance model.
@@ -55,7 +58,9 @@ pub fn gpu_pool_loads(sc: &Scenario) -> Vec<GpuPoolLoad> {
             (0.0, 0.0)
         };
         let context = (mean_input + mean_output / 2.0).max(1.0);
-        let per_replica_seqs = (g.kv_tokens as f64 / context).min(g.config.max_num_seqs as f64);
+        let kv_per_replica = g.kv_tokens as f64 / context;
+        // Decode runs at most max_num_seqs sequences, and no more than the cache holds.
+        let per_replica_batch = kv_per_replica.min(g.config.max_num_seqs as f64);
         let (prefill, decode) = g.solo_latency(
             mean_input.round() as u64,
             mean_output.round().max(1.0) as u64,
@@ -66,7 +71,7 @@ pub fn gpu_pool_loads(sc: &Scenario) -> Vec<GpuPoolLoad> {
         } else {
             0.0
         };
-        let batch = per_replica_seqs.floor().max(1.0) as u32;
+        let batch = per_replica_batch.floor().max(1.0) as u32;
         out.push(GpuPoolLoad {
             pool: pool.name.clone(),
             replicas: pool.servers,
@@ -74,7 +79,8 @@ pub fn gpu_pool_loads(sc: &Scenario) -> Vec<GpuPoolLoad> {
             hop_rate_per_s: rate,
             mean_input,
             mean_output,
-            kv_sequences: per_replica_seqs * pool.servers as f64,
+            kv_sequences: kv_per_replica * pool.servers as f64,
+            max_seqs: g.config.max_num_seqs as u64 * pool.servers as u64,
             decode_ceiling_tok_s: decode_tokens_per_sec(
                 g.perf.as_ref(),
                 batch,
@@ -144,6 +150,17 @@ pub fn context_limit_risks(sc: &Scenario) -> Vec<ContextLimitRisk> {
     out
 }
 
+/// Sequences the pool can run at once (the smaller of what its KV cache holds at the
+/// mean context and what `max_num_seqs` allows) over those the load needs; infinite
+/// without load.
+pub fn headroom(l: &GpuPoolLoad) -> f64 {
+    if l.needed_concurrency > 0.0 {
+        l.kv_sequences.min(l.max_seqs as f64) / l.needed_concurrency
+    } else {
+        f64::INFINITY
+    }
+}
+
 /// The GPU section of `factorysim check` (empty when there are no GPU pools).
 pub fn gpu_capacity_table(sc: &Scenario) -> String {
     let loads = gpu_pool_loads(sc);
@@ -151,15 +168,16 @@ pub fn gpu_capacity_table(sc: &Scenario) -> String {
         return String::new();
     }
     let mut s = String::from(
-        "\nGPU pools (solo TTFT/TPOT from the performance model; needed = rate x (TTFT + output x TPOT))\n",
+        "\nGPU pools (KV seqs at the mean context, max seqs = max_num_seqs x replicas; solo TTFT/TPOT from the performance model; needed = rate x (TTFT + output x TPOT); headroom = min(KV seqs, max seqs) / needed)\n",
     );
     let _ = writeln!(
         s,
-        "  {:<12} {:>8} {:>12} {:>12} {:>10} {:>14} {:>10} {:>9} {:>8} {:>10}",
+        "  {:<12} {:>8} {:>12} {:>10} {:>9} {:>10} {:>14} {:>10} {:>9} {:>8} {:>9}",
         "pool",
         "replicas",
         "KV tok/rep",
         "KV seqs",
+        "max seqs",
         "hops/s",
         "decode tok/s",
         "TTFT",
@@ -168,24 +186,44 @@ pub fn gpu_capacity_table(sc: &Scenario) -> String {
         "headroom"
     );
     for l in loads {
-        let headroom = if l.needed_concurrency > 0.0 {
-            l.kv_sequences / l.needed_concurrency
-        } else {
-            f64::INFINITY
-        };
+        if l.hop_rate_per_s <= 0.0 {
+            // No load: no mean context to size sequences or iterations by.
+            let _ = writeln!(
+                s,
+                "  {:<12} {:>8} {:>12} {:>10} {:>9} {:>10.3} {:>14} {:>11} {:>9} {:>8} {:>9}",
+                l.pool,
+                l.replicas,
+                l.kv_tokens_per_replica,
+                "-",
+                l.max_seqs,
+                0.0,
+                "-",
+                "-",
+                "-",
+                "-",
+                "-"
+            );
+            continue;
+        }
+        let headroom = headroom(&l);
         let _ = writeln!(
             s,
-            "  {:<12} {:>8} {:>12} {:>12.0} {:>10.3} {:>14.0} {:>9.0}ms {:>7.1}ms {:>8.1} {:>10}",
+            "  {:<12} {:>8} {:>12} {:>10.0} {:>9} {:>10.3} {:>14.0} {:>9.0}ms {:>7.1}ms {:>8.1} {:>9}",
             l.pool,
             l.replicas,
             l.kv_tokens_per_replica,
             l.kv_sequences,
+            l.max_seqs,
             l.hop_rate_per_s,
             l.decode_ceiling_tok_s,
             l.ttft_s * 1e3,
             l.tpot_s * 1e3,
             l.needed_concurrency,
-            headroom
+            if headroom.is_finite() {
+                format!("{headroom:.2}x")
+            } else {
+                "-".to_string()
+            }
         );
         let demand = l.hop_rate_per_s * l.mean_output;
         if demand > l.decode_ceiling_tok_s {
@@ -198,8 +236,18 @@ pub fn gpu_capacity_table(sc: &Scenario) -> String {
         if l.needed_concurrency > l.kv_sequences {
             let _ = writeln!(
                 s,
-                "warning: pool {} needs {:.0} sequences in flight but its KV cache holds about {:.0}: expect queueing and preemption",
+                "warning: pool {} needs {:.0} sequences in flight but its KV cache holds about {:.0} at the mean context: expect queueing and preemption",
                 l.pool, l.needed_concurrency, l.kv_sequences
+            );
+        }
+        if l.needed_concurrency > l.max_seqs as f64 {
+            let _ = writeln!(
+                s,
+                "warning: pool {} needs {:.0} sequences in flight but max_num_seqs lets {} run at once ({} per replica): expect queueing",
+                l.pool,
+                l.needed_concurrency,
+                l.max_seqs,
+                l.max_seqs / l.replicas.max(1) as u64
             );
         }
     }
@@ -244,8 +292,46 @@ output_tokens = { dist = "constant", value = 200 }
         // KV: Llama-3-8B keeps 131,072 bytes per token.
         let g = sc.pools[0].gpu.as_ref().expect("gpu pool");
         assert_eq!(l.kv_tokens_per_replica, g.kv_tokens);
-        assert!(l.kv_sequences > 100.0 && l.decode_ceiling_tok_s > 1000.0);
+        assert!(l.decode_ceiling_tok_s > 1000.0);
+        // KV sequences at the mean context, 1,000 + 200 / 2 = 1,100 tokens: one H100
+        // holds floor((round(79.6 GiB) x 0.9 - 16,059,990,016 B) / 131,072 B) =
+        // 464,346 tokens, so 2 x 464,346 / 1,100 = 844.27 sequences; not the
+        // max_num_seqs cap, 2 x 256 = 512, reported beside it.
+        assert_eq!(l.kv_tokens_per_replica, 464_346);
+        assert!(
+            (l.kv_sequences - 2.0 * 464_346.0 / 1_100.0).abs() < 1e-9,
+            "{}",
+            l.kv_sequences
+        );
+        assert_eq!(l.max_seqs, 512);
+        // The cap binds: headroom = 512 / needed.
+        assert!((headroom(l) - 512.0 / l.needed_concurrency).abs() < 1e-12);
         let text_out = gpu_capacity_table(&sc);
+        assert!(text_out.contains("       844       512 "), "{text_out}");
+        assert!(
+            text_out.contains(&format!("{:.2}x", headroom(l))),
+            "{text_out}"
+        );
+        assert!(!text_out.contains("warning"), "{text_out}");
+
+        // With max_num_seqs = 2 the cap (4) is below what the load needs while the KV
+        // cache still holds 844: the warning names the cap, not the cache.
+        let capped = text.replace(
+            r#"gpu = "h100-80gb" }"#,
+            r#"gpu = "h100-80gb", max_num_seqs = 2 }"#,
+        );
+        let sc = crate::parse_scenario("inline.toml", &capped, &[])
+            .unwrap_or_else(|e| panic!("{e}"))
+            .scenario;
+        let l = &gpu_pool_loads(&sc)[0];
+        assert_eq!(l.max_seqs, 4);
+        assert!(l.needed_concurrency > 4.0 && l.needed_concurrency < 844.0);
+        let out = gpu_capacity_table(&sc);
+        assert!(
+            out.contains("max_num_seqs lets 4 run at once (2 per replica)"),
+            "{out}"
+        );
+        assert!(!out.contains("KV cache holds"), "{out}");
         assert!(text_out.contains("h100") && text_out.contains("needed"));
         assert!(!text_out.contains("context limit"), "{text_out}");
     }

@@ -166,6 +166,33 @@ fn check_prints_offered_load_and_warns_when_unstable() {
 }
 
 #[test]
+fn check_prints_no_rho_for_gpu_pools_and_kv_seqs_beside_the_cap() {
+    let out = run_ok(&["check", "scenarios/gpu-pool.toml"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    // The generic pools table: GPU pools are timed by their replicas, as in `run`.
+    assert!(
+        text.contains("  a100        4  12.000             -    -"),
+        "{text}"
+    );
+    assert!(!text.contains("0s  0.000"), "{text}");
+    // KV sequences at the mean context (not capped) next to max_num_seqs x replicas,
+    // and a headroom with two decimals.
+    assert!(text.contains("KV seqs  max seqs"), "{text}");
+    let row = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("a100") && l.contains("ms"))
+        .unwrap_or_else(|| panic!("{text}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cols[4], "1024", "{row}");
+    let kv: f64 = cols[3].parse().unwrap_or_else(|_| panic!("{row}"));
+    assert!(kv > 1024.0, "{row}");
+    assert!(
+        cols[10].ends_with('x') && cols[10].split('.').nth(1).map(str::len) == Some(3),
+        "{row}"
+    );
+}
+
+#[test]
 fn check_prints_burke_theory_for_a_tandem() {
     // M/M/2 (rho 0.75) then M/M/3 (rho 0.7) at 1.5/s: Erlang C for both stations.
     let out = run_ok(&["check", "scenarios/tandem.toml"]);
