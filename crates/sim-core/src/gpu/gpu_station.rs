@@ -1082,10 +1082,13 @@ pub(crate) mod tests {
         st.with_discipline(d).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// Requests of up to 119 + 39 = 158 tokens (every generated cache and budget
+    /// holds 160), and one in 20 a huge one (3,000-6,000 prompt tokens) that no cache
+    /// holds, so that refusal stays exercised without crowding out service.
     fn arb_request() -> impl Strategy<Value = LlmRequest> {
         (
-            1u32..200,
-            1u32..50,
+            prop_oneof![19 => 1u32..120, 1 => HUGE_INPUT..2 * HUGE_INPUT],
+            1u32..40,
             0u64..3,
             0u32..200,
             prop::option::of((
@@ -1110,6 +1113,55 @@ pub(crate) mod tests {
             })
     }
 
+    /// Prompt tokens from which a generated request is huge: refused by every
+    /// generated configuration (the largest cache is 159 blocks of 16 = 2,544 tokens).
+    const HUGE_INPUT: u32 = 3000;
+    /// Tokens every generated KV cache, and every budget without chunked prefill,
+    /// holds: any request that is not huge fits.
+    const FITS: u32 = 160;
+
+    /// At least `FITS` tokens of cache in blocks of `bs`.
+    fn blocks_for(kv: u32, bs: u32) -> u32 {
+        kv.max(FITS.div_ceil(bs))
+    }
+
+    /// Whether a replica of `cfg` must refuse `r` (its KV cache, or without chunked
+    /// prefill its token budget, cannot hold input + output - 1 tokens).
+    fn must_refuse(cfg: &ReplicaConfig, r: &LlmRequest) -> bool {
+        let tokens = r.input_tokens.max(1) as u64 + r.output_tokens.max(1) as u64 - 1;
+        tokens.div_ceil(cfg.block_size as u64) > cfg.kv_capacity_blocks as u64
+            || (!cfg.chunked_prefill && tokens > cfg.max_batched_tokens as u64)
+    }
+
+    /// A request is refused exactly when it must be, only huge ones must, and every
+    /// request served was charged some service.
+    fn check_refusals(
+        run: &RunOut,
+        arrivals: &[(u64, LlmRequest)],
+        cfg: &ReplicaConfig,
+    ) -> Result<(), String> {
+        for d in &run.done {
+            let r = &arrivals[d.id.0 as usize].1;
+            let must = must_refuse(cfg, r);
+            if must != (r.input_tokens >= HUGE_INPUT) {
+                return Err(format!(
+                    "{:?}: the generator let a normal request not fit",
+                    d.id
+                ));
+            }
+            if d.refused.is_some() != must {
+                return Err(format!(
+                    "{:?} refused {:?}, must refuse {must}",
+                    d.id, d.refused
+                ));
+            }
+            if d.refused.is_none() && d.busy == SimDuration::ZERO {
+                return Err(format!("{:?} served with no service", d.id));
+            }
+        }
+        Ok(())
+    }
+
     fn arb_config() -> impl Strategy<Value = ReplicaConfig> {
         (
             6u32..160,
@@ -1123,15 +1175,47 @@ pub(crate) mod tests {
             .prop_map(
                 |(kv, bs, seqs, extra, watermark, chunked, prefix)| ReplicaConfig {
                     max_num_seqs: seqs,
-                    max_batched_tokens: seqs + extra,
+                    // Small budgets chunk long prompts; without chunking a prompt
+                    // must fit one iteration.
+                    max_batched_tokens: if chunked {
+                        seqs + extra
+                    } else {
+                        (seqs + extra).max(FITS)
+                    },
                     block_size: bs,
-                    kv_capacity_blocks: kv,
+                    kv_capacity_blocks: blocks_for(kv, bs),
                     watermark,
                     chunked_prefill: chunked,
                     prefix_caching: prefix,
                     decode_skipping: true,
                 },
             )
+    }
+
+    #[test]
+    fn generated_requests_mostly_fit() {
+        // Over 20,000 generated (config, request) pairs: about 1 in 20 is refused
+        // (the huge ones), never a normal one.
+        use proptest::strategy::ValueTree;
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        let (mut refused, mut huge, n) = (0u32, 0u32, 20_000u32);
+        for _ in 0..n {
+            let cfg = arb_config()
+                .new_tree(&mut runner)
+                .map(|t| t.current())
+                .unwrap_or_else(|e| panic!("{e}"));
+            let r = arb_request()
+                .new_tree(&mut runner)
+                .map(|t| t.current())
+                .unwrap_or_else(|e| panic!("{e}"));
+            let is_huge = r.input_tokens >= HUGE_INPUT;
+            assert_eq!(must_refuse(&cfg, &r), is_huge, "{cfg:?} {r:?}");
+            refused += must_refuse(&cfg, &r) as u32;
+            huge += is_huge as u32;
+        }
+        assert_eq!(refused, huge);
+        let share = refused as f64 / n as f64;
+        assert!((0.04..0.06).contains(&share), "refused share {share}");
     }
 
     fn arb_workload() -> impl Strategy<Value = (Vec<(u64, LlmRequest)>, u64, Vec<u64>)> {
@@ -1166,9 +1250,12 @@ pub(crate) mod tests {
         ) {
             let (d, metas) = ranked_setup(disc, meta_seed, &arrivals);
             let skip = drive_meta(&mut ordered(station(replicas, cfg.clone(), round_robin), d), &arrivals, &metas, measure, &reports, seeds.0);
-            let plain_cfg = ReplicaConfig { decode_skipping: false, ..cfg };
+            let plain_cfg = ReplicaConfig { decode_skipping: false, ..cfg.clone() };
             let plain = drive_meta(&mut ordered(station(replicas, plain_cfg, round_robin), d), &arrivals, &metas, measure, &reports, seeds.1);
             prop_assert_eq!(skip.done.len(), arrivals.len(), "every request finishes");
+            if let Err(e) = check_refusals(&skip, &arrivals, &cfg) {
+                prop_assert!(false, "{}", e);
+            }
             prop_assert_eq!(&skip.done, &plain.done);
             prop_assert_eq!(&skip.reports, &plain.reports);
             prop_assert_eq!(&skip.gaps, &plain.gaps, "the same inter-token gaps");
@@ -1196,9 +1283,9 @@ pub(crate) mod tests {
                 arrivals.into_iter().map(|(t, r)| (t * 1000, r)).collect();
             let cfg = ReplicaConfig {
                 max_num_seqs: seqs,
-                max_batched_tokens: seqs.max(48),
+                max_batched_tokens: seqs.max(if chunked { 48 } else { FITS }),
                 block_size: bs,
-                kv_capacity_blocks: kv,
+                kv_capacity_blocks: blocks_for(kv, bs),
                 watermark: 0.05,
                 chunked_prefill: chunked,
                 ..ReplicaConfig::defaults(kv)
@@ -1206,9 +1293,12 @@ pub(crate) mod tests {
             let reports = [measure * 1000 + 500, 30_000];
             let (d, metas) = ranked_setup(disc, meta_seed, &arrivals);
             let skip = drive_meta(&mut ordered(station(replicas, cfg.clone(), false), d), &arrivals, &metas, measure * 1000, &reports, seeds.0);
-            let plain_cfg = ReplicaConfig { decode_skipping: false, ..cfg };
+            let plain_cfg = ReplicaConfig { decode_skipping: false, ..cfg.clone() };
             let plain = drive_meta(&mut ordered(station(replicas, plain_cfg, false), d), &arrivals, &metas, measure * 1000, &reports, seeds.1);
             prop_assert_eq!(skip.done.len(), arrivals.len());
+            if let Err(e) = check_refusals(&skip, &arrivals, &cfg) {
+                prop_assert!(false, "{}", e);
+            }
             prop_assert_eq!(&skip.done, &plain.done);
             prop_assert_eq!(&skip.reports, &plain.reports);
             prop_assert_eq!(&skip.gaps, &plain.gaps, "the same inter-token gaps");
@@ -1233,14 +1323,17 @@ pub(crate) mod tests {
                 max_num_seqs: seqs,
                 max_batched_tokens: seqs.max(64),
                 block_size: bs,
-                kv_capacity_blocks: kv,
+                kv_capacity_blocks: blocks_for(kv, bs),
                 watermark: 0.0,
                 decode_skipping: skipping,
                 ..ReplicaConfig::defaults(kv)
             };
             let (d, metas) = ranked_setup(disc, meta_seed, &arrivals);
-            let run = drive_meta(&mut ordered(station(1, cfg, false), d), &arrivals, &metas, measure, &reports, 7);
+            let run = drive_meta(&mut ordered(station(1, cfg.clone(), false), d), &arrivals, &metas, measure, &reports, 7);
             prop_assert_eq!(run.done.len(), arrivals.len());
+            if let Err(e) = check_refusals(&run, &arrivals, &cfg) {
+                prop_assert!(false, "{}", e);
+            }
             if let Err(e) = check_gaps(&run, &arrivals) {
                 prop_assert!(false, "{}", e);
             }

@@ -1672,6 +1672,39 @@ mod tests {
     }
 
     #[test]
+    fn the_watermark_holds_a_request_that_would_otherwise_be_admitted() {
+        // 100 blocks of 4 tokens. A (300-token prompt, 75 blocks) starts alone at 0;
+        // B (64 tokens, 16 blocks) arrives during A's prefill. At the end of that
+        // iteration A's first decode token takes block 76: 24 blocks are free.
+        // Watermark 0.1 keeps 10 of them: room 14 < 16, so B waits, and keeps waiting
+        // as A grows (A ends holding ceil(349 / 4) = 88 blocks), until A finishes and
+        // the empty replica waives the watermark. Watermark 0.08 keeps 8: room 16,
+        // admitted, as with no watermark.
+        let case = |watermark| {
+            let cfg = ReplicaConfig {
+                block_size: 4,
+                watermark,
+                ..ReplicaConfig::defaults(100)
+            };
+            both_modes(cfg, &[(0, req(300, 50)), (1, req(64, 2))])
+        };
+        let pre_a = prefill(300, 1, 0);
+        let a_alone: u64 = pre_a + (1..=49).map(|j| decode(1, 300 + j)).sum::<u64>();
+        let (held, _) = case(0.1);
+        assert_eq!(held[0].finished, SimTime(a_alone), "A runs alone");
+        assert_eq!(held[1].started, held[0].finished, "B waits for A");
+        assert_eq!(held[1].queue_wait(), SimDuration(a_alone - 1));
+        for w in [0.08, 0.0] {
+            let (admitted, _) = case(w);
+            assert_eq!(admitted[1].started, SimTime(pre_a), "watermark {w}");
+            assert!(
+                admitted[0].finished > SimTime(a_alone),
+                "A now shares iterations"
+            );
+        }
+    }
+
+    #[test]
     fn oversized_requests_are_refused_as_failed_hops_not_stuck() {
         // 4 blocks of 4 tokens: 16 tokens of KV. A request needs input + output - 1
         // (the last token is never written): 10 + 8 - 1 = 17 is refused, 10 + 7 - 1 =
