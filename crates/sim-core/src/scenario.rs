@@ -297,8 +297,9 @@ pub struct GpuPoolSpec {
     pub prefix_caching: Option<bool>,
     #[serde(default)]
     pub decode_skipping: Option<bool>,
-    /// Replica load balancing: "least_outstanding_tokens" (default), "round_robin",
-    /// "prefix_affinity" or "kv_aware".
+    /// Replica load balancing: "least_outstanding_tokens" (default),
+    /// "least_outstanding_requests", "round_robin", "random" (stream
+    /// `pool/<name>/picker`), "prefix_affinity" or "kv_aware".
     #[serde(default)]
     pub picker: Option<String>,
 }
@@ -2479,9 +2480,11 @@ fn compile_gpu_pool(
         .picker
         .clone()
         .unwrap_or_else(|| "least_outstanding_tokens".into());
-    const PICKERS: [&str; 4] = [
+    const PICKERS: [&str; 6] = [
         "least_outstanding_tokens",
+        "least_outstanding_requests",
         "round_robin",
+        "random",
         "prefix_affinity",
         "kv_aware",
     ];

@@ -16,7 +16,9 @@
 
 use crate::event_queue::EventQueue;
 use crate::gpu::LlmRequest;
-use crate::gpu::gpu_station::{GpuPoolStation, RoundRobin, SpotConfig};
+use crate::gpu::gpu_station::{
+    GpuPoolStation, LeastOutstandingRequests, RandomPicker, RoundRobin, SpotConfig,
+};
 use crate::metrics::{
     Breakdown, ClassStats, HopRecord, HopSample, PoolStats, RunResult, ToolStats,
 };
@@ -574,12 +576,24 @@ impl<'a, 'o> Sim<'a, 'o> {
                         .and_then(|st| st.with_discipline(p.discipline))
                         .map(|st| st.with_context_limit(g.context_limit));
                     if let Ok(station) = station {
-                        let station = match factory.replica_picker(&g.picker) {
-                            Some(picker) => station.with_picker(picker),
-                            None if g.picker == "round_robin" => {
-                                station.with_picker(Box::new(RoundRobin::default()))
+                        // `random` draws from the pool's own stream, which only the
+                        // simulator can seed; the others come from the factory, with
+                        // sim-core's built-ins as the fallback.
+                        let station = if g.picker == "random" {
+                            station.with_picker(Box::new(RandomPicker::new(
+                                streams.stream(&format!("pool/{}/picker", p.name)),
+                            )))
+                        } else {
+                            match factory.replica_picker(&g.picker) {
+                                Some(picker) => station.with_picker(picker),
+                                None if g.picker == "round_robin" => {
+                                    station.with_picker(Box::new(RoundRobin::default()))
+                                }
+                                None if g.picker == "least_outstanding_requests" => {
+                                    station.with_picker(Box::new(LeastOutstandingRequests))
+                                }
+                                None => station,
                             }
-                            None => station,
                         };
                         return Box::new(station) as Box<dyn Station>;
                     }

@@ -1446,3 +1446,71 @@ fn the_models_context_limit_is_enforced() {
         Some(&r.classes[0].arrived)
     );
 }
+
+// ---------------------------------------------------------------------------------
+// The random replica picker draws from its own named stream.
+// ---------------------------------------------------------------------------------
+
+const RANDOM_PICKER: &str = r#"
+[simulation]
+seed = SEED
+horizon = "5m"
+warmup = "0s"
+drain = true
+[pools.gpu]
+servers = 4
+gpu = { model = "llama-3-8b", gpu = "h100-80gb", picker = "PICKER" }
+[classes.c]
+arrival = { process = "poisson", rate = 3.0 }
+[[classes.c.nodes]]
+id = "answer"
+pool = "gpu"
+input_tokens = { dist = "uniform", low = 100, high = 2000 }
+output_tokens = { dist = "uniform", low = 10, high = 300 }
+"#;
+
+fn per_replica_finished(seed: u64, picker: &str) -> (u64, Vec<u64>) {
+    let text = RANDOM_PICKER
+        .replace("SEED", &seed.to_string())
+        .replace("PICKER", picker);
+    let r = run(&scenario(&text), RunOptions::default());
+    let s = r.summary();
+    let llm = s.pools["gpu"].llm.clone().expect("gpu pool");
+    assert_eq!(llm.replicas.picker, picker.replace('_', "-"));
+    (
+        r.classes[0].arrived,
+        llm.replicas
+            .per_replica
+            .iter()
+            .map(|p| p.finished)
+            .collect(),
+    )
+}
+
+#[test]
+fn the_random_picker_draws_uniformly_from_the_pools_stream() {
+    use rand::RngExt;
+    for seed in [1u64, 2] {
+        let (n, finished) = per_replica_finished(seed, "random");
+        assert!(n > 800, "{n}");
+        // The hand computation: n draws of 0..4 from `pool/gpu/picker`.
+        let mut stream = sim_core::rng::StreamFactory::new(seed).stream("pool/gpu/picker");
+        let mut want = vec![0u64; 4];
+        for _ in 0..n {
+            want[stream.random_range(0..4usize)] += 1;
+        }
+        assert_eq!(finished, want, "seed {seed}");
+        // Binomial(n, 1/4) within 4 standard deviations.
+        let sd = (n as f64 * 0.25 * 0.75).sqrt();
+        for &c in &finished {
+            assert!((c as f64 - n as f64 / 4.0).abs() < 4.0 * sd, "{finished:?}");
+        }
+        // The same seed gives the same picks; round robin sees the same arrivals.
+        assert_eq!(per_replica_finished(seed, "random"), (n, finished));
+        assert_eq!(per_replica_finished(seed, "round_robin").0, n);
+    }
+    assert_ne!(
+        per_replica_finished(1, "random").1,
+        per_replica_finished(2, "random").1
+    );
+}

@@ -83,6 +83,51 @@ impl ReplicaPicker for LeastOutstandingTokens {
     }
 }
 
+/// The replica with the fewest requests on it (running + waiting); ties go to the
+/// lowest index. Counts requests, not their size (see [`LeastOutstandingTokens`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LeastOutstandingRequests;
+
+impl ReplicaPicker for LeastOutstandingRequests {
+    fn pick(&mut self, replicas: &[ReplicaView], _req: &LlmRequest) -> usize {
+        let load = |r: &ReplicaView| r.running as u64 + r.waiting as u64;
+        let mut best = 0;
+        for (i, r) in replicas.iter().enumerate() {
+            if load(r) < load(&replicas[best]) {
+                best = i;
+            }
+        }
+        best
+    }
+    fn name(&self) -> &str {
+        "least-outstanding-requests"
+    }
+}
+
+/// A replica drawn uniformly among those up, from the pool's own stream: the
+/// simulator seeds it with `pool/<name>/picker` from the scenario seed, so the draws
+/// are the same for the same seed and no other component's draws move.
+#[derive(Clone, Debug)]
+pub struct RandomPicker {
+    rng: crate::rng::SimRng,
+}
+
+impl RandomPicker {
+    pub fn new(rng: crate::rng::SimRng) -> Self {
+        RandomPicker { rng }
+    }
+}
+
+impl ReplicaPicker for RandomPicker {
+    fn pick(&mut self, replicas: &[ReplicaView], _req: &LlmRequest) -> usize {
+        use rand::RngExt;
+        self.rng.random_range(0..replicas.len().max(1))
+    }
+    fn name(&self) -> &str {
+        "random"
+    }
+}
+
 /// GPU figures of a pool over the measurement window.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct GpuPoolReport {
@@ -1411,6 +1456,88 @@ pub(crate) mod tests {
             .map(|_| rr.pick(&[v(0), v(0), v(0)], &llm(1, 1)))
             .collect();
         assert_eq!(picks, vec![0, 1, 2, 0]);
+    }
+
+    #[test]
+    fn least_outstanding_requests_counts_requests_not_tokens() {
+        let v = |running, waiting, tokens| ReplicaView {
+            running,
+            waiting,
+            outstanding_tokens: tokens,
+            ..ReplicaView::default()
+        };
+        // Requests 4, 2, 4, 2: replicas 1 and 3 tie, 1 is first; least outstanding
+        // tokens would take replica 2 (10 tokens).
+        let views = [v(3, 1, 900), v(2, 0, 5000), v(2, 2, 10), v(1, 1, 40)];
+        assert_eq!(LeastOutstandingRequests.pick(&views, &llm(1, 1)), 1);
+        assert_eq!(LeastOutstandingTokens.pick(&views, &llm(1, 1)), 2);
+        assert_eq!(
+            LeastOutstandingRequests.pick(&[v(1, 0, 0), v(0, 0, 99)], &llm(1, 1)),
+            1
+        );
+
+        // In a pool, at one instant: a large request and three small ones take the four
+        // empty replicas in turn; a fifth finds one request on each and goes to
+        // replica 0, whose request is 100 times larger (least outstanding tokens sends
+        // it to replica 1).
+        let on_replicas = |picker: Box<dyn ReplicaPicker>| {
+            let cfg = ReplicaConfig::new(1000).unwrap_or_else(|e| panic!("{e}"));
+            let mut st = station(4, cfg, false).with_picker(picker);
+            let mut out = StationOutput::default();
+            let reqs = [
+                llm(1000, 100),
+                llm(10, 1),
+                llm(10, 1),
+                llm(10, 1),
+                llm(10, 1),
+            ];
+            for (i, r) in reqs.into_iter().enumerate() {
+                let job = HopJob {
+                    id: JobId(i as u64),
+                    work: Work::Llm(Box::new(r)),
+                };
+                st.submit(SimTime(0), job, &mut out);
+            }
+            st.replicas()
+                .iter()
+                .map(|r| r.running_len() + r.waiting_len())
+                .collect::<Vec<u32>>()
+        };
+        assert_eq!(
+            on_replicas(Box::new(LeastOutstandingRequests)),
+            vec![2, 1, 1, 1]
+        );
+        assert_eq!(
+            on_replicas(Box::new(LeastOutstandingTokens)),
+            vec![1, 2, 1, 1]
+        );
+    }
+
+    #[test]
+    fn random_picks_are_the_streams_uniform_draws() {
+        use crate::rng::StreamFactory;
+        use rand::RngExt;
+        let views = [ReplicaView::default(); 4];
+        let stream = || StreamFactory::new(7).stream("pool/gpu/picker");
+        let mut p = RandomPicker::new(stream());
+        let mut draws = stream();
+        let n = 20_000;
+        let mut counts = [0u32; 4];
+        for _ in 0..n {
+            let i = p.pick(&views, &llm(1, 1));
+            assert_eq!(i, draws.random_range(0..4usize));
+            counts[i] += 1;
+        }
+        // Binomial(20,000, 1/4): mean 5,000, sd 61.2; within 4 sd.
+        for c in counts {
+            assert!(c.abs_diff(5_000) < 245, "{counts:?}");
+        }
+        // Another seed, other draws.
+        let mut q = RandomPicker::new(StreamFactory::new(8).stream("pool/gpu/picker"));
+        let mut r = RandomPicker::new(stream());
+        let a: Vec<usize> = (0..32).map(|_| q.pick(&views, &llm(1, 1))).collect();
+        let b: Vec<usize> = (0..32).map(|_| r.pick(&views, &llm(1, 1))).collect();
+        assert_ne!(a, b);
     }
 
     #[test]
