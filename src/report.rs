@@ -679,8 +679,16 @@ pub fn check_table(file: &str, sc: &Scenario) -> String {
     out.push('\n');
     let mut t = Table::new(&["pool", "servers", "hops/s", "mean service", "rho", ""]);
     let mut unstable = Vec::new();
-    for l in sc.offered_load() {
-        let flag = if l.rho >= 1.0 {
+    for (pi, l) in sc.offered_load().into_iter().enumerate() {
+        // GPU pools are timed by their replicas and API pools never queue: no mean
+        // service or rho from the scenario (as `run` prints `-` for their rho).
+        let no_rho = sc
+            .pools
+            .get(pi)
+            .is_some_and(|p| p.gpu.is_some() || p.api.is_some());
+        let flag = if no_rho {
+            String::new()
+        } else if l.rho >= 1.0 {
             unstable.push(l.pool.clone());
             "UNSTABLE (rho >= 1)".to_string()
         } else if l.rho >= 0.9 {
@@ -696,8 +704,16 @@ pub fn check_table(file: &str, sc: &Scenario) -> String {
                 l.servers.to_string()
             },
             format!("{:.3}", l.hop_rate_per_s),
-            fmt_secs(Some(l.mean_service_s)),
-            format!("{:.3}", l.rho),
+            if no_rho {
+                "-".to_string()
+            } else {
+                fmt_secs(Some(l.mean_service_s))
+            },
+            if no_rho {
+                "-".to_string()
+            } else {
+                format!("{:.3}", l.rho)
+            },
             flag,
         ]);
     }

@@ -231,13 +231,16 @@ fn expected_prefix_hits(requests: impl Iterator<Item = (u64, Vec<u64>)>) -> u64 
 fn mooncake_hash_ids_give_the_expected_prefix_cache_hits() {
     // The first two minutes of Mooncake requests (over 300), 1000x slower than recorded so that each finishes
     // before the next arrives, on one replica whose KV cache holds everything (an H200
-    // with its memory raised in the scenario).
+    // with its memory raised in the scenario, and the model's context limit raised to
+    // let Mooncake's long prompts in).
     let text = r#"
 [simulation]
 horizon = "400h"
 drain = true
 [profiles.gpus.h200]
 memory_gib = 4000.0
+[profiles.models.llama-3-8b]
+context_limit = 1048576
 [pools.gpu]
 servers = 1
 gpu = { model = "llama-3-8b", gpu = "h200", perf = "roofline" }

@@ -171,6 +171,33 @@ fn check_prints_offered_load_and_warns_when_unstable() {
 }
 
 #[test]
+fn check_prints_no_rho_for_gpu_pools_and_kv_seqs_beside_the_cap() {
+    let out = run_ok(&["check", "scenarios/gpu-pool.toml"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    // The generic pools table: GPU pools are timed by their replicas, as in `run`.
+    assert!(
+        text.contains("  a100        4  12.000             -    -"),
+        "{text}"
+    );
+    assert!(!text.contains("0s  0.000"), "{text}");
+    // KV sequences at the mean context (not capped) next to max_num_seqs x replicas,
+    // and a headroom with two decimals.
+    assert!(text.contains("KV seqs  max seqs"), "{text}");
+    let row = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("a100") && l.contains("ms"))
+        .unwrap_or_else(|| panic!("{text}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cols[4], "1024", "{row}");
+    let kv: f64 = cols[3].parse().unwrap_or_else(|_| panic!("{row}"));
+    assert!(kv > 1024.0, "{row}");
+    assert!(
+        cols[10].ends_with('x') && cols[10].split('.').nth(1).map(str::len) == Some(3),
+        "{row}"
+    );
+}
+
+#[test]
 fn check_prints_burke_theory_for_a_tandem() {
     // M/M/2 (rho 0.75) then M/M/3 (rho 0.7) at 1.5/s: Erlang C for both stations.
     let out = run_ok(&["check", "scenarios/tandem.toml"]);
@@ -665,6 +692,40 @@ fn quickstart(extra: &[&str]) -> (tempfile::TempDir, String) {
     let out = run_ok(&args);
     let stdout = String::from_utf8_lossy(&out.stdout).replace(&d, "OUT");
     (dir, stdout)
+}
+
+#[test]
+fn a_tensor_parallel_degree_that_does_not_split_the_heads_is_an_input_error() {
+    let check = |tp: &str| {
+        bin()
+            .args([
+                "check",
+                "scenarios/gpu-pool.toml",
+                "--set",
+                &format!("pools.a100.gpu.tp={tp}"),
+            ])
+            .current_dir(root())
+            .output()
+            .expect("spawn")
+    };
+    // Llama-3-8B has 32 attention heads: tp 3 does not divide them.
+    let out = check("3");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("pools.a100.gpu.tp")
+            && err.contains("32 attention heads")
+            && err.contains("expected one of 1, 2, 4, 8, 16, 32"),
+        "{err}"
+    );
+    // tp 2 splits both the 32 heads and the 8 KV heads.
+    let out = check("2");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Snapshots of the quickstart's table and summary.json (tests/snapshots/). When a model

@@ -7,11 +7,13 @@
 //! | queue discipline | `pools.X.discipline` | [`Fifo`](sim_core::policy::Fifo), [`StrictPriority`], [`WeightedFair`], [`EarliestDeadline`] |
 //! | tier routing | `[routing] policy` | [`FirstAvailable`], [`CostAware`], [`LeastLoaded`] (within the chain `[[routing.rules]]` chose: `Scenario::tier_chain`) |
 //! | autoscaling | `pools.X.autoscale` | [`ReactiveAutoscaler`] (queue depth, tokens in flight, p99 TTFT; pre-warming) |
-//! | replica load balancing | `pools.X.gpu.picker` | round robin, least outstanding tokens (sim-core), [`PrefixAffinity`], [`KvAware`] |
+//! | replica load balancing | `pools.X.gpu.picker` | round robin, random, least outstanding tokens or requests (sim-core), [`PrefixAffinity`], [`KvAware`] |
 
 use sim_core::SimTime;
 use sim_core::gpu::LlmRequest;
-use sim_core::gpu::gpu_station::{LeastOutstandingTokens, ReplicaPicker, ReplicaView, RoundRobin};
+use sim_core::gpu::gpu_station::{
+    LeastOutstandingRequests, LeastOutstandingTokens, ReplicaPicker, ReplicaView, RoundRobin,
+};
 use sim_core::policy::{
     AutoscaleSpec, Autoscaler, DisciplineSpec, Fifo, JobMeta, PolicyFactory, PoolView,
     QueueDiscipline, RouteRequest, RoutingSpec, ScaleObservation, TierRouter,
@@ -342,6 +344,8 @@ impl PolicyFactory for Standard {
             "kv_aware" => Some(Box::new(KvAware)),
             "round_robin" => Some(Box::new(RoundRobin::default())),
             "least_outstanding_tokens" => Some(Box::new(LeastOutstandingTokens)),
+            "least_outstanding_requests" => Some(Box::new(LeastOutstandingRequests)),
+            // "random" is seeded from the scenario by the simulator itself.
             _ => None,
         }
     }

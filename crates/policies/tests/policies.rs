@@ -1,7 +1,9 @@
 //! Each policy, run inside the simulator, does what it says, with a check that would
 //! fail if it did not.
 
-use policies::Standard;
+use policies::{KvAware, Standard};
+use sim_core::gpu::LlmRequest;
+use sim_core::gpu::gpu_station::{LeastOutstandingTokens, ReplicaPicker, ReplicaView, RoundRobin};
 use sim_core::metrics::{HopRecord, RunResult};
 use sim_core::{RunOptions, Scenario, ScenarioSpec};
 use std::collections::BTreeMap;
@@ -662,7 +664,95 @@ shared_prefix_tokens = 3000
         affinity > least + 0.05,
         "affinity {affinity:.3} vs least-outstanding {least:.3}"
     );
-    assert!(kv > 0.0 && least > 0.0);
+    assert!(
+        affinity > kv + 0.05,
+        "affinity {affinity:.3} vs kv-aware {kv:.3}"
+    );
+}
+
+fn view(used: u64, capacity: u32, outstanding: u64) -> ReplicaView {
+    ReplicaView {
+        outstanding_tokens: outstanding,
+        kv_used_blocks: used,
+        kv_capacity_blocks: capacity,
+        ..ReplicaView::default()
+    }
+}
+
+fn request() -> LlmRequest {
+    LlmRequest {
+        input_tokens: 100,
+        output_tokens: 10,
+        shared_prefix_tokens: 0,
+        prefix_group: 0,
+        block_hashes: None,
+        hash_block_tokens: 0,
+        itl_group: None,
+    }
+}
+
+#[test]
+fn kv_aware_picks_the_smallest_kv_share_then_fewer_outstanding_tokens() {
+    // KV shares 0.5, 0.75, 0.25, 0.25, 0.5: replicas 2 and 3 tie at a quarter, and 2
+    // has fewer outstanding tokens (100 vs 500). Not replica 4 (fewest blocks used, 5,
+    // but half its cache), nor 1 or 4 (no outstanding tokens).
+    let views = [
+        view(50, 100, 10),
+        view(30, 40, 0),
+        view(20, 80, 100),
+        view(10, 40, 500),
+        view(5, 10, 0),
+    ];
+    assert_eq!(KvAware.pick(&views, &request()), 2);
+    assert_eq!(LeastOutstandingTokens.pick(&views, &request()), 1);
+    // A full tie goes to the lowest index; an empty cache beats any use.
+    assert_eq!(
+        KvAware.pick(&[view(8, 16, 3), view(8, 16, 3)], &request()),
+        0
+    );
+    assert_eq!(
+        KvAware.pick(&[view(1, 1000, 0), view(0, 10, 900)], &request()),
+        1
+    );
+}
+
+#[test]
+fn round_robin_takes_replicas_in_turn_whatever_their_load() {
+    let mut rr = RoundRobin::default();
+    let views = [view(0, 10, 0), view(9, 10, 5000), view(0, 10, 0)];
+    let picks: Vec<usize> = (0..7).map(|_| rr.pick(&views, &request())).collect();
+    assert_eq!(picks, vec![0, 1, 2, 0, 1, 2, 0]);
+
+    // In the simulator: the n-th request (from 0) goes to replica n mod 3, so replica
+    // i serves (N + 2 - i) / 3 of N requests, the busy one as many as the idle ones.
+    let text = r#"
+[simulation]
+horizon = "5m"
+warmup = "0s"
+drain = true
+[pools.gpu]
+servers = 3
+gpu = { model = "llama-3-8b", gpu = "h100-80gb", picker = "round_robin" }
+[classes.c]
+arrival = { process = "poisson", rate = 2.0 }
+[[classes.c.nodes]]
+id = "answer"
+pool = "gpu"
+input_tokens = { dist = "empirical", values = [50, 4000] }
+output_tokens = { dist = "empirical", values = [5, 400] }
+"#;
+    let (r, _) = run_logged(text);
+    let n = r.classes[0].arrived;
+    assert!(n > 400, "{n}");
+    let s = r.summary();
+    let per = &s.pools["gpu"]
+        .llm
+        .as_ref()
+        .expect("gpu pool")
+        .replicas
+        .per_replica;
+    let finished: Vec<u64> = per.iter().map(|p| p.finished).collect();
+    assert_eq!(finished, vec![n.div_ceil(3), (n + 1) / 3, n / 3]);
 }
 
 // --- Admission and backpressure: token watermarks, shedding, degrading, tenant

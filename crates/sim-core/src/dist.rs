@@ -35,6 +35,9 @@ impl<'de> Deserialize<'de> for Num {
 /// z such that Phi(z) = 0.99, for lognormals quoted as (median, p99).
 const Z99: f64 = 2.326_347_874_040_841;
 
+/// z such that Phi(z) = 0.999, for [`Sampler::high`].
+const Z999: f64 = 3.090_232_306_167_813;
+
 /// A distribution as written in a scenario: `{ dist = "exponential", mean = "100ms" }`.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(tag = "dist", rename_all = "snake_case", deny_unknown_fields)]
@@ -65,7 +68,8 @@ pub enum Sampler {
     Exponential(Exp<f64>, f64),
     Normal(Normal<f64>, f64),
     LogNormal(LogNormal<f64>, f64),
-    Gamma(Gamma<f64>, f64),
+    /// (distribution, mean, shape).
+    Gamma(Gamma<f64>, f64, f64),
     Empirical(Vec<f64>, f64),
 }
 
@@ -126,7 +130,7 @@ impl DistSpec {
                 let cv = positive("cv", *cv)?;
                 let shape = 1.0 / (cv * cv);
                 let g = Gamma::new(shape, m / shape).map_err(|e| e.to_string())?;
-                Sampler::Gamma(g, m)
+                Sampler::Gamma(g, m, shape)
             }
             DistSpec::Empirical { values } => {
                 if values.is_empty() {
@@ -163,7 +167,7 @@ impl Sampler {
                 0.0
             }
             Sampler::LogNormal(d, _) => d.sample(rng),
-            Sampler::Gamma(d, _) => d.sample(rng),
+            Sampler::Gamma(d, ..) => d.sample(rng),
             Sampler::Empirical(v, _) => v[rng.random_range(0..v.len())],
         }
     }
@@ -219,8 +223,28 @@ impl Sampler {
             Sampler::Exponential(_, m)
             | Sampler::Normal(_, m)
             | Sampler::LogNormal(_, m)
-            | Sampler::Gamma(_, m)
+            | Sampler::Gamma(_, m, _)
             | Sampler::Empirical(_, m) => *m,
+        }
+    }
+
+    /// The largest value a draw can take (constant, uniform, empirical), or about the
+    /// 99.9th percentile of an unbounded distribution (exponential: mean x ln 1000;
+    /// normal: mean + 3.09 std, before truncation; lognormal: exactly; gamma: the
+    /// Wilson-Hilferty approximation). What `check` compares with hard limits such as
+    /// a model's context length.
+    pub fn high(&self) -> f64 {
+        match self {
+            Sampler::Constant(v) => *v,
+            Sampler::Uniform(_, hi) => *hi,
+            Sampler::Empirical(v, _) => v.iter().copied().fold(0.0, f64::max),
+            Sampler::Exponential(_, m) => m * 1000f64.ln(),
+            Sampler::Normal(d, _) => d.from_zscore(Z999).max(0.0),
+            Sampler::LogNormal(d, _) => d.from_zscore(Z999),
+            Sampler::Gamma(_, m, k) => {
+                let c = 1.0 / (9.0 * k);
+                (m * (1.0 - c + Z999 * c.sqrt()).max(0.0).powi(3)).max(0.0)
+            }
         }
     }
 
@@ -314,6 +338,42 @@ mod tests {
         v.sort_by(f64::total_cmp);
         assert!((v[50_000] - 0.2).abs() < 0.01, "median {}", v[50_000]);
         assert!((v[99_000] - 2.0).abs() < 0.15, "p99 {}", v[99_000]);
+    }
+
+    #[test]
+    fn high_is_the_maximum_or_the_999th_percentile() {
+        let exact = [
+            (r#"{ dist = "constant", value = 7 }"#, 7.0),
+            (r#"{ dist = "uniform", low = 1, high = 3 }"#, 3.0),
+            (r#"{ dist = "empirical", values = [5, 9, 2] }"#, 9.0),
+            // 100 x ln 1000
+            (
+                r#"{ dist = "exponential", mean = 100 }"#,
+                690.775_527_898_213_7,
+            ),
+        ];
+        for (text, want) in exact {
+            let h = parse(text).sampler().unwrap().high();
+            assert!((h - want).abs() < 1e-9, "{text}: {h} vs {want}");
+        }
+        // Unbounded: within 3% of the sampled 99.9th percentile.
+        for text in [
+            r#"{ dist = "exponential", mean = 100 }"#,
+            r#"{ dist = "normal", mean = 1000, std = 200 }"#,
+            r#"{ dist = "lognormal", median = 600, p99 = 3000 }"#,
+            r#"{ dist = "gamma", mean = 500, cv = 0.8 }"#,
+        ] {
+            let s = parse(text).sampler().unwrap();
+            let mut rng = StreamFactory::new(3).stream(text);
+            let mut v: Vec<f64> = (0..400_000).map(|_| s.sample(&mut rng)).collect();
+            v.sort_by(f64::total_cmp);
+            let q = v[399_600];
+            assert!(
+                (s.high() / q - 1.0).abs() < 0.03,
+                "{text}: high {} vs sampled p99.9 {q}",
+                s.high()
+            );
+        }
     }
 
     #[test]

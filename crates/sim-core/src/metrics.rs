@@ -253,6 +253,11 @@ pub struct PoolStats {
     /// API dollars of calls of warm-up workflows submitted in the window (part of
     /// `usd_api`, not of any measured workflow).
     pub usd_api_warmup: f64,
+    /// LLM hops refused as never servable (too large for a replica's KV cache or token
+    /// budget, over the model's context limit): failed, their workflow with them.
+    pub too_large: u64,
+    /// `too_large` by cause: kv_cache, token_budget, context_limit, no_replica.
+    pub too_large_by_cause: BTreeMap<&'static str, u64>,
 }
 
 impl Default for PoolStats {
@@ -288,6 +293,8 @@ impl PoolStats {
             usd_warmup_in_window: 0.0,
             usd_warmup_submitted: 0.0,
             usd_api_warmup: 0.0,
+            too_large: 0,
+            too_large_by_cause: BTreeMap::new(),
         }
     }
 
@@ -638,6 +645,12 @@ impl RunResult {
                     peak_tokens_in_flight: s.peak_tokens_in_flight,
                     breaker_opens: s.breaker_opens,
                     errors: s.errors,
+                    too_large: s.too_large,
+                    too_large_by_cause: s
+                        .too_large_by_cause
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), *v))
+                        .collect(),
                     usd_api: s.usd_api,
                     usd_api_split: s.usd_api_split,
                     llm: self.gpu_reports.get(i).cloned().flatten().map(|g| {
@@ -704,7 +717,42 @@ impl RunResult {
             usd_api_split.add(&p.usd_api_split);
         }
         let tenants = tenant_summaries(&self.classes);
-        let (breakdown, warnings) = self.breakdown_summary();
+        let (breakdown, mut warnings) = self.breakdown_summary();
+        for (name, p) in &pools {
+            if p.too_large > 0 {
+                let by: Vec<String> = p
+                    .too_large_by_cause
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect();
+                let mut fixes = Vec::new();
+                for (cause, fix) in [
+                    (
+                        "context_limit",
+                        "cap the nodes' tokens or serve a model with a longer context",
+                    ),
+                    (
+                        "kv_cache",
+                        "give the replicas a larger KV cache (memory_utilization, tp, a larger GPU)",
+                    ),
+                    (
+                        "token_budget",
+                        "turn on chunked_prefill or raise max_batched_tokens",
+                    ),
+                ] {
+                    if p.too_large_by_cause.contains_key(cause) {
+                        fixes.push(fix);
+                    }
+                }
+                warnings.push(format!(
+                    "pool {name}: {} requests could never be served ({}) and failed their workflows{}{}",
+                    p.too_large,
+                    by.join(", "),
+                    if fixes.is_empty() { "" } else { ": " },
+                    fixes.join("; ")
+                ));
+            }
+        }
         Summary {
             schema_version: 1,
             seed: self.seed,
@@ -990,6 +1038,12 @@ pub struct PoolSummary {
     pub usd_api: f64,
     /// Calls that came back with an error (pool `error_rate`), retried or failed.
     pub errors: u64,
+    /// LLM hops refused as never servable (too large for a replica's KV cache or, with
+    /// chunked prefill off, its token budget; over the model's context limit): each
+    /// failed its workflow.
+    pub too_large: u64,
+    /// `too_large` by cause: kv_cache, token_budget, context_limit, no_replica.
+    pub too_large_by_cause: BTreeMap<String, u64>,
     /// `usd_api` split by token kind (input, cached input, output).
     pub usd_api_split: ApiUsdSplit,
 }

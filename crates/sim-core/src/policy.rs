@@ -277,7 +277,8 @@ pub trait PolicyFactory: Sync {
     /// instead of silently running something else).
     fn supports(&self, spec: DisciplineSpec) -> bool;
     /// A GPU pool's replica picker by name; `None` leaves the pool to sim-core's
-    /// built-in pickers (least outstanding tokens, round robin).
+    /// built-in pickers (least outstanding tokens or requests, round robin). `random`
+    /// never reaches the factory: the simulator seeds it from the scenario.
     fn replica_picker(
         &self,
         _name: &str,

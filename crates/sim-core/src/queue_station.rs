@@ -212,6 +212,7 @@ impl Station for QueueStation {
                 } else {
                     self.api_timings.remove(&done.id)
                 },
+                refused: None,
             });
             self.free_slots.push(slot as u32);
             self.in_service -= 1;

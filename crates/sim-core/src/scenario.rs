@@ -301,8 +301,9 @@ pub struct GpuPoolSpec {
     pub prefix_caching: Option<bool>,
     #[serde(default)]
     pub decode_skipping: Option<bool>,
-    /// Replica load balancing: "least_outstanding_tokens" (default), "round_robin",
-    /// "prefix_affinity" or "kv_aware".
+    /// Replica load balancing: "least_outstanding_tokens" (default),
+    /// "least_outstanding_requests", "round_robin", "random" (stream
+    /// `pool/<name>/picker`), "prefix_affinity" or "kv_aware".
     #[serde(default)]
     pub picker: Option<String>,
 }
@@ -906,6 +907,8 @@ pub struct GpuPool {
     pub picker: String,
     /// KV capacity of one replica, tokens.
     pub kv_tokens: u64,
+    /// The model's context limit: most prompt + output tokens of one request.
+    pub context_limit: u32,
 }
 
 impl GpuPool {
@@ -2600,6 +2603,9 @@ fn compile_gpu_pool(
             format!("expected a tensor-parallel degree from 1 to 64, got {tp}"),
         ));
     }
+    model
+        .check_tp(tp)
+        .map_err(|m| err(format!("{key}.gpu.tp"), m))?;
     let mem = g.memory_utilization.unwrap_or(0.9);
     if !(mem > 0.0 && mem <= 1.0) {
         return Err(err(
@@ -2637,9 +2643,11 @@ fn compile_gpu_pool(
         .picker
         .clone()
         .unwrap_or_else(|| "least_outstanding_tokens".into());
-    const PICKERS: [&str; 4] = [
+    const PICKERS: [&str; 6] = [
         "least_outstanding_tokens",
+        "least_outstanding_requests",
         "round_robin",
+        "random",
         "prefix_affinity",
         "kv_aware",
     ];
@@ -2660,6 +2668,7 @@ fn compile_gpu_pool(
         perf,
         picker,
         kv_tokens,
+        context_limit: model.context_limit,
     })
 }
 

@@ -16,7 +16,9 @@
 
 use crate::event_queue::EventQueue;
 use crate::gpu::LlmRequest;
-use crate::gpu::gpu_station::{GpuPoolStation, RoundRobin, SpotConfig};
+use crate::gpu::gpu_station::{
+    GpuPoolStation, LeastOutstandingRequests, RandomPicker, RoundRobin, SpotConfig,
+};
 use crate::metrics::{
     Breakdown, ClassStats, HopRecord, HopSample, PoolStats, RunResult, ToolStats,
 };
@@ -27,7 +29,7 @@ use crate::policy::{
 use crate::queue_station::QueueStation;
 use crate::rng::{SimRng, StreamFactory, WorkflowRng, workflow_stream};
 use crate::scenario::{AdmissionAction, Arrival, OnPreempt, RateLimit, Scenario, WorkflowClass};
-use crate::station::{ApiCall, HopDone, HopJob, JobId, Station, StationOutput, Work};
+use crate::station::{ApiCall, HopDone, HopJob, JobId, Refused, Station, StationOutput, Work};
 use crate::time::{SimDuration, SimTime};
 use crate::workflow::NodeKind;
 use rand::RngExt;
@@ -579,14 +581,28 @@ impl<'a, 'o> Sim<'a, 'o> {
                         }),
                         (st, _) => st,
                     };
-                    let station = station.and_then(|st| st.with_discipline(p.discipline));
+                    let station = station
+                        .and_then(|st| st.with_discipline(p.discipline))
+                        .map(|st| st.with_context_limit(g.context_limit));
                     if let Ok(station) = station {
-                        let station = match factory.replica_picker(&g.picker) {
-                            Some(picker) => station.with_picker(picker),
-                            None if g.picker == "round_robin" => {
-                                station.with_picker(Box::new(RoundRobin::default()))
+                        // `random` draws from the pool's own stream, which only the
+                        // simulator can seed; the others come from the factory, with
+                        // sim-core's built-ins as the fallback.
+                        let station = if g.picker == "random" {
+                            station.with_picker(Box::new(RandomPicker::new(
+                                streams.stream(&format!("pool/{}/picker", p.name)),
+                            )))
+                        } else {
+                            match factory.replica_picker(&g.picker) {
+                                Some(picker) => station.with_picker(picker),
+                                None if g.picker == "round_robin" => {
+                                    station.with_picker(Box::new(RoundRobin::default()))
+                                }
+                                None if g.picker == "least_outstanding_requests" => {
+                                    station.with_picker(Box::new(LeastOutstandingRequests))
+                                }
+                                None => station,
                             }
-                            None => station,
                         };
                         return Box::new(station) as Box<dyn Station>;
                     }
@@ -2861,6 +2877,10 @@ impl<'a, 'o> Sim<'a, 'o> {
             return;
         };
         self.free_hops.push(hop_slot as u32);
+        if let Some(refused) = done.refused {
+            self.on_hop_refused(&hop, &done, refused);
+            return;
+        }
         self.hop_left_pool(&hop, &done);
         self.release_admission_tokens(&hop);
         let in_window = PoolStats::in_window_usd(&done, self.warmup);
@@ -3145,6 +3165,44 @@ impl<'a, 'o> Sim<'a, 'o> {
                 self.node_finished(slot, node, hop.branch, ctx);
             }
         }
+    }
+
+    /// A hop its GPU pool can never serve (too large for a replica's KV cache or token
+    /// budget, over the model's context limit): it failed without service or cost.
+    /// Not retried (it would be refused again) and no breaker failure (the request is
+    /// at fault, not the pool): its workflow fails with the cause naming the pool.
+    fn on_hop_refused(&mut self, hop: &Hop, done: &HopDone, refused: Refused) {
+        let pool = hop.station as usize;
+        if let Some(t) = self.pool_tokens.get_mut(pool) {
+            *t = t.saturating_sub(hop.input_tokens + hop.output_tokens);
+            self.door_may_open(pool);
+        }
+        self.release_admission_tokens(hop);
+        if done.submitted >= self.warmup
+            && let Some(ps) = self.pool_stats.get_mut(pool)
+        {
+            ps.too_large += 1;
+            *ps.too_large_by_cause.entry(refused.key()).or_insert(0) += 1;
+        }
+        let slot = hop.slot;
+        let wf = &mut self.workflows[slot as usize];
+        if !wf.active || wf.id != hop.wf_id {
+            return;
+        }
+        wf.outstanding -= 1;
+        let stale =
+            wf.outcome.is_some() || hop.timed_out || wf.nodes[hop.node as usize].epoch != hop.epoch;
+        if stale {
+            self.maybe_release(slot);
+            return;
+        }
+        let name = self
+            .sc
+            .pools
+            .get(pool)
+            .map_or("?", |p| p.name.as_str())
+            .to_string();
+        self.finish_workflow(slot, Outcome::Failed, &refused.cause(&name));
     }
 
     /// A model hop left its pool (finished or lost): its tokens no longer count in

@@ -49,6 +49,55 @@ pub struct HopDone {
     pub usd: f64,
     /// TTFT/TPOT and cache figures, for LLM hops.
     pub llm: Option<crate::gpu::LlmTimings>,
+    /// Set when the station refused the hop because it can never serve it (too large
+    /// for a replica): finished at once, unserved, and the hop has failed.
+    pub refused: Option<Refused>,
+}
+
+/// Why a GPU pool refused a request it can never serve. Such a hop comes back at once
+/// with no service and no cost, and its workflow fails (see `sim.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// Prompt + output need more KV blocks than one replica has.
+    KvCache {
+        /// KV cache of one replica, tokens (blocks x block size).
+        capacity_tokens: u64,
+    },
+    /// Chunked prefill is off and the prompt (or a recomputed prompt plus its output)
+    /// exceeds the iteration token budget.
+    TokenBudget { budget: u32 },
+    /// Prompt + output exceed the model's context limit.
+    ContextLimit { limit: u32 },
+    /// The pool has no replica at all.
+    NoReplica,
+}
+
+impl Refused {
+    /// The key of `pools.<name>.too_large_by_cause` in summary.json.
+    pub fn key(&self) -> &'static str {
+        match self {
+            Refused::KvCache { .. } => "kv_cache",
+            Refused::TokenBudget { .. } => "token_budget",
+            Refused::ContextLimit { .. } => "context_limit",
+            Refused::NoReplica => "no_replica",
+        }
+    }
+
+    /// The failure cause of the workflow (`failed_by_cause`), naming the pool.
+    pub fn cause(&self, pool: &str) -> String {
+        match self {
+            Refused::KvCache { capacity_tokens } => format!(
+                "request larger than KV cache of {pool} ({capacity_tokens} tokens per replica)"
+            ),
+            Refused::TokenBudget { budget } => format!(
+                "request larger than token budget of {pool} ({budget} tokens, chunked prefill off)"
+            ),
+            Refused::ContextLimit { limit } => {
+                format!("request over context limit of {pool} ({limit} tokens)")
+            }
+            Refused::NoReplica => format!("no replica in {pool}"),
+        }
+    }
 }
 
 impl HopDone {

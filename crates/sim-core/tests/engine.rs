@@ -1630,4 +1630,197 @@ hops = [{{ pool = "p" }}]
             .unwrap_or_else(|| panic!("{gap} {extra} accepted"));
         assert_eq!(e.key, key, "{e}");
     }
+// ---------------------------------------------------------------------------------
+// Requests a GPU pool can never serve fail their workflow (never a free success).
+// ---------------------------------------------------------------------------------
+
+/// One Llama-3-8B replica on an A100 40GB (KV cache 172,384 tokens at 0.9: (0.9 x 40
+/// GiB - 16,059,990,016 B of weights) / 131,072 B per token), one class of one hop.
+fn too_large_scenario(profiles: &str, input: &str, output: u64) -> String {
+    format!(
+        r#"
+[simulation]
+seed = 5
+horizon = "2m"
+warmup = "0s"
+drain = true
+[pools.a100]
+servers = 1
+gpu = {{ model = "llama-3-8b", gpu = "a100-40gb" }}
+{profiles}
+[classes.c]
+arrival = {{ process = "poisson", rate = 0.5 }}
+[[classes.c.nodes]]
+id = "answer"
+pool = "a100"
+input_tokens = {input}
+output_tokens = {{ dist = "constant", value = {output} }}
+"#
+    )
+}
+
+#[test]
+fn a_request_larger_than_the_kv_cache_fails_its_workflow() {
+    // Context limit raised so that the KV cache is what refuses a 600k-token prompt.
+    let text = too_large_scenario(
+        "[profiles.models.llama-3-8b]\ncontext_limit = 1048576",
+        r#"{ dist = "constant", value = 600000 }"#,
+        100,
+    );
+    let sc = scenario(&text);
+    let g = sc.pools[0].gpu.as_ref().expect("gpu pool");
+    assert_eq!(g.kv_tokens, 172_384);
+    let r = run(&sc, RunOptions::default());
+    let c = &r.classes[0];
+    assert!(c.arrived > 30, "{}", c.arrived);
+    assert_eq!(c.completed, 0, "a 600k-token prompt cannot be served");
+    assert_eq!(c.failed, c.arrived);
+    let cause = "request larger than KV cache of a100 (172384 tokens per replica)";
+    assert_eq!(
+        c.failed_by_cause.get(cause),
+        Some(&c.arrived),
+        "{:?}",
+        c.failed_by_cause
+    );
+    let s = r.summary();
+    let p = &s.pools["a100"];
+    assert_eq!(p.too_large, c.arrived);
+    assert_eq!(p.too_large_by_cause.get("kv_cache"), Some(&c.arrived));
+    // Never served: no hop recorded, nothing charged to the workflows.
+    assert_eq!(p.hops, 0);
+    assert_eq!(s.classes["c"].usd_waste.failed, 0.0);
+    assert_eq!(p.llm.as_ref().map(|l| l.replicas.rejected), Some(c.arrived));
+    assert!(
+        s.warnings
+            .iter()
+            .any(|w| w.contains("pool a100") && w.contains("kv_cache")),
+        "{:?}",
+        s.warnings
+    );
+
+    // Mixed sizes: the small prompts complete, with real latency, the large ones fail.
+    let mixed = too_large_scenario(
+        "[profiles.models.llama-3-8b]\ncontext_limit = 1048576",
+        r#"{ dist = "empirical", values = [1000, 600000] }"#,
+        100,
+    );
+    let r = run(&scenario(&mixed), RunOptions::default());
+    let c = &r.classes[0];
+    let s = r.summary();
+    assert!(
+        c.completed > 5 && c.failed > 5,
+        "{} / {}",
+        c.completed,
+        c.failed
+    );
+    assert_eq!(c.completed + c.failed, c.arrived);
+    assert_eq!(s.pools["a100"].too_large, c.failed);
+    assert_eq!(s.pools["a100"].hops, c.completed);
+    // A served 1,000-token prompt with 100 output tokens takes well over 100 ms.
+    let p50 = s.classes["c"].latency_s.p50.unwrap_or(0.0);
+    assert!(p50 > 0.1, "{:?}", s.classes["c"].latency_s);
+}
+
+#[test]
+fn the_models_context_limit_is_enforced() {
+    // Llama-3-8B: 8,192 tokens of prompt + output. 8,000 + 192 fits exactly.
+    let fits = too_large_scenario("", r#"{ dist = "constant", value = 8000 }"#, 192);
+    let r = run(&scenario(&fits), RunOptions::default());
+    let c = &r.classes[0];
+    assert!(c.arrived > 30);
+    assert_eq!((c.completed, c.failed), (c.arrived, 0));
+    assert_eq!(r.summary().pools["a100"].too_large, 0);
+
+    // One token more fails every workflow, with the limit in the cause.
+    let over = too_large_scenario("", r#"{ dist = "constant", value = 8000 }"#, 193);
+    let r = run(&scenario(&over), RunOptions::default());
+    let c = &r.classes[0];
+    assert_eq!((c.completed, c.failed), (0, c.arrived));
+    let cause = "request over context limit of a100 (8192 tokens)";
+    assert_eq!(
+        c.failed_by_cause.get(cause),
+        Some(&c.arrived),
+        "{:?}",
+        c.failed_by_cause
+    );
+    let s = r.summary();
+    assert_eq!(
+        s.pools["a100"].too_large_by_cause.get("context_limit"),
+        Some(&c.arrived)
+    );
+    // The context limit, checked first, also catches a 600k prompt.
+    let huge = too_large_scenario("", r#"{ dist = "constant", value = 600000 }"#, 100);
+    let r = run(&scenario(&huge), RunOptions::default());
+    assert_eq!(
+        r.classes[0].failed_by_cause.get(cause),
+        Some(&r.classes[0].arrived)
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// The random replica picker draws from its own named stream.
+// ---------------------------------------------------------------------------------
+
+const RANDOM_PICKER: &str = r#"
+[simulation]
+seed = SEED
+horizon = "5m"
+warmup = "0s"
+drain = true
+[pools.gpu]
+servers = 4
+gpu = { model = "llama-3-8b", gpu = "h100-80gb", picker = "PICKER" }
+[classes.c]
+arrival = { process = "poisson", rate = 3.0 }
+[[classes.c.nodes]]
+id = "answer"
+pool = "gpu"
+input_tokens = { dist = "uniform", low = 100, high = 2000 }
+output_tokens = { dist = "uniform", low = 10, high = 300 }
+"#;
+
+fn per_replica_finished(seed: u64, picker: &str) -> (u64, Vec<u64>) {
+    let text = RANDOM_PICKER
+        .replace("SEED", &seed.to_string())
+        .replace("PICKER", picker);
+    let r = run(&scenario(&text), RunOptions::default());
+    let s = r.summary();
+    let llm = s.pools["gpu"].llm.clone().expect("gpu pool");
+    assert_eq!(llm.replicas.picker, picker.replace('_', "-"));
+    (
+        r.classes[0].arrived,
+        llm.replicas
+            .per_replica
+            .iter()
+            .map(|p| p.finished)
+            .collect(),
+    )
+}
+
+#[test]
+fn the_random_picker_draws_uniformly_from_the_pools_stream() {
+    use rand::RngExt;
+    for seed in [1u64, 2] {
+        let (n, finished) = per_replica_finished(seed, "random");
+        assert!(n > 800, "{n}");
+        // The hand computation: n draws of 0..4 from `pool/gpu/picker`.
+        let mut stream = sim_core::rng::StreamFactory::new(seed).stream("pool/gpu/picker");
+        let mut want = vec![0u64; 4];
+        for _ in 0..n {
+            want[stream.random_range(0..4usize)] += 1;
+        }
+        assert_eq!(finished, want, "seed {seed}");
+        // Binomial(n, 1/4) within 4 standard deviations.
+        let sd = (n as f64 * 0.25 * 0.75).sqrt();
+        for &c in &finished {
+            assert!((c as f64 - n as f64 / 4.0).abs() < 4.0 * sd, "{finished:?}");
+        }
+        // The same seed gives the same picks; round robin sees the same arrivals.
+        assert_eq!(per_replica_finished(seed, "random"), (n, finished));
+        assert_eq!(per_replica_finished(seed, "round_robin").0, n);
+    }
+    assert_ne!(
+        per_replica_finished(1, "random").1,
+        per_replica_finished(2, "random").1
+    );
 }

@@ -15,11 +15,12 @@
 //! keeps a misrouted hop from stalling its workflow). Such hops are counted in
 //! [`GpuPoolReport::service_noops`].
 
-use super::replica::{Replica, ReplicaConfig, ReplicaReport};
+use super::replica::{Replica, ReplicaConfig, ReplicaReport, refused_done};
 use super::{LlmRequest, LlmTimings, PerfModel};
 use crate::policy::{DisciplineSpec, JobMeta};
 use crate::station::{
-    HopDone, HopJob, JobId, LoadNow, Station, StationOutput, StationReport, TimeIntegral, Work,
+    HopDone, HopJob, JobId, LoadNow, Refused, Station, StationOutput, StationReport, TimeIntegral,
+    Work,
 };
 use crate::time::{SimDuration, SimTime};
 use std::collections::{BTreeMap, VecDeque};
@@ -82,6 +83,51 @@ impl ReplicaPicker for LeastOutstandingTokens {
     }
 }
 
+/// The replica with the fewest requests on it (running + waiting); ties go to the
+/// lowest index. Counts requests, not their size (see [`LeastOutstandingTokens`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LeastOutstandingRequests;
+
+impl ReplicaPicker for LeastOutstandingRequests {
+    fn pick(&mut self, replicas: &[ReplicaView], _req: &LlmRequest) -> usize {
+        let load = |r: &ReplicaView| r.running as u64 + r.waiting as u64;
+        let mut best = 0;
+        for (i, r) in replicas.iter().enumerate() {
+            if load(r) < load(&replicas[best]) {
+                best = i;
+            }
+        }
+        best
+    }
+    fn name(&self) -> &str {
+        "least-outstanding-requests"
+    }
+}
+
+/// A replica drawn uniformly among those up, from the pool's own stream: the
+/// simulator seeds it with `pool/<name>/picker` from the scenario seed, so the draws
+/// are the same for the same seed and no other component's draws move.
+#[derive(Clone, Debug)]
+pub struct RandomPicker {
+    rng: crate::rng::SimRng,
+}
+
+impl RandomPicker {
+    pub fn new(rng: crate::rng::SimRng) -> Self {
+        RandomPicker { rng }
+    }
+}
+
+impl ReplicaPicker for RandomPicker {
+    fn pick(&mut self, replicas: &[ReplicaView], _req: &LlmRequest) -> usize {
+        use rand::RngExt;
+        self.rng.random_range(0..replicas.len().max(1))
+    }
+    fn name(&self) -> &str {
+        "random"
+    }
+}
+
 /// GPU figures of a pool over the measurement window.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct GpuPoolReport {
@@ -102,7 +148,9 @@ pub struct GpuPoolReport {
     pub prefix_hit_rate: f64,
     pub tokens_in_flight_mean: f64,
     pub finished: u64,
-    /// Requests too large for a replica, finished at once without service.
+    /// Requests refused at once without service, as failed hops: too large for a
+    /// replica's KV cache (or its token budget without chunked prefill), over the
+    /// model's context limit, or sent to a pool with no replica.
     pub rejected: u64,
     /// `Work::Service` hops sent here, finished at once as no-ops.
     pub service_noops: u64,
@@ -183,6 +231,10 @@ pub struct GpuPoolStation {
     service_noops: u64,
     /// Requests refused because the pool has no replica.
     unserved: u64,
+    /// Prompt + output tokens a request may have (the model's context limit).
+    context_limit: Option<u32>,
+    /// Requests refused for exceeding it.
+    over_context: u64,
     // --- autoscaling and spot ---
     cfg: ReplicaConfig,
     perf: Arc<dyn PerfModel>,
@@ -256,6 +308,8 @@ impl GpuPoolStation {
             window_start: SimTime::ZERO,
             service_noops: 0,
             unserved: 0,
+            context_limit: None,
+            over_context: 0,
             cfg,
             perf,
             booting: 0,
@@ -463,6 +517,14 @@ impl GpuPoolStation {
         }
     }
 
+    /// Refuses requests whose prompt + output tokens exceed `limit` (the model
+    /// profile's `context_limit`): they come back at once as failed hops
+    /// ([`Refused::ContextLimit`]). No limit by default.
+    pub fn with_context_limit(mut self, limit: u32) -> Self {
+        self.context_limit = Some(limit);
+        self
+    }
+
     pub fn with_picker(mut self, picker: Box<dyn ReplicaPicker>) -> Self {
         self.picker = picker;
         self
@@ -507,6 +569,7 @@ impl GpuPoolStation {
             busy: SimDuration::ZERO,
             usd: 0.0,
             llm,
+            refused: None,
         }
     }
 }
@@ -527,7 +590,22 @@ impl Station for GpuPoolStation {
                 if self.replicas.is_empty() {
                     self.unserved += 1;
                     out.done
-                        .push(Self::finish_now(now, job.id, Some(LlmTimings::default())));
+                        .push(refused_done(job.id, now, now, Refused::NoReplica));
+                    return;
+                }
+                if let Some(limit) = self.context_limit
+                    && req.input_tokens.max(1) as u64 + req.output_tokens.max(1) as u64
+                        > limit as u64
+                {
+                    // vLLM refuses a prompt whose prompt + max tokens exceed the
+                    // model's length; so does the pool, before any replica sees it.
+                    self.over_context += 1;
+                    out.done.push(refused_done(
+                        job.id,
+                        now,
+                        now,
+                        Refused::ContextLimit { limit },
+                    ));
                     return;
                 }
                 if self.spot.is_some() {
@@ -664,6 +742,7 @@ impl Station for GpuPoolStation {
                     busy,
                     usd,
                     llm: None,
+                    refused: None,
                 });
                 continue;
             }
@@ -702,6 +781,7 @@ impl Station for GpuPoolStation {
         self.window_start = now;
         self.service_noops = 0;
         self.unserved = 0;
+        self.over_context = 0;
         self.up_or_draining.reset(now);
         self.paid_on_demand.reset(now);
         self.paid_spot.reset(now);
@@ -799,7 +879,7 @@ impl Station for GpuPoolStation {
             },
             tokens_in_flight_mean: per_replica.iter().map(|r| r.tokens_in_flight_mean).sum(),
             finished: sum(|r| r.finished),
-            rejected: sum(|r| r.rejected) + self.unserved,
+            rejected: sum(|r| r.rejected) + self.unserved + self.over_context,
             service_noops: self.service_noops,
             capacity: self.capacity_report(now),
             per_replica,
@@ -1047,10 +1127,13 @@ pub(crate) mod tests {
         st.with_discipline(d).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// Requests of up to 119 + 39 = 158 tokens (every generated cache and budget
+    /// holds 160), and one in 20 a huge one (3,000-6,000 prompt tokens) that no cache
+    /// holds, so that refusal stays exercised without crowding out service.
     fn arb_request() -> impl Strategy<Value = LlmRequest> {
         (
-            1u32..200,
-            1u32..50,
+            prop_oneof![19 => 1u32..120, 1 => HUGE_INPUT..2 * HUGE_INPUT],
+            1u32..40,
             0u64..3,
             0u32..200,
             prop::option::of((
@@ -1075,6 +1158,55 @@ pub(crate) mod tests {
             })
     }
 
+    /// Prompt tokens from which a generated request is huge: refused by every
+    /// generated configuration (the largest cache is 159 blocks of 16 = 2,544 tokens).
+    const HUGE_INPUT: u32 = 3000;
+    /// Tokens every generated KV cache, and every budget without chunked prefill,
+    /// holds: any request that is not huge fits.
+    const FITS: u32 = 160;
+
+    /// At least `FITS` tokens of cache in blocks of `bs`.
+    fn blocks_for(kv: u32, bs: u32) -> u32 {
+        kv.max(FITS.div_ceil(bs))
+    }
+
+    /// Whether a replica of `cfg` must refuse `r` (its KV cache, or without chunked
+    /// prefill its token budget, cannot hold input + output - 1 tokens).
+    fn must_refuse(cfg: &ReplicaConfig, r: &LlmRequest) -> bool {
+        let tokens = r.input_tokens.max(1) as u64 + r.output_tokens.max(1) as u64 - 1;
+        tokens.div_ceil(cfg.block_size as u64) > cfg.kv_capacity_blocks as u64
+            || (!cfg.chunked_prefill && tokens > cfg.max_batched_tokens as u64)
+    }
+
+    /// A request is refused exactly when it must be, only huge ones must, and every
+    /// request served was charged some service.
+    fn check_refusals(
+        run: &RunOut,
+        arrivals: &[(u64, LlmRequest)],
+        cfg: &ReplicaConfig,
+    ) -> Result<(), String> {
+        for d in &run.done {
+            let r = &arrivals[d.id.0 as usize].1;
+            let must = must_refuse(cfg, r);
+            if must != (r.input_tokens >= HUGE_INPUT) {
+                return Err(format!(
+                    "{:?}: the generator let a normal request not fit",
+                    d.id
+                ));
+            }
+            if d.refused.is_some() != must {
+                return Err(format!(
+                    "{:?} refused {:?}, must refuse {must}",
+                    d.id, d.refused
+                ));
+            }
+            if d.refused.is_none() && d.busy == SimDuration::ZERO {
+                return Err(format!("{:?} served with no service", d.id));
+            }
+        }
+        Ok(())
+    }
+
     fn arb_config() -> impl Strategy<Value = ReplicaConfig> {
         (
             6u32..160,
@@ -1088,15 +1220,47 @@ pub(crate) mod tests {
             .prop_map(
                 |(kv, bs, seqs, extra, watermark, chunked, prefix)| ReplicaConfig {
                     max_num_seqs: seqs,
-                    max_batched_tokens: seqs + extra,
+                    // Small budgets chunk long prompts; without chunking a prompt
+                    // must fit one iteration.
+                    max_batched_tokens: if chunked {
+                        seqs + extra
+                    } else {
+                        (seqs + extra).max(FITS)
+                    },
                     block_size: bs,
-                    kv_capacity_blocks: kv,
+                    kv_capacity_blocks: blocks_for(kv, bs),
                     watermark,
                     chunked_prefill: chunked,
                     prefix_caching: prefix,
                     decode_skipping: true,
                 },
             )
+    }
+
+    #[test]
+    fn generated_requests_mostly_fit() {
+        // Over 20,000 generated (config, request) pairs: about 1 in 20 is refused
+        // (the huge ones), never a normal one.
+        use proptest::strategy::ValueTree;
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        let (mut refused, mut huge, n) = (0u32, 0u32, 20_000u32);
+        for _ in 0..n {
+            let cfg = arb_config()
+                .new_tree(&mut runner)
+                .map(|t| t.current())
+                .unwrap_or_else(|e| panic!("{e}"));
+            let r = arb_request()
+                .new_tree(&mut runner)
+                .map(|t| t.current())
+                .unwrap_or_else(|e| panic!("{e}"));
+            let is_huge = r.input_tokens >= HUGE_INPUT;
+            assert_eq!(must_refuse(&cfg, &r), is_huge, "{cfg:?} {r:?}");
+            refused += must_refuse(&cfg, &r) as u32;
+            huge += is_huge as u32;
+        }
+        assert_eq!(refused, huge);
+        let share = refused as f64 / n as f64;
+        assert!((0.04..0.06).contains(&share), "refused share {share}");
     }
 
     fn arb_workload() -> impl Strategy<Value = (Vec<(u64, LlmRequest)>, u64, Vec<u64>)> {
@@ -1131,9 +1295,12 @@ pub(crate) mod tests {
         ) {
             let (d, metas) = ranked_setup(disc, meta_seed, &arrivals);
             let skip = drive_meta(&mut ordered(station(replicas, cfg.clone(), round_robin), d), &arrivals, &metas, measure, &reports, seeds.0);
-            let plain_cfg = ReplicaConfig { decode_skipping: false, ..cfg };
+            let plain_cfg = ReplicaConfig { decode_skipping: false, ..cfg.clone() };
             let plain = drive_meta(&mut ordered(station(replicas, plain_cfg, round_robin), d), &arrivals, &metas, measure, &reports, seeds.1);
             prop_assert_eq!(skip.done.len(), arrivals.len(), "every request finishes");
+            if let Err(e) = check_refusals(&skip, &arrivals, &cfg) {
+                prop_assert!(false, "{}", e);
+            }
             prop_assert_eq!(&skip.done, &plain.done);
             prop_assert_eq!(&skip.reports, &plain.reports);
             prop_assert_eq!(&skip.gaps, &plain.gaps, "the same inter-token gaps");
@@ -1161,9 +1328,9 @@ pub(crate) mod tests {
                 arrivals.into_iter().map(|(t, r)| (t * 1000, r)).collect();
             let cfg = ReplicaConfig {
                 max_num_seqs: seqs,
-                max_batched_tokens: seqs.max(48),
+                max_batched_tokens: seqs.max(if chunked { 48 } else { FITS }),
                 block_size: bs,
-                kv_capacity_blocks: kv,
+                kv_capacity_blocks: blocks_for(kv, bs),
                 watermark: 0.05,
                 chunked_prefill: chunked,
                 ..ReplicaConfig::defaults(kv)
@@ -1171,9 +1338,12 @@ pub(crate) mod tests {
             let reports = [measure * 1000 + 500, 30_000];
             let (d, metas) = ranked_setup(disc, meta_seed, &arrivals);
             let skip = drive_meta(&mut ordered(station(replicas, cfg.clone(), false), d), &arrivals, &metas, measure * 1000, &reports, seeds.0);
-            let plain_cfg = ReplicaConfig { decode_skipping: false, ..cfg };
+            let plain_cfg = ReplicaConfig { decode_skipping: false, ..cfg.clone() };
             let plain = drive_meta(&mut ordered(station(replicas, plain_cfg, false), d), &arrivals, &metas, measure * 1000, &reports, seeds.1);
             prop_assert_eq!(skip.done.len(), arrivals.len());
+            if let Err(e) = check_refusals(&skip, &arrivals, &cfg) {
+                prop_assert!(false, "{}", e);
+            }
             prop_assert_eq!(&skip.done, &plain.done);
             prop_assert_eq!(&skip.reports, &plain.reports);
             prop_assert_eq!(&skip.gaps, &plain.gaps, "the same inter-token gaps");
@@ -1198,14 +1368,17 @@ pub(crate) mod tests {
                 max_num_seqs: seqs,
                 max_batched_tokens: seqs.max(64),
                 block_size: bs,
-                kv_capacity_blocks: kv,
+                kv_capacity_blocks: blocks_for(kv, bs),
                 watermark: 0.0,
                 decode_skipping: skipping,
                 ..ReplicaConfig::defaults(kv)
             };
             let (d, metas) = ranked_setup(disc, meta_seed, &arrivals);
-            let run = drive_meta(&mut ordered(station(1, cfg, false), d), &arrivals, &metas, measure, &reports, 7);
+            let run = drive_meta(&mut ordered(station(1, cfg.clone(), false), d), &arrivals, &metas, measure, &reports, 7);
             prop_assert_eq!(run.done.len(), arrivals.len());
+            if let Err(e) = check_refusals(&run, &arrivals, &cfg) {
+                prop_assert!(false, "{}", e);
+            }
             if let Err(e) = check_gaps(&run, &arrivals) {
                 prop_assert!(false, "{}", e);
             }
@@ -1283,6 +1456,88 @@ pub(crate) mod tests {
             .map(|_| rr.pick(&[v(0), v(0), v(0)], &llm(1, 1)))
             .collect();
         assert_eq!(picks, vec![0, 1, 2, 0]);
+    }
+
+    #[test]
+    fn least_outstanding_requests_counts_requests_not_tokens() {
+        let v = |running, waiting, tokens| ReplicaView {
+            running,
+            waiting,
+            outstanding_tokens: tokens,
+            ..ReplicaView::default()
+        };
+        // Requests 4, 2, 4, 2: replicas 1 and 3 tie, 1 is first; least outstanding
+        // tokens would take replica 2 (10 tokens).
+        let views = [v(3, 1, 900), v(2, 0, 5000), v(2, 2, 10), v(1, 1, 40)];
+        assert_eq!(LeastOutstandingRequests.pick(&views, &llm(1, 1)), 1);
+        assert_eq!(LeastOutstandingTokens.pick(&views, &llm(1, 1)), 2);
+        assert_eq!(
+            LeastOutstandingRequests.pick(&[v(1, 0, 0), v(0, 0, 99)], &llm(1, 1)),
+            1
+        );
+
+        // In a pool, at one instant: a large request and three small ones take the four
+        // empty replicas in turn; a fifth finds one request on each and goes to
+        // replica 0, whose request is 100 times larger (least outstanding tokens sends
+        // it to replica 1).
+        let on_replicas = |picker: Box<dyn ReplicaPicker>| {
+            let cfg = ReplicaConfig::new(1000).unwrap_or_else(|e| panic!("{e}"));
+            let mut st = station(4, cfg, false).with_picker(picker);
+            let mut out = StationOutput::default();
+            let reqs = [
+                llm(1000, 100),
+                llm(10, 1),
+                llm(10, 1),
+                llm(10, 1),
+                llm(10, 1),
+            ];
+            for (i, r) in reqs.into_iter().enumerate() {
+                let job = HopJob {
+                    id: JobId(i as u64),
+                    work: Work::Llm(Box::new(r)),
+                };
+                st.submit(SimTime(0), job, &mut out);
+            }
+            st.replicas()
+                .iter()
+                .map(|r| r.running_len() + r.waiting_len())
+                .collect::<Vec<u32>>()
+        };
+        assert_eq!(
+            on_replicas(Box::new(LeastOutstandingRequests)),
+            vec![2, 1, 1, 1]
+        );
+        assert_eq!(
+            on_replicas(Box::new(LeastOutstandingTokens)),
+            vec![1, 2, 1, 1]
+        );
+    }
+
+    #[test]
+    fn random_picks_are_the_streams_uniform_draws() {
+        use crate::rng::StreamFactory;
+        use rand::RngExt;
+        let views = [ReplicaView::default(); 4];
+        let stream = || StreamFactory::new(7).stream("pool/gpu/picker");
+        let mut p = RandomPicker::new(stream());
+        let mut draws = stream();
+        let n = 20_000;
+        let mut counts = [0u32; 4];
+        for _ in 0..n {
+            let i = p.pick(&views, &llm(1, 1));
+            assert_eq!(i, draws.random_range(0..4usize));
+            counts[i] += 1;
+        }
+        // Binomial(20,000, 1/4): mean 5,000, sd 61.2; within 4 sd.
+        for c in counts {
+            assert!(c.abs_diff(5_000) < 245, "{counts:?}");
+        }
+        // Another seed, other draws.
+        let mut q = RandomPicker::new(StreamFactory::new(8).stream("pool/gpu/picker"));
+        let mut r = RandomPicker::new(stream());
+        let a: Vec<usize> = (0..32).map(|_| q.pick(&views, &llm(1, 1))).collect();
+        let b: Vec<usize> = (0..32).map(|_| r.pick(&views, &llm(1, 1))).collect();
+        assert_ne!(a, b);
     }
 
     #[test]

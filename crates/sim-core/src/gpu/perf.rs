@@ -164,7 +164,7 @@ impl RooflinePerf {
             1.0
         };
         let kv_read = (s.prefill_context_tokens + s.decode_context_tokens) as f64
-            * m.kv_bytes_per_token() as f64;
+            * m.kv_bytes_per_token_at(self.tp) as f64;
         let bytes = dense + expert * touched + kv_read;
 
         let compute_s = flops / (tp * self.gpu.peak_flops(m.dtype_bytes) * p.compute_efficiency);
@@ -489,6 +489,37 @@ mod tests {
             SimDuration::from_secs_f64(total)
         );
         assert!(b.memory_s > b.compute_s);
+    }
+
+    #[test]
+    fn roofline_hand_computed_allreduce_at_tp4() {
+        // Llama-2-70B on 4 H100s (450 GB/s per direction): 2 all-reduces per layer x
+        // 80 layers, each 3 latency steps of 20 us plus 2 x 3/4 of the activations
+        // (tokens x 8,192 hidden x 2 B) over 450 GB/s x 0.5.
+        let r = roofline("llama-2-70b", "h100-80gb", 4);
+        for (shape, tokens, want) in [
+            (decode(8, 1000), 8.0, 0.009_739_810_133_333_334),
+            (prefill(2048), 2048.0, 0.045_391_394_133_333_33),
+        ] {
+            let b = r.breakdown(&shape);
+            let per = 20e-6 * 3.0 + 1.5 * (tokens * 8192.0 * 2.0) / (450e9 * 0.5);
+            assert!(
+                (b.allreduce_s - 160.0 * per).abs() < 1e-15,
+                "{}",
+                b.allreduce_s
+            );
+            assert!((b.allreduce_s - want).abs() < 1e-15, "{}", b.allreduce_s);
+            // Added on top of the overlapped compute and memory time.
+            let rest = 0.004 + b.compute_s.max(b.memory_s) + 0.25 * b.compute_s.min(b.memory_s);
+            assert!((b.total_s - rest - want).abs() < 1e-12);
+        }
+        // Compute and memory split over the 4 GPUs: a quarter of TP 1's (same FLOPs and
+        // bytes; Llama-2-70B does not fit one H100, but the breakdown does not care).
+        let one = roofline("llama-2-70b", "h100-80gb", 1).breakdown(&decode(8, 1000));
+        let four = r.breakdown(&decode(8, 1000));
+        assert!((four.memory_s * 4.0 - one.memory_s).abs() < 1e-12);
+        assert!((four.compute_s * 4.0 - one.compute_s).abs() < 1e-12);
+        assert_eq!(one.allreduce_s, 0.0);
     }
 
     #[test]

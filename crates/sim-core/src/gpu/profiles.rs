@@ -243,6 +243,43 @@ impl ModelProfile {
             * self.head_dim as u64
             * self.dtype_bytes as u64
     }
+    /// Whether the model can be split over `tp` GPUs as vLLM splits it: the attention
+    /// heads must divide evenly (`heads % tp == 0`), and the KV heads either divide
+    /// evenly too (`kv_heads % tp == 0`) or are replicated, one per GPU, when `tp` is
+    /// a multiple of them (`tp % kv_heads == 0`). The error names the degrees that work.
+    pub fn check_tp(&self, tp: u32) -> Result<(), String> {
+        let ok = |t: u32| {
+            t >= 1
+                && self.heads.is_multiple_of(t)
+                && (self.kv_heads.is_multiple_of(t) || t.is_multiple_of(self.kv_heads))
+        };
+        if ok(tp) {
+            return Ok(());
+        }
+        let valid: Vec<String> = (1..=self.heads.min(64))
+            .filter(|&t| ok(t))
+            .map(|t| t.to_string())
+            .collect();
+        let why = if tp == 0 || !self.heads.is_multiple_of(tp) {
+            format!(
+                "tp = {tp} does not divide model '{}''s {} attention heads (vLLM requires heads % tp == 0)",
+                self.name, self.heads
+            )
+        } else {
+            format!(
+                "tp = {tp} neither divides model '{}''s {} KV heads nor is a multiple of them (KV heads are split over the GPUs, or replicated when tp is a multiple of them)",
+                self.name, self.kv_heads
+            )
+        };
+        Err(format!("{why}; expected one of {}", valid.join(", ")))
+    }
+    /// KV-cache bytes per token over the `tp` GPUs of a replica: the KV heads are split
+    /// over the GPUs, or, when `tp` exceeds them, replicated so that each GPU holds
+    /// one: `kv_bytes_per_token x max(tp, kv_heads) / kv_heads`.
+    pub fn kv_bytes_per_token_at(&self, tp: u32) -> u64 {
+        let copies = (tp.max(self.kv_heads) / self.kv_heads.max(1)).max(1) as u64;
+        self.kv_bytes_per_token() * copies
+    }
     /// Matrix-multiply FLOPs per token: 2 per active weight, counting the LM head but
     /// not the input embedding (a table lookup).
     pub fn forward_flops_per_token(&self) -> f64 {
@@ -469,8 +506,9 @@ fn merge<T: Serialize + serde::de::DeserializeOwned>(
 }
 
 /// KV-cache capacity in tokens of a replica: `(tp * GPU memory * mem_utilization -
-/// weight bytes) / KV bytes per token`, rounded down. Errors when the weights do not
-/// fit, naming the numbers.
+/// weight bytes) / KV bytes per token` (at `tp`: replicated KV heads count once per
+/// GPU, see [`ModelProfile::kv_bytes_per_token_at`]), rounded down. Errors when the
+/// weights do not fit, naming the numbers.
 pub fn kv_capacity_tokens(
     model: &ModelProfile,
     gpu: &GpuProfile,
@@ -499,7 +537,7 @@ pub fn kv_capacity_tokens(
             usable / 1e9
         ));
     }
-    Ok(((usable - weights) / model.kv_bytes_per_token() as f64).floor() as u64)
+    Ok(((usable - weights) / model.kv_bytes_per_token_at(tp) as f64).floor() as u64)
 }
 
 #[cfg(test)]
@@ -616,6 +654,39 @@ mod tests {
         assert!(kv_capacity_tokens(l3, h100, 0, 0.9).is_err());
         assert!(kv_capacity_tokens(l3, h100, 1, 1.5).is_err());
         assert!(kv_capacity_tokens(l3, h100, 1, 0.0).is_err());
+    }
+
+    #[test]
+    fn tensor_parallel_degrees_must_split_the_heads() {
+        let c = catalog();
+        // Llama-3-8B: 32 heads, 8 KV heads. 1-8 split both; 16 and 32 split the heads
+        // and replicate the KV heads (2 and 4 copies); 3, 6, 12 do not divide 32.
+        let l3 = c.model("llama-3-8b").unwrap();
+        let ok: Vec<u32> = (1..=64).filter(|&t| l3.check_tp(t).is_ok()).collect();
+        assert_eq!(ok, vec![1, 2, 4, 8, 16, 32]);
+        let e = l3.check_tp(3).unwrap_err();
+        assert!(
+            e.contains("32 attention heads") && e.contains("expected one of 1, 2, 4, 8, 16, 32"),
+            "{e}"
+        );
+        // A model whose KV heads do not divide into its head split: 24 heads, 6 KV
+        // heads: tp 4 divides 24 but neither divides 6 nor is a multiple of it.
+        let mut m = l3.clone();
+        m.heads = 24;
+        m.kv_heads = 6;
+        let e = m.check_tp(4).unwrap_err();
+        assert!(
+            e.contains("6 KV heads") && e.contains("expected one of 1, 2, 3, 6, 12, 24"),
+            "{e}"
+        );
+        assert!(m.check_tp(12).is_ok());
+        // Replicated KV heads cost memory: at tp 16, 2 copies of 131,072 B per token.
+        assert_eq!(l3.kv_bytes_per_token_at(8), 131_072);
+        assert_eq!(l3.kv_bytes_per_token_at(16), 262_144);
+        let h100 = c.gpu("h100-80gb").unwrap();
+        let at16 = kv_capacity_tokens(l3, h100, 16, 0.9).unwrap();
+        let expected = (16.0 * (79.6 * GIB).round() * 0.9 - 16_059_990_016.0) / 262_144.0;
+        assert_eq!(at16, expected.floor() as u64);
     }
 
     #[test]

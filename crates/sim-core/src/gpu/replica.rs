@@ -56,10 +56,29 @@
 
 use super::kv::{KvCache, PrefixMatch, prefix_block_ids};
 use super::{IterationShape, LlmRequest, LlmTimings, PerfModel};
-use crate::station::{HopDone, JobId, TimeIntegral, TokenGaps};
+use crate::station::{HopDone, JobId, Refused, TimeIntegral, TokenGaps};
 use crate::time::{SimDuration, SimTime};
 use std::collections::VecDeque;
 use std::sync::Arc;
+
+/// A request refused at `now` (submitted at `submitted`): no service, no cost.
+pub(crate) fn refused_done(
+    id: JobId,
+    submitted: SimTime,
+    now: SimTime,
+    refused: Refused,
+) -> HopDone {
+    HopDone {
+        id,
+        submitted,
+        started: now,
+        finished: now,
+        busy: SimDuration::ZERO,
+        usd: 0.0,
+        llm: Some(LlmTimings::default()),
+        refused: Some(refused),
+    }
+}
 
 /// Fixed-point scale of cost shares: 1/2^20 ns.
 const SHARE_SCALE: u128 = 1 << 20;
@@ -227,6 +246,7 @@ impl Seq {
                 preemptions: self.preemptions,
                 prefill_busy: SimDuration((self.prefill_share / SHARE_SCALE) as u64),
             }),
+            refused: None,
         }
     }
 }
@@ -340,7 +360,8 @@ pub struct ReplicaReport {
     pub running_mean: f64,
     pub waiting_mean: f64,
     pub finished: u64,
-    /// Requests that can never fit this replica, finished at once without service.
+    /// Requests that can never fit this replica (KV cache, or the token budget without
+    /// chunked prefill): refused at once without service, a failed hop.
     pub rejected: u64,
     pub running_now: u32,
     pub waiting_now: u32,
@@ -531,17 +552,22 @@ impl Replica {
         // Without chunked prefill a (recomputed) prompt must fit one iteration.
         let fits_budget =
             self.cfg.chunked_prefill || max_tokens <= self.cfg.max_batched_tokens as u64;
-        if !(fits_cache && fits_budget) {
+        let refused = if !fits_cache {
+            Some(Refused::KvCache {
+                capacity_tokens: self.cfg.kv_capacity_blocks as u64 * self.cfg.block_size as u64,
+            })
+        } else if !fits_budget {
+            Some(Refused::TokenBudget {
+                budget: self.cfg.max_batched_tokens,
+            })
+        } else {
+            None
+        };
+        if let Some(refused) = refused {
+            // Never servable here: a failed hop, not a finished one.
             self.stats.rejected += 1;
-            self.pending_done.push(HopDone {
-                id,
-                submitted,
-                started: now,
-                finished: now,
-                busy: SimDuration::ZERO,
-                usd: 0.0,
-                llm: Some(LlmTimings::default()),
-            });
+            self.pending_done
+                .push(refused_done(id, submitted, now, refused));
             return;
         }
         let mut prefix_ids = Vec::new();
@@ -896,18 +922,14 @@ impl Replica {
                 self.waiting.is_empty(),
                 "replica idle with requests waiting"
             );
+            let refused = Refused::KvCache {
+                capacity_tokens: self.cfg.kv_capacity_blocks as u64 * self.cfg.block_size as u64,
+            };
             while let Some(s) = self.waiting.pop_front() {
                 self.outstanding -= s.remaining();
                 self.stats.rejected += 1;
-                self.pending_done.push(HopDone {
-                    id: s.id,
-                    submitted: s.submitted,
-                    started: t,
-                    finished: t,
-                    busy: SimDuration::ZERO,
-                    usd: 0.0,
-                    llm: Some(LlmTimings::default()),
-                });
+                self.pending_done
+                    .push(refused_done(s.id, s.submitted, t, refused));
             }
             self.stats.busy.set(t, 0);
             self.set_levels(t);
@@ -1650,16 +1672,77 @@ mod tests {
     }
 
     #[test]
-    fn oversized_requests_are_rejected_not_stuck() {
+    fn the_watermark_holds_a_request_that_would_otherwise_be_admitted() {
+        // 100 blocks of 4 tokens. A (300-token prompt, 75 blocks) starts alone at 0;
+        // B (64 tokens, 16 blocks) arrives during A's prefill. At the end of that
+        // iteration A's first decode token takes block 76: 24 blocks are free.
+        // Watermark 0.1 keeps 10 of them: room 14 < 16, so B waits, and keeps waiting
+        // as A grows (A ends holding ceil(349 / 4) = 88 blocks), until A finishes and
+        // the empty replica waives the watermark. Watermark 0.08 keeps 8: room 16,
+        // admitted, as with no watermark.
+        let case = |watermark| {
+            let cfg = ReplicaConfig {
+                block_size: 4,
+                watermark,
+                ..ReplicaConfig::defaults(100)
+            };
+            both_modes(cfg, &[(0, req(300, 50)), (1, req(64, 2))])
+        };
+        let pre_a = prefill(300, 1, 0);
+        let a_alone: u64 = pre_a + (1..=49).map(|j| decode(1, 300 + j)).sum::<u64>();
+        let (held, _) = case(0.1);
+        assert_eq!(held[0].finished, SimTime(a_alone), "A runs alone");
+        assert_eq!(held[1].started, held[0].finished, "B waits for A");
+        assert_eq!(held[1].queue_wait(), SimDuration(a_alone - 1));
+        for w in [0.08, 0.0] {
+            let (admitted, _) = case(w);
+            assert_eq!(admitted[1].started, SimTime(pre_a), "watermark {w}");
+            assert!(
+                admitted[0].finished > SimTime(a_alone),
+                "A now shares iterations"
+            );
+        }
+    }
+
+    #[test]
+    fn oversized_requests_are_refused_as_failed_hops_not_stuck() {
+        // 4 blocks of 4 tokens: 16 tokens of KV. A request needs input + output - 1
+        // (the last token is never written): 10 + 8 - 1 = 17 is refused, 10 + 7 - 1 =
+        // 16 fits exactly and is served.
         let cfg = ReplicaConfig {
             block_size: 4,
             ..ReplicaConfig::defaults(4)
         };
-        let (done, rep) = run(cfg, &[(0, req(10, 8)), (0, req(4, 2))]);
+        let (done, rep) = run(cfg, &[(0, req(10, 8)), (0, req(4, 2)), (0, req(10, 7))]);
         assert_eq!(rep.rejected, 1);
-        assert_eq!(done[0].busy, SimDuration::ZERO);
-        assert_eq!(done[1].llm.unwrap().cached_tokens, 0);
-        assert_eq!(rep.finished, 1);
+        assert_eq!(rep.finished, 2);
+        assert_eq!(
+            done[0].refused,
+            Some(Refused::KvCache {
+                capacity_tokens: 16
+            })
+        );
+        assert_eq!((done[0].busy, done[0].usd), (SimDuration::ZERO, 0.0));
+        assert_eq!(done[0].finished, SimTime(0));
+        // Alone on the replica (from t = 0), the small one takes its solo time.
+        assert_eq!(done[1].refused, None);
+        assert_eq!(done[1].busy, SimDuration(prefill(4, 1, 0) + decode(1, 5)));
+        assert_eq!(done[2].refused, None);
+        assert!(done[2].busy > SimDuration::ZERO && done[2].finished > done[1].finished);
+
+        // Without chunked prefill a prompt must fit one iteration's budget: 60 + 5 - 1
+        // = 64 tokens fit a budget of 64, 60 + 6 - 1 = 65 do not.
+        let cfg = ReplicaConfig {
+            chunked_prefill: false,
+            max_batched_tokens: 64,
+            max_num_seqs: 4,
+            ..ReplicaConfig::defaults(1000)
+        };
+        let (done, rep) = run(cfg, &[(0, req(60, 5)), (0, req(60, 6))]);
+        assert_eq!(done[0].refused, None);
+        assert!(done[0].busy > SimDuration::ZERO);
+        assert_eq!(done[1].refused, Some(Refused::TokenBudget { budget: 64 }));
+        assert_eq!((rep.rejected, rep.finished), (1, 1));
     }
 
     #[test]
