@@ -3071,6 +3071,6 @@ mod recorded_size {
     #[test]
     fn a_recorded_row_and_a_replayed_node_have_the_documented_sizes() {
         assert_eq!(std::mem::size_of::<super::RecordedRequest>(), 48);
-        assert_eq!(std::mem::size_of::<crate::workflow::Node>(), 608);
+        assert_eq!(std::mem::size_of::<crate::workflow::Node>(), 648);
     }
 }

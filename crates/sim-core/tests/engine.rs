@@ -1630,6 +1630,8 @@ hops = [{{ pool = "p" }}]
             .unwrap_or_else(|| panic!("{gap} {extra} accepted"));
         assert_eq!(e.key, key, "{e}");
     }
+}
+
 // ---------------------------------------------------------------------------------
 // Requests a GPU pool can never serve fail their workflow (never a free success).
 // ---------------------------------------------------------------------------------
