@@ -133,6 +133,36 @@ hops = [{{ pool = "fast" }}]
 }
 
 #[test]
+fn the_azure_hour_replays_on_gpu_replicas_with_every_request_served() {
+    // The bundled replay, iteration-level on 8 Llama-2-70B replicas: every recorded
+    // request completes (none over the raised context limit, none too large for KV).
+    let s = run("scenarios/azure-replay.toml", &[]);
+    let c = &s.classes["conv"];
+    assert_eq!(
+        (c.arrived, c.completed, c.failed, c.in_flight),
+        (19_366, 19_366, 0, 0)
+    );
+    assert_eq!(s.pools["llama70b"].too_large, 0);
+    // With Llama-2-70B's own 4,096-token limit, exactly the requests whose prompt +
+    // output pass it fail: counted here from the CSV itself (1,612).
+    let csv_path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("traces/data/azure-llm-2023/AzureLLMInferenceTrace_conv.csv");
+    let mut over = 0u64;
+    for row in csv::Reader::from_path(csv_path).expect("trace").records() {
+        let row = row.expect("row");
+        let tokens: u64 = row[1].trim().parse::<u64>().expect("context")
+            + row[2].trim().parse::<u64>().expect("generated");
+        over += (tokens > 4096) as u64;
+    }
+    assert_eq!(over, 1_612);
+    let s = run(
+        "scenarios/azure-replay.toml",
+        &["profiles.models.llama-2-70b.context_limit=4096"],
+    );
+    assert_eq!(s.classes["conv"].failed, over);
+}
+
+#[test]
 fn every_request_of_each_shipped_trace_is_accounted_for() {
     for (trace, rows) in [
         ("azure-llm-2023/AzureLLMInferenceTrace_code.csv", 8_819u64),
