@@ -3169,8 +3169,9 @@ impl<'a, 'o> Sim<'a, 'o> {
 
     /// A hop its GPU pool can never serve (too large for a replica's KV cache or token
     /// budget, over the model's context limit): it failed without service or cost.
-    /// Not retried (it would be refused again) and no breaker failure (the request is
-    /// at fault, not the pool): its workflow fails with the cause naming the pool.
+    /// Not retried on the pool (it would be refused again) and no breaker failure (the
+    /// request is at fault, not the pool): a tiered hop falls back along its chain,
+    /// otherwise its workflow fails with the cause naming the pool.
     fn on_hop_refused(&mut self, hop: &Hop, done: &HopDone, refused: Refused) {
         let pool = hop.station as usize;
         if let Some(t) = self.pool_tokens.get_mut(pool) {
@@ -3195,6 +3196,36 @@ impl<'a, 'o> Sim<'a, 'o> {
         if stale {
             self.maybe_release(slot);
             return;
+        }
+        // A tiered model hop falls back to the pools after this one in its chain (a
+        // bigger context or more memory may serve it), marked degraded like any
+        // fallback; only when none is left does its workflow fail.
+        let sc = self.sc;
+        let ci = wf.class as usize;
+        let spec = &sc.classes[ci].graph_for(wf.record).nodes[hop.node as usize];
+        if hop.kind == HopKind::Model
+            && let Some(t) = spec.tier
+        {
+            let left = sc.classes[ci].budget_usd.map(|b| b - wf.usd);
+            let chain = sc.tier_chain(ci, t, left);
+            if chain
+                .iter()
+                .position(|&q| q == pool)
+                .is_some_and(|k| k + 1 < chain.len())
+            {
+                self.route_model_hop(
+                    slot,
+                    hop.node as usize,
+                    hop.branch,
+                    hop.epoch,
+                    hop.context_in,
+                    hop.input_tokens,
+                    hop.output_tokens,
+                    hop.attempt,
+                    Some(pool),
+                );
+                return;
+            }
         }
         let name = self
             .sc

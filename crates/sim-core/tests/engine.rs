@@ -1759,6 +1759,81 @@ fn the_models_context_limit_is_enforced() {
     );
 }
 
+#[test]
+fn a_tiered_hop_over_one_pools_context_limit_falls_back_along_its_chain() {
+    // Tier `chat` = [short (Llama-3-8B, 8,192 tokens), long (the same model with a
+    // 32,768-token context)]. 10,000-token prompts are refused by `short` and served
+    // by `long`, marked degraded; 1,000-token prompts never leave `short`. Pinned to
+    // `short`, the long prompts fail as before.
+    let text = |tier_or_pool: &str| {
+        format!(
+            r#"
+[simulation]
+seed = 4
+horizon = "5m"
+drain = true
+[profiles.models.llama-3-8b-32k]
+layers = 32
+hidden_size = 4096
+heads = 32
+kv_heads = 8
+head_dim = 128
+vocab_size = 128256
+intermediate_size = 14336
+dtype_bytes = 2
+context_limit = 32768
+[pools.short]
+servers = 2
+gpu = {{ model = "llama-3-8b", gpu = "h100-80gb" }}
+[pools.long]
+servers = 2
+gpu = {{ model = "llama-3-8b-32k", gpu = "h100-80gb" }}
+[tiers.chat]
+pools = ["short", "long"]
+[classes.big]
+arrival = {{ process = "poisson", rate = 0.2 }}
+[[classes.big.nodes]]
+id = "answer"
+{tier_or_pool}
+input_tokens = {{ dist = "constant", value = 10000 }}
+output_tokens = {{ dist = "constant", value = 50 }}
+[classes.small]
+arrival = {{ process = "poisson", rate = 0.5 }}
+[[classes.small.nodes]]
+id = "answer"
+tier = "chat"
+input_tokens = {{ dist = "constant", value = 1000 }}
+output_tokens = {{ dist = "constant", value = 50 }}
+"#
+        )
+    };
+    let (r, log) = run_logged(&text(r#"tier = "chat""#), 4);
+    let big = r.classes.iter().find(|c| c.name == "big").expect("big");
+    let small = r.classes.iter().find(|c| c.name == "small").expect("small");
+    assert!(big.arrived > 30 && small.arrived > 100);
+    assert_eq!((big.completed, big.failed), (big.arrived, 0));
+    assert_eq!(big.degraded_hops, big.arrived);
+    assert_eq!(small.completed, small.arrived);
+    assert_eq!(small.degraded_hops, 0);
+    assert!(
+        log.iter()
+            .filter(|h| h.class == "big")
+            .all(|h| h.station == "long")
+    );
+    assert!(
+        log.iter()
+            .filter(|h| h.class == "small")
+            .all(|h| h.station == "short")
+    );
+    let s = r.summary();
+    assert_eq!(s.pools["short"].too_large, big.arrived);
+    assert_eq!(s.pools["long"].too_large, 0);
+    // Pinned: nowhere to fall back to.
+    let r = run_seed(&text(r#"pool = "short""#), 4);
+    let big = r.classes.iter().find(|c| c.name == "big").expect("big");
+    assert_eq!((big.completed, big.failed), (0, big.arrived));
+}
+
 // ---------------------------------------------------------------------------------
 // The random replica picker draws from its own named stream.
 // ---------------------------------------------------------------------------------
