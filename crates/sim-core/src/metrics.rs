@@ -21,7 +21,8 @@ pub struct HopRecord {
     pub station: String,
     /// "llm", "escalation" or "tool".
     pub kind: &'static str,
-    /// 1 for a first call; 2, 3, ... for retries of a failed tool call.
+    /// 1 for a first call; 2, 3, ... for retries (of a failed tool call; of a model or
+    /// escalation call after a 429, an error or a timeout).
     pub attempt: u32,
     /// Context inherited from parents (before the node's inherit fraction).
     pub context_in: u64,

@@ -3009,7 +3009,8 @@ impl<'a, 'o> Sim<'a, 'o> {
                 },
                 attempt: match hop.kind {
                     HopKind::Tool { attempt } => attempt + 1,
-                    _ => 1,
+                    // Model and escalation calls: 429, error and timeout retries.
+                    _ => hop.attempt + 1,
                 },
                 context_in: hop.context_in,
                 input_tokens: hop.input_tokens,

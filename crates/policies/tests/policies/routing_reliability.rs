@@ -824,6 +824,8 @@ timeout = "2s"
         let a = hops[0].submitted.0;
         for (k, h) in hops.iter().enumerate() {
             assert_eq!(h.submitted.0 - a, 3 * k as u64 * S);
+            // The hop log numbers the attempts of a model call (spans carry it).
+            assert_eq!(h.attempt, k as u32 + 1);
         }
         let last = hops[hops.len() - 1];
         let ok = last.finished.0 - last.submitted.0 == S;
