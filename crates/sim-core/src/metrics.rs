@@ -214,6 +214,9 @@ pub struct PoolStats {
     pub hops: u64,
     /// Hops that had to queue (wait > 0).
     pub waited: u64,
+    /// Queue waits of the hops. Not recorded by [`PoolStats::record`]: the breakdown
+    /// records the same samples (`Breakdown::by_pool`'s `queue_wait`), and the run
+    /// copies that histogram here when it ends (one histogram update per hop, not two).
     pub wait_ns: Histogram<u64>,
     pub wait_sum_ns: u128,
     pub sojourn_sum_ns: u128,
@@ -328,7 +331,6 @@ impl PoolStats {
         if wait > 0 {
             self.waited += 1;
         }
-        record(&mut self.wait_ns, wait);
         self.wait_sum_ns += wait as u128;
         self.sojourn_sum_ns += d.sojourn().as_nanos() as u128;
         self.usd_attributed += d.usd;

@@ -939,6 +939,12 @@ impl<'a, 'o> Sim<'a, 'o> {
         for (ts, rep) in self.tool_stats.iter_mut().zip(tool_reports) {
             ts.report = rep;
         }
+        self.breakdown.finish();
+        // A pool's queue waits are the breakdown's samples of its hops (every hop
+        // `PoolStats::record` counts is recorded there too, with the same wait).
+        for (ps, g) in self.pool_stats.iter_mut().zip(&self.breakdown.by_pool) {
+            ps.wait_ns.clone_from(&g.queue_wait.ns);
+        }
         RunResult {
             seed: sc.seed,
             events,
@@ -952,10 +958,7 @@ impl<'a, 'o> Sim<'a, 'o> {
             tools: self.tool_stats,
             gpu_reports,
             timeseries: self.timeseries,
-            breakdown: {
-                self.breakdown.finish();
-                self.breakdown
-            },
+            breakdown: self.breakdown,
             // The scenario's offered load (abstract pools only: a GPU pool's service time
             // comes from its replicas, an API never queues).
             offered_rho: sc
