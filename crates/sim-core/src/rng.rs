@@ -83,6 +83,7 @@ impl TryRng for WorkflowRng {
 
 /// The stream of workflow number `n` of a class whose work seed is `class_seed`: the
 /// same workflow draws the same numbers whatever order the simulator serves it in.
+#[inline]
 pub fn workflow_stream(class_seed: u64, n: u64) -> WorkflowRng {
     let mut state = class_seed ^ n.wrapping_mul(0xd1b5_4a32_d192_ed03);
     // Four SplitMix64 outputs as the 256-bit seed (written out rather than looped:
@@ -184,13 +185,22 @@ mod tests {
             }
             Xoshiro256PlusPlus::from_seed(key)
         }
-        for (seed, n) in [(0u64, 0u64), (1, 2), (42, 7), (u64::MAX, 12345), (0xdead, 1 << 40)] {
+        for (seed, n) in [
+            (0u64, 0u64),
+            (1, 2),
+            (42, 7),
+            (u64::MAX, 12345),
+            (0xdead, 1 << 40),
+        ] {
             let (mut a, mut b) = (workflow_stream(seed, n), reference(seed, n));
             for i in 0..64 {
                 assert_eq!(a.random::<u64>(), b.random::<u64>());
                 assert_eq!(a.random::<u32>(), b.random::<u32>());
                 assert_eq!(a.random::<f64>().to_bits(), b.random::<f64>().to_bits());
-                assert_eq!(a.random_range(0..1000u64 + i), b.random_range(0..1000u64 + i));
+                assert_eq!(
+                    a.random_range(0..1000u64 + i),
+                    b.random_range(0..1000u64 + i)
+                );
                 let (mut x, mut y) = ([0u8; 13], [0u8; 13]);
                 a.fill_bytes(&mut x);
                 b.fill_bytes(&mut y);

@@ -1411,7 +1411,12 @@ impl<'a, 'o> Sim<'a, 'o> {
                 self.submit_tool(slot, node, branch, epoch, 0, context);
             }
             NodeKind::Llm | NodeKind::Compact => {
-                let inherited = (spec.inherit * context as f64).round() as u64;
+                // Nothing to inherit (the entry node, a plain chain): no float rounding.
+                let inherited = if context == 0 {
+                    0
+                } else {
+                    (spec.inherit * context as f64).round() as u64
+                };
                 let base = spec
                     .input_tokens
                     .as_ref()
