@@ -194,6 +194,7 @@ impl ClassStats {
         self.completed + self.failed + self.rejected + self.abandoned
     }
 
+    #[inline]
     pub fn record_completion(&mut self, latency: SimDuration, usd: f64, tokens: u64) {
         self.tokens_per_success.push(tokens);
         self.completed += 1;
@@ -316,6 +317,7 @@ impl PoolStats {
         }
     }
 
+    #[inline]
     pub fn record(&mut self, d: &HopDone) {
         if let Some(l) = &d.llm {
             self.llm_hops += 1;
@@ -1418,6 +1420,7 @@ impl Breakdown {
     /// Records one finished hop. Hops are kept once per (class, tier, pool or tool)
     /// cell, so each figure costs one histogram update; [`Breakdown::finish`] merges
     /// the cells into the class, lane, tenant, tier, pool and tool groups.
+    #[inline]
     pub fn record(&mut self, s: &HopSample<'_>) {
         let n_tiers = self.by_tier.len();
         let n_pools = self.by_pool.len();

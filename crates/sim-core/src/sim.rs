@@ -2559,6 +2559,7 @@ impl<'a, 'o> Sim<'a, 'o> {
 
     /// Submits an admitted model hop to pool `p`: draws its work and hands it over.
     #[allow(clippy::too_many_arguments)]
+    #[inline]
     fn submit_model_hop(
         &mut self,
         slot: u32,
@@ -2618,6 +2619,7 @@ impl<'a, 'o> Sim<'a, 'o> {
     /// GPU replicas, a service time elsewhere (an API: TTFT + (output - 1) x TPOT; an
     /// abstract pool: its service draw plus the token-driven part).
     #[allow(clippy::too_many_arguments)]
+    #[inline]
     fn hop_work(
         &self,
         ci: usize,
