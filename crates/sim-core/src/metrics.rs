@@ -1158,6 +1158,13 @@ impl Hist {
         if o.count() == 0 {
             return;
         }
+        if self.count() == 0 {
+            // Into an empty histogram: a copy (the same counts, minimum and maximum as
+            // adding them; no resizing of the empty one first).
+            self.ns.clone_from(&o.ns);
+            self.sum_ns += o.sum_ns;
+            return;
+        }
         if self.ns.add(&o.ns).is_err() {
             for v in o.ns.iter_recorded() {
                 let (x, n) = (v.value_iterated_to(), v.count_at_value());
@@ -1587,8 +1594,13 @@ impl RunResult {
                 (&mut tenant_lat, b.class_tenant.get(ci)),
             ] {
                 if let Some((h, sum)) = idx.and_then(|&i| groups.get_mut(i)) {
-                    // Both histograms auto-resize, so adding cannot fail.
-                    let _ = h.add(&c.latency_ns);
+                    // Both histograms auto-resize, so adding cannot fail; into an empty
+                    // one, a copy is the same histogram.
+                    if h.is_empty() {
+                        h.clone_from(&c.latency_ns);
+                    } else {
+                        let _ = h.add(&c.latency_ns);
+                    }
                     *sum += c.latency_sum_ns;
                 }
             }
