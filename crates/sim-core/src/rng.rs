@@ -3,9 +3,9 @@
 //! so adding a component or changing a policy never shifts another component's draws
 //! (common random numbers across compared variants).
 //!
-//! Generators: ChaCha8 (`rand_chacha`) for component streams; Xoshiro256++
-//! (`rand_xoshiro`) for the per-workflow streams, which are created once per workflow
-//! and must be cheap to seed. Both are specified by their algorithms and value-stable
+//! Generators: ChaCha8 (`rand_chacha`) for component streams; Xoshiro256++ for the
+//! per-workflow streams, which are created once per workflow and must be cheap to seed
+//! (written out here, the same numbers as `rand_xoshiro`'s, pinned by a test). Both are specified by their algorithms and value-stable
 //! across crate versions. The name hash is FNV-1a 64, written out here so that it can
 //! never change under us (std's `DefaultHasher` is explicitly unstable).
 
