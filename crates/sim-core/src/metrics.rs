@@ -195,6 +195,7 @@ impl ClassStats {
         self.completed + self.failed + self.rejected + self.abandoned
     }
 
+    #[inline]
     pub fn record_completion(&mut self, latency: SimDuration, usd: f64, tokens: u64) {
         self.tokens_per_success.push(tokens);
         self.completed += 1;
@@ -215,6 +216,9 @@ pub struct PoolStats {
     pub hops: u64,
     /// Hops that had to queue (wait > 0).
     pub waited: u64,
+    /// Queue waits of the hops. Not recorded by [`PoolStats::record`]: the breakdown
+    /// records the same samples (`Breakdown::by_pool`'s `queue_wait`), and the run
+    /// copies that histogram here when it ends (one histogram update per hop, not two).
     pub wait_ns: Histogram<u64>,
     pub wait_sum_ns: u128,
     pub sojourn_sum_ns: u128,
@@ -314,6 +318,7 @@ impl PoolStats {
         }
     }
 
+    #[inline]
     pub fn record(&mut self, d: &HopDone) {
         if let Some(l) = &d.llm {
             self.llm_hops += 1;
@@ -329,7 +334,6 @@ impl PoolStats {
         if wait > 0 {
             self.waited += 1;
         }
-        record(&mut self.wait_ns, wait);
         self.wait_sum_ns += wait as u128;
         self.sojourn_sum_ns += d.sojourn().as_nanos() as u128;
         self.usd_attributed += d.usd;
@@ -1155,6 +1159,13 @@ impl Hist {
         if o.count() == 0 {
             return;
         }
+        if self.count() == 0 {
+            // Into an empty histogram: a copy (the same counts, minimum and maximum as
+            // adding them; no resizing of the empty one first).
+            self.ns.clone_from(&o.ns);
+            self.sum_ns += o.sum_ns;
+            return;
+        }
         if self.ns.add(&o.ns).is_err() {
             for v in o.ns.iter_recorded() {
                 let (x, n) = (v.value_iterated_to(), v.count_at_value());
@@ -1417,6 +1428,7 @@ impl Breakdown {
     /// Records one finished hop. Hops are kept once per (class, tier, pool or tool)
     /// cell, so each figure costs one histogram update; [`Breakdown::finish`] merges
     /// the cells into the class, lane, tenant, tier, pool and tool groups.
+    #[inline]
     pub fn record(&mut self, s: &HopSample<'_>) {
         let n_tiers = self.by_tier.len();
         let n_pools = self.by_pool.len();
@@ -1583,8 +1595,13 @@ impl RunResult {
                 (&mut tenant_lat, b.class_tenant.get(ci)),
             ] {
                 if let Some((h, sum)) = idx.and_then(|&i| groups.get_mut(i)) {
-                    // Both histograms auto-resize, so adding cannot fail.
-                    let _ = h.add(&c.latency_ns);
+                    // Both histograms auto-resize, so adding cannot fail; into an empty
+                    // one, a copy is the same histogram.
+                    if h.is_empty() {
+                        h.clone_from(&c.latency_ns);
+                    } else {
+                        let _ = h.add(&c.latency_ns);
+                    }
                     *sum += c.latency_sum_ns;
                 }
             }

@@ -136,8 +136,14 @@ impl QueueStation {
         let busy = self.in_service as u64;
         let queued = self.discipline.len() as u64;
         self.max_busy = self.max_busy.max(busy);
-        self.busy.set(now, busy);
-        self.queued.set(now, queued);
+        // A level left unchanged integrates exactly without being touched (integer
+        // area): only changes are written.
+        if busy != self.busy.level() {
+            self.busy.set(now, busy);
+        }
+        if queued != self.queued.level() {
+            self.queued.set(now, queued);
+        }
         // Hops in the system = busy + queued: integrated from those two in `report`.
         // The server count only changes when autoscaling boots or retires a server;
         // a level left unchanged integrates correctly without being touched.

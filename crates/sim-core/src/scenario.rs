@@ -995,7 +995,11 @@ impl Pool {
 
     /// Token-driven part of a hop's service time on this pool.
     pub fn token_time(&self, input_tokens: u64, output_tokens: u64) -> SimDuration {
-        let prefill = (input_tokens as u128 * self.prefill_ns_per_1k as u128 / 1000) as u64;
+        // In u64 when the product fits (the same quotient; no 128-bit division call).
+        let prefill = match input_tokens.checked_mul(self.prefill_ns_per_1k) {
+            Some(x) => x / 1000,
+            None => (input_tokens as u128 * self.prefill_ns_per_1k as u128 / 1000) as u64,
+        };
         SimDuration(prefill.saturating_add(output_tokens.saturating_mul(self.decode_ns_per_token)))
     }
 }

@@ -939,6 +939,12 @@ impl<'a, 'o> Sim<'a, 'o> {
         for (ts, rep) in self.tool_stats.iter_mut().zip(tool_reports) {
             ts.report = rep;
         }
+        self.breakdown.finish();
+        // A pool's queue waits are the breakdown's samples of its hops (every hop
+        // `PoolStats::record` counts is recorded there too, with the same wait).
+        for (ps, g) in self.pool_stats.iter_mut().zip(&self.breakdown.by_pool) {
+            ps.wait_ns.clone_from(&g.queue_wait.ns);
+        }
         RunResult {
             seed: sc.seed,
             events,
@@ -952,10 +958,7 @@ impl<'a, 'o> Sim<'a, 'o> {
             tools: self.tool_stats,
             gpu_reports,
             timeseries: self.timeseries,
-            breakdown: {
-                self.breakdown.finish();
-                self.breakdown
-            },
+            breakdown: self.breakdown,
             // The scenario's offered load (abstract pools only: a GPU pool's service time
             // comes from its replicas, an API never queues).
             offered_rho: sc
@@ -1408,7 +1411,12 @@ impl<'a, 'o> Sim<'a, 'o> {
                 self.submit_tool(slot, node, branch, epoch, 0, context);
             }
             NodeKind::Llm | NodeKind::Compact => {
-                let inherited = (spec.inherit * context as f64).round() as u64;
+                // Nothing to inherit (the entry node, a plain chain): no float rounding.
+                let inherited = if context == 0 {
+                    0
+                } else {
+                    (spec.inherit * context as f64).round() as u64
+                };
                 let base = spec
                     .input_tokens
                     .as_ref()
@@ -2551,6 +2559,7 @@ impl<'a, 'o> Sim<'a, 'o> {
 
     /// Submits an admitted model hop to pool `p`: draws its work and hands it over.
     #[allow(clippy::too_many_arguments)]
+    #[inline]
     fn submit_model_hop(
         &mut self,
         slot: u32,
@@ -2610,6 +2619,7 @@ impl<'a, 'o> Sim<'a, 'o> {
     /// GPU replicas, a service time elsewhere (an API: TTFT + (output - 1) x TPOT; an
     /// abstract pool: its service draw plus the token-driven part).
     #[allow(clippy::too_many_arguments)]
+    #[inline]
     fn hop_work(
         &self,
         ci: usize,
