@@ -579,11 +579,10 @@ pub fn compare_with_progress(
             let mut sc = scenarios[v].clone();
             sc.seed = seed;
             let r = crate::simulate(&sc, None);
-            let f = figures(&sc, &r);
             on_done();
-            f
+            crate::check_input(&r).map(|()| figures(&sc, &r))
         })
-        .collect();
+        .collect::<Result<_, _>>()?;
     let n = seeds.len();
     let mut per_variant: Vec<Vec<RunFigures>> = Vec::with_capacity(variants.len());
     let mut it = runs.into_iter();

@@ -15,6 +15,7 @@ pub mod report;
 pub mod spans;
 pub mod sweep;
 pub mod trace_cmd;
+pub mod trace_stream;
 
 pub use load::{InputError, LoadedScenario, load_scenario, parse_scenario};
 
@@ -32,6 +33,18 @@ pub fn simulate(
             ..Default::default()
         },
     )
+}
+
+/// Refuses a run during which a streamed trace could not be read (the file changed or
+/// vanished after loading checked every row): its results would miss rows silently.
+pub fn check_input(r: &sim_core::RunResult) -> Result<(), InputError> {
+    match r.input_errors.first() {
+        None => Ok(()),
+        Some(e) => Err(InputError::new(
+            "",
+            format!("trace read during the run failed, results discarded: {e}"),
+        )),
+    }
 }
 
 /// A progress bar on stderr drawn with the indicatif `template`; hidden when stderr is

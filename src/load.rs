@@ -35,8 +35,7 @@ pub struct LoadedScenario {
     pub gates: Vec<crate::gates::Gate>,
 }
 
-/// Tokens per Mooncake prefix-hash block.
-const MOONCAKE_BLOCK_TOKENS: u32 = 512;
+use crate::trace_stream::MOONCAKE_BLOCK_TOKENS;
 
 /// Trace arrivals found in a scenario table.
 #[derive(Default)]
@@ -209,9 +208,24 @@ fn load_traces(
     let index = |name: &str| scenario.classes.iter().position(|c| c.name == name);
     let mut receivers: Vec<usize> = arrivals.routed.iter().filter_map(|n| index(n)).collect();
     receivers.extend(arrivals.traces.iter().filter_map(|(n, _)| index(n)));
-    let mut per_class: Vec<Vec<RecordedRequest>> = vec![Vec::new(); scenario.classes.len()];
+    // Rows held in memory, per class, in pieces by trace (concatenated in the order the
+    // scenario declares its traces before the stable sort by arrival).
+    let mut per_class: Vec<Vec<(usize, Vec<RecordedRequest>)>> =
+        vec![Vec::new(); scenario.classes.len()];
+    // Request traces, and what loading learned about the rows each sends to a class.
+    let mut feeds: Vec<crate::trace_stream::Feed> = Vec::new();
+    let mut scans: Vec<Vec<(usize, crate::trace_stream::ClassScan)>> =
+        vec![Vec::new(); scenario.classes.len()];
+    let mut stream_wanted: Vec<bool> = Vec::new();
+    let mut trace_numbers: Vec<usize> = Vec::new();
+    let mut span_fed = vec![false; scenario.classes.len()];
+    let takers: BTreeMap<String, usize> = receivers
+        .iter()
+        .map(|&c| (scenario.classes[c].name.clone(), c))
+        .collect();
+    let horizon = sim_core::SimTime(scenario.horizon.as_nanos());
     let mut extra_tools = Vec::new();
-    for (class, spec) in &arrivals.traces {
+    for (trace_no, (class, spec)) in arrivals.traces.iter().enumerate() {
         let key = format!("classes.{class}.arrival");
         let bad = |m: String| InputError::new(file, format!("key `{key}`: {m}"));
         let Some(own) = index(class) else {
@@ -249,11 +263,11 @@ fn load_traces(
                     "rules[{i}].tier: rows of a request trace run the class's own hops; route them to a class whose hop uses that tier with `class = \"...\"`"
                 )));
             }
+            // Read once without keeping the rows: every row checked and routed, and
+            // per class, whether its rows can be streamed into the run.
             let mut it = traces::replay_requests(&path, &read, &replay)
                 .map_err(|e| InputError::new("", e.to_string()))?;
-            // Rows with a session id, by (class, session), replayed as one workflow each.
-            let mut sessions: BTreeMap<(usize, String), Vec<traces::RequestRecord>> =
-                BTreeMap::new();
+            let mut scan: BTreeMap<usize, crate::trace_stream::ClassScan> = BTreeMap::new();
             for r in it.by_ref() {
                 // Trace errors already name the file and line.
                 let r = r.map_err(|e| InputError::new("", e.to_string()))?;
@@ -267,33 +281,27 @@ fn load_traces(
                 )
                 .map_err(|m| bad(format!("rules[{}]: {m}", labels.rule.unwrap_or(0))))?;
                 *routed_rows.entry(target).or_default() += 1;
-                if let Some(s) = &r.session {
-                    sessions.entry((target, s.clone())).or_default().push(r);
-                    continue;
-                }
-                per_class[target].push(RecordedRequest {
-                    at: sim_core::SimTime(r.arrival_ns),
-                    input_tokens: r.input_tokens,
-                    output_tokens: r.output_tokens,
-                    block_hashes: r.block_hashes.map(std::sync::Arc::from),
-                    hash_block_tokens: MOONCAKE_BLOCK_TOKENS,
-                    graph: None,
-                });
+                scan.entry(target)
+                    .or_insert_with(|| crate::trace_stream::ClassScan::new(horizon))
+                    .add(&r);
             }
-            if !sessions.is_empty() {
-                notes.push(format!(
-                    "{}: {} rows replayed as {} sessions",
-                    path.display(),
-                    sessions.values().map(Vec::len).sum::<usize>(),
-                    sessions.len()
-                ));
-            }
-            for ((target, _), mut turns) in sessions {
-                turns.sort_by_key(|r| r.arrival_ns);
-                per_class[target].push(session_request(scenario, target, &turns));
+            let feed_no = feeds.len();
+            feeds.push(crate::trace_stream::Feed {
+                path: path.clone(),
+                read: read.clone(),
+                replay: replay.clone(),
+                rules: rules.clone(),
+                own,
+                takers: takers.clone(),
+            });
+            stream_wanted.push(spec.stream);
+            trace_numbers.push(trace_no);
+            for (target, sc) in scan {
+                scans[target].push((feed_no, sc));
             }
             it.report()
         } else {
+            let mut rows: BTreeMap<usize, Vec<RecordedRequest>> = BTreeMap::new();
             let mut it = traces::replay_workflows(&path, &read, &replay)
                 .map_err(|e| InputError::new("", e.to_string()))?;
             let mut resolver =
@@ -311,13 +319,14 @@ fn load_traces(
                 )
                 .map_err(|m| bad(format!("rules[{}]: {m}", rule.unwrap_or(0))))?;
                 *routed_rows.entry(target).or_default() += 1;
+                span_fed[target] = true;
                 let steps = resolver.steps(&wf, target);
                 let graph = sim_core::workflow::WorkflowGraph::from_recorded(
                     &scenario.classes[target].name,
                     &steps,
                 );
                 let (input, output) = wf.token_totals();
-                per_class[target].push(RecordedRequest {
+                rows.entry(target).or_default().push(RecordedRequest {
                     at: sim_core::SimTime(wf.arrival_ns),
                     input_tokens: input.min(u32::MAX as u64) as u32,
                     output_tokens: output.min(u32::MAX as u64) as u32,
@@ -355,6 +364,9 @@ fn load_traces(
                 ));
             }
             extra_tools = std::mem::take(&mut resolver.extra_tools);
+            for (target, rows) in rows {
+                per_class[target].push((trace_no, rows));
+            }
             it.report()
         };
         if routed_rows.keys().any(|&c| c != own) {
@@ -396,19 +408,81 @@ fn load_traces(
         }
     }
     scenario.tools.extend(extra_tools);
+    // A class streams its request rows when every trace feeding it allows it and its
+    // rows from each are in time order without sessions; otherwise they are read again
+    // and held (sorted, sessions grouped).
+    let mut streams: Vec<Option<crate::trace_stream::TraceRows>> =
+        (0..scenario.classes.len()).map(|_| None).collect();
+    for c in 0..scenario.classes.len() {
+        if scans[c].is_empty() {
+            continue;
+        }
+        let stream = !span_fed[c]
+            && scans[c]
+                .iter()
+                .all(|(f, sc)| stream_wanted[*f] && sc.streamable());
+        if stream {
+            let parts = std::mem::take(&mut scans[c])
+                .into_iter()
+                .map(|(f, sc)| (feeds[f].clone(), sc.counts))
+                .collect();
+            streams[c] = Some(crate::trace_stream::TraceRows::new(c, parts));
+        }
+    }
+    for (f, feed) in feeds.iter().enumerate() {
+        let held: Vec<usize> = (0..scenario.classes.len())
+            .filter(|&c| scans[c].iter().any(|(g, _)| *g == f))
+            .collect();
+        if held.is_empty() {
+            continue;
+        }
+        let trace_no = trace_numbers[f];
+        let (rows, sessions) = hold_requests(feed, &held)?;
+        if !sessions.is_empty() {
+            notes.push(format!(
+                "{}: {} rows replayed as {} sessions",
+                feed.path.display(),
+                sessions.values().map(Vec::len).sum::<usize>(),
+                sessions.len()
+            ));
+        }
+        let mut rows = rows;
+        for ((target, _), mut turns) in sessions {
+            turns.sort_by_key(|r| r.arrival_ns);
+            rows.entry(target)
+                .or_default()
+                .push(session_request(scenario, target, &turns));
+        }
+        for (target, rows) in rows {
+            per_class[target].push((trace_no, rows));
+        }
+    }
     for name in &arrivals.routed {
         if let Some(c) = index(name)
             && per_class[c].is_empty()
+            && streams[c].is_none()
         {
             notes.push(format!(
                 "class `{name}` is routed, but no trace rule sent it any rows"
             ));
         }
     }
-    for (c, mut requests) in per_class.into_iter().enumerate() {
+    for (c, mut pieces) in per_class.into_iter().enumerate() {
         if !receivers.contains(&c) {
             continue;
         }
+        if let Some(rows) = streams[c].take() {
+            scenario
+                .attach_stream(
+                    c,
+                    sim_core::scenario::RecordedStream(std::sync::Arc::new(rows)),
+                )
+                .map_err(|e| InputError::new(file, e.to_string()))?;
+            continue;
+        }
+        pieces.sort_by_key(|(t, _)| *t);
+        let mut requests: Vec<RecordedRequest> =
+            pieces.into_iter().flat_map(|(_, rows)| rows).collect();
         // Readers never reorder; the simulator needs arrivals in time order.
         requests.sort_by_key(|r| r.at);
         scenario
@@ -416,6 +490,40 @@ fn load_traces(
             .map_err(|e| InputError::new(file, e.to_string()))?;
     }
     Ok(())
+}
+
+/// Rows of one request trace kept in memory, for the classes in `held`: flat requests
+/// by class, and rows with a session id by (class, session).
+#[allow(clippy::type_complexity)]
+fn hold_requests(
+    feed: &crate::trace_stream::Feed,
+    held: &[usize],
+) -> Result<
+    (
+        BTreeMap<usize, Vec<RecordedRequest>>,
+        BTreeMap<(usize, String), Vec<traces::RequestRecord>>,
+    ),
+    InputError,
+> {
+    let mut rows: BTreeMap<usize, Vec<RecordedRequest>> = BTreeMap::new();
+    let mut sessions: BTreeMap<(usize, String), Vec<traces::RequestRecord>> = BTreeMap::new();
+    let it = traces::replay_requests(&feed.path, &feed.read, &feed.replay)
+        .map_err(|e| InputError::new("", e.to_string()))?;
+    for r in it {
+        let r = r.map_err(|e| InputError::new("", e.to_string()))?;
+        let target = feed.target(&r);
+        if !held.contains(&target) {
+            continue;
+        }
+        match &r.session {
+            Some(s) => sessions.entry((target, s.clone())).or_default().push(r),
+            None => rows
+                .entry(target)
+                .or_default()
+                .push(crate::trace_stream::recorded(r)),
+        }
+    }
+    Ok((rows, sessions))
 }
 
 /// Reads `path`, applies `sets` (each `key.path=value`) and validates.

@@ -156,6 +156,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 let done = || bar.inc(1);
                 let mut runs = run_replications(&loaded.scenario, replications, &done);
                 bar.finish_and_clear();
+                for r in &runs {
+                    factorysim::check_input(r)?;
+                }
                 let summaries: Vec<_> = runs.iter().map(|r| r.summary()).collect();
                 let est = replications::estimate(&summaries);
                 runs.truncate(1);
@@ -164,6 +167,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     None => anyhow::bail!("no replication ran"),
                 }
             };
+            factorysim::check_input(&result)?;
             let summary = result.summary();
             let doc = SummaryDoc {
                 summary: &summary,

@@ -181,7 +181,10 @@ fn every_request_of_each_shipped_trace_is_accounted_for() {
 
 fn recorded(loaded: &crate::LoadedScenario) -> Vec<sim_core::scenario::RecordedRequest> {
     match &loaded.scenario.classes[0].arrival {
-        sim_core::scenario::Arrival::Recorded { requests } => requests.as_ref().clone(),
+        sim_core::scenario::Arrival::Recorded {
+            stream: Some(s), ..
+        } => s.0.rows().map(|r| r.unwrap()).collect(),
+        sim_core::scenario::Arrival::Recorded { requests, .. } => requests.as_ref().clone(),
         other => panic!("expected recorded arrivals, got {other:?}"),
     }
 }
@@ -941,4 +944,256 @@ fn a_fitted_span_log_regenerates_rate_hops_and_tokens_per_workflow() {
             "{class}: hops {hops} vs {src_hops}"
         );
     }
+}
+
+// ---------------------------------------------------------------------------------
+// Streaming replay (docs/traces.md, "Memory of a replay")
+// ---------------------------------------------------------------------------------
+
+fn is_streamed(loaded: &crate::LoadedScenario, class: &str) -> bool {
+    let c = loaded
+        .scenario
+        .classes
+        .iter()
+        .find(|c| c.name == class)
+        .unwrap_or_else(|| panic!("class {class}"));
+    matches!(
+        c.arrival,
+        sim_core::scenario::Arrival::Recorded {
+            stream: Some(_),
+            ..
+        }
+    )
+}
+
+/// `text` with every trace arrival told `stream = false`.
+fn held(text: &str) -> String {
+    text.replace(
+        "process = \"trace\",",
+        "process = \"trace\", stream = false,",
+    )
+}
+
+#[test]
+fn streamed_and_loaded_replays_are_byte_identical() {
+    let cases = [
+        // Rules route the long prompts of the code trace to `long`, which the conv
+        // trace also feeds (two streams merged by time), windowed, sampled, sped up
+        // and looped.
+        r#"
+[simulation]
+horizon = "3h"
+drain = true
+[pools.fast]
+servers = 6
+service = { dist = "exponential", mean = "150ms" }
+[classes.code]
+arrival = { process = "trace", file = "../traces/data/azure-llm-2023/AzureLLMInferenceTrace_code.csv",
+            rules = [{ when = [{ field = "input_tokens", min = 4000 }], class = "long" }] }
+hops = [{ pool = "fast" }]
+[classes.conv]
+arrival = { process = "trace", file = "../traces/data/azure-llm-2023/AzureLLMInferenceTrace_conv.csv",
+            window_start = "5m", window_end = "35m", sample = 0.5, rate = 2, loops = 2,
+            rules = [{ when = [{ field = "output_tokens", min = 400 }], class = "long" }] }
+hops = [{ pool = "fast" }]
+[classes.long]
+arrival = { process = "routed" }
+hops = [{ pool = "fast", service = { dist = "lognormal", median = "300ms", p99 = "2s" } }]
+"#,
+        // Mooncake prefix hashes into a GPU replica's prefix cache, with a canary
+        // cohort on another GPU drawing from the same stream.
+        r#"
+[simulation]
+horizon = "2h"
+drain = true
+[profiles.models.llama-3-8b]
+context_limit = 1048576
+[profiles.gpus.h200]
+memory_gib = 400.0
+[pools.gpu]
+servers = 2
+gpu = { model = "llama-3-8b", gpu = "h200", perf = "roofline" }
+[pools.gpu-new]
+servers = 1
+gpu = { model = "llama-3-8b", gpu = "h100-80gb", perf = "roofline" }
+[classes.t]
+arrival = { process = "trace", file = "../traces/data/mooncake-fast25/conversation_trace.jsonl", rate = 0.1, window_end = "10m" }
+hops = [{ pool = "gpu" }]
+canary = { share = 0.3, pools = { gpu = "gpu-new" } }
+"#,
+    ];
+    for (k, text) in cases.iter().enumerate() {
+        let streamed = load_inline(text);
+        let loaded = load_inline(&held(text));
+        for c in &streamed.scenario.classes {
+            if c.cohort_of.is_none() {
+                assert!(is_streamed(&streamed, &c.name), "case {k}: {}", c.name);
+                assert!(!is_streamed(&loaded, &c.name), "case {k}: {}", c.name);
+            }
+        }
+        assert_eq!(streamed.notes, loaded.notes, "case {k}");
+        let a = crate::simulate(&streamed.scenario, None);
+        let b = crate::simulate(&loaded.scenario, None);
+        assert!(a.input_errors.is_empty(), "{:?}", a.input_errors);
+        let (ja, jb) = (
+            crate::outputs::to_json_pretty(&a.summary()).unwrap_or_default(),
+            crate::outputs::to_json_pretty(&b.summary()).unwrap_or_default(),
+        );
+        assert!(ja.len() > 1000, "case {k}");
+        assert!(ja == jb, "case {k}: streamed and held replays differ");
+        let s = a.summary();
+        assert!(s.classes.values().all(|c| c.arrived > 100), "case {k}");
+        // The rows the stream delivers are exactly the held ones, in order.
+        for c in &streamed.scenario.classes {
+            if c.cohort_of.is_none() {
+                let (x, y) = (
+                    recorded_of(&streamed, &c.name),
+                    recorded_of(&loaded, &c.name),
+                );
+                assert_eq!(x.len(), y.len(), "case {k}");
+                assert!(
+                    x.iter().zip(&y).all(|(p, q)| p.at == q.at
+                        && p.input_tokens == q.input_tokens
+                        && p.output_tokens == q.output_tokens
+                        && p.block_hashes == q.block_hashes),
+                    "case {k}: class {}",
+                    c.name
+                );
+            }
+        }
+    }
+}
+
+fn recorded_of(
+    loaded: &crate::LoadedScenario,
+    class: &str,
+) -> Vec<sim_core::scenario::RecordedRequest> {
+    let c = loaded
+        .scenario
+        .classes
+        .iter()
+        .find(|c| c.name == class)
+        .unwrap_or_else(|| panic!("class {class}"));
+    match &c.arrival {
+        sim_core::scenario::Arrival::Recorded {
+            stream: Some(s), ..
+        } => {
+            s.0.rows()
+                .map(|r| r.unwrap_or_else(|e| panic!("{e}")))
+                .collect()
+        }
+        sim_core::scenario::Arrival::Recorded { requests, .. } => requests.as_ref().clone(),
+        other => panic!("expected recorded arrivals, got {other:?}"),
+    }
+}
+
+#[test]
+fn out_of_order_or_session_rows_are_held_and_sorted() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let scenario = |file: &Path| {
+        format!(
+            r#"
+[simulation]
+horizon = "1m"
+drain = true
+[pools.llm]
+servers = 2
+service = {{ dist = "constant", value = "1s" }}
+[classes.chat]
+arrival = {{ process = "trace", file = {file:?} }}
+hops = [{{ pool = "llm" }}]
+"#
+        )
+    };
+    // Row 3 (at 1 s) arrives before row 2 (at 4 s): held, replayed in time order.
+    let unsorted = dir.path().join("unsorted.csv");
+    std::fs::write(
+        &unsorted,
+        "arrived_at,num_prefill_tokens,num_decode_tokens\n0,10,1\n4,20,2\n1,30,3\n9,40,4\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let l = load_inline(&scenario(&unsorted));
+    assert!(!is_streamed(&l, "chat"));
+    let at: Vec<u64> = recorded_of(&l, "chat")
+        .iter()
+        .map(|r| r.at.as_nanos() / 1_000_000_000)
+        .collect();
+    assert_eq!(at, [0, 1, 4, 9]);
+    // The same rows in order stream, with the same results.
+    let sorted = dir.path().join("sorted.csv");
+    std::fs::write(
+        &sorted,
+        "arrived_at,num_prefill_tokens,num_decode_tokens\n0,10,1\n1,30,3\n4,20,2\n9,40,4\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let s = load_inline(&scenario(&sorted));
+    assert!(is_streamed(&s, "chat"));
+    let (a, b) = (
+        crate::simulate(&l.scenario, None).summary(),
+        crate::simulate(&s.scenario, None).summary(),
+    );
+    assert_eq!(a.classes["chat"].completed, 4);
+    assert_eq!(
+        crate::outputs::to_json_pretty(&a).unwrap_or_default(),
+        crate::outputs::to_json_pretty(&b).unwrap_or_default()
+    );
+    // Session ids: held (a session replays as one workflow).
+    let sessions = dir.path().join("sessions.csv");
+    std::fs::write(
+        &sessions,
+        "arrived_at,num_prefill_tokens,num_decode_tokens,session_id\n0,10,1,a\n1,30,3,a\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!is_streamed(&load_inline(&scenario(&sessions)), "chat"));
+}
+
+#[test]
+fn a_trace_that_breaks_after_loading_fails_the_run_naming_the_line() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let trace = dir.path().join("t.csv");
+    let rows: String = (0..50).map(|i| format!("{i},100,10\n")).collect();
+    std::fs::write(
+        &trace,
+        format!("arrived_at,num_prefill_tokens,num_decode_tokens\n{rows}"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let text = format!(
+        r#"
+[simulation]
+horizon = "2m"
+drain = true
+[pools.llm]
+servers = 2
+service = {{ dist = "constant", value = "100ms" }}
+[classes.chat]
+arrival = {{ process = "trace", file = {trace:?} }}
+hops = [{{ pool = "llm" }}]
+"#
+    );
+    let loaded = load_inline(&text);
+    assert!(is_streamed(&loaded, "chat"));
+    let ok = crate::simulate(&loaded.scenario, None);
+    assert!(crate::check_input(&ok).is_ok());
+    assert_eq!(ok.summary().classes["chat"].completed, 50);
+    // Line 12 of the file turns bad after the load checked it.
+    let broken: String = (0..50)
+        .map(|i| {
+            if i == 10 {
+                "10,lots,10\n".to_string()
+            } else {
+                format!("{i},100,10\n")
+            }
+        })
+        .collect();
+    std::fs::write(
+        &trace,
+        format!("arrived_at,num_prefill_tokens,num_decode_tokens\n{broken}"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let r = crate::simulate(&loaded.scenario, None);
+    let e = crate::check_input(&r)
+        .expect_err("a broken trace fails the run")
+        .to_string();
+    assert!(e.contains("t.csv") && e.contains("12"), "{e}");
+    assert!(e.contains("class `chat`"), "{e}");
 }

@@ -324,11 +324,11 @@ pub fn sweep(
         .map(|&(p, seed)| {
             let mut sc = points[p].2.clone();
             sc.seed = seed;
-            let s = crate::simulate(&sc, None).summary();
+            let r = crate::simulate(&sc, None);
             on_done();
-            s
+            crate::check_input(&r).map(|()| r.summary())
         })
-        .collect();
+        .collect::<Result<_, _>>()?;
     let n = seeds.len();
     let out_points = points
         .iter()

@@ -1406,6 +1406,7 @@ hops = [{{ pool = "mid" }}]
             .collect();
         sc.classes[0].arrival = sim_core::scenario::Arrival::Recorded {
             requests: std::sync::Arc::new(requests),
+            stream: None,
         };
         let mut log = Vec::new();
         let r = sim_core::run(

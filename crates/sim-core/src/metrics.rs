@@ -435,6 +435,9 @@ pub struct RunResult {
     /// Offered load rho per pool from the scenario (`Scenario::offered_load`), `None`
     /// for GPU and API pools.
     pub offered_rho: Vec<Option<f64>>,
+    /// Trace rows a streamed replay could not read during the run (the file changed
+    /// after loading checked it): the CLI refuses such a run's results.
+    pub input_errors: Vec<String>,
 }
 
 /// The factory over one sampling interval ending at `t`.

@@ -1091,7 +1091,32 @@ pub enum Arrival {
     /// tokens (and prefix hashes) from its request.
     Recorded {
         requests: std::sync::Arc<Vec<RecordedRequest>>,
+        /// Rows read from their source as the run advances instead (then `requests` is
+        /// empty): a trace far larger than memory replays in constant memory.
+        stream: Option<RecordedStream>,
     },
+}
+
+/// Recorded requests read from their source as the run advances, one pass per run, so
+/// a trace far larger than memory replays with only the rows in flight held
+/// (docs/traces.md, "Memory of a replay"). Implemented by the CLI over `traces`.
+pub trait RecordedSource: Send + Sync {
+    /// A new pass over the rows: flat requests (no `graph`) with `at` never
+    /// decreasing, the same rows on every pass. An `Err` (the file changed or could not
+    /// be read since it was checked) ends the pass; the run reports it.
+    fn rows(&self) -> Box<dyn Iterator<Item = Result<RecordedRequest, String>> + '_>;
+    /// Rows arriving before `t` (for the offered load `check` derives).
+    fn count_before(&self, t: SimTime) -> u64;
+}
+
+/// A shared [`RecordedSource`].
+#[derive(Clone)]
+pub struct RecordedStream(pub std::sync::Arc<dyn RecordedSource>);
+
+impl std::fmt::Debug for RecordedStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RecordedStream")
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -1159,7 +1184,10 @@ impl WorkflowClass {
     pub fn mean_rate_per_s(&self, horizon: SimDuration) -> f64 {
         match &self.arrival {
             Arrival::Closed { .. } => 0.0,
-            Arrival::Recorded { requests } => {
+            Arrival::Recorded {
+                stream: Some(s), ..
+            } => s.0.count_before(SimTime::ZERO + horizon) as f64 / horizon.as_secs_f64().max(1e-9),
+            Arrival::Recorded { requests, .. } => {
                 let n = requests
                     .iter()
                     .filter(|r| r.at.as_nanos() < horizon.as_nanos())
@@ -1192,7 +1220,7 @@ impl WorkflowClass {
     /// The graph a workflow of this class runs: a replayed recorded workflow's own
     /// (`record` indexes the recorded requests), else the class's.
     pub fn graph_for(&self, record: Option<u32>) -> &crate::workflow::WorkflowGraph {
-        if let (Some(r), Arrival::Recorded { requests }) = (record, &self.arrival)
+        if let (Some(r), Arrival::Recorded { requests, .. }) = (record, &self.arrival)
             && let Some(g) = requests.get(r as usize).and_then(|q| q.graph.as_deref())
         {
             return g;
@@ -2018,6 +2046,7 @@ impl ScenarioSpec {
                 }
                 ArrivalSpec::Recorded {} => Arrival::Recorded {
                     requests: std::sync::Arc::new(Vec::new()),
+                    stream: None,
                 },
                 ArrivalSpec::Closed { users, think } => {
                     if *users == 0 {
@@ -2785,9 +2814,44 @@ impl Scenario {
                     ),
                 ));
             }
-            self.classes[cohort].arrival = Arrival::Recorded { requests: theirs };
+            self.classes[cohort].arrival = Arrival::Recorded {
+                requests: theirs,
+                stream: None,
+            };
         }
-        self.classes[class].arrival = Arrival::Recorded { requests };
+        self.classes[class].arrival = Arrival::Recorded {
+            requests,
+            stream: None,
+        };
+        Ok(())
+    }
+
+    /// Hands a class rows that are read as the run advances (flat requests in time
+    /// order: see [`RecordedSource`]); a canary cohort draws from the same pass.
+    pub fn attach_stream(&mut self, class: usize, stream: RecordedStream) -> Result<(), SpecError> {
+        if let Some((_, cohort)) = self.classes[class].canary {
+            let moves = self.classes[cohort]
+                .canary_moves
+                .clone()
+                .unwrap_or_default();
+            if moves.apply(&mut self.classes[class].graph.clone()) == 0 {
+                return Err(err(
+                    format!("classes.{}.canary", self.classes[class].name),
+                    format!(
+                        "no node of class `{}` uses the pools or tiers it replaces",
+                        self.classes[class].name
+                    ),
+                ));
+            }
+            self.classes[cohort].arrival = Arrival::Recorded {
+                requests: std::sync::Arc::new(Vec::new()),
+                stream: Some(stream.clone()),
+            };
+        }
+        self.classes[class].arrival = Arrival::Recorded {
+            requests: std::sync::Arc::new(Vec::new()),
+            stream: Some(stream),
+        };
         Ok(())
     }
 

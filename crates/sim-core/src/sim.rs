@@ -28,7 +28,9 @@ use crate::policy::{
 };
 use crate::queue_station::QueueStation;
 use crate::rng::{SimRng, StreamFactory, WorkflowRng, workflow_stream};
-use crate::scenario::{AdmissionAction, Arrival, OnPreempt, RateLimit, Scenario, WorkflowClass};
+use crate::scenario::{
+    AdmissionAction, Arrival, OnPreempt, RateLimit, RecordedRequest, Scenario, WorkflowClass,
+};
 use crate::station::{ApiCall, HopDone, HopJob, JobId, Refused, Station, StationOutput, Work};
 use crate::time::{SimDuration, SimTime};
 use crate::workflow::NodeKind;
@@ -407,7 +409,7 @@ struct GateRefusal {
     hold: bool,
 }
 
-struct ClassRuntime {
+struct ClassRuntime<'a> {
     arrivals_rng: SimRng,
     work_seed: u64,
     next_workflow: u64,
@@ -416,8 +418,14 @@ struct ClassRuntime {
     constant_rate: bool,
     /// Recorded requests already scheduled.
     scheduled_records: usize,
+    /// A streamed trace's pass, and the rows read from it whose arrival is scheduled
+    /// (in arrival order; the front arrives next).
+    stream: Option<RowStream<'a>>,
+    stream_ahead: VecDeque<RecordedRequest>,
     unit_exp: Exp1,
 }
+
+type RowStream<'a> = Box<dyn Iterator<Item = Result<RecordedRequest, String>> + 'a>;
 
 /// The stream a model hop's timing draws come from (service time, API TTFT/TPOT, 429
 /// jitter): keyed by the workflow and the hop's place in it, not by the pool it lands
@@ -480,7 +488,13 @@ struct Sim<'a, 'o> {
     /// Pools first, then tools.
     stations: Vec<Box<dyn Station>>,
     out: StationOutput,
-    classes: Vec<ClassRuntime>,
+    classes: Vec<ClassRuntime<'a>>,
+    /// Rows of streamed traces whose workflows are live (`Workflow::record` indexes it
+    /// for a class whose arrival is a stream), and the free entries.
+    stream_rows: Vec<RecordedRequest>,
+    free_stream_rows: Vec<u32>,
+    /// Rows a streamed trace could not deliver (the run stops reading it).
+    input_errors: Vec<String>,
     class_stats: Vec<ClassStats>,
     pool_stats: Vec<PoolStats>,
     tool_stats: Vec<ToolStats>,
@@ -646,6 +660,13 @@ impl<'a, 'o> Sim<'a, 'o> {
                 max_rate: c.max_rate(),
                 unit_exp: Exp1,
                 scheduled_records: 0,
+                stream: match &c.arrival {
+                    Arrival::Recorded {
+                        stream: Some(s), ..
+                    } if c.cohort_of.is_none() => Some(s.0.rows()),
+                    _ => None,
+                },
+                stream_ahead: VecDeque::new(),
                 constant_rate: matches!(c.arrival, Arrival::Poisson { .. })
                     && c.bursts.iter().all(|b| b.rate_factor == 1.0),
             })
@@ -665,6 +686,9 @@ impl<'a, 'o> Sim<'a, 'o> {
             tool_stats: sc.tools.iter().map(|t| ToolStats::new(&t.name)).collect(),
             workflows: Vec::new(),
             free_workflows: Vec::new(),
+            stream_rows: Vec::new(),
+            free_stream_rows: Vec::new(),
+            input_errors: Vec::new(),
             hops: Vec::new(),
             free_hops: Vec::new(),
             next_wf_id: 0,
@@ -967,6 +991,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                 .zip(&sc.pools)
                 .map(|(l, p)| (p.gpu.is_none() && p.api.is_none()).then_some(l.rho))
                 .collect(),
+            input_errors: self.input_errors,
         }
     }
 
@@ -1172,7 +1197,25 @@ impl<'a, 'o> Sim<'a, 'o> {
     fn schedule_next_arrival(&mut self, ci: usize, from: SimTime) {
         let class = &self.sc.classes[ci];
         let rt = &mut self.classes[ci];
-        if let Arrival::Recorded { requests } = &class.arrival {
+        if let Some(rows) = rt.stream.as_mut() {
+            // One row read ahead per scheduled arrival: memory stays that of the rows
+            // in flight.
+            match rows.next() {
+                Some(Ok(r)) if r.at < self.horizon => {
+                    self.queue
+                        .push(r.at.max(from), Event::Arrival { class: ci as u32 });
+                    rt.stream_ahead.push_back(r);
+                }
+                Some(Err(e)) => {
+                    self.input_errors
+                        .push(format!("class `{}`: {e}", class.name));
+                    rt.stream = None;
+                }
+                _ => rt.stream = None,
+            }
+            return;
+        }
+        if let Arrival::Recorded { requests, .. } = &class.arrival {
             // The next request not yet scheduled: arrivals are scheduled one at a time,
             // in order, like the Poisson stream.
             let n = rt.scheduled_records;
@@ -1220,6 +1263,7 @@ impl<'a, 'o> Sim<'a, 'o> {
 
     fn start_workflow(&mut self, ci: usize, user: Option<u32>) {
         let sc = self.sc;
+        let home_ci = ci;
         let class = &sc.classes[ci];
         let now = self.now;
         let rt = &mut self.classes[ci];
@@ -1247,6 +1291,22 @@ impl<'a, 'o> Sim<'a, 'o> {
         let id = self.next_wf_id;
         self.next_wf_id += 1;
         let record = match &class.arrival {
+            Arrival::Recorded {
+                stream: Some(_), ..
+            } => {
+                // The row this arrival was scheduled for (the parent's, for a cohort).
+                let row = self.classes[home_ci].stream_ahead.pop_front();
+                row.map(|r| match self.free_stream_rows.pop() {
+                    Some(k) => {
+                        self.stream_rows[k as usize] = r;
+                        k
+                    }
+                    None => {
+                        self.stream_rows.push(r);
+                        (self.stream_rows.len() - 1) as u32
+                    }
+                })
+            }
             Arrival::Recorded { .. } => Some(workflow_no as u32),
             _ => None,
         };
@@ -1435,9 +1495,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                 // A replayed request: the entry hop asks for exactly what was recorded.
                 // (A replayed workflow's nodes carry their own recorded tokens.)
                 if node == 0
-                    && let (Some(r), Arrival::Recorded { requests }) = (wf.record, &class.arrival)
-                    && let Some(req) = requests.get(r as usize)
-                    && req.graph.is_none()
+                    && let Some(req) = flat_record(class, wf.record, &self.stream_rows)
                 {
                     input = req.input_tokens as u64;
                     output = req.output_tokens as u64;
@@ -2577,8 +2635,8 @@ impl<'a, 'o> Sim<'a, 'o> {
         let ci = wf.class as usize;
         let record = wf.record;
         let class = &sc.classes[ci];
-        let recorded = match (node, wf.record, &class.arrival) {
-            (0, Some(r), Arrival::Recorded { requests }) => requests.get(r as usize),
+        let recorded = match node {
+            0 => flat_record(class, wf.record, &self.stream_rows).cloned(),
             _ => None,
         };
         let mut trng = timing_stream(
@@ -2586,7 +2644,16 @@ impl<'a, 'o> Sim<'a, 'o> {
             wf.number,
             [node as u64, branch as u64, epoch as u64, attempt as u64, 0],
         );
-        let work = self.hop_work(ci, record, node, p, input, output, recorded, &mut trng);
+        let work = self.hop_work(
+            ci,
+            record,
+            node,
+            p,
+            input,
+            output,
+            recorded.as_ref(),
+            &mut trng,
+        );
         // A hop released from a door: its caller has been waiting since it was held.
         let since = self.held_since.take();
         let timeout = class.graph_for(record).nodes[node]
@@ -3641,9 +3708,37 @@ impl<'a, 'o> Sim<'a, 'o> {
         let wf = &mut self.workflows[slot as usize];
         if wf.active && wf.outcome.is_some() && wf.outstanding == 0 {
             wf.active = false;
+            if let (
+                Some(r),
+                Arrival::Recorded {
+                    stream: Some(_), ..
+                },
+            ) = (wf.record, &self.sc.classes[wf.class as usize].arrival)
+            {
+                // The row's prefix hashes go with it.
+                self.stream_rows[r as usize].block_hashes = None;
+                self.free_stream_rows.push(r);
+            }
             self.free_workflows.push(slot);
             self.live_workflows -= 1;
         }
+    }
+}
+
+/// The flat recorded request (no graph of its own) a workflow replays: its entry hop
+/// asks for exactly the recorded tokens and prefix hashes.
+fn flat_record<'r>(
+    class: &'r WorkflowClass,
+    record: Option<u32>,
+    stream_rows: &'r [RecordedRequest],
+) -> Option<&'r RecordedRequest> {
+    let r = record? as usize;
+    match &class.arrival {
+        Arrival::Recorded {
+            stream: Some(_), ..
+        } => stream_rows.get(r),
+        Arrival::Recorded { requests, .. } => requests.get(r).filter(|q| q.graph.is_none()),
+        _ => None,
     }
 }
 

@@ -1,0 +1,284 @@
+//! Request traces streamed into a run: the rows of a flat request trace (Azure, simple
+//! CSV, Mooncake) are read from the file as the simulation advances, one pass per run,
+//! so a trace of tens of millions of rows replays holding only the rows in flight
+//! (docs/traces.md, "Memory of a replay").
+//!
+//! Loading reads each trace once without keeping its rows ([`ClassScan`]): it checks
+//! every row (a bad row stops the load with its file and line, as before), routes it by
+//! the rules, and notes per class whether the rows arrive in time order and carry
+//! session ids. A class whose rows are in order and sessionless gets a [`TraceRows`]
+//! source; the others are read again and held in memory (sorted, grouped into
+//! sessions). Both give the simulator the same rows in the same order, so results are
+//! byte-identical (test `story_tests::streamed_and_loaded_replays_are_byte_identical`).
+
+use sim_core::SimTime;
+use sim_core::scenario::{RecordedRequest, RecordedSource};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use traces::{ReadOptions, ReplayOptions, RequestRecord, RuleSet};
+
+/// Tokens per Mooncake prefix-hash block.
+pub const MOONCAKE_BLOCK_TOKENS: u32 = 512;
+
+/// One request trace and where its rows go.
+#[derive(Clone, Debug)]
+pub struct Feed {
+    pub path: PathBuf,
+    pub read: ReadOptions,
+    pub replay: ReplayOptions,
+    pub rules: RuleSet,
+    /// The class the trace is declared on (rows no rule sends elsewhere stay there).
+    pub own: usize,
+    /// Classes that take trace rows (the trace's own and the `routed` ones), by name.
+    pub takers: BTreeMap<String, usize>,
+}
+
+impl Feed {
+    /// The class a row goes to. Loading has checked that every rule names a class that
+    /// takes rows, so a name outside `takers` here came from no rule.
+    pub fn target(&self, r: &RequestRecord) -> usize {
+        self.rules
+            .labels(r)
+            .class
+            .as_deref()
+            .and_then(|n| self.takers.get(n).copied())
+            .unwrap_or(self.own)
+    }
+
+    /// A new pass over the rows bound for `class`, as the simulator takes them.
+    fn rows(&self, class: usize) -> impl Iterator<Item = Result<RecordedRequest, String>> + '_ {
+        let mut replay = match traces::replay_requests(&self.path, &self.read, &self.replay) {
+            Ok(r) => Some(r),
+            Err(e) => return Either::Failed(Some(e.to_string())),
+        };
+        Either::Rows(std::iter::from_fn(move || {
+            loop {
+                match replay.as_mut()?.next()? {
+                    Ok(r) if self.target(&r) == class => return Some(Ok(recorded(r))),
+                    Ok(_) => {}
+                    Err(e) => {
+                        replay = None;
+                        return Some(Err(e.to_string()));
+                    }
+                }
+            }
+        }))
+    }
+}
+
+enum Either<I> {
+    Rows(I),
+    Failed(Option<String>),
+}
+
+impl<I: Iterator<Item = Result<RecordedRequest, String>>> Iterator for Either<I> {
+    type Item = Result<RecordedRequest, String>;
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Either::Rows(i) => i.next(),
+            Either::Failed(e) => e.take().map(Err),
+        }
+    }
+}
+
+/// A trace row as the simulator replays it.
+pub fn recorded(r: RequestRecord) -> RecordedRequest {
+    RecordedRequest {
+        at: SimTime(r.arrival_ns),
+        input_tokens: r.input_tokens,
+        output_tokens: r.output_tokens,
+        block_hashes: r.block_hashes.map(std::sync::Arc::from),
+        hash_block_tokens: MOONCAKE_BLOCK_TOKENS,
+        graph: None,
+    }
+}
+
+/// Arrivals per time bucket, for the offered load `check` derives: exact at the
+/// horizon the scenario was loaded with, interpolated within a bucket elsewhere.
+#[derive(Clone, Debug)]
+pub struct ArrivalCounts {
+    horizon: SimTime,
+    before_horizon: u64,
+    width_ns: u64,
+    buckets: Vec<u64>,
+}
+
+/// At most this many buckets: a longer trace doubles the bucket width.
+const MAX_BUCKETS: usize = 1 << 16;
+
+impl ArrivalCounts {
+    pub fn new(horizon: SimTime) -> Self {
+        ArrivalCounts {
+            horizon,
+            before_horizon: 0,
+            width_ns: 1_000_000_000,
+            buckets: Vec::new(),
+        }
+    }
+
+    pub fn add(&mut self, at: SimTime) {
+        if at < self.horizon {
+            self.before_horizon += 1;
+        }
+        let mut i = (at.as_nanos() / self.width_ns) as usize;
+        while i >= MAX_BUCKETS {
+            // Merge pairs: twice as wide, half as many.
+            let merged: Vec<u64> = self.buckets.chunks(2).map(|c| c.iter().sum()).collect();
+            self.buckets = merged;
+            self.width_ns *= 2;
+            i = (at.as_nanos() / self.width_ns) as usize;
+        }
+        if self.buckets.len() <= i {
+            self.buckets.resize(i + 1, 0);
+        }
+        self.buckets[i] += 1;
+    }
+
+    pub fn count_before(&self, t: SimTime) -> u64 {
+        if t == self.horizon {
+            return self.before_horizon;
+        }
+        let full = (t.as_nanos() / self.width_ns) as usize;
+        let mut n: u64 = self.buckets.iter().take(full).sum();
+        if let Some(&b) = self.buckets.get(full) {
+            let frac = (t.as_nanos() % self.width_ns) as f64 / self.width_ns as f64;
+            n += (b as f64 * frac).round() as u64;
+        }
+        n
+    }
+}
+
+/// What loading learned about the rows one trace sends to one class.
+#[derive(Clone, Debug)]
+pub struct ClassScan {
+    pub rows: u64,
+    last: Option<SimTime>,
+    /// A row arrived earlier than the one before it.
+    pub unsorted: bool,
+    /// A row carried a session id (sessions replay as workflows, held in memory).
+    pub sessions: bool,
+    pub counts: ArrivalCounts,
+}
+
+impl ClassScan {
+    pub fn new(horizon: SimTime) -> Self {
+        ClassScan {
+            rows: 0,
+            last: None,
+            unsorted: false,
+            sessions: false,
+            counts: ArrivalCounts::new(horizon),
+        }
+    }
+
+    pub fn add(&mut self, r: &RequestRecord) {
+        let at = SimTime(r.arrival_ns);
+        self.rows += 1;
+        self.unsorted |= self.last.is_some_and(|l| at < l);
+        self.last = Some(at);
+        self.sessions |= r.session.is_some();
+        self.counts.add(at);
+    }
+
+    /// Whether these rows can be streamed.
+    pub fn streamable(&self) -> bool {
+        !self.unsorted && !self.sessions
+    }
+}
+
+/// The rows of one or more request traces bound for one class, read afresh on every
+/// run. Several traces are merged by arrival time, ties in the order the scenario
+/// declares the traces (the order a stable sort of their concatenation gives).
+#[derive(Debug)]
+pub struct TraceRows {
+    class: usize,
+    feeds: Vec<Feed>,
+    counts: Vec<ArrivalCounts>,
+}
+
+impl TraceRows {
+    pub fn new(class: usize, feeds: Vec<(Feed, ArrivalCounts)>) -> Self {
+        let (feeds, counts) = feeds.into_iter().unzip();
+        TraceRows {
+            class,
+            feeds,
+            counts,
+        }
+    }
+}
+
+impl RecordedSource for TraceRows {
+    fn rows(&self) -> Box<dyn Iterator<Item = Result<RecordedRequest, String>> + '_> {
+        if let [feed] = self.feeds.as_slice() {
+            return Box::new(feed.rows(self.class));
+        }
+        let mut passes: Vec<_> = self.feeds.iter().map(|f| f.rows(self.class)).collect();
+        let mut heads: Vec<Option<RecordedRequest>> = Vec::with_capacity(passes.len());
+        let mut failed: Option<String> = None;
+        for p in passes.iter_mut() {
+            match p.next() {
+                Some(Ok(r)) => heads.push(Some(r)),
+                Some(Err(e)) => {
+                    failed.get_or_insert(e);
+                    heads.push(None);
+                }
+                None => heads.push(None),
+            }
+        }
+        Box::new(std::iter::from_fn(move || {
+            if let Some(e) = failed.take() {
+                heads.clear();
+                return Some(Err(e));
+            }
+            // The earliest head; the first trace's on a tie.
+            let (k, _) = heads
+                .iter()
+                .enumerate()
+                .filter_map(|(k, h)| h.as_ref().map(|r| (k, r.at)))
+                .min_by_key(|&(k, at)| (at, k))?;
+            let row = heads[k].take();
+            match passes[k].next() {
+                Some(Ok(r)) => heads[k] = Some(r),
+                Some(Err(e)) => failed = Some(e),
+                None => {}
+            }
+            row.map(Ok)
+        }))
+    }
+
+    fn count_before(&self, t: SimTime) -> u64 {
+        self.counts.iter().map(|c| c.count_before(t)).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arrival_counts_are_exact_at_the_horizon_and_on_bucket_edges() {
+        let mut c = ArrivalCounts::new(SimTime(2_500_000_000));
+        for ns in [
+            0,
+            400_000_000,
+            1_000_000_000,
+            1_999_999_999,
+            2_400_000_000,
+            3_000_000_000,
+        ] {
+            c.add(SimTime(ns));
+        }
+        assert_eq!(c.count_before(SimTime(2_500_000_000)), 5);
+        assert_eq!(c.count_before(SimTime(2_000_000_000)), 4);
+        assert_eq!(c.count_before(SimTime(10_000_000_000)), 6);
+        assert_eq!(c.count_before(SimTime(0)), 0);
+        // A trace longer than MAX_BUCKETS seconds doubles the width, keeping every row.
+        let mut long = ArrivalCounts::new(SimTime(1));
+        for s in 0..200_000u64 {
+            long.add(SimTime(s * 1_000_000_000));
+        }
+        assert!(long.buckets.len() <= MAX_BUCKETS);
+        assert_eq!(long.count_before(SimTime(u64::MAX / 2)), 200_000);
+        assert_eq!(long.count_before(SimTime(100_000 * 1_000_000_000)), 100_000);
+    }
+}
