@@ -52,6 +52,7 @@ struct TraceArrivals {
 /// `process = "recorded"`.
 fn extract_traces(file: &str, table: &mut toml::Table) -> Result<TraceArrivals, InputError> {
     let mut found = TraceArrivals::default();
+    let mut derive: Vec<Derived> = Vec::new();
     let Some(toml::Value::Table(classes)) = table.get_mut("classes") else {
         return Ok(found);
     };
@@ -88,7 +89,7 @@ fn extract_traces(file: &str, table: &mut toml::Table) -> Result<TraceArrivals, 
         }
         let mut options = arrival.clone();
         options.remove("process");
-        let spec: traces::TraceSpec =
+        let mut spec: traces::TraceSpec =
             toml::Value::Table(options)
                 .try_into()
                 .map_err(|e: toml::de::Error| {
@@ -99,9 +100,118 @@ fn extract_traces(file: &str, table: &mut toml::Table) -> Result<TraceArrivals, 
                 })?;
         arrival.clear();
         arrival.insert("process".into(), toml::Value::String("recorded".into()));
+        // A rule giving rows a tenant or lane sends them to a class derived from the
+        // one they would reach, with that tenant and lane (tenant and lane are
+        // attributes of a class: admission, lanes, showback and breakdowns follow).
+        for (i, rule) in spec.rules.iter_mut().enumerate() {
+            if rule.tenant.is_none() && rule.lane.is_none() {
+                continue;
+            }
+            let base = rule.class.clone().unwrap_or_else(|| name.clone());
+            let derived = derived_class_name(&base, rule.tenant.as_deref(), rule.lane.as_deref());
+            derive.push(Derived {
+                key: format!("classes.{name}.arrival.rules[{i}]"),
+                own: name.clone(),
+                base,
+                name: derived.clone(),
+                tenant: rule.tenant.take(),
+                lane: rule.lane.take(),
+            });
+            rule.class = Some(derived);
+        }
         found.traces.push((name.clone(), spec));
     }
+    add_derived_classes(file, table, derive, &mut found)?;
     Ok(found)
+}
+
+/// A class made for trace rows a rule gives a tenant or lane.
+struct Derived {
+    /// The rule's key, for messages.
+    key: String,
+    /// The class the rows would otherwise reach, copied.
+    base: String,
+    /// The class whose trace the rule belongs to.
+    own: String,
+    name: String,
+    tenant: Option<String>,
+    lane: Option<String>,
+}
+
+/// `chat[tenant=acme]`, `chat[lane=batch]`, `chat[tenant=acme,lane=batch]`.
+fn derived_class_name(base: &str, tenant: Option<&str>, lane: Option<&str>) -> String {
+    let mut parts = Vec::new();
+    if let Some(t) = tenant {
+        parts.push(format!("tenant={t}"));
+    }
+    if let Some(l) = lane {
+        parts.push(format!("lane={l}"));
+    }
+    format!("{base}[{}]", parts.join(","))
+}
+
+/// Adds each derived class (once per name) as a copy of its base class with the rule's
+/// tenant and lane, receiving rows like a `routed` class.
+fn add_derived_classes(
+    file: &str,
+    table: &mut toml::Table,
+    derive: Vec<Derived>,
+    found: &mut TraceArrivals,
+) -> Result<(), InputError> {
+    let lanes: Vec<String> = match table.get("lanes") {
+        Some(toml::Value::Table(l)) => l.keys().cloned().collect(),
+        _ => Vec::new(),
+    };
+    let Some(toml::Value::Table(classes)) = table.get_mut("classes") else {
+        return Ok(());
+    };
+    for d in derive {
+        let bad = |m: String| InputError::new(file, format!("key `{}`: {m}", d.key));
+        if let Some(l) = &d.lane
+            && l != "default"
+            && !lanes.contains(l)
+        {
+            return Err(bad(format!(
+                "lane: no lane named `{l}`; define it as [lanes.{l}] (known: default{})",
+                lanes.iter().map(|x| format!(", {x}")).collect::<String>()
+            )));
+        }
+        if found.routed.contains(&d.name) {
+            continue;
+        }
+        if classes.contains_key(&d.name) {
+            return Err(bad(format!(
+                "the class for its rows, `{}`, is already defined; rename that class",
+                d.name
+            )));
+        }
+        let Some(toml::Value::Table(base)) = classes.get(&d.base) else {
+            return Err(bad(format!(
+                "class: a rule sends rows to class `{}`, which does not exist (known: {})",
+                d.base,
+                classes.keys().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        };
+        if d.base != d.own && !found.routed.contains(&d.base) {
+            return Err(bad(format!(
+                "class: a rule sends rows to class `{}`, whose arrivals are its own; give it `arrival = {{ process = \"routed\" }}`",
+                d.base
+            )));
+        }
+        let mut copy = base.clone();
+        let mut arrival = toml::Table::new();
+        arrival.insert("process".into(), toml::Value::String("recorded".into()));
+        copy.insert("arrival".into(), toml::Value::Table(arrival));
+        if let Some(t) = d.tenant {
+            copy.insert("tenant".into(), toml::Value::String(t));
+        }
+        if let Some(l) = d.lane {
+            copy.insert("lane".into(), toml::Value::String(l));
+        }
+        classes.insert(d.name.clone(), toml::Value::Table(copy));
+        found.routed.push(d.name);
+    }
+    Ok(())
 }
 
 /// Where a trace row goes: the class its label names, if that class takes trace rows
@@ -234,16 +344,6 @@ fn load_traces(
         let mut read = spec.read_options().map_err(bad)?;
         let replay = spec.replay_options(scenario.seed).map_err(bad)?;
         let rules = spec.rule_set().map_err(bad)?;
-        for (i, r) in rules.rules.iter().enumerate() {
-            let what = match (&r.tenant, &r.lane) {
-                (Some(_), _) => "tenant",
-                (_, Some(_)) => "lane",
-                _ => continue,
-            };
-            return Err(bad(format!(
-                "rules[{i}].{what}: a replayed row takes its class's {what}; send rows to a class with that {what} with `class = \"...\"` instead"
-            )));
-        }
         let path = spec.path(base);
         let format = match read.format {
             Some(f) => f,

@@ -388,10 +388,89 @@ hops = [{ pool = "fast" }]
         "[classes.other]\narrival = { process = \"poisson\", rate = 1 }\nhops = [{ pool = \"fast\" }]\n",
     );
     assert!(e.contains("routed"), "{e}");
-    let e = err(r#"{ tenant = "acme" }"#, "");
-    assert!(e.contains("rules[0].tenant"), "{e}");
+    let e = err(r#"{ lane = "nope" }"#, "");
+    assert!(
+        e.contains("classes.t.arrival.rules[0]") && e.contains("no lane named `nope`"),
+        "{e}"
+    );
+    let e = err(
+        r#"{ class = "other", tenant = "acme" }"#,
+        "[classes.other]\narrival = { process = \"poisson\", rate = 1 }\nhops = [{ pool = \"fast\" }]\n",
+    );
+    assert!(e.contains("rules[0]") && e.contains("routed"), "{e}");
+    let e = err(
+        r#"{ tenant = "acme" }"#,
+        "[classes.\"t[tenant=acme]\"]\narrival = { process = \"poisson\", rate = 1 }\nhops = [{ pool = \"fast\" }]\n",
+    );
+    assert!(e.contains("already defined"), "{e}");
     let e = err(r#"{ tier = "big" }"#, "");
     assert!(e.contains("rules[0].tier"), "{e}");
+}
+
+#[test]
+fn trace_rules_give_rows_tenants_and_lanes_through_derived_classes() {
+    // Prompts of 4,000+ tokens belong to tenant `bigco` on the batch lane; outputs of
+    // 100+ tokens (of the rest) go to `long` for tenant `acme`. Counted from the CSV.
+    let csv = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("traces/data/azure-llm-2023/AzureLLMInferenceTrace_code.csv");
+    let text = std::fs::read_to_string(&csv).unwrap_or_else(|e| panic!("{e}"));
+    let (mut big, mut acme) = (0u64, 0u64);
+    for l in text.lines().skip(1) {
+        let f: Vec<u64> = l
+            .split(',')
+            .skip(1)
+            .filter_map(|x| x.trim().parse().ok())
+            .collect();
+        if f[0] >= 4000 {
+            big += 1;
+        } else if f[1] >= 100 {
+            acme += 1;
+        }
+    }
+    assert!(big > 100 && acme > 100, "{big} {acme}");
+    let scenario = replay_scenario(
+        "azure-llm-2023/AzureLLMInferenceTrace_code.csv",
+        r#", rules = [{ when = [{ field = "input_tokens", min = 4000 }], tenant = "bigco", lane = "batch" },
+                      { when = [{ field = "output_tokens", min = 100 }], class = "long", tenant = "acme" }]"#,
+    ) + r#"
+slo = "10s"
+[classes.long]
+arrival = { process = "routed" }
+hops = [{ pool = "fast" }]
+[lanes.batch]
+priority = 0
+[tenants.bigco]
+cost_centre = "finance-7"
+"#;
+    let loaded = load_inline(&scenario);
+    let class = |n: &str| {
+        loaded
+            .scenario
+            .classes
+            .iter()
+            .find(|c| c.name == n)
+            .unwrap_or_else(|| panic!("class {n}"))
+    };
+    let d = class("t[tenant=bigco,lane=batch]");
+    assert_eq!((d.tenant.as_str(), d.lane.as_str()), ("bigco", "batch"));
+    assert_eq!(d.cost_centre, "finance-7");
+    // A copy of the class its rows would have reached: its hops and SLO.
+    assert_eq!(d.slo, class("t").slo);
+    assert_eq!(d.graph.nodes.len(), class("t").graph.nodes.len());
+    let a = class("long[tenant=acme]");
+    assert_eq!((a.tenant.as_str(), a.lane.as_str()), ("acme", "default"));
+    let s = crate::simulate(&loaded.scenario, None).summary();
+    assert_eq!(s.classes["t[tenant=bigco,lane=batch]"].arrived, big);
+    assert_eq!(s.classes["long[tenant=acme]"].arrived, acme);
+    assert_eq!(s.classes["long"].arrived, 0);
+    assert_eq!(s.classes["t"].arrived, 8_819 - big - acme);
+    let done: u64 = s.classes.values().map(|c| c.completed).sum();
+    assert_eq!(done, 8_819);
+    assert_eq!(s.tenants["bigco"].workflows, big);
+    assert_eq!(s.tenants["bigco"].cost_centre, "finance-7");
+    assert_eq!(s.tenants["acme"].workflows, acme);
+    assert_eq!(s.breakdown.by_lane["batch"].hops, big);
+    assert_eq!(s.breakdown.by_tenant["bigco"].hops, big);
 }
 
 /// Two OTLP GenAI workflows: an agent whose chat call is followed by a search (the
