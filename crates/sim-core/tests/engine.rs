@@ -1670,9 +1670,18 @@ fn gpu_weighted_fair_shares_a_saturated_replica_by_the_weights() {
     assert!((tokens - 0.75).abs() < 0.01, "chat token share {tokens:.4}");
     assert!((busy - 0.75).abs() < 0.02, "chat GPU-time share {busy:.4}");
     assert!(fifo_tokens < 0.6, "FIFO chat token share {fifo_tokens:.4}");
-    assert!((eq_tokens - 0.5).abs() < 0.01, "chat token share {eq_tokens:.4}");
-    assert!((eq_busy - 0.5).abs() < 0.02, "chat GPU-time share {eq_busy:.4}");
-    assert!(eq_hops > 0.7, "chat gets most of the requests: {eq_hops:.4}");
+    assert!(
+        (eq_tokens - 0.5).abs() < 0.01,
+        "chat token share {eq_tokens:.4}"
+    );
+    assert!(
+        (eq_busy - 0.5).abs() < 0.02,
+        "chat GPU-time share {eq_busy:.4}"
+    );
+    assert!(
+        eq_hops > 0.7,
+        "chat gets most of the requests: {eq_hops:.4}"
+    );
     assert!(
         (pool_tokens - 0.75).abs() < 0.02,
         "pool chat token share {pool_tokens:.4}"

@@ -379,7 +379,9 @@ impl GpuPoolStation {
     /// virtual time is the replica's).
     fn place(&self, meta: &JobMeta) -> Place {
         match self.discipline {
-            DisciplineSpec::Priority => Place::Rank((i32::MAX as i64 - meta.priority as i64) as u64),
+            DisciplineSpec::Priority => {
+                Place::Rank((i32::MAX as i64 - meta.priority as i64) as u64)
+            }
             DisciplineSpec::EarliestDeadline => Place::Rank(meta.deadline.as_nanos()),
             DisciplineSpec::Fifo => Place::Rank(0),
             DisciplineSpec::WeightedFair => Place::Fair {

@@ -1592,7 +1592,11 @@ impl Replica {
                         l.fresh
                     ));
                 }
-                if let Some(s) = fresh.iter().enumerate().find(|(k, s)| (*k == 0) == (s.rank == UNTAGGED)) {
+                if let Some(s) = fresh
+                    .iter()
+                    .enumerate()
+                    .find(|(k, s)| (*k == 0) == (s.rank == UNTAGGED))
+                {
                     return Err(format!(
                         "lane {lane}: {:?} (the {}th waiting) has rank {}",
                         s.1.id, s.0, s.1.rank
@@ -1895,7 +1899,11 @@ mod tests {
             r.set_weighted_fair();
             let place = |lane: u32| Place::Fair {
                 lane,
-                weight: fair_weight(if lane < 2 { weights[lane as usize] } else { 1.0 }),
+                weight: fair_weight(if lane < 2 {
+                    weights[lane as usize]
+                } else {
+                    1.0
+                }),
             };
             let t0 = SimTime(0);
             r.submit_placed(t0, t0, JobId(0), &x, place(2));
