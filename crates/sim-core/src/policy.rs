@@ -72,7 +72,7 @@ pub enum DisciplineSpec {
     /// Highest lane priority first; FIFO within a priority.
     Priority,
     /// Weighted fair queuing across lanes by their weights (start-time fair queuing on
-    /// expected server time).
+    /// expected server time; on a GPU pool, on the tokens each replica computes).
     WeightedFair,
     /// Earliest deadline (workflow arrival + class SLO) first.
     EarliestDeadline,

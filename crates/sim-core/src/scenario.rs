@@ -539,7 +539,7 @@ pub struct PoolSpec {
     #[serde(default)]
     pub servers: Option<i64>,
     /// Queue discipline across lanes: fifo (default), priority, weighted_fair,
-    /// earliest_deadline (`gpu` pools: all but weighted_fair, per replica).
+    /// earliest_deadline (`gpu` pools: each replica's waiting queue).
     #[serde(default)]
     pub discipline: crate::policy::DisciplineSpec,
     /// Reactive autoscaling (boot lead time, cooldown, min/max).
@@ -1328,12 +1328,6 @@ impl ScenarioSpec {
                     return Err(err(
                         format!("{key}.service"),
                         "a `gpu` pool times hops from tokens with its performance model; remove service/prefill_per_1k_tokens/decode_per_token",
-                    ));
-                }
-                if p.discipline == crate::policy::DisciplineSpec::WeightedFair {
-                    return Err(err(
-                        format!("{key}.discipline"),
-                        "`gpu` pools support discipline = \"fifo\", \"priority\" or \"earliest_deadline\" (each replica's waiting queue in that order); weighted_fair applies to abstract pools",
                     ));
                 }
             }

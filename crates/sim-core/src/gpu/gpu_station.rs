@@ -8,14 +8,15 @@
 //! The pool's queue discipline orders each replica's waiting queue (and the pool's
 //! queue of requests waiting for a replica to come up): `Fifo`, `Priority` (highest
 //! lane priority first) or `EarliestDeadline` (earliest workflow deadline first), each
-//! FIFO within a priority or deadline; see [`GpuPoolStation::with_discipline`].
+//! FIFO within a priority or deadline, or `WeightedFair` (start-time fair queuing
+//! across lanes, per replica); see [`GpuPoolStation::with_discipline`].
 //!
 //! `Work::Service` (or `Work::Api`) sent to a GPU pool is a no-op: it finishes at once, occupies
 //! nothing and costs nothing (scenario validation should not route one here; this
 //! keeps a misrouted hop from stalling its workflow). Such hops are counted in
 //! [`GpuPoolReport::service_noops`].
 
-use super::replica::{Replica, ReplicaConfig, ReplicaReport, refused_done};
+use super::replica::{Place, Replica, ReplicaConfig, ReplicaReport, fair_weight, refused_done};
 use super::{LlmRequest, LlmTimings, PerfModel};
 use crate::policy::{DisciplineSpec, JobMeta};
 use crate::station::{
@@ -193,8 +194,8 @@ struct Kept {
     lost_busy: SimDuration,
     lost_usd: f64,
     recomputes: u32,
-    /// Its place in a ranked queue (see [`GpuPoolStation::rank`]).
-    rank: u64,
+    /// Its place in a replica's queue (see [`GpuPoolStation::place`]).
+    place: Place,
 }
 
 /// Capacity figures of a pool whose size changes (autoscaling, spot), over the window.
@@ -252,8 +253,9 @@ pub struct GpuPoolStation {
     paid_spot: TimeIntegral,
     spot_up: TimeIntegral,
     /// Requests that found no replica up (all lost to preemption): (id, submitted,
-    /// rank), in arrival order, sorted by rank under a ranked discipline.
-    parked: VecDeque<(JobId, SimTime, u64)>,
+    /// place), in arrival order, sorted by rank under `priority` and
+    /// `earliest_deadline`.
+    parked: VecDeque<(JobId, SimTime, Place)>,
     /// Order of the waiting queues.
     discipline: DisciplineSpec,
     /// Requests in the pool, for pools with spot replicas.
@@ -337,8 +339,7 @@ impl GpuPoolStation {
                 self.perf.clone(),
                 spot.usd_per_replica_hour,
             )?;
-            let ranked = self.ranked();
-            self.replicas[i].set_ranked(ranked);
+            self.order(i);
             self.on_spot[i] = true;
         }
         self.spot = Some(spot);
@@ -349,46 +350,57 @@ impl GpuPoolStation {
 
     /// Orders the pool's waiting queues by `discipline`: `Priority` serves the highest
     /// lane priority first, `EarliestDeadline` the earliest workflow deadline (hops
-    /// without an SLO last), each in arrival order within a priority or deadline.
-    /// Only the order of admission changes: a running request is never preempted for a
-    /// better-placed arrival. `WeightedFair` is refused (it needs virtual-time tags
-    /// across replicas that continuous batching has no place for).
+    /// without an SLO last), each in arrival order within a priority or deadline;
+    /// `WeightedFair` shares each replica between lanes by their weights (start-time
+    /// fair queuing, see [`crate::gpu::replica`]). Only the order of admission
+    /// changes: a running request is never preempted for a better-placed arrival.
     pub fn with_discipline(mut self, discipline: DisciplineSpec) -> Result<Self, String> {
-        if discipline == DisciplineSpec::WeightedFair {
-            return Err(format!(
-                "pool `{}`: weighted_fair is not supported on gpu pools (fifo, priority, earliest_deadline are)",
-                self.name
-            ));
-        }
         self.discipline = discipline;
-        let ranked = self.ranked();
-        for r in self.replicas.iter_mut() {
-            r.set_ranked(ranked);
+        for i in 0..self.replicas.len() {
+            self.order(i);
         }
         Ok(self)
     }
 
-    fn ranked(&self) -> bool {
-        self.discipline != DisciplineSpec::Fifo
-    }
-
-    /// A request's place in a ranked queue, smaller first.
-    fn rank(&self, meta: &JobMeta) -> u64 {
+    /// Sets replica `i`'s queue order from the discipline.
+    fn order(&mut self, i: usize) {
+        let Some(r) = self.replicas.get_mut(i) else {
+            return;
+        };
         match self.discipline {
-            DisciplineSpec::Priority => (i32::MAX as i64 - meta.priority as i64) as u64,
-            DisciplineSpec::EarliestDeadline => meta.deadline.as_nanos(),
-            DisciplineSpec::Fifo | DisciplineSpec::WeightedFair => 0,
+            DisciplineSpec::Fifo => r.set_ranked(false),
+            DisciplineSpec::Priority | DisciplineSpec::EarliestDeadline => r.set_ranked(true),
+            DisciplineSpec::WeightedFair => r.set_weighted_fair(),
         }
     }
 
-    /// Queues a request until a replica comes up, behind those of its rank or smaller.
-    fn park(&mut self, id: JobId, submitted: SimTime, rank: u64) {
-        let pos = if self.ranked() {
-            self.parked.partition_point(|p| p.2 <= rank)
-        } else {
-            self.parked.len()
+    /// A request's place in a replica's queue: a rank (smaller first), or under
+    /// `WeightedFair` its lane and weight (each replica tags its own requests: the
+    /// virtual time is the replica's).
+    fn place(&self, meta: &JobMeta) -> Place {
+        match self.discipline {
+            DisciplineSpec::Priority => {
+                Place::Rank((i32::MAX as i64 - meta.priority as i64) as u64)
+            }
+            DisciplineSpec::EarliestDeadline => Place::Rank(meta.deadline.as_nanos()),
+            DisciplineSpec::Fifo => Place::Rank(0),
+            DisciplineSpec::WeightedFair => Place::Fair {
+                lane: meta.lane,
+                weight: fair_weight(meta.weight),
+            },
+        }
+    }
+
+    /// Queues a request until a replica comes up, behind those of its rank or smaller
+    /// (in arrival order under `Fifo` and `WeightedFair`: fair tags are the replicas').
+    fn park(&mut self, id: JobId, submitted: SimTime, place: Place) {
+        let pos = match place {
+            Place::Rank(rank) if self.discipline != DisciplineSpec::Fifo => self
+                .parked
+                .partition_point(|p| matches!(p.2, Place::Rank(r) if r <= rank)),
+            _ => self.parked.len(),
         };
-        self.parked.insert(pos, (id, submitted, rank));
+        self.parked.insert(pos, (id, submitted, place));
     }
 
     /// Capacity figures over the window (autoscaled or spot pools), up to `now`.
@@ -437,7 +449,7 @@ impl GpuPoolStation {
         submitted: SimTime,
         id: JobId,
         req: &LlmRequest,
-        rank: u64,
+        place: Place,
     ) {
         self.views.clear();
         self.view_index.clear();
@@ -456,12 +468,12 @@ impl GpuPoolStation {
             self.view_index.push(i);
         }
         if self.views.is_empty() {
-            self.park(id, submitted, rank);
+            self.park(id, submitted, place);
             return;
         }
         let v = self.picker.pick(&self.views, req).min(self.views.len() - 1);
         let i = self.view_index[v];
-        self.replicas[i].submit_ranked(now, submitted, id, req, rank);
+        self.replicas[i].submit_placed(now, submitted, id, req, place);
     }
 
     /// A booted replica joins the pool and takes the requests parked for want of one.
@@ -474,20 +486,20 @@ impl GpuPoolStation {
         let Ok(mut r) = Replica::new(self.cfg.clone(), self.perf.clone(), price) else {
             return;
         };
-        r.set_ranked(self.ranked());
         if self.replicas.len() as u64 >= 1 << (64 - GEN_BITS) {
             return;
         }
         r.begin_measurement(self.window_start.min(now));
         self.replicas.push(r);
+        self.order(self.replicas.len() - 1);
         self.life.push(Life::Up);
         self.on_spot.push(spot);
         self.update_levels(now);
-        while let Some((id, submitted, rank)) = self.parked.pop_front() {
+        while let Some((id, submitted, place)) = self.parked.pop_front() {
             let Some(req) = self.kept.get(&id).map(|k| k.req.clone()) else {
                 continue;
             };
-            self.dispatch(now, submitted, id, &req, rank);
+            self.dispatch(now, submitted, id, &req, place);
         }
         self.drain(out);
     }
@@ -580,7 +592,7 @@ impl Station for GpuPoolStation {
     }
 
     fn submit_meta(&mut self, now: SimTime, job: HopJob, meta: &JobMeta, out: &mut StationOutput) {
-        let rank = self.rank(meta);
+        let place = self.place(meta);
         match job.work {
             Work::Service(_) | Work::Api(_) => {
                 self.service_noops += 1;
@@ -617,16 +629,16 @@ impl Station for GpuPoolStation {
                             lost_busy: SimDuration::ZERO,
                             lost_usd: 0.0,
                             recomputes: 0,
-                            rank,
+                            place,
                         },
                     );
                 }
                 if self.parked.is_empty() {
-                    self.dispatch(now, now, job.id, &req, rank);
+                    self.dispatch(now, now, job.id, &req, place);
                 } else {
                     // With requests already waiting for a replica (only a spot pool
                     // can have none up, and it keeps every request).
-                    self.park(job.id, now, rank);
+                    self.park(job.id, now, place);
                 }
             }
         }
@@ -753,8 +765,8 @@ impl Station for GpuPoolStation {
                 self.counts.moved_waiting += 1;
                 kept.recomputes += e.preemptions;
             }
-            let (req, submitted, rank) = (kept.req.clone(), kept.submitted, kept.rank);
-            self.dispatch(now, submitted, e.id, &req, rank);
+            let (req, submitted, place) = (kept.req.clone(), kept.submitted, kept.place);
+            self.dispatch(now, submitted, e.id, &req, place);
         }
         self.drain(out);
         true
@@ -1092,8 +1104,9 @@ pub(crate) mod tests {
     }
 
     /// A discipline of a GPU pool, and scheduling attributes for `n` arrivals drawn
-    /// from `seed`: priorities 0-2 and deadlines within 6 us of arrival, so that ties
-    /// and reorderings are frequent.
+    /// from `seed`: priorities 0-2, deadlines within 6 us of arrival, and lanes 0-2
+    /// with weights 1, 3, 0.5 or 2 (each hop its own: a lane's weight may change), so
+    /// that ties and reorderings are frequent.
     fn ranked_setup(
         disc: u8,
         seed: u64,
@@ -1103,7 +1116,8 @@ pub(crate) mod tests {
             DisciplineSpec::Fifo,
             DisciplineSpec::Priority,
             DisciplineSpec::EarliestDeadline,
-        ][disc as usize % 3];
+            DisciplineSpec::WeightedFair,
+        ][disc as usize % 4];
         let metas = arrivals
             .iter()
             .enumerate()
@@ -1116,6 +1130,8 @@ pub(crate) mod tests {
                     } else {
                         SimTime(at + (h >> 16) % 6 * 1000)
                     },
+                    lane: ((h >> 24) % 3) as u32,
+                    weight: [1.0, 3.0, 0.5, 2.0][((h >> 32) % 4) as usize],
                     ..JobMeta::default()
                 }
             })
@@ -1291,7 +1307,7 @@ pub(crate) mod tests {
             round_robin in any::<bool>(),
             (arrivals, measure, reports) in arb_workload(),
             seeds in (any::<u64>(), any::<u64>()),
-            (disc, meta_seed) in (0u8..3, any::<u64>()),
+            (disc, meta_seed) in (0u8..4, any::<u64>()),
         ) {
             let (d, metas) = ranked_setup(disc, meta_seed, &arrivals);
             let skip = drive_meta(&mut ordered(station(replicas, cfg.clone(), round_robin), d), &arrivals, &metas, measure, &reports, seeds.0);
@@ -1322,7 +1338,7 @@ pub(crate) mod tests {
             arrivals in prop::collection::vec((0u64..40, arb_request()), 20..80),
             measure in 0u64..40,
             seeds in (any::<u64>(), any::<u64>()),
-            (disc, meta_seed) in (0u8..3, any::<u64>()),
+            (disc, meta_seed) in (0u8..4, any::<u64>()),
         ) {
             let arrivals: Vec<(u64, LlmRequest)> =
                 arrivals.into_iter().map(|(t, r)| (t * 1000, r)).collect();
@@ -1362,7 +1378,7 @@ pub(crate) mod tests {
             seqs in 1u32..16,
             skipping in any::<bool>(),
             (arrivals, measure, reports) in arb_workload(),
-            (disc, meta_seed) in (0u8..3, any::<u64>()),
+            (disc, meta_seed) in (0u8..4, any::<u64>()),
         ) {
             let cfg = ReplicaConfig {
                 max_num_seqs: seqs,
@@ -1630,6 +1646,8 @@ pub(crate) mod tests {
             (DisciplineSpec::Fifo, 0),
             (DisciplineSpec::Priority, 2),
             (DisciplineSpec::EarliestDeadline, 1),
+            // Tags are the replica's: the pool's queue keeps arrival order.
+            (DisciplineSpec::WeightedFair, 0),
         ] {
             let spot = SpotConfig {
                 replicas: 1,
@@ -1670,9 +1688,6 @@ pub(crate) mod tests {
                 .collect();
             assert_eq!(alone, vec![first], "{d:?}");
         }
-        let st = station(1, ReplicaConfig::new(1000).unwrap(), false);
-        let e = st.with_discipline(DisciplineSpec::WeightedFair).err();
-        assert!(e.is_some_and(|e| e.contains("weighted_fair")));
     }
 
     #[test]

@@ -14,6 +14,22 @@
 //! behind it, and a running sequence is never preempted for a better-ranked arrival.
 //! With every rank equal, the ranked queue is the FIFO queue.
 //!
+//! # Weighted fair queuing
+//! A replica with a fair queue ([`Replica::set_weighted_fair`], the pool's
+//! `discipline = "weighted_fair"`) ranks by start-time fair queuing tags (Goyal et al.
+//! 1996) across lanes: a request's start tag is max(V, its lane's last finish tag) and
+//! its lane's finish tag becomes start + size / weight, where V, the virtual time, is
+//! the start tag of the most recently admitted request. The queue is the ranked queue
+//! above with start tags as ranks, in arrival order on equal tags. The size is the
+//! tokens the replica computes for the request: its prompt tokens not served from the
+//! prefix cache plus its output tokens. Prefix hits are only known at admission, so the
+//! finish tag is set then, and only the first waiting request of each lane holds a tag:
+//! the others wait untagged at the back of the queue and the next one is tagged (with
+//! its predecessor's finish tag, which is where SFQ puts a backlogged lane's next
+//! request) when its predecessor is admitted. Tags are integers (tokens x 2^32 / weight
+//! in 1/65536), so runs are exact. Recomputation after a preemption is not charged:
+//! the preempted request keeps its tag.
+//!
 //! # One iteration, planned at time `t`
 //! 1. Running sequences in admission order: a decoding sequence gets one token (and a
 //!    new KV block when its length crosses a block boundary); a sequence still
@@ -58,8 +74,57 @@ use super::kv::{KvCache, PrefixMatch, prefix_block_ids};
 use super::{IterationShape, LlmRequest, LlmTimings, PerfModel};
 use crate::station::{HopDone, JobId, Refused, TimeIntegral, TokenGaps};
 use crate::time::{SimDuration, SimTime};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
+
+/// Where a request goes in a replica's waiting queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Place {
+    /// A fixed rank, smaller first (ignored by a FIFO replica).
+    Rank(u64),
+    /// A lane of a fair queue, with its weight from [`fair_weight`].
+    Fair { lane: u32, weight: u64 },
+}
+
+/// A lane weight as a fair queue takes it: in 1/65536, at least 1/65536 and at most
+/// 2^32 (weights are positive; the bounds keep tags in range).
+pub fn fair_weight(weight: f64) -> u64 {
+    ((weight * 65536.0).round() as u64).clamp(1, 1 << 48)
+}
+
+/// The rank of a request of a fair queue not yet tagged: behind every tagged one.
+const UNTAGGED: u128 = u128::MAX;
+
+/// Start-time fair queuing state of a replica (see the module docs).
+#[derive(Debug, Default)]
+struct FairQueue {
+    /// The start tag of the most recently admitted request (the largest admitted).
+    virtual_time: u128,
+    lanes: BTreeMap<u32, FairLane>,
+    /// Requests submitted so far: the arrival order that breaks ties between tags.
+    arrivals: u64,
+}
+
+#[derive(Debug, Default)]
+struct FairLane {
+    /// Finish tag of the lane's latest admitted request.
+    last_finish: u128,
+    /// The lane's waiting requests never admitted; the first of them is tagged.
+    fresh: u32,
+}
+
+/// A fair-queued request's lane, weight and arrival number.
+#[derive(Clone, Copy, Debug)]
+struct FairSeq {
+    lane: u32,
+    weight: u64,
+    arrival: u64,
+}
+
+/// Finish tag minus start tag of a request of `tokens` on a lane of `weight`.
+fn fair_delta(tokens: u64, weight: u64) -> u128 {
+    ((tokens as u128) << 32) / weight.max(1) as u128
+}
 
 /// A request refused at `now` (submitted at `submitted`): no service, no cost.
 pub(crate) fn refused_done(
@@ -207,8 +272,11 @@ struct Seq {
     registered: u32,
     cached_tokens: u32,
     preemptions: u32,
-    /// Place in a ranked waiting queue: smaller first (0 in a FIFO queue).
-    rank: u64,
+    /// Place in a ranked waiting queue: smaller first (0 in a FIFO queue; a start
+    /// tag or [`UNTAGGED`] in a fair queue).
+    rank: u128,
+    /// In a fair queue.
+    fair: Option<FairSeq>,
     /// Busy time charged, in 1/SHARE_SCALE ns.
     share: u128,
     /// The part of `share` charged for prefill chunks (prompt and recomputation).
@@ -392,6 +460,8 @@ pub struct Replica {
     /// Sorted by [`Seq::rank`] when `ranked` (stable: arrival order within a rank).
     waiting: VecDeque<Seq>,
     ranked: bool,
+    /// Weighted fair queuing (the queue is ranked by start tags).
+    fair: Option<FairQueue>,
     running: Vec<Seq>,
     busy: Option<Busy>,
     generation: u64,
@@ -436,6 +506,7 @@ impl Replica {
             kv: KvCache::new(cfg.kv_capacity_blocks),
             waiting: VecDeque::new(),
             ranked: false,
+            fair: None,
             running: Vec::new(),
             busy: None,
             generation: 0,
@@ -477,6 +548,15 @@ impl Replica {
     pub fn set_ranked(&mut self, ranked: bool) {
         debug_assert!(self.waiting.is_empty() || !ranked);
         self.ranked = ranked;
+        self.fair = None;
+    }
+    /// Orders the waiting queue by start-time fair queuing across lanes (see the
+    /// module docs); requests say their lane with [`Place::Fair`]. Set it before the
+    /// first submit.
+    pub fn set_weighted_fair(&mut self) {
+        debug_assert!(self.waiting.is_empty());
+        self.ranked = true;
+        self.fair = Some(FairQueue::default());
     }
     /// Generation of the current plan; a wake-up for an older one is stale.
     pub fn generation(&self) -> u64 {
@@ -541,6 +621,20 @@ impl Replica {
         req: &LlmRequest,
         rank: u64,
     ) {
+        self.submit_placed(now, submitted, id, req, Place::Rank(rank));
+    }
+
+    /// [`Replica::submit_since`] with the request's place in the waiting queue: a rank
+    /// (ranked queue), or a lane and weight (fair queue). A place that does not match
+    /// the queue counts as rank 0, or lane 0 of weight 1.
+    pub fn submit_placed(
+        &mut self,
+        now: SimTime,
+        submitted: SimTime,
+        id: JobId,
+        req: &LlmRequest,
+        place: Place,
+    ) {
         self.advance(now);
         // A prompt of no tokens still has the start token; a hop generates at least one.
         let input = req.input_tokens.max(1);
@@ -574,6 +668,35 @@ impl Replica {
         if self.cfg.prefix_caching {
             prefix_block_ids(req, input, self.cfg.block_size, &mut prefix_ids);
         }
+        let (rank, fair) = match (&mut self.fair, place) {
+            (Some(q), place) => {
+                let (lane, weight) = match place {
+                    Place::Fair { lane, weight } => (lane, weight),
+                    Place::Rank(_) => (0, fair_weight(1.0)),
+                };
+                let arrival = q.arrivals;
+                q.arrivals += 1;
+                let l = q.lanes.entry(lane).or_default();
+                // Only the lane's first waiting request is tagged: the others' tags
+                // follow from their predecessors' sizes, known at admission.
+                let rank = if l.fresh == 0 {
+                    q.virtual_time.max(l.last_finish)
+                } else {
+                    UNTAGGED
+                };
+                l.fresh += 1;
+                (
+                    rank,
+                    Some(FairSeq {
+                        lane,
+                        weight,
+                        arrival,
+                    }),
+                )
+            }
+            (None, Place::Rank(r)) => (r as u128, None),
+            (None, Place::Fair { .. }) => (0, None),
+        };
         let seq = Seq {
             id,
             submitted,
@@ -593,6 +716,7 @@ impl Replica {
             cached_tokens: 0,
             preemptions: 0,
             rank,
+            fair,
             share: 0,
             prefill_share: 0,
         };
@@ -640,6 +764,7 @@ impl Replica {
         };
         let mut out: Vec<Evicted> = self.running.drain(..).map(|s| evicted(s, true)).collect();
         out.extend(self.waiting.drain(..).map(|s| evicted(s, false)));
+        self.forget_waiting();
         self.kv = KvCache::new(self.cfg.kv_capacity_blocks);
         self.outstanding = 0;
         self.kv_tokens = 0;
@@ -931,6 +1056,7 @@ impl Replica {
                 self.pending_done
                     .push(refused_done(s.id, s.submitted, t, refused));
             }
+            self.forget_waiting();
             self.stats.busy.set(t, 0);
             self.set_levels(t);
             return;
@@ -1058,7 +1184,62 @@ impl Replica {
         self.stats.hit_tokens += hit_tokens as u64;
         self.kv_tokens += hit_tokens as u64;
         self.outstanding -= hit_tokens as u64;
+        if let Some(f) = s.fair {
+            self.fair_admitted(&s, f, hit_tokens);
+        }
         self.running.push(s);
+    }
+
+    /// Fair queue: `s` (lane `f`) is admitted with `hit_tokens` from the prefix cache.
+    /// The virtual time moves to its start tag; on its first admission its lane's
+    /// finish tag is set from its size and the lane's next waiting request is tagged.
+    fn fair_admitted(&mut self, s: &Seq, f: FairSeq, hit_tokens: u32) {
+        let Some(q) = self.fair.as_mut() else { return };
+        q.virtual_time = q.virtual_time.max(s.rank);
+        // A request readmitted after a preemption keeps its place: the recomputation
+        // is not charged to its lane.
+        if s.preemptions > 0 {
+            return;
+        }
+        let Some(l) = q.lanes.get_mut(&f.lane) else {
+            return;
+        };
+        let size = (s.prompt_len - hit_tokens) as u64 + s.output as u64;
+        l.last_finish = s.rank + fair_delta(size, f.weight);
+        l.fresh = l.fresh.saturating_sub(1);
+        if l.fresh == 0 {
+            return;
+        }
+        let tag = q.virtual_time.max(l.last_finish);
+        // The lane's next request is its first untagged one (untagged requests wait at
+        // the back, in arrival order).
+        let first_untagged = self.waiting.partition_point(|w| w.rank < UNTAGGED);
+        let Some(k) = (first_untagged..self.waiting.len())
+            .find(|&k| self.waiting[k].fair.is_some_and(|w| w.lane == f.lane))
+        else {
+            return;
+        };
+        let Some(mut next) = self.waiting.remove(k) else {
+            return;
+        };
+        next.rank = tag;
+        let arrival = next.fair.map_or(0, |w| w.arrival);
+        // Behind every smaller tag, and among equal tags in arrival order.
+        let mut pos = self.waiting.partition_point(|w| w.rank < tag);
+        while pos < self.waiting.len()
+            && self.waiting[pos].rank == tag
+            && self.waiting[pos].fair.is_some_and(|w| w.arrival < arrival)
+        {
+            pos += 1;
+        }
+        self.waiting.insert(pos, next);
+    }
+
+    /// The waiting queue was emptied: no lane of a fair queue has a request waiting.
+    fn forget_waiting(&mut self) {
+        if let Some(q) = self.fair.as_mut() {
+            q.lanes.values_mut().for_each(|l| l.fresh = 0);
+        }
     }
 
     /// Preempts the most recently admitted running sequence by recompute.
@@ -1395,6 +1576,37 @@ impl Replica {
                 w.0.id, w.0.rank, w.1.id, w.1.rank
             ));
         }
+        if let Some(q) = &self.fair {
+            for (&lane, l) in &q.lanes {
+                // The lane's never-admitted waiting requests, in arrival order.
+                let mut fresh: Vec<&Seq> = self
+                    .waiting
+                    .iter()
+                    .filter(|s| s.preemptions == 0 && s.fair.is_some_and(|f| f.lane == lane))
+                    .collect();
+                fresh.sort_by_key(|s| s.fair.map_or(0, |f| f.arrival));
+                if fresh.len() != l.fresh as usize {
+                    return Err(format!(
+                        "lane {lane}: {} fresh requests waiting, {} counted",
+                        fresh.len(),
+                        l.fresh
+                    ));
+                }
+                if let Some(s) = fresh
+                    .iter()
+                    .enumerate()
+                    .find(|(k, s)| (*k == 0) == (s.rank == UNTAGGED))
+                {
+                    return Err(format!(
+                        "lane {lane}: {:?} (the {}th waiting) has rank {}",
+                        s.1.id, s.0, s.1.rank
+                    ));
+                }
+            }
+            if let Some(s) = self.waiting.iter().find(|s| s.fair.is_none()) {
+                return Err(format!("{:?} waits in a fair queue without a lane", s.id));
+            }
+        }
         // Blocks shared through the prefix cache are counted once per holder.
         if held < self.kv.used() as u64 {
             return Err(format!(
@@ -1669,6 +1881,78 @@ mod tests {
             }
         }
         assert_eq!(seen, vec![1, 3, 2]);
+    }
+
+    #[test]
+    fn a_fair_queue_admits_by_start_tags_counting_uncached_tokens() {
+        // One sequence at a time. X (lane 2) runs first; meanwhile A1..A4 (lane 0) and
+        // B1, B2 (lane 1) arrive in the order A1 B1 A2 B2 A3 A4, each 8 prompt + 4
+        // output tokens. (IDs: X 0, A1 1, A2 2, A3 3, A4 4, B1 5, B2 6.)
+        let cfg = ReplicaConfig {
+            max_num_seqs: 1,
+            block_size: 4,
+            ..ReplicaConfig::defaults(1000)
+        };
+        let admitted = |weights: [f64; 2], a: LlmRequest, b: LlmRequest, x: LlmRequest| {
+            let mut r = Replica::new(cfg.clone(), Arc::new(LinearPerf), 3.6)
+                .unwrap_or_else(|e| panic!("{e}"));
+            r.set_weighted_fair();
+            let place = |lane: u32| Place::Fair {
+                lane,
+                weight: fair_weight(if lane < 2 {
+                    weights[lane as usize]
+                } else {
+                    1.0
+                }),
+            };
+            let t0 = SimTime(0);
+            r.submit_placed(t0, t0, JobId(0), &x, place(2));
+            for (id, lane) in [(1, 0), (5, 1), (2, 0), (6, 1), (3, 0), (4, 0)] {
+                let req = if lane == 0 { &a } else { &b };
+                r.submit_placed(t0, t0, JobId(id), req, place(lane));
+            }
+            let mut done = Vec::new();
+            while let Some((t, _)) = r.take_wake() {
+                r.advance(t);
+                r.drain_done(&mut done);
+                r.check_invariants().unwrap_or_else(|e| panic!("{e}"));
+            }
+            assert_eq!(done.len(), 7);
+            done.sort_by_key(|d| d.started);
+            done.iter().map(|d| d.id.0).collect::<Vec<u64>>()
+        };
+        // Weights 3:1, sizes 12: lane 0's start tags are 0, 4, 8, 12 and lane 1's 0, 12
+        // (in tokens / weight); A4 and B2 tie at 12 and go in arrival order (B2 first).
+        assert_eq!(
+            admitted([3.0, 1.0], req(8, 4), req(8, 4), req(8, 4)),
+            vec![0, 1, 5, 2, 3, 6, 4]
+        );
+        // Weights 1:1, but lane 0 shares a 16-token prefix that X (lane 2) left in the
+        // cache: 4 uncached prompt tokens + 4 output = 8 tokens against lane 1's 24, so
+        // lane 0 again goes 3 for 1 (tags 0, 8, 16, 24 against 0, 24).
+        let shared = LlmRequest {
+            shared_prefix_tokens: 16,
+            prefix_group: 7,
+            ..req(20, 4)
+        };
+        assert_eq!(
+            admitted([1.0, 1.0], shared.clone(), req(20, 4), shared.clone()),
+            vec![0, 1, 5, 2, 3, 6, 4]
+        );
+        // With X warming another prefix, A1 is charged its whole prompt (24 tokens, as
+        // B1 is): A2 and B2 tie at 24 and the lanes alternate until B2 has gone.
+        let cold = LlmRequest {
+            prefix_group: 8,
+            ..shared.clone()
+        };
+        assert_eq!(
+            admitted([1.0, 1.0], shared, req(20, 4), cold),
+            vec![0, 1, 5, 2, 6, 3, 4]
+        );
+        // Every weight maps to a usable fixed-point weight.
+        assert_eq!(fair_weight(1.0), 65536);
+        assert_eq!(fair_weight(1e-300), 1);
+        assert_eq!(fair_weight(1e300), 1 << 48);
     }
 
     #[test]
