@@ -94,24 +94,122 @@ pub fn gpu_pool_loads(sc: &Scenario) -> Vec<GpuPoolLoad> {
     out
 }
 
-/// A node whose hops can exceed its GPU pool's context limit.
+/// A node whose hops can exceed the context limit of a GPU pool they can reach.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ContextLimitRisk {
     pub class: String,
     pub node: String,
     pub pool: String,
+    /// How the node's hops reach the pool, when it is not the node's own pinned pool:
+    /// "pool 2 of tier chat's chain", "its escalation pool", ...
+    pub via: Option<String>,
     pub model: String,
     pub limit: u32,
     /// Mean inherited context + the largest input draw + the largest output draw (the
     /// 99.9th percentile for unbounded distributions: [`sim_core::dist::Sampler::high`]).
     pub tokens: f64,
+    /// The pools after this one in the tier chain, where a refused hop falls back
+    /// (degraded); empty when the hop fails there (pinned, last of its chain, or an
+    /// escalation).
+    pub falls_back_to: Vec<String>,
 }
 
-/// Every (class, node, GPU pool) whose prompt + output tokens can exceed the pool's
-/// model context limit: such hops fail with "request over context limit of POOL".
-/// The node's first pool (`a_priori_pool`) and its escalation pool are checked.
-pub fn context_limit_risks(sc: &Scenario) -> Vec<ContextLimitRisk> {
+/// A pool a node's hops can be sent to, how, and where they go if it refuses them.
+struct Reach {
+    pool: usize,
+    via: Option<String>,
+    falls_back_to: Vec<usize>,
+}
+
+/// Every pool a model node of class `ci` can send a hop to: its pinned pool, or every
+/// pool of every chain its tier's routing rules can pick (a router or a fallback can
+/// use any pool of a chain, not only the first); then its escalation pool, or each pool
+/// of each tier its tier's cascade reaches that can take the step (the first, and a
+/// later one when every pool before it has outages: a step goes to the first pool up).
+fn reachable_pools(sc: &Scenario, ci: usize, n: &sim_core::workflow::Node) -> Vec<Reach> {
     let mut out = Vec::new();
+    if let Some(p) = n.pool {
+        out.push(Reach {
+            pool: p,
+            via: None,
+            falls_back_to: Vec::new(),
+        });
+    } else if let Some(t) = n.tier {
+        let c = &sc.classes[ci];
+        // The first matching rule depends on the budget left, which only falls during a
+        // workflow: the budgets just below each rule's threshold, and the whole budget,
+        // give every chain a hop can be routed on.
+        let mut budgets = vec![c.budget_usd];
+        if let Some(b) = c.budget_usd {
+            for x in sc.routing_rules.iter().filter_map(|r| r.budget_below) {
+                let below = x.next_down();
+                if below < b {
+                    budgets.push(Some(below));
+                }
+            }
+        }
+        let mut chains: Vec<(Option<usize>, &[usize])> = Vec::new();
+        for b in budgets {
+            let rule = sc.routing_rules.iter().position(|r| r.matches(ci, c, t, b));
+            let chain = sc.tier_chain(ci, t, b);
+            if !chains.iter().any(|(_, ch)| *ch == chain) {
+                chains.push((rule, chain));
+            }
+        }
+        for (rule, chain) in chains {
+            let whose = match rule {
+                Some(i) => format!("routing.rules[{i}]'s chain for tier {}", sc.tiers[t].name),
+                None => format!("tier {}'s chain", sc.tiers[t].name),
+            };
+            for (k, &p) in chain.iter().enumerate() {
+                out.push(Reach {
+                    pool: p,
+                    via: Some(format!("pool {} of {} in {whose}", k + 1, chain.len())),
+                    falls_back_to: chain[k + 1..].to_vec(),
+                });
+            }
+        }
+    }
+    // A node's own `escalate` replaces its tier's cascade; a step never taken (probability
+    // 0) reaches nothing.
+    if let Some(e) = n.escalate.as_ref().filter(|e| e.probability > 0.0) {
+        out.push(Reach {
+            pool: e.pool,
+            via: Some("its escalation pool".into()),
+            falls_back_to: Vec::new(),
+        });
+    } else if n.escalate.is_none()
+        && let Some(t) = n.tier
+    {
+        for (p, to) in sc.cascade_from(t) {
+            if p <= 0.0 {
+                break;
+            }
+            let chain = &sc.tiers[to].pools;
+            for (k, &q) in chain.iter().enumerate() {
+                if chain[..k].iter().all(|&e| !sc.pools[e].outages.is_empty()) {
+                    out.push(Reach {
+                        pool: q,
+                        via: Some(format!(
+                            "an escalation to tier {} in its tier's cascade",
+                            sc.tiers[to].name
+                        )),
+                        falls_back_to: Vec::new(),
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Every (class, node, GPU pool) where the node's prompt + output tokens can exceed the
+/// pool's model context limit, over every pool the node's hops can reach
+/// ([`reachable_pools`]): there such hops are refused ("request over context limit of
+/// POOL"), and fail unless a tier chain has pools after it. One entry per pool; where
+/// a pool is reached several ways, one where the hop fails wins.
+pub fn context_limit_risks(sc: &Scenario) -> Vec<ContextLimitRisk> {
+    let mut out: Vec<ContextLimitRisk> = Vec::new();
     for (ci, c) in sc.classes.iter().enumerate() {
         let tokens = expected_tokens(&c.graph, &sc.tools);
         for (i, n) in c.graph.nodes.iter().enumerate() {
@@ -123,26 +221,35 @@ pub fn context_limit_risks(sc: &Scenario) -> Vec<ContextLimitRisk> {
             let high = inherited
                 + n.input_tokens.as_ref().map_or(0.0, |s| s.high()).max(1.0)
                 + n.output_tokens.as_ref().map_or(0.0, |s| s.high()).max(1.0);
-            let pools = sc
-                .a_priori_pool(ci, n)
-                .into_iter()
-                .chain(n.escalate.as_ref().map(|e| e.pool));
-            for p in pools {
-                let pool = &sc.pools[p];
+            for r in reachable_pools(sc, ci, n) {
+                let pool = &sc.pools[r.pool];
                 let Some(g) = &pool.gpu else { continue };
-                if high.round() > g.context_limit as f64
-                    && !out.iter().any(|r: &ContextLimitRisk| {
-                        r.class == c.name && r.node == n.id && r.pool == pool.name
-                    })
+                if high.round() <= g.context_limit as f64 {
+                    continue;
+                }
+                let risk = ContextLimitRisk {
+                    class: c.name.clone(),
+                    node: n.id.clone(),
+                    pool: pool.name.clone(),
+                    via: r.via,
+                    model: g.model.clone(),
+                    limit: g.context_limit,
+                    tokens: high,
+                    falls_back_to: r
+                        .falls_back_to
+                        .iter()
+                        .map(|&q| sc.pools[q].name.clone())
+                        .collect(),
+                };
+                match out
+                    .iter_mut()
+                    .find(|x| x.class == c.name && x.node == n.id && x.pool == pool.name)
                 {
-                    out.push(ContextLimitRisk {
-                        class: c.name.clone(),
-                        node: n.id.clone(),
-                        pool: pool.name.clone(),
-                        model: g.model.clone(),
-                        limit: g.context_limit,
-                        tokens: high,
-                    });
+                    None => out.push(risk),
+                    Some(x) if !x.falls_back_to.is_empty() && risk.falls_back_to.is_empty() => {
+                        *x = risk
+                    }
+                    Some(_) => {}
                 }
             }
         }
@@ -252,10 +359,22 @@ pub fn gpu_capacity_table(sc: &Scenario) -> String {
         }
     }
     for r in context_limit_risks(sc) {
+        let via = r.via.as_ref().map_or(String::new(), |v| format!(" ({v})"));
+        let then = if r.falls_back_to.is_empty() {
+            format!(
+                "such hops fail with \"request over context limit of {}\"",
+                r.pool
+            )
+        } else {
+            format!(
+                "such hops are refused there and fall back to {} (counted degraded)",
+                r.falls_back_to.join(", ")
+            )
+        };
         let _ = writeln!(
             s,
-            "warning: class {} node {} on pool {}: prompt + output tokens reach about {:.0} (mean inherited context + largest input and output draws), above {}'s context limit of {}: such hops fail with \"request over context limit of {}\"",
-            r.class, r.node, r.pool, r.tokens, r.model, r.limit, r.pool
+            "warning: class {} node {} on pool {}{via}: prompt + output tokens reach about {:.0} (mean inherited context + largest input and output draws), above {}'s context limit of {}: {then}",
+            r.class, r.node, r.pool, r.tokens, r.model, r.limit
         );
     }
     s
@@ -391,5 +510,121 @@ output_tokens = { dist = "constant", value = 192 }
             .unwrap_or_else(|e| panic!("{e}"))
             .scenario;
         assert_eq!(context_limit_risks(&sc), vec![]);
+    }
+
+    #[test]
+    fn check_warns_for_every_pool_a_nodes_hops_can_reach() {
+        // `short` (Llama-3-8B, 8,192 tokens) is never a node's first pool; `long` and
+        // `long2` take 32,768. 10,000 + 50 tokens reach `short` only as the second pool
+        // of the tier chain, through a budget rule, or through a cascade whose first pool
+        // has an outage.
+        let text = |tiers_and_rules: &str, budget: &str| {
+            format!(
+                r#"
+[simulation]
+horizon = "10m"
+[profiles.models.llama-3-8b-32k]
+layers = 32
+hidden_size = 4096
+heads = 32
+kv_heads = 8
+head_dim = 128
+vocab_size = 128256
+intermediate_size = 14336
+dtype_bytes = 2
+context_limit = 32768
+[pools.long]
+servers = 1
+gpu = {{ model = "llama-3-8b-32k", gpu = "h100-80gb" }}
+[pools.long2]
+servers = 1
+gpu = {{ model = "llama-3-8b-32k", gpu = "h100-80gb" }}
+[pools.short]
+servers = 1
+gpu = {{ model = "llama-3-8b", gpu = "h100-80gb" }}
+{tiers_and_rules}
+[classes.big]
+arrival = {{ process = "poisson", rate = 0.1 }}
+{budget}
+[[classes.big.nodes]]
+id = "answer"
+tier = "chat"
+input_tokens = {{ dist = "constant", value = 10000 }}
+output_tokens = {{ dist = "constant", value = 50 }}
+"#
+            )
+        };
+        let risks = |t: &str| {
+            let sc = crate::parse_scenario("inline.toml", t, &[])
+                .unwrap_or_else(|e| panic!("{e}"))
+                .scenario;
+            (context_limit_risks(&sc), gpu_capacity_table(&sc))
+        };
+        let short = |via: &str, falls_back_to: &[&str]| ContextLimitRisk {
+            class: "big".into(),
+            node: "answer".into(),
+            pool: "short".into(),
+            via: Some(via.into()),
+            model: "llama-3-8b".into(),
+            limit: 8192,
+            tokens: 10050.0,
+            falls_back_to: falls_back_to.iter().map(|s| s.to_string()).collect(),
+        };
+
+        // The last pool of the chain: refused hops fail.
+        let (r, out) = risks(&text("[tiers.chat]\npools = [\"long\", \"short\"]", ""));
+        assert_eq!(r, vec![short("pool 2 of 2 in tier chat's chain", &[])]);
+        assert!(
+            out.contains(
+                "warning: class big node answer on pool short (pool 2 of 2 in tier chat's chain): prompt + output tokens reach about 10050"
+            ) && out.contains(
+                "llama-3-8b's context limit of 8192: such hops fail with \"request over context limit of short\""
+            ),
+            "{out}"
+        );
+        // In the middle of the chain: refused hops fall back to the pools after it.
+        let (r, out) = risks(&text(
+            "[tiers.chat]\npools = [\"long\", \"short\", \"long2\"]",
+            "",
+        ));
+        assert_eq!(
+            r,
+            vec![short("pool 2 of 3 in tier chat's chain", &["long2"])]
+        );
+        assert!(
+            out.contains("such hops are refused there and fall back to long2 (counted degraded)"),
+            "{out}"
+        );
+        // Only once the workflow has spent half of its $1 budget does a rule route it to
+        // `short`; with a $0.40 budget the rule holds from the first hop.
+        let rules = "[tiers.chat]\npools = [\"long\"]\n[tiers.cheap]\npools = [\"short\"]\n\
+                     [[routing.rules]]\nwhen = { budget_below = 0.5 }\ntier = \"cheap\"";
+        let via = "pool 1 of 1 in routing.rules[0]'s chain for tier chat";
+        for budget in ["budget_usd = 1.0", "budget_usd = 0.4"] {
+            let (r, _) = risks(&text(rules, budget));
+            assert_eq!(r, vec![short(via, &[])], "{budget}");
+        }
+        // Without a budget the rule never matches.
+        assert_eq!(risks(&text(rules, "")).0, vec![]);
+        // A cascade step goes to the first pool of its tier that is up: `short` only
+        // when `long2` has an outage; never with probability 0.
+        let cascade = |p: &str| {
+            format!(
+                "[tiers.chat]\npools = [\"long\"]\nescalate = {{ probability = {p}, to = \"up\" }}\n\
+                 [tiers.up]\npools = [\"long2\", \"short\"]"
+            )
+        };
+        assert_eq!(risks(&text(&cascade("0.2"), "")).0, vec![]);
+        let with_outage = text(&cascade("0.2"), "").replace(
+            "[pools.long2]\nservers = 1\n",
+            "[pools.long2]\nservers = 1\noutages = [{ start = \"1m\", duration = \"1m\" }]\n",
+        );
+        let (r, _) = risks(&with_outage);
+        assert_eq!(
+            r,
+            vec![short("an escalation to tier up in its tier's cascade", &[])]
+        );
+        let never = with_outage.replace("probability = 0.2", "probability = 0.0");
+        assert_eq!(risks(&never).0, vec![]);
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! Variants come from `[variants.NAME] set = ["key.path=value", ...]` in the scenario
 //! (in name order) and then from `--variant NAME:key.path=value[,key.path=value]` on the
-//! command line. Each variant is the scenario with the global `--set`s and then its own
+//! command line; a bare `--variant NAME` selects a declared variant instead (only the
+//! selected ones run, in the order named). Each variant is the scenario with the global `--set`s and then its own
 //! overrides applied. Every variant runs with the seeds `S, S+1, ..., S+N-1`: the engine
 //! derives arrivals and per-workflow draws from the seed alone, so the variants see the
 //! same workload and the per-seed differences isolate the policy's effect.
@@ -26,14 +27,14 @@ use std::path::PathBuf;
 /// `factorysim compare` arguments.
 #[derive(clap::Args, Debug, Clone)]
 #[command(
-    after_help = "Examples:\n  factorysim compare scenarios/tier-policies.toml --replications 5\n  factorysim compare scenarios/mmc.toml --variant five:pools.agents.servers=5 --variant six:pools.agents.servers=6\n  factorysim compare scenarios/month-end.toml --variant waves:classes.claims.nodes.1.fan_out.wave=6 --variant 'compact:classes.claims.nodes.3.enabled=true'\n\nVariants declared in the file ([variants.NAME] set = [\"key.path=value\", ...]) come first,\nin name order, then --variant ones; the first is the baseline. Without declared variants the\nbaseline is the scenario as written (\"baseline\"). Writes DIR/compare.json and\nDIR/compare.{svg,png} (see docs/policies.md)."
+    after_help = "Examples:\n  factorysim compare scenarios/tier-policies.toml --replications 5\n  factorysim compare scenarios/mmc.toml --variant five:pools.agents.servers=5 --variant six:pools.agents.servers=6\n  factorysim compare scenarios/month-end.toml --variant waves:classes.claims.nodes.1.fan_out.wave=6 --variant 'compact:classes.claims.nodes.3.enabled=true'\n\nVariants declared in the file ([variants.NAME] set = [\"key.path=value\", ...]) come first,\nin name order, then --variant ones; the first is the baseline. Without declared variants the\nbaseline is the scenario as written (\"baseline\"). A bare --variant NAME selects a\ndeclared variant: then only the selected ones run, in the order named (the first is the\nbaseline), before any NAME:... ones; a bare name the file does not declare is an error.\nWrites DIR/compare.json and DIR/compare.{svg,png} (see docs/policies.md)."
 )]
 pub struct CompareArgs {
     /// Scenario file (TOML).
     pub scenario: PathBuf,
     /// A variant: NAME:key.path=value[,key.path=value] (repeatable). Commas inside
-    /// brackets, braces or quotes belong to the value. A bare NAME adds the scenario as
-    /// written under that name.
+    /// brackets, braces or quotes belong to the value. A bare NAME selects a variant
+    /// declared in the file's [variants] (an error if there is none of that name).
     #[arg(long = "variant", value_name = "NAME:KEY.PATH=VALUE[,...]")]
     pub variants: Vec<String>,
     /// Seeds per variant: S, S+1, ..., S+N-1 (the same for every variant).
@@ -92,7 +93,9 @@ pub struct Variant {
 const VARIANT_SYNTAX: &str = "expected NAME:key.path=value[,key.path=value], e.g. \
      --variant cheap:routing.policy=cost_aware,pools.frontier.servers=8";
 
-/// Parses one `--variant` argument.
+/// Parses one `--variant` argument. A bare `NAME` gives an empty `set`: a selection
+/// of a declared variant, which [`plan_variants`] resolves (`NAME:` with nothing after
+/// it is an error, so an empty `set` always means a bare name).
 pub fn parse_variant_arg(arg: &str) -> Result<Variant, String> {
     let raw = arg.trim();
     let bad = |why: &str| format!("--variant `{arg}`: {why}; {VARIANT_SYNTAX}");
@@ -189,15 +192,16 @@ pub(crate) fn split_top_level(s: &str) -> Result<Vec<&str>, String> {
     Ok(out)
 }
 
-/// The variants to run, baseline first: the file's (in name order), then the command
-/// line's; "baseline" (no overrides) first when the file declares none.
+/// The variants to run, baseline first: the file's (in name order, or only those bare
+/// `--variant NAME`s select, in the order named), then the command line's new ones;
+/// "baseline" (no overrides) first when the file declares none.
 pub fn plan_variants(
     file: &str,
     text: &str,
     opts: &CompareOptions,
 ) -> Result<Vec<Variant>, InputError> {
     let base = parse_scenario(file, text, &opts.sets)?;
-    let mut variants: Vec<Variant> = base
+    let mut declared: Vec<Variant> = base
         .spec
         .variants
         .iter()
@@ -208,17 +212,41 @@ pub fn plan_variants(
             set: v.set.clone(),
         })
         .collect();
-    if variants.is_empty() {
-        variants.push(Variant {
+    if declared.is_empty() {
+        declared.push(Variant {
             name: "baseline".into(),
             source: "implicit",
             description: Some("the scenario as written".into()),
             set: Vec::new(),
         });
     }
+    let mut selected: Vec<Variant> = Vec::new();
+    let mut added: Vec<Variant> = Vec::new();
     for arg in &opts.variants {
         let v = parse_variant_arg(arg).map_err(|m| InputError::new(file, m))?;
-        if let Some(prev) = variants.iter().find(|x| x.name == v.name) {
+        if v.set.is_empty() {
+            // A bare name: running a copy of the baseline under a new name would compare
+            // nothing, so it must name a variant the file declares.
+            let Some(found) = declared.iter().find(|x| x.name == v.name) else {
+                return Err(InputError::new(
+                    file,
+                    unknown_variant(arg, &v.name, &declared),
+                ));
+            };
+            if selected.iter().any(|x| x.name == v.name) {
+                return Err(InputError::new(
+                    file,
+                    format!(
+                        "--variant `{arg}`: variant `{}` is selected twice; expected each name once",
+                        v.name
+                    ),
+                ));
+            }
+            selected.push(found.clone());
+            continue;
+        }
+        let prev = declared.iter().chain(&added).find(|x| x.name == v.name);
+        if let Some(prev) = prev {
             return Err(InputError::new(
                 file,
                 format!(
@@ -232,9 +260,37 @@ pub fn plan_variants(
                 ),
             ));
         }
-        variants.push(v);
+        added.push(v);
     }
+    let mut variants = if selected.is_empty() {
+        declared
+    } else {
+        selected
+    };
+    variants.extend(added);
     Ok(variants)
+}
+
+/// The message for a bare `--variant NAME` that names no declared variant.
+fn unknown_variant(arg: &str, name: &str, declared: &[Variant]) -> String {
+    let (known, expected) = if declared.iter().all(|d| d.source == "implicit") {
+        (
+            "the file declares no [variants], so the only name is `baseline` (the scenario \
+             as written)"
+                .to_string(),
+            "`baseline`",
+        )
+    } else {
+        let names: Vec<&str> = declared.iter().map(|d| d.name.as_str()).collect();
+        (
+            format!("the file's [variants] are: {}", names.join(", ")),
+            "one of those names",
+        )
+    };
+    format!(
+        "--variant `{arg}`: no variant named `{name}` to select; {known}; expected {expected}, \
+         or a new variant with its overrides: {name}:key.path=value[,key.path=value]"
+    )
 }
 
 // ---------------------------------------------------------------------------------
@@ -1113,7 +1169,11 @@ output_tokens = { dist = "uniform", low = 50, high = 150 }
 
     #[test]
     fn promotion_gates_pass_fail_and_stay_inconclusive_by_the_interval() {
-        let mut o = opts(&["twin", "one-server:pools.gpu.servers=1"], 5);
+        // The twin overrides a value with the one it has: a copy of the baseline.
+        let mut o = opts(
+            &["twin:pools.gpu.servers=2", "one-server:pools.gpu.servers=1"],
+            5,
+        );
         o.gates = vec!["p99=10%".into(), "chat.error_rate=0".into()];
         let c = compare("small.toml", SMALL, &o).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.gates.len(), 4);
@@ -1233,10 +1293,12 @@ output_tokens = { dist = "uniform", low = 50, high = 150 }
 
     #[test]
     fn identical_variants_give_identical_results() {
+        // Declared with no overrides, and an override to the value it has.
+        let text = format!("{SMALL}\n[variants.baseline]\nset = []\n[variants.twin]\nset = []\n");
         let c = compare(
             "small.toml",
-            SMALL,
-            &opts(&["twin", "same-size:pools.gpu.servers=2"], 4),
+            &text,
+            &opts(&["same-size:pools.gpu.servers=2"], 4),
         )
         .unwrap();
         assert_eq!(c.baseline, "baseline");
@@ -1426,6 +1488,49 @@ output_tokens = { dist = "uniform", low = 50, high = 150 }
             "{:?}",
             c.warnings
         );
+    }
+
+    #[test]
+    fn bare_variant_names_select_declared_variants_or_are_errors() {
+        let text = format!(
+            "{SMALL}\n[variants.z-last]\nset = [\"pools.gpu.servers=4\"]\n[variants.m-mid]\nset = [\"pools.gpu.servers=3\"]\n[variants.a-first]\nset = []\n"
+        );
+        let plan = |file_text: &str, args: &[&str]| {
+            plan_variants("v.toml", file_text, &opts(args, 1)).map_err(|e| e.to_string())
+        };
+        let names = |v: Vec<Variant>| -> Vec<String> { v.into_iter().map(|v| v.name).collect() };
+        // Selected ones only, in the order named (the first is the baseline), with their
+        // declared overrides; then new ones.
+        let v = plan(&text, &["z-last", "a-first", "cli:pools.gpu.servers=1"]).unwrap();
+        assert_eq!(v[0].set, ["pools.gpu.servers=4"]);
+        assert_eq!(v[0].source, "file");
+        assert_eq!(names(v), ["z-last", "a-first", "cli"]);
+        // Without a selection every declared variant runs.
+        let v = plan(&text, &["cli:pools.gpu.servers=1"]).unwrap();
+        assert_eq!(names(v), ["a-first", "m-mid", "z-last", "cli"]);
+        // A bare name that matches nothing: not a silent copy of the baseline.
+        let e = plan(&text, &["fast"]).unwrap_err();
+        assert!(
+            e.starts_with("v.toml: --variant `fast`: no variant named `fast` to select"),
+            "{e}"
+        );
+        assert!(
+            e.contains("the file's [variants] are: a-first, m-mid, z-last"),
+            "{e}"
+        );
+        assert!(e.contains("fast:key.path=value"), "{e}");
+        let e = plan(SMALL, &["fast", "x:pools.gpu.servers=3"]).unwrap_err();
+        assert!(e.contains("no variant named `fast`"), "{e}");
+        assert!(e.contains("declares no [variants]"), "{e}");
+        assert!(e.contains("expected `baseline`, or a new variant"), "{e}");
+        // With none declared, `baseline` names the scenario as written.
+        let v = plan(SMALL, &["baseline", "x:pools.gpu.servers=3"]).unwrap();
+        assert_eq!(names(v), ["baseline", "x"]);
+        // Selected twice, or a new variant named like an unselected declared one.
+        let e = plan(&text, &["a-first", "a-first"]).unwrap_err();
+        assert!(e.contains("variant `a-first` is selected twice"), "{e}");
+        let e = plan(&text, &["a-first", "z-last:pools.gpu.servers=1"]).unwrap_err();
+        assert!(e.contains("already exists (declared in the file)"), "{e}");
     }
 
     /// The story docs/policies.md tells about scenarios/tier-policies.toml.

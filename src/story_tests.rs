@@ -597,6 +597,111 @@ hops = [{{ pool = "small" }}]
     assert_eq!(s.pools["small"].hops, 2);
 }
 
+/// One OTLP span of trace `t` for the join test: a `chat` call on `gpu` named `id`.
+fn otlp_chat(t: &str, id: &str, parent: &str, links: &[&str], start_ms: u64, ms: u64) -> String {
+    let links: Vec<String> = links
+        .iter()
+        .map(|l| format!(r#"{{"traceId":"{t}","spanId":"{l}"}}"#))
+        .collect();
+    format!(
+        r#"{{"traceId":"{t}","spanId":"{id}","parentSpanId":"{parent}","name":"{id}","links":[{}],"startTimeUnixNano":"{}","endTimeUnixNano":"{}","attributes":[{{"key":"gen_ai.operation.name","value":{{"stringValue":"chat"}}}},{{"key":"gen_ai.request.model","value":{{"stringValue":"gpu"}}}},{{"key":"gen_ai.usage.input_tokens","value":{{"intValue":10}}}},{{"key":"gen_ai.usage.output_tokens","value":{{"intValue":1}}}}]}}"#,
+        links.join(","),
+        start_ms * 1_000_000,
+        (start_ms + ms) * 1_000_000,
+    )
+}
+
+#[test]
+fn an_otlp_join_replays_after_both_spans_it_links_to() {
+    // plan (1 s) fans out to r0, r1, r2; `join` names r0 (the shortest) as its parent
+    // and links r1 and r2. In trace a r1 is the longest, in trace b r2: the join can only
+    // start at 5 s in both if it waits for both links.
+    let trace = |t: &str, t0: u64, r1_ms: u64, r2_ms: u64| {
+        let spans = [
+            otlp_chat(t, "plan", "", &[], t0, 1000),
+            otlp_chat(t, "join", "r0", &["r1", "r2"], t0 + 5000, 1000),
+            otlp_chat(t, "r0", "plan", &[], t0 + 1000, 1000),
+            otlp_chat(t, "r1", "plan", &[], t0 + 1000, r1_ms),
+            otlp_chat(t, "r2", "plan", &[], t0 + 1000, r2_ms),
+        ];
+        format!(
+            r#"{{"resourceSpans":[{{"scopeSpans":[{{"spans":[{}]}}]}}]}}"#,
+            spans.join(",")
+        )
+    };
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.path().join("join.otlp.json");
+    let export = format!(
+        "{}\n{}\n",
+        trace("a", 0, 4000, 2000),
+        trace("b", 20_000, 2000, 4000)
+    );
+    std::fs::write(&path, export).unwrap_or_else(|e| panic!("{e}"));
+    // The spans name pool `gpu`, which has no time model: each call takes its recorded
+    // time, with room for every branch at once, so only the structure moves the times.
+    let text = format!(
+        r#"
+[simulation]
+horizon = "1m"
+drain = true
+[pools.gpu]
+servers = 8
+[pools.other]
+servers = 1
+service = {{ dist = "constant", value = "9s" }}
+[classes.agent]
+arrival = {{ process = "trace", file = {file:?} }}
+hops = [{{ pool = "other" }}]
+"#,
+        file = path.display().to_string()
+    );
+    let loaded = crate::parse_scenario("inline.toml", &text, &[]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(loaded.notes.is_empty(), "{:?}", loaded.notes);
+    let mut log = Vec::new();
+    let result = sim_core::run(
+        &loaded.scenario,
+        sim_core::RunOptions {
+            hop_log: Some(&mut log),
+            policies: Some(&policies::Standard),
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        (result.classes[0].arrived, result.classes[0].completed),
+        (2, 2)
+    );
+    let mut workflows: Vec<u64> = log.iter().map(|h| h.workflow).collect();
+    workflows.sort_unstable();
+    workflows.dedup();
+    assert_eq!(workflows.len(), 2);
+    for (wf, id) in workflows.into_iter().enumerate() {
+        // Trace b arrives 20 s after trace a.
+        let t0 = 20.0 * wf as f64;
+        let at = |a: f64, b: f64| (t0 + a, t0 + b);
+        let mut got: Vec<(&str, (f64, f64))> = log
+            .iter()
+            .filter(|h| h.workflow == id)
+            .map(|h| {
+                let (s, f) = (h.submitted.as_secs_f64(), h.finished.as_secs_f64());
+                (h.role.as_str(), (s, f))
+            })
+            .collect();
+        got.sort_by(|a, b| a.0.cmp(b.0));
+        let (r1, r2) = if wf == 0 { (5.0, 3.0) } else { (3.0, 5.0) };
+        assert_eq!(
+            got,
+            [
+                ("join", at(5.0, 6.0)),
+                ("plan", at(0.0, 1.0)),
+                ("r0", at(1.0, 2.0)),
+                ("r1", at(1.0, r1)),
+                ("r2", at(1.0, r2)),
+            ],
+            "workflow {wf}"
+        );
+    }
+}
+
 #[test]
 fn every_workflow_of_the_shipped_span_log_replays() {
     // Count workflows, spans and tokens independently from the file.

@@ -991,6 +991,46 @@ fn sweep_writes_json_csv_and_a_plot_with_theory() {
 }
 
 #[test]
+fn compare_bare_variant_names_must_name_a_declared_variant() {
+    // Both fail while planning, before any run.
+    for (scenario, name, needles) in [
+        (
+            "scenarios/tier-policies.toml",
+            "c-cost-awar",
+            &[
+                "no variant named `c-cost-awar` to select",
+                "a-static-frontier, b-tiered, c-cost-aware, d-least-loaded, e-rules",
+            ][..],
+        ),
+        (
+            "scenarios/mmc.toml",
+            "five",
+            &[
+                "no variant named `five` to select",
+                "declares no [variants]",
+                "five:key.path=value",
+            ][..],
+        ),
+    ] {
+        let out = bin()
+            .args(["compare", scenario, "--variant", name, "--no-plots"])
+            .current_dir(root())
+            .output()
+            .expect("spawn factorysim");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.starts_with(&format!("error: {scenario}: --variant `{name}`")),
+            "{stderr}"
+        );
+        for n in needles {
+            assert!(stderr.contains(n), "{n}: {stderr}");
+        }
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    }
+}
+
+#[test]
 fn compare_gates_exit_3_when_a_variant_fails_them() {
     let dir = tempdir();
     let out = dir.path().to_str().expect("utf-8 temp path");

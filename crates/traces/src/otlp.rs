@@ -6,10 +6,12 @@
 //! memory at a time. A span's `line` is the line where its document ends.
 //!
 //! Mapping: `traceId` -> workflow_id, `spanId`, `parentSpanId` ("" = root),
-//! `startTimeUnixNano` -> start_ns; attribute `gen_ai.operation.name`: `execute_tool`
-//! -> tool span (tool_wait_ms = end - start), `invoke_agent`/`create_agent` or absent
-//! -> agent span (structural, no work), anything else (`chat`, `text_completion`,
-//! `generate_content`, `embeddings`, ...) -> LLM span (decode_ms = end - start);
+//! `links[].spanId` (same trace; links into other traces are ignored, malformed links
+//! are bad rows) -> links, `startTimeUnixNano` -> start_ns; attribute
+//! `gen_ai.operation.name`: `execute_tool` -> tool span (tool_wait_ms = end - start),
+//! `invoke_agent`/`create_agent` or absent -> agent span (structural, no work),
+//! anything else (`chat`, `text_completion`, `generate_content`, `embeddings`, ...) ->
+//! LLM span (decode_ms = end - start);
 //! `gen_ai.request.model` (else `gen_ai.response.model`) -> model_tier;
 //! `gen_ai.agent.name` (tools: `gen_ai.tool.name`; else the span name) -> agent_role;
 //! `gen_ai.usage.input_tokens` / `output_tokens` (legacy `prompt_tokens` /
@@ -162,6 +164,38 @@ fn nanos(sp: &Value, key: &str) -> Result<u64, String> {
     }
 }
 
+/// Span links to spans of the same trace (a join's other predecessors), in order,
+/// repeats dropped. Links into other traces are ignored (a workflow is one trace), but a
+/// link that is not `{traceId?, spanId}` is an error: dropping it silently would replay
+/// the join before the span it waited for.
+fn map_links(sp: &Value, workflow_id: &str) -> Result<Vec<String>, String> {
+    let mut links: Vec<String> = Vec::new();
+    let list = match sp.get("links") {
+        None | Some(Value::Null) => return Ok(links),
+        Some(Value::Array(a)) => a,
+        Some(_) => return Err("`links`: expected an array of `{traceId, spanId}` objects".into()),
+    };
+    for (k, l) in list.iter().enumerate() {
+        let to = match l.get("spanId") {
+            Some(Value::String(s)) if !s.is_empty() => s,
+            _ => {
+                return Err(format!(
+                    "`links[{k}]`: expected an object with a non-empty string `spanId`"
+                ));
+            }
+        };
+        let same_trace = match l.get("traceId") {
+            None | Some(Value::Null) => true,
+            Some(Value::String(t)) => t.is_empty() || t == workflow_id,
+            Some(_) => return Err(format!("`links[{k}].traceId`: expected a string")),
+        };
+        if same_trace && !links.iter().any(|x| x == to) {
+            links.push(to.clone());
+        }
+    }
+    Ok(links)
+}
+
 fn map_span(sp: &Value, service: Option<&str>, line: u64) -> Result<SpanRecord, String> {
     let id = |k: &str| sp.get(k).and_then(Value::as_str).unwrap_or("").to_string();
     let workflow_id = id("traceId");
@@ -170,26 +204,7 @@ fn map_span(sp: &Value, service: Option<&str>, line: u64) -> Result<SpanRecord, 
         return Err("expected non-empty `traceId` and `spanId`".into());
     }
     let parent = id("parentSpanId");
-    // Span links to spans of the same trace (a join's other predecessors).
-    let mut links: Vec<String> = Vec::new();
-    for l in sp
-        .get("links")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let same_trace = l
-            .get("traceId")
-            .and_then(Value::as_str)
-            .is_none_or(|t| t.is_empty() || t == workflow_id);
-        if let Some(to) = l.get("spanId").and_then(Value::as_str)
-            && same_trace
-            && !to.is_empty()
-            && !links.iter().any(|x| x == to)
-        {
-            links.push(to.to_string());
-        }
-    }
+    let links = map_links(sp, &workflow_id)?;
     let start = nanos(sp, "startTimeUnixNano")?;
     let end = nanos(sp, "endTimeUnixNano").unwrap_or(start);
     if end < start {

@@ -887,6 +887,100 @@ fn otlp_genai_spans_map_to_workflows() {
     assert!(err.line().is_some());
 }
 
+/// A join in OTLP: `join` (parent r0) links to r1 and r2, repeats r1, and links to a
+/// span of another trace (ignored: a workflow is one trace).
+const OTLP_JOIN: &str = r#"{"resourceSpans":[{"scopeSpans":[{"spans":[
+  {"traceId":"t","spanId":"p","startTimeUnixNano":"0","endTimeUnixNano":"1000000",
+   "attributes":[{"key":"gen_ai.operation.name","value":{"stringValue":"chat"}}]},
+  {"traceId":"t","spanId":"join","parentSpanId":"r0","startTimeUnixNano":"9000000","endTimeUnixNano":"10000000",
+   "links":[{"traceId":"t","spanId":"r1"},{"spanId":"r2"},{"traceId":"t","spanId":"r1"},{"traceId":"u","spanId":"p"}],
+   "attributes":[{"key":"gen_ai.operation.name","value":{"stringValue":"chat"}}]},
+  {"traceId":"t","spanId":"r0","parentSpanId":"p","startTimeUnixNano":"1000000","endTimeUnixNano":"2000000",
+   "attributes":[{"key":"gen_ai.operation.name","value":{"stringValue":"chat"}}]},
+  {"traceId":"t","spanId":"r1","parentSpanId":"p","startTimeUnixNano":"1000000","endTimeUnixNano":"5000000",
+   "attributes":[{"key":"gen_ai.operation.name","value":{"stringValue":"chat"}}]},
+  {"traceId":"t","spanId":"r2","parentSpanId":"p","startTimeUnixNano":"1000000","endTimeUnixNano":"8000000",
+   "attributes":[{"key":"gen_ai.operation.name","value":{"stringValue":"chat"}}]}
+ ]}]}]}
+"#;
+
+#[test]
+fn otlp_links_become_span_links_and_malformed_links_are_bad_rows() {
+    let path = tmp("join.otlp.json");
+    std::fs::write(&path, OTLP_JOIN).unwrap();
+    let wfs: Vec<Workflow> = open_workflows(&path, &ReadOptions::default())
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(wfs.len(), 1);
+    let w = &wfs[0];
+    let join = &w.spans[1];
+    assert_eq!(join.span_id, "join");
+    assert_eq!(join.parent_span_id.as_deref(), Some("r0"));
+    assert_eq!(join.links, ["r1", "r2"]);
+    assert_eq!(w.links[1], vec![3, 4]);
+    assert_eq!(w.predecessors(1), vec![2, 3, 4]);
+    let order: Vec<&str> = w
+        .topo_order()
+        .into_iter()
+        .map(|i| w.spans[i].span_id.as_str())
+        .collect();
+    assert_eq!(order.last(), Some(&"join"));
+    assert!(
+        w.spans
+            .iter()
+            .all(|s| s.span_id == "join" || s.links.is_empty())
+    );
+
+    // Malformed links are bad rows naming file, line (where the document ends), the span
+    // and the link; never dropped silently.
+    let name = |p: &Path| p.display().to_string();
+    let lines = OTLP_JOIN.lines().count();
+    for (bad, what) in [
+        (r#"{"spanId":"r2"}"#, r#"{"spanId":7}"#),
+        (r#"{"spanId":"r2"}"#, r#"{"spanId":""}"#),
+        (r#"{"spanId":"r2"}"#, r#""r2""#),
+        (r#"{"spanId":"r2"}"#, r#"{"traceId":5,"spanId":"r2"}"#),
+    ] {
+        let p = tmp("bad-link.otlp.json");
+        std::fs::write(&p, OTLP_JOIN.replace(bad, what)).unwrap();
+        let err = open_workflows(&p, &ReadOptions::default())
+            .unwrap()
+            .find_map(Result::err)
+            .unwrap();
+        let want = format!(
+            "{}:{lines}: resourceSpans[0].scopeSpans[0].spans[1]: `links[1]",
+            name(&p)
+        );
+        assert!(err.to_string().starts_with(&want), "{what}: {err}");
+    }
+    let p = tmp("bad-links.otlp.json");
+    let text = OTLP_JOIN.replace(
+        r#""links":[{"traceId":"t","spanId":"r1"},{"spanId":"r2"},{"traceId":"t","spanId":"r1"},{"traceId":"u","spanId":"p"}]"#,
+        r#""links":{"spanId":"r1"}"#,
+    );
+    assert_ne!(text, OTLP_JOIN);
+    std::fs::write(&p, text).unwrap();
+    let err = open_workflows(&p, &ReadOptions::default())
+        .unwrap()
+        .find_map(Result::err)
+        .unwrap();
+    assert!(
+        err.to_string()
+            .ends_with("spans[1]: `links`: expected an array of `{traceId, spanId}` objects"),
+        "{err}"
+    );
+    // Skip mode: the span with bad links is skipped and counted; the rest is read.
+    let opts = ReadOptions {
+        skip_bad_rows: true,
+        ..ReadOptions::default()
+    };
+    let mut r = open_workflows(&p, &opts).unwrap();
+    let wfs: Vec<Workflow> = r.by_ref().map(Result::unwrap).collect();
+    assert_eq!(wfs[0].spans.len(), 4);
+    assert_eq!(r.report().skipped_rows, 1);
+}
+
 #[test]
 fn span_log_start_time_rfc3339_and_inferred_kinds() {
     let path = tmp("rfc.jsonl");
