@@ -17,7 +17,10 @@ pub mod sweep;
 pub mod trace_cmd;
 pub mod trace_stream;
 
-pub use load::{InputError, LoadedScenario, load_scenario, parse_scenario};
+pub use load::{
+    InputError, LoadOptions, LoadedScenario, load_scenario, load_scenario_with, parse_scenario,
+    parse_scenario_with,
+};
 
 /// Runs a scenario with the standard control-plane policies (every CLI verb uses this;
 /// `sim_core::run` alone only knows FIFO, first-available routing and fixed capacity).

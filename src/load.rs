@@ -313,6 +313,7 @@ fn load_traces(
     scenario: &mut Scenario,
     arrivals: &TraceArrivals,
     notes: &mut Vec<String>,
+    hold_span_traces: bool,
 ) -> Result<(), InputError> {
     let base = Path::new(file).parent().unwrap_or(Path::new("."));
     let index = |name: &str| scenario.classes.iter().position(|c| c.name == name);
@@ -328,7 +329,8 @@ fn load_traces(
         vec![Vec::new(); scenario.classes.len()];
     let mut stream_wanted: Vec<bool> = Vec::new();
     let mut trace_numbers: Vec<usize> = Vec::new();
-    let mut span_fed = vec![false; scenario.classes.len()];
+    // Moves a canary makes in the recorded workflows of each class (none is an error).
+    let mut canary_moved = vec![0usize; scenario.classes.len()];
     let takers: BTreeMap<String, usize> = receivers
         .iter()
         .map(|&c| (scenario.classes[c].name.clone(), c))
@@ -383,10 +385,11 @@ fn load_traces(
                 *routed_rows.entry(target).or_default() += 1;
                 scan.entry(target)
                     .or_insert_with(|| crate::trace_stream::ClassScan::new(horizon))
-                    .add(&r);
+                    .add(sim_core::SimTime(r.arrival_ns), r.session.is_some());
             }
             let feed_no = feeds.len();
             feeds.push(crate::trace_stream::Feed {
+                workflows: false,
                 path: path.clone(),
                 read: read.clone(),
                 replay: replay.clone(),
@@ -401,11 +404,13 @@ fn load_traces(
             }
             it.report()
         } else {
-            let mut rows: BTreeMap<usize, Vec<RecordedRequest>> = BTreeMap::new();
+            // Read once without keeping the workflows: each is checked, routed and
+            // resolved (for the notes and the tools it needs), then dropped.
             let mut it = traces::replay_workflows(&path, &read, &replay)
                 .map_err(|e| InputError::new("", e.to_string()))?;
             let mut resolver =
                 crate::replay::SpanResolver::new(scenario, own, std::mem::take(&mut extra_tools));
+            let mut scan: BTreeMap<usize, crate::trace_stream::ClassScan> = BTreeMap::new();
             for wf in it.by_ref() {
                 let mut wf = wf.map_err(|e| InputError::new("", e.to_string()))?;
                 let rule = rules.labels(&wf).rule;
@@ -419,21 +424,31 @@ fn load_traces(
                 )
                 .map_err(|m| bad(format!("rules[{}]: {m}", rule.unwrap_or(0))))?;
                 *routed_rows.entry(target).or_default() += 1;
-                span_fed[target] = true;
-                let steps = resolver.steps(&wf, target);
-                let graph = sim_core::workflow::WorkflowGraph::from_recorded(
-                    &scenario.classes[target].name,
-                    &steps,
-                );
-                let (input, output) = wf.token_totals();
-                rows.entry(target).or_default().push(RecordedRequest {
-                    at: sim_core::SimTime(wf.arrival_ns),
-                    input_tokens: input.min(u32::MAX as u64) as u32,
-                    output_tokens: output.min(u32::MAX as u64) as u32,
-                    block_hashes: None,
-                    hash_block_tokens: MOONCAKE_BLOCK_TOKENS,
-                    graph: Some(std::sync::Arc::new(graph)),
-                });
+                let row = crate::trace_stream::recorded_workflow(&mut resolver, &wf, target);
+                if let Some((_, cohort)) = scenario.classes[target].canary
+                    && let (Some(moves), Some(g)) =
+                        (&scenario.classes[cohort].canary_moves, &row.graph)
+                {
+                    canary_moved[target] += moves.apply(&mut (**g).clone());
+                }
+                scan.entry(target)
+                    .or_insert_with(|| crate::trace_stream::ClassScan::new(horizon))
+                    .add(row.at, false);
+            }
+            let feed_no = feeds.len();
+            feeds.push(crate::trace_stream::Feed {
+                workflows: true,
+                path: path.clone(),
+                read: read.clone(),
+                replay: replay.clone(),
+                rules: rules.clone(),
+                own,
+                takers: takers.clone(),
+            });
+            stream_wanted.push(spec.stream && !hold_span_traces);
+            trace_numbers.push(trace_no);
+            for (target, sc) in scan {
+                scans[target].push((feed_no, sc));
             }
             let c = &resolver.counts;
             let list = |m: &BTreeMap<String, u64>| {
@@ -464,9 +479,6 @@ fn load_traces(
                 ));
             }
             extra_tools = std::mem::take(&mut resolver.extra_tools);
-            for (target, rows) in rows {
-                per_class[target].push((trace_no, rows));
-            }
             it.report()
         };
         if routed_rows.keys().any(|&c| c != own) {
@@ -507,6 +519,7 @@ fn load_traces(
             ));
         }
     }
+    let added_tools = extra_tools.clone();
     scenario.tools.extend(extra_tools);
     // A class streams its request rows when every trace feeding it allows it and its
     // rows from each are in time order without sessions; otherwise they are read again
@@ -517,16 +530,43 @@ fn load_traces(
         if scans[c].is_empty() {
             continue;
         }
-        let stream = !span_fed[c]
-            && scans[c]
-                .iter()
-                .all(|(f, sc)| stream_wanted[*f] && sc.streamable());
+        let stream = scans[c]
+            .iter()
+            .all(|(f, sc)| stream_wanted[*f] && sc.streamable());
         if stream {
+            let workflows = scans[c].iter().any(|(f, _)| feeds[*f].workflows);
+            if workflows && let Some((_, cohort)) = scenario.classes[c].canary {
+                // Flat rows run the class's graph, checked at attach; recorded
+                // workflows are checked here, as they are not kept.
+                let flat = scans[c].iter().any(|(f, _)| !feeds[*f].workflows);
+                let moves = scenario.classes[cohort]
+                    .canary_moves
+                    .clone()
+                    .unwrap_or_default();
+                let own = if flat {
+                    moves.apply(&mut scenario.classes[c].graph.clone())
+                } else {
+                    0
+                };
+                if own + canary_moved[c] == 0 {
+                    return Err(InputError::new(
+                        file,
+                        format!(
+                            "key `classes.{}.canary`: no node of class `{}` or of its recorded workflows uses the pools or tiers it replaces",
+                            scenario.classes[c].name, scenario.classes[c].name
+                        ),
+                    ));
+                }
+            }
             let parts = std::mem::take(&mut scans[c])
                 .into_iter()
                 .map(|(f, sc)| (feeds[f].clone(), sc.counts))
                 .collect();
-            streams[c] = Some(crate::trace_stream::TraceRows::new(c, parts));
+            streams[c] = Some(crate::trace_stream::TraceRows::new(
+                c,
+                parts,
+                added_tools.clone(),
+            ));
         }
     }
     for (f, feed) in feeds.iter().enumerate() {
@@ -537,7 +577,7 @@ fn load_traces(
             continue;
         }
         let trace_no = trace_numbers[f];
-        let (rows, sessions) = hold_requests(feed, &held)?;
+        let (rows, sessions) = hold_rows(feed, &held, scenario, &added_tools)?;
         if !sessions.is_empty() {
             notes.push(format!(
                 "{}: {} rows replayed as {} sessions",
@@ -592,12 +632,14 @@ fn load_traces(
     Ok(())
 }
 
-/// Rows of one request trace kept in memory, for the classes in `held`: flat requests
-/// by class, and rows with a session id by (class, session).
+/// Rows of one trace kept in memory, for the classes in `held`: flat requests and
+/// recorded workflows by class, and request rows with a session id by (class, session).
 #[allow(clippy::type_complexity)]
-fn hold_requests(
+fn hold_rows(
     feed: &crate::trace_stream::Feed,
     held: &[usize],
+    scenario: &Scenario,
+    added_tools: &[sim_core::scenario::Tool],
 ) -> Result<
     (
         BTreeMap<usize, Vec<RecordedRequest>>,
@@ -607,6 +649,25 @@ fn hold_requests(
 > {
     let mut rows: BTreeMap<usize, Vec<RecordedRequest>> = BTreeMap::new();
     let mut sessions: BTreeMap<(usize, String), Vec<traces::RequestRecord>> = BTreeMap::new();
+    if feed.workflows {
+        let it = traces::replay_workflows(&feed.path, &feed.read, &feed.replay)
+            .map_err(|e| InputError::new("", e.to_string()))?;
+        let mut resolver = crate::replay::SpanResolver::for_run(scenario, feed.own, added_tools);
+        for wf in it {
+            let mut wf = wf.map_err(|e| InputError::new("", e.to_string()))?;
+            let target = feed.route_workflow(&mut wf);
+            if held.contains(&target) {
+                rows.entry(target)
+                    .or_default()
+                    .push(crate::trace_stream::recorded_workflow(
+                        &mut resolver,
+                        &wf,
+                        target,
+                    ));
+            }
+        }
+        return Ok((rows, sessions));
+    }
     let it = traces::replay_requests(&feed.path, &feed.read, &feed.replay)
         .map_err(|e| InputError::new("", e.to_string()))?;
     for r in it {
@@ -626,12 +687,29 @@ fn hold_requests(
     Ok((rows, sessions))
 }
 
+/// How to load a scenario beyond its text.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoadOptions {
+    /// Hold replayed span traces in memory instead of streaming them (the span-log
+    /// writer of `run --spans` looks up each workflow's graph after the run).
+    pub hold_span_traces: bool,
+}
+
 /// Reads `path`, applies `sets` (each `key.path=value`) and validates.
 pub fn load_scenario(path: &Path, sets: &[String]) -> Result<LoadedScenario, InputError> {
+    load_scenario_with(path, sets, LoadOptions::default())
+}
+
+/// [`load_scenario`] with options.
+pub fn load_scenario_with(
+    path: &Path,
+    sets: &[String],
+    opts: LoadOptions,
+) -> Result<LoadedScenario, InputError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path)
         .map_err(|e| InputError::new(&file, format!("cannot read scenario file: {e}")))?;
-    parse_scenario(&file, &text, sets)
+    parse_scenario_with(&file, &text, sets, opts)
 }
 
 /// Parses scenario text; `file` is only used in messages.
@@ -639,6 +717,16 @@ pub fn parse_scenario(
     file: &str,
     text: &str,
     sets: &[String],
+) -> Result<LoadedScenario, InputError> {
+    parse_scenario_with(file, text, sets, LoadOptions::default())
+}
+
+/// [`parse_scenario`] with options.
+pub fn parse_scenario_with(
+    file: &str,
+    text: &str,
+    sets: &[String],
+    opts: LoadOptions,
 ) -> Result<LoadedScenario, InputError> {
     let original: toml::Table = toml::from_str(text).map_err(|e| toml_error(file, text, &e))?;
     let mut table = original.clone();
@@ -676,7 +764,13 @@ pub fn parse_scenario(
         .validate()
         .map_err(|e| InputError::new(file, locate_key(text, &e.key, e.to_string())))?;
     let mut notes = csv_notes;
-    load_traces(file, &mut scenario, &arrivals, &mut notes)?;
+    load_traces(
+        file,
+        &mut scenario,
+        &arrivals,
+        &mut notes,
+        opts.hold_span_traces,
+    )?;
     let gates = spec
         .gates
         .iter()

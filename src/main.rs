@@ -114,7 +114,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             if let Some(seed) = seed {
                 sets.push(format!("simulation.seed={seed}"));
             }
-            let loaded = load_scenario(&scenario, &sets)?;
+            let opts = factorysim::LoadOptions {
+                hold_span_traces: spans.is_some(),
+            };
+            let loaded = factorysim::load_scenario_with(&scenario, &sets, opts)?;
             for note in &loaded.notes {
                 eprintln!("note: {note}");
             }

@@ -48,6 +48,9 @@ pub struct SpanResolver<'a> {
     default_tier: Option<usize>,
     /// Tools added for this trace (indices continue after the scenario's own).
     pub extra_tools: Vec<Tool>,
+    /// How many of `scenario.tools` are the scenario's own (a run's scenario already
+    /// holds the tools loading added: see [`SpanResolver::for_run`]).
+    own_tools: usize,
     pub counts: ReplayCounts,
 }
 
@@ -65,8 +68,23 @@ impl<'a> SpanResolver<'a> {
             default_pool: entry.and_then(|n| n.pool),
             default_tier: entry.and_then(|n| n.tier),
             extra_tools,
+            own_tools: scenario.tools.len(),
             counts: ReplayCounts::default(),
         }
+    }
+
+    /// The scenario spans are resolved against.
+    pub fn scenario(&self) -> &'a Scenario {
+        self.scenario
+    }
+
+    /// A resolver for a run of a scenario whose last `added.len()` tools are the
+    /// recorded-wait tools loading added (`added`): spans resolve exactly as they did
+    /// when the trace was loaded.
+    pub fn for_run(scenario: &'a Scenario, class: usize, added: &[Tool]) -> Self {
+        let mut r = SpanResolver::new(scenario, class, added.to_vec());
+        r.own_tools = scenario.tools.len() - added.len();
+        r
     }
 
     fn model_target(&mut self, name: &str) -> (Option<usize>, Option<usize>) {
@@ -95,7 +113,10 @@ impl<'a> SpanResolver<'a> {
     fn tool_target(&mut self, s: &SpanRecord) -> RecordedWork {
         let sc = self.scenario;
         for name in [&s.model_tier, &s.agent_role] {
-            if let Some(t) = sc.tools.iter().position(|t| &t.name == name) {
+            if let Some(t) = sc.tools[..self.own_tools]
+                .iter()
+                .position(|t| &t.name == name)
+            {
                 return RecordedWork::Tool {
                     tool: t,
                     wait: None,
@@ -126,7 +147,7 @@ impl<'a> SpanResolver<'a> {
             }
         };
         RecordedWork::Tool {
-            tool: sc.tools.len() + idx,
+            tool: self.own_tools + idx,
             wait: Some(SimDuration::from_secs_f64(s.tool_wait_ms.max(0.0) / 1e3)),
         }
     }

@@ -340,8 +340,28 @@ output_tokens = { dist = "uniform", low = 50, high = 300 }
         );
         let scenario_path = dir.path().join("replay.toml");
         std::fs::write(&scenario_path, &replay_text).unwrap_or_else(|e| panic!("{e}"));
-        let replay = crate::load_scenario(&scenario_path, &[]).unwrap_or_else(|e| panic!("{e}"));
+        // Held, as `run --spans` loads it: the writer looks up each workflow's graph.
+        let hold = crate::LoadOptions {
+            hold_span_traces: true,
+        };
+        let replay =
+            crate::load_scenario_with(&scenario_path, &[], hold).unwrap_or_else(|e| panic!("{e}"));
         assert!(replay.notes.is_empty(), "{:?}", replay.notes);
+        // Streamed (the default) runs the same workflows to the same results.
+        let streamed = crate::load_scenario(&scenario_path, &[]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            streamed.scenario.classes[0].arrival,
+            sim_core::scenario::Arrival::Recorded {
+                stream: Some(_),
+                ..
+            }
+        ));
+        assert_eq!(
+            crate::outputs::to_json_pretty(&crate::simulate(&streamed.scenario, None).summary())
+                .unwrap_or_default(),
+            crate::outputs::to_json_pretty(&crate::simulate(&replay.scenario, None).summary())
+                .unwrap_or_default()
+        );
         let mut log2 = Vec::new();
         let result = sim_core::run(
             &replay.scenario,

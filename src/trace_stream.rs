@@ -11,18 +11,22 @@
 //! sessions). Both give the simulator the same rows in the same order, so results are
 //! byte-identical (test `story_tests::streamed_and_loaded_replays_are_byte_identical`).
 
-use sim_core::SimTime;
-use sim_core::scenario::{RecordedRequest, RecordedSource};
+use crate::replay::SpanResolver;
+use sim_core::scenario::{RecordedRequest, RecordedSource, Tool};
+use sim_core::workflow::WorkflowGraph;
+use sim_core::{Scenario, SimTime};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use traces::{ReadOptions, ReplayOptions, RequestRecord, RuleSet};
+use traces::{ReadOptions, ReplayOptions, RequestRecord, RuleSet, Workflow};
 
 /// Tokens per Mooncake prefix-hash block.
 pub const MOONCAKE_BLOCK_TOKENS: u32 = 512;
 
-/// One request trace and where its rows go.
+/// One trace and where its rows go.
 #[derive(Clone, Debug)]
 pub struct Feed {
+    /// A span trace (span log, OTLP): rows are recorded workflows.
+    pub workflows: bool,
     pub path: PathBuf,
     pub read: ReadOptions,
     pub replay: ReplayOptions,
@@ -45,13 +49,50 @@ impl Feed {
             .unwrap_or(self.own)
     }
 
-    /// A new pass over the rows bound for `class`, as the simulator takes them.
-    fn rows(&self, class: usize) -> impl Iterator<Item = Result<RecordedRequest, String>> + '_ {
+    /// The class a recorded workflow goes to, its rules applied (to it and its spans).
+    pub fn route_workflow(&self, wf: &mut Workflow) -> usize {
+        self.rules.apply_to_workflow(wf);
+        wf.class
+            .as_deref()
+            .and_then(|n| self.takers.get(n).copied())
+            .unwrap_or(self.own)
+    }
+
+    /// A new pass over the rows bound for `class`, as the simulator takes them;
+    /// recorded workflows resolved against `sc`, whose last tools are `added`.
+    pub fn rows<'s>(
+        &'s self,
+        class: usize,
+        sc: &'s Scenario,
+        added: &'s [Tool],
+    ) -> Box<dyn Iterator<Item = Result<RecordedRequest, String>> + 's> {
+        if self.workflows {
+            let mut replay = match traces::replay_workflows(&self.path, &self.read, &self.replay) {
+                Ok(r) => Some(r),
+                Err(e) => return Box::new(std::iter::once(Err(e.to_string()))),
+            };
+            let mut resolver = SpanResolver::for_run(sc, self.own, added);
+            return Box::new(std::iter::from_fn(move || {
+                loop {
+                    match replay.as_mut()?.next()? {
+                        Ok(mut wf) => {
+                            if self.route_workflow(&mut wf) == class {
+                                return Some(Ok(recorded_workflow(&mut resolver, &wf, class)));
+                            }
+                        }
+                        Err(e) => {
+                            replay = None;
+                            return Some(Err(e.to_string()));
+                        }
+                    }
+                }
+            }));
+        }
         let mut replay = match traces::replay_requests(&self.path, &self.read, &self.replay) {
             Ok(r) => Some(r),
-            Err(e) => return Either::Failed(Some(e.to_string())),
+            Err(e) => return Box::new(std::iter::once(Err(e.to_string()))),
         };
-        Either::Rows(std::iter::from_fn(move || {
+        Box::new(std::iter::from_fn(move || {
             loop {
                 match replay.as_mut()?.next()? {
                     Ok(r) if self.target(&r) == class => return Some(Ok(recorded(r))),
@@ -66,18 +107,23 @@ impl Feed {
     }
 }
 
-enum Either<I> {
-    Rows(I),
-    Failed(Option<String>),
-}
-
-impl<I: Iterator<Item = Result<RecordedRequest, String>>> Iterator for Either<I> {
-    type Item = Result<RecordedRequest, String>;
-    fn next(&mut self) -> Option<Self::Item> {
-        match self {
-            Either::Rows(i) => i.next(),
-            Either::Failed(e) => e.take().map(Err),
-        }
+/// A recorded workflow as the simulator replays it: its own graph, built from its
+/// spans by `resolver` for `class`.
+pub fn recorded_workflow(
+    resolver: &mut SpanResolver<'_>,
+    wf: &Workflow,
+    class: usize,
+) -> RecordedRequest {
+    let steps = resolver.steps(wf, class);
+    let graph = WorkflowGraph::from_recorded(&resolver.scenario().classes[class].name, &steps);
+    let (input, output) = wf.token_totals();
+    RecordedRequest {
+        at: SimTime(wf.arrival_ns),
+        input_tokens: input.min(u32::MAX as u64) as u32,
+        output_tokens: output.min(u32::MAX as u64) as u32,
+        block_hashes: None,
+        hash_block_tokens: MOONCAKE_BLOCK_TOKENS,
+        graph: Some(std::sync::Arc::new(graph)),
     }
 }
 
@@ -171,12 +217,11 @@ impl ClassScan {
         }
     }
 
-    pub fn add(&mut self, r: &RequestRecord) {
-        let at = SimTime(r.arrival_ns);
+    pub fn add(&mut self, at: SimTime, session: bool) {
         self.rows += 1;
         self.unsorted |= self.last.is_some_and(|l| at < l);
         self.last = Some(at);
-        self.sessions |= r.session.is_some();
+        self.sessions |= session;
         self.counts.add(at);
     }
 
@@ -186,33 +231,44 @@ impl ClassScan {
     }
 }
 
-/// The rows of one or more request traces bound for one class, read afresh on every
-/// run. Several traces are merged by arrival time, ties in the order the scenario
-/// declares the traces (the order a stable sort of their concatenation gives).
+/// The rows of one or more traces bound for one class, read afresh on every run.
+/// Several traces are merged by arrival time, ties in the order the scenario declares
+/// the traces (the order a stable sort of their concatenation gives).
 #[derive(Debug)]
 pub struct TraceRows {
     class: usize,
     feeds: Vec<Feed>,
     counts: Vec<ArrivalCounts>,
+    /// The recorded-wait tools loading added to the scenario (its last tools).
+    added_tools: Vec<Tool>,
 }
 
 impl TraceRows {
-    pub fn new(class: usize, feeds: Vec<(Feed, ArrivalCounts)>) -> Self {
+    pub fn new(class: usize, feeds: Vec<(Feed, ArrivalCounts)>, added_tools: Vec<Tool>) -> Self {
         let (feeds, counts) = feeds.into_iter().unzip();
         TraceRows {
             class,
             feeds,
             counts,
+            added_tools,
         }
     }
 }
 
 impl RecordedSource for TraceRows {
-    fn rows(&self) -> Box<dyn Iterator<Item = Result<RecordedRequest, String>> + '_> {
+    fn rows<'s>(
+        &'s self,
+        sc: &'s Scenario,
+    ) -> Box<dyn Iterator<Item = Result<RecordedRequest, String>> + 's> {
+        let added = self.added_tools.as_slice();
         if let [feed] = self.feeds.as_slice() {
-            return Box::new(feed.rows(self.class));
+            return feed.rows(self.class, sc, added);
         }
-        let mut passes: Vec<_> = self.feeds.iter().map(|f| f.rows(self.class)).collect();
+        let mut passes: Vec<_> = self
+            .feeds
+            .iter()
+            .map(|f| f.rows(self.class, sc, added))
+            .collect();
         let mut heads: Vec<Option<RecordedRequest>> = Vec::with_capacity(passes.len());
         let mut failed: Option<String> = None;
         for p in passes.iter_mut() {
@@ -248,6 +304,10 @@ impl RecordedSource for TraceRows {
 
     fn count_before(&self, t: SimTime) -> u64 {
         self.counts.iter().map(|c| c.count_before(t)).sum()
+    }
+
+    fn replays_workflows(&self) -> bool {
+        self.feeds.iter().any(|f| f.workflows)
     }
 }
 

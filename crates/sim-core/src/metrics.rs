@@ -11,7 +11,8 @@ use crate::time::{SimDuration, SimTime};
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct HopRecord {
     pub workflow: u64,
-    /// The recorded request or workflow the hop's workflow replays, if any.
+    /// The recorded request or workflow the hop's workflow replays, if any (its index
+    /// in the class's held rows; `None` for a streamed row).
     pub record: Option<u32>,
     pub class: String,
     pub node: String,

@@ -1101,10 +1101,19 @@ pub enum Arrival {
 /// a trace far larger than memory replays with only the rows in flight held
 /// (docs/traces.md, "Memory of a replay"). Implemented by the CLI over `traces`.
 pub trait RecordedSource: Send + Sync {
-    /// A new pass over the rows: flat requests (no `graph`) with `at` never
-    /// decreasing, the same rows on every pass. An `Err` (the file changed or could not
-    /// be read since it was checked) ends the pass; the run reports it.
-    fn rows(&self) -> Box<dyn Iterator<Item = Result<RecordedRequest, String>> + '_>;
+    /// A new pass over the rows, with `at` never decreasing, the same rows on every
+    /// pass: flat requests, or recorded workflows with their own `graph` (resolved
+    /// against `scenario`, the one the source is attached to). An `Err` (the file
+    /// changed or could not be read since it was checked) ends the pass; the run
+    /// reports it.
+    fn rows<'s>(
+        &'s self,
+        scenario: &'s Scenario,
+    ) -> Box<dyn Iterator<Item = Result<RecordedRequest, String>> + 's>;
+    /// Whether rows carry graphs of their own (any pool may be reached).
+    fn replays_workflows(&self) -> bool {
+        false
+    }
     /// Rows arriving before `t` (for the offered load `check` derives).
     fn count_before(&self, t: SimTime) -> u64;
 }
@@ -2820,15 +2829,18 @@ impl Scenario {
         Ok(())
     }
 
-    /// Hands a class rows that are read as the run advances (flat requests in time
-    /// order: see [`RecordedSource`]); a canary cohort draws from the same pass.
+    /// Hands a class rows that are read as the run advances (in time order: see
+    /// [`RecordedSource`]); a canary cohort draws from the same pass (recorded
+    /// workflows get its moves as they arrive; loading checked that some move).
     pub fn attach_stream(&mut self, class: usize, stream: RecordedStream) -> Result<(), SpecError> {
         if let Some((_, cohort)) = self.classes[class].canary {
             let moves = self.classes[cohort]
                 .canary_moves
                 .clone()
                 .unwrap_or_default();
-            if moves.apply(&mut self.classes[class].graph.clone()) == 0 {
+            if !stream.0.replays_workflows()
+                && moves.apply(&mut self.classes[class].graph.clone()) == 0
+            {
                 return Err(err(
                     format!("classes.{}.canary", self.classes[class].name),
                     format!(

@@ -663,7 +663,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                 stream: match &c.arrival {
                     Arrival::Recorded {
                         stream: Some(s), ..
-                    } if c.cohort_of.is_none() => Some(s.0.rows()),
+                    } if c.cohort_of.is_none() => Some(s.0.rows(sc)),
                     _ => None,
                 },
                 stream_ahead: VecDeque::new(),
@@ -1295,7 +1295,15 @@ impl<'a, 'o> Sim<'a, 'o> {
                 stream: Some(_), ..
             } => {
                 // The row this arrival was scheduled for (the parent's, for a cohort).
-                let row = self.classes[home_ci].stream_ahead.pop_front();
+                let mut row = self.classes[home_ci].stream_ahead.pop_front();
+                // A canary cohort's recorded workflow runs on the moved pools.
+                if let (Some(r), Some(moves)) = (row.as_mut(), class.canary_moves.as_ref())
+                    && let Some(g) = r.graph.as_mut()
+                {
+                    let mut moved = (**g).clone();
+                    moves.apply(&mut moved);
+                    *g = std::sync::Arc::new(moved);
+                }
                 row.map(|r| match self.free_stream_rows.pop() {
                     Some(k) => {
                         self.stream_rows[k as usize] = r;
@@ -1310,7 +1318,7 @@ impl<'a, 'o> Sim<'a, 'o> {
             Arrival::Recorded { .. } => Some(workflow_no as u32),
             _ => None,
         };
-        let g = class.graph_for(record);
+        let g = graph_of(class, record, &self.stream_rows);
         let slot = match self.free_workflows.pop() {
             Some(s) => s,
             None => {
@@ -1353,7 +1361,7 @@ impl<'a, 'o> Sim<'a, 'o> {
         wf.outstanding = 0;
         wf.active = true;
         self.live_workflows += 1;
-        wf.sinks_remaining = if std::ptr::eq(g, &class.graph) {
+        wf.sinks_remaining = if std::ptr::eq(&*g, &class.graph) {
             self.sinks[ci]
         } else {
             g.nodes.iter().filter(|n| n.children.is_empty()).count() as u32
@@ -1375,7 +1383,7 @@ impl<'a, 'o> Sim<'a, 'o> {
         let now = self.now;
         let wf = &mut self.workflows[slot as usize];
         let class = &sc.classes[wf.class as usize];
-        let graph = class.graph_for(wf.record);
+        let graph = graph_of(class, wf.record, &self.stream_rows);
         let spec = &graph.nodes[node];
         let epoch = wf.nodes[node].epoch;
 
@@ -1693,7 +1701,8 @@ impl<'a, 'o> Sim<'a, 'o> {
         let sc = self.sc;
         let wf = &mut self.workflows[slot as usize];
         let ci = wf.class as usize;
-        let spec = &sc.classes[ci].graph_for(wf.record).nodes[hop.node as usize];
+        let graph = graph_of(&sc.classes[ci], wf.record, &self.stream_rows);
+        let spec = &graph.nodes[hop.node as usize];
         let node = hop.node as usize;
         if wf.nodes[node].epoch != hop.epoch {
             // A hop of an earlier loop run: nobody waits for it any more.
@@ -1783,7 +1792,8 @@ impl<'a, 'o> Sim<'a, 'o> {
         let sc = self.sc;
         let wf = &self.workflows[slot as usize];
         let ci = wf.class as usize;
-        let spec = &sc.classes[ci].graph_for(wf.record).nodes[hop.node as usize];
+        let graph = graph_of(&sc.classes[ci], wf.record, &self.stream_rows);
+        let spec = &graph.nodes[hop.node as usize];
         let pool = if hop.cascade != NO_TIER {
             let chain = &sc.tiers[hop.cascade as usize].pools;
             let up = chain
@@ -2090,7 +2100,8 @@ impl<'a, 'o> Sim<'a, 'o> {
             (wf.class as usize, wf.arrived, wf.usd, wf.record, wf.number)
         };
         let class = &sc.classes[ci];
-        let spec = &class.graph_for(record).nodes[node];
+        let graph = graph_of(class, record, &self.stream_rows);
+        let spec = &graph.nodes[node];
         const POOL_ZERO: usize = 0;
         if spec.tier.is_none() {
             // A pinned hop that nothing can refuse or redirect skips the router and the
@@ -2396,9 +2407,12 @@ impl<'a, 'o> Sim<'a, 'o> {
         let wf = &mut self.workflows[slot as usize];
         wf.outstanding += 1;
         let wf_id = wf.id;
-        let timeout = self.sc.classes[wf.class as usize]
-            .graph_for(wf.record)
-            .nodes[node]
+        let timeout = graph_of(
+            &self.sc.classes[wf.class as usize],
+            wf.record,
+            &self.stream_rows,
+        )
+        .nodes[node]
             .timeout;
         let held = Held {
             id,
@@ -2452,7 +2466,8 @@ impl<'a, 'o> Sim<'a, 'o> {
             None => door as usize,
             Some(_) => {
                 let class = &sc.classes[ci];
-                let spec = &class.graph_for(record).nodes[h.node as usize];
+                let graph = graph_of(class, record, &self.stream_rows);
+                let spec = &graph.nodes[h.node as usize];
                 match spec.tier {
                     Some(t) => sc
                         .tier_chain(ci, t, class.budget_usd.map(|b| b - usd))
@@ -2656,7 +2671,7 @@ impl<'a, 'o> Sim<'a, 'o> {
         );
         // A hop released from a door: its caller has been waiting since it was held.
         let since = self.held_since.take();
-        let timeout = class.graph_for(record).nodes[node]
+        let timeout = graph_of(class, record, &self.stream_rows).nodes[node]
             .timeout
             .map(|t| since.map_or(t, |s| (s + t) - self.now));
         self.submit_hop(
@@ -2699,7 +2714,8 @@ impl<'a, 'o> Sim<'a, 'o> {
         trng: &mut WorkflowRng,
     ) -> Work {
         let class = &self.sc.classes[ci];
-        let spec = &class.graph_for(record).nodes[node];
+        let graph = graph_of(class, record, &self.stream_rows);
+        let spec = &graph.nodes[node];
         let pool = &self.sc.pools[p];
         if pool.gpu.is_some() {
             // A recorded request's hashes, else the node's own (a replayed session turn).
@@ -2765,7 +2781,8 @@ impl<'a, 'o> Sim<'a, 'o> {
     ) {
         let sc = self.sc;
         let wf = &mut self.workflows[slot as usize];
-        let spec = &sc.classes[wf.class as usize].graph_for(wf.record).nodes[node];
+        let graph = graph_of(&sc.classes[wf.class as usize], wf.record, &self.stream_rows);
+        let spec = &graph.nodes[node];
         let tool_idx = spec.tool.unwrap_or(0);
         let tool = &sc.tools[tool_idx];
         // The node's own latency (a call site, or a replayed span's recorded wait), else
@@ -2818,9 +2835,12 @@ impl<'a, 'o> Sim<'a, 'o> {
             && self.now >= self.warmup
         {
             let wf = &self.workflows[slot as usize];
-            let spec = &self.sc.classes[wf.class as usize]
-                .graph_for(wf.record)
-                .nodes[hop.node as usize];
+            let graph = graph_of(
+                &self.sc.classes[wf.class as usize],
+                wf.record,
+                &self.stream_rows,
+            );
+            let spec = &graph.nodes[hop.node as usize];
             r.itl_group = self.breakdown.token_group(
                 wf.class as usize,
                 spec.tier,
@@ -2972,7 +2992,8 @@ impl<'a, 'o> Sim<'a, 'o> {
         let ci = wf.class as usize;
         let record = wf.record;
         let class = &sc.classes[ci];
-        let spec = &class.graph_for(record).nodes[hop.node as usize];
+        let graph = graph_of(class, record, &self.stream_rows);
+        let spec = &graph.nodes[hop.node as usize];
         let mut usd = done.usd;
         // API token or tool-call dollars on top of the capacity charge.
         let mut extra_usd = 0.0;
@@ -3067,9 +3088,17 @@ impl<'a, 'o> Sim<'a, 'o> {
                 (None, Some(pool)) => (0, pool.token_time(hop.input_tokens, 0).min(service)),
                 (_, None) => (0, SimDuration::ZERO),
             };
+            let streamed = matches!(
+                class.arrival,
+                Arrival::Recorded {
+                    stream: Some(_),
+                    ..
+                }
+            );
             log.push(HopRecord {
                 workflow: hop.wf_id,
-                record,
+                // A streamed row's slot is reused: no index to look it up by later.
+                record: record.filter(|_| !streamed),
                 class: class.name.clone(),
                 node: spec.id.clone(),
                 role: spec.role.clone(),
@@ -3280,7 +3309,8 @@ impl<'a, 'o> Sim<'a, 'o> {
         // fallback; only when none is left does its workflow fail.
         let sc = self.sc;
         let ci = wf.class as usize;
-        let spec = &sc.classes[ci].graph_for(wf.record).nodes[hop.node as usize];
+        let graph = graph_of(&sc.classes[ci], wf.record, &self.stream_rows);
+        let spec = &graph.nodes[hop.node as usize];
         if hop.kind == HopKind::Model
             && let Some(t) = spec.tier
         {
@@ -3373,7 +3403,7 @@ impl<'a, 'o> Sim<'a, 'o> {
         let undecided = wf.outcome.is_none();
         let class = wf.class as usize;
         let counted = wf.counted;
-        let graph = self.sc.classes[class].graph_for(wf.record);
+        let graph = graph_of(&self.sc.classes[class], wf.record, &self.stream_rows);
         match what {
             Timer::Abandon => {
                 if undecided {
@@ -3517,7 +3547,7 @@ impl<'a, 'o> Sim<'a, 'o> {
     fn node_finished(&mut self, slot: u32, node: usize, branch: u32, context: u64) {
         let sc = self.sc;
         let wf = &mut self.workflows[slot as usize];
-        let g = sc.classes[wf.class as usize].graph_for(wf.record);
+        let g = graph_of(&sc.classes[wf.class as usize], wf.record, &self.stream_rows);
         if branch == NO_BRANCH {
             self.complete_node(slot, node, context);
             return;
@@ -3556,7 +3586,7 @@ impl<'a, 'o> Sim<'a, 'o> {
             return;
         }
         let ci = wf.class as usize;
-        let g = sc.classes[ci].graph_for(wf.record);
+        let g = graph_of(&sc.classes[ci], wf.record, &self.stream_rows);
         let spec = &g.nodes[node];
         if let Some(l) = &spec.loop_back
             && l.max.is_none_or(|m| wf.nodes[node].loops < m)
@@ -3715,14 +3745,53 @@ impl<'a, 'o> Sim<'a, 'o> {
                 },
             ) = (wf.record, &self.sc.classes[wf.class as usize].arrival)
             {
-                // The row's prefix hashes go with it.
+                // The row's prefix hashes and graph go with it.
                 self.stream_rows[r as usize].block_hashes = None;
+                self.stream_rows[r as usize].graph = None;
                 self.free_stream_rows.push(r);
             }
             self.free_workflows.push(slot);
             self.live_workflows -= 1;
         }
     }
+}
+
+/// The graph a workflow runs: its class's or a held recorded workflow's (borrowed for
+/// the run), or a streamed recorded workflow's (shared with its row, which is freed
+/// when the workflow is).
+enum GraphRef<'a> {
+    Borrowed(&'a crate::workflow::WorkflowGraph),
+    Streamed(std::sync::Arc<crate::workflow::WorkflowGraph>),
+}
+
+impl std::ops::Deref for GraphRef<'_> {
+    type Target = crate::workflow::WorkflowGraph;
+    #[inline]
+    fn deref(&self) -> &Self::Target {
+        match self {
+            GraphRef::Borrowed(g) => g,
+            GraphRef::Streamed(g) => g,
+        }
+    }
+}
+
+#[inline]
+fn graph_of<'a>(
+    class: &'a WorkflowClass,
+    record: Option<u32>,
+    stream_rows: &[RecordedRequest],
+) -> GraphRef<'a> {
+    if let (
+        Some(r),
+        Arrival::Recorded {
+            stream: Some(_), ..
+        },
+    ) = (record, &class.arrival)
+        && let Some(g) = stream_rows.get(r as usize).and_then(|q| q.graph.clone())
+    {
+        return GraphRef::Streamed(g);
+    }
+    GraphRef::Borrowed(class.graph_for(record))
 }
 
 /// The flat recorded request (no graph of its own) a workflow replays: its entry hop
@@ -3736,7 +3805,7 @@ fn flat_record<'r>(
     match &class.arrival {
         Arrival::Recorded {
             stream: Some(_), ..
-        } => stream_rows.get(r),
+        } => stream_rows.get(r).filter(|q| q.graph.is_none()),
         Arrival::Recorded { requests, .. } => requests.get(r).filter(|q| q.graph.is_none()),
         _ => None,
     }

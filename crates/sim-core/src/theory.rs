@@ -126,7 +126,10 @@ pub fn pool_theory(sc: &crate::Scenario) -> Vec<Option<PoolTheory>> {
             Arrival::Poisson { rate_per_s } if c.bursts.is_empty() => {
                 Some(*rate_per_s * c.workload_share(sc))
             }
-            Arrival::Recorded { requests, .. } if requests.iter().any(|r| r.graph.is_some()) => {
+            Arrival::Recorded { requests, stream }
+                if requests.iter().any(|r| r.graph.is_some())
+                    || stream.as_ref().is_some_and(|s| s.0.replays_workflows()) =>
+            {
                 // Replayed workflows bring their own graphs: any pool may be reached.
                 ok.iter_mut().for_each(|o| *o = false);
                 None
