@@ -327,7 +327,7 @@ fn load_traces(
     let mut feeds: Vec<crate::trace_stream::Feed> = Vec::new();
     let mut scans: Vec<Vec<(usize, crate::trace_stream::ClassScan)>> =
         vec![Vec::new(); scenario.classes.len()];
-    let mut stream_wanted: Vec<bool> = Vec::new();
+    let mut stream_wanted: Vec<Option<bool>> = Vec::new();
     let mut trace_numbers: Vec<usize> = Vec::new();
     // Moves a canary makes in the recorded workflows of each class (none is an error).
     let mut canary_moved = vec![0usize; scenario.classes.len()];
@@ -385,7 +385,11 @@ fn load_traces(
                 *routed_rows.entry(target).or_default() += 1;
                 scan.entry(target)
                     .or_insert_with(|| crate::trace_stream::ClassScan::new(horizon))
-                    .add(sim_core::SimTime(r.arrival_ns), r.session.is_some());
+                    .add(
+                        sim_core::SimTime(r.arrival_ns),
+                        r.session.is_some(),
+                        crate::trace_stream::held_request_bytes(&r),
+                    );
             }
             let feed_no = feeds.len();
             feeds.push(crate::trace_stream::Feed {
@@ -433,7 +437,7 @@ fn load_traces(
                 }
                 scan.entry(target)
                     .or_insert_with(|| crate::trace_stream::ClassScan::new(horizon))
-                    .add(row.at, false);
+                    .add(row.at, false, crate::trace_stream::held_workflow_bytes(&wf));
             }
             let feed_no = feeds.len();
             feeds.push(crate::trace_stream::Feed {
@@ -445,7 +449,11 @@ fn load_traces(
                 own,
                 takers: takers.clone(),
             });
-            stream_wanted.push(spec.stream && !hold_span_traces);
+            stream_wanted.push(if hold_span_traces {
+                Some(false)
+            } else {
+                spec.stream
+            });
             trace_numbers.push(trace_no);
             for (target, sc) in scan {
                 scans[target].push((feed_no, sc));
@@ -524,15 +532,44 @@ fn load_traces(
     // A class streams its request rows when every trace feeding it allows it and its
     // rows from each are in time order without sessions; otherwise they are read again
     // and held (sorted, sessions grouped).
+    // What each trace's rows would take held, over all the classes it feeds.
+    let mut feed_held_bytes = vec![0u64; feeds.len()];
+    for per in &scans {
+        for (f, sc) in per {
+            feed_held_bytes[*f] += sc.held_bytes;
+        }
+    }
     let mut streams: Vec<Option<crate::trace_stream::TraceRows>> =
         (0..scenario.classes.len()).map(|_| None).collect();
     for c in 0..scenario.classes.len() {
         if scans[c].is_empty() {
             continue;
         }
-        let stream = scans[c]
+        // Every trace feeding the class allows it, the rows can stream, and either a
+        // trace asks for it or holding them would take more than the threshold.
+        let allowed = scans[c]
             .iter()
-            .all(|(f, sc)| stream_wanted[*f] && sc.streamable());
+            .all(|(f, sc)| stream_wanted[*f] != Some(false) && sc.streamable());
+        let asked = scans[c]
+            .iter()
+            .any(|(f, _)| stream_wanted[*f] == Some(true));
+        let big = scans[c]
+            .iter()
+            .any(|(f, _)| feed_held_bytes[*f] > crate::trace_stream::STREAM_ABOVE_HELD_BYTES);
+        let stream = allowed && (asked || big);
+        if asked && !allowed {
+            let why = if scans[c].iter().any(|(_, sc)| sc.sessions) {
+                "its rows carry session ids"
+            } else if scans[c].iter().any(|(_, sc)| sc.unsorted) {
+                "its rows are not in time order"
+            } else {
+                "another trace feeding it says `stream = false`"
+            };
+            notes.push(format!(
+                "class `{}`: rows held in memory although `stream = true`: {why}",
+                scenario.classes[c].name
+            ));
+        }
         if stream {
             let workflows = scans[c].iter().any(|(f, _)| feeds[*f].workflows);
             if workflows && let Some((_, cohort)) = scenario.classes[c].canary {

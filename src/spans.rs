@@ -348,7 +348,11 @@ output_tokens = { dist = "uniform", low = 50, high = 300 }
             crate::load_scenario_with(&scenario_path, &[], hold).unwrap_or_else(|e| panic!("{e}"));
         assert!(replay.notes.is_empty(), "{:?}", replay.notes);
         // Streamed (the default) runs the same workflows to the same results.
-        let streamed = crate::load_scenario(&scenario_path, &[]).unwrap_or_else(|e| panic!("{e}"));
+        let streamed = crate::load_scenario(
+            &scenario_path,
+            &["classes.agent.arrival.stream=true".into()],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         assert!(matches!(
             streamed.scenario.classes[0].arrival,
             sim_core::scenario::Arrival::Recorded {

@@ -1150,11 +1150,11 @@ fn is_streamed(loaded: &crate::LoadedScenario, class: &str) -> bool {
     )
 }
 
-/// `text` with every trace arrival told `stream = false`.
-fn held(text: &str) -> String {
+/// `text` with every trace arrival told `stream = STREAM`.
+fn with_stream(text: &str, stream: bool) -> String {
     text.replace(
         "process = \"trace\",",
-        "process = \"trace\", stream = false,",
+        &format!("process = \"trace\", stream = {stream},"),
     )
 }
 
@@ -1207,8 +1207,18 @@ canary = { share = 0.3, pools = { gpu = "gpu-new" } }
 "#,
     ];
     for (k, text) in cases.iter().enumerate() {
-        let streamed = load_inline(text);
-        let loaded = load_inline(&held(text));
+        let streamed = load_inline(&with_stream(text, true));
+        let loaded = load_inline(&with_stream(text, false));
+        // Small traces are held unless told otherwise.
+        let default = load_inline(text);
+        assert!(
+            default
+                .scenario
+                .classes
+                .iter()
+                .all(|c| !is_streamed(&default, &c.name)),
+            "case {k}"
+        );
         for c in &streamed.scenario.classes {
             if c.cohort_of.is_none() {
                 assert!(is_streamed(&streamed, &c.name), "case {k}: {}", c.name);
@@ -1287,6 +1297,35 @@ fn streamed_and_held_span_replays_are_byte_identical() {
     assert!(ja == jb, "streamed and held span replays differ");
 }
 
+#[test]
+fn a_trace_too_big_to_hold_streams_by_default() {
+    // The month-end span log looped 51 times would take about 675 MB held (279,021
+    // spans at ~1,400 bytes, 197,013 workflows): over the 256 MiB threshold, so it
+    // streams without being told; one pass (13 MB) is held.
+    let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/span-replay.toml");
+    let big = crate::load_scenario(
+        &scenario,
+        &[
+            "classes.chat.arrival.loops=51".to_string(),
+            "simulation.horizon=\"26h\"".to_string(),
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(is_streamed(&big, "chat") && is_streamed(&big, "claims"));
+    let small = crate::load_scenario(&scenario, &[]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!is_streamed(&small, "chat") && !is_streamed(&small, "claims"));
+    // Told to hold, it holds.
+    let told = crate::load_scenario(
+        &scenario,
+        &[
+            "classes.chat.arrival.loops=51".to_string(),
+            "classes.chat.arrival.stream=false".to_string(),
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!is_streamed(&told, "chat"));
+}
+
 fn recorded_of(
     loaded: &crate::LoadedScenario,
     class: &str,
@@ -1323,12 +1362,13 @@ drain = true
 servers = 2
 service = {{ dist = "constant", value = "1s" }}
 [classes.chat]
-arrival = {{ process = "trace", file = {file:?} }}
+arrival = {{ process = "trace", file = {file:?}, stream = true }}
 hops = [{{ pool = "llm" }}]
 "#
         )
     };
-    // Row 3 (at 1 s) arrives before row 2 (at 4 s): held, replayed in time order.
+    // Row 3 (at 1 s) arrives before row 2 (at 4 s): held (though `stream = true`
+    // asked otherwise, with a note), replayed in time order.
     let unsorted = dir.path().join("unsorted.csv");
     std::fs::write(
         &unsorted,
@@ -1337,6 +1377,11 @@ hops = [{{ pool = "llm" }}]
     .unwrap_or_else(|e| panic!("{e}"));
     let l = load_inline(&scenario(&unsorted));
     assert!(!is_streamed(&l, "chat"));
+    assert!(
+        l.notes.iter().any(|n| n.contains("held in memory")),
+        "{:?}",
+        l.notes
+    );
     let at: Vec<u64> = recorded_of(&l, "chat")
         .iter()
         .map(|r| r.at.as_nanos() / 1_000_000_000)
@@ -1389,7 +1434,7 @@ drain = true
 servers = 2
 service = {{ dist = "constant", value = "100ms" }}
 [classes.chat]
-arrival = {{ process = "trace", file = {trace:?} }}
+arrival = {{ process = "trace", file = {trace:?}, stream = true }}
 hops = [{{ pool = "llm" }}]
 "#
     );

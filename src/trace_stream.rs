@@ -22,6 +22,25 @@ use traces::{ReadOptions, ReplayOptions, RequestRecord, RuleSet, Workflow};
 /// Tokens per Mooncake prefix-hash block.
 pub const MOONCAKE_BLOCK_TOKENS: u32 = 512;
 
+/// A trace that says nothing about `stream` is streamed when holding its rows (over
+/// all the classes it feeds) would take more than this (each run then reads the file instead of memory, about
+/// 2.7x the run time of a trivial one-hop replay: docs/traces.md).
+pub const STREAM_ABOVE_HELD_BYTES: u64 = 256 << 20;
+
+/// What a request row takes held: its `RecordedRequest` and prefix hashes.
+pub fn held_request_bytes(r: &RequestRecord) -> u64 {
+    48 + r
+        .block_hashes
+        .as_ref()
+        .map_or(0, |h| 16 + 8 * h.len() as u64)
+}
+
+/// What a recorded workflow takes held: its row and a graph node per span and one for
+/// the entry (measured about 1,400 bytes each, docs/traces.md).
+pub fn held_workflow_bytes(wf: &Workflow) -> u64 {
+    48 + 1_400 * (wf.spans.len() as u64 + 1)
+}
+
 /// One trace and where its rows go.
 #[derive(Clone, Debug)]
 pub struct Feed {
@@ -203,6 +222,8 @@ pub struct ClassScan {
     pub unsorted: bool,
     /// A row carried a session id (sessions replay as workflows, held in memory).
     pub sessions: bool,
+    /// What the rows would take held (estimated).
+    pub held_bytes: u64,
     pub counts: ArrivalCounts,
 }
 
@@ -213,12 +234,14 @@ impl ClassScan {
             last: None,
             unsorted: false,
             sessions: false,
+            held_bytes: 0,
             counts: ArrivalCounts::new(horizon),
         }
     }
 
-    pub fn add(&mut self, at: SimTime, session: bool) {
+    pub fn add(&mut self, at: SimTime, session: bool, held_bytes: u64) {
         self.rows += 1;
+        self.held_bytes += held_bytes;
         self.unsorted |= self.last.is_some_and(|l| at < l);
         self.last = Some(at);
         self.sessions |= session;

@@ -6,6 +6,10 @@
 //!   50% deterministic sampling (read + transform).
 //! - `traces/read_mooncake`: the Mooncake conversation trace (12,031 JSON lines with
 //!   prefix-block hash lists).
+//! - `traces/run_azure_conv_streamed` and `.._held`: the conversation trace replayed in
+//!   a whole simulation run (one-hop workflows on an abstract 64-server pool, 1 ms
+//!   each), its rows read from the file as the run advances or held in memory: rows
+//!   replayed per second, simulation included.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
@@ -57,6 +61,36 @@ fn traces(c: &mut Criterion) {
     g.bench_function("read_mooncake", |b| {
         b.iter(|| black_box(read_all(&mooncake)))
     });
+    g.throughput(Throughput::Elements(conv_rows));
+    for stream in [true, false] {
+        let text = format!(
+            r#"
+[simulation]
+horizon = "2h"
+drain = true
+[pools.fast]
+servers = 64
+service = {{ dist = "constant", value = "1ms" }}
+[classes.t]
+arrival = {{ process = "trace", file = {:?}, stream = {stream} }}
+hops = [{{ pool = "fast" }}]
+"#,
+            conv.display().to_string()
+        );
+        let loaded = factorysim::parse_scenario("bench.toml", &text, &[]).expect("scenario");
+        let name = if stream {
+            "run_azure_conv_streamed"
+        } else {
+            "run_azure_conv_held"
+        };
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let r = factorysim::simulate(&loaded.scenario, None);
+                assert_eq!(r.classes[0].completed, conv_rows);
+                black_box(r.events)
+            })
+        });
+    }
     g.finish();
 }
 

@@ -58,15 +58,12 @@ pub struct TraceSpec {
     /// Field-to-label rules, first match wins.
     #[serde(default)]
     pub rules: Vec<Rule>,
-    /// Request traces in a run: read the rows as the run advances (true, the default,
-    /// where the rows are in time order and carry no session ids) or hold them all in
-    /// memory (false). Results are identical either way.
-    #[serde(default = "yes")]
-    pub stream: bool,
-}
-
-fn yes() -> bool {
-    true
+    /// In a run: read the rows as the run advances (true; where they are in time order
+    /// and carry no session ids) or hold them all in memory (false). Absent: hold the
+    /// rows when they take less than 256 MiB held, else stream. Results are
+    /// identical either way.
+    #[serde(default)]
+    pub stream: Option<bool>,
 }
 
 impl TraceSpec {
