@@ -43,12 +43,18 @@ pub fn gpu_pool_loads(sc: &Scenario) -> Vec<GpuPoolLoad> {
             let r = c.mean_rate_per_s(sc.horizon) * c.workload_share(sc);
             let visits = expected_visits(&c.graph);
             let tokens = expected_tokens(&c.graph, &sc.tools);
+            // A replayed request's entry hop asks for its recorded tokens.
+            let recorded = c.recorded_entry_tokens();
             for (i, n) in c.graph.nodes.iter().enumerate() {
                 if n.enabled && sc.a_priori_pool(ci, n) == Some(pi) {
                     let v = r * visits[i];
+                    let (ti, to) = match recorded {
+                        Some(t) if i == 0 => t,
+                        _ => (tokens[i].input, tokens[i].output),
+                    };
                     rate += v;
-                    inp += v * tokens[i].input;
-                    outp += v * tokens[i].output;
+                    inp += v * ti;
+                    outp += v * to;
                 }
             }
         }

@@ -383,13 +383,17 @@ fn load_traces(
                 )
                 .map_err(|m| bad(format!("rules[{}]: {m}", labels.rule.unwrap_or(0))))?;
                 *routed_rows.entry(target).or_default() += 1;
-                scan.entry(target)
-                    .or_insert_with(|| crate::trace_stream::ClassScan::new(horizon))
-                    .add(
-                        sim_core::SimTime(r.arrival_ns),
-                        r.session.is_some(),
-                        crate::trace_stream::held_request_bytes(&r),
-                    );
+                let s = scan
+                    .entry(target)
+                    .or_insert_with(|| crate::trace_stream::ClassScan::new(horizon));
+                s.add(
+                    sim_core::SimTime(r.arrival_ns),
+                    r.session.is_some(),
+                    crate::trace_stream::held_request_bytes(&r),
+                );
+                if r.session.is_none() {
+                    s.add_tokens(r.input_tokens, r.output_tokens);
+                }
             }
             let feed_no = feeds.len();
             feeds.push(crate::trace_stream::Feed {
@@ -597,7 +601,7 @@ fn load_traces(
             }
             let parts = std::mem::take(&mut scans[c])
                 .into_iter()
-                .map(|(f, sc)| (feeds[f].clone(), sc.counts))
+                .map(|(f, sc)| (feeds[f].clone(), sc))
                 .collect();
             streams[c] = Some(crate::trace_stream::TraceRows::new(
                 c,

@@ -155,11 +155,54 @@ fn the_azure_hour_replays_on_gpu_replicas_with_every_request_served() {
         over += (tokens > 4096) as u64;
     }
     assert_eq!(over, 1_612);
-    let s = run(
+    let s_over = run(
         "scenarios/azure-replay.toml",
         &["profiles.models.llama-2-70b.context_limit=4096"],
     );
-    assert_eq!(s.classes["conv"].failed, over);
+    assert_eq!(s_over.classes["conv"].failed, over);
+
+    // `check`'s capacity figures use the recorded tokens (the class declares none):
+    // the CSV's own means, held or streamed, and a Little's-law concurrency near the
+    // one the run measured (the solo latencies ignore batching, so somewhat below).
+    let (mut n, mut sum_in, mut sum_out) = (0u64, 0u64, 0u64);
+    for row in csv::Reader::from_path(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("traces/data/azure-llm-2023/AzureLLMInferenceTrace_conv.csv"),
+    )
+    .expect("trace")
+    .records()
+    {
+        let row = row.expect("row");
+        n += 1;
+        sum_in += row[1].trim().parse::<u64>().expect("context");
+        sum_out += row[2].trim().parse::<u64>().expect("generated");
+    }
+    let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/azure-replay.toml");
+    for stream in [true, false] {
+        let loaded = crate::load_scenario(
+            &scenario,
+            &[format!("classes.conv.arrival.stream={stream}")],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let l = &crate::capacity::gpu_pool_loads(&loaded.scenario)[0];
+        assert!(
+            (l.mean_input - sum_in as f64 / n as f64).abs() < 1e-6,
+            "{}",
+            l.mean_input
+        );
+        assert!(
+            (l.mean_output - sum_out as f64 / n as f64).abs() < 1e-6,
+            "{}",
+            l.mean_output
+        );
+        let measured = s.pools["llama70b"].mean_in_system;
+        let ratio = l.needed_concurrency / measured;
+        assert!(
+            (0.75..1.0).contains(&ratio),
+            "{} vs {measured}",
+            l.needed_concurrency
+        );
+    }
 }
 
 #[test]

@@ -224,6 +224,8 @@ pub struct ClassScan {
     pub sessions: bool,
     /// What the rows would take held (estimated).
     pub held_bytes: u64,
+    /// Flat request rows and their token sums (input, output).
+    pub flat: (u64, f64, f64),
     pub counts: ArrivalCounts,
 }
 
@@ -235,6 +237,7 @@ impl ClassScan {
             unsorted: false,
             sessions: false,
             held_bytes: 0,
+            flat: (0, 0.0, 0.0),
             counts: ArrivalCounts::new(horizon),
         }
     }
@@ -246,6 +249,13 @@ impl ClassScan {
         self.last = Some(at);
         self.sessions |= session;
         self.counts.add(at);
+    }
+
+    /// Counts a flat request row's tokens.
+    pub fn add_tokens(&mut self, input: u32, output: u32) {
+        self.flat.0 += 1;
+        self.flat.1 += input as f64;
+        self.flat.2 += output as f64;
     }
 
     /// Whether these rows can be streamed.
@@ -264,16 +274,25 @@ pub struct TraceRows {
     counts: Vec<ArrivalCounts>,
     /// The recorded-wait tools loading added to the scenario (its last tools).
     added_tools: Vec<Tool>,
+    /// Flat rows and their token sums, over all feeds.
+    flat: (u64, f64, f64),
 }
 
 impl TraceRows {
-    pub fn new(class: usize, feeds: Vec<(Feed, ArrivalCounts)>, added_tools: Vec<Tool>) -> Self {
-        let (feeds, counts) = feeds.into_iter().unzip();
+    pub fn new(class: usize, feeds: Vec<(Feed, ClassScan)>, added_tools: Vec<Tool>) -> Self {
+        let mut flat = (0, 0.0, 0.0);
+        for (_, sc) in &feeds {
+            flat.0 += sc.flat.0;
+            flat.1 += sc.flat.1;
+            flat.2 += sc.flat.2;
+        }
+        let (feeds, counts) = feeds.into_iter().map(|(f, sc)| (f, sc.counts)).unzip();
         TraceRows {
             class,
             feeds,
             counts,
             added_tools,
+            flat,
         }
     }
 }
@@ -331,6 +350,11 @@ impl RecordedSource for TraceRows {
 
     fn replays_workflows(&self) -> bool {
         self.feeds.iter().any(|f| f.workflows)
+    }
+
+    fn mean_flat_tokens(&self) -> Option<(f64, f64)> {
+        let (n, i, o) = self.flat;
+        (n > 0).then(|| (i / n as f64, o / n as f64))
     }
 }
 

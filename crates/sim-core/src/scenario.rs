@@ -1114,6 +1114,11 @@ pub trait RecordedSource: Send + Sync {
     fn replays_workflows(&self) -> bool {
         false
     }
+    /// Mean (input, output) tokens of the flat rows (no graph), if any: what the
+    /// class's entry hop asks for on average (capacity figures of `check`).
+    fn mean_flat_tokens(&self) -> Option<(f64, f64)> {
+        None
+    }
     /// Rows arriving before `t` (for the offered load `check` derives).
     fn count_before(&self, t: SimTime) -> u64;
 }
@@ -1212,6 +1217,26 @@ impl WorkflowClass {
                     .sum::<f64>()
                     / n as f64
             }
+        }
+    }
+
+    /// Mean (input, output) tokens the entry hop of a replayed flat request asks for
+    /// (the recorded ones), if the class replays any.
+    pub fn recorded_entry_tokens(&self) -> Option<(f64, f64)> {
+        match &self.arrival {
+            Arrival::Recorded {
+                stream: Some(s), ..
+            } => s.0.mean_flat_tokens(),
+            Arrival::Recorded { requests, .. } => {
+                let (mut n, mut i, mut o) = (0u64, 0.0, 0.0);
+                for r in requests.iter().filter(|r| r.graph.is_none()) {
+                    n += 1;
+                    i += r.input_tokens as f64;
+                    o += r.output_tokens as f64;
+                }
+                (n > 0).then(|| (i / n as f64, o / n as f64))
+            }
+            _ => None,
         }
     }
 
