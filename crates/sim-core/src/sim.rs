@@ -453,6 +453,7 @@ impl LazyStream {
 /// Salt of the canary draw's stream (any constant other streams do not use).
 const CANARY_SALT: u64 = 0xca4a_2c00_5eed_0001;
 
+#[inline]
 fn timing_stream(work_seed: u64, wf_no: u64, parts: [u64; 5]) -> WorkflowRng {
     let mut h = work_seed ^ 0x5bd1_e995_9e37_79b9;
     for x in parts {
@@ -3316,6 +3317,7 @@ impl<'a, 'o> Sim<'a, 'o> {
 
     /// A model hop left its pool (finished or lost): its tokens no longer count in
     /// flight for its lane and tenant.
+    #[inline]
     fn release_admission_tokens(&mut self, hop: &Hop) {
         if !matches!(hop.kind, HopKind::Model | HopKind::Escalation) {
             return;
@@ -3704,6 +3706,7 @@ impl<'a, 'o> Sim<'a, 'o> {
     }
 
     /// Frees a workflow whose outcome is decided once nothing of it is running.
+    #[inline]
     fn maybe_release(&mut self, slot: u32) {
         let wf = &mut self.workflows[slot as usize];
         if wf.active && wf.outcome.is_some() && wf.outstanding == 0 {
