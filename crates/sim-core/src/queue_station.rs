@@ -136,6 +136,7 @@ impl QueueStation {
         }
     }
 
+    #[inline]
     fn update_levels(&mut self, now: SimTime) {
         let busy = self.in_service as u64;
         debug_assert_eq!(self.queued_now, self.discipline.len());
