@@ -211,12 +211,10 @@ pub fn round_non_negative(x: f64) -> u64 {
     // Below 2^63 the signed conversions are single instructions (the unsigned ones are
     // branchy sequences on the baseline target); same truncation, same value.
     if (0.0..9_223_372_036_854_775_808.0).contains(&x) {
+        // The fraction is as likely above a half as below: add the comparison, not a
+        // branch on it.
         let t = x as i64;
-        return if x - t as f64 >= 0.5 {
-            t as u64 + 1
-        } else {
-            t as u64
-        };
+        return t as u64 + (x - t as f64 >= 0.5) as u64;
     }
     let t = x as u64;
     if x - t as f64 >= 0.5 { t + 1 } else { t }
