@@ -2919,7 +2919,9 @@ impl<'a, 'o> Sim<'a, 'o> {
 
     #[inline]
     fn flush_wakeups(&mut self, station: usize) {
-        for (t, token) in self.out.wakeups.drain(..) {
+        // In order (ties keep the station's order); usually one wakeup, often none.
+        for i in 0..self.out.wakeups.len() {
+            let (t, token) = self.out.wakeups[i];
             self.queue.push(
                 t,
                 Event::Wake {
@@ -2928,6 +2930,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                 },
             );
         }
+        self.out.wakeups.clear();
     }
 
     /// Handles finished hops; finishing one may submit more, which may finish at once.
