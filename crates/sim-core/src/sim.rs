@@ -2687,7 +2687,7 @@ impl<'a, 'o> Sim<'a, 'o> {
     /// GPU replicas, a service time elsewhere (an API: TTFT + (output - 1) x TPOT; an
     /// abstract pool: its service draw plus the token-driven part).
     #[allow(clippy::too_many_arguments)]
-    #[inline]
+    #[inline(always)]
     fn hop_work(
         &self,
         ci: usize,
