@@ -36,6 +36,8 @@ pub struct QueueStation {
     usd_per_server_ns: f64,
     usd_per_server_hour: f64,
     discipline: Box<dyn QueueDiscipline>,
+    /// Keys in the discipline (pushed, not yet popped): its `len` without a dynamic call.
+    queued_now: usize,
     waiting: Vec<Option<Waiting>>,
     free_waiting: Vec<u32>,
     /// Slot per hop in service; the wake token is the slot index. Created lazily so
@@ -73,6 +75,7 @@ impl QueueStation {
             usd_per_server_ns: usd_per_server_hour / 3.6e12,
             usd_per_server_hour,
             discipline,
+            queued_now: 0,
             waiting: Vec::new(),
             free_waiting: Vec::new(),
             slots: Vec::new(),
@@ -125,6 +128,7 @@ impl QueueStation {
             let Some(key) = self.discipline.pop(now) else {
                 break;
             };
+            self.queued_now = self.queued_now.saturating_sub(1);
             if let Some(w) = self.waiting.get_mut(key as usize).and_then(Option::take) {
                 self.free_waiting.push(key as u32);
                 self.start(now, w, out);
@@ -132,9 +136,11 @@ impl QueueStation {
         }
     }
 
+    #[inline]
     fn update_levels(&mut self, now: SimTime) {
         let busy = self.in_service as u64;
-        let queued = self.discipline.len() as u64;
+        debug_assert_eq!(self.queued_now, self.discipline.len());
+        let queued = self.queued_now as u64;
         self.max_busy = self.max_busy.max(busy);
         // A level left unchanged integrates exactly without being touched (integer
         // area): only changes are written.
@@ -183,7 +189,7 @@ impl Station for QueueStation {
             service,
             submitted: now,
         };
-        if self.has_free_server() && self.discipline.is_empty() {
+        if self.has_free_server() && self.queued_now == 0 {
             self.start(now, w, out);
         } else {
             let key = match self.free_waiting.pop() {
@@ -197,6 +203,7 @@ impl Station for QueueStation {
                 }
             };
             self.discipline.push(now, *meta, key as u64);
+            self.queued_now += 1;
             self.fill(now, out);
         }
         self.update_levels(now);
@@ -236,7 +243,7 @@ impl Station for QueueStation {
             servers: self.servers - self.retiring,
             booting: self.booting,
             busy: self.in_service as u64,
-            queued: self.discipline.len() as u64,
+            queued: self.queued_now as u64,
         })
     }
 

@@ -453,6 +453,7 @@ impl LazyStream {
 /// Salt of the canary draw's stream (any constant other streams do not use).
 const CANARY_SALT: u64 = 0xca4a_2c00_5eed_0001;
 
+#[inline]
 fn timing_stream(work_seed: u64, wf_no: u64, parts: [u64; 5]) -> WorkflowRng {
     let mut h = work_seed ^ 0x5bd1_e995_9e37_79b9;
     for x in parts {
@@ -2701,7 +2702,7 @@ impl<'a, 'o> Sim<'a, 'o> {
     /// GPU replicas, a service time elsewhere (an API: TTFT + (output - 1) x TPOT; an
     /// abstract pool: its service draw plus the token-driven part).
     #[allow(clippy::too_many_arguments)]
-    #[inline]
+    #[inline(always)]
     fn hop_work(
         &self,
         ci: usize,
@@ -2938,7 +2939,9 @@ impl<'a, 'o> Sim<'a, 'o> {
 
     #[inline]
     fn flush_wakeups(&mut self, station: usize) {
-        for (t, token) in self.out.wakeups.drain(..) {
+        // In order (ties keep the station's order); usually one wakeup, often none.
+        for i in 0..self.out.wakeups.len() {
+            let (t, token) = self.out.wakeups[i];
             self.queue.push(
                 t,
                 Event::Wake {
@@ -2947,6 +2950,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                 },
             );
         }
+        self.out.wakeups.clear();
     }
 
     /// Handles finished hops; finishing one may submit more, which may finish at once.
@@ -3346,6 +3350,7 @@ impl<'a, 'o> Sim<'a, 'o> {
 
     /// A model hop left its pool (finished or lost): its tokens no longer count in
     /// flight for its lane and tenant.
+    #[inline]
     fn release_admission_tokens(&mut self, hop: &Hop) {
         if !matches!(hop.kind, HopKind::Model | HopKind::Escalation) {
             return;
@@ -3734,6 +3739,7 @@ impl<'a, 'o> Sim<'a, 'o> {
     }
 
     /// Frees a workflow whose outcome is decided once nothing of it is running.
+    #[inline]
     fn maybe_release(&mut self, slot: u32) {
         let wf = &mut self.workflows[slot as usize];
         if wf.active && wf.outcome.is_some() && wf.outstanding == 0 {
