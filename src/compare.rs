@@ -1614,15 +1614,7 @@ output_tokens = { dist = "uniform", low = 50, high = 150 }
             let file = std::path::Path::new(path);
             let spec = crate::load_scenario(file, &[]).unwrap().spec;
             let loaded = crate::load_scenario(file, &spec.variants[variant].set).unwrap();
-            let mut log = Vec::new();
-            sim_core::run(
-                &loaded.scenario,
-                sim_core::RunOptions {
-                    hop_log: Some(&mut log),
-                    policies: Some(&policies::Standard),
-                    ..Default::default()
-                },
-            );
+            let (_, log) = crate::simulate_logged(&loaded.scenario, None);
             log
         };
         let pii_on_api = |log: &[sim_core::metrics::HopRecord]| {

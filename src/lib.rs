@@ -38,6 +38,23 @@ pub fn simulate(
     )
 }
 
+/// [`simulate`], also logging every finished hop (span logs, exact tests).
+pub fn simulate_logged(
+    scenario: &sim_core::Scenario,
+    mut progress: Option<&mut dyn FnMut(f64)>,
+) -> (sim_core::RunResult, Vec<sim_core::metrics::HopRecord>) {
+    let mut log = Vec::new();
+    let result = sim_core::run(
+        scenario,
+        sim_core::RunOptions {
+            progress: progress.as_mut().map(|p| &mut **p as &mut dyn FnMut(f64)),
+            hop_log: Some(&mut log),
+            policies: Some(&policies::Standard),
+        },
+    );
+    (result, log)
+}
+
 /// Refuses a run during which a streamed trace could not be read (the file changed or
 /// vanished after loading checked every row): its results would miss rows silently.
 pub fn check_input(r: &sim_core::RunResult) -> Result<(), InputError> {

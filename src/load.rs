@@ -354,7 +354,10 @@ fn load_traces(
         };
         read.format = Some(format);
         let mut routed_rows: BTreeMap<usize, u64> = BTreeMap::new();
-        let report = if format.is_request_trace() {
+        // Where the rows go per class, learned by reading the trace once.
+        let mut scan: BTreeMap<usize, crate::trace_stream::ClassScan> = BTreeMap::new();
+        let workflows = !format.is_request_trace();
+        let report = if !workflows {
             if let Some((i, _)) = rules
                 .rules
                 .iter()
@@ -369,7 +372,6 @@ fn load_traces(
             // per class, whether its rows can be streamed into the run.
             let mut it = traces::replay_requests(&path, &read, &replay)
                 .map_err(|e| InputError::new("", e.to_string()))?;
-            let mut scan: BTreeMap<usize, crate::trace_stream::ClassScan> = BTreeMap::new();
             for r in it.by_ref() {
                 // Trace errors already name the file and line.
                 let r = r.map_err(|e| InputError::new("", e.to_string()))?;
@@ -395,21 +397,6 @@ fn load_traces(
                     s.add_tokens(r.input_tokens, r.output_tokens);
                 }
             }
-            let feed_no = feeds.len();
-            feeds.push(crate::trace_stream::Feed {
-                workflows: false,
-                path: path.clone(),
-                read: read.clone(),
-                replay: replay.clone(),
-                rules: rules.clone(),
-                own,
-                takers: takers.clone(),
-            });
-            stream_wanted.push(spec.stream);
-            trace_numbers.push(trace_no);
-            for (target, sc) in scan {
-                scans[target].push((feed_no, sc));
-            }
             it.report()
         } else {
             // Read once without keeping the workflows: each is checked, routed and
@@ -418,7 +405,6 @@ fn load_traces(
                 .map_err(|e| InputError::new("", e.to_string()))?;
             let mut resolver =
                 crate::replay::SpanResolver::new(scenario, own, std::mem::take(&mut extra_tools));
-            let mut scan: BTreeMap<usize, crate::trace_stream::ClassScan> = BTreeMap::new();
             for wf in it.by_ref() {
                 let mut wf = wf.map_err(|e| InputError::new("", e.to_string()))?;
                 let rule = rules.labels(&wf).rule;
@@ -442,25 +428,6 @@ fn load_traces(
                 scan.entry(target)
                     .or_insert_with(|| crate::trace_stream::ClassScan::new(horizon))
                     .add(row.at, false, crate::trace_stream::held_workflow_bytes(&wf));
-            }
-            let feed_no = feeds.len();
-            feeds.push(crate::trace_stream::Feed {
-                workflows: true,
-                path: path.clone(),
-                read: read.clone(),
-                replay: replay.clone(),
-                rules: rules.clone(),
-                own,
-                takers: takers.clone(),
-            });
-            stream_wanted.push(if hold_span_traces {
-                Some(false)
-            } else {
-                spec.stream
-            });
-            trace_numbers.push(trace_no);
-            for (target, sc) in scan {
-                scans[target].push((feed_no, sc));
             }
             let c = &resolver.counts;
             let list = |m: &BTreeMap<String, u64>| {
@@ -493,6 +460,25 @@ fn load_traces(
             extra_tools = std::mem::take(&mut resolver.extra_tools);
             it.report()
         };
+        let feed_no = feeds.len();
+        feeds.push(crate::trace_stream::Feed {
+            workflows,
+            path: path.clone(),
+            read,
+            replay,
+            rules,
+            own,
+            takers: takers.clone(),
+        });
+        stream_wanted.push(if workflows && hold_span_traces {
+            Some(false)
+        } else {
+            spec.stream
+        });
+        trace_numbers.push(trace_no);
+        for (target, sc) in scan {
+            scans[target].push((feed_no, sc));
+        }
         if routed_rows.keys().any(|&c| c != own) {
             let shares: Vec<String> = routed_rows
                 .iter()
@@ -795,7 +781,15 @@ pub fn parse_scenario_with(
                 InputError::new(file, msg)
             } else {
                 match first_bad_set(file, &original, sets) {
-                    Some(set) => InputError::new(file, format!("--set `{set}`: {msg}")),
+                    // A typo in a name makes a new, incomplete table: say so, not
+                    // what that table lacks.
+                    Some(set) => match set
+                        .split_once('=')
+                        .and_then(|(path, _)| crate::compare::creates_undefined(&original, path))
+                    {
+                        Some(why) => InputError::new(file, format!("--set {why}")),
+                        None => InputError::new(file, format!("--set `{set}`: {msg}")),
+                    },
                     None => InputError::new(file, format!("after --set overrides: {msg}")),
                 }
             }

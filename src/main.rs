@@ -134,15 +134,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                         }
                         let file = std::fs::File::create(path)
                             .with_context(|| format!("cannot create {}", path.display()))?;
-                        let mut log = Vec::new();
-                        let result = sim_core::run(
-                            &loaded.scenario,
-                            sim_core::RunOptions {
-                                progress: Some(&mut tick),
-                                hop_log: Some(&mut log),
-                                policies: Some(&policies::Standard),
-                            },
-                        );
+                        let (result, log) =
+                            factorysim::simulate_logged(&loaded.scenario, Some(&mut tick));
                         factorysim::spans::write_span_log(
                             std::io::BufWriter::new(file),
                             &loaded.scenario,

@@ -222,15 +222,7 @@ output_tokens = { dist = "uniform", low = 50, high = 300 }
         let text = AGENT_FACTORY;
         let loaded =
             crate::parse_scenario("inline.toml", text, &[]).unwrap_or_else(|e| panic!("{e}"));
-        let mut log = Vec::new();
-        sim_core::run(
-            &loaded.scenario,
-            sim_core::RunOptions {
-                hop_log: Some(&mut log),
-                policies: Some(&policies::Standard),
-                ..Default::default()
-            },
-        );
+        let (_, log) = crate::simulate_logged(&loaded.scenario, None);
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let path = dir.path().join("spans.jsonl");
         let file = std::fs::File::create(&path).unwrap_or_else(|e| panic!("{e}"));
@@ -314,15 +306,7 @@ output_tokens = { dist = "uniform", low = 50, high = 300 }
     fn replaying_a_written_span_log_reproduces_structure_and_tokens() {
         let original = crate::parse_scenario("inline.toml", AGENT_FACTORY, &[])
             .unwrap_or_else(|e| panic!("{e}"));
-        let mut log = Vec::new();
-        sim_core::run(
-            &original.scenario,
-            sim_core::RunOptions {
-                hop_log: Some(&mut log),
-                policies: Some(&policies::Standard),
-                ..Default::default()
-            },
-        );
+        let (_, log) = crate::simulate_logged(&original.scenario, None);
         let written = span_records(&original.scenario, &log);
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let path = dir.path().join("spans.jsonl");
@@ -366,15 +350,7 @@ output_tokens = { dist = "uniform", low = 50, high = 300 }
             crate::outputs::to_json_pretty(&crate::simulate(&replay.scenario, None).summary())
                 .unwrap_or_default()
         );
-        let mut log2 = Vec::new();
-        let result = sim_core::run(
-            &replay.scenario,
-            sim_core::RunOptions {
-                hop_log: Some(&mut log2),
-                policies: Some(&policies::Standard),
-                ..Default::default()
-            },
-        );
+        let (result, log2) = crate::simulate_logged(&replay.scenario, None);
         let rewritten = span_records(&replay.scenario, &log2);
         let workflows = written
             .iter()
@@ -410,15 +386,7 @@ output_tokens = { dist = "uniform", low = 50, high = 300 }
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/month-end.toml");
         let sets: Vec<String> = MONTH_END_SETS.iter().map(|s| s.to_string()).collect();
         let loaded = crate::load_scenario(&path, &sets).unwrap_or_else(|e| panic!("{e}"));
-        let mut log = Vec::new();
-        let result = sim_core::run(
-            &loaded.scenario,
-            sim_core::RunOptions {
-                hop_log: Some(&mut log),
-                policies: Some(&policies::Standard),
-                ..Default::default()
-            },
-        );
+        let (result, log) = crate::simulate_logged(&loaded.scenario, None);
         (loaded, log, result)
     }
 
@@ -593,15 +561,7 @@ shared_prefix_tokens = 100
 "#;
         let loaded =
             crate::parse_scenario("inline.toml", text, &[]).unwrap_or_else(|e| panic!("{e}"));
-        let mut log = Vec::new();
-        sim_core::run(
-            &loaded.scenario,
-            sim_core::RunOptions {
-                hop_log: Some(&mut log),
-                policies: Some(&policies::Standard),
-                ..Default::default()
-            },
-        );
+        let (_, log) = crate::simulate_logged(&loaded.scenario, None);
         let spans = span_records(&loaded.scenario, &log);
         let gpu = loaded.scenario.pools[2]
             .gpu

@@ -223,13 +223,7 @@ fn every_request_of_each_shipped_trace_is_accounted_for() {
 }
 
 fn recorded(loaded: &crate::LoadedScenario) -> Vec<sim_core::scenario::RecordedRequest> {
-    match &loaded.scenario.classes[0].arrival {
-        sim_core::scenario::Arrival::Recorded {
-            stream: Some(s), ..
-        } => s.0.rows(&loaded.scenario).map(|r| r.unwrap()).collect(),
-        sim_core::scenario::Arrival::Recorded { requests, .. } => requests.as_ref().clone(),
-        other => panic!("expected recorded arrivals, got {other:?}"),
-    }
+    recorded_of(loaded, &loaded.scenario.classes[0].name)
 }
 
 #[test]
@@ -569,15 +563,7 @@ hops = [{{ pool = "small" }}]
     );
     let loaded = crate::parse_scenario("inline.toml", &text, &[]).unwrap_or_else(|e| panic!("{e}"));
     assert!(loaded.notes.is_empty(), "{:?}", loaded.notes);
-    let mut log = Vec::new();
-    let result = sim_core::run(
-        &loaded.scenario,
-        sim_core::RunOptions {
-            hop_log: Some(&mut log),
-            policies: Some(&policies::Standard),
-            ..Default::default()
-        },
-    );
+    let (result, log) = crate::simulate_logged(&loaded.scenario, None);
     let c = &result.classes[0];
     assert_eq!((c.arrived, c.completed), (2, 2));
     let hops: Vec<(&str, &str, u64, u64, f64, f64)> = log
@@ -611,15 +597,7 @@ hops = [{{ pool = "small" }}]
     assert_ne!(untimed, text);
     let loaded =
         crate::parse_scenario("inline.toml", &untimed, &[]).unwrap_or_else(|e| panic!("{e}"));
-    let mut log2 = Vec::new();
-    sim_core::run(
-        &loaded.scenario,
-        sim_core::RunOptions {
-            hop_log: Some(&mut log2),
-            policies: Some(&policies::Standard),
-            ..Default::default()
-        },
-    );
+    let (_, log2) = crate::simulate_logged(&loaded.scenario, None);
     let times = |log: &[sim_core::metrics::HopRecord]| -> Vec<(u64, u64)> {
         log.iter()
             .map(|h| (h.submitted.as_nanos(), h.finished.as_nanos()))
@@ -700,15 +678,7 @@ hops = [{{ pool = "other" }}]
     );
     let loaded = crate::parse_scenario("inline.toml", &text, &[]).unwrap_or_else(|e| panic!("{e}"));
     assert!(loaded.notes.is_empty(), "{:?}", loaded.notes);
-    let mut log = Vec::new();
-    let result = sim_core::run(
-        &loaded.scenario,
-        sim_core::RunOptions {
-            hop_log: Some(&mut log),
-            policies: Some(&policies::Standard),
-            ..Default::default()
-        },
-    );
+    let (result, log) = crate::simulate_logged(&loaded.scenario, None);
     assert_eq!(
         (result.classes[0].arrived, result.classes[0].completed),
         (2, 2)
@@ -766,15 +736,7 @@ fn every_workflow_of_the_shipped_span_log_replays() {
     let claims = workflows.values().filter(|c| *c == "claims").count() as u64;
     let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/span-replay.toml");
     let loaded = crate::load_scenario(&scenario, &[]).unwrap_or_else(|e| panic!("{e}"));
-    let mut log = Vec::new();
-    let result = sim_core::run(
-        &loaded.scenario,
-        sim_core::RunOptions {
-            hop_log: Some(&mut log),
-            policies: Some(&policies::Standard),
-            ..Default::default()
-        },
-    );
+    let (result, log) = crate::simulate_logged(&loaded.scenario, None);
     let s = result.summary();
     assert_eq!(s.classes["claims"].arrived, claims);
     assert_eq!(
@@ -798,16 +760,8 @@ fn a_canary_on_a_replayed_span_log_moves_a_share_of_its_recorded_workflows() {
     let sets = ["classes.claims.canary={share=0.25,pools={shared=\"batch\"}}".to_string()];
     let hops = |sets: &[String]| {
         let loaded = crate::load_scenario(&scenario, sets).unwrap_or_else(|e| panic!("{e}"));
-        let mut log = Vec::new();
-        let s = sim_core::run(
-            &loaded.scenario,
-            sim_core::RunOptions {
-                hop_log: Some(&mut log),
-                policies: Some(&policies::Standard),
-                ..Default::default()
-            },
-        )
-        .summary();
+        let (r, log) = crate::simulate_logged(&loaded.scenario, None);
+        let s = r.summary();
         (s, log)
     };
     let (without, base_log) = hops(&[]);
@@ -874,15 +828,7 @@ hops = [{{ pool = "llm", service = {{ dist = "constant", value = "5s" }} }}]
         "{:?}",
         loaded.notes
     );
-    let mut log = Vec::new();
-    let result = sim_core::run(
-        &loaded.scenario,
-        sim_core::RunOptions {
-            hop_log: Some(&mut log),
-            policies: Some(&policies::Standard),
-            ..Default::default()
-        },
-    );
+    let (result, log) = crate::simulate_logged(&loaded.scenario, None);
     let c = &result.classes[0];
     assert_eq!((c.arrived, c.completed), (3, 3));
     let mut hops: Vec<(u64, u64, u64)> = log
@@ -960,15 +906,7 @@ hops = [{{ pool = "gpu" }}]
     // tokens), b1 the 32 blocks of hash id 1 (512 tokens): 2,992 cached tokens.
     let expected = expected_prefix_hits(rows.iter().map(|(_, input, h, _)| (*input, h.to_vec())));
     assert_eq!(expected, 992 + 1488 + 512);
-    let mut log = Vec::new();
-    let result = sim_core::run(
-        &loaded.scenario,
-        sim_core::RunOptions {
-            hop_log: Some(&mut log),
-            policies: Some(&policies::Standard),
-            ..Default::default()
-        },
-    );
+    let (result, log) = crate::simulate_logged(&loaded.scenario, None);
     let c = &result.classes[0];
     assert_eq!((c.arrived, c.completed), (3, 3));
     // Each turn was answered before the next one's recorded time.
@@ -1049,15 +987,7 @@ fn run_fragment(
         "[simulation]\nseed = 3\nhorizon = \"{horizon}\"\n[pools.llm]\nservers = 100000\nservice = {{ dist = \"constant\", value = \"10ms\" }}\n\n{fragment}"
     );
     let loaded = load_inline(&text);
-    let mut log = Vec::new();
-    sim_core::run(
-        &loaded.scenario,
-        sim_core::RunOptions {
-            hop_log: Some(&mut log),
-            policies: Some(&policies::Standard),
-            ..Default::default()
-        },
-    );
+    let (_, log) = crate::simulate_logged(&loaded.scenario, None);
     (loaded, log)
 }
 

@@ -372,6 +372,24 @@ fn bad_set_override_is_an_input_error() {
         .expect("spawn");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("sevrers"));
+    // A misspelt class name makes a new, incomplete class: the message says so and
+    // lists the defined classes, instead of naming a field the new table lacks.
+    let out = bin()
+        .args([
+            "check",
+            "scenarios/span-replay.toml",
+            "--set",
+            "classes.agent.arrival.stream=true",
+        ])
+        .current_dir(root())
+        .output()
+        .expect("spawn");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("creates classes.agent") && err.contains("chat, claims"),
+        "{err}"
+    );
     // A value of the wrong type: the message names the override that brought it, not
     // the good one before it.
     for (bad, needle) in [
