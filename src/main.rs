@@ -52,7 +52,7 @@ enum Command {
         #[arg(long)]
         workflows_csv: bool,
         /// Also write every hop as an agent span log (JSONL, the format `trace stats`
-        /// and `fit` read) to this file.
+        /// and `fit` read) to this file; gzip-compressed when it ends in `.gz`.
         #[arg(long, value_name = "FILE")]
         spans: Option<PathBuf>,
     },
@@ -132,16 +132,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                             std::fs::create_dir_all(dir)
                                 .with_context(|| format!("cannot create {}", dir.display()))?;
                         }
-                        let file = std::fs::File::create(path)
+                        // `FILE.gz` is written gzip-compressed, as the readers take it.
+                        let mut file = traces::io::OutputFile::create(path)
                             .with_context(|| format!("cannot create {}", path.display()))?;
                         let (result, log) =
                             factorysim::simulate_logged(&loaded.scenario, Some(&mut tick));
-                        factorysim::spans::write_span_log(
-                            std::io::BufWriter::new(file),
-                            &loaded.scenario,
-                            &log,
-                        )
-                        .with_context(|| format!("cannot write {}", path.display()))?;
+                        factorysim::spans::write_span_log(&mut file, &loaded.scenario, &log)
+                            .and_then(|()| file.finish())
+                            .with_context(|| format!("cannot write {}", path.display()))?;
                         result
                     }
                 };

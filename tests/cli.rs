@@ -1373,3 +1373,40 @@ fn fit_reports_skipped_rows_and_dag_problems_on_stderr() {
         );
     }
 }
+
+/// `run --spans FILE.gz` writes gzip (the readers detect it by magic bytes), holding
+/// the same lines as the plain log of the same run.
+#[test]
+fn span_log_named_gz_is_gzip_with_the_same_lines() {
+    let dir = tempdir();
+    let (plain, gz) = (dir.path().join("s.jsonl"), dir.path().join("s.jsonl.gz"));
+    for path in [&plain, &gz] {
+        run_ok(&[
+            "run",
+            "scenarios/quickstart.toml",
+            "--no-plots",
+            "--out",
+            dir.path().join("o").to_str().unwrap(),
+            "--spans",
+            path.to_str().unwrap(),
+        ]);
+    }
+    let bytes = std::fs::read(&gz).expect("read gz");
+    assert_eq!(bytes[..2], [0x1f, 0x8b], "not gzip");
+    let plain_text = read(&plain);
+    assert!(plain_text.lines().count() > 100);
+    assert!(
+        bytes.len() * 3 < plain_text.len(),
+        "gzip should shrink JSONL"
+    );
+    let stats = |p: &Path| {
+        String::from_utf8_lossy(&run_ok(&["trace", "stats", p.to_str().unwrap()]).stdout)
+            .into_owned()
+    };
+    let (a, b) = (stats(&plain), stats(&gz));
+    assert!(a.contains("workflows"), "{a}");
+    assert_eq!(
+        a.replace("s.jsonl.gz", "s.jsonl"),
+        b.replace("s.jsonl.gz", "s.jsonl")
+    );
+}

@@ -46,6 +46,53 @@ pub(crate) fn has_gz_suffix(path: &Path) -> bool {
         .is_some_and(|e| e.eq_ignore_ascii_case("gz"))
 }
 
+/// A file being written, gzip-compressed when its name ends in `.gz` (the readers
+/// above take it back either way). Call [`OutputFile::finish`]: it writes the gzip
+/// trailer and flushes, and reports what dropping would swallow.
+pub enum OutputFile {
+    Plain(std::io::BufWriter<File>),
+    Gzip(flate2::write::GzEncoder<std::io::BufWriter<File>>),
+}
+
+impl OutputFile {
+    /// Creates (truncates) `path`.
+    pub fn create(path: &Path) -> std::io::Result<Self> {
+        let file = std::io::BufWriter::with_capacity(1 << 16, File::create(path)?);
+        Ok(if has_gz_suffix(path) {
+            OutputFile::Gzip(flate2::write::GzEncoder::new(
+                file,
+                flate2::Compression::default(),
+            ))
+        } else {
+            OutputFile::Plain(file)
+        })
+    }
+
+    /// Ends the file: the gzip trailer, then a flush.
+    pub fn finish(self) -> std::io::Result<()> {
+        let mut inner = match self {
+            OutputFile::Plain(w) => w,
+            OutputFile::Gzip(g) => g.finish()?,
+        };
+        std::io::Write::flush(&mut inner)
+    }
+}
+
+impl std::io::Write for OutputFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            OutputFile::Plain(w) => w.write(buf),
+            OutputFile::Gzip(g) => g.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            OutputFile::Plain(w) => w.flush(),
+            OutputFile::Gzip(g) => g.flush(),
+        }
+    }
+}
+
 /// Wraps an in-memory or other reader, detecting gzip the same way.
 pub fn wrap_reader<R: Read + Send + 'static>(
     reader: R,
