@@ -2380,8 +2380,9 @@ fn compile_rate_limit(key: &str, r: &RateLimitSpec) -> Result<RateLimit, SpecErr
 }
 
 /// For `shed`: the highest priority of the lanes whose classes can send a hop to each
-/// pool (a node's pool, any pool of its tier, its escalation pool, and the pools hops
-/// are degraded to from those or from the class's lane).
+/// pool (a node's pool, any pool of its tier and of the tiers its cascade steps run on,
+/// its escalation pool, and the pools hops are degraded to from those or from the
+/// class's lane).
 fn set_top_priorities(
     pools: &mut [Pool],
     classes: &[WorkflowClass],
@@ -2399,6 +2400,17 @@ fn set_top_priorities(
             if let Some(t) = n.tier {
                 for &p in &tiers[t].pools {
                     reach[p] = true;
+                }
+                // The tiers its cascade steps run on (bounded: validation refuses cycles).
+                let mut cur = t;
+                for _ in 0..tiers.len() {
+                    let Some((_, to)) = tiers[cur].escalate else {
+                        break;
+                    };
+                    for &p in &tiers[to].pools {
+                        reach[p] = true;
+                    }
+                    cur = to;
                 }
             }
             if let Some(e) = &n.escalate {

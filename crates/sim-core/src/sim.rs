@@ -307,6 +307,9 @@ struct Held {
     context: u64,
     input: u64,
     output: u64,
+    /// An escalation call (its `Hop::cascade`: a cascade tier or `NO_TIER`), or `None`
+    /// for a model hop.
+    escalation: Option<u32>,
 }
 
 /// Why a pool refused a hop (`pools.<name>.refusals_by_cause` keys).
@@ -1509,7 +1512,9 @@ impl<'a, 'o> Sim<'a, 'o> {
                     input = req.input_tokens as u64;
                     output = req.output_tokens as u64;
                 }
-                self.route_model_hop(slot, node, branch, epoch, context, input, output, 0, None);
+                self.route_model_hop(
+                    slot, node, branch, epoch, context, input, output, 0, None, None,
+                );
             }
         }
     }
@@ -1776,6 +1781,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                         hop.output_tokens,
                         hop.attempt + 1,
                         Some(p),
+                        None,
                     );
                 } else {
                     self.retry_failed_call(slot, hop, Some(&spec.id));
@@ -1785,31 +1791,61 @@ impl<'a, 'o> Sim<'a, 'o> {
         }
     }
 
-    /// Submits the escalation call of `hop` (attempt `hop.attempt`) to its node's
-    /// escalation pool.
-    /// A tier-cascade escalation (`hop.cascade`) goes to the first pool of that tier's
-    /// chain that is up now (its first pool if none is).
+    /// Routes the escalation call of `hop` (attempt `hop.attempt`) through the same
+    /// gates as a model hop: its lane's and tenant's limits, then its node's escalation
+    /// pool or, for a tier-cascade step (`hop.cascade`), the pools of that tier's chain
+    /// in order, the first that takes it (a 429 backs off and tries again).
     fn submit_escalation(&mut self, slot: u32, hop: Hop) {
+        self.route_model_hop(
+            slot,
+            hop.node as usize,
+            hop.branch,
+            hop.epoch,
+            hop.context_in,
+            hop.input_tokens,
+            hop.output_tokens,
+            hop.attempt,
+            None,
+            Some(hop.cascade),
+        );
+    }
+
+    /// Submits an admitted escalation call (cascade step `cascade`, or `NO_TIER`) to
+    /// pool `pool`: draws its work and hands it over.
+    #[allow(clippy::too_many_arguments)]
+    fn submit_escalation_to(
+        &mut self,
+        slot: u32,
+        node: usize,
+        branch: u32,
+        epoch: u32,
+        context: u64,
+        input: u64,
+        output: u64,
+        attempt: u32,
+        cascade: u32,
+        pool: usize,
+    ) {
         let sc = self.sc;
         let wf = &self.workflows[slot as usize];
         let ci = wf.class as usize;
         let graph = graph_of(&sc.classes[ci], wf.record, &self.stream_rows);
-        let spec = &graph.nodes[hop.node as usize];
-        let pool = if hop.cascade != NO_TIER {
-            let chain = &sc.tiers[hop.cascade as usize].pools;
-            let up = chain
-                .iter()
-                .copied()
-                .find(|&p| !sc.pools[p].down_at(self.now));
-            match up.or(chain.first().copied()) {
-                Some(p) => p,
-                None => return,
-            }
-        } else {
-            match &spec.escalate {
-                Some(e) => e.pool,
-                None => return,
-            }
+        let spec = &graph.nodes[node];
+        let hop = Hop {
+            seq: 0,
+            slot,
+            wf_id: 0,
+            node: node as u32,
+            branch,
+            epoch,
+            kind: HopKind::Escalation,
+            station: pool as u32,
+            context_in: context,
+            input_tokens: input,
+            output_tokens: output,
+            timed_out: false,
+            attempt,
+            cascade,
         };
         // Each cascade step draws its own timing (a step's key differs by its tier).
         let stage = if hop.cascade == NO_TIER {
@@ -1838,16 +1874,12 @@ impl<'a, 'o> Sim<'a, 'o> {
             None,
             &mut trng,
         );
-        self.submit_hop(
-            slot,
-            Hop {
-                kind: HopKind::Escalation,
-                station: pool as u32,
-                ..hop
-            },
-            work,
-            spec.timeout,
-        );
+        // A call released from a door: its caller has been waiting since it was held.
+        let since = self.held_since.take();
+        let timeout = spec
+            .timeout
+            .map(|t| since.map_or(t, |s| (s + t) - self.now));
+        self.submit_hop(slot, hop, work, timeout);
     }
 
     /// Whether pool `p` takes a new hop of `tokens` model tokens from a lane of
@@ -2080,7 +2112,9 @@ impl<'a, 'o> Sim<'a, 'o> {
     /// off for the pool's retry-after (with jitter) and tries again, up to the pool's
     /// `max_attempts`, after which the workflow is rejected. `after`: the pool this
     /// hop's previous attempt timed out on; a tiered hop then falls back to the pools
-    /// after it in its chain (a degraded hop).
+    /// after it in its chain (a degraded hop). `escalation`: the call is the node's
+    /// escalation (`Some(NO_TIER)`) or a cascade step onto that tier, which goes to the
+    /// first pool of [`escalation_chain`] that takes it, with no router.
     #[allow(clippy::too_many_arguments)]
     fn route_model_hop(
         &mut self,
@@ -2093,6 +2127,7 @@ impl<'a, 'o> Sim<'a, 'o> {
         output: u64,
         attempt: u32,
         after: Option<usize>,
+        escalation: Option<u32>,
     ) {
         let sc = self.sc;
         let now = self.now;
@@ -2104,7 +2139,20 @@ impl<'a, 'o> Sim<'a, 'o> {
         let graph = graph_of(class, record, &self.stream_rows);
         let spec = &graph.nodes[node];
         const POOL_ZERO: usize = 0;
-        if spec.tier.is_none() {
+        let esc_chain = escalation.map(|c| escalation_chain(sc, spec, c));
+        if let Some(chain) = esc_chain {
+            let Some(&p) = chain.first() else {
+                // Validation gives every escalation a pool; defensive.
+                return;
+            };
+            if chain.iter().all(|&q| self.pool_always_admits[q]) && self.class_gate_free[ci] {
+                let cascade = escalation.unwrap_or(NO_TIER);
+                self.submit_escalation_to(
+                    slot, node, branch, epoch, context, input, output, attempt, cascade, p,
+                );
+                return;
+            }
+        } else if spec.tier.is_none() {
             // A pinned hop that nothing can refuse or redirect skips the router and the
             // gates (the common case of abstract queueing models; same result, fewer steps).
             let p = spec.pool.unwrap_or(POOL_ZERO);
@@ -2115,11 +2163,12 @@ impl<'a, 'o> Sim<'a, 'o> {
                 return;
             }
         }
-        let chain: &[usize] = match (spec.tier, spec.pool.as_ref()) {
+        let chain: &[usize] = match (esc_chain, spec.tier, spec.pool.as_ref()) {
+            (Some(c), _, _) => c,
             // Routing rules may route the hop on another tier or restrict its pools.
-            (Some(t), _) => sc.tier_chain(ci, t, class.budget_usd.map(|b| b - usd_so_far)),
-            (None, Some(p)) => std::slice::from_ref(p),
-            (None, None) => std::slice::from_ref(&POOL_ZERO),
+            (None, Some(t), _) => sc.tier_chain(ci, t, class.budget_usd.map(|b| b - usd_so_far)),
+            (None, None, Some(p)) => std::slice::from_ref(p),
+            (None, None, None) => std::slice::from_ref(&POOL_ZERO),
         };
         if chain.is_empty() {
             // Validation refuses rules that leave a node without a pool; defensive.
@@ -2130,7 +2179,14 @@ impl<'a, 'o> Sim<'a, 'o> {
             );
             return;
         }
-        let storm_key = [node as u64, branch as u64, epoch as u64, attempt as u64];
+        // An escalation's storm draw is its own (it redoes the hop on another pool).
+        let esc_bit = if escalation.is_some() { 1 << 32 } else { 0 };
+        let storm_key = [
+            node as u64,
+            branch as u64,
+            epoch as u64,
+            attempt as u64 | esc_bit,
+        ];
         // Retry-after and attempts come from the first pool of the hop's own chain.
         let home = chain[0];
         // A fallback after a timeout: only the pools after the one that timed out.
@@ -2155,7 +2211,7 @@ impl<'a, 'o> Sim<'a, 'o> {
             }
             let door = (sc.pools.len() + class.lane_index) as u32;
             self.hold(
-                door, slot, node, branch, epoch, attempt, context, input, output,
+                door, slot, node, branch, epoch, attempt, context, input, output, escalation,
             );
             return;
         }
@@ -2172,7 +2228,7 @@ impl<'a, 'o> Sim<'a, 'o> {
         checks.clear();
         let choice = if gate.is_err() {
             None
-        } else if spec.tier.is_some() && lane_degrade.is_none() {
+        } else if escalation.is_none() && spec.tier.is_some() && lane_degrade.is_none() {
             let mut views = Vec::with_capacity(chain.len());
             for &p in chain {
                 let load = self.stations[p].load_now().unwrap_or_default();
@@ -2203,17 +2259,25 @@ impl<'a, 'o> Sim<'a, 'o> {
                 .choose(&req, &views)
                 .filter(|&i| i < views.len() && views[i].available)
         } else {
-            let p = chain[0];
-            let check = if self.pool_always_admits[p] {
-                Some(Ok(Placement::Direct))
-            } else {
-                self.breaker_allows(p)
-                    .then(|| self.pool_admission(p, tokens, priority))
-                    .map(|c| self.storm_filter(p, c, ci, wf_no, storm_key))
-            };
-            let ok = matches!(check, Some(Ok(_)));
-            checks.push(check);
-            ok.then_some(0)
+            // A pinned hop's one pool, or an escalation's chain in order up to the first
+            // pool that takes it.
+            let mut first_ok = None;
+            for (k, &p) in chain.iter().enumerate() {
+                let check = if self.pool_always_admits[p] {
+                    Some(Ok(Placement::Direct))
+                } else {
+                    self.breaker_allows(p)
+                        .then(|| self.pool_admission(p, tokens, priority))
+                        .map(|c| self.storm_filter(p, c, ci, wf_no, storm_key))
+                };
+                let ok = matches!(check, Some(Ok(_)));
+                checks.push(check);
+                if ok {
+                    first_ok = Some(k);
+                    break;
+                }
+            }
+            first_ok
         };
         // The client tried the chain in order up to its choice: every pool before it
         // that its breaker let through but that refused counts as a failed call.
@@ -2317,7 +2381,13 @@ impl<'a, 'o> Sim<'a, 'o> {
                         let mut trng = timing_stream(
                             self.classes[ci].work_seed,
                             wf.number,
-                            [node as u64, branch as u64, epoch as u64, attempt as u64, 1],
+                            [
+                                node as u64,
+                                branch as u64,
+                                epoch as u64,
+                                attempt as u64 | esc_bit,
+                                1,
+                            ],
                         );
                         // Retry-After is a minimum: spread the retries over [1, 1.25]
                         // of it, never earlier than the server said.
@@ -2328,20 +2398,29 @@ impl<'a, 'o> Sim<'a, 'o> {
                 };
                 wf.outstanding += 1;
                 let wf_id = wf.id;
-                self.set_timer(
-                    now + wait,
-                    slot,
-                    wf_id,
-                    Timer::RouteRetry {
-                        node: node as u32,
+                let (node, attempt) = (node as u32, attempt + 1);
+                let what = match escalation {
+                    Some(cascade) => Timer::EscalationRetry {
+                        node,
                         branch,
                         epoch,
-                        attempt: attempt + 1,
+                        attempt,
+                        context,
+                        input,
+                        output,
+                        cascade,
+                    },
+                    None => Timer::RouteRetry {
+                        node,
+                        branch,
+                        epoch,
+                        attempt,
                         context,
                         input,
                         output,
                     },
-                );
+                };
+                self.set_timer(now + wait, slot, wf_id, what);
                 return;
             }
         };
@@ -2377,13 +2456,18 @@ impl<'a, 'o> Sim<'a, 'o> {
         {
             // Above a `queue` watermark (or behind hops already held): wait at the door.
             self.hold(
-                p as u32, slot, node, branch, epoch, attempt, context, input, output,
+                p as u32, slot, node, branch, epoch, attempt, context, input, output, escalation,
             );
             return;
         }
-        self.submit_model_hop(
-            slot, node, branch, epoch, context, input, output, attempt, p,
-        );
+        match escalation {
+            Some(cascade) => self.submit_escalation_to(
+                slot, node, branch, epoch, context, input, output, attempt, cascade, p,
+            ),
+            None => self.submit_model_hop(
+                slot, node, branch, epoch, context, input, output, attempt, p,
+            ),
+        }
     }
 
     /// Holds a model hop at door `door` (pool `door`, or lane `door - pools`), and
@@ -2401,6 +2485,7 @@ impl<'a, 'o> Sim<'a, 'o> {
         context: u64,
         input: u64,
         output: u64,
+        escalation: Option<u32>,
     ) {
         let since = self.held_since.take().unwrap_or(self.now);
         let id = self.next_held_id;
@@ -2426,6 +2511,7 @@ impl<'a, 'o> Sim<'a, 'o> {
             context,
             input,
             output,
+            escalation,
         };
         let n_pools = self.sc.pools.len();
         match (door as usize).checked_sub(n_pools) {
@@ -2469,13 +2555,17 @@ impl<'a, 'o> Sim<'a, 'o> {
                 let class = &sc.classes[ci];
                 let graph = graph_of(class, record, &self.stream_rows);
                 let spec = &graph.nodes[h.node as usize];
-                match spec.tier {
-                    Some(t) => sc
-                        .tier_chain(ci, t, class.budget_usd.map(|b| b - usd))
-                        .first()
-                        .copied()
-                        .unwrap_or(0),
-                    None => spec.pool.unwrap_or(0),
+                if let Some(c) = h.escalation {
+                    escalation_chain(sc, spec, c).first().copied().unwrap_or(0)
+                } else {
+                    match spec.tier {
+                        Some(t) => sc
+                            .tier_chain(ci, t, class.budget_usd.map(|b| b - usd))
+                            .first()
+                            .copied()
+                            .unwrap_or(0),
+                        None => spec.pool.unwrap_or(0),
+                    }
                 }
             }
         };
@@ -2486,14 +2576,17 @@ impl<'a, 'o> Sim<'a, 'o> {
             node: h.node,
             branch: h.branch,
             epoch: h.epoch,
-            kind: HopKind::Model,
+            kind: match h.escalation {
+                Some(_) => HopKind::Escalation,
+                None => HopKind::Model,
+            },
             station: station as u32,
             context_in: h.context,
             input_tokens: h.input,
             output_tokens: h.output,
             timed_out: true,
             attempt: h.attempt,
-            cascade: NO_TIER,
+            cascade: h.escalation.unwrap_or(NO_TIER),
         };
         self.retry_timed_out(slot, hop);
         self.maybe_release(slot);
@@ -2574,6 +2667,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                     h.output,
                     h.attempt,
                     None,
+                    h.escalation,
                 );
                 self.lane_release = false;
                 self.held_since = None;
@@ -2613,17 +2707,16 @@ impl<'a, 'o> Sim<'a, 'o> {
             self.workflows[h.slot as usize].outstanding -= 1;
             if live {
                 self.held_since = Some(h.since);
-                self.submit_model_hop(
-                    h.slot,
-                    h.node as usize,
-                    h.branch,
-                    h.epoch,
-                    h.context,
-                    h.input,
-                    h.output,
-                    h.attempt,
-                    p,
-                );
+                let n = h.node as usize;
+                let (c, i, o) = (h.context, h.input, h.output);
+                match h.escalation {
+                    Some(cascade) => self.submit_escalation_to(
+                        h.slot, n, h.branch, h.epoch, c, i, o, h.attempt, cascade, p,
+                    ),
+                    None => {
+                        self.submit_model_hop(h.slot, n, h.branch, h.epoch, c, i, o, h.attempt, p)
+                    }
+                }
                 self.held_since = None;
             } else {
                 self.maybe_release(h.slot);
@@ -3335,6 +3428,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                     hop.output_tokens,
                     hop.attempt,
                     Some(pool),
+                    None,
                 );
                 return;
             }
@@ -3479,6 +3573,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                         input,
                         output,
                         attempt,
+                        None,
                         None,
                     );
                 } else {
@@ -3778,6 +3873,23 @@ impl std::ops::Deref for GraphRef<'_> {
             GraphRef::Borrowed(g) => g,
             GraphRef::Streamed(g) => g,
         }
+    }
+}
+
+/// The pools an escalation call may go to, in order: its node's escalation pool, or
+/// the chain of the tier its cascade step runs on (`cascade`, `NO_TIER` for the node's
+/// own).
+fn escalation_chain<'g>(
+    sc: &'g Scenario,
+    spec: &'g crate::workflow::Node,
+    cascade: u32,
+) -> &'g [usize] {
+    if cascade != NO_TIER {
+        &sc.tiers[cascade as usize].pools
+    } else {
+        spec.escalate
+            .as_ref()
+            .map_or(&[][..], |e| std::slice::from_ref(&e.pool))
     }
 }
 

@@ -945,3 +945,166 @@ tier = "t"
     assert_eq!(c.completed, c.arrived);
     assert_eq!(log.len() as u64, c.arrived + a.errors);
 }
+
+/// Largest number of `times` (nanoseconds, any order) inside any window of `width`.
+fn max_in_window(mut times: Vec<u64>, width: u64) -> usize {
+    times.sort_unstable();
+    let mut best = 0;
+    let mut lo = 0;
+    for hi in 0..times.len() {
+        while times[hi] - times[lo] >= width {
+            lo += 1;
+        }
+        best = best.max(hi - lo + 1);
+    }
+    best
+}
+
+#[test]
+fn escalations_pass_the_gates_of_the_pool_they_go_to() {
+    // Every answer is redone on `frontier`, an API that takes 30 requests a minute and
+    // gives one attempt: escalations beyond its RPM are 429s that reject the workflow
+    // (they used to reach the API unchecked).
+    let text = r#"
+[simulation]
+horizon = "10m"
+drain = true
+[pools.mid]
+api = { ttft = { dist = "constant", value = "200ms" }, tpot = { dist = "constant", value = "10ms" }, usd_per_1k_input = 0.001 }
+[pools.frontier]
+api = { ttft = { dist = "constant", value = "500ms" }, tpot = { dist = "constant", value = "20ms" }, usd_per_1k_input = 0.01, rpm = 30 }
+max_attempts = 1
+[classes.c]
+arrival = { process = "poisson", rate = 2.0 }
+[[classes.c.nodes]]
+id = "answer"
+pool = "mid"
+input_tokens = { dist = "constant", value = 1000 }
+output_tokens = { dist = "constant", value = 100 }
+escalate = { probability = 1.0, pool = "frontier" }
+"#;
+    let (r, log) = run_logged(text);
+    let c = r.class("c").expect("class");
+    let esc: Vec<u64> = log
+        .iter()
+        .filter(|h| h.kind == "escalation")
+        .map(|h| h.submitted.0)
+        .collect();
+    assert_eq!(
+        log.iter().filter(|h| h.kind == "llm").count() as u64,
+        c.arrived
+    );
+    // The RPM holds over every minute, and is used: about 30 a minute for 10 minutes.
+    assert_eq!(max_in_window(esc.clone(), 60_000_000_000), 30);
+    assert!((280..=330).contains(&esc.len()), "{} admitted", esc.len());
+    assert_eq!(c.completed, esc.len() as u64);
+    assert_eq!(c.rejected, c.arrived - c.completed);
+    assert!(c.rejected > 800, "{}", c.rejected);
+    assert_eq!(
+        c.refused_by_cause.get("429 from frontier"),
+        Some(&c.rejected)
+    );
+    assert_eq!(
+        pool(&r, "frontier").refusals_by_cause.get("rate_limit"),
+        Some(&c.rejected),
+        "{:?}",
+        pool(&r, "frontier").refusals_by_cause
+    );
+
+    // A cascade step goes to the first pool of its tier's chain that takes it: `b1`
+    // (6 a minute) first, the rest to `b2`, marked degraded; nothing is refused.
+    let cascade = r#"
+[simulation]
+horizon = "10m"
+drain = true
+[pools.s]
+api = { ttft = { dist = "constant", value = "200ms" }, tpot = { dist = "constant", value = "0ms" } }
+[pools.b1]
+api = { ttft = { dist = "constant", value = "1s" }, tpot = { dist = "constant", value = "0ms" }, rpm = 6 }
+[pools.b2]
+api = { ttft = { dist = "constant", value = "2s" }, tpot = { dist = "constant", value = "0ms" } }
+[tiers.small]
+pools = ["s"]
+escalate = { probability = 0.5, to = "big" }
+[tiers.big]
+pools = ["b1", "b2"]
+[classes.c]
+arrival = { process = "poisson", rate = 1.0 }
+[[classes.c.nodes]]
+id = "answer"
+tier = "small"
+"#;
+    let (r, log) = run_logged(cascade);
+    let c = r.class("c").expect("class");
+    assert_eq!(c.completed, c.arrived);
+    let on = |p: &str| -> Vec<u64> {
+        log.iter()
+            .filter(|h| h.kind == "escalation" && h.station == p)
+            .map(|h| h.submitted.0)
+            .collect()
+    };
+    let (b1, b2) = (on("b1"), on("b2"));
+    assert_eq!((b1.len() + b2.len()) as u64, c.escalations);
+    assert_eq!(max_in_window(b1.clone(), 60_000_000_000), 6);
+    assert!((55..=70).contains(&b1.len()), "{} on b1", b1.len());
+    assert!(b2.len() > 200, "{} on b2", b2.len());
+    assert_eq!(c.degraded_hops, b2.len() as u64);
+    assert_eq!(c.rejected, 0);
+}
+
+#[test]
+fn a_lane_cap_counts_and_holds_escalations() {
+    // Lane `capped` allows 2 model hops in flight; answers (1 s) escalate with p 0.5
+    // to `big` (2 s). Escalations wait at the lane's door like first calls: at no
+    // instant are 3 of the lane's calls running (they used to bypass the cap).
+    let text = r#"
+[simulation]
+horizon = "10m"
+drain = true
+[pools.small]
+servers = 10
+service = { dist = "constant", value = "1s" }
+[pools.big]
+servers = 10
+service = { dist = "constant", value = "2s" }
+[lanes.capped]
+max_in_flight = 2
+[classes.c]
+lane = "capped"
+arrival = { process = "poisson", rate = 0.8 }
+[[classes.c.nodes]]
+id = "answer"
+pool = "small"
+escalate = { probability = 0.5, pool = "big" }
+"#;
+    let (r, log) = run_logged(text);
+    let c = r.class("c").expect("class");
+    assert_eq!(c.completed, c.arrived);
+    let mut edges: Vec<(u64, i32)> = Vec::new();
+    for h in &log {
+        edges.push((h.started.0, 1));
+        edges.push((h.finished.0, -1));
+    }
+    // Ends before starts at the same instant: a slot freed is taken at once.
+    edges.sort_unstable();
+    let (mut now, mut peak) = (0, 0);
+    for (_, d) in edges {
+        now += d;
+        peak = peak.max(now);
+    }
+    assert_eq!(peak, 2);
+    let esc = log.iter().filter(|h| h.kind == "escalation").count() as u64;
+    assert_eq!(esc, c.escalations);
+    assert!(
+        within_binomial(esc, c.arrived, 0.5),
+        "{esc} of {}",
+        c.arrived
+    );
+    // Held escalations waited: some started after the answer they redo finished.
+    assert!(
+        by_workflow(&log, "c")
+            .values()
+            .filter(|v| v.len() == 2)
+            .any(|v| v[1].submitted > v[0].finished)
+    );
+}
