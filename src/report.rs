@@ -21,7 +21,9 @@ pub fn fmt_secs(s: Option<f64>) -> String {
 pub fn fmt_usd(x: Option<f64>) -> String {
     match x {
         None => "-".into(),
-        Some(0.0) => "$0".into(),
+        // Below the last printed digit (float residue of a balance) is zero, not "$-0.00000".
+        Some(x) if x.abs() < 0.000_005 => "$0".into(),
+        Some(x) if x < 0.0 => format!("-{}", fmt_usd(Some(-x))),
         Some(x) if x < 0.01 => format!("${x:.5}"),
         Some(x) if x < 100.0 => format!("${x:.4}"),
         Some(x) => format!("${x:.2}"),
@@ -750,6 +752,17 @@ pub fn check_table(file: &str, sc: &Scenario) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn dollars_print_without_negative_zero() {
+        use super::fmt_usd;
+        assert_eq!(fmt_usd(Some(-1.4e-13)), "$0");
+        assert_eq!(fmt_usd(Some(0.0)), "$0");
+        assert_eq!(fmt_usd(Some(0.00123)), "$0.00123");
+        assert_eq!(fmt_usd(Some(-0.5)), "-$0.5000");
+        assert_eq!(fmt_usd(Some(1234.567)), "$1234.57");
+        assert_eq!(fmt_usd(None), "-");
+    }
+
     /// Routing rules decided by class-level conditions move a class's offered load in
     /// `check`, as they move its hops in the run.
     #[test]

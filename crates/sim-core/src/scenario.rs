@@ -178,6 +178,11 @@ pub struct SpotSpec {
     /// Boot time of a replacement (default: the GPU profile's boot time).
     #[serde(default)]
     pub boot: Option<SimDuration>,
+    /// Warning before a preemption (AWS gives 2 minutes, GCP 30 s): the replica takes
+    /// nothing new from the notice, serves what it has, and is lost when the notice
+    /// runs out (default 0: lost without warning).
+    #[serde(default)]
+    pub notice: Option<SimDuration>,
 }
 
 fn yes() -> bool {
@@ -204,6 +209,8 @@ pub struct Spot {
     pub on_preempt: OnPreempt,
     pub replace: bool,
     pub boot: SimDuration,
+    /// Zero: lost at once.
+    pub notice: SimDuration,
 }
 
 /// A validated circuit breaker (see [`BreakerSpec`]).
@@ -1631,6 +1638,7 @@ impl ScenarioSpec {
                         on_preempt: sp.on_preempt,
                         replace: sp.replace,
                         boot,
+                        notice: sp.notice.unwrap_or(SimDuration::ZERO),
                     })
                 }
             };

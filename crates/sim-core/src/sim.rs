@@ -81,6 +81,11 @@ enum Event {
     SpotBootDone {
         pool: u32,
     },
+    /// The preemption notice of a pool's spot replica `replica` ran out.
+    SpotLost {
+        pool: u32,
+        replica: u32,
+    },
     /// Tokens in flight of a pool with held hops (a `queue` watermark) fell: release
     /// the hops at its door that now fit.
     DoorOpen {
@@ -900,6 +905,11 @@ impl<'a, 'o> Sim<'a, 'o> {
                     self.stations[pool as usize].spot_boot_finished(t, &mut self.out);
                     self.flush_wakeups(pool as usize);
                 }
+                Event::SpotLost { pool, replica } => {
+                    if self.stations[pool as usize].spot_lost(t, replica, &mut self.out) {
+                        self.after_replica_lost(pool as usize);
+                    }
+                }
                 Event::DoorOpen { pool } => {
                     self.door_event[pool as usize] = false;
                     self.open_door(pool as usize);
@@ -1066,8 +1076,10 @@ impl<'a, 'o> Sim<'a, 'o> {
     }
 
     /// A candidate preemption: accepted with probability (spot replicas up) / (spot
-    /// replicas configured); the victim is uniform among those up. A lost replica is
-    /// replaced (booting, paid at the spot price) when the pool says so.
+    /// replicas configured); the victim is uniform among those up (not already given
+    /// notice). It is lost now, or with a `notice` when the notice runs out. A lost
+    /// replica is replaced (booting from the preemption, or its notice, paid at the
+    /// spot price) when the pool says so.
     fn spot_preempt(&mut self, pool: usize) {
         let Some(spot) = &self.sc.pools[pool].spot else {
             return;
@@ -1082,7 +1094,19 @@ impl<'a, 'o> Sim<'a, 'o> {
             return;
         }
         let now = self.now;
-        if !self.stations[pool].preempt(now, x as u32, &mut self.out) {
+        let notice = spot.notice;
+        if notice > SimDuration::ZERO {
+            let Some(replica) = self.stations[pool].spot_notice(now, x as u32) else {
+                return;
+            };
+            self.queue.push(
+                now + notice,
+                Event::SpotLost {
+                    pool: pool as u32,
+                    replica,
+                },
+            );
+        } else if !self.stations[pool].preempt(now, x as u32, &mut self.out) {
             return;
         }
         if spot.replace {
@@ -1090,6 +1114,14 @@ impl<'a, 'o> Sim<'a, 'o> {
             self.queue
                 .push(now + spot.boot, Event::SpotBootDone { pool: pool as u32 });
         }
+        if notice == SimDuration::ZERO {
+            self.after_replica_lost(pool);
+        }
+    }
+
+    /// After a replica of `pool` was lost: its recomputed requests' wake-ups are
+    /// scheduled and its lost hops fail their workflows.
+    fn after_replica_lost(&mut self, pool: usize) {
         self.flush_wakeups(pool);
         let lost = std::mem::take(&mut self.out.lost);
         for d in &lost {

@@ -264,6 +264,18 @@ pub trait Station {
     fn preempt(&mut self, _now: SimTime, _k: u32, _out: &mut StationOutput) -> bool {
         false
     }
+    /// The `k`-th spot server up gets a preemption notice at `now`: it takes nothing
+    /// new and serves what it has until [`Station::spot_lost`]. Returns its id for
+    /// that call, `None` if there is no such server.
+    fn spot_notice(&mut self, _now: SimTime, _k: u32) -> Option<u32> {
+        None
+    }
+    /// The noticed server `id`'s notice ran out at `now`: it is lost with the work
+    /// still on it (as [`Station::preempt`]). False if it had already left (it
+    /// finished its work within the notice).
+    fn spot_lost(&mut self, _now: SimTime, _id: u32, _out: &mut StationOutput) -> bool {
+        false
+    }
     /// A replacement spot server starts booting (paid at the spot price from now).
     fn spot_boot_started(&mut self, _now: SimTime) {}
     /// A replacement spot server is up.

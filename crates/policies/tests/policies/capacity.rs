@@ -425,6 +425,57 @@ fn spot_preemptions_follow_the_rate_and_victims_are_conserved() {
 }
 
 #[test]
+fn a_preemption_notice_longer_than_a_request_loses_nothing() {
+    // The same spot pool (requests of about 4.5 s) with a 2-minute notice: each noticed
+    // replica finishes what it has and leaves before the notice runs out, so under
+    // `on_preempt = "fail"` no workflow fails; a 2 s notice is shorter than a request
+    // and loses some, fewer than no notice at all.
+    let (mut failed_2s, mut failed_none) = (0u64, 0u64);
+    for seed in 1..=3 {
+        let base = SPOT
+            .replace("SEED", &seed.to_string())
+            .replace("ON_PREEMPT", "fail");
+        let with = |notice: &str| {
+            base.replace(
+                "boot = \"2m\"",
+                &format!("boot = \"2m\", notice = \"{notice}\""),
+            )
+        };
+        let r = run(&with("2m"));
+        let cap = gpu_report(&r).capacity.expect("a spot pool");
+        let c = &r.classes[0];
+        assert!(cap.spot_preemptions > 5, "{cap:?}");
+        assert_eq!(cap.drained_in_notice, cap.spot_preemptions, "{cap:?}");
+        assert_eq!(
+            (
+                cap.victims_failed,
+                cap.victims_recomputed,
+                cap.moved_waiting
+            ),
+            (0, 0, 0)
+        );
+        assert_eq!((c.failed, c.completed), (0, c.arrived));
+        // Replacements boot from the notice: 2 minutes each, paid.
+        let booting_h = cap.spot_replica_hours - cap.spot_running_replica_hours;
+        assert!((booting_h - cap.boots as f64 * 2.0 / 60.0).abs() < 1e-6);
+        assert_eq!(cap.boots, cap.spot_preemptions);
+
+        let r = run(&with("2s"));
+        let cap = gpu_report(&r).capacity.expect("a spot pool");
+        let c = &r.classes[0];
+        assert_eq!(c.arrived, c.completed + c.failed);
+        assert_eq!(c.failed, cap.victims_failed);
+        assert!(cap.drained_in_notice < cap.spot_preemptions, "{cap:?}");
+        failed_2s += c.failed;
+        failed_none += run(&base).classes[0].failed;
+    }
+    assert!(
+        failed_2s > 0 && failed_2s < failed_none,
+        "{failed_2s} vs {failed_none}"
+    );
+}
+
+#[test]
 fn bad_capacity_keys_are_named() {
     let base = r#"
 [simulation]

@@ -170,6 +170,9 @@ enum Life {
     /// Retired by the autoscaler: serves what it has, takes nothing new, and is paid
     /// for until its last request finishes.
     Draining,
+    /// Given a spot preemption notice: like `Draining`, and lost with what it still
+    /// has when the notice runs out.
+    Noticed,
     /// Gone (drained, or lost to a spot preemption); kept for its figures.
     Gone,
 }
@@ -219,6 +222,9 @@ pub struct CapacityReport {
     pub victims_failed: u64,
     /// Requests waiting on a preempted replica, moved to another replica.
     pub moved_waiting: u64,
+    /// Of `spot_preemptions` with a notice: replicas that finished their work within
+    /// the notice and left with nothing lost.
+    pub drained_in_notice: u64,
 }
 
 pub struct GpuPoolStation {
@@ -508,7 +514,12 @@ impl GpuPoolStation {
     fn retire_drained(&mut self, now: SimTime) {
         let mut changed = false;
         for (i, r) in self.replicas.iter().enumerate() {
-            if self.life[i] == Life::Draining && r.running_len() + r.waiting_len() == 0 {
+            if matches!(self.life[i], Life::Draining | Life::Noticed)
+                && r.running_len() + r.waiting_len() == 0
+            {
+                if self.life[i] == Life::Noticed {
+                    self.counts.drained_in_notice += 1;
+                }
                 self.life[i] = Life::Gone;
                 changed = true;
             }
@@ -570,6 +581,63 @@ impl GpuPoolStation {
                 out.done[k] = d;
             }
         }
+    }
+
+    /// Whether replica `i` is a spot replica that a preemption may still pick.
+    fn exposed_spot(&self, i: usize) -> bool {
+        self.on_spot[i] && matches!(self.life[i], Life::Up | Life::Draining)
+    }
+
+    /// The `k`-th exposed spot replica.
+    fn spot_victim(&self, k: u32) -> Option<usize> {
+        (0..self.replicas.len())
+            .filter(|&i| self.exposed_spot(i))
+            .nth(k as usize)
+    }
+
+    /// Replica `i` is lost at `now` with the requests on it: running ones are sent
+    /// again (recompute) or reported lost (fail), waiting ones move to another replica.
+    fn lose_replica(&mut self, now: SimTime, i: usize, out: &mut StationOutput) -> bool {
+        self.life[i] = Life::Gone;
+        let evicted = self.replicas[i].evict_all(now);
+        self.update_levels(now);
+        let Some(spot) = self.spot else {
+            return true;
+        };
+        for e in evicted {
+            let Some(kept) = self.kept.get_mut(&e.id) else {
+                continue;
+            };
+            kept.lost_busy = SimDuration(kept.lost_busy.as_nanos() + e.busy.as_nanos());
+            kept.lost_usd += e.usd;
+            if e.running && !spot.recompute {
+                self.counts.victims_failed += 1;
+                let k = self.kept.remove(&e.id);
+                let (busy, usd) = k.map_or((SimDuration::ZERO, 0.0), |k| (k.lost_busy, k.lost_usd));
+                out.lost.push(HopDone {
+                    id: e.id,
+                    submitted: e.submitted,
+                    started: e.submitted,
+                    finished: now,
+                    busy,
+                    usd,
+                    llm: None,
+                    refused: None,
+                });
+                continue;
+            }
+            if e.running {
+                self.counts.victims_recomputed += 1;
+                kept.recomputes += 1 + e.preemptions;
+            } else {
+                self.counts.moved_waiting += 1;
+                kept.recomputes += e.preemptions;
+            }
+            let (req, submitted, place) = (kept.req.clone(), kept.submitted, kept.place);
+            self.dispatch(now, submitted, e.id, &req, place);
+        }
+        self.drain(out);
+        true
     }
 
     fn finish_now(now: SimTime, id: crate::station::JobId, llm: Option<LlmTimings>) -> HopDone {
@@ -671,7 +739,7 @@ impl Station for GpuPoolStation {
             && r.generation() & GEN_MASK == token & GEN_MASK
         {
             r.advance(now);
-            if self.life[i] == Life::Draining {
+            if matches!(self.life[i], Life::Draining | Life::Noticed) {
                 self.retire_drained(now);
             }
         }
@@ -718,58 +786,36 @@ impl Station for GpuPoolStation {
         self.update_levels(now);
     }
 
+    /// Spot replicas exposed to preemption: up or draining, not already noticed.
     fn spot_up(&self) -> u32 {
-        self.count(|i| self.life[i] != Life::Gone && self.on_spot[i])
+        self.count(|i| self.exposed_spot(i))
     }
 
     fn preempt(&mut self, now: SimTime, k: u32, out: &mut StationOutput) -> bool {
-        let Some(spot) = self.spot else {
-            return false;
-        };
-        let Some(i) = (0..self.replicas.len())
-            .filter(|&i| self.life[i] != Life::Gone && self.on_spot[i])
-            .nth(k as usize)
-        else {
+        let Some(i) = self.spot_victim(k) else {
             return false;
         };
         self.counts.spot_preemptions += 1;
-        self.life[i] = Life::Gone;
-        let evicted = self.replicas[i].evict_all(now);
+        self.lose_replica(now, i, out)
+    }
+
+    fn spot_notice(&mut self, now: SimTime, k: u32) -> Option<u32> {
+        let i = self.spot_victim(k)?;
+        self.counts.spot_preemptions += 1;
+        // Its waiting requests stay: it serves them if the notice allows.
+        self.replicas[i].advance(now);
+        self.life[i] = Life::Noticed;
+        self.retire_drained(now);
         self.update_levels(now);
-        for e in evicted {
-            let Some(kept) = self.kept.get_mut(&e.id) else {
-                continue;
-            };
-            kept.lost_busy = SimDuration(kept.lost_busy.as_nanos() + e.busy.as_nanos());
-            kept.lost_usd += e.usd;
-            if e.running && !spot.recompute {
-                self.counts.victims_failed += 1;
-                let k = self.kept.remove(&e.id);
-                let (busy, usd) = k.map_or((SimDuration::ZERO, 0.0), |k| (k.lost_busy, k.lost_usd));
-                out.lost.push(HopDone {
-                    id: e.id,
-                    submitted: e.submitted,
-                    started: e.submitted,
-                    finished: now,
-                    busy,
-                    usd,
-                    llm: None,
-                    refused: None,
-                });
-                continue;
-            }
-            if e.running {
-                self.counts.victims_recomputed += 1;
-                kept.recomputes += 1 + e.preemptions;
-            } else {
-                self.counts.moved_waiting += 1;
-                kept.recomputes += e.preemptions;
-            }
-            let (req, submitted, place) = (kept.req.clone(), kept.submitted, kept.place);
-            self.dispatch(now, submitted, e.id, &req, place);
+        Some(i as u32)
+    }
+
+    fn spot_lost(&mut self, now: SimTime, id: u32, out: &mut StationOutput) -> bool {
+        let i = id as usize;
+        if self.life.get(i) != Some(&Life::Noticed) {
+            return false;
         }
-        self.drain(out);
-        true
+        self.lose_replica(now, i, out)
     }
 
     fn spot_boot_started(&mut self, now: SimTime) {
@@ -1687,6 +1733,94 @@ pub(crate) mod tests {
                 .map(|h| h.id.0)
                 .collect();
             assert_eq!(alone, vec![first], "{d:?}");
+        }
+    }
+
+    #[test]
+    fn a_noticed_spot_replica_takes_nothing_new_and_loses_only_what_is_left() {
+        // Replica 0 (spot) runs request 0 (100 in, 400 out), replica 1 (on demand)
+        // request 1 (100 in, 800 out). At 100 us replica 0 gets a preemption notice;
+        // request 2, which the least-outstanding-tokens picker would give replica 0,
+        // goes to replica 1. With time left, request 0 finishes on replica 0 exactly
+        // as it would have and the replica leaves with nothing lost; with the notice
+        // running out at 200 us, request 0 is lost (`recompute = false`).
+        for notice_runs_out in [false, true] {
+            let mut st = station(2, ReplicaConfig::new(1000).unwrap(), false)
+                .with_spot(SpotConfig {
+                    replicas: 1,
+                    usd_per_replica_hour: 1.8,
+                    recompute: false,
+                })
+                .unwrap_or_else(|e| panic!("{e}"));
+            let mut out = StationOutput::default();
+            submit(&mut st, SimTime(0), 0, llm(100, 400), &mut out);
+            submit(&mut st, SimTime(0), 1, llm(100, 800), &mut out);
+            let mut heap: Vec<(SimTime, u64)> = out.wakeups.drain(..).collect();
+            let mut done = Vec::new();
+            let step_until = |st: &mut GpuPoolStation,
+                              out: &mut StationOutput,
+                              heap: &mut Vec<(SimTime, u64)>,
+                              done: &mut Vec<HopDone>,
+                              cut: SimTime| {
+                heap.append(&mut out.wakeups);
+                while let Some(i) = (0..heap.len()).min_by_key(|&i| heap[i]) {
+                    if heap[i].0 > cut {
+                        break;
+                    }
+                    let (t, token) = heap.swap_remove(i);
+                    st.wake(t, token, out);
+                    heap.append(&mut out.wakeups);
+                    done.append(&mut out.done);
+                }
+            };
+            let notice = SimTime(100_000);
+            step_until(&mut st, &mut out, &mut heap, &mut done, notice);
+            assert!(done.is_empty());
+            assert_eq!(st.spot_up(), 1);
+            assert_eq!(st.spot_notice(notice, 0), Some(0));
+            assert_eq!(st.spot_up(), 0, "a noticed replica is not picked again");
+            assert_eq!(st.spot_notice(notice, 0), None);
+            submit(&mut st, notice, 2, llm(10, 5), &mut out);
+            if notice_runs_out {
+                let end = SimTime(200_000);
+                step_until(&mut st, &mut out, &mut heap, &mut done, end);
+                assert!(done.iter().all(|d| d.id != JobId(0)));
+                assert!(st.spot_lost(end, 0, &mut out));
+                assert_eq!(out.lost.len(), 1);
+                assert_eq!(out.lost[0].id, JobId(0));
+                assert_eq!(out.lost[0].finished, end);
+                out.lost.clear();
+                let cap = st.capacity_report(end).unwrap_or_default();
+                assert_eq!((cap.spot_preemptions, cap.victims_failed), (1, 1));
+                assert_eq!(cap.drained_in_notice, 0);
+                out.wakeups.append(&mut heap);
+                run_out(&mut st, &mut out, &mut done);
+                assert!(done.iter().all(|d| d.id != JobId(0)));
+            } else {
+                out.wakeups.append(&mut heap);
+                run_out(&mut st, &mut out, &mut done);
+                done.sort_by_key(|d| d.id);
+                assert_eq!(done.len(), 3);
+                let last = done.iter().map(|d| d.finished).max().unwrap_or_default();
+                assert!(!st.spot_lost(last, 0, &mut out), "it left when it emptied");
+                assert!(out.lost.is_empty());
+                let cap = st.capacity_report(last).unwrap_or_default();
+                assert_eq!((cap.spot_preemptions, cap.drained_in_notice), (1, 1));
+                assert_eq!((cap.victims_failed, cap.victims_recomputed), (0, 0));
+                // Request 0 ran alone on replica 0 from start to end: the solo time.
+                let mut solo = station(1, ReplicaConfig::new(1000).unwrap(), false);
+                let mut o = StationOutput::default();
+                submit(&mut solo, SimTime(0), 0, llm(100, 400), &mut o);
+                let mut d = Vec::new();
+                run_out(&mut solo, &mut o, &mut d);
+                assert_eq!(done[0].finished, d[0].finished);
+                // Replica 0 is paid (spot) until request 0 finished, not to the end.
+                let gpu = st.gpu_report(last).unwrap_or_default();
+                assert_eq!(gpu.per_replica[0].finished, 1);
+                assert_eq!(gpu.per_replica[1].finished, 2);
+                let spot_h = done[0].finished.as_nanos() as f64 / 3.6e12;
+                assert!((cap.spot_replica_hours - spot_h).abs() < 1e-12, "{cap:?}");
+            }
         }
     }
 
