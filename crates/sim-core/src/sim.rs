@@ -604,9 +604,17 @@ impl<'a, 'o> Sim<'a, 'o> {
                         }),
                         (st, _) => st,
                     };
+                    let ttft_signal = p.autoscale.as_ref().is_some_and(|a| a.metric == "p99_ttft");
                     let station = station
                         .and_then(|st| st.with_discipline(p.discipline))
-                        .map(|st| st.with_context_limit(g.context_limit));
+                        .map(|st| st.with_context_limit(g.context_limit))
+                        .map(|st| {
+                            if ttft_signal {
+                                st.with_first_tokens()
+                            } else {
+                                st
+                            }
+                        });
                     if let Ok(station) = station {
                         // `random` draws from the pool's own stream, which only the
                         // simulator can seed; the others come from the factory, with
@@ -3085,6 +3093,14 @@ impl<'a, 'o> Sim<'a, 'o> {
                 self.breakdown.record_token_gaps(&g);
             }
         }
+        // GPU pools autoscaled on `p99_ttft` see each TTFT when the first token comes.
+        if !self.out.first_tokens.is_empty() {
+            for f in self.out.first_tokens.drain(..) {
+                if let Some(Some(hop)) = self.hops.get(f.id.0 as usize) {
+                    self.ttft_window[hop.station as usize].push_back((f.at, f.ttft.as_nanos()));
+                }
+            }
+        }
         while !self.out.done.is_empty() {
             let mut finished = std::mem::take(&mut self.out.done);
             for done in finished.drain(..) {
@@ -3514,10 +3530,13 @@ impl<'a, 'o> Sim<'a, 'o> {
         self.pool_tokens[p] =
             self.pool_tokens[p].saturating_sub(hop.input_tokens + hop.output_tokens);
         self.door_may_open(p);
-        if self.sc.pools[p]
-            .autoscale
-            .as_ref()
-            .is_some_and(|a| a.metric == "p99_ttft")
+        let pool = &self.sc.pools[p];
+        // (A GPU pool reported the TTFT when its first token came.)
+        if pool.gpu.is_none()
+            && pool
+                .autoscale
+                .as_ref()
+                .is_some_and(|a| a.metric == "p99_ttft")
         {
             let ttft = done.llm.map_or(done.started - done.submitted, |l| l.ttft);
             self.ttft_window[p].push_back((done.finished, ttft.as_nanos()));

@@ -170,6 +170,16 @@ pub struct StationOutput {
     pub lost: Vec<HopDone>,
     /// Inter-token gaps of the LLM requests that asked for them (GPU pools).
     pub gaps: Vec<TokenGaps>,
+    /// First tokens as they are produced, on GPU pools that were asked for them.
+    pub first_tokens: Vec<FirstToken>,
+}
+
+/// A request's first output token: when, and its TTFT from its submission to the pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FirstToken {
+    pub at: SimTime,
+    pub id: JobId,
+    pub ttft: SimDuration,
 }
 
 impl StationOutput {
@@ -178,6 +188,7 @@ impl StationOutput {
         self.done.clear();
         self.lost.clear();
         self.gaps.clear();
+        self.first_tokens.clear();
     }
 }
 

@@ -89,6 +89,78 @@ fn run_logged(text: &str) -> (RunResult, Vec<Decision>) {
     (r, log)
 }
 
+/// As [`run_logged`], with the hop log too.
+fn run_logged_hops(text: &str) -> (RunResult, Vec<Decision>, Vec<sim_core::metrics::HopRecord>) {
+    let sc = scenario(text);
+    let log: Log = Arc::default();
+    let factory = Logging(log.clone());
+    let mut hops = Vec::new();
+    let r = sim_core::run(
+        &sc,
+        RunOptions {
+            policies: Some(&factory),
+            hop_log: Some(&mut hops),
+            ..Default::default()
+        },
+    );
+    let log = log.lock().map(|l| l.clone()).unwrap_or_default();
+    (r, log, hops)
+}
+
+#[test]
+fn gpu_p99_ttft_signal_sees_first_tokens_before_the_answers_end() {
+    // Answers of 3,000 tokens take far longer than the first token (tens of seconds
+    // against well under one): the autoscaler's window holds each TTFT from the moment
+    // the first token comes, so the first look at 10s already sees a p99 (it used to
+    // see none until the first answer ended). At every look the p99 is exactly the
+    // nearest-rank p99 of the TTFTs whose first token (start + prefill) came within
+    // the window, recomputed from the hop log.
+    let text = r#"
+[simulation]
+horizon = "3m"
+drain = true
+[pools.g]
+servers = 1
+gpu = { model = "llama-3-8b", gpu = "h100-80gb" }
+autoscale = { metric = "p99_ttft", target = 0.05, window = "30s", min = 1, max = 3, boot = "20s", interval = "10s" }
+[classes.c]
+arrival = { process = "poisson", rate = 1.0 }
+[[classes.c.nodes]]
+id = "a"
+pool = "g"
+input_tokens = { dist = "constant", value = 1500 }
+output_tokens = { dist = "constant", value = 3000 }
+"#;
+    let (r, log, hops) = run_logged_hops(text);
+    let c = &r.classes[0];
+    assert_eq!(c.completed, c.arrived);
+    let first_finish = hops.iter().map(|h| h.finished.0).min().expect("hops");
+    assert!(first_finish > 20_000_000_000, "{first_finish}");
+    assert_eq!(log[0].t_s, 10.0);
+    assert!(log[0].p99_s.is_some(), "{:?}", log[0]);
+    let window_ns = 30_000_000_000u64;
+    let mut checked = 0;
+    for d in &log {
+        let t = (d.t_s * 1e9).round() as u64;
+        let mut ttfts: Vec<u64> = hops
+            .iter()
+            .map(|h| (h.started.0 + h.prefill.as_nanos(), h))
+            .filter(|&(at, _)| at <= t && at + window_ns >= t)
+            .map(|(at, h)| at - h.submitted.0)
+            .collect();
+        ttfts.sort_unstable();
+        let want = (!ttfts.is_empty()).then(|| {
+            let rank = (ttfts.len() * 99).div_ceil(100).max(1);
+            ttfts[rank - 1] as f64 / 1e9
+        });
+        assert_eq!(d.p99_s, want, "{d:?}");
+        checked += want.is_some() as u32;
+    }
+    assert!(checked >= 15, "{checked} looks with a p99");
+    // The signal works: the pool grew.
+    assert!(log.iter().any(|d| d.target > 1), "{log:?}");
+}
+
 fn run(text: &str) -> RunResult {
     sim_core::run(
         &scenario(text),

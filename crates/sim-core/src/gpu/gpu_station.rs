@@ -197,6 +197,8 @@ struct Kept {
     lost_busy: SimDuration,
     lost_usd: f64,
     recomputes: u32,
+    /// Its first token was reported (a recomputation elsewhere does not report again).
+    first_token_reported: bool,
     /// Its place in a replica's queue (see [`GpuPoolStation::place`]).
     place: Place,
 }
@@ -267,6 +269,8 @@ pub struct GpuPoolStation {
     /// Requests in the pool, for pools with spot replicas.
     kept: BTreeMap<JobId, Kept>,
     counts: CapacityReport,
+    /// Replicas report first tokens as they come ([`GpuPoolStation::with_first_tokens`]).
+    first_tokens: bool,
 }
 
 impl std::fmt::Debug for GpuPoolStation {
@@ -332,6 +336,7 @@ impl GpuPoolStation {
             discipline: DisciplineSpec::Fifo,
             kept: BTreeMap::new(),
             counts: CapacityReport::default(),
+            first_tokens: false,
         })
     }
 
@@ -496,6 +501,9 @@ impl GpuPoolStation {
             return;
         }
         r.begin_measurement(self.window_start.min(now));
+        if self.first_tokens {
+            r.report_first_tokens();
+        }
         self.replicas.push(r);
         self.order(self.replicas.len() - 1);
         self.life.push(Life::Up);
@@ -548,6 +556,16 @@ impl GpuPoolStation {
         self
     }
 
+    /// Reports each request's first token when it is produced
+    /// ([`StationOutput::first_tokens`]), for the `p99_ttft` autoscaling signal.
+    pub fn with_first_tokens(mut self) -> Self {
+        self.first_tokens = true;
+        for r in &mut self.replicas {
+            r.report_first_tokens();
+        }
+        self
+    }
+
     pub fn with_picker(mut self, picker: Box<dyn ReplicaPicker>) -> Self {
         self.picker = picker;
         self
@@ -566,6 +584,7 @@ impl GpuPoolStation {
     /// whose own wake-up is still pending, so the hand-over happens in time).
     fn drain(&mut self, out: &mut StationOutput) {
         let from = out.done.len();
+        let first_from = out.first_tokens.len();
         for (i, r) in self.replicas.iter_mut().enumerate() {
             if let Some((t, generation)) = r.take_wake() {
                 out.wakeups
@@ -573,6 +592,24 @@ impl GpuPoolStation {
             }
             r.drain_done(&mut out.done);
             r.drain_gaps(&mut out.gaps);
+            r.drain_first_tokens(&mut out.first_tokens);
+        }
+        if self.first_tokens && !self.kept.is_empty() {
+            // A request recomputed on another replica after a spot loss produces its
+            // first token again there: only the first one counts.
+            let mut k = first_from;
+            while k < out.first_tokens.len() {
+                match self.kept.get_mut(&out.first_tokens[k].id) {
+                    Some(kept) if kept.first_token_reported => {
+                        out.first_tokens.remove(k);
+                    }
+                    Some(kept) => {
+                        kept.first_token_reported = true;
+                        k += 1;
+                    }
+                    None => k += 1,
+                }
+            }
         }
         if !self.kept.is_empty() {
             for k in from..out.done.len() {
@@ -697,6 +734,7 @@ impl Station for GpuPoolStation {
                             lost_busy: SimDuration::ZERO,
                             lost_usd: 0.0,
                             recomputes: 0,
+                            first_token_reported: false,
                             place,
                         },
                     );
@@ -1734,6 +1772,55 @@ pub(crate) mod tests {
                 .collect();
             assert_eq!(alone, vec![first], "{d:?}");
         }
+    }
+
+    #[test]
+    fn first_tokens_are_reported_when_produced_and_once_per_request() {
+        // Request 0 (100 in, 400 out) on spot replica 0 reports its first token at
+        // exactly submission + TTFT, long before it finishes; the replica is lost after
+        // that token and the request is recomputed on replica 1, whose new first token
+        // is not reported again.
+        let mut st = station(2, ReplicaConfig::new(1000).unwrap(), false)
+            .with_spot(SpotConfig {
+                replicas: 1,
+                usd_per_replica_hour: 1.8,
+                recompute: true,
+            })
+            .unwrap_or_else(|e| panic!("{e}"))
+            .with_first_tokens();
+        let mut out = StationOutput::default();
+        submit(&mut st, SimTime(0), 0, llm(100, 400), &mut out);
+        let mut heap: Vec<(SimTime, u64)> = out.wakeups.drain(..).collect();
+        while out.first_tokens.is_empty() {
+            let i = (0..heap.len()).min_by_key(|&i| heap[i]).expect("a wake-up");
+            let (t, token) = heap.swap_remove(i);
+            st.wake(t, token, &mut out);
+            heap.append(&mut out.wakeups);
+            assert!(out.done.is_empty());
+        }
+        let first = out.first_tokens[0];
+        assert_eq!(
+            (first.id, first.at),
+            (JobId(0), SimTime(first.ttft.as_nanos()))
+        );
+        let cut = first.at;
+        assert!(st.preempt(cut, 0, &mut out));
+        out.wakeups.append(&mut heap);
+        let mut done = Vec::new();
+        run_out(&mut st, &mut out, &mut done);
+        assert_eq!(done.len(), 1);
+        assert!(done[0].llm.is_some_and(|l| l.preemptions >= 1));
+        assert!(done[0].finished > cut);
+        assert_eq!(out.first_tokens, vec![first]);
+        // Without the option nothing is reported.
+        let mut plain = station(1, ReplicaConfig::new(1000).unwrap(), false);
+        let mut o = StationOutput::default();
+        submit(&mut plain, SimTime(0), 0, llm(100, 400), &mut o);
+        let mut d = Vec::new();
+        run_out(&mut plain, &mut o, &mut d);
+        assert!(o.first_tokens.is_empty());
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].llm.map(|l| l.ttft), Some(first.ttft));
     }
 
     #[test]

@@ -72,7 +72,7 @@
 
 use super::kv::{KvCache, PrefixMatch, prefix_block_ids};
 use super::{IterationShape, LlmRequest, LlmTimings, PerfModel};
-use crate::station::{HopDone, JobId, Refused, TimeIntegral, TokenGaps};
+use crate::station::{FirstToken, HopDone, JobId, Refused, TimeIntegral, TokenGaps};
 use crate::time::{SimDuration, SimTime};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -473,6 +473,9 @@ pub struct Replica {
     pending_done: Vec<HopDone>,
     /// Inter-token gaps not yet handed over.
     pending_gaps: Vec<TokenGaps>,
+    /// First tokens not yet handed over, when asked for ([`Replica::report_first_tokens`]):
+    /// (time, request, TTFT from its pool submission).
+    pending_first_tokens: Option<Vec<FirstToken>>,
     /// (group, sequences) of the running set during the current stretch: each of its
     /// iterations ends one gap of its length for every sequence.
     stretch_groups: Vec<(u32, u64)>,
@@ -514,6 +517,7 @@ impl Replica {
             kv_tokens: 0,
             pending_done: Vec::new(),
             pending_gaps: Vec::new(),
+            pending_first_tokens: None,
             stretch_groups: Vec::new(),
             pending_wake: None,
             stretch_cap: MIN_STRETCH,
@@ -596,6 +600,21 @@ impl Replica {
     pub fn drain_gaps(&mut self, out: &mut Vec<TokenGaps>) {
         if !self.pending_gaps.is_empty() {
             out.append(&mut self.pending_gaps);
+        }
+    }
+
+    /// From now on, report each request's first token as it is produced (for the
+    /// `p99_ttft` autoscaling signal, which should not wait for the answer to end).
+    pub fn report_first_tokens(&mut self) {
+        self.pending_first_tokens.get_or_insert_with(Vec::new);
+    }
+
+    /// Moves the first tokens produced since the last call to `out`.
+    pub fn drain_first_tokens(&mut self, out: &mut Vec<FirstToken>) {
+        if let Some(f) = self.pending_first_tokens.as_mut()
+            && !f.is_empty()
+        {
+            out.append(f);
         }
     }
 
@@ -1317,6 +1336,15 @@ impl Replica {
                     }
                     s.generated += 1;
                     self.outstanding -= 1;
+                    if s.first_token.is_none()
+                        && let Some(f) = self.pending_first_tokens.as_mut()
+                    {
+                        f.push(FirstToken {
+                            at: end,
+                            id: s.id,
+                            ttft: end - s.submitted,
+                        });
+                    }
                     s.first_token.get_or_insert(end);
                     s.last_token = end;
                 }
