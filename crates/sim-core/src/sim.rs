@@ -598,6 +598,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                     };
                     let station = station
                         .and_then(|st| st.with_discipline(p.discipline))
+                        .and_then(|st| st.with_priority_preemption(p.preempt_for_priority))
                         .map(|st| st.with_context_limit(g.context_limit));
                     if let Ok(station) = station {
                         // `random` draws from the pool's own stream, which only the
