@@ -78,6 +78,18 @@ pub enum DisciplineSpec {
     EarliestDeadline,
 }
 
+impl DisciplineSpec {
+    /// The name a scenario writes.
+    pub fn name(self) -> &'static str {
+        match self {
+            DisciplineSpec::Fifo => "fifo",
+            DisciplineSpec::Priority => "priority",
+            DisciplineSpec::WeightedFair => "weighted_fair",
+            DisciplineSpec::EarliestDeadline => "earliest_deadline",
+        }
+    }
+}
+
 /// What a tier router sees of one candidate pool, as of now.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct PoolView {

@@ -549,6 +549,11 @@ pub struct PoolSpec {
     /// earliest_deadline (`gpu` pools: each replica's waiting queue).
     #[serde(default)]
     pub discipline: crate::policy::DisciplineSpec,
+    /// `gpu` pools under `priority` or `earliest_deadline`: a waiting hop that cannot
+    /// be admitted (no sequence slot, or no KV blocks above the watermark) preempts the
+    /// worst-ranked running hops below it by recompute (default false).
+    #[serde(default)]
+    pub preempt_for_priority: bool,
     /// Reactive autoscaling (boot lead time, cooldown, min/max).
     #[serde(default)]
     pub autoscale: Option<crate::policy::AutoscaleSpec>,
@@ -879,6 +884,9 @@ pub struct Pool {
     /// Servers at the start (`u32::MAX` for an API: no queueing).
     pub servers: u32,
     pub discipline: crate::policy::DisciplineSpec,
+    /// Priority preemption on a GPU pool (validated: a `gpu` pool under a ranked
+    /// discipline).
+    pub preempt_for_priority: bool,
     pub autoscale: Option<crate::policy::AutoscaleSpec>,
     pub max_queue: Option<u32>,
     pub admission: Option<Admission>,
@@ -1587,6 +1595,32 @@ impl ScenarioSpec {
                     "expected at least 1 attempt",
                 ));
             }
+            if p.preempt_for_priority {
+                use crate::policy::DisciplineSpec;
+                if gpu.is_none() {
+                    return Err(err(
+                        format!("{key}.preempt_for_priority"),
+                        "priority preemption is modelled on `gpu` pools (replicas with running sequences to preempt); on an abstract pool `discipline` orders the queue only",
+                    ));
+                }
+                if !matches!(
+                    p.discipline,
+                    DisciplineSpec::Priority | DisciplineSpec::EarliestDeadline
+                ) {
+                    return Err(err(
+                        format!("{key}.preempt_for_priority"),
+                        format!(
+                            "needs a ranked discipline, `discipline = \"priority\"` or `\"earliest_deadline\"`, not `{}`{}",
+                            p.discipline.name(),
+                            if p.discipline == DisciplineSpec::WeightedFair {
+                                " (a fair queue ranks by start tags, which say nothing about which running hop matters less)"
+                            } else {
+                                ""
+                            }
+                        ),
+                    ));
+                }
+            }
             let spot = match (&p.spot, &gpu) {
                 (None, _) => None,
                 (Some(_), None) => {
@@ -1647,6 +1681,7 @@ impl ScenarioSpec {
                 name: name.clone(),
                 servers,
                 discipline: p.discipline,
+                preempt_for_priority: p.preempt_for_priority,
                 autoscale: p.autoscale.clone(),
                 max_queue: p.max_queue,
                 // Resolved below, once every pool has an index.

@@ -607,6 +607,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                     let ttft_signal = p.autoscale.as_ref().is_some_and(|a| a.metric == "p99_ttft");
                     let station = station
                         .and_then(|st| st.with_discipline(p.discipline))
+                        .and_then(|st| st.with_priority_preemption(p.preempt_for_priority))
                         .map(|st| st.with_context_limit(g.context_limit))
                         .map(|st| {
                             if ttft_signal {

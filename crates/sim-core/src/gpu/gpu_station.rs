@@ -9,7 +9,10 @@
 //! queue of requests waiting for a replica to come up): `Fifo`, `Priority` (highest
 //! lane priority first) or `EarliestDeadline` (earliest workflow deadline first), each
 //! FIFO within a priority or deadline, or `WeightedFair` (start-time fair queuing
-//! across lanes, per replica); see [`GpuPoolStation::with_discipline`].
+//! across lanes, per replica); see [`GpuPoolStation::with_discipline`]. Under the two
+//! ranked disciplines a replica's KV-shortage victims are its worst-ranked running
+//! requests, and [`GpuPoolStation::with_priority_preemption`] lets a blocked
+//! better-ranked request preempt them.
 //!
 //! `Work::Service` (or `Work::Api`) sent to a GPU pool is a no-op: it finishes at once, occupies
 //! nothing and costs nothing (scenario validation should not route one here; this
@@ -266,6 +269,8 @@ pub struct GpuPoolStation {
     parked: VecDeque<(JobId, SimTime, Place)>,
     /// Order of the waiting queues.
     discipline: DisciplineSpec,
+    /// Priority preemption on every replica (ranked disciplines only).
+    preempt_for_priority: bool,
     /// Requests in the pool, for pools with spot replicas.
     kept: BTreeMap<JobId, Kept>,
     counts: CapacityReport,
@@ -334,6 +339,7 @@ impl GpuPoolStation {
             spot_up: TimeIntegral::default(),
             parked: VecDeque::new(),
             discipline: DisciplineSpec::Fifo,
+            preempt_for_priority: false,
             kept: BTreeMap::new(),
             counts: CapacityReport::default(),
             first_tokens: false,
@@ -363,10 +369,36 @@ impl GpuPoolStation {
     /// lane priority first, `EarliestDeadline` the earliest workflow deadline (hops
     /// without an SLO last), each in arrival order within a priority or deadline;
     /// `WeightedFair` shares each replica between lanes by their weights (start-time
-    /// fair queuing, see [`crate::gpu::replica`]). Only the order of admission
-    /// changes: a running request is never preempted for a better-placed arrival.
+    /// fair queuing, see [`crate::gpu::replica`]). Under `Priority` and
+    /// `EarliestDeadline` a KV shortage preempts the worst-ranked running request; a
+    /// better-placed arrival preempts one only with
+    /// [`GpuPoolStation::with_priority_preemption`].
     pub fn with_discipline(mut self, discipline: DisciplineSpec) -> Result<Self, String> {
         self.discipline = discipline;
+        for i in 0..self.replicas.len() {
+            self.order(i);
+        }
+        Ok(self)
+    }
+
+    /// Under `Priority` or `EarliestDeadline`, lets the head of a replica's waiting
+    /// queue preempt worse-ranked running requests by recompute when it cannot be
+    /// admitted for want of a sequence slot or KV blocks (vLLM V0's priority
+    /// preemption; see [`crate::gpu::replica`]). Refused under `Fifo` and
+    /// `WeightedFair`, where nothing ranks the running requests.
+    pub fn with_priority_preemption(mut self, on: bool) -> Result<Self, String> {
+        if on
+            && !matches!(
+                self.discipline,
+                DisciplineSpec::Priority | DisciplineSpec::EarliestDeadline
+            )
+        {
+            return Err(format!(
+                "pool `{}`: priority preemption needs discipline \"priority\" or \"earliest_deadline\"",
+                self.name
+            ));
+        }
+        self.preempt_for_priority = on;
         for i in 0..self.replicas.len() {
             self.order(i);
         }
@@ -383,6 +415,7 @@ impl GpuPoolStation {
             DisciplineSpec::Priority | DisciplineSpec::EarliestDeadline => r.set_ranked(true),
             DisciplineSpec::WeightedFair => r.set_weighted_fair(),
         }
+        r.set_priority_preemption(self.preempt_for_priority);
     }
 
     /// A request's place in a replica's queue: a rank (smaller first), or under
@@ -1223,8 +1256,16 @@ pub(crate) mod tests {
         (d, metas)
     }
 
-    fn ordered(st: GpuPoolStation, d: DisciplineSpec) -> GpuPoolStation {
-        st.with_discipline(d).unwrap_or_else(|e| panic!("{e}"))
+    /// `st` under discipline `d`, with priority preemption when `preempt` and `d` is
+    /// ranked (`priority`, `earliest_deadline`).
+    fn ordered(st: GpuPoolStation, d: DisciplineSpec, preempt: bool) -> GpuPoolStation {
+        let ranked = matches!(
+            d,
+            DisciplineSpec::Priority | DisciplineSpec::EarliestDeadline
+        );
+        st.with_discipline(d)
+            .and_then(|st| st.with_priority_preemption(preempt && ranked))
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Requests of up to 119 + 39 = 158 tokens (every generated cache and budget
@@ -1363,6 +1404,62 @@ pub(crate) mod tests {
         assert!((0.04..0.06).contains(&share), "refused share {share}");
     }
 
+    #[test]
+    fn generated_loads_exercise_priority_preemption() {
+        // The proptests' heavy-load workloads under `priority` with random priorities:
+        // over 200 generated cases, the key preempts for a better-ranked waiting
+        // request in most of them (more preemptions than without it), and never
+        // changes a run whose priorities are all equal.
+        use proptest::strategy::ValueTree;
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        let cases = prop::collection::vec((0u64..40, arb_request()), 20..80);
+        let (mut more, mut fewer, n) = (0u32, 0u32, 200u32);
+        for seed in 0..n as u64 {
+            let arrivals: Vec<(u64, LlmRequest)> = cases
+                .new_tree(&mut runner)
+                .map(|t| t.current())
+                .unwrap_or_else(|e| panic!("{e}"))
+                .into_iter()
+                .map(|(t, r)| (t * 1000, r))
+                .collect();
+            let cfg = ReplicaConfig {
+                max_num_seqs: 4,
+                max_batched_tokens: 48,
+                block_size: 4,
+                kv_capacity_blocks: blocks_for(30, 4),
+                watermark: 0.05,
+                ..ReplicaConfig::defaults(30)
+            };
+            let (d, metas) = ranked_setup(1, seed, &arrivals);
+            let preemptions = |preempt: bool, metas: &[JobMeta]| {
+                let run = drive_meta(
+                    &mut ordered(station(1, cfg.clone(), false), d, preempt),
+                    &arrivals,
+                    metas,
+                    0,
+                    &[],
+                    seed,
+                );
+                assert_eq!(run.done.len(), arrivals.len());
+                let gpu = &run.reports[run.reports.len() - 1].1;
+                (gpu.preemptions, run.done)
+            };
+            let (with, _) = preemptions(true, &metas);
+            let (without, _) = preemptions(false, &metas);
+            more += (with > without) as u32;
+            fewer += (with < without) as u32;
+            let equal: Vec<JobMeta> = metas
+                .iter()
+                .map(|m| JobMeta { priority: 1, ..*m })
+                .collect();
+            assert_eq!(preemptions(true, &equal), preemptions(false, &equal));
+        }
+        assert!(
+            more > n / 2,
+            "{more} of {n} cases preempted more, {fewer} fewer"
+        );
+    }
+
     fn arb_workload() -> impl Strategy<Value = (Vec<(u64, LlmRequest)>, u64, Vec<u64>)> {
         (
             prop::collection::vec((0u64..120, arb_request()), 1..30),
@@ -1383,7 +1480,8 @@ pub(crate) mod tests {
 
         /// Decode skipping changes nothing: every hop's figures and every report are
         /// bit-identical to the iteration-by-iteration run, whatever the order of
-        /// same-time events in either run.
+        /// same-time events in either run, under every discipline with random ranks,
+        /// and with priority preemption on or off under the ranked ones.
         #[test]
         fn decode_skipping_is_exact(
             cfg in arb_config(),
@@ -1391,12 +1489,12 @@ pub(crate) mod tests {
             round_robin in any::<bool>(),
             (arrivals, measure, reports) in arb_workload(),
             seeds in (any::<u64>(), any::<u64>()),
-            (disc, meta_seed) in (0u8..4, any::<u64>()),
+            (disc, meta_seed, preempt) in (0u8..4, any::<u64>(), any::<bool>()),
         ) {
             let (d, metas) = ranked_setup(disc, meta_seed, &arrivals);
-            let skip = drive_meta(&mut ordered(station(replicas, cfg.clone(), round_robin), d), &arrivals, &metas, measure, &reports, seeds.0);
+            let skip = drive_meta(&mut ordered(station(replicas, cfg.clone(), round_robin), d, preempt), &arrivals, &metas, measure, &reports, seeds.0);
             let plain_cfg = ReplicaConfig { decode_skipping: false, ..cfg.clone() };
-            let plain = drive_meta(&mut ordered(station(replicas, plain_cfg, round_robin), d), &arrivals, &metas, measure, &reports, seeds.1);
+            let plain = drive_meta(&mut ordered(station(replicas, plain_cfg, round_robin), d, preempt), &arrivals, &metas, measure, &reports, seeds.1);
             prop_assert_eq!(skip.done.len(), arrivals.len(), "every request finishes");
             if let Err(e) = check_refusals(&skip, &arrivals, &cfg) {
                 prop_assert!(false, "{}", e);
@@ -1422,7 +1520,7 @@ pub(crate) mod tests {
             arrivals in prop::collection::vec((0u64..40, arb_request()), 20..80),
             measure in 0u64..40,
             seeds in (any::<u64>(), any::<u64>()),
-            (disc, meta_seed) in (0u8..4, any::<u64>()),
+            (disc, meta_seed, preempt) in (0u8..4, any::<u64>(), any::<bool>()),
         ) {
             let arrivals: Vec<(u64, LlmRequest)> =
                 arrivals.into_iter().map(|(t, r)| (t * 1000, r)).collect();
@@ -1437,9 +1535,9 @@ pub(crate) mod tests {
             };
             let reports = [measure * 1000 + 500, 30_000];
             let (d, metas) = ranked_setup(disc, meta_seed, &arrivals);
-            let skip = drive_meta(&mut ordered(station(replicas, cfg.clone(), false), d), &arrivals, &metas, measure * 1000, &reports, seeds.0);
+            let skip = drive_meta(&mut ordered(station(replicas, cfg.clone(), false), d, preempt), &arrivals, &metas, measure * 1000, &reports, seeds.0);
             let plain_cfg = ReplicaConfig { decode_skipping: false, ..cfg.clone() };
-            let plain = drive_meta(&mut ordered(station(replicas, plain_cfg, false), d), &arrivals, &metas, measure * 1000, &reports, seeds.1);
+            let plain = drive_meta(&mut ordered(station(replicas, plain_cfg, false), d, preempt), &arrivals, &metas, measure * 1000, &reports, seeds.1);
             prop_assert_eq!(skip.done.len(), arrivals.len());
             if let Err(e) = check_refusals(&skip, &arrivals, &cfg) {
                 prop_assert!(false, "{}", e);
@@ -1454,7 +1552,7 @@ pub(crate) mod tests {
 
         /// Small caches under load: the KV accounting stays consistent and within
         /// capacity after every event (checked inside `drive`), and every request
-        /// finishes.
+        /// finishes, with random ranks and priority preemption on or off.
         #[test]
         fn kv_accounting_holds_under_pressure(
             kv in 4u32..40,
@@ -1462,7 +1560,7 @@ pub(crate) mod tests {
             seqs in 1u32..16,
             skipping in any::<bool>(),
             (arrivals, measure, reports) in arb_workload(),
-            (disc, meta_seed) in (0u8..4, any::<u64>()),
+            (disc, meta_seed, preempt) in (0u8..4, any::<u64>(), any::<bool>()),
         ) {
             let cfg = ReplicaConfig {
                 max_num_seqs: seqs,
@@ -1474,7 +1572,7 @@ pub(crate) mod tests {
                 ..ReplicaConfig::defaults(kv)
             };
             let (d, metas) = ranked_setup(disc, meta_seed, &arrivals);
-            let run = drive_meta(&mut ordered(station(1, cfg.clone(), false), d), &arrivals, &metas, measure, &reports, 7);
+            let run = drive_meta(&mut ordered(station(1, cfg.clone(), false), d, preempt), &arrivals, &metas, measure, &reports, 7);
             prop_assert_eq!(run.done.len(), arrivals.len());
             if let Err(e) = check_refusals(&run, &arrivals, &cfg) {
                 prop_assert!(false, "{}", e);
@@ -1743,6 +1841,7 @@ pub(crate) mod tests {
                     .with_spot(spot)
                     .unwrap_or_else(|e| panic!("{e}")),
                 d,
+                false,
             );
             let mut out = StationOutput::default();
             assert!(st.preempt(SimTime(0), 0, &mut out));
@@ -1974,6 +2073,84 @@ pub(crate) mod tests {
                 assert!(done.iter().all(|d| d.id != JobId(0)));
             }
         }
+    }
+
+    #[test]
+    fn a_request_moved_off_a_lost_spot_replica_preempts_a_worse_ranked_one() {
+        // Two replicas of one sequence each, round robin, under `priority`: interactive
+        // I (priority 9) on spot replica 0, batch B (priority 0) on replica 1. Replica 0
+        // is lost at 100us: I moves to replica 1, where with priority preemption it
+        // preempts B at the next boundary, and without it waits for B.
+        let mut finish = Vec::new();
+        for preempt in [false, true] {
+            let spot = SpotConfig {
+                replicas: 1,
+                usd_per_replica_hour: 1.8,
+                recompute: true,
+            };
+            let cfg = ReplicaConfig {
+                max_num_seqs: 1,
+                ..ReplicaConfig::new(1000).unwrap_or_else(|e| panic!("{e}"))
+            };
+            let mut st = station(2, cfg, true)
+                .with_spot(spot)
+                .and_then(|s| s.with_discipline(DisciplineSpec::Priority))
+                .and_then(|s| s.with_priority_preemption(preempt))
+                .unwrap_or_else(|e| panic!("{e}"));
+            let mut out = StationOutput::default();
+            for (id, priority) in [(0u64, 9), (1, 0)] {
+                let job = HopJob {
+                    id: JobId(id),
+                    work: Work::Llm(Box::new(llm(100, 400))),
+                };
+                let meta = JobMeta {
+                    priority,
+                    ..JobMeta::default()
+                };
+                st.submit_meta(SimTime(0), job, &meta, &mut out);
+            }
+            let cut = SimTime(100_000);
+            let mut heap: Vec<(SimTime, u64)> = out.wakeups.drain(..).collect();
+            let mut done = Vec::new();
+            while let Some(i) = (0..heap.len()).min_by_key(|&i| heap[i].0) {
+                let (t, token) = heap.swap_remove(i);
+                if t > cut {
+                    heap.push((t, token));
+                    break;
+                }
+                st.wake(t, token, &mut out);
+                heap.append(&mut out.wakeups);
+                done.append(&mut out.done);
+            }
+            assert!(done.is_empty());
+            assert!(st.preempt(cut, 0, &mut out));
+            out.wakeups.extend(heap);
+            run_out(&mut st, &mut out, &mut done);
+            done.sort_by_key(|d| d.id);
+            assert_eq!(done.len(), 2);
+            let p: Vec<u32> = done
+                .iter()
+                .map(|d| d.llm.map_or(0, |l| l.preemptions))
+                .collect();
+            let gpu = st
+                .gpu_report(done[1].finished.max(done[0].finished))
+                .unwrap_or_default();
+            for r in st.replicas() {
+                r.check_invariants().unwrap_or_else(|e| panic!("{e}"));
+            }
+            if preempt {
+                // I's lost attempt and B's preemption for it.
+                assert_eq!(p, vec![1, 1]);
+                assert!(done[0].finished < done[1].finished);
+                assert_eq!(gpu.per_replica[1].preemptions, 1);
+            } else {
+                assert_eq!(p, vec![1, 0]);
+                assert!(done[0].started >= done[1].finished);
+                assert_eq!(gpu.per_replica[1].preemptions, 0);
+            }
+            finish.push(done[0].finished);
+        }
+        assert!(finish[1] < finish[0], "{finish:?}");
     }
 
     #[test]

@@ -11,8 +11,30 @@
 //! recompute in front of every waiting request of its rank or larger (the front of its
 //! own class, as vLLM's priority policy re-sorts the preempted request into the
 //! queue). Admission still takes the head only, so a blocked head blocks everyone
-//! behind it, and a running sequence is never preempted for a better-ranked arrival.
-//! With every rank equal, the ranked queue is the FIFO queue.
+//! behind it. With every rank equal, the ranked queue is the FIFO queue.
+//!
+//! # Preemption by rank
+//! A ranked queue (not a fair one) also chooses victims by rank, as vLLM V1 does with
+//! `scheduling_policy = "priority"`: when a running sequence needs a KV block that is not
+//! there, the victim is the worst-ranked running sequence (largest rank), the most
+//! recently admitted among equals, instead of simply the most recently admitted. With
+//! every rank equal that is the same sequence, so FIFO and equal-rank runs are
+//! unchanged. A victim already scheduled in the iteration being planned is taken back
+//! out of it (its tokens return to the budget); when the sequence that needs the block
+//! is itself the victim, the better-ranked sequences behind it still get their tokens.
+//!
+//! With priority preemption ([`Replica::set_priority_preemption`], the pool's
+//! `preempt_for_priority = true`; vLLM V0's `_schedule_priority_preemption`), a head of
+//! the queue that cannot be admitted for want of a sequence slot (`max_num_seqs`) or of
+//! KV blocks above the watermark preempts the worst-ranked running sequence that ranks
+//! strictly below it, by recompute as above, and is checked again, until it is admitted
+//! or no running sequence ranks below it (a head that still does not fit has preempted
+//! them anyway, as in vLLM V0). A head blocked by the token budget preempts nobody: the
+//! budget renews every iteration. This happens when an iteration is planned, after the
+//! running sequences have been scheduled, and only if that planning preempted nobody
+//! for a block. Admission then goes on in queue order; the heads it reaches rank no
+//! better than the last, so a sequence never preempts one of its own rank or better and
+//! each running sequence is preempted at most once per planning: no livelock.
 //!
 //! # Weighted fair queuing
 //! A replica with a fair queue ([`Replica::set_weighted_fair`], the pool's
@@ -35,16 +57,18 @@
 //!    new KV block when its length crosses a block boundary); a sequence still
 //!    prefilling (chunked prefill) gets the token budget left after reserving one token
 //!    for every decoding sequence behind it, shrunk to the free blocks. When a sequence
-//!    cannot get even one block, the most recently admitted running sequence is
-//!    preempted (blocks freed, back to the front of the waiting queue (of its rank), its generated
-//!    tokens folded into the prompt to recompute) until one frees up, or the sequence
-//!    itself is the most recent one and is preempted.
+//!    cannot get even one block, the most recently admitted running sequence (under a
+//!    ranked queue the worst-ranked, see above) is preempted (blocks freed, back to the
+//!    front of the waiting queue (of its rank), its generated tokens folded into the
+//!    prompt to recompute) until one frees up, or the sequence itself is the victim and
+//!    is preempted.
 //! 2. If nobody was preempted, waiting sequences are admitted in queue order while the
 //!    sequence limit and token budget allow and KV blocks for the prompt's first chunk
-//!    (what is left of the budget) are available above the watermark. On an empty
-//!    replica the watermark is waived and the chunk shrunk to the cache, so that any
-//!    request that fits the cache can always start. Prefix-cache hits skip prefill; at
-//!    least one prompt token is always computed.
+//!    (what is left of the budget) are available above the watermark (with priority
+//!    preemption, a blocked head may first preempt worse-ranked running sequences, see
+//!    above). On an empty replica the watermark is waived and the chunk shrunk to the
+//!    cache, so that any request that fits the cache can always start. Prefix-cache hits
+//!    skip prefill; at least one prompt token is always computed.
 //! 3. The iteration lasts `PerfModel::iteration_time` of its shape. At its end a
 //!    sequence whose prefill completed emits its first token, a decoding one its next
 //!    token; a sequence with all its output tokens finishes and frees its blocks.
@@ -58,7 +82,10 @@
 //! figure is identical (not close) to the iteration-by-iteration run. A submit that
 //! would become admissible cuts the stretch at the end of the iteration in progress;
 //! so does one that goes ahead of the head of a ranked queue (the new head may fit
-//! where the old one did not).
+//! where the old one did not), and, with priority preemption, one that becomes the
+//! head and outranks a running sequence, even with every slot taken (it may preempt at
+//! the next boundary). No stretch is planned after an iteration that preempted, nor
+//! while the head could preempt.
 //!
 //! # Time semantics
 //! Every call at time `now` first applies all effects at times `<= now`. A request
@@ -142,6 +169,32 @@ pub(crate) fn refused_done(
         usd: 0.0,
         llm: Some(LlmTimings::default()),
         refused: Some(refused),
+    }
+}
+
+/// Takes running sequence `s`, scheduled in the iteration being planned, back out of
+/// it: its tokens return to the budget and leave the iteration's shape.
+fn unschedule(
+    s: &Seq,
+    shape: &mut IterationShape,
+    budget: &mut u32,
+    total_tokens: &mut u64,
+    batch: &mut u32,
+) {
+    let tok = s.scheduled;
+    if tok == 0 {
+        return;
+    }
+    *budget += tok;
+    *total_tokens -= tok as u64;
+    *batch -= 1;
+    if s.in_decode() {
+        shape.decode_seqs -= 1;
+        shape.decode_context_tokens -= s.computed as u64 + 1;
+    } else {
+        shape.prefill_tokens -= tok as u64;
+        shape.prefill_seqs -= 1;
+        shape.prefill_context_tokens -= s.computed as u64;
     }
 }
 
@@ -462,6 +515,9 @@ pub struct Replica {
     ranked: bool,
     /// Weighted fair queuing (the queue is ranked by start tags).
     fair: Option<FairQueue>,
+    /// Priority preemption: a blocked head of a ranked queue preempts worse-ranked
+    /// running sequences (see the module docs). Only with a ranked, not fair, queue.
+    preempt_for_rank: bool,
     running: Vec<Seq>,
     busy: Option<Busy>,
     generation: u64,
@@ -510,6 +566,7 @@ impl Replica {
             waiting: VecDeque::new(),
             ranked: false,
             fair: None,
+            preempt_for_rank: false,
             running: Vec::new(),
             busy: None,
             generation: 0,
@@ -561,6 +618,46 @@ impl Replica {
         debug_assert!(self.waiting.is_empty());
         self.ranked = true;
         self.fair = Some(FairQueue::default());
+    }
+    /// Priority preemption (vLLM V0's `_schedule_priority_preemption`): when the head of
+    /// a ranked queue cannot be admitted for want of a sequence slot or KV blocks, the
+    /// worst-ranked running sequences that rank strictly below it are preempted by
+    /// recompute until it fits (see the module docs). Off by default; ignored unless the
+    /// queue is ranked ([`Replica::set_ranked`]) and not fair.
+    pub fn set_priority_preemption(&mut self, on: bool) {
+        self.preempt_for_rank = on;
+    }
+    /// Victims of a KV shortage are chosen by rank (a ranked queue that is not fair).
+    fn victims_by_rank(&self) -> bool {
+        self.ranked && self.fair.is_none()
+    }
+    /// Priority preemption is in force.
+    fn preempts_for_rank(&self) -> bool {
+        self.preempt_for_rank && self.victims_by_rank()
+    }
+    /// The running sequence to preempt first: the worst-ranked (largest rank), the most
+    /// recently admitted among equals; under FIFO and fair queues the most recently
+    /// admitted. With every rank equal, both are the last one.
+    fn victim(&self) -> Option<usize> {
+        if !self.victims_by_rank() {
+            return self.running.len().checked_sub(1);
+        }
+        // `max_by_key` returns the last of equal maxima: the most recently admitted.
+        self.running
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, s)| s.rank)
+            .map(|(i, _)| i)
+    }
+    /// The victim of priority preemption for a waiting request of `rank`: the
+    /// [`Replica::victim`] if it ranks strictly worse, so that a request never preempts
+    /// one of its own rank or better (no livelock).
+    fn victim_below(&self, rank: u128) -> Option<usize> {
+        self.victim().filter(|&v| self.running[v].rank > rank)
+    }
+    /// The head `head` of the queue would preempt a running sequence if it were blocked.
+    fn would_preempt_for(&self, head: &Seq) -> bool {
+        self.preempts_for_rank() && self.running.iter().any(|s| s.rank > head.rank)
     }
     /// Generation of the current plan; a wake-up for an older one is stale.
     pub fn generation(&self) -> u64 {
@@ -996,19 +1093,36 @@ impl Replica {
             if slack == 0 && self.kv.available() == 0 {
                 let mut self_preempted = false;
                 while self.kv.available() == 0 {
-                    let last = self.running.len() - 1;
-                    if last != i && self.running[last].in_decode() {
-                        decodes_left -= 1;
-                    }
-                    self.preempt_last();
-                    preempted = true;
-                    if last == i {
+                    let Some(v) = self.victim() else { break };
+                    if v == i {
+                        self.preempt_at(v);
+                        preempted = true;
                         self_preempted = true;
                         break;
                     }
+                    if v > i {
+                        if self.running[v].in_decode() {
+                            decodes_left -= 1;
+                        }
+                    } else {
+                        // Scheduled earlier in this iteration (a ranked victim): its
+                        // tokens go back to the budget.
+                        unschedule(
+                            &self.running[v],
+                            &mut shape,
+                            &mut budget,
+                            &mut total_tokens,
+                            &mut batch,
+                        );
+                        i -= 1;
+                    }
+                    self.preempt_at(v);
+                    preempted = true;
                 }
                 if self_preempted {
-                    break;
+                    // The sequences behind it (better-ranked, under a ranked queue)
+                    // still get their tokens; under FIFO it was the last one.
+                    continue;
                 }
             }
             let avail = self.kv.available();
@@ -1041,14 +1155,35 @@ impl Replica {
         }
         // After a preemption nothing is admitted: the cache is known to be short.
         if !preempted {
+            let mut for_rank = false;
             while let Some(head) = self.waiting.front() {
-                let Admission::Admit {
-                    hits,
-                    chunk,
-                    new_blocks,
-                } = self.check_admission(head, budget)
-                else {
-                    break;
+                let (hits, chunk, new_blocks) = match self.check_admission(head, budget) {
+                    Admission::Admit {
+                        hits,
+                        chunk,
+                        new_blocks,
+                    } => (hits, chunk, new_blocks),
+                    // Priority preemption: a head short of a slot or of blocks preempts
+                    // the worst-ranked running sequence below it, then is checked
+                    // again. Never for the token budget (it renews every iteration).
+                    Admission::Blocked(Blocked::SeqLimit | Blocked::KvBlocks { .. })
+                        if self.preempts_for_rank() =>
+                    {
+                        let Some(v) = self.victim_below(head.rank) else {
+                            break;
+                        };
+                        unschedule(
+                            &self.running[v],
+                            &mut shape,
+                            &mut budget,
+                            &mut total_tokens,
+                            &mut batch,
+                        );
+                        self.preempt_at(v);
+                        for_rank = true;
+                        continue;
+                    }
+                    Admission::Blocked(_) => break,
                 };
                 self.admit(t, hits, chunk, new_blocks);
                 budget -= chunk;
@@ -1058,6 +1193,7 @@ impl Replica {
                 shape.prefill_seqs += 1;
                 shape.prefill_context_tokens += (hits * bs) as u64;
             }
+            preempted = for_rank;
         }
         if batch == 0 {
             // Unreachable: a request that fits the cache (checked at submit) is always
@@ -1261,11 +1397,13 @@ impl Replica {
         }
     }
 
-    /// Preempts the most recently admitted running sequence by recompute.
-    fn preempt_last(&mut self) {
-        let Some(mut v) = self.running.pop() else {
+    /// Preempts running sequence `idx` by recompute (the others keep their admission
+    /// order).
+    fn preempt_at(&mut self, idx: usize) {
+        if idx >= self.running.len() {
             return;
-        };
+        }
+        let mut v = self.running.remove(idx);
         let before = v.remaining();
         for &b in v.blocks.iter().rev() {
             self.kv.release(b);
@@ -1404,6 +1542,15 @@ impl Replica {
         // stretch must not evict.
         let may_evict = match self.waiting.front() {
             None => true,
+            // A head that would preempt changes the batch at the next boundary. (The
+            // admission that planned this iteration has preempted all it could, so
+            // this does not happen; it keeps stretches safe should that change.)
+            Some(head) if self.would_preempt_for(head) => {
+                match self.check_admission(head, budget_left) {
+                    Admission::Blocked(Blocked::TokenBudget) => true,
+                    _ => return,
+                }
+            }
             Some(head) => match self.check_admission(head, budget_left) {
                 Admission::Admit { .. } => return,
                 Admission::Blocked(Blocked::SeqLimit | Blocked::TokenBudget) => true,
@@ -1540,7 +1687,13 @@ impl Replica {
     /// progress so that the next boundary considers it.
     fn cut_stretch_for_new_head(&mut self) {
         let n = self.running.len() as u32;
-        if n >= self.cfg.max_num_seqs || self.cfg.max_batched_tokens == n {
+        // A head that outranks a running sequence may preempt it at the next boundary
+        // even with every slot taken: cut.
+        let preempts = self
+            .waiting
+            .front()
+            .is_some_and(|h| self.would_preempt_for(h));
+        if !preempts && (n >= self.cfg.max_num_seqs || self.cfg.max_batched_tokens == n) {
             return;
         }
         let Some(b) = self.busy.as_mut() else { return };
@@ -1981,6 +2134,239 @@ mod tests {
         assert_eq!(fair_weight(1.0), 65536);
         assert_eq!(fair_weight(1e-300), 1);
         assert_eq!(fair_weight(1e300), 1 << 48);
+    }
+
+    /// Feeds ranked arrivals (time, request, rank; time-ordered) to one replica with a
+    /// ranked queue, priority preemption on or off, and runs it dry.
+    fn run_ranked(
+        cfg: ReplicaConfig,
+        arrivals: &[(u64, LlmRequest, u64)],
+        preempt: bool,
+    ) -> (Vec<HopDone>, ReplicaReport) {
+        let mut r = Replica::new(cfg, Arc::new(LinearPerf), 3.6).unwrap_or_else(|e| panic!("{e}"));
+        r.set_ranked(true);
+        r.set_priority_preemption(preempt);
+        let mut done = Vec::new();
+        let mut wake: Option<SimTime> = None;
+        let mut next = 0;
+        loop {
+            let arrival = arrivals.get(next).map(|a| SimTime(a.0));
+            match (arrival, wake) {
+                (Some(a), w) if w.is_none_or(|w| a <= w) => {
+                    let (_, req, rank) = &arrivals[next];
+                    r.submit_ranked(a, a, JobId(next as u64), req, *rank);
+                    next += 1;
+                }
+                (_, Some(w)) => {
+                    wake = None;
+                    r.advance(w);
+                }
+                (None, None) => break,
+                (Some(_), None) => unreachable!(),
+            }
+            if let Some((tw, _)) = r.take_wake() {
+                wake = Some(tw);
+            }
+            r.drain_done(&mut done);
+            r.check_invariants().unwrap_or_else(|e| panic!("{e}"));
+        }
+        done.sort_by_key(|d| d.id);
+        let end = done.iter().map(|d| d.finished).max().unwrap_or_default();
+        (done, r.report(end))
+    }
+
+    /// [`run_ranked`] with and without decode skipping, which must agree.
+    fn ranked_both_modes(
+        cfg: ReplicaConfig,
+        arrivals: &[(u64, LlmRequest, u64)],
+        preempt: bool,
+    ) -> (Vec<HopDone>, ReplicaReport) {
+        let a = run_ranked(
+            ReplicaConfig {
+                decode_skipping: true,
+                ..cfg.clone()
+            },
+            arrivals,
+            preempt,
+        );
+        let b = run_ranked(
+            ReplicaConfig {
+                decode_skipping: false,
+                ..cfg
+            },
+            arrivals,
+            preempt,
+        );
+        assert_eq!(a, b, "decode skipping changed the result");
+        a
+    }
+
+    /// A mixed iteration: one prefill chunk of `tokens` (no context) and one decode.
+    fn mixed(tokens: u64, decode_ctx: u64) -> u64 {
+        t(IterationShape {
+            prefill_tokens: tokens,
+            prefill_seqs: 1,
+            decode_seqs: 1,
+            decode_context_tokens: decode_ctx,
+            ..IterationShape::default()
+        })
+    }
+
+    #[test]
+    fn a_kv_shortage_preempts_the_worst_ranked_running_sequence() {
+        // Five blocks of 4 tokens. A (rank 5, 5 + 9 tokens: 4 blocks) is admitted alone
+        // at 0, B (rank 0, 4 + 9: 3 blocks) one iteration later. In the seventh
+        // iteration B (admitted second) crosses a block boundary with no block left.
+        // (IDs: A 0, B 1.)
+        let cfg = ReplicaConfig {
+            block_size: 4,
+            watermark: 0.0,
+            ..ReplicaConfig::defaults(5)
+        };
+        let arrivals = |rank_b: u64| vec![(0, req(5, 9), 5), (0, req(4, 9), rank_b)];
+        let (done, rep) = ranked_both_modes(cfg.clone(), &arrivals(0), false);
+        // A ranks worse: A is preempted although it was admitted first (and was already
+        // scheduled in that iteration: its token goes back), and B never stalls.
+        assert_eq!(rep.preemptions, 1);
+        assert_eq!(done[0].llm.unwrap().preemptions, 1);
+        assert_eq!(done[1].llm.unwrap().preemptions, 0);
+        // B's iterations: A's prefill; A's decode with B's prefill; four decodes of
+        // both (contexts A 7..10 + B 5..8); then alone from context 9 to 12 (A waits:
+        // its recomputed prompt of 11 tokens needs 3 blocks, 2 are free).
+        let b_end = prefill(5, 1, 0)
+            + mixed(4, 6)
+            + (0..4).map(|k| decode(2, 12 + 2 * k)).sum::<u64>()
+            + (9..=12).map(|c| decode(1, c)).sum::<u64>();
+        assert_eq!(done[1].finished, SimTime(b_end));
+        assert_eq!(
+            done[1].llm.unwrap().ttft,
+            SimDuration(prefill(5, 1, 0) + mixed(4, 6))
+        );
+        assert!(done[0].finished > done[1].finished);
+        assert_eq!(done[0].started, SimTime(0), "keeps its first admission");
+
+        // Equal ranks: the most recently admitted (B) is preempted, as under FIFO, and
+        // the run is the FIFO run exactly, with priority preemption on or off.
+        let (eq, eq_rep) = ranked_both_modes(cfg.clone(), &arrivals(5), false);
+        assert_eq!(eq[0].llm.unwrap().preemptions, 0);
+        assert_eq!(eq[1].llm.unwrap().preemptions, 1);
+        let fifo = both_modes(cfg.clone(), &[(0, req(5, 9)), (0, req(4, 9))]);
+        assert_eq!((eq.clone(), eq_rep.clone()), fifo);
+        assert_eq!(ranked_both_modes(cfg, &arrivals(5), true), (eq, eq_rep));
+    }
+
+    #[test]
+    fn priority_preemption_makes_room_for_a_better_ranked_head() {
+        // Two sequences at most. Batch A and B (rank 5, 8 + 20 tokens) run, B admitted
+        // one iteration after A; interactive C (rank 0, 8 + 2) arrives 100 ns into the
+        // first iteration where both decode. (IDs: A 0, B 1, C 2.) Ample KV: only
+        // the sequence limit blocks C.
+        let cfg = ReplicaConfig {
+            max_num_seqs: 2,
+            block_size: 4,
+            ..ReplicaConfig::defaults(1000)
+        };
+        // Both decoding, A at its g-th token (B one behind): contexts 8 + g and 7 + g.
+        let both = |g: u64| decode(2, 15 + 2 * g);
+        let e1 = prefill(8, 1, 0) + mixed(8, 9);
+        let x = e1 + 100;
+        let arrivals = [(0, req(8, 20), 5), (0, req(8, 20), 5), (x, req(8, 2), 0)];
+
+        // Without the key C waits for a slot: A's last token.
+        let (off, off_rep) = ranked_both_modes(cfg.clone(), &arrivals, false);
+        let a_end = e1 + (2..=19).map(both).sum::<u64>();
+        assert_eq!(off[0].finished, SimTime(a_end));
+        assert_eq!(off[2].started, SimTime(a_end));
+        // C's prefill shares the iteration with B's last decode (context 27).
+        let c_ttft_off = a_end + mixed(8, 27) - x;
+        assert_eq!(off[2].llm.unwrap().ttft, SimDuration(c_ttft_off));
+        assert_eq!(off[1].finished, SimTime(a_end + mixed(8, 27)));
+        assert_eq!(off_rep.preemptions, 0);
+
+        // With it, at the end of the iteration in progress (T) B, the most recently
+        // admitted of the two batch sequences, is preempted (2 tokens generated, folded
+        // into a 10-token prompt) and C is prefilled next to A's decode (context 11).
+        let (on, on_rep) = ranked_both_modes(cfg, &arrivals, true);
+        assert_eq!(on_rep.preemptions, 1);
+        let p: Vec<u32> = on.iter().map(|d| d.llm.unwrap().preemptions).collect();
+        assert_eq!(p, vec![0, 1, 0]);
+        let t_boundary = e1 + both(2);
+        assert_eq!(on[2].started, SimTime(t_boundary));
+        let c_ttft_on = t_boundary + mixed(8, 11) - x;
+        assert_eq!(on[2].llm.unwrap().ttft, SimDuration(c_ttft_on));
+        // The residue of the iteration in progress plus one iteration, against a wait
+        // for A's 20 tokens: 12,391 ns against 122,481 ns.
+        assert_eq!((c_ttft_on, c_ttft_off), (12_391, 122_481));
+        // C decodes its second token with A (contexts 12 + 9), then B is readmitted
+        // (it waits behind C, and never preempts A: equal ranks) and recomputes its
+        // 10-token prompt next to A's decode (context 13).
+        let c_end = t_boundary + mixed(8, 11) + decode(2, 21);
+        assert_eq!(on[2].finished, SimTime(c_end));
+        let b_back = c_end + mixed(10, 13);
+        // Then both decode, B three tokens behind A, until A's 20th; B's last three alone.
+        let a_end_on = b_back + (6..=19).map(|g| decode(2, 13 + 2 * g)).sum::<u64>();
+        assert_eq!(on[0].finished, SimTime(a_end_on));
+        let b_end_on = a_end_on + (17..=19).map(|g| decode(1, 8 + g)).sum::<u64>();
+        assert_eq!(on[1].finished, SimTime(b_end_on));
+        assert!(b_end_on > a_end + mixed(8, 27));
+        // B's recomputation is charged to it as prefill: its share of its first prefill
+        // (8 of 9 tokens) plus its share of the recompute (10 of 11).
+        let b_prefill = |shares: &[u128]| SimDuration((shares.iter().sum::<u128>() >> 20) as u64);
+        let first = share_of(SimDuration(mixed(8, 9)), 8, 9);
+        let again = share_of(SimDuration(mixed(10, 13)), 10, 11);
+        assert_eq!(off[1].llm.unwrap().prefill_busy, b_prefill(&[first]));
+        assert_eq!(on[1].llm.unwrap().prefill_busy, b_prefill(&[first, again]));
+        assert_eq!(
+            on[1].started,
+            SimTime(prefill(8, 1, 0)),
+            "keeps its first admission"
+        );
+    }
+
+    #[test]
+    fn priority_preemption_frees_kv_blocks_for_the_head_and_never_for_equals() {
+        // 46 blocks of 4 tokens, watermark 0. Batch A and B (rank 5, 60 + 30 tokens: 23
+        // blocks each at the end, so both fit) decode; C (rank 0, 64-token prompt: 16
+        // blocks) arrives during B's prefill and finds 14 free at the next boundary.
+        // One preemption (B, the most recently admitted) frees enough.
+        let cfg = ReplicaConfig {
+            block_size: 4,
+            watermark: 0.0,
+            ..ReplicaConfig::defaults(46)
+        };
+        let e0 = prefill(60, 1, 0);
+        let arrivals = |rank_c: u64| {
+            [
+                (0, req(60, 30), 5),
+                (0, req(60, 30), 5),
+                (e0 + 50, req(64, 2), rank_c),
+            ]
+        };
+        let (on, rep) = ranked_both_modes(cfg.clone(), &arrivals(0), true);
+        assert_eq!(rep.preemptions, 1);
+        let p: Vec<u32> = on.iter().map(|d| d.llm.unwrap().preemptions).collect();
+        assert_eq!(p, vec![0, 1, 0]);
+        assert!(on[2].finished < on[0].finished);
+        // Equal rank: C never preempts (the run is the one without the key).
+        let (eq, eq_rep) = ranked_both_modes(cfg.clone(), &arrivals(5), true);
+        assert_eq!(eq_rep.preemptions, 0);
+        assert_eq!(
+            (eq, eq_rep),
+            ranked_both_modes(cfg.clone(), &arrivals(5), false)
+        );
+        // A head that cannot fit even with every worse sequence gone still preempts
+        // them (as vLLM V0 does) but no more: D (rank 0, 156-token prompt, 39 blocks)
+        // waits for A (rank 0) to finish; B (rank 5) is preempted once.
+        let big = [
+            (0, req(60, 30), 0),
+            (0, req(60, 30), 5),
+            (e0 + 50, req(156, 2), 0),
+        ];
+        let (d, rep) = ranked_both_modes(cfg, &big, true);
+        let p: Vec<u32> = d.iter().map(|d| d.llm.unwrap().preemptions).collect();
+        assert_eq!(p, vec![0, 1, 0]);
+        assert_eq!(rep.preemptions, 1);
+        assert!(d[2].started >= d[0].finished, "D waits for A");
     }
 
     #[test]
