@@ -968,12 +968,20 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
     }
     let validation = validate(&cal.points, &cal.table, &catalog)?;
-    println!(
+    crate::outln!(
         "{:<12} {:<10} {:>3} {:>6} {:>7}  {:>9} {:>9} {:>9} {:>9}",
-        "model", "gpu", "tp", "points", "dropped", "cal pre", "cal dec", "roof pre", "roof dec"
+        "model",
+        "gpu",
+        "tp",
+        "points",
+        "dropped",
+        "cal pre",
+        "cal dec",
+        "roof pre",
+        "roof dec"
     );
     for g in &validation.groups {
-        println!(
+        crate::outln!(
             "{:<12} {:<10} {:>3} {:>6} {:>7}  {:>8.1}% {:>8.1}% {:>8.1}% {:>8.1}%",
             g.model,
             g.gpu,
@@ -987,7 +995,7 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
         );
     }
     for p in cal.points.iter().filter(|p| p.anomaly.is_some()) {
-        println!(
+        crate::outln!(
             "dropped {} {} tp{} prompt {} batch {} output {}: {}",
             p.model,
             p.gpu,
@@ -999,9 +1007,9 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
         );
     }
     if BUILTIN_CALIBRATION_TOML != cal.coefficients_toml && args.out.ends_with("calibrated.toml") {
-        println!("note: rebuild to compile the new coefficients into sim-core");
+        crate::outln!("note: rebuild to compile the new coefficients into sim-core");
     }
-    println!("Wrote {} and {}", args.out.display(), args.table.display());
+    crate::outln!("Wrote {} and {}", args.out.display(), args.table.display());
     Ok(())
 }
 

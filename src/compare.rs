@@ -1103,12 +1103,12 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         crate::plots::compare_bars(&args.out.join("compare"), &names, &plot_classes(&cmp))?
     };
     if args.json {
-        print!("{json}");
+        crate::out!("{json}");
     } else {
-        println!("{file}");
-        print!("{}", table(&cmp));
-        print!("{}", crate::gates::table(&cmp.gates, cmp.seeds.len()));
-        println!(
+        crate::outln!("{file}");
+        crate::out!("{}", table(&cmp));
+        crate::out!("{}", crate::gates::table(&cmp.gates, cmp.seeds.len()));
+        crate::outln!(
             "\nWrote {}{}",
             path.display(),
             if plots.is_empty() {

@@ -1,6 +1,27 @@
 //! factorysim: scenario loading, reporting and the command-line verbs. The engine is in
 //! `sim-core`; this crate turns files into scenarios and results into tables and JSON.
 
+/// `print!` to stdout that does not panic when stdout is closed early
+/// (`factorysim run ... | head`): the command goes on and still writes its files.
+#[macro_export]
+macro_rules! out {
+    ($($t:tt)*) => { $crate::write_stdout(format_args!($($t)*)) };
+}
+
+/// `println!` to stdout, as [`out!`].
+#[macro_export]
+macro_rules! outln {
+    () => { $crate::write_stdout(format_args!("\n")) };
+    ($($t:tt)*) => { $crate::write_stdout(format_args!("{}\n", format_args!($($t)*))) };
+}
+
+/// Writes to stdout, ignoring errors: a reader that went away (a closed pipe) is not
+/// a failure of the run.
+pub fn write_stdout(args: std::fmt::Arguments) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_fmt(args);
+}
+
 pub mod calibrate;
 pub mod capacity;
 pub mod compare;

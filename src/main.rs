@@ -183,15 +183,15 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 plots::write_run_plots(&out, &result)?
             };
             if json {
-                print!("{text}");
+                factorysim::out!("{text}");
             } else {
-                println!("{}", loaded.file);
+                factorysim::outln!("{}", loaded.file);
                 let opts = report::TableOptions {
                     colour: std::io::stdout().is_terminal(),
                     replications: reps.as_ref(),
                 };
-                print!("{}", report::run_table_with(&summary, &opts));
-                println!(
+                factorysim::out!("{}", report::run_table_with(&summary, &opts));
+                factorysim::outln!(
                     "\nWrote {}, timeseries.csv, showback.csv{}{}",
                     path.display(),
                     if workflows_csv { ", workflows.csv" } else { "" },
@@ -213,13 +213,13 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             for note in &loaded.notes {
                 eprintln!("note: {note}");
             }
-            print!("{}", report::check_table(&loaded.file, &loaded.scenario));
-            print!(
+            factorysim::out!("{}", report::check_table(&loaded.file, &loaded.scenario));
+            factorysim::out!(
                 "{}",
                 factorysim::capacity::gpu_capacity_table(&loaded.scenario)
             );
             if !loaded.spec.gates.is_empty() {
-                println!(
+                factorysim::outln!(
                     "\nPromotion gates for `compare`: {}",
                     loaded.spec.gates.join(", ")
                 );

@@ -106,6 +106,34 @@ fn h100_pool_has_lower_p99_than_a100_at_equal_load() {
     );
 }
 
+#[test]
+fn gpu_lanes_priority_and_preemption_trade_etl_for_chat() {
+    let f = "scenarios/gpu-lanes.toml";
+    let fifo = run(f, &["pools.gpu.discipline=fifo"]);
+    let priority = run(f, &[]);
+    let preempt = run(f, &["pools.gpu.preempt_for_priority=true"]);
+    // Common random numbers: the same work in each.
+    for s in [&priority, &preempt] {
+        assert_eq!(s.classes["chat"].arrived, fifo.classes["chat"].arrived);
+        assert_eq!(s.classes["etl"].completed, fifo.classes["etl"].completed);
+    }
+    // Chat's tail falls under priority (below its 8 s SLO) and again with preemption;
+    // etl's grows each time.
+    assert!(p99(&priority, "chat") < 0.6 * p99(&fifo, "chat"));
+    assert!(p99(&priority, "chat") < 8.0 && p99(&fifo, "chat") > 8.0);
+    assert!(p99(&preempt, "chat") < p99(&priority, "chat"));
+    assert!(p99(&fifo, "etl") < p99(&priority, "etl"));
+    assert!(p99(&priority, "etl") < p99(&preempt, "etl"));
+    let preemptions = |s: &Summary| {
+        s.pools["gpu"]
+            .llm
+            .as_ref()
+            .map_or(0, |l| l.replicas.preemptions)
+    };
+    assert_eq!((preemptions(&fifo), preemptions(&priority)), (0, 0));
+    assert!(preemptions(&preempt) > 100, "{}", preemptions(&preempt));
+}
+
 // ---------------------------------------------------------------------------------
 // Trace replay
 // ---------------------------------------------------------------------------------

@@ -725,11 +725,11 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
         _ => false,
     };
     if args.json {
-        print!("{json}");
+        crate::out!("{json}");
     } else {
-        println!("{file}");
-        print!("{}", table(&result));
-        println!(
+        crate::outln!("{file}");
+        crate::out!("{}", table(&result));
+        crate::outln!(
             "\nWrote {}, {}{}",
             path.display(),
             csv_path.display(),

@@ -195,7 +195,7 @@ pub fn run_trace(args: TraceArgs) -> anyhow::Result<()> {
         TraceVerb::Stats(a) => {
             let p = prepare(&a.input)?;
             let stats = compute(&p, &a.input.trace)?;
-            print!("{}", stats_table(&p.file, p.format, &stats));
+            crate::out!("{}", stats_table(&p.file, p.format, &stats));
             Ok(())
         }
     }
@@ -249,7 +249,7 @@ pub fn run_fit(args: FitArgs) -> anyhow::Result<()> {
                 if profile.classes.len() == 1 { "" } else { "es" },
             );
         }
-        None => print!("{text}"),
+        None => crate::out!("{text}"),
     }
     Ok(())
 }

@@ -1410,3 +1410,29 @@ fn span_log_named_gz_is_gzip_with_the_same_lines() {
         b.replace("s.jsonl.gz", "s.jsonl")
     );
 }
+
+/// A reader that goes away (`factorysim run ... | head -1`) is not a crash: no panic,
+/// success, and the output files are still written.
+#[test]
+fn a_closed_stdout_is_not_a_panic() {
+    let dir = tempdir();
+    let mut child = bin()
+        .args([
+            "run",
+            "scenarios/quickstart.toml",
+            "--no-plots",
+            "--out",
+            dir.path().to_str().unwrap(),
+        ])
+        .current_dir(root())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn factorysim");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.status.success(), "{stderr}");
+    assert!(dir.path().join("summary.json").exists());
+}
