@@ -248,6 +248,8 @@ pub struct PoolStats {
     pub breaker_opens: u64,
     /// Calls that came back with an error (`error_rate`).
     pub errors: u64,
+    /// Calls stopped when their caller timed out (`on_timeout = "abort"`).
+    pub aborted: u64,
     /// Capacity dollars of every finished (or lost) hop, the part of its service that
     /// fell in the measurement window (whatever workflow it served).
     pub usd_charged_in_window: f64,
@@ -295,6 +297,7 @@ impl PoolStats {
             usd_api_split: ApiUsdSplit::default(),
             breaker_opens: 0,
             errors: 0,
+            aborted: 0,
             usd_charged_in_window: 0.0,
             usd_warmup_in_window: 0.0,
             usd_warmup_submitted: 0.0,
@@ -654,6 +657,7 @@ impl RunResult {
                     peak_tokens_in_flight: s.peak_tokens_in_flight,
                     breaker_opens: s.breaker_opens,
                     errors: s.errors,
+                    aborted: s.aborted,
                     too_large: s.too_large,
                     too_large_by_cause: s
                         .too_large_by_cause
@@ -1047,6 +1051,8 @@ pub struct PoolSummary {
     pub usd_api: f64,
     /// Calls that came back with an error (pool `error_rate`), retried or failed.
     pub errors: u64,
+    /// Calls the pool stopped when their caller timed out (`on_timeout = "abort"`).
+    pub aborted: u64,
     /// LLM hops refused as never servable (too large for a replica's KV cache or, with
     /// chunked prefill off, its token budget; over the model's context limit): each
     /// failed its workflow.

@@ -22,6 +22,9 @@ struct InService {
     id: JobId,
     submitted: SimTime,
     started: SimTime,
+    /// Aborted: its server is free, and the slot waits for its (now empty) wake-up
+    /// before it is reused.
+    aborted: bool,
 }
 
 pub struct QueueStation {
@@ -38,6 +41,9 @@ pub struct QueueStation {
     discipline: Box<dyn QueueDiscipline>,
     /// Keys in the discipline (pushed, not yet popped): its `len` without a dynamic call.
     queued_now: usize,
+    /// Of `queued_now`, keys of aborted hops (their `waiting` entry is empty; the key is
+    /// reused once the discipline pops it).
+    aborted_waiting: usize,
     waiting: Vec<Option<Waiting>>,
     free_waiting: Vec<u32>,
     /// Slot per hop in service; the wake token is the slot index. Created lazily so
@@ -76,6 +82,7 @@ impl QueueStation {
             usd_per_server_hour,
             discipline,
             queued_now: 0,
+            aborted_waiting: 0,
             waiting: Vec::new(),
             free_waiting: Vec::new(),
             slots: Vec::new(),
@@ -118,6 +125,7 @@ impl QueueStation {
             id: w.id,
             submitted: w.submitted,
             started: now,
+            aborted: false,
         });
         out.wakeups.push((now + w.service, slot as u64));
     }
@@ -129,9 +137,16 @@ impl QueueStation {
                 break;
             };
             self.queued_now = self.queued_now.saturating_sub(1);
-            if let Some(w) = self.waiting.get_mut(key as usize).and_then(Option::take) {
-                self.free_waiting.push(key as u32);
-                self.start(now, w, out);
+            match self.waiting.get_mut(key as usize).and_then(Option::take) {
+                Some(w) => {
+                    self.free_waiting.push(key as u32);
+                    self.start(now, w, out);
+                }
+                None if self.aborted_waiting > 0 => {
+                    self.aborted_waiting -= 1;
+                    self.free_waiting.push(key as u32);
+                }
+                None => {}
             }
         }
     }
@@ -140,7 +155,7 @@ impl QueueStation {
     fn update_levels(&mut self, now: SimTime) {
         let busy = self.in_service as u64;
         debug_assert_eq!(self.queued_now, self.discipline.len());
-        let queued = self.queued_now as u64;
+        let queued = (self.queued_now - self.aborted_waiting) as u64;
         self.max_busy = self.max_busy.max(busy);
         // A level left unchanged integrates exactly without being touched (integer
         // area): only changes are written.
@@ -212,6 +227,11 @@ impl Station for QueueStation {
     fn wake(&mut self, now: SimTime, token: u64, out: &mut StationOutput) {
         let slot = token as usize;
         if let Some(done) = self.slots.get_mut(slot).and_then(Option::take) {
+            if done.aborted {
+                // Reported when it was aborted; its server was freed then.
+                self.free_slots.push(slot as u32);
+                return;
+            }
             let busy = now - done.started;
             out.done.push(HopDone {
                 id: done.id,
@@ -243,8 +263,58 @@ impl Station for QueueStation {
             servers: self.servers - self.retiring,
             booting: self.booting,
             busy: self.in_service as u64,
-            queued: self.queued_now as u64,
+            queued: (self.queued_now - self.aborted_waiting) as u64,
         })
+    }
+
+    fn abort(&mut self, now: SimTime, id: JobId, out: &mut StationOutput) -> bool {
+        let finished = |w_submitted: SimTime, started: SimTime, llm| HopDone {
+            id,
+            submitted: w_submitted,
+            started,
+            finished: now,
+            busy: now - started,
+            usd: (now - started).as_nanos() as f64 * self.usd_per_server_ns,
+            llm,
+            refused: None,
+        };
+        if let Some(k) = self
+            .waiting
+            .iter()
+            .position(|w| w.is_some_and(|w| w.id == id))
+        {
+            // Still queued: it leaves its place (the key is reused once popped).
+            let Some(w) = self.waiting[k].take() else {
+                return false;
+            };
+            self.aborted_waiting += 1;
+            let llm = self.api_timings.remove(&id);
+            out.done.push(finished(w.submitted, now, llm));
+            self.update_levels(now);
+            return true;
+        }
+        let Some(slot) = self
+            .slots
+            .iter()
+            .position(|s| s.is_some_and(|s| s.id == id && !s.aborted))
+        else {
+            return false;
+        };
+        let Some(s) = self.slots[slot].as_mut() else {
+            return false;
+        };
+        s.aborted = true;
+        let (submitted, started) = (s.submitted, s.started);
+        let llm = self.api_timings.remove(&id);
+        out.done.push(finished(submitted, started, llm));
+        self.in_service -= 1;
+        if self.retiring > 0 {
+            self.retiring -= 1;
+            self.servers -= 1;
+        }
+        self.fill(now, out);
+        self.update_levels(now);
+        true
     }
 
     fn boot_started(&mut self, now: SimTime) {
@@ -311,5 +381,58 @@ impl Station for QueueStation {
                 0.0
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: u64, secs: u64) -> HopJob {
+        HopJob {
+            id: JobId(id),
+            work: Work::Service(SimDuration::from_secs(secs)),
+        }
+    }
+
+    #[test]
+    fn an_aborted_hop_leaves_the_queue_or_frees_its_server() {
+        // One server at $3.6/h: hop 0 (10 s) runs, hops 1 and 2 wait. Aborting 1 at 2 s
+        // takes it off the queue with no service; aborting 0 at 4 s frees the server
+        // for 2 at once, charged 4 s; 0's pending wake-up then does nothing, and the
+        // slot it held is reused only after it.
+        let mut st = QueueStation::new(1, 3.6);
+        let mut out = StationOutput::default();
+        let t = |s: u64| SimTime(s * 1_000_000_000);
+        st.submit(t(0), job(0, 10), &mut out);
+        st.submit(t(0), job(1, 10), &mut out);
+        st.submit(t(0), job(2, 10), &mut out);
+        let wake0 = out.wakeups.pop().expect("hop 0 started");
+        assert_eq!(st.load_now().map(|l| (l.busy, l.queued)), Some((1, 2)));
+        assert!(st.abort(t(2), JobId(1), &mut out));
+        let d1 = out.done.pop().expect("reported");
+        assert_eq!(
+            (d1.id, d1.started, d1.finished, d1.busy),
+            (JobId(1), t(2), t(2), SimDuration::ZERO)
+        );
+        assert_eq!(st.load_now().map(|l| l.queued), Some(1));
+        assert!(st.abort(t(4), JobId(0), &mut out));
+        let d0 = out.done.pop().expect("reported");
+        assert_eq!((d0.id, d0.busy), (JobId(0), SimDuration::from_secs(4)));
+        assert!((d0.usd - 0.004).abs() < 1e-12);
+        // Hop 2 started at 4 s (the aborted key was popped and skipped).
+        let wake2 = out.wakeups.pop().expect("hop 2 started");
+        assert_eq!(wake2.0, t(14));
+        assert_ne!(wake2.1, wake0.1, "the aborted hop's slot is not reused yet");
+        assert!(!st.abort(t(5), JobId(0), &mut out), "reported once");
+        st.wake(wake0.0, wake0.1, &mut out);
+        assert!(out.done.is_empty());
+        st.wake(wake2.0, wake2.1, &mut out);
+        let d2 = out.done.pop().expect("finished");
+        assert_eq!((d2.id, d2.started, d2.finished), (JobId(2), t(4), t(14)));
+        let rep = st.report(t(14));
+        assert!((rep.busy_server_s - 14.0).abs() < 1e-9);
+        // Queued: hop 1 from 0 to 2 s, hop 2 from 0 to 4 s.
+        assert!((rep.queued_s - (2.0 + 4.0)).abs() < 1e-9, "{rep:?}");
     }
 }

@@ -189,6 +189,21 @@ fn yes() -> bool {
     true
 }
 
+/// `on_timeout` of a pool: what happens to a call whose caller's `timeout` passed.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnTimeout {
+    /// The call runs to its end and is charged, as waste (a client timeout does not
+    /// stop the server).
+    #[default]
+    Continue,
+    /// The pool stops the call (vLLM aborts a request whose client disconnected): it
+    /// leaves the queue or frees its server (a GPU replica: after the iteration in
+    /// progress), charged what it used; a paid API bills the output tokens streamed
+    /// so far.
+    Abort,
+}
+
 /// `on_preempt` of a spot pool.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -588,6 +603,9 @@ pub struct PoolSpec {
     /// Share of admitted calls that fail after their service (an error answer).
     #[serde(default)]
     pub error_rate: Option<f64>,
+    /// What the pool does with a call whose caller timed out (default: it runs on).
+    #[serde(default)]
+    pub on_timeout: OnTimeout,
     /// Backoff before retrying a call that failed with an error or timed out.
     #[serde(default)]
     pub error_backoff: Option<BackoffSpec>,
@@ -898,6 +916,7 @@ pub struct Pool {
     pub breaker: Option<Breaker>,
     /// Share of admitted calls that fail after their service.
     pub error_rate: f64,
+    pub on_timeout: OnTimeout,
     pub error_backoff: BackoffSpec,
     /// 429 storms: (start, end, fraction).
     pub storms: Vec<(SimTime, SimTime, f64)>,
@@ -1710,6 +1729,7 @@ impl ScenarioSpec {
                 gpu,
                 breaker,
                 error_rate,
+                on_timeout: p.on_timeout,
                 error_backoff,
                 storms,
                 spot,

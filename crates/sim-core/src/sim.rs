@@ -29,7 +29,8 @@ use crate::policy::{
 use crate::queue_station::QueueStation;
 use crate::rng::{SimRng, StreamFactory, WorkflowRng, workflow_stream};
 use crate::scenario::{
-    AdmissionAction, Arrival, OnPreempt, RateLimit, RecordedRequest, Scenario, WorkflowClass,
+    AdmissionAction, Arrival, OnPreempt, OnTimeout, RateLimit, RecordedRequest, Scenario,
+    WorkflowClass,
 };
 use crate::station::{ApiCall, HopDone, HopJob, JobId, Refused, Station, StationOutput, Work};
 use crate::time::{SimDuration, SimTime};
@@ -3147,11 +3148,25 @@ impl<'a, 'o> Sim<'a, 'o> {
         if let HopKind::Model | HopKind::Escalation = hop.kind
             && sc.pools[hop.station as usize].api.is_some()
         {
-            let split = sc.pools[hop.station as usize].api_usd_split(
-                hop.input_tokens,
-                spec.shared_prefix_tokens as u64,
-                hop.output_tokens,
-            );
+            let pool = &sc.pools[hop.station as usize];
+            // An aborted call pays the output tokens streamed before it was stopped.
+            let output = match (
+                hop.timed_out && pool.on_timeout == OnTimeout::Abort,
+                done.llm,
+            ) {
+                (true, Some(l)) => {
+                    let ran = done.finished - done.started;
+                    if ran < l.ttft {
+                        0
+                    } else {
+                        let after = (ran.as_nanos() - l.ttft.as_nanos()) / l.tpot.as_nanos().max(1);
+                        (1 + after).min(hop.output_tokens)
+                    }
+                }
+                _ => hop.output_tokens,
+            };
+            let split =
+                pool.api_usd_split(hop.input_tokens, spec.shared_prefix_tokens as u64, output);
             let api_usd = split.total();
             usd += api_usd;
             extra_usd = api_usd;
@@ -3582,6 +3597,21 @@ impl<'a, 'o> Sim<'a, 'o> {
                         self.breaker_failure(station);
                     }
                     self.retry_timed_out(slot, h);
+                    // The retry is scheduled first: the aborted call's report may end
+                    // the workflow's last outstanding work.
+                    if self
+                        .sc
+                        .pools
+                        .get(station)
+                        .is_some_and(|p| p.on_timeout == OnTimeout::Abort)
+                        && self.stations[station].abort(self.now, JobId(hop as u64), &mut self.out)
+                    {
+                        if self.now >= self.warmup {
+                            self.pool_stats[station].aborted += 1;
+                        }
+                        self.flush_wakeups(station);
+                        self.process_done();
+                    }
                 }
             }
             Timer::HumanDone {

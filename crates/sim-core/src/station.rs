@@ -275,6 +275,14 @@ pub trait Station {
     fn preempt(&mut self, _now: SimTime, _k: u32, _out: &mut StationOutput) -> bool {
         false
     }
+    /// The caller of job `id` gave up (its timeout, under `on_timeout = "abort"`): stop
+    /// it. It is reported in `out.done` as finished with what it used so far: at once
+    /// when it was waiting or its server can stop now, or (a GPU replica) at the end of
+    /// the iteration in progress, as vLLM aborts between steps. Never reported again.
+    /// False if the station does not hold it.
+    fn abort(&mut self, _now: SimTime, _id: JobId, _out: &mut StationOutput) -> bool {
+        false
+    }
     /// The `k`-th spot server up gets a preemption notice at `now`: it takes nothing
     /// new and serves what it has until [`Station::spot_lost`]. Returns its id for
     /// that call, `None` if there is no such server.

@@ -1108,3 +1108,96 @@ escalate = { probability = 0.5, pool = "big" }
             .any(|v| v[1].submitted > v[0].finished)
     );
 }
+
+#[test]
+fn on_timeout_abort_stops_the_call_and_charges_what_it_used() {
+    // One server, 3 s hops, a 2 s client timeout, one attempt: no hop can finish in
+    // time. Under `continue` each timed-out hop still runs its 3 s (and the queue
+    // grows without bound); under `abort` the pool stops it when its caller gives up:
+    // every hop in the log ends exactly 2 s after its submission, is charged only the
+    // service it got, and the pool's busy time is their sum.
+    let text = r#"
+[simulation]
+horizon = "10m"
+drain = true
+[pools.p]
+servers = 1
+usd_per_server_hour = 3.6
+service = { dist = "constant", value = "3s" }
+max_attempts = 1
+on_timeout = "abort"
+[classes.c]
+arrival = { process = "poisson", rate = 1.0 }
+[[classes.c.nodes]]
+id = "a"
+pool = "p"
+timeout = "2s"
+"#;
+    let (r, log) = run_logged(text);
+    let c = r.class("c").expect("class");
+    assert_eq!((c.completed, c.failed), (0, c.arrived));
+    assert_eq!(c.failed_by_cause.get("timeout at a"), Some(&c.arrived));
+    assert_eq!(log.len() as u64, c.arrived);
+    let mut busy_ns = 0u64;
+    for h in &log {
+        assert_eq!(h.finished.0 - h.submitted.0, 2_000_000_000, "{h:?}");
+        let ran = h.finished.0 - h.started.0;
+        busy_ns += ran;
+        // $3.6 an hour = $0.001 a second of service.
+        assert!((h.usd - ran as f64 * 1e-12).abs() < 1e-12, "{h:?}");
+    }
+    let p = pool(&r, "p");
+    assert_eq!(p.aborted, c.arrived);
+    let rep = &r.pool_reports[0];
+    assert!(
+        (rep.busy_server_s - busy_ns as f64 / 1e9).abs() < 1e-6,
+        "{rep:?}"
+    );
+    // Under FIFO with one timeout every hop gets some service: the hop ahead of it is
+    // stopped at its own (earlier) deadline.
+    assert!(log.iter().all(|h| h.started < h.finished));
+    // Waste is exactly the service the aborted hops got.
+    assert!((c.usd_waste_failed + c.usd_waste_leftover - busy_ns as f64 * 1e-12).abs() < 1e-9);
+
+    // The same under `continue`: every hop runs its full 3 s.
+    let (r2, log2) = run_logged(&text.replace("on_timeout = \"abort\"", ""));
+    assert!(
+        log2.iter()
+            .all(|h| h.finished.0 - h.started.0 == 3_000_000_000)
+    );
+    assert_eq!(pool(&r2, "p").aborted, 0);
+
+    // A paid API bills the output streamed before the abort: TTFT 1 s, 100 ms a token,
+    // 100 tokens (10.9 s), timeout 5 s: 1 + floor((5 - 1) / 0.1) = 41 tokens of output.
+    let api = r#"
+[simulation]
+horizon = "10m"
+drain = true
+[pools.api]
+api = { ttft = { dist = "constant", value = "1s" }, tpot = { dist = "constant", value = "100ms" }, usd_per_1k_input = 1.0, usd_per_1k_output = 10.0 }
+max_attempts = 1
+on_timeout = "abort"
+[classes.c]
+arrival = { process = "poisson", rate = 0.2 }
+[[classes.c.nodes]]
+id = "a"
+pool = "api"
+timeout = "5s"
+input_tokens = { dist = "constant", value = 1000 }
+output_tokens = { dist = "constant", value = 100 }
+"#;
+    let (r, log) = run_logged(api);
+    let c = r.class("c").expect("class");
+    assert_eq!(c.failed, c.arrived);
+    let per_call = 1.0 + 41.0 * 0.01;
+    assert!((pool(&r, "api").usd_api - c.arrived as f64 * per_call).abs() < 1e-6);
+    assert!(
+        log.iter()
+            .all(|h| h.finished.0 - h.started.0 == 5_000_000_000)
+    );
+    let (r2, _) = run_logged(&api.replace("on_timeout = \"abort\"", ""));
+    let full = 1.0 + 100.0 * 0.01;
+    assert!(
+        (pool(&r2, "api").usd_api - r2.class("c").expect("c").arrived as f64 * full).abs() < 1e-6
+    );
+}

@@ -870,6 +870,34 @@ impl Station for GpuPoolStation {
         self.lose_replica(now, i, out)
     }
 
+    fn abort(&mut self, now: SimTime, id: JobId, out: &mut StationOutput) -> bool {
+        if let Some(k) = self.parked.iter().position(|p| p.0 == id) {
+            // Waiting for a replica (all lost): it leaves the pool's queue.
+            let submitted = self.parked.remove(k).map_or(now, |p| p.1);
+            let (busy, usd) = self
+                .kept
+                .remove(&id)
+                .map_or((SimDuration::ZERO, 0.0), |k| (k.lost_busy, k.lost_usd));
+            out.done.push(HopDone {
+                id,
+                submitted,
+                started: now,
+                finished: now,
+                busy,
+                usd,
+                llm: None,
+                refused: None,
+            });
+            return true;
+        }
+        let found = self.replicas.iter_mut().any(|r| r.abort(now, id));
+        if found {
+            self.retire_drained(now);
+            self.drain(out);
+        }
+        found
+    }
+
     fn spot_notice(&mut self, now: SimTime, k: u32) -> Option<u32> {
         let i = self.spot_victim(k)?;
         self.counts.spot_preemptions += 1;
@@ -1063,6 +1091,7 @@ pub(crate) mod tests {
         Wake(u64),
         Measure,
         Report,
+        Abort(usize),
     }
 
     #[derive(Debug, PartialEq)]
@@ -1125,6 +1154,19 @@ pub(crate) mod tests {
         report_at: &[u64],
         tie_seed: u64,
     ) -> RunOut {
+        drive_aborting(st, arrivals, metas, measure_at, report_at, tie_seed, &[])
+    }
+
+    /// [`drive_meta`], with request `i` aborted at `t` for every `(t, i)` of `aborts`.
+    pub(crate) fn drive_aborting(
+        st: &mut GpuPoolStation,
+        arrivals: &[(u64, LlmRequest)],
+        metas: &[JobMeta],
+        measure_at: u64,
+        report_at: &[u64],
+        tie_seed: u64,
+        aborts: &[(u64, usize)],
+    ) -> RunOut {
         let mut heap = BinaryHeap::new();
         let mut rng = tie_seed;
         let mut key = move || {
@@ -1142,6 +1184,9 @@ pub(crate) mod tests {
             heap.push(Reverse((*at, fixed_key(), Ev::Submit(i))));
         }
         heap.push(Reverse((measure_at, fixed_key(), Ev::Measure)));
+        for &(t, i) in aborts {
+            heap.push(Reverse((t, fixed_key(), Ev::Abort(i))));
+        }
         for &t in report_at {
             heap.push(Reverse((t, fixed_key(), Ev::Report)));
         }
@@ -1174,6 +1219,9 @@ pub(crate) mod tests {
                     st.wake(now, token, &mut out)
                 }
                 Ev::Measure => st.begin_measurement(now),
+                Ev::Abort(i) => {
+                    st.abort(now, JobId(i as u64), &mut out);
+                }
                 Ev::Report => {
                     reports.push((st.report(now), st.gpu_report(now).unwrap_or_default()))
                 }
@@ -1550,6 +1598,47 @@ pub(crate) mod tests {
             }
         }
 
+        /// Aborts (callers that time out under `on_timeout = "abort"`) keep decode
+        /// skipping exact: random requests are aborted at random times, waiting or
+        /// running, under load; both runs agree bit for bit, every request is reported
+        /// exactly once (finished, refused or aborted), the KV accounting holds after
+        /// every event, and an aborted request is reported no later than the end of the
+        /// iteration in progress.
+        #[test]
+        fn decode_skipping_is_exact_with_aborts(
+            kv in 6u32..60,
+            seqs in 2u32..16,
+            chunked in any::<bool>(),
+            replicas in 1u32..3,
+            arrivals in prop::collection::vec((0u64..40, arb_request()), 10..60),
+            aborts in prop::collection::vec((0u64..60_000, any::<prop::sample::Index>()), 0..20),
+            seeds in (any::<u64>(), any::<u64>()),
+            (disc, meta_seed, preempt) in (0u8..4, any::<u64>(), any::<bool>()),
+        ) {
+            let arrivals: Vec<(u64, LlmRequest)> =
+                arrivals.into_iter().map(|(t, r)| (t * 1000, r)).collect();
+            let aborts: Vec<(u64, usize)> =
+                aborts.into_iter().map(|(t, i)| (t, i.index(arrivals.len()))).collect();
+            let cfg = ReplicaConfig {
+                max_num_seqs: seqs,
+                max_batched_tokens: seqs.max(if chunked { 48 } else { FITS }),
+                block_size: 4,
+                kv_capacity_blocks: blocks_for(kv, 4),
+                watermark: 0.05,
+                chunked_prefill: chunked,
+                ..ReplicaConfig::defaults(kv)
+            };
+            let reports = [20_000, 70_000];
+            let (d, metas) = ranked_setup(disc, meta_seed, &arrivals);
+            let skip = drive_aborting(&mut ordered(station(replicas, cfg.clone(), false), d, preempt), &arrivals, &metas, 0, &reports, seeds.0, &aborts);
+            let plain_cfg = ReplicaConfig { decode_skipping: false, ..cfg.clone() };
+            let plain = drive_aborting(&mut ordered(station(replicas, plain_cfg, false), d, preempt), &arrivals, &metas, 0, &reports, seeds.1, &aborts);
+            prop_assert_eq!(skip.done.len(), arrivals.len(), "each request reported once");
+            prop_assert_eq!(&skip.done, &plain.done);
+            prop_assert_eq!(&skip.reports, &plain.reports);
+            prop_assert_eq!(&skip.gaps, &plain.gaps);
+        }
+
         /// Small caches under load: the KV accounting stays consistent and within
         /// capacity after every event (checked inside `drive`), and every request
         /// finishes, with random ranks and priority preemption on or off.
@@ -1870,6 +1959,76 @@ pub(crate) mod tests {
                 .map(|h| h.id.0)
                 .collect();
             assert_eq!(alone, vec![first], "{d:?}");
+        }
+    }
+
+    #[test]
+    fn an_aborted_request_leaves_at_once_when_waiting_and_after_the_iteration_when_running() {
+        // One sequence at a time: request 0 (100 in, 400 out) runs, request 1 waits.
+        // Aborting 1 reports it at once, unserved and free; aborting 0 in the middle of
+        // its decode reports it at the end of the iteration in progress (never later),
+        // charged the iterations it was in, with its KV blocks freed; request 2 then runs alone
+        // and takes exactly its solo time.
+        let cfg = ReplicaConfig {
+            max_num_seqs: 1,
+            ..ReplicaConfig::new(1000).unwrap()
+        };
+        for skipping in [true, false] {
+            let cfg = ReplicaConfig {
+                decode_skipping: skipping,
+                ..cfg.clone()
+            };
+            let mut st = station(1, cfg.clone(), false);
+            let mut out = StationOutput::default();
+            submit(&mut st, SimTime(0), 0, llm(100, 400), &mut out);
+            submit(&mut st, SimTime(0), 1, llm(10, 5), &mut out);
+            assert!(st.abort(SimTime(0), JobId(1), &mut out));
+            assert_eq!(out.done.len(), 1);
+            let d1 = out.done.remove(0);
+            assert_eq!(
+                (d1.id, d1.finished, d1.busy),
+                (JobId(1), SimTime(0), SimDuration::ZERO)
+            );
+            assert!(!st.abort(SimTime(0), JobId(1), &mut out), "reported once");
+            // Run to 100 us (well into request 0's 400-token decode, about 2 us a token).
+            let cut = SimTime(100_000);
+            let mut heap: Vec<(SimTime, u64)> = out.wakeups.drain(..).collect();
+            while let Some(i) = (0..heap.len()).min_by_key(|&i| heap[i]) {
+                if heap[i].0 > cut {
+                    break;
+                }
+                let (t, token) = heap.swap_remove(i);
+                st.wake(t, token, &mut out);
+                heap.append(&mut out.wakeups);
+            }
+            assert!(out.done.is_empty());
+            assert!(st.abort(cut, JobId(0), &mut out));
+            assert!(
+                out.done.is_empty(),
+                "running: it finishes the iteration first"
+            );
+            submit(&mut st, cut, 2, llm(100, 40), &mut out);
+            heap.append(&mut out.wakeups);
+            let mut done = Vec::new();
+            out.wakeups.append(&mut heap);
+            run_out(&mut st, &mut out, &mut done);
+            done.sort_by_key(|d| d.id);
+            let (d0, d2) = (done[0], done[1]);
+            assert_eq!(done.len(), 2);
+            assert!(d0.finished > cut && d0.finished < cut + SimDuration(10_000));
+            // Alone on the replica: charged every iteration it was in, to its abort.
+            assert_eq!(d0.busy, d0.finished - d0.started);
+            assert!((d0.usd - d0.busy.as_nanos() as f64 * 3.6 / 3.6e12).abs() < 1e-15);
+            assert!(st.replicas()[0].check_invariants().is_ok());
+            assert_eq!(st.replicas()[0].kv_used_blocks(), 0);
+            // Request 2 started when 0 left and ran alone.
+            let mut solo = station(1, cfg.clone(), false);
+            let mut o = StationOutput::default();
+            submit(&mut solo, SimTime(0), 0, llm(100, 40), &mut o);
+            let mut d = Vec::new();
+            run_out(&mut solo, &mut o, &mut d);
+            assert_eq!(d2.started, d0.finished);
+            assert_eq!(d2.finished - d2.started, d[0].finished - d[0].started);
         }
     }
 

@@ -334,6 +334,8 @@ struct Seq {
     share: u128,
     /// The part of `share` charged for prefill chunks (prompt and recomputation).
     prefill_share: u128,
+    /// Its caller gave up: it leaves the batch at the end of the iteration in progress.
+    aborted: bool,
 }
 
 impl Seq {
@@ -835,6 +837,7 @@ impl Replica {
             fair,
             share: 0,
             prefill_share: 0,
+            aborted: false,
         };
         self.outstanding += seq.remaining();
         let new_head = if self.ranked {
@@ -852,6 +855,96 @@ impl Replica {
         } else if new_head {
             self.cut_stretch_for_new_head();
         }
+    }
+
+    /// Request `id`'s caller gave up at `now`. Waiting, it leaves the queue and is
+    /// reported at once (charged what it used before a preemption, if any); running,
+    /// it finishes the iteration in progress (a planned decode stretch is cut there)
+    /// and is then reported, its KV blocks freed (prefix blocks stay cached), as vLLM
+    /// aborts a request between steps. False if the replica does not hold it.
+    pub fn abort(&mut self, now: SimTime, id: JobId) -> bool {
+        self.advance(now);
+        if let Some(k) = self.waiting.iter().position(|s| s.id == id) {
+            let Some(s) = self.waiting.remove(k) else {
+                return false;
+            };
+            self.outstanding -= s.remaining();
+            if let Some(f) = s.fair
+                && s.preemptions == 0
+            {
+                self.fair_left_unadmitted(&s, f);
+            }
+            self.pending_done.push(s.hop_done(now, self.usd_per_ns));
+            self.set_levels(now);
+            if k == 0 && self.busy.is_some() && !self.waiting.is_empty() {
+                // A new head: it may fit at the next boundary.
+                self.cut_stretch_for_new_head();
+            }
+            return true;
+        }
+        let Some(s) = self.running.iter_mut().find(|s| s.id == id && !s.aborted) else {
+            return false;
+        };
+        s.aborted = true;
+        match self.busy.as_mut() {
+            Some(b) => {
+                // Stop after the iteration in progress.
+                let keep = if b.general_pending {
+                    0
+                } else {
+                    b.ext.ended + 1
+                };
+                if keep < b.ext.ends.len() {
+                    b.ext.ends.truncate(keep);
+                    b.ext.durs.truncate(keep);
+                    b.ext.allocs.truncate(keep);
+                    b.ext.cut = true;
+                    self.generation += 1;
+                    b.generation = self.generation;
+                    self.pending_wake = Some((b.final_end(), b.generation));
+                }
+            }
+            None => {
+                // Idle with a running sequence cannot happen (every plan runs one);
+                // leave at once.
+                self.retire_finished(now);
+                self.set_levels(now);
+            }
+        }
+        true
+    }
+
+    /// Fair queue: `s`, waiting and never admitted, left. Its lane has one fresh
+    /// request fewer; if `s` held the lane's tag, its next request takes it.
+    fn fair_left_unadmitted(&mut self, s: &Seq, f: FairSeq) {
+        let Some(q) = self.fair.as_mut() else { return };
+        let Some(l) = q.lanes.get_mut(&f.lane) else {
+            return;
+        };
+        l.fresh = l.fresh.saturating_sub(1);
+        if s.rank == UNTAGGED || l.fresh == 0 {
+            return;
+        }
+        let tag = s.rank;
+        let first_untagged = self.waiting.partition_point(|w| w.rank < UNTAGGED);
+        let Some(k) = (first_untagged..self.waiting.len())
+            .find(|&k| self.waiting[k].fair.is_some_and(|w| w.lane == f.lane))
+        else {
+            return;
+        };
+        let Some(mut next) = self.waiting.remove(k) else {
+            return;
+        };
+        next.rank = tag;
+        let arrival = next.fair.map_or(0, |w| w.arrival);
+        let mut pos = self.waiting.partition_point(|w| w.rank < tag);
+        while pos < self.waiting.len()
+            && self.waiting[pos].rank == tag
+            && self.waiting[pos].fair.is_some_and(|w| w.arrival < arrival)
+        {
+            pos += 1;
+        }
+        self.waiting.insert(pos, next);
     }
 
     /// The replica is lost at `now` (a spot preemption): every request on it is taken
@@ -1507,15 +1600,20 @@ impl Replica {
         let done = &mut self.pending_done;
         let kv_tokens = &mut self.kv_tokens;
         let stats = &mut self.stats;
+        let outstanding = &mut self.outstanding;
         self.running.retain_mut(|s| {
-            if s.generated < s.output {
+            if s.generated < s.output && !s.aborted {
                 return true;
             }
             for &b in s.blocks.iter().rev() {
                 kv.release(b);
             }
             *kv_tokens -= s.computed as u64;
-            stats.finished += 1;
+            if s.aborted && s.generated < s.output {
+                *outstanding -= s.remaining();
+            } else {
+                stats.finished += 1;
+            }
             done.push(s.hop_done(end, usd_per_ns));
             false
         });
