@@ -1509,9 +1509,30 @@ impl<'a, 'o> Sim<'a, 'o> {
                     input = req.input_tokens as u64;
                     output = req.output_tokens as u64;
                 }
-                self.route_model_hop(slot, node, branch, epoch, context, input, output, 0, None);
+                let ci = wf.class as usize;
+                match self.always_admitted_pool(ci, spec) {
+                    Some(p) => self
+                        .submit_model_hop(slot, node, branch, epoch, context, input, output, 0, p),
+                    None => self.route_model_hop(
+                        slot, node, branch, epoch, context, input, output, 0, None,
+                    ),
+                }
             }
         }
+    }
+
+    /// The pool of a pinned hop that nothing can refuse or redirect (no tier, a pool
+    /// that always admits, a class without lane or tenant gates): it skips the router
+    /// and the gates (the common case of abstract queueing models; same result, fewer
+    /// steps).
+    #[inline]
+    fn always_admitted_pool(&self, ci: usize, spec: &crate::workflow::Node) -> Option<usize> {
+        if spec.tier.is_some() {
+            return None;
+        }
+        // A node naming neither pool nor tier runs on pool 0.
+        let p = spec.pool.unwrap_or(0);
+        (self.pool_always_admits[p] && self.class_gate_free[ci]).then_some(p)
     }
 
     /// Whether pool `p`'s breaker lets a call through now.
@@ -1565,6 +1586,10 @@ impl<'a, 'o> Sim<'a, 'o> {
 
     /// A call to pool `p` succeeded.
     fn breaker_success(&mut self, p: usize) {
+        // Without a breaker nothing is counted (`breaker_failure` returns at once too).
+        if self.sc.pools[p].breaker.is_none() {
+            return;
+        }
         let now = self.now;
         let b = &mut self.breakers[p];
         b.failures = 0;
@@ -2104,16 +2129,11 @@ impl<'a, 'o> Sim<'a, 'o> {
         let graph = graph_of(class, record, &self.stream_rows);
         let spec = &graph.nodes[node];
         const POOL_ZERO: usize = 0;
-        if spec.tier.is_none() {
-            // A pinned hop that nothing can refuse or redirect skips the router and the
-            // gates (the common case of abstract queueing models; same result, fewer steps).
-            let p = spec.pool.unwrap_or(POOL_ZERO);
-            if self.pool_always_admits[p] && self.class_gate_free[ci] {
-                self.submit_model_hop(
-                    slot, node, branch, epoch, context, input, output, attempt, p,
-                );
-                return;
-            }
+        if let Some(p) = self.always_admitted_pool(ci, spec) {
+            self.submit_model_hop(
+                slot, node, branch, epoch, context, input, output, attempt, p,
+            );
+            return;
         }
         let chain: &[usize] = match (spec.tier, spec.pool.as_ref()) {
             // Routing rules may route the hop on another tier or restrict its pools.
@@ -3549,15 +3569,21 @@ impl<'a, 'o> Sim<'a, 'o> {
     }
 
     /// A node (or one branch's step) finished with `context` tokens of output context.
+    #[inline]
     fn node_finished(&mut self, slot: u32, node: usize, branch: u32, context: u64) {
+        if branch == NO_BRANCH {
+            self.complete_node(slot, node, context);
+        } else {
+            self.branch_step_finished(slot, node, branch, context);
+        }
+    }
+
+    /// A step of fan-out branch `branch` finished: walk the branch's chain, or join at
+    /// its end.
+    fn branch_step_finished(&mut self, slot: u32, node: usize, branch: u32, context: u64) {
         let sc = self.sc;
         let wf = &mut self.workflows[slot as usize];
         let g = graph_of(&sc.classes[wf.class as usize], wf.record, &self.stream_rows);
-        if branch == NO_BRANCH {
-            self.complete_node(slot, node, context);
-            return;
-        }
-        // A branch step: walk the chain, or join at its end.
         let head = g.nodes[node].in_branch_of.unwrap_or(node);
         let Some(f) = g.nodes[head].fan_out.as_ref() else {
             self.complete_node(slot, node, context);
