@@ -523,7 +523,8 @@ struct Sim<'a, 'o> {
     /// Per spot pool, the stream its preemption times and victims are drawn from.
     spot_rng: Vec<Option<SimRng>>,
     /// Model tokens (input + output) of hops admitted and not finished, per lane and
-    /// tenant (`Scenario::tenants`).
+    /// tenant (`Scenario::tenants`). Kept for classes with a gate only: a gate-free
+    /// class's lane and tenant have no gate that reads them.
     lane_tokens: Vec<u64>,
     /// Model hops in flight per lane (for its `max_in_flight` cap).
     lane_hops: Vec<u32>,
@@ -2877,11 +2878,16 @@ impl<'a, 'o> Sim<'a, 'o> {
         if matches!(hop.kind, HopKind::Model | HopKind::Escalation) {
             let k = hop.input_tokens + hop.output_tokens;
             wf.tokens += k;
-            let class = &self.sc.classes[wf.class as usize];
-            self.lane_tokens[class.lane_index] += k;
-            self.lane_hops[class.lane_index] += 1;
-            if let Some(t) = class.tenant_index {
-                self.tenant_tokens[t] += k;
+            let ci = wf.class as usize;
+            let class = &self.sc.classes[ci];
+            // Nothing reads the in-flight counters of a lane and tenant without gates
+            // (every class on them is gate free too): not kept for a gate-free class.
+            if !self.class_gate_free[ci] {
+                self.lane_tokens[class.lane_index] += k;
+                self.lane_hops[class.lane_index] += 1;
+                if let Some(t) = class.tenant_index {
+                    self.tenant_tokens[t] += k;
+                }
             }
         }
         let station = hop.station as usize;
@@ -3383,6 +3389,10 @@ impl<'a, 'o> Sim<'a, 'o> {
         else {
             return;
         };
+        if self.class_gate_free[ci] {
+            // Not counted in at submission (`submit_hop`).
+            return;
+        }
         let class = &self.sc.classes[ci];
         let li = class.lane_index;
         let lane = &mut self.lane_tokens[li];
