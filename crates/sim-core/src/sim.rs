@@ -1855,9 +1855,7 @@ impl<'a, 'o> Sim<'a, 'o> {
             ],
         );
         let work = self.hop_work(
-            ci,
-            wf.record,
-            hop.node as usize,
+            spec,
             pool,
             hop.input_tokens,
             hop.output_tokens,
@@ -2670,10 +2668,11 @@ impl<'a, 'o> Sim<'a, 'o> {
         let sc = self.sc;
         let wf = &self.workflows[slot as usize];
         let ci = wf.class as usize;
-        let record = wf.record;
         let class = &sc.classes[ci];
+        let graph = graph_of(class, wf.record, &self.stream_rows);
+        let spec = &graph.nodes[node];
         let recorded = match node {
-            0 => flat_record(class, wf.record, &self.stream_rows).cloned(),
+            0 => flat_record(class, wf.record, &self.stream_rows),
             _ => None,
         };
         let mut trng = timing_stream(
@@ -2681,19 +2680,10 @@ impl<'a, 'o> Sim<'a, 'o> {
             wf.number,
             [node as u64, branch as u64, epoch as u64, attempt as u64, 0],
         );
-        let work = self.hop_work(
-            ci,
-            record,
-            node,
-            p,
-            input,
-            output,
-            recorded.as_ref(),
-            &mut trng,
-        );
+        let work = self.hop_work(spec, p, input, output, recorded, &mut trng);
         // A hop released from a door: its caller has been waiting since it was held.
         let since = self.held_since.take();
-        let timeout = graph_of(class, record, &self.stream_rows).nodes[node]
+        let timeout = spec
             .timeout
             .map(|t| since.map_or(t, |s| (s + t) - self.now));
         self.submit_hop(
@@ -2722,22 +2712,16 @@ impl<'a, 'o> Sim<'a, 'o> {
     /// What a model hop of `input`/`output` tokens asks of pool `p`: token requests for
     /// GPU replicas, a service time elsewhere (an API: TTFT + (output - 1) x TPOT; an
     /// abstract pool: its service draw plus the token-driven part).
-    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     fn hop_work(
         &self,
-        ci: usize,
-        record: Option<u32>,
-        node: usize,
+        spec: &crate::workflow::Node,
         p: usize,
         input: u64,
         output: u64,
         recorded: Option<&crate::scenario::RecordedRequest>,
         trng: &mut WorkflowRng,
     ) -> Work {
-        let class = &self.sc.classes[ci];
-        let graph = graph_of(class, record, &self.stream_rows);
-        let spec = &graph.nodes[node];
         let pool = &self.sc.pools[p];
         if pool.gpu.is_some() {
             // A recorded request's hashes, else the node's own (a replayed session turn).
