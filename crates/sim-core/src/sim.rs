@@ -2652,7 +2652,7 @@ impl<'a, 'o> Sim<'a, 'o> {
 
     /// Submits an admitted model hop to pool `p`: draws its work and hands it over.
     #[allow(clippy::too_many_arguments)]
-    #[inline]
+    #[inline(always)]
     fn submit_model_hop(
         &mut self,
         slot: u32,
@@ -3607,6 +3607,7 @@ impl<'a, 'o> Sim<'a, 'o> {
         }
     }
 
+    #[inline(always)]
     fn complete_node(&mut self, slot: u32, node: usize, context: u64) {
         let sc = self.sc;
         let wf = &mut self.workflows[slot as usize];
@@ -3762,7 +3763,7 @@ impl<'a, 'o> Sim<'a, 'o> {
     }
 
     /// Frees a workflow whose outcome is decided once nothing of it is running.
-    #[inline]
+    #[inline(always)]
     fn maybe_release(&mut self, slot: u32) {
         let wf = &mut self.workflows[slot as usize];
         if wf.active && wf.outcome.is_some() && wf.outstanding == 0 {
