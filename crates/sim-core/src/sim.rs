@@ -2857,16 +2857,20 @@ impl<'a, 'o> Sim<'a, 'o> {
                 hop.station as usize,
             );
         }
+        // The workflow, its class and lane looked up once (the class borrows the
+        // scenario, not `self`).
+        let sc = self.sc;
         let wf = &mut self.workflows[slot as usize];
+        let ci = wf.class as usize;
+        let class = &sc.classes[ci];
+        let arrived = wf.arrived;
         hop.seq = self.next_hop_seq;
         hop.wf_id = wf.id;
         self.next_hop_seq += 1;
         wf.outstanding += 1;
+        let k = hop.input_tokens + hop.output_tokens;
         if matches!(hop.kind, HopKind::Model | HopKind::Escalation) {
-            let k = hop.input_tokens + hop.output_tokens;
             wf.tokens += k;
-            let ci = wf.class as usize;
-            let class = &self.sc.classes[ci];
             // Nothing reads the in-flight counters of a lane and tenant without gates
             // (every class on them is gate free too): not kept for a gate-free class.
             if !self.class_gate_free[ci] {
@@ -2878,10 +2882,11 @@ impl<'a, 'o> Sim<'a, 'o> {
             }
         }
         let station = hop.station as usize;
-        if station < self.sc.pools.len() {
-            self.pool_tokens[station] += hop.input_tokens + hop.output_tokens;
+        // Pools only (tools come after them).
+        if let Some(in_flight) = self.pool_tokens.get_mut(station) {
+            *in_flight += k;
             let st = &mut self.pool_stats[station];
-            st.peak_tokens_in_flight = st.peak_tokens_in_flight.max(self.pool_tokens[station]);
+            st.peak_tokens_in_flight = st.peak_tokens_in_flight.max(*in_flight);
         }
         let hop_slot = match self.free_hops.pop() {
             Some(h) => {
@@ -2904,24 +2909,17 @@ impl<'a, 'o> Sim<'a, 'o> {
                 },
             );
         }
-        let meta = {
-            let wf = &self.workflows[slot as usize];
-            let class = &self.sc.classes[wf.class as usize];
-            let lane = &self.sc.lanes[class.lane_index];
-            JobMeta {
-                lane: class.lane_index as u32,
-                priority: lane.priority,
-                weight: lane.weight,
-                deadline: class
-                    .slo
-                    .map(|s| wf.arrived + s)
-                    .unwrap_or(SimTime(u64::MAX)),
-                size_ns: match &work {
-                    Work::Service(d) => d.as_nanos().max(1),
-                    Work::Api(c) => c.service.as_nanos().max(1),
-                    Work::Llm(r) => (r.input_tokens + r.output_tokens).max(1) as u64,
-                },
-            }
+        let lane = &sc.lanes[class.lane_index];
+        let meta = JobMeta {
+            lane: class.lane_index as u32,
+            priority: lane.priority,
+            weight: lane.weight,
+            deadline: class.slo.map(|s| arrived + s).unwrap_or(SimTime(u64::MAX)),
+            size_ns: match &work {
+                Work::Service(d) => d.as_nanos().max(1),
+                Work::Api(c) => c.service.as_nanos().max(1),
+                Work::Llm(r) => (r.input_tokens + r.output_tokens).max(1) as u64,
+            },
         };
         self.stations[station].submit_meta(
             self.now,
