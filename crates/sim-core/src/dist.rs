@@ -149,7 +149,7 @@ impl DistSpec {
 
 impl Sampler {
     /// Draws one value (never negative).
-    #[inline]
+    #[inline(always)]
     pub fn sample<R: Rng + ?Sized>(&self, rng: &mut R) -> f64 {
         match self {
             Sampler::Constant(v) => *v,

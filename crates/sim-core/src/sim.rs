@@ -532,7 +532,8 @@ struct Sim<'a, 'o> {
     /// Per spot pool, the stream its preemption times and victims are drawn from.
     spot_rng: Vec<Option<SimRng>>,
     /// Model tokens (input + output) of hops admitted and not finished, per lane and
-    /// tenant (`Scenario::tenants`).
+    /// tenant (`Scenario::tenants`). Kept for classes with a gate only: a gate-free
+    /// class's lane and tenant have no gate that reads them.
     lane_tokens: Vec<u64>,
     /// Model hops in flight per lane (for its `max_in_flight` cap).
     lane_hops: Vec<u32>,
@@ -1554,11 +1555,30 @@ impl<'a, 'o> Sim<'a, 'o> {
                     input = req.input_tokens as u64;
                     output = req.output_tokens as u64;
                 }
-                self.route_model_hop(
-                    slot, node, branch, epoch, context, input, output, 0, None, None,
-                );
+                let ci = wf.class as usize;
+                match self.always_admitted_pool(ci, spec) {
+                    Some(p) => self
+                        .submit_model_hop(slot, node, branch, epoch, context, input, output, 0, p),
+                    None => self.route_model_hop(
+                        slot, node, branch, epoch, context, input, output, 0, None, None,
+                    ),
+                }
             }
         }
+    }
+
+    /// The pool of a pinned hop that nothing can refuse or redirect (no tier, a pool
+    /// that always admits, a class without lane or tenant gates): it skips the router
+    /// and the gates (the common case of abstract queueing models; same result, fewer
+    /// steps).
+    #[inline]
+    fn always_admitted_pool(&self, ci: usize, spec: &crate::workflow::Node) -> Option<usize> {
+        if spec.tier.is_some() {
+            return None;
+        }
+        // A node naming neither pool nor tier runs on pool 0.
+        let p = spec.pool.unwrap_or(0);
+        (self.pool_always_admits[p] && self.class_gate_free[ci]).then_some(p)
     }
 
     /// Whether pool `p`'s breaker lets a call through now.
@@ -1612,6 +1632,10 @@ impl<'a, 'o> Sim<'a, 'o> {
 
     /// A call to pool `p` succeeded.
     fn breaker_success(&mut self, p: usize) {
+        // Without a breaker nothing is counted (`breaker_failure` returns at once too).
+        if self.sc.pools[p].breaker.is_none() {
+            return;
+        }
         let now = self.now;
         let b = &mut self.breakers[p];
         b.failures = 0;
@@ -1907,9 +1931,7 @@ impl<'a, 'o> Sim<'a, 'o> {
             ],
         );
         let work = self.hop_work(
-            ci,
-            wf.record,
-            hop.node as usize,
+            spec,
             pool,
             hop.input_tokens,
             hop.output_tokens,
@@ -2194,16 +2216,11 @@ impl<'a, 'o> Sim<'a, 'o> {
                 );
                 return;
             }
-        } else if spec.tier.is_none() {
-            // A pinned hop that nothing can refuse or redirect skips the router and the
-            // gates (the common case of abstract queueing models; same result, fewer steps).
-            let p = spec.pool.unwrap_or(POOL_ZERO);
-            if self.pool_always_admits[p] && self.class_gate_free[ci] {
-                self.submit_model_hop(
-                    slot, node, branch, epoch, context, input, output, attempt, p,
-                );
-                return;
-            }
+        } else if let Some(p) = self.always_admitted_pool(ci, spec) {
+            self.submit_model_hop(
+                slot, node, branch, epoch, context, input, output, attempt, p,
+            );
+            return;
         }
         let chain: &[usize] = match (esc_chain, spec.tier, spec.pool.as_ref()) {
             (Some(c), _, _) => c,
@@ -2768,7 +2785,7 @@ impl<'a, 'o> Sim<'a, 'o> {
 
     /// Submits an admitted model hop to pool `p`: draws its work and hands it over.
     #[allow(clippy::too_many_arguments)]
-    #[inline]
+    #[inline(always)]
     fn submit_model_hop(
         &mut self,
         slot: u32,
@@ -2784,10 +2801,11 @@ impl<'a, 'o> Sim<'a, 'o> {
         let sc = self.sc;
         let wf = &self.workflows[slot as usize];
         let ci = wf.class as usize;
-        let record = wf.record;
         let class = &sc.classes[ci];
+        let graph = graph_of(class, wf.record, &self.stream_rows);
+        let spec = &graph.nodes[node];
         let recorded = match node {
-            0 => flat_record(class, wf.record, &self.stream_rows).cloned(),
+            0 => flat_record(class, wf.record, &self.stream_rows),
             _ => None,
         };
         let mut trng = timing_stream(
@@ -2795,19 +2813,10 @@ impl<'a, 'o> Sim<'a, 'o> {
             wf.number,
             [node as u64, branch as u64, epoch as u64, attempt as u64, 0],
         );
-        let work = self.hop_work(
-            ci,
-            record,
-            node,
-            p,
-            input,
-            output,
-            recorded.as_ref(),
-            &mut trng,
-        );
+        let work = self.hop_work(spec, p, input, output, recorded, &mut trng);
         // A hop released from a door: its caller has been waiting since it was held.
         let since = self.held_since.take();
-        let timeout = graph_of(class, record, &self.stream_rows).nodes[node]
+        let timeout = spec
             .timeout
             .map(|t| since.map_or(t, |s| (s + t) - self.now));
         self.submit_hop(
@@ -2836,22 +2845,16 @@ impl<'a, 'o> Sim<'a, 'o> {
     /// What a model hop of `input`/`output` tokens asks of pool `p`: token requests for
     /// GPU replicas, a service time elsewhere (an API: TTFT + (output - 1) x TPOT; an
     /// abstract pool: its service draw plus the token-driven part).
-    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     fn hop_work(
         &self,
-        ci: usize,
-        record: Option<u32>,
-        node: usize,
+        spec: &crate::workflow::Node,
         p: usize,
         input: u64,
         output: u64,
         recorded: Option<&crate::scenario::RecordedRequest>,
         trng: &mut WorkflowRng,
     ) -> Work {
-        let class = &self.sc.classes[ci];
-        let graph = graph_of(class, record, &self.stream_rows);
-        let spec = &graph.nodes[node];
         let pool = &self.sc.pools[p];
         if pool.gpu.is_some() {
             // A recorded request's hashes, else the node's own (a replayed session turn).
@@ -2959,6 +2962,9 @@ impl<'a, 'o> Sim<'a, 'o> {
         );
     }
 
+    /// Hands a hop to its station. Inlined into each caller (a handful): one call less
+    /// per hop, and the callers' values stay in registers.
+    #[inline(always)]
     fn submit_hop(
         &mut self,
         slot: u32,
@@ -2984,26 +2990,36 @@ impl<'a, 'o> Sim<'a, 'o> {
                 hop.station as usize,
             );
         }
+        // The workflow, its class and lane looked up once (the class borrows the
+        // scenario, not `self`).
+        let sc = self.sc;
         let wf = &mut self.workflows[slot as usize];
+        let ci = wf.class as usize;
+        let class = &sc.classes[ci];
+        let arrived = wf.arrived;
         hop.seq = self.next_hop_seq;
         hop.wf_id = wf.id;
         self.next_hop_seq += 1;
         wf.outstanding += 1;
+        let k = hop.input_tokens + hop.output_tokens;
         if matches!(hop.kind, HopKind::Model | HopKind::Escalation) {
-            let k = hop.input_tokens + hop.output_tokens;
             wf.tokens += k;
-            let class = &self.sc.classes[wf.class as usize];
-            self.lane_tokens[class.lane_index] += k;
-            self.lane_hops[class.lane_index] += 1;
-            if let Some(t) = class.tenant_index {
-                self.tenant_tokens[t] += k;
+            // Nothing reads the in-flight counters of a lane and tenant without gates
+            // (every class on them is gate free too): not kept for a gate-free class.
+            if !self.class_gate_free[ci] {
+                self.lane_tokens[class.lane_index] += k;
+                self.lane_hops[class.lane_index] += 1;
+                if let Some(t) = class.tenant_index {
+                    self.tenant_tokens[t] += k;
+                }
             }
         }
         let station = hop.station as usize;
-        if station < self.sc.pools.len() {
-            self.pool_tokens[station] += hop.input_tokens + hop.output_tokens;
+        // Pools only (tools come after them).
+        if let Some(in_flight) = self.pool_tokens.get_mut(station) {
+            *in_flight += k;
             let st = &mut self.pool_stats[station];
-            st.peak_tokens_in_flight = st.peak_tokens_in_flight.max(self.pool_tokens[station]);
+            st.peak_tokens_in_flight = st.peak_tokens_in_flight.max(*in_flight);
         }
         let hop_slot = match self.free_hops.pop() {
             Some(h) => {
@@ -3026,24 +3042,17 @@ impl<'a, 'o> Sim<'a, 'o> {
                 },
             );
         }
-        let meta = {
-            let wf = &self.workflows[slot as usize];
-            let class = &self.sc.classes[wf.class as usize];
-            let lane = &self.sc.lanes[class.lane_index];
-            JobMeta {
-                lane: class.lane_index as u32,
-                priority: lane.priority,
-                weight: lane.weight,
-                deadline: class
-                    .slo
-                    .map(|s| wf.arrived + s)
-                    .unwrap_or(SimTime(u64::MAX)),
-                size_ns: match &work {
-                    Work::Service(d) => d.as_nanos().max(1),
-                    Work::Api(c) => c.service.as_nanos().max(1),
-                    Work::Llm(r) => (r.input_tokens + r.output_tokens).max(1) as u64,
-                },
-            }
+        let lane = &sc.lanes[class.lane_index];
+        let meta = JobMeta {
+            lane: class.lane_index as u32,
+            priority: lane.priority,
+            weight: lane.weight,
+            deadline: class.slo.map(|s| arrived + s).unwrap_or(SimTime(u64::MAX)),
+            size_ns: match &work {
+                Work::Service(d) => d.as_nanos().max(1),
+                Work::Api(c) => c.service.as_nanos().max(1),
+                Work::Llm(r) => (r.input_tokens + r.output_tokens).max(1) as u64,
+            },
         };
         self.stations[station].submit_meta(
             self.now,
@@ -3521,6 +3530,10 @@ impl<'a, 'o> Sim<'a, 'o> {
         else {
             return;
         };
+        if self.class_gate_free[ci] {
+            // Not counted in at submission (`submit_hop`).
+            return;
+        }
         let class = &self.sc.classes[ci];
         let li = class.lane_index;
         let lane = &mut self.lane_tokens[li];
@@ -3726,15 +3739,21 @@ impl<'a, 'o> Sim<'a, 'o> {
     }
 
     /// A node (or one branch's step) finished with `context` tokens of output context.
+    #[inline]
     fn node_finished(&mut self, slot: u32, node: usize, branch: u32, context: u64) {
+        if branch == NO_BRANCH {
+            self.complete_node(slot, node, context);
+        } else {
+            self.branch_step_finished(slot, node, branch, context);
+        }
+    }
+
+    /// A step of fan-out branch `branch` finished: walk the branch's chain, or join at
+    /// its end.
+    fn branch_step_finished(&mut self, slot: u32, node: usize, branch: u32, context: u64) {
         let sc = self.sc;
         let wf = &mut self.workflows[slot as usize];
         let g = graph_of(&sc.classes[wf.class as usize], wf.record, &self.stream_rows);
-        if branch == NO_BRANCH {
-            self.complete_node(slot, node, context);
-            return;
-        }
-        // A branch step: walk the chain, or join at its end.
         let head = g.nodes[node].in_branch_of.unwrap_or(node);
         let Some(f) = g.nodes[head].fan_out.as_ref() else {
             self.complete_node(slot, node, context);
@@ -3761,6 +3780,7 @@ impl<'a, 'o> Sim<'a, 'o> {
         }
     }
 
+    #[inline(always)]
     fn complete_node(&mut self, slot: u32, node: usize, context: u64) {
         let sc = self.sc;
         let wf = &mut self.workflows[slot as usize];
@@ -3916,7 +3936,7 @@ impl<'a, 'o> Sim<'a, 'o> {
     }
 
     /// Frees a workflow whose outcome is decided once nothing of it is running.
-    #[inline]
+    #[inline(always)]
     fn maybe_release(&mut self, slot: u32) {
         let wf = &mut self.workflows[slot as usize];
         if wf.active && wf.outcome.is_some() && wf.outstanding == 0 {
