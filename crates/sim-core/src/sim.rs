@@ -3104,13 +3104,8 @@ impl<'a, 'o> Sim<'a, 'o> {
                 self.breakdown.record_token_gaps(&g);
             }
         }
-        // GPU pools autoscaled on `p99_ttft` see each TTFT when the first token comes.
         if !self.out.first_tokens.is_empty() {
-            for f in self.out.first_tokens.drain(..) {
-                if let Some(Some(hop)) = self.hops.get(f.id.0 as usize) {
-                    self.ttft_window[hop.station as usize].push_back((f.at, f.ttft.as_nanos()));
-                }
-            }
+            self.record_first_tokens();
         }
         while !self.out.done.is_empty() {
             let mut finished = std::mem::take(&mut self.out.done);
@@ -3119,6 +3114,18 @@ impl<'a, 'o> Sim<'a, 'o> {
             }
             if self.out.done.is_empty() {
                 self.out.done = finished;
+            }
+        }
+    }
+
+    /// GPU pools autoscaled on `p99_ttft` see each TTFT when the first token comes.
+    /// Out of line: `process_done` stays small enough to inline into the event loop.
+    #[cold]
+    #[inline(never)]
+    fn record_first_tokens(&mut self) {
+        for f in self.out.first_tokens.drain(..) {
+            if let Some(Some(hop)) = self.hops.get(f.id.0 as usize) {
+                self.ttft_window[hop.station as usize].push_back((f.at, f.ttft.as_nanos()));
             }
         }
     }
@@ -3622,8 +3629,8 @@ impl<'a, 'o> Sim<'a, 'o> {
                         if self.now >= self.warmup {
                             self.pool_stats[station].aborted += 1;
                         }
+                        // Its report is handled with the event's others (`process_done`).
                         self.flush_wakeups(station);
-                        self.process_done();
                     }
                 }
             }
