@@ -230,6 +230,7 @@ impl Station for QueueStation {
             if done.aborted {
                 // Reported when it was aborted; its server was freed then.
                 self.free_slots.push(slot as u32);
+                out.stale_wake = true;
                 return;
             }
             let busy = now - done.started;

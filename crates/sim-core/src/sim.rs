@@ -854,11 +854,16 @@ impl<'a, 'o> Sim<'a, 'o> {
         }
         let mut events: u64 = 0;
         let horizon_ns = self.horizon.as_nanos().max(1) as f64;
+        // Time of the last event that did something (a superseded station wake-up does
+        // not): a drained run ends there.
+        let mut last_live = SimTime::ZERO;
         while let Some((t, ev)) = self.queue.pop() {
             if !sc.drain && t > self.horizon {
                 break;
             }
             self.now = t;
+            let before = last_live;
+            last_live = t;
             events += 1;
             if events & 0xFFFF == 0
                 && let Some(p) = self.opts.progress.as_mut()
@@ -873,6 +878,10 @@ impl<'a, 'o> Sim<'a, 'o> {
                 Event::UserStart { class, user } => self.start_workflow(class as usize, Some(user)),
                 Event::Wake { station, token } => {
                     self.stations[station as usize].wake(t, token, &mut self.out);
+                    if self.out.stale_wake {
+                        self.out.stale_wake = false;
+                        last_live = before;
+                    }
                     self.flush_wakeups(station as usize);
                 }
                 Event::Timer { id } => {
@@ -950,7 +959,7 @@ impl<'a, 'o> Sim<'a, 'o> {
             self.process_done();
         }
         let end = if sc.drain {
-            self.now.max(self.horizon)
+            last_live.max(self.horizon)
         } else {
             self.horizon
         };

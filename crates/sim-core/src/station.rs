@@ -172,6 +172,9 @@ pub struct StationOutput {
     pub gaps: Vec<TokenGaps>,
     /// First tokens as they are produced, on GPU pools that were asked for them.
     pub first_tokens: Vec<FirstToken>,
+    /// The wake-up just handled was superseded (nothing happened): the simulator does
+    /// not count its time as the run's last activity. Reset by the reader.
+    pub stale_wake: bool,
 }
 
 /// A request's first output token: when, and its TTFT from its submission to the pool.
@@ -189,6 +192,7 @@ impl StationOutput {
         self.lost.clear();
         self.gaps.clear();
         self.first_tokens.clear();
+        self.stale_wake = false;
     }
 }
 

@@ -813,6 +813,9 @@ impl Station for GpuPoolStation {
             if matches!(self.life[i], Life::Draining | Life::Noticed) {
                 self.retire_drained(now);
             }
+        } else {
+            // Superseded (a cut stretch, an evicted replica): nothing happens now.
+            out.stale_wake = true;
         }
         self.drain(out);
     }
@@ -1198,6 +1201,7 @@ pub(crate) mod tests {
         let mut gaps = BTreeMap::new();
         while let Some(Reverse((t, _, ev))) = heap.pop() {
             assert!(t >= last, "time went backwards");
+            let before = last;
             last = t;
             let now = SimTime(t);
             out.clear();
@@ -1216,7 +1220,11 @@ pub(crate) mod tests {
                 ),
                 Ev::Wake(token) => {
                     wakes += 1;
-                    st.wake(now, token, &mut out)
+                    st.wake(now, token, &mut out);
+                    // A superseded wake-up is not part of the run (as in the simulator).
+                    if out.stale_wake {
+                        last = before;
+                    }
                 }
                 Ev::Measure => st.begin_measurement(now),
                 Ev::Abort(i) => {
