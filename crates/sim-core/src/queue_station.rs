@@ -151,6 +151,19 @@ impl QueueStation {
         }
     }
 
+    /// A hop left its server: a retiring server leaves, else the next waiting hop
+    /// starts.
+    #[inline]
+    fn server_freed(&mut self, now: SimTime, out: &mut StationOutput) {
+        self.in_service -= 1;
+        if self.retiring > 0 {
+            self.retiring -= 1;
+            self.servers -= 1;
+        }
+        self.fill(now, out);
+        self.update_levels(now);
+    }
+
     #[inline]
     fn update_levels(&mut self, now: SimTime) {
         let busy = self.in_service as u64;
@@ -249,13 +262,7 @@ impl Station for QueueStation {
                 refused: None,
             });
             self.free_slots.push(slot as u32);
-            self.in_service -= 1;
-            if self.retiring > 0 {
-                self.retiring -= 1;
-                self.servers -= 1;
-            }
-            self.fill(now, out);
-            self.update_levels(now);
+            self.server_freed(now, out);
         }
     }
 
@@ -308,13 +315,7 @@ impl Station for QueueStation {
         let (submitted, started) = (s.submitted, s.started);
         let llm = self.api_timings.remove(&id);
         out.done.push(finished(submitted, started, llm));
-        self.in_service -= 1;
-        if self.retiring > 0 {
-            self.retiring -= 1;
-            self.servers -= 1;
-        }
-        self.fill(now, out);
-        self.update_levels(now);
+        self.server_freed(now, out);
         true
     }
 

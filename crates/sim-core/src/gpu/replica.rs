@@ -925,26 +925,7 @@ impl Replica {
         if s.rank == UNTAGGED || l.fresh == 0 {
             return;
         }
-        let tag = s.rank;
-        let first_untagged = self.waiting.partition_point(|w| w.rank < UNTAGGED);
-        let Some(k) = (first_untagged..self.waiting.len())
-            .find(|&k| self.waiting[k].fair.is_some_and(|w| w.lane == f.lane))
-        else {
-            return;
-        };
-        let Some(mut next) = self.waiting.remove(k) else {
-            return;
-        };
-        next.rank = tag;
-        let arrival = next.fair.map_or(0, |w| w.arrival);
-        let mut pos = self.waiting.partition_point(|w| w.rank < tag);
-        while pos < self.waiting.len()
-            && self.waiting[pos].rank == tag
-            && self.waiting[pos].fair.is_some_and(|w| w.arrival < arrival)
-        {
-            pos += 1;
-        }
-        self.waiting.insert(pos, next);
+        self.tag_next_of_lane(f.lane, s.rank);
     }
 
     /// The replica is lost at `now` (a spot preemption): every request on it is taken
@@ -1459,11 +1440,16 @@ impl Replica {
             return;
         }
         let tag = q.virtual_time.max(l.last_finish);
-        // The lane's next request is its first untagged one (untagged requests wait at
-        // the back, in arrival order).
+        self.tag_next_of_lane(f.lane, tag);
+    }
+
+    /// Fair queue: lane `lane`'s next waiting request (its first untagged one:
+    /// untagged requests wait at the back, in arrival order) gets start tag `tag` and
+    /// its place in the queue.
+    fn tag_next_of_lane(&mut self, lane: u32, tag: u128) {
         let first_untagged = self.waiting.partition_point(|w| w.rank < UNTAGGED);
         let Some(k) = (first_untagged..self.waiting.len())
-            .find(|&k| self.waiting[k].fair.is_some_and(|w| w.lane == f.lane))
+            .find(|&k| self.waiting[k].fair.is_some_and(|w| w.lane == lane))
         else {
             return;
         };
