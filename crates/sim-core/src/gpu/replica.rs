@@ -1951,7 +1951,15 @@ mod tests {
 
     /// Feeds arrivals (time-ordered) to one replica and runs it dry.
     fn run(cfg: ReplicaConfig, arrivals: &[(u64, LlmRequest)]) -> (Vec<HopDone>, ReplicaReport) {
-        let mut r = Replica::new(cfg, Arc::new(LinearPerf), 3.6).unwrap_or_else(|e| panic!("{e}"));
+        let r = Replica::new(cfg, Arc::new(LinearPerf), 3.6).unwrap_or_else(|e| panic!("{e}"));
+        let ranked: Vec<(u64, LlmRequest, u64)> =
+            arrivals.iter().map(|(t, q)| (*t, q.clone(), 0)).collect();
+        drive(r, &ranked)
+    }
+
+    /// Feeds ranked arrivals (time, request, rank; time-ordered) to replica `r`, checking
+    /// its invariants after every step, and runs it dry.
+    fn drive(mut r: Replica, arrivals: &[(u64, LlmRequest, u64)]) -> (Vec<HopDone>, ReplicaReport) {
         let mut done = Vec::new();
         let mut wake: Option<SimTime> = None;
         let mut next = 0;
@@ -1959,7 +1967,8 @@ mod tests {
             let arrival = arrivals.get(next).map(|a| SimTime(a.0));
             match (arrival, wake) {
                 (Some(a), w) if w.is_none_or(|w| a <= w) => {
-                    r.submit(a, JobId(next as u64), &arrivals[next].1);
+                    let (_, req, rank) = &arrivals[next];
+                    r.submit_ranked(a, a, JobId(next as u64), req, *rank);
                     next += 1;
                 }
                 (_, Some(w)) => {
@@ -1980,26 +1989,28 @@ mod tests {
         (done, r.report(end))
     }
 
+    /// `run_with(cfg)` with and without decode skipping, which must agree.
+    fn skip_and_plain(
+        cfg: ReplicaConfig,
+        run_with: impl Fn(ReplicaConfig) -> (Vec<HopDone>, ReplicaReport),
+    ) -> (Vec<HopDone>, ReplicaReport) {
+        let a = run_with(ReplicaConfig {
+            decode_skipping: true,
+            ..cfg.clone()
+        });
+        let b = run_with(ReplicaConfig {
+            decode_skipping: false,
+            ..cfg
+        });
+        assert_eq!(a, b, "decode skipping changed the result");
+        a
+    }
+
     fn both_modes(
         cfg: ReplicaConfig,
         arrivals: &[(u64, LlmRequest)],
     ) -> (Vec<HopDone>, ReplicaReport) {
-        let a = run(
-            ReplicaConfig {
-                decode_skipping: true,
-                ..cfg.clone()
-            },
-            arrivals,
-        );
-        let b = run(
-            ReplicaConfig {
-                decode_skipping: false,
-                ..cfg
-            },
-            arrivals,
-        );
-        assert_eq!(a, b, "decode skipping changed the result");
-        a
+        skip_and_plain(cfg, |c| run(c, arrivals))
     }
 
     #[test]
@@ -2230,33 +2241,7 @@ mod tests {
         let mut r = Replica::new(cfg, Arc::new(LinearPerf), 3.6).unwrap_or_else(|e| panic!("{e}"));
         r.set_ranked(true);
         r.set_priority_preemption(preempt);
-        let mut done = Vec::new();
-        let mut wake: Option<SimTime> = None;
-        let mut next = 0;
-        loop {
-            let arrival = arrivals.get(next).map(|a| SimTime(a.0));
-            match (arrival, wake) {
-                (Some(a), w) if w.is_none_or(|w| a <= w) => {
-                    let (_, req, rank) = &arrivals[next];
-                    r.submit_ranked(a, a, JobId(next as u64), req, *rank);
-                    next += 1;
-                }
-                (_, Some(w)) => {
-                    wake = None;
-                    r.advance(w);
-                }
-                (None, None) => break,
-                (Some(_), None) => unreachable!(),
-            }
-            if let Some((tw, _)) = r.take_wake() {
-                wake = Some(tw);
-            }
-            r.drain_done(&mut done);
-            r.check_invariants().unwrap_or_else(|e| panic!("{e}"));
-        }
-        done.sort_by_key(|d| d.id);
-        let end = done.iter().map(|d| d.finished).max().unwrap_or_default();
-        (done, r.report(end))
+        drive(r, arrivals)
     }
 
     /// [`run_ranked`] with and without decode skipping, which must agree.
@@ -2265,24 +2250,7 @@ mod tests {
         arrivals: &[(u64, LlmRequest, u64)],
         preempt: bool,
     ) -> (Vec<HopDone>, ReplicaReport) {
-        let a = run_ranked(
-            ReplicaConfig {
-                decode_skipping: true,
-                ..cfg.clone()
-            },
-            arrivals,
-            preempt,
-        );
-        let b = run_ranked(
-            ReplicaConfig {
-                decode_skipping: false,
-                ..cfg
-            },
-            arrivals,
-            preempt,
-        );
-        assert_eq!(a, b, "decode skipping changed the result");
-        a
+        skip_and_plain(cfg, |c| run_ranked(c, arrivals, preempt))
     }
 
     /// A mixed iteration: one prefill chunk of `tokens` (no context) and one decode.
