@@ -1849,6 +1849,27 @@ pub(crate) mod tests {
     }
 
     /// Delivers wake-ups in time order until none is left, collecting finished hops.
+    /// Handles the wake-ups in `heap` (and any in `out`) due by `cut`, in (time, token)
+    /// order, collecting finished hops in `done`; later ones stay in `heap`.
+    fn step_until(
+        st: &mut GpuPoolStation,
+        out: &mut StationOutput,
+        heap: &mut Vec<(SimTime, u64)>,
+        done: &mut Vec<HopDone>,
+        cut: SimTime,
+    ) {
+        heap.append(&mut out.wakeups);
+        while let Some(i) = (0..heap.len()).min_by_key(|&i| heap[i]) {
+            if heap[i].0 > cut {
+                break;
+            }
+            let (t, token) = heap.swap_remove(i);
+            st.wake(t, token, out);
+            heap.append(&mut out.wakeups);
+            done.append(&mut out.done);
+        }
+    }
+
     fn run_out(st: &mut GpuPoolStation, out: &mut StationOutput, done: &mut Vec<HopDone>) {
         let mut heap: BinaryHeap<Reverse<(SimTime, u64)>> =
             out.wakeups.drain(..).map(Reverse).collect();
@@ -2000,24 +2021,16 @@ pub(crate) mod tests {
             assert!(!st.abort(SimTime(0), JobId(1), &mut out), "reported once");
             // Run to 100 us (well into request 0's 400-token decode, about 2 us a token).
             let cut = SimTime(100_000);
-            let mut heap: Vec<(SimTime, u64)> = out.wakeups.drain(..).collect();
-            while let Some(i) = (0..heap.len()).min_by_key(|&i| heap[i]) {
-                if heap[i].0 > cut {
-                    break;
-                }
-                let (t, token) = heap.swap_remove(i);
-                st.wake(t, token, &mut out);
-                heap.append(&mut out.wakeups);
-            }
-            assert!(out.done.is_empty());
+            let mut heap = Vec::new();
+            let mut done = Vec::new();
+            step_until(&mut st, &mut out, &mut heap, &mut done, cut);
+            assert!(done.is_empty());
             assert!(st.abort(cut, JobId(0), &mut out));
             assert!(
                 out.done.is_empty(),
                 "running: it finishes the iteration first"
             );
             submit(&mut st, cut, 2, llm(100, 40), &mut out);
-            heap.append(&mut out.wakeups);
-            let mut done = Vec::new();
             out.wakeups.append(&mut heap);
             run_out(&mut st, &mut out, &mut done);
             done.sort_by_key(|d| d.id);
@@ -2110,22 +2123,6 @@ pub(crate) mod tests {
             submit(&mut st, SimTime(0), 1, llm(100, 800), &mut out);
             let mut heap: Vec<(SimTime, u64)> = out.wakeups.drain(..).collect();
             let mut done = Vec::new();
-            let step_until = |st: &mut GpuPoolStation,
-                              out: &mut StationOutput,
-                              heap: &mut Vec<(SimTime, u64)>,
-                              done: &mut Vec<HopDone>,
-                              cut: SimTime| {
-                heap.append(&mut out.wakeups);
-                while let Some(i) = (0..heap.len()).min_by_key(|&i| heap[i]) {
-                    if heap[i].0 > cut {
-                        break;
-                    }
-                    let (t, token) = heap.swap_remove(i);
-                    st.wake(t, token, out);
-                    heap.append(&mut out.wakeups);
-                    done.append(&mut out.done);
-                }
-            };
             let notice = SimTime(100_000);
             step_until(&mut st, &mut out, &mut heap, &mut done, notice);
             assert!(done.is_empty());
@@ -2195,18 +2192,9 @@ pub(crate) mod tests {
             assert_eq!(st.spot_up(), 1);
             // Run to 100us: part of request 0 is computed (and charged) on replica 0.
             let cut = SimTime(100_000);
-            let mut heap: Vec<(SimTime, u64)> = out.wakeups.drain(..).collect();
+            let mut heap = Vec::new();
             let mut done = Vec::new();
-            while let Some(i) = (0..heap.len()).min_by_key(|&i| heap[i].0) {
-                let (t, token) = heap.swap_remove(i);
-                if t > cut {
-                    heap.push((t, token));
-                    break;
-                }
-                st.wake(t, token, &mut out);
-                heap.append(&mut out.wakeups);
-                done.append(&mut out.done);
-            }
+            step_until(&mut st, &mut out, &mut heap, &mut done, cut);
             assert!(done.iter().all(|d| d.id == JobId(1)), "{done:?}");
             assert!(st.preempt(cut, 0, &mut out));
             assert_eq!(st.spot_up(), 0);
@@ -2277,18 +2265,9 @@ pub(crate) mod tests {
                 st.submit_meta(SimTime(0), job, &meta, &mut out);
             }
             let cut = SimTime(100_000);
-            let mut heap: Vec<(SimTime, u64)> = out.wakeups.drain(..).collect();
+            let mut heap = Vec::new();
             let mut done = Vec::new();
-            while let Some(i) = (0..heap.len()).min_by_key(|&i| heap[i].0) {
-                let (t, token) = heap.swap_remove(i);
-                if t > cut {
-                    heap.push((t, token));
-                    break;
-                }
-                st.wake(t, token, &mut out);
-                heap.append(&mut out.wakeups);
-                done.append(&mut out.done);
-            }
+            step_until(&mut st, &mut out, &mut heap, &mut done, cut);
             assert!(done.is_empty());
             assert!(st.preempt(cut, 0, &mut out));
             out.wakeups.extend(heap);
