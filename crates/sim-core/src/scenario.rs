@@ -569,6 +569,10 @@ pub struct PoolSpec {
     /// worst-ranked running hops below it by recompute (default false).
     #[serde(default)]
     pub preempt_for_priority: bool,
+    /// `gpu` pools: where hops wait for a sequence slot, `replica` (default: sent to a
+    /// replica on arrival) or `pool` (one pool-wide queue in the discipline's order).
+    #[serde(default)]
+    pub queue_at: crate::gpu::gpu_station::QueueAt,
     /// Reactive autoscaling (boot lead time, cooldown, min/max).
     #[serde(default)]
     pub autoscale: Option<crate::policy::AutoscaleSpec>,
@@ -905,6 +909,8 @@ pub struct Pool {
     /// Priority preemption on a GPU pool (validated: a `gpu` pool under a ranked
     /// discipline).
     pub preempt_for_priority: bool,
+    /// Where a GPU pool's hops wait (validated: `pool` only on a `gpu` pool).
+    pub queue_at: crate::gpu::gpu_station::QueueAt,
     pub autoscale: Option<crate::policy::AutoscaleSpec>,
     pub max_queue: Option<u32>,
     pub admission: Option<Admission>,
@@ -1614,6 +1620,12 @@ impl ScenarioSpec {
                     "expected at least 1 attempt",
                 ));
             }
+            if p.queue_at == crate::gpu::gpu_station::QueueAt::Pool && gpu.is_none() {
+                return Err(err(
+                    format!("{key}.queue_at"),
+                    "`queue_at` is for `gpu` pools (whose replicas each have a queue); an abstract pool already has one queue for all its servers",
+                ));
+            }
             if p.preempt_for_priority {
                 use crate::policy::DisciplineSpec;
                 if gpu.is_none() {
@@ -1701,6 +1713,7 @@ impl ScenarioSpec {
                 servers,
                 discipline: p.discipline,
                 preempt_for_priority: p.preempt_for_priority,
+                queue_at: p.queue_at,
                 autoscale: p.autoscale.clone(),
                 max_queue: p.max_queue,
                 // Resolved below, once every pool has an index.

@@ -610,6 +610,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                     let station = station
                         .and_then(|st| st.with_discipline(p.discipline))
                         .and_then(|st| st.with_priority_preemption(p.preempt_for_priority))
+                        .map(|st| st.with_queue_at(p.queue_at))
                         .map(|st| st.with_context_limit(g.context_limit))
                         .map(|st| {
                             if ttft_signal {

@@ -19,7 +19,9 @@
 //! keeps a misrouted hop from stalling its workflow). Such hops are counted in
 //! [`GpuPoolReport::service_noops`].
 
-use super::replica::{Place, Replica, ReplicaConfig, ReplicaReport, fair_weight, refused_done};
+use super::replica::{
+    Place, Replica, ReplicaConfig, ReplicaReport, fair_delta, fair_weight, refused_done,
+};
 use super::{LlmRequest, LlmTimings, PerfModel};
 use crate::policy::{DisciplineSpec, JobMeta};
 use crate::station::{
@@ -138,6 +140,9 @@ pub struct GpuPoolReport {
     pub name: String,
     pub perf_model: String,
     pub picker: String,
+    /// Where requests waited for a sequence slot; absent for the default (`replica`).
+    #[serde(skip_serializing_if = "is_replica_queue")]
+    pub queue_at: QueueAt,
     pub window: SimDuration,
     pub replicas: u32,
     /// Averages and totals over the replicas.
@@ -163,6 +168,10 @@ pub struct GpuPoolReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub capacity: Option<CapacityReport>,
     pub per_replica: Vec<ReplicaReport>,
+}
+
+fn is_replica_queue(q: &QueueAt) -> bool {
+    *q == QueueAt::Replica
 }
 
 /// Where a replica is in its life (autoscaling and spot capacity).
@@ -191,6 +200,53 @@ pub struct SpotConfig {
     pub recompute: bool,
 }
 
+/// Where a GPU pool's requests wait for a sequence slot (`queue_at` in a scenario).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueAt {
+    /// The picker sends each request to a replica on arrival; it waits there, in that
+    /// replica's queue (what a load balancer in front of vLLM servers does).
+    #[default]
+    Replica,
+    /// Requests wait in one pool-wide queue, in the discipline's order, and the head
+    /// goes to a replica once one has room for it (late binding: a gateway that holds
+    /// requests until a server can take them).
+    Pool,
+}
+
+impl QueueAt {
+    pub fn name(self) -> &'static str {
+        match self {
+            QueueAt::Replica => "replica",
+            QueueAt::Pool => "pool",
+        }
+    }
+}
+
+/// A request in the pool's own queue: waiting for a replica to come up, or under
+/// [`QueueAt::Pool`] for one with room.
+#[derive(Clone, Debug)]
+struct Parked {
+    id: JobId,
+    submitted: SimTime,
+    /// Its place in a replica's queue.
+    place: Place,
+    /// Its place in the pool's queue: smaller first, arrival order among equals.
+    key: u128,
+    req: LlmRequest,
+}
+
+/// Start-time fair queuing over the pool's queue (`weighted_fair` with
+/// [`QueueAt::Pool`]): a request is tagged when it enters the pool with
+/// max(virtual time, its lane's last finish tag), the lane's finish tag moves on by
+/// its prompt + output tokens over the lane's weight, and the virtual time is the tag
+/// of the latest request sent to a replica.
+#[derive(Debug, Default)]
+struct PoolFair {
+    virtual_time: u128,
+    last_finish: BTreeMap<u32, u128>,
+}
+
 /// A request kept while it is in a spot pool, so that it can be sent again.
 #[derive(Clone, Debug)]
 struct Kept {
@@ -204,6 +260,8 @@ struct Kept {
     first_token_reported: bool,
     /// Its place in a replica's queue (see [`GpuPoolStation::place`]).
     place: Place,
+    /// Its place in the pool's queue.
+    key: u128,
 }
 
 /// Capacity figures of a pool whose size changes (autoscaling, spot), over the window.
@@ -247,6 +305,8 @@ pub struct GpuPoolStation {
     context_limit: Option<u32>,
     /// Requests refused for exceeding it.
     over_context: u64,
+    /// Requests no replica could ever serve, refused by the pool's queue.
+    refused_at_pool: u64,
     // --- autoscaling and spot ---
     cfg: ReplicaConfig,
     perf: Arc<dyn PerfModel>,
@@ -263,10 +323,15 @@ pub struct GpuPoolStation {
     paid_on_demand: TimeIntegral,
     paid_spot: TimeIntegral,
     spot_up: TimeIntegral,
-    /// Requests that found no replica up (all lost to preemption): (id, submitted,
-    /// place), in arrival order, sorted by rank under `priority` and
-    /// `earliest_deadline`.
-    parked: VecDeque<(JobId, SimTime, Place)>,
+    /// The pool's queue: requests that found no replica up (all lost to preemption),
+    /// and under [`QueueAt::Pool`] every request no replica has room for yet; sorted
+    /// by key (arrival order within a key).
+    parked: VecDeque<Parked>,
+    /// Length of `parked` over time (queue length and requests in the pool).
+    parked_level: TimeIntegral,
+    queue_at: QueueAt,
+    /// Fair tags of the pool's queue (`weighted_fair` under [`QueueAt::Pool`]).
+    pool_fair: Option<PoolFair>,
     /// Order of the waiting queues.
     discipline: DisciplineSpec,
     /// Priority preemption on every replica (ranked disciplines only).
@@ -327,6 +392,7 @@ impl GpuPoolStation {
             unserved: 0,
             context_limit: None,
             over_context: 0,
+            refused_at_pool: 0,
             cfg,
             perf,
             booting: 0,
@@ -338,6 +404,9 @@ impl GpuPoolStation {
             paid_spot: TimeIntegral::default(),
             spot_up: TimeIntegral::default(),
             parked: VecDeque::new(),
+            parked_level: TimeIntegral::default(),
+            queue_at: QueueAt::Replica,
+            pool_fair: None,
             discipline: DisciplineSpec::Fifo,
             preempt_for_priority: false,
             kept: BTreeMap::new(),
@@ -375,6 +444,7 @@ impl GpuPoolStation {
     /// [`GpuPoolStation::with_priority_preemption`].
     pub fn with_discipline(mut self, discipline: DisciplineSpec) -> Result<Self, String> {
         self.discipline = discipline;
+        self.pool_fair = self.pool_is_fair().then(PoolFair::default);
         for i in 0..self.replicas.len() {
             self.order(i);
         }
@@ -405,6 +475,28 @@ impl GpuPoolStation {
         Ok(self)
     }
 
+    /// Where requests wait for a sequence slot: on the replica the picker sends them
+    /// to on arrival (the default), or in one pool-wide queue in the discipline's
+    /// order, the head sent to a replica once one has room
+    /// ([`Replica::has_room_for`]); under `weighted_fair` the pool tags requests
+    /// itself ([`PoolFair`]) and the replicas admit in the order they get them. With
+    /// priority preemption, a head no replica has room for goes to the replica running
+    /// the worst-ranked sequence below it (one with nothing waiting), which preempts
+    /// it: priority holds across the pool, not only within each replica.
+    pub fn with_queue_at(mut self, queue_at: QueueAt) -> Self {
+        self.queue_at = queue_at;
+        self.pool_fair = self.pool_is_fair().then(PoolFair::default);
+        for i in 0..self.replicas.len() {
+            self.order(i);
+        }
+        self
+    }
+
+    /// The pool's queue is fair-queued (`weighted_fair` with [`QueueAt::Pool`]).
+    fn pool_is_fair(&self) -> bool {
+        self.queue_at == QueueAt::Pool && self.discipline == DisciplineSpec::WeightedFair
+    }
+
     /// Sets replica `i`'s queue order from the discipline.
     fn order(&mut self, i: usize) {
         let Some(r) = self.replicas.get_mut(i) else {
@@ -413,6 +505,8 @@ impl GpuPoolStation {
         match self.discipline {
             DisciplineSpec::Fifo => r.set_ranked(false),
             DisciplineSpec::Priority | DisciplineSpec::EarliestDeadline => r.set_ranked(true),
+            // The pool's queue is fair: replicas take its requests in the order sent.
+            DisciplineSpec::WeightedFair if self.queue_at == QueueAt::Pool => r.set_ranked(false),
             DisciplineSpec::WeightedFair => r.set_weighted_fair(),
         }
         r.set_priority_preemption(self.preempt_for_priority);
@@ -420,7 +514,7 @@ impl GpuPoolStation {
 
     /// A request's place in a replica's queue: a rank (smaller first), or under
     /// `WeightedFair` its lane and weight (each replica tags its own requests: the
-    /// virtual time is the replica's).
+    /// virtual time is the replica's; with the pool's queue, the pool's).
     fn place(&self, meta: &JobMeta) -> Place {
         match self.discipline {
             DisciplineSpec::Priority => {
@@ -428,6 +522,7 @@ impl GpuPoolStation {
             }
             DisciplineSpec::EarliestDeadline => Place::Rank(meta.deadline.as_nanos()),
             DisciplineSpec::Fifo => Place::Rank(0),
+            DisciplineSpec::WeightedFair if self.queue_at == QueueAt::Pool => Place::Rank(0),
             DisciplineSpec::WeightedFair => Place::Fair {
                 lane: meta.lane,
                 weight: fair_weight(meta.weight),
@@ -435,16 +530,97 @@ impl GpuPoolStation {
         }
     }
 
-    /// Queues a request until a replica comes up, behind those of its rank or smaller
-    /// (in arrival order under `Fifo` and `WeightedFair`: fair tags are the replicas').
-    fn park(&mut self, id: JobId, submitted: SimTime, place: Place) {
-        let pos = match place {
-            Place::Rank(rank) if self.discipline != DisciplineSpec::Fifo => self
-                .parked
-                .partition_point(|p| matches!(p.2, Place::Rank(r) if r <= rank)),
-            _ => self.parked.len(),
-        };
-        self.parked.insert(pos, (id, submitted, place));
+    /// A request's key in the pool's queue: its rank under `priority` and
+    /// `earliest_deadline`, its start tag under `weighted_fair` with the pool's queue,
+    /// else 0 (arrival order).
+    fn queue_key(&mut self, meta: &JobMeta, req: &LlmRequest, place: Place) -> u128 {
+        if let Some(f) = self.pool_fair.as_mut() {
+            let finish = f.last_finish.entry(meta.lane).or_default();
+            let start = f.virtual_time.max(*finish);
+            let tokens = req.input_tokens.max(1) as u64 + req.output_tokens.max(1) as u64;
+            *finish = start + fair_delta(tokens, fair_weight(meta.weight));
+            return start;
+        }
+        match place {
+            Place::Rank(rank) => rank as u128,
+            Place::Fair { .. } => 0,
+        }
+    }
+
+    /// Queues a request in the pool, behind those of its key or smaller.
+    fn park(&mut self, p: Parked) {
+        let pos = self.parked.partition_point(|q| q.key <= p.key);
+        self.parked.insert(pos, p);
+    }
+
+    /// Under [`QueueAt::Pool`], sends the head of the pool's queue to a replica while
+    /// one has room for it (picked among those by the picker), or, with priority
+    /// preemption, to the replica whose worst-ranked running sequence it outranks most
+    /// (ties to the lowest index); stops at the first head that has neither (no
+    /// overtaking, as in a replica's own queue).
+    ///
+    /// Every entry point that looks at or changes the pool at `now` pumps first, with
+    /// the queue as it was (and those that change it pump again after): what a
+    /// replica's effects at `now` free is handed out the same way whether its wake-up
+    /// runs before or after a submission, an abort, a report or the window start at
+    /// the same instant (as a replica plans an iteration starting at `now` before
+    /// taking a request submitted then). Entry points without an output (reports,
+    /// retirement, a spot notice) can pump safely: room appears only through a
+    /// replica's effects at `now`, whose wake-up at `now` is then still to come and
+    /// hands over what the pump started (stale or not, a wake-up pumps and drains).
+    fn pump(&mut self, now: SimTime) -> bool {
+        if self.queue_at != QueueAt::Pool {
+            return false;
+        }
+        let before = self.parked.len();
+        while let Some(head) = self.parked.front() {
+            self.views.clear();
+            self.view_index.clear();
+            let mut victim: Option<(usize, u128)> = None;
+            let rank = match head.place {
+                Place::Rank(r) => r,
+                Place::Fair { .. } => 0,
+            };
+            for (i, r) in self.replicas.iter_mut().enumerate() {
+                if self.life[i] != Life::Up {
+                    continue;
+                }
+                r.advance(now);
+                if r.has_room_for(head.req.input_tokens) {
+                    self.views.push(ReplicaView {
+                        outstanding_tokens: r.outstanding_tokens(),
+                        running: r.running_len(),
+                        waiting: r.waiting_len(),
+                        kv_used_blocks: r.kv_used_blocks(),
+                        kv_capacity_blocks: r.config().kv_capacity_blocks,
+                    });
+                    self.view_index.push(i);
+                } else if let Some(worst) = r.preemptible_rank_below(rank)
+                    && victim.is_none_or(|(_, w)| worst > w)
+                {
+                    victim = Some((i, worst));
+                }
+            }
+            let target = if self.views.is_empty() {
+                victim.map(|(i, _)| i)
+            } else {
+                let v = self
+                    .picker
+                    .pick(&self.views, &head.req)
+                    .min(self.views.len() - 1);
+                Some(self.view_index[v])
+            };
+            let Some(i) = target else { break };
+            let Some(p) = self.parked.pop_front() else {
+                break;
+            };
+            if let Some(f) = self.pool_fair.as_mut() {
+                f.virtual_time = f.virtual_time.max(p.key);
+            }
+            self.replicas[i].submit_placed(now, p.submitted, p.id, &p.req, p.place);
+        }
+        self.parked_level.set(now, self.parked.len() as u64);
+        self.parked.len() != before
     }
 
     /// Capacity figures over the window (autoscaled or spot pools), up to `now`.
@@ -494,7 +670,19 @@ impl GpuPoolStation {
         id: JobId,
         req: &LlmRequest,
         place: Place,
+        key: u128,
     ) {
+        if self.queue_at == QueueAt::Pool {
+            // `pump` sends it on if a replica has room.
+            self.park(Parked {
+                id,
+                submitted,
+                place,
+                key,
+                req: req.clone(),
+            });
+            return;
+        }
         self.views.clear();
         self.view_index.clear();
         for (i, r) in self.replicas.iter_mut().enumerate() {
@@ -512,7 +700,14 @@ impl GpuPoolStation {
             self.view_index.push(i);
         }
         if self.views.is_empty() {
-            self.park(id, submitted, place);
+            self.park(Parked {
+                id,
+                submitted,
+                place,
+                key,
+                req: req.clone(),
+            });
+            self.parked_level.set(now, self.parked.len() as u64);
             return;
         }
         let v = self.picker.pick(&self.views, req).min(self.views.len() - 1);
@@ -522,6 +717,7 @@ impl GpuPoolStation {
 
     /// A booted replica joins the pool and takes the requests parked for want of one.
     fn add_replica(&mut self, now: SimTime, spot: bool, out: &mut StationOutput) {
+        self.pump(now);
         let price = match (spot, self.spot) {
             (true, Some(s)) => s.usd_per_replica_hour,
             _ => self.usd_per_replica_hour,
@@ -542,12 +738,13 @@ impl GpuPoolStation {
         self.life.push(Life::Up);
         self.on_spot.push(spot);
         self.update_levels(now);
-        while let Some((id, submitted, place)) = self.parked.pop_front() {
-            let Some(req) = self.kept.get(&id).map(|k| k.req.clone()) else {
-                continue;
-            };
-            self.dispatch(now, submitted, id, &req, place);
+        if self.queue_at == QueueAt::Replica {
+            while let Some(p) = self.parked.pop_front() {
+                self.dispatch(now, p.submitted, p.id, &p.req, p.place, p.key);
+            }
+            self.parked_level.set(now, self.parked.len() as u64);
         }
+        self.pump(now);
         self.drain(out);
     }
 
@@ -668,6 +865,7 @@ impl GpuPoolStation {
     /// Replica `i` is lost at `now` with the requests on it: running ones are sent
     /// again (recompute) or reported lost (fail), waiting ones move to another replica.
     fn lose_replica(&mut self, now: SimTime, i: usize, out: &mut StationOutput) -> bool {
+        self.pump(now);
         self.life[i] = Life::Gone;
         let evicted = self.replicas[i].evict_all(now);
         self.update_levels(now);
@@ -703,9 +901,11 @@ impl GpuPoolStation {
                 self.counts.moved_waiting += 1;
                 kept.recomputes += e.preemptions;
             }
-            let (req, submitted, place) = (kept.req.clone(), kept.submitted, kept.place);
-            self.dispatch(now, submitted, e.id, &req, place);
+            let (req, submitted, place, key) =
+                (kept.req.clone(), kept.submitted, kept.place, kept.key);
+            self.dispatch(now, submitted, e.id, &req, place, key);
         }
+        self.pump(now);
         self.drain(out);
         true
     }
@@ -730,6 +930,7 @@ impl Station for GpuPoolStation {
     }
 
     fn submit_meta(&mut self, now: SimTime, job: HopJob, meta: &JobMeta, out: &mut StationOutput) {
+        self.pump(now);
         let place = self.place(meta);
         match job.work {
             Work::Service(_) | Work::Api(_) => {
@@ -758,6 +959,16 @@ impl Station for GpuPoolStation {
                     ));
                     return;
                 }
+                if self.queue_at == QueueAt::Pool
+                    && let Some(refused) = self.cfg.refusal(&req)
+                {
+                    // Never servable by any replica (they are all alike): refused at
+                    // once, as a replica would, instead of blocking the pool's queue.
+                    self.refused_at_pool += 1;
+                    out.done.push(refused_done(job.id, now, now, refused));
+                    return;
+                }
+                let key = self.queue_key(meta, &req, place);
                 if self.spot.is_some() {
                     self.kept.insert(
                         job.id,
@@ -769,18 +980,27 @@ impl Station for GpuPoolStation {
                             recomputes: 0,
                             first_token_reported: false,
                             place,
+                            key,
                         },
                     );
                 }
-                if self.parked.is_empty() {
-                    self.dispatch(now, now, job.id, &req, place);
+                if self.parked.is_empty() || self.queue_at == QueueAt::Pool {
+                    self.dispatch(now, now, job.id, &req, place, key);
                 } else {
                     // With requests already waiting for a replica (only a spot pool
                     // can have none up, and it keeps every request).
-                    self.park(job.id, now, place);
+                    self.park(Parked {
+                        id: job.id,
+                        submitted: now,
+                        place,
+                        key,
+                        req: (*req).clone(),
+                    });
+                    self.parked_level.set(now, self.parked.len() as u64);
                 }
             }
         }
+        self.pump(now);
         self.drain(out);
     }
 
@@ -813,8 +1033,11 @@ impl Station for GpuPoolStation {
             if matches!(self.life[i], Life::Draining | Life::Noticed) {
                 self.retire_drained(now);
             }
-        } else {
-            // Superseded (a cut stretch, an evicted replica): nothing happens now.
+            self.pump(now);
+        } else if !self.pump(now) {
+            // Superseded (a cut stretch, an evicted replica): nothing happens now. (A
+            // replica's effects at `now` already applied by a report, which does not
+            // pump, supersede its wake-up too: the pool's queue is served here.)
             out.stale_wake = true;
         }
         self.drain(out);
@@ -836,6 +1059,7 @@ impl Station for GpuPoolStation {
     }
 
     fn retire_server(&mut self, now: SimTime) {
+        self.pump(now);
         self.resized = true;
         if self.up() <= 1 {
             return;
@@ -874,9 +1098,11 @@ impl Station for GpuPoolStation {
     }
 
     fn abort(&mut self, now: SimTime, id: JobId, out: &mut StationOutput) -> bool {
-        if let Some(k) = self.parked.iter().position(|p| p.0 == id) {
-            // Waiting for a replica (all lost): it leaves the pool's queue.
-            let submitted = self.parked.remove(k).map_or(now, |p| p.1);
+        self.pump(now);
+        let found = if let Some(k) = self.parked.iter().position(|p| p.id == id) {
+            // In the pool's queue: it leaves it.
+            let submitted = self.parked.remove(k).map_or(now, |p| p.submitted);
+            self.parked_level.set(now, self.parked.len() as u64);
             let (busy, usd) = self
                 .kept
                 .remove(&id)
@@ -891,18 +1117,23 @@ impl Station for GpuPoolStation {
                 llm: None,
                 refused: None,
             });
-            return true;
-        }
-        let found = self.replicas.iter_mut().any(|r| r.abort(now, id));
-        if found {
-            self.retire_drained(now);
-            self.drain(out);
-        }
+            true
+        } else {
+            let found = self.replicas.iter_mut().any(|r| r.abort(now, id));
+            if found {
+                self.retire_drained(now);
+            }
+            found
+        };
+        // A new head of the pool's queue, or a slot freed on a replica.
+        self.pump(now);
+        self.drain(out);
         found
     }
 
     fn spot_notice(&mut self, now: SimTime, k: u32) -> Option<u32> {
         let i = self.spot_victim(k)?;
+        self.pump(now);
         self.counts.spot_preemptions += 1;
         // Its waiting requests stay: it serves them if the notice allows.
         self.replicas[i].advance(now);
@@ -935,6 +1166,7 @@ impl Station for GpuPoolStation {
     }
 
     fn begin_measurement(&mut self, now: SimTime) {
+        self.pump(now);
         for r in self.replicas.iter_mut() {
             r.begin_measurement(now);
         }
@@ -942,14 +1174,17 @@ impl Station for GpuPoolStation {
         self.service_noops = 0;
         self.unserved = 0;
         self.over_context = 0;
+        self.refused_at_pool = 0;
         self.up_or_draining.reset(now);
         self.paid_on_demand.reset(now);
         self.paid_spot.reset(now);
         self.spot_up.reset(now);
+        self.parked_level.reset(now);
         self.counts = CapacityReport::default();
     }
 
     fn report(&mut self, now: SimTime) -> StationReport {
+        self.pump(now);
         let window = now - self.window_start;
         let mut rep = StationReport {
             servers: self.replicas.len() as u32,
@@ -974,6 +1209,9 @@ impl Station for GpuPoolStation {
             rep.queued_s += r.queued_s(now);
             rep.in_system_now += (r.running_len() + r.waiting_len()) as u64;
         }
+        let parked_s = self.parked_level.area_s(now);
+        rep.in_system_s += parked_s;
+        rep.queued_s += parked_s;
         rep.in_system_now += self.parked.len() as u64;
         rep
     }
@@ -999,6 +1237,7 @@ impl Station for GpuPoolStation {
     }
 
     fn gpu_report(&mut self, now: SimTime) -> Option<GpuPoolReport> {
+        self.pump(now);
         let per_replica: Vec<ReplicaReport> =
             self.replicas.iter_mut().map(|r| r.report(now)).collect();
         let n = per_replica.len().max(1) as f64;
@@ -1015,6 +1254,7 @@ impl Station for GpuPoolStation {
             name: self.name.clone(),
             perf_model: self.perf_name.clone(),
             picker: self.picker.name().to_string(),
+            queue_at: self.queue_at,
             window: now - self.window_start,
             replicas: self.replicas.len() as u32,
             busy_fraction: avg(|r| r.busy_fraction),
@@ -1039,7 +1279,10 @@ impl Station for GpuPoolStation {
             },
             tokens_in_flight_mean: per_replica.iter().map(|r| r.tokens_in_flight_mean).sum(),
             finished: sum(|r| r.finished),
-            rejected: sum(|r| r.rejected) + self.unserved + self.over_context,
+            rejected: sum(|r| r.rejected)
+                + self.unserved
+                + self.over_context
+                + self.refused_at_pool,
             service_noops: self.service_noops,
             capacity: self.capacity_report(now),
             per_replica,
@@ -1161,7 +1404,7 @@ pub(crate) mod tests {
     }
 
     /// [`drive_meta`], with request `i` aborted at `t` for every `(t, i)` of `aborts`.
-    pub(crate) fn drive_aborting(
+    fn drive_aborting(
         st: &mut GpuPoolStation,
         arrivals: &[(u64, LlmRequest)],
         metas: &[JobMeta],
@@ -1310,6 +1553,21 @@ pub(crate) mod tests {
             })
             .collect();
         (d, metas)
+    }
+
+    /// [`ordered`], with the pool's queue when `at_pool` (random tests cover both).
+    fn queued(
+        st: GpuPoolStation,
+        d: DisciplineSpec,
+        preempt: bool,
+        at_pool: bool,
+    ) -> GpuPoolStation {
+        let q = if at_pool {
+            QueueAt::Pool
+        } else {
+            QueueAt::Replica
+        };
+        ordered(st, d, preempt).with_queue_at(q)
     }
 
     /// `st` under discipline `d`, with priority preemption when `preempt` and `d` is
@@ -1546,11 +1804,12 @@ pub(crate) mod tests {
             (arrivals, measure, reports) in arb_workload(),
             seeds in (any::<u64>(), any::<u64>()),
             (disc, meta_seed, preempt) in (0u8..4, any::<u64>(), any::<bool>()),
+            at_pool in any::<bool>(),
         ) {
             let (d, metas) = ranked_setup(disc, meta_seed, &arrivals);
-            let skip = drive_meta(&mut ordered(station(replicas, cfg.clone(), round_robin), d, preempt), &arrivals, &metas, measure, &reports, seeds.0);
+            let skip = drive_meta(&mut queued(station(replicas, cfg.clone(), round_robin), d, preempt, at_pool), &arrivals, &metas, measure, &reports, seeds.0);
             let plain_cfg = ReplicaConfig { decode_skipping: false, ..cfg.clone() };
-            let plain = drive_meta(&mut ordered(station(replicas, plain_cfg, round_robin), d, preempt), &arrivals, &metas, measure, &reports, seeds.1);
+            let plain = drive_meta(&mut queued(station(replicas, plain_cfg, round_robin), d, preempt, at_pool), &arrivals, &metas, measure, &reports, seeds.1);
             prop_assert_eq!(skip.done.len(), arrivals.len(), "every request finishes");
             if let Err(e) = check_refusals(&skip, &arrivals, &cfg) {
                 prop_assert!(false, "{}", e);
@@ -1577,6 +1836,7 @@ pub(crate) mod tests {
             measure in 0u64..40,
             seeds in (any::<u64>(), any::<u64>()),
             (disc, meta_seed, preempt) in (0u8..4, any::<u64>(), any::<bool>()),
+            at_pool in any::<bool>(),
         ) {
             let arrivals: Vec<(u64, LlmRequest)> =
                 arrivals.into_iter().map(|(t, r)| (t * 1000, r)).collect();
@@ -1591,9 +1851,9 @@ pub(crate) mod tests {
             };
             let reports = [measure * 1000 + 500, 30_000];
             let (d, metas) = ranked_setup(disc, meta_seed, &arrivals);
-            let skip = drive_meta(&mut ordered(station(replicas, cfg.clone(), false), d, preempt), &arrivals, &metas, measure * 1000, &reports, seeds.0);
+            let skip = drive_meta(&mut queued(station(replicas, cfg.clone(), false), d, preempt, at_pool), &arrivals, &metas, measure * 1000, &reports, seeds.0);
             let plain_cfg = ReplicaConfig { decode_skipping: false, ..cfg.clone() };
-            let plain = drive_meta(&mut ordered(station(replicas, plain_cfg, false), d, preempt), &arrivals, &metas, measure * 1000, &reports, seeds.1);
+            let plain = drive_meta(&mut queued(station(replicas, plain_cfg, false), d, preempt, at_pool), &arrivals, &metas, measure * 1000, &reports, seeds.1);
             prop_assert_eq!(skip.done.len(), arrivals.len());
             if let Err(e) = check_refusals(&skip, &arrivals, &cfg) {
                 prop_assert!(false, "{}", e);
@@ -1622,6 +1882,7 @@ pub(crate) mod tests {
             aborts in prop::collection::vec((0u64..60_000, any::<prop::sample::Index>()), 0..20),
             seeds in (any::<u64>(), any::<u64>()),
             (disc, meta_seed, preempt) in (0u8..4, any::<u64>(), any::<bool>()),
+            at_pool in any::<bool>(),
         ) {
             let arrivals: Vec<(u64, LlmRequest)> =
                 arrivals.into_iter().map(|(t, r)| (t * 1000, r)).collect();
@@ -1638,9 +1899,9 @@ pub(crate) mod tests {
             };
             let reports = [20_000, 70_000];
             let (d, metas) = ranked_setup(disc, meta_seed, &arrivals);
-            let skip = drive_aborting(&mut ordered(station(replicas, cfg.clone(), false), d, preempt), &arrivals, &metas, 0, &reports, seeds.0, &aborts);
+            let skip = drive_aborting(&mut queued(station(replicas, cfg.clone(), false), d, preempt, at_pool), &arrivals, &metas, 0, &reports, seeds.0, &aborts);
             let plain_cfg = ReplicaConfig { decode_skipping: false, ..cfg.clone() };
-            let plain = drive_aborting(&mut ordered(station(replicas, plain_cfg, false), d, preempt), &arrivals, &metas, 0, &reports, seeds.1, &aborts);
+            let plain = drive_aborting(&mut queued(station(replicas, plain_cfg, false), d, preempt, at_pool), &arrivals, &metas, 0, &reports, seeds.1, &aborts);
             prop_assert_eq!(skip.done.len(), arrivals.len(), "each request reported once");
             prop_assert_eq!(&skip.done, &plain.done);
             prop_assert_eq!(&skip.reports, &plain.reports);
@@ -2297,6 +2558,114 @@ pub(crate) mod tests {
             finish.push(done[0].finished);
         }
         assert!(finish[1] < finish[0], "{finish:?}");
+    }
+
+    /// Two one-sequence replicas under `priority`, round robin: `(id, priority, output
+    /// tokens)` submitted in turn (1 us apart), run to the end; the finished hops by id.
+    fn two_slot_pool(queue_at: QueueAt, preempt: bool, reqs: &[(u64, i32, u32)]) -> Vec<HopDone> {
+        let cfg = ReplicaConfig {
+            max_num_seqs: 1,
+            ..ReplicaConfig::new(1000).unwrap_or_else(|e| panic!("{e}"))
+        };
+        let mut st = station(2, cfg, true)
+            .with_discipline(DisciplineSpec::Priority)
+            .and_then(|s| s.with_priority_preemption(preempt))
+            .map(|s| s.with_queue_at(queue_at))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut out = StationOutput::default();
+        let mut heap = Vec::new();
+        let mut done = Vec::new();
+        for (k, &(id, priority, output)) in reqs.iter().enumerate() {
+            let t = SimTime(k as u64 * 1000);
+            step_until(&mut st, &mut out, &mut heap, &mut done, t);
+            let job = HopJob {
+                id: JobId(id),
+                work: Work::Llm(Box::new(llm(10, output))),
+            };
+            let meta = JobMeta {
+                priority,
+                ..JobMeta::default()
+            };
+            st.submit_meta(t, job, &meta, &mut out);
+            let load = st.load_now().unwrap_or_default();
+            let on_replicas: u32 = st.replicas().iter().map(|r| r.waiting_len()).sum();
+            // What waits is in the pool's queue or on a replica, never both.
+            assert_eq!(load.queued, on_replicas as u64 + st.parked.len() as u64);
+            if queue_at == QueueAt::Pool && !preempt {
+                assert!(
+                    st.replicas()
+                        .iter()
+                        .all(|r| r.running_len() + r.waiting_len() <= 1),
+                    "a replica got more than it has room for"
+                );
+            }
+        }
+        out.wakeups.append(&mut heap);
+        run_out(&mut st, &mut out, &mut done);
+        for r in st.replicas() {
+            r.check_invariants().unwrap_or_else(|e| panic!("{e}"));
+        }
+        done.sort_by_key(|d| d.id);
+        assert_eq!(done.len(), reqs.len());
+        done
+    }
+
+    #[test]
+    fn the_pools_queue_sends_the_best_ranked_request_to_the_first_replica_with_room() {
+        // Short S (50 tokens) on replica 0, long A (2,000) on replica 1; then batch L
+        // (priority 0) and interactive H (priority 9), while both replicas are full.
+        let reqs = [(0, 0, 50), (1, 0, 2000), (2, 0, 50), (3, 9, 50)];
+        // On arrival, round robin puts L behind S and H behind A: H waits for A.
+        let at_replica = two_slot_pool(QueueAt::Replica, false, &reqs);
+        assert_eq!(at_replica[2].started, at_replica[0].finished);
+        assert_eq!(at_replica[3].started, at_replica[1].finished);
+        // In the pool's queue H is ahead of L and takes the first slot that frees, S's;
+        // L follows H there, long before A ends.
+        let at_pool = two_slot_pool(QueueAt::Pool, false, &reqs);
+        assert_eq!(at_pool[3].started, at_pool[0].finished);
+        assert_eq!(at_pool[2].started, at_pool[3].finished);
+        assert!(at_pool[2].finished < at_pool[1].finished);
+        // Waiting in the pool counts as waiting: TTFT and latency from submission.
+        assert_eq!(at_pool[3].submitted, SimTime(3000));
+        // Under FIFO (all one priority) the pool's queue is plain arrival order.
+        let fifo = two_slot_pool(
+            QueueAt::Pool,
+            false,
+            &[(0, 0, 50), (1, 0, 2000), (2, 0, 50), (3, 0, 50)],
+        );
+        assert_eq!(fifo[2].started, fifo[0].finished);
+        assert_eq!(fifo[3].started, fifo[2].finished);
+    }
+
+    #[test]
+    fn the_pools_queue_preempts_the_worst_ranked_sequence_in_the_pool() {
+        // A (priority 5) runs on replica 0, B (priority 0) on replica 1, both long;
+        // interactive H (priority 9) finds no room anywhere.
+        let reqs = [(0, 5, 2000), (1, 0, 2000), (2, 9, 50)];
+        let preemptions = |d: &[HopDone]| -> Vec<u32> {
+            d.iter()
+                .map(|h| h.llm.map_or(0, |l| l.preemptions))
+                .collect()
+        };
+        // Sent on arrival (round robin: replica 0), H preempts A, the more important.
+        let at_replica = two_slot_pool(QueueAt::Replica, true, &reqs);
+        assert_eq!(preemptions(&at_replica), vec![1, 0, 0]);
+        // From the pool's queue H goes where the worst-ranked sequence runs: B's.
+        let at_pool = two_slot_pool(QueueAt::Pool, true, &reqs);
+        assert_eq!(preemptions(&at_pool), vec![0, 1, 0]);
+        assert!(at_pool[2].finished < at_pool[0].finished);
+        assert!(at_pool[0].finished < at_pool[1].finished);
+        // Without priority preemption it waits for a slot.
+        let waits = two_slot_pool(QueueAt::Pool, false, &reqs);
+        assert_eq!(preemptions(&waits), vec![0, 0, 0]);
+        assert!(waits[2].started >= waits[0].finished.min(waits[1].finished));
+        // A request of a rank no running one is worse than preempts nothing.
+        let equal = two_slot_pool(
+            QueueAt::Pool,
+            true,
+            &[(0, 5, 2000), (1, 5, 2000), (2, 5, 50)],
+        );
+        assert_eq!(preemptions(&equal), vec![0, 0, 0]);
     }
 
     #[test]

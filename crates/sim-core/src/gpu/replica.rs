@@ -149,7 +149,7 @@ struct FairSeq {
 }
 
 /// Finish tag minus start tag of a request of `tokens` on a lane of `weight`.
-fn fair_delta(tokens: u64, weight: u64) -> u128 {
+pub(crate) fn fair_delta(tokens: u64, weight: u64) -> u128 {
     ((tokens as u128) << 32) / weight.max(1) as u128
 }
 
@@ -293,6 +293,30 @@ impl ReplicaConfig {
     }
 
     /// Blocks admission keeps free.
+    /// Why a replica of this configuration can never serve `req`, if it cannot: its
+    /// prompt and output do not fit the KV cache, or (without chunked prefill) a
+    /// recomputed prompt would not fit one iteration's token budget.
+    pub fn refusal(&self, req: &LlmRequest) -> Option<Refused> {
+        // A prompt of no tokens still has the start token; a hop generates at least one.
+        let max_tokens = req.input_tokens.max(1) as u64 + req.output_tokens.max(1) as u64 - 1;
+        let fits_cache = max_tokens.div_ceil(self.block_size as u64)
+            <= self.kv_capacity_blocks as u64
+            && max_tokens <= u32::MAX as u64;
+        // Without chunked prefill a (recomputed) prompt must fit one iteration.
+        let fits_budget = self.chunked_prefill || max_tokens <= self.max_batched_tokens as u64;
+        if !fits_cache {
+            Some(Refused::KvCache {
+                capacity_tokens: self.kv_capacity_blocks as u64 * self.block_size as u64,
+            })
+        } else if !fits_budget {
+            Some(Refused::TokenBudget {
+                budget: self.max_batched_tokens,
+            })
+        } else {
+            None
+        }
+    }
+
     pub fn watermark_blocks(&self) -> u32 {
         (self.watermark * self.kv_capacity_blocks as f64).floor() as u32
     }
@@ -687,6 +711,42 @@ impl Replica {
                 .as_ref()
                 .map_or(0, |b| b.ext.pending_allocs as u64)
     }
+    /// Whether a request of `input_tokens` prompt tokens sent now would find a place
+    /// at once (the pool's queue keeps it otherwise, `queue_at = "pool"`): an empty
+    /// replica always has room; otherwise fewer than `max_num_seqs` sequences are on it
+    /// (running and waiting) and its KV blocks not in use, above the watermark, less
+    /// the uncomputed prompts of the requests already waiting, hold the whole prompt.
+    /// A judgement as of the applied effects: the replica still admits by its own rule.
+    pub fn has_room_for(&self, input_tokens: u32) -> bool {
+        let held = self.running.len() + self.waiting.len();
+        if held == 0 {
+            return true;
+        }
+        if held as u32 >= self.cfg.max_num_seqs {
+            return false;
+        }
+        let bs = self.cfg.block_size;
+        let reserved: u64 = self
+            .waiting
+            .iter()
+            .map(|s| (s.prompt_len - s.computed.min(s.prompt_len)).div_ceil(bs) as u64)
+            .sum();
+        let free = (self.cfg.kv_capacity_blocks as u64).saturating_sub(self.kv_used_blocks());
+        let need = input_tokens.max(1).div_ceil(bs) as u64;
+        free.saturating_sub(self.watermark_blocks as u64 + reserved) >= need
+    }
+
+    /// The worst rank among running sequences that priority preemption could take for
+    /// a request of `rank` (strictly worse than it), if this replica preempts for rank
+    /// and has no request waiting already (one blocked head at a time).
+    pub fn preemptible_rank_below(&self, rank: u64) -> Option<u128> {
+        if !self.preempts_for_rank() || !self.waiting.is_empty() {
+            return None;
+        }
+        self.victim_below(rank as u128)
+            .map(|v| self.running[v].rank)
+    }
+
     /// The wake-up the replica wants, if it changed since last asked: (time, generation).
     pub fn take_wake(&mut self) -> Option<(SimTime, u64)> {
         self.pending_wake.take()
@@ -757,25 +817,7 @@ impl Replica {
         // A prompt of no tokens still has the start token; a hop generates at least one.
         let input = req.input_tokens.max(1);
         let output = req.output_tokens.max(1);
-        let max_tokens = input as u64 + output as u64 - 1;
-        let fits_cache = max_tokens.div_ceil(self.cfg.block_size as u64)
-            <= self.cfg.kv_capacity_blocks as u64
-            && max_tokens <= u32::MAX as u64;
-        // Without chunked prefill a (recomputed) prompt must fit one iteration.
-        let fits_budget =
-            self.cfg.chunked_prefill || max_tokens <= self.cfg.max_batched_tokens as u64;
-        let refused = if !fits_cache {
-            Some(Refused::KvCache {
-                capacity_tokens: self.cfg.kv_capacity_blocks as u64 * self.cfg.block_size as u64,
-            })
-        } else if !fits_budget {
-            Some(Refused::TokenBudget {
-                budget: self.cfg.max_batched_tokens,
-            })
-        } else {
-            None
-        };
-        if let Some(refused) = refused {
+        if let Some(refused) = self.cfg.refusal(req) {
             // Never servable here: a failed hop, not a finished one.
             self.stats.rejected += 1;
             self.pending_done
