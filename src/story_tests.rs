@@ -16,6 +16,10 @@ fn p99(s: &Summary, class: &str) -> f64 {
     s.classes[class].latency_s.p99.unwrap_or(f64::INFINITY)
 }
 
+fn p50(s: &Summary, class: &str) -> f64 {
+    s.classes[class].latency_s.p50.unwrap_or(f64::INFINITY)
+}
+
 #[test]
 fn month_end_fan_out_cliff_and_its_fixes() {
     let f = "scenarios/month-end.toml";
@@ -132,6 +136,70 @@ fn gpu_lanes_priority_and_preemption_trade_etl_for_chat() {
     };
     assert_eq!((preemptions(&fifo), preemptions(&priority)), (0, 0));
     assert!(preemptions(&preempt) > 100, "{}", preemptions(&preempt));
+}
+
+#[test]
+fn gpu_pool_queue_sends_chat_to_the_first_free_slot_in_the_pool() {
+    let f = "scenarios/gpu-pool-queue.toml";
+    let at_replica = run(f, &[]);
+    let at_pool = run(f, &["pools.gpu.queue_at=pool"]);
+    let preempt = run(
+        f,
+        &[
+            "pools.gpu.queue_at=pool",
+            "pools.gpu.preempt_for_priority=true",
+        ],
+    );
+    let ttft_p99 = |s: &Summary, class: &str| {
+        s.breakdown.by_class[class]
+            .ttft_s
+            .as_ref()
+            .map_or(f64::NAN, |d| d.p99)
+    };
+    for s in [&at_pool, &preempt] {
+        assert_eq!(
+            s.classes["chat"].arrived,
+            at_replica.classes["chat"].arrived
+        );
+        assert_eq!(
+            s.classes["etl"].completed,
+            at_replica.classes["etl"].completed
+        );
+    }
+    // Seed 3: chat's TTFT p99 1.93 s waiting on the replica picked on arrival, 0.85 s
+    // in one pool-wide queue (the first of 16 slots to free, not of its replica's 4).
+    let (r, p) = (ttft_p99(&at_replica, "chat"), ttft_p99(&at_pool, "chat"));
+    assert!(
+        p < 0.6 * r,
+        "chat TTFT p99 {p:.3}s at the pool vs {r:.3}s at replicas"
+    );
+    // Late binding shortens etl's worst waits too (max 16.2 s -> 8.6 s).
+    let worst = |s: &Summary| {
+        s.breakdown.by_class["etl"]
+            .queue_wait_s
+            .as_ref()
+            .map_or(f64::NAN, |d| d.max)
+    };
+    assert!(worst(&at_pool) < worst(&at_replica));
+    // Pool-wide preemption takes slots from etl for chat: more preemptions, chat's
+    // median faster, etl's tail longer.
+    let preemptions = |s: &Summary| {
+        s.pools["gpu"]
+            .llm
+            .as_ref()
+            .map_or(0, |l| l.replicas.preemptions)
+    };
+    assert_eq!(preemptions(&at_pool), 0);
+    assert!(preemptions(&preempt) > 100, "{}", preemptions(&preempt));
+    assert!(p50(&preempt, "chat") < p50(&at_pool, "chat"));
+    assert!(p99(&preempt, "etl") > p99(&at_pool, "etl"));
+    assert_eq!(
+        at_pool.pools["gpu"]
+            .llm
+            .as_ref()
+            .map(|l| l.replicas.queue_at),
+        Some(sim_core::gpu::gpu_station::QueueAt::Pool)
+    );
 }
 
 // ---------------------------------------------------------------------------------

@@ -670,6 +670,72 @@ shared_prefix_tokens = 3000
     );
 }
 
+#[test]
+fn a_pool_wide_fair_queue_holds_the_weights_where_prefix_affinity_splits_the_lanes() {
+    // Two lanes (weights 3:1), each with its own system prompt, both backlogged on 4
+    // replicas under `weighted_fair`. Prefix affinity keeps each lane's prompt on its
+    // own replicas, so per-replica fair queues see mostly one lane each and cannot
+    // give chat its 3/4; one pool-wide fair queue hands out every free slot by start
+    // tag, whichever replica has it.
+    let text = r#"
+[simulation]
+seed = 11
+horizon = "20m"
+[lanes.small]
+weight = 3.0
+[lanes.large]
+weight = 1.0
+[pools.gpu]
+servers = 4
+discipline = "weighted_fair"
+queue_at = "QUEUE_AT"
+gpu = { model = "llama-3-8b", gpu = "h100-80gb", max_num_seqs = 4, picker = "prefix_affinity" }
+[classes.chat]
+arrival = { process = "poisson", rate = 24.0 }
+lane = "small"
+[[classes.chat.nodes]]
+id = "answer"
+pool = "gpu"
+shared_prefix_tokens = 200
+input_tokens = { dist = "lognormal", median = 400, p99 = 2000 }
+output_tokens = { dist = "lognormal", median = 100, p99 = 400 }
+[classes.docs]
+arrival = { process = "poisson", rate = 8.0 }
+lane = "large"
+[[classes.docs.nodes]]
+id = "summarise"
+pool = "gpu"
+shared_prefix_tokens = 200
+input_tokens = { dist = "lognormal", median = 1200, p99 = 6000 }
+output_tokens = { dist = "lognormal", median = 300, p99 = 1200 }
+"#;
+    // Chat's share of the prompt + output tokens served (the pool's fair-queue size).
+    let chat_share = |queue_at: &str| {
+        let (_, log) = run_logged(&text.replace("QUEUE_AT", queue_at));
+        let tokens = |class: &str| -> f64 {
+            log.iter()
+                .filter(|h| h.class == class)
+                .map(|h| (h.input_tokens + h.output_tokens) as f64)
+                .sum()
+        };
+        let (chat, docs) = (tokens("chat"), tokens("docs"));
+        assert!(docs > 1e6, "docs served {docs} tokens");
+        chat / (chat + docs)
+    };
+    let (at_replica, at_pool) = (chat_share("replica"), chat_share("pool"));
+    eprintln!(
+        "chat token share, prefix affinity: replica queues {at_replica:.4}, pool queue {at_pool:.4}"
+    );
+    assert!(
+        (at_pool - 0.75).abs() < 0.02,
+        "pool-wide fair queue: chat share {at_pool:.4}"
+    );
+    assert!(
+        at_replica < 0.70,
+        "per-replica fair queues: chat share {at_replica:.4}"
+    );
+}
+
 fn view(used: u64, capacity: u32, outstanding: u64) -> ReplicaView {
     ReplicaView {
         outstanding_tokens: outstanding,

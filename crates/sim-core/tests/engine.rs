@@ -1719,7 +1719,8 @@ weight = W_LARGE
 [pools.gpu]
 servers = SERVERS
 discipline = "DISCIPLINE"
-gpu = { model = "llama-3-8b", gpu = "h100-80gb", max_num_seqs = 4 }
+queue_at = "QUEUE_AT"
+gpu = { model = "llama-3-8b", gpu = "h100-80gb", max_num_seqs = 4, picker = "PICKER" }
 [classes.chat]
 arrival = { process = "poisson", rate = RATE_SMALL }
 lane = "small"
@@ -1747,7 +1748,27 @@ struct FairRun {
 
 impl FairRun {
     fn new(discipline: &str, weights: (f64, f64), rates: (f64, f64), servers: u32) -> Self {
+        Self::queued(
+            discipline,
+            weights,
+            rates,
+            servers,
+            "replica",
+            "least_outstanding_tokens",
+        )
+    }
+    /// [`FairRun::new`] with the pool's `queue_at` and replica picker.
+    fn queued(
+        discipline: &str,
+        weights: (f64, f64),
+        rates: (f64, f64),
+        servers: u32,
+        queue_at: &str,
+        picker: &str,
+    ) -> Self {
         let text = GPU_FAIR
+            .replace("QUEUE_AT", queue_at)
+            .replace("PICKER", picker)
             .replace("DISCIPLINE", discipline)
             .replace("W_SMALL", &format!("{:?}", weights.0))
             .replace("W_LARGE", &format!("{:?}", weights.1))
@@ -1834,6 +1855,93 @@ fn gpu_weighted_fair_shares_a_saturated_replica_by_the_weights() {
     assert!(
         (pool_tokens - 0.75).abs() < 0.02,
         "pool chat token share {pool_tokens:.4}"
+    );
+}
+
+#[test]
+fn gpu_weighted_fair_over_the_pools_queue_shares_the_pool_by_the_weights() {
+    // Four replicas, both lanes backlogged (offered about twice the pool each). With
+    // one pool-wide fair queue the pool hands out sequence slots by start tags (prompt
+    // + output tokens over the weight), whichever replica frees one: 3:1 weights give
+    // chat 75% of the tokens computed, and equal weights half, whatever the picker.
+    let pool = FairRun::queued(
+        "weighted_fair",
+        (3.0, 1.0),
+        (24.0, 8.0),
+        4,
+        "pool",
+        "round_robin",
+    );
+    let equal = FairRun::queued(
+        "weighted_fair",
+        (1.0, 1.0),
+        (24.0, 8.0),
+        4,
+        "pool",
+        "least_outstanding_tokens",
+    );
+    // FIFO over the same pool-wide queue: shares follow demand, not weights.
+    let fifo = FairRun::queued("fifo", (3.0, 1.0), (24.0, 8.0), 4, "pool", "round_robin");
+    let (tokens, eq_tokens, fifo_tokens) = (
+        pool.share(FairRun::tokens),
+        equal.share(FairRun::tokens),
+        fifo.share(FairRun::tokens),
+    );
+    eprintln!(
+        "pool-wide fair queue, 4 replicas: chat token share 3:1 {tokens:.4} ({} + {} hops), 1:1 {eq_tokens:.4}, FIFO {fifo_tokens:.4}",
+        pool.hops("chat"),
+        pool.hops("docs")
+    );
+    assert!(pool.hops("docs") > 400.0, "{}", pool.hops("docs"));
+    assert!((tokens - 0.75).abs() < 0.02, "chat token share {tokens:.4}");
+    assert!(
+        (eq_tokens - 0.5).abs() < 0.02,
+        "chat token share {eq_tokens:.4}"
+    );
+    assert!(fifo_tokens < 0.6, "FIFO chat token share {fifo_tokens:.4}");
+    let queue_at = |r: &FairRun| r.result.gpu_reports[0].as_ref().map(|g| g.queue_at);
+    assert_eq!(
+        queue_at(&pool),
+        Some(sim_core::gpu::gpu_station::QueueAt::Pool)
+    );
+    let per_replica = FairRun::new("weighted_fair", (3.0, 1.0), (24.0, 8.0), 4);
+    assert_eq!(
+        queue_at(&per_replica),
+        Some(sim_core::gpu::gpu_station::QueueAt::Replica)
+    );
+}
+
+#[test]
+fn queue_at_pool_is_for_gpu_pools_and_its_spelling_is_checked() {
+    let abstract_pool = r#"
+[pools.q]
+servers = 2
+service = { dist = "exponential", mean = "1s" }
+queue_at = "pool"
+[classes.c]
+arrival = { process = "poisson", rate = 1.0 }
+hops = [{ pool = "q" }]
+"#;
+    let spec: ScenarioSpec = toml::from_str(abstract_pool).unwrap_or_else(|e| panic!("{e}"));
+    match spec.validate() {
+        Err(e) => {
+            assert_eq!(e.key, "pools.q.queue_at", "{e}");
+            assert!(e.to_string().contains("`gpu` pools"), "{e}");
+        }
+        Ok(_) => panic!("queue_at = \"pool\" accepted on an abstract pool"),
+    }
+    // The default is fine anywhere; a misspelt value names the choices.
+    let ok = abstract_pool.replace("queue_at = \"pool\"", "queue_at = \"replica\"");
+    let spec: ScenarioSpec = toml::from_str(&ok).unwrap_or_else(|e| panic!("{e}"));
+    assert!(spec.validate().is_ok());
+    let bad = abstract_pool.replace("queue_at = \"pool\"", "queue_at = \"gateway\"");
+    let e = toml::from_str::<ScenarioSpec>(&bad)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        e.contains("unknown variant `gateway`") && e.contains("`replica`") && e.contains("`pool`"),
+        "{e}"
     );
 }
 

@@ -46,6 +46,19 @@ pub struct ReplicaView {
     pub kv_capacity_blocks: u32,
 }
 
+impl ReplicaView {
+    /// Replica `r` as of its applied effects (advance it to now first).
+    fn of(r: &Replica) -> Self {
+        ReplicaView {
+            outstanding_tokens: r.outstanding_tokens(),
+            running: r.running_len(),
+            waiting: r.waiting_len(),
+            kv_used_blocks: r.kv_used_blocks(),
+            kv_capacity_blocks: r.config().kv_capacity_blocks,
+        }
+    }
+}
+
 /// Chooses the replica of a pool that serves an arriving LLM hop.
 pub trait ReplicaPicker: Send + std::fmt::Debug {
     /// Index into `replicas` (never empty); out-of-range answers are clamped.
@@ -587,13 +600,7 @@ impl GpuPoolStation {
                 }
                 r.advance(now);
                 if r.has_room_for(head.req.input_tokens) {
-                    self.views.push(ReplicaView {
-                        outstanding_tokens: r.outstanding_tokens(),
-                        running: r.running_len(),
-                        waiting: r.waiting_len(),
-                        kv_used_blocks: r.kv_used_blocks(),
-                        kv_capacity_blocks: r.config().kv_capacity_blocks,
-                    });
+                    self.views.push(ReplicaView::of(r));
                     self.view_index.push(i);
                 } else if let Some(worst) = r.preemptible_rank_below(rank)
                     && victim.is_none_or(|(_, w)| worst > w)
@@ -690,13 +697,7 @@ impl GpuPoolStation {
                 continue;
             }
             r.advance(now);
-            self.views.push(ReplicaView {
-                outstanding_tokens: r.outstanding_tokens(),
-                running: r.running_len(),
-                waiting: r.waiting_len(),
-                kv_used_blocks: r.kv_used_blocks(),
-                kv_capacity_blocks: r.config().kv_capacity_blocks,
-            });
+            self.views.push(ReplicaView::of(r));
             self.view_index.push(i);
         }
         if self.views.is_empty() {
