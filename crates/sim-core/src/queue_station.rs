@@ -5,7 +5,8 @@
 
 use crate::policy::{Fifo, JobMeta, QueueDiscipline};
 use crate::station::{
-    HopDone, HopJob, JobId, LoadNow, Station, StationOutput, StationReport, TimeIntegral, Work,
+    FirstToken, HopDone, HopJob, JobId, LoadNow, Station, StationOutput, StationReport,
+    TimeIntegral, Work,
 };
 use crate::time::{SimDuration, SimTime};
 use std::collections::BTreeMap;
@@ -60,6 +61,8 @@ pub struct QueueStation {
     window_start: SimTime,
     /// TTFT and TPOT of the paid-API calls in the station, reported when they finish.
     api_timings: BTreeMap<JobId, crate::gpu::LlmTimings>,
+    /// Report each hop's wait as it starts service ([`QueueStation::with_first_tokens`]).
+    first_tokens: bool,
 }
 
 impl QueueStation {
@@ -94,6 +97,7 @@ impl QueueStation {
             resized: false,
             window_start: SimTime::ZERO,
             api_timings: BTreeMap::new(),
+            first_tokens: false,
         };
         if servers != u32::MAX {
             s.running.set(SimTime::ZERO, servers as u64);
@@ -106,6 +110,14 @@ impl QueueStation {
     /// every workflow), or unlimited. Tools are paid per call, not per hour.
     pub fn bulkhead(limit: Option<u32>) -> Self {
         Self::new(limit.unwrap_or(u32::MAX), 0.0)
+    }
+
+    /// Reports each hop's queue wait when it starts service, as its "first token"
+    /// ([`StationOutput::first_tokens`]): the `p99_ttft` autoscaling signal of an
+    /// abstract pool, which should not wait for the hop to finish.
+    pub fn with_first_tokens(mut self) -> Self {
+        self.first_tokens = true;
+        self
     }
 
     fn has_free_server(&self) -> bool {
@@ -127,6 +139,13 @@ impl QueueStation {
             started: now,
             aborted: false,
         });
+        if self.first_tokens {
+            out.first_tokens.push(FirstToken {
+                at: now,
+                id: w.id,
+                ttft: now - w.submitted,
+            });
+        }
         out.wakeups.push((now + w.service, slot as u64));
     }
 

@@ -648,11 +648,17 @@ impl<'a, 'o> Sim<'a, 'o> {
                 } else {
                     p.usd_per_server_hour
                 };
-                Box::new(QueueStation::with_discipline(
+                let station = QueueStation::with_discipline(
                     p.servers,
                     price,
                     factory.discipline(p.discipline),
-                )) as Box<dyn Station>
+                );
+                // An autoscaler on `p99_ttft` sees each hop's wait as service starts.
+                if p.autoscale.as_ref().is_some_and(|a| a.metric == "p99_ttft") {
+                    Box::new(station.with_first_tokens()) as Box<dyn Station>
+                } else {
+                    Box::new(station) as Box<dyn Station>
+                }
             })
             .collect();
         let router = factory.router(sc.routing);
@@ -3128,7 +3134,8 @@ impl<'a, 'o> Sim<'a, 'o> {
         }
     }
 
-    /// GPU pools autoscaled on `p99_ttft` see each TTFT when the first token comes.
+    /// Pools autoscaled on `p99_ttft` see each TTFT when the first token comes (GPU
+    /// pools), or each hop's wait when its service starts (abstract pools).
     /// Out of line: `process_done` stays small enough to inline into the event loop.
     #[cold]
     #[inline(never)]
@@ -3151,7 +3158,7 @@ impl<'a, 'o> Sim<'a, 'o> {
             self.on_hop_refused(&hop, &done, refused);
             return;
         }
-        self.hop_left_pool(&hop, &done);
+        self.hop_left_pool(&hop);
         self.release_admission_tokens(&hop);
         let in_window = PoolStats::in_window_usd(&done, self.warmup);
         if (hop.station as usize) < sc.pools.len() {
@@ -3566,9 +3573,9 @@ impl<'a, 'o> Sim<'a, 'o> {
         }
     }
 
-    /// Autoscaling signals of a hop leaving its pool: tokens in flight, and the TTFT
-    /// window of pools autoscaled on `p99_ttft`.
-    fn hop_left_pool(&mut self, hop: &Hop, done: &HopDone) {
+    /// Admission and autoscaling signals of a hop leaving its pool: tokens in flight
+    /// (the `p99_ttft` window is fed as service starts: `record_first_tokens`).
+    fn hop_left_pool(&mut self, hop: &Hop) {
         let p = hop.station as usize;
         if p >= self.sc.pools.len() {
             return;
@@ -3576,17 +3583,6 @@ impl<'a, 'o> Sim<'a, 'o> {
         self.pool_tokens[p] =
             self.pool_tokens[p].saturating_sub(hop.input_tokens + hop.output_tokens);
         self.door_may_open(p);
-        let pool = &self.sc.pools[p];
-        // (A GPU pool reported the TTFT when its first token came.)
-        if pool.gpu.is_none()
-            && pool
-                .autoscale
-                .as_ref()
-                .is_some_and(|a| a.metric == "p99_ttft")
-        {
-            let ttft = done.llm.map_or(done.started - done.submitted, |l| l.ttft);
-            self.ttft_window[p].push_back((done.finished, ttft.as_nanos()));
-        }
     }
 
     fn on_timer(&mut self, slot: u32, wf_id: u64, what: Timer) {
