@@ -130,9 +130,18 @@ impl QueueStation {
         out.wakeups.push((now + w.service, slot as u64));
     }
 
-    /// Starts waiting hops while servers are free.
+    /// Starts waiting hops while servers are free. Inlined: most calls find every
+    /// server busy or nothing queued (an empty discipline is not asked).
+    #[inline(always)]
     fn fill(&mut self, now: SimTime, out: &mut StationOutput) {
-        while self.has_free_server() {
+        if self.has_free_server() && self.queued_now > 0 {
+            self.start_waiting(now, out);
+        }
+    }
+
+    #[inline(never)]
+    fn start_waiting(&mut self, now: SimTime, out: &mut StationOutput) {
+        while self.has_free_server() && self.queued_now > 0 {
             let Some(key) = self.discipline.pop(now) else {
                 break;
             };
