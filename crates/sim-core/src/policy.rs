@@ -42,6 +42,11 @@ pub trait QueueDiscipline: Send {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// Plain first come, first served: keys pop in push order and `meta` is unused, so
+    /// a station may keep the order itself (no dynamic call per hop).
+    fn is_fifo(&self) -> bool {
+        false
+    }
 }
 
 /// First come, first served.
@@ -59,6 +64,9 @@ impl QueueDiscipline for Fifo {
     }
     fn len(&self) -> usize {
         self.queue.len()
+    }
+    fn is_fifo(&self) -> bool {
+        true
     }
 }
 

@@ -8,7 +8,7 @@ use crate::station::{
     HopDone, HopJob, JobId, LoadNow, Station, StationOutput, StationReport, TimeIntegral, Work,
 };
 use crate::time::{SimDuration, SimTime};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 #[derive(Clone, Copy, Debug)]
 struct Waiting {
@@ -39,6 +39,9 @@ pub struct QueueStation {
     usd_per_server_ns: f64,
     usd_per_server_hour: f64,
     discipline: Box<dyn QueueDiscipline>,
+    /// The waiting keys in arrival order when the discipline is plain FIFO
+    /// (`QueueDiscipline::is_fifo`), kept here instead of behind the `dyn` call.
+    fifo: Option<VecDeque<u64>>,
     /// Keys in the discipline (pushed, not yet popped): its `len` without a dynamic call.
     queued_now: usize,
     /// Of `queued_now`, keys of aborted hops (their `waiting` entry is empty; the key is
@@ -80,6 +83,7 @@ impl QueueStation {
             max_busy: 0,
             usd_per_server_ns: usd_per_server_hour / 3.6e12,
             usd_per_server_hour,
+            fifo: discipline.is_fifo().then(VecDeque::new),
             discipline,
             queued_now: 0,
             aborted_waiting: 0,
@@ -142,7 +146,11 @@ impl QueueStation {
     #[inline(never)]
     fn start_waiting(&mut self, now: SimTime, out: &mut StationOutput) {
         while self.has_free_server() && self.queued_now > 0 {
-            let Some(key) = self.discipline.pop(now) else {
+            let next = match self.fifo.as_mut() {
+                Some(q) => q.pop_front(),
+                None => self.discipline.pop(now),
+            };
+            let Some(key) = next else {
                 break;
             };
             self.queued_now = self.queued_now.saturating_sub(1);
@@ -162,7 +170,7 @@ impl QueueStation {
 
     /// A hop left its server: a retiring server leaves, else the next waiting hop
     /// starts.
-    #[inline]
+    #[inline(always)]
     fn server_freed(&mut self, now: SimTime, out: &mut StationOutput) {
         self.in_service -= 1;
         if self.retiring > 0 {
@@ -176,7 +184,12 @@ impl QueueStation {
     #[inline]
     fn update_levels(&mut self, now: SimTime) {
         let busy = self.in_service as u64;
-        debug_assert_eq!(self.queued_now, self.discipline.len());
+        debug_assert_eq!(
+            self.queued_now,
+            self.fifo
+                .as_ref()
+                .map_or_else(|| self.discipline.len(), VecDeque::len)
+        );
         let queued = (self.queued_now - self.aborted_waiting) as u64;
         self.max_busy = self.max_busy.max(busy);
         // A level left unchanged integrates exactly without being touched (integer
@@ -239,7 +252,10 @@ impl Station for QueueStation {
                     (self.waiting.len() - 1) as u32
                 }
             };
-            self.discipline.push(now, *meta, key as u64);
+            match self.fifo.as_mut() {
+                Some(q) => q.push_back(key as u64),
+                None => self.discipline.push(now, *meta, key as u64),
+            }
             self.queued_now += 1;
             self.fill(now, out);
         }
