@@ -588,6 +588,10 @@ struct Sim<'a, 'o> {
     pool_always_admits: Vec<bool>,
     /// Per class: its lane and tenant have no gate (watermark, rate limit, token budget).
     class_gate_free: Vec<bool>,
+    /// Per pool: a finished hop needs none of the optional bookkeeping (the pool always
+    /// admits, has no error rate, is not a GPU pool and is not autoscaled on TTFT): no
+    /// door to open, no TTFT window, no error draw, no breaker.
+    pool_plain_finish: Vec<bool>,
 }
 
 impl<'a, 'o> Sim<'a, 'o> {
@@ -798,6 +802,24 @@ impl<'a, 'o> Sim<'a, 'o> {
                         && pool.api.is_none()
                         && pool.admission.is_none()
                         && pool.storms.is_empty()
+                })
+                .collect(),
+            pool_plain_finish: sc
+                .pools
+                .iter()
+                .map(|pool| {
+                    pool.breaker.is_none()
+                        && pool.outages.is_empty()
+                        && pool.max_queue.is_none()
+                        && pool.api.is_none()
+                        && pool.admission.is_none()
+                        && pool.storms.is_empty()
+                        && pool.error_rate <= 0.0
+                        && pool.gpu.is_none()
+                        && pool
+                            .autoscale
+                            .as_ref()
+                            .is_none_or(|a| a.metric != "p99_ttft")
                 })
                 .collect(),
             class_gate_free: sc
@@ -3344,11 +3366,16 @@ impl<'a, 'o> Sim<'a, 'o> {
         }
         // A model or escalation call that came back may have failed with an error.
         let wf_no = self.workflows[slot as usize].number;
+        let plain_pool = self
+            .pool_plain_finish
+            .get(hop.station as usize)
+            .is_some_and(|&p| p);
         let failed_call = !hop.timed_out
+            && !plain_pool
             && (hop.station as usize) < n_pools
             && !matches!(hop.kind, HopKind::Tool { .. })
             && self.call_failed(ci, wf_no, &hop);
-        if !hop.timed_out && (hop.station as usize) < n_pools {
+        if !hop.timed_out && !plain_pool && (hop.station as usize) < n_pools {
             if failed_call {
                 if done.submitted >= self.warmup {
                     self.pool_stats[hop.station as usize].errors += 1;
@@ -3609,6 +3636,9 @@ impl<'a, 'o> Sim<'a, 'o> {
         }
         self.pool_tokens[p] =
             self.pool_tokens[p].saturating_sub(hop.input_tokens + hop.output_tokens);
+        if self.pool_plain_finish[p] {
+            return;
+        }
         self.door_may_open(p);
         let pool = &self.sc.pools[p];
         // (A GPU pool reported the TTFT when its first token came.)
