@@ -291,6 +291,11 @@ impl Station for QueueStation {
         }
     }
 
+    fn reads_job_meta(&self) -> bool {
+        // Only the discipline reads it; a plain FIFO kept here does not.
+        self.fifo.is_none()
+    }
+
     fn load_now(&self) -> Option<LoadNow> {
         Some(LoadNow {
             servers: self.servers - self.retiring,

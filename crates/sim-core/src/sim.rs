@@ -592,6 +592,8 @@ struct Sim<'a, 'o> {
     /// admits, has no error rate, is not a GPU pool and is not autoscaled on TTFT): no
     /// door to open, no TTFT window, no error draw, no breaker.
     pool_plain_finish: Vec<bool>,
+    /// Per station: `Station::reads_job_meta` (a hop's `JobMeta` is built only for those).
+    station_reads_meta: Vec<bool>,
 }
 
 impl<'a, 'o> Sim<'a, 'o> {
@@ -711,9 +713,11 @@ impl<'a, 'o> Sim<'a, 'o> {
                 }
             })
             .collect();
+        let station_reads_meta = stations.iter().map(|s| s.reads_job_meta()).collect();
         Sim {
             sc,
             opts,
+            station_reads_meta,
             horizon: SimTime(sc.horizon.as_nanos()),
             warmup: SimTime(sc.warmup.as_nanos()),
             now: SimTime::ZERO,
@@ -3100,17 +3104,21 @@ impl<'a, 'o> Sim<'a, 'o> {
                 },
             );
         }
-        let lane = &sc.lanes[class.lane_index];
-        let meta = JobMeta {
-            lane: class.lane_index as u32,
-            priority: lane.priority,
-            weight: lane.weight,
-            deadline: class.slo.map(|s| arrived + s).unwrap_or(SimTime(u64::MAX)),
-            size_ns: match &work {
-                Work::Service(d) => d.as_nanos().max(1),
-                Work::Api(c) => c.service.as_nanos().max(1),
-                Work::Llm(r) => (r.input_tokens + r.output_tokens).max(1) as u64,
-            },
+        let meta = if self.station_reads_meta[station] {
+            let lane = &sc.lanes[class.lane_index];
+            JobMeta {
+                lane: class.lane_index as u32,
+                priority: lane.priority,
+                weight: lane.weight,
+                deadline: class.slo.map(|s| arrived + s).unwrap_or(SimTime(u64::MAX)),
+                size_ns: match &work {
+                    Work::Service(d) => d.as_nanos().max(1),
+                    Work::Api(c) => c.service.as_nanos().max(1),
+                    Work::Llm(r) => (r.input_tokens + r.output_tokens).max(1) as u64,
+                },
+            }
+        } else {
+            JobMeta::default()
         };
         self.stations[station].submit_meta(
             self.now,
