@@ -3175,9 +3175,11 @@ impl<'a, 'o> Sim<'a, 'o> {
         }
         while !self.out.done.is_empty() {
             let mut finished = std::mem::take(&mut self.out.done);
-            for done in finished.drain(..) {
+            // By reference: each report is read in place, not moved out first.
+            for done in &finished {
                 self.on_hop_done(done);
             }
+            finished.clear();
             if self.out.done.is_empty() {
                 self.out.done = finished;
             }
@@ -3196,7 +3198,7 @@ impl<'a, 'o> Sim<'a, 'o> {
         }
     }
 
-    fn on_hop_done(&mut self, done: HopDone) {
+    fn on_hop_done(&mut self, done: &HopDone) {
         let sc = self.sc;
         let hop_slot = done.id.0 as usize;
         let Some(hop) = self.hops.get_mut(hop_slot).and_then(Option::take) else {
@@ -3204,12 +3206,12 @@ impl<'a, 'o> Sim<'a, 'o> {
         };
         self.free_hops.push(hop_slot as u32);
         if let Some(refused) = done.refused {
-            self.on_hop_refused(&hop, &done, refused);
+            self.on_hop_refused(&hop, done, refused);
             return;
         }
-        self.hop_left_pool(&hop, &done);
+        self.hop_left_pool(&hop, done);
         self.release_admission_tokens(&hop);
-        let in_window = PoolStats::in_window_usd(&done, self.warmup);
+        let in_window = PoolStats::in_window_usd(done, self.warmup);
         if (hop.station as usize) < sc.pools.len() {
             self.pool_stats[hop.station as usize].usd_charged_in_window += in_window;
         }
@@ -3292,9 +3294,9 @@ impl<'a, 'o> Sim<'a, 'o> {
         if done.submitted >= self.warmup {
             let st = hop.station as usize;
             if st < n_pools {
-                self.pool_stats[st].record(&done);
+                self.pool_stats[st].record(done);
             } else {
-                self.tool_stats[st - n_pools].record(&done, sc.tools[st - n_pools].usd_per_call);
+                self.tool_stats[st - n_pools].record(done, sc.tools[st - n_pools].usd_per_call);
             }
             self.breakdown.record(&HopSample {
                 class: ci,
@@ -3303,7 +3305,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                 pool: (st < n_pools).then_some(st),
                 tool: (st >= n_pools).then(|| st - n_pools),
                 gpu: st < n_pools && sc.pools[st].gpu.is_some(),
-                done: &done,
+                done,
                 output_tokens: hop.output_tokens,
                 usd,
                 over_tiered,
