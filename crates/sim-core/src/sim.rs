@@ -1615,8 +1615,9 @@ impl<'a, 'o> Sim<'a, 'o> {
                 }
                 let ci = wf.class as usize;
                 match self.always_admitted_pool(ci, spec) {
-                    Some(p) => self
-                        .submit_model_hop(slot, node, branch, epoch, context, input, output, 0, p),
+                    Some(p) => self.submit_model_hop(
+                        spec, slot, node, branch, epoch, context, input, output, 0, p,
+                    ),
                     None => self.route_model_hop(
                         slot, node, branch, epoch, context, input, output, 0, None, None,
                     ),
@@ -2276,7 +2277,7 @@ impl<'a, 'o> Sim<'a, 'o> {
             }
         } else if let Some(p) = self.always_admitted_pool(ci, spec) {
             self.submit_model_hop(
-                slot, node, branch, epoch, context, input, output, attempt, p,
+                spec, slot, node, branch, epoch, context, input, output, attempt, p,
             );
             return;
         }
@@ -2582,7 +2583,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                 slot, node, branch, epoch, context, input, output, attempt, cascade, p,
             ),
             None => self.submit_model_hop(
-                slot, node, branch, epoch, context, input, output, attempt, p,
+                spec, slot, node, branch, epoch, context, input, output, attempt, p,
             ),
         }
     }
@@ -2831,7 +2832,14 @@ impl<'a, 'o> Sim<'a, 'o> {
                         h.slot, n, h.branch, h.epoch, c, i, o, h.attempt, cascade, p,
                     ),
                     None => {
-                        self.submit_model_hop(h.slot, n, h.branch, h.epoch, c, i, o, h.attempt, p)
+                        let sc = self.sc;
+                        let wf = &self.workflows[h.slot as usize];
+                        let graph =
+                            graph_of(&sc.classes[wf.class as usize], wf.record, &self.stream_rows);
+                        let spec = &graph.nodes[n];
+                        self.submit_model_hop(
+                            spec, h.slot, n, h.branch, h.epoch, c, i, o, h.attempt, p,
+                        )
                     }
                 }
                 self.held_since = None;
@@ -2846,6 +2854,7 @@ impl<'a, 'o> Sim<'a, 'o> {
     #[inline(always)]
     fn submit_model_hop(
         &mut self,
+        spec: &crate::workflow::Node,
         slot: u32,
         node: usize,
         branch: u32,
@@ -2860,8 +2869,6 @@ impl<'a, 'o> Sim<'a, 'o> {
         let wf = &self.workflows[slot as usize];
         let ci = wf.class as usize;
         let class = &sc.classes[ci];
-        let graph = graph_of(class, wf.record, &self.stream_rows);
-        let spec = &graph.nodes[node];
         let recorded = match node {
             0 => flat_record(class, wf.record, &self.stream_rows),
             _ => None,
