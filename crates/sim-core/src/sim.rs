@@ -3236,7 +3236,13 @@ impl<'a, 'o> Sim<'a, 'o> {
         // API token or tool-call dollars on top of the capacity charge.
         let mut extra_usd = 0.0;
         let n_pools = sc.pools.len();
+        // A plain pool is not a paid API (and not a tool).
+        let plain_pool = self
+            .pool_plain_finish
+            .get(hop.station as usize)
+            .is_some_and(|&p| p);
         if let HopKind::Model | HopKind::Escalation = hop.kind
+            && !plain_pool
             && sc.pools[hop.station as usize].api.is_some()
         {
             let pool = &sc.pools[hop.station as usize];
@@ -3382,16 +3388,11 @@ impl<'a, 'o> Sim<'a, 'o> {
             });
         }
         // A model or escalation call that came back may have failed with an error.
-        let wf_no = self.workflows[slot as usize].number;
-        let plain_pool = self
-            .pool_plain_finish
-            .get(hop.station as usize)
-            .is_some_and(|&p| p);
         let failed_call = !hop.timed_out
             && !plain_pool
             && (hop.station as usize) < n_pools
             && !matches!(hop.kind, HopKind::Tool { .. })
-            && self.call_failed(ci, wf_no, &hop);
+            && self.call_failed(ci, self.workflows[slot as usize].number, &hop);
         if !hop.timed_out && !plain_pool && (hop.station as usize) < n_pools {
             if failed_call {
                 if done.submitted >= self.warmup {
