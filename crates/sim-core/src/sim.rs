@@ -3171,6 +3171,9 @@ impl<'a, 'o> Sim<'a, 'o> {
     }
 
     /// Handles finished hops; finishing one may submit more, which may finish at once.
+    /// Its one caller is the event loop: always inlined there (left to the heuristics,
+    /// it went out of line when a callee grew, +3.6 M instructions on the M/M/4 run).
+    #[inline(always)]
     fn process_done(&mut self) {
         if !self.out.gaps.is_empty() {
             for g in self.out.gaps.drain(..) {
