@@ -22,15 +22,20 @@ pub struct JobMeta {
     pub size_ns: u64,
 }
 
+impl JobMeta {
+    /// The default attributes, as a constant a caller can lend without building them.
+    pub const DEFAULT: JobMeta = JobMeta {
+        lane: 0,
+        priority: 0,
+        weight: 1.0,
+        deadline: SimTime(u64::MAX),
+        size_ns: 1,
+    };
+}
+
 impl Default for JobMeta {
     fn default() -> Self {
-        JobMeta {
-            lane: 0,
-            priority: 0,
-            weight: 1.0,
-            deadline: SimTime(u64::MAX),
-            size_ns: 1,
-        }
+        JobMeta::DEFAULT
     }
 }
 

@@ -3111,9 +3111,10 @@ impl<'a, 'o> Sim<'a, 'o> {
                 },
             );
         }
+        let built;
         let meta = if self.station_reads_meta[station] {
             let lane = &sc.lanes[class.lane_index];
-            JobMeta {
+            built = JobMeta {
                 lane: class.lane_index as u32,
                 priority: lane.priority,
                 weight: lane.weight,
@@ -3123,9 +3124,10 @@ impl<'a, 'o> Sim<'a, 'o> {
                     Work::Api(c) => c.service.as_nanos().max(1),
                     Work::Llm(r) => (r.input_tokens + r.output_tokens).max(1) as u64,
                 },
-            }
+            };
+            &built
         } else {
-            JobMeta::default()
+            &JobMeta::DEFAULT
         };
         self.stations[station].submit_meta(
             self.now,
@@ -3133,7 +3135,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                 id: JobId(hop_slot as u64),
                 work,
             },
-            &meta,
+            meta,
             &mut self.out,
         );
         self.flush_wakeups(station);
