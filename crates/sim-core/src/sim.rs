@@ -714,6 +714,32 @@ impl<'a, 'o> Sim<'a, 'o> {
             })
             .collect();
         let station_reads_meta = stations.iter().map(|s| s.reads_job_meta()).collect();
+        let pool_always_admits: Vec<bool> = sc
+            .pools
+            .iter()
+            .map(|pool| {
+                pool.breaker.is_none()
+                    && pool.outages.is_empty()
+                    && pool.max_queue.is_none()
+                    && pool.api.is_none()
+                    && pool.admission.is_none()
+                    && pool.storms.is_empty()
+            })
+            .collect();
+        let pool_plain_finish = sc
+            .pools
+            .iter()
+            .zip(&pool_always_admits)
+            .map(|(pool, &always_admits)| {
+                always_admits
+                    && pool.error_rate <= 0.0
+                    && pool.gpu.is_none()
+                    && pool
+                        .autoscale
+                        .as_ref()
+                        .is_none_or(|a| a.metric != "p99_ttft")
+            })
+            .collect();
         Sim {
             sc,
             opts,
@@ -796,36 +822,8 @@ impl<'a, 'o> Sim<'a, 'o> {
             lane_release: false,
             next_held_id: 0,
             held_since: None,
-            pool_always_admits: sc
-                .pools
-                .iter()
-                .map(|pool| {
-                    pool.breaker.is_none()
-                        && pool.outages.is_empty()
-                        && pool.max_queue.is_none()
-                        && pool.api.is_none()
-                        && pool.admission.is_none()
-                        && pool.storms.is_empty()
-                })
-                .collect(),
-            pool_plain_finish: sc
-                .pools
-                .iter()
-                .map(|pool| {
-                    pool.breaker.is_none()
-                        && pool.outages.is_empty()
-                        && pool.max_queue.is_none()
-                        && pool.api.is_none()
-                        && pool.admission.is_none()
-                        && pool.storms.is_empty()
-                        && pool.error_rate <= 0.0
-                        && pool.gpu.is_none()
-                        && pool
-                            .autoscale
-                            .as_ref()
-                            .is_none_or(|a| a.metric != "p99_ttft")
-                })
-                .collect(),
+            pool_always_admits,
+            pool_plain_finish,
             class_gate_free: sc
                 .classes
                 .iter()
