@@ -6,7 +6,7 @@
 
 use crate::time::SimDuration;
 use rand::{Rng, RngExt};
-use rand_distr::{Distribution, Exp, Gamma, LogNormal, Normal};
+use rand_distr::{Distribution, Exp1, Gamma, LogNormal, Normal};
 use serde::{Deserialize, Deserializer};
 
 /// A number, or a duration string converted to seconds.
@@ -65,7 +65,9 @@ pub enum DistSpec {
 pub enum Sampler {
     Constant(f64),
     Uniform(f64, f64),
-    Exponential(Exp<f64>, f64),
+    /// (scale of a unit exponential draw, mean): the scale is `1 / (1 / mean)`, exactly
+    /// what `rand_distr::Exp::new(1 / mean)` multiplies its unit draw by.
+    Exponential(f64, f64),
     Normal(Normal<f64>, f64),
     LogNormal(LogNormal<f64>, f64),
     /// (distribution, mean, shape).
@@ -107,7 +109,8 @@ impl DistSpec {
             }
             DistSpec::Exponential { mean } => {
                 let m = positive("mean", mean.0)?;
-                Sampler::Exponential(Exp::new(1.0 / m).map_err(|e| e.to_string())?, m)
+                let lambda = 1.0 / m;
+                Sampler::Exponential(1.0 / lambda, m)
             }
             DistSpec::Normal { mean, std } => {
                 let m = finite_nonneg("mean", mean.0)?;
@@ -154,7 +157,12 @@ impl Sampler {
         match self {
             Sampler::Constant(v) => *v,
             Sampler::Uniform(lo, hi) => lo + (hi - lo) * rng.random::<f64>(),
-            Sampler::Exponential(d, _) => d.sample(rng),
+            // The unit draw sampled here rather than through `Exp` (the same numbers):
+            // it inlines into the caller.
+            Sampler::Exponential(scale, _) => {
+                let unit: f64 = Exp1.sample(rng);
+                unit * scale
+            }
             Sampler::Normal(d, _) => {
                 // Truncation at zero by rejection; bounded so that a degenerate
                 // parameterisation cannot hang a run.

@@ -1377,6 +1377,9 @@ pub struct Breakdown {
     /// Hops recorded during the run, by (class, tier, station); merged by `finish`.
     cells: Vec<(usize, usize, usize, HopGroupStats)>,
     cell_of: Vec<u32>,
+    /// The last (class, tier, station) looked up and its cell: consecutive hops of a
+    /// simple model share one, so most lookups are three comparisons.
+    last_cell: Option<(usize, usize, usize, usize)>,
 }
 
 /// Tier key of hops whose node names a pool rather than a tier.
@@ -1432,6 +1435,7 @@ impl Breakdown {
             class_lane: sc.classes.iter().map(|c| c.lane_index).collect(),
             cells: Vec::new(),
             cell_of: Vec::new(),
+            last_cell: None,
         }
     }
 
@@ -1460,6 +1464,17 @@ impl Breakdown {
     /// The cell of (class, tier index, station index), created on first use.
     #[inline(always)]
     fn cell(&mut self, class: usize, tier: usize, station: usize) -> usize {
+        if let Some((c, t, s, cell)) = self.last_cell
+            && (c, t, s) == (class, tier, station)
+        {
+            return cell;
+        }
+        let cell = self.find_cell(class, tier, station);
+        self.last_cell = Some((class, tier, station, cell));
+        cell
+    }
+
+    fn find_cell(&mut self, class: usize, tier: usize, station: usize) -> usize {
         let n_tiers = self.by_tier.len();
         let stations = self.by_pool.len() + self.by_tool.len();
         let key = (class * (n_tiers + 1) + tier) * (stations + 1) + station;
@@ -1514,6 +1529,7 @@ impl Breakdown {
     pub fn finish(&mut self) {
         let n_tiers = self.by_tier.len();
         let n_pools = self.by_pool.len();
+        self.last_cell = None;
         for (class, tier, station, g) in std::mem::take(&mut self.cells) {
             if let Some(t) = self.by_class.get_mut(class) {
                 t.merge(&g);

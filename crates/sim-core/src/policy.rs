@@ -22,15 +22,20 @@ pub struct JobMeta {
     pub size_ns: u64,
 }
 
+impl JobMeta {
+    /// The default attributes, as a constant a caller can lend without building them.
+    pub const DEFAULT: JobMeta = JobMeta {
+        lane: 0,
+        priority: 0,
+        weight: 1.0,
+        deadline: SimTime(u64::MAX),
+        size_ns: 1,
+    };
+}
+
 impl Default for JobMeta {
     fn default() -> Self {
-        JobMeta {
-            lane: 0,
-            priority: 0,
-            weight: 1.0,
-            deadline: SimTime(u64::MAX),
-            size_ns: 1,
-        }
+        JobMeta::DEFAULT
     }
 }
 
@@ -41,6 +46,11 @@ pub trait QueueDiscipline: Send {
     fn len(&self) -> usize;
     fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+    /// Plain first come, first served: keys pop in push order and `meta` is unused, so
+    /// a station may keep the order itself (no dynamic call per hop).
+    fn is_fifo(&self) -> bool {
+        false
     }
 }
 
@@ -59,6 +69,9 @@ impl QueueDiscipline for Fifo {
     }
     fn len(&self) -> usize {
         self.queue.len()
+    }
+    fn is_fifo(&self) -> bool {
+        true
     }
 }
 

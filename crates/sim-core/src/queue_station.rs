@@ -9,7 +9,7 @@ use crate::station::{
     TimeIntegral, Work,
 };
 use crate::time::{SimDuration, SimTime};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 #[derive(Clone, Copy, Debug)]
 struct Waiting {
@@ -40,6 +40,9 @@ pub struct QueueStation {
     usd_per_server_ns: f64,
     usd_per_server_hour: f64,
     discipline: Box<dyn QueueDiscipline>,
+    /// The waiting keys in arrival order when the discipline is plain FIFO
+    /// (`QueueDiscipline::is_fifo`), kept here instead of behind the `dyn` call.
+    fifo: Option<VecDeque<u64>>,
     /// Keys in the discipline (pushed, not yet popped): its `len` without a dynamic call.
     queued_now: usize,
     /// Of `queued_now`, keys of aborted hops (their `waiting` entry is empty; the key is
@@ -83,6 +86,7 @@ impl QueueStation {
             max_busy: 0,
             usd_per_server_ns: usd_per_server_hour / 3.6e12,
             usd_per_server_hour,
+            fifo: discipline.is_fifo().then(VecDeque::new),
             discipline,
             queued_now: 0,
             aborted_waiting: 0,
@@ -149,10 +153,23 @@ impl QueueStation {
         out.wakeups.push((now + w.service, slot as u64));
     }
 
-    /// Starts waiting hops while servers are free.
+    /// Starts waiting hops while servers are free. Inlined: most calls find every
+    /// server busy or nothing queued (an empty discipline is not asked).
+    #[inline(always)]
     fn fill(&mut self, now: SimTime, out: &mut StationOutput) {
-        while self.has_free_server() {
-            let Some(key) = self.discipline.pop(now) else {
+        if self.has_free_server() && self.queued_now > 0 {
+            self.start_waiting(now, out);
+        }
+    }
+
+    #[inline(never)]
+    fn start_waiting(&mut self, now: SimTime, out: &mut StationOutput) {
+        while self.has_free_server() && self.queued_now > 0 {
+            let next = match self.fifo.as_mut() {
+                Some(q) => q.pop_front(),
+                None => self.discipline.pop(now),
+            };
+            let Some(key) = next else {
                 break;
             };
             self.queued_now = self.queued_now.saturating_sub(1);
@@ -172,7 +189,7 @@ impl QueueStation {
 
     /// A hop left its server: a retiring server leaves, else the next waiting hop
     /// starts.
-    #[inline]
+    #[inline(always)]
     fn server_freed(&mut self, now: SimTime, out: &mut StationOutput) {
         self.in_service -= 1;
         if self.retiring > 0 {
@@ -186,7 +203,12 @@ impl QueueStation {
     #[inline]
     fn update_levels(&mut self, now: SimTime) {
         let busy = self.in_service as u64;
-        debug_assert_eq!(self.queued_now, self.discipline.len());
+        debug_assert_eq!(
+            self.queued_now,
+            self.fifo
+                .as_ref()
+                .map_or_else(|| self.discipline.len(), VecDeque::len)
+        );
         let queued = (self.queued_now - self.aborted_waiting) as u64;
         self.max_busy = self.max_busy.max(busy);
         // A level left unchanged integrates exactly without being touched (integer
@@ -249,7 +271,10 @@ impl Station for QueueStation {
                     (self.waiting.len() - 1) as u32
                 }
             };
-            self.discipline.push(now, *meta, key as u64);
+            match self.fifo.as_mut() {
+                Some(q) => q.push_back(key as u64),
+                None => self.discipline.push(now, *meta, key as u64),
+            }
             self.queued_now += 1;
             self.fill(now, out);
         }
@@ -283,6 +308,11 @@ impl Station for QueueStation {
             self.free_slots.push(slot as u32);
             self.server_freed(now, out);
         }
+    }
+
+    fn reads_job_meta(&self) -> bool {
+        // Only the discipline reads it; a plain FIFO kept here does not.
+        self.fifo.is_none()
     }
 
     fn load_now(&self) -> Option<LoadNow> {

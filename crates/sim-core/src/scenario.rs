@@ -1034,7 +1034,12 @@ impl Pool {
     }
 
     /// Token-driven part of a hop's service time on this pool.
+    #[inline]
     pub fn token_time(&self, input_tokens: u64, output_tokens: u64) -> SimDuration {
+        if input_tokens | output_tokens == 0 {
+            // A hop without tokens (an abstract queueing model): nothing to multiply.
+            return SimDuration::ZERO;
+        }
         // In u64 when the product fits (the same quotient; no 128-bit division call).
         let prefill = match input_tokens.checked_mul(self.prefill_ns_per_1k) {
             Some(x) => x / 1000,

@@ -260,6 +260,11 @@ pub trait Station {
     ) {
         self.submit(now, job, out)
     }
+    /// Whether `submit_meta` reads its `meta`. Asked once when a run starts: a station
+    /// that does not is given the default, and the simulator skips building it per hop.
+    fn reads_job_meta(&self) -> bool {
+        true
+    }
     /// Current load, if the station can tell (routers fall back to service time only).
     fn load_now(&self) -> Option<LoadNow> {
         None
