@@ -142,6 +142,7 @@ impl<'a> SpanResolver<'a> {
                     usd_per_call: 0.0,
                     concurrency: None,
                     spikes: Vec::new(),
+                    on_timeout: sim_core::scenario::OnTimeout::Continue,
                 });
                 self.extra_tools.len() - 1
             }

@@ -383,6 +383,8 @@ pub struct ToolStats {
     pub usd: f64,
     /// Dollars of calls of warm-up workflows submitted in the window (part of `usd`).
     pub usd_warmup: f64,
+    /// Calls stopped when their caller timed out (`on_timeout = "abort"`).
+    pub aborted: u64,
     pub report: StationReport,
 }
 
@@ -397,6 +399,7 @@ impl ToolStats {
             wait_sum_ns: 0,
             usd: 0.0,
             usd_warmup: 0.0,
+            aborted: 0,
             report: StationReport::default(),
         }
     }
@@ -409,6 +412,8 @@ impl ToolStats {
         }
     }
 
+    /// A call that came back, charged `usd_per_call` (0 for one stopped before it
+    /// started: it never reached the system).
     pub fn record(&mut self, d: &HopDone, usd_per_call: f64) {
         self.calls += 1;
         self.latency_sum_ns += (d.finished - d.started).as_nanos() as u128;
@@ -705,6 +710,7 @@ impl RunResult {
                         mean_wait_s: t.wait_sum_ns as f64 / calls / 1e9,
                         max_in_flight: t.report.max_busy,
                         usd: t.usd,
+                        aborted: t.aborted,
                     },
                 )
             })
@@ -928,6 +934,8 @@ pub struct ToolSummary {
     pub mean_wait_s: f64,
     pub max_in_flight: u64,
     pub usd: f64,
+    /// Calls stopped when their caller timed out (`on_timeout = "abort"`).
+    pub aborted: u64,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]

@@ -513,6 +513,10 @@ pub struct ToolSpec {
     /// Latency spike windows (fault injection).
     #[serde(default)]
     pub spikes: Vec<SpikeSpec>,
+    /// A call whose caller's `timeout` passed: runs on (`continue`, default) or is
+    /// stopped (`abort`), freeing its bulkhead slot.
+    #[serde(default)]
+    pub on_timeout: OnTimeout,
 }
 
 /// `[simulation]`: run control.
@@ -1333,6 +1337,7 @@ pub struct Tool {
     pub concurrency: Option<u32>,
     /// Latency spikes: (start, end, factor).
     pub spikes: Vec<(SimTime, SimTime, f64)>,
+    pub on_timeout: OnTimeout,
 }
 
 impl Tool {
@@ -2031,6 +2036,7 @@ impl ScenarioSpec {
                 usd_per_call: t.usd_per_call,
                 concurrency: t.concurrency,
                 spikes,
+                on_timeout: t.on_timeout,
             });
         }
         let pool_service: BTreeMap<String, Option<DistSpec>> = self

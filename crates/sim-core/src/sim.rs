@@ -3282,11 +3282,22 @@ impl<'a, 'o> Sim<'a, 'o> {
                 self.class_stats[ci].usd_api_split.add(&split);
             }
         }
+        // A tool call is paid per call, unless it was stopped (its caller timed out,
+        // `on_timeout = "abort"`) before it left the bulkhead: it never reached the tool.
+        let tool_price = match hop.kind {
+            HopKind::Tool { .. } => {
+                let tool = &sc.tools[hop.station as usize - n_pools];
+                let never_sent = hop.timed_out
+                    && tool.on_timeout == OnTimeout::Abort
+                    && done.started == done.finished;
+                if never_sent { 0.0 } else { tool.usd_per_call }
+            }
+            _ => 0.0,
+        };
         if let HopKind::Tool { .. } = hop.kind {
-            let ti = hop.station as usize - n_pools;
-            usd += sc.tools[ti].usd_per_call;
-            extra_usd = sc.tools[ti].usd_per_call;
-            self.interval.usd_variable += sc.tools[ti].usd_per_call;
+            usd += tool_price;
+            extra_usd = tool_price;
+            self.interval.usd_variable += tool_price;
         }
         wf.usd += usd;
         wf.outstanding -= 1;
@@ -3314,7 +3325,7 @@ impl<'a, 'o> Sim<'a, 'o> {
             if st < n_pools {
                 self.pool_stats[st].record(done);
             } else {
-                self.tool_stats[st - n_pools].record(done, sc.tools[st - n_pools].usd_per_call);
+                self.tool_stats[st - n_pools].record(done, tool_price);
             }
             self.breakdown.record(&HopSample {
                 class: ci,
@@ -3665,6 +3676,25 @@ impl<'a, 'o> Sim<'a, 'o> {
         self.door_may_open(p);
     }
 
+    /// Stops hop `hop` at its station if the station aborts calls whose caller timed
+    /// out, counting it; its report is handled with the event's others.
+    fn abort_timed_out(&mut self, station: usize, hop: u32) {
+        if aborts_on_timeout(self.sc, station)
+            && self.stations[station].abort(self.now, JobId(hop as u64), &mut self.out)
+        {
+            if self.now >= self.warmup {
+                match self.pool_stats.get_mut(station) {
+                    Some(ps) => ps.aborted += 1,
+                    None => {
+                        let t = station - self.sc.pools.len();
+                        self.tool_stats[t].aborted += 1;
+                    }
+                }
+            }
+            self.flush_wakeups(station);
+        }
+    }
+
     fn on_timer(&mut self, slot: u32, wf_id: u64, what: Timer) {
         let Some(wf) = self.workflows.get(slot as usize) else {
             return;
@@ -3693,31 +3723,24 @@ impl<'a, 'o> Sim<'a, 'o> {
                     .get_mut(hop as usize)
                     .and_then(|h| h.as_mut())
                     .filter(|h| h.seq == seq);
-                if let Some(h) = live
-                    && undecided
-                {
+                let Some(h) = live else { return };
+                let station = h.station as usize;
+                let stop = aborts_on_timeout(self.sc, station);
+                if undecided {
                     h.timed_out = true;
                     let h = *h;
-                    let station = h.station as usize;
                     if station < self.sc.pools.len() {
                         self.breaker_failure(station);
                     }
                     self.retry_timed_out(slot, h);
                     // The retry is scheduled first: the aborted call's report may end
                     // the workflow's last outstanding work.
-                    if self
-                        .sc
-                        .pools
-                        .get(station)
-                        .is_some_and(|p| p.on_timeout == OnTimeout::Abort)
-                        && self.stations[station].abort(self.now, JobId(hop as u64), &mut self.out)
-                    {
-                        if self.now >= self.warmup {
-                            self.pool_stats[station].aborted += 1;
-                        }
-                        // Its report is handled with the event's others (`process_done`).
-                        self.flush_wakeups(station);
-                    }
+                    self.abort_timed_out(station, hop);
+                } else if stop {
+                    // The workflow ended (another branch failed it, say), but this
+                    // call's caller gives up now too: under `abort` it stops as well.
+                    h.timed_out = true;
+                    self.abort_timed_out(station, hop);
                 }
             }
             Timer::HumanDone {
@@ -4127,4 +4150,17 @@ fn flat_record<'r>(
 /// The class a workflow class name refers to, for callers holding only a name.
 pub fn class_by_name<'a>(sc: &'a Scenario, name: &str) -> Option<&'a WorkflowClass> {
     sc.classes.iter().find(|c| c.name == name)
+}
+
+/// Station `station` (a pool, or a tool after the pools) stops a call whose caller
+/// timed out (`on_timeout = "abort"`).
+fn aborts_on_timeout(sc: &Scenario, station: usize) -> bool {
+    let on = match sc.pools.get(station) {
+        Some(p) => p.on_timeout,
+        None => sc
+            .tools
+            .get(station - sc.pools.len())
+            .map_or(OnTimeout::Continue, |t| t.on_timeout),
+    };
+    on == OnTimeout::Abort
 }

@@ -1201,3 +1201,82 @@ output_tokens = { dist = "constant", value = 100 }
         (pool(&r2, "api").usd_api - r2.class("c").expect("c").arrived as f64 * full).abs() < 1e-6
     );
 }
+
+#[test]
+fn on_timeout_abort_frees_a_tools_bulkhead_and_bills_only_calls_sent() {
+    // A bulkhead of one, 3 s calls at $0.01, a 2 s client timeout, no retry; each
+    // workflow fans out three calls at once, one every 10 s on average. No call can
+    // finish in time. Under `continue` every call that gets the slot keeps it for its
+    // whole 3 s, so calls queue at the bulkhead long after their callers left; under
+    // `abort` every call stops when its caller gives up, 2 s after its submission
+    // (also the branches of a workflow an earlier branch already failed), the slot
+    // goes to the next at once, and calls stopped while still waiting for the slot
+    // cost nothing: they never reached the tool.
+    let text = r#"
+[simulation]
+horizon = "1h"
+drain = true
+[pools.unused]
+servers = 1
+service = { dist = "constant", value = "1s" }
+[tools.lookup]
+latency = { dist = "constant", value = "3s" }
+usd_per_call = 0.01
+concurrency = 1
+on_timeout = "abort"
+[classes.t]
+arrival = { process = "poisson", rate = 0.1 }
+[[classes.t.nodes]]
+id = "lookup"
+kind = "tool"
+tool = "lookup"
+timeout = "2s"
+fan_out = { count = { dist = "constant", value = 3 } }
+"#;
+    let (r, log) = run_logged(text);
+    let c = r.class("t").expect("class");
+    assert_eq!((c.completed, c.failed), (0, c.arrived));
+    assert_eq!(log.len() as u64, 3 * c.arrived);
+    assert!(
+        log.iter()
+            .all(|h| h.finished.0 - h.submitted.0 == 2_000_000_000),
+        "every call stops at its caller's deadline"
+    );
+    let tool = &r.tools[0];
+    assert_eq!((tool.calls, tool.aborted), (3 * c.arrived, 3 * c.arrived));
+    // Billed: exactly the calls that got the slot before their caller gave up. That is
+    // one per workflow: its first call finds the slot free, or freed at the previous
+    // workflow's deadline, which is before its own; the other two wait for the slot
+    // until the deadline the three share, and stop there, never sent.
+    let sent = log.iter().filter(|h| h.started < h.finished).count() as u64;
+    assert_eq!(sent, c.arrived);
+    assert!((tool.usd - sent as f64 * 0.01).abs() < 1e-9, "{}", tool.usd);
+    let logged: f64 = log.iter().map(|h| h.usd).sum();
+    assert!((logged - tool.usd).abs() < 1e-9);
+    // One call at a time, and never one whose caller had left.
+    let mut ran: Vec<_> = log.iter().filter(|h| h.started < h.finished).collect();
+    ran.sort_by_key(|h| h.started);
+    for w in ran.windows(2) {
+        assert!(w[1].started >= w[0].finished, "one call at a time");
+    }
+
+    // Under `continue` each call that starts runs its 3 s, every call is paid, and
+    // calls wait at the bulkhead well past their callers' 2 s.
+    let (r2, log2) = run_logged(&text.replace("on_timeout = \"abort\"", ""));
+    let tool2 = &r2.tools[0];
+    assert_eq!(tool2.aborted, 0);
+    assert!(
+        log2.iter()
+            .all(|h| h.finished.0 - h.started.0 == 3_000_000_000)
+    );
+    assert!((tool2.usd - tool2.calls as f64 * 0.01).abs() < 1e-9);
+    let max_wait = log2
+        .iter()
+        .map(|h| (h.started.0 - h.submitted.0) as f64 / 1e9)
+        .fold(0.0, f64::max);
+    assert!(max_wait >= 6.0, "max wait at the bulkhead {max_wait:.1}s");
+    eprintln!(
+        "tool abort: {} workflows, {} calls, {sent} sent (${:.2}); continue: ${:.2}, max wait {max_wait:.1}s",
+        c.arrived, tool.calls, tool.usd, tool2.usd
+    );
+}
