@@ -1,6 +1,7 @@
 //! A pool of identical model replicas as a [`Station`]: LLM hops are dispatched on
 //! arrival to one replica by a [`ReplicaPicker`] and served there with continuous
-//! batching (see [`crate::gpu::replica`]).
+//! batching (see [`crate::gpu::replica`]), or with [`QueueAt::Pool`] held in one
+//! pool-wide queue until a replica has room ([`GpuPoolStation::with_queue_at`]).
 //!
 //! Wake tokens carry the replica index (high 24 bits) and the generation of that
 //! replica's plan (low 40 bits); a wake-up for an older plan is ignored.
@@ -561,9 +562,10 @@ impl GpuPoolStation {
     }
 
     /// Queues a request in the pool, behind those of its key or smaller.
-    fn park(&mut self, p: Parked) {
+    fn park(&mut self, now: SimTime, p: Parked) {
         let pos = self.parked.partition_point(|q| q.key <= p.key);
         self.parked.insert(pos, p);
+        self.parked_level.set(now, self.parked.len() as u64);
     }
 
     /// Under [`QueueAt::Pool`], sends the head of the pool's queue to a replica while
@@ -679,41 +681,37 @@ impl GpuPoolStation {
         place: Place,
         key: u128,
     ) {
-        if self.queue_at == QueueAt::Pool {
-            // `pump` sends it on if a replica has room.
-            self.park(Parked {
-                id,
-                submitted,
-                place,
-                key,
-                req: req.clone(),
-            });
-            return;
-        }
-        self.views.clear();
-        self.view_index.clear();
-        for (i, r) in self.replicas.iter_mut().enumerate() {
-            if self.life[i] != Life::Up {
-                continue;
+        if self.queue_at == QueueAt::Replica {
+            self.views.clear();
+            self.view_index.clear();
+            for (i, r) in self.replicas.iter_mut().enumerate() {
+                if self.life[i] != Life::Up {
+                    continue;
+                }
+                r.advance(now);
+                self.views.push(ReplicaView::of(r));
+                self.view_index.push(i);
             }
-            r.advance(now);
-            self.views.push(ReplicaView::of(r));
-            self.view_index.push(i);
+            if !self.views.is_empty() {
+                let v = self.picker.pick(&self.views, req).min(self.views.len() - 1);
+                let i = self.view_index[v];
+                self.replicas[i].submit_placed(now, submitted, id, req, place);
+                return;
+            }
         }
-        if self.views.is_empty() {
-            self.park(Parked {
+        // Into the pool's queue: `pump` sends it on once a replica has room (or, with
+        // the replicas' queues, once one is up).
+        let req = req.clone();
+        self.park(
+            now,
+            Parked {
                 id,
                 submitted,
                 place,
                 key,
-                req: req.clone(),
-            });
-            self.parked_level.set(now, self.parked.len() as u64);
-            return;
-        }
-        let v = self.picker.pick(&self.views, req).min(self.views.len() - 1);
-        let i = self.view_index[v];
-        self.replicas[i].submit_placed(now, submitted, id, req, place);
+                req,
+            },
+        );
     }
 
     /// A booted replica joins the pool and takes the requests parked for want of one.
@@ -989,15 +987,18 @@ impl Station for GpuPoolStation {
                     self.dispatch(now, now, job.id, &req, place, key);
                 } else {
                     // With requests already waiting for a replica (only a spot pool
-                    // can have none up, and it keeps every request).
-                    self.park(Parked {
-                        id: job.id,
-                        submitted: now,
-                        place,
-                        key,
-                        req: (*req).clone(),
-                    });
-                    self.parked_level.set(now, self.parked.len() as u64);
+                    // can have none up, and it keeps every request): behind them.
+                    let (id, req) = (job.id, (*req).clone());
+                    self.park(
+                        now,
+                        Parked {
+                            id,
+                            submitted: now,
+                            place,
+                            key,
+                            req,
+                        },
+                    );
                 }
             }
         }
