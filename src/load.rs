@@ -35,7 +35,7 @@ pub struct LoadedScenario {
     pub gates: Vec<crate::gates::Gate>,
 }
 
-use crate::trace_stream::MOONCAKE_BLOCK_TOKENS;
+use crate::trace_stream::{MOONCAKE_BLOCK_TOKENS, RecordedRouting, RuleLabels, derived_class_name};
 
 /// Trace arrivals found in a scenario table.
 #[derive(Default)]
@@ -45,6 +45,8 @@ struct TraceArrivals {
     /// Classes with `process = "routed"`: they receive rows that a trace's rules send
     /// them.
     routed: Vec<String>,
+    /// Per trace (as `traces`): the recorded labels its workflows keep.
+    recorded: Vec<crate::trace_stream::RecordedRouting>,
 }
 
 /// Takes `process = "trace"` arrivals out of the table (the rest of the scenario schema
@@ -103,12 +105,24 @@ fn extract_traces(file: &str, table: &mut toml::Table) -> Result<TraceArrivals, 
         // A rule giving rows a tenant or lane sends them to a class derived from the
         // one they would reach, with that tenant and lane (tenant and lane are
         // attributes of a class: admission, lanes, showback and breakdowns follow).
+        let mut recorded = RecordedRouting {
+            tenant: spec.apply_recorded.contains(&traces::RecordedLabel::Tenant),
+            lane: spec.apply_recorded.contains(&traces::RecordedLabel::Lane),
+            trace_class: name.clone(),
+            ..RecordedRouting::default()
+        };
         for (i, rule) in spec.rules.iter_mut().enumerate() {
             if rule.tenant.is_none() && rule.lane.is_none() {
+                recorded.rules.push(None);
                 continue;
             }
             let base = rule.class.clone().unwrap_or_else(|| name.clone());
             let derived = derived_class_name(&base, rule.tenant.as_deref(), rule.lane.as_deref());
+            recorded.rules.push(Some(RuleLabels {
+                base: base.clone(),
+                tenant: rule.tenant.clone(),
+                lane: rule.lane.clone(),
+            }));
             derive.push(Derived {
                 key: format!("classes.{name}.arrival.rules[{i}]"),
                 own: name.clone(),
@@ -116,13 +130,118 @@ fn extract_traces(file: &str, table: &mut toml::Table) -> Result<TraceArrivals, 
                 name: derived.clone(),
                 tenant: rule.tenant.take(),
                 lane: rule.lane.take(),
+                found_at: None,
             });
             rule.class = Some(derived);
         }
         found.traces.push((name.clone(), spec));
+        found.recorded.push(recorded);
     }
+    // Every class's own tenant and lane, for the recorded ones to be compared with.
+    let own: BTreeMap<String, (String, String)> = classes
+        .iter()
+        .map(|(n, c)| {
+            let label = |k: &str| {
+                c.get(k)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("default")
+                    .to_string()
+            };
+            (n.clone(), (label("tenant"), label("lane")))
+        })
+        .collect();
+    for r in &mut found.recorded {
+        r.own = own.clone();
+    }
+    derive.extend(recorded_label_classes(file, table, &found, &derive)?);
     add_derived_classes(file, table, derive, &mut found)?;
     Ok(found)
+}
+
+/// The classes the span traces with `apply_recorded` need: one per (class, tenant,
+/// lane) combination their workflows keep, found by reading each such trace once (with
+/// its replay options, so the rows a window or sample drops make no class).
+fn recorded_label_classes(
+    file: &str,
+    table: &toml::Table,
+    found: &TraceArrivals,
+    derive: &[Derived],
+) -> Result<Vec<Derived>, InputError> {
+    let base_dir = Path::new(file).parent().unwrap_or(Path::new("."));
+    let seed = table
+        .get("simulation")
+        .and_then(|s| s.get("seed"))
+        .and_then(toml::Value::as_integer)
+        .map_or(1, |s| s as u64);
+    // The names rows can be routed to before any recorded label applies.
+    let takers: std::collections::BTreeSet<&str> = found
+        .traces
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .chain(found.routed.iter().map(String::as_str))
+        .chain(derive.iter().map(|d| d.name.as_str()))
+        .collect();
+    let mut out: BTreeMap<String, Derived> = BTreeMap::new();
+    for ((name, spec), recorded) in found.traces.iter().zip(&found.recorded) {
+        if !recorded.is_on() {
+            continue;
+        }
+        let key = format!("classes.{name}.arrival.apply_recorded");
+        let bad = |m: String| InputError::new(file, format!("key `{key}`: {m}"));
+        let mut read = spec.read_options().map_err(bad)?;
+        let path = spec.path(base_dir);
+        let format = match read.format {
+            Some(f) => f,
+            None => traces::TraceFormat::detect(&path)
+                .map_err(|e| InputError::new("", e.to_string()))?,
+        };
+        if format.is_request_trace() {
+            return Err(bad(format!(
+                "a request trace (`{}`) records no tenant or lane (only span traces do: span logs and OTLP); give rows a tenant or lane with `rules`",
+                format.name()
+            )));
+        }
+        read.format = Some(format);
+        let replay = spec.replay_options(seed).map_err(bad)?;
+        let rules = spec.rule_set().map_err(bad)?;
+        let it = traces::replay_workflows(&path, &read, &replay)
+            .map_err(|e| InputError::new("", e.to_string()))?;
+        for wf in it {
+            let mut wf = wf.map_err(|e| InputError::new("", e.to_string()))?;
+            let rule = rules.labels(&wf).rule;
+            rules.apply_to_workflow(&mut wf);
+            let routed = wf
+                .class
+                .as_deref()
+                .filter(|c| takers.contains(c))
+                .unwrap_or(name);
+            let Some(l) = recorded.labels_for(&wf, rule, routed) else {
+                continue;
+            };
+            let derived = derived_class_name(&l.base, l.tenant.as_deref(), l.lane.as_deref());
+            if derive.iter().any(|d| d.name == derived) || out.contains_key(&derived) {
+                continue;
+            }
+            let line = wf.spans.first().map_or(0, |s| s.line);
+            out.insert(
+                derived.clone(),
+                Derived {
+                    key: key.clone(),
+                    own: name.clone(),
+                    base: l.base,
+                    name: derived,
+                    tenant: l.tenant,
+                    lane: l.lane,
+                    found_at: Some(format!(
+                        "workflow `{}`, {} line {line}",
+                        wf.id,
+                        path.display()
+                    )),
+                },
+            );
+        }
+    }
+    Ok(out.into_values().collect())
 }
 
 /// A class made for trace rows a rule gives a tenant or lane.
@@ -136,18 +255,8 @@ struct Derived {
     name: String,
     tenant: Option<String>,
     lane: Option<String>,
-}
-
-/// `chat[tenant=acme]`, `chat[lane=batch]`, `chat[tenant=acme,lane=batch]`.
-fn derived_class_name(base: &str, tenant: Option<&str>, lane: Option<&str>) -> String {
-    let mut parts = Vec::new();
-    if let Some(t) = tenant {
-        parts.push(format!("tenant={t}"));
-    }
-    if let Some(l) = lane {
-        parts.push(format!("lane={l}"));
-    }
-    format!("{base}[{}]", parts.join(","))
+    /// A class for recorded labels: the first workflow that needs it.
+    found_at: Option<String>,
 }
 
 /// Adds each derived class (once per name) as a copy of its base class with the rule's
@@ -166,7 +275,12 @@ fn add_derived_classes(
         return Ok(());
     };
     for d in derive {
-        let bad = |m: String| InputError::new(file, format!("key `{}`: {m}", d.key));
+        let at = d
+            .found_at
+            .as_ref()
+            .map(|w| format!(" (first recorded by {w})"))
+            .unwrap_or_default();
+        let bad = |m: String| InputError::new(file, format!("key `{}`{at}: {m}", d.key));
         if let Some(l) = &d.lane
             && l != "default"
             && !lanes.contains(l)
@@ -337,7 +451,9 @@ fn load_traces(
         .collect();
     let horizon = sim_core::SimTime(scenario.horizon.as_nanos());
     let mut extra_tools = Vec::new();
-    for (trace_no, (class, spec)) in arrivals.traces.iter().enumerate() {
+    for (trace_no, ((class, spec), recorded)) in
+        arrivals.traces.iter().zip(&arrivals.recorded).enumerate()
+    {
         let key = format!("classes.{class}.arrival");
         let bad = |m: String| InputError::new(file, format!("key `{key}`: {m}"));
         let Some(own) = index(class) else {
@@ -417,6 +533,7 @@ fn load_traces(
                     scenario,
                 )
                 .map_err(|m| bad(format!("rules[{}]: {m}", rule.unwrap_or(0))))?;
+                let target = recorded.keep(&mut wf, rule, target, &takers);
                 *routed_rows.entry(target).or_default() += 1;
                 let row = crate::trace_stream::recorded_workflow(&mut resolver, &wf, target);
                 if let Some((_, cohort)) = scenario.classes[target].canary
@@ -469,6 +586,7 @@ fn load_traces(
             rules,
             own,
             takers: takers.clone(),
+            recorded: recorded.clone(),
         });
         stream_wanted.push(if workflows && hold_span_traces {
             Some(false)

@@ -606,6 +606,154 @@ cost_centre = "finance-7"
     assert_eq!(s.breakdown.by_tenant["bigco"].hops, big);
 }
 
+#[test]
+fn span_traces_keep_recorded_tenants_and_lanes_with_apply_recorded() {
+    // Per workflow of the shipped log, counted from the file: its tenant (the first a
+    // span records) and its first root span's lane.
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("traces/data/agent-spans/month-end-30m.spans.jsonl.gz");
+    let mut lines = traces::io::Lines::open(&path).unwrap_or_else(|e| panic!("{e}"));
+    let mut labels: std::collections::BTreeMap<String, (String, String, String)> =
+        Default::default();
+    while let Some((_, line)) = lines.next_line().unwrap_or_else(|e| panic!("{e}")) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}"));
+        let text = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+        let e = labels.entry(text("workflow_id")).or_default();
+        if e.0.is_empty() {
+            e.0 = text("tenant");
+            e.2 = text("workflow_class");
+        }
+        if e.1.is_empty() && v["parent_span_id"].is_null() {
+            e.1 = text("lane");
+        }
+    }
+    let count = |t: &str, l: &str| {
+        labels
+            .values()
+            .filter(|(wt, wl, _)| wt == t && wl == l)
+            .count() as u64
+    };
+    let (chat, claims) = (
+        count("support", "online-interactive"),
+        count("finance", "online-standard"),
+    );
+    assert!(chat > 1000 && claims > 100, "{chat} {claims}");
+    assert_eq!(chat + claims, labels.len() as u64, "no other combination");
+    let lanes =
+        "\n[lanes.online-interactive]\npriority = 10\n[lanes.online-standard]\npriority = 5\n";
+    let scenario = |options: &str, own: &str| {
+        replay_scenario(
+            "agent-spans/month-end-30m.spans.jsonl.gz",
+            &format!(", apply_recorded = {options}"),
+        ) + own
+            + lanes
+    };
+    // Tenant and lane kept: the chat workflows match the class's own labels and stay;
+    // a rule's tenant (claims to `audit`) keeps the recorded lane beside it.
+    let both = scenario(
+        r#"["tenant", "lane"], rules = [{ when = [{ field = "workflow_class", equals = "claims" }], tenant = "audit" }]"#,
+        "tenant = \"support\"\nlane = \"online-interactive\"\n",
+    );
+    let loaded = load_inline(&both);
+    let names: Vec<&str> = loaded
+        .scenario
+        .classes
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "t",
+            "t[tenant=audit,lane=online-standard]",
+            "t[tenant=audit]"
+        ]
+    );
+    let d = &loaded.scenario.classes[1];
+    assert_eq!(
+        (d.tenant.as_str(), d.lane.as_str()),
+        ("audit", "online-standard")
+    );
+    let s = crate::simulate(&loaded.scenario, None).summary();
+    assert_eq!(s.classes["t"].arrived, chat);
+    assert_eq!(s.classes["t[tenant=audit]"].arrived, 0);
+    assert_eq!(
+        s.classes["t[tenant=audit,lane=online-standard]"].arrived,
+        claims
+    );
+    assert_eq!(s.tenants["audit"].workflows, claims);
+    assert_eq!(s.tenants["support"].workflows, chat);
+    let done: u64 = s.classes.values().map(|c| c.completed).sum();
+    assert_eq!(done, labels.len() as u64);
+    // The lane breakdown counts the recorded lanes' hops.
+    assert!(s.breakdown.by_lane["online-standard"].hops >= claims);
+    // Streamed into the run (routed again as read), the same result.
+    for stream in ["true", "false"] {
+        let again = load_inline(&both.replace(
+            "apply_recorded = [",
+            &format!("stream = {stream}, apply_recorded = ["),
+        ));
+        let a = crate::simulate(&again.scenario, None).summary();
+        assert_eq!(
+            serde_json::to_string(&a).unwrap_or_default(),
+            serde_json::to_string(&s).unwrap_or_default(),
+            "stream = {stream}"
+        );
+    }
+    // Tenant only, on a class with no labels of its own: one class per tenant, every
+    // workflow on the default lane.
+    let loaded = load_inline(&scenario(r#"["tenant"]"#, ""));
+    let s = crate::simulate(&loaded.scenario, None).summary();
+    assert_eq!(s.classes["t[tenant=support]"].arrived, chat);
+    assert_eq!(s.classes["t[tenant=finance]"].arrived, claims);
+    assert_eq!(s.classes["t"].arrived, 0);
+    assert!(!s.breakdown.by_lane.contains_key("online-standard"));
+    // A window keeps the workflows it holds, and their classes only.
+    let windowed = replay_scenario(
+        "agent-spans/month-end-30m.spans.jsonl.gz",
+        r#", apply_recorded = ["tenant"], window_end = "1.5s""#,
+    );
+    let names: Vec<String> = load_inline(&windowed)
+        .scenario
+        .classes
+        .iter()
+        .map(|c| c.name.clone())
+        .collect();
+    assert_eq!(names, ["t", "t[tenant=support]"]);
+    // Refused with the key, and for a lane the scenario lacks, the workflow and line
+    // that records it.
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/inline-test.toml");
+    let err = |text: &str| {
+        crate::parse_scenario(&file.display().to_string(), text, &[])
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    };
+    let e = err(&replay_scenario(
+        "agent-spans/month-end-30m.spans.jsonl.gz",
+        r#", apply_recorded = ["lane"]"#,
+    ));
+    assert!(
+        e.contains("key `classes.t.arrival.apply_recorded` (first recorded by workflow `wf")
+            && e.contains("month-end-30m.spans.jsonl.gz line ")
+            && e.contains("no lane named `online-"),
+        "{e}"
+    );
+    let e = err(&replay_scenario(
+        "azure-llm-2023/AzureLLMInferenceTrace_code.csv",
+        r#", apply_recorded = ["tenant"]"#,
+    ));
+    assert!(
+        e.contains("key `classes.t.arrival.apply_recorded`: a request trace (`azure`) records no tenant or lane"),
+        "{e}"
+    );
+    let e = err(&replay_scenario(
+        "agent-spans/month-end-30m.spans.jsonl.gz",
+        r#", apply_recorded = ["class"]"#,
+    ));
+    assert!(e.contains("expected `tenant` or `lane`"), "{e}");
+}
+
 /// Two OTLP GenAI workflows: an agent whose chat call is followed by a search (the
 /// search started after the chat ended), and a lone completion 5 s later.
 const OTLP_EXPORT: &str = r#"{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"travel-agent"}}]},

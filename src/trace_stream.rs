@@ -41,6 +41,120 @@ pub fn held_workflow_bytes(wf: &Workflow) -> u64 {
     48 + 1_400 * (wf.spans.len() as u64 + 1)
 }
 
+/// `BASE[tenant=T]`, `BASE[lane=L]`, `BASE[tenant=T,lane=L]`: the class made for trace
+/// rows given a tenant or lane (by a rule, or kept from the trace by `apply_recorded`).
+pub fn derived_class_name(base: &str, tenant: Option<&str>, lane: Option<&str>) -> String {
+    let mut parts = Vec::new();
+    if let Some(t) = tenant {
+        parts.push(format!("tenant={t}"));
+    }
+    if let Some(l) = lane {
+        parts.push(format!("lane={l}"));
+    }
+    format!("{base}[{}]", parts.join(","))
+}
+
+/// The tenant and lane a rule gives its rows, and the class they would otherwise
+/// reach (the rule's `class` now names the class derived for them).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RuleLabels {
+    pub base: String,
+    pub tenant: Option<String>,
+    pub lane: Option<String>,
+}
+
+/// A span trace's `apply_recorded`: a workflow keeps its recorded tenant (the
+/// workflow's) and lane (its first root span's) where its rule sets none, by going to
+/// the class derived for them, as a rule's tenant and lane send rows. A recorded value
+/// equal to the class's own makes no new class.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RecordedRouting {
+    pub tenant: bool,
+    pub lane: bool,
+    /// The class the trace is declared on.
+    pub trace_class: String,
+    /// Per rule (by index): its labels, for rules that set a tenant or lane.
+    pub rules: Vec<Option<RuleLabels>>,
+    /// Per class that takes trace rows: its own tenant and lane.
+    pub own: BTreeMap<String, (String, String)>,
+}
+
+impl RecordedRouting {
+    /// Whether any recorded label is kept.
+    pub fn is_on(&self) -> bool {
+        self.tenant || self.lane
+    }
+
+    /// The class `wf` goes to and the tenant and lane it is given, when its recorded
+    /// labels change where the rules (rule `rule`, if one matched) sent it (`routed`).
+    pub fn labels_for(
+        &self,
+        wf: &Workflow,
+        rule: Option<usize>,
+        routed: &str,
+    ) -> Option<RuleLabels> {
+        if !self.is_on() {
+            return None;
+        }
+        let (base, rt, rl) = match rule
+            .and_then(|i| self.rules.get(i))
+            .and_then(Option::as_ref)
+        {
+            Some(r) => (r.base.as_str(), r.tenant.as_deref(), r.lane.as_deref()),
+            None => (routed, None, None),
+        };
+        let (own_t, own_l) = self.own.get(base)?;
+        let tenant = rt.or(self
+            .tenant
+            .then_some(wf.tenant.as_deref())
+            .flatten()
+            .filter(|t| t != own_t));
+        let lane = rl.or(self
+            .lane
+            .then(|| wf.recorded_lane())
+            .flatten()
+            .filter(|l| l != own_l));
+        if (tenant, lane) == (rt, rl) {
+            return None;
+        }
+        Some(RuleLabels {
+            base: base.to_string(),
+            tenant: tenant.map(str::to_string),
+            lane: lane.map(str::to_string),
+        })
+    }
+
+    /// `routed` (a class index among `takers`), or the class derived for the recorded
+    /// labels `wf` keeps (loading made one for every combination the trace holds),
+    /// which `wf` and its spans are then labelled with.
+    pub fn keep(
+        &self,
+        wf: &mut Workflow,
+        rule: Option<usize>,
+        routed: usize,
+        takers: &BTreeMap<String, usize>,
+    ) -> usize {
+        if !self.is_on() {
+            return routed;
+        }
+        let Some(name) = takers.iter().find(|(_, c)| **c == routed).map(|(n, _)| n) else {
+            return routed;
+        };
+        let Some(l) = self.labels_for(wf, rule, name) else {
+            return routed;
+        };
+        let derived = derived_class_name(&l.base, l.tenant.as_deref(), l.lane.as_deref());
+        let Some(&c) = takers.get(&derived) else {
+            return routed;
+        };
+        wf.class = Some(derived);
+        for s in &mut wf.spans {
+            s.workflow_class.clone_from(&wf.class);
+        }
+        c
+    }
+}
+
 /// One trace and where its rows go.
 #[derive(Clone, Debug)]
 pub struct Feed {
@@ -54,6 +168,8 @@ pub struct Feed {
     pub own: usize,
     /// Classes that take trace rows (the trace's own and the `routed` ones), by name.
     pub takers: BTreeMap<String, usize>,
+    /// Span traces: the recorded labels kept (`apply_recorded`).
+    pub recorded: RecordedRouting,
 }
 
 impl Feed {
@@ -70,11 +186,18 @@ impl Feed {
 
     /// The class a recorded workflow goes to, its rules applied (to it and its spans).
     pub fn route_workflow(&self, wf: &mut Workflow) -> usize {
+        let rule = self
+            .recorded
+            .is_on()
+            .then(|| self.rules.labels(&*wf).rule)
+            .flatten();
         self.rules.apply_to_workflow(wf);
-        wf.class
+        let routed = wf
+            .class
             .as_deref()
             .and_then(|n| self.takers.get(n).copied())
-            .unwrap_or(self.own)
+            .unwrap_or(self.own);
+        self.recorded.keep(wf, rule, routed, &self.takers)
     }
 
     /// A new pass over the rows bound for `class`, as the simulator takes them;

@@ -25,6 +25,14 @@ fn one_u32() -> u32 {
     1
 }
 
+/// A label a span trace records that a replay can keep (`apply_recorded`).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordedLabel {
+    Tenant,
+    Lane,
+}
+
 /// How a scenario asks for a trace to be replayed.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -58,6 +66,10 @@ pub struct TraceSpec {
     /// Field-to-label rules, first match wins.
     #[serde(default)]
     pub rules: Vec<Rule>,
+    /// Span traces: the recorded labels each workflow keeps where no rule sets them
+    /// (`tenant`: the workflow's; `lane`: its first root span's).
+    #[serde(default)]
+    pub apply_recorded: Vec<RecordedLabel>,
     /// In a run: read the rows as the run advances (true; where they are in time order
     /// and carry no session ids) or hold them all in memory (false). Absent: hold the
     /// rows when they take less than 256 MiB held, else stream. Results are
@@ -144,5 +156,15 @@ mod tests {
         let bad: TraceSpec = serde_json::from_str(r#"{"file": "t", "rate": 0}"#).unwrap();
         assert!(bad.replay_options(0).unwrap_err().contains("rate"));
         assert!(serde_json::from_str::<TraceSpec>(r#"{"file": "t", "speed": 2}"#).is_err());
+        let kept: TraceSpec =
+            serde_json::from_str(r#"{"file": "t", "apply_recorded": ["lane", "tenant"]}"#).unwrap();
+        assert_eq!(
+            kept.apply_recorded,
+            [RecordedLabel::Lane, RecordedLabel::Tenant]
+        );
+        let e = serde_json::from_str::<TraceSpec>(r#"{"file": "t", "apply_recorded": ["class"]}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("expected `tenant` or `lane`"), "{e}");
     }
 }

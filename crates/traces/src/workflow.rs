@@ -273,6 +273,12 @@ impl Workflow {
         depth
     }
 
+    /// The lane its first root span records, if any.
+    pub fn recorded_lane(&self) -> Option<&str> {
+        let root = self.spans.get(*self.roots.first()?)?;
+        (!root.lane.is_empty()).then_some(root.lane.as_str())
+    }
+
     /// Total input and output tokens of the workflow's spans.
     pub fn token_totals(&self) -> (u64, u64) {
         self.spans.iter().fold((0, 0), |(i, o), s| {
