@@ -139,6 +139,48 @@ fn gpu_lanes_priority_and_preemption_trade_etl_for_chat() {
 }
 
 #[test]
+fn spot_notice_moving_the_queue_loses_nothing_that_keeping_it_loses() {
+    // Under `on_preempt = "fail"`, a noticed replica that keeps its queue admits some
+    // of it during the notice and loses it with the replica; moving the queue at the
+    // notice leaves it only running work, all of which finishes within 30 s.
+    let f = "scenarios/spot-notice.toml";
+    let (mut kept_failed, mut no_notice_failed) = (0, 0);
+    for seed in 1..=3 {
+        let seed = format!("simulation.seed={seed}");
+        let keep = run(f, &[&seed]);
+        let moved = run(f, &[&seed, "pools.g.spot.on_notice=move_waiting"]);
+        let none = run(f, &[&seed, "pools.g.spot.notice=0s"]);
+        let cap = |s: &Summary| {
+            s.pools["g"]
+                .llm
+                .as_ref()
+                .and_then(|l| l.replicas.capacity)
+                .unwrap_or_default()
+        };
+        for s in [&keep, &moved, &none] {
+            let c = &s.classes["c"];
+            assert_eq!(
+                c.arrived, keep.classes["c"].arrived,
+                "common random numbers"
+            );
+            assert_eq!(c.arrived, c.completed + c.failed);
+            assert_eq!(c.failed, cap(s).victims_failed);
+        }
+        let m = cap(&moved);
+        assert!(m.spot_preemptions > 5, "{m:?}");
+        assert_eq!(moved.classes["c"].failed, 0);
+        assert_eq!(m.drained_in_notice, m.spot_preemptions, "{m:?}");
+        assert!(m.moved_waiting > 0, "{m:?}");
+        kept_failed += keep.classes["c"].failed;
+        no_notice_failed += none.classes["c"].failed;
+    }
+    assert!(
+        kept_failed > 0 && kept_failed < no_notice_failed,
+        "{kept_failed} vs {no_notice_failed}"
+    );
+}
+
+#[test]
 fn gpu_pool_queue_sends_chat_to_the_first_free_slot_in_the_pool() {
     let f = "scenarios/gpu-pool-queue.toml";
     let at_replica = run(f, &[]);

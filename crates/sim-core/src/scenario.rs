@@ -183,6 +183,22 @@ pub struct SpotSpec {
     /// runs out (default 0: lost without warning).
     #[serde(default)]
     pub notice: Option<SimDuration>,
+    /// What the requests only waiting on a noticed replica do.
+    #[serde(default)]
+    pub on_notice: OnNotice,
+}
+
+/// `on_notice` of a spot pool: the requests waiting (not running) on a replica given a
+/// preemption notice.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnNotice {
+    /// They stay in its queue, served if the notice allows (a vLLM server draining on
+    /// SIGTERM), and move when it is lost.
+    #[default]
+    KeepWaiting,
+    /// The load balancer re-sends them to the other replicas at once.
+    MoveWaiting,
 }
 
 fn yes() -> bool {
@@ -226,6 +242,7 @@ pub struct Spot {
     pub boot: SimDuration,
     /// Zero: lost at once.
     pub notice: SimDuration,
+    pub on_notice: OnNotice,
 }
 
 /// A validated circuit breaker (see [`BreakerSpec`]).
@@ -1699,6 +1716,14 @@ impl ScenarioSpec {
                             "with every replica on spot, no replacement and no autoscaler the pool would be left with no replica; keep `replace = true`, put part of the pool on demand, or add `autoscale`",
                         ));
                     }
+                    if sp.on_notice == OnNotice::MoveWaiting
+                        && sp.notice.is_none_or(|d| d == SimDuration::ZERO)
+                    {
+                        return Err(err(
+                            format!("{key}.spot.on_notice"),
+                            "\"move_waiting\" acts at a preemption notice, and the pool gives none; set `notice` (e.g. \"2m\"), or drop `on_notice` (without a notice waiting requests move when the replica is lost)",
+                        ));
+                    }
                     let boot = match sp.boot {
                         Some(b) => b,
                         None => catalog
@@ -1714,6 +1739,7 @@ impl ScenarioSpec {
                         replace: sp.replace,
                         boot,
                         notice: sp.notice.unwrap_or(SimDuration::ZERO),
+                        on_notice: sp.on_notice,
                     })
                 }
             };

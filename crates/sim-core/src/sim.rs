@@ -29,7 +29,7 @@ use crate::policy::{
 use crate::queue_station::QueueStation;
 use crate::rng::{SimRng, StreamFactory, WorkflowRng, workflow_stream};
 use crate::scenario::{
-    AdmissionAction, Arrival, OnPreempt, OnTimeout, RateLimit, RecordedRequest, Scenario,
+    AdmissionAction, Arrival, OnNotice, OnPreempt, OnTimeout, RateLimit, RecordedRequest, Scenario,
     WorkflowClass,
 };
 use crate::station::{ApiCall, HopDone, HopJob, JobId, Refused, Station, StationOutput, Work};
@@ -619,6 +619,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                             replicas: sp.servers,
                             usd_per_replica_hour: sp.usd_per_server_hour,
                             recompute: sp.on_preempt == OnPreempt::Recompute,
+                            move_waiting_on_notice: sp.on_notice == OnNotice::MoveWaiting,
                         }),
                         (st, _) => st,
                     };
@@ -1157,9 +1158,12 @@ impl<'a, 'o> Sim<'a, 'o> {
         let now = self.now;
         let notice = spot.notice;
         if notice > SimDuration::ZERO {
-            let Some(replica) = self.stations[pool].spot_notice(now, x as u32) else {
+            let Some(replica) = self.stations[pool].spot_notice(now, x as u32, &mut self.out)
+            else {
                 return;
             };
+            // Requests it re-sent may start on an idle replica.
+            self.flush_wakeups(pool);
             self.queue.push(
                 now + notice,
                 Event::SpotLost {

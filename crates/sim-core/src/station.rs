@@ -295,7 +295,7 @@ pub trait Station {
     /// The `k`-th spot server up gets a preemption notice at `now`: it takes nothing
     /// new and serves what it has until [`Station::spot_lost`]. Returns its id for
     /// that call, `None` if there is no such server.
-    fn spot_notice(&mut self, _now: SimTime, _k: u32) -> Option<u32> {
+    fn spot_notice(&mut self, _now: SimTime, _k: u32, _out: &mut StationOutput) -> Option<u32> {
         None
     }
     /// The noticed server `id`'s notice ran out at `now`: it is lost with the work

@@ -610,6 +610,10 @@ spot = { preemptions_per_hour = 1.0, usd_per_server_hour = 1.0 }"#,
             "GPU\nspot = { preemptions_per_hour = 1.0, usd_per_server_hour = 1.0, replace = false }",
             "pools.g.spot.replace",
         ),
+        (
+            "GPU\nspot = { preemptions_per_hour = 1.0, usd_per_server_hour = 1.0, on_notice = \"move_waiting\" }",
+            "pools.g.spot.on_notice",
+        ),
     ];
     for (pool, key) in cases {
         let text = base.replace("POOL", &pool.replace("GPU", gpu));

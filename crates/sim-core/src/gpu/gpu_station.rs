@@ -212,6 +212,9 @@ pub struct SpotConfig {
     /// What happens to the requests running on a lost replica: recomputed on another
     /// replica of the pool (true) or reported lost (the workflow fails).
     pub recompute: bool,
+    /// At a preemption notice, the requests only waiting on the replica move to
+    /// another one at once (true), or stay to be served if the notice allows (false).
+    pub move_waiting_on_notice: bool,
 }
 
 /// Where a GPU pool's requests wait for a sequence slot (`queue_at` in a scenario).
@@ -297,7 +300,8 @@ pub struct CapacityReport {
     /// lost (their workflow fails).
     pub victims_recomputed: u64,
     pub victims_failed: u64,
-    /// Requests waiting on a preempted replica, moved to another replica.
+    /// Requests waiting on a preempted replica, moved to another replica (when it was
+    /// lost, or at its notice with `move_waiting_on_notice`).
     pub moved_waiting: u64,
     /// Of `spot_preemptions` with a notice: replicas that finished their work within
     /// the notice and left with nothing lost.
@@ -1133,15 +1137,37 @@ impl Station for GpuPoolStation {
         found
     }
 
-    fn spot_notice(&mut self, now: SimTime, k: u32) -> Option<u32> {
+    fn spot_notice(&mut self, now: SimTime, k: u32, out: &mut StationOutput) -> Option<u32> {
         let i = self.spot_victim(k)?;
         self.pump(now);
         self.counts.spot_preemptions += 1;
-        // Its waiting requests stay: it serves them if the notice allows.
         self.replicas[i].advance(now);
         self.life[i] = Life::Noticed;
+        // Its waiting requests stay, served if the notice allows, unless the load
+        // balancer re-sends them now (they hold no KV cache, nothing of theirs is lost
+        // but a recomputation's earlier work).
+        let mut moved = false;
+        if self.spot.is_some_and(|s| s.move_waiting_on_notice) {
+            for e in self.replicas[i].take_waiting(now) {
+                moved = true;
+                let Some(kept) = self.kept.get_mut(&e.id) else {
+                    continue;
+                };
+                kept.lost_busy = SimDuration(kept.lost_busy.as_nanos() + e.busy.as_nanos());
+                kept.lost_usd += e.usd;
+                kept.recomputes += e.preemptions;
+                self.counts.moved_waiting += 1;
+                let (req, submitted, place, key) =
+                    (kept.req.clone(), kept.submitted, kept.place, kept.key);
+                self.dispatch(now, submitted, e.id, &req, place, key);
+            }
+        }
         self.retire_drained(now);
         self.update_levels(now);
+        if moved {
+            self.pump(now);
+            self.drain(out);
+        }
         Some(i as u32)
     }
 
@@ -2216,6 +2242,7 @@ pub(crate) mod tests {
                 replicas: 1,
                 usd_per_replica_hour: 1.8,
                 recompute: true,
+                move_waiting_on_notice: false,
             };
             let mut st = ordered(
                 station(1, ReplicaConfig::new(1000).unwrap(), false)
@@ -2327,6 +2354,7 @@ pub(crate) mod tests {
                 replicas: 1,
                 usd_per_replica_hour: 1.8,
                 recompute: true,
+                move_waiting_on_notice: false,
             })
             .unwrap_or_else(|e| panic!("{e}"))
             .with_first_tokens();
@@ -2379,6 +2407,7 @@ pub(crate) mod tests {
                     replicas: 1,
                     usd_per_replica_hour: 1.8,
                     recompute: false,
+                    move_waiting_on_notice: false,
                 })
                 .unwrap_or_else(|e| panic!("{e}"));
             let mut out = StationOutput::default();
@@ -2390,9 +2419,9 @@ pub(crate) mod tests {
             step_until(&mut st, &mut out, &mut heap, &mut done, notice);
             assert!(done.is_empty());
             assert_eq!(st.spot_up(), 1);
-            assert_eq!(st.spot_notice(notice, 0), Some(0));
+            assert_eq!(st.spot_notice(notice, 0, &mut out), Some(0));
             assert_eq!(st.spot_up(), 0, "a noticed replica is not picked again");
-            assert_eq!(st.spot_notice(notice, 0), None);
+            assert_eq!(st.spot_notice(notice, 0, &mut out), None);
             submit(&mut st, notice, 2, llm(10, 5), &mut out);
             if notice_runs_out {
                 let end = SimTime(200_000);
@@ -2438,11 +2467,83 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn at_a_notice_move_waiting_re_sends_the_queue_and_keep_waiting_serves_it() {
+        // One sequence per replica. Replica 0 (spot) runs request 0 (100 in, 400 out)
+        // with request 1 (100 in, 300 out) waiting behind it (round robin sends 0 and
+        // 1 to replica 0 and 1; 2 goes to replica 0's queue while 1 runs on replica 1:
+        // request 1 is the one on replica 1). At 100 us replica 0 gets a notice.
+        // `move_waiting`: request 2 leaves replica 0 at once for replica 1's queue and
+        // runs there after request 1, alone; `keep_waiting`: it runs on replica 0
+        // after request 0. Either way it takes exactly its solo time once it starts.
+        let cfg = ReplicaConfig {
+            max_num_seqs: 1,
+            ..ReplicaConfig::defaults(1000)
+        }
+        .validated()
+        .unwrap_or_else(|e| panic!("{e}"));
+        let solo = |input: u32, output: u32| {
+            let mut one = station(1, cfg.clone(), true);
+            let mut o = StationOutput::default();
+            submit(&mut one, SimTime(0), 0, llm(input, output), &mut o);
+            let mut d = Vec::new();
+            run_out(&mut one, &mut o, &mut d);
+            d[0].finished.as_nanos()
+        };
+        let (t0, t1, t2) = (solo(100, 400), solo(100, 300), solo(10, 5));
+        assert!(t1 < t0);
+        for move_waiting in [false, true] {
+            let mut st = station(2, cfg.clone(), true)
+                .with_spot(SpotConfig {
+                    replicas: 1,
+                    usd_per_replica_hour: 1.8,
+                    recompute: true,
+                    move_waiting_on_notice: move_waiting,
+                })
+                .unwrap_or_else(|e| panic!("{e}"));
+            let mut out = StationOutput::default();
+            submit(&mut st, SimTime(0), 0, llm(100, 400), &mut out);
+            submit(&mut st, SimTime(0), 1, llm(100, 300), &mut out);
+            submit(&mut st, SimTime(0), 2, llm(10, 5), &mut out);
+            assert_eq!(
+                (st.replicas[0].waiting_len(), st.replicas[1].waiting_len()),
+                (1, 0)
+            );
+            let mut heap: Vec<(SimTime, u64)> = out.wakeups.drain(..).collect();
+            let mut done = Vec::new();
+            let notice = SimTime(100_000);
+            step_until(&mut st, &mut out, &mut heap, &mut done, notice);
+            assert_eq!(st.spot_notice(notice, 0, &mut out), Some(0));
+            let queued = (st.replicas[0].waiting_len(), st.replicas[1].waiting_len());
+            assert_eq!(queued, if move_waiting { (0, 1) } else { (1, 0) });
+            out.wakeups.append(&mut heap);
+            run_out(&mut st, &mut out, &mut done);
+            done.sort_by_key(|d| d.id);
+            assert_eq!(done.len(), 3);
+            let finished: Vec<u64> = done.iter().map(|d| d.finished.as_nanos()).collect();
+            let behind = if move_waiting { t1 } else { t0 };
+            assert_eq!(
+                finished,
+                [t0, t1, behind + t2],
+                "move_waiting {move_waiting}"
+            );
+            // Submitted at 0 wherever it ran: its latency holds the wait.
+            assert_eq!(done[2].submitted, SimTime(0));
+            let cap = st
+                .capacity_report(SimTime(t0.max(behind + t2)))
+                .unwrap_or_default();
+            assert_eq!(cap.moved_waiting, u64::from(move_waiting));
+            assert_eq!((cap.spot_preemptions, cap.drained_in_notice), (1, 1));
+            assert_eq!((cap.victims_recomputed, cap.victims_failed), (0, 0));
+        }
+    }
+
+    #[test]
     fn a_preempted_spot_replica_loses_its_work_and_the_request_is_recomputed() {
         let spot = |recompute| SpotConfig {
             replicas: 1,
             usd_per_replica_hour: 1.8,
             recompute,
+            move_waiting_on_notice: false,
         };
         for recompute in [true, false] {
             let mut st = station(2, ReplicaConfig::new(1000).unwrap(), false)
@@ -2505,6 +2606,7 @@ pub(crate) mod tests {
                 replicas: 1,
                 usd_per_replica_hour: 1.8,
                 recompute: true,
+                move_waiting_on_notice: false,
             };
             let cfg = ReplicaConfig {
                 max_num_seqs: 1,

@@ -1005,6 +1005,34 @@ impl Replica {
         out
     }
 
+    /// Takes every request only waiting in the queue off the replica at `now` (a spot
+    /// notice whose load balancer re-sends them), in queue order; those running stay.
+    /// A waiting request preempted earlier takes the GPU time it was charged with it
+    /// (work lost: it recomputes wherever it goes).
+    pub fn take_waiting(&mut self, now: SimTime) -> Vec<Evicted> {
+        self.advance(now);
+        if self.waiting.is_empty() {
+            return Vec::new();
+        }
+        let usd_per_ns = self.usd_per_ns;
+        let taken: Vec<Seq> = self.waiting.drain(..).collect();
+        let mut out = Vec::with_capacity(taken.len());
+        for s in taken {
+            self.outstanding -= s.remaining();
+            out.push(Evicted {
+                id: s.id,
+                submitted: s.submitted,
+                busy: SimDuration((s.share / SHARE_SCALE) as u64),
+                usd: s.share as f64 / SHARE_SCALE as f64 * usd_per_ns,
+                preemptions: s.preemptions,
+                running: false,
+            });
+        }
+        self.forget_waiting();
+        self.set_levels(now);
+        out
+    }
+
     /// Applies every effect at times `<= now`: iteration ends, the next plans.
     pub fn advance(&mut self, now: SimTime) {
         while let Some(b) = &self.busy {
