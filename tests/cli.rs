@@ -235,6 +235,7 @@ fn every_verb_has_help_with_an_example() {
         vec!["compare", "--help"],
         vec!["sweep", "--help"],
         vec!["calibrate", "--help"],
+        vec!["trace", "--help"],
         vec!["trace", "stats", "--help"],
         vec!["fit", "--help"],
     ] {
