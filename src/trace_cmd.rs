@@ -17,7 +17,9 @@ use traces::{
 
 /// `factorysim trace ...`
 #[derive(clap::Args, Debug)]
-#[command(after_help = "Examples:\n  factorysim trace stats traces/data/azure-llm-2023/AzureLLMInferenceTrace_code.csv\n  factorysim trace stats traces/data/agent-spans/month-end-30m.spans.jsonl.gz")]
+#[command(
+    after_help = "Examples:\n  factorysim trace stats traces/data/azure-llm-2023/AzureLLMInferenceTrace_code.csv\n  factorysim trace stats traces/data/agent-spans/month-end-30m.spans.jsonl.gz"
+)]
 pub struct TraceArgs {
     #[command(subcommand)]
     pub verb: TraceVerb,

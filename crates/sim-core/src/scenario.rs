@@ -188,6 +188,20 @@ pub struct SpotSpec {
     pub on_notice: OnNotice,
 }
 
+/// `on_escalation_refused` of a class: an escalation (a node's `escalate`, or a step of
+/// its tier's cascade) that no pool took after its attempts (down, 429s, an open
+/// breaker).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnEscalationRefused {
+    /// The workflow is rejected with the cause.
+    #[default]
+    Reject,
+    /// The client keeps the answer it has (the call the escalation would redo): the
+    /// node finishes, counted as a degraded hop.
+    KeepAnswer,
+}
+
 /// `on_notice` of a spot pool: the requests waiting (not running) on a replica given a
 /// preemption notice.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -687,6 +701,9 @@ pub struct ClassSpec {
     /// Cap on every fan-out of the class's workflows.
     #[serde(default)]
     pub max_fan_out: Option<u32>,
+    /// What the client does when an escalation cannot be placed after its attempts.
+    #[serde(default)]
+    pub on_escalation_refused: OnEscalationRefused,
     /// Windows of changed load (month-end, launches).
     #[serde(default)]
     pub bursts: Vec<BurstSpec>,
@@ -1090,6 +1107,7 @@ pub struct WorkflowClass {
     /// Data sensitivity label, matched by routing rules.
     pub sensitivity: Option<String>,
     pub max_fan_out: Option<u32>,
+    pub on_escalation_refused: OnEscalationRefused,
     pub bursts: Vec<Burst>,
     /// This class's canary: (share, index of the cohort class `NAME/canary`).
     pub canary: Option<(f64, usize)>,
@@ -2334,6 +2352,7 @@ impl ScenarioSpec {
                 budget_usd: c.budget_usd,
                 sensitivity: c.sensitivity.clone(),
                 max_fan_out: c.max_fan_out,
+                on_escalation_refused: c.on_escalation_refused,
                 bursts,
                 canary: None,
                 cohort_of: None,

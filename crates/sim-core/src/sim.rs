@@ -29,8 +29,8 @@ use crate::policy::{
 use crate::queue_station::QueueStation;
 use crate::rng::{SimRng, StreamFactory, WorkflowRng, workflow_stream};
 use crate::scenario::{
-    AdmissionAction, Arrival, OnNotice, OnPreempt, OnTimeout, RateLimit, RecordedRequest, Scenario,
-    WorkflowClass,
+    AdmissionAction, Arrival, OnEscalationRefused, OnNotice, OnPreempt, OnTimeout, RateLimit,
+    RecordedRequest, Scenario, WorkflowClass,
 };
 use crate::station::{ApiCall, HopDone, HopJob, JobId, Refused, Station, StationOutput, Work};
 use crate::time::{SimDuration, SimTime};
@@ -2491,6 +2491,21 @@ impl<'a, 'o> Sim<'a, 'o> {
                 // A lane's or tenant's 429 may carry its own retry-after and attempts.
                 let (exact, retry_after, attempts) = gate_retry.unwrap_or((None, None, None));
                 if attempt + 1 >= attempts.unwrap_or(first.max_attempts) {
+                    if escalation.is_some()
+                        && class.on_escalation_refused == OnEscalationRefused::KeepAnswer
+                    {
+                        // The answer the escalation would have redone stands.
+                        if self.workflows[slot as usize].counted {
+                            self.class_stats[ci].degraded_hops += 1;
+                        }
+                        let ctx = if spec.compact_to.is_some() {
+                            output
+                        } else {
+                            input + output
+                        };
+                        self.node_finished(slot, node, branch, ctx);
+                        return;
+                    }
                     self.finish_workflow(slot, Outcome::Rejected, &cause);
                     return;
                 }

@@ -1011,6 +1011,37 @@ escalate = { probability = 1.0, pool = "frontier" }
         pool(&r, "frontier").refusals_by_cause
     );
 
+    // Under `on_escalation_refused = "keep_answer"` the client keeps mid's answer
+    // instead: the same escalations reach frontier (its RPM sees the same times), no
+    // workflow is rejected, and each refused one is a degraded hop whose workflow took
+    // exactly mid's call: 200 ms + 99 x 10 ms.
+    let kept_text = text.replace(
+        "[[classes.c.nodes]]",
+        "on_escalation_refused = \"keep_answer\"\n[[classes.c.nodes]]",
+    );
+    let (k, kept_log) = run_logged(&kept_text);
+    let kc = k.class("c").expect("class");
+    let kept_esc: Vec<u64> = kept_log
+        .iter()
+        .filter(|h| h.kind == "escalation")
+        .map(|h| h.submitted.0)
+        .collect();
+    assert_eq!(kept_esc, esc);
+    assert_eq!((kc.arrived, kc.rejected), (c.arrived, 0));
+    assert_eq!(kc.completed, kc.arrived);
+    assert_eq!(kc.escalations, kc.arrived);
+    assert_eq!(kc.degraded_hops, c.rejected);
+    assert_eq!(
+        kc.refused_by_cause.get("429 from frontier"),
+        Some(&c.rejected)
+    );
+    // Latency: every escalated workflow as before, plus mid's call alone for the rest.
+    let mid_call_ns = 1_190_000_000u128;
+    assert_eq!(
+        kc.latency_sum_ns,
+        c.latency_sum_ns + mid_call_ns * c.rejected as u128
+    );
+
     // A cascade step goes to the first pool of its tier's chain that takes it: `b1`
     // (6 a minute) first, the rest to `b2`, marked degraded; nothing is refused.
     let cascade = r#"
