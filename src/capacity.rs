@@ -46,12 +46,12 @@ pub fn gpu_pool_loads(sc: &Scenario) -> Vec<GpuPoolLoad> {
             // A replayed request's entry hop asks for its recorded tokens.
             let recorded = c.recorded_entry_tokens();
             for (i, n) in c.graph.nodes.iter().enumerate() {
-                if n.enabled && sc.a_priori_pool(ci, n) == Some(pi) {
+                let (ti, to) = match recorded {
+                    Some(t) if i == 0 => t,
+                    _ => (tokens[i].input, tokens[i].output),
+                };
+                if n.enabled && sc.a_priori_pool(ci, n, ti) == Some(pi) {
                     let v = r * visits[i];
-                    let (ti, to) = match recorded {
-                        Some(t) if i == 0 => t,
-                        _ => (tokens[i].input, tokens[i].output),
-                    };
                     rate += v;
                     inp += v * ti;
                     outp += v * to;
@@ -154,12 +154,23 @@ fn reachable_pools(sc: &Scenario, ci: usize, n: &sim_core::workflow::Node) -> Ve
                 }
             }
         }
+        // Likewise prompt sizes: none, and each rule's `min_input_tokens`.
+        let mut prompts = vec![0u64];
+        prompts.extend(sc.routing_rules.iter().filter_map(|r| r.min_input_tokens));
         let mut chains: Vec<(Option<usize>, &[usize])> = Vec::new();
         for b in budgets {
-            let rule = sc.routing_rules.iter().position(|r| r.matches(ci, c, t, b));
-            let chain = sc.tier_chain(ci, t, b);
-            if !chains.iter().any(|(_, ch)| *ch == chain) {
-                chains.push((rule, chain));
+            for &input_tokens in &prompts {
+                let hop = sim_core::scenario::HopRouting {
+                    tier: t,
+                    budget_left: b,
+                    role: &n.role,
+                    input_tokens,
+                };
+                let rule = sc.routing_rules.iter().position(|r| r.matches(ci, c, hop));
+                let chain = sc.tier_chain(ci, hop);
+                if !chains.iter().any(|(_, ch)| *ch == chain) {
+                    chains.push((rule, chain));
+                }
             }
         }
         for (rule, chain) in chains {

@@ -630,7 +630,7 @@ pub fn check_table(file: &str, sc: &Scenario) -> String {
                 continue;
             }
             // A tiered hop is counted on its (rule-chosen) chain's first choice.
-            let pool = sc.a_priori_pool(ci, n);
+            let pool = sc.a_priori_pool(ci, n, tokens[i].input);
             if pool.is_some() || n.tool.is_some() {
                 hops += visits[i];
             }

@@ -471,6 +471,13 @@ pub struct RuleWhenSpec {
     /// is below this many dollars.
     #[serde(default)]
     pub budget_below: Option<f64>,
+    /// The node's role (default its id).
+    #[serde(default)]
+    pub role: Option<String>,
+    /// The hop's prompt (input tokens, inherited context included) has at least this
+    /// many tokens.
+    #[serde(default)]
+    pub min_input_tokens: Option<u64>,
 }
 
 /// `[variants.NAME]`.
@@ -908,23 +915,37 @@ pub struct RoutingRule {
     pub sensitivity: Option<String>,
     pub slo_below: Option<SimDuration>,
     pub budget_below: Option<f64>,
+    pub role: Option<String>,
+    pub min_input_tokens: Option<u64>,
     /// The chain a matching hop is routed on, by the node's tier.
     pub chains: Vec<Vec<usize>>,
 }
 
+/// What a routing rule sees of one hop.
+#[derive(Clone, Copy, Debug)]
+pub struct HopRouting<'a> {
+    /// The node's tier.
+    pub tier: usize,
+    /// The workflow's remaining budget (None: the class has no budget).
+    pub budget_left: Option<f64>,
+    pub role: &'a str,
+    pub input_tokens: u64,
+}
+
 impl RoutingRule {
-    /// Whether the rule matches a hop of `class` on a node of `tier` with `budget_left`
-    /// dollars left (None: the class has no budget).
-    pub fn matches(
-        &self,
-        class_index: usize,
-        class: &WorkflowClass,
-        tier: usize,
-        budget_left: Option<f64>,
-    ) -> bool {
+    /// Whether the rule matches hop `hop` of a workflow of `class`.
+    pub fn matches(&self, class_index: usize, class: &WorkflowClass, hop: HopRouting<'_>) -> bool {
+        let HopRouting {
+            tier,
+            budget_left,
+            role,
+            input_tokens,
+        } = hop;
         self.class
             .is_none_or(|c| c == class_index || class.cohort_of == Some(c))
             && self.tier.is_none_or(|t| t == tier)
+            && self.role.as_deref().is_none_or(|r| r == role)
+            && self.min_input_tokens.is_none_or(|m| input_tokens >= m)
             && self
                 .sensitivity
                 .as_ref()
@@ -2751,20 +2772,60 @@ fn compile_rules(
                     .collect()
             })
             .collect();
+        if let Some(role) = &w.role
+            && !classes.iter().any(|c| {
+                c.graph
+                    .nodes
+                    .iter()
+                    .any(|n| n.tier.is_some() && &n.role == role)
+            })
+        {
+            let mut roles: Vec<&str> = classes
+                .iter()
+                .flat_map(|c| c.graph.nodes.iter())
+                .filter(|n| n.tier.is_some())
+                .map(|n| n.role.as_str())
+                .collect();
+            roles.sort();
+            roles.dedup();
+            return Err(err(
+                format!("{key}.when.role"),
+                format!(
+                    "no tiered node has role `{role}` (rules route nodes with a `tier`; a node's role defaults to its id); roles of tiered nodes: {}",
+                    if roles.is_empty() {
+                        "none".to_string()
+                    } else {
+                        roles.join(", ")
+                    }
+                ),
+            ));
+        }
         let rule = RoutingRule {
             class,
             tier: when_tier,
             sensitivity: w.sensitivity.clone(),
             slo_below: w.slo_below,
             budget_below: w.budget_below,
+            role: w.role.clone(),
+            min_input_tokens: w.min_input_tokens,
             chains,
         };
         // Every tiered node the rule can match must keep at least one pool.
         for (ci, c) in classes.iter().enumerate() {
             for n in &c.graph.nodes {
                 let Some(t) = n.tier else { continue };
-                // With a budget, some workflow may have any amount left.
-                let may_match = rule.matches(ci, c, t, c.budget_usd.map(|_| f64::NEG_INFINITY));
+                // With a budget, some workflow may have any amount left; a hop may
+                // have any prompt.
+                let may_match = rule.matches(
+                    ci,
+                    c,
+                    HopRouting {
+                        tier: t,
+                        budget_left: c.budget_usd.map(|_| f64::NEG_INFINITY),
+                        role: &n.role,
+                        input_tokens: u64::MAX,
+                    },
+                );
                 if may_match && rule.chains[t].is_empty() {
                     return Err(err(
                         format!("{key}.pools"),
@@ -3030,27 +3091,38 @@ impl Scenario {
         Ok(())
     }
 
-    /// The fallback chain a hop of `class` on a node of `tier` is routed on: the first
-    /// matching routing rule's, else the tier's own. `budget_left` is the workflow's
-    /// remaining budget (None without one).
-    pub fn tier_chain(&self, class: usize, tier: usize, budget_left: Option<f64>) -> &[usize] {
+    /// The fallback chain hop `hop` of `class` is routed on: the first matching
+    /// routing rule's, else its tier's own.
+    pub fn tier_chain(&self, class: usize, hop: HopRouting<'_>) -> &[usize] {
         let c = &self.classes[class];
         self.routing_rules
             .iter()
-            .find(|r| r.matches(class, c, tier, budget_left))
-            .map(|r| r.chains[tier].as_slice())
-            .unwrap_or(&self.tiers[tier].pools)
+            .find(|r| r.matches(class, c, hop))
+            .map(|r| r.chains[hop.tier].as_slice())
+            .unwrap_or(&self.tiers[hop.tier].pools)
     }
 
     /// The pool a node of `class` is counted on before any simulation: its own pool,
     /// else the first pool of the chain its routing rules choose (class, tier,
-    /// sensitivity and SLO conditions decide; a `budget_below` condition is judged with
-    /// nothing spent yet, i.e. the class's whole `budget_usd` left).
-    pub fn a_priori_pool(&self, class: usize, node: &crate::workflow::Node) -> Option<usize> {
+    /// sensitivity, SLO and role conditions decide; a `budget_below` condition is
+    /// judged with nothing spent yet, i.e. the class's whole `budget_usd` left, and a
+    /// `min_input_tokens` one with the node's expected prompt, `expected_input`).
+    pub fn a_priori_pool(
+        &self,
+        class: usize,
+        node: &crate::workflow::Node,
+        expected_input: f64,
+    ) -> Option<usize> {
         node.pool.or_else(|| {
-            let budget = self.classes[class].budget_usd;
-            node.tier
-                .and_then(|t| self.tier_chain(class, t, budget).first().copied())
+            node.tier.and_then(|t| {
+                let hop = HopRouting {
+                    tier: t,
+                    budget_left: self.classes[class].budget_usd,
+                    role: &node.role,
+                    input_tokens: expected_input.max(0.0).round() as u64,
+                };
+                self.tier_chain(class, hop).first().copied()
+            })
         })
     }
 
@@ -3083,7 +3155,7 @@ impl Scenario {
                             .as_secs_f64()
                 };
                 // A tiered node is counted on its (rule-chosen) chain's first choice.
-                if let Some(p) = self.a_priori_pool(ci, n) {
+                if let Some(p) = self.a_priori_pool(ci, n, input) {
                     rate[p] += v;
                     work[p] += v * on(p);
                 }

@@ -29,8 +29,8 @@ use crate::policy::{
 use crate::queue_station::QueueStation;
 use crate::rng::{SimRng, StreamFactory, WorkflowRng, workflow_stream};
 use crate::scenario::{
-    AdmissionAction, Arrival, OnEscalationRefused, OnNotice, OnPreempt, OnTimeout, RateLimit,
-    RecordedRequest, Scenario, WorkflowClass,
+    AdmissionAction, Arrival, HopRouting, OnEscalationRefused, OnNotice, OnPreempt, OnTimeout,
+    RateLimit, RecordedRequest, Scenario, WorkflowClass,
 };
 use crate::station::{ApiCall, HopDone, HopJob, JobId, Refused, Station, StationOutput, Work};
 use crate::time::{SimDuration, SimTime};
@@ -1892,7 +1892,15 @@ impl<'a, 'o> Sim<'a, 'o> {
                 let fallback = hop.attempt + 1 < sc.pools[p].max_attempts
                     && spec.tier.is_some_and(|t| {
                         let left = sc.classes[ci].budget_usd.map(|b| b - wf.usd);
-                        let chain = sc.tier_chain(ci, t, left);
+                        let chain = sc.tier_chain(
+                            ci,
+                            HopRouting {
+                                tier: t,
+                                budget_left: left,
+                                role: &spec.role,
+                                input_tokens: hop.input_tokens,
+                            },
+                        );
                         chain
                             .iter()
                             .position(|&q| q == p)
@@ -2287,7 +2295,15 @@ impl<'a, 'o> Sim<'a, 'o> {
         let chain: &[usize] = match (esc_chain, spec.tier, spec.pool.as_ref()) {
             (Some(c), _, _) => c,
             // Routing rules may route the hop on another tier or restrict its pools.
-            (None, Some(t), _) => sc.tier_chain(ci, t, class.budget_usd.map(|b| b - usd_so_far)),
+            (None, Some(t), _) => sc.tier_chain(
+                ci,
+                HopRouting {
+                    tier: t,
+                    budget_left: class.budget_usd.map(|b| b - usd_so_far),
+                    role: &spec.role,
+                    input_tokens: input,
+                },
+            ),
             (None, None, Some(p)) => std::slice::from_ref(p),
             (None, None, None) => std::slice::from_ref(&POOL_ZERO),
         };
@@ -2696,7 +2712,15 @@ impl<'a, 'o> Sim<'a, 'o> {
                 } else {
                     match spec.tier {
                         Some(t) => sc
-                            .tier_chain(ci, t, class.budget_usd.map(|b| b - usd))
+                            .tier_chain(
+                                ci,
+                                HopRouting {
+                                    tier: t,
+                                    budget_left: class.budget_usd.map(|b| b - usd),
+                                    role: &spec.role,
+                                    input_tokens: h.input,
+                                },
+                            )
                             .first()
                             .copied()
                             .unwrap_or(0),
@@ -3608,7 +3632,15 @@ impl<'a, 'o> Sim<'a, 'o> {
             && let Some(t) = spec.tier
         {
             let left = sc.classes[ci].budget_usd.map(|b| b - wf.usd);
-            let chain = sc.tier_chain(ci, t, left);
+            let chain = sc.tier_chain(
+                ci,
+                HopRouting {
+                    tier: t,
+                    budget_left: left,
+                    role: &spec.role,
+                    input_tokens: hop.input_tokens,
+                },
+            );
             if chain
                 .iter()
                 .position(|&q| q == pool)

@@ -259,6 +259,88 @@ fn routing_rules_validation_names_the_key() {
     assert!(e.to_string().contains("unknown field `clas`"), "{e}");
 }
 
+#[test]
+fn routing_rules_see_the_hops_role_and_prompt_size() {
+    // Tier mid = [a, long]. The planner role goes to the frontier tier; a prompt of
+    // 8,000 tokens or more (the researcher's draw, 1,000-16,000) only to the
+    // long-context pool; smaller prompts take the tier's first pool.
+    let text = r#"
+[simulation]
+horizon = "600s"
+drain = true
+[pools.a]
+servers = 100
+service = { dist = "constant", value = "1s" }
+[pools.long]
+servers = 100
+service = { dist = "constant", value = "1s" }
+[pools.f]
+servers = 100
+service = { dist = "constant", value = "1s" }
+[tiers.mid]
+pools = ["a", "long"]
+[tiers.frontier]
+pools = ["f"]
+[[routing.rules]]
+when = { role = "planner" }
+tier = "frontier"
+[[routing.rules]]
+when = { min_input_tokens = 8000 }
+pools = ["long"]
+[classes.c]
+arrival = { process = "poisson", rate = 4.0 }
+[[classes.c.nodes]]
+id = "plan"
+role = "planner"
+tier = "mid"
+input_tokens = { dist = "constant", value = 500 }
+output_tokens = { dist = "constant", value = 100 }
+[[classes.c.nodes]]
+id = "research"
+after = ["plan"]
+tier = "mid"
+input_tokens = { dist = "uniform", low = 1000, high = 16000 }
+output_tokens = { dist = "constant", value = 100 }
+"#;
+    let (r, log) = run_logged(text);
+    let c = r.class("c").expect("class");
+    assert!(c.arrived > 2000 && c.completed == c.arrived, "{c:?}");
+    let (mut long, mut short) = (0u64, 0u64);
+    for h in &log {
+        match h.node.as_str() {
+            "plan" => assert_eq!(h.station, "f", "{h:?}"),
+            _ => {
+                let want = if h.input_tokens >= 8000 { "long" } else { "a" };
+                assert_eq!(h.station, want, "{h:?}");
+                if h.input_tokens >= 8000 {
+                    long += 1;
+                } else {
+                    short += 1;
+                }
+            }
+        }
+    }
+    // Both sizes occur (8,000 splits the uniform draw at 7/15).
+    let n = (long + short) as f64;
+    let share = long as f64 / n;
+    let sd = (8.0 / 15.0 * 7.0 / 15.0 / n).sqrt();
+    assert!((share - 8.0 / 15.0).abs() < 4.0 * sd, "{share}");
+    // The a-priori load judges the size rule by the node's mean prompt (8,500).
+    let sc = super::scenario(text);
+    let load = sc.offered_load();
+    let rate = |p: &str| {
+        load.iter()
+            .find(|l| l.pool == p)
+            .map(|l| l.hop_rate_per_s)
+            .expect("pool")
+    };
+    assert_eq!((rate("a"), rate("long"), rate("f")), (0.0, 4.0, 4.0));
+    // An unknown role is named, with the roles rules can match.
+    let e = invalid(&text.replace("role = \"planner\" }", "role = \"planer\" }"));
+    assert_eq!(e.key, "routing.rules[0].when.role");
+    assert!(e.message.contains("planner, research"), "{e}");
+}
+
 const CASCADE: &str = r#"
 [simulation]
 horizon = "3000s"
