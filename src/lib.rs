@@ -38,10 +38,7 @@ pub mod sweep;
 pub mod trace_cmd;
 pub mod trace_stream;
 
-pub use load::{
-    InputError, LoadOptions, LoadedScenario, load_scenario, load_scenario_with, parse_scenario,
-    parse_scenario_with,
-};
+pub use load::{InputError, LoadedScenario, load_scenario, parse_scenario};
 
 /// Runs a scenario with the standard control-plane policies (every CLI verb uses this;
 /// `sim_core::run` alone only knows FIFO, first-available routing and fixed capacity).
@@ -59,7 +56,8 @@ pub fn simulate(
     )
 }
 
-/// [`simulate`], also logging every finished hop (span logs, exact tests).
+/// [`simulate`], also logging every finished hop, all held until the run ends (exact
+/// tests; a span log is written as the run goes with [`simulate_with_hop_sink`]).
 pub fn simulate_logged(
     scenario: &sim_core::Scenario,
     mut progress: Option<&mut dyn FnMut(f64)>,
@@ -71,9 +69,28 @@ pub fn simulate_logged(
             progress: progress.as_mut().map(|p| &mut **p as &mut dyn FnMut(f64)),
             hop_log: Some(&mut log),
             policies: Some(&policies::Standard),
+            ..Default::default()
         },
     );
     (result, log)
+}
+
+/// [`simulate`], handing each workflow's hops to `sink` once they are final
+/// (`sim_core::RunOptions::hop_sink`): `run --spans` writes its span log this way.
+pub fn simulate_with_hop_sink(
+    scenario: &sim_core::Scenario,
+    mut progress: Option<&mut dyn FnMut(f64)>,
+    sink: &mut dyn FnMut(sim_core::metrics::WorkflowHops<'_>),
+) -> sim_core::RunResult {
+    sim_core::run(
+        scenario,
+        sim_core::RunOptions {
+            progress: progress.as_mut().map(|p| &mut **p as &mut dyn FnMut(f64)),
+            hop_sink: Some(sink),
+            policies: Some(&policies::Standard),
+            ..Default::default()
+        },
+    )
 }
 
 /// Refuses a run during which a streamed trace could not be read (the file changed or

@@ -427,7 +427,6 @@ fn load_traces(
     scenario: &mut Scenario,
     arrivals: &TraceArrivals,
     notes: &mut Vec<String>,
-    hold_span_traces: bool,
 ) -> Result<(), InputError> {
     let base = Path::new(file).parent().unwrap_or(Path::new("."));
     let index = |name: &str| scenario.classes.iter().position(|c| c.name == name);
@@ -588,11 +587,7 @@ fn load_traces(
             takers: takers.clone(),
             recorded: recorded.clone(),
         });
-        stream_wanted.push(if workflows && hold_span_traces {
-            Some(false)
-        } else {
-            spec.stream
-        });
+        stream_wanted.push(spec.stream);
         trace_numbers.push(trace_no);
         for (target, sc) in scan {
             scans[target].push((feed_no, sc));
@@ -832,29 +827,12 @@ fn hold_rows(
     Ok((rows, sessions))
 }
 
-/// How to load a scenario beyond its text.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct LoadOptions {
-    /// Hold replayed span traces in memory instead of streaming them (the span-log
-    /// writer of `run --spans` looks up each workflow's graph after the run).
-    pub hold_span_traces: bool,
-}
-
 /// Reads `path`, applies `sets` (each `key.path=value`) and validates.
 pub fn load_scenario(path: &Path, sets: &[String]) -> Result<LoadedScenario, InputError> {
-    load_scenario_with(path, sets, LoadOptions::default())
-}
-
-/// [`load_scenario`] with options.
-pub fn load_scenario_with(
-    path: &Path,
-    sets: &[String],
-    opts: LoadOptions,
-) -> Result<LoadedScenario, InputError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path)
         .map_err(|e| InputError::new(&file, format!("cannot read scenario file: {e}")))?;
-    parse_scenario_with(&file, &text, sets, opts)
+    parse_scenario(&file, &text, sets)
 }
 
 /// Parses scenario text; `file` is only used in messages.
@@ -862,16 +840,6 @@ pub fn parse_scenario(
     file: &str,
     text: &str,
     sets: &[String],
-) -> Result<LoadedScenario, InputError> {
-    parse_scenario_with(file, text, sets, LoadOptions::default())
-}
-
-/// [`parse_scenario`] with options.
-pub fn parse_scenario_with(
-    file: &str,
-    text: &str,
-    sets: &[String],
-    opts: LoadOptions,
 ) -> Result<LoadedScenario, InputError> {
     let original: toml::Table = toml::from_str(text).map_err(|e| toml_error(file, text, &e))?;
     let mut table = original.clone();
@@ -917,13 +885,7 @@ pub fn parse_scenario_with(
         .validate()
         .map_err(|e| InputError::new(file, locate_key(text, &e.key, e.to_string())))?;
     let mut notes = csv_notes;
-    load_traces(
-        file,
-        &mut scenario,
-        &arrivals,
-        &mut notes,
-        opts.hold_span_traces,
-    )?;
+    load_traces(file, &mut scenario, &arrivals, &mut notes)?;
     let gates = spec
         .gates
         .iter()

@@ -114,10 +114,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             if let Some(seed) = seed {
                 sets.push(format!("simulation.seed={seed}"));
             }
-            let opts = factorysim::LoadOptions {
-                hold_span_traces: spans.is_some(),
-            };
-            let loaded = factorysim::load_scenario_with(&scenario, &sets, opts)?;
+            let loaded = load_scenario(&scenario, &sets)?;
             for note in &loaded.notes {
                 eprintln!("note: {note}");
             }
@@ -133,12 +130,18 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                                 .with_context(|| format!("cannot create {}", dir.display()))?;
                         }
                         // `FILE.gz` is written gzip-compressed, as the readers take it.
-                        let mut file = traces::io::OutputFile::create(path)
+                        let file = traces::io::OutputFile::create(path)
                             .with_context(|| format!("cannot create {}", path.display()))?;
-                        let (result, log) =
-                            factorysim::simulate_logged(&loaded.scenario, Some(&mut tick));
-                        factorysim::spans::write_span_log(&mut file, &loaded.scenario, &log)
-                            .and_then(|()| file.finish())
+                        // Written as workflows finish: memory for those in flight only.
+                        let mut spans = factorysim::spans::SpanLogStream::new(file);
+                        let result = factorysim::simulate_with_hop_sink(
+                            &loaded.scenario,
+                            Some(&mut tick),
+                            &mut |w| spans.workflow_done(w),
+                        );
+                        spans
+                            .finish()
+                            .and_then(traces::io::OutputFile::finish)
                             .with_context(|| format!("cannot write {}", path.display()))?;
                         result
                     }

@@ -7,9 +7,13 @@ use crate::scenario::WorkflowClass;
 use crate::station::{HopDone, StationReport};
 use crate::time::{SimDuration, SimTime};
 
-/// One finished hop, as logged with `RunOptions::hop_log` (span logs, exact tests).
+/// One finished hop, as logged with `RunOptions::hop_log` or handed to
+/// `RunOptions::hop_sink` (span logs, exact tests).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct HopRecord {
+    /// The hop's place in the run's log: 0, 1, ... in the order hops finished (its
+    /// position in `hop_log`; span logs name it `s<index>`).
+    pub index: u64,
     pub workflow: u64,
     /// The recorded request or workflow the hop's workflow replays, if any (its index
     /// in the class's held rows; `None` for a streamed row).
@@ -43,6 +47,23 @@ pub struct HopRecord {
     pub finished: SimTime,
     pub usd: f64,
 }
+
+/// A workflow's logged hops, handed to `RunOptions::hop_sink` once no more of them can
+/// be logged: when the workflow is released (its outcome decided and none of its hops
+/// still running), or at the end of the run for a workflow still in flight then. Every
+/// workflow the run started is handed over exactly once, with no hops if none finished.
+pub struct WorkflowHops<'a> {
+    /// The workflow's id (`HopRecord::workflow`): 0, 1, ... in the order they arrived.
+    pub workflow: u64,
+    /// The class it ran as (a canary cohort's own class).
+    pub class: &'a WorkflowClass,
+    /// The graph it ran: its class's, or the recorded workflow it replays (also for a
+    /// streamed trace, whose graph is gone once the workflow is released).
+    pub graph: &'a crate::workflow::WorkflowGraph,
+    /// Its hops in the order they finished.
+    pub hops: &'a [HopRecord],
+}
+
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::collections::BTreeMap;

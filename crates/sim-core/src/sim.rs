@@ -20,7 +20,7 @@ use crate::gpu::gpu_station::{
     GpuPoolStation, LeastOutstandingRequests, RandomPicker, RoundRobin, SpotConfig,
 };
 use crate::metrics::{
-    Breakdown, ClassStats, HopRecord, HopSample, PoolStats, RunResult, ToolStats,
+    Breakdown, ClassStats, HopRecord, HopSample, PoolStats, RunResult, ToolStats, WorkflowHops,
 };
 use crate::policy::{
     Autoscaler, BuiltinPolicies, JobMeta, PolicyFactory, PoolView, RouteRequest, ScaleObservation,
@@ -486,8 +486,13 @@ fn timing_key(work_seed: u64, parts: [u64; 5]) -> u64 {
 pub struct RunOptions<'a> {
     /// Called about every 65k events with the fraction of the horizon simulated.
     pub progress: Option<&'a mut dyn FnMut(f64)>,
-    /// If set, every finished hop is appended here (for span logs and exact tests).
+    /// If set, every finished hop is appended here (for exact tests: the whole run's
+    /// hops are held).
     pub hop_log: Option<&'a mut Vec<HopRecord>>,
+    /// If set, called with each workflow's hops once no more of them can come (see
+    /// [`WorkflowHops`]): the engine holds the hops of workflows in flight only, so a
+    /// span log can be written as the run goes.
+    pub hop_sink: Option<&'a mut dyn FnMut(WorkflowHops<'_>)>,
     /// Builds queue disciplines, routers and autoscalers; default
     /// [`BuiltinPolicies`] (FIFO, first available, fixed size).
     pub policies: Option<&'a dyn PolicyFactory>,
@@ -524,6 +529,11 @@ struct Sim<'a, 'o> {
     free_hops: Vec<u32>,
     next_wf_id: u64,
     next_hop_seq: u64,
+    /// Hops logged so far (`HopRecord::index` of the next one).
+    hops_logged: u64,
+    /// Per workflow slot, the hops logged for its workflow and not yet handed to
+    /// `RunOptions::hop_sink`.
+    sink_hops: Vec<Vec<HopRecord>>,
     timers: Vec<Option<TimerRec>>,
     free_timers: Vec<u32>,
     /// Sink-node count per class.
@@ -765,6 +775,8 @@ impl<'a, 'o> Sim<'a, 'o> {
             free_hops: Vec::new(),
             next_wf_id: 0,
             next_hop_seq: 0,
+            hops_logged: 0,
+            sink_hops: Vec::new(),
             timers: Vec::new(),
             free_timers: Vec::new(),
             sinks: sc
@@ -1005,6 +1017,20 @@ impl<'a, 'o> Sim<'a, 'o> {
         } else {
             self.horizon
         };
+        if self.opts.hop_sink.is_some() {
+            // Workflows still in flight: their hops so far, in arrival order.
+            let mut live: Vec<(u64, u32)> = self
+                .workflows
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| w.active)
+                .map(|(slot, w)| (w.id, slot as u32))
+                .collect();
+            live.sort_unstable();
+            for (_, slot) in live {
+                self.hand_over_hops(slot);
+            }
+        }
         for wf in self.workflows.iter().filter(|w| w.active) {
             // Workflows whose outcome is decided were counted then; only undecided ones
             // are in flight. (Hops still running are charged when they finish.)
@@ -3383,7 +3409,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                 over_tiered,
             });
         }
-        if let Some(log) = self.opts.hop_log.as_mut() {
+        if self.opts.hop_log.is_some() || self.opts.hop_sink.is_some() {
             let st = hop.station as usize;
             let service = done.finished - done.started;
             let (cached_tokens, prefill) = match (&done.llm, sc.pools.get(st)) {
@@ -3412,7 +3438,8 @@ impl<'a, 'o> Sim<'a, 'o> {
                     ..
                 }
             );
-            log.push(HopRecord {
+            let record = HopRecord {
+                index: self.hops_logged,
                 workflow: hop.wf_id,
                 // A streamed row's slot is reused: no index to look it up by later.
                 record: record.filter(|_| !streamed),
@@ -3444,7 +3471,20 @@ impl<'a, 'o> Sim<'a, 'o> {
                 started: done.started,
                 finished: done.finished,
                 usd,
-            });
+            };
+            self.hops_logged += 1;
+            if self.opts.hop_sink.is_some() {
+                if let Some(log) = self.opts.hop_log.as_mut() {
+                    log.push(record.clone());
+                }
+                let slot = slot as usize;
+                if self.sink_hops.len() <= slot {
+                    self.sink_hops.resize_with(slot + 1, Vec::new);
+                }
+                self.sink_hops[slot].push(record);
+            } else if let Some(log) = self.opts.hop_log.as_mut() {
+                log.push(record);
+            }
         }
         // A model or escalation call that came back may have failed with an error.
         let failed_call = !hop.timed_out
@@ -4102,11 +4142,47 @@ impl<'a, 'o> Sim<'a, 'o> {
         self.maybe_release(slot);
     }
 
+    /// Hands the hops logged for the workflow in `slot` to `RunOptions::hop_sink`.
+    #[cold]
+    #[inline(never)]
+    fn hand_over_hops(&mut self, slot: u32) {
+        let Some(sink) = self.opts.hop_sink.as_mut() else {
+            return;
+        };
+        let sc = self.sc;
+        let wf = &self.workflows[slot as usize];
+        let class = &sc.classes[wf.class as usize];
+        let graph = graph_of(class, wf.record, &self.stream_rows);
+        let hops = self
+            .sink_hops
+            .get_mut(slot as usize)
+            .map(std::mem::take)
+            .unwrap_or_default();
+        sink(WorkflowHops {
+            workflow: wf.id,
+            class,
+            graph: &graph,
+            hops: &hops,
+        });
+        // The buffer goes back to the slot, its capacity kept for the next workflow.
+        if let Some(buffer) = self.sink_hops.get_mut(slot as usize) {
+            *buffer = hops;
+            buffer.clear();
+        }
+    }
+
     /// Frees a workflow whose outcome is decided once nothing of it is running.
     #[inline(always)]
     fn maybe_release(&mut self, slot: u32) {
         let wf = &mut self.workflows[slot as usize];
         if wf.active && wf.outcome.is_some() && wf.outstanding == 0 {
+            if self.opts.hop_sink.is_some() {
+                // Before the slot (and a streamed row's graph) is freed: no hop of this
+                // workflow can be logged after this (a hop finishing later finds the
+                // slot inactive or another workflow's).
+                self.hand_over_hops(slot);
+            }
+            let wf = &mut self.workflows[slot as usize];
             wf.active = false;
             if let (
                 Some(r),

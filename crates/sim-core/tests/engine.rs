@@ -919,11 +919,9 @@ after = ["plan"]
     );
 }
 
-#[test]
-fn every_outcome_kind_is_accounted_for_and_costs_add_up() {
-    // Tool failures (some recovered by retries), hop timeouts, abandonment, human review
-    // and quorum stragglers, in one overloaded factory.
-    let text = r#"
+/// Tool failures (some recovered by retries), hop timeouts, abandonment, human review
+/// and quorum stragglers, in one overloaded factory.
+const EVERY_OUTCOME: &str = r#"
 [simulation]
 horizon = "3h"
 warmup = "10m"
@@ -964,6 +962,10 @@ probability = 0.1
 minutes = { dist = "exponential", mean = 0.2 }
 usd_per_minute = 1.0
 "#;
+
+#[test]
+fn every_outcome_kind_is_accounted_for_and_costs_add_up() {
+    let text = EVERY_OUTCOME;
     for drain in [false, true] {
         let mut sc = scenario(text);
         sc.drain = drain;
@@ -1006,6 +1008,52 @@ usd_per_minute = 1.0
             assert!((cs.usd_total - buckets).abs() < 1e-9);
             assert!(cs.usd_waste.after_outcome > 0.0, "stragglers are charged");
         }
+    }
+}
+
+#[test]
+fn hop_sink_hands_over_every_workflow_once_with_exactly_its_logged_hops() {
+    // Abandoned and failed workflows' hops keep running after the outcome, and without
+    // drain some workflows are still in flight at the horizon.
+    for drain in [false, true] {
+        let mut sc = scenario(EVERY_OUTCOME);
+        sc.drain = drain;
+        let mut log = Vec::new();
+        let mut handed: Vec<(u64, Vec<HopRecord>)> = Vec::new();
+        let mut sink = |w: sim_core::metrics::WorkflowHops<'_>| {
+            assert!(std::ptr::eq(w.class, &sc.classes[0]));
+            assert!(w.hops.iter().all(|h| h.workflow == w.workflow));
+            handed.push((w.workflow, w.hops.to_vec()));
+        };
+        let r = run(
+            &sc,
+            RunOptions {
+                hop_log: Some(&mut log),
+                hop_sink: Some(&mut sink),
+                ..Default::default()
+            },
+        );
+        // Ids 0, 1, ... (warm-up workflows included), each handed over once, and not
+        // in id order: a released workflow is handed over before older ones in flight.
+        let mut ids: Vec<u64> = handed.iter().map(|(id, _)| *id).collect();
+        assert!(ids.windows(2).any(|w| w[0] > w[1]), "drain={drain}");
+        ids.sort_unstable();
+        assert!(ids.iter().copied().eq(0..ids.len() as u64), "drain={drain}");
+        let c = &r.classes[0];
+        assert!(
+            ids.len() as u64 > c.arrived,
+            "warm-up workflows are handed over too"
+        );
+        assert!(c.abandoned > 0 && c.failed > 0);
+        assert_eq!(c.in_flight > 0, !drain);
+        // Together the handed-over hops are the log, each workflow's in log order.
+        for (_, hops) in &handed {
+            assert!(hops.windows(2).all(|w| w[0].index < w[1].index));
+        }
+        let mut all: Vec<HopRecord> = handed.into_iter().flat_map(|(_, h)| h).collect();
+        all.sort_by_key(|h| h.index);
+        assert!(log.iter().enumerate().all(|(i, h)| h.index == i as u64));
+        assert!(all == log, "drain={drain}");
     }
 }
 

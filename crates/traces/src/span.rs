@@ -376,4 +376,9 @@ impl<W: Write> SpanLogWriter<W> {
     pub fn into_inner(self) -> W {
         self.out
     }
+
+    /// The output written to so far (to take or reuse what a `Vec<u8>` holds).
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.out
+    }
 }
