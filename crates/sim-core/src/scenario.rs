@@ -278,6 +278,17 @@ pub struct StormSpec {
     pub fraction: f64,
 }
 
+/// `error_storms = [{ start, duration, error_rate }]` on a pool: calls that finish in
+/// the window fail with that share instead of the pool's `error_rate` (fault
+/// injection: a provider incident answering 500s).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorStormSpec {
+    pub start: SimDuration,
+    pub duration: SimDuration,
+    pub error_rate: f64,
+}
+
 /// `spikes = [{ start, duration, factor }]` on a tool: calls made in the window take
 /// `factor` times their drawn latency (fault injection).
 #[derive(Clone, Debug, Deserialize)]
@@ -658,6 +669,9 @@ pub struct PoolSpec {
     /// 429 storm windows (fault injection).
     #[serde(default)]
     pub storms: Vec<StormSpec>,
+    /// Error windows (fault injection): a higher `error_rate` inside each.
+    #[serde(default)]
+    pub error_storms: Vec<ErrorStormSpec>,
     /// Price of one server for one hour, in US dollars.
     #[serde(default)]
     pub usd_per_server_hour: f64,
@@ -985,6 +999,8 @@ pub struct Pool {
     pub error_backoff: BackoffSpec,
     /// 429 storms: (start, end, fraction).
     pub storms: Vec<(SimTime, SimTime, f64)>,
+    /// Error windows: (start, end, error rate).
+    pub error_storms: Vec<(SimTime, SimTime, f64)>,
     pub spot: Option<Spot>,
     /// Default service time of hops here.
     pub service: Option<Sampler>,
@@ -1057,6 +1073,16 @@ impl Pool {
             .filter(|&&(a, b, _)| t >= a && t < b)
             .map(|&(_, _, f)| f)
             .fold(0.0, f64::max)
+    }
+
+    /// The share of calls finishing at `t` that fail with an error: the pool's
+    /// `error_rate`, or the largest error storm's covering `t` if higher.
+    pub fn error_rate_at(&self, t: SimTime) -> f64 {
+        self.error_storms
+            .iter()
+            .filter(|&&(a, b, _)| t >= a && t < b)
+            .map(|&(_, _, r)| r)
+            .fold(self.error_rate, f64::max)
     }
 
     /// Dollars of a hop of these tokens on an API pool (zero for server pools, which
@@ -1680,6 +1706,23 @@ impl ScenarioSpec {
                 let (a, b) = window(st.start, st.duration);
                 storms.push((a, b, st.fraction));
             }
+            let mut error_storms = Vec::new();
+            for (i, st) in p.error_storms.iter().enumerate() {
+                if !(st.error_rate > 0.0 && st.error_rate <= 1.0) {
+                    return Err(err(
+                        format!("{key}.error_storms[{i}].error_rate"),
+                        format!("expected a share of calls in (0, 1], got {}", st.error_rate),
+                    ));
+                }
+                if st.duration == SimDuration::ZERO {
+                    return Err(err(
+                        format!("{key}.error_storms[{i}].duration"),
+                        "expected a positive duration",
+                    ));
+                }
+                let (a, b) = window(st.start, st.duration);
+                error_storms.push((a, b, st.error_rate));
+            }
             if p.max_attempts == Some(0) {
                 return Err(err(
                     format!("{key}.max_attempts"),
@@ -1820,6 +1863,7 @@ impl ScenarioSpec {
                 on_timeout: p.on_timeout,
                 error_backoff,
                 storms,
+                error_storms,
                 spot,
                 service,
                 prefill_ns_per_1k: p.prefill_per_1k_tokens.map(|d| d.as_nanos()).unwrap_or(0),

@@ -749,7 +749,10 @@ impl<'a, 'o> Sim<'a, 'o> {
             .iter()
             .zip(&pool_always_admits)
             .map(|(pool, &always_admits)| {
-                always_admits && pool.error_rate <= 0.0 && pool.gpu.is_none()
+                always_admits
+                    && pool.error_rate <= 0.0
+                    && pool.error_storms.is_empty()
+                    && pool.gpu.is_none()
             })
             .collect();
         Sim {
@@ -1766,9 +1769,10 @@ impl<'a, 'o> Sim<'a, 'o> {
     }
 
     /// Whether a finished model or escalation call failed with an error: a draw from
-    /// the hop's timing stream below its pool's `error_rate`.
+    /// the hop's timing stream below its pool's error rate as it finishes (`error_rate`,
+    /// or an error storm's).
     fn call_failed(&self, ci: usize, wf_no: u64, hop: &Hop) -> bool {
-        let rate = self.sc.pools[hop.station as usize].error_rate;
+        let rate = self.sc.pools[hop.station as usize].error_rate_at(self.now);
         let tag = if hop.kind == HopKind::Escalation {
             6
         } else {

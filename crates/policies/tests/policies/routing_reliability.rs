@@ -625,6 +625,57 @@ tier = "t"
 }
 
 #[test]
+fn error_storm_fails_its_share_of_calls_inside_the_window_only() {
+    // `a` fails 5% of its calls, 50% of those finishing in [10m, 20m). A failed call
+    // is retried (up to 20 attempts), so every hop but a workflow's last one failed.
+    let text = r#"
+[simulation]
+horizon = "30m"
+drain = true
+[pools.a]
+servers = 1000
+service = { dist = "constant", value = "1s" }
+error_rate = 0.05
+error_storms = [{ start = "10m", duration = "10m", error_rate = 0.5 }]
+error_backoff = { base = "1s", max = "1s" }
+max_attempts = 20
+[classes.c]
+arrival = { process = "poisson", rate = 2.0 }
+[[classes.c.nodes]]
+id = "call"
+pool = "a"
+"#;
+    let (r, log) = run_logged(text);
+    let c = r.class("c").expect("class");
+    assert_eq!((c.completed, c.failed), (c.arrived, 0));
+    let in_storm = |t: u64| (600 * S..1200 * S).contains(&t);
+    let (mut n_in, mut f_in, mut n_out, mut f_out) = (0u64, 0u64, 0u64, 0u64);
+    for hops in by_workflow(&log, "c").values() {
+        for (k, h) in hops.iter().enumerate() {
+            let failed = (k + 1 < hops.len()) as u64;
+            if in_storm(h.finished.0) {
+                (n_in, f_in) = (n_in + 1, f_in + failed);
+            } else {
+                (n_out, f_out) = (n_out + 1, f_out + failed);
+            }
+        }
+    }
+    assert!(n_in > 1000 && n_out > 2000, "{n_in} {n_out}");
+    assert!(
+        within_binomial(f_in, n_in, 0.5),
+        "{f_in} of {n_in} in the storm"
+    );
+    assert!(
+        within_binomial(f_out, n_out, 0.05),
+        "{f_out} of {n_out} outside"
+    );
+    assert_eq!(pool(&r, "a").errors, f_in + f_out);
+    // A rate outside (0, 1] is named.
+    let e = invalid(&text.replace("error_rate = 0.5 }", "error_rate = 1.5 }"));
+    assert_eq!(e.key, "pools.a.error_storms[0].error_rate");
+}
+
+#[test]
 fn tool_latency_spike_multiplies_latency_inside_the_window() {
     let text = r#"
 [simulation]
