@@ -332,6 +332,8 @@ pub struct GpuPoolStation {
     on_spot: Vec<bool>,
     /// Index of the replica behind each entry of `views`.
     view_index: Vec<usize>,
+    /// The prefix-block ids of the pool queue's head, as `pump` judges room for it.
+    head_prefix: Vec<u64>,
     booting: u32,
     booting_spot: u32,
     spot: Option<SpotConfig>,
@@ -402,6 +404,7 @@ impl GpuPoolStation {
             life: vec![Life::Up; replicas.len()],
             on_spot: vec![false; replicas.len()],
             view_index: Vec::with_capacity(replicas.len()),
+            head_prefix: Vec::new(),
             replicas,
             picker: Box::new(LeastOutstandingTokens),
             usd_per_replica_hour,
@@ -600,12 +603,23 @@ impl GpuPoolStation {
                 Place::Rank(r) => r,
                 Place::Fair { .. } => 0,
             };
+            // The replicas are alike: the head's prefix blocks are the same on each.
+            if self.cfg.prefix_caching {
+                crate::gpu::kv::prefix_block_ids(
+                    &head.req,
+                    head.req.input_tokens.max(1),
+                    self.cfg.block_size,
+                    &mut self.head_prefix,
+                );
+            } else {
+                self.head_prefix.clear();
+            }
             for (i, r) in self.replicas.iter_mut().enumerate() {
                 if self.life[i] != Life::Up {
                     continue;
                 }
                 r.advance(now);
-                if r.has_room_for(head.req.input_tokens) {
+                if r.has_room_for(head.req.input_tokens, &self.head_prefix) {
                     self.views.push(ReplicaView::of(r));
                     self.view_index.push(i);
                 } else if let Some(worst) = r.preemptible_rank_below(rank)

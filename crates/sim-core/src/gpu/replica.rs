@@ -711,13 +711,17 @@ impl Replica {
                 .as_ref()
                 .map_or(0, |b| b.ext.pending_allocs as u64)
     }
-    /// Whether a request of `input_tokens` prompt tokens sent now would find a place
-    /// at once (the pool's queue keeps it otherwise, `queue_at = "pool"`): an empty
-    /// replica always has room; otherwise fewer than `max_num_seqs` sequences are on it
-    /// (running and waiting) and its KV blocks not in use, above the watermark, less
-    /// the uncomputed prompts of the requests already waiting, hold the whole prompt.
-    /// A judgement as of the applied effects: the replica still admits by its own rule.
-    pub fn has_room_for(&self, input_tokens: u32) -> bool {
+    /// Whether a request of `input_tokens` prompt tokens whose prefix blocks are
+    /// `prefix_ids` ([`prefix_block_ids`]; empty without prefix caching) sent now would
+    /// find a place at once (the pool's queue keeps it otherwise, `queue_at = "pool"`):
+    /// an empty replica always has room; otherwise fewer than `max_num_seqs` sequences
+    /// are on it (running and waiting) and its KV blocks not in use, above the
+    /// watermark, less the uncomputed prompts of the requests already waiting, hold the
+    /// prompt's blocks that its prefix cache does not (as admission counts hits: at
+    /// least the prompt's last token is computed, and a hit on a cached block nobody
+    /// holds takes that block from the free ones). A judgement as of the applied
+    /// effects: the replica still admits by its own rule.
+    pub fn has_room_for(&self, input_tokens: u32, prefix_ids: &[u64]) -> bool {
         let held = self.running.len() + self.waiting.len();
         if held == 0 {
             return true;
@@ -732,8 +736,16 @@ impl Replica {
             .map(|s| (s.prompt_len - s.computed.min(s.prompt_len)).div_ceil(bs) as u64)
             .sum();
         let free = (self.cfg.kv_capacity_blocks as u64).saturating_sub(self.kv_used_blocks());
-        let need = input_tokens.max(1).div_ceil(bs) as u64;
-        free.saturating_sub(self.watermark_blocks as u64 + reserved) >= need
+        let prompt = input_tokens.max(1);
+        let m = if self.cfg.prefix_caching && !prefix_ids.is_empty() {
+            let max_hits = ((prompt - 1) / bs) as usize;
+            self.kv
+                .match_prefix(&prefix_ids[..prefix_ids.len().min(max_hits)])
+        } else {
+            PrefixMatch::default()
+        };
+        let need = prompt.div_ceil(bs).saturating_sub(m.blocks) as u64;
+        free.saturating_sub(self.watermark_blocks as u64 + reserved + m.evictable as u64) >= need
     }
 
     /// The worst rank among running sequences that priority preemption could take for
@@ -2586,6 +2598,59 @@ mod tests {
         );
         assert_eq!(rep.cached_tokens, 1088);
         assert_eq!(rep.prompt_tokens, 2200);
+    }
+
+    #[test]
+    fn room_for_a_request_counts_the_blocks_its_prefix_cache_holds() {
+        // 16 blocks of 16 tokens. A (a 160-token shared prefix, 161-token prompt) runs
+        // and holds 11 blocks, 10 of them its prefix's, cached. B, with A's prefix,
+        // needs 1 new block of the 5 free: room (and the replica admits it at once);
+        // the same prompt with another prefix, or judged without prefix ids, needs 11.
+        let cfg = ReplicaConfig {
+            watermark: 0.0,
+            ..ReplicaConfig::defaults(16)
+        };
+        let shared = |group| LlmRequest {
+            shared_prefix_tokens: 160,
+            prefix_group: group,
+            ..req(161, 40)
+        };
+        let mut r =
+            Replica::new(cfg.clone(), Arc::new(LinearPerf), 3.6).unwrap_or_else(|e| panic!("{e}"));
+        r.submit(SimTime(0), JobId(0), &shared(7));
+        // The prefill iteration ends: A's prefix blocks are computed and cached.
+        let Some((t, _)) = r.take_wake() else {
+            panic!("A runs")
+        };
+        r.advance(t);
+        assert_eq!(r.kv_used_blocks(), 11);
+        let ids = |q: &LlmRequest| {
+            let mut v = Vec::new();
+            prefix_block_ids(q, q.input_tokens, cfg.block_size, &mut v);
+            v
+        };
+        let b = shared(7);
+        assert_eq!(ids(&b).len(), 10);
+        assert!(r.has_room_for(b.input_tokens, &ids(&b)));
+        assert!(!r.has_room_for(b.input_tokens, &[]));
+        let other = shared(8);
+        assert!(!r.has_room_for(other.input_tokens, &ids(&other)));
+        // The replica's own admission agrees: B joins A at the next iteration, on
+        // 10 cached blocks, long before A ends.
+        r.submit(t, JobId(1), &b);
+        let mut done = Vec::new();
+        let mut together = false;
+        while let Some((w, _)) = r.take_wake() {
+            r.advance(w);
+            r.check_invariants().unwrap_or_else(|e| panic!("{e}"));
+            together |= r.running_len() == 2;
+            r.drain_done(&mut done);
+        }
+        assert!(together);
+        done.sort_by_key(|d| d.id);
+        assert_eq!(done.len(), 2);
+        assert_eq!(done[1].llm.map(|l| l.cached_tokens), Some(160));
+        assert!(done[1].started < done[0].finished);
     }
 
     #[test]
