@@ -1920,22 +1920,7 @@ impl<'a, 'o> Sim<'a, 'o> {
             HopKind::Model => {
                 let p = hop.station as usize;
                 let fallback = hop.attempt + 1 < sc.pools[p].max_attempts
-                    && spec.tier.is_some_and(|t| {
-                        let left = sc.classes[ci].budget_usd.map(|b| b - wf.usd);
-                        let chain = sc.tier_chain(
-                            ci,
-                            HopRouting {
-                                tier: t,
-                                budget_left: left,
-                                role: &spec.role,
-                                input_tokens: hop.input_tokens,
-                            },
-                        );
-                        chain
-                            .iter()
-                            .position(|&q| q == p)
-                            .is_some_and(|k| k + 1 < chain.len())
-                    });
+                    && chain_goes_on_after(sc, ci, spec, &hop, wf.usd, p);
                 if fallback {
                     self.route_model_hop(
                         slot,
@@ -3672,38 +3657,20 @@ impl<'a, 'o> Sim<'a, 'o> {
         let ci = wf.class as usize;
         let graph = graph_of(&sc.classes[ci], wf.record, &self.stream_rows);
         let spec = &graph.nodes[hop.node as usize];
-        if hop.kind == HopKind::Model
-            && let Some(t) = spec.tier
-        {
-            let left = sc.classes[ci].budget_usd.map(|b| b - wf.usd);
-            let chain = sc.tier_chain(
-                ci,
-                HopRouting {
-                    tier: t,
-                    budget_left: left,
-                    role: &spec.role,
-                    input_tokens: hop.input_tokens,
-                },
+        if hop.kind == HopKind::Model && chain_goes_on_after(sc, ci, spec, hop, wf.usd, pool) {
+            self.route_model_hop(
+                slot,
+                hop.node as usize,
+                hop.branch,
+                hop.epoch,
+                hop.context_in,
+                hop.input_tokens,
+                hop.output_tokens,
+                hop.attempt,
+                Some(pool),
+                None,
             );
-            if chain
-                .iter()
-                .position(|&q| q == pool)
-                .is_some_and(|k| k + 1 < chain.len())
-            {
-                self.route_model_hop(
-                    slot,
-                    hop.node as usize,
-                    hop.branch,
-                    hop.epoch,
-                    hop.context_in,
-                    hop.input_tokens,
-                    hop.output_tokens,
-                    hop.attempt,
-                    Some(pool),
-                    None,
-                );
-                return;
-            }
+            return;
         }
         let name = self
             .sc
@@ -4223,6 +4190,33 @@ impl std::ops::Deref for GraphRef<'_> {
             GraphRef::Streamed(g) => g,
         }
     }
+}
+
+/// Whether the chain a tiered model hop of class `ci` is routed on (its routing rules
+/// judged now, with `usd` spent) has a pool after `pool` to fall back to.
+fn chain_goes_on_after(
+    sc: &Scenario,
+    ci: usize,
+    spec: &crate::workflow::Node,
+    hop: &Hop,
+    usd: f64,
+    pool: usize,
+) -> bool {
+    spec.tier.is_some_and(|t| {
+        let chain = sc.tier_chain(
+            ci,
+            HopRouting {
+                tier: t,
+                budget_left: sc.classes[ci].budget_usd.map(|b| b - usd),
+                role: &spec.role,
+                input_tokens: hop.input_tokens,
+            },
+        );
+        chain
+            .iter()
+            .position(|&q| q == pool)
+            .is_some_and(|k| k + 1 < chain.len())
+    })
 }
 
 /// The pools an escalation call may go to, in order: its node's escalation pool, or

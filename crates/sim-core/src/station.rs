@@ -293,8 +293,9 @@ pub trait Station {
         false
     }
     /// The `k`-th spot server up gets a preemption notice at `now`: it takes nothing
-    /// new and serves what it has until [`Station::spot_lost`]. Returns its id for
-    /// that call, `None` if there is no such server.
+    /// new and serves what it has until [`Station::spot_lost`] (a GPU pool under
+    /// `on_notice = "move_waiting"` re-sends its queue now, through `out`). Returns its
+    /// id for that call, `None` if there is no such server.
     fn spot_notice(&mut self, _now: SimTime, _k: u32, _out: &mut StationOutput) -> Option<u32> {
         None
     }
