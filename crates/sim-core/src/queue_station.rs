@@ -315,6 +315,12 @@ impl Station for QueueStation {
         self.fifo.is_none()
     }
 
+    fn waiting_since(&self, out: &mut Vec<SimTime>) {
+        if self.first_tokens {
+            out.extend(self.waiting.iter().flatten().map(|w| w.submitted));
+        }
+    }
+
     fn load_now(&self) -> Option<LoadNow> {
         Some(LoadNow {
             servers: self.servers - self.retiring,

@@ -1111,13 +1111,18 @@ impl<'a, 'o> Sim<'a, 'o> {
         let Some(spec) = self.sc.pools[pool].autoscale.as_ref() else {
             return;
         };
-        // The p99 TTFT of the hops finished within the window (nearest rank).
+        // The p99 TTFT (nearest rank) of the first tokens within the window and of the
+        // hops still waiting for theirs, each at its wait so far (a lower bound): a
+        // queue that grows while nothing starts raises the signal.
         let window = &mut self.ttft_window[pool];
         let since = SimTime(now.as_nanos().saturating_sub(spec.window.as_nanos()));
         while window.front().is_some_and(|&(t, _)| t < since) {
             window.pop_front();
         }
         let mut ttfts: Vec<u64> = window.iter().map(|&(_, v)| v).collect();
+        let mut waiting = Vec::new();
+        self.stations[pool].waiting_since(&mut waiting);
+        ttfts.extend(waiting.iter().map(|&t| (now - t).as_nanos()));
         ttfts.sort_unstable();
         let ttft_p99 = (!ttfts.is_empty()).then(|| {
             let rank = (ttfts.len() * 99).div_ceil(100).max(1);

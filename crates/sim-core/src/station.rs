@@ -326,6 +326,12 @@ pub trait Station {
     fn kv_now(&self) -> Option<KvNow> {
         None
     }
+    /// Pushes the submission time of every hop here still waiting for its first token
+    /// (GPU: queued or in prefill; abstract: queued), for the `p99_ttft` autoscaling
+    /// signal: the wait so far is a lower bound on the TTFT it will have, so a queue
+    /// that grows while nothing starts still raises the signal. Stations that report
+    /// no first tokens push nothing.
+    fn waiting_since(&self, _out: &mut Vec<SimTime>) {}
 }
 
 /// A GPU pool's KV cache right now, summed over its replicas.

@@ -114,14 +114,15 @@ fn gpu_p99_ttft_signal_sees_first_tokens_before_the_answers_end() {
     // the first token comes, so the first look at 10s already sees a p99 (it used to
     // see none until the first answer ended). At every look the p99 is exactly the
     // nearest-rank p99 of the TTFTs whose first token (start + prefill) came within
-    // the window, recomputed from the hop log.
+    // the window and of the requests still without one (at their wait so far: 16
+    // sequences at most per replica make a queue), recomputed from the hop log.
     let text = r#"
 [simulation]
 horizon = "3m"
 drain = true
 [pools.g]
 servers = 1
-gpu = { model = "llama-3-8b", gpu = "h100-80gb" }
+gpu = { model = "llama-3-8b", gpu = "h100-80gb", max_num_seqs = 16 }
 autoscale = { metric = "p99_ttft", target = 0.05, window = "30s", min = 1, max = 3, boot = "20s", interval = "10s" }
 [classes.c]
 arrival = { process = "poisson", rate = 1.0 }
@@ -140,6 +141,7 @@ output_tokens = { dist = "constant", value = 3000 }
     assert!(log[0].p99_s.is_some(), "{:?}", log[0]);
     let window_ns = 30_000_000_000u64;
     let mut checked = 0;
+    let mut waiting_seen = 0;
     for d in &log {
         let t = (d.t_s * 1e9).round() as u64;
         let mut ttfts: Vec<u64> = hops
@@ -148,6 +150,15 @@ output_tokens = { dist = "constant", value = 3000 }
             .filter(|&(at, _)| at <= t && at + window_ns >= t)
             .map(|(at, h)| at - h.submitted.0)
             .collect();
+        // Requests submitted and still without their first token count at their wait
+        // so far.
+        let queued: Vec<u64> = hops
+            .iter()
+            .filter(|h| h.submitted.0 <= t && h.started.0 + h.prefill.as_nanos() > t)
+            .map(|h| t - h.submitted.0)
+            .collect();
+        waiting_seen += !queued.is_empty() as u32;
+        ttfts.extend(queued);
         ttfts.sort_unstable();
         let want = (!ttfts.is_empty()).then(|| {
             let rank = (ttfts.len() * 99).div_ceil(100).max(1);
@@ -157,6 +168,10 @@ output_tokens = { dist = "constant", value = 3000 }
         checked += want.is_some() as u32;
     }
     assert!(checked >= 15, "{checked} looks with a p99");
+    assert!(
+        waiting_seen >= 3,
+        "{waiting_seen} looks with requests waiting"
+    );
     // The signal works: the pool grew.
     assert!(log.iter().any(|d| d.target > 1), "{log:?}");
 }
@@ -236,7 +251,8 @@ output_tokens = { dist = "constant", value = 0 }
 fn p99_ttft_trajectory_with_boot_delay() {
     // Four closed-loop users (think 1s) on one server with 30s constant service: the
     // queue builds. TTFT on an abstract pool is the wait for service, seen when the
-    // service starts. Target p99 5s, window 60s, ticks every 30s, boot 45s, max 4.
+    // service starts; a hop still queued at a tick counts at its wait so far. Target
+    // p99 5s, window 60s, ticks every 30s, boot 45s, max 4.
     let text = r#"
 [simulation]
 horizon = "270s"
@@ -253,30 +269,34 @@ hops = [{ pool = "p" }]
         .iter()
         .map(|d| (d.t_s as u32, d.running, d.booting, d.p99_s, d.target))
         .collect();
-    // By hand (wait, seen at service start): A starts at 1 (0), B at 31 (30), C at 61
-    // (60), D at 91 (90). Three servers up at 105 start A2, B2, C2 (73, 43, 13); D2 at
-    // 122 (0); A3-C3 at 136 and D3 at 153 (0). Down to 3 at 180: D3's server drains at
-    // 183, so D4 (184) waits for 197 (13) and one of A5-C5 (198) for 227 (29); D5 at
-    // 228 (0), and of the two arriving at 229 one starts (0), one waits for the server
-    // booted at 210 (up at 255; 26).
-    // 30s: {0} -> p99 0 < 2.5: down by one, but min 1: hold.
-    // 60s: {0, 30} -> 30 > 5: max(1 + 1, ceil(1 x 30 / 5)) = 6, clamped to 4; boot 3.
-    // 90s-150s: p99 60, 90, 90: above target but at max.
-    // 180s: window 120-180 holds only zero waits: down to 3 (a busy server drains).
-    // 210s: {0, 0, 0, 0, 13} -> 13 > 5: max(3 + 1, ceil(3 x 13 / 5)) = 8, clamped: 4; boot 1.
-    // 240s and 270s: p99 29, above target, at max.
-    // (When a hop's wait was seen only as it finished, every decision came a tick or
-    // more later: the first scale-up at 90s, not 60s.)
+    // By hand (nearest-rank p99 of the waits started in the window and the ages of
+    // those still queued): A, B, C, D arrive at 1, A starts (wait 0).
+    // 30s: {A 0; B, C, D queued 29} -> 29 > 5: max(1 + 1, ceil(1 x 29 / 5)) = 6,
+    //      clamped to 4: boot 3 (up at 75).
+    // B starts at 31 (30), C at 61 (60); A2 arrives at 32, B2 at 62.
+    // 60s: {0, 30; C, D queued 59, A2 28} -> 59, at max.
+    // 75s: three servers up start D (74), A2 (43), B2 (13); C2 at 92, D2-B3 at 106 (0).
+    // 90s and 120s: p99 74 (D's wait), at max.
+    // 150s: window 90-150 holds only zero waits, nothing queued: down to 3; C3's
+    //      server drains at 153, so C4 (154) waits for 167 (13), and of D4, A5, B5
+    //      (168) two start, one queues until C4 ends at 197 (29).
+    // 180s: {0 x4, 13, 0, 0; one queued 12} -> 13 > 5: max(3 + 1, ceil(3 x 13 / 5)) = 8,
+    //      clamped: 4, boot 1 (up at 225).
+    // 210s: 29 (queued at 168, started at 197), at max; of the two arriving at 199 one
+    //      starts, one waits for the server up at 225 (26).
+    // 240s: 29; 270s: 26.
+    // (When a queued hop counted only once it started, every decision came a tick
+    // later: the first scale-up at 60s, not 30s.)
     let want = vec![
-        (30, 1, 0, Some(0.0), 1),
-        (60, 1, 0, Some(30.0), 4),
-        (90, 1, 3, Some(60.0), 4),
-        (120, 4, 0, Some(90.0), 4),
-        (150, 4, 0, Some(90.0), 4),
-        (180, 4, 0, Some(0.0), 3),
-        (210, 3, 0, Some(13.0), 4),
-        (240, 3, 1, Some(29.0), 4),
-        (270, 4, 0, Some(29.0), 4),
+        (30, 1, 0, Some(29.0), 4),
+        (60, 1, 3, Some(59.0), 4),
+        (90, 4, 0, Some(74.0), 4),
+        (120, 4, 0, Some(74.0), 4),
+        (150, 4, 0, Some(0.0), 3),
+        (180, 3, 0, Some(13.0), 4),
+        (210, 3, 1, Some(29.0), 4),
+        (240, 4, 0, Some(29.0), 4),
+        (270, 4, 0, Some(26.0), 4),
     ];
     assert_eq!(got, want);
 }

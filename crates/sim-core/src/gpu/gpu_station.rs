@@ -1026,6 +1026,22 @@ impl Station for GpuPoolStation {
 
     /// Sequences running (`busy`) and waiting (`queued`) over the replicas, as of the
     /// last call.
+    fn waiting_since(&self, out: &mut Vec<SimTime>) {
+        if !self.first_tokens {
+            return;
+        }
+        out.extend(self.parked.iter().map(|p| p.submitted));
+        for r in &self.replicas {
+            r.waiting_for_first_token(&mut |id, submitted| {
+                // A request recomputed after a spot preemption reported its first
+                // token on the lost replica already.
+                if !self.kept.get(&id).is_some_and(|k| k.first_token_reported) {
+                    out.push(submitted);
+                }
+            });
+        }
+    }
+
     fn load_now(&self) -> Option<LoadNow> {
         let mut load = LoadNow {
             servers: if self.resized {

@@ -781,6 +781,16 @@ impl Replica {
     }
 
     /// Moves the first tokens produced since the last call to `out`.
+    /// Calls `f(id, pool submission)` for each request here without its first token
+    /// yet (waiting, or running its prefill), as of the applied effects.
+    pub fn waiting_for_first_token(&self, f: &mut impl FnMut(JobId, SimTime)) {
+        for s in self.waiting.iter().chain(&self.running) {
+            if s.first_token.is_none() {
+                f(s.id, s.submitted);
+            }
+        }
+    }
+
     pub fn drain_first_tokens(&mut self, out: &mut Vec<FirstToken>) {
         if let Some(f) = self.pending_first_tokens.as_mut()
             && !f.is_empty()
