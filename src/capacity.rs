@@ -78,20 +78,21 @@ pub fn gpu_pool_loads(sc: &Scenario) -> Vec<GpuPoolLoad> {
             0.0
         };
         let batch = per_replica_batch.floor().max(1.0) as u32;
+        let replicas = pool.planning_servers();
         out.push(GpuPoolLoad {
             pool: pool.name.clone(),
-            replicas: pool.servers,
+            replicas,
             kv_tokens_per_replica: g.kv_tokens,
             hop_rate_per_s: rate,
             mean_input,
             mean_output,
-            kv_sequences: kv_per_replica * pool.servers as f64,
-            max_seqs: g.config.max_num_seqs as u64 * pool.servers as u64,
+            kv_sequences: kv_per_replica * replicas as f64,
+            max_seqs: g.config.max_num_seqs as u64 * replicas as u64,
             decode_ceiling_tok_s: decode_tokens_per_sec(
                 g.perf.as_ref(),
                 batch,
                 context.round() as u64,
-            ) * pool.servers as f64,
+            ) * replicas as f64,
             ttft_s: ttft,
             tpot_s: tpot,
             needed_concurrency: rate * (ttft + mean_output * tpot),

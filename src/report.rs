@@ -702,6 +702,9 @@ pub fn check_table(file: &str, sc: &Scenario) -> String {
             l.pool,
             if l.servers == u32::MAX {
                 "api".to_string()
+            } else if sc.pools.get(pi).is_some_and(|p| p.servers == 0) {
+                // A cold start: rho is for the autoscaler's max.
+                format!("0-{}", l.servers)
             } else {
                 l.servers.to_string()
             },

@@ -181,6 +181,66 @@ fn spot_notice_moving_the_queue_loses_nothing_that_keeping_it_loses() {
 }
 
 #[test]
+fn scaling_to_zero_trades_cold_starts_for_idle_dollars() {
+    // A request every 4 minutes on one Llama-3-8B replica: kept warm, nearly all its
+    // dollars are idle; scaled to zero it pays a fraction, and the requests that find
+    // it cold wait for a look and a 90 s boot. Waiting longer before going to zero
+    // (20 idle minutes) sits between the two on both counts.
+    let f = "scenarios/scale-to-zero.toml";
+    for seed in 1..=2 {
+        let seed = format!("simulation.seed={seed}");
+        let cold = ["pools.g.servers=0", "pools.g.autoscale.min=0"];
+        let warm = run(f, &[&seed]);
+        let zero = run(f, &[&seed, cold[0], cold[1]]);
+        let zero_20m = run(
+            f,
+            &[
+                &seed,
+                cold[0],
+                cold[1],
+                "pools.g.autoscale.zero_after_idle=20m",
+            ],
+        );
+        let boots = |s: &Summary| {
+            s.pools["g"]
+                .llm
+                .as_ref()
+                .and_then(|l| l.replicas.capacity)
+                .unwrap_or_default()
+                .boots
+        };
+        for s in [&warm, &zero, &zero_20m] {
+            let c = &s.classes["summarise"];
+            assert_eq!(
+                c.arrived, warm.classes["summarise"].arrived,
+                "common random numbers"
+            );
+            assert_eq!(c.completed, c.arrived);
+        }
+        let spent = |s: &Summary| s.totals.usd_spent;
+        assert!(
+            spent(&zero) < 0.8 * spent(&warm),
+            "{} vs {}",
+            spent(&zero),
+            spent(&warm)
+        );
+        assert!(spent(&zero) < spent(&zero_20m) && spent(&zero_20m) < spent(&warm));
+        let p99 = |s: &Summary| s.classes["summarise"].latency_s.p99.unwrap_or(f64::NAN);
+        assert!(p99(&warm) < 15.0, "{}", p99(&warm));
+        // A cold start costs the wait for a look (up to 15 s) and the 90 s boot.
+        for s in [&zero, &zero_20m] {
+            assert!(
+                p99(s) > p99(&warm) + 80.0 && p99(s) < p99(&warm) + 110.0,
+                "{}",
+                p99(s)
+            );
+        }
+        assert!(boots(&zero) > boots(&zero_20m) && boots(&zero_20m) > 0);
+        assert_eq!(boots(&warm), 0);
+    }
+}
+
+#[test]
 fn gpu_pool_queue_sends_chat_to_the_first_free_slot_in_the_pool() {
     let f = "scenarios/gpu-pool-queue.toml";
     let at_replica = run(f, &[]);

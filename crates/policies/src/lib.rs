@@ -194,9 +194,16 @@ impl TierRouter for LeastLoaded {
 /// rules active now. No change within `cooldown` of the last change, except that a
 /// count below the floor is raised to it at once. New servers take `boot` to come up
 /// (and are paid for from boot start); removed servers drain their work first.
+///
+/// Scale to zero (`min = 0`): the last server goes only when the looks have found the
+/// pool idle for `zero_after_idle`; a pool at zero with work waiting gets one server
+/// at once (activation), whatever the signal and the cooldown.
 pub struct ReactiveAutoscaler {
     spec: AutoscaleSpec,
     last_change: Option<SimTime>,
+    /// The first of the looks, up to now, that found the pool idle (nothing in
+    /// service or waiting).
+    idle_since: Option<SimTime>,
 }
 
 /// The queue-depth autoscaler is the reactive autoscaler with `metric = "queue_depth"`.
@@ -207,6 +214,7 @@ impl ReactiveAutoscaler {
         ReactiveAutoscaler {
             spec,
             last_change: None,
+            idle_since: None,
         }
     }
 
@@ -239,17 +247,38 @@ impl Autoscaler for ReactiveAutoscaler {
     fn target(&mut self, obs: &ScaleObservation) -> u32 {
         let current = obs.running + obs.booting;
         let floor = self.spec.floor_at(obs.now);
+        if obs.busy + obs.queued == 0 {
+            self.idle_since.get_or_insert(obs.now);
+        } else {
+            self.idle_since = None;
+        }
+        // Activation: a pool scaled to zero (`min = 0`) with work waiting gets a
+        // server at once, whatever the signal and the cooldown: nothing else serves it.
+        let waking = current == 0 && obs.busy + obs.queued > 0;
         // A count below the floor (a scheduled floor, lost servers) is raised at once,
         // whatever the cooldown.
         if current >= floor
+            && !waking
             && let Some(last) = self.last_change
             && obs.now < last + self.spec.cooldown
         {
             return current;
         }
-        let target = self
+        let mut target = self
             .wanted(obs, current)
             .clamp(floor, self.spec.max.max(floor));
+        if waking {
+            target = target.max(1);
+        }
+        // The last server goes only after `zero_after_idle` of idle looks.
+        if target == 0
+            && current > 0
+            && !self.idle_since.is_some_and(|t| {
+                obs.now.as_nanos() - t.as_nanos() >= self.spec.zero_after_idle().as_nanos()
+            })
+        {
+            target = 1;
+        }
         if target != current {
             self.last_change = Some(obs.now);
         }

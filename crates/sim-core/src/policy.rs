@@ -188,6 +188,11 @@ pub struct AutoscaleSpec {
     /// target (default 0.5).
     #[serde(default = "default_scale_down_below")]
     pub scale_down_below: f64,
+    /// `min = 0`: the pool goes to zero only once every look for this long found it
+    /// idle, nothing in service or waiting (KEDA's `cooldownPeriod`; default 5m, see
+    /// [`AutoscaleSpec::zero_after_idle`]). Refused with `min > 0`.
+    #[serde(default, rename = "zero_after_idle")]
+    pub zero_after_idle_set: Option<SimDuration>,
     /// Scheduled floors: from `from` to `until` (repeating `every`), at least `min`.
     #[serde(default)]
     pub prewarm: Vec<PrewarmSpec>,
@@ -238,6 +243,12 @@ impl PrewarmSpec {
 }
 
 impl AutoscaleSpec {
+    /// How long the looks must find the pool idle before its last server goes.
+    pub fn zero_after_idle(&self) -> SimDuration {
+        self.zero_after_idle_set
+            .unwrap_or(SimDuration::from_secs(300))
+    }
+
     /// The floor at `now`: `min`, raised by every pre-warm rule whose window covers
     /// `now` (never above `max`).
     pub fn floor_at(&self, now: SimTime) -> u32 {

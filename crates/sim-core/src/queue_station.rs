@@ -389,9 +389,9 @@ impl Station for QueueStation {
         }
     }
 
-    fn retire_server(&mut self, now: SimTime) {
+    fn retire_server(&mut self, now: SimTime, allow_last: bool) {
         self.resized = true;
-        if self.servers - self.retiring <= 1 {
+        if self.servers - self.retiring <= u32::from(!allow_last) {
             return;
         }
         if self.in_service < self.servers - self.retiring {

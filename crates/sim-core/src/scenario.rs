@@ -1060,6 +1060,16 @@ pub struct Api {
 }
 
 impl Pool {
+    /// Servers the a-priori figures (offered load rho, `check`'s GPU capacity) are
+    /// computed for: `servers`, or for a pool that starts cold (`servers = 0`, an
+    /// autoscaler with `min = 0`) the autoscaler's `max`, the most it can have.
+    pub fn planning_servers(&self) -> u32 {
+        match &self.autoscale {
+            Some(a) if self.servers == 0 => a.max,
+            _ => self.servers,
+        }
+    }
+
     /// Whether the pool is in an outage window at `t`.
     pub fn down_at(&self, t: SimTime) -> bool {
         self.outages.iter().any(|&(a, b)| t >= a && t < b)
@@ -1497,8 +1507,11 @@ impl ScenarioSpec {
                     ));
                 }
             }
+            // A pool may start cold (no server) only when an autoscaler can wake it.
+            let may_start_cold = p.autoscale.as_ref().is_some_and(|a| a.min == 0);
             let servers = match (p.servers, &p.api) {
                 (Some(n), None) if (1..=u32::MAX as i64 - 1).contains(&n) => n as u32,
+                (Some(0), None) if may_start_cold => 0,
                 (None, Some(_)) => u32::MAX,
                 (Some(_), Some(_)) => {
                     return Err(err(
@@ -1510,7 +1523,7 @@ impl ScenarioSpec {
                     return Err(err(
                         format!("{key}.servers"),
                         format!(
-                            "expected a whole number of servers >= 1, got {}",
+                            "expected a whole number of servers >= 1 (0 only with `autoscale.min = 0`), got {}",
                             n.map(|n| n.to_string()).unwrap_or_else(|| "nothing".into())
                         ),
                     ));
@@ -1531,10 +1544,22 @@ impl ScenarioSpec {
                 .map(|s| s.sampler().map_err(|m| err(format!("{key}.service"), m)))
                 .transpose()?;
             if let Some(a) = &p.autoscale {
-                if a.min < 1 || a.max < a.min {
+                if a.max < 1 || a.max < a.min {
                     return Err(err(
                         format!("{key}.autoscale"),
-                        format!("expected 1 <= min <= max, got min {} max {}", a.min, a.max),
+                        format!(
+                            "expected 0 <= min <= max and max >= 1, got min {} max {}",
+                            a.min, a.max
+                        ),
+                    ));
+                }
+                if a.min > 0 && a.zero_after_idle_set.is_some() {
+                    return Err(err(
+                        format!("{key}.autoscale.zero_after_idle"),
+                        format!(
+                            "applies only to a pool that can scale to zero (`min = 0`), got min {}",
+                            a.min
+                        ),
                     ));
                 }
                 if !a.target.is_finite() || a.target <= 0.0 {
@@ -3224,14 +3249,14 @@ impl Scenario {
             .enumerate()
             .map(|(pi, p)| PoolLoad {
                 pool: p.name.clone(),
-                servers: p.servers,
+                servers: p.planning_servers(),
                 hop_rate_per_s: rate[pi],
                 mean_service_s: if rate[pi] > 0.0 {
                     work[pi] / rate[pi]
                 } else {
                     0.0
                 },
-                rho: work[pi] / p.servers as f64,
+                rho: work[pi] / p.planning_servers() as f64,
             })
             .collect()
     }

@@ -32,7 +32,9 @@ use crate::scenario::{
     AdmissionAction, Arrival, HopRouting, OnEscalationRefused, OnNotice, OnPreempt, OnTimeout,
     RateLimit, RecordedRequest, Scenario, WorkflowClass,
 };
-use crate::station::{ApiCall, HopDone, HopJob, JobId, Refused, Station, StationOutput, Work};
+use crate::station::{
+    ApiCall, HopDone, HopJob, JobId, Refused, Station, StationOutput, StationReport, Work,
+};
 use crate::time::{SimDuration, SimTime};
 use crate::workflow::NodeKind;
 use rand::RngExt;
@@ -568,6 +570,11 @@ struct Sim<'a, 'o> {
     /// the warm-up reset, carried into the next sample.
     carry_busy: Vec<f64>,
     carry_usd: Vec<f64>,
+    /// Running server-seconds per station at the last sample, and accrued before the
+    /// warm-up reset: a resized pool's utilisation per interval is over the servers it
+    /// had during the interval, not those left at its end.
+    last_capacity_s: Vec<f64>,
+    carry_capacity_s: Vec<f64>,
     /// Workflows started and not yet released (drain keeps periodic events going only
     /// while some exist).
     live_workflows: u64,
@@ -639,6 +646,13 @@ impl<'a, 'o> Sim<'a, 'o> {
                         .and_then(|st| st.with_priority_preemption(p.preempt_for_priority))
                         .map(|st| st.with_queue_at(p.queue_at))
                         .map(|st| st.with_context_limit(g.context_limit))
+                        .map(|st| {
+                            if p.autoscale.is_some() {
+                                st.with_autoscaler()
+                            } else {
+                                st
+                            }
+                        })
                         .map(|st| {
                             if ttft_signal {
                                 st.with_first_tokens()
@@ -826,6 +840,8 @@ impl<'a, 'o> Sim<'a, 'o> {
             last_capacity_usd: vec![0.0; sc.pools.len()],
             carry_busy: vec![0.0; sc.pools.len()],
             carry_usd: vec![0.0; sc.pools.len()],
+            last_capacity_s: vec![0.0; sc.pools.len()],
+            carry_capacity_s: vec![0.0; sc.pools.len()],
             live_workflows: 0,
             last_sample: SimTime::ZERO,
             timeseries: Vec::new(),
@@ -954,12 +970,14 @@ impl<'a, 'o> Sim<'a, 'o> {
                         let rep = self.stations[i].report(t);
                         self.carry_busy[i] += rep.busy_server_s - self.last_busy[i];
                         self.carry_usd[i] += rep.usd_capacity - self.last_capacity_usd[i];
+                        self.carry_capacity_s[i] += capacity_s(&rep) - self.last_capacity_s[i];
                     }
                     for s in self.stations.iter_mut() {
                         s.begin_measurement(t);
                     }
                     self.last_busy.iter_mut().for_each(|b| *b = 0.0);
                     self.last_capacity_usd.iter_mut().for_each(|b| *b = 0.0);
+                    self.last_capacity_s.iter_mut().for_each(|b| *b = 0.0);
                 }
                 Event::AutoscaleTick { pool } => {
                     self.autoscale(pool as usize);
@@ -1148,8 +1166,9 @@ impl<'a, 'o> Sim<'a, 'o> {
                     .push(now + boot, Event::BootDone { pool: pool as u32 });
             }
         } else {
+            // Only a target of zero (`min = 0`, nothing to serve) takes the last one.
             for _ in target..current {
-                self.stations[pool].retire_server(now);
+                self.stations[pool].retire_server(now, target == 0);
             }
         }
     }
@@ -1289,7 +1308,15 @@ impl<'a, 'o> Sim<'a, 'o> {
             let busy =
                 rep.busy_server_s - self.last_busy[i] + std::mem::take(&mut self.carry_busy[i]);
             self.last_busy[i] = rep.busy_server_s;
-            let cap = rep.servers as f64 * dt;
+            let capacity = capacity_s(&rep);
+            let cap = if rep.capacity_server_s > 0.0 {
+                capacity - self.last_capacity_s[i] + std::mem::take(&mut self.carry_capacity_s[i])
+            } else {
+                // A fixed size: its servers all interval (as before any resize).
+                self.carry_capacity_s[i] = 0.0;
+                rep.servers as f64 * dt
+            };
+            self.last_capacity_s[i] = capacity;
             let kv = self.stations[i].kv_now();
             pools.push(crate::metrics::PoolSample {
                 in_system: rep.in_system_now,
@@ -4293,4 +4320,14 @@ fn aborts_on_timeout(sc: &Scenario, station: usize) -> bool {
             .map_or(OnTimeout::Continue, |t| t.on_timeout),
     };
     on == OnTimeout::Abort
+}
+
+/// Running server-seconds of a station over its measurement window so far: the
+/// integral a resized pool reports, else its fixed servers over the window.
+fn capacity_s(rep: &StationReport) -> f64 {
+    if rep.capacity_server_s > 0.0 {
+        rep.capacity_server_s
+    } else {
+        rep.servers as f64 * rep.window.as_secs_f64()
+    }
 }

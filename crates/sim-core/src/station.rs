@@ -273,8 +273,9 @@ pub trait Station {
     fn boot_started(&mut self, _now: SimTime) {}
     /// A booting server is up and takes work.
     fn boot_finished(&mut self, _now: SimTime, _out: &mut StationOutput) {}
-    /// Take one server out of service (at once if idle, else when its hop ends).
-    fn retire_server(&mut self, _now: SimTime) {}
+    /// Take one server out of service (at once if idle, else when its hop ends); never
+    /// the last one up unless `allow_last` (an autoscaler scaling to zero).
+    fn retire_server(&mut self, _now: SimTime, _allow_last: bool) {}
     /// Spot servers up (exposed to preemption).
     fn spot_up(&self) -> u32 {
         0

@@ -28,6 +28,8 @@ struct Decision {
 
 type Log = Arc<Mutex<Vec<Decision>>>;
 
+const NS: u64 = 1_000_000_000;
+
 /// `policies::Standard`, with every autoscaler decision logged.
 struct Logging(Log);
 
@@ -174,6 +176,163 @@ output_tokens = { dist = "constant", value = 3000 }
     );
     // The signal works: the pool grew.
     assert!(log.iter().any(|d| d.target > 1), "{log:?}");
+}
+
+#[test]
+fn a_pool_scaled_to_zero_wakes_on_demand_and_pays_only_while_up() {
+    // A cold pool (servers = 0, min = 0) and one closed-loop user (think 93s, 5s
+    // hops): every hop waits for the next look (every 10s), a 30s boot, then its 5s.
+    // By hand: arrivals at 93, 228, 358, 488, 618; the look after each (100, 230, ...)
+    // wakes one server: activation, since nothing runs and a hop waits, so at least
+    // one whatever the signal, and whatever the 2-minute cooldown (the wake-ups at
+    // 230, 360, ... come 10s after a scale-down). The server is up 30s later, the hop
+    // ends 5s after that, and the pool goes back to zero at the first look the
+    // cooldown allows: 2 minutes after the wake-up (220, 350, 480, 610), as
+    // `zero_after_idle = "0s"` asks for no idle time first.
+    let text = r#"
+[simulation]
+horizon = "700s"
+[pools.p]
+servers = 0
+usd_per_server_hour = 3.6
+service = { dist = "constant", value = 5 }
+autoscale = { target = 1.0, min = 0, max = 3, boot = "30s", interval = "10s", cooldown = "2m", zero_after_idle = "0s" }
+[classes.c]
+arrival = { process = "closed", users = 1, think = { dist = "constant", value = 93 } }
+hops = [{ pool = "p" }]
+"#;
+    let (r, log, hops) = run_logged_hops(text);
+    let c = &r.classes[0];
+    let got: Vec<(u64, u64, u64)> = hops
+        .iter()
+        .map(|h| (h.submitted.0 / NS, h.started.0 / NS, h.finished.0 / NS))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (93, 130, 135),
+            (228, 260, 265),
+            (358, 390, 395),
+            (488, 520, 525),
+            (618, 650, 655)
+        ]
+    );
+    assert_eq!((c.arrived, c.completed, c.failed), (5, 5, 0));
+    let wakes: Vec<u32> = log
+        .iter()
+        .filter(|d| d.running + d.booting == 0 && d.target == 1)
+        .map(|d| d.t_s as u32)
+        .collect();
+    assert_eq!(wakes, vec![100, 230, 360, 490, 620]);
+    let sleeps: Vec<u32> = log
+        .iter()
+        .filter(|d| d.running == 1 && d.target == 0)
+        .map(|d| d.t_s as u32)
+        .collect();
+    assert_eq!(sleeps, vec![220, 350, 480, 610]);
+    // Paid from each boot start to its retirement (the last to the horizon): 4 x 120s
+    // + 80s at $0.001/s; up 90s each time, the last 50s.
+    let rep = &r.pool_reports[0];
+    assert!((rep.usd_capacity - 0.56).abs() < 1e-9, "{rep:?}");
+    assert!((rep.capacity_server_s - 410.0).abs() < 1e-9, "{rep:?}");
+    assert!((rep.busy_server_s - 25.0).abs() < 1e-9, "{rep:?}");
+    // Per-minute utilisation is over the servers up during the minute: 120-180s has
+    // one up from 130 (50s) busy 5s; 180-240s up until 220, idle; 240-300s up from
+    // 260, busy 5s. (Over the servers left at the minute's end it read 5/60, 0, 5/60.)
+    let util: Vec<(u32, f64, u32)> = r
+        .timeseries
+        .iter()
+        .take(5)
+        .map(|row| {
+            (
+                row.t_s as u32,
+                row.pools[0].utilization,
+                row.pools[0].servers,
+            )
+        })
+        .collect();
+    let want = [
+        (60, 0.0, 0),
+        (120, 0.0, 0),
+        (180, 0.1, 1),
+        (240, 0.0, 0),
+        (300, 0.125, 1),
+    ];
+    for (g, w) in util.iter().zip(&want) {
+        assert!(
+            g.0 == w.0 && (g.1 - w.1).abs() < 1e-12 && g.2 == w.2,
+            "{util:?}"
+        );
+    }
+    // With no cooldown and `zero_after_idle = "60s"` the last server stays until the
+    // looks have seen the pool idle for a minute: idle from the look at 140 (the hop
+    // ended at 135), gone at 200; so the hop arriving at 228 finds it cold again, at
+    // 358 too (idle from 270, gone at 330).
+    let idle = text.replace(
+        r#"cooldown = "2m", zero_after_idle = "0s""#,
+        r#"zero_after_idle = "60s""#,
+    );
+    let (_, log, hops) = run_logged_hops(&idle);
+    let sleeps: Vec<u32> = log
+        .iter()
+        .filter(|d| d.running == 1 && d.target == 0)
+        .map(|d| d.t_s as u32)
+        .collect();
+    assert_eq!(sleeps, vec![200, 330, 460, 590]);
+    let starts: Vec<u64> = hops.iter().map(|h| h.started.0 / NS).collect();
+    assert_eq!(starts, vec![130, 260, 390, 520, 650]);
+    // 90 seconds of idle time: the hop at 228 finds the server up (idle since 140).
+    let warm = text.replace(
+        r#"cooldown = "2m", zero_after_idle = "0s""#,
+        r#"zero_after_idle = "90s""#,
+    );
+    let (_, _, hops) = run_logged_hops(&warm);
+    let starts: Vec<u64> = hops.iter().map(|h| h.started.0 / NS).collect();
+    assert_eq!(starts[..2], [130, 228]);
+}
+
+#[test]
+fn a_cold_gpu_pool_parks_its_requests_until_a_replica_boots() {
+    // A GPU pool with no replica at the start: its requests wait in the pool's queue
+    // (they used to be refused with "no replica") until the autoscaler's replica is
+    // up, then take exactly the solo time; p99_ttft wakes it although the first
+    // request's wait (0.5s at the look) is far below the 5s target.
+    let text = r#"
+[simulation]
+horizon = "15s"
+drain = true
+[pools.g]
+servers = 0
+gpu = { model = "llama-3-8b", gpu = "h100-80gb" }
+autoscale = { metric = "p99_ttft", target = 5.0, min = 0, max = 2, boot = "60s", interval = "10s" }
+[classes.c]
+arrival = { process = "closed", users = 1, think = { dist = "constant", value = 9.5 } }
+[[classes.c.nodes]]
+id = "a"
+pool = "g"
+input_tokens = { dist = "constant", value = 1000 }
+output_tokens = { dist = "constant", value = 100 }
+"#;
+    let (r, log, hops) = run_logged_hops(text);
+    let c = &r.classes[0];
+    assert_eq!((c.arrived, c.completed, c.failed), (1, 1, 0));
+    let h = &hops[0];
+    assert_eq!(
+        (h.submitted.0, h.started.0),
+        (9_500_000_000, 70_000_000_000)
+    );
+    let wake = log.iter().find(|d| d.target > 0).map(|d| (d.t_s, d.p99_s));
+    assert_eq!(wake, Some((10.0, Some(0.5))));
+    // Once up, exactly the time the same request takes on a warm replica.
+    let warm = text.replace("servers = 0", "servers = 1").replace(
+        r#"autoscale = { metric = "p99_ttft", target = 5.0, min = 0, max = 2, boot = "60s", interval = "10s" }"#,
+        "",
+    );
+    let (_, _, warm_hops) = run_logged_hops(&warm);
+    let w = &warm_hops[0];
+    assert_eq!((w.submitted.0, w.started.0), (9_500_000_000, 9_500_000_000));
+    assert_eq!(h.finished.0 - h.started.0, w.finished.0 - w.started.0);
+    assert!(w.finished.0 - w.started.0 > 100_000_000, "{w:?}");
 }
 
 fn run(text: &str) -> RunResult {
@@ -590,6 +749,16 @@ pool = "g"
     let cases = [
         (
             r#"service = { dist = "constant", value = 1 }
+autoscale = { target = 1.0, min = 0, max = 0 }"#,
+            "pools.g.autoscale",
+        ),
+        (
+            r#"service = { dist = "constant", value = 1 }
+autoscale = { target = 1.0, min = 1, max = 2, zero_after_idle = "1m" }"#,
+            "pools.g.autoscale.zero_after_idle",
+        ),
+        (
+            r#"service = { dist = "constant", value = 1 }
 autoscale = { metric = "gpu_util", target = 1.0, min = 1, max = 2 }"#,
             "pools.g.autoscale.metric",
         ),
@@ -641,6 +810,21 @@ spot = { preemptions_per_hour = 1.0, usd_per_server_hour = 1.0 }"#,
         match spec.validate() {
             Err(e) => assert_eq!(e.key, key, "{e}"),
             Ok(_) => panic!("accepted: {pool}"),
+        }
+    }
+    // A cold start (`servers = 0`) needs an autoscaler that may be at zero.
+    for autoscale in ["", "autoscale = { target = 1.0, min = 1, max = 2 }"] {
+        let pool = format!("service = {{ dist = \"constant\", value = 1 }}\n{autoscale}");
+        let text = base
+            .replace("servers = 2", "servers = 0")
+            .replace("POOL", &pool);
+        let spec: ScenarioSpec = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+        match spec.validate() {
+            Err(e) => {
+                assert_eq!(e.key, "pools.g.servers", "{e}");
+                assert!(e.to_string().contains("autoscale.min = 0"), "{e}");
+            }
+            Ok(_) => panic!("accepted: {text}"),
         }
     }
     // A typo inside the new tables is a parse error naming the field.

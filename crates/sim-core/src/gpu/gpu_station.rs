@@ -361,6 +361,9 @@ pub struct GpuPoolStation {
     counts: CapacityReport,
     /// Replicas report first tokens as they come ([`GpuPoolStation::with_first_tokens`]).
     first_tokens: bool,
+    /// An autoscaler may boot replicas: a pool with none yet parks its requests
+    /// instead of refusing them ([`GpuPoolStation::with_autoscaler`]).
+    autoscaled: bool,
 }
 
 impl std::fmt::Debug for GpuPoolStation {
@@ -433,6 +436,7 @@ impl GpuPoolStation {
             kept: BTreeMap::new(),
             counts: CapacityReport::default(),
             first_tokens: false,
+            autoscaled: false,
         })
     }
 
@@ -805,6 +809,13 @@ impl GpuPoolStation {
 
     /// Reports each request's first token when it is produced
     /// ([`StationOutput::first_tokens`]), for the `p99_ttft` autoscaling signal.
+    /// An autoscaler sizes the pool: with no replica yet (a cold start, `servers = 0`)
+    /// requests wait in the pool's queue for one to boot instead of being refused.
+    pub fn with_autoscaler(mut self) -> Self {
+        self.autoscaled = true;
+        self
+    }
+
     pub fn with_first_tokens(mut self) -> Self {
         self.first_tokens = true;
         for r in &mut self.replicas {
@@ -955,7 +966,7 @@ impl Station for GpuPoolStation {
                 out.done.push(Self::finish_now(now, job.id, None));
             }
             Work::Llm(req) => {
-                if self.replicas.is_empty() {
+                if self.replicas.is_empty() && !self.autoscaled {
                     self.unserved += 1;
                     out.done
                         .push(refused_done(job.id, now, now, Refused::NoReplica));
@@ -1094,10 +1105,10 @@ impl Station for GpuPoolStation {
         self.add_replica(now, false, out);
     }
 
-    fn retire_server(&mut self, now: SimTime) {
+    fn retire_server(&mut self, now: SimTime, allow_last: bool) {
         self.pump(now);
         self.resized = true;
-        if self.up() <= 1 {
+        if self.up() <= u32::from(!allow_last) {
             return;
         }
         // The replica up with the least work left; ties to the newest.
@@ -2230,7 +2241,7 @@ pub(crate) mod tests {
         // 100us later (iterations take microseconds here), retire one: the replica with
         // the least work left (1) drains.
         let us = |x: u64| SimTime(s(70).as_nanos() + x * 1000);
-        st.retire_server(us(100));
+        st.retire_server(us(100), false);
         let l = st.load_now().unwrap_or_default();
         assert_eq!((l.servers, l.busy), (1, 2));
         assert_eq!(st.report(us(100)).servers, 2);
