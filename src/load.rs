@@ -92,13 +92,18 @@ fn extract_traces(file: &str, table: &mut toml::Table) -> Result<TraceArrivals, 
         let mut options = arrival.clone();
         options.remove("process");
         let mut spec: traces::TraceSpec =
-            toml::Value::Table(options)
+            toml::Value::Table(options.clone())
                 .try_into()
                 .map_err(|e: toml::de::Error| {
-                    InputError::new(
-                        file,
-                        format!("key `classes.{name}.arrival`: {}", e.message().trim()),
-                    )
+                    let (key, message) = trace_option_at_fault(&options)
+                        .map(|(k, m)| (format!("classes.{name}.arrival.{k}"), m))
+                        .unwrap_or_else(|| {
+                            (
+                                format!("classes.{name}.arrival"),
+                                e.message().trim().to_string(),
+                            )
+                        });
+                    InputError::new(file, format!("key `{key}`: {message}"))
                 })?;
         arrival.clear();
         arrival.insert("process".into(), toml::Value::String("recorded".into()));
@@ -1068,4 +1073,19 @@ fn set_path(
             "--set `{set}`: `{part}` is inside a value, not a table"
         )),
     }
+}
+
+/// The option of a trace arrival that fails to parse, and why: each is tried alone
+/// beside a stand-in `file`, so that the message names the key (a whole table's error
+/// from `toml` does not say which field a bad enum value was in).
+fn trace_option_at_fault(options: &toml::Table) -> Option<(String, String)> {
+    options.iter().find_map(|(k, v)| {
+        let mut probe = toml::Table::new();
+        probe.insert("file".into(), toml::Value::String("probe".into()));
+        probe.insert(k.clone(), v.clone());
+        toml::Value::Table(probe)
+            .try_into::<traces::TraceSpec>()
+            .err()
+            .map(|e| (k.clone(), e.message().trim().to_string()))
+    })
 }

@@ -556,7 +556,7 @@ fn bad_trace_arrivals_are_clear_input_errors() {
     assert!(e.contains("nope.csv"), "{e}");
     let e = with(r#"arrival = { process = "trace", file = "x.csv", speed = 2 }"#);
     assert!(
-        e.contains("classes.t.arrival") && e.contains("speed"),
+        e.contains("key `classes.t.arrival.speed`: unknown field `speed`"),
         "{e}"
     );
 }
@@ -853,7 +853,10 @@ fn span_traces_keep_recorded_tenants_and_lanes_with_apply_recorded() {
         "agent-spans/month-end-30m.spans.jsonl.gz",
         r#", apply_recorded = ["class"]"#,
     ));
-    assert!(e.contains("expected `tenant` or `lane`"), "{e}");
+    assert!(
+        e.contains("key `classes.t.arrival.apply_recorded`: unknown variant `class`, expected `tenant` or `lane`"),
+        "{e}"
+    );
 }
 
 /// Two OTLP GenAI workflows: an agent whose chat call is followed by a search (the
