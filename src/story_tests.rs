@@ -237,6 +237,23 @@ fn scaling_to_zero_trades_cold_starts_for_idle_dollars() {
         }
         assert!(boots(&zero) > boots(&zero_20m) && boots(&zero_20m) > 0);
         assert_eq!(boots(&warm), 0);
+        // Waking on arrival saves the wait for the next look on every cold start.
+        let eager = run(
+            f,
+            &[
+                &seed,
+                cold[0],
+                cold[1],
+                "pools.g.autoscale.activation=on_arrival",
+            ],
+        );
+        assert!(
+            p99(&eager) < p99(&zero) - 5.0,
+            "{} vs {}",
+            p99(&eager),
+            p99(&zero)
+        );
+        assert!(p99(&eager) > p99(&warm) + 80.0, "{}", p99(&eager));
     }
 }
 

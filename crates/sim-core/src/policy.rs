@@ -193,9 +193,25 @@ pub struct AutoscaleSpec {
     /// [`AutoscaleSpec::zero_after_idle`]). Refused with `min > 0`.
     #[serde(default, rename = "zero_after_idle")]
     pub zero_after_idle_set: Option<SimDuration>,
+    /// `min = 0`: when a pool at zero wakes (default: at the next look). Refused with
+    /// `min > 0`.
+    #[serde(default)]
+    pub activation: Option<Activation>,
     /// Scheduled floors: from `from` to `until` (repeating `every`), at least `min`.
     #[serde(default)]
     pub prewarm: Vec<PrewarmSpec>,
+}
+
+/// `activation` of a pool that scales to zero: when a hop finding it with no server
+/// running or booting makes it boot one.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// At the autoscaler's next look (KEDA polling its trigger).
+    #[default]
+    NextLook,
+    /// At once, when the hop arrives (Knative's activator pokes the autoscaler).
+    OnArrival,
 }
 
 /// `prewarm = [{ from = "8h", until = "10h", min = 12, every = "24h" }]`: from `from`

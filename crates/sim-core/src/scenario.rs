@@ -1553,6 +1553,15 @@ impl ScenarioSpec {
                         ),
                     ));
                 }
+                if a.min > 0 && a.activation.is_some() {
+                    return Err(err(
+                        format!("{key}.autoscale.activation"),
+                        format!(
+                            "applies only to a pool that can scale to zero (`min = 0`), got min {}",
+                            a.min
+                        ),
+                    ));
+                }
                 if a.min > 0 && a.zero_after_idle_set.is_some() {
                     return Err(err(
                         format!("{key}.autoscale.zero_after_idle"),

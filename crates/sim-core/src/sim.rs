@@ -611,6 +611,9 @@ struct Sim<'a, 'o> {
     pool_plain_finish: Vec<bool>,
     /// Per station: `Station::reads_job_meta` (a hop's `JobMeta` is built only for those).
     station_reads_meta: Vec<bool>,
+    /// Per station: a pool at zero boots a server when a hop arrives
+    /// (`autoscale.activation = "on_arrival"`).
+    wake_on_arrival: Vec<bool>,
 }
 
 impl<'a, 'o> Sim<'a, 'o> {
@@ -746,6 +749,7 @@ impl<'a, 'o> Sim<'a, 'o> {
             })
             .collect();
         let station_reads_meta = stations.iter().map(|s| s.reads_job_meta()).collect();
+        let stations_len = stations.len();
         let pool_always_admits: Vec<bool> = sc
             .pools
             .iter()
@@ -773,6 +777,14 @@ impl<'a, 'o> Sim<'a, 'o> {
             sc,
             opts,
             station_reads_meta,
+            wake_on_arrival: (0..stations_len)
+                .map(|i| {
+                    sc.pools
+                        .get(i)
+                        .and_then(|p| p.autoscale.as_ref())
+                        .is_some_and(|a| a.activation == Some(crate::policy::Activation::OnArrival))
+                })
+                .collect(),
             horizon: SimTime(sc.horizon.as_nanos()),
             warmup: SimTime(sc.warmup.as_nanos()),
             now: SimTime::ZERO,
@@ -3228,6 +3240,14 @@ impl<'a, 'o> Sim<'a, 'o> {
             &mut self.out,
         );
         self.flush_wakeups(station);
+        if self.wake_on_arrival[station]
+            && self.stations[station]
+                .load_now()
+                .is_some_and(|l| l.servers + l.booting == 0)
+        {
+            // The hop found the pool at zero: the autoscaler looks now (and wakes it).
+            self.autoscale(station);
+        }
     }
 
     fn set_timer(&mut self, at: SimTime, slot: u32, wf_id: u64, what: Timer) {

@@ -289,6 +289,31 @@ hops = [{ pool = "p" }]
     let (_, _, hops) = run_logged_hops(&warm);
     let starts: Vec<u64> = hops.iter().map(|h| h.started.0 / NS).collect();
     assert_eq!(starts[..2], [130, 228]);
+    // `activation = "on_arrival"`: a hop finding the pool at zero boots a server at
+    // once, not at the next look. 93: boot, up 123, done 128. The look at 220 (the
+    // cooldown ran from 93 to 213) sends it to zero; 221: boot, up 251, done 256.
+    // 349: the server is still up (the cooldown from 221 holds it until 341, and the
+    // next look is 350), so it starts at once; zero at 360. 447: boot, up 477, done
+    // 482, zero at 570 (the cooldown from 447); 575: boot, up 605.
+    let eager = text.replace(
+        r#"zero_after_idle = "0s""#,
+        r#"zero_after_idle = "0s", activation = "on_arrival""#,
+    );
+    let (_, log, hops) = run_logged_hops(&eager);
+    let got: Vec<(u64, u64)> = hops
+        .iter()
+        .map(|h| (h.submitted.0 / NS, h.started.0 / NS))
+        .collect();
+    assert_eq!(
+        got,
+        vec![(93, 123), (221, 251), (349, 349), (447, 477), (575, 605)]
+    );
+    let wakes: Vec<u32> = log
+        .iter()
+        .filter(|d| d.running + d.booting == 0 && d.target == 1)
+        .map(|d| d.t_s as u32)
+        .collect();
+    assert_eq!(wakes, vec![93, 221, 447, 575]);
 }
 
 #[test]
@@ -756,6 +781,11 @@ autoscale = { target = 1.0, min = 0, max = 0 }"#,
             r#"service = { dist = "constant", value = 1 }
 autoscale = { target = 1.0, min = 1, max = 2, zero_after_idle = "1m" }"#,
             "pools.g.autoscale.zero_after_idle",
+        ),
+        (
+            r#"service = { dist = "constant", value = 1 }
+autoscale = { target = 1.0, min = 1, max = 2, activation = "on_arrival" }"#,
+            "pools.g.autoscale.activation",
         ),
         (
             r#"service = { dist = "constant", value = 1 }
