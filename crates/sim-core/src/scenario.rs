@@ -1553,18 +1553,14 @@ impl ScenarioSpec {
                         ),
                     ));
                 }
-                if a.min > 0 && a.activation.is_some() {
+                // Scale-to-zero keys on a pool that cannot reach zero would do nothing.
+                let zero_only = [
+                    ("activation", a.activation.is_some()),
+                    ("zero_after_idle", a.zero_after_idle_set.is_some()),
+                ];
+                if let Some((name, _)) = zero_only.iter().find(|(_, set)| *set && a.min > 0) {
                     return Err(err(
-                        format!("{key}.autoscale.activation"),
-                        format!(
-                            "applies only to a pool that can scale to zero (`min = 0`), got min {}",
-                            a.min
-                        ),
-                    ));
-                }
-                if a.min > 0 && a.zero_after_idle_set.is_some() {
-                    return Err(err(
-                        format!("{key}.autoscale.zero_after_idle"),
+                        format!("{key}.autoscale.{name}"),
                         format!(
                             "applies only to a pool that can scale to zero (`min = 0`), got min {}",
                             a.min
