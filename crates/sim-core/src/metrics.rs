@@ -48,6 +48,19 @@ pub struct HopRecord {
     pub usd: f64,
 }
 
+/// One spot preemption event (a reclaim) of a pool, as logged with
+/// `RunOptions::spot_log` (exact tests of `reclaim_size`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpotReclaim {
+    /// The pool's index in the scenario.
+    pub pool: u32,
+    pub at: SimTime,
+    /// Spot replicas exposed just before (up, not noticed).
+    pub exposed: u32,
+    /// Replicas it took: `reclaim_size`, or all those exposed if fewer.
+    pub taken: u32,
+}
+
 /// A workflow's logged hops, handed to `RunOptions::hop_sink` once no more of them can
 /// be logged: when the workflow is released (its outcome decided and none of its hops
 /// still running), or at the end of the run for a workflow still in flight then. Every

@@ -186,6 +186,11 @@ pub struct SpotSpec {
     /// What the requests only waiting on a noticed replica do.
     #[serde(default)]
     pub on_notice: OnNotice,
+    /// Spot replicas taken by each preemption event (a zone running short reclaims
+    /// several at once); default 1. Events are that many times rarer, so each
+    /// replica's hazard stays `preemptions_per_hour`.
+    #[serde(default)]
+    pub reclaim_size: Option<u32>,
 }
 
 /// `on_escalation_refused` of a class: an escalation (a node's `escalate`, or a step of
@@ -257,6 +262,8 @@ pub struct Spot {
     /// Zero: lost at once.
     pub notice: SimDuration,
     pub on_notice: OnNotice,
+    /// Replicas taken by each preemption event (>= 1).
+    pub reclaim_size: u32,
 }
 
 /// A validated circuit breaker (see [`BreakerSpec`]).
@@ -1816,6 +1823,15 @@ impl ScenarioSpec {
                             ),
                         ));
                     }
+                    let reclaim_size = sp.reclaim_size.unwrap_or(1);
+                    if reclaim_size == 0 {
+                        return Err(err(
+                            format!("{key}.spot.reclaim_size"),
+                            format!(
+                                "expected an integer >= 1 (the spot replicas each preemption takes at once), got {reclaim_size}"
+                            ),
+                        ));
+                    }
                     if !(sp.usd_per_server_hour.is_finite() && sp.usd_per_server_hour >= 0.0) {
                         return Err(err(
                             format!("{key}.spot.usd_per_server_hour"),
@@ -1852,6 +1868,7 @@ impl ScenarioSpec {
                         boot,
                         notice: sp.notice.unwrap_or(SimDuration::ZERO),
                         on_notice: sp.on_notice,
+                        reclaim_size,
                     })
                 }
             };

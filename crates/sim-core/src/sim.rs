@@ -20,7 +20,8 @@ use crate::gpu::gpu_station::{
     GpuPoolStation, LeastOutstandingRequests, RandomPicker, RoundRobin, SpotConfig,
 };
 use crate::metrics::{
-    Breakdown, ClassStats, HopRecord, HopSample, PoolStats, RunResult, ToolStats, WorkflowHops,
+    Breakdown, ClassStats, HopRecord, HopSample, PoolStats, RunResult, SpotReclaim, ToolStats,
+    WorkflowHops,
 };
 use crate::policy::{
     Autoscaler, BuiltinPolicies, JobMeta, PolicyFactory, PoolView, RouteRequest, ScaleObservation,
@@ -75,8 +76,8 @@ enum Event {
     Prewarm {
         pool: u32,
     },
-    /// A candidate spot preemption of a pool (thinning at the rate of all its spot
-    /// replicas up; accepted in proportion to those actually up).
+    /// A candidate spot preemption of a pool (thinning at the most events per hour its
+    /// spot replicas can have; accepted in proportion to the rate of those up).
     SpotPreempt {
         pool: u32,
     },
@@ -483,6 +484,18 @@ fn timing_key(work_seed: u64, parts: [u64; 5]) -> u64 {
     h
 }
 
+/// Spot preemption events per hour, per unit of `preemptions_per_hour`, with `up`
+/// spot replicas exposed: each event takes min(`reclaim_size`, `up`) of them, so
+/// `up` / that keeps every replica's hazard at `preemptions_per_hour` (with fewer up
+/// than `reclaim_size`, one event per replica-hazard takes them all). Exactly `up`
+/// with `reclaim_size` 1 (the draws of independent preemptions).
+fn reclaim_rate(up: u32, reclaim_size: u32) -> f64 {
+    match reclaim_size.min(up) {
+        0 => 0.0,
+        n => up as f64 / n as f64,
+    }
+}
+
 /// Options that are not part of the scenario.
 #[derive(Default)]
 pub struct RunOptions<'a> {
@@ -495,6 +508,8 @@ pub struct RunOptions<'a> {
     /// [`WorkflowHops`]): the engine holds the hops of workflows in flight only, so a
     /// span log can be written as the run goes.
     pub hop_sink: Option<&'a mut dyn FnMut(WorkflowHops<'_>)>,
+    /// If set, every spot preemption event is appended here (exact tests).
+    pub spot_log: Option<&'a mut Vec<SpotReclaim>>,
     /// Builds queue disciplines, routers and autoscalers; default
     /// [`BuiltinPolicies`] (FIFO, first available, fixed size).
     pub policies: Option<&'a dyn PolicyFactory>,
@@ -640,6 +655,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                             usd_per_replica_hour: sp.usd_per_server_hour,
                             recompute: sp.on_preempt == OnPreempt::Recompute,
                             move_waiting_on_notice: sp.on_notice == OnNotice::MoveWaiting,
+                            reclaim_size: sp.reclaim_size,
                         }),
                         (st, _) => st,
                     };
@@ -1186,7 +1202,8 @@ impl<'a, 'o> Sim<'a, 'o> {
     }
 
     /// Schedules pool `pool`'s next candidate spot preemption after `from`: exponential
-    /// gaps at `preemptions_per_hour` x its spot replicas (thinned in `spot_preempt`).
+    /// gaps at the event rate with all its spot replicas up (thinned in
+    /// `spot_preempt`, see [`reclaim_rate`]).
     fn schedule_spot(&mut self, pool: usize, from: SimTime) {
         let Some(spot) = &self.sc.pools[pool].spot else {
             return;
@@ -1194,7 +1211,8 @@ impl<'a, 'o> Sim<'a, 'o> {
         let Some(rng) = self.spot_rng[pool].as_mut() else {
             return;
         };
-        let rate_per_s = spot.preemptions_per_hour * spot.servers as f64 / 3600.0;
+        let rate_per_s =
+            spot.preemptions_per_hour * reclaim_rate(spot.servers, spot.reclaim_size) / 3600.0;
         let e: f64 = Exp1.sample(rng);
         let t = from + SimDuration::from_secs_f64(e / rate_per_s);
         if t <= self.horizon || (self.sc.drain && self.live_workflows > 0) {
@@ -1202,11 +1220,13 @@ impl<'a, 'o> Sim<'a, 'o> {
         }
     }
 
-    /// A candidate preemption: accepted with probability (spot replicas up) / (spot
-    /// replicas configured); the victim is uniform among those up (not already given
-    /// notice). It is lost now, or with a `notice` when the notice runs out. A lost
-    /// replica is replaced (booting from the preemption, or its notice, paid at the
-    /// spot price) when the pool says so.
+    /// A candidate preemption: accepted with probability (event rate of the spot
+    /// replicas up) / (that of all the pool's spot replicas), see [`reclaim_rate`].
+    /// It takes `reclaim_size` replicas (all those up, if fewer), uniform without
+    /// replacement among those up (not already given notice): the first from the
+    /// draw that accepted it, the others from one draw each. They are lost now, or
+    /// with a `notice` when it runs out. Each lost replica is replaced (booting from
+    /// the preemption, or its notice, paid at the spot price) when the pool says so.
     fn spot_preempt(&mut self, pool: usize) {
         let Some(spot) = &self.sc.pools[pool].spot else {
             return;
@@ -1215,34 +1235,60 @@ impl<'a, 'o> Sim<'a, 'o> {
             return;
         };
         let u: f64 = rng.random();
-        let x = u * spot.servers as f64;
+        let x = u * reclaim_rate(spot.servers, spot.reclaim_size);
         let up = self.stations[pool].spot_up();
-        if x >= up as f64 {
+        let size = spot.reclaim_size.min(up);
+        if size == 0 || x >= reclaim_rate(up, spot.reclaim_size) {
             return;
+        }
+        // Accepted, x is uniform on [0, up / size): x * size picks the first victim
+        // (with reclaim_size 1, x itself, as before groups existed).
+        let mut ks = Vec::with_capacity(size as usize);
+        ks.push(((x * size as f64) as u32).min(up - 1));
+        for j in 1..size {
+            let u: f64 = rng.random();
+            ks.push(((u * (up - j) as f64) as u32).min(up - j - 1));
         }
         let now = self.now;
         let notice = spot.notice;
-        if notice > SimDuration::ZERO {
-            let Some(replica) = self.stations[pool].spot_notice(now, x as u32, &mut self.out)
-            else {
+        let taken = if notice > SimDuration::ZERO {
+            let noticed = self.stations[pool].spot_notice(now, &ks, &mut self.out);
+            if noticed.is_empty() {
                 return;
-            };
-            // Requests it re-sent may start on an idle replica.
+            }
+            // Requests they re-sent may start on an idle replica.
             self.flush_wakeups(pool);
-            self.queue.push(
-                now + notice,
-                Event::SpotLost {
-                    pool: pool as u32,
-                    replica,
-                },
-            );
-        } else if !self.stations[pool].preempt(now, x as u32, &mut self.out) {
-            return;
+            for &replica in &noticed {
+                self.queue.push(
+                    now + notice,
+                    Event::SpotLost {
+                        pool: pool as u32,
+                        replica,
+                    },
+                );
+            }
+            noticed.len() as u32
+        } else {
+            let lost = self.stations[pool].preempt(now, &ks, &mut self.out);
+            if lost == 0 {
+                return;
+            }
+            lost
+        };
+        if let Some(log) = self.opts.spot_log.as_deref_mut() {
+            log.push(SpotReclaim {
+                pool: pool as u32,
+                at: now,
+                exposed: up,
+                taken,
+            });
         }
         if spot.replace {
-            self.stations[pool].spot_boot_started(now);
-            self.queue
-                .push(now + spot.boot, Event::SpotBootDone { pool: pool as u32 });
+            for _ in 0..taken {
+                self.stations[pool].spot_boot_started(now);
+                self.queue
+                    .push(now + spot.boot, Event::SpotBootDone { pool: pool as u32 });
+            }
         }
         if notice == SimDuration::ZERO {
             self.after_replica_lost(pool);

@@ -280,10 +280,13 @@ pub trait Station {
     fn spot_up(&self) -> u32 {
         0
     }
-    /// The `k`-th spot server up is preempted at `now`: its work is lost (sent again or
-    /// reported in `out.lost`). False if there is no such server.
-    fn preempt(&mut self, _now: SimTime, _k: u32, _out: &mut StationOutput) -> bool {
-        false
+    /// Spot servers up are preempted together at `now` (one reclaim): `ks[j]` picks
+    /// the `ks[j]`-th of those still up once the ones picked before it are taken (a
+    /// draw without replacement). Their work is lost (sent again, never to another of
+    /// the group, or reported in `out.lost`). Returns how many were taken (an index
+    /// past the servers up takes none).
+    fn preempt(&mut self, _now: SimTime, _ks: &[u32], _out: &mut StationOutput) -> u32 {
+        0
     }
     /// The caller of job `id` gave up (its timeout, under `on_timeout = "abort"`): stop
     /// it. It is reported in `out.done` as finished with what it used so far: at once
@@ -293,12 +296,13 @@ pub trait Station {
     fn abort(&mut self, _now: SimTime, _id: JobId, _out: &mut StationOutput) -> bool {
         false
     }
-    /// The `k`-th spot server up gets a preemption notice at `now`: it takes nothing
-    /// new and serves what it has until [`Station::spot_lost`] (a GPU pool under
-    /// `on_notice = "move_waiting"` re-sends its queue now, through `out`). Returns its
-    /// id for that call, `None` if there is no such server.
-    fn spot_notice(&mut self, _now: SimTime, _k: u32, _out: &mut StationOutput) -> Option<u32> {
-        None
+    /// Spot servers up, picked as in [`Station::preempt`], get a preemption notice
+    /// together at `now`: each takes nothing new and serves what it has until
+    /// [`Station::spot_lost`] (a GPU pool under `on_notice = "move_waiting"` re-sends
+    /// their queues now, through `out`, to servers outside the group). Returns their
+    /// ids for that call, in pick order (empty if there is no such server).
+    fn spot_notice(&mut self, _now: SimTime, _ks: &[u32], _out: &mut StationOutput) -> Vec<u32> {
+        Vec::new()
     }
     /// The noticed server `id`'s notice ran out at `now`: it is lost with the work
     /// still on it (as [`Station::preempt`]). False if it had already left (it

@@ -7,7 +7,7 @@
 use super::scenario;
 use policies::Standard;
 use sim_core::gpu::gpu_station::{GpuPoolReport, ReplicaPicker};
-use sim_core::metrics::RunResult;
+use sim_core::metrics::{RunResult, SpotReclaim};
 use sim_core::policy::{
     AutoscaleSpec, Autoscaler, DisciplineSpec, PolicyFactory, QueueDiscipline, RoutingSpec,
     ScaleObservation, TierRouter,
@@ -705,6 +705,171 @@ fn spot_preemptions_follow_the_rate_and_victims_are_conserved() {
     assert_eq!(c.arrived, c.completed);
 }
 
+/// [`run`], with every spot reclaim logged.
+fn run_spot_logged(text: &str) -> (RunResult, Vec<SpotReclaim>) {
+    let mut log = Vec::new();
+    let r = sim_core::run(
+        &scenario(text),
+        RunOptions {
+            policies: Some(&Standard),
+            spot_log: Some(&mut log),
+            ..Default::default()
+        },
+    );
+    (r, log)
+}
+
+/// The spot replicas exposed over a run rebuilt from its reclaims alone (`servers`
+/// all on spot, each victim replaced by a boot of `boot_s`, no autoscaler): checks
+/// that each reclaim saw that many and took min(`size`, them), and returns the time
+/// integrals up to `end_s` of exposed, of the reclaim rate (exposed / replicas per
+/// reclaim) and of exposed x replicas per reclaim (the variance of the replica count),
+/// each per unit of `preemptions_per_hour`, in hours.
+fn rebuild_exposure(
+    log: &[SpotReclaim],
+    servers: u32,
+    size: u32,
+    boot_s: f64,
+    end_s: f64,
+) -> (f64, f64, f64) {
+    // (time, change): a reclaim takes its replicas, their replacements join later.
+    let mut steps: Vec<(f64, i64)> = Vec::new();
+    for e in log {
+        let t = e.at.as_secs_f64();
+        steps.push((t, -i64::from(e.taken)));
+        steps.extend(std::iter::repeat_n((t + boot_s, 1), e.taken as usize));
+    }
+    steps.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (mut level, mut t0) = (i64::from(servers), 0.0f64);
+    let (mut exposed_h, mut rate_h, mut var_h) = (0.0, 0.0, 0.0);
+    let mut reclaims = log.iter();
+    for (t, change) in steps {
+        let dt_h = (t.min(end_s) - t0).max(0.0) / 3600.0;
+        let up = level as f64;
+        let m = level.min(i64::from(size)) as f64;
+        exposed_h += up * dt_h;
+        if level > 0 {
+            rate_h += up / m * dt_h;
+            var_h += up * m * dt_h;
+        }
+        t0 = t0.max(t.min(end_s));
+        if change < 0 {
+            let e = reclaims.next().expect("a reclaim for each drop");
+            assert_eq!(i64::from(e.exposed), level, "{e:?}");
+            assert_eq!(e.taken, e.exposed.min(size), "{e:?}");
+            assert!(e.taken >= 1);
+        }
+        level += change;
+        assert!((0..=i64::from(servers)).contains(&level));
+    }
+    let dt_h = (end_s - t0).max(0.0) / 3600.0;
+    let (up, m) = (level as f64, level.min(i64::from(size)) as f64);
+    exposed_h += up * dt_h;
+    if level > 0 {
+        rate_h += up / m * dt_h;
+        var_h += up * m * dt_h;
+    }
+    (exposed_h, rate_h, var_h)
+}
+
+#[test]
+fn spot_reclaims_take_their_group_at_once_at_the_same_replica_hazard() {
+    // Spot replicas at 10 preemptions per replica-hour, reclaimed 3 at a time:
+    // reclaims come a third as often, so about as many replicas are lost per hour as
+    // with independent preemptions, in groups. Six replicas are always exposed by
+    // threes (replacements of a group boot together); four leave one after a reclaim,
+    // which the next reclaim takes alone.
+    for servers in [6u32, 4] {
+        let base = SPOT
+            .replace("servers = 4", &format!("servers = {servers}"))
+            .replace("spot = { ", "spot = { reclaim_size = 3, ");
+        let (mut taken, mut events, mut short) = (0u64, 0u64, 0u64);
+        let (mut taken_mean, mut taken_var, mut events_mean) = (0.0f64, 0.0f64, 0.0f64);
+        for seed in 1..=5 {
+            for on_preempt in ["recompute", "fail"] {
+                let text = base
+                    .replace("SEED", &seed.to_string())
+                    .replace("ON_PREEMPT", on_preempt);
+                let (r, log) = run_spot_logged(&text);
+                let cap = gpu_report(&r).capacity.expect("a spot pool");
+                let c = &r.classes[0];
+                // Each reclaim took exactly min(3, exposed) replicas at its instant, as
+                // rebuilt from the reclaims and the 2-minute replacement boots alone.
+                let (exposed_h, rate_h, var_h) =
+                    rebuild_exposure(&log, servers, 3, 120.0, r.end.as_secs_f64());
+                assert!(
+                    (exposed_h - cap.spot_running_replica_hours).abs() < 1e-6,
+                    "{exposed_h} vs {cap:?}"
+                );
+                let n: u64 = log.iter().map(|e| u64::from(e.taken)).sum();
+                assert_eq!(cap.spot_preemptions, n);
+                assert_eq!(cap.spot_reclaims, Some(log.len() as u64));
+                // Victims are conserved: recomputed, or failing their (one-hop)
+                // workflow.
+                assert_eq!(c.in_flight, 0);
+                assert_eq!(c.arrived, c.completed + c.failed, "{on_preempt}");
+                if on_preempt == "recompute" {
+                    assert_eq!((c.failed, cap.victims_failed), (0, 0));
+                    assert!(cap.victims_recomputed > 0, "{cap:?}");
+                    taken += n;
+                    events += log.len() as u64;
+                    short += log.iter().filter(|e| e.taken < 3).count() as u64;
+                    taken_mean += 10.0 * exposed_h;
+                    taken_var += 10.0 * var_h;
+                    events_mean += 10.0 * rate_h;
+                } else {
+                    assert_eq!(cap.victims_recomputed, 0);
+                    assert!(cap.victims_failed > 0, "{cap:?}");
+                    assert_eq!(c.failed, cap.victims_failed);
+                    assert_eq!(
+                        c.failed_by_cause.get("preempted on g").copied(),
+                        Some(cap.victims_failed)
+                    );
+                }
+                // One replacement boot per victim, 2 minutes each, paid.
+                assert_eq!(cap.boots, cap.spot_preemptions);
+                let booting_h = cap.spot_replica_hours - cap.spot_running_replica_hours;
+                assert!((booting_h - cap.boots as f64 * 2.0 / 60.0).abs() < 1e-6);
+            }
+            // With a 2-minute notice the group is noticed at once, and each replica
+            // drains its 4.5 s requests before its notice runs out: nothing fails.
+            let text = base
+                .replace("SEED", &seed.to_string())
+                .replace("ON_PREEMPT", "fail")
+                .replace("boot = \"2m\"", "boot = \"2m\", notice = \"2m\"");
+            let (r, log) = run_spot_logged(&text);
+            let cap = gpu_report(&r).capacity.expect("a spot pool");
+            rebuild_exposure(&log, servers, 3, 120.0, r.end.as_secs_f64());
+            assert_eq!(cap.spot_reclaims, Some(log.len() as u64));
+            assert_eq!(cap.drained_in_notice, cap.spot_preemptions, "{cap:?}");
+            assert_eq!((r.classes[0].failed, cap.boots), (0, cap.spot_preemptions));
+        }
+        // The replicas lost: a compound Poisson count (reclaims of up to 3) with mean
+        // rate x spot replica-hours exposed, and variance rate x (exposed x replicas
+        // per reclaim) integrated; the reclaims, Poisson with the rate integrated.
+        let sd = taken_var.sqrt();
+        eprintln!(
+            "{servers} replicas: {taken} lost in {events} reclaims ({short} short; expected {taken_mean:.1} +/- {sd:.1} in {events_mean:.1})"
+        );
+        assert!(
+            (taken as f64 - taken_mean).abs() < 3.0 * sd,
+            "{taken} replicas preempted, expected {taken_mean:.1} +/- {:.1}",
+            3.0 * sd
+        );
+        assert!(
+            (events as f64 - events_mean).abs() < 3.0 * events_mean.sqrt(),
+            "{events} reclaims, expected {events_mean:.1}"
+        );
+        if servers == 6 {
+            // Exactly a third as many reclaims as replicas: every one took three.
+            assert_eq!((taken, short), (3 * events, 0));
+        } else {
+            // Some took the one replica left; at most three each.
+            assert!(short > 0 && taken < 3 * events && taken > events);
+        }
+    }
+}
+
 #[test]
 fn a_preemption_notice_longer_than_a_request_loses_nothing() {
     // The same spot pool (requests of about 4.5 s) with a 2-minute notice: each noticed
@@ -833,12 +998,26 @@ spot = { preemptions_per_hour = 1.0, usd_per_server_hour = 1.0 }"#,
             "GPU\nspot = { preemptions_per_hour = 1.0, usd_per_server_hour = 1.0, on_notice = \"move_waiting\" }",
             "pools.g.spot.on_notice",
         ),
+        (
+            "GPU\nspot = { preemptions_per_hour = 1.0, usd_per_server_hour = 1.0, reclaim_size = 0 }",
+            "pools.g.spot.reclaim_size",
+        ),
     ];
     for (pool, key) in cases {
         let text = base.replace("POOL", &pool.replace("GPU", gpu));
         let spec: ScenarioSpec = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
         match spec.validate() {
-            Err(e) => assert_eq!(e.key, key, "{e}"),
+            Err(e) => {
+                assert_eq!(e.key, key, "{e}");
+                // The message says what was expected, and what came.
+                if key.ends_with("reclaim_size") {
+                    let msg = e.to_string();
+                    assert!(
+                        msg.contains("integer >= 1") && msg.contains("got 0"),
+                        "{msg}"
+                    );
+                }
+            }
             Ok(_) => panic!("accepted: {pool}"),
         }
     }

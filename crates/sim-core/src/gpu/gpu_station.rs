@@ -215,6 +215,9 @@ pub struct SpotConfig {
     /// At a preemption notice, the requests only waiting on the replica move to
     /// another one at once (true), or stay to be served if the notice allows (false).
     pub move_waiting_on_notice: bool,
+    /// Replicas each preemption event takes (`reclaim_size`); above 1 the capacity
+    /// report counts the events (`spot_reclaims`).
+    pub reclaim_size: u32,
 }
 
 /// Where a GPU pool's requests wait for a sequence slot (`queue_at` in a scenario).
@@ -296,6 +299,11 @@ pub struct CapacityReport {
     pub boots: u64,
     pub retirements: u64,
     pub spot_preemptions: u64,
+    /// Preemption events (each took `reclaim_size` replicas, or all those exposed if
+    /// fewer); only with `reclaim_size` above 1 (else it equals `spot_preemptions`),
+    /// so summaries of pools without it keep their shape.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spot_reclaims: Option<u64>,
     /// Requests running on a preempted replica: sent again to the pool (recomputed) or
     /// lost (their workflow fails).
     pub victims_recomputed: u64,
@@ -359,6 +367,8 @@ pub struct GpuPoolStation {
     /// Requests in the pool, for pools with spot replicas.
     kept: BTreeMap<JobId, Kept>,
     counts: CapacityReport,
+    /// Spot preemption events over the window (`CapacityReport::spot_reclaims`).
+    reclaims: u64,
     /// Replicas report first tokens as they come ([`GpuPoolStation::with_first_tokens`]).
     first_tokens: bool,
     /// An autoscaler may boot replicas: a pool with none yet parks its requests
@@ -435,6 +445,7 @@ impl GpuPoolStation {
             preempt_for_priority: false,
             kept: BTreeMap::new(),
             counts: CapacityReport::default(),
+            reclaims: 0,
             first_tokens: false,
             autoscaled: false,
         })
@@ -664,6 +675,10 @@ impl GpuPoolStation {
             running_replica_hours: self.up_or_draining.area_s(now) / 3600.0,
             spot_replica_hours: self.paid_spot.area_s(now) / 3600.0,
             spot_running_replica_hours: self.spot_up.area_s(now) / 3600.0,
+            spot_reclaims: self
+                .spot
+                .filter(|s| s.reclaim_size > 1)
+                .map(|_| self.reclaims),
             ..self.counts
         })
     }
@@ -883,22 +898,44 @@ impl GpuPoolStation {
         self.on_spot[i] && matches!(self.life[i], Life::Up | Life::Draining)
     }
 
-    /// The `k`-th exposed spot replica.
-    fn spot_victim(&self, k: u32) -> Option<usize> {
-        (0..self.replicas.len())
+    /// The exposed spot replicas a reclaim takes: `ks[j]` is the `ks[j]`-th of those
+    /// exposed once the earlier picks are removed (an index past them picks none).
+    fn spot_victims(&self, ks: &[u32]) -> Vec<usize> {
+        let mut exposed: Vec<usize> = (0..self.replicas.len())
             .filter(|&i| self.exposed_spot(i))
-            .nth(k as usize)
+            .collect();
+        let mut victims = Vec::with_capacity(ks.len());
+        for &k in ks {
+            if (k as usize) < exposed.len() {
+                victims.push(exposed.remove(k as usize));
+            }
+        }
+        victims
     }
 
-    /// Replica `i` is lost at `now` with the requests on it: running ones are sent
-    /// again (recompute) or reported lost (fail), waiting ones move to another replica.
+    /// Replica `i` is lost at `now` with the requests on it (see
+    /// [`GpuPoolStation::lose_replicas`]).
     fn lose_replica(&mut self, now: SimTime, i: usize, out: &mut StationOutput) -> bool {
+        self.lose_replicas(now, &[i], out);
+        true
+    }
+
+    /// Replicas `lost` are lost together at `now` with the requests on them: running
+    /// ones are sent again (recompute) or reported lost (fail), waiting ones move to
+    /// another replica. All are gone before any request is re-sent, so none lands on
+    /// another replica of the same reclaim (to be lost, and counted, twice).
+    fn lose_replicas(&mut self, now: SimTime, lost: &[usize], out: &mut StationOutput) {
         self.pump(now);
-        self.life[i] = Life::Gone;
-        let evicted = self.replicas[i].evict_all(now);
+        for &i in lost {
+            self.life[i] = Life::Gone;
+        }
+        let mut evicted = Vec::new();
+        for &i in lost {
+            evicted.extend(self.replicas[i].evict_all(now));
+        }
         self.update_levels(now);
         let Some(spot) = self.spot else {
-            return true;
+            return;
         };
         for e in evicted {
             let Some(kept) = self.kept.get_mut(&e.id) else {
@@ -935,7 +972,6 @@ impl GpuPoolStation {
         }
         self.pump(now);
         self.drain(out);
-        true
     }
 
     fn finish_now(now: SimTime, id: crate::station::JobId, llm: Option<LlmTimings>) -> HopDone {
@@ -1136,12 +1172,15 @@ impl Station for GpuPoolStation {
         self.count(|i| self.exposed_spot(i))
     }
 
-    fn preempt(&mut self, now: SimTime, k: u32, out: &mut StationOutput) -> bool {
-        let Some(i) = self.spot_victim(k) else {
-            return false;
-        };
-        self.counts.spot_preemptions += 1;
-        self.lose_replica(now, i, out)
+    fn preempt(&mut self, now: SimTime, ks: &[u32], out: &mut StationOutput) -> u32 {
+        let victims = self.spot_victims(ks);
+        if victims.is_empty() {
+            return 0;
+        }
+        self.reclaims += 1;
+        self.counts.spot_preemptions += victims.len() as u64;
+        self.lose_replicas(now, &victims, out);
+        victims.len() as u32
     }
 
     fn abort(&mut self, now: SimTime, id: JobId, out: &mut StationOutput) -> bool {
@@ -1178,17 +1217,26 @@ impl Station for GpuPoolStation {
         found
     }
 
-    fn spot_notice(&mut self, now: SimTime, k: u32, out: &mut StationOutput) -> Option<u32> {
-        let i = self.spot_victim(k)?;
+    fn spot_notice(&mut self, now: SimTime, ks: &[u32], out: &mut StationOutput) -> Vec<u32> {
+        let victims = self.spot_victims(ks);
+        if victims.is_empty() {
+            return Vec::new();
+        }
         self.pump(now);
-        self.counts.spot_preemptions += 1;
-        self.replicas[i].advance(now);
-        self.life[i] = Life::Noticed;
-        // Its waiting requests stay, served if the notice allows, unless the load
+        self.reclaims += 1;
+        for &i in &victims {
+            self.counts.spot_preemptions += 1;
+            self.replicas[i].advance(now);
+            self.life[i] = Life::Noticed;
+        }
+        // Their waiting requests stay, served if the notice allows, unless the load
         // balancer re-sends them now (they hold no KV cache, nothing of theirs is lost
-        // but a recomputation's earlier work).
+        // but a recomputation's earlier work), to replicas outside the group: all are
+        // noticed first.
         let mut moved = false;
-        if self.spot.is_some_and(|s| s.move_waiting_on_notice) {
+        let move_waiting = self.spot.is_some_and(|s| s.move_waiting_on_notice);
+        let to_move: &[usize] = if move_waiting { &victims } else { &[] };
+        for &i in to_move {
             for e in self.replicas[i].take_waiting(now) {
                 moved = true;
                 let Some(kept) = self.kept.get_mut(&e.id) else {
@@ -1209,7 +1257,7 @@ impl Station for GpuPoolStation {
             self.pump(now);
             self.drain(out);
         }
-        Some(i as u32)
+        victims.into_iter().map(|i| i as u32).collect()
     }
 
     fn spot_lost(&mut self, now: SimTime, id: u32, out: &mut StationOutput) -> bool {
@@ -1250,6 +1298,7 @@ impl Station for GpuPoolStation {
         self.spot_up.reset(now);
         self.parked_level.reset(now);
         self.counts = CapacityReport::default();
+        self.reclaims = 0;
     }
 
     fn report(&mut self, now: SimTime) -> StationReport {
@@ -2284,6 +2333,7 @@ pub(crate) mod tests {
                 usd_per_replica_hour: 1.8,
                 recompute: true,
                 move_waiting_on_notice: false,
+                reclaim_size: 1,
             };
             let mut st = ordered(
                 station(1, ReplicaConfig::new(1000).unwrap(), false)
@@ -2293,7 +2343,7 @@ pub(crate) mod tests {
                 false,
             );
             let mut out = StationOutput::default();
-            assert!(st.preempt(SimTime(0), 0, &mut out));
+            assert_eq!(st.preempt(SimTime(0), &[0], &mut out), 1);
             // Priorities 0, 5, 9; deadlines 30, 10, none.
             for (id, priority, deadline) in [(0u64, 0, 30), (1, 5, 10), (2, 9, u64::MAX)] {
                 let job = HopJob {
@@ -2396,6 +2446,7 @@ pub(crate) mod tests {
                 usd_per_replica_hour: 1.8,
                 recompute: true,
                 move_waiting_on_notice: false,
+                reclaim_size: 1,
             })
             .unwrap_or_else(|e| panic!("{e}"))
             .with_first_tokens();
@@ -2415,7 +2466,7 @@ pub(crate) mod tests {
             (JobId(0), SimTime(first.ttft.as_nanos()))
         );
         let cut = first.at;
-        assert!(st.preempt(cut, 0, &mut out));
+        assert_eq!(st.preempt(cut, &[0], &mut out), 1);
         out.wakeups.append(&mut heap);
         let mut done = Vec::new();
         run_out(&mut st, &mut out, &mut done);
@@ -2449,6 +2500,7 @@ pub(crate) mod tests {
                     usd_per_replica_hour: 1.8,
                     recompute: false,
                     move_waiting_on_notice: false,
+                    reclaim_size: 1,
                 })
                 .unwrap_or_else(|e| panic!("{e}"));
             let mut out = StationOutput::default();
@@ -2460,9 +2512,9 @@ pub(crate) mod tests {
             step_until(&mut st, &mut out, &mut heap, &mut done, notice);
             assert!(done.is_empty());
             assert_eq!(st.spot_up(), 1);
-            assert_eq!(st.spot_notice(notice, 0, &mut out), Some(0));
+            assert_eq!(st.spot_notice(notice, &[0], &mut out), [0]);
             assert_eq!(st.spot_up(), 0, "a noticed replica is not picked again");
-            assert_eq!(st.spot_notice(notice, 0, &mut out), None);
+            assert!(st.spot_notice(notice, &[0], &mut out).is_empty());
             submit(&mut st, notice, 2, llm(10, 5), &mut out);
             if notice_runs_out {
                 let end = SimTime(200_000);
@@ -2539,6 +2591,7 @@ pub(crate) mod tests {
                     usd_per_replica_hour: 1.8,
                     recompute: true,
                     move_waiting_on_notice: move_waiting,
+                    reclaim_size: 1,
                 })
                 .unwrap_or_else(|e| panic!("{e}"));
             let mut out = StationOutput::default();
@@ -2553,7 +2606,7 @@ pub(crate) mod tests {
             let mut done = Vec::new();
             let notice = SimTime(100_000);
             step_until(&mut st, &mut out, &mut heap, &mut done, notice);
-            assert_eq!(st.spot_notice(notice, 0, &mut out), Some(0));
+            assert_eq!(st.spot_notice(notice, &[0], &mut out), [0]);
             let queued = (st.replicas[0].waiting_len(), st.replicas[1].waiting_len());
             assert_eq!(queued, if move_waiting { (0, 1) } else { (1, 0) });
             out.wakeups.append(&mut heap);
@@ -2579,12 +2632,113 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_reclaim_takes_its_replicas_together_and_re_sends_only_to_the_others() {
+        // Three spot replicas, least outstanding tokens, one sequence each under the
+        // notice. A reclaim of two (`ks = [0, 0]`: replica 0, then the first of those
+        // left, replica 1) re-sends their requests to replica 2 only, although replica
+        // 1 has the fewest tokens left: taken one after the other, replica 0's request
+        // would go to replica 1 and be lost (or moved) a second time.
+        let spot = SpotConfig {
+            replicas: 3,
+            usd_per_replica_hour: 1.8,
+            recompute: true,
+            move_waiting_on_notice: true,
+            reclaim_size: 2,
+        };
+        // Without notice: replica 0 runs request 0, replica 1 request 1 (both 100 in,
+        // 400 out), replica 2 request 2 (100 in, 800 out).
+        let mut st = station(3, ReplicaConfig::new(1000).unwrap(), false)
+            .with_spot(spot)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut out = StationOutput::default();
+        submit(&mut st, SimTime(0), 0, llm(100, 400), &mut out);
+        submit(&mut st, SimTime(0), 1, llm(100, 400), &mut out);
+        submit(&mut st, SimTime(0), 2, llm(100, 800), &mut out);
+        let (mut heap, mut done) = (Vec::new(), Vec::new());
+        let cut = SimTime(100_000);
+        step_until(&mut st, &mut out, &mut heap, &mut done, cut);
+        assert!(done.is_empty());
+        assert_eq!(st.preempt(cut, &[0, 0], &mut out), 2);
+        assert_eq!(st.spot_up(), 1);
+        assert_eq!(st.replicas[2].waiting_len(), 2, "both went to replica 2");
+        assert!(out.lost.is_empty());
+        out.wakeups.append(&mut heap);
+        run_out(&mut st, &mut out, &mut done);
+        assert_eq!(done.len(), 3);
+        let last = done.iter().map(|d| d.finished).max().unwrap_or_default();
+        let cap = st.capacity_report(last).unwrap_or_default();
+        assert_eq!((cap.spot_preemptions, cap.spot_reclaims), (2, Some(1)));
+        assert_eq!(
+            (cap.victims_recomputed, cap.moved_waiting),
+            (2, 0),
+            "{cap:?}"
+        );
+        let gpu = st.gpu_report(last).unwrap_or_default();
+        assert_eq!(gpu.per_replica[2].finished, 3);
+        // An index past the replicas up takes nothing.
+        assert_eq!(st.preempt(last, &[1], &mut out), 0);
+
+        // With a notice and `move_waiting`: replicas 0 and 1 each run one request with
+        // one waiting behind it (requests 3 and 4), replica 2 runs a long one.
+        let cfg = ReplicaConfig {
+            max_num_seqs: 1,
+            ..ReplicaConfig::defaults(1000)
+        }
+        .validated()
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mut st = station(3, cfg, false)
+            .with_spot(spot)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut out = StationOutput::default();
+        for (id, (i, o)) in [(100, 400), (100, 400), (100, 2000), (10, 5), (10, 5)]
+            .into_iter()
+            .enumerate()
+        {
+            submit(&mut st, SimTime(0), id as u64, llm(i, o), &mut out);
+        }
+        let waiting = |st: &GpuPoolStation| {
+            st.replicas
+                .iter()
+                .map(|r| r.waiting_len())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(waiting(&st), [1, 1, 0]);
+        let (mut heap, mut done) = (Vec::new(), Vec::new());
+        step_until(&mut st, &mut out, &mut heap, &mut done, cut);
+        assert_eq!(st.spot_notice(cut, &[0, 0], &mut out), [0, 1]);
+        assert_eq!(st.spot_up(), 1);
+        assert_eq!(waiting(&st), [0, 0, 2], "both queues went to replica 2");
+        out.wakeups.append(&mut heap);
+        run_out(&mut st, &mut out, &mut done);
+        assert_eq!(done.len(), 5);
+        let last = done.iter().map(|d| d.finished).max().unwrap_or_default();
+        let cap = st.capacity_report(last).unwrap_or_default();
+        assert_eq!((cap.spot_preemptions, cap.spot_reclaims), (2, Some(1)));
+        assert_eq!(
+            (cap.moved_waiting, cap.drained_in_notice),
+            (2, 2),
+            "{cap:?}"
+        );
+        // With reclaim_size 1 the count is not reported (it equals spot_preemptions).
+        let mut one = station(1, ReplicaConfig::new(1000).unwrap(), false)
+            .with_spot(SpotConfig {
+                reclaim_size: 1,
+                ..spot
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(one.preempt(SimTime(0), &[0], &mut out), 1);
+        let cap = one.capacity_report(SimTime(0)).unwrap_or_default();
+        assert_eq!((cap.spot_preemptions, cap.spot_reclaims), (1, None));
+    }
+
+    #[test]
     fn a_preempted_spot_replica_loses_its_work_and_the_request_is_recomputed() {
         let spot = |recompute| SpotConfig {
             replicas: 1,
             usd_per_replica_hour: 1.8,
             recompute,
             move_waiting_on_notice: false,
+            reclaim_size: 1,
         };
         for recompute in [true, false] {
             let mut st = station(2, ReplicaConfig::new(1000).unwrap(), false)
@@ -2601,7 +2755,7 @@ pub(crate) mod tests {
             let mut done = Vec::new();
             step_until(&mut st, &mut out, &mut heap, &mut done, cut);
             assert!(done.iter().all(|d| d.id == JobId(1)), "{done:?}");
-            assert!(st.preempt(cut, 0, &mut out));
+            assert_eq!(st.preempt(cut, &[0], &mut out), 1);
             assert_eq!(st.spot_up(), 0);
             let cap = st.capacity_report(cut).unwrap_or_default();
             assert_eq!(cap.spot_preemptions, 1);
@@ -2648,6 +2802,7 @@ pub(crate) mod tests {
                 usd_per_replica_hour: 1.8,
                 recompute: true,
                 move_waiting_on_notice: false,
+                reclaim_size: 1,
             };
             let cfg = ReplicaConfig {
                 max_num_seqs: 1,
@@ -2675,7 +2830,7 @@ pub(crate) mod tests {
             let mut done = Vec::new();
             step_until(&mut st, &mut out, &mut heap, &mut done, cut);
             assert!(done.is_empty());
-            assert!(st.preempt(cut, 0, &mut out));
+            assert_eq!(st.preempt(cut, &[0], &mut out), 1);
             out.wakeups.extend(heap);
             run_out(&mut st, &mut out, &mut done);
             done.sort_by_key(|d| d.id);
