@@ -1806,6 +1806,12 @@ impl ScenarioSpec {
                         "spot capacity is modelled on `gpu` pools (replicas); an abstract pool's servers are interchangeable",
                     ));
                 }
+                (Some(_), Some(_)) if servers == 0 => {
+                    return Err(err(
+                        format!("{key}.spot"),
+                        "a pool that starts cold (`servers = 0`) has no replica to run on spot: spot replicas are the first of `servers`; start it with servers >= 1",
+                    ));
+                }
                 (Some(sp), Some(g)) => {
                     let n = sp.servers.unwrap_or(servers);
                     if n < 1 || n > servers {

@@ -2012,18 +2012,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                 let fallback = hop.attempt + 1 < sc.pools[p].max_attempts
                     && chain_goes_on_after(sc, ci, spec, &hop, wf.usd, p);
                 if fallback {
-                    self.route_model_hop(
-                        slot,
-                        node,
-                        hop.branch,
-                        hop.epoch,
-                        hop.context_in,
-                        hop.input_tokens,
-                        hop.output_tokens,
-                        hop.attempt + 1,
-                        Some(p),
-                        None,
-                    );
+                    self.route_again(slot, &hop, hop.attempt + 1, Some(p), None);
                 } else {
                     self.retry_failed_call(slot, hop, Some(&spec.id));
                 }
@@ -2037,6 +2026,19 @@ impl<'a, 'o> Sim<'a, 'o> {
     /// pool or, for a tier-cascade step (`hop.cascade`), the pools of that tier's chain
     /// in order, the first that takes it (a 429 backs off and tries again).
     fn submit_escalation(&mut self, slot: u32, hop: Hop) {
+        self.route_again(slot, &hop, hop.attempt, None, Some(hop.cascade));
+    }
+
+    /// Routes `hop`'s call again with its own node, context and tokens (a fallback
+    /// past pool `after`, or an escalation step), as attempt `attempt`.
+    fn route_again(
+        &mut self,
+        slot: u32,
+        hop: &Hop,
+        attempt: u32,
+        after: Option<usize>,
+        escalation: Option<u32>,
+    ) {
         self.route_model_hop(
             slot,
             hop.node as usize,
@@ -2045,9 +2047,9 @@ impl<'a, 'o> Sim<'a, 'o> {
             hop.context_in,
             hop.input_tokens,
             hop.output_tokens,
-            hop.attempt,
-            None,
-            Some(hop.cascade),
+            attempt,
+            after,
+            escalation,
         );
     }
 
@@ -3756,18 +3758,7 @@ impl<'a, 'o> Sim<'a, 'o> {
         let graph = graph_of(&sc.classes[ci], wf.record, &self.stream_rows);
         let spec = &graph.nodes[hop.node as usize];
         if hop.kind == HopKind::Model && chain_goes_on_after(sc, ci, spec, hop, wf.usd, pool) {
-            self.route_model_hop(
-                slot,
-                hop.node as usize,
-                hop.branch,
-                hop.epoch,
-                hop.context_in,
-                hop.input_tokens,
-                hop.output_tokens,
-                hop.attempt,
-                Some(pool),
-                None,
-            );
+            self.route_again(slot, hop, hop.attempt, Some(pool), None);
             return;
         }
         let name = self

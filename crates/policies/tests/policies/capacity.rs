@@ -1021,6 +1021,19 @@ spot = { preemptions_per_hour = 1.0, usd_per_server_hour = 1.0 }"#,
             Ok(_) => panic!("accepted: {pool}"),
         }
     }
+    // A cold pool has no replica to put on spot.
+    let text = base.replace("servers = 2", "servers = 0").replace(
+        "POOL",
+        &format!("{gpu}\nautoscale = {{ target = 1.0, min = 0, max = 2 }}\nspot = {{ preemptions_per_hour = 1.0, usd_per_server_hour = 1.0 }}"),
+    );
+    let spec: ScenarioSpec = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+    match spec.validate() {
+        Err(e) => assert!(
+            e.key == "pools.g.spot" && e.to_string().contains("starts cold"),
+            "{e}"
+        ),
+        Ok(_) => panic!("accepted: {text}"),
+    }
     // A cold start (`servers = 0`) needs an autoscaler that may be at zero.
     for autoscale in ["", "autoscale = { target = 1.0, min = 1, max = 2 }"] {
         let pool = format!("service = {{ dist = \"constant\", value = 1 }}\n{autoscale}");
