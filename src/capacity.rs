@@ -5,6 +5,7 @@
 
 use sim_core::gpu::perf::decode_tokens_per_sec;
 use sim_core::scenario::{Scenario, expected_tokens, expected_visits};
+use sim_core::time::SimDuration;
 use std::fmt::Write;
 
 /// Offered LLM load on one GPU pool.
@@ -286,6 +287,44 @@ pub fn headroom(l: &GpuPoolLoad) -> f64 {
     }
 }
 
+/// `check`'s cold-start line per GPU pool that boots replicas at run time (an
+/// autoscaler or spot replacements): the boot the run uses and where it comes from.
+pub fn cold_start_lines(sc: &Scenario) -> String {
+    let mut s = String::new();
+    for p in &sc.pools {
+        let Some(g) = &p.gpu else { continue };
+        let load = if g.model_load > SimDuration::ZERO {
+            format!(
+                "model load {} ({:.1} GB per GPU)",
+                g.model_load,
+                g.weight_bytes_per_gpu as f64 / 1e9
+            )
+        } else {
+            "model load not modelled (set gpu.model_load_gb_per_s)".to_string()
+        };
+        let profile = format!(
+            "replica cold start {} = node boot {} ({}) + {load}",
+            g.cold_start(),
+            g.node_boot,
+            g.gpu
+        );
+        let mut uses = Vec::new();
+        if let Some(a) = &p.autoscale {
+            uses.push(format!("autoscaler boots take {}", a.boot()));
+        }
+        if let Some(sp) = &p.spot
+            && sp.replace
+        {
+            uses.push(format!("spot replacements boot in {}", sp.boot));
+        }
+        if uses.is_empty() {
+            continue;
+        }
+        let _ = writeln!(s, "  pool {}: {profile}; {}", p.name, uses.join(", "));
+    }
+    s
+}
+
 /// The GPU section of `factorysim check` (empty when there are no GPU pools).
 pub fn gpu_capacity_table(sc: &Scenario) -> String {
     let loads = gpu_pool_loads(sc);
@@ -376,6 +415,7 @@ pub fn gpu_capacity_table(sc: &Scenario) -> String {
             );
         }
     }
+    s.push_str(&cold_start_lines(sc));
     for r in context_limit_risks(sc) {
         let via = r.via.as_ref().map_or(String::new(), |v| format!(" ({v})"));
         let then = if r.falls_back_to.is_empty() {

@@ -195,15 +195,13 @@ impl TierRouter for LeastLoaded {
 /// count below the floor is raised to it at once. New servers take `boot` to come up
 /// (and are paid for from boot start); removed servers drain their work first.
 ///
-/// Scale to zero (`min = 0`): the last server goes only when the looks have found the
-/// pool idle for `zero_after_idle`; a pool at zero with work waiting gets one server
-/// at once (activation), whatever the signal and the cooldown.
+/// Scale to zero (`min = 0`): the last server goes only when the pool has been idle
+/// (nothing in service or waiting) for `zero_after_idle` since its last hop left; a
+/// pool at zero with work waiting gets one server at once (activation), whatever the
+/// signal and the cooldown.
 pub struct ReactiveAutoscaler {
     spec: AutoscaleSpec,
     last_change: Option<SimTime>,
-    /// The first of the looks, up to now, that found the pool idle (nothing in
-    /// service or waiting).
-    idle_since: Option<SimTime>,
 }
 
 /// The queue-depth autoscaler is the reactive autoscaler with `metric = "queue_depth"`.
@@ -214,7 +212,6 @@ impl ReactiveAutoscaler {
         ReactiveAutoscaler {
             spec,
             last_change: None,
-            idle_since: None,
         }
     }
 
@@ -247,11 +244,6 @@ impl Autoscaler for ReactiveAutoscaler {
     fn target(&mut self, obs: &ScaleObservation) -> u32 {
         let current = obs.running + obs.booting;
         let floor = self.spec.floor_at(obs.now);
-        if obs.busy + obs.queued == 0 {
-            self.idle_since.get_or_insert(obs.now);
-        } else {
-            self.idle_since = None;
-        }
         // Activation: a pool scaled to zero (`min = 0`) with work waiting gets a
         // server at once, whatever the signal and the cooldown: nothing else serves it.
         let waking = current == 0 && obs.busy + obs.queued > 0;
@@ -270,10 +262,11 @@ impl Autoscaler for ReactiveAutoscaler {
         if waking {
             target = target.max(1);
         }
-        // The last server goes only after `zero_after_idle` of idle looks.
+        // The last server goes only once the pool has been idle for `zero_after_idle`
+        // (since its last hop left, not since the first look that saw it idle).
         if target == 0
             && current > 0
-            && !self.idle_since.is_some_and(|t| {
+            && !obs.idle_since.is_some_and(|t| {
                 obs.now.as_nanos() - t.as_nanos() >= self.spec.zero_after_idle().as_nanos()
             })
         {

@@ -172,9 +172,10 @@ pub struct AutoscaleSpec {
     pub target: f64,
     pub min: u32,
     pub max: u32,
-    /// How long a new server takes to boot (charged from boot start).
-    #[serde(default)]
-    pub boot: SimDuration,
+    /// How long a new server takes to boot (charged from boot start); see
+    /// [`AutoscaleSpec::boot`] for the default.
+    #[serde(default, rename = "boot")]
+    pub boot_set: Option<SimDuration>,
     /// Minimum time between two scaling actions.
     #[serde(default)]
     pub cooldown: SimDuration,
@@ -188,8 +189,8 @@ pub struct AutoscaleSpec {
     /// target (default 0.5).
     #[serde(default = "default_scale_down_below")]
     pub scale_down_below: f64,
-    /// `min = 0`: the pool goes to zero only once every look for this long found it
-    /// idle, nothing in service or waiting (KEDA's `cooldownPeriod`; default 5m, see
+    /// `min = 0`: the pool goes to zero only once it has been idle this long, nothing
+    /// in service or waiting since its last hop left (KEDA's `cooldownPeriod`; default 5m, see
     /// [`AutoscaleSpec::zero_after_idle`]). Refused with `min > 0`.
     #[serde(default, rename = "zero_after_idle")]
     pub zero_after_idle_set: Option<SimDuration>,
@@ -259,6 +260,14 @@ impl PrewarmSpec {
 }
 
 impl AutoscaleSpec {
+    /// How long a new server takes from the decision to taking work. Unset: 0 on an
+    /// abstract pool; on a GPU pool the scenario fills in the replica's cold start
+    /// (the GPU profile's node boot plus loading the weights, see
+    /// `GpuPool::cold_start`).
+    pub fn boot(&self) -> SimDuration {
+        self.boot_set.unwrap_or(SimDuration::ZERO)
+    }
+
     /// How long the looks must find the pool idle before its last server goes.
     pub fn zero_after_idle(&self) -> SimDuration {
         self.zero_after_idle_set
@@ -313,6 +322,9 @@ pub struct ScaleObservation {
     pub ttft_p99: Option<SimDuration>,
     /// How many hops that p99 is over.
     pub ttft_samples: u32,
+    /// With nothing in service or waiting: when the pool last had work (the last hop
+    /// to leave it, or the run's start); `None` while it has some.
+    pub idle_since: Option<SimTime>,
 }
 
 /// Decides a pool's target server count (running + booting).

@@ -377,6 +377,11 @@ pub struct GpuPoolSpec {
     /// `pool/<name>/picker`), "prefix_affinity" or "kv_aware".
     #[serde(default)]
     pub picker: Option<String>,
+    /// How fast each GPU of a new replica reads its share of the weights (GB/s, from
+    /// local NVMe, a network volume or an object store): a cold start is the GPU
+    /// profile's node boot plus weight bytes / tp / this. Unset: loading takes no time.
+    #[serde(default)]
+    pub model_load_gb_per_s: Option<f64>,
 }
 
 /// `[lanes.NAME]`.
@@ -1031,9 +1036,21 @@ pub struct GpuPool {
     pub kv_tokens: u64,
     /// The model's context limit: most prompt + output tokens of one request.
     pub context_limit: u32,
+    /// The GPU profile's node boot (until the GPU is usable).
+    pub node_boot: SimDuration,
+    /// Loading the weights onto a new replica's GPUs (0 without `model_load_gb_per_s`).
+    pub model_load: SimDuration,
+    /// Weight bytes each GPU of a replica holds (the model's over `tp`).
+    pub weight_bytes_per_gpu: u64,
 }
 
 impl GpuPool {
+    /// From the decision to boot a replica until it takes work: node boot plus model
+    /// load. The default `boot` of the pool's autoscaler and spot replacements.
+    pub fn cold_start(&self) -> SimDuration {
+        self.node_boot + self.model_load
+    }
+
     /// Prefill plus decode time of one request alone on an idle replica.
     pub fn solo_latency(&self, input: u64, output: u64) -> (SimDuration, SimDuration) {
         use crate::gpu::IterationShape;
@@ -1858,13 +1875,7 @@ impl ScenarioSpec {
                             "\"move_waiting\" acts at a preemption notice, and the pool gives none; set `notice` (e.g. \"2m\"), or drop `on_notice` (without a notice waiting requests move when the replica is lost)",
                         ));
                     }
-                    let boot = match sp.boot {
-                        Some(b) => b,
-                        None => catalog
-                            .gpu(&g.gpu)
-                            .map(|x| x.boot_time)
-                            .unwrap_or(SimDuration::ZERO),
-                    };
+                    let boot = sp.boot.unwrap_or_else(|| g.cold_start());
                     Some(Spot {
                         servers: n,
                         preemptions_per_hour: sp.preemptions_per_hour,
@@ -1885,7 +1896,13 @@ impl ScenarioSpec {
                 discipline: p.discipline,
                 preempt_for_priority: p.preempt_for_priority,
                 queue_at: p.queue_at,
-                autoscale: p.autoscale.clone(),
+                autoscale: p.autoscale.clone().map(|mut a| {
+                    // A GPU replica's cold start unless the scenario says otherwise.
+                    if let (None, Some(g)) = (a.boot_set, &gpu) {
+                        a.boot_set = Some(g.cold_start());
+                    }
+                    a
+                }),
                 max_queue: p.max_queue,
                 // Resolved below, once every pool has an index.
                 admission: None,
@@ -3023,6 +3040,22 @@ fn compile_gpu_pool(
             ),
         ));
     }
+    let weight_bytes_per_gpu = model.weight_bytes().div_ceil(tp as u64);
+    let model_load = match g.model_load_gb_per_s {
+        None => SimDuration::ZERO,
+        // Whole milliseconds: finer than any storage figure, and readable in `check`.
+        Some(r) if r.is_finite() && r >= 0.001 => {
+            SimDuration::from_secs_f64((weight_bytes_per_gpu as f64 / (r * 1e6)).round() / 1e3)
+        }
+        Some(r) => {
+            return Err(err(
+                format!("{key}.gpu.model_load_gb_per_s"),
+                format!(
+                    "expected a read rate of at least 0.001 GB/s per GPU (e.g. 2.0 for local NVMe), got {r}"
+                ),
+            ));
+        }
+    };
     Ok(GpuPool {
         model: g.model.clone(),
         gpu: g.gpu.clone(),
@@ -3032,6 +3065,9 @@ fn compile_gpu_pool(
         picker,
         kv_tokens,
         context_limit: model.context_limit,
+        node_boot: gpu.boot_time,
+        model_load,
+        weight_bytes_per_gpu,
     })
 }
 

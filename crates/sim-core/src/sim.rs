@@ -563,6 +563,9 @@ struct Sim<'a, 'o> {
     /// Prompt + output tokens of each pool's submitted, unfinished hops (autoscaling,
     /// token watermarks).
     pool_tokens: Vec<u64>,
+    /// Per pool: the last time a hop was submitted to it or left it (scale to zero's
+    /// idle clock: a pool idle at a look has been idle since then).
+    pool_active_at: Vec<SimTime>,
     /// (finish time, TTFT ns) of hops finished on pools autoscaled on `p99_ttft`, within
     /// the autoscaler's window.
     ttft_window: Vec<VecDeque<(SimTime, u64)>>,
@@ -840,6 +843,7 @@ impl<'a, 'o> Sim<'a, 'o> {
             api_window: vec![VecDeque::new(); sc.pools.len()],
             breakers: vec![BreakerState::default(); sc.pools.len()],
             pool_tokens: vec![0; sc.pools.len()],
+            pool_active_at: vec![SimTime::ZERO; sc.pools.len()],
             ttft_window: vec![VecDeque::new(); sc.pools.len()],
             spot_rng: sc
                 .pools
@@ -1183,10 +1187,11 @@ impl<'a, 'o> Sim<'a, 'o> {
             tokens_in_flight: self.pool_tokens[pool],
             ttft_p99,
             ttft_samples: ttfts.len() as u32,
+            idle_since: (load.busy + load.queued == 0).then_some(self.pool_active_at[pool]),
         };
         let target = scaler.target(&obs);
         let current = load.servers + load.booting;
-        let boot = spec.boot;
+        let boot = spec.boot();
         if target > current {
             for _ in current..target {
                 self.stations[pool].boot_started(now);
@@ -1317,6 +1322,7 @@ impl<'a, 'o> Sim<'a, 'o> {
         self.free_hops.push(hop_slot as u32);
         self.pool_tokens[pool] =
             self.pool_tokens[pool].saturating_sub(hop.input_tokens + hop.output_tokens);
+        self.pool_active_at[pool] = self.now;
         self.door_may_open(pool);
         self.release_admission_tokens(&hop);
         if done.submitted >= self.warmup {
@@ -3236,6 +3242,7 @@ impl<'a, 'o> Sim<'a, 'o> {
         // Pools only (tools come after them).
         if let Some(in_flight) = self.pool_tokens.get_mut(station) {
             *in_flight += k;
+            self.pool_active_at[station] = self.now;
             let st = &mut self.pool_stats[station];
             st.peak_tokens_in_flight = st.peak_tokens_in_flight.max(*in_flight);
         }
@@ -3729,6 +3736,7 @@ impl<'a, 'o> Sim<'a, 'o> {
         let pool = hop.station as usize;
         if let Some(t) = self.pool_tokens.get_mut(pool) {
             *t = t.saturating_sub(hop.input_tokens + hop.output_tokens);
+            self.pool_active_at[pool] = self.now;
             self.door_may_open(pool);
         }
         self.release_admission_tokens(hop);
@@ -3821,6 +3829,7 @@ impl<'a, 'o> Sim<'a, 'o> {
         }
         self.pool_tokens[p] =
             self.pool_tokens[p].saturating_sub(hop.input_tokens + hop.output_tokens);
+        self.pool_active_at[p] = self.now;
         if self.pool_plain_finish[p] {
             return;
         }

@@ -317,6 +317,141 @@ hops = [{ pool = "p" }]
 }
 
 #[test]
+fn the_idle_clock_runs_from_the_last_hop_not_the_first_idle_look() {
+    // A warm pool (min = 0) looked at every 10s, 2s hops, zero after 90s idle, one
+    // user thinking 95s. 95: cold, woken at the look at 100, up 130, done 132. 227:
+    // the server is still up (idle 88s at the look at 220), done 229. The pool has
+    // been idle since 229, so it goes to zero at the first look 90s on, 320 (idle
+    // since the first idle look, 140, would take it at 230, right after the hop).
+    // 324: cold, woken at 330, up 360, done 362; 457: up (88s idle at 450), done 459;
+    // zero at 550; 554: cold, woken at 560, up 590, done 592; 687: up (88s idle).
+    let text = r#"
+[simulation]
+horizon = "700s"
+[pools.p]
+servers = 0
+usd_per_server_hour = 3.6
+service = { dist = "constant", value = 2 }
+autoscale = { target = 1.0, min = 0, max = 1, boot = "30s", interval = "10s", zero_after_idle = "90s" }
+[classes.c]
+arrival = { process = "closed", users = 1, think = { dist = "constant", value = 95 } }
+hops = [{ pool = "p" }]
+"#;
+    let (_, log, hops) = run_logged_hops(text);
+    let got: Vec<(u64, u64)> = hops
+        .iter()
+        .map(|h| (h.submitted.0 / NS, h.started.0 / NS))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (95, 130),
+            (227, 227),
+            (324, 360),
+            (457, 457),
+            (554, 590),
+            (687, 687)
+        ]
+    );
+    let sleeps: Vec<u32> = log
+        .iter()
+        .filter(|d| d.running == 1 && d.target == 0)
+        .map(|d| d.t_s as u32)
+        .collect();
+    assert_eq!(sleeps, vec![320, 550]);
+}
+
+#[test]
+fn a_gpu_replica_cold_start_is_node_boot_plus_model_load() {
+    // Without `boot`, a GPU pool's autoscaler and spot replacements take the replica's
+    // cold start: the H100 profile's 5-minute node boot plus Llama-3-8B's 16.06 GB of
+    // BF16 weights (8.03B parameters x 2 bytes) read at 2 GB/s: 8.03 s. With tp = 2
+    // each GPU reads half.
+    let gpu_pool = |tp: u32| {
+        format!(
+            r#"
+[simulation]
+horizon = "40m"
+seed = 3
+[pools.g]
+servers = 1
+usd_per_server_hour = 3.6
+gpu = {{ model = "llama-3-8b", gpu = "h100-80gb", max_num_seqs = 8, tp = {tp}, model_load_gb_per_s = 2.0 }}
+autoscale = {{ metric = "queue_depth", target = 8.0, min = 1, max = 4, cooldown = "1m", interval = "30s" }}
+spot = {{ servers = 1, preemptions_per_hour = 1.0, usd_per_server_hour = 1.0 }}
+[classes.c]
+arrival = {{ process = "piecewise", step = "20m", rates = [6.0, 0.0] }}
+[[classes.c.nodes]]
+id = "a"
+pool = "g"
+input_tokens = {{ dist = "constant", value = 1500 }}
+output_tokens = {{ dist = "constant", value = 400 }}
+"#
+        )
+    };
+    let weights = 2 * sim_core::gpu::profiles::ProfileCatalog::builtin()
+        .model("llama-3-8b")
+        .map(|m| m.weight_bytes() / 2)
+        .unwrap_or(0);
+    assert!((16.0e9..16.1e9).contains(&(weights as f64)), "{weights}");
+    for (tp, load_ms) in [(1u64, 8_030u64), (2, 4_015)] {
+        // Rounded to whole milliseconds.
+        assert_eq!(load_ms, (weights / tp + 1_000_000) / 2_000_000, "tp {tp}");
+        let sc = scenario(&gpu_pool(tp as u32));
+        let p = &sc.pools[0];
+        let g = p.gpu.as_ref().expect("a GPU pool");
+        assert_eq!(g.node_boot, SimDuration::from_secs(300));
+        assert_eq!(g.model_load, SimDuration::from_millis(load_ms), "tp {tp}");
+        let cold = SimDuration::from_millis(300_000 + load_ms);
+        assert_eq!(p.autoscale.as_ref().map(|a| a.boot()), Some(cold));
+        assert_eq!(p.spot.as_ref().map(|s| s.boot), Some(cold));
+    }
+    // The run pays each boot for exactly its cold start: paid - up replica-hours =
+    // boots x (300 s + 8.03 s), on demand and on spot alike.
+    let (r, log) = run_logged(&gpu_pool(1));
+    let cap = gpu_report(&r).capacity.expect("an autoscaled pool");
+    assert!(cap.boots >= 1, "{cap:?}");
+    let booting_h = (cap.replica_hours - cap.running_replica_hours)
+        + (cap.spot_replica_hours - cap.spot_running_replica_hours);
+    assert!(
+        (booting_h - cap.boots as f64 * 308.03 / 3600.0).abs() < 1e-9,
+        "{booting_h} h booting for {} boots",
+        cap.boots
+    );
+    // No replica the autoscaler asked for is up before its cold start is over.
+    let first = log
+        .iter()
+        .find(|d| d.target > d.running + d.booting)
+        .map(|d| d.t_s)
+        .expect("a boot");
+    assert!(log.iter().any(|d| d.t_s > first + 308.03 && d.running >= 2));
+    for d in log.iter().filter(|d| d.t_s < first + 308.03) {
+        assert!(d.running <= 1, "at {}: {d:?}", d.t_s);
+    }
+    // An explicit `boot` still wins, and a bad rate is refused by key.
+    let explicit = gpu_pool(1).replace(r#"interval = "30s""#, r#"interval = "30s", boot = "2m""#);
+    let sc = scenario(&explicit);
+    assert_eq!(
+        sc.pools[0].autoscale.as_ref().map(|a| a.boot()),
+        Some(SimDuration::from_secs(120))
+    );
+    for bad in ["0.0", "-2.0", "nan", "0.0001"] {
+        let text = gpu_pool(1).replace(
+            "model_load_gb_per_s = 2.0",
+            &format!("model_load_gb_per_s = {bad}"),
+        );
+        let spec: ScenarioSpec = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+        let e = spec
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("pools.g.gpu.model_load_gb_per_s"), "{bad}: {e}");
+        assert!(e.contains("at least 0.001 GB/s"), "{bad}: {e}");
+    }
+}
+
+#[test]
 fn a_cold_gpu_pool_parks_its_requests_until_a_replica_boots() {
     // A GPU pool with no replica at the start: its requests wait in the pool's queue
     // (they used to be refused with "no replica") until the autoscaler's replica is
