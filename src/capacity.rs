@@ -287,8 +287,9 @@ pub fn headroom(l: &GpuPoolLoad) -> f64 {
     }
 }
 
-/// `check`'s cold-start line per GPU pool that boots replicas at run time (an
-/// autoscaler or spot replacements): the boot the run uses and where it comes from.
+/// `check`'s capacity lines per GPU pool: its reserved replicas and what a slot must
+/// earn, and, for a pool that boots replicas at run time (an autoscaler or spot
+/// replacements), the boot the run uses and where it comes from.
 pub fn cold_start_lines(sc: &Scenario) -> String {
     let mut s = String::new();
     for p in &sc.pools {
@@ -316,6 +317,23 @@ pub fn cold_start_lines(sc: &Scenario) -> String {
             && sp.replace
         {
             uses.push(format!("spot replacements boot in {}", sp.boot));
+        }
+        if let Some(r) = p.reserved {
+            // The commitment is paid whatever runs: say what a slot must earn.
+            let _ = writeln!(
+                s,
+                "  pool {}: {} reserved replicas at ${:.2}/h (${:.2} a day, used or not) cover as many on-demand ones (${:.2}/h); a slot pays off when a replica runs on it more than {:.0}% of the time",
+                p.name,
+                r.servers,
+                r.usd_per_server_hour,
+                r.servers as f64 * r.usd_per_server_hour * 24.0,
+                p.usd_per_server_hour,
+                if p.usd_per_server_hour > 0.0 {
+                    100.0 * r.usd_per_server_hour / p.usd_per_server_hour
+                } else {
+                    f64::INFINITY
+                }
+            );
         }
         if uses.is_empty() {
             continue;
@@ -441,6 +459,51 @@ pub fn gpu_capacity_table(sc: &Scenario) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn check_states_the_cold_start_and_what_a_reserved_slot_must_earn() {
+        let text = r#"
+[simulation]
+horizon = "10m"
+[pools.g]
+servers = 1
+gpu = { model = "llama-3-70b", gpu = "h100-80gb", tp = 4, model_load_gb_per_s = 2.0 }
+autoscale = { metric = "queue_depth", target = 8.0, min = 1, max = 8 }
+reserved = { servers = 2, usd_per_server_hour = 7.8 }
+[classes.c]
+arrival = { process = "poisson", rate = 0.5 }
+[[classes.c.nodes]]
+id = "answer"
+pool = "g"
+"#;
+        let sc = crate::parse_scenario("inline.toml", text, &[])
+            .unwrap_or_else(|e| panic!("{e}"))
+            .scenario;
+        let lines = cold_start_lines(&sc);
+        // 141.1 GB of weights over 4 GPUs at 2 GB/s; 4 x $3.00 on demand.
+        assert!(
+            lines.contains("replica cold start 317.638s = node boot 5m (h100-80gb) + model load 17.638s (35.3 GB per GPU); autoscaler boots take 317.638s"),
+            "{lines}"
+        );
+        assert!(
+            lines.contains("2 reserved replicas at $7.80/h ($374.40 a day, used or not) cover as many on-demand ones ($12.00/h); a slot pays off when a replica runs on it more than 65% of the time"),
+            "{lines}"
+        );
+        // An explicit boot is the whole cold start; a fixed pool has no boot line.
+        let explicit = text.replace("max = 8 }", "max = 8, boot = \"2m\" }");
+        let sc = crate::parse_scenario("inline.toml", &explicit, &[])
+            .unwrap_or_else(|e| panic!("{e}"))
+            .scenario;
+        assert!(cold_start_lines(&sc).contains("autoscaler boots take 2m"));
+        let fixed = text.replace(
+            "autoscale = { metric = \"queue_depth\", target = 8.0, min = 1, max = 8 }\n",
+            "",
+        );
+        let sc = crate::parse_scenario("inline.toml", &fixed, &[])
+            .unwrap_or_else(|e| panic!("{e}"))
+            .scenario;
+        assert!(!cold_start_lines(&sc).contains("cold start"));
+    }
 
     #[test]
     fn littles_law_uses_the_whole_request_time() {

@@ -427,11 +427,6 @@ pub fn figures(sc: &Scenario, r: &RunResult) -> RunFigures {
             continue;
         };
         let api = sc.pools.get(i).is_some_and(|p| p.api.is_some());
-        let price = if api {
-            0.0
-        } else {
-            sc.pools.get(i).map_or(0.0, |p| p.usd_per_server_hour)
-        };
         let mean_servers = if rep.capacity_server_s > 0.0 && window_s > 0.0 {
             rep.capacity_server_s / window_s
         } else {
@@ -445,7 +440,9 @@ pub fn figures(sc: &Scenario, r: &RunResult) -> RunFigures {
                 hops: stats.hops,
                 mean_wait_s: stats.mean_wait_s(),
                 usd_capacity: rep.usd_capacity,
-                usd_idle: (rep.usd_capacity - rep.busy_server_s * price / 3600.0).max(0.0),
+                // As the run's summary counts it (spot and reserved replicas have
+                // their own prices; booting time is idle).
+                usd_idle: (rep.usd_capacity - r.pool_busy_usd(i)).max(0.0),
             },
         );
     }

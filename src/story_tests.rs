@@ -181,6 +181,66 @@ fn spot_notice_moving_the_queue_loses_nothing_that_keeping_it_loses() {
 }
 
 #[test]
+fn reserving_the_base_load_beats_both_none_and_the_peak() {
+    // A diurnal load on 1 to 8 autoscaled H100 replicas: prices change no timing, and
+    // a reserved slot ($1.95/h all day against $3.00/h on demand) pays off only where
+    // replicas run on it more than 65% of the day. Reserving the base (3) beats
+    // reserving nothing, and reserving nearly the peak (7) costs more than nothing.
+    let f = "scenarios/reserved.toml";
+    let seed = "simulation.seed=2";
+    let reserve = |n: u32| {
+        let servers = format!("pools.g.reserved.servers={n}");
+        run(
+            f,
+            &[seed, &servers, "pools.g.reserved.usd_per_server_hour=1.95"],
+        )
+    };
+    let none = run(f, &[seed]);
+    let (three, seven) = (reserve(3), reserve(7));
+    let spent = |s: &Summary| s.totals.usd_spent;
+    for s in [&three, &seven] {
+        assert_eq!(
+            s.classes["assistant"].latency_s,
+            none.classes["assistant"].latency_s
+        );
+        assert_eq!(
+            s.classes["assistant"].completed,
+            none.classes["assistant"].completed
+        );
+    }
+    assert!(
+        spent(&three) < 0.9 * spent(&none),
+        "{} vs {}",
+        spent(&three),
+        spent(&none)
+    );
+    assert!(
+        spent(&seven) > spent(&none),
+        "{} vs {}",
+        spent(&seven),
+        spent(&none)
+    );
+    let cap = |s: &Summary| {
+        s.pools["g"]
+            .llm
+            .as_ref()
+            .and_then(|l| l.replicas.capacity)
+            .unwrap_or_default()
+    };
+    // The commitment is paid whole: slots x price x the window, and the rest on demand.
+    for (s, n) in [(&three, 3.0), (&seven, 7.0)] {
+        let c = cap(s);
+        let window_h = s.simulated_seconds / 3600.0;
+        let used = c.reserved_used_hours.unwrap_or(f64::NAN);
+        let unused = c.reserved_unused_hours.unwrap_or(f64::NAN);
+        assert!((used + unused - n * window_h).abs() < 1e-6, "{c:?}");
+        let want = n * 1.95 * window_h + 3.0 * (c.replica_hours - used);
+        assert!((s.pools["g"].usd_capacity - want).abs() < 1e-6, "{c:?}");
+    }
+    assert!(cap(&seven).reserved_unused_hours > cap(&three).reserved_unused_hours);
+}
+
+#[test]
 fn scaling_to_zero_trades_cold_starts_for_idle_dollars() {
     // A request every 4 minutes on one Llama-3-8B replica: kept warm, nearly all its
     // dollars are idle; scaled to zero it pays a fraction, and the requests that find

@@ -520,6 +520,25 @@ pub struct PoolSample {
 }
 
 impl RunResult {
+    /// Dollars of pool `i`'s capacity that hops used (its idle dollars are
+    /// `usd_capacity` minus these). A fixed pool: its busy share of the capacity cost.
+    /// A pool whose size or prices change (autoscaling, spot, reserved: paid while
+    /// booting, replicas at different prices): what its hops were charged, so booting
+    /// time and unused reservations are idle.
+    pub fn pool_busy_usd(&self, i: usize) -> f64 {
+        let (Some(s), Some(r)) = (self.pools.get(i), self.pool_reports.get(i)) else {
+            return 0.0;
+        };
+        let window_s = r.window.as_secs_f64();
+        if r.capacity_server_s > 0.0 {
+            s.usd_attributed.min(r.usd_capacity)
+        } else if r.servers > 0 && window_s > 0.0 {
+            r.usd_capacity * r.busy_server_s / (r.servers as f64 * window_s)
+        } else {
+            0.0
+        }
+    }
+
     /// Length of the measurement window (warm-up excluded).
     pub fn window(&self) -> SimDuration {
         self.end - self.window_start
@@ -633,17 +652,7 @@ impl RunResult {
             let r = &self.pool_reports[i];
             let window_s = r.window.as_secs_f64();
             usd_capacity += r.usd_capacity;
-            // Dollars of capacity that hops used. A fixed pool: its busy share of the
-            // capacity cost. An autoscaled pool (paid while booting, so the price per
-            // running server-second is not the capacity cost over running time): what
-            // its hops were charged (busy seconds x price), so booting time is idle.
-            let busy_usd = if r.capacity_server_s > 0.0 {
-                s.usd_attributed.min(r.usd_capacity)
-            } else if r.servers > 0 && window_s > 0.0 {
-                r.usd_capacity * r.busy_server_s / (r.servers as f64 * window_s)
-            } else {
-                0.0
-            };
+            let busy_usd = self.pool_busy_usd(i);
             if r.capacity_server_s > 0.0 {
                 // Busy capacity is what hops submitted in the window were charged: a hop
                 // still running at the end is not in it (it counts as idle).

@@ -250,6 +250,16 @@ pub enum OnPreempt {
     Fail,
 }
 
+/// `reserved = { servers = 4, usd_per_server_hour = 1.9 }` on a GPU pool.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ReservedSpec {
+    /// Replicas reserved: paid for the whole run, used or not.
+    pub servers: u32,
+    /// The reserved (committed) price of a replica-hour.
+    pub usd_per_server_hour: f64,
+}
+
 /// A validated spot spec.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Spot {
@@ -669,6 +679,10 @@ pub struct PoolSpec {
     /// Spot capacity: some replicas at a spot price, preempted at a rate.
     #[serde(default)]
     pub spot: Option<SpotSpec>,
+    /// Reserved (committed) capacity: replica-hours paid for the whole run at a lower
+    /// price, covering that many on-demand replicas at a time.
+    #[serde(default)]
+    pub reserved: Option<ReservedSpec>,
     /// Share of admitted calls that fail after their service (an error answer).
     #[serde(default)]
     pub error_rate: Option<f64>,
@@ -1014,6 +1028,8 @@ pub struct Pool {
     /// Error windows: (start, end, error rate).
     pub error_storms: Vec<(SimTime, SimTime, f64)>,
     pub spot: Option<Spot>,
+    /// Reserved capacity (GPU pools).
+    pub reserved: Option<ReservedSpec>,
     /// Default service time of hops here.
     pub service: Option<Sampler>,
     pub usd_per_server_hour: f64,
@@ -1889,6 +1905,30 @@ impl ScenarioSpec {
                     })
                 }
             };
+            let reserved = match (p.reserved, &gpu) {
+                (None, _) => None,
+                (Some(_), None) => {
+                    return Err(err(
+                        format!("{key}.reserved"),
+                        "reserved capacity is modelled on `gpu` pools (replicas with a price each); on an abstract pool set `usd_per_server_hour` to the price you pay",
+                    ));
+                }
+                (Some(r), Some(_)) => {
+                    if r.servers == 0 {
+                        return Err(err(
+                            format!("{key}.reserved.servers"),
+                            "expected at least 1 reserved replica (drop `reserved` for none)",
+                        ));
+                    }
+                    if !(r.usd_per_server_hour.is_finite() && r.usd_per_server_hour >= 0.0) {
+                        return Err(err(
+                            format!("{key}.reserved.usd_per_server_hour"),
+                            format!("expected a price >= 0, got {}", r.usd_per_server_hour),
+                        ));
+                    }
+                    Some(r)
+                }
+            };
             pool_index.insert(name.clone(), pools.len());
             pools.push(Pool {
                 name: name.clone(),
@@ -1935,6 +1975,7 @@ impl ScenarioSpec {
                 storms,
                 error_storms,
                 spot,
+                reserved,
                 service,
                 prefill_ns_per_1k: p.prefill_per_1k_tokens.map(|d| d.as_nanos()).unwrap_or(0),
                 decode_ns_per_token: p.decode_per_token.map(|d| d.as_nanos()).unwrap_or(0),

@@ -17,7 +17,7 @@
 use crate::event_queue::EventQueue;
 use crate::gpu::LlmRequest;
 use crate::gpu::gpu_station::{
-    GpuPoolStation, LeastOutstandingRequests, RandomPicker, RoundRobin, SpotConfig,
+    GpuPoolStation, LeastOutstandingRequests, RandomPicker, ReservedConfig, RoundRobin, SpotConfig,
 };
 use crate::metrics::{
     Breakdown, ClassStats, HopRecord, HopSample, PoolStats, RunResult, SpotReclaim, ToolStats,
@@ -660,6 +660,13 @@ impl<'a, 'o> Sim<'a, 'o> {
                             move_waiting_on_notice: sp.on_notice == OnNotice::MoveWaiting,
                             reclaim_size: sp.reclaim_size,
                         }),
+                        (st, _) => st,
+                    };
+                    let station = match (station, p.reserved) {
+                        (Ok(st), Some(r)) => Ok(st.with_reserved(ReservedConfig {
+                            slots: r.servers,
+                            usd_per_replica_hour: r.usd_per_server_hour,
+                        })),
                         (st, _) => st,
                     };
                     let ttft_signal = p.autoscale.as_ref().is_some_and(|a| a.metric == "p99_ttft");

@@ -748,6 +748,60 @@ fn gpu_pool_autoscaling_charges_from_boot_start_to_drain_end() {
     }
 }
 
+#[test]
+fn reserved_replicas_are_paid_whole_and_cover_on_demand_ones() {
+    // The autoscaled GPU pool (1 to 4 replicas at $3.6/h on demand) with 2 reserved at
+    // $1.8/h: the same run (prices decide nothing), paid 2 x $1.8 x 40 minutes for the
+    // slots plus $3.6 for each replica-hour beyond them.
+    let text = GPU_SCALED
+        .replace("METRIC", "queue_depth")
+        .replace("TARGET", "8.0");
+    let reserved = text.replace(
+        "autoscale = {",
+        "reserved = { servers = 2, usd_per_server_hour = 1.8 }\nautoscale = {",
+    );
+    let (plain, plain_log) = run_logged(&text);
+    let (r, log) = run_logged(&reserved);
+    assert_eq!(plain_log, log, "the autoscaler saw the same pool");
+    let (c0, c) = (&plain.classes[0], &r.classes[0]);
+    assert_eq!((c0.arrived, c0.completed), (c.arrived, c.completed));
+    let cap0 = gpu_report(&plain).capacity.expect("autoscaled");
+    let cap = gpu_report(&r).capacity.expect("autoscaled");
+    assert!((cap.replica_hours - cap0.replica_hours).abs() < 1e-12);
+    assert_eq!(cap0.reserved_replicas, None);
+    assert_eq!(cap.reserved_replicas, Some(2));
+    let t_h = 40.0 / 60.0;
+    let used = cap.reserved_used_hours.expect("reserved");
+    let unused = cap.reserved_unused_hours.expect("reserved");
+    // One replica at least is always paid, two for part of the run.
+    assert!(used > t_h && used < 2.0 * t_h, "{cap:?}");
+    assert!((used + unused - 2.0 * t_h).abs() < 1e-9, "{cap:?}");
+    assert!(
+        cap.replica_hours > used + 0.1,
+        "it ran beyond the slots: {cap:?}"
+    );
+    let rep = &r.pool_reports[0];
+    let want = 2.0 * 1.8 * t_h + 3.6 * (cap.replica_hours - used);
+    assert!(
+        (rep.usd_capacity - want).abs() < 1e-9,
+        "{} vs {want}",
+        rep.usd_capacity
+    );
+    assert!(rep.usd_capacity < plain.pool_reports[0].usd_capacity);
+    // Requests on reserved replicas pay less: the attributed dollars drop, never above
+    // what was paid.
+    let attributed = |x: &RunResult| x.pools[0].usd_attributed;
+    assert!(attributed(&r) < attributed(&plain));
+    assert!(attributed(&r) <= rep.usd_capacity);
+    // Reserving more than the pool ever runs pays for slots no replica uses.
+    let (big, _) = run_logged(&reserved.replace("servers = 2, usd", "servers = 6, usd"));
+    let cap6 = gpu_report(&big).capacity.expect("autoscaled");
+    let unused6 = cap6.reserved_unused_hours.expect("reserved");
+    assert!((cap6.reserved_used_hours.unwrap_or(0.0) - cap.replica_hours).abs() < 1e-9);
+    assert!((unused6 - (6.0 * t_h - cap.replica_hours)).abs() < 1e-9);
+    assert!((big.pool_reports[0].usd_capacity - 6.0 * 1.8 * t_h).abs() < 1e-9);
+}
+
 /// A GPU pool with spot replicas under light load.
 const SPOT: &str = r#"
 [simulation]
@@ -1136,6 +1190,19 @@ spot = { preemptions_per_hour = 1.0, usd_per_server_hour = 1.0 }"#,
         (
             "GPU\nspot = { preemptions_per_hour = 1.0, usd_per_server_hour = 1.0, reclaim_size = 0 }",
             "pools.g.spot.reclaim_size",
+        ),
+        (
+            r#"service = { dist = "constant", value = 1 }
+reserved = { servers = 1, usd_per_server_hour = 1.0 }"#,
+            "pools.g.reserved",
+        ),
+        (
+            "GPU\nreserved = { servers = 0, usd_per_server_hour = 1.0 }",
+            "pools.g.reserved.servers",
+        ),
+        (
+            "GPU\nreserved = { servers = 2, usd_per_server_hour = -1.0 }",
+            "pools.g.reserved.usd_per_server_hour",
         ),
     ];
     for (pool, key) in cases {

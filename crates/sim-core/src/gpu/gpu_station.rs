@@ -220,6 +220,16 @@ pub struct SpotConfig {
     pub reclaim_size: u32,
 }
 
+/// Reserved (committed) capacity of a GPU pool: `slots` replica-hours per hour are
+/// paid at `usd_per_replica_hour` for the whole run, used or not, and cover that many
+/// of the pool's on-demand replicas (booting or up) at any time, whichever they are
+/// (a reservation floats, as cloud reserved instances and savings plans do).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ReservedConfig {
+    pub slots: u32,
+    pub usd_per_replica_hour: f64,
+}
+
 /// Where a GPU pool's requests wait for a sequence slot (`queue_at` in a scenario).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -314,6 +324,15 @@ pub struct CapacityReport {
     /// Of `spot_preemptions` with a notice: replicas that finished their work within
     /// the notice and left with nothing lost.
     pub drained_in_notice: u64,
+    /// Reserved capacity (only on pools with `reserved`, so other summaries keep their
+    /// shape): the slots, the slot-hours replicas used (booting or up, part of
+    /// `replica_hours`), and the slot-hours paid for and not used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reserved_replicas: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reserved_used_hours: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reserved_unused_hours: Option<f64>,
 }
 
 pub struct GpuPoolStation {
@@ -351,6 +370,14 @@ pub struct GpuPoolStation {
     paid_on_demand: TimeIntegral,
     paid_spot: TimeIntegral,
     spot_up: TimeIntegral,
+    /// Reserved capacity ([`GpuPoolStation::with_reserved`]): slots and their price.
+    reserved: Option<ReservedConfig>,
+    /// Per replica: it holds a reserved slot (charged at the reserved price).
+    holds_reservation: Vec<bool>,
+    /// Of `booting`, replicas whose boot a reserved slot covers.
+    booting_reserved: u32,
+    /// Reserved slots in use (held by on-demand replicas booting or live) over time.
+    paid_reserved: TimeIntegral,
     /// The pool's queue: requests that found no replica up (all lost to preemption),
     /// and under [`QueueAt::Pool`] every request no replica has room for yet; sorted
     /// by key (arrival order within a key).
@@ -437,6 +464,10 @@ impl GpuPoolStation {
             paid_on_demand,
             paid_spot: TimeIntegral::default(),
             spot_up: TimeIntegral::default(),
+            reserved: None,
+            holds_reservation: vec![false; n as usize],
+            booting_reserved: 0,
+            paid_reserved: TimeIntegral::default(),
             parked: VecDeque::new(),
             parked_level: TimeIntegral::default(),
             queue_at: QueueAt::Replica,
@@ -449,6 +480,16 @@ impl GpuPoolStation {
             first_tokens: false,
             autoscaled: false,
         })
+    }
+
+    /// Reserved capacity: up to `slots` on-demand replicas at a time are charged at
+    /// the reserved price, and every slot is paid for the whole window, used or not.
+    /// Call after [`GpuPoolStation::with_spot`] (spot replicas never hold a slot).
+    pub fn with_reserved(mut self, reserved: ReservedConfig) -> Self {
+        self.reserved = Some(reserved);
+        self.resized = true;
+        self.update_levels(SimTime::ZERO);
+        self
     }
 
     /// Puts the first `spot.replicas` replicas on spot: charged at the spot price and
@@ -679,6 +720,15 @@ impl GpuPoolStation {
                 .spot
                 .filter(|s| s.reclaim_size > 1)
                 .map(|_| self.reclaims),
+            reserved_replicas: self.reserved.map(|r| r.slots),
+            reserved_used_hours: self
+                .reserved
+                .map(|_| self.paid_reserved.area_s(now) / 3600.0),
+            reserved_unused_hours: self.reserved.map(|r| {
+                (r.slots as f64 * (now - self.window_start).as_secs_f64()
+                    - self.paid_reserved.area_s(now))
+                    / 3600.0
+            }),
             ..self.counts
         })
     }
@@ -705,6 +755,37 @@ impl GpuPoolStation {
             .set(now, spot_running + self.booting_spot as u64);
         self.paid_on_demand
             .set(now, running - spot_running + self.booting as u64);
+        if let Some(res) = self.reserved {
+            self.reconcile_reservations(now, res);
+        }
+    }
+
+    /// Keeps min(slots, on-demand replicas booting or live) slots held: a replica gone
+    /// gives its slot up, and a free slot goes to the oldest live on-demand replica
+    /// without one (its price drops to the reserved price), else to a booting one.
+    fn reconcile_reservations(&mut self, now: SimTime, res: ReservedConfig) {
+        let mut held = self.booting_reserved;
+        for i in 0..self.replicas.len() {
+            if self.holds_reservation[i] && self.life[i] == Life::Gone {
+                self.holds_reservation[i] = false;
+            }
+            held += u32::from(self.holds_reservation[i]);
+        }
+        let mut i = 0;
+        while held < res.slots && i < self.replicas.len() {
+            if self.life[i] != Life::Gone && !self.on_spot[i] && !self.holds_reservation[i] {
+                self.holds_reservation[i] = true;
+                self.replicas[i].set_usd_per_hour(res.usd_per_replica_hour);
+                held += 1;
+            }
+            i += 1;
+        }
+        if held < res.slots && self.booting_reserved < self.booting {
+            let more = (res.slots - held).min(self.booting - self.booting_reserved);
+            self.booting_reserved += more;
+            held += more;
+        }
+        self.paid_reserved.set(now, held as u64);
     }
 
     /// Sends a request to a replica chosen by the picker among those up, or parks it
@@ -754,8 +835,14 @@ impl GpuPoolStation {
     /// A booted replica joins the pool and takes the requests parked for want of one.
     fn add_replica(&mut self, now: SimTime, spot: bool, out: &mut StationOutput) {
         self.pump(now);
-        let price = match (spot, self.spot) {
-            (true, Some(s)) => s.usd_per_replica_hour,
+        // A boot a reserved slot covered joins at the reserved price, holding it.
+        let reserved = !spot && self.booting_reserved > 0;
+        if reserved {
+            self.booting_reserved -= 1;
+        }
+        let price = match (spot, self.spot, self.reserved) {
+            (true, Some(s), _) => s.usd_per_replica_hour,
+            (false, _, Some(r)) if reserved => r.usd_per_replica_hour,
             _ => self.usd_per_replica_hour,
         };
         // The configuration was validated when the pool was built.
@@ -773,6 +860,7 @@ impl GpuPoolStation {
         self.order(self.replicas.len() - 1);
         self.life.push(Life::Up);
         self.on_spot.push(spot);
+        self.holds_reservation.push(reserved);
         self.update_levels(now);
         if self.queue_at == QueueAt::Replica {
             while let Some(p) = self.parked.pop_front() {
@@ -1296,6 +1384,7 @@ impl Station for GpuPoolStation {
         self.paid_on_demand.reset(now);
         self.paid_spot.reset(now);
         self.spot_up.reset(now);
+        self.paid_reserved.reset(now);
         self.parked_level.reset(now);
         self.counts = CapacityReport::default();
         self.reclaims = 0;
@@ -1316,8 +1405,18 @@ impl Station for GpuPoolStation {
         if self.resized {
             let spot_price = self.spot.map_or(0.0, |s| s.usd_per_replica_hour);
             rep.servers = self.count(|i| self.life[i] != Life::Gone);
-            rep.usd_capacity = (self.paid_on_demand.area_s(now) * self.usd_per_replica_hour
-                + self.paid_spot.area_s(now) * spot_price)
+            // Reserved slots are paid for the whole window; the on-demand replicas
+            // they cover pay nothing more.
+            let (reserved_usd, covered_s) = self.reserved.map_or((0.0, 0.0), |r| {
+                (
+                    r.slots as f64 * r.usd_per_replica_hour * window.as_secs_f64(),
+                    self.paid_reserved.area_s(now),
+                )
+            });
+            rep.usd_capacity = ((self.paid_on_demand.area_s(now) - covered_s).max(0.0)
+                * self.usd_per_replica_hour
+                + self.paid_spot.area_s(now) * spot_price
+                + reserved_usd)
                 / 3600.0;
             rep.capacity_server_s = self.up_or_draining.area_s(now);
         }
@@ -2315,6 +2414,63 @@ pub(crate) mod tests {
         assert!((rep.capacity_server_s - (100.0 + drain_end - 70.0)).abs() < 1e-9);
         let cap = gpu.capacity.unwrap_or_default();
         assert_eq!((cap.boots, cap.retirements), (1, 1));
+    }
+
+    #[test]
+    fn a_reservation_floats_to_the_replica_left_and_is_paid_whole() {
+        // Two on-demand replicas at $0.001/s, one reserved slot at $0.0005/s. The slot
+        // covers replica 0 (the oldest) first. A small request on replica 0, a large
+        // one on replica 1; replica 0 (least work left) is retired, drains, and its
+        // slot passes to replica 1, whose request is then charged at the reserved
+        // price. Paid: the slot for the whole 100 s, and replica 1 on demand only
+        // until replica 0 was gone.
+        let mut st =
+            station(2, ReplicaConfig::new(1000).unwrap(), false).with_reserved(ReservedConfig {
+                slots: 1,
+                usd_per_replica_hour: 1.8,
+            });
+        let mut out = StationOutput::default();
+        let s = |x: u64| SimTime(x * 1_000_000_000);
+        submit(&mut st, s(0), 0, llm(10, 10), &mut out);
+        submit(&mut st, s(0), 1, llm(100, 2000), &mut out);
+        st.retire_server(SimTime(1), false);
+        let mut done = Vec::new();
+        run_out(&mut st, &mut out, &mut done);
+        done.sort_by_key(|d| d.id);
+        assert_eq!(done.len(), 2);
+        let gpu = st.gpu_report(s(100)).unwrap_or_default();
+        let finished: Vec<u64> = gpu.per_replica.iter().map(|r| r.finished).collect();
+        assert_eq!(finished, vec![1, 1]);
+        for d in &done {
+            let per_s = d.usd / d.busy.as_secs_f64();
+            assert!((per_s - 0.0005).abs() < 1e-12, "{d:?}");
+        }
+        let t_gone = done[0].finished.as_secs_f64();
+        assert!(t_gone > 0.0 && t_gone < done[1].finished.as_secs_f64());
+        let rep = st.report(s(100));
+        let want = 0.0005 * 100.0 + 0.001 * t_gone;
+        assert!((rep.usd_capacity - want).abs() < 1e-12, "{rep:?} vs {want}");
+        let cap = gpu.capacity.unwrap_or_default();
+        assert_eq!(cap.reserved_replicas, Some(1));
+        let used = cap.reserved_used_hours.unwrap_or(0.0) * 3600.0;
+        let unused = cap.reserved_unused_hours.unwrap_or(-1.0) * 3600.0;
+        assert!(
+            (used - 100.0).abs() < 1e-9 && unused.abs() < 1e-9,
+            "{cap:?}"
+        );
+        assert!((cap.replica_hours * 3600.0 - (100.0 + t_gone)).abs() < 1e-9);
+        // Three slots on the same pool: two used, one paid for nothing (and no
+        // on-demand dollars): 3 x $0.0005 x 100 s.
+        let mut st =
+            station(2, ReplicaConfig::new(1000).unwrap(), false).with_reserved(ReservedConfig {
+                slots: 3,
+                usd_per_replica_hour: 1.8,
+            });
+        let rep = st.report(s(100));
+        assert!((rep.usd_capacity - 0.15).abs() < 1e-12, "{rep:?}");
+        let cap = st.capacity_report(s(100)).unwrap_or_default();
+        let unused = cap.reserved_unused_hours.unwrap_or(0.0) * 3600.0;
+        assert!((unused - 100.0).abs() < 1e-9, "{cap:?}");
     }
 
     #[test]

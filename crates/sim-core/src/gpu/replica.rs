@@ -579,6 +579,12 @@ impl std::fmt::Debug for Replica {
 }
 
 impl Replica {
+    /// Changes the replica's price (a reservation taking it over): the requests it
+    /// finishes from now are charged their GPU time at the new price.
+    pub fn set_usd_per_hour(&mut self, usd_per_hour: f64) {
+        self.usd_per_ns = usd_per_hour / 3.6e12;
+    }
+
     pub fn new(
         cfg: ReplicaConfig,
         perf: Arc<dyn PerfModel>,
