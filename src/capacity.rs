@@ -290,7 +290,7 @@ pub fn headroom(l: &GpuPoolLoad) -> f64 {
 /// `check`'s capacity lines per GPU pool: its reserved replicas and what a slot must
 /// earn, and, for a pool that boots replicas at run time (an autoscaler or spot
 /// replacements), the boot the run uses and where it comes from.
-pub fn cold_start_lines(sc: &Scenario) -> String {
+pub fn boot_and_reservation_lines(sc: &Scenario) -> String {
     let mut s = String::new();
     for p in &sc.pools {
         let Some(g) = &p.gpu else { continue };
@@ -318,7 +318,15 @@ pub fn cold_start_lines(sc: &Scenario) -> String {
         {
             uses.push(format!("spot replacements boot in {}", sp.boot));
         }
-        if let Some(r) = p.reserved {
+        if let Some(r) = p.reserved
+            && p.usd_per_server_hour <= r.usd_per_server_hour
+        {
+            let _ = writeln!(
+                s,
+                "warning: pool {}: its {} reserved replicas cost ${:.2}/h, not less than on demand (${:.2}/h): the reservation can only add cost",
+                p.name, r.servers, r.usd_per_server_hour, p.usd_per_server_hour
+            );
+        } else if let Some(r) = p.reserved {
             // The commitment is paid whatever runs: say what a slot must earn.
             let _ = writeln!(
                 s,
@@ -328,11 +336,7 @@ pub fn cold_start_lines(sc: &Scenario) -> String {
                 r.usd_per_server_hour,
                 r.servers as f64 * r.usd_per_server_hour * 24.0,
                 p.usd_per_server_hour,
-                if p.usd_per_server_hour > 0.0 {
-                    100.0 * r.usd_per_server_hour / p.usd_per_server_hour
-                } else {
-                    f64::INFINITY
-                }
+                100.0 * r.usd_per_server_hour / p.usd_per_server_hour
             );
         }
         if uses.is_empty() {
@@ -433,7 +437,7 @@ pub fn gpu_capacity_table(sc: &Scenario) -> String {
             );
         }
     }
-    s.push_str(&cold_start_lines(sc));
+    s.push_str(&boot_and_reservation_lines(sc));
     for r in context_limit_risks(sc) {
         let via = r.via.as_ref().map_or(String::new(), |v| format!(" ({v})"));
         let then = if r.falls_back_to.is_empty() {
@@ -479,7 +483,7 @@ pool = "g"
         let sc = crate::parse_scenario("inline.toml", text, &[])
             .unwrap_or_else(|e| panic!("{e}"))
             .scenario;
-        let lines = cold_start_lines(&sc);
+        let lines = boot_and_reservation_lines(&sc);
         // 141.1 GB of weights over 4 GPUs at 2 GB/s; 4 x $3.00 on demand.
         assert!(
             lines.contains("replica cold start 317.638s = node boot 5m (h100-80gb) + model load 17.638s (35.3 GB per GPU); autoscaler boots take 317.638s"),
@@ -489,12 +493,23 @@ pool = "g"
             lines.contains("2 reserved replicas at $7.80/h ($374.40 a day, used or not) cover as many on-demand ones ($12.00/h); a slot pays off when a replica runs on it more than 65% of the time"),
             "{lines}"
         );
+        // A reservation dearer than on demand can only add cost: said so.
+        let dear = text.replace("usd_per_server_hour = 7.8", "usd_per_server_hour = 12.0");
+        let sc = crate::parse_scenario("inline.toml", &dear, &[])
+            .unwrap_or_else(|e| panic!("{e}"))
+            .scenario;
+        let lines = boot_and_reservation_lines(&sc);
+        assert!(
+            lines.contains("warning: pool g: its 2 reserved replicas cost $12.00/h, not less than on demand ($12.00/h)"),
+            "{lines}"
+        );
+        assert!(!lines.contains("pays off"), "{lines}");
         // An explicit boot is the whole cold start; a fixed pool has no boot line.
         let explicit = text.replace("max = 8 }", "max = 8, boot = \"2m\" }");
         let sc = crate::parse_scenario("inline.toml", &explicit, &[])
             .unwrap_or_else(|e| panic!("{e}"))
             .scenario;
-        assert!(cold_start_lines(&sc).contains("autoscaler boots take 2m"));
+        assert!(boot_and_reservation_lines(&sc).contains("autoscaler boots take 2m"));
         let fixed = text.replace(
             "autoscale = { metric = \"queue_depth\", target = 8.0, min = 1, max = 8 }\n",
             "",
@@ -502,7 +517,7 @@ pool = "g"
         let sc = crate::parse_scenario("inline.toml", &fixed, &[])
             .unwrap_or_else(|e| panic!("{e}"))
             .scenario;
-        assert!(!cold_start_lines(&sc).contains("cold start"));
+        assert!(!boot_and_reservation_lines(&sc).contains("cold start"));
     }
 
     #[test]

@@ -1448,6 +1448,52 @@ output_tokens = { dist = "uniform", low = 50, high = 150 }
     }
 
     #[test]
+    fn idle_dollars_are_the_summarys_on_spot_and_reserved_pools() {
+        // Spot replicas ($1/h) and reserved slots ($1.5/h) charge their hops less than
+        // the pool's $3/h list price: idle is capacity minus what hops were charged
+        // (it was capacity minus busy time at $3/h, $0 once clamped on a spot pool).
+        let text = r#"
+[simulation]
+seed = 5
+horizon = "30m"
+drain = true
+[pools.g]
+servers = 3
+usd_per_server_hour = 3.0
+gpu = { model = "llama-3-8b", gpu = "h100-80gb" }
+SPOT_OR_RESERVED
+[classes.c]
+arrival = { process = "poisson", rate = 2.0 }
+[[classes.c.nodes]]
+id = "a"
+pool = "g"
+input_tokens = { dist = "constant", value = 1500 }
+output_tokens = { dist = "constant", value = 300 }
+"#;
+        for extra in [
+            "spot = { preemptions_per_hour = 0.5, usd_per_server_hour = 1.0 }",
+            "reserved = { servers = 4, usd_per_server_hour = 1.5 }",
+        ] {
+            let text = text.replace("SPOT_OR_RESERVED", extra);
+            let sc = crate::parse_scenario("inline.toml", &text, &[])
+                .unwrap_or_else(|e| panic!("{e}"))
+                .scenario;
+            let r = sim_core::run(&sc, sim_core::RunOptions::default());
+            let summary = r.summary();
+            let fig = figures(&sc, &r);
+            let (want, got) = (summary.pools["g"].usd_idle, fig.pools["g"].usd_idle);
+            assert!(want > 0.0, "{extra}: {want}");
+            assert!((got - want).abs() < 1e-9, "{extra}: {got} vs {want}");
+            // All-in = capacity paid + API/tool/human dollars (none here).
+            let all_in = fig.totals.usd_all_in;
+            assert!(
+                (all_in - summary.totals.usd_spent).abs() < 1e-6,
+                "{extra}: {all_in}"
+            );
+        }
+    }
+
+    #[test]
     fn variant_values_may_hold_commas_inside_brackets() {
         let v = parse_variant_arg(
             "burst:classes.c.bursts=[{start=\"1m\",duration=\"2m\"}],pools.a.servers=4,x.y=\"a,b\"",

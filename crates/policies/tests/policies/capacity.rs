@@ -265,9 +265,9 @@ hops = [{ pool = "p" }]
         );
     }
     // With no cooldown and `zero_after_idle = "60s"` the last server stays until the
-    // looks have seen the pool idle for a minute: idle from the look at 140 (the hop
-    // ended at 135), gone at 200; so the hop arriving at 228 finds it cold again, at
-    // 358 too (idle from 270, gone at 330).
+    // pool has been idle a minute: idle since its hop ended at 135, gone at the first
+    // look after 195, 200; so the hop arriving at 228 finds it cold again, at 358 too
+    // (idle since 265, gone at 330).
     let idle = text.replace(
         r#"cooldown = "2m", zero_after_idle = "0s""#,
         r#"zero_after_idle = "60s""#,
@@ -281,7 +281,8 @@ hops = [{ pool = "p" }]
     assert_eq!(sleeps, vec![200, 330, 460, 590]);
     let starts: Vec<u64> = hops.iter().map(|h| h.started.0 / NS).collect();
     assert_eq!(starts, vec![130, 260, 390, 520, 650]);
-    // 90 seconds of idle time: the hop at 228 finds the server up (idle since 140).
+    // 90 seconds of idle time: the hop at 228 finds the server up (idle since 135,
+    // 85 s at the look at 220).
     let warm = text.replace(
         r#"cooldown = "2m", zero_after_idle = "0s""#,
         r#"zero_after_idle = "90s""#,
