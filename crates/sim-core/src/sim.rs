@@ -970,7 +970,11 @@ impl<'a, 'o> Sim<'a, 'o> {
         // not): a drained run ends there.
         let mut last_live = SimTime::ZERO;
         while let Some((t, ev)) = self.queue.pop() {
-            if !sc.drain && t > self.horizon {
+            // A drained run ends with its last workflow: what is still scheduled then
+            // (a replacement boot, a stale timeout) serves nothing, and running on would
+            // pay capacity past the work while no spot preemption can come (their chain
+            // stops with the work), biasing the preemption count low.
+            if t > self.horizon && (!sc.drain || self.live_workflows == 0) {
                 break;
             }
             self.now = t;
