@@ -461,6 +461,8 @@ impl ToolStats {
 pub struct RunResult {
     pub seed: u64,
     pub events: u64,
+    /// When the run stopped: the horizon, or with `drain` the moment its last workflow
+    /// was done, if later (what is still scheduled then is not run).
     pub end: SimTime,
     pub window_start: SimTime,
     pub drain: bool,

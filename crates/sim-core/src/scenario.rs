@@ -603,8 +603,9 @@ pub struct SimulationSpec {
     /// Workflows arriving before this are run but excluded from statistics.
     #[serde(default)]
     pub warmup: SimDuration,
-    /// If true, in-flight work is finished after the horizon; if false, the run stops at
-    /// the horizon and unfinished workflows are reported as `in_flight`.
+    /// If true, in-flight work is finished after the horizon and the run ends with its
+    /// last workflow; if false, the run stops at the horizon and unfinished workflows
+    /// are reported as `in_flight`.
     #[serde(default)]
     pub drain: bool,
 }
