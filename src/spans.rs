@@ -3,12 +3,12 @@
 //! round trip (write, read back) keeps every workflow's structure and token totals.
 
 use sim_core::Scenario;
-use sim_core::metrics::{HopRecord, WorkflowHops};
+use sim_core::metrics::{HopRecord, HopStatus, WorkflowHops};
 use sim_core::scenario::WorkflowClass;
 use sim_core::workflow::WorkflowGraph;
 use std::collections::BTreeMap;
 use std::io::Write;
-use traces::{SpanKind, SpanLogWriter, SpanRecord};
+use traces::{SpanKind, SpanLogWriter, SpanRecord, SpanStatus};
 
 /// The span records of a run's hop log, grouped by workflow (spans of one workflow
 /// are contiguous, in start order).
@@ -246,6 +246,12 @@ impl SpanBuilder {
             span.usd_estimate = h.usd;
             span.start_ns = h.submitted.as_nanos();
             span.attempt = h.attempt;
+            span.status = match h.status {
+                HopStatus::Ok => SpanStatus::Ok,
+                HopStatus::Error => SpanStatus::Error,
+                HopStatus::Timeout => SpanStatus::Timeout,
+                HopStatus::Lost => SpanStatus::Lost,
+            };
             emit(span)?;
         }
         Ok(())

@@ -399,6 +399,22 @@ fn class_rows(out: &mut String, c: &ClassStats) {
     };
     row(out, "context growth per hop", growth);
     row(out, "retry rate", format!("{:.1}%", c.retry_rate * 100.0));
+    // Only where the log records how calls ended (a `status` other than ok).
+    let ended = c.error_spans + c.timeout_spans + c.lost_spans;
+    if ended > 0 {
+        let work = (c.llm_spans + c.tool_spans).max(1) as f64;
+        let share = |k: u64| format!("{k} ({:.1}%)", k as f64 * 100.0 / work);
+        row(
+            out,
+            "error / timeout / lost",
+            format!(
+                "{} / {} / {}",
+                share(c.error_spans),
+                share(c.timeout_spans),
+                share(c.lost_spans)
+            ),
+        );
+    }
     row(
         out,
         "shared-prefix share",

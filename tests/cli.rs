@@ -1412,6 +1412,89 @@ fn span_log_named_gz_is_gzip_with_the_same_lines() {
     );
 }
 
+/// A run with model errors, tool failures and aborted timeouts writes how each call
+/// ended (`status`), and `trace stats` counts them: exactly the summary's errors,
+/// failures and aborts.
+#[test]
+fn span_log_status_counts_are_the_summarys_errors_failures_and_timeouts() {
+    let dir = tempdir();
+    let scenario = dir.path().join("failing.toml");
+    std::fs::write(
+        &scenario,
+        r#"
+[simulation]
+horizon = "30m"
+drain = true
+seed = 5
+[pools.llm]
+servers = 50
+service = { dist = "constant", value = "1s" }
+error_rate = 0.2
+max_attempts = 3
+[pools.slow]
+servers = 50
+service = { dist = "exponential", mean = "1s" }
+on_timeout = "abort"
+max_attempts = 2
+[tools.api]
+latency = { dist = "constant", value = "1s" }
+failure_probability = 0.3
+retries = 1
+[classes.c]
+arrival = { process = "poisson", rate = 1.0 }
+[[classes.c.nodes]]
+id = "think"
+pool = "llm"
+[[classes.c.nodes]]
+id = "call"
+kind = "tool"
+tool = "api"
+after = ["think"]
+[[classes.c.nodes]]
+id = "check"
+pool = "slow"
+after = ["call"]
+timeout = "2s"
+"#,
+    )
+    .expect("write scenario");
+    let (out, spans) = (dir.path().join("o"), dir.path().join("s.jsonl"));
+    run_ok(&[
+        "run",
+        scenario.to_str().unwrap(),
+        "--no-plots",
+        "--out",
+        out.to_str().unwrap(),
+        "--spans",
+        spans.to_str().unwrap(),
+    ]);
+    let v: serde_json::Value =
+        serde_json::from_str(&read(&out.join("summary.json"))).expect("valid JSON");
+    let n = |p: &str| v.pointer(p).and_then(|x| x.as_u64()).expect(p);
+    let errors = n("/pools/llm/errors") + n("/tools/api/failures");
+    let timeouts = n("/pools/slow/aborted");
+    assert!(errors > 500 && timeouts > 100, "{errors} {timeouts}");
+    assert_eq!(n("/pools/slow/errors"), 0);
+    let text = read(&spans);
+    let count = |s: &str| text.matches(&format!("\"status\":\"{s}\"")).count() as u64;
+    assert_eq!(
+        (count("error"), count("timeout"), count("lost")),
+        (errors, timeouts, 0)
+    );
+    assert_eq!(text.matches("\"status\"").count() as u64, errors + timeouts);
+    let stats =
+        String::from_utf8_lossy(&run_ok(&["trace", "stats", spans.to_str().unwrap()]).stdout)
+            .into_owned();
+    let row = stats
+        .lines()
+        .find(|l| l.contains("error / timeout / lost"))
+        .unwrap_or_else(|| panic!("{stats}"));
+    assert!(
+        row.contains(&format!(" {errors} (")) && row.contains(&format!("/ {timeouts} (")),
+        "{row}"
+    );
+}
+
 /// A reader that goes away (`factorysim run ... | head -1`) is not a crash: no panic,
 /// success, and the output files are still written.
 #[test]

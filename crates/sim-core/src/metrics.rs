@@ -46,6 +46,36 @@ pub struct HopRecord {
     pub started: SimTime,
     pub finished: SimTime,
     pub usd: f64,
+    /// How the call ended.
+    pub status: HopStatus,
+}
+
+/// How a logged hop ended.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HopStatus {
+    /// It returned an answer (a stale one too: a call its workflow no longer needed).
+    #[default]
+    Ok,
+    /// It came back failed: a model or escalation call's error (`error_rate`, a
+    /// failure window), or a tool call's failure (`failure_probability`).
+    Error,
+    /// Its caller stopped waiting (`timeout`): aborted, or let run to the end and
+    /// thrown away.
+    Timeout,
+    /// It died with its replica (a spot preemption under `on_preempt = "fail"`).
+    Lost,
+}
+
+impl HopStatus {
+    pub fn name(self) -> &'static str {
+        match self {
+            HopStatus::Ok => "ok",
+            HopStatus::Error => "error",
+            HopStatus::Timeout => "timeout",
+            HopStatus::Lost => "lost",
+        }
+    }
 }
 
 /// One spot preemption event (a reclaim) of a pool, as logged with

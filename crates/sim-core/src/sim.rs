@@ -20,8 +20,8 @@ use crate::gpu::gpu_station::{
     GpuPoolStation, LeastOutstandingRequests, RandomPicker, ReservedConfig, RoundRobin, SpotConfig,
 };
 use crate::metrics::{
-    Breakdown, ClassStats, HopRecord, HopSample, PoolStats, RunResult, SpotReclaim, ToolStats,
-    WorkflowHops,
+    Breakdown, ClassStats, HopRecord, HopSample, HopStatus, PoolStats, RunResult, SpotReclaim,
+    ToolStats, WorkflowHops,
 };
 use crate::policy::{
     Autoscaler, BuiltinPolicies, JobMeta, PolicyFactory, PoolView, RouteRequest, ScaleObservation,
@@ -1357,6 +1357,8 @@ impl<'a, 'o> Sim<'a, 'o> {
         wf.outstanding -= 1;
         let stale =
             wf.outcome.is_some() || hop.timed_out || wf.nodes[hop.node as usize].epoch != hop.epoch;
+        self.log_hop(&hop, done, done.usd, HopStatus::Lost);
+        let wf = &mut self.workflows[slot as usize];
         if stale {
             // Waste only: a hop of an earlier loop epoch leaves the live workflow's cost.
             if wf.outcome.is_none() {
@@ -3386,6 +3388,99 @@ impl<'a, 'o> Sim<'a, 'o> {
         }
     }
 
+    /// Logs a hop that ended (`RunOptions::hop_log`, `hop_sink`), if asked to.
+    /// Called before anything the hop's end sets off (a retry, the next node, its
+    /// workflow's release), so a workflow's hops are logged before it is handed over.
+    fn log_hop(&mut self, hop: &Hop, done: &HopDone, usd: f64, status: HopStatus) {
+        if self.opts.hop_log.is_none() && self.opts.hop_sink.is_none() {
+            return;
+        }
+        let sc = self.sc;
+        let slot = hop.slot;
+        let wf = &self.workflows[slot as usize];
+        let record = wf.record;
+        let class = &sc.classes[wf.class as usize];
+        let graph = graph_of(class, record, &self.stream_rows);
+        let spec = &graph.nodes[hop.node as usize];
+        let n_pools = sc.pools.len();
+        let st = hop.station as usize;
+        let service = done.finished - done.started;
+        let (cached_tokens, prefill) = match (&done.llm, sc.pools.get(st)) {
+            _ if matches!(hop.kind, HopKind::Tool { .. }) => (0, SimDuration::ZERO),
+            (Some(llm), Some(pool)) => {
+                let cached = if pool.api.is_some() {
+                    (spec.shared_prefix_tokens as u64).min(hop.input_tokens)
+                } else {
+                    llm.cached_tokens as u64
+                };
+                let first = done.submitted + llm.ttft;
+                let prefill = if first > done.started {
+                    (first - done.started).min(service)
+                } else {
+                    SimDuration::ZERO
+                };
+                (cached, prefill)
+            }
+            (None, Some(pool)) => (0, pool.token_time(hop.input_tokens, 0).min(service)),
+            (_, None) => (0, SimDuration::ZERO),
+        };
+        let streamed = matches!(
+            class.arrival,
+            Arrival::Recorded {
+                stream: Some(_),
+                ..
+            }
+        );
+        let record = HopRecord {
+            index: self.hops_logged,
+            workflow: hop.wf_id,
+            // A streamed row's slot is reused: no index to look it up by later.
+            record: record.filter(|_| !streamed),
+            class: class.name.clone(),
+            node: spec.id.clone(),
+            role: spec.role.clone(),
+            branch: (hop.branch != NO_BRANCH).then_some(hop.branch),
+            station: if (hop.station as usize) < n_pools {
+                sc.pools[hop.station as usize].name.clone()
+            } else {
+                sc.tools[hop.station as usize - n_pools].name.clone()
+            },
+            kind: match hop.kind {
+                HopKind::Model => "llm",
+                HopKind::Escalation => "escalation",
+                HopKind::Tool { .. } => "tool",
+            },
+            attempt: match hop.kind {
+                HopKind::Tool { attempt } => attempt + 1,
+                // Model and escalation calls: 429, error and timeout retries.
+                _ => hop.attempt + 1,
+            },
+            context_in: hop.context_in,
+            input_tokens: hop.input_tokens,
+            output_tokens: hop.output_tokens,
+            cached_tokens,
+            prefill,
+            submitted: done.submitted,
+            started: done.started,
+            finished: done.finished,
+            usd,
+            status,
+        };
+        self.hops_logged += 1;
+        if self.opts.hop_sink.is_some() {
+            if let Some(log) = self.opts.hop_log.as_mut() {
+                log.push(record.clone());
+            }
+            let slot = slot as usize;
+            if self.sink_hops.len() <= slot {
+                self.sink_hops.resize_with(slot + 1, Vec::new);
+            }
+            self.sink_hops[slot].push(record);
+        } else if let Some(log) = self.opts.hop_log.as_mut() {
+            log.push(record);
+        }
+    }
+
     fn on_hop_done(&mut self, done: &HopDone) {
         let sc = self.sc;
         let hop_slot = done.id.0 as usize;
@@ -3516,83 +3611,6 @@ impl<'a, 'o> Sim<'a, 'o> {
                 over_tiered,
             });
         }
-        if self.opts.hop_log.is_some() || self.opts.hop_sink.is_some() {
-            let st = hop.station as usize;
-            let service = done.finished - done.started;
-            let (cached_tokens, prefill) = match (&done.llm, sc.pools.get(st)) {
-                _ if matches!(hop.kind, HopKind::Tool { .. }) => (0, SimDuration::ZERO),
-                (Some(llm), Some(pool)) => {
-                    let cached = if pool.api.is_some() {
-                        (spec.shared_prefix_tokens as u64).min(hop.input_tokens)
-                    } else {
-                        llm.cached_tokens as u64
-                    };
-                    let first = done.submitted + llm.ttft;
-                    let prefill = if first > done.started {
-                        (first - done.started).min(service)
-                    } else {
-                        SimDuration::ZERO
-                    };
-                    (cached, prefill)
-                }
-                (None, Some(pool)) => (0, pool.token_time(hop.input_tokens, 0).min(service)),
-                (_, None) => (0, SimDuration::ZERO),
-            };
-            let streamed = matches!(
-                class.arrival,
-                Arrival::Recorded {
-                    stream: Some(_),
-                    ..
-                }
-            );
-            let record = HopRecord {
-                index: self.hops_logged,
-                workflow: hop.wf_id,
-                // A streamed row's slot is reused: no index to look it up by later.
-                record: record.filter(|_| !streamed),
-                class: class.name.clone(),
-                node: spec.id.clone(),
-                role: spec.role.clone(),
-                branch: (hop.branch != NO_BRANCH).then_some(hop.branch),
-                station: if (hop.station as usize) < n_pools {
-                    sc.pools[hop.station as usize].name.clone()
-                } else {
-                    sc.tools[hop.station as usize - n_pools].name.clone()
-                },
-                kind: match hop.kind {
-                    HopKind::Model => "llm",
-                    HopKind::Escalation => "escalation",
-                    HopKind::Tool { .. } => "tool",
-                },
-                attempt: match hop.kind {
-                    HopKind::Tool { attempt } => attempt + 1,
-                    // Model and escalation calls: 429, error and timeout retries.
-                    _ => hop.attempt + 1,
-                },
-                context_in: hop.context_in,
-                input_tokens: hop.input_tokens,
-                output_tokens: hop.output_tokens,
-                cached_tokens,
-                prefill,
-                submitted: done.submitted,
-                started: done.started,
-                finished: done.finished,
-                usd,
-            };
-            self.hops_logged += 1;
-            if self.opts.hop_sink.is_some() {
-                if let Some(log) = self.opts.hop_log.as_mut() {
-                    log.push(record.clone());
-                }
-                let slot = slot as usize;
-                if self.sink_hops.len() <= slot {
-                    self.sink_hops.resize_with(slot + 1, Vec::new);
-                }
-                self.sink_hops[slot].push(record);
-            } else if let Some(log) = self.opts.hop_log.as_mut() {
-                log.push(record);
-            }
-        }
         // A model or escalation call that came back may have failed with an error.
         let failed_call = !hop.timed_out
             && !plain_pool
@@ -3612,6 +3630,24 @@ impl<'a, 'o> Sim<'a, 'o> {
         let wf = &mut self.workflows[slot as usize];
         let stale =
             wf.outcome.is_some() || hop.timed_out || wf.nodes[hop.node as usize].epoch != hop.epoch;
+        // A live tool call's failure is drawn here (a stale one's never is), from the
+        // workflow's stream, before anything else its end draws.
+        let tool_failed = match hop.kind {
+            HopKind::Tool { .. } if !stale => {
+                let tool = &sc.tools[hop.station as usize - n_pools];
+                wf.rng.get().random::<f64>() < tool.failure_probability
+            }
+            _ => false,
+        };
+        let status = if hop.timed_out {
+            HopStatus::Timeout
+        } else if failed_call || tool_failed {
+            HopStatus::Error
+        } else {
+            HopStatus::Ok
+        };
+        self.log_hop(&hop, done, usd, status);
+        let wf = &mut self.workflows[slot as usize];
         if stale {
             // The workflow no longer needs this hop: its cost is waste (and only waste:
             // a hop of an earlier loop epoch leaves the live workflow's cost).
@@ -3636,7 +3672,7 @@ impl<'a, 'o> Sim<'a, 'o> {
         match hop.kind {
             HopKind::Tool { attempt } => {
                 let tool = &sc.tools[hop.station as usize - n_pools];
-                if wf.rng.get().random::<f64>() < tool.failure_probability {
+                if tool_failed {
                     if counted {
                         self.tool_stats[hop.station as usize - n_pools].failures += 1;
                     }

@@ -459,7 +459,7 @@ fn common_random_numbers_across_capacity_changes() {
 // Workflow graphs
 // ---------------------------------------------------------------------------------
 
-use sim_core::metrics::HopRecord;
+use sim_core::metrics::{HopRecord, HopStatus};
 
 fn run_logged(text: &str, seed: u64) -> (RunResult, Vec<HopRecord>) {
     let mut sc = scenario(text);
@@ -648,10 +648,20 @@ id = "answer"
 pool = "llm"
 after = ["call"]
 "#;
-    let r = run_seed(text, 21);
+    let (r, log) = run_logged(text, 21);
     let c = &r.classes[0];
     let n = c.arrived as f64;
     assert!(n > 15_000.0, "{n}");
+    // The hop log marks each failed call (and only those) as an error.
+    let status = |kind: &str, s: HopStatus| {
+        log.iter()
+            .filter(|h| h.kind == kind && h.status == s)
+            .count() as u64
+    };
+    assert_eq!(status("tool", HopStatus::Error), r.tools[0].failures);
+    assert_eq!(status("tool", HopStatus::Ok), c.completed);
+    assert_eq!(status("llm", HopStatus::Ok), c.completed);
+    assert_eq!(log.len() as u64, r.tools[0].calls + c.completed);
     assert_eq!(c.arrived, c.completed + c.failed);
     let p_fail = 0.4f64.powi(3);
     let sd = (n * p_fail * (1.0 - p_fail)).sqrt();

@@ -37,7 +37,7 @@ pub use replay::{
 };
 pub use request::{ReadOptions, ReadReport, RequestReader, RequestRecord};
 pub use rules::{Condition, Labels, Rule, RuleSet};
-pub use span::{SpanKind, SpanLogReader, SpanLogWriter, SpanRecord, SpanSource};
+pub use span::{SpanKind, SpanLogReader, SpanLogWriter, SpanRecord, SpanSource, SpanStatus};
 pub use spec::{RecordedLabel, TraceSpec};
 pub use stats::{RequestStats, SpanStats, request_stats, span_stats};
 pub use workflow::{Workflow, WorkflowReader, open_workflows};

@@ -18,12 +18,14 @@
 //! `completion_tokens`), `gen_ai.usage.cache_read.input_tokens` -> cached_tokens;
 //! `factorysim.lane`, `factorysim.tenant` (or `tenant.id`), `factorysim.workflow_class`
 //! (else the resource's `service.name`), `factorysim.usd_estimate`,
-//! `factorysim.attempt` where present.
+//! `factorysim.attempt` where present; status: `factorysim.status` (`ok`, `error`,
+//! `timeout`, `lost`) where present, else `status.code` 2 / `STATUS_CODE_ERROR` ->
+//! error (`timeout` when `error.type` is `timeout`), anything else -> ok.
 
 use crate::error::TraceError;
 use crate::io::open_reader;
 use crate::request::ReadReport;
-use crate::span::{SpanKind, SpanRecord, SpanSource};
+use crate::span::{SpanKind, SpanRecord, SpanSource, SpanStatus};
 use serde_json::Value;
 use std::collections::VecDeque;
 use std::io::{BufRead, Read};
@@ -240,6 +242,29 @@ fn map_span(sp: &Value, service: Option<&str>, line: u64) -> Result<SpanRecord, 
         .or_else(|| u("gen_ai.usage.cached_tokens"))
         .unwrap_or(0)
         .min(input_tokens);
+    let status = match s("factorysim.status") {
+        Some(t) => SpanStatus::parse(&t).map_err(|e| format!("factorysim.{e}"))?,
+        None => {
+            let code = sp.get("status").and_then(|st| st.get("code"));
+            let error = match code {
+                None | Some(Value::Null) => false,
+                Some(Value::Number(n)) => n.as_u64() == Some(2),
+                Some(Value::String(c)) => {
+                    c.eq_ignore_ascii_case("STATUS_CODE_ERROR") || c.as_str() == "2"
+                }
+                Some(other) => {
+                    return Err(format!(
+                        "`status.code`: expected 0, 1, 2 or a STATUS_CODE_* name, got {other}"
+                    ));
+                }
+            };
+            match (error, s("error.type")) {
+                (false, _) => SpanStatus::Ok,
+                (true, Some(t)) if t.eq_ignore_ascii_case("timeout") => SpanStatus::Timeout,
+                (true, _) => SpanStatus::Error,
+            }
+        }
+    };
     Ok(SpanRecord {
         workflow_id,
         span_id,
@@ -266,6 +291,7 @@ fn map_span(sp: &Value, service: Option<&str>, line: u64) -> Result<SpanRecord, 
         tenant: s("factorysim.tenant").or_else(|| s("tenant.id")),
         workflow_class: s("factorysim.workflow_class").or_else(|| service.map(str::to_string)),
         attempt: u("factorysim.attempt").map_or(1, |a| a.clamp(1, u32::MAX as u64) as u32),
+        status,
         line,
     })
 }

@@ -35,6 +35,53 @@ impl SpanKind {
     }
 }
 
+/// How a span ended. Written only when not `ok`; read case-insensitively from
+/// `status` (`ok`, `unset`, `error`, `timeout`, `lost`; OpenTelemetry's
+/// `STATUS_CODE_OK` / `STATUS_CODE_UNSET` / `STATUS_CODE_ERROR` too).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum SpanStatus {
+    /// It returned (also `unset`, and the field absent).
+    #[default]
+    Ok,
+    /// It came back failed.
+    Error,
+    /// Its caller stopped waiting for it.
+    Timeout,
+    /// It died with the machine serving it (a preempted replica).
+    Lost,
+}
+
+impl SpanStatus {
+    pub fn name(self) -> &'static str {
+        match self {
+            SpanStatus::Ok => "ok",
+            SpanStatus::Error => "error",
+            SpanStatus::Timeout => "timeout",
+            SpanStatus::Lost => "lost",
+        }
+    }
+
+    /// Parses a status as logged, ignoring case.
+    pub fn parse(text: &str) -> Result<SpanStatus, String> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "ok" | "unset" | "" | "status_code_ok" | "status_code_unset" => Ok(SpanStatus::Ok),
+            "error" | "status_code_error" => Ok(SpanStatus::Error),
+            "timeout" => Ok(SpanStatus::Timeout),
+            "lost" => Ok(SpanStatus::Lost),
+            _ => Err(format!(
+                "status: expected ok, unset, error, timeout or lost, got `{text}`"
+            )),
+        }
+    }
+
+    fn is_ok(&self) -> bool {
+        *self == SpanStatus::Ok
+    }
+}
+
 /// One span: a model or tool call of a workflow.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SpanRecord {
@@ -64,6 +111,8 @@ pub struct SpanRecord {
     pub workflow_class: Option<String>,
     /// 1 for a first attempt; 2, 3, ... for retries of the same call.
     pub attempt: u32,
+    /// How the call ended.
+    pub status: SpanStatus,
     /// 1-based line in the source file (0 for spans built in memory).
     pub line: u64,
 }
@@ -126,6 +175,8 @@ struct SpanLineIn {
     workflow_class: Option<String>,
     #[serde(default)]
     attempt: Option<u32>,
+    #[serde(default)]
+    status: Option<String>,
 }
 
 /// The JSON line as written.
@@ -154,6 +205,8 @@ struct SpanLineOut<'a> {
     workflow_class: Option<&'a str>,
     #[serde(skip_serializing_if = "is_first_attempt")]
     attempt: u32,
+    #[serde(skip_serializing_if = "SpanStatus::is_ok")]
+    status: SpanStatus,
 }
 
 fn is_first_attempt(a: &u32) -> bool {
@@ -235,6 +288,10 @@ pub fn parse_span_line(line: u64, text: &str) -> Result<SpanRecord, String> {
         tenant: s.tenant.filter(|t| !t.is_empty()),
         workflow_class: s.workflow_class.filter(|c| !c.is_empty()),
         attempt: s.attempt.unwrap_or(1).max(1),
+        status: match &s.status {
+            Some(t) => SpanStatus::parse(t)?,
+            None => SpanStatus::Ok,
+        },
         line,
     })
 }
@@ -357,6 +414,7 @@ impl<W: Write> SpanLogWriter<W> {
             tenant: s.tenant.as_deref(),
             workflow_class: s.workflow_class.as_deref(),
             attempt: s.attempt,
+            status: s.status,
         };
         serde_json::to_writer(&mut self.out, &line)?;
         self.out.write_all(b"\n")?;

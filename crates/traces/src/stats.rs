@@ -5,7 +5,7 @@
 
 use crate::error::TraceError;
 use crate::request::{ReadReport, RequestRecord};
-use crate::span::SpanKind;
+use crate::span::{SpanKind, SpanStatus};
 use crate::workflow::Workflow;
 use std::collections::{BTreeMap, HashMap};
 
@@ -250,20 +250,26 @@ pub struct ClassStats {
     pub tool_spans: u64,
     /// Workflow arrivals (earliest span start).
     pub arrivals: ArrivalStats,
-    /// Fan-out per tick: children of each span that has children.
+    /// Fan-out per tick: children of each span that has children (first attempts:
+    /// a retry is not one more branch).
     pub fanout: Summary,
     /// Context growth per hop: input tokens of an LLM span minus those of its nearest
     /// LLM ancestor.
     pub context_growth: Summary,
     /// Share of LLM and tool spans that are retries (`attempt` > 1).
     pub retry_rate: f64,
+    /// LLM and tool spans that ended in an error, a timeout, or lost with their
+    /// machine (`status`); the rest returned.
+    pub error_spans: u64,
+    pub timeout_spans: u64,
+    pub lost_spans: u64,
     /// Cached (shared-prefix) input tokens over all input tokens of LLM spans.
     pub shared_prefix_share: f64,
     /// Tool spans' `tool_wait_ms`.
     pub tool_latency_ms: Summary,
     /// Input + output tokens of each workflow.
     pub tokens_per_workflow: Summary,
-    /// LLM spans per workflow.
+    /// LLM calls per workflow (first attempts: retries are in `retry_rate`).
     pub llm_hops_per_workflow: Summary,
     /// Per LLM span.
     pub input_tokens: Summary,
@@ -286,7 +292,8 @@ pub struct RoleStats {
     pub role: String,
     /// The most common `model_tier` (for tools: the tool's name).
     pub tier: String,
-    /// Spans of the role in each workflow of the class (0 where it has none).
+    /// Calls of the role in each workflow of the class (first attempts; 0 where it has
+    /// none).
     pub counts: Vec<f64>,
     /// LLM spans: tokens, sorted.
     pub input_sorted: Vec<f64>,
@@ -315,6 +322,9 @@ struct ClassAcc {
     llm: u64,
     tool: u64,
     retries: u64,
+    errors: u64,
+    timeouts: u64,
+    lost: u64,
     cached: u64,
     llm_input: u64,
     arrivals: Vec<u64>,
@@ -349,13 +359,19 @@ impl ClassAcc {
         for (i, s) in wf.spans.iter().enumerate() {
             self.spans += 1;
             tokens += s.input_tokens + s.output_tokens;
-            if !wf.children[i].is_empty() {
-                self.fanout.push(wf.children[i].len() as f64);
+            // A retry is another try of a child, not one more branch.
+            let children = wf.children[i]
+                .iter()
+                .filter(|&&c| wf.spans[c].attempt <= 1)
+                .count();
+            if children > 0 {
+                self.fanout.push(children as f64);
             }
             match s.kind {
                 SpanKind::Llm => {
                     self.llm += 1;
-                    hops += 1;
+                    // Calls, not tries: a retry is in the retry rate.
+                    hops += u64::from(s.attempt <= 1);
                     self.cached += s.cached_tokens;
                     self.llm_input += s.input_tokens;
                     self.input.push(s.input_tokens as f64);
@@ -376,8 +392,16 @@ impl ClassAcc {
                 }
                 SpanKind::Agent => {}
             }
-            if s.kind != SpanKind::Agent && s.attempt > 1 {
-                self.retries += 1;
+            if s.kind != SpanKind::Agent {
+                if s.attempt > 1 {
+                    self.retries += 1;
+                }
+                match s.status {
+                    SpanStatus::Ok => {}
+                    SpanStatus::Error => self.errors += 1,
+                    SpanStatus::Timeout => self.timeouts += 1,
+                    SpanStatus::Lost => self.lost += 1,
+                }
             }
         }
         self.tokens.push(tokens as f64);
@@ -390,7 +414,7 @@ impl ClassAcc {
             }
             let key = (s.kind, s.agent_role.clone());
             let e = here.entry(key.clone()).or_insert((0, u64::MAX));
-            e.0 += 1;
+            e.0 += u64::from(s.attempt <= 1);
             e.1 = e.1.min(s.start_ns);
             let before = self.workflows - 1;
             let r = self.roles.entry(key).or_insert_with(|| RoleAcc {
@@ -479,6 +503,9 @@ impl ClassAcc {
             } else {
                 0.0
             },
+            error_spans: self.errors,
+            timeout_spans: self.timeouts,
+            lost_spans: self.lost,
             shared_prefix_share: if self.llm_input > 0 {
                 self.cached as f64 / self.llm_input as f64
             } else {

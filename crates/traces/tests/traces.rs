@@ -10,7 +10,7 @@ use traces::replay::{ReplayExt, sample_keep};
 use traces::stats::{PrefixCounter, request_stats, span_stats};
 use traces::{
     DagIssue, ReadOptions, ReplayOptions, RequestReader, RequestRecord, SpanKind, SpanLogWriter,
-    SpanRecord, TraceError, TraceFormat, Workflow, open_workflows, replay_requests,
+    SpanRecord, SpanStatus, TraceError, TraceFormat, Workflow, open_workflows, replay_requests,
     replay_workflows,
 };
 
@@ -247,6 +247,13 @@ fn synthetic_workflows(n: usize) -> Vec<Vec<SpanRecord>> {
                 tenant: Some(format!("tenant-{}", w % 3)),
                 workflow_class: Some(class.into()),
                 attempt: 1,
+                // Some calls ended badly: the round trip keeps how.
+                status: match (w + k as usize) % 7 {
+                    0 => SpanStatus::Error,
+                    3 => SpanStatus::Timeout,
+                    5 => SpanStatus::Lost,
+                    _ => SpanStatus::Ok,
+                },
                 line: 0,
             };
         let mut spans = vec![span("p".into(), None, SpanKind::Llm, "planner", 0)];
@@ -1172,4 +1179,140 @@ fn strict_reading_reports_the_first_problem_in_file_order() {
         .find_map(Result::err)
         .unwrap();
     assert_eq!(err.line(), Some(3), "{err}");
+}
+
+/// The status of each span of the first workflow of a span trace.
+fn first_workflow_status(path: &Path) -> Vec<SpanStatus> {
+    let mut wfs = open_workflows(path, &ReadOptions::default()).unwrap();
+    let wf = wfs.next().unwrap().unwrap();
+    wf.spans.iter().map(|s| s.status).collect()
+}
+
+#[test]
+fn span_status_is_read_written_only_when_not_ok_and_counted() {
+    // Four calls of one workflow: a timed-out try, its retry that errored, a third
+    // try that returned, and a tool call lost with its machine; `status` in any case.
+    let path = tmp("status.jsonl");
+    std::fs::write(
+        &path,
+        "{\"workflow_id\":\"w\",\"span_id\":\"a\",\"start_ms\":0,\"input_tokens\":10,\"status\":\"TIMEOUT\"}\n\
+         {\"workflow_id\":\"w\",\"span_id\":\"b\",\"start_ms\":5,\"input_tokens\":10,\"attempt\":2,\"status\":\"Error\"}\n\
+         {\"workflow_id\":\"w\",\"span_id\":\"c\",\"start_ms\":9,\"input_tokens\":10,\"attempt\":3,\"status\":\"unset\"}\n\
+         {\"workflow_id\":\"w\",\"span_id\":\"d\",\"parent_span_id\":\"c\",\"start_ms\":12,\"kind\":\"tool\",\"tool_wait_ms\":3,\"status\":\"lost\"}\n\
+         {\"workflow_id\":\"w\",\"span_id\":\"e\",\"parent_span_id\":\"d\",\"start_ms\":15,\"input_tokens\":10}\n\
+         {\"workflow_id\":\"w\",\"span_id\":\"e2\",\"parent_span_id\":\"d\",\"start_ms\":16,\"input_tokens\":10,\"attempt\":2}\n",
+    )
+    .unwrap();
+    let status = first_workflow_status(&path);
+    assert_eq!(
+        status,
+        [
+            SpanStatus::Timeout,
+            SpanStatus::Error,
+            SpanStatus::Ok,
+            SpanStatus::Lost,
+            SpanStatus::Ok,
+            SpanStatus::Ok
+        ]
+    );
+    let stats = span_stats(
+        open_workflows(&path, &ReadOptions::default()).unwrap(),
+        3_600_000_000_000,
+    )
+    .unwrap();
+    let all = &stats.all;
+    assert_eq!(
+        (all.error_spans, all.timeout_spans, all.lost_spans),
+        (1, 1, 1)
+    );
+    // Three of six calls are retries; they are tries, not calls or branches: two LLM
+    // calls (a, e), and the tool call fans out to one (e, whose retry is e2).
+    assert!((all.retry_rate - 0.5).abs() < 1e-12);
+    assert_eq!(all.llm_hops_per_workflow.mean, 2.0);
+    assert_eq!(all.fanout_sorted, vec![1.0, 1.0]);
+    let llm_role = all.roles.iter().find(|r| r.kind == SpanKind::Llm).unwrap();
+    assert_eq!(llm_role.counts, vec![2.0]);
+    // Written back: `status` only where not ok, and read back the same.
+    let wf = open_workflows(&path, &ReadOptions::default())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    let mut w = SpanLogWriter::new(Vec::new());
+    for s in &wf.spans {
+        w.write_span(s).unwrap();
+    }
+    let text = String::from_utf8(w.into_inner()).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].contains("\"status\":\"timeout\""), "{}", lines[0]);
+    assert!(lines[1].contains("\"status\":\"error\""), "{}", lines[1]);
+    assert!(!lines[2].contains("status"), "{}", lines[2]);
+    assert!(lines[3].contains("\"status\":\"lost\""), "{}", lines[3]);
+    let again = tmp("status-again.jsonl");
+    std::fs::write(&again, &text).unwrap();
+    assert_eq!(first_workflow_status(&again), status);
+    // A status the reader does not know is a bad row naming the values it takes.
+    let bad = tmp("status-bad.jsonl");
+    std::fs::write(
+        &bad,
+        "{\"workflow_id\":\"w\",\"span_id\":\"a\",\"start_ms\":0,\"status\":\"crashed\"}\n",
+    )
+    .unwrap();
+    let err = open_workflows(&bad, &ReadOptions::default())
+        .unwrap()
+        .find_map(Result::err)
+        .unwrap();
+    let msg = err.to_string();
+    assert!(msg.contains("status-bad.jsonl:1:"), "{msg}");
+    assert!(msg.contains("ok, unset, error, timeout or lost"), "{msg}");
+}
+
+#[test]
+fn otlp_status_codes_map_to_span_status() {
+    // status.code 2 (number or name) is an error, a timeout where `error.type` says
+    // so; `factorysim.status` wins; 0 / 1 / absent return.
+    let span = |id: &str, status: &str, attrs: &str| {
+        format!(
+            r#"{{"traceId":"t","spanId":"{id}","startTimeUnixNano":"0","endTimeUnixNano":"1000"{status},
+   "attributes":[{{"key":"gen_ai.operation.name","value":{{"stringValue":"chat"}}}}{attrs}]}}"#
+        )
+    };
+    let spans = [
+        span("a", "", ""),
+        span("b", r#","status":{"code":1}"#, ""),
+        span("c", r#","status":{"code":2,"message":"rate limited"}"#, ""),
+        span(
+            "d",
+            r#","status":{"code":"STATUS_CODE_ERROR"}"#,
+            r#",{"key":"error.type","value":{"stringValue":"timeout"}}"#,
+        ),
+        span(
+            "e",
+            r#","status":{"code":2}"#,
+            r#",{"key":"factorysim.status","value":{"stringValue":"lost"}}"#,
+        ),
+    ];
+    let doc = format!(
+        r#"{{"resourceSpans":[{{"scopeSpans":[{{"spans":[{}]}}]}}]}}"#,
+        spans.join(",")
+    );
+    let path = tmp("status.otlp.json");
+    std::fs::write(&path, &doc).unwrap();
+    let status = first_workflow_status(&path);
+    assert_eq!(
+        status,
+        [
+            SpanStatus::Ok,
+            SpanStatus::Ok,
+            SpanStatus::Error,
+            SpanStatus::Timeout,
+            SpanStatus::Lost
+        ]
+    );
+    std::fs::write(&path, doc.replace(r#""code":1"#, r#""code":true"#)).unwrap();
+    let err = open_workflows(&path, &ReadOptions::default())
+        .unwrap()
+        .find_map(Result::err)
+        .unwrap();
+    assert!(err.to_string().contains("`status.code`"), "{err}");
 }

@@ -7,7 +7,7 @@
 use super::scenario;
 use policies::Standard;
 use sim_core::gpu::gpu_station::{GpuPoolReport, ReplicaPicker};
-use sim_core::metrics::{RunResult, SpotReclaim};
+use sim_core::metrics::{HopStatus, RunResult, SpotReclaim};
 use sim_core::policy::{
     AutoscaleSpec, Autoscaler, DisciplineSpec, PolicyFactory, QueueDiscipline, RoutingSpec,
     ScaleObservation, TierRouter,
@@ -869,6 +869,13 @@ fn spot_preemptions_follow_the_rate_and_victims_are_conserved() {
             );
             assert!(expected_h > cap.boots as f64 * 1.9 / 60.0, "{cap:?}");
             assert_eq!(cap.boots, cap.spot_preemptions);
+            // The hop log marks each lost call `lost` (none under recompute, where a
+            // victim's call goes on elsewhere and returns); every other one returned.
+            let (_, _, hops) = run_logged_hops(&text);
+            let count = |s: HopStatus| hops.iter().filter(|h| h.status == s).count() as u64;
+            assert_eq!(count(HopStatus::Lost), cap.victims_failed, "{on_preempt}");
+            assert_eq!(count(HopStatus::Ok), c.completed, "{on_preempt}");
+            assert_eq!(hops.len() as u64, c.arrived, "{on_preempt}");
             if on_preempt == "recompute" {
                 preemptions += cap.spot_preemptions;
                 exposure_h += cap.spot_running_replica_hours;

@@ -4,7 +4,7 @@
 //! mechanism were.
 
 use super::run_logged;
-use sim_core::metrics::{HopRecord, RunResult};
+use sim_core::metrics::{HopRecord, HopStatus, RunResult};
 use sim_core::{ScenarioSpec, SpecError};
 use std::collections::BTreeMap;
 
@@ -781,6 +781,18 @@ pool = "a"
     assert_eq!(c.completed + c.failed, c.arrived);
     let errors = pool(&r, "a").errors;
     assert_eq!(errors, log.len() as u64 - c.completed);
+    // The hop log says which calls failed: every one but each workflow's last, and
+    // the last too where the workflow failed.
+    let logged_errors = log.iter().filter(|h| h.status == HopStatus::Error).count() as u64;
+    assert_eq!(logged_errors, errors);
+    for hops in wfs.values() {
+        let (last, before) = hops.split_last().expect("a call");
+        assert!(before.iter().all(|h| h.status == HopStatus::Error));
+        let failed = hops.len() == 6 && last.status == HopStatus::Error;
+        assert!(failed || last.status == HopStatus::Ok, "{last:?}");
+    }
+    let ok = log.iter().filter(|h| h.status == HopStatus::Ok).count() as u64;
+    assert_eq!(ok, c.completed);
     assert!(
         within_binomial(errors, log.len() as u64, 0.5),
         "{errors} of {}",
@@ -859,6 +871,11 @@ timeout = "2s"
                 "{class}"
             );
             assert!(hops.iter().all(|h| (h.usd - usd).abs() < 1e-12), "{class}");
+            // Each call's caller gave up on it, the last one's too.
+            assert!(
+                hops.iter().all(|h| h.status == HopStatus::Timeout),
+                "{class}"
+            );
         }
         // Every dollar is waste: the first two calls ended after their timeout (the
         // workflow still live), the third after the workflow failed.
