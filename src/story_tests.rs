@@ -1529,6 +1529,119 @@ fn a_fitted_span_log_regenerates_rate_hops_and_tokens_per_workflow() {
     }
 }
 
+#[test]
+fn a_fitted_span_log_regenerates_its_tool_failures_and_retries() {
+    // Plan, a tool call failing with p = 0.3 and retried twice, an answer: 2.7% of the
+    // workflows give up at the tool (0.3^3) and never answer. The fit keeps the
+    // three-step graph (those workflows are left out of the shape), and writes the
+    // tool's failure share and retries, which regenerate the failures.
+    let source = r#"
+[simulation]
+horizon = "6h"
+drain = true
+seed = 11
+[pools.llm]
+servers = 1000
+service = { dist = "constant", value = "1s" }
+[tools.api]
+latency = { dist = "constant", value = "2s" }
+failure_probability = 0.3
+retries = 2
+[classes.agent]
+arrival = { process = "poisson", rate = 1.0 }
+[[classes.agent.nodes]]
+id = "plan"
+pool = "llm"
+input_tokens = { dist = "constant", value = 500 }
+output_tokens = { dist = "constant", value = 50 }
+[[classes.agent.nodes]]
+id = "call"
+kind = "tool"
+tool = "api"
+after = ["plan"]
+[[classes.agent.nodes]]
+id = "answer"
+pool = "llm"
+after = ["call"]
+inherit = 0
+input_tokens = { dist = "constant", value = 800 }
+output_tokens = { dist = "constant", value = 100 }
+"#;
+    let loaded = load_inline(source);
+    let (result, log) = crate::simulate_logged(&loaded.scenario, None);
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.path().join("spans.jsonl");
+    let file = std::fs::File::create(&path).unwrap_or_else(|e| panic!("{e}"));
+    crate::spans::write_span_log(std::io::BufWriter::new(file), &loaded.scenario, &log)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stats = traces::span_stats(
+        traces::open_workflows(&path, &traces::ReadOptions::default())
+            .unwrap_or_else(|e| panic!("{e}")),
+        traces::stats::DEFAULT_STEP_NS,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let src = &stats.classes["agent"];
+    let class = &result.classes[0];
+    assert_eq!(src.gave_up, class.failed, "gave up = failed at the tool");
+    assert_eq!(src.error_spans, result.tools[0].failures);
+    let fit = traces::fit::fit_spans(&stats, "spans", &traces::fit::FitOptions::default());
+    let nodes = fit.classes[0]
+        .agent
+        .as_ref()
+        .and_then(|a| a.nodes.as_ref())
+        .unwrap_or_else(|| panic!("a role graph"));
+    let ids: Vec<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
+    assert_eq!(ids, ["plan", "call", "answer"]);
+    assert!(
+        nodes.iter().all(|n| n.count.is_none()),
+        "a retry is no branch"
+    );
+    // About 30,000 tries: the failure share's standard error is 0.0026.
+    let call = &nodes[1];
+    let tries = result.tools[0].calls as f64;
+    let sd = (0.3 * 0.7 / tries).sqrt();
+    assert!(
+        (call.failure_probability - 0.3).abs() < 4.0 * sd,
+        "{}",
+        call.failure_probability
+    );
+    assert_eq!(call.retries, 2);
+    let fragment = fit.to_toml();
+    assert!(fragment.contains("failure_probability = 0.3"), "{fragment}");
+    assert!(fragment.contains("retries = 2"), "{fragment}");
+    // Regenerated over 12 hours (about 43,000 workflows): the same failure share per
+    // try and of workflows giving up, within 4 standard errors of the two samples.
+    let (_, regen) = run_fragment(&fragment, "12h");
+    let tool: Vec<_> = regen.iter().filter(|h| h.kind == "tool").collect();
+    let failed = tool
+        .iter()
+        .filter(|h| h.status == sim_core::metrics::HopStatus::Error)
+        .count() as f64;
+    let share = failed / tool.len() as f64;
+    let p = call.failure_probability;
+    let sd = (p * (1.0 - p) / tool.len() as f64).sqrt();
+    assert!((share - p).abs() < 4.0 * sd, "{share} vs {p}");
+    let workflows = regen
+        .iter()
+        .map(|h| h.workflow)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len() as f64;
+    let gave_up = tool
+        .iter()
+        .filter(|h| h.status == sim_core::metrics::HopStatus::Error && h.attempt == 3)
+        .count() as f64;
+    let (q, q_src) = (
+        gave_up / workflows,
+        src.gave_up as f64 / src.workflows as f64,
+    );
+    let sd = (q * (1.0 - q) / workflows + q_src * (1.0 - q_src) / src.workflows as f64).sqrt();
+    eprintln!(
+        "fitted p {p:.4} over {tries} tries; regenerated share {share:.4} over {} tries; gave up {q:.4} vs {q_src:.4}",
+        tool.len()
+    );
+    assert!((q - q_src).abs() < 4.0 * sd, "{q} vs {q_src}");
+}
+
 // ---------------------------------------------------------------------------------
 // Streaming replay (docs/traces.md, "Memory of a replay")
 // ---------------------------------------------------------------------------------

@@ -414,6 +414,15 @@ fn class_rows(out: &mut String, c: &ClassStats) {
                 share(c.lost_spans)
             ),
         );
+        row(
+            out,
+            "workflows that gave up",
+            format!(
+                "{} ({:.1}%)",
+                c.gave_up,
+                c.gave_up as f64 * 100.0 / c.workflows.max(1) as f64
+            ),
+        );
     }
     row(
         out,

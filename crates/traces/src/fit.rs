@@ -100,6 +100,9 @@ pub struct AgentFit {
     /// Tool latency in seconds.
     pub tool_latency: Option<DistSpec>,
     pub retry_probability: f64,
+    /// The share of LLM spans that ended in an error: an `error_rate` of the pool
+    /// they run on (a pool's, not the class's, so written as a comment).
+    pub llm_error_share: f64,
     pub shared_prefix_share: f64,
     /// Mean input-token growth from an LLM hop to its LLM child.
     pub context_growth_tokens: f64,
@@ -121,6 +124,11 @@ pub struct FitNode {
     pub output_tokens: Option<DistSpec>,
     /// Tool nodes: latency in seconds.
     pub latency: Option<DistSpec>,
+    /// Tool nodes: the share of their spans that ended in an error (each try fails
+    /// with it), and the retries after a failure (the highest `attempt` seen, less
+    /// one); 0 and 0 where none failed.
+    pub failure_probability: f64,
+    pub retries: u32,
     /// Calls per workflow when not always one: a fan-out of that many branches.
     pub count: Option<DistSpec>,
     /// The fan-out branch runs from this node to `through` (a following role with the
@@ -363,6 +371,16 @@ fn role_graph(c: &ClassStats, opts: &FitOptions) -> Option<Vec<FitNode>> {
                 input_tokens: (!tool).then(|| token_dist(&rj.input_sorted, opts)),
                 output_tokens: (!tool).then(|| token_dist(&rj.output_sorted, opts)),
                 latency: if tool { dist(&lat_s, opts, 4) } else { None },
+                failure_probability: if tool && rj.spans > 0 {
+                    rj.errors as f64 / rj.spans as f64
+                } else {
+                    0.0
+                },
+                retries: if tool {
+                    rj.max_attempt.saturating_sub(1)
+                } else {
+                    0
+                },
                 count: (j == i && varies).then(|| dist(&counts, opts, 0)).flatten(),
                 through: (j == i && end > i).then(|| ids[end].clone()),
                 after: (j > 0).then(|| ids[j - 1].clone()),
@@ -386,6 +404,18 @@ fn fit_class(c: &ClassStats, opts: &FitOptions) -> ClassFit {
             llm_hops: count_dist(&c.llm_hops_sorted, opts.max_values),
             tool_latency: dist(&tool_s, opts, 4),
             retry_probability: c.retry_rate,
+            llm_error_share: {
+                let llm = c
+                    .roles
+                    .iter()
+                    .filter(|r| r.kind == crate::span::SpanKind::Llm);
+                let (errors, spans) = llm.fold((0, 0), |(e, n), r| (e + r.errors, n + r.spans));
+                if spans > 0 {
+                    errors as f64 / spans as f64
+                } else {
+                    0.0
+                }
+            },
             shared_prefix_share: c.shared_prefix_share,
             context_growth_tokens: c.context_growth.mean,
             nodes: role_graph(c, opts),
@@ -548,6 +578,13 @@ impl FitProfile {
                     num(a.shared_prefix_share),
                     num(a.context_growth_tokens)
                 );
+                if a.llm_error_share > 0.0 {
+                    let _ = writeln!(
+                        out,
+                        "#   llm calls ending in an error = {} (set it as the pool's error_rate)",
+                        num(a.llm_error_share)
+                    );
+                }
             }
             let _ = writeln!(out, "[classes.{name}]");
             let _ = writeln!(out, "arrival = {}", arrival_toml(&c.arrival));
@@ -615,18 +652,24 @@ impl FitProfile {
             }
         }
         // Tools the fitted graphs call (delete a table the scenario already has).
-        let mut tools: BTreeMap<&str, &DistSpec> = BTreeMap::new();
+        let mut tools: BTreeMap<&str, &FitNode> = BTreeMap::new();
         for c in &self.classes {
             for n in c.agent.iter().flat_map(|a| a.nodes.iter().flatten()) {
-                if let (Some(t), Some(l)) = (&n.tool, &n.latency) {
-                    tools.entry(t.as_str()).or_insert(l);
+                if let (Some(t), Some(_)) = (&n.tool, &n.latency) {
+                    tools.entry(t.as_str()).or_insert(n);
                 }
             }
         }
-        for (t, l) in tools {
+        for (t, n) in tools {
             let _ = writeln!(out);
             let _ = writeln!(out, "[tools.{}]", key(t));
-            let _ = writeln!(out, "latency = {}", dist_toml(l));
+            if let Some(l) = &n.latency {
+                let _ = writeln!(out, "latency = {}", dist_toml(l));
+            }
+            if n.failure_probability > 0.0 {
+                let _ = writeln!(out, "failure_probability = {}", num(n.failure_probability));
+                let _ = writeln!(out, "retries = {}", n.retries);
+            }
         }
         out
     }

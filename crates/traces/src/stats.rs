@@ -263,6 +263,8 @@ pub struct ClassStats {
     pub error_spans: u64,
     pub timeout_spans: u64,
     pub lost_spans: u64,
+    /// Workflows that gave up (see [`gave_up`]): left out of the roles' `counts`.
+    pub gave_up: u64,
     /// Cached (shared-prefix) input tokens over all input tokens of LLM spans.
     pub shared_prefix_share: f64,
     /// Tool spans' `tool_wait_ms`.
@@ -292,8 +294,8 @@ pub struct RoleStats {
     pub role: String,
     /// The most common `model_tier` (for tools: the tool's name).
     pub tier: String,
-    /// Calls of the role in each workflow of the class (first attempts; 0 where it has
-    /// none).
+    /// Calls of the role in each workflow of the class that did not give up (first
+    /// attempts; 0 where it has none).
     pub counts: Vec<f64>,
     /// LLM spans: tokens, sorted.
     pub input_sorted: Vec<f64>,
@@ -305,6 +307,11 @@ pub struct RoleStats {
     pub mean_first_start_ms: f64,
     /// Roles of the spans' parents (agent spans looked through; "" for a root).
     pub parent_roles: std::collections::BTreeSet<String>,
+    /// Spans of the role (retries included) and those that ended in an error.
+    pub spans: u64,
+    pub errors: u64,
+    /// The highest `attempt` of its spans (1: never retried).
+    pub max_attempt: u32,
 }
 
 /// Statistics of a span trace, by workflow class (`default` for workflows without one).
@@ -336,6 +343,40 @@ struct ClassAcc {
     input: Vec<f64>,
     output: Vec<f64>,
     roles: BTreeMap<(SpanKind, String), RoleAcc>,
+    /// Workflows that gave up ([`gave_up`]), and the others (those whose roles' counts
+    /// and first starts are kept).
+    gave_up: u64,
+    shaped: u64,
+}
+
+/// Whether a workflow gave up: one of its LLM or tool calls did not return (`status`
+/// error, timeout or lost) and was not tried again (no span of the same kind, role and
+/// parent with the next `attempt`). Its later steps never ran, so its roles say nothing
+/// about the workflow's shape.
+pub fn gave_up(wf: &Workflow) -> bool {
+    let tried_again: std::collections::BTreeSet<(SpanKind, &str, Option<&str>, u32)> = wf
+        .spans
+        .iter()
+        .filter(|s| s.attempt > 1)
+        .map(|s| {
+            (
+                s.kind,
+                s.agent_role.as_str(),
+                s.parent_span_id.as_deref(),
+                s.attempt,
+            )
+        })
+        .collect();
+    wf.spans.iter().any(|s| {
+        s.kind != SpanKind::Agent
+            && s.status != SpanStatus::Ok
+            && !tried_again.contains(&(
+                s.kind,
+                s.agent_role.as_str(),
+                s.parent_span_id.as_deref(),
+                s.attempt.saturating_add(1),
+            ))
+    })
 }
 
 #[derive(Default)]
@@ -348,6 +389,9 @@ struct RoleAcc {
     first_start_sum_ms: f64,
     with_role: u64,
     parent_roles: std::collections::BTreeSet<String>,
+    spans: u64,
+    errors: u64,
+    max_attempt: u32,
 }
 
 impl ClassAcc {
@@ -406,7 +450,12 @@ impl ClassAcc {
         }
         self.tokens.push(tokens as f64);
         self.hops.push(hops as f64);
-        // Per role: spans in this workflow, first start, tokens, latencies, parents.
+        let shaped = !gave_up(wf);
+        if !shaped {
+            self.gave_up += 1;
+        }
+        // Per role: spans in this workflow, first start, tokens, latencies, parents
+        // (counts and first starts of the workflows that did not give up).
         let mut here: BTreeMap<(SpanKind, String), (u64, u64)> = BTreeMap::new();
         for (i, s) in wf.spans.iter().enumerate() {
             if s.kind == SpanKind::Agent {
@@ -416,12 +465,15 @@ impl ClassAcc {
             let e = here.entry(key.clone()).or_insert((0, u64::MAX));
             e.0 += u64::from(s.attempt <= 1);
             e.1 = e.1.min(s.start_ns);
-            let before = self.workflows - 1;
+            let before = self.shaped;
             let r = self.roles.entry(key).or_insert_with(|| RoleAcc {
                 counts: vec![0.0; before as usize],
                 ..RoleAcc::default()
             });
             *r.tiers.entry(s.model_tier.clone()).or_default() += 1;
+            r.spans += 1;
+            r.errors += u64::from(s.status == SpanStatus::Error);
+            r.max_attempt = r.max_attempt.max(s.attempt);
             match s.kind {
                 SpanKind::Llm => {
                     r.input.push(s.input_tokens as f64);
@@ -439,6 +491,10 @@ impl ClassAcc {
             r.parent_roles
                 .insert(p.map_or(String::new(), |j| wf.spans[j].agent_role.clone()));
         }
+        if !shaped {
+            return;
+        }
+        self.shaped += 1;
         let start = wf.spans.iter().map(|s| s.start_ns).min().unwrap_or(0);
         for (key, r) in self.roles.iter_mut() {
             match here.get(key) {
@@ -481,6 +537,9 @@ impl ClassAcc {
                 latency_sorted_ms: sort(r.latency),
                 mean_first_start_ms: r.first_start_sum_ms / r.with_role.max(1) as f64,
                 parent_roles: r.parent_roles,
+                spans: r.spans,
+                errors: r.errors,
+                max_attempt: r.max_attempt,
             })
             .collect();
         roles.sort_by(|a, b| {
@@ -503,6 +562,7 @@ impl ClassAcc {
             } else {
                 0.0
             },
+            gave_up: self.gave_up,
             error_spans: self.errors,
             timeout_spans: self.timeouts,
             lost_spans: self.lost,

@@ -1226,12 +1226,20 @@ fn span_status_is_read_written_only_when_not_ok_and_counted() {
         (1, 1, 1)
     );
     // Three of six calls are retries; they are tries, not calls or branches: two LLM
-    // calls (a, e), and the tool call fans out to one (e, whose retry is e2).
+    // calls (a, e), and the tool call fans out to one (e, whose retry is e2). The
+    // lost tool call was not tried again: the workflow gave up.
     assert!((all.retry_rate - 0.5).abs() < 1e-12);
     assert_eq!(all.llm_hops_per_workflow.mean, 2.0);
     assert_eq!(all.fanout_sorted, vec![1.0, 1.0]);
     let llm_role = all.roles.iter().find(|r| r.kind == SpanKind::Llm).unwrap();
-    assert_eq!(llm_role.counts, vec![2.0]);
+    // The lost tool call was not tried again: the workflow gave up, so its roles'
+    // counts leave it out (the timed-out and errored tries were tried again).
+    assert_eq!(all.gave_up, 1);
+    assert!(llm_role.counts.is_empty());
+    assert_eq!(
+        (llm_role.spans, llm_role.errors, llm_role.max_attempt),
+        (5, 1, 3)
+    );
     // Written back: `status` only where not ok, and read back the same.
     let wf = open_workflows(&path, &ReadOptions::default())
         .unwrap()
