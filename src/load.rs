@@ -578,6 +578,13 @@ fn load_traces(
                     c.retries_folded
                 ));
             }
+            if c.gave_up > 0 {
+                notes.push(format!(
+                    "{}: {} recorded workflows gave up (a call that did not return was not tried again): replayed with the steps they recorded, the later ones they never ran left out (the simulated factory decides failures)",
+                    path.display(),
+                    c.gave_up
+                ));
+            }
             extra_tools = std::mem::take(&mut resolver.extra_tools);
             it.report()
         };

@@ -52,7 +52,9 @@ enum Command {
         #[arg(long)]
         workflows_csv: bool,
         /// Also write every hop as an agent span log (JSONL, the format `trace stats`
-        /// and `fit` read) to this file; gzip-compressed when it ends in `.gz`.
+        /// and `fit` read) to this file; as OpenTelemetry OTLP JSON (GenAI conventions,
+        /// one document per workflow a line) when it ends in `.otlp.json`;
+        /// gzip-compressed when it ends in `.gz`.
         #[arg(long, value_name = "FILE")]
         spans: Option<PathBuf>,
     },
@@ -133,7 +135,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                         let file = traces::io::OutputFile::create(path)
                             .with_context(|| format!("cannot create {}", path.display()))?;
                         // Written as workflows finish: memory for those in flight only.
-                        let mut spans = factorysim::spans::SpanLogStream::new(file);
+                        let format = factorysim::spans::SpanFileFormat::for_path(path);
+                        let mut spans = factorysim::spans::SpanLogStream::with_format(file, format);
                         let result = factorysim::simulate_with_hop_sink(
                             &loaded.scenario,
                             Some(&mut tick),

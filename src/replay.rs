@@ -38,6 +38,9 @@ pub struct ReplayCounts {
     pub recorded_tools: BTreeMap<String, u64>,
     /// Retry spans folded into their first attempt.
     pub retries_folded: u64,
+    /// Workflows that gave up (`traces::stats::gave_up`: a call that did not return
+    /// and was not tried again), replayed with the steps they recorded only.
+    pub gave_up: u64,
 }
 
 /// Resolves span names against a scenario, adding recorded-wait tools as needed.
@@ -213,6 +216,7 @@ impl<'a> SpanResolver<'a> {
     /// The steps of one recorded workflow of class `class`, parents before children.
     pub fn steps(&mut self, wf: &traces::Workflow, class: usize) -> Vec<RecordedStep> {
         self.counts.workflows += 1;
+        self.counts.gave_up += u64::from(traces::stats::gave_up(wf));
         let n = wf.spans.len();
         let order = wf.topo_order();
         let end_ns = |s: &SpanRecord| {
@@ -433,6 +437,17 @@ hops = [{ pool = "gpu" }]
         assert_eq!(r.counts.retries_folded, 1);
         assert_eq!(r.counts.spans, 6);
         assert!(r.counts.unmatched_tiers.is_empty());
+        assert_eq!(r.counts.gave_up, 0);
+        // Recorded as failed, then retried: it did not give up; a failed retry that
+        // was not tried again did (and is counted, the steps replayed as recorded).
+        let mut spans = wf.spans.clone();
+        spans[3].status = traces::SpanStatus::Error;
+        let _ = r.steps(&traces::Workflow::build("w2".into(), spans.clone(), 0), 0);
+        assert_eq!(r.counts.gave_up, 0);
+        spans[4].status = traces::SpanStatus::Timeout;
+        let again = r.steps(&traces::Workflow::build("w3".into(), spans, 0), 0);
+        assert_eq!(r.counts.gave_up, 1);
+        assert_eq!(again.len(), steps.len());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use sim_core::scenario::WorkflowClass;
 use sim_core::workflow::WorkflowGraph;
 use std::collections::BTreeMap;
 use std::io::Write;
-use traces::{SpanKind, SpanLogWriter, SpanRecord, SpanStatus};
+use traces::{OtlpWriter, SpanKind, SpanLogWriter, SpanRecord, SpanStatus};
 
 /// The span records of a run's hop log, grouped by workflow (spans of one workflow
 /// are contiguous, in start order).
@@ -307,10 +307,40 @@ pub struct SpanLogStream<W: Write> {
     spans: SpanBuilder,
     /// The lines of the workflow being written (reused): one write to `out` each.
     lines: SpanLogWriter<Vec<u8>>,
+    /// OTLP instead: the workflow's spans, then its document.
+    otlp: Option<(Vec<SpanRecord>, OtlpWriter<Vec<u8>>)>,
+}
+
+/// What `run --spans FILE` writes, by the file's name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpanFileFormat {
+    /// The span-log JSONL (any name but the OTLP ones).
+    SpanLog,
+    /// OTLP JSON, one document per workflow a line (`*.otlp.json`, `*.otlp.json.gz`).
+    Otlp,
+}
+
+impl SpanFileFormat {
+    pub fn for_path(path: &std::path::Path) -> SpanFileFormat {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_ascii_lowercase())
+            .unwrap_or_default();
+        let name = name.strip_suffix(".gz").unwrap_or(&name);
+        if name.ends_with(".otlp.json") {
+            SpanFileFormat::Otlp
+        } else {
+            SpanFileFormat::SpanLog
+        }
+    }
 }
 
 impl<W: Write> SpanLogStream<W> {
     pub fn new(out: W) -> Self {
+        Self::with_format(out, SpanFileFormat::SpanLog)
+    }
+
+    pub fn with_format(out: W, format: SpanFileFormat) -> Self {
         SpanLogStream {
             out,
             next: 0,
@@ -319,6 +349,8 @@ impl<W: Write> SpanLogStream<W> {
             error: None,
             spans: SpanBuilder::default(),
             lines: SpanLogWriter::new(Vec::new()),
+            otlp: (format == SpanFileFormat::Otlp)
+                .then(|| (Vec::new(), OtlpWriter::new(Vec::new()))),
         }
     }
 
@@ -334,12 +366,34 @@ impl<W: Write> SpanLogStream<W> {
 
     fn accept(&mut self, done: WorkflowHops<'_>) -> std::io::Result<()> {
         let mut hops: Vec<&HopRecord> = done.hops.iter().collect();
-        let lines = &mut self.lines;
-        self.spans
-            .workflow(done.workflow, done.class, done.graph, &mut hops, &mut |s| {
-                lines.write_span(s)
-            })?;
-        let buffer = lines.get_mut();
+        let buffer = match &mut self.otlp {
+            None => {
+                let lines = &mut self.lines;
+                self.spans.workflow(
+                    done.workflow,
+                    done.class,
+                    done.graph,
+                    &mut hops,
+                    &mut |s| lines.write_span(s),
+                )?;
+                lines.get_mut()
+            }
+            Some((batch, doc)) => {
+                batch.clear();
+                self.spans.workflow(
+                    done.workflow,
+                    done.class,
+                    done.graph,
+                    &mut hops,
+                    &mut |s| {
+                        batch.push(s.clone());
+                        Ok(())
+                    },
+                )?;
+                doc.write_workflow(batch)?;
+                doc.get_mut()
+            }
+        };
         if done.workflow != self.next {
             self.waiting.insert(done.workflow, buffer.clone());
             buffer.clear();

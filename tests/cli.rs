@@ -1459,15 +1459,18 @@ timeout = "2s"
     )
     .expect("write scenario");
     let (out, spans) = (dir.path().join("o"), dir.path().join("s.jsonl"));
-    run_ok(&[
-        "run",
-        scenario.to_str().unwrap(),
-        "--no-plots",
-        "--out",
-        out.to_str().unwrap(),
-        "--spans",
-        spans.to_str().unwrap(),
-    ]);
+    let run_writing_spans_to = |path: &std::path::Path| {
+        run_ok(&[
+            "run",
+            scenario.to_str().unwrap(),
+            "--no-plots",
+            "--out",
+            out.to_str().unwrap(),
+            "--spans",
+            path.to_str().unwrap(),
+        ])
+    };
+    run_writing_spans_to(&spans);
     let v: serde_json::Value =
         serde_json::from_str(&read(&out.join("summary.json"))).expect("valid JSON");
     let n = |p: &str| v.pointer(p).and_then(|x| x.as_u64()).expect(p);
@@ -1493,6 +1496,20 @@ timeout = "2s"
         row.contains(&format!(" {errors} (")) && row.contains(&format!("/ {timeouts} (")),
         "{row}"
     );
+    // The same run exported as OTLP (`*.otlp.json`) reads back to the same statistics.
+    let otlp = dir.path().join("s.otlp.json");
+    run_writing_spans_to(&otlp);
+    let first = read(&otlp)
+        .lines()
+        .next()
+        .map(str::to_string)
+        .unwrap_or_default();
+    assert!(first.starts_with("{\"resourceSpans\""), "{first}");
+    let otlp_stats =
+        String::from_utf8_lossy(&run_ok(&["trace", "stats", otlp.to_str().unwrap()]).stdout)
+            .into_owned();
+    let body = |t: &str| t.lines().skip(1).collect::<Vec<_>>().join("\n");
+    assert_eq!(body(&otlp_stats), body(&stats));
 }
 
 /// A reader that goes away (`factorysim run ... | head -1`) is not a crash: no panic,

@@ -30,7 +30,7 @@ pub mod workflow;
 pub use error::{DagIssue, TraceError};
 pub use fit::{ArrivalFit, ClassFit, DistFamily, FitOptions, FitProfile, fit_requests, fit_spans};
 pub use format::TraceFormat;
-pub use otlp::OtlpReader;
+pub use otlp::{OtlpReader, OtlpWriter};
 pub use replay::{
     Replay, ReplayExt, ReplayOptions, ReplayReport, RequestReplay, Timed, WorkflowReplay,
     replay_requests, replay_workflows,

@@ -5,7 +5,8 @@
 //! document per line as the collector's file exporter writes. One document is held in
 //! memory at a time. A span's `line` is the line where its document ends.
 //!
-//! Mapping: `traceId` -> workflow_id, `spanId`, `parentSpanId` ("" = root),
+//! Mapping: `traceId` (or `factorysim.workflow_id`, the id factorysim's own export
+//! keeps) -> workflow_id, `spanId`, `parentSpanId` ("" = root),
 //! `links[].spanId` (same trace; links into other traces are ignored, malformed links
 //! are bad rows) -> links, `startTimeUnixNano` -> start_ns; attribute
 //! `gen_ai.operation.name`: `execute_tool` -> tool span (tool_wait_ms = end - start),
@@ -18,7 +19,9 @@
 //! `completion_tokens`), `gen_ai.usage.cache_read.input_tokens` -> cached_tokens;
 //! `factorysim.lane`, `factorysim.tenant` (or `tenant.id`), `factorysim.workflow_class`
 //! (else the resource's `service.name`), `factorysim.usd_estimate`,
-//! `factorysim.attempt` where present; status: `factorysim.status` (`ok`, `error`,
+//! `factorysim.attempt`, `factorysim.prefill_ms` (the LLM span's time to first token;
+//! decode_ms is the rest), `factorysim.model_tier` (model_tier where no `gen_ai` model
+//! is named: a tool's name) where present; status: `factorysim.status` (`ok`, `error`,
 //! `timeout`, `lost`) where present, else `status.code` 2 / `STATUS_CODE_ERROR` ->
 //! error (`timeout` when `error.type` is `timeout`), anything else -> ok.
 
@@ -28,7 +31,7 @@ use crate::request::ReadReport;
 use crate::span::{SpanKind, SpanRecord, SpanSource, SpanStatus};
 use serde_json::Value;
 use std::collections::VecDeque;
-use std::io::{BufRead, Read};
+use std::io::{BufRead, Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -242,6 +245,14 @@ fn map_span(sp: &Value, service: Option<&str>, line: u64) -> Result<SpanRecord, 
         .or_else(|| u("gen_ai.usage.cached_tokens"))
         .unwrap_or(0)
         .min(input_tokens);
+    // The part of an LLM span before its first token, where the exporter says.
+    let prefill_ms = match kind {
+        SpanKind::Llm => attr(attrs, "factorysim.prefill_ms")
+            .and_then(attr_f64)
+            .filter(|p| p.is_finite() && *p >= 0.0)
+            .map_or(0.0, |p| p.min(dur_ms)),
+        _ => 0.0,
+    };
     let status = match s("factorysim.status") {
         Some(t) => SpanStatus::parse(&t).map_err(|e| format!("factorysim.{e}"))?,
         None => {
@@ -266,7 +277,10 @@ fn map_span(sp: &Value, service: Option<&str>, line: u64) -> Result<SpanRecord, 
         }
     };
     Ok(SpanRecord {
-        workflow_id,
+        // The id a writer kept (factorysim's own export), else the trace's.
+        workflow_id: s("factorysim.workflow_id")
+            .filter(|w| !w.is_empty())
+            .unwrap_or(workflow_id),
         span_id,
         parent_span_id: (!parent.is_empty()).then_some(parent),
         links,
@@ -274,6 +288,7 @@ fn map_span(sp: &Value, service: Option<&str>, line: u64) -> Result<SpanRecord, 
         agent_role,
         model_tier: s("gen_ai.request.model")
             .or_else(|| s("gen_ai.response.model"))
+            .or_else(|| s("factorysim.model_tier"))
             .unwrap_or_default(),
         lane: s("factorysim.lane").unwrap_or_default(),
         input_tokens,
@@ -281,8 +296,12 @@ fn map_span(sp: &Value, service: Option<&str>, line: u64) -> Result<SpanRecord, 
             .or_else(|| u("gen_ai.usage.completion_tokens"))
             .unwrap_or(0),
         cached_tokens,
-        prefill_ms: 0.0,
-        decode_ms: if kind == SpanKind::Llm { dur_ms } else { 0.0 },
+        prefill_ms,
+        decode_ms: if kind == SpanKind::Llm {
+            (dur_ms - prefill_ms).max(0.0)
+        } else {
+            0.0
+        },
         tool_wait_ms: if kind == SpanKind::Tool { dur_ms } else { 0.0 },
         usd_estimate: attr(attrs, "factorysim.usd_estimate")
             .and_then(attr_f64)
@@ -345,6 +364,201 @@ impl Iterator for OtlpReader {
                 }
             }
         }
+    }
+}
+
+/// Writes spans as OTLP JSON (the collector file exporter's shape: one
+/// `ExportTraceServiceRequest` document a line), one document per workflow, following
+/// the GenAI conventions [`OtlpReader`] reads, so a written file reads back to the
+/// same workflows, parents, links, kinds, roles, tiers, tokens, timings and status.
+///
+/// OTLP ids are hex: `traceId` is 32 hex digits and `spanId` 16, derived from the
+/// workflow and span ids by a stable hash (FNV-1a); the original ids travel as
+/// `factorysim.workflow_id` and `factorysim.span_id` attributes. Times are the spans'
+/// own (a simulation's start at 0 is the Unix epoch).
+pub struct OtlpWriter<W: Write> {
+    out: W,
+    written: u64,
+}
+
+/// FNV-1a, 64 bits: a stable id hash (never 0, an invalid OTLP id).
+fn fnv64(text: &str, salt: u64) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ salt;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h.max(1)
+}
+
+fn trace_id(workflow: &str) -> String {
+    format!("{:016x}{:016x}", fnv64(workflow, 0), fnv64(workflow, 1))
+}
+
+fn span_id(span: &str) -> String {
+    format!("{:016x}", fnv64(span, 0))
+}
+
+fn kv(key: &str, value: Value) -> Value {
+    serde_json::json!({ "key": key, "value": value })
+}
+
+fn text(v: &str) -> Value {
+    serde_json::json!({ "stringValue": v })
+}
+
+fn int(v: u64) -> Value {
+    // Proto3 JSON writes 64-bit integers as strings.
+    serde_json::json!({ "intValue": v.to_string() })
+}
+
+fn double(v: f64) -> Value {
+    serde_json::json!({ "doubleValue": v })
+}
+
+fn otlp_span(s: &SpanRecord) -> Value {
+    let work_ms = match s.kind {
+        SpanKind::Llm => s.prefill_ms + s.decode_ms,
+        SpanKind::Tool => s.tool_wait_ms,
+        SpanKind::Agent => 0.0,
+    };
+    let end = s
+        .start_ns
+        .saturating_add((work_ms.max(0.0) * 1e6).round().min(u64::MAX as f64 / 2.0) as u64);
+    let mut attrs = vec![
+        kv(
+            "gen_ai.operation.name",
+            text(match s.kind {
+                SpanKind::Llm => "chat",
+                SpanKind::Tool => "execute_tool",
+                SpanKind::Agent => "invoke_agent",
+            }),
+        ),
+        kv("factorysim.workflow_id", text(&s.workflow_id)),
+        kv("factorysim.span_id", text(&s.span_id)),
+    ];
+    match s.kind {
+        SpanKind::Tool => {
+            attrs.push(kv("gen_ai.tool.name", text(&s.agent_role)));
+            if !s.model_tier.is_empty() {
+                attrs.push(kv("factorysim.model_tier", text(&s.model_tier)));
+            }
+        }
+        _ => {
+            attrs.push(kv("gen_ai.agent.name", text(&s.agent_role)));
+            if !s.model_tier.is_empty() {
+                attrs.push(kv("gen_ai.request.model", text(&s.model_tier)));
+            }
+        }
+    }
+    if s.kind == SpanKind::Llm {
+        attrs.push(kv("gen_ai.usage.input_tokens", int(s.input_tokens)));
+        attrs.push(kv("gen_ai.usage.output_tokens", int(s.output_tokens)));
+        if s.cached_tokens > 0 {
+            attrs.push(kv(
+                "gen_ai.usage.cache_read.input_tokens",
+                int(s.cached_tokens),
+            ));
+        }
+        attrs.push(kv("factorysim.prefill_ms", double(s.prefill_ms)));
+    }
+    if !s.lane.is_empty() {
+        attrs.push(kv("factorysim.lane", text(&s.lane)));
+    }
+    if let Some(t) = &s.tenant {
+        attrs.push(kv("factorysim.tenant", text(t)));
+    }
+    if let Some(c) = &s.workflow_class {
+        attrs.push(kv("factorysim.workflow_class", text(c)));
+    }
+    if s.usd_estimate > 0.0 {
+        attrs.push(kv("factorysim.usd_estimate", double(s.usd_estimate)));
+    }
+    if s.attempt > 1 {
+        attrs.push(kv("factorysim.attempt", int(u64::from(s.attempt))));
+    }
+    let status = match s.status {
+        SpanStatus::Ok => None,
+        SpanStatus::Error => Some(serde_json::json!({ "code": 2 })),
+        SpanStatus::Timeout => {
+            attrs.push(kv("error.type", text("timeout")));
+            Some(serde_json::json!({ "code": 2, "message": "timeout" }))
+        }
+        SpanStatus::Lost => {
+            attrs.push(kv("factorysim.status", text("lost")));
+            Some(serde_json::json!({ "code": 2, "message": "lost with its replica" }))
+        }
+    };
+    let trace = trace_id(&s.workflow_id);
+    let mut span = serde_json::json!({
+        "traceId": trace,
+        "spanId": span_id(&s.span_id),
+        "parentSpanId": s.parent_span_id.as_deref().map(span_id).unwrap_or_default(),
+        "name": if s.agent_role.is_empty() { s.kind.name() } else { s.agent_role.as_str() },
+        // SPAN_KIND_CLIENT for calls out, SPAN_KIND_INTERNAL for agent steps.
+        "kind": if s.kind == SpanKind::Agent { 1 } else { 3 },
+        "startTimeUnixNano": s.start_ns.to_string(),
+        "endTimeUnixNano": end.to_string(),
+        "attributes": attrs,
+    });
+    if !s.links.is_empty() {
+        span["links"] = Value::Array(
+            s.links
+                .iter()
+                .map(|l| serde_json::json!({ "traceId": trace, "spanId": span_id(l) }))
+                .collect(),
+        );
+    }
+    if let Some(st) = status {
+        span["status"] = st;
+    }
+    span
+}
+
+impl<W: Write> OtlpWriter<W> {
+    pub fn new(out: W) -> Self {
+        OtlpWriter { out, written: 0 }
+    }
+
+    /// Writes one workflow's spans as one document line (nothing for no spans). The
+    /// resource's `service.name` is the first span's `workflow_class`, else
+    /// `factorysim`.
+    pub fn write_workflow(&mut self, spans: &[SpanRecord]) -> std::io::Result<()> {
+        let Some(first) = spans.first() else {
+            return Ok(());
+        };
+        let service = first.workflow_class.as_deref().unwrap_or("factorysim");
+        let doc = serde_json::json!({
+            "resourceSpans": [{
+                "resource": { "attributes": [kv("service.name", text(service))] },
+                "scopeSpans": [{
+                    "scope": { "name": "factorysim" },
+                    "spans": spans.iter().map(otlp_span).collect::<Vec<_>>(),
+                }],
+            }],
+        });
+        serde_json::to_writer(&mut self.out, &doc)?;
+        self.out.write_all(b"\n")?;
+        self.written += spans.len() as u64;
+        Ok(())
+    }
+
+    /// Spans written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+
+    pub fn into_inner(self) -> W {
+        self.out
+    }
+
+    /// The output written to so far.
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.out
     }
 }
 

@@ -361,6 +361,83 @@ fn span_log_round_trip_keeps_structure_and_tokens() {
 }
 
 #[test]
+fn otlp_export_reads_back_to_the_same_workflows() {
+    // The synthetic workflows (fan-out, joins by links, tools, retries' statuses,
+    // lanes, tenants, classes, dollars) written as OTLP, one document a workflow.
+    let source = synthetic_workflows(40);
+    let path = tmp("export-back.otlp.json");
+    let mut w = traces::OtlpWriter::new(std::fs::File::create(&path).unwrap());
+    for wf in &source {
+        w.write_workflow(wf).unwrap();
+    }
+    w.flush().unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(
+        text.lines().count(),
+        source.len(),
+        "one document a workflow"
+    );
+    assert_eq!(TraceFormat::detect(&path).unwrap(), TraceFormat::Otlp);
+    // OTLP ids are hex of the right length.
+    let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    let span = &first["resourceSpans"][0]["scopeSpans"][0]["spans"][0];
+    let hex = |v: &serde_json::Value, n: usize| {
+        v.as_str()
+            .is_some_and(|t| t.len() == n && t.bytes().all(|b| b.is_ascii_hexdigit()))
+    };
+    assert!(
+        hex(&span["traceId"], 32) && hex(&span["spanId"], 16),
+        "{span}"
+    );
+    let read: Vec<Workflow> = open_workflows(&path, &ReadOptions::default())
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(read.len(), source.len());
+    let origin = source[0][0].start_ns;
+    for (wf, spans) in read.iter().zip(&source) {
+        let built = Workflow::build(spans[0].workflow_id.clone(), spans.clone(), origin);
+        assert_eq!(wf.id, built.id, "the workflow id travels as an attribute");
+        // Ids are hex now: the same parent and links, by position.
+        assert_eq!(wf.parent, built.parent, "parents");
+        assert_eq!(wf.links, built.links, "links");
+        assert_eq!(wf.roots, built.roots);
+        assert_eq!(wf.token_totals(), built.token_totals());
+        assert_eq!(wf.arrival_ns, built.arrival_ns);
+        assert!(wf.issues.is_empty());
+        for (a, b) in wf.spans.iter().zip(spans) {
+            // Ids are hex now; timings to the nanosecond of the span's end.
+            let close = |x: f64, y: f64| (x - y).abs() < 1e-6;
+            assert!(
+                close(a.prefill_ms, b.prefill_ms)
+                    && close(a.decode_ms, b.decode_ms)
+                    && close(a.tool_wait_ms, b.tool_wait_ms),
+                "{a:?} vs {b:?}"
+            );
+            assert_eq!(
+                SpanRecord {
+                    line: 0,
+                    span_id: b.span_id.clone(),
+                    parent_span_id: b.parent_span_id.clone(),
+                    links: b.links.clone(),
+                    prefill_ms: b.prefill_ms,
+                    decode_ms: b.decode_ms,
+                    tool_wait_ms: b.tool_wait_ms,
+                    ..a.clone()
+                },
+                *b,
+                "every other field round-trips"
+            );
+        }
+    }
+    let statuses: BTreeSet<SpanStatus> = read
+        .iter()
+        .flat_map(|w| w.spans.iter().map(|s| s.status))
+        .collect();
+    assert_eq!(statuses.len(), 4, "{statuses:?}");
+}
+
+#[test]
 fn interleaved_workflows_group_within_the_window() {
     // Two workflows' spans alternate line by line.
     let source = synthetic_workflows(2);
