@@ -82,11 +82,24 @@ pub fn simulate_with_hop_sink(
     mut progress: Option<&mut dyn FnMut(f64)>,
     sink: &mut dyn FnMut(sim_core::metrics::WorkflowHops<'_>),
 ) -> sim_core::RunResult {
+    let progress = progress.as_mut().map(|p| &mut **p as &mut dyn FnMut(f64));
+    simulate_with(scenario, progress, Some(sink), false)
+}
+
+/// [`simulate`] with an optional hop sink, keeping a record of every workflow when
+/// `keep_workflows` (`RunResult::workflows`, for `run --workflows-csv`).
+pub fn simulate_with<'a>(
+    scenario: &sim_core::Scenario,
+    progress: Option<&'a mut dyn FnMut(f64)>,
+    hop_sink: Option<&'a mut dyn FnMut(sim_core::metrics::WorkflowHops<'_>)>,
+    keep_workflows: bool,
+) -> sim_core::RunResult {
     sim_core::run(
         scenario,
         sim_core::RunOptions {
-            progress: progress.as_mut().map(|p| &mut **p as &mut dyn FnMut(f64)),
-            hop_sink: Some(sink),
+            progress,
+            hop_sink,
+            keep_workflows,
             policies: Some(&policies::Standard),
             ..Default::default()
         },

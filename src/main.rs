@@ -48,7 +48,8 @@ enum Command {
         /// Skip the plots in DIR/plots/.
         #[arg(long)]
         no_plots: bool,
-        /// Also write DIR/workflows.csv: latency, cost and tokens of every completed workflow.
+        /// Also write DIR/workflows.csv: one row per workflow (completed, failed, rejected,
+        /// abandoned or in flight), with its outcome, cause, latency, cost and tokens.
         #[arg(long)]
         workflows_csv: bool,
         /// Also write every hop as an agent span log (JSONL, the format `trace stats`
@@ -124,7 +125,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 let bar = progress_bar(1000);
                 let mut tick = |f: f64| bar.set_position((f * 1000.0) as u64);
                 let result = match &spans {
-                    None => factorysim::simulate(&loaded.scenario, Some(&mut tick)),
+                    None => factorysim::simulate_with(
+                        &loaded.scenario,
+                        Some(&mut tick),
+                        None,
+                        workflows_csv,
+                    ),
                     Some(path) => {
                         // Created before the run, so a bad path fails at once.
                         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -137,10 +143,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                         // Written as workflows finish: memory for those in flight only.
                         let format = factorysim::spans::SpanFileFormat::for_path(path);
                         let mut spans = factorysim::spans::SpanLogStream::with_format(file, format);
-                        let result = factorysim::simulate_with_hop_sink(
+                        let result = factorysim::simulate_with(
                             &loaded.scenario,
                             Some(&mut tick),
-                            &mut |w| spans.workflow_done(w),
+                            Some(&mut |w| spans.workflow_done(w)),
+                            workflows_csv,
                         );
                         spans
                             .finish()
@@ -154,7 +161,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             } else {
                 let bar = progress_bar(replications as u64);
                 let done = || bar.inc(1);
-                let mut runs = run_replications(&loaded.scenario, replications, &done);
+                let mut runs =
+                    run_replications(&loaded.scenario, replications, workflows_csv, &done);
                 bar.finish_and_clear();
                 for r in &runs {
                     factorysim::check_input(r)?;

@@ -2,7 +2,7 @@
 //! sampling interval) and `showback.csv` (per tenant). Formats: docs/output.md.
 
 use sim_core::Summary;
-use sim_core::metrics::RunResult;
+use sim_core::metrics::{RunResult, WorkflowOutcome};
 use std::path::Path;
 
 /// Errors writing an output file.
@@ -204,9 +204,9 @@ pub fn showback_csv(s: &Summary) -> Result<String, csv::Error> {
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
-/// `workflows.csv` as a string: one row per completed workflow, class by class in
-/// completion order. Failed, abandoned and unfinished workflows are not listed one by one
-/// (their dollars are the waste buckets of summary.json).
+/// `workflows.csv` as a string: one row per workflow that arrived after the warm-up
+/// (`RunResult::workflows`, kept with `RunOptions::keep_workflows`), class by class, in
+/// the order their outcomes were decided, those in flight at the end last.
 pub fn workflows_csv(r: &RunResult) -> Result<String, csv::Error> {
     let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record([
@@ -217,25 +217,39 @@ pub fn workflows_csv(r: &RunResult) -> Result<String, csv::Error> {
         "usd",
         "tokens",
         "within_slo",
+        "workflow",
+        "outcome",
+        "cause",
+        "arrived_s",
+        "decided_s",
     ])?;
-    for c in &r.classes {
-        for (i, &lat) in c.latency_per_success_ns.iter().enumerate() {
+    for (ci, c) in r.classes.iter().enumerate() {
+        let mut completion = 0u64;
+        for wf in r.workflows.iter().filter(|w| w.class == ci) {
+            let completed = wf.outcome == WorkflowOutcome::Completed;
+            completion += u64::from(completed);
+            let latency = wf.decided.map(|d| d - wf.arrived);
             w.write_record([
                 c.name.clone(),
                 c.tenant.clone(),
-                (i + 1).to_string(),
-                (lat as f64 / 1e9).to_string(),
-                c.usd_per_success
-                    .get(i)
-                    .map(|u| u.to_string())
-                    .unwrap_or_default(),
-                c.tokens_per_success
-                    .get(i)
-                    .map(|t| t.to_string())
-                    .unwrap_or_default(),
+                if completed {
+                    completion.to_string()
+                } else {
+                    String::new()
+                },
+                latency.map(|l| num(l.as_secs_f64())).unwrap_or_default(),
+                num(wf.usd),
+                wf.tokens.to_string(),
+                // SLO attainment is the share of arrivals completed within the target:
+                // anything else is a miss.
                 c.slo
-                    .map(|s| (lat <= s.as_nanos()).to_string())
+                    .map(|s| (completed && latency.is_some_and(|l| l <= s)).to_string())
                     .unwrap_or_default(),
+                wf.workflow.to_string(),
+                wf.outcome.as_str().to_string(),
+                wf.cause.clone(),
+                num(wf.arrived.as_secs_f64()),
+                wf.decided.map(|d| num(d.as_secs_f64())).unwrap_or_default(),
             ])?;
         }
     }

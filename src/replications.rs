@@ -10,13 +10,20 @@ use std::collections::BTreeMap;
 
 /// Runs `n` replications of `sc` with seeds `sc.seed + i` (wrapping), in parallel,
 /// returned in seed order whatever the thread count. `on_done` is called after each run.
-pub fn run_replications(sc: &Scenario, n: u32, on_done: &(dyn Fn() + Sync)) -> Vec<RunResult> {
+/// With `keep_first_workflows`, the first replication keeps its per-workflow records
+/// (`RunResult::workflows`, what `--workflows-csv` writes).
+pub fn run_replications(
+    sc: &Scenario,
+    n: u32,
+    keep_first_workflows: bool,
+    on_done: &(dyn Fn() + Sync),
+) -> Vec<RunResult> {
     (0..n)
         .into_par_iter()
         .map(|i| {
             let mut s = sc.clone();
             s.seed = sc.seed.wrapping_add(i as u64);
-            let r = crate::simulate(&s, None);
+            let r = crate::simulate_with(&s, None, None, keep_first_workflows && i == 0);
             on_done();
             r
         })

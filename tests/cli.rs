@@ -1192,43 +1192,161 @@ fn replications_are_deterministic_across_thread_counts() {
 }
 
 #[test]
-fn workflows_csv_lists_every_completed_workflow() {
-    let (dir, stdout) = quickstart(&["--no-plots", "--workflows-csv"]);
-    assert!(stdout.contains("workflows.csv"), "{stdout}");
-    let s: serde_json::Value =
-        serde_json::from_str(&read(&dir.path().join("summary.json"))).unwrap();
-    let text = read(&dir.path().join("workflows.csv"));
-    let mut lines = text.lines();
+fn workflows_csv_lists_every_workflow_with_its_outcome() {
+    // Every outcome: errors fail workflows, an outage rejects them, a short patience
+    // abandons them, and the run is not drained so some are in flight at the end.
+    let dir = tempdir();
+    let scenario = dir.path().join("outcomes.toml");
+    std::fs::write(
+        &scenario,
+        r#"
+[simulation]
+horizon = "30m"
+warmup = "2m"
+seed = 3
+[pools.llm]
+servers = 2
+service = { dist = "exponential", mean = "1s" }
+usd_per_server_hour = 4.0
+error_rate = 0.05
+max_attempts = 1
+outages = [{ start = "10m", duration = "2m" }]
+[classes.c]
+arrival = { process = "poisson", rate = 0.7 }
+abandon_after = "6s"
+slo = "5s"
+tenant = "acme"
+[[classes.c.nodes]]
+id = "a"
+pool = "llm"
+[[classes.c.nodes]]
+id = "b"
+pool = "llm"
+after = ["a"]
+"#,
+    )
+    .expect("write scenario");
+    let out = dir.path().join("o");
+    let stdout = run_ok(&[
+        "run",
+        scenario.to_str().unwrap(),
+        "--no-plots",
+        "--workflows-csv",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&stdout.stdout).contains("workflows.csv"));
+    let s: serde_json::Value = serde_json::from_str(&read(&out.join("summary.json"))).unwrap();
+    let c = &s["classes"]["c"];
+    let n = |k: &str| c[k].as_u64().unwrap_or_else(|| panic!("{k}"));
+    let text = read(&out.join("workflows.csv"));
+    let mut rows = csv::Reader::from_reader(text.as_bytes());
     assert_eq!(
-        lines.next().unwrap(),
-        "class,tenant,completion,latency_s,usd,tokens,within_slo"
+        rows.headers().unwrap().iter().collect::<Vec<_>>(),
+        [
+            "class",
+            "tenant",
+            "completion",
+            "latency_s",
+            "usd",
+            "tokens",
+            "within_slo",
+            "workflow",
+            "outcome",
+            "cause",
+            "arrived_s",
+            "decided_s"
+        ]
     );
-    let mut per_class: std::collections::BTreeMap<String, (u64, f64, u64, Vec<f64>)> =
-        Default::default();
-    for l in lines {
-        let f: Vec<&str> = l.split(',').collect();
-        let e = per_class.entry(f[0].to_string()).or_default();
-        e.0 += 1;
-        e.1 += f[4].parse::<f64>().unwrap();
-        e.2 += u64::from(f[6] == "true");
-        e.3.push(f[3].parse::<f64>().unwrap());
-    }
-    for (class, (n, usd, within, mut lat)) in per_class {
-        let c = &s["classes"][&class];
-        assert_eq!(n, c["completed"].as_u64().unwrap(), "{class}");
-        let mean = c["usd_per_outcome"]["mean"].as_f64().unwrap();
-        assert!((usd / n as f64 - mean).abs() < 1e-9, "{class}");
-        let att = c["slo_attainment"].as_f64().unwrap();
-        let arrived = c["arrived"].as_u64().unwrap() as f64;
-        assert!((within as f64 / arrived - att).abs() < 1e-12, "{class}");
-        lat.sort_by(f64::total_cmp);
-        let p99 = c["latency_s"]["p99"].as_f64().unwrap();
-        let exact = exact_quantile(&lat, 0.99).unwrap();
+    use std::collections::BTreeMap;
+    let mut count: BTreeMap<String, u64> = BTreeMap::new();
+    let mut usd: BTreeMap<String, f64> = BTreeMap::new();
+    let mut causes: BTreeMap<String, u64> = BTreeMap::new();
+    let (mut within, mut completions, mut latencies) = (0u64, 0u64, Vec::new());
+    let mut ids = std::collections::BTreeSet::new();
+    for row in rows.records() {
+        let row = row.unwrap();
+        let f = |k: usize| row.get(k).unwrap();
+        assert_eq!((f(0), f(1)), ("c", "acme"));
         assert!(
-            p99 >= exact - 1e-9 && p99 <= exact * 1.001 + 1e-9,
-            "{class}"
+            ids.insert(f(7).parse::<u64>().unwrap()),
+            "one row per workflow"
+        );
+        let outcome = f(8).to_string();
+        *count.entry(outcome.clone()).or_default() += 1;
+        *usd.entry(outcome.clone()).or_default() += f(4).parse::<f64>().unwrap();
+        let arrived: f64 = f(10).parse().unwrap();
+        assert!(
+            arrived >= 120.0,
+            "warm-up arrivals are not listed: {arrived}"
+        );
+        if outcome == "in_flight" {
+            assert_eq!((f(3), f(11)), ("", ""));
+        } else {
+            let (latency, decided): (f64, f64) = (f(3).parse().unwrap(), f(11).parse().unwrap());
+            assert!((decided - arrived - latency).abs() < 1e-6);
+        }
+        match outcome.as_str() {
+            "completed" => {
+                completions += 1;
+                assert_eq!(f(2), completions.to_string());
+                within += u64::from(f(6) == "true");
+                latencies.push(f(3).parse::<f64>().unwrap());
+            }
+            "failed" | "rejected" => {
+                assert_eq!((f(2), f(6)), ("", "false"));
+                *causes.entry(format!("{outcome}: {}", f(9))).or_default() += 1;
+            }
+            _ => assert_eq!((f(2), f(6), f(9)), ("", "false", "")),
+        }
+    }
+    for outcome in ["completed", "failed", "rejected", "abandoned", "in_flight"] {
+        assert!(
+            count.get(outcome).copied().unwrap_or(0) > 0,
+            "{outcome}: {count:?}"
+        );
+        assert_eq!(count[outcome], n(outcome), "{outcome}");
+    }
+    assert_eq!(count.values().sum::<u64>(), n("arrived"));
+    let by_cause = |kind: &str| {
+        c[format!("{kind}_by_cause")]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (format!("{kind}: {k}"), v.as_u64().unwrap()))
+            .collect::<Vec<_>>()
+    };
+    let mut expected: BTreeMap<String, u64> = by_cause("failed").into_iter().collect();
+    expected.extend(by_cause("rejected"));
+    assert_eq!(causes, expected);
+    // Dollars per outcome are the summary's: the mean per success and the waste buckets.
+    let close = |a: f64, b: f64, what: &str| assert!((a - b).abs() < 1e-9, "{what}: {a} vs {b}");
+    close(
+        usd["completed"] / count["completed"] as f64,
+        c["usd_per_outcome"]["mean"].as_f64().unwrap(),
+        "completed",
+    );
+    for bucket in ["failed", "rejected", "abandoned"] {
+        close(
+            usd[bucket],
+            c["usd_waste"][bucket].as_f64().unwrap(),
+            bucket,
         );
     }
+    let all_in =
+        c["usd_total"].as_f64().unwrap() - c["usd_waste"]["after_outcome"].as_f64().unwrap();
+    close(
+        usd.values().sum::<f64>(),
+        all_in,
+        "usd_total less after-outcome",
+    );
+    assert!(
+        (within as f64 / n("arrived") as f64 - c["slo_attainment"].as_f64().unwrap()).abs() < 1e-12
+    );
+    latencies.sort_by(f64::total_cmp);
+    let p99 = c["latency_s"]["p99"].as_f64().unwrap();
+    let exact = exact_quantile(&latencies, 0.99).unwrap();
+    assert!(p99 >= exact - 1e-9 && p99 <= exact * 1.001 + 1e-9);
 }
 
 #[test]

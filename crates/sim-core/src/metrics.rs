@@ -7,6 +7,53 @@ use crate::scenario::WorkflowClass;
 use crate::station::{HopDone, StationReport};
 use crate::time::{SimDuration, SimTime};
 
+/// How a workflow ended, in the per-workflow log (`RunOptions::keep_workflows`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkflowOutcome {
+    Completed,
+    Failed,
+    Rejected,
+    Abandoned,
+    /// Still undecided when the run stopped.
+    InFlight,
+}
+
+impl WorkflowOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkflowOutcome::Completed => "completed",
+            WorkflowOutcome::Failed => "failed",
+            WorkflowOutcome::Rejected => "rejected",
+            WorkflowOutcome::Abandoned => "abandoned",
+            WorkflowOutcome::InFlight => "in_flight",
+        }
+    }
+}
+
+/// One workflow that arrived after the warm-up, as kept with
+/// `RunOptions::keep_workflows` (`run --workflows-csv`): the figures its class's
+/// counters and waste buckets add up.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkflowRecord {
+    /// Index into `RunResult::classes`.
+    pub class: usize,
+    /// The workflow's id (unique in the run, in arrival order).
+    pub workflow: u64,
+    pub arrived: SimTime,
+    /// When its outcome was decided; `None` in flight at the end.
+    pub decided: Option<SimTime>,
+    pub outcome: WorkflowOutcome,
+    /// The failure or rejection cause (`failed_by_cause` / `rejected_by_cause` keys);
+    /// empty for the other outcomes.
+    pub cause: String,
+    /// Dollars attributed to it when decided (in flight: so far). What its hops still
+    /// running cost after that is the class's `usd_after_outcome`, not here.
+    pub usd: f64,
+    /// Model tokens (input + output) of its hops so far.
+    pub tokens: u64,
+}
+
 /// One finished hop, as logged with `RunOptions::hop_log` or handed to
 /// `RunOptions::hop_sink` (span logs, exact tests).
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -513,6 +560,9 @@ pub struct RunResult {
     /// Trace rows a streamed replay could not read during the run (the file changed
     /// after loading checked it): the CLI refuses such a run's results.
     pub input_errors: Vec<String>,
+    /// Every workflow that arrived after the warm-up, in the order decided (then those
+    /// in flight, by id); empty unless `RunOptions::keep_workflows`.
+    pub workflows: Vec<WorkflowRecord>,
 }
 
 /// The factory over one sampling interval ending at `t`.

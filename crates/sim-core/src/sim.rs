@@ -21,7 +21,7 @@ use crate::gpu::gpu_station::{
 };
 use crate::metrics::{
     Breakdown, ClassStats, HopRecord, HopSample, HopStatus, PoolStats, RunResult, SpotReclaim,
-    ToolStats, WorkflowHops,
+    ToolStats, WorkflowHops, WorkflowOutcome, WorkflowRecord,
 };
 use crate::policy::{
     Autoscaler, BuiltinPolicies, JobMeta, PolicyFactory, PoolView, RouteRequest, ScaleObservation,
@@ -508,6 +508,9 @@ pub struct RunOptions<'a> {
     /// [`WorkflowHops`]): the engine holds the hops of workflows in flight only, so a
     /// span log can be written as the run goes.
     pub hop_sink: Option<&'a mut dyn FnMut(WorkflowHops<'_>)>,
+    /// Keep a record of every workflow counted (`RunResult::workflows`): one row each
+    /// for `run --workflows-csv`.
+    pub keep_workflows: bool,
     /// If set, every spot preemption event is appended here (exact tests).
     pub spot_log: Option<&'a mut Vec<SpotReclaim>>,
     /// Builds queue disciplines, routers and autoscalers; default
@@ -555,6 +558,8 @@ struct Sim<'a, 'o> {
     free_timers: Vec<u32>,
     /// Sink-node count per class.
     sinks: Vec<u32>,
+    /// `RunResult::workflows`, kept with `RunOptions::keep_workflows`.
+    workflow_records: Vec<WorkflowRecord>,
     router: Box<dyn TierRouter>,
     autoscalers: Vec<Option<Box<dyn Autoscaler>>>,
     /// Recent (time, tokens) of requests per API pool, for RPM/TPM limits.
@@ -834,6 +839,7 @@ impl<'a, 'o> Sim<'a, 'o> {
             sink_hops: Vec::new(),
             timers: Vec::new(),
             free_timers: Vec::new(),
+            workflow_records: Vec::new(),
             sinks: sc
                 .classes
                 .iter()
@@ -1095,6 +1101,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                 self.hand_over_hops(slot);
             }
         }
+        let first_in_flight = self.workflow_records.len();
         for wf in self.workflows.iter().filter(|w| w.active) {
             // Workflows whose outcome is decided were counted then; only undecided ones
             // are in flight. (Hops still running are charged when they finish.)
@@ -1102,8 +1109,22 @@ impl<'a, 'o> Sim<'a, 'o> {
                 let cs = &mut self.class_stats[wf.class as usize];
                 cs.in_flight += 1;
                 cs.usd_unfinished += wf.usd;
+                if self.opts.keep_workflows {
+                    self.workflow_records.push(WorkflowRecord {
+                        class: wf.class as usize,
+                        workflow: wf.id,
+                        arrived: wf.arrived,
+                        decided: None,
+                        outcome: WorkflowOutcome::InFlight,
+                        cause: String::new(),
+                        usd: wf.usd,
+                        tokens: wf.tokens,
+                    });
+                }
             }
         }
+        // Slots are reused, so slot order is not arrival order.
+        self.workflow_records[first_in_flight..].sort_unstable_by_key(|w| w.workflow);
         let gpu_reports: Vec<_> = self.stations[..sc.pools.len()]
             .iter_mut()
             .map(|st| st.gpu_report(end))
@@ -1158,6 +1179,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                 .map(|(l, p)| (p.gpu.is_none() && p.api.is_none()).then_some(l.rho))
                 .collect(),
             input_errors: self.input_errors,
+            workflows: self.workflow_records,
         }
     }
 
@@ -4232,6 +4254,26 @@ impl<'a, 'o> Sim<'a, 'o> {
                     *cs.rejected_by_cause.entry(cause.to_string()).or_insert(0) += 1;
                     cs.usd_waste_rejected += wf.usd;
                 }
+            }
+            if self.opts.keep_workflows {
+                self.workflow_records.push(WorkflowRecord {
+                    class: ci,
+                    workflow: wf.id,
+                    arrived: wf.arrived,
+                    decided: Some(now),
+                    outcome: match outcome {
+                        Outcome::Completed => WorkflowOutcome::Completed,
+                        Outcome::Failed => WorkflowOutcome::Failed,
+                        Outcome::Rejected => WorkflowOutcome::Rejected,
+                        Outcome::Abandoned => WorkflowOutcome::Abandoned,
+                    },
+                    cause: match outcome {
+                        Outcome::Failed | Outcome::Rejected => cause.to_string(),
+                        Outcome::Completed | Outcome::Abandoned => String::new(),
+                    },
+                    usd: wf.usd,
+                    tokens: wf.tokens,
+                });
             }
         }
         if let Some(user) = wf.user {
