@@ -1469,6 +1469,86 @@ fn a_fitted_request_trace_regenerates_its_rate_burstiness_and_tokens() {
 }
 
 #[test]
+fn a_fitted_rate_profile_keeps_the_traces_burstiness_within_its_steps() {
+    // The Azure code trace with 10-minute steps: a piecewise profile of 6 steps, and
+    // gamma gaps of the trace's CV in operational time (gaps measured in expected
+    // arrivals): the rate of every step and the burstiness inside them both survive.
+    let step_ns = 600_000_000_000;
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("traces/data/azure-llm-2023/AzureLLMInferenceTrace_code.csv");
+    let stats = traces::request_stats(
+        traces::RequestReader::open(&path, &traces::ReadOptions::default())
+            .unwrap_or_else(|e| panic!("{e}")),
+        step_ns,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let src = &stats.arrivals;
+    assert_eq!(src.rate_by_step.len(), 6);
+    assert!(src.step_cv > 5.0, "step cv {}", src.step_cv);
+    let opts = traces::fit::FitOptions {
+        step_ns,
+        ..traces::fit::FitOptions::default()
+    };
+    let fit = traces::fit::fit_requests(&stats, "code", &opts);
+    let rates = match &fit.classes[0].arrival {
+        traces::fit::ArrivalFit::Piecewise { rates, cv, .. } => {
+            assert_eq!(*cv, Some(src.step_cv));
+            rates.clone()
+        }
+        a => panic!("{a:?}"),
+    };
+    // 48 h: the profile cycles 48 times, about 444,000 arrivals. The sample CV's
+    // relative error is about sqrt((2 + 6 cv^2) / n) / 2 = 2.4% at cv 13; each step's
+    // count (about 74,000 over its 48 passes) has a standard error of cv / sqrt(n) = 5%.
+    let (_, log) = run_fragment(&fit.to_toml(), "48h");
+    let (t, _) = per_workflow(&log, "fitted");
+    let step_s = step_ns as f64 / 1e9;
+    let cycle: f64 = rates.iter().sum::<f64>() * step_s;
+    let lambda = |x: f64| {
+        let k = (x / step_s).floor();
+        let i = k as usize % rates.len();
+        let whole = (k as usize / rates.len()) as f64 * cycle;
+        whole + rates[..i].iter().sum::<f64>() * step_s + rates[i] * (x - k * step_s)
+    };
+    let op: Vec<f64> = t.iter().map(|&x| lambda(x)).collect();
+    let (cv, arrivals) = (cv_of_gaps(&op), t.len());
+    assert!(
+        (cv / src.step_cv - 1.0).abs() < 0.12,
+        "cv {cv} vs {}",
+        src.step_cv
+    );
+    let passes = 48.0 * 3600.0 / (step_s * rates.len() as f64);
+    for (i, &r) in rates.iter().enumerate() {
+        let n = t
+            .iter()
+            .filter(|&&x| (x / step_s).floor() as usize % rates.len() == i)
+            .count() as f64;
+        let expected = r * step_s * passes;
+        assert!(
+            (n / expected - 1.0).abs() < 0.25,
+            "step {i}: {n} vs {expected}"
+        );
+    }
+    // Poisson within each step (what the fit wrote before it kept the cv) loses it.
+    let fragment = fit.to_toml();
+    let at = fragment
+        .find(", cv = ")
+        .unwrap_or_else(|| panic!("{fragment}"));
+    let len = fragment[at..]
+        .find(" }")
+        .unwrap_or_else(|| panic!("{fragment}"));
+    let poisson = format!("{}{}", &fragment[..at], &fragment[at + len..]);
+    let (_, log) = run_fragment(&poisson, "48h");
+    let (t, _) = per_workflow(&log, "fitted");
+    let op: Vec<f64> = t.iter().map(|&x| lambda(x)).collect();
+    assert!((cv_of_gaps(&op) - 1.0).abs() < 0.05, "{}", cv_of_gaps(&op));
+    eprintln!(
+        "code trace, 10 min steps: step cv {:.3} (overall {:.3}); regenerated {cv:.3} over {arrivals} arrivals",
+        src.step_cv, src.interarrival_cv
+    );
+}
+
+#[test]
 fn a_fitted_span_log_regenerates_rate_hops_and_tokens_per_workflow() {
     // The month-end span log: chat (one call) and claims (coordinator, 2-4 researchers
     // each with a ledger call, reconcile), fitted to one node per role.

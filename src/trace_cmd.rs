@@ -355,6 +355,11 @@ fn arrival_rows(out: &mut String, a: &ArrivalStats) {
         "inter-arrival CV",
         format!("{} (1 = Poisson, > 1 bursty)", n(a.interarrival_cv)),
     );
+    if !a.rate_by_step.is_empty() {
+        // Gaps measured in the arrivals the step rates expect: burstiness that a
+        // changing rate does not explain (what a piecewise fit keeps as its cv).
+        row(out, "CV within steps", n(a.step_cv).to_string());
+    }
     let mut rates: Vec<String> = a.rate_by_step.iter().map(|r| n(*r)).collect();
     if rates.is_empty() {
         rates.push("-".into());

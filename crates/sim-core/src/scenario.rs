@@ -801,8 +801,15 @@ pub enum ArrivalSpec {
     /// Poisson arrivals at `rate` workflows per second.
     Poisson { rate: f64 },
     /// Poisson with a piecewise-constant rate: `rates[i]` (per second) holds for the
-    /// i-th `step`, cycling (24 hourly values make a diurnal profile).
-    Piecewise { step: SimDuration, rates: Vec<f64> },
+    /// i-th `step`, cycling (24 hourly values make a diurnal profile). With `cv`, the
+    /// gaps are gamma with that coefficient of variation in operational time (the
+    /// rate's integral), so bursty load keeps the profile's rate in every step.
+    Piecewise {
+        step: SimDuration,
+        rates: Vec<f64>,
+        #[serde(default)]
+        cv: Option<f64>,
+    },
     /// Renewal arrivals: independent inter-arrival gaps drawn from `interarrival`
     /// (seconds); a `gamma` with `cv` > 1 gives bursty load with a chosen mean rate and
     /// inter-arrival CV (what `factorysim fit` writes).
@@ -1260,6 +1267,10 @@ pub enum Arrival {
     Piecewise {
         step: SimDuration,
         rates_per_s: Vec<f64>,
+        /// With a `cv`: gaps of mean 1 in operational time (gamma), mapped back
+        /// through the rate profile ([`WorkflowClass::after_operational`]); without,
+        /// Poisson by thinning.
+        operational_gaps: Option<Sampler>,
     },
     /// Independent inter-arrival gaps (seconds), mean > 0.
     Renewal {
@@ -1343,7 +1354,9 @@ impl WorkflowClass {
     pub fn rate_at(&self, t: SimTime) -> f64 {
         let base = match &self.arrival {
             Arrival::Poisson { rate_per_s } => *rate_per_s,
-            Arrival::Piecewise { step, rates_per_s } => {
+            Arrival::Piecewise {
+                step, rates_per_s, ..
+            } => {
                 let i = (t.as_nanos() / step.as_nanos().max(1)) as usize % rates_per_s.len();
                 rates_per_s[i]
             }
@@ -1357,6 +1370,45 @@ impl WorkflowClass {
             .map(|b| b.rate_factor)
             .product();
         base * factor
+    }
+
+    /// The time at which the integral of the piecewise rate from `from` reaches `mass`
+    /// (arrivals expected): renewal gaps drawn in operational time, mapped back to
+    /// simulated time. `None` for other arrival processes.
+    pub fn after_operational(&self, from: SimTime, mass: f64) -> Option<SimTime> {
+        let Arrival::Piecewise {
+            step, rates_per_s, ..
+        } = &self.arrival
+        else {
+            return None;
+        };
+        let step_ns = step.as_nanos().max(1);
+        let step_s = step_ns as f64 / 1e9;
+        let n = rates_per_s.len() as u64;
+        let cycle: f64 = rates_per_s.iter().sum::<f64>() * step_s;
+        let mut left = mass.max(0.0);
+        let mut t = from.as_nanos();
+        // Whole cycles at once (validation keeps a cycle's mass above zero).
+        if cycle > 0.0 && left > cycle {
+            let cycles = (left / cycle).floor();
+            left -= cycles * cycle;
+            t = t.saturating_add((cycles * (n * step_ns) as f64) as u64);
+        }
+        // At most one cycle and a step of walking.
+        for _ in 0..=n + 1 {
+            let k = t / step_ns;
+            let rate = rates_per_s[(k % n) as usize];
+            let end = (k + 1).saturating_mul(step_ns);
+            let room = rate * (end - t) as f64 / 1e9;
+            if rate > 0.0 && room >= left {
+                return Some(SimTime(
+                    t.saturating_add((left / rate * 1e9).round() as u64),
+                ));
+            }
+            left -= room;
+            t = end;
+        }
+        Some(SimTime(t))
     }
 
     /// An upper bound of `rate_at` over all time (for thinning).
@@ -2331,7 +2383,7 @@ impl ScenarioSpec {
                     }
                     Arrival::Poisson { rate_per_s: *rate }
                 }
-                ArrivalSpec::Piecewise { step, rates } => {
+                ArrivalSpec::Piecewise { step, rates, cv } => {
                     if *step == SimDuration::ZERO {
                         return Err(err(
                             format!("{key}.arrival.step"),
@@ -2349,9 +2401,41 @@ impl ScenarioSpec {
                             ),
                         ));
                     }
+                    let operational_gaps = match cv {
+                        None => None,
+                        Some(cv) => {
+                            if !cv.is_finite() || *cv <= 0.0 {
+                                return Err(err(
+                                    format!("{key}.arrival.cv"),
+                                    format!(
+                                        "expected a coefficient of variation > 0 (1 = Poisson, > 1 bursty), got {cv}"
+                                    ),
+                                ));
+                            }
+                            if let Some(i) = c
+                                .bursts
+                                .iter()
+                                .position(|b| b.rate_factor.is_some_and(|f| f != 1.0))
+                            {
+                                return Err(err(
+                                    format!("{key}.bursts[{i}].rate_factor"),
+                                    "piecewise arrivals with a cv take no rate_factor bursts (fan_out bursts are fine); put the burst in the rates, or drop the cv",
+                                ));
+                            }
+                            Some(
+                                DistSpec::Gamma {
+                                    mean: crate::dist::Num(1.0),
+                                    cv: *cv,
+                                }
+                                .sampler()
+                                .map_err(|m| err(format!("{key}.arrival.cv"), m))?,
+                            )
+                        }
+                    };
                     Arrival::Piecewise {
                         step: *step,
                         rates_per_s: rates.clone(),
+                        operational_gaps,
                     }
                 }
                 ArrivalSpec::Renewal { interarrival } => {

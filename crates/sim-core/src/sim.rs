@@ -1496,6 +1496,21 @@ impl<'a, 'o> Sim<'a, 'o> {
             }
             return;
         }
+        if let Arrival::Piecewise {
+            operational_gaps: Some(gaps),
+            ..
+        } = &class.arrival
+        {
+            // A renewal process in operational time (time rescaling): a gap of mean 1
+            // there is one expected arrival at whatever rate the profile has.
+            let mass = gaps.sample(&mut rt.arrivals_rng);
+            if let Some(t) = class.after_operational(from, mass)
+                && t < self.horizon
+            {
+                self.queue.push(t, Event::Arrival { class: ci as u32 });
+            }
+            return;
+        }
         if rt.max_rate <= 0.0 {
             return;
         }

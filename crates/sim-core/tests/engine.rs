@@ -2028,6 +2028,84 @@ fn gpu_weighted_fair_does_not_starve_a_light_lane() {
 }
 
 #[test]
+fn piecewise_arrivals_with_a_cv_keep_the_profile_and_the_burstiness() {
+    // Rates 0.1/s and 0.4/s in alternating hours, gamma gaps of CV 3 in operational
+    // time. Over 100 h: 18,000 and 72,000 expected arrivals in the two phases; a
+    // renewal count's variance is about cv^2 x its mean, so standard errors of 402 and
+    // 805 (2.2% and 1.1%).
+    let text = |cv: &str, extra: &str| {
+        format!(
+            r#"
+[simulation]
+horizon = "100h"
+[pools.p]
+servers = 1000
+service = {{ dist = "constant", value = "1ms" }}
+[classes.c]
+arrival = {{ process = "piecewise", step = "1h", rates = [0.1, 0.4]{cv} }}
+{extra}
+hops = [{{ pool = "p" }}]
+"#
+        )
+    };
+    let (_, log) = run_logged(&text(", cv = 3.0", ""), 5);
+    let mut t: Vec<u64> = log.iter().map(|h| h.submitted.as_nanos()).collect();
+    t.sort_unstable();
+    let hour = 3_600_000_000_000u64;
+    let slow = t.iter().filter(|&&x| (x / hour).is_multiple_of(2)).count() as f64;
+    let fast = t.len() as f64 - slow;
+    assert!((slow - 18_000.0).abs() < 4.0 * 402.0, "slow hours: {slow}");
+    assert!((fast - 72_000.0).abs() < 4.0 * 805.0, "fast hours: {fast}");
+    // Gaps in operational time (the rate's integral between arrivals): mean 1, CV 3.
+    // With a kurtosis of 3 + 6 cv^2 the sample CV's relative error is about
+    // sqrt((2 + 6 cv^2) / n) / 2 = 1.2% for 90,000 gaps.
+    let lambda = |x: u64| {
+        let (k, off) = (x / hour, (x % hour) as f64 / 1e9);
+        let per_pair = 3600.0 * (0.1 + 0.4);
+        (k / 2) as f64 * per_pair
+            + if k.is_multiple_of(2) {
+                0.1 * off
+            } else {
+                360.0 + 0.4 * off
+            }
+    };
+    let gaps: Vec<f64> = t.windows(2).map(|w| lambda(w[1]) - lambda(w[0])).collect();
+    let mean = gaps.iter().sum::<f64>() / gaps.len() as f64;
+    let sd = (gaps.iter().map(|g| (g - mean).powi(2)).sum::<f64>() / gaps.len() as f64).sqrt();
+    assert!((mean - 1.0).abs() < 0.05, "operational mean gap {mean}");
+    assert!(
+        (sd / mean / 3.0 - 1.0).abs() < 0.06,
+        "operational cv {}",
+        sd / mean
+    );
+    // Without a cv the same profile is Poisson: operational CV 1.
+    let (_, log) = run_logged(&text("", ""), 5);
+    let mut t: Vec<u64> = log.iter().map(|h| h.submitted.as_nanos()).collect();
+    t.sort_unstable();
+    let gaps: Vec<f64> = t.windows(2).map(|w| lambda(w[1]) - lambda(w[0])).collect();
+    let mean = gaps.iter().sum::<f64>() / gaps.len() as f64;
+    let sd = (gaps.iter().map(|g| (g - mean).powi(2)).sum::<f64>() / gaps.len() as f64).sqrt();
+    assert!((sd / mean - 1.0).abs() < 0.03, "poisson cv {}", sd / mean);
+    // Refused: a cv of 0, and rate-factor bursts with a cv.
+    for (cv, extra, key) in [
+        (", cv = 0.0", "", "classes.c.arrival.cv"),
+        (
+            ", cv = 2.0",
+            r#"bursts = [{ start = "1s", duration = "1s", rate_factor = 2.0 }]"#,
+            "classes.c.bursts[0].rate_factor",
+        ),
+    ] {
+        let spec: sim_core::ScenarioSpec =
+            toml::from_str(&text(cv, extra)).unwrap_or_else(|e| panic!("{e}"));
+        let e = spec
+            .validate()
+            .err()
+            .unwrap_or_else(|| panic!("{cv} {extra} accepted"));
+        assert_eq!(e.key, key, "{e}");
+    }
+}
+
+#[test]
 fn renewal_arrivals_have_the_gap_distribution_they_are_given() {
     let text = |gap: &str, horizon: &str| {
         format!(

@@ -61,9 +61,12 @@ pub enum ArrivalFit {
         mean_gap_s: f64,
         cv: f64,
     },
+    /// Rates per step, cycling; with `cv`, gamma gaps of that CV in operational time
+    /// (the trace's burstiness within its steps, `ArrivalStats::step_cv`).
     Piecewise {
         step_s: f64,
         rates: Vec<f64>,
+        cv: Option<f64>,
     },
 }
 
@@ -261,6 +264,9 @@ fn arrival_fit(a: &crate::stats::ArrivalStats) -> ArrivalFit {
         ArrivalFit::Piecewise {
             step_s: a.step_s,
             rates: a.rate_by_step.clone(),
+            // Burstiness within the steps, as the renewal fit below keeps it overall.
+            cv: (a.rows >= 3 && a.step_cv > 0.0 && (a.step_cv - 1.0).abs() > 0.05)
+                .then_some(a.step_cv),
         }
     } else if a.rows >= 3
         && a.mean_rate_per_s > 0.0
@@ -506,12 +512,14 @@ pub fn arrival_toml(a: &ArrivalFit) -> String {
             num(*mean_gap_s),
             num(*cv)
         ),
-        ArrivalFit::Piecewise { step_s, rates } => {
+        ArrivalFit::Piecewise { step_s, rates, cv } => {
             let r: Vec<String> = rates.iter().map(|x| num(*x)).collect();
             format!(
-                "{{ process = \"piecewise\", step = \"{}\", rates = [{}] }}",
+                "{{ process = \"piecewise\", step = \"{}\", rates = [{}]{} }}",
                 duration_str(*step_s),
-                r.join(", ")
+                r.join(", "),
+                cv.map(|cv| format!(", cv = {}", num(cv)))
+                    .unwrap_or_default()
             )
         }
     }

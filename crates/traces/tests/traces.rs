@@ -816,9 +816,13 @@ fn long_traces_fit_piecewise_rates() {
     assert_eq!(stats.arrivals.rows, 3 * 19366);
     let p = fit_requests(&stats, CONV, &FitOptions::default());
     match &p.classes[0].arrival {
-        traces::ArrivalFit::Piecewise { step_s, rates } => {
+        traces::ArrivalFit::Piecewise { step_s, rates, cv } => {
             assert_eq!(*step_s, 3600.0);
             assert_eq!(rates.len(), 3);
+            // The conv trace is a little bursty within its hours (CV 1.09 overall).
+            let within = stats.arrivals.step_cv;
+            assert!((within - 1.094).abs() < 0.02, "{within}");
+            assert_eq!(*cv, Some(within));
             let mean = stats.arrivals.mean_rate_per_s;
             // Full hours match the trace's mean rate within 5%.
             for r in &rates[..2] {
