@@ -122,6 +122,7 @@ pub fn timeseries_csv(r: &RunResult) -> Result<String, csv::Error> {
         header.push(format!("{p}_kv_occupancy"));
         header.push(format!("{p}_tokens_in_flight"));
     }
+    header.push("rejected".into());
     w.write_record(&header)?;
     for row in &r.timeseries {
         let mut rec = vec![
@@ -159,6 +160,7 @@ pub fn timeseries_csv(r: &RunResult) -> Result<String, csv::Error> {
                     .unwrap_or_default(),
             );
         }
+        rec.push(row.rejected.to_string());
         w.write_record(&rec)?;
     }
     let bytes = w.into_inner().map_err(|e| e.into_error())?;

@@ -264,6 +264,8 @@ pub fn run_table_with(s: &Summary, opts: &TableOptions<'_>) -> String {
         "completed",
         "in flight",
         "failed",
+        "rejected",
+        "abandoned",
         "p50",
         "p95",
         "p99",
@@ -279,7 +281,9 @@ pub fn run_table_with(s: &Summary, opts: &TableOptions<'_>) -> String {
             fmt_count(c.arrived),
             fmt_count(c.completed),
             fmt_count(c.in_flight),
-            fmt_count(c.failed + c.rejected + c.abandoned),
+            fmt_count(c.failed),
+            fmt_count(c.rejected),
+            fmt_count(c.abandoned),
             fmt_secs(c.latency_s.p50),
             fmt_secs(c.latency_s.p95),
             fmt_secs(c.latency_s.p99),
@@ -337,17 +341,27 @@ pub fn run_table_with(s: &Summary, opts: &TableOptions<'_>) -> String {
     let causes: Vec<_> = s
         .classes
         .iter()
-        .filter(|(_, c)| !c.failed_by_cause.is_empty())
+        .filter(|(_, c)| !c.failed_by_cause.is_empty() || !c.rejected_by_cause.is_empty())
         .collect();
     if !causes.is_empty() {
         out.push('\n');
-        heading(&mut out, "Failed workflows by cause", colour);
-        let mut t = Table::new(&["class", "cause", "workflows"]).left_columns(2);
+        heading(&mut out, "Failed and rejected workflows by cause", colour);
+        let mut t = Table::new(&["class", "outcome", "cause", "workflows"]).left_columns(3);
         for (name, c) in causes {
-            let mut by: Vec<_> = c.failed_by_cause.iter().collect();
-            by.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
-            for (cause, n) in by {
-                t.row(vec![name.clone(), cause.clone(), fmt_count(*n)]);
+            for (outcome, counts) in [
+                ("failed", &c.failed_by_cause),
+                ("rejected", &c.rejected_by_cause),
+            ] {
+                let mut by: Vec<_> = counts.iter().collect();
+                by.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+                for (cause, n) in by {
+                    t.row(vec![
+                        name.clone(),
+                        outcome.into(),
+                        cause.clone(),
+                        fmt_count(*n),
+                    ]);
+                }
             }
         }
         t.render(&mut out);

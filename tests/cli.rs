@@ -824,7 +824,8 @@ fn csv_outputs_add_up() {
             "tools_servers",
             "usd",
             "llm-large_queued",
-            "tools_queued"
+            "tools_queued",
+            "rejected"
         ]
     );
     let rows: Vec<Vec<f64>> = lines
@@ -1235,7 +1236,8 @@ after = ["a"]
         "--out",
         out.to_str().unwrap(),
     ]);
-    assert!(String::from_utf8_lossy(&stdout.stdout).contains("workflows.csv"));
+    let table = String::from_utf8_lossy(&stdout.stdout).into_owned();
+    assert!(table.contains("workflows.csv"));
     let s: serde_json::Value = serde_json::from_str(&read(&out.join("summary.json"))).unwrap();
     let c = &s["classes"]["c"];
     let n = |k: &str| c[k].as_u64().unwrap_or_else(|| panic!("{k}"));
@@ -1319,6 +1321,55 @@ after = ["a"]
     let mut expected: BTreeMap<String, u64> = by_cause("failed").into_iter().collect();
     expected.extend(by_cause("rejected"));
     assert_eq!(causes, expected);
+    // The table counts each outcome in its own column and lists every cause.
+    let row = table
+        .lines()
+        .find(|l| l.trim_start().starts_with("c "))
+        .unwrap_or_else(|| panic!("{table}"));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    let shown: Vec<u64> = cells[1..7]
+        .iter()
+        .map(|x| x.replace(',', "").parse().unwrap())
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            "arrived",
+            "completed",
+            "in_flight",
+            "failed",
+            "rejected",
+            "abandoned"
+        ]
+        .map(n)
+    );
+    assert!(
+        table.contains("Failed and rejected workflows by cause"),
+        "{table}"
+    );
+    for (cause, count) in &expected {
+        let (outcome, cause) = cause.split_once(": ").unwrap();
+        assert!(
+            table.lines().any(|l| l.contains(outcome)
+                && l.contains(cause)
+                && l.trim_end().ends_with(&count.to_string())),
+            "{outcome} {cause} {count}: {table}"
+        );
+    }
+    // timeseries.csv counts the rejections (all after the warm-up: the outage's).
+    let ts = read(&out.join("timeseries.csv"));
+    let mut ts = csv::Reader::from_reader(ts.as_bytes());
+    let col = ts
+        .headers()
+        .unwrap()
+        .iter()
+        .position(|h| h == "rejected")
+        .unwrap();
+    let rejected: u64 = ts
+        .records()
+        .map(|r| r.unwrap()[col].parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(rejected, n("rejected"));
     // Dollars per outcome are the summary's: the mean per success and the waste buckets.
     let close = |a: f64, b: f64, what: &str| assert!((a - b).abs() < 1e-9, "{what}: {a} vs {b}");
     close(

@@ -570,12 +570,14 @@ pub struct RunResult {
 pub struct TimeseriesRow {
     /// End of the interval, seconds since the start of the run.
     pub t_s: f64,
-    /// Workflow arrivals, completions, failures and abandonments in the interval (all
-    /// classes, warm-up included).
+    /// Workflow arrivals, completions, failures (rejections included) and abandonments
+    /// in the interval (all classes, warm-up included).
     pub arrivals: u64,
     pub completions: u64,
     pub failed: u64,
     pub abandoned: u64,
+    /// The rejections among `failed`.
+    pub rejected: u64,
     /// Workflows started and not yet decided, at `t`.
     pub in_flight: u64,
     /// Per pool, in scenario order (names in `RunResult::pool_names`).

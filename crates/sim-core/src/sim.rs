@@ -109,6 +109,7 @@ struct IntervalCounters {
     arrivals: u64,
     completions: u64,
     failed: u64,
+    rejected: u64,
     abandoned: u64,
     in_flight: u64,
     usd_variable: f64,
@@ -1444,6 +1445,7 @@ impl<'a, 'o> Sim<'a, 'o> {
             completions: c.completions,
             failed: c.failed,
             abandoned: c.abandoned,
+            rejected: c.rejected,
             in_flight: c.in_flight,
             pools,
             usd,
@@ -4239,7 +4241,12 @@ impl<'a, 'o> Sim<'a, 'o> {
         self.interval.in_flight -= 1;
         match outcome {
             Outcome::Completed => self.interval.completions += 1,
-            Outcome::Failed | Outcome::Rejected => self.interval.failed += 1,
+            Outcome::Failed => self.interval.failed += 1,
+            Outcome::Rejected => {
+                // `failed` keeps counting rejections (its meaning in timeseries.csv).
+                self.interval.failed += 1;
+                self.interval.rejected += 1;
+            }
             Outcome::Abandoned => self.interval.abandoned += 1,
         }
         let over_tiered = self
