@@ -30,8 +30,21 @@ pub struct GpuPoolLoad {
     /// Solo-request TTFT and TPOT from the performance model.
     pub ttft_s: f64,
     pub tpot_s: f64,
-    /// Little's law: sequences in flight the load needs.
+    /// TPOT at the batch the load itself makes (about `needed_concurrency / replicas`
+    /// sequences decoding at once on each replica, at most what fits): a bigger batch
+    /// makes every step slower.
+    pub batch_tpot_s: f64,
+    /// Little's law: sequences in flight the load needs, rate x (TTFT + output x
+    /// `batch_tpot_s`), solved as a fixed point.
     pub needed_concurrency: f64,
+    /// The most requests per second one replica finishes in steady state, over decode
+    /// batch sizes b up to what fits: each iteration decodes b tokens and prefills as
+    /// many requests' uncached prompts (b / output of them), within the token budget.
+    pub requests_per_replica_s: f64,
+    /// Offered hops / (replicas x `requests_per_replica_s`): at 1 or more the pool
+    /// cannot keep up. Optimistic (best batching, shared prefixes always cached, mean
+    /// tokens), so queues grow long somewhat below 1.
+    pub gpu_load: f64,
 }
 
 /// One entry per GPU pool.
@@ -39,7 +52,7 @@ pub fn gpu_pool_loads(sc: &Scenario) -> Vec<GpuPoolLoad> {
     let mut out = Vec::new();
     for (pi, pool) in sc.pools.iter().enumerate() {
         let Some(g) = &pool.gpu else { continue };
-        let (mut rate, mut inp, mut outp) = (0.0, 0.0, 0.0);
+        let (mut rate, mut inp, mut outp, mut shared) = (0.0, 0.0, 0.0, 0.0);
         for (ci, c) in sc.classes.iter().enumerate() {
             let r = c.mean_rate_per_s(sc.horizon) * c.workload_share(sc);
             let visits = expected_visits(&c.graph);
@@ -56,6 +69,7 @@ pub fn gpu_pool_loads(sc: &Scenario) -> Vec<GpuPoolLoad> {
                     rate += v;
                     inp += v * ti;
                     outp += v * to;
+                    shared += v * (n.shared_prefix_tokens as f64).min(ti);
                 }
             }
         }
@@ -80,6 +94,67 @@ pub fn gpu_pool_loads(sc: &Scenario) -> Vec<GpuPoolLoad> {
         };
         let batch = per_replica_batch.floor().max(1.0) as u32;
         let replicas = pool.planning_servers();
+        let decode_ceiling_tok_s =
+            decode_tokens_per_sec(g.perf.as_ref(), batch, context.round() as u64) * replicas as f64;
+        // TPOT when each replica decodes `b` sequences at once.
+        let tpot_at = |b: f64| {
+            let b = b.clamp(1.0, batch as f64).round() as u32;
+            let r = decode_tokens_per_sec(g.perf.as_ref(), b, context.round() as u64);
+            if r > 0.0 { b as f64 / r } else { tpot }
+        };
+        let mut needed = rate * (ttft + mean_output * tpot);
+        let mut batch_tpot = tpot;
+        if replicas > 0 && mean_output > 1.0 {
+            for _ in 0..100 {
+                batch_tpot = tpot_at(needed / replicas as f64).max(tpot);
+                let next = rate * (ttft + mean_output * batch_tpot);
+                let converged = (next - needed).abs() <= 1e-9 * next.max(1.0);
+                needed = next;
+                if converged {
+                    break;
+                }
+            }
+        }
+        // The most requests a replica can finish per second in steady state: with b
+        // sequences decoding, each iteration yields b output tokens (b / output
+        // requests' worth) and must also prefill as many requests' prompts (b x input
+        // / output tokens), within the iteration's token budget.
+        let per_request_out = mean_output.max(1.0);
+        // A role's shared prefix is prefilled once and then hit in the prefix cache
+        // (assumed hot: a steady load keeps it there).
+        let cached = if g.config.prefix_caching && rate > 0.0 {
+            shared / rate
+        } else {
+            0.0
+        };
+        let uncached_input = (mean_input - cached).max(0.0);
+        let budget = g.config.max_batched_tokens as f64;
+        let mut best = 0.0f64;
+        for b in 1..=batch {
+            let prompts = b as f64 / per_request_out;
+            let prefill = uncached_input * prompts;
+            if b as f64 + prefill > budget && b > 1 {
+                break;
+            }
+            let shape = sim_core::gpu::IterationShape {
+                prefill_tokens: prefill.round() as u64,
+                prefill_seqs: prompts.ceil() as u32,
+                prefill_context_tokens: (cached * prompts).round() as u64,
+                decode_seqs: b,
+                decode_context_tokens: b as u64 * context.round() as u64,
+            };
+            let t = g.perf.iteration_time(&shape).as_secs_f64();
+            if t > 0.0 {
+                best = best.max(b as f64 / per_request_out / t);
+            }
+        }
+        let gpu_load = if replicas > 0 && best > 0.0 {
+            rate / (best * replicas as f64)
+        } else if rate > 0.0 {
+            f64::INFINITY
+        } else {
+            0.0
+        };
         out.push(GpuPoolLoad {
             pool: pool.name.clone(),
             replicas,
@@ -89,14 +164,13 @@ pub fn gpu_pool_loads(sc: &Scenario) -> Vec<GpuPoolLoad> {
             mean_output,
             kv_sequences: kv_per_replica * replicas as f64,
             max_seqs: g.config.max_num_seqs as u64 * replicas as u64,
-            decode_ceiling_tok_s: decode_tokens_per_sec(
-                g.perf.as_ref(),
-                batch,
-                context.round() as u64,
-            ) * replicas as f64,
+            decode_ceiling_tok_s,
             ttft_s: ttft,
             tpot_s: tpot,
-            needed_concurrency: rate * (ttft + mean_output * tpot),
+            batch_tpot_s: batch_tpot,
+            needed_concurrency: needed,
+            requests_per_replica_s: best,
+            gpu_load,
         });
     }
     out
@@ -347,6 +421,11 @@ pub fn boot_and_reservation_lines(sc: &Scenario) -> String {
     s
 }
 
+/// `gpu_load` from which `check` warns. The load is optimistic: on
+/// scenarios/gpu-pool.toml the queue grows without bound at 40 hops/s (load 1.01) and
+/// slowly at 34/s (0.86), and holds at 28/s (0.71).
+pub const NEAR_SATURATION: f64 = 0.85;
+
 /// The GPU section of `factorysim check` (empty when there are no GPU pools).
 pub fn gpu_capacity_table(sc: &Scenario) -> String {
     let loads = gpu_pool_loads(sc);
@@ -354,11 +433,11 @@ pub fn gpu_capacity_table(sc: &Scenario) -> String {
         return String::new();
     }
     let mut s = String::from(
-        "\nGPU pools (KV seqs at the mean context, max seqs = max_num_seqs x replicas; solo TTFT/TPOT from the performance model; needed = rate x (TTFT + output x TPOT); headroom = min(KV seqs, max seqs) / needed)\n",
+        "\nGPU pools (KV seqs at the mean context, max seqs = max_num_seqs x replicas; solo TTFT/TPOT from the performance model, batch TPOT at the batch the load makes; needed = rate x (TTFT + output x batch TPOT); headroom = min(KV seqs, max seqs) / needed; load = hops/s over what the replicas finish at the best batching, prefilling uncached prompts as they decode)\n",
     );
     let _ = writeln!(
         s,
-        "  {:<12} {:>8} {:>12} {:>10} {:>9} {:>10} {:>14} {:>10} {:>9} {:>8} {:>9}",
+        "  {:<12} {:>8} {:>12} {:>10} {:>9} {:>10} {:>14} {:>10} {:>9} {:>10} {:>8} {:>9} {:>6}",
         "pool",
         "replicas",
         "KV tok/rep",
@@ -368,21 +447,25 @@ pub fn gpu_capacity_table(sc: &Scenario) -> String {
         "decode tok/s",
         "TTFT",
         "TPOT",
+        "batch TPOT",
         "needed",
-        "headroom"
+        "headroom",
+        "load"
     );
     for l in loads {
         if l.hop_rate_per_s <= 0.0 {
             // No load: no mean context to size sequences or iterations by.
             let _ = writeln!(
                 s,
-                "  {:<12} {:>8} {:>12} {:>10} {:>9} {:>10.3} {:>14} {:>11} {:>9} {:>8} {:>9}",
+                "  {:<12} {:>8} {:>12} {:>10} {:>9} {:>10.3} {:>14} {:>10} {:>9} {:>10} {:>8} {:>9} {:>6}",
                 l.pool,
                 l.replicas,
                 l.kv_tokens_per_replica,
                 "-",
                 l.max_seqs,
                 0.0,
+                "-",
+                "-",
                 "-",
                 "-",
                 "-",
@@ -394,7 +477,7 @@ pub fn gpu_capacity_table(sc: &Scenario) -> String {
         let headroom = headroom(&l);
         let _ = writeln!(
             s,
-            "  {:<12} {:>8} {:>12} {:>10.0} {:>9} {:>10.3} {:>14.0} {:>9.0}ms {:>7.1}ms {:>8.1} {:>9}",
+            "  {:<12} {:>8} {:>12} {:>10.0} {:>9} {:>10.3} {:>14.0} {:>8.0}ms {:>7.1}ms {:>8.1}ms {:>8.1} {:>9} {:>6.2}",
             l.pool,
             l.replicas,
             l.kv_tokens_per_replica,
@@ -404,19 +487,25 @@ pub fn gpu_capacity_table(sc: &Scenario) -> String {
             l.decode_ceiling_tok_s,
             l.ttft_s * 1e3,
             l.tpot_s * 1e3,
+            l.batch_tpot_s * 1e3,
             l.needed_concurrency,
             if headroom.is_finite() {
                 format!("{headroom:.2}x")
             } else {
                 "-".to_string()
-            }
+            },
+            l.gpu_load
         );
-        let demand = l.hop_rate_per_s * l.mean_output;
-        if demand > l.decode_ceiling_tok_s {
+        if l.gpu_load >= NEAR_SATURATION {
+            let what = if l.gpu_load >= 1.0 {
+                "is overloaded: queues grow without bound"
+            } else {
+                "is near saturation (the estimate is optimistic): expect long queues"
+            };
             let _ = writeln!(
                 s,
-                "warning: pool {} needs {demand:.0} output tokens/s, above its decode ceiling of {:.0}",
-                l.pool, l.decode_ceiling_tok_s
+                "warning: pool {} {what} (load {:.2}: {:.3} hops/s against about {:.3}/s per replica x {} at the best batching)",
+                l.pool, l.gpu_load, l.hop_rate_per_s, l.requests_per_replica_s, l.replicas
             );
         }
         if l.needed_concurrency > l.kv_sequences {
@@ -541,7 +630,12 @@ output_tokens = { dist = "constant", value = 200 }
             .scenario;
         let l = &gpu_pool_loads(&sc)[0];
         assert_eq!((l.mean_input, l.mean_output), (1000.0, 200.0));
-        assert!((l.needed_concurrency - 4.0 * (l.ttft_s + 200.0 * l.tpot_s)).abs() < 1e-9);
+        // At the batch the load makes: slower than solo, and a fixed point of Little's law.
+        assert!(l.batch_tpot_s >= l.tpot_s);
+        assert!(
+            (l.needed_concurrency - 4.0 * (l.ttft_s + 200.0 * l.batch_tpot_s)).abs()
+                < 1e-6 * l.needed_concurrency
+        );
         // Much more than rate x TTFT alone.
         assert!(l.needed_concurrency > 20.0 * 4.0 * l.ttft_s);
         // KV: Llama-3-8B keeps 131,072 bytes per token.
@@ -762,5 +856,59 @@ output_tokens = {{ dist = "constant", value = 50 }}
         );
         let never = with_outage.replace("probability = 0.2", "probability = 0.0");
         assert_eq!(risks(&never).0, vec![]);
+    }
+
+    #[test]
+    fn gpu_load_warns_where_the_queue_grows_without_bound() {
+        // scenarios/gpu-pool.toml on its A100 pool (4 replicas of Llama-3-8B, 800
+        // shared prefix tokens). Measured with `factorysim run`: in flight holds near
+        // 60 at 12 hops/s and grows by about 6.7 a second at 40.
+        let text = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/gpu-pool.toml"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let load = |rate: f64| {
+            let sc = crate::parse_scenario(
+                "gpu-pool.toml",
+                &text,
+                &[format!("classes.chat.arrival.rate={rate}")],
+            )
+            .unwrap_or_else(|e| panic!("{e}"))
+            .scenario;
+            let l = gpu_pool_loads(&sc).remove(0);
+            assert_eq!(l.pool, "a100");
+            // The load is the offered rate over the replicas' best throughput.
+            assert!(
+                (l.gpu_load - rate / (4.0 * l.requests_per_replica_s)).abs() < 1e-12,
+                "{l:?}"
+            );
+            (l.gpu_load, gpu_capacity_table(&sc))
+        };
+        let (low, table) = load(12.0);
+        assert!(low < 0.5, "{low}");
+        assert!(!table.contains("warning: pool a100"), "{table}");
+        let (near, table) = load(34.0);
+        assert!((NEAR_SATURATION..1.0).contains(&near), "{near}");
+        assert!(
+            table.contains("warning: pool a100 is near saturation"),
+            "{table}"
+        );
+        let (high, table) = load(40.0);
+        assert!(high >= 1.0, "{high}");
+        assert!(
+            table.contains("warning: pool a100 is overloaded"),
+            "{table}"
+        );
+        // Linear in the rate: the throughput does not depend on it.
+        assert!((high / low - 40.0 / 12.0).abs() < 1e-9);
+        // Without prefix caching every prompt is prefilled whole: a higher load.
+        let sc = crate::parse_scenario(
+            "gpu-pool.toml",
+            &text,
+            &["pools.a100.gpu.prefix_caching=false".to_string()],
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+        .scenario;
+        assert!(gpu_pool_loads(&sc)[0].gpu_load > low * 1.3);
     }
 }

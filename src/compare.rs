@@ -683,7 +683,9 @@ pub fn compare_with_progress(
             diff,
         });
     }
-    let mut warnings = creation_warnings(text, &opts.sets, &results);
+    // (An override creating a pool, class, tool, lane or tier the scenario lacks is
+    // refused by `parse_scenario`.)
+    let mut warnings = Vec::new();
     for v in results.iter().skip(1) {
         if !v.variant.set.is_empty()
             && v.diff.as_ref().is_some_and(|d| {
@@ -715,27 +717,6 @@ pub fn compare_with_progress(
     };
     c.gates = crate::gates::evaluate(&c, &gates);
     Ok(c)
-}
-
-/// Overrides whose key path names a pool, class, tool, lane or tier the scenario does
-/// not define: `--set` creates it, which is rarely what was meant (a typo).
-fn creation_warnings(text: &str, sets: &[String], variants: &[VariantResult]) -> Vec<String> {
-    let Ok(table) = toml::from_str::<toml::Table>(text) else {
-        return Vec::new();
-    };
-    let check = |who: &str, set: &str| -> Option<String> {
-        let path = set.split_once('=')?.0.trim();
-        creates_undefined(&table, path).map(|m| format!("{who}: {m}"))
-    };
-    let mut out: Vec<String> = sets.iter().filter_map(|s| check("--set", s)).collect();
-    for v in variants {
-        for s in &v.variant.set {
-            if let Some(w) = check(&format!("variant `{}`", v.variant.name), s) {
-                out.push(w);
-            }
-        }
-    }
-    out
 }
 
 /// When key `path` (below a pool, class, tool, lane or tier) names one the scenario
@@ -1524,12 +1505,14 @@ output_tokens = { dist = "constant", value = 300 }
         assert_eq!(c.baseline, "a-first");
         assert_eq!(c.variants[1].variant.source, "file");
         assert_eq!(c.variants[2].variant.source, "command_line");
-        // A typo that creates a new pool is flagged.
-        let c = compare("v.toml", SMALL, &opts(&["typo:pools.gpus.servers=3"], 1)).unwrap();
+        // A typo that creates a new pool is refused, naming the variant.
+        let e = compare("v.toml", SMALL, &opts(&["typo:pools.gpus.servers=3"], 1))
+            .err()
+            .unwrap_or_else(|| panic!("a typo accepted"));
+        let e = e.to_string();
         assert!(
-            c.warnings.iter().any(|w| w.contains("pools.gpus")),
-            "{:?}",
-            c.warnings
+            e.contains("variant `typo`") && e.contains("creates pools.gpus"),
+            "{e}"
         );
     }
 

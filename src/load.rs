@@ -477,6 +477,7 @@ fn load_traces(
         // Where the rows go per class, learned by reading the trace once.
         let mut scan: BTreeMap<usize, crate::trace_stream::ClassScan> = BTreeMap::new();
         let workflows = !format.is_request_trace();
+        rules.check_fields(!workflows).map_err(bad)?;
         let report = if !workflows {
             if let Some((i, _)) = rules
                 .rules
@@ -601,6 +602,25 @@ fn load_traces(
         });
         stream_wanted.push(spec.stream);
         trace_numbers.push(trace_no);
+        // Rows the run will never reach are said, not dropped silently.
+        let rows: u64 = scan.values().map(|sc| sc.rows).sum();
+        let before: u64 = scan
+            .values()
+            .map(|sc| sc.counts.count_before(horizon))
+            .sum();
+        if rows == 0 {
+            notes.push(format!(
+                "{}: no rows to replay (an empty trace, or its window, sample or rules left none): class `{class}` gets no arrivals from it",
+                path.display()
+            ));
+        } else if before < rows {
+            notes.push(format!(
+                "{}: {} of {rows} rows arrive at or after the horizon ({}) and are not replayed",
+                path.display(),
+                rows - before,
+                scenario.horizon
+            ));
+        }
         for (target, sc) in scan {
             scans[target].push((feed_no, sc));
         }
@@ -858,6 +878,14 @@ pub fn parse_scenario(
     // Overrides first, so that they reach trace options too
     // (`--set classes.chat.arrival.rate=2`).
     for s in sets {
+        // A misspelt pool, tool, lane or tier name would make a new table that nothing
+        // uses, and the run would go on unchanged: refused, with the names defined.
+        if let Some(why) = s
+            .split_once('=')
+            .and_then(|(path, _)| crate::compare::creates_undefined(&original, path.trim()))
+        {
+            return Err(InputError::new(file, format!("--set {why}")));
+        }
         apply_set(&mut table, s).map_err(|m| InputError::new(file, m))?;
     }
     let csv_notes = crate::empirical_csv::resolve(file, &mut table)?;

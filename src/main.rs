@@ -29,8 +29,8 @@ enum Command {
     Run {
         /// Scenario file (TOML).
         scenario: PathBuf,
-        /// Master seed (overrides simulation.seed).
-        #[arg(long)]
+        /// Master seed (overrides simulation.seed; at most 2^63 - 1, as TOML integers).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(0..=i64::MAX as u64))]
         seed: Option<u64>,
         /// Output directory for summary.json.
         #[arg(long, default_value = "out")]

@@ -241,6 +241,24 @@ pub fn run_fit(args: FitArgs) -> anyhow::Result<()> {
     for line in read_notes(&p.file, report, spans) {
         eprintln!("{line}");
     }
+    // A rate needs two arrivals at distinct times: `rate = 0` would not load.
+    if let Some(c) = profile
+        .classes
+        .iter()
+        .find(|c| !(c.arrival.mean_rate() > 0.0 && c.arrival.mean_rate().is_finite()))
+    {
+        return Err(InputError::new(
+            &p.file,
+            format!(
+                "class `{}`: {} {} over {} s: a rate needs at least 2 arrivals at distinct times (nothing written)",
+                c.name,
+                c.rows,
+                if spans { "workflows" } else { "rows" },
+                c.duration_s
+            ),
+        )
+        .into());
+    }
     match &args.out {
         Some(out) => {
             std::fs::write(out, &text)

@@ -192,9 +192,12 @@ fn check_prints_no_rho_for_gpu_pools_and_kv_seqs_beside_the_cap() {
     let kv: f64 = cols[3].parse().unwrap_or_else(|_| panic!("{row}"));
     assert!(kv > 1024.0, "{row}");
     assert!(
-        cols[10].ends_with('x') && cols[10].split('.').nth(1).map(str::len) == Some(3),
+        cols[11].ends_with('x') && cols[11].split('.').nth(1).map(str::len) == Some(3),
         "{row}"
     );
+    // The load: hops/s over what the replicas finish at the best batching.
+    let load: f64 = cols[12].parse().unwrap_or_else(|_| panic!("{row}"));
+    assert!(load > 0.0 && load < 0.85, "{row}");
 }
 
 #[test]
@@ -327,6 +330,23 @@ fn bad_scenarios_give_one_clear_message_and_exit_2() {
         &GOOD.replace("dist = \"exponential\"", "dist = \"exponentail\""),
         &["exponentail", "exponential"],
     );
+    // A duration where a count belongs would be read as seconds: "1m" tokens = 60.
+    expect_bad(
+        "duration-as-tokens",
+        &GOOD.replace(
+            "hops = [{ pool = \"gpu\" }]",
+            "[[classes.chat.nodes]]\nid = \"a\"\npool = \"gpu\"\noutput_tokens = { dist = \"constant\", value = \"1m\" }",
+        ),
+        &["`value` = \"1m\"", "plain number", ":12:"],
+    );
+    expect_bad(
+        "duration-as-branches",
+        &GOOD.replace(
+            "hops = [{ pool = \"gpu\" }]",
+            "[[classes.chat.nodes]]\nid = \"a\"\npool = \"gpu\"\nfan_out = { count = { dist = \"uniform\", low = 1, high = \"3s\" } }",
+        ),
+        &["`high` = \"3s\"", "plain number", ":12:"],
+    );
     expect_bad("bad-toml", "[simulation\nhorizon = 1", &["bad-toml.toml:1"]);
     expect_bad(
         "warmup-too-long",
@@ -373,6 +393,44 @@ fn bad_set_override_is_an_input_error() {
         .expect("spawn");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("sevrers"));
+    // A misspelt pool name would make a new pool nothing uses, the run unchanged:
+    // refused, naming the pools there are.
+    let dir = tempdir();
+    let run_args = ["--no-plots", "--out", dir.path().to_str().unwrap()];
+    for verb in ["check", "run"] {
+        let out = bin()
+            .args([
+                verb,
+                "scenarios/mmc.toml",
+                "--set",
+                "pools.agnets.servers=5",
+            ])
+            .args(if verb == "run" {
+                &run_args[..]
+            } else {
+                &[][..]
+            })
+            .current_dir(root())
+            .output()
+            .expect("spawn");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{verb}: {err}");
+        assert!(
+            err.contains("scenarios/mmc.toml")
+                && err.contains("creates pools.agnets")
+                && err.contains("agents"),
+            "{verb}: {err}"
+        );
+    }
+    // A seed TOML cannot hold is refused by the flag, not as a confusing `--set`.
+    let out = bin()
+        .args(["run", "scenarios/mmc.toml", "--seed", "9223372036854775808"])
+        .current_dir(root())
+        .output()
+        .expect("spawn");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--seed") && !err.contains("--set"), "{err}");
     // A misspelt class name makes a new, incomplete class: the message says so and
     // lists the defined classes, instead of naming a field the new table lacks.
     let out = bin()
@@ -475,8 +533,10 @@ fn hdr_percentiles_agree_with_exact_percentiles_within_3_significant_digits() {
         let lat = &s.classes["chat"].latency_s;
         for (q, got) in [
             (0.5, lat.p50),
+            (0.9, lat.p90),
             (0.95, lat.p95),
             (0.99, lat.p99),
+            (0.999, lat.p999),
             (1.0, lat.max),
         ] {
             let exact = exact_quantile(&raw, q).unwrap();
@@ -1485,7 +1545,8 @@ fn fit_reports_skipped_rows_and_dag_problems_on_stderr() {
     let span = |wf: &str, id: &str, parent: &str| {
         format!(
             r#"{{"workflow_id":"{wf}","span_id":"{id}","parent_span_id":"{parent}","start_ms":{},"input_tokens":100,"output_tokens":10}}"#,
-            id.len() * 100
+            // Workflows a second apart (a rate needs distinct arrival times).
+            (wf.as_bytes()[0] - b'a') as usize * 1000 + id.len() * 100
         )
     };
     let lines = [
@@ -1705,4 +1766,121 @@ fn a_closed_stdout_is_not_a_panic() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(out.status.success(), "{stderr}");
     assert!(dir.path().join("summary.json").exists());
+}
+
+#[test]
+fn trace_input_that_would_be_lost_is_reported_or_refused() {
+    let dir = tempdir();
+    let trace = root().join("traces/data/azure-llm-2023/AzureLLMInferenceTrace_code.csv");
+    let scenario = |horizon: &str, arrival_extra: &str| {
+        let path = dir.path().join("replay.toml");
+        std::fs::write(
+            &path,
+            format!(
+                r#"
+[simulation]
+horizon = "{horizon}"
+[pools.p]
+servers = 100
+service = {{ dist = "constant", value = "10ms" }}
+[classes.c]
+arrival = {{ process = "trace", file = {trace:?}{arrival_extra} }}
+hops = [{{ pool = "p" }}]
+"#
+            ),
+        )
+        .expect("write scenario");
+        path
+    };
+    // A 10-minute horizon on a 57-minute trace: the rows it never reaches are said.
+    let path = scenario("10m", "");
+    let out = run_ok(&["check", path.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let note = err
+        .lines()
+        .find(|l| l.contains("at or after the horizon"))
+        .unwrap_or_else(|| panic!("{err}"));
+    let after: u64 = note
+        .split(": ")
+        .nth(2)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{note}"));
+    let run = run_ok(
+        &[
+            "run",
+            path.to_str().unwrap(),
+            "--no-plots",
+            "--json",
+            "--out",
+        ]
+        .into_iter()
+        .chain([dir.path().join("o").to_str().unwrap()])
+        .collect::<Vec<_>>(),
+    );
+    let v: serde_json::Value = serde_json::from_slice(&run.stdout).expect("json");
+    let arrived = v["classes"]["c"]["arrived"].as_u64().unwrap();
+    assert!(note.contains("of 8819 rows"), "{note}");
+    assert_eq!(arrived + after, 8819, "{note}");
+    // A window that leaves nothing: said too.
+    let path = scenario("2h", ", window_start = \"2h\"");
+    let err =
+        String::from_utf8_lossy(&run_ok(&["check", path.to_str().unwrap()]).stderr).into_owned();
+    assert!(err.contains("no rows to replay"), "{err}");
+    // A rule on a field no trace has would never match: refused, listing the fields.
+    let path = scenario(
+        "2h",
+        ", rules = [{ when = [{ field = \"input_token\", min = 4000 }], class = \"c\" }]",
+    );
+    let out = bin()
+        .args(["check", path.to_str().unwrap()])
+        .output()
+        .expect("spawn");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("rules[0].when[0].field")
+            && err.contains("`input_token`")
+            && err.contains("input_tokens"),
+        "{err}"
+    );
+    // A span field on a request trace, likewise.
+    let path = scenario(
+        "2h",
+        ", rules = [{ when = [{ field = \"agent_role\", equals = \"x\" }], class = \"c\" }]",
+    );
+    let out = bin()
+        .args(["check", path.to_str().unwrap()])
+        .output()
+        .expect("spawn");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("rows of a request trace have no field `agent_role`"),
+        "{err}"
+    );
+    // Fitting a rate from one row cannot work: refused, nothing written.
+    let one = dir.path().join("one.csv");
+    std::fs::write(
+        &one,
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,374,44\n",
+    )
+    .expect("write trace");
+    let frag = dir.path().join("one.toml");
+    let out = bin()
+        .args([
+            "fit",
+            one.to_str().unwrap(),
+            "--out",
+            frag.to_str().unwrap(),
+        ])
+        .output()
+        .expect("spawn");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("one.csv") && err.contains("at least 2 arrivals"),
+        "{err}"
+    );
+    assert!(!frag.exists());
 }

@@ -32,6 +32,36 @@ impl<'de> Deserialize<'de> for Num {
     }
 }
 
+/// Deserializes a distribution of counts (tokens, branches, review minutes), whose
+/// parameters must be plain numbers: a duration string such as "2m" would otherwise be
+/// read as 120 (seconds) tokens or minutes. Used with `deserialize_with`.
+pub fn counts<'de, D: Deserializer<'de>>(d: D) -> Result<DistSpec, D::Error> {
+    let v = toml::Value::deserialize(d)?;
+    if let Some(t) = v.as_table() {
+        for (k, x) in t {
+            let text = match x {
+                toml::Value::String(s) => Some(s.as_str()),
+                toml::Value::Array(a) => a.iter().find_map(|e| e.as_str()),
+                _ => None,
+            };
+            if let (Some(s), false) = (
+                text,
+                matches!(k.as_str(), "dist" | "csv" | "file" | "column"),
+            ) {
+                return Err(serde::de::Error::custom(format!(
+                    "`{k}` = \"{s}\": expected a plain number (this distribution counts tokens, branches or minutes, not a duration)"
+                )));
+            }
+        }
+    }
+    v.try_into().map_err(serde::de::Error::custom)
+}
+
+/// [`counts`] for an optional field (with `#[serde(default)]`).
+pub fn counts_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DistSpec>, D::Error> {
+    counts(d).map(Some)
+}
+
 /// z such that Phi(z) = 0.99, for lognormals quoted as (median, p99).
 const Z99: f64 = 2.326_347_874_040_841;
 

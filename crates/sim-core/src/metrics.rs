@@ -667,8 +667,10 @@ impl RunResult {
                         mean: (c.completed > 0)
                             .then(|| c.latency_sum_ns as f64 / c.completed as f64 / 1e9),
                         p50: lat(0.50),
+                        p90: lat(0.90),
                         p95: lat(0.95),
                         p99: lat(0.99),
+                        p999: lat(0.999),
                         max: (c.completed > 0).then(|| c.latency_ns.max() as f64 / 1e9),
                     },
                     usd_per_outcome: CostSummary {
@@ -1129,8 +1131,11 @@ pub struct ClassSummary {
 pub struct LatencySummary {
     pub mean: Option<f64>,
     pub p50: Option<f64>,
+    pub p90: Option<f64>,
     pub p95: Option<f64>,
     pub p99: Option<f64>,
+    /// The 99.9th percentile.
+    pub p999: Option<f64>,
     pub max: Option<f64>,
 }
 

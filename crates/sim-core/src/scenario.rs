@@ -573,7 +573,7 @@ pub struct ToolSpec {
     #[serde(default)]
     pub retry_backoff: Option<DistSpec>,
     /// Tokens the call returns into the caller's context.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::dist::counts_opt")]
     pub payload_tokens: Option<DistSpec>,
     #[serde(default)]
     pub usd_per_call: f64,
@@ -790,7 +790,7 @@ pub struct BurstSpec {
     #[serde(default)]
     pub rate_factor: Option<f64>,
     /// Replaces every fan-out count of the class inside the window.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::dist::counts_opt")]
     pub fan_out: Option<DistSpec>,
 }
 
@@ -2370,9 +2370,21 @@ impl ScenarioSpec {
             gpu_pools: &gpu_pools,
             tools: &tool_index,
         };
+        if self.emergency.as_ref().is_some_and(|e| e.max_fan_out == 0) {
+            return Err(err(
+                "emergency.max_fan_out",
+                "expected a cap of at least 1 branch (0 would skip every fanned-out node)",
+            ));
+        }
         let mut classes = Vec::new();
         for (name, c) in &self.classes {
             let key = format!("classes.{name}");
+            if c.max_fan_out == Some(0) {
+                return Err(err(
+                    format!("{key}.max_fan_out"),
+                    "expected a cap of at least 1 branch (0 would skip every fanned-out node)",
+                ));
+            }
             let arrival = match &c.arrival {
                 ArrivalSpec::Poisson { rate } => {
                     if !rate.is_finite() || *rate <= 0.0 {

@@ -481,7 +481,7 @@ hops = [{{ pool = \"mm4\" }}]
         // time, or a disabled model step: fed sees Poisson at 2/s, M/M/3 as above.
         for mid in [
             "kind = \"tool\", tool = \"open\"",
-            "kind = \"human\", probability = 0.5, minutes = { dist = \"exponential\", mean = \"3m\" }",
+            "kind = \"human\", probability = 0.5, minutes = { dist = \"exponential\", mean = 3 }",
             "pool = \"md1\", enabled = false",
         ] {
             let (fed, mm4) = through(mid);

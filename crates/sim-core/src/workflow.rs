@@ -55,10 +55,10 @@ pub struct NodeSpec {
     #[serde(default)]
     pub service: Option<DistSpec>,
     /// llm: prompt tokens written by this node itself (system prompt + instructions).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::dist::counts_opt")]
     pub input_tokens: Option<DistSpec>,
     /// llm: generated tokens.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::dist::counts_opt")]
     pub output_tokens: Option<DistSpec>,
     /// llm: leading prompt tokens shared by every call of this role (prefix caching).
     #[serde(default)]
@@ -77,7 +77,7 @@ pub struct NodeSpec {
     #[serde(default)]
     pub probability: Option<f64>,
     /// human: review time in minutes.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::dist::counts_opt")]
     pub minutes: Option<DistSpec>,
     /// human: reviewer cost per minute.
     #[serde(default)]
@@ -100,6 +100,7 @@ pub struct NodeSpec {
 #[serde(deny_unknown_fields)]
 pub struct FanOutSpec {
     /// Number of branches.
+    #[serde(deserialize_with = "crate::dist::counts")]
     pub count: DistSpec,
     /// Wait for all branches (default) or the first `quorum`.
     #[serde(default)]
@@ -433,6 +434,44 @@ pub fn compile_graph(
             }
             (_, None) => None,
         };
+        // Keys of another kind of node would be ignored silently (`probability` on a
+        // model call looks like a conditional step and does nothing).
+        let kind_name = match s.kind {
+            NodeKind::Llm => "an llm",
+            NodeKind::Tool => "a tool",
+            NodeKind::Human => "a human",
+            NodeKind::Compact => "a compact",
+        };
+        let foreign: &[(&str, bool)] = if s.kind == NodeKind::Human {
+            &[
+                ("input_tokens", s.input_tokens.is_some()),
+                ("output_tokens", s.output_tokens.is_some()),
+                ("shared_prefix_tokens", s.shared_prefix_tokens > 0),
+                ("service", s.service.is_some()),
+                ("timeout", s.timeout.is_some()),
+            ]
+        } else {
+            &[
+                ("probability", s.probability.is_some()),
+                ("minutes", s.minutes.is_some()),
+                ("usd_per_minute", s.usd_per_minute != 0.0),
+            ]
+        };
+        if let Some((key, _)) = foreign.iter().find(|(_, set)| *set) {
+            return Err((
+                format!("{nk}.{key}"),
+                format!(
+                    "node `{}` is {kind_name} node, which takes no `{key}` (it would be ignored)",
+                    s.id
+                ),
+            ));
+        }
+        if s.timeout == Some(SimDuration::ZERO) {
+            return Err((
+                format!("{nk}.timeout"),
+                "expected a positive timeout, like \"30s\" (0 would time out every call)".into(),
+            ));
+        }
         let minutes = sampler("minutes", &s.minutes)?;
         if s.kind == NodeKind::Human && minutes.is_none() {
             return Err((

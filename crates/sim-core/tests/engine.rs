@@ -1216,6 +1216,32 @@ pool = "llm"
 "#,
     ));
     assert!(e.message.contains("unreachable"), "{e}");
+    // Keys of another node kind would be ignored: refused, naming the key.
+    for (node, key) in [
+        ("pool = \"llm\"\nprobability = 0.5", "probability"),
+        (
+            "pool = \"llm\"\nminutes = { dist = \"constant\", value = 2 }",
+            "minutes",
+        ),
+        (
+            "kind = \"human\"\nminutes = { dist = \"constant\", value = 2 }\ninput_tokens = { dist = \"constant\", value = 9 }",
+            "input_tokens",
+        ),
+        (
+            "kind = \"human\"\nminutes = { dist = \"constant\", value = 2 }\ntimeout = \"5s\"",
+            "timeout",
+        ),
+        ("pool = \"llm\"\ntimeout = \"0s\"", "timeout"),
+    ] {
+        let e = invalid(&base(&format!("[[classes.c.nodes]]\nid = \"a\"\n{node}\n")));
+        assert_eq!(e.key, format!("classes.c.nodes[0].{key}"), "{e}");
+    }
+    // A fan-out cap of 0 would skip every fanned-out node.
+    let e = invalid(
+        &base("[[classes.c.nodes]]\nid = \"a\"\npool = \"llm\"\n")
+            .replace("rate = 1.0 }", "rate = 1.0 }\nmax_fan_out = 0"),
+    );
+    assert_eq!(e.key, "classes.c.max_fan_out", "{e}");
     // A two-node cycle through the entry is named as a cycle.
     let e = invalid(&base(
         r#"

@@ -198,9 +198,57 @@ pub struct RuleSet {
     pub rules: Vec<Rule>,
 }
 
+/// Fields a rule can test on a request-trace row.
+pub const REQUEST_FIELDS: &[&str] = &[
+    "input_tokens",
+    "output_tokens",
+    "arrival_s",
+    "prefix_blocks",
+    "session_id",
+];
+
+/// Fields a rule can test on a span, or on a whole workflow of a span trace.
+pub const SPAN_FIELDS: &[&str] = &[
+    "workflow_id",
+    "span_id",
+    "parent_span_id",
+    "kind",
+    "agent_role",
+    "model_tier",
+    "lane",
+    "tenant",
+    "workflow_class",
+    "input_tokens",
+    "output_tokens",
+    "cached_tokens",
+    "prefill_ms",
+    "decode_ms",
+    "tool_wait_ms",
+    "usd_estimate",
+    "attempt",
+    "id",
+    "spans",
+    "root_role",
+];
+
 impl RuleSet {
-    /// Checks that every condition tests something; the message names the rule.
+    /// Checks that every condition tests something, on a field some trace has (a
+    /// misspelt field would never match, silently); the message names the rule.
     pub fn new(rules: Vec<Rule>) -> Result<Self, String> {
+        for (i, r) in rules.iter().enumerate() {
+            for (j, c) in r.when.iter().enumerate() {
+                if !REQUEST_FIELDS.contains(&c.field.as_str())
+                    && !SPAN_FIELDS.contains(&c.field.as_str())
+                {
+                    return Err(format!(
+                        "rules[{i}].when[{j}].field: no trace has a field `{}`; request traces have {}; span traces {}",
+                        c.field,
+                        REQUEST_FIELDS.join(", "),
+                        SPAN_FIELDS.join(", ")
+                    ));
+                }
+            }
+        }
         for (i, r) in rules.iter().enumerate() {
             for (j, c) in r.when.iter().enumerate() {
                 if c.equals.is_none() && c.prefix.is_none() && c.min.is_none() && c.max.is_none() {
@@ -212,6 +260,28 @@ impl RuleSet {
             }
         }
         Ok(RuleSet { rules })
+    }
+
+    /// Refuses a condition on a field rows of this kind of trace do not have (a span
+    /// field on a request trace, say): it would never match.
+    pub fn check_fields(&self, request_trace: bool) -> Result<(), String> {
+        let (fields, kind) = if request_trace {
+            (REQUEST_FIELDS, "request")
+        } else {
+            (SPAN_FIELDS, "span")
+        };
+        for (i, r) in self.rules.iter().enumerate() {
+            for (j, c) in r.when.iter().enumerate() {
+                if !fields.contains(&c.field.as_str()) {
+                    return Err(format!(
+                        "rules[{i}].when[{j}].field: rows of a {kind} trace have no field `{}`; they have {}",
+                        c.field,
+                        fields.join(", ")
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The labels of `item`: the first matching rule's, defaulted by the item's own.
