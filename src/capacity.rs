@@ -47,37 +47,64 @@ pub struct GpuPoolLoad {
     pub gpu_load: f64,
 }
 
+/// Model hops sent to one pool: their rate and mean tokens.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct HopTokens {
+    /// Hops per second.
+    pub rate: f64,
+    pub mean_input: f64,
+    pub mean_output: f64,
+    /// Mean shared-prefix tokens of those hops (at most their prompt).
+    pub mean_shared_prefix: f64,
+}
+
+/// The model hops the classes send to pool `pi` a priori (pinned, or the first pool
+/// of the chain a tier's rules choose), with fan-out and loops counted.
+pub fn offered_tokens(sc: &Scenario, pi: usize) -> HopTokens {
+    let (mut rate, mut inp, mut outp, mut shared) = (0.0, 0.0, 0.0, 0.0);
+    for (ci, c) in sc.classes.iter().enumerate() {
+        let r = c.mean_rate_per_s(sc.horizon) * c.workload_share(sc);
+        let visits = expected_visits(&c.graph);
+        let tokens = expected_tokens(&c.graph, &sc.tools);
+        // A replayed request's entry hop asks for its recorded tokens.
+        let recorded = c.recorded_entry_tokens();
+        for (i, n) in c.graph.nodes.iter().enumerate() {
+            let (ti, to) = match recorded {
+                Some(t) if i == 0 => t,
+                _ => (tokens[i].input, tokens[i].output),
+            };
+            if n.enabled && sc.a_priori_pool(ci, n, ti) == Some(pi) {
+                let v = r * visits[i];
+                rate += v;
+                inp += v * ti;
+                outp += v * to;
+                shared += v * (n.shared_prefix_tokens as f64).min(ti);
+            }
+        }
+    }
+    if rate > 0.0 {
+        HopTokens {
+            rate,
+            mean_input: inp / rate,
+            mean_output: outp / rate,
+            mean_shared_prefix: shared / rate,
+        }
+    } else {
+        HopTokens::default()
+    }
+}
+
 /// One entry per GPU pool.
 pub fn gpu_pool_loads(sc: &Scenario) -> Vec<GpuPoolLoad> {
     let mut out = Vec::new();
     for (pi, pool) in sc.pools.iter().enumerate() {
         let Some(g) = &pool.gpu else { continue };
-        let (mut rate, mut inp, mut outp, mut shared) = (0.0, 0.0, 0.0, 0.0);
-        for (ci, c) in sc.classes.iter().enumerate() {
-            let r = c.mean_rate_per_s(sc.horizon) * c.workload_share(sc);
-            let visits = expected_visits(&c.graph);
-            let tokens = expected_tokens(&c.graph, &sc.tools);
-            // A replayed request's entry hop asks for its recorded tokens.
-            let recorded = c.recorded_entry_tokens();
-            for (i, n) in c.graph.nodes.iter().enumerate() {
-                let (ti, to) = match recorded {
-                    Some(t) if i == 0 => t,
-                    _ => (tokens[i].input, tokens[i].output),
-                };
-                if n.enabled && sc.a_priori_pool(ci, n, ti) == Some(pi) {
-                    let v = r * visits[i];
-                    rate += v;
-                    inp += v * ti;
-                    outp += v * to;
-                    shared += v * (n.shared_prefix_tokens as f64).min(ti);
-                }
-            }
-        }
-        let (mean_input, mean_output) = if rate > 0.0 {
-            (inp / rate, outp / rate)
-        } else {
-            (0.0, 0.0)
-        };
+        let HopTokens {
+            rate,
+            mean_input,
+            mean_output,
+            mean_shared_prefix,
+        } = offered_tokens(sc, pi);
         let context = (mean_input + mean_output / 2.0).max(1.0);
         let kv_per_replica = g.kv_tokens as f64 / context;
         // Decode runs at most max_num_seqs sequences, and no more than the cache holds.
@@ -123,7 +150,7 @@ pub fn gpu_pool_loads(sc: &Scenario) -> Vec<GpuPoolLoad> {
         // A role's shared prefix is prefilled once and then hit in the prefix cache
         // (assumed hot: a steady load keeps it there).
         let cached = if g.config.prefix_caching && rate > 0.0 {
-            shared / rate
+            mean_shared_prefix
         } else {
             0.0
         };

@@ -695,6 +695,7 @@ pub fn check_table(file: &str, sc: &Scenario) -> String {
     out.push('\n');
     let mut t = Table::new(&["pool", "servers", "hops/s", "mean service", "rho", ""]);
     let mut unstable = Vec::new();
+    let mut api_limited = Vec::new();
     for (pi, l) in sc.offered_load().into_iter().enumerate() {
         // GPU pools are timed by their replicas and API pools never queue: no mean
         // service or rho from the scenario (as `run` prints `-` for their rho).
@@ -702,7 +703,35 @@ pub fn check_table(file: &str, sc: &Scenario) -> String {
             .pools
             .get(pi)
             .is_some_and(|p| p.gpu.is_some() || p.api.is_some());
-        let flag = if no_rho {
+        let api = sc.pools.get(pi).and_then(|p| p.api.as_ref());
+        let flag = if let Some(api) = api {
+            // An API queues nothing: past its RPM or TPM limit it answers 429.
+            let t = crate::capacity::offered_tokens(sc, pi);
+            let per_min = t.rate * 60.0;
+            let tokens_per_min = per_min * (t.mean_input + t.mean_output);
+            let mut over = Vec::new();
+            if let Some(rpm) = api.rpm
+                && per_min >= rpm as f64
+            {
+                over.push(format!("{per_min:.0} requests/min >= rpm {rpm}"));
+            }
+            if let Some(tpm) = api.tpm {
+                if t.rate > 0.0 && t.mean_input + t.mean_output > tpm as f64 {
+                    over.push(format!(
+                        "a mean call's {:.0} tokens > tpm {tpm}: no call fits",
+                        t.mean_input + t.mean_output
+                    ));
+                } else if tokens_per_min >= tpm as f64 {
+                    over.push(format!("{tokens_per_min:.0} tokens/min >= tpm {tpm}"));
+                }
+            }
+            if over.is_empty() {
+                String::new()
+            } else {
+                api_limited.push(format!("{} ({})", l.pool, over.join("; ")));
+                format!("OVER LIMIT ({})", over.join("; "))
+            }
+        } else if no_rho {
             String::new()
         } else if l.rho >= 1.0 {
             unstable.push(l.pool.clone());
@@ -764,6 +793,12 @@ pub fn check_table(file: &str, sc: &Scenario) -> String {
             unstable.join(", ")
         );
     }
+    for a in api_limited {
+        let _ = writeln!(
+            out,
+            "warning: API pool {a}: the calls over the limit are answered 429 (retried after retry-after, or rejected)"
+        );
+    }
     out
 }
 
@@ -782,6 +817,57 @@ mod tests {
 
     /// Routing rules decided by class-level conditions move a class's offered load in
     /// `check`, as they move its hops in the run.
+    #[test]
+    fn check_warns_of_api_limits_the_offered_load_passes() {
+        // 0.5 calls/s = 30 requests/min against rpm 10; 1,100 tokens a call against
+        // tpm 500 (no call can ever be admitted); both within limits at rpm 60 and
+        // tpm 100,000 (33,000 tokens/min).
+        let text = |limits: &str| {
+            format!(
+                r#"
+[simulation]
+horizon = "10m"
+[pools.api]
+api = {{ ttft = {{ dist = "constant", value = "300ms" }}, tpot = {{ dist = "constant", value = "5ms" }}, {limits} }}
+[classes.c]
+arrival = {{ process = "poisson", rate = 0.5 }}
+[[classes.c.nodes]]
+id = "a"
+pool = "api"
+input_tokens = {{ dist = "constant", value = 1000 }}
+output_tokens = {{ dist = "constant", value = 100 }}
+"#
+            )
+        };
+        let check = |limits: &str| {
+            let sc = crate::parse_scenario("api.toml", &text(limits), &[])
+                .unwrap_or_else(|e| panic!("{e}"))
+                .scenario;
+            super::check_table("api.toml", &sc)
+        };
+        let out = check("rpm = 10");
+        assert!(
+            out.contains("OVER LIMIT (30 requests/min >= rpm 10)"),
+            "{out}"
+        );
+        assert!(
+            out.contains("warning: API pool api (30 requests/min >= rpm 10)"),
+            "{out}"
+        );
+        let out = check("tpm = 500");
+        assert!(
+            out.contains("a mean call's 1100 tokens > tpm 500: no call fits"),
+            "{out}"
+        );
+        let out = check("tpm = 30000");
+        assert!(out.contains("33000 tokens/min >= tpm 30000"), "{out}");
+        let out = check("rpm = 60, tpm = 100000");
+        assert!(
+            !out.contains("OVER LIMIT") && !out.contains("warning"),
+            "{out}"
+        );
+    }
+
     #[test]
     fn check_counts_offered_load_where_the_routing_rules_send_it() {
         // Four classes on tier t = [a, b], one 1-server pool c on tier fast. Rules: the

@@ -2579,6 +2579,19 @@ impl ScenarioSpec {
                     .as_ref()
                     .map(|d| d.sampler().map_err(|m| err(format!("{bk}.fan_out"), m)))
                     .transpose()?;
+                if let Some(high) = fan_out
+                    .as_ref()
+                    .map(Sampler::high)
+                    .filter(|&h| h > crate::workflow::MAX_BRANCHES)
+                {
+                    return Err(err(
+                        format!("{bk}.fan_out"),
+                        format!(
+                            "draws up to about {high:.0} branches; at most {} are allowed",
+                            crate::workflow::MAX_BRANCHES
+                        ),
+                    ));
+                }
                 bursts.push(Burst {
                     start: SimTime(b.start.as_nanos()),
                     duration: b.duration,

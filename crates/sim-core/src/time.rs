@@ -55,6 +55,7 @@ impl SimDuration {
         let t = text.trim();
         let err = || DurationParseError {
             input: text.to_string(),
+            too_long: false,
         };
         if t.is_empty() {
             return Err(err());
@@ -80,7 +81,10 @@ impl SimDuration {
         };
         let ns = value * scale_ns;
         if !ns.is_finite() || ns >= u64::MAX as f64 {
-            return Err(err());
+            return Err(DurationParseError {
+                input: text.to_string(),
+                too_long: true,
+            });
         }
         Ok(SimDuration(ns.round() as u64))
     }
@@ -88,11 +92,15 @@ impl SimDuration {
 
 /// A duration string that could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "`{input}` is not a duration: expected a number with a unit, like \"250ms\", \"1.5s\", \"6m\" or \"1h\""
-)]
+#[error("{}", if *too_long {
+    format!("`{input}` is too long a duration: at most about 213,500 days (2^64 nanoseconds)")
+} else {
+    format!("`{input}` is not a duration: expected a number with a unit, like \"250ms\", \"1.5s\", \"6m\" or \"1h\"")
+})]
 pub struct DurationParseError {
     pub input: String,
+    /// Well formed, but past what integer nanoseconds hold.
+    pub too_long: bool,
 }
 
 impl fmt::Display for SimDuration {
@@ -267,6 +275,12 @@ mod tests {
         assert!(SimDuration::parse("10 parsecs").is_err());
         assert!(SimDuration::parse("").is_err());
         assert!(SimDuration::parse("-5s").is_err());
+        // Well formed but past u64 nanoseconds: said so, not "not a duration".
+        let e = SimDuration::parse("3000000d").unwrap_err().to_string();
+        assert!(e.contains("too long") && e.contains("213,500 days"), "{e}");
+        assert!(SimDuration::parse("200000d").is_ok());
+        let e = SimDuration::parse("fast").unwrap_err().to_string();
+        assert!(e.contains("not a duration"), "{e}");
     }
 
     #[test]

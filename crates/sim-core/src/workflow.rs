@@ -27,6 +27,10 @@ pub enum NodeKind {
     Compact,
 }
 
+/// The most branches one fan-out may draw (`fan_out.count`'s largest draw, or its
+/// 99.9th percentile when unbounded).
+pub const MAX_BRANCHES: f64 = 100_000.0;
+
 /// `[[classes.NAME.nodes]]`: one node of a workflow graph, as written.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -589,6 +593,17 @@ pub fn compile_graph(
                 .count
                 .sampler()
                 .map_err(|m| (format!("{nk}.fan_out.count"), m))?;
+            // Each branch is held in memory while its workflow runs: a count in the
+            // millions would exhaust memory mid-run instead of failing here.
+            if count.high() > MAX_BRANCHES {
+                return Err((
+                    format!("{nk}.fan_out.count"),
+                    format!(
+                        "draws up to about {:.0} branches; at most {MAX_BRANCHES} are allowed (the largest draw, or the 99.9th percentile of an unbounded distribution)",
+                        count.high()
+                    ),
+                ));
+            }
             if let Some(q) = f.quorum
                 && q == 0
             {

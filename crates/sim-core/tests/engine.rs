@@ -1236,6 +1236,12 @@ pool = "llm"
         let e = invalid(&base(&format!("[[classes.c.nodes]]\nid = \"a\"\n{node}\n")));
         assert_eq!(e.key, format!("classes.c.nodes[0].{key}"), "{e}");
     }
+    // A fan-out count in the millions would exhaust memory mid-run.
+    let e = invalid(&base(
+        "[[classes.c.nodes]]\nid = \"a\"\npool = \"llm\"\nfan_out = { count = { dist = \"constant\", value = 1e12 } }\n",
+    ));
+    assert_eq!(e.key, "classes.c.nodes[0].fan_out.count", "{e}");
+    assert!(e.message.contains("at most 100000"), "{e}");
     // A fan-out cap of 0 would skip every fanned-out node.
     let e = invalid(
         &base("[[classes.c.nodes]]\nid = \"a\"\npool = \"llm\"\n")
