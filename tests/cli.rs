@@ -1832,12 +1832,17 @@ hops = [{{ pool = "p" }}]
         "2h",
         ", rules = [{ when = [{ field = \"input_token\", min = 4000 }], class = \"c\" }]",
     );
-    let out = bin()
-        .args(["check", path.to_str().unwrap()])
-        .output()
-        .expect("spawn");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    // `check` of a scenario that must be refused: its message.
+    let refused = |path: &Path| {
+        let out = bin()
+            .args(["check", path.to_str().unwrap()])
+            .output()
+            .expect("spawn");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        err
+    };
+    let err = refused(&path);
     assert!(
         err.contains("rules[0].when[0].field")
             && err.contains("`input_token`")
@@ -1849,12 +1854,7 @@ hops = [{{ pool = "p" }}]
         "2h",
         ", rules = [{ when = [{ field = \"agent_role\", equals = \"x\" }], class = \"c\" }]",
     );
-    let out = bin()
-        .args(["check", path.to_str().unwrap()])
-        .output()
-        .expect("spawn");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let err = refused(&path);
     assert!(
         err.contains("rows of a request trace have no field `agent_role`"),
         "{err}"

@@ -2385,6 +2385,13 @@ impl ScenarioSpec {
                     "expected a cap of at least 1 branch (0 would skip every fanned-out node)",
                 ));
             }
+            // Renewal gaps cannot be thinned by a rate factor: the first such burst.
+            let rate_factor_burst = |why: &str| {
+                c.bursts
+                    .iter()
+                    .position(|b| b.rate_factor.is_some_and(|f| f != 1.0))
+                    .map(|i| err(format!("{key}.bursts[{i}].rate_factor"), why))
+            };
             let arrival = match &c.arrival {
                 ArrivalSpec::Poisson { rate } => {
                     if !rate.is_finite() || *rate <= 0.0 {
@@ -2424,15 +2431,10 @@ impl ScenarioSpec {
                                     ),
                                 ));
                             }
-                            if let Some(i) = c
-                                .bursts
-                                .iter()
-                                .position(|b| b.rate_factor.is_some_and(|f| f != 1.0))
-                            {
-                                return Err(err(
-                                    format!("{key}.bursts[{i}].rate_factor"),
-                                    "piecewise arrivals with a cv take no rate_factor bursts (fan_out bursts are fine); put the burst in the rates, or drop the cv",
-                                ));
+                            if let Some(e) = rate_factor_burst(
+                                "piecewise arrivals with a cv take no rate_factor bursts (fan_out bursts are fine); put the burst in the rates, or drop the cv",
+                            ) {
+                                return Err(e);
                             }
                             Some(
                                 DistSpec::Gamma {
@@ -2462,15 +2464,10 @@ impl ScenarioSpec {
                             ),
                         ));
                     }
-                    if let Some(i) = c
-                        .bursts
-                        .iter()
-                        .position(|b| b.rate_factor.is_some_and(|f| f != 1.0))
-                    {
-                        return Err(err(
-                            format!("{key}.bursts[{i}].rate_factor"),
-                            "a renewal arrival process takes no rate_factor bursts (fan_out bursts are fine); use poisson or piecewise arrivals for rate changes",
-                        ));
+                    if let Some(e) = rate_factor_burst(
+                        "a renewal arrival process takes no rate_factor bursts (fan_out bursts are fine); use poisson or piecewise arrivals for rate changes",
+                    ) {
+                        return Err(e);
                     }
                     Arrival::Renewal {
                         interarrival: sampler,

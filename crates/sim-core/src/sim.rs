@@ -1498,6 +1498,19 @@ impl<'a, 'o> Sim<'a, 'o> {
             }
             return;
         }
+        if rt.max_rate <= 0.0 {
+            return;
+        }
+        if rt.constant_rate {
+            // A fixed-rate Poisson stream: every candidate is accepted (the thinning
+            // loop below would take one step).
+            let e: f64 = rt.unit_exp.sample(&mut rt.arrivals_rng);
+            let t = from + SimDuration::from_secs_f64(e / rt.max_rate);
+            if t < self.horizon {
+                self.queue.push(t, Event::Arrival { class: ci as u32 });
+            }
+            return;
+        }
         if let Arrival::Piecewise {
             operational_gaps: Some(gaps),
             ..
@@ -1509,19 +1522,6 @@ impl<'a, 'o> Sim<'a, 'o> {
             if let Some(t) = class.after_operational(from, mass)
                 && t < self.horizon
             {
-                self.queue.push(t, Event::Arrival { class: ci as u32 });
-            }
-            return;
-        }
-        if rt.max_rate <= 0.0 {
-            return;
-        }
-        if rt.constant_rate {
-            // A fixed-rate Poisson stream: every candidate is accepted (the thinning
-            // loop below would take one step).
-            let e: f64 = rt.unit_exp.sample(&mut rt.arrivals_rng);
-            let t = from + SimDuration::from_secs_f64(e / rt.max_rate);
-            if t < self.horizon {
                 self.queue.push(t, Event::Arrival { class: ci as u32 });
             }
             return;
