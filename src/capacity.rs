@@ -4,7 +4,7 @@
 //! arrival rate x TTFT).
 
 use sim_core::gpu::perf::decode_tokens_per_sec;
-use sim_core::scenario::{Scenario, expected_tokens, expected_visits};
+use sim_core::scenario::{Scenario, expected_tokens};
 use sim_core::time::SimDuration;
 use std::fmt::Write;
 
@@ -64,8 +64,7 @@ pub fn offered_tokens(sc: &Scenario, pi: usize) -> HopTokens {
     let (mut rate, mut inp, mut outp, mut shared) = (0.0, 0.0, 0.0, 0.0);
     for (ci, c) in sc.classes.iter().enumerate() {
         let r = c.mean_rate_per_s(sc.horizon) * c.workload_share(sc);
-        let visits = expected_visits(&c.graph);
-        let tokens = expected_tokens(&c.graph, &sc.tools);
+        let (visits, tokens) = sc.class_expectations(ci, None);
         // A replayed request's entry hop asks for its recorded tokens.
         let recorded = c.recorded_entry_tokens();
         for (i, n) in c.graph.nodes.iter().enumerate() {
@@ -331,7 +330,8 @@ fn reachable_pools(sc: &Scenario, ci: usize, n: &sim_core::workflow::Node) -> Ve
 pub fn context_limit_risks(sc: &Scenario) -> Vec<ContextLimitRisk> {
     let mut out: Vec<ContextLimitRisk> = Vec::new();
     for (ci, c) in sc.classes.iter().enumerate() {
-        let tokens = expected_tokens(&c.graph, &sc.tools);
+        // The peak regime (a month-end burst's fan-out) sets the largest contexts.
+        let tokens = expected_tokens(&c.graph, &sc.tools, &sc.fan_out_peak_means(ci));
         for (i, n) in c.graph.nodes.iter().enumerate() {
             if !n.enabled {
                 continue;
@@ -576,9 +576,100 @@ pub fn gpu_capacity_table(sc: &Scenario) -> String {
     s
 }
 
+/// Notes for model hops that would run with one output token without saying so: an
+/// enabled `llm` node with no `output_tokens` whose a-priori pool is a GPU or API pool
+/// (a GPU replica and an API generate at least one token). Replayed classes are left
+/// out: their hops carry the recorded tokens.
+pub fn tokenless_model_hops(sc: &Scenario) -> Vec<String> {
+    let mut out = Vec::new();
+    for (ci, c) in sc.classes.iter().enumerate() {
+        if c.cohort_of.is_some()
+            || matches!(c.arrival, sim_core::scenario::Arrival::Recorded { .. })
+        {
+            continue;
+        }
+        let (_, tokens) = sc.class_expectations(ci, None);
+        for (i, n) in c.graph.nodes.iter().enumerate() {
+            if !n.enabled
+                || n.kind != sim_core::workflow::NodeKind::Llm
+                || n.output_tokens.is_some()
+            {
+                continue;
+            }
+            let Some(pi) = sc.a_priori_pool(ci, n, tokens[i].input) else {
+                continue;
+            };
+            let pool = &sc.pools[pi];
+            let kind = match (&pool.gpu, &pool.api) {
+                (Some(_), _) => "GPU",
+                (_, Some(_)) => "API",
+                _ => continue,
+            };
+            out.push(format!(
+                "class `{}` node `{}` runs on {kind} pool `{}` with no output_tokens: each hop generates 1 token (give output_tokens to model the answer)",
+                c.name, n.id, pool.name
+            ));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_model_hop_without_output_tokens_is_noted_on_gpu_and_api_pools_only() {
+        let text = |out: &str| {
+            format!(
+                r#"
+[simulation]
+horizon = "10m"
+[pools.g]
+servers = 1
+gpu = {{ model = "llama-3-8b", gpu = "h100-80gb" }}
+[pools.api]
+api = {{ ttft = {{ dist = "constant", value = "300ms" }}, tpot = {{ dist = "constant", value = "5ms" }} }}
+[pools.q]
+servers = 1
+service = {{ dist = "constant", value = "1s" }}
+[classes.c]
+arrival = {{ process = "poisson", rate = 0.5 }}
+[[classes.c.nodes]]
+id = "plan"
+pool = "g"
+input_tokens = {{ dist = "constant", value = 100 }}
+{out}
+[[classes.c.nodes]]
+id = "ask"
+pool = "api"
+after = ["plan"]
+input_tokens = {{ dist = "constant", value = 100 }}
+[[classes.c.nodes]]
+id = "queue"
+pool = "q"
+after = ["ask"]
+"#
+            )
+        };
+        let loaded =
+            crate::parse_scenario("t.toml", &text(""), &[]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            loaded.notes,
+            vec![
+                "class `c` node `plan` runs on GPU pool `g` with no output_tokens: each hop generates 1 token (give output_tokens to model the answer)".to_string(),
+                "class `c` node `ask` runs on API pool `api` with no output_tokens: each hop generates 1 token (give output_tokens to model the answer)".to_string(),
+            ]
+        );
+        let loaded = crate::parse_scenario(
+            "t.toml",
+            &text(r#"output_tokens = { dist = "constant", value = 50 }"#),
+            &[],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(loaded.notes.len(), 1, "{:?}", loaded.notes);
+        assert!(loaded.notes[0].contains("node `ask`"));
+    }
 
     #[test]
     fn check_states_the_cold_start_and_what_a_reserved_slot_must_earn() {

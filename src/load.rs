@@ -926,6 +926,7 @@ pub fn parse_scenario(
         .map_err(|e| InputError::new(file, locate_key(text, &e.key, e.to_string())))?;
     let mut notes = csv_notes;
     load_traces(file, &mut scenario, &arrivals, &mut notes)?;
+    notes.extend(crate::capacity::tokenless_model_hops(&scenario));
     let gates = spec
         .gates
         .iter()

@@ -3,6 +3,7 @@
 use crate::replications::{Estimate, Replications};
 use sim_core::Summary;
 use sim_core::scenario::Scenario;
+use sim_core::time::SimTime;
 use std::fmt::Write;
 
 /// Formats seconds with a unit that keeps 3 significant digits readable.
@@ -635,8 +636,7 @@ pub fn check_table(file: &str, sc: &Scenario) -> String {
         "SLO",
     ]);
     for (ci, c) in sc.classes.iter().enumerate() {
-        let visits = sim_core::scenario::expected_visits(&c.graph);
-        let tokens = sim_core::scenario::expected_tokens(&c.graph, &sc.tools);
+        let (visits, tokens) = sc.class_expectations(ci, None);
         let mut hops = 0.0;
         let mut work = 0.0;
         for (i, n) in c.graph.nodes.iter().enumerate() {
@@ -693,10 +693,45 @@ pub fn check_table(file: &str, sc: &Scenario) -> String {
     }
     t.render(&mut out);
     out.push('\n');
-    let mut t = Table::new(&["pool", "servers", "hops/s", "mean service", "rho", ""]);
+    // Where the load changes over time (rate steps, bursts, an emergency switch), the
+    // average hides the peak: the largest instantaneous rho per pool, and when.
+    let peaks: Option<Vec<(f64, SimTime)>> = sc.load_varies().then(|| {
+        let mut best = vec![(f64::NEG_INFINITY, SimTime::ZERO); sc.pools.len()];
+        for at in sc.load_instants() {
+            for (b, l) in best.iter_mut().zip(sc.offered_load_at(at)) {
+                if l.rho > b.0 {
+                    *b = (l.rho, at);
+                }
+            }
+        }
+        best
+    });
+    // Only where some queueing pool's peak stands above its average (GPU and API pools
+    // have no rho; a replay's rate is its mean).
+    let loads = sc.offered_load();
+    let peaks = peaks.filter(|p| {
+        loads
+            .iter()
+            .zip(p)
+            .enumerate()
+            .any(|(pi, (l, &(peak, _)))| {
+                sc.pools
+                    .get(pi)
+                    .is_some_and(|p| p.gpu.is_none() && p.api.is_none())
+                    && peak > l.rho * 1.005 + 1e-9
+            })
+    });
+    let mut head = vec!["pool", "servers", "hops/s", "mean service", "rho"];
+    if peaks.is_some() {
+        head.push("peak rho");
+    }
+    head.push("");
+    let mut t = Table::new(&head);
     let mut unstable = Vec::new();
+    let mut peak_unstable = Vec::new();
     let mut api_limited = Vec::new();
-    for (pi, l) in sc.offered_load().into_iter().enumerate() {
+    for (pi, l) in loads.into_iter().enumerate() {
+        let peak = peaks.as_ref().and_then(|p| p.get(pi).copied());
         // GPU pools are timed by their replicas and API pools never queue: no mean
         // service or rho from the scenario (as `run` prints `-` for their rho).
         let no_rho = sc
@@ -738,11 +773,17 @@ pub fn check_table(file: &str, sc: &Scenario) -> String {
             "UNSTABLE (rho >= 1)".to_string()
         } else if l.rho >= 0.9 {
             "heavy (rho >= 0.9)".to_string()
+        } else if let Some((p, at)) = peak
+            && p >= 1.0
+        {
+            peak_unstable.push(format!("{} (rho {p:.2} from {at})", l.pool));
+            "overloaded at peak (peak rho >= 1)".to_string()
         } else {
             String::new()
         };
-        t.row(vec![
-            l.pool,
+        let pool_name = l.pool.clone();
+        let mut row = vec![
+            pool_name,
             if l.servers == u32::MAX {
                 "api".to_string()
             } else if sc.pools.get(pi).is_some_and(|p| p.servers == 0) {
@@ -762,8 +803,16 @@ pub fn check_table(file: &str, sc: &Scenario) -> String {
             } else {
                 format!("{:.3}", l.rho)
             },
-            flag,
-        ]);
+        ];
+        if let Some((p, at)) = peak {
+            row.push(if no_rho || p <= 0.0 {
+                "-".to_string()
+            } else {
+                format!("{p:.3} at {at}")
+            });
+        }
+        row.push(flag);
+        t.row(row);
     }
     t.render(&mut out);
     let theory = sim_core::theory::pool_theory(sc);
@@ -793,6 +842,13 @@ pub fn check_table(file: &str, sc: &Scenario) -> String {
             unstable.join(", ")
         );
     }
+    if !peak_unstable.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nwarning: offered load passes rho 1 at its peak on {}: queues grow while it lasts (the average rho above is below 1)",
+            peak_unstable.join(", ")
+        );
+    }
     for a in api_limited {
         let _ = writeln!(
             out,
@@ -816,6 +872,51 @@ mod tests {
     }
 
     /// Routing rules decided by class-level conditions move a class's offered load in
+    /// A burst the average hides: 1/s at 1 s on 2 servers is rho 0.5; 3x for one hour in
+    /// four is rho 1.5 then, and 0.75 on average.
+    #[test]
+    fn check_prints_the_peak_rho_and_warns_when_only_the_peak_passes_one() {
+        let text = |bursts: &str| {
+            format!(
+                r#"
+[simulation]
+horizon = "4h"
+[pools.p]
+servers = 2
+service = {{ dist = "constant", value = "1s" }}
+[classes.c]
+arrival = {{ process = "poisson", rate = 1.0 }}
+{bursts}
+hops = [{{ pool = "p" }}]
+"#
+            )
+        };
+        let check = |bursts: &str| {
+            let sc = crate::parse_scenario("b.toml", &text(bursts), &[])
+                .unwrap_or_else(|e| panic!("{e}"))
+                .scenario;
+            super::check_table("b.toml", &sc)
+        };
+        let out = check(r#"bursts = [{ start = "1h", duration = "1h", rate_factor = 3.0 }]"#);
+        assert!(out.contains("peak rho"), "{out}");
+        assert!(out.contains("0.750"), "{out}");
+        assert!(out.contains("1.500 at t=1h"), "{out}");
+        assert!(out.contains("overloaded at peak"), "{out}");
+        assert!(
+            out.contains(
+                "warning: offered load passes rho 1 at its peak on p (rho 1.50 from t=1h)"
+            ),
+            "{out}"
+        );
+        // A constant load has no peak column and no warning.
+        let out = check("");
+        assert!(
+            !out.contains("peak rho") && !out.contains("overloaded"),
+            "{out}"
+        );
+        assert!(out.contains("0.500"), "{out}");
+    }
+
     /// `check`, as they move its hops in the run.
     #[test]
     fn check_warns_of_api_limits_the_offered_load_passes() {

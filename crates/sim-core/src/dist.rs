@@ -286,6 +286,84 @@ impl Sampler {
         }
     }
 
+    /// E[min(round(X), cap)]: the mean of a count drawn as the simulator draws a
+    /// fan-out (rounded to the nearest integer) and then capped. Exact for constant and
+    /// empirical, by the survival function for uniform, exponential, normal and
+    /// lognormal (E[min(R, c)] = sum over k = 1..c of P(X >= k - 1/2)), and for gamma an
+    /// average over 65,536 draws of a fixed stream (deterministic).
+    pub fn mean_capped_count(&self, cap: u64) -> f64 {
+        let round_cap = |x: f64| crate::time::round_non_negative(x).min(cap) as f64;
+        let survival = |x: f64| -> f64 {
+            match self {
+                Sampler::Uniform(lo, hi) => {
+                    if hi <= lo {
+                        (x <= *lo) as u8 as f64
+                    } else {
+                        ((hi - x) / (hi - lo)).clamp(0.0, 1.0)
+                    }
+                }
+                Sampler::Exponential(_, m) => (-x.max(0.0) / m).exp(),
+                Sampler::Normal(d, _) => {
+                    // Truncated at zero: P(X >= x | X >= 0).
+                    let (m, s) = (d.mean(), d.std_dev());
+                    let tail = |y: f64| {
+                        if s == 0.0 {
+                            (m >= y) as u8 as f64
+                        } else {
+                            0.5 * erfc((y - m) / (s * std::f64::consts::SQRT_2))
+                        }
+                    };
+                    let kept = tail(0.0);
+                    if kept <= 0.0 {
+                        0.0
+                    } else {
+                        (tail(x.max(0.0)) / kept).min(1.0)
+                    }
+                }
+                Sampler::LogNormal(d, _) => {
+                    if x <= 0.0 {
+                        return 1.0;
+                    }
+                    // `from_zscore(0)` is the median, `from_zscore(1)` the median x e^sigma.
+                    let (mu, sigma) = (d.from_zscore(0.0).ln(), d.from_zscore(1.0).ln());
+                    let sigma = sigma - mu;
+                    if sigma <= 0.0 {
+                        ((mu.exp()) >= x) as u8 as f64
+                    } else {
+                        0.5 * erfc((x.ln() - mu) / (sigma * std::f64::consts::SQRT_2))
+                    }
+                }
+                _ => 0.0,
+            }
+        };
+        match self {
+            Sampler::Constant(v) => round_cap(*v),
+            Sampler::Empirical(v, _) => {
+                v.iter().map(|&x| round_cap(x)).sum::<f64>() / v.len() as f64
+            }
+            Sampler::Gamma(..) => {
+                use rand::SeedableRng;
+                let mut rng = crate::rng::SimRng::seed_from_u64(0x0066_616e_2d6f_7574);
+                let n = 1 << 16;
+                (0..n)
+                    .map(|_| round_cap(self.sample(&mut rng)))
+                    .sum::<f64>()
+                    / n as f64
+            }
+            _ => {
+                let mut sum = 0.0;
+                for k in 1..=cap {
+                    let p = survival(k as f64 - 0.5);
+                    if p < 1e-12 {
+                        break;
+                    }
+                    sum += p;
+                }
+                sum
+            }
+        }
+    }
+
     /// Squared coefficient of variation, where known in closed form.
     pub fn scv(&self) -> Option<f64> {
         match self {
@@ -340,6 +418,34 @@ mod tests {
             d: DistSpec,
         }
         toml::from_str::<W>(&format!("d = {s}")).unwrap().d
+    }
+
+    #[test]
+    fn capped_count_means_match_capped_rounded_draws() {
+        // E[min(round(X), cap)] as a fan-out draws it, against 200,000 draws.
+        let cases = [
+            (r#"{ dist = "exponential", mean = 6.0 }"#, 4),
+            (r#"{ dist = "uniform", low = 2, high = 6 }"#, 5),
+            (r#"{ dist = "normal", mean = 3.0, std = 2.0 }"#, 4),
+            (r#"{ dist = "lognormal", median = 4, p99 = 30 }"#, 6),
+            (r#"{ dist = "gamma", mean = 5.0, cv = 0.8 }"#, 5),
+            (r#"{ dist = "empirical", values = [1, 2, 9] }"#, 3),
+            (r#"{ dist = "constant", value = 7.6 }"#, 100),
+        ];
+        for (text, cap) in cases {
+            let s = parse(text).sampler().unwrap();
+            let mut rng = StreamFactory::new(2).stream(text);
+            let n = 200_000;
+            let mean = (0..n)
+                .map(|_| s.sample_tokens(&mut rng).min(cap) as f64)
+                .sum::<f64>()
+                / n as f64;
+            let got = s.mean_capped_count(cap);
+            // The capped count's standard deviation is at most cap / 2: 5 sigma.
+            let tol = 5.0 * cap.min(10) as f64 / 2.0 / (n as f64).sqrt();
+            assert!((got - mean).abs() < tol, "{text}: {got} vs {mean}");
+            assert!(got <= cap as f64 && got <= s.mean() + 0.5, "{text}: {got}");
+        }
     }
 
     #[test]

@@ -3407,16 +3407,181 @@ impl Scenario {
         })
     }
 
-    /// Expected load per pool from the scenario alone: hop rate x mean service time,
-    /// counting expected fan-out, loop repetitions (geometric, capped) and escalations.
-    /// A tiered node is counted on its [`Scenario::a_priori_pool`].
+    /// Mean branch count of each fan-out node of class `ci` (1 elsewhere), as the
+    /// simulator draws it: the count in force (a burst's `fan_out` while one is
+    /// active, else the node's), rounded, and capped by the class's `max_fan_out` and
+    /// the `[emergency]` switch. `at = None` averages over [0, horizon) weighted by the
+    /// class's arrival rate (a workflow's fan-out regime taken at its arrival); `Some(t)`
+    /// gives the regime in force at `t`.
+    pub fn fan_out_means(&self, ci: usize, at: Option<SimTime>) -> Vec<f64> {
+        let c = &self.classes[ci];
+        let g = &c.graph;
+        let mut out = vec![1.0; g.nodes.len()];
+        if g.nodes.iter().all(|n| n.fan_out.is_none()) {
+            return out;
+        }
+        // (burst whose fan_out is in force, or usize::MAX; cap, or u64::MAX).
+        let regime = |t: SimTime| {
+            let burst = c
+                .bursts
+                .iter()
+                .position(|b| b.fan_out.is_some() && b.active(t))
+                .unwrap_or(usize::MAX);
+            let mut cap = c.max_fan_out.map_or(u64::MAX, u64::from);
+            if let Some((from, until, e)) = self.emergency
+                && t >= from
+                && until.is_none_or(|u| t < u)
+            {
+                cap = cap.min(u64::from(e));
+            }
+            (burst, cap)
+        };
+        let mut weights: BTreeMap<(usize, u64), f64> = BTreeMap::new();
+        match at {
+            Some(t) => {
+                weights.insert(regime(t), 1.0);
+            }
+            None => {
+                let n = 10_000u64;
+                let h = self.horizon.as_nanos().max(1);
+                let grid = (0..n).map(|i| SimTime(h / n * i + h / (2 * n)));
+                for t in grid.clone() {
+                    *weights.entry(regime(t)).or_default() += c.rate_at(t);
+                }
+                if weights.values().sum::<f64>() <= 0.0 {
+                    // Closed loops and replays have no rate function: equal weight in time.
+                    weights.clear();
+                    for t in grid {
+                        *weights.entry(regime(t)).or_default() += 1.0;
+                    }
+                }
+            }
+        }
+        let total: f64 = weights.values().sum();
+        for (i, node) in g.nodes.iter().enumerate() {
+            let Some(f) = &node.fan_out else { continue };
+            let sum: f64 = weights
+                .iter()
+                .map(|(&(b, cap), w)| {
+                    let s = c
+                        .bursts
+                        .get(b)
+                        .and_then(|b| b.fan_out.as_ref())
+                        .unwrap_or(&f.count);
+                    w * if cap == u64::MAX {
+                        s.mean()
+                    } else {
+                        s.mean_capped_count(cap)
+                    }
+                })
+                .sum();
+            out[i] = sum / total;
+        }
+        out
+    }
+
+    /// The instants at which the load regime can change within the horizon: 0, each
+    /// burst's first start, and the emergency switch's start and end (sorted, unique).
+    pub fn regime_starts(&self) -> Vec<SimTime> {
+        let h = SimTime::ZERO + self.horizon;
+        let mut t = vec![SimTime::ZERO];
+        for c in &self.classes {
+            t.extend(c.bursts.iter().map(|b| b.start));
+        }
+        if let Some((from, until, _)) = self.emergency {
+            t.push(from);
+            t.extend(until);
+        }
+        t.retain(|&x| x < h);
+        t.sort();
+        t.dedup();
+        t
+    }
+
+    /// The instants `check` evaluates the load at to find its peak: the regime starts,
+    /// and every rate step of a piecewise class within the horizon (at most 2,000
+    /// instants in all, the first ones kept).
+    pub fn load_instants(&self) -> Vec<SimTime> {
+        const MOST: usize = 2_000;
+        let h = self.horizon.as_nanos();
+        let mut t = self.regime_starts();
+        for c in &self.classes {
+            if let Arrival::Piecewise { step, .. } = &c.arrival {
+                let step = step.as_nanos().max(1);
+                t.extend((0..h.div_ceil(step)).take(MOST).map(|k| SimTime(k * step)));
+            }
+        }
+        t.sort();
+        t.dedup();
+        t.truncate(MOST);
+        t
+    }
+
+    /// The largest mean branch count of each node of class `ci` over the regimes of
+    /// [`Scenario::regime_starts`]: what a worst-case figure (a context limit) needs.
+    pub fn fan_out_peak_means(&self, ci: usize) -> Vec<f64> {
+        let mut out = self.fan_out_means(ci, Some(SimTime::ZERO));
+        for t in self.regime_starts() {
+            for (o, m) in out.iter_mut().zip(self.fan_out_means(ci, Some(t))) {
+                *o = o.max(m);
+            }
+        }
+        out
+    }
+
+    /// Expected executions of each node of class `ci` per workflow (fan-out as
+    /// [`Scenario::fan_out_means`] gives it), and expected tokens per execution.
+    pub fn class_expectations(
+        &self,
+        ci: usize,
+        at: Option<SimTime>,
+    ) -> (Vec<f64>, Vec<ExpectedTokens>) {
+        let fan = self.fan_out_means(ci, at);
+        let g = &self.classes[ci].graph;
+        (
+            expected_visits(g, &fan),
+            expected_tokens(g, &self.tools, &fan),
+        )
+    }
+
+    /// Expected load per pool from the scenario alone, averaged over the horizon: hop
+    /// rate x mean service time, counting expected fan-out (bursts and caps included),
+    /// loop repetitions (geometric, capped) and escalations. A tiered node is counted
+    /// on its [`Scenario::a_priori_pool`].
     pub fn offered_load(&self) -> Vec<PoolLoad> {
+        self.offered_load_with(None)
+    }
+
+    /// The load offered at instant `t`: arrival rates and fan-out regimes in force
+    /// then (a replayed class counts its mean rate).
+    pub fn offered_load_at(&self, t: SimTime) -> Vec<PoolLoad> {
+        self.offered_load_with(Some(t))
+    }
+
+    /// Whether the offered load changes over time (rate steps, bursts, an emergency
+    /// switch): then an instant's load can exceed the average.
+    pub fn load_varies(&self) -> bool {
+        self.emergency.is_some()
+            || self.classes.iter().any(|c| {
+                !c.bursts.is_empty()
+                    || matches!(&c.arrival, Arrival::Piecewise { rates_per_s, .. }
+                        if rates_per_s.iter().any(|&r| r != rates_per_s[0]))
+            })
+    }
+
+    fn offered_load_with(&self, at: Option<SimTime>) -> Vec<PoolLoad> {
         let mut rate = vec![0.0; self.pools.len()];
         let mut work = vec![0.0; self.pools.len()];
         for (ci, c) in self.classes.iter().enumerate() {
-            let r = c.mean_rate_per_s(self.horizon) * c.workload_share(self);
-            let visits = expected_visits(&c.graph);
-            let tokens = expected_tokens(&c.graph, &self.tools);
+            let class_rate = match (at, &c.arrival) {
+                (
+                    Some(t),
+                    Arrival::Poisson { .. } | Arrival::Piecewise { .. } | Arrival::Renewal { .. },
+                ) => c.rate_at(t),
+                _ => c.mean_rate_per_s(self.horizon),
+            };
+            let r = class_rate * c.workload_share(self);
+            let (visits, tokens) = self.class_expectations(ci, at);
             for (i, n) in c.graph.nodes.iter().enumerate() {
                 if !n.enabled {
                     continue;
@@ -3556,13 +3721,14 @@ pub struct ExpectedTokens {
 
 /// Expected tokens per node, following context inheritance in topological order (a
 /// join passes on the sum over its expected branches; loop feedback is ignored).
-pub fn expected_tokens(g: &WorkflowGraph, tools: &[Tool]) -> Vec<ExpectedTokens> {
+/// `fan[i]` is node `i`'s mean branch count ([`Scenario::fan_out_means`]).
+pub fn expected_tokens(g: &WorkflowGraph, tools: &[Tool], fan: &[f64]) -> Vec<ExpectedTokens> {
     let mut t = vec![ExpectedTokens::default(); g.nodes.len()];
     // Branch multiplier of a fan-out's last node, for the join.
     let mut join_factor = vec![1.0; g.nodes.len()];
-    for n in &g.nodes {
+    for (i, n) in g.nodes.iter().enumerate() {
         if let Some(f) = &n.fan_out {
-            join_factor[f.through] = f.count.mean();
+            join_factor[f.through] = fan.get(i).copied().unwrap_or_else(|| f.count.mean());
         }
     }
     for &i in &g.order {
@@ -3629,15 +3795,16 @@ pub fn expected_tokens(g: &WorkflowGraph, tools: &[Tool]) -> Vec<ExpectedTokens>
     t
 }
 
-/// Expected executions of each node per workflow.
-pub fn expected_visits(g: &WorkflowGraph) -> Vec<f64> {
+/// Expected executions of each node per workflow; `fan[i]` is node `i`'s mean branch
+/// count ([`Scenario::fan_out_means`]).
+pub fn expected_visits(g: &WorkflowGraph, fan: &[f64]) -> Vec<f64> {
     let mut v = vec![1.0; g.nodes.len()];
     for (i, n) in g.nodes.iter().enumerate() {
         if n.kind == NodeKind::Human {
             v[i] *= n.probability;
         }
         if let Some(f) = &n.fan_out {
-            let m = f.count.mean();
+            let m = fan.get(i).copied().unwrap_or_else(|| f.count.mean());
             v[i] *= m;
             let mut cur = i;
             while cur != f.through {

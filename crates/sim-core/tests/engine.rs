@@ -2470,3 +2470,61 @@ fn the_random_picker_draws_uniformly_from_the_pools_stream() {
         per_replica_finished(2, "random").1
     );
 }
+
+/// A fan-out whose count changes over the run: uniform 2-6 branches capped at 5 by the
+/// class, a burst of 24 (capped to 5) in hour 1, and the emergency switch capping at 2
+/// from hour 3. E[min(round U(2,6), 5)] = 1 + 1 + 0.875 + 0.625 + 0.375 = 3.875.
+const FAN_OUT_REGIMES: &str = r#"
+[simulation]
+horizon = "4h"
+seed = 11
+[emergency]
+max_fan_out = 2
+from = "3h"
+[pools.w]
+servers = 20
+service = { dist = "deterministic", value = "1s" }
+[classes.agents]
+arrival = { process = "poisson", rate = 1.0 }
+max_fan_out = 5
+bursts = [{ start = "1h", duration = "1h", fan_out = { dist = "constant", value = 24 } }]
+[[classes.agents.nodes]]
+id = "research"
+pool = "w"
+fan_out = { count = { dist = "uniform", low = 2, high = 6 } }
+"#;
+
+#[test]
+fn offered_load_counts_burst_fan_out_and_its_caps_as_the_run_draws_them() {
+    use sim_core::time::SimTime;
+    let sc = scenario(FAN_OUT_REGIMES);
+    let hour = |h: f64| SimTime((h * 3600e9) as u64);
+    // Regime by regime: the class cap, the burst (capped), normal again, the emergency.
+    for (h, want) in [(0.5, 3.875), (1.5, 5.0), (2.5, 3.875), (3.5, 2.0)] {
+        let got = sc.fan_out_means(0, Some(hour(h)))[0];
+        assert!((got - want).abs() < 1e-9, "at {h}h: {got} vs {want}");
+        let rho = sc.offered_load_at(hour(h))[0].rho;
+        assert!((rho - want / 20.0).abs() < 1e-9, "at {h}h: rho {rho}");
+    }
+    // Averaged over the run (equal hours at a constant rate).
+    let mean = (3.875 + 5.0 + 3.875 + 2.0) / 4.0;
+    assert!((sc.fan_out_means(0, None)[0] - mean).abs() < 1e-9);
+    let rho = sc.offered_load()[0].rho;
+    assert!((rho - mean / 20.0).abs() < 1e-9, "{rho}");
+    assert!(sc.load_varies());
+    // And the simulator draws what the plan says: the busy fraction (about 53,000
+    // one-second hops; its standard deviation is under 1%) within 4%.
+    let util = run_seed(FAN_OUT_REGIMES, 11).summary().pools["w"].utilization;
+    assert!(
+        (util / rho - 1.0).abs() < 0.04,
+        "utilisation {util} vs rho {rho}"
+    );
+    // Without the caps the burst counts in full: 24 branches in hour 1.
+    let free = scenario(
+        &FAN_OUT_REGIMES
+            .replace("max_fan_out = 5\n", "")
+            .replace("max_fan_out = 2", "max_fan_out = 100"),
+    );
+    assert!((free.fan_out_means(0, Some(hour(1.5)))[0] - 24.0).abs() < 1e-9);
+    assert!((free.fan_out_means(0, Some(hour(0.5)))[0] - 4.0).abs() < 1e-9);
+}
