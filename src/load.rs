@@ -207,7 +207,9 @@ fn recorded_label_classes(
             )));
         }
         read.format = Some(format);
-        let replay = spec.replay_options(seed).map_err(bad)?;
+        let mut replay = spec.replay_options(seed).map_err(bad)?;
+        // Every pass carries the same labels: the first one says them all.
+        replay.loops = 1;
         let rules = spec.rule_set().map_err(bad)?;
         let it = traces::replay_workflows(&path, &read, &replay)
             .map_err(|e| InputError::new("", e.to_string()))?;
@@ -464,7 +466,10 @@ fn load_traces(
             continue;
         };
         let mut read = spec.read_options().map_err(bad)?;
-        let replay = spec.replay_options(scenario.seed).map_err(bad)?;
+        let mut replay = spec.replay_options(scenario.seed).map_err(bad)?;
+        // No pass that would start after the horizon is read (nor replayed).
+        replay.until_ns = Some(horizon.as_nanos());
+        let loops = replay.loops;
         let rules = spec.rule_set().map_err(bad)?;
         let path = spec.path(base);
         let format = match read.format {
@@ -633,6 +638,15 @@ fn load_traces(
                 "{}: rows by class: {}",
                 path.display(),
                 shares.join(", ")
+            ));
+        }
+        if report.passes < loops {
+            notes.push(format!(
+                "{}: loops = {}: {} passes start before the horizon ({}); the rest are not read",
+                path.display(),
+                loops,
+                report.passes,
+                scenario.horizon
             ));
         }
         let r = &report.read;

@@ -152,6 +152,7 @@ fn prepare(input: &TraceInput) -> Result<Prepared, InputError> {
         sample_seed: input.sample_seed,
         loops: input.loops,
         loop_period_ns: None,
+        until_ns: None,
     };
     replay
         .validate()

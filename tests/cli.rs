@@ -1822,6 +1822,18 @@ hops = [{{ pool = "p" }}]
     let arrived = v["classes"]["c"]["arrived"].as_u64().unwrap();
     assert!(note.contains("of 8819 rows"), "{note}");
     assert_eq!(arrived + after, 8819, "{note}");
+    // A billion loops on a 2-hour horizon: the passes that start within it are read
+    // (the 57-minute trace's third pass starts at about 1h54m), the rest never, and it
+    // is said; the run gets every row of those three passes before the horizon.
+    let path = scenario("2h", ", loops = 1000000000");
+    let err =
+        String::from_utf8_lossy(&run_ok(&["check", path.to_str().unwrap()]).stderr).into_owned();
+    assert!(
+        err.contains(
+            "loops = 1000000000: 3 passes start before the horizon (2h); the rest are not read"
+        ),
+        "{err}"
+    );
     // A window that leaves nothing: said too.
     let path = scenario("2h", ", window_start = \"2h\"");
     let err =

@@ -207,6 +207,10 @@ pub struct ReplayOptions {
     /// arrival) plus its mean inter-arrival gap, or `(end - start) / rate` for a
     /// window with an end.
     pub loop_period_ns: Option<u64>,
+    /// A pass that would start at or after this output ns is not read: a replay bound
+    /// to a run's horizon reads no pass it could never reach (`loops = 1000000` on a
+    /// one-hour run reads the passes that start within the hour).
+    pub until_ns: Option<u64>,
 }
 
 impl Default for ReplayOptions {
@@ -218,6 +222,7 @@ impl Default for ReplayOptions {
             sample_seed: 0,
             loops: 1,
             loop_period_ns: None,
+            until_ns: None,
         }
     }
 }
@@ -408,11 +413,14 @@ where
                     if self.pass == 0 {
                         self.report = src.read_report();
                     }
-                    if self.pass + 1 >= self.opts.loops {
+                    let period = self.period();
+                    let next_start = period.saturating_mul(self.pass as u64 + 1);
+                    if self.pass + 1 >= self.opts.loops
+                        || self.opts.until_ns.is_some_and(|u| next_start >= u)
+                    {
                         self.current = None;
                         return None;
                     }
-                    let period = self.period();
                     self.pass += 1;
                     self.index = 0;
                     self.offset = period.saturating_mul(self.pass as u64);

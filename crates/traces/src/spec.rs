@@ -118,6 +118,7 @@ impl TraceSpec {
             sample_seed: self.sample_seed.unwrap_or(default_seed),
             loops: self.loops,
             loop_period_ns: self.loop_period.map(|d| d.as_nanos()),
+            until_ns: None,
         };
         opts.validate()?;
         Ok(opts)

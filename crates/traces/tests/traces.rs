@@ -203,6 +203,23 @@ fn sampling_is_deterministic_and_looping_offsets_by_the_period() {
         (rep.emitted, rep.passes, rep.read.rows),
         (3 * all.len() as u64, 3, all.len() as u64)
     );
+    // Bound to a horizon two and a half periods long, a million loops read three
+    // passes: the fourth would start after it.
+    let bound = ReplayOptions {
+        loops: 1_000_000,
+        until_ns: Some(period * 5 / 2),
+        ..ReplayOptions::default()
+    };
+    let mut replay = replay_requests(&path, &ReadOptions::default(), &bound).unwrap();
+    assert_eq!(replay.by_ref().count(), 3 * all.len());
+    assert_eq!(replay.report().passes, 3);
+    // A bound at exactly two periods: the third pass would start on it, so it is not read.
+    let bound = ReplayOptions {
+        until_ns: Some(period * 2),
+        ..bound
+    };
+    let mut replay = replay_requests(&path, &ReadOptions::default(), &bound).unwrap();
+    assert_eq!(replay.by_ref().count(), 2 * all.len());
 }
 
 /// A synthetic agent trace: planner -> `fan` researchers (each with a tool call and,
