@@ -90,6 +90,9 @@ struct ParseState {
     columns: Option<[usize; 3]>,
     /// The optional `session_id` column.
     session_column: Option<usize>,
+    /// Fields the header names: every row must have as many (a stray comma would
+    /// shift a row's fields, or hide a field the header does not name).
+    width: Option<usize>,
     azure_origin: Option<i128>,
 }
 
@@ -123,6 +126,7 @@ impl RequestReader {
                 format,
                 columns: None,
                 session_column: None,
+                width: None,
                 azure_origin: None,
             },
             skip_bad_rows,
@@ -173,6 +177,7 @@ impl ParseState {
                 })?;
         }
         self.columns = Some(idx);
+        self.width = Some(cols.len());
         self.session_column = cols
             .iter()
             .position(|c| c.eq_ignore_ascii_case("session_id"));
@@ -188,6 +193,14 @@ impl ParseState {
 
     fn parse_csv(&mut self, line: u64, text: &str) -> Result<RequestRecord, String> {
         let idx = self.columns.unwrap_or([0, 1, 2]);
+        if let Some(w) = self.width {
+            let n = text.split(',').count();
+            if n != w {
+                return Err(format!(
+                    "expected {w} comma-separated fields, as the header names, got {n}: `{text}`"
+                ));
+            }
+        }
         let mut fields: [&str; 3] = ["", "", ""];
         let mut found = 0;
         for (i, f) in text.split(',').enumerate() {

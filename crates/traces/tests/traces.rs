@@ -659,6 +659,29 @@ fn bad_rows_stop_with_file_and_line_or_are_skipped_and_counted() {
     .find_map(Result::err)
     .unwrap();
     assert!(err.to_string().contains(":1: expected a header"), "{err}");
+    // A row with a field more or less than the header names (a stray comma shifts
+    // fields) is a bad row, not read as if the extra were not there.
+    let path = tmp("width.csv");
+    std::fs::write(
+        &path,
+        "arrived_at,num_prefill_tokens,num_decode_tokens\n0.0,100,10\n0.5,200,20,7\n1.0,300\n1.5,400,40\n",
+    )
+    .unwrap();
+    let err = RequestReader::open(&path, &ReadOptions::default())
+        .unwrap()
+        .find_map(Result::err)
+        .unwrap();
+    assert!(
+        err.to_string().starts_with(&format!(
+            "{}:3: expected 3 comma-separated fields, as the header names, got 4: `0.5,200,20,7`",
+            path.display()
+        )),
+        "{err}"
+    );
+    let mut reader = RequestReader::open(&path, &opts).unwrap();
+    let good: Vec<u64> = reader.by_ref().map(|r| r.unwrap().line).collect();
+    assert_eq!(good, vec![2, 5]);
+    assert_eq!(reader.report().skipped_rows, 2);
 }
 
 #[test]
