@@ -531,6 +531,17 @@ pub fn compile_graph(
             }),
             None => None,
         };
+        if let Some(e) = &s.escalate
+            && s.pool.as_deref() == Some(e.pool.as_str())
+        {
+            return Err((
+                format!("{nk}.escalate.pool"),
+                format!(
+                    "`{}` is the node's own pool: an escalation redoes the hop on another (higher) pool",
+                    e.pool
+                ),
+            ));
+        }
         if escalate.is_some() && !needs_pool {
             return Err((
                 format!("{nk}.escalate"),
@@ -636,7 +647,24 @@ pub fn compile_graph(
                 Some(t) => lookup(&format!("{nk}.fan_out.through"), t)?,
                 None => i,
             };
-            // The branch must be a simple chain head -> ... -> through.
+            // `through` must lie downstream of the head...
+            let mut seen = vec![false; nodes.len()];
+            let mut stack = vec![i];
+            while let Some(n) = stack.pop() {
+                if !std::mem::replace(&mut seen[n], true) {
+                    stack.extend(nodes[n].children.iter().copied());
+                }
+            }
+            if !seen[through] {
+                return Err((
+                    format!("{nk}.fan_out.through"),
+                    format!(
+                        "`{}` is not downstream of `{}`: a fanned-out branch runs from its head down to `through`",
+                        specs[through].id, s.id
+                    ),
+                ));
+            }
+            // ...and the branch a simple chain head -> ... -> through.
             let mut cur = i;
             let mut chain = Vec::new();
             while cur != through {

@@ -1242,6 +1242,31 @@ pool = "llm"
     ));
     assert_eq!(e.key, "classes.c.nodes[0].fan_out.count", "{e}");
     assert!(e.message.contains("at most 100000"), "{e}");
+    // An escalation to the node's own pool would redo the hop where it ran.
+    let e = invalid(&base(
+        "[[classes.c.nodes]]\nid = \"a\"\npool = \"llm\"\nescalate = { probability = 0.1, pool = \"llm\" }\n",
+    ));
+    assert_eq!(e.key, "classes.c.nodes[0].escalate.pool", "{e}");
+    assert!(e.message.contains("the node's own pool"), "{e}");
+    // A branch `through` a sibling (not downstream of the head) says so.
+    let e = invalid(&base(
+        r#"
+[[classes.c.nodes]]
+id = "root"
+pool = "llm"
+[[classes.c.nodes]]
+id = "a"
+pool = "llm"
+after = ["root"]
+fan_out = { count = { dist = "constant", value = 2 }, through = "b" }
+[[classes.c.nodes]]
+id = "b"
+pool = "llm"
+after = ["root"]
+"#,
+    ));
+    assert_eq!(e.key, "classes.c.nodes[1].fan_out.through", "{e}");
+    assert!(e.message.contains("`b` is not downstream of `a`"), "{e}");
     // A fan-out cap of 0 would skip every fanned-out node.
     let e = invalid(
         &base("[[classes.c.nodes]]\nid = \"a\"\npool = \"llm\"\n")
