@@ -47,7 +47,7 @@ pub struct TraceInput {
     #[arg(long)]
     pub skip_bad_rows: bool,
     /// Span traces: a workflow is complete after this many spans without one of its own.
-    #[arg(long, value_name = "SPANS")]
+    #[arg(long, value_name = "SPANS", value_parser = clap::value_parser!(u64).range(1..))]
     pub group_window: Option<u64>,
     /// Arrival-rate multiplier (2 = twice as fast).
     #[arg(long, default_value_t = 1.0)]

@@ -1605,6 +1605,36 @@ fn fit_reports_skipped_rows_and_dag_problems_on_stderr() {
     }
 }
 
+/// A grouping window of 0 spans would close every workflow after its first span:
+/// refused on the command line and in a scenario, naming the option.
+#[test]
+fn a_zero_group_window_is_refused() {
+    let spans = "traces/data/agent-spans/month-end-30m.spans.jsonl.gz";
+    let out = bin()
+        .args(["trace", "stats", spans, "--group-window", "0"])
+        .output()
+        .expect("spawn");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--group-window"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let out = bin()
+        .args([
+            "check",
+            "scenarios/span-replay.toml",
+            "--set",
+            "classes.chat.arrival.group_window=0",
+        ])
+        .output()
+        .expect("spawn");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("group_window: expected at least 1 span"),
+        "{stderr}"
+    );
+}
+
 /// `run --spans FILE.gz` writes gzip (the readers detect it by magic bytes), holding
 /// the same lines as the plain log of the same run.
 #[test]

@@ -97,6 +97,12 @@ impl TraceSpec {
                     .map_err(|e| format!("format: {e}"))?,
             ),
         };
+        if self.group_window == Some(0) {
+            return Err(
+                "group_window: expected at least 1 span (a workflow is complete once this many spans pass without one of its own)"
+                    .into(),
+            );
+        }
         Ok(ReadOptions {
             format,
             skip_bad_rows: self.skip_bad_rows,
