@@ -407,11 +407,13 @@ fn class_rows(out: &mut String, c: &ClassStats) {
         ),
     );
     arrival_rows(out, &c.arrivals);
-    row(
-        out,
-        "fan-out per tick",
-        format!("p50 {}  p95 {}", n(c.fanout.p50), n(c.fanout.p95)),
-    );
+    // No span with children (single-call workflows): no fan-out to summarise.
+    let fanout = if c.fanout.count == 0 {
+        "-".to_string()
+    } else {
+        format!("p50 {}  p95 {}", n(c.fanout.p50), n(c.fanout.p95))
+    };
+    row(out, "fan-out per tick", fanout);
     let growth = if c.context_growth.count == 0 {
         "-".to_string()
     } else {

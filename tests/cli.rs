@@ -1605,6 +1605,29 @@ fn fit_reports_skipped_rows_and_dag_problems_on_stderr() {
     }
 }
 
+/// Workflows of one call each have no fan-out: `trace stats` prints `-`, not p50 0.
+#[test]
+fn trace_stats_prints_no_fan_out_for_single_call_workflows() {
+    let dir = tempdir();
+    let path = dir.path().join("single.jsonl");
+    let lines: Vec<String> = (0..3)
+        .map(|w| {
+            format!(
+                r#"{{"workflow_id":"w{w}","span_id":"s","start_ms":{},"input_tokens":100,"output_tokens":10}}"#,
+                w * 1000
+            )
+        })
+        .collect();
+    std::fs::write(&path, lines.join("\n")).expect("write spans");
+    let out = String::from_utf8_lossy(&run_ok(&["trace", "stats", path.to_str().unwrap()]).stdout)
+        .into_owned();
+    let line = out
+        .lines()
+        .find(|l| l.contains("fan-out per tick"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(line.split_whitespace().last(), Some("-"), "{out}");
+}
+
 /// A grouping window of 0 spans would close every workflow after its first span:
 /// refused on the command line and in a scenario, naming the option.
 #[test]
