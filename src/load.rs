@@ -1037,9 +1037,13 @@ fn locate_key(text: &str, key: &str, message: String) -> String {
         .map(|i| i + 1)
         .collect();
     if hits.len() == 1 {
-        format!("line {}: {message}", hits[0])
-    } else {
-        message
+        return format!("line {}: {message}", hits[0]);
+    }
+    // A key that is a table of its own (`[profiles.gpus.my-gpu]`): its header's line.
+    let header = format!("[{key}]");
+    match lines.iter().position(|l| l.trim() == header) {
+        Some(i) if hits.is_empty() => format!("line {}: {message}", i + 1),
+        _ => message,
     }
 }
 

@@ -330,6 +330,30 @@ fn bad_scenarios_give_one_clear_message_and_exit_2() {
         &GOOD.replace("dist = \"exponential\"", "dist = \"exponentail\""),
         &["exponentail", "exponential"],
     );
+    // Profile overrides name the field (or the profile) and its line.
+    expect_bad(
+        "profile-typo",
+        &format!("{GOOD}[profiles.gpus.h100-80gb]\nprice_per_hour = 2.1\n"),
+        &[
+            "profiles.gpus.h100-80gb.price_per_hour",
+            "line 11",
+            "unknown field",
+        ],
+    );
+    expect_bad(
+        "profile-incomplete",
+        &format!("{GOOD}[profiles.gpus.new-gpu]\nmemory_gib = 10.0\n"),
+        &["profiles.gpus.new-gpu", "line 10", "missing field"],
+    );
+    expect_bad(
+        "profile-invalid",
+        &format!("{GOOD}[profiles.models.llama-2-70b]\nkv_heads = 7\n"),
+        &[
+            "profiles.models.llama-2-70b.kv_heads",
+            "line 11",
+            "multiple of kv_heads",
+        ],
+    );
     // A duration where a count belongs would be read as seconds: "1m" tokens = 60.
     expect_bad(
         "duration-as-tokens",

@@ -1573,7 +1573,9 @@ impl ScenarioSpec {
         let mut catalog =
             crate::gpu::profiles::ProfileCatalog::try_builtin().map_err(|m| err("profiles", m))?;
         if let Some(o) = &self.profiles {
-            catalog.extend(o.clone()).map_err(|m| err("profiles", m))?;
+            catalog
+                .extend_keyed(o.clone())
+                .map_err(|(k, m)| err(format!("profiles.{k}"), m))?;
         }
         let mut pools = Vec::new();
         let mut pool_index = BTreeMap::new();

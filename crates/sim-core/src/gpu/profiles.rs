@@ -410,24 +410,62 @@ impl ProfileCatalog {
 
     /// Applies a scenario's overrides (see [`ProfileOverrides`]).
     pub fn extend(&mut self, overrides: ProfileOverrides) -> Result<(), String> {
+        self.extend_keyed(overrides).map_err(|(_, m)| m)
+    }
+
+    /// As [`ProfileCatalog::extend`], the error paired with the key (under
+    /// `profiles`) it is about: `gpus.NAME.FIELD` where the message names a field the
+    /// override wrote, else `gpus.NAME` (likewise `models.NAME`, `roofline`).
+    pub fn extend_keyed(&mut self, overrides: ProfileOverrides) -> Result<(), (String, String)> {
+        // The field of `patch` (what the user wrote) that `msg` names, if any.
+        fn key_of(table: &str, written: &[String], msg: &str) -> String {
+            let named = written.iter().find(|k| {
+                msg.match_indices(k.as_str()).any(|(at, _)| {
+                    let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+                    !msg[..at].chars().next_back().is_some_and(word)
+                        && !msg[at + k.len()..].chars().next().is_some_and(word)
+                })
+            });
+            match named {
+                Some(k) => format!("{table}.{k}"),
+                None => table.to_string(),
+            }
+        }
         for (name, patch) in overrides.gpus {
-            let merged: GpuProfile = merge(self.gpus.get(&name), patch, "GPU", &name)?;
-            let mut g = merged;
+            let table = format!("gpus.{name}");
+            let written: Vec<String> = patch.keys().cloned().collect();
+            let keyed = |m: String| (key_of(&table, &written, &m), m);
+            let mut g: GpuProfile =
+                merge(self.gpus.get(&name), patch, "GPU", &name).map_err(keyed)?;
             g.name = name.clone();
-            g.validate()?;
+            g.validate().map_err(keyed)?;
             self.gpus.insert(name, g);
         }
         for (name, patch) in overrides.models {
-            let mut m: ModelProfile = merge(self.models.get(&name), patch, "model", &name)?;
+            let table = format!("models.{name}");
+            let written: Vec<String> = patch.keys().cloned().collect();
+            let keyed = |m: String| (key_of(&table, &written, &m), m);
+            let mut m: ModelProfile =
+                merge(self.models.get(&name), patch, "model", &name).map_err(keyed)?;
             m.name = name.clone();
-            m.validate()?;
+            m.validate().map_err(keyed)?;
             self.models.insert(name, m);
         }
         for c in overrides.calibrated {
             self.calibration.upsert(c);
         }
         if let Some(r) = overrides.roofline {
-            r.validate()?;
+            const FIELDS: [&str; 6] = [
+                "compute_efficiency",
+                "memory_efficiency",
+                "non_overlap",
+                "overhead_ms",
+                "allreduce_latency_us",
+                "interconnect_efficiency",
+            ];
+            let written: Vec<String> = FIELDS.iter().map(|f| f.to_string()).collect();
+            r.validate()
+                .map_err(|m| (key_of("roofline", &written, &m), m))?;
             self.roofline = r;
         }
         Ok(())
