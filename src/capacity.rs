@@ -578,8 +578,9 @@ pub fn gpu_capacity_table(sc: &Scenario) -> String {
 
 /// Notes for model hops that would run with one output token without saying so: an
 /// enabled `llm` node with no `output_tokens` whose a-priori pool is a GPU or API pool
-/// (a GPU replica and an API generate at least one token). Replayed classes are left
-/// out: their hops carry the recorded tokens.
+/// (a GPU replica and an API generate at least one token; replayed classes are left
+/// out: their hops carry the recorded tokens); and for escalations to the node's own
+/// pool (a redo where the hop ran, which may be meant, but is no escalation).
 pub fn tokenless_model_hops(sc: &Scenario) -> Vec<String> {
     let mut out = Vec::new();
     for (ci, c) in sc.classes.iter().enumerate() {
@@ -609,6 +610,17 @@ pub fn tokenless_model_hops(sc: &Scenario) -> Vec<String> {
                 "class `{}` node `{}` runs on {kind} pool `{}` with no output_tokens: each hop generates 1 token (give output_tokens to model the answer)",
                 c.name, n.id, pool.name
             ));
+        }
+        // An escalation to the pool the hop ran on redoes it there, not on a higher tier.
+        for n in c.graph.nodes.iter().filter(|n| n.enabled) {
+            if let Some(e) = &n.escalate
+                && n.pool == Some(e.pool)
+            {
+                out.push(format!(
+                    "class `{}` node `{}` escalates to its own pool `{}`: the escalated redo runs where the hop ran (name a higher tier's pool to model an escalation)",
+                    c.name, n.id, sc.pools[e.pool].name
+                ));
+            }
         }
     }
     out
@@ -669,6 +681,24 @@ after = ["ask"]
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(loaded.notes.len(), 1, "{:?}", loaded.notes);
         assert!(loaded.notes[0].contains("node `ask`"));
+        // An escalation to the node's own pool is said too.
+        let loaded = crate::parse_scenario(
+            "t.toml",
+            &text(
+                r#"output_tokens = { dist = "constant", value = 50 }
+escalate = { probability = 0.1, pool = "g" }"#,
+            ),
+            &[],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            loaded
+                .notes
+                .iter()
+                .any(|n| n.contains("node `plan` escalates to its own pool `g`")),
+            "{:?}",
+            loaded.notes
+        );
     }
 
     #[test]

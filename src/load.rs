@@ -941,6 +941,14 @@ pub fn parse_scenario(
     let mut notes = csv_notes;
     load_traces(file, &mut scenario, &arrivals, &mut notes)?;
     notes.extend(crate::capacity::tokenless_model_hops(&scenario));
+    // A long horizon sampled every minute writes a huge time series: say so.
+    let rows = scenario.horizon.as_nanos() / scenario.sample_every.as_nanos().max(1);
+    if rows > 1_000_000 {
+        notes.push(format!(
+            "the time series has {rows} rows (horizon {} sampled every {}): set simulation.sample_every (e.g. \"1h\") for fewer",
+            scenario.horizon, scenario.sample_every
+        ));
+    }
     let gates = spec
         .gates
         .iter()

@@ -568,7 +568,43 @@ impl PoolSeries {
     }
 }
 
+/// The time axis of the pools-over-time plot: minutes up to two days, hours up to 90
+/// days, days beyond; and the sampling interval in words.
+struct TimeAxis {
+    unit_s: f64,
+    unit: &'static str,
+    /// "minute" for the default interval, else like "1h interval".
+    interval: String,
+}
+
+fn time_axis(r: &RunResult) -> TimeAxis {
+    let end = r.timeseries.last().map_or(0.0, |row| row.t_s);
+    let (unit_s, unit) = if end <= 2.0 * 86_400.0 {
+        (60.0, "minutes")
+    } else if end <= 90.0 * 86_400.0 {
+        (3600.0, "hours")
+    } else {
+        (86_400.0, "days")
+    };
+    // Rows are at every interval from one interval on: the first row's time is it.
+    let every = r.timeseries.first().map_or(60.0, |row| row.t_s);
+    let interval = if (every - 60.0).abs() < 1e-9 {
+        "minute".to_string()
+    } else {
+        format!(
+            "{} interval",
+            sim_core::time::SimDuration::from_secs_f64(every)
+        )
+    };
+    TimeAxis {
+        unit_s,
+        unit,
+        interval,
+    }
+}
+
 pub fn pool_series(r: &RunResult) -> Vec<PoolSeries> {
+    let unit_s = time_axis(r).unit_s;
     r.pool_names
         .iter()
         .enumerate()
@@ -584,7 +620,7 @@ pub fn pool_series(r: &RunResult) -> Vec<PoolSeries> {
             };
             for row in &r.timeseries {
                 if let Some(sample) = row.pools.get(i) {
-                    let t = row.t_s / 60.0;
+                    let t = row.t_s / unit_s;
                     p.in_system.push((t, sample.in_system as f64));
                     p.queued.push((t, sample.queued as f64));
                     p.utilization.push((t, sample.utilization * 100.0));
@@ -605,14 +641,19 @@ pub fn pool_series(r: &RunResult) -> Vec<PoolSeries> {
 fn draw_timeseries<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     pools: &[PoolSeries],
+    axis: &TimeAxis,
 ) -> DrawResult {
     root.fill(&WHITE).map_err(s)?;
-    let root = root
-        .titled(
-            "Pools over time (one point per simulated minute)",
-            (FAMILY, 22).into_font(),
+    let title = if axis.interval == "minute" {
+        "Pools over time (one point per simulated minute)".to_string()
+    } else {
+        format!(
+            "Pools over time (one point per {} of simulated time)",
+            axis.interval
         )
-        .map_err(s)?;
+    };
+    let root = root.titled(&title, (FAMILY, 22).into_font()).map_err(s)?;
+    let each = &axis.interval;
     let entries: Vec<Entry> = pools
         .iter()
         .enumerate()
@@ -633,21 +674,21 @@ fn draw_timeseries<DB: DrawingBackend>(
         .max(1.0);
     type Pick = fn(&PoolSeries) -> &Vec<(f64, f64)>;
     // (title, y axis, series, y is a percentage)
-    let mut panels_spec: Vec<(&str, &str, Pick, bool)> = vec![
+    let mut panels_spec: Vec<(String, &str, Pick, bool)> = vec![
         (
-            "Queue depth: hops waiting (not in service) at the end of each minute",
+            format!("Queue depth: hops waiting (not in service) at the end of each {each}"),
             "hops waiting",
             |p| &p.queued,
             false,
         ),
         (
-            "Utilisation over each minute",
+            format!("Utilisation over each {each}"),
             "busy share of servers (%)",
             |p| &p.utilization,
             true,
         ),
         (
-            "Servers / replicas provisioned",
+            "Servers / replicas provisioned".to_string(),
             "servers",
             |p| &p.servers,
             false,
@@ -655,13 +696,13 @@ fn draw_timeseries<DB: DrawingBackend>(
     ];
     if gpu {
         panels_spec.push((
-            "KV cache occupancy at the end of each minute (GPU pools)",
+            format!("KV cache occupancy at the end of each {each} (GPU pools)"),
             "KV blocks in use (%)",
             |p| &p.kv_occupancy,
             true,
         ));
         panels_spec.push((
-            "Tokens in flight at the end of each minute (GPU pools)",
+            format!("Tokens in flight at the end of each {each} (GPU pools)"),
             "tokens in KV cache",
             |p| &p.tokens_in_flight,
             false,
@@ -707,7 +748,7 @@ fn draw_timeseries<DB: DrawingBackend>(
             .map_err(s)?;
         chart
             .configure_mesh()
-            .x_desc("simulated time (minutes)")
+            .x_desc(format!("simulated time ({})", axis.unit))
             .x_label_formatter(&|x| fmt_s(*x))
             .y_desc(*ydesc)
             .y_labels(ylabels)
@@ -814,11 +855,12 @@ pub fn write_run_plots(dir: &Path, r: &RunResult) -> Result<Vec<PathBuf>, PlotEr
         draw_cost_hist(&costs)
     ));
     let pools = pool_series(r);
+    let axis = time_axis(r);
     let h = 60 + 320 * timeseries_panels(&pools) as u32;
     out.extend(render_both!(
         &p.join("timeseries"),
         (1000, h),
-        draw_timeseries(&pools)
+        draw_timeseries(&pools, &axis)
     ));
     Ok(out)
 }

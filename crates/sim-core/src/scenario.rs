@@ -608,6 +608,14 @@ pub struct SimulationSpec {
     /// are reported as `in_flight`.
     #[serde(default)]
     pub drain: bool,
+    /// Interval of the time series (`timeseries.csv`, the pools-over-time plot): one row
+    /// per interval (default 1 minute; a year-long horizon wants "1h").
+    #[serde(default = "default_sample_every")]
+    pub sample_every: SimDuration,
+}
+
+fn default_sample_every() -> SimDuration {
+    SimDuration::from_secs(60)
 }
 
 fn default_seed() -> u64 {
@@ -624,6 +632,7 @@ impl Default for SimulationSpec {
             horizon: default_horizon(),
             warmup: SimDuration::ZERO,
             drain: false,
+            sample_every: default_sample_every(),
         }
     }
 }
@@ -873,6 +882,8 @@ pub struct Scenario {
     pub horizon: SimDuration,
     pub warmup: SimDuration,
     pub drain: bool,
+    /// The time series' interval (`simulation.sample_every`).
+    pub sample_every: SimDuration,
     pub pools: Vec<Pool>,
     pub classes: Vec<WorkflowClass>,
     pub tools: Vec<Tool>,
@@ -1550,6 +1561,12 @@ impl ScenarioSpec {
             return Err(err(
                 "simulation.horizon",
                 "expected a positive duration, like \"1h\"",
+            ));
+        }
+        if sim.sample_every == SimDuration::ZERO {
+            return Err(err(
+                "simulation.sample_every",
+                "expected a positive duration, like \"1m\" (the default) or \"1h\"",
             ));
         }
         if sim.warmup >= sim.horizon {
@@ -2673,6 +2690,7 @@ impl ScenarioSpec {
             horizon: sim.horizon,
             warmup: sim.warmup,
             drain: sim.drain,
+            sample_every: sim.sample_every,
             pools,
             classes,
             tools,

@@ -101,9 +101,6 @@ enum Event {
     },
 }
 
-/// Length of one timeseries interval.
-pub const SAMPLE_INTERVAL: SimDuration = SimDuration::from_secs(60);
-
 #[derive(Clone, Copy, Debug, Default)]
 struct IntervalCounters {
     arrivals: u64,
@@ -963,9 +960,9 @@ impl<'a, 'o> Sim<'a, 'o> {
         for pi in 0..sc.pools.len() {
             self.schedule_spot(pi, SimTime::ZERO);
         }
-        if SimTime::ZERO + SAMPLE_INTERVAL <= self.horizon {
+        if SimTime::ZERO + self.sc.sample_every <= self.horizon {
             self.queue
-                .push(SimTime::ZERO + SAMPLE_INTERVAL, Event::Sample);
+                .push(SimTime::ZERO + self.sc.sample_every, Event::Sample);
         } else {
             for s in self.stations.iter_mut() {
                 s.begin_measurement(SimTime::ZERO);
@@ -1074,7 +1071,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                 }
                 Event::Sample => {
                     self.sample();
-                    let next = t + SAMPLE_INTERVAL;
+                    let next = t + sc.sample_every;
                     // Keep sampling while anything is scheduled (drain) or until the horizon.
                     if next <= self.horizon || (sc.drain && self.live_workflows > 0) {
                         self.queue.push(next, Event::Sample);

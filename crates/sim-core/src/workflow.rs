@@ -531,17 +531,6 @@ pub fn compile_graph(
             }),
             None => None,
         };
-        if let Some(e) = &s.escalate
-            && s.pool.as_deref() == Some(e.pool.as_str())
-        {
-            return Err((
-                format!("{nk}.escalate.pool"),
-                format!(
-                    "`{}` is the node's own pool: an escalation redoes the hop on another (higher) pool",
-                    e.pool
-                ),
-            ));
-        }
         if escalate.is_some() && !needs_pool {
             return Err((
                 format!("{nk}.escalate"),

@@ -1242,12 +1242,6 @@ pool = "llm"
     ));
     assert_eq!(e.key, "classes.c.nodes[0].fan_out.count", "{e}");
     assert!(e.message.contains("at most 100000"), "{e}");
-    // An escalation to the node's own pool would redo the hop where it ran.
-    let e = invalid(&base(
-        "[[classes.c.nodes]]\nid = \"a\"\npool = \"llm\"\nescalate = { probability = 0.1, pool = \"llm\" }\n",
-    ));
-    assert_eq!(e.key, "classes.c.nodes[0].escalate.pool", "{e}");
-    assert!(e.message.contains("the node's own pool"), "{e}");
     // A branch `through` a sibling (not downstream of the head) says so.
     let e = invalid(&base(
         r#"
@@ -2552,4 +2546,57 @@ fn offered_load_counts_burst_fan_out_and_its_caps_as_the_run_draws_them() {
     );
     assert!((free.fan_out_means(0, Some(hour(1.5)))[0] - 24.0).abs() < 1e-9);
     assert!((free.fan_out_means(0, Some(hour(0.5)))[0] - 4.0).abs() < 1e-9);
+}
+
+/// `simulation.sample_every` changes only the time series' grain: the same run (same
+/// summary, to the byte, but for the count of sample events), and hourly rows are the sums (counts, dollars) and the
+/// busy-weighted means (utilisation) of the minute rows they cover.
+#[test]
+fn a_coarser_sample_interval_aggregates_the_same_run() {
+    let text = r#"
+[simulation]
+horizon = "4h"
+seed = 3
+[pools.p]
+servers = 4
+usd_per_server_hour = 2.0
+service = { dist = "exponential", mean = "1s" }
+[classes.c]
+arrival = { process = "poisson", rate = 3.0 }
+hops = [{ pool = "p" }]
+"#;
+    let minutes = run_seed(text, 3);
+    let hourly_text = text.replace("seed = 3", "seed = 3\nsample_every = \"1h\"");
+    let hours = run_seed(&hourly_text, 3);
+    // The same run but for the 236 sample events it no longer processes.
+    let json = |r: &RunResult| {
+        let mut v = serde_json::to_value(r.summary()).unwrap();
+        let events = v["events"].as_u64().unwrap();
+        v["events"] = serde_json::Value::Null;
+        (events, v.to_string())
+    };
+    let ((e_min, s_min), (e_hour, s_hour)) = (json(&minutes), json(&hours));
+    assert_eq!(s_min, s_hour);
+    assert_eq!(e_min - e_hour, 240 - 4);
+    assert_eq!(minutes.timeseries.len(), 240);
+    let t: Vec<f64> = hours.timeseries.iter().map(|r| r.t_s).collect();
+    assert_eq!(t, vec![3600.0, 7200.0, 10800.0, 14400.0]);
+    for (h, row) in hours.timeseries.iter().enumerate() {
+        let mins = &minutes.timeseries[h * 60..(h + 1) * 60];
+        assert_eq!(row.arrivals, mins.iter().map(|m| m.arrivals).sum::<u64>());
+        assert_eq!(
+            row.completions,
+            mins.iter().map(|m| m.completions).sum::<u64>()
+        );
+        let usd: f64 = mins.iter().map(|m| m.usd).sum();
+        assert!((row.usd - usd).abs() < 1e-9, "{} vs {usd}", row.usd);
+        let util: f64 = mins.iter().map(|m| m.pools[0].utilization).sum::<f64>() / 60.0;
+        assert!((row.pools[0].utilization - util).abs() < 1e-9);
+        assert_eq!(row.in_flight, mins[59].in_flight);
+    }
+    let arrived: u64 = hours.timeseries.iter().map(|r| r.arrivals).sum();
+    assert_eq!(arrived, hours.summary().classes["c"].arrived);
+    // An interval of 0 would never advance.
+    let e = invalid(&text.replace("seed = 3", "seed = 3\nsample_every = \"0s\""));
+    assert_eq!(e.key, "simulation.sample_every", "{e}");
 }
