@@ -5,7 +5,7 @@
 
 use sim_core::gpu::perf::decode_tokens_per_sec;
 use sim_core::scenario::{Scenario, expected_tokens};
-use sim_core::time::SimDuration;
+use sim_core::time::{SimDuration, SimTime};
 use std::fmt::Write;
 
 /// Offered LLM load on one GPU pool.
@@ -80,10 +80,16 @@ fn token_second_moment(s: &sim_core::dist::Sampler) -> f64 {
 /// The model hops the classes send to pool `pi` a priori (pinned, or the first pool
 /// of the chain a tier's rules choose), with fan-out and loops counted.
 pub fn offered_tokens(sc: &Scenario, pi: usize) -> HopTokens {
+    offered_tokens_at(sc, pi, None)
+}
+
+/// As [`offered_tokens`], at instant `at` (rates and fan-out in force then), or
+/// averaged over the horizon (`None`).
+pub fn offered_tokens_at(sc: &Scenario, pi: usize, at: Option<SimTime>) -> HopTokens {
     let (mut rate, mut inp, mut outp, mut shared, mut out_sq) = (0.0, 0.0, 0.0, 0.0, 0.0);
     for (ci, c) in sc.classes.iter().enumerate() {
-        let r = c.mean_rate_per_s(sc.horizon) * c.workload_share(sc);
-        let (visits, tokens) = sc.class_expectations(ci, None);
+        let r = sc.class_rate(ci, at);
+        let (visits, tokens) = sc.class_expectations(ci, at);
         // A replayed request's entry hop asks for its recorded tokens.
         let recorded = c.recorded_entry_tokens();
         for (i, n) in c.graph.nodes.iter().enumerate() {
@@ -119,8 +125,13 @@ pub fn offered_tokens(sc: &Scenario, pi: usize) -> HopTokens {
     }
 }
 
-/// One entry per GPU pool.
+/// One entry per GPU pool, for the load averaged over the horizon.
 pub fn gpu_pool_loads(sc: &Scenario) -> Vec<GpuPoolLoad> {
+    gpu_pool_loads_at(sc, None)
+}
+
+/// As [`gpu_pool_loads`], for the load offered at instant `at` (`None`: averaged).
+pub fn gpu_pool_loads_at(sc: &Scenario, at: Option<SimTime>) -> Vec<GpuPoolLoad> {
     let mut out = Vec::new();
     for (pi, pool) in sc.pools.iter().enumerate() {
         let Some(g) = &pool.gpu else { continue };
@@ -130,7 +141,7 @@ pub fn gpu_pool_loads(sc: &Scenario) -> Vec<GpuPoolLoad> {
             mean_output,
             mean_shared_prefix,
             mean_output_sq,
-        } = offered_tokens(sc, pi);
+        } = offered_tokens_at(sc, pi, at);
         // The mean context of a running sequence: its prompt plus half its answer,
         // weighted by how long it runs (E[out^2] / 2 E[out]: long answers hold their
         // seat longer).
@@ -511,6 +522,25 @@ pub fn gpu_capacity_table(sc: &Scenario) -> String {
     if loads.is_empty() {
         return String::new();
     }
+    // Where the load changes over time, the largest instantaneous load per GPU pool
+    // and when (shown where it stands above the average).
+    let peaks: Vec<Option<(f64, SimTime)>> = if sc.load_varies() {
+        let mut best: Vec<Option<(f64, SimTime)>> = vec![None; loads.len()];
+        for t in sc.load_instants() {
+            for (b, l) in best.iter_mut().zip(gpu_pool_loads_at(sc, Some(t))) {
+                if l.hop_rate_per_s > 0.0 && b.is_none_or(|(x, _)| l.gpu_load > x) {
+                    *b = Some((l.gpu_load, t));
+                }
+            }
+        }
+        best.iter()
+            .zip(&loads)
+            .map(|(b, l)| b.filter(|&(p, _)| p > l.gpu_load * 1.005 + 1e-9))
+            .collect()
+    } else {
+        vec![None; loads.len()]
+    };
+    let show_peak = peaks.iter().any(Option::is_some);
     let mut s = String::from(
         "\nGPU pools (KV seqs at the mean context, max seqs = max_num_seqs x replicas; solo TTFT/TPOT from the performance model, batch TPOT at the batch the load makes; needed = rate x (TTFT + output x batch TPOT); headroom = min(KV seqs, max seqs) / needed; load = hops/s over what the replicas finish at the best batching, prefilling uncached prompts as they decode)\n",
     );
@@ -531,7 +561,18 @@ pub fn gpu_capacity_table(sc: &Scenario) -> String {
         "headroom",
         "load"
     );
-    for l in loads {
+    if show_peak {
+        s.pop();
+        s.push_str(&format!(" {:>16}\n", "peak load"));
+    }
+    for (l, peak) in loads.into_iter().zip(peaks) {
+        let peak_cell = |s: &mut String| {
+            if show_peak {
+                s.pop();
+                let cell = peak.map_or("-".to_string(), |(p, t)| format!("{p:.2} at {t}"));
+                s.push_str(&format!(" {cell:>16}\n"));
+            }
+        };
         if l.hop_rate_per_s <= 0.0 {
             // No load: no mean context to size sequences or iterations by.
             let _ = writeln!(
@@ -551,6 +592,7 @@ pub fn gpu_capacity_table(sc: &Scenario) -> String {
                 "-",
                 "-"
             );
+            peak_cell(&mut s);
             continue;
         }
         let headroom = headroom(&l);
@@ -575,6 +617,40 @@ pub fn gpu_capacity_table(sc: &Scenario) -> String {
             },
             l.gpu_load
         );
+        peak_cell(&mut s);
+        if let Some((p, t)) = peak
+            && p >= 1.0
+            && l.gpu_load < 1.0
+        {
+            // An autoscaled pool can grow into its peak: the load at its max says
+            // whether it can, given boot time to get there.
+            let max = sc
+                .pools
+                .iter()
+                .find(|q| q.name == l.pool)
+                .and_then(|q| q.autoscale.as_ref())
+                .map(|a| a.max)
+                .filter(|&m| m > l.replicas);
+            match max {
+                Some(m) if p * l.replicas as f64 / (m as f64) < 1.0 => {
+                    let _ = writeln!(
+                        s,
+                        "note: pool {}'s peak load {p:.2} (from {t}) is for the {} replica{} it starts with; at the autoscaler's max of {m} it is {:.2}, if replicas boot in time",
+                        l.pool,
+                        l.replicas,
+                        if l.replicas == 1 { "" } else { "s" },
+                        p * l.replicas as f64 / m as f64
+                    );
+                }
+                _ => {
+                    let _ = writeln!(
+                        s,
+                        "warning: pool {} is overloaded at its peak (load {p:.2} from {t}, {:.2} on average): queues grow while it lasts",
+                        l.pool, l.gpu_load
+                    );
+                }
+            }
+        }
         if l.gpu_load >= NEAR_SATURATION {
             let what = if l.gpu_load >= 1.0 {
                 "is overloaded: queues grow without bound"
@@ -1116,5 +1192,45 @@ output_tokens = {{ dist = "constant", value = 50 }}
         .unwrap_or_else(|e| panic!("{e}"))
         .scenario;
         assert!(gpu_pool_loads(&sc)[0].gpu_load > low * 1.3);
+    }
+
+    /// scenarios/reserved.toml: a diurnal rate on an autoscaled pool starting at one
+    /// replica. The peak load is the average scaled by the rate (same tokens, same
+    /// per-replica throughput); the autoscaler's max absorbs it, a max of 1 does not.
+    #[test]
+    fn check_gives_the_peak_gpu_load_and_whether_the_autoscaler_covers_it() {
+        let text = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/reserved.toml"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let load = |sets: &[&str]| {
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            crate::parse_scenario("reserved.toml", &text, &sets)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .scenario
+        };
+        let sc = load(&[]);
+        let avg = gpu_pool_loads(&sc)[0].gpu_load;
+        let (peak, at) = sc
+            .load_instants()
+            .into_iter()
+            .map(|t| (gpu_pool_loads_at(&sc, Some(t))[0].gpu_load, t))
+            .fold((0.0, SimTime::ZERO), |a, b| if b.0 > a.0 { b } else { a });
+        let ratio = sc.class_rate(0, Some(at)) / sc.class_rate(0, None);
+        assert!((peak / avg - ratio).abs() < 1e-9, "{peak} {avg} {ratio}");
+        assert!(peak >= 1.0 && avg < 1.0, "{peak} {avg}");
+        let table = gpu_capacity_table(&sc);
+        assert!(table.contains(&format!("{peak:.2} at {at}")), "{table}");
+        assert!(
+            table.contains("note: pool g's peak load") && !table.contains("overloaded at its peak"),
+            "{table}"
+        );
+        let table = gpu_capacity_table(&load(&["pools.g.autoscale.max=1"]));
+        assert!(
+            table.contains(&format!(
+                "warning: pool g is overloaded at its peak (load {peak:.2} from {at}"
+            )),
+            "{table}"
+        );
     }
 }

@@ -3589,18 +3589,25 @@ impl Scenario {
             })
     }
 
+    /// Workflows per second class `ci` brings (its canary share taken): at instant
+    /// `t`, or averaged over the horizon (`None`; a replay always counts its mean).
+    pub fn class_rate(&self, ci: usize, at: Option<SimTime>) -> f64 {
+        let c = &self.classes[ci];
+        let rate = match (at, &c.arrival) {
+            (
+                Some(t),
+                Arrival::Poisson { .. } | Arrival::Piecewise { .. } | Arrival::Renewal { .. },
+            ) => c.rate_at(t),
+            _ => c.mean_rate_per_s(self.horizon),
+        };
+        rate * c.workload_share(self)
+    }
+
     fn offered_load_with(&self, at: Option<SimTime>) -> Vec<PoolLoad> {
         let mut rate = vec![0.0; self.pools.len()];
         let mut work = vec![0.0; self.pools.len()];
         for (ci, c) in self.classes.iter().enumerate() {
-            let class_rate = match (at, &c.arrival) {
-                (
-                    Some(t),
-                    Arrival::Poisson { .. } | Arrival::Piecewise { .. } | Arrival::Renewal { .. },
-                ) => c.rate_at(t),
-                _ => c.mean_rate_per_s(self.horizon),
-            };
-            let r = class_rate * c.workload_share(self);
+            let r = self.class_rate(ci, at);
             let (visits, tokens) = self.class_expectations(ci, at);
             for (i, n) in c.graph.nodes.iter().enumerate() {
                 if !n.enabled {
