@@ -565,6 +565,10 @@ pub struct Comparison {
     pub warnings: Vec<String>,
     /// Promotion gates (`--gate`), per variant after the baseline and class.
     pub gates: Vec<crate::gates::GateVerdict>,
+    /// What loading the variants noted (trace rows past the horizon, one-token model
+    /// hops, ...), each once: printed on stderr, as `run` and `check` print theirs.
+    #[serde(skip)]
+    pub notes: Vec<String>,
 }
 
 /// Runs the comparison of scenario `text` (`file` names it in messages).
@@ -592,11 +596,17 @@ pub fn compare_with_progress(
     }
     let variants = plan_variants(file, text, opts)?;
     let mut scenarios = Vec::with_capacity(variants.len());
+    let mut notes: Vec<String> = Vec::new();
     for v in &variants {
         let mut sets = opts.sets.clone();
         sets.extend(v.set.iter().cloned());
         let loaded = parse_scenario(file, text, &sets)
             .map_err(|e| InputError::new(e.file, format!("variant `{}`: {}", v.name, e.detail)))?;
+        for n in loaded.notes {
+            if !notes.contains(&n) {
+                notes.push(n);
+            }
+        }
         scenarios.push(loaded.scenario);
     }
     // A gate on a class no variant has would judge nothing: say so before any run.
@@ -714,6 +724,7 @@ pub fn compare_with_progress(
         variants: results,
         warnings,
         gates: Vec::new(),
+        notes,
     };
     c.gates = crate::gates::evaluate(&c, &gates);
     Ok(c)
@@ -1065,6 +1076,9 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     let done = || bar.inc(1);
     let cmp = compare_with_progress(&file, &text, &opts, &done)?;
     bar.finish_and_clear();
+    for note in &cmp.notes {
+        eprintln!("note: {note}");
+    }
     let json = to_json(&cmp);
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create output directory {}", args.out.display()))?;

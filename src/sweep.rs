@@ -83,6 +83,9 @@ pub struct Sweep {
     /// The seeds every point ran.
     pub seeds: Vec<u64>,
     pub points: Vec<SweepPoint>,
+    /// What loading the points noted, each once (printed on stderr).
+    #[serde(skip)]
+    pub notes: Vec<String>,
 }
 
 /// One grid point: its values, and per pool and class the simulated figures (mean and
@@ -293,6 +296,7 @@ pub fn sweep(
         .collect();
     // Load every point of this shard first: a bad value fails before any run.
     let mut points = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
     for (index, values) in all.iter().enumerate() {
         if let Some((k, n)) = opts.shard
             && index % n != k - 1
@@ -314,6 +318,11 @@ pub fn sweep(
                 .collect();
             InputError::new(file, format!("sweep point {}: {}", at.join(", "), e.detail))
         })?;
+        for n in loaded.notes {
+            if !notes.contains(&n) {
+                notes.push(n);
+            }
+        }
         points.push((index, values, loaded.scenario));
     }
     let jobs: Vec<(usize, u64)> = (0..points.len())
@@ -350,6 +359,7 @@ pub fn sweep(
         shard: opts.shard.map(|(k, n)| format!("{k}/{n}")),
         seeds,
         points: out_points,
+        notes,
     })
 }
 
@@ -708,6 +718,9 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
     );
     let done = || bar.inc(1);
     let result = sweep(&file, &text, &opts, &done)?;
+    for note in &result.notes {
+        eprintln!("note: {note}");
+    }
     bar.finish_and_clear();
     let json = to_json(&result);
     std::fs::create_dir_all(&args.out)

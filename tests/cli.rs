@@ -1911,6 +1911,34 @@ hops = [{{ pool = "p" }}]
         ),
         "{err}"
     );
+    // compare and sweep say what loading noted too (once, not per variant or point).
+    let path = scenario("10m", "");
+    let out_dir = dir.path().join("cs");
+    for args in [
+        vec!["compare", "--variant", "more:pools.p.servers=200"],
+        vec!["sweep", "--param", "pools.p.servers=100,200"],
+    ] {
+        let out = run_ok(
+            &args
+                .iter()
+                .copied()
+                .chain([
+                    path.to_str().unwrap(),
+                    "--no-plots",
+                    "--out",
+                    out_dir.to_str().unwrap(),
+                ])
+                .collect::<Vec<_>>(),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            err.lines()
+                .filter(|l| l.contains("at or after the horizon"))
+                .count(),
+            1,
+            "{args:?}: {err}"
+        );
+    }
     // A window that leaves nothing: said too.
     let path = scenario("2h", ", window_start = \"2h\"");
     let err =
