@@ -289,8 +289,9 @@ impl Sampler {
     /// E[min(round(X), cap)]: the mean of a count drawn as the simulator draws a
     /// fan-out (rounded to the nearest integer) and then capped. Exact for constant and
     /// empirical, by the survival function for uniform, exponential, normal and
-    /// lognormal (E[min(R, c)] = sum over k = 1..c of P(X >= k - 1/2)), and for gamma an
-    /// average over 65,536 draws of a fixed stream (deterministic).
+    /// lognormal (E[min(R, c)] = sum over k = 1..c of P(X >= k - 1/2), up to a million
+    /// terms), and otherwise (gamma, or a tail too long) an average over 65,536 draws of
+    /// a fixed stream (deterministic).
     pub fn mean_capped_count(&self, cap: u64) -> f64 {
         let round_cap = |x: f64| crate::time::round_non_negative(x).min(cap) as f64;
         let survival = |x: f64| -> f64 {
@@ -336,26 +337,40 @@ impl Sampler {
                 _ => 0.0,
             }
         };
+        let sampled = || {
+            use rand::SeedableRng;
+            let mut rng = crate::rng::SimRng::seed_from_u64(0x0066_616e_2d6f_7574);
+            let n = 1 << 16;
+            (0..n)
+                .map(|_| round_cap(self.sample(&mut rng)))
+                .sum::<f64>()
+                / n as f64
+        };
         match self {
             Sampler::Constant(v) => round_cap(*v),
             Sampler::Empirical(v, _) => {
                 v.iter().map(|&x| round_cap(x)).sum::<f64>() / v.len() as f64
             }
-            Sampler::Gamma(..) => {
-                use rand::SeedableRng;
-                let mut rng = crate::rng::SimRng::seed_from_u64(0x0066_616e_2d6f_7574);
-                let n = 1 << 16;
-                (0..n)
-                    .map(|_| round_cap(self.sample(&mut rng)))
-                    .sum::<f64>()
-                    / n as f64
-            }
+            Sampler::Gamma(..) => sampled(),
             _ => {
+                // At most a million terms: a heavy lognormal tail under a huge cap would
+                // take billions, and there the rounding no longer matters, so
+                // E[min(X, c)] of the continuous lognormal is taken instead.
                 let mut sum = 0.0;
                 for k in 1..=cap {
                     let p = survival(k as f64 - 0.5);
                     if p < 1e-12 {
-                        break;
+                        return sum;
+                    }
+                    if k > 1_000_000
+                        && let Sampler::LogNormal(d, mean) = self
+                    {
+                        let mu = d.from_zscore(0.0).ln();
+                        let sigma = d.from_zscore(1.0).ln() - mu;
+                        let phi = |z: f64| 1.0 - 0.5 * erfc(z / std::f64::consts::SQRT_2);
+                        let c = cap as f64;
+                        return mean * phi((c.ln() - mu - sigma * sigma) / sigma)
+                            + c * (1.0 - phi((c.ln() - mu) / sigma));
                     }
                     sum += p;
                 }
@@ -446,6 +461,23 @@ mod tests {
             assert!((got - mean).abs() < tol, "{text}: {got} vs {mean}");
             assert!(got <= cap as f64 && got <= s.mean() + 0.5, "{text}: {got}");
         }
+        // A tail too long to sum under a huge cap (sigma 3.96): past a million terms the
+        // continuous lognormal's E[min(X, c)] is taken. At a cap of 1,000,001 it must
+        // agree with the million-term sum at 1,000,000 (rounding moves it by under 0.5).
+        let s = parse(r#"{ dist = "lognormal", median = 1, p99 = 10000 }"#)
+            .sampler()
+            .unwrap();
+        let (summed, closed) = (
+            s.mean_capped_count(1_000_000),
+            s.mean_capped_count(1_000_001),
+        );
+        assert!((summed - closed).abs() < 0.5, "{summed} vs {closed}");
+        let huge = s.mean_capped_count(1_000_000_000);
+        assert!(
+            closed < huge && huge < s.mean(),
+            "{closed} {huge} {}",
+            s.mean()
+        );
     }
 
     #[test]
