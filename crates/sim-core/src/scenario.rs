@@ -614,6 +614,9 @@ pub struct SimulationSpec {
     pub sample_every: SimDuration,
 }
 
+/// Most time-series intervals a run may have (about 95 years at a minute).
+pub const MAX_SAMPLE_INTERVALS: u64 = 50_000_000;
+
 fn default_sample_every() -> SimDuration {
     SimDuration::from_secs(60)
 }
@@ -1567,6 +1570,18 @@ impl ScenarioSpec {
             return Err(err(
                 "simulation.sample_every",
                 "expected a positive duration, like \"1m\" (the default) or \"1h\"",
+            ));
+        }
+        // Every interval is an event and a row held until the end: a 1ns interval on an
+        // hour would never finish.
+        let intervals = sim.horizon.as_nanos() / sim.sample_every.as_nanos();
+        if intervals > MAX_SAMPLE_INTERVALS {
+            return Err(err(
+                "simulation.sample_every",
+                format!(
+                    "{} over a horizon of {} is {intervals} intervals; expected at most {MAX_SAMPLE_INTERVALS} (a coarser interval, like \"1h\")",
+                    sim.sample_every, sim.horizon
+                ),
             ));
         }
         if sim.warmup >= sim.horizon {

@@ -2596,7 +2596,10 @@ hops = [{ pool = "p" }]
     }
     let arrived: u64 = hours.timeseries.iter().map(|r| r.arrivals).sum();
     assert_eq!(arrived, hours.summary().classes["c"].arrived);
-    // An interval of 0 would never advance.
+    // An interval of 0 would never advance, and one of 1ns over 4h would never finish.
     let e = invalid(&text.replace("seed = 3", "seed = 3\nsample_every = \"0s\""));
     assert_eq!(e.key, "simulation.sample_every", "{e}");
+    let e = invalid(&text.replace("seed = 3", "seed = 3\nsample_every = \"1ns\""));
+    assert_eq!(e.key, "simulation.sample_every", "{e}");
+    assert!(e.message.contains("at most 50000000"), "{e}");
 }
