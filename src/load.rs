@@ -2,7 +2,12 @@
 //! Every error names the file, the line or key, and what was expected.
 
 use sim_core::scenario::RecordedRequest;
+use sim_core::time::SimDuration;
 use sim_core::{Scenario, ScenarioSpec};
+
+/// Most passes a scenario's trace replay may make within the horizon (each reads the
+/// file again).
+const MAX_PASSES: u64 = 100_000;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -470,6 +475,21 @@ fn load_traces(
         // No pass that would start after the horizon is read (nor replayed).
         replay.until_ns = Some(horizon.as_nanos());
         let loops = replay.loops;
+        // Each pass reads the file again: a loop period far below the horizon with many
+        // loops would read it millions of times.
+        if let Some(p) = replay.loop_period_ns {
+            let passes = u64::from(loops).min(horizon.as_nanos().div_ceil(p.max(1)));
+            if passes > MAX_PASSES {
+                return Err(InputError::new(
+                    file,
+                    format!(
+                        "key `{key}.loop_period`: {} with {loops} loops is {passes} passes over the trace within the horizon ({}); expected at most {MAX_PASSES} (a longer loop_period, or fewer loops)",
+                        SimDuration(p),
+                        scenario.horizon
+                    ),
+                ));
+            }
+        }
         let rules = spec.rule_set().map_err(bad)?;
         let path = spec.path(base);
         let format = match read.format {

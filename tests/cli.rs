@@ -1911,6 +1911,20 @@ hops = [{{ pool = "p" }}]
         ),
         "{err}"
     );
+    // A loop period of 1ms on a 2-hour run would read the trace 7.2 million times.
+    let path = scenario("2h", ", loops = 1000000000, loop_period = \"1ms\"");
+    let out = bin()
+        .args(["check", path.to_str().unwrap()])
+        .output()
+        .expect("spawn");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("classes.c.arrival.loop_period")
+            && err.contains("7200000 passes")
+            && err.contains("at most 100000"),
+        "{err}"
+    );
     // compare and sweep say what loading noted too (once, not per variant or point).
     let path = scenario("10m", "");
     let out_dir = dir.path().join("cs");
