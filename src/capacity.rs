@@ -62,21 +62,6 @@ pub struct HopTokens {
     pub mean_output_sq: f64,
 }
 
-/// E[X^2] of a token distribution: closed forms where `Sampler::second_moment` has
-/// none (lognormal: mean^2 e^(sigma^2); gamma: mean^2 (1 + 1/shape)), else mean^2.
-fn token_second_moment(s: &sim_core::dist::Sampler) -> f64 {
-    use sim_core::dist::Sampler;
-    let m = s.mean();
-    match s {
-        Sampler::LogNormal(d, _) => {
-            let sigma = d.from_zscore(1.0).ln() - d.from_zscore(0.0).ln();
-            m * m * (sigma * sigma).exp()
-        }
-        Sampler::Gamma(_, _, shape) if *shape > 0.0 => m * m * (1.0 + 1.0 / shape),
-        _ => s.second_moment().unwrap_or(m * m),
-    }
-}
-
 /// The model hops the classes send to pool `pi` a priori (pinned, or the first pool
 /// of the chain a tier's rules choose), with fan-out and loops counted.
 pub fn offered_tokens(sc: &Scenario, pi: usize) -> HopTokens {
@@ -106,7 +91,7 @@ pub fn offered_tokens_at(sc: &Scenario, pi: usize, at: Option<SimTime>) -> HopTo
                 // A replayed entry hop's spread is unknown: its mean squared.
                 out_sq += v * match (&n.output_tokens, recorded) {
                     (_, Some(_)) if i == 0 => to * to,
-                    (Some(s), _) => token_second_moment(s),
+                    (Some(s), _) => s.mean_square(),
                     (None, _) => to * to,
                 };
             }
@@ -524,22 +509,13 @@ pub fn gpu_capacity_table(sc: &Scenario) -> String {
     }
     // Where the load changes over time, the largest instantaneous load per GPU pool
     // and when (shown where it stands above the average).
-    let peaks: Vec<Option<(f64, SimTime)>> = if sc.load_varies() {
-        let mut best: Vec<Option<(f64, SimTime)>> = vec![None; loads.len()];
-        for t in sc.load_instants() {
-            for (b, l) in best.iter_mut().zip(gpu_pool_loads_at(sc, Some(t))) {
-                if l.hop_rate_per_s > 0.0 && b.is_none_or(|(x, _)| l.gpu_load > x) {
-                    *b = Some((l.gpu_load, t));
-                }
-            }
-        }
-        best.iter()
-            .zip(&loads)
-            .map(|(b, l)| b.filter(|&(p, _)| p > l.gpu_load * 1.005 + 1e-9))
+    let average: Vec<f64> = loads.iter().map(|l| l.gpu_load).collect();
+    let peaks = sc.peaks_above(&average, |t| {
+        gpu_pool_loads_at(sc, Some(t))
+            .into_iter()
+            .map(|l| (l.hop_rate_per_s > 0.0).then_some(l.gpu_load))
             .collect()
-    } else {
-        vec![None; loads.len()]
-    };
+    });
     let show_peak = peaks.iter().any(Option::is_some);
     let mut s = String::from(
         "\nGPU pools (KV seqs at the mean context, max seqs = max_num_seqs x replicas; solo TTFT/TPOT from the performance model, batch TPOT at the batch the load makes; needed = rate x (TTFT + output x batch TPOT); headroom = min(KV seqs, max seqs) / needed; load = hops/s over what the replicas finish at the best batching, prefilling uncached prompts as they decode)\n",
@@ -709,7 +685,7 @@ pub fn gpu_capacity_table(sc: &Scenario) -> String {
 /// (a GPU replica and an API generate at least one token; replayed classes are left
 /// out: their hops carry the recorded tokens); and for escalations to the node's own
 /// pool (a redo where the hop ran, which may be meant, but is no escalation).
-pub fn tokenless_model_hops(sc: &Scenario) -> Vec<String> {
+pub fn scenario_notes(sc: &Scenario) -> Vec<String> {
     let mut out = Vec::new();
     for (ci, c) in sc.classes.iter().enumerate() {
         if c.cohort_of.is_some()

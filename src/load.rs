@@ -4,12 +4,12 @@
 use sim_core::scenario::RecordedRequest;
 use sim_core::time::SimDuration;
 use sim_core::{Scenario, ScenarioSpec};
+use std::collections::BTreeMap;
+use std::path::Path;
 
 /// Most passes a scenario's trace replay may make within the horizon (each reads the
 /// file again).
 const MAX_PASSES: u64 = 100_000;
-use std::collections::BTreeMap;
-use std::path::Path;
 
 /// Bad input from the user: the CLI exits with code 2 and prints this one line.
 #[derive(Debug, thiserror::Error)]
@@ -960,7 +960,7 @@ pub fn parse_scenario(
         .map_err(|e| InputError::new(file, locate_key(text, &e.key, e.to_string())))?;
     let mut notes = csv_notes;
     load_traces(file, &mut scenario, &arrivals, &mut notes)?;
-    notes.extend(crate::capacity::tokenless_model_hops(&scenario));
+    notes.extend(crate::capacity::scenario_notes(&scenario));
     // A long horizon sampled every minute writes a huge time series: say so.
     let rows = scenario.horizon.as_nanos() / scenario.sample_every.as_nanos().max(1);
     if rows > 1_000_000 {

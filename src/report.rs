@@ -3,7 +3,6 @@
 use crate::replications::{Estimate, Replications};
 use sim_core::Summary;
 use sim_core::scenario::Scenario;
-use sim_core::time::SimTime;
 use std::fmt::Write;
 
 /// Formats seconds with a unit that keeps 3 significant digits readable.
@@ -694,33 +693,23 @@ pub fn check_table(file: &str, sc: &Scenario) -> String {
     t.render(&mut out);
     out.push('\n');
     // Where the load changes over time (rate steps, bursts, an emergency switch), the
-    // average hides the peak: the largest instantaneous rho per pool, and when.
-    let peaks: Option<Vec<(f64, SimTime)>> = sc.load_varies().then(|| {
-        let mut best = vec![(f64::NEG_INFINITY, SimTime::ZERO); sc.pools.len()];
-        for at in sc.load_instants() {
-            for (b, l) in best.iter_mut().zip(sc.offered_load_at(at)) {
-                if l.rho > b.0 {
-                    *b = (l.rho, at);
-                }
-            }
-        }
-        best
-    });
-    // Only where some queueing pool's peak stands above its average (GPU and API pools
-    // have no rho; a replay's rate is its mean).
+    // average hides the peak: the largest instantaneous rho per pool, and when; shown where some queueing pool's peak stands above its average (GPU and API
+    // pools have no rho; a replay's rate is its mean).
     let loads = sc.offered_load();
-    let peaks = peaks.filter(|p| {
-        loads
-            .iter()
-            .zip(p)
+    let queueing = |pi: usize| {
+        sc.pools
+            .get(pi)
+            .is_some_and(|p| p.gpu.is_none() && p.api.is_none())
+    };
+    let average: Vec<f64> = loads.iter().map(|l| l.rho).collect();
+    let peaks = sc.peaks_above(&average, |t| {
+        sc.offered_load_at(t)
+            .into_iter()
             .enumerate()
-            .any(|(pi, (l, &(peak, _)))| {
-                sc.pools
-                    .get(pi)
-                    .is_some_and(|p| p.gpu.is_none() && p.api.is_none())
-                    && peak > l.rho * 1.005 + 1e-9
-            })
+            .map(|(pi, l)| queueing(pi).then_some(l.rho))
+            .collect()
     });
+    let peaks = peaks.iter().any(Option::is_some).then_some(peaks);
     let mut head = vec!["pool", "servers", "hops/s", "mean service", "rho"];
     if peaks.is_some() {
         head.push("peak rho");
@@ -731,7 +720,7 @@ pub fn check_table(file: &str, sc: &Scenario) -> String {
     let mut peak_unstable = Vec::new();
     let mut api_limited = Vec::new();
     for (pi, l) in loads.into_iter().enumerate() {
-        let peak = peaks.as_ref().and_then(|p| p.get(pi).copied());
+        let peak = peaks.as_ref().map(|p| p.get(pi).copied().flatten());
         // GPU pools are timed by their replicas and API pools never queue: no mean
         // service or rho from the scenario (as `run` prints `-` for their rho).
         let no_rho = sc
@@ -773,7 +762,7 @@ pub fn check_table(file: &str, sc: &Scenario) -> String {
             "UNSTABLE (rho >= 1)".to_string()
         } else if l.rho >= 0.9 {
             "heavy (rho >= 0.9)".to_string()
-        } else if let Some((p, at)) = peak
+        } else if let Some((p, at)) = peak.flatten()
             && p >= 1.0
         {
             peak_unstable.push(format!("{} (rho {p:.2} from {at})", l.pool));
@@ -781,9 +770,8 @@ pub fn check_table(file: &str, sc: &Scenario) -> String {
         } else {
             String::new()
         };
-        let pool_name = l.pool.clone();
         let mut row = vec![
-            pool_name,
+            l.pool,
             if l.servers == u32::MAX {
                 "api".to_string()
             } else if sc.pools.get(pi).is_some_and(|p| p.servers == 0) {
@@ -804,12 +792,9 @@ pub fn check_table(file: &str, sc: &Scenario) -> String {
                 format!("{:.3}", l.rho)
             },
         ];
-        if let Some((p, at)) = peak {
-            row.push(if no_rho || p <= 0.0 {
-                "-".to_string()
-            } else {
-                format!("{p:.3} at {at}")
-            });
+        // The column, where shown: `-` for a pool with no peak above its average.
+        if let Some(cell) = peak {
+            row.push(cell.map_or("-".to_string(), |(p, at)| format!("{p:.3} at {at}")));
         }
         row.push(flag);
         t.row(row);
@@ -871,7 +856,6 @@ mod tests {
         assert_eq!(fmt_usd(None), "-");
     }
 
-    /// Routing rules decided by class-level conditions move a class's offered load in
     /// A burst the average hides: 1/s at 1 s on 2 servers is rho 0.5; 3x for one hour in
     /// four is rho 1.5 then, and 0.75 on average.
     #[test]
@@ -917,7 +901,8 @@ hops = [{{ pool = "p" }}]
         assert!(out.contains("0.500"), "{out}");
     }
 
-    /// `check`, as they move its hops in the run.
+    /// An API pool queues nothing: `check` flags offered requests or tokens per minute
+    /// that reach its `rpm` or `tpm`, and a mean call too large for `tpm`.
     #[test]
     fn check_warns_of_api_limits_the_offered_load_passes() {
         // 0.5 calls/s = 30 requests/min against rpm 10; 1,100 tokens a call against

@@ -3555,13 +3555,40 @@ impl Scenario {
     /// The largest mean branch count of each node of class `ci` over the regimes of
     /// [`Scenario::regime_starts`]: what a worst-case figure (a context limit) needs.
     pub fn fan_out_peak_means(&self, ci: usize) -> Vec<f64> {
-        let mut out = self.fan_out_means(ci, Some(SimTime::ZERO));
+        let mut out = vec![0.0f64; self.classes[ci].graph.nodes.len()];
         for t in self.regime_starts() {
             for (o, m) in out.iter_mut().zip(self.fan_out_means(ci, Some(t))) {
                 *o = o.max(m);
             }
         }
         out
+    }
+
+    /// Per entry of what `figure` gives at an instant (a pool's rho, a GPU pool's
+    /// load; `None` where it has none), its largest value over
+    /// [`Scenario::load_instants`] and the first instant it is reached, where it stands
+    /// above `average[i]` by more than 0.5% (`None` elsewhere: no peak worth showing).
+    pub fn peaks_above(
+        &self,
+        average: &[f64],
+        figure: impl Fn(SimTime) -> Vec<Option<f64>>,
+    ) -> Vec<Option<(f64, SimTime)>> {
+        let mut best: Vec<Option<(f64, SimTime)>> = vec![None; average.len()];
+        if self.load_varies() {
+            for t in self.load_instants() {
+                for (b, x) in best.iter_mut().zip(figure(t)) {
+                    if let Some(x) = x
+                        && b.is_none_or(|(y, _)| x > y)
+                    {
+                        *b = Some((x, t));
+                    }
+                }
+            }
+        }
+        best.into_iter()
+            .zip(average)
+            .map(|(b, &avg)| b.filter(|&(p, _)| p > avg * 1.005 + 1e-9))
+            .collect()
     }
 
     /// Expected executions of each node of class `ci` per workflow (fan-out as
