@@ -172,10 +172,10 @@ pub struct AutoscaleSpec {
     pub target: f64,
     pub min: u32,
     pub max: u32,
-    /// How long a new server takes to boot (charged from boot start); see
-    /// [`AutoscaleSpec::boot`] for the default.
+    /// How long a new server takes to boot (charged from boot start): a duration, or
+    /// a distribution drawn per boot; see [`AutoscaleSpec::boot`] for the default.
     #[serde(default, rename = "boot")]
-    pub boot_set: Option<SimDuration>,
+    pub boot_set: Option<BootTime>,
     /// Minimum time between two scaling actions.
     #[serde(default)]
     pub cooldown: SimDuration,
@@ -259,13 +259,129 @@ impl PrewarmSpec {
     }
 }
 
+/// How long a new server takes from the decision to boot it until it takes work: a
+/// fixed duration (`boot = "90s"`) or a distribution of durations drawn for each boot
+/// (`boot = { dist = "lognormal", median = "3m", p99 = "8m" }`), because cold starts
+/// vary with image pulls, node provisioning and weight loading. Drawn from the pool's
+/// own named stream, so a fixed boot draws nothing and a drawn one moves no other
+/// component's numbers.
+#[derive(Clone, Debug)]
+pub enum BootTime {
+    Fixed(SimDuration),
+    /// The distribution as written and its validated sampler (values in seconds).
+    Drawn(crate::dist::DistSpec, crate::dist::Sampler),
+}
+
+impl BootTime {
+    /// One boot's duration (a fixed boot does not touch `rng`).
+    pub fn draw<R: rand::Rng + ?Sized>(&self, rng: &mut R) -> SimDuration {
+        match self {
+            BootTime::Fixed(d) => *d,
+            BootTime::Drawn(_, s) => s.sample_duration(rng),
+        }
+    }
+
+    /// The mean boot duration (what planning figures use).
+    pub fn mean(&self) -> SimDuration {
+        match self {
+            BootTime::Fixed(d) => *d,
+            BootTime::Drawn(_, s) => SimDuration::from_secs_f64(s.mean()),
+        }
+    }
+
+    /// Whether boots are drawn (and so need a random stream).
+    pub fn is_drawn(&self) -> bool {
+        matches!(self, BootTime::Drawn(..))
+    }
+}
+
+impl From<SimDuration> for BootTime {
+    fn from(d: SimDuration) -> Self {
+        BootTime::Fixed(d)
+    }
+}
+
+impl PartialEq for BootTime {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (BootTime::Fixed(a), BootTime::Fixed(b)) => a == b,
+            (BootTime::Drawn(a, _), BootTime::Drawn(b, _)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl PartialEq<SimDuration> for BootTime {
+    fn eq(&self, other: &SimDuration) -> bool {
+        matches!(self, BootTime::Fixed(d) if d == other)
+    }
+}
+
+impl std::fmt::Display for BootTime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BootTime::Fixed(d) => write!(f, "{d}"),
+            BootTime::Drawn(spec, s) => {
+                let name = match spec {
+                    crate::dist::DistSpec::Constant { .. } => "constant",
+                    crate::dist::DistSpec::Deterministic { .. } => "deterministic",
+                    crate::dist::DistSpec::Uniform { .. } => "uniform",
+                    crate::dist::DistSpec::Exponential { .. } => "exponential",
+                    crate::dist::DistSpec::Normal { .. } => "normal",
+                    crate::dist::DistSpec::Lognormal { .. } => "lognormal",
+                    crate::dist::DistSpec::Gamma { .. } => "gamma",
+                    crate::dist::DistSpec::Empirical { .. } => "empirical",
+                };
+                // Whole seconds (milliseconds under 10 s): a planning figure.
+                let rounded = |x: f64| {
+                    let ms = if x >= 10.0 {
+                        x.round() * 1e3
+                    } else {
+                        (x * 1e3).round()
+                    };
+                    SimDuration::from_secs_f64(ms / 1e3)
+                };
+                write!(
+                    f,
+                    "{} on average ({name}; 99.9th percentile about {})",
+                    rounded(s.mean()),
+                    rounded(s.high())
+                )
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for BootTime {
+    /// A duration ("90s", or seconds), or a distribution table whose parameters are
+    /// validated here (the error names the parameter).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = toml::Value::deserialize(d)?;
+        if v.is_table() {
+            let spec: crate::dist::DistSpec = v.try_into().map_err(serde::de::Error::custom)?;
+            let sampler = spec.sampler().map_err(serde::de::Error::custom)?;
+            Ok(BootTime::Drawn(spec, sampler))
+        } else {
+            SimDuration::deserialize(v)
+                .map(BootTime::Fixed)
+                .map_err(|e| {
+                    serde::de::Error::custom(format!(
+                        "{}; a boot is a duration (\"90s\") or a distribution of durations ({{ dist = \"lognormal\", median = \"3m\", p99 = \"8m\" }})",
+                        e.to_string().trim_end()
+                    ))
+                })
+        }
+    }
+}
+
 impl AutoscaleSpec {
     /// How long a new server takes from the decision to taking work. Unset: 0 on an
     /// abstract pool; on a GPU pool the scenario fills in the replica's cold start
     /// (the GPU profile's node boot plus loading the weights, see
     /// `GpuPool::cold_start`).
-    pub fn boot(&self) -> SimDuration {
-        self.boot_set.unwrap_or(SimDuration::ZERO)
+    pub fn boot(&self) -> &BootTime {
+        static NO_BOOT: BootTime = BootTime::Fixed(SimDuration::ZERO);
+        self.boot_set.as_ref().unwrap_or(&NO_BOOT)
     }
 
     /// How long the looks must find the pool idle before its last server goes.

@@ -175,9 +175,10 @@ pub struct SpotSpec {
     /// Whether a preempted replica is replaced by a new spot replica (default true).
     #[serde(default = "yes")]
     pub replace: bool,
-    /// Boot time of a replacement (default: the GPU profile's boot time).
+    /// Boot time of a replacement: a duration or a distribution drawn per boot
+    /// (default: the replica's cold start, see `GpuPool::cold_start`).
     #[serde(default)]
-    pub boot: Option<SimDuration>,
+    pub boot: Option<crate::policy::BootTime>,
     /// Warning before a preemption (AWS gives 2 minutes, GCP 30 s): the replica takes
     /// nothing new from the notice, serves what it has, and is lost when the notice
     /// runs out (default 0: lost without warning).
@@ -268,7 +269,7 @@ pub struct Spot {
     pub usd_per_server_hour: f64,
     pub on_preempt: OnPreempt,
     pub replace: bool,
-    pub boot: SimDuration,
+    pub boot: crate::policy::BootTime,
     /// Zero: lost at once.
     pub notice: SimDuration,
     pub on_notice: OnNotice,
@@ -1978,7 +1979,7 @@ impl ScenarioSpec {
                             "\"move_waiting\" acts at a preemption notice, and the pool gives none; set `notice` (e.g. \"2m\"), or drop `on_notice` (without a notice waiting requests move when the replica is lost)",
                         ));
                     }
-                    let boot = sp.boot.unwrap_or_else(|| g.cold_start());
+                    let boot = sp.boot.clone().unwrap_or_else(|| g.cold_start().into());
                     Some(Spot {
                         servers: n,
                         preemptions_per_hour: sp.preemptions_per_hour,
@@ -2025,8 +2026,8 @@ impl ScenarioSpec {
                 queue_at: p.queue_at,
                 autoscale: p.autoscale.clone().map(|mut a| {
                     // A GPU replica's cold start unless the scenario says otherwise.
-                    if let (None, Some(g)) = (a.boot_set, &gpu) {
-                        a.boot_set = Some(g.cold_start());
+                    if let (None, Some(g)) = (&a.boot_set, &gpu) {
+                        a.boot_set = Some(g.cold_start().into());
                     }
                     a
                 }),

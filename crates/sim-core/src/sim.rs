@@ -574,6 +574,10 @@ struct Sim<'a, 'o> {
     ttft_window: Vec<VecDeque<(SimTime, u64)>>,
     /// Per spot pool, the stream its preemption times and victims are drawn from.
     spot_rng: Vec<Option<SimRng>>,
+    /// Per pool: the stream autoscaled boots are drawn from (`pool/NAME/boot`), and
+    /// spot replacements' (`pool/NAME/spot_boot`). A fixed boot never draws.
+    boot_rng: Vec<SimRng>,
+    spot_boot_rng: Vec<SimRng>,
     /// Model tokens (input + output) of hops admitted and not finished, per lane and
     /// tenant (`Scenario::tenants`). Kept for classes with a gate only: a gate-free
     /// class's lane and tenant have no gate that reads them.
@@ -864,6 +868,16 @@ impl<'a, 'o> Sim<'a, 'o> {
                         .as_ref()
                         .map(|_| streams.stream(&format!("pool/{}/spot", p.name)))
                 })
+                .collect(),
+            boot_rng: sc
+                .pools
+                .iter()
+                .map(|p| streams.stream(&format!("pool/{}/boot", p.name)))
+                .collect(),
+            spot_boot_rng: sc
+                .pools
+                .iter()
+                .map(|p| streams.stream(&format!("pool/{}/spot_boot", p.name)))
                 .collect(),
             lane_tokens: vec![0; sc.lanes.len()],
             lane_hops: vec![0; sc.lanes.len()],
@@ -1222,9 +1236,9 @@ impl<'a, 'o> Sim<'a, 'o> {
         };
         let target = scaler.target(&obs);
         let current = load.servers + load.booting;
-        let boot = spec.boot();
         if target > current {
             for _ in current..target {
+                let boot = spec.boot().draw(&mut self.boot_rng[pool]);
                 self.stations[pool].boot_started(now);
                 self.queue
                     .push(now + boot, Event::BootDone { pool: pool as u32 });
@@ -1321,9 +1335,10 @@ impl<'a, 'o> Sim<'a, 'o> {
         }
         if spot.replace {
             for _ in 0..taken {
+                let boot = spot.boot.draw(&mut self.spot_boot_rng[pool]);
                 self.stations[pool].spot_boot_started(now);
                 self.queue
-                    .push(now + spot.boot, Event::SpotBootDone { pool: pool as u32 });
+                    .push(now + boot, Event::SpotBootDone { pool: pool as u32 });
             }
         }
         if notice == SimDuration::ZERO {

@@ -9,8 +9,8 @@ use policies::Standard;
 use sim_core::gpu::gpu_station::{GpuPoolReport, ReplicaPicker};
 use sim_core::metrics::{HopStatus, RunResult, SpotReclaim};
 use sim_core::policy::{
-    AutoscaleSpec, Autoscaler, DisciplineSpec, PolicyFactory, QueueDiscipline, RoutingSpec,
-    ScaleObservation, TierRouter,
+    AutoscaleSpec, Autoscaler, BootTime, DisciplineSpec, PolicyFactory, QueueDiscipline,
+    RoutingSpec, ScaleObservation, TierRouter,
 };
 use sim_core::{RunOptions, ScenarioSpec, SimDuration};
 use std::sync::{Arc, Mutex};
@@ -404,8 +404,14 @@ output_tokens = {{ dist = "constant", value = 400 }}
         assert_eq!(g.node_boot, SimDuration::from_secs(300));
         assert_eq!(g.model_load, SimDuration::from_millis(load_ms), "tp {tp}");
         let cold = SimDuration::from_millis(300_000 + load_ms);
-        assert_eq!(p.autoscale.as_ref().map(|a| a.boot()), Some(cold));
-        assert_eq!(p.spot.as_ref().map(|s| s.boot), Some(cold));
+        assert_eq!(
+            p.autoscale.as_ref().map(|a| a.boot().clone()),
+            Some(BootTime::Fixed(cold))
+        );
+        assert_eq!(
+            p.spot.as_ref().map(|s| s.boot.clone()),
+            Some(BootTime::Fixed(cold))
+        );
     }
     // The run pays each boot for exactly its cold start: paid - up replica-hours =
     // boots x (300 s + 8.03 s), on demand and on spot alike.
@@ -433,8 +439,8 @@ output_tokens = {{ dist = "constant", value = 400 }}
     let explicit = gpu_pool(1).replace(r#"interval = "30s""#, r#"interval = "30s", boot = "2m""#);
     let sc = scenario(&explicit);
     assert_eq!(
-        sc.pools[0].autoscale.as_ref().map(|a| a.boot()),
-        Some(SimDuration::from_secs(120))
+        sc.pools[0].autoscale.as_ref().map(|a| a.boot().clone()),
+        Some(BootTime::Fixed(SimDuration::from_secs(120)))
     );
     for bad in ["0.0", "-2.0", "nan", "0.0001"] {
         let text = gpu_pool(1).replace(
@@ -450,6 +456,67 @@ output_tokens = {{ dist = "constant", value = 400 }}
         assert!(e.contains("pools.g.gpu.model_load_gb_per_s"), "{bad}: {e}");
         assert!(e.contains("at least 0.001 GB/s"), "{bad}: {e}");
     }
+}
+
+#[test]
+fn drawn_boot_times_follow_their_distribution_per_boot() {
+    // A pre-warm floor of 400 from t = 10 s starts 399 boots at once, each drawn from
+    // uniform(60 s, 180 s): the autoscaler's looks (every second) see none up before
+    // 70 s, all by 190 s, and in between Binomial(399, F) of them, F = (x - 60) / 120
+    // at x seconds after the boots began (checked within 4.5 standard deviations at
+    // each look, so a fixed boot, a shared draw or a wrong scale fails).
+    let text = r#"
+[simulation]
+horizon = "250s"
+seed = 11
+[pools.p]
+servers = 1
+usd_per_server_hour = 3.6
+service = { dist = "constant", value = 1 }
+autoscale = { target = 1e9, min = 1, max = 400, interval = "1s", boot = { dist = "uniform", low = "60s", high = "180s" }, prewarm = [{ from = "10s", until = "1h", min = 400 }] }
+[classes.c]
+arrival = { process = "poisson", rate = 0.01 }
+hops = [{ pool = "p" }]
+"#;
+    let (r, log) = run_logged(text);
+    let at = |t: u32| {
+        log.iter()
+            .find(|d| d.t_s as u32 == t)
+            .unwrap_or_else(|| panic!("no look at {t}s"))
+    };
+    assert_eq!((at(10).running, at(10).target), (1, 400));
+    assert_eq!(at(11).booting, 399);
+    assert_eq!(at(70).running, 1);
+    assert_eq!((at(191).running, at(191).booting), (400, 0));
+    let mut distinct = std::collections::BTreeSet::new();
+    for t in 71..190u32 {
+        let f = (f64::from(t - 10) - 60.0) / 120.0;
+        let (mean, sd) = (399.0 * f, (399.0 * f * (1.0 - f)).sqrt());
+        let up = f64::from(at(t).running - 1);
+        assert!(
+            (up - mean).abs() <= 4.5 * sd + 1.0,
+            "at {t}s: {up} up, expected {mean:.1} +- {sd:.1}"
+        );
+        distinct.insert(at(t).running);
+    }
+    // Boots finish one by one, not in a block.
+    assert!(distinct.len() > 100, "{} distinct counts", distinct.len());
+    // Paid from each boot start ($0.001 a server-second): the 399 boots' booting
+    // seconds are their draws, whose mean is 120 s (the sum's sd is 34.6 s x
+    // sqrt(399) = 692 s).
+    let rep = &r.pool_reports[0];
+    let booting_s = rep.usd_capacity * 1000.0 - rep.capacity_server_s;
+    assert!(
+        (booting_s - 399.0 * 120.0).abs() < 4.5 * 692.0,
+        "{booting_s} s booting"
+    );
+    // A bad distribution is refused naming the key and the parameter.
+    let bad = text.replace(r#"low = "60s""#, r#"low = "-60s""#);
+    let e = toml::from_str::<ScenarioSpec>(&bad)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(e.contains("boot"), "{e}");
 }
 
 #[test]
@@ -906,6 +973,45 @@ fn spot_preemptions_follow_the_rate_and_victims_are_conserved() {
     assert_eq!((cap.spot_preemptions, cap.boots), (2, 0), "{cap:?}");
     let c = &r.classes[0];
     assert_eq!(c.arrived, c.completed);
+}
+
+#[test]
+fn spot_replacements_draw_their_boot_per_replica() {
+    // Replacements booting in uniform(60 s, 180 s): over five runs the booting
+    // replica-hours are the sum of the draws (mean 120 s, sd 34.6 s each), not boots x
+    // a fixed figure; a boot still going when the drained run ends is cut there, so
+    // those runs are left out of the sum.
+    let (mut boots, mut booting_s) = (0u64, 0.0f64);
+    for seed in 1..=5 {
+        let text = SPOT
+            .replace("SEED", &seed.to_string())
+            .replace("ON_PREEMPT", "recompute")
+            .replace(
+                "boot = \"2m\"",
+                "boot = { dist = \"uniform\", low = \"60s\", high = \"180s\" }",
+            );
+        let (r, log) = run_spot_logged(&text);
+        let cap = gpu_report(&r).capacity.expect("a spot pool");
+        assert_eq!(cap.boots, cap.spot_preemptions);
+        let end = r.end.as_secs_f64();
+        if log.iter().any(|e| e.at.as_secs_f64() + 180.0 > end) {
+            continue;
+        }
+        let h = cap.spot_replica_hours - cap.spot_running_replica_hours;
+        // Every boot lies within the distribution's bounds.
+        assert!(h * 3600.0 >= 60.0 * cap.boots as f64 - 1e-6, "{cap:?}");
+        assert!(h * 3600.0 <= 180.0 * cap.boots as f64 + 1e-6, "{cap:?}");
+        boots += cap.boots;
+        booting_s += h * 3600.0;
+    }
+    assert!(boots > 100, "{boots} boots");
+    let sd = 34.64 * (boots as f64).sqrt();
+    assert!(
+        (booting_s - 120.0 * boots as f64).abs() < 4.5 * sd,
+        "{booting_s:.0} s booting over {boots} boots"
+    );
+    // Not all equal: with a fixed 2-minute boot the sum would be exactly 120 s each.
+    assert!((booting_s - 120.0 * boots as f64).abs() > 1.0);
 }
 
 /// [`run`], with every spot reclaim logged.
