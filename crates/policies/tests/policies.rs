@@ -15,6 +15,12 @@ mod capacity;
 #[path = "policies/routing_reliability.rs"]
 mod routing_reliability;
 
+/// The validation error of a scenario that parses but must be refused.
+fn invalid(text: &str) -> sim_core::SpecError {
+    let spec: ScenarioSpec = toml::from_str(text).expect("parses");
+    spec.validate().expect_err("must be rejected")
+}
+
 fn scenario(text: &str) -> Scenario {
     let spec: ScenarioSpec = toml::from_str(text).unwrap_or_else(|e| panic!("{e}"));
     spec.validate().unwrap_or_else(|e| panic!("{e}"))

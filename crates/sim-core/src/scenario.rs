@@ -192,6 +192,20 @@ pub struct SpotSpec {
     /// replica's hazard stays `preemptions_per_hour`.
     #[serde(default)]
     pub reclaim_size: Option<u32>,
+    /// Spot-market episodes: in each window every spot replica's hazard is
+    /// `preemptions_per_hour` x `factor` (a zone running short of capacity; a factor
+    /// below 1 is a calm spell). Windows may not overlap.
+    #[serde(default)]
+    pub episodes: Vec<SpotEpisodeSpec>,
+}
+
+/// `episodes = [{ start = "3h", duration = "1h", factor = 8.0 }]` of a pool's `spot`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpotEpisodeSpec {
+    pub start: SimDuration,
+    pub duration: SimDuration,
+    pub factor: f64,
 }
 
 /// `on_escalation_refused` of a class: an escalation (a node's `escalate`, or a step of
@@ -275,6 +289,25 @@ pub struct Spot {
     pub on_notice: OnNotice,
     /// Replicas taken by each preemption event (>= 1).
     pub reclaim_size: u32,
+    /// Windows (start, end, factor) of a raised or lowered hazard, in time order, not
+    /// overlapping.
+    pub episodes: Vec<(SimTime, SimTime, f64)>,
+}
+
+impl Spot {
+    /// The hazard multiplier at `t` (1 outside every episode).
+    pub fn hazard_factor(&self, t: SimTime) -> f64 {
+        self.episodes
+            .iter()
+            .find(|&&(a, b, _)| a <= t && t < b)
+            .map_or(1.0, |e| e.2)
+    }
+
+    /// The largest multiplier over the run (at least 1): candidate preemptions are
+    /// drawn at this many times the base rate and thinned by `hazard_factor`.
+    pub fn max_hazard_factor(&self) -> f64 {
+        self.episodes.iter().map(|e| e.2).fold(1.0, f64::max)
+    }
 }
 
 /// A validated circuit breaker (see [`BreakerSpec`]).
@@ -1979,6 +2012,39 @@ impl ScenarioSpec {
                             "\"move_waiting\" acts at a preemption notice, and the pool gives none; set `notice` (e.g. \"2m\"), or drop `on_notice` (without a notice waiting requests move when the replica is lost)",
                         ));
                     }
+                    let mut episodes = Vec::new();
+                    for (i, e) in sp.episodes.iter().enumerate() {
+                        let ekey = format!("{key}.spot.episodes[{i}]");
+                        if !(e.factor.is_finite() && e.factor >= 0.0) {
+                            return Err(err(
+                                format!("{ekey}.factor"),
+                                format!(
+                                    "expected a hazard multiplier >= 0 (8 = eight times `preemptions_per_hour`, 0 = no preemptions), got {}",
+                                    e.factor
+                                ),
+                            ));
+                        }
+                        if e.duration == SimDuration::ZERO {
+                            return Err(err(
+                                format!("{ekey}.duration"),
+                                "expected a positive duration",
+                            ));
+                        }
+                        let (a, b) = window(e.start, e.duration);
+                        episodes.push((a, b, e.factor));
+                    }
+                    episodes.sort_by_key(|e| e.0);
+                    if let Some(w) = episodes.windows(2).find(|w| w[1].0 < w[0].1) {
+                        return Err(err(
+                            format!("{key}.spot.episodes"),
+                            format!(
+                                "episodes overlap: one runs from {} to {}, another starts at {}; merge them into one window with the factor you mean",
+                                SimDuration(w[0].0.as_nanos()),
+                                SimDuration(w[0].1.as_nanos()),
+                                SimDuration(w[1].0.as_nanos())
+                            ),
+                        ));
+                    }
                     let boot = sp.boot.clone().unwrap_or_else(|| g.cold_start().into());
                     Some(Spot {
                         servers: n,
@@ -1990,6 +2056,7 @@ impl ScenarioSpec {
                         notice: sp.notice.unwrap_or(SimDuration::ZERO),
                         on_notice: sp.on_notice,
                         reclaim_size,
+                        episodes,
                     })
                 }
             };

@@ -1261,8 +1261,11 @@ impl<'a, 'o> Sim<'a, 'o> {
         let Some(rng) = self.spot_rng[pool].as_mut() else {
             return;
         };
-        let rate_per_s =
-            spot.preemptions_per_hour * reclaim_rate(spot.servers, spot.reclaim_size) / 3600.0;
+        // At the largest episode factor (1 without episodes), thinned in `spot_preempt`.
+        let rate_per_s = spot.preemptions_per_hour
+            * spot.max_hazard_factor()
+            * reclaim_rate(spot.servers, spot.reclaim_size)
+            / 3600.0;
         let e: f64 = Exp1.sample(rng);
         let t = from + SimDuration::from_secs_f64(e / rate_per_s);
         if t <= self.horizon || (self.sc.drain && self.live_workflows > 0) {
@@ -1285,14 +1288,17 @@ impl<'a, 'o> Sim<'a, 'o> {
             return;
         };
         let u: f64 = rng.random();
-        let x = u * reclaim_rate(spot.servers, spot.reclaim_size);
+        let x = u * reclaim_rate(spot.servers, spot.reclaim_size) * spot.max_hazard_factor();
         let up = self.stations[pool].spot_up();
         let size = spot.reclaim_size.min(up);
-        if size == 0 || x >= reclaim_rate(up, spot.reclaim_size) {
+        let factor = spot.hazard_factor(self.now);
+        if size == 0 || x >= reclaim_rate(up, spot.reclaim_size) * factor {
             return;
         }
-        // Accepted, x is uniform on [0, up / size): x * size picks the first victim
-        // (with reclaim_size 1, x itself, as before groups existed).
+        // Accepted, x / factor is uniform on [0, up / size): times size it picks the
+        // first victim (with reclaim_size 1 and no episode, x itself, as before groups
+        // and episodes existed).
+        let x = if factor == 1.0 { x } else { x / factor };
         let mut ks = Vec::with_capacity(size as usize);
         ks.push(((x * size as f64) as u32).min(up - 1));
         for j in 1..size {

@@ -4,7 +4,7 @@
 //! the mechanism were wrong: exact trajectories on constructed cases, conservation, and
 //! a Poisson interval on preemption counts.
 
-use super::scenario;
+use super::{invalid, scenario};
 use policies::Standard;
 use sim_core::gpu::gpu_station::{GpuPoolReport, ReplicaPicker};
 use sim_core::metrics::{HopStatus, RunResult, SpotReclaim};
@@ -447,12 +447,7 @@ output_tokens = {{ dist = "constant", value = 400 }}
             "model_load_gb_per_s = 2.0",
             &format!("model_load_gb_per_s = {bad}"),
         );
-        let spec: ScenarioSpec = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
-        let e = spec
-            .validate()
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let e = invalid(&text).to_string();
         assert!(e.contains("pools.g.gpu.model_load_gb_per_s"), "{bad}: {e}");
         assert!(e.contains("at least 0.001 GB/s"), "{bad}: {e}");
     }
@@ -1089,6 +1084,91 @@ fn rebuild_exposure(
         var_h += up * m * dt_h;
     }
     (exposed_h, rate_h, var_h)
+}
+
+#[test]
+fn spot_episodes_scale_the_hazard_inside_their_windows_only() {
+    // Four spot replicas at 2 preemptions per replica-hour over 4 hours, with a
+    // shortage from 1h to 2h at 10x and a calm spell from 3h to 3h30 at 0x: the
+    // reclaims in each stretch are Poisson with mean rate x factor x the spot
+    // replica-hours exposed in it (rebuilt from the reclaims), none in the calm spell.
+    let base = SPOT
+        .replace("horizon = \"2h\"", "horizon = \"4h\"")
+        .replace("drain = true", "drain = false")
+        .replace("preemptions_per_hour = 10.0", "preemptions_per_hour = 2.0")
+        .replace(
+            "spot = { ",
+            "spot = { episodes = [{ start = \"3h\", duration = \"30m\", factor = 0.0 }, { start = \"1h\", duration = \"1h\", factor = 10.0 }], ",
+        )
+        .replace("ON_PREEMPT", "recompute");
+    let (mut inside, mut outside) = (0u64, 0u64);
+    let (mut inside_mean, mut outside_mean) = (0.0f64, 0.0f64);
+    for seed in 1..=8 {
+        let (r, log) = run_spot_logged(&base.replace("SEED", &seed.to_string()));
+        let end = r.end.as_secs_f64();
+        let exposed = |to_s: f64| rebuild_exposure(&log, 4, 1, 120.0, to_s.min(end)).0;
+        let at = |e: &SpotReclaim| e.at.as_secs_f64();
+        assert!(
+            !log.iter().any(|e| (10_800.0..12_600.0).contains(&at(e))),
+            "a reclaim in the calm spell: {log:?}"
+        );
+        inside += log
+            .iter()
+            .filter(|e| (3_600.0..7_200.0).contains(&at(e)))
+            .count() as u64;
+        outside += log
+            .iter()
+            .filter(|e| !(3_600.0..7_200.0).contains(&at(e)))
+            .count() as u64;
+        let in_h = exposed(7_200.0) - exposed(3_600.0);
+        let calm_h = exposed(12_600.0) - exposed(10_800.0);
+        inside_mean += 2.0 * 10.0 * in_h;
+        outside_mean += 2.0 * (exposed(end) - in_h - calm_h);
+    }
+    eprintln!(
+        "reclaims inside the shortage {inside} (expected {inside_mean:.1}), outside {outside} (expected {outside_mean:.1})"
+    );
+    for (what, n, mean) in [
+        ("inside", inside, inside_mean),
+        ("outside", outside, outside_mean),
+    ] {
+        assert!(
+            (n as f64 - mean).abs() < 4.0 * mean.sqrt(),
+            "{what} the shortage: {n} reclaims, expected {mean:.1}"
+        );
+    }
+    // The shortage is visible: its hour has more than three times the reclaims of an
+    // hour outside it (2.5 hours: the 4 less the shortage and the calm spell).
+    assert!(
+        inside as f64 > 3.0 * outside as f64 / 2.5,
+        "{inside} vs {outside}"
+    );
+    // Bad episodes are refused by key: overlapping windows, a negative factor, an empty
+    // window.
+    for (bad, key, what) in [
+        (
+            "{ start = \"1h\", duration = \"1h\", factor = 2.0 }, { start = \"90m\", duration = \"1h\", factor = 3.0 }",
+            "pools.g.spot.episodes",
+            "overlap",
+        ),
+        (
+            "{ start = \"1h\", duration = \"1h\", factor = -1.0 }",
+            "pools.g.spot.episodes[0].factor",
+            "hazard multiplier >= 0",
+        ),
+        (
+            "{ start = \"1h\", duration = \"0s\", factor = 2.0 }",
+            "pools.g.spot.episodes[0].duration",
+            "positive duration",
+        ),
+    ] {
+        let text = SPOT
+            .replace("SEED", "1")
+            .replace("ON_PREEMPT", "recompute")
+            .replace("spot = { ", &format!("spot = {{ episodes = [{bad}], "));
+        let e = invalid(&text).to_string();
+        assert!(e.contains(key) && e.contains(what), "{bad}: {e}");
+    }
 }
 
 #[test]

@@ -3,9 +3,9 @@
 //! spikes), each checked inside the simulator with figures that would be wrong if the
 //! mechanism were.
 
-use super::run_logged;
+use super::{invalid, run_logged};
+use sim_core::ScenarioSpec;
 use sim_core::metrics::{HopRecord, HopStatus, RunResult};
-use sim_core::{ScenarioSpec, SpecError};
 use std::collections::BTreeMap;
 
 /// Hops of each workflow, in submission order.
@@ -210,11 +210,6 @@ after = ["write"]
     assert!(e.message.contains("no tier named `mid`"), "{e}");
     let e = invalid(&text.replace("default_tier = \"small\"", "default_tier = \"tiny\""));
     assert_eq!(e.key, "routing.default_tier");
-}
-
-fn invalid(text: &str) -> SpecError {
-    let spec: ScenarioSpec = toml::from_str(text).expect("parses");
-    spec.validate().expect_err("must be rejected")
 }
 
 #[test]
