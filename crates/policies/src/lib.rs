@@ -335,6 +335,35 @@ impl ReplicaPicker for KvAware {
     }
 }
 
+/// Lane-aware least outstanding tokens: the replica with the fewest tokens the request
+/// would not overtake there (running work, and in a ranked queue the waiting work
+/// ranked no worse than it, [`ReplicaView::outstanding_tokens_ahead`]); ties to fewer
+/// outstanding tokens in all, then the lower index. With per-replica priority queues a
+/// high-priority hop goes where only its equals and betters stand in its way, not
+/// where the fewest tokens of any lane are; with FIFO or fair queues it is
+/// `least_outstanding_tokens`.
+#[derive(Debug, Default)]
+pub struct LeastTokensAhead;
+
+impl ReplicaPicker for LeastTokensAhead {
+    fn pick(&mut self, replicas: &[ReplicaView], _req: &LlmRequest) -> usize {
+        let key = |r: &ReplicaView| (r.outstanding_tokens_ahead, r.outstanding_tokens);
+        let mut best = 0;
+        for (i, r) in replicas.iter().enumerate() {
+            if key(r) < key(&replicas[best]) {
+                best = i;
+            }
+        }
+        best
+    }
+    fn name(&self) -> &str {
+        "least-tokens-ahead"
+    }
+    fn sees_rank(&self) -> bool {
+        true
+    }
+}
+
 /// The policies the CLI runs with: every discipline, router and autoscaler above.
 pub struct Standard;
 
@@ -364,6 +393,7 @@ impl PolicyFactory for Standard {
         match name {
             "prefix_affinity" => Some(Box::new(PrefixAffinity)),
             "kv_aware" => Some(Box::new(KvAware)),
+            "least_tokens_ahead" => Some(Box::new(LeastTokensAhead)),
             "round_robin" => Some(Box::new(RoundRobin::default())),
             "least_outstanding_tokens" => Some(Box::new(LeastOutstandingTokens)),
             "least_outstanding_requests" => Some(Box::new(LeastOutstandingRequests)),

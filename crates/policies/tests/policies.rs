@@ -742,6 +742,100 @@ output_tokens = { dist = "lognormal", median = 300, p99 = 1200 }
     );
 }
 
+#[test]
+fn the_lane_aware_picker_sends_high_priority_hops_where_less_stands_ahead_of_them() {
+    // Chat (priority 10) and ETL (priority 0) share 4 Llama-3-8B replicas of 4 sequence
+    // slots under per-replica strict priority, about 90% loaded. least_outstanding_tokens
+    // sends a chat hop to the replica with the fewest tokens of any lane, though on a
+    // ranked queue it would jump every waiting ETL hop; least_tokens_ahead counts only
+    // what it would not overtake. Three seeds: chat's mean queue wait drops by more than
+    // 10% and its p99 by more than 15% on each (measured: 0.31-0.32 s -> 0.26 s, p99
+    // 1.89-1.91 s -> 1.38-1.46 s), and ETL, which overtakes nobody, pays for it.
+    let text = r#"
+[simulation]
+seed = SEED
+horizon = "30m"
+drain = true
+[lanes.interactive]
+priority = 10
+[lanes.batch]
+priority = 0
+[pools.gpu]
+servers = 4
+discipline = "DISCIPLINE"
+gpu = { model = "llama-3-8b", gpu = "h100-80gb", max_num_seqs = 4, picker = "PICKER" }
+[classes.chat]
+arrival = { process = "poisson", rate = 3.6 }
+lane = "interactive"
+[[classes.chat.nodes]]
+id = "answer"
+pool = "gpu"
+input_tokens = { dist = "lognormal", median = 600, p99 = 3000 }
+output_tokens = { dist = "lognormal", median = 150, p99 = 600 }
+[classes.etl]
+arrival = { process = "poisson", rate = 3.0 }
+lane = "batch"
+[[classes.etl.nodes]]
+id = "summarise"
+pool = "gpu"
+input_tokens = { dist = "lognormal", median = 600, p99 = 3000 }
+output_tokens = { dist = "lognormal", median = 150, p99 = 600 }
+"#;
+    // (mean, p99) queue wait in seconds of a class's hops.
+    let waits = |log: &[HopRecord], class: &str| {
+        let mut w: Vec<f64> = log
+            .iter()
+            .filter(|h| h.class == class)
+            .map(|h| (h.started - h.submitted).as_secs_f64())
+            .collect();
+        w.sort_by(f64::total_cmp);
+        let mean = w.iter().sum::<f64>() / w.len() as f64;
+        (mean, w[(w.len() * 99).div_ceil(100) - 1])
+    };
+    for seed in 1..=3 {
+        let run = |discipline: &str, picker: &str| {
+            run_logged(
+                &text
+                    .replace("SEED", &seed.to_string())
+                    .replace("DISCIPLINE", discipline)
+                    .replace("PICKER", picker),
+            )
+        };
+        let (_, tokens) = run("priority", "least_outstanding_tokens");
+        let (_, ahead) = run("priority", "least_tokens_ahead");
+        let (chat_t, chat_a) = (waits(&tokens, "chat"), waits(&ahead, "chat"));
+        let (etl_t, etl_a) = (waits(&tokens, "etl"), waits(&ahead, "etl"));
+        eprintln!(
+            "seed {seed}: chat wait mean/p99 {:.3}/{:.3} s -> {:.3}/{:.3} s, etl {:.3}/{:.3} s -> {:.3}/{:.3} s",
+            chat_t.0, chat_t.1, chat_a.0, chat_a.1, etl_t.0, etl_t.1, etl_a.0, etl_a.1
+        );
+        assert!(
+            chat_a.0 < 0.9 * chat_t.0,
+            "seed {seed}: {chat_t:?} -> {chat_a:?}"
+        );
+        assert!(
+            chat_a.1 < 0.85 * chat_t.1,
+            "seed {seed}: {chat_t:?} -> {chat_a:?}"
+        );
+        assert!(etl_a.0 > etl_t.0, "seed {seed}: {etl_t:?} -> {etl_a:?}");
+        // Under FIFO nobody overtakes anybody: the two pickers are the same picker.
+        let (rt, ft) = run("fifo", "least_outstanding_tokens");
+        let (ra, fa) = run("fifo", "least_tokens_ahead");
+        assert_eq!(ft, fa, "seed {seed}");
+        assert_eq!(format!("{:?}", rt.classes), format!("{:?}", ra.classes));
+    }
+    // The picker itself: fewest tokens ahead, ties to fewer outstanding tokens in all.
+    let v = |ahead: u64, all: u64| ReplicaView {
+        outstanding_tokens: all,
+        outstanding_tokens_ahead: ahead,
+        ..ReplicaView::default()
+    };
+    let mut p = policies::LeastTokensAhead;
+    assert!(p.sees_rank());
+    assert_eq!(p.pick(&[v(50, 60), v(40, 900), v(40, 500)], &request()), 2);
+    assert_eq!(p.pick(&[v(10, 10), v(10, 10)], &request()), 0);
+}
+
 fn view(used: u64, capacity: u32, outstanding: u64) -> ReplicaView {
     ReplicaView {
         outstanding_tokens: outstanding,

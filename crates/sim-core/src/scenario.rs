@@ -417,8 +417,8 @@ pub struct GpuPoolSpec {
     #[serde(default)]
     pub decode_skipping: Option<bool>,
     /// Replica load balancing: "least_outstanding_tokens" (default),
-    /// "least_outstanding_requests", "round_robin", "random" (stream
-    /// `pool/<name>/picker`), "prefix_affinity" or "kv_aware".
+    /// "least_tokens_ahead" (lane-aware), "least_outstanding_requests", "round_robin",
+    /// "random" (stream `pool/<name>/picker`), "prefix_affinity" or "kv_aware".
     #[serde(default)]
     pub picker: Option<String>,
     /// How fast each GPU of a new replica reads its share of the weights (GB/s, from
@@ -3274,8 +3274,9 @@ fn compile_gpu_pool(
         .picker
         .clone()
         .unwrap_or_else(|| "least_outstanding_tokens".into());
-    const PICKERS: [&str; 6] = [
+    const PICKERS: [&str; 7] = [
         "least_outstanding_tokens",
+        "least_tokens_ahead",
         "least_outstanding_requests",
         "round_robin",
         "random",

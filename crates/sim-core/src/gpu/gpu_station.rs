@@ -41,6 +41,12 @@ const GEN_MASK: u64 = (1 << GEN_BITS) - 1;
 pub struct ReplicaView {
     /// Prompt and output tokens still to process over its queued and running requests.
     pub outstanding_tokens: u64,
+    /// Of those, the tokens the request being placed would not overtake: every running
+    /// request's and, in a ranked queue (`priority`, `earliest_deadline`), those of the
+    /// waiting requests ranked no worse than it. Filled in only for a picker whose
+    /// [`ReplicaPicker::sees_rank`] is true; otherwise (and in FIFO or fair queues)
+    /// equal to `outstanding_tokens`.
+    pub outstanding_tokens_ahead: u64,
     pub running: u32,
     pub waiting: u32,
     pub kv_used_blocks: u64,
@@ -52,6 +58,7 @@ impl ReplicaView {
     fn of(r: &Replica) -> Self {
         ReplicaView {
             outstanding_tokens: r.outstanding_tokens(),
+            outstanding_tokens_ahead: r.outstanding_tokens(),
             running: r.running_len(),
             waiting: r.waiting_len(),
             kv_used_blocks: r.kv_used_blocks(),
@@ -65,6 +72,11 @@ pub trait ReplicaPicker: Send + std::fmt::Debug {
     /// Index into `replicas` (never empty); out-of-range answers are clamped.
     fn pick(&mut self, replicas: &[ReplicaView], req: &LlmRequest) -> usize;
     fn name(&self) -> &str;
+    /// Whether the picker reads [`ReplicaView::outstanding_tokens_ahead`] (its
+    /// computation walks the waiting queues, so it is done only for pickers that ask).
+    fn sees_rank(&self) -> bool {
+        false
+    }
 }
 
 /// Replicas in turn.
@@ -802,12 +814,17 @@ impl GpuPoolStation {
         if self.queue_at == QueueAt::Replica {
             self.views.clear();
             self.view_index.clear();
+            let sees_rank = self.picker.sees_rank();
             for (i, r) in self.replicas.iter_mut().enumerate() {
                 if self.life[i] != Life::Up {
                     continue;
                 }
                 r.advance(now);
-                self.views.push(ReplicaView::of(r));
+                let mut view = ReplicaView::of(r);
+                if sees_rank {
+                    view.outstanding_tokens_ahead = r.outstanding_tokens_ahead(place);
+                }
+                self.views.push(view);
                 self.view_index.push(i);
             }
             if !self.views.is_empty() {

@@ -699,6 +699,25 @@ impl Replica {
     pub fn outstanding_tokens(&self) -> u64 {
         self.outstanding
     }
+    /// The outstanding tokens a request placed at `place` would not overtake: all of
+    /// them, less (in a ranked queue, not a fair one) those of the waiting requests
+    /// ranked strictly worse, which it would go in front of. As of the applied effects.
+    pub fn outstanding_tokens_ahead(&self, place: Place) -> u64 {
+        match place {
+            Place::Rank(r) if self.ranked && self.fair.is_none() => {
+                let r = u128::from(r);
+                let behind: u64 = self
+                    .waiting
+                    .iter()
+                    .rev()
+                    .take_while(|s| s.rank > r)
+                    .map(Seq::remaining)
+                    .sum();
+                self.outstanding - behind
+            }
+            _ => self.outstanding,
+        }
+    }
     pub fn running_len(&self) -> u32 {
         self.running.len() as u32
     }
@@ -2360,6 +2379,52 @@ mod tests {
             decode_context_tokens: decode_ctx,
             ..IterationShape::default()
         })
+    }
+
+    #[test]
+    fn tokens_ahead_leave_out_only_the_waiting_requests_ranked_worse() {
+        // One sequence slot: A (rank 5, 10 + 5 tokens) runs, then B (rank 9, 20 + 5),
+        // C (rank 1, 30 + 5) and D (rank 5, 40 + 5) wait, queued C, D, B. A request of
+        // rank 5 would go in front of B only (behind its equal D); of rank 0 in front of
+        // all three; of rank 9 or worse in front of none.
+        let cfg = ReplicaConfig {
+            max_num_seqs: 1,
+            ..ReplicaConfig::defaults(1000)
+        };
+        for queue in ["ranked", "fifo", "fair"] {
+            let mut r = Replica::new(cfg.clone(), Arc::new(LinearPerf), 3.6)
+                .unwrap_or_else(|e| panic!("{e}"));
+            match queue {
+                "ranked" => r.set_ranked(true),
+                "fair" => r.set_weighted_fair(),
+                _ => {}
+            }
+            for (id, (input, rank)) in [(10, 5), (20, 9), (30, 1), (40, 5)].into_iter().enumerate()
+            {
+                r.submit_placed(
+                    SimTime(0),
+                    SimTime(0),
+                    JobId(id as u64),
+                    &req(input, 5),
+                    Place::Rank(rank),
+                );
+            }
+            assert_eq!((r.running_len(), r.waiting_len()), (1, 3), "{queue}");
+            let all = r.outstanding_tokens();
+            assert_eq!(all, 15 + 25 + 35 + 45, "{queue}");
+            let ahead = |rank| r.outstanding_tokens_ahead(Place::Rank(rank));
+            if queue == "ranked" {
+                assert_eq!(ahead(5), all - 25);
+                assert_eq!(ahead(0), 15);
+                assert_eq!(ahead(1), all - 25 - 45);
+                assert_eq!((ahead(9), ahead(100)), (all, all));
+            } else {
+                // FIFO and fair queues: an arrival overtakes nobody.
+                for rank in [0, 5, 100] {
+                    assert_eq!(ahead(rank), all, "{queue}");
+                }
+            }
+        }
     }
 
     #[test]
