@@ -18,7 +18,8 @@
 //! `gen_ai.usage.input_tokens` / `output_tokens` (legacy `prompt_tokens` /
 //! `completion_tokens`), `gen_ai.usage.cache_read.input_tokens` -> cached_tokens;
 //! `factorysim.lane`, `factorysim.tenant` (or `tenant.id`), `factorysim.workflow_class`
-//! (else the resource's `service.name`), `factorysim.usd_estimate`,
+//! (each, where the span lacks it, from its resource's attributes; the class else the
+//! resource's `service.name`), `factorysim.usd_estimate`,
 //! `factorysim.attempt`, `factorysim.prefill_ms` (the LLM span's time to first token;
 //! decode_ms is the rest), `factorysim.model_tier` (model_tier where no `gen_ai` model
 //! is named: a tool's name) where present; status: `factorysim.status` (`ok`, `error`,
@@ -102,18 +103,18 @@ impl OtlpReader {
             )));
             return;
         };
+        let no_attrs = Value::Array(Vec::new());
         for (ri, rs) in resources.iter().enumerate() {
-            let service = rs
+            let resource = rs
                 .get("resource")
                 .and_then(|r| r.get("attributes"))
-                .and_then(|a| attr(a, "service.name"))
-                .and_then(attr_string);
+                .unwrap_or(&no_attrs);
             let scopes = rs.get("scopeSpans").and_then(Value::as_array);
             for (si, ss) in scopes.into_iter().flatten().enumerate() {
                 let spans = ss.get("spans").and_then(Value::as_array);
                 for (pi, sp) in spans.into_iter().flatten().enumerate() {
                     let path = format!("resourceSpans[{ri}].scopeSpans[{si}].spans[{pi}]");
-                    let rec = map_span(sp, service.as_deref(), line)
+                    let rec = map_span(sp, resource, line)
                         .map_err(|m| TraceError::row(&file, line, format!("{path}: {m}")));
                     self.pending.push_back(rec);
                 }
@@ -201,7 +202,10 @@ fn map_links(sp: &Value, workflow_id: &str) -> Result<Vec<String>, String> {
     Ok(links)
 }
 
-fn map_span(sp: &Value, service: Option<&str>, line: u64) -> Result<SpanRecord, String> {
+/// One span as a span-log record. `resource` is its resource's attributes: a
+/// workflow-level attribute (lane, tenant, workflow class) the span does not carry is
+/// taken from there, as exporters put per-deployment attributes on the resource.
+fn map_span(sp: &Value, resource: &Value, line: u64) -> Result<SpanRecord, String> {
     let id = |k: &str| sp.get(k).and_then(Value::as_str).unwrap_or("").to_string();
     let workflow_id = id("traceId");
     let span_id = id("spanId");
@@ -221,6 +225,8 @@ fn map_span(sp: &Value, service: Option<&str>, line: u64) -> Result<SpanRecord, 
     let empty = Value::Array(Vec::new());
     let attrs = sp.get("attributes").unwrap_or(&empty);
     let s = |k: &str| attr(attrs, k).and_then(attr_string);
+    // The span's own value, else its resource's.
+    let sr = |k: &str| s(k).or_else(|| attr(resource, k).and_then(attr_string));
     let u = |k: &str| attr(attrs, k).and_then(attr_u64);
     let op = s("gen_ai.operation.name");
     let kind = match op.as_deref() {
@@ -290,7 +296,7 @@ fn map_span(sp: &Value, service: Option<&str>, line: u64) -> Result<SpanRecord, 
             .or_else(|| s("gen_ai.response.model"))
             .or_else(|| s("factorysim.model_tier"))
             .unwrap_or_default(),
-        lane: s("factorysim.lane").unwrap_or_default(),
+        lane: sr("factorysim.lane").unwrap_or_default(),
         input_tokens,
         output_tokens: u("gen_ai.usage.output_tokens")
             .or_else(|| u("gen_ai.usage.completion_tokens"))
@@ -307,8 +313,11 @@ fn map_span(sp: &Value, service: Option<&str>, line: u64) -> Result<SpanRecord, 
             .and_then(attr_f64)
             .unwrap_or(0.0),
         start_ns: start,
-        tenant: s("factorysim.tenant").or_else(|| s("tenant.id")),
-        workflow_class: s("factorysim.workflow_class").or_else(|| service.map(str::to_string)),
+        tenant: s("factorysim.tenant")
+            .or_else(|| s("tenant.id"))
+            .or_else(|| sr("factorysim.tenant"))
+            .or_else(|| sr("tenant.id")),
+        workflow_class: sr("factorysim.workflow_class").or_else(|| sr("service.name")),
         attempt: u("factorysim.attempt").map_or(1, |a| a.clamp(1, u32::MAX as u64) as u32),
         status,
         line,

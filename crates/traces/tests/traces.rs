@@ -1015,6 +1015,72 @@ fn otlp_genai_spans_map_to_workflows() {
     assert!(err.line().is_some());
 }
 
+#[test]
+fn otlp_resource_attributes_give_lane_tenant_and_class_where_spans_do_not() {
+    // Two resources. The first names its service, tenant (`tenant.id`) and lane on the
+    // resource: its spans inherit them, except a span's own value, which wins. The
+    // second names only a service: no tenant, no lane, the service as the class.
+    let doc = r#"{"resourceSpans":[
+ {"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"claims-svc"}},{"key":"tenant.id","value":{"stringValue":"acme"}},{"key":"factorysim.lane","value":{"stringValue":"batch"}}]},
+  "scopeSpans":[{"spans":[
+  {"traceId":"a","spanId":"1","startTimeUnixNano":"0","endTimeUnixNano":"1000000",
+   "attributes":[{"key":"gen_ai.operation.name","value":{"stringValue":"chat"}}]},
+  {"traceId":"a","spanId":"2","parentSpanId":"1","startTimeUnixNano":"1000000","endTimeUnixNano":"2000000",
+   "attributes":[{"key":"gen_ai.operation.name","value":{"stringValue":"chat"}},{"key":"factorysim.lane","value":{"stringValue":"online"}},{"key":"factorysim.tenant","value":{"stringValue":"beta"}}]},
+  {"traceId":"b","spanId":"3","startTimeUnixNano":"5000000","endTimeUnixNano":"6000000",
+   "attributes":[{"key":"gen_ai.operation.name","value":{"stringValue":"chat"}},{"key":"factorysim.workflow_class","value":{"stringValue":"audit"}}]}
+ ]}]},
+ {"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"chat-svc"}}]},
+  "scopeSpans":[{"spans":[
+  {"traceId":"c","spanId":"4","startTimeUnixNano":"7000000","endTimeUnixNano":"8000000",
+   "attributes":[{"key":"gen_ai.operation.name","value":{"stringValue":"chat"}}]}
+ ]}]}
+]}
+"#;
+    let path = tmp("resource.otlp.json");
+    std::fs::write(&path, doc).unwrap();
+    let spans: Vec<SpanRecord> = traces::OtlpReader::open(&path, false)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let got: Vec<(&str, &str, Option<&str>, Option<&str>)> = spans
+        .iter()
+        .map(|s| {
+            (
+                s.span_id.as_str(),
+                s.lane.as_str(),
+                s.tenant.as_deref(),
+                s.workflow_class.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("1", "batch", Some("acme"), Some("claims-svc")),
+            ("2", "online", Some("beta"), Some("claims-svc")),
+            ("3", "batch", Some("acme"), Some("audit")),
+            ("4", "", None, Some("chat-svc")),
+        ]
+    );
+    let wfs: Vec<Workflow> = open_workflows(&path, &ReadOptions::default())
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let by_id: Vec<(&str, Option<&str>, Option<&str>)> = wfs
+        .iter()
+        .map(|w| (w.id.as_str(), w.class.as_deref(), w.tenant.as_deref()))
+        .collect();
+    assert_eq!(
+        by_id,
+        vec![
+            ("a", Some("claims-svc"), Some("acme")),
+            ("b", Some("audit"), Some("acme")),
+            ("c", Some("chat-svc"), None)
+        ]
+    );
+}
+
 /// A join in OTLP: `join` (parent r0) links to r1 and r2, repeats r1, and links to a
 /// span of another trace (ignored: a workflow is one trace).
 const OTLP_JOIN: &str = r#"{"resourceSpans":[{"scopeSpans":[{"spans":[
