@@ -736,9 +736,13 @@ pub struct PoolSpec {
     /// What the pool does with a call whose caller timed out (default: it runs on).
     #[serde(default)]
     pub on_timeout: OnTimeout,
-    /// Backoff before retrying a call that failed with an error or timed out.
+    /// Backoff before retrying a call that failed with an error (and one that timed
+    /// out, unless `timeout_backoff` is set).
     #[serde(default)]
     pub error_backoff: Option<BackoffSpec>,
+    /// Backoff before retrying a call whose caller timed out (default: `error_backoff`).
+    #[serde(default)]
+    pub timeout_backoff: Option<BackoffSpec>,
     /// 429 storm windows (fault injection).
     #[serde(default)]
     pub storms: Vec<StormSpec>,
@@ -1079,6 +1083,8 @@ pub struct Pool {
     pub error_rate: f64,
     pub on_timeout: OnTimeout,
     pub error_backoff: BackoffSpec,
+    /// Backoff before retrying a call whose caller timed out (default `error_backoff`).
+    pub timeout_backoff: BackoffSpec,
     /// 429 storms: (start, end, fraction).
     pub storms: Vec<(SimTime, SimTime, f64)>,
     /// Error windows: (start, end, error rate).
@@ -1862,24 +1868,10 @@ impl ScenarioSpec {
                 ));
             }
             let error_backoff = p.error_backoff.unwrap_or_default();
-            if error_backoff.base == SimDuration::ZERO || error_backoff.max < error_backoff.base {
-                return Err(err(
-                    format!("{key}.error_backoff"),
-                    format!(
-                        "expected 0 < base <= max, got base {} max {}",
-                        error_backoff.base, error_backoff.max
-                    ),
-                ));
-            }
-            if !(0.0..=1.0).contains(&error_backoff.jitter) {
-                return Err(err(
-                    format!("{key}.error_backoff.jitter"),
-                    format!(
-                        "expected a jitter share in [0, 1], got {}",
-                        error_backoff.jitter
-                    ),
-                ));
-            }
+            check_backoff(&format!("{key}.error_backoff"), &error_backoff)?;
+            // Timeouts back off like errors unless the pool says otherwise.
+            let timeout_backoff = p.timeout_backoff.unwrap_or(error_backoff);
+            check_backoff(&format!("{key}.timeout_backoff"), &timeout_backoff)?;
             let mut storms = Vec::new();
             for (i, st) in p.storms.iter().enumerate() {
                 if !(st.fraction > 0.0 && st.fraction <= 1.0) {
@@ -2127,6 +2119,7 @@ impl ScenarioSpec {
                 error_rate,
                 on_timeout: p.on_timeout,
                 error_backoff,
+                timeout_backoff,
                 storms,
                 error_storms,
                 spot,
@@ -2853,6 +2846,26 @@ fn compile_admission(
 }
 
 /// Validates a `rate_limit = { tokens_per_s, burst }` table.
+/// A backoff's 0 < `base` <= `max` and jitter share in [0, 1], `key` naming it.
+fn check_backoff(key: &str, b: &BackoffSpec) -> Result<(), SpecError> {
+    if b.base == SimDuration::ZERO || b.max < b.base {
+        return Err(err(
+            key,
+            format!(
+                "expected 0 < base <= max, got base {} max {}",
+                b.base, b.max
+            ),
+        ));
+    }
+    if !(0.0..=1.0).contains(&b.jitter) {
+        return Err(err(
+            format!("{key}.jitter"),
+            format!("expected a jitter share in [0, 1], got {}", b.jitter),
+        ));
+    }
+    Ok(())
+}
+
 /// A lane's or tenant's own `retry_after` (positive) and `max_attempts` (at least 1).
 fn check_retry(
     key: &str,

@@ -1988,7 +1988,11 @@ impl<'a, 'o> Sim<'a, 'o> {
                 if escalation { 7 } else { 5 },
             ],
         );
-        let b = pool.error_backoff;
+        let b = if timeout_at.is_some() {
+            pool.timeout_backoff
+        } else {
+            pool.error_backoff
+        };
         let jitter = 1.0 - b.jitter + 2.0 * b.jitter * trng.random::<f64>();
         let exp = b.base.as_secs_f64() * 2f64.powi(hop.attempt.min(60) as i32);
         let wait = SimDuration::from_secs_f64(exp.min(b.max.as_secs_f64()) * jitter);

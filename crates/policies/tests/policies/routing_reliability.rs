@@ -889,6 +889,33 @@ timeout = "2s"
         toml::from_str(&text.replace("jitter = 0.0", "jiter = 0.0"));
     let e = spec.expect_err("unknown key");
     assert!(e.to_string().contains("unknown field `jiter`"), "{e}");
+
+    // A pool's own `timeout_backoff` (4s, doubling to at most 6s) replaces
+    // `error_backoff` for timeouts: model calls at a, a + 2 + 4 = a + 6s and
+    // a + 6 + 2 + 6 = a + 14s; the workflow fails at a + 16s. Tools keep their
+    // `retry_backoff`. Errors would still back off by `error_backoff`.
+    let own = text.replace(
+        "error_backoff = { base = \"1s\", max = \"1s\", jitter = 0.0 }",
+        "error_backoff = { base = \"1s\", max = \"1s\", jitter = 0.0 }\ntimeout_backoff = { base = \"4s\", max = \"6s\", jitter = 0.0 }",
+    );
+    let (r, log) = run_logged(&own);
+    let wfs = by_workflow(&log, "c");
+    let expected: Vec<u64> = (0..6).map(|k| (2 + 18 * k) * S).collect();
+    assert_eq!(starts(&wfs), expected);
+    for hops in wfs.values().filter(|h| h.len() == 3) {
+        let a = hops[0].submitted.0;
+        let at: Vec<u64> = hops.iter().map(|h| h.submitted.0 - a).collect();
+        assert_eq!(at, vec![0, 6 * S, 14 * S]);
+    }
+    assert_eq!(r.class("c").map(|c| c.failed), Some(5));
+    let tool_starts = starts(&by_workflow(&log, "t"));
+    assert_eq!(
+        tool_starts,
+        (0..10).map(|k| (2 + 10 * k) * S).collect::<Vec<_>>()
+    );
+    let e = invalid(&own.replace("base = \"4s\"", "base = \"8s\""));
+    assert_eq!(e.key, "pools.slow.timeout_backoff");
+    assert!(e.message.contains("0 < base <= max"), "{e}");
 }
 
 #[test]
