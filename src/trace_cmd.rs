@@ -60,8 +60,9 @@ pub struct TraceInput {
     pub sample: f64,
     #[arg(long, default_value_t = 0)]
     pub sample_seed: u64,
-    /// Play the trace this many times back to back.
-    #[arg(long, default_value_t = 1)]
+    /// Play the trace this many times back to back (1 to 100,000: every pass reads
+    /// the file again).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub loops: u32,
     /// Step of the rate table and of the piecewise arrival fit.
     #[arg(long, default_value = "1h")]

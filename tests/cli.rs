@@ -1925,6 +1925,17 @@ hops = [{{ pool = "p" }}]
             && err.contains("at most 100000"),
         "{err}"
     );
+    // `trace stats` and `fit` have no horizon: their --loops is bounded instead, and 0
+    // is refused, with exit code 2.
+    for loops in ["0", "100001"] {
+        let out = bin()
+            .args(["trace", "stats", trace.to_str().unwrap(), "--loops", loops])
+            .output()
+            .expect("spawn");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{loops}: {err}");
+        assert!(err.contains("is not in 1..=100000"), "{loops}: {err}");
+    }
     // compare and sweep say what loading noted too (once, not per variant or point).
     let path = scenario("10m", "");
     let out_dir = dir.path().join("cs");
