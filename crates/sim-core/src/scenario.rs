@@ -188,15 +188,78 @@ pub struct SpotSpec {
     #[serde(default)]
     pub on_notice: OnNotice,
     /// Spot replicas taken by each preemption event (a zone running short reclaims
-    /// several at once); default 1. Events are that many times rarer, so each
-    /// replica's hazard stays `preemptions_per_hour`.
+    /// several at once): a whole number (default 1), or a distribution of counts drawn
+    /// per event. Events are that many times rarer (on average), so each replica's
+    /// hazard stays `preemptions_per_hour`.
     #[serde(default)]
-    pub reclaim_size: Option<u32>,
+    pub reclaim_size: Option<ReclaimSizeSpec>,
     /// Spot-market episodes: in each window every spot replica's hazard is
     /// `preemptions_per_hour` x `factor` (a zone running short of capacity; a factor
     /// below 1 is a calm spell). Windows may not overlap.
     #[serde(default)]
     pub episodes: Vec<SpotEpisodeSpec>,
+}
+
+/// `reclaim_size` of a pool's `spot`: `3`, or `{ dist = "empirical", values = [1, 2, 4] }`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ReclaimSizeSpec {
+    Fixed(i64),
+    Drawn(DistSpec),
+}
+
+impl<'de> Deserialize<'de> for ReclaimSizeSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = toml::Value::deserialize(d)?;
+        match v {
+            toml::Value::Integer(i) => Ok(ReclaimSizeSpec::Fixed(i)),
+            toml::Value::Table(_) => crate::dist::counts(v)
+                .map(ReclaimSizeSpec::Drawn)
+                .map_err(serde::de::Error::custom),
+            other => Err(serde::de::Error::custom(format!(
+                "expected a whole number of replicas (3) or a distribution of counts ({{ dist = \"empirical\", values = [1, 2, 4] }}), got {other}"
+            ))),
+        }
+    }
+}
+
+/// Reclaim sizes drawn per event: the draw rounded and held to [1, replicas up].
+#[derive(Clone, Debug)]
+pub struct ReclaimDraw {
+    pub spec: DistSpec,
+    pub sampler: Sampler,
+    /// `mean_taken[n]`: the mean replicas an event takes with `n` spot replicas up,
+    /// E[min(max(R, 1), n)] for the rounded draw R (0 for n = 0).
+    pub mean_taken: Vec<f64>,
+}
+
+impl PartialEq for ReclaimDraw {
+    fn eq(&self, other: &Self) -> bool {
+        self.spec == other.spec
+    }
+}
+
+impl ReclaimDraw {
+    /// Validated, with the means for up to `servers` replicas up:
+    /// E[min(max(R, 1), n)] = 1 + E[min(R, n)] - P(R >= 1) (the floor at one adds the
+    /// draws of 0).
+    pub fn new(spec: DistSpec, servers: u32) -> Result<Self, String> {
+        let sampler = spec.sampler()?;
+        let p_one = sampler.mean_capped_count(1);
+        let mut mean_taken = vec![0.0];
+        mean_taken
+            .extend((1..=u64::from(servers)).map(|n| 1.0 + sampler.mean_capped_count(n) - p_one));
+        Ok(ReclaimDraw {
+            spec,
+            sampler,
+            mean_taken,
+        })
+    }
+
+    /// One event's size with `up` replicas exposed (at least 1, at most `up`).
+    pub fn draw<R: rand::Rng + ?Sized>(&self, rng: &mut R, up: u32) -> u32 {
+        let r = self.sampler.sample_tokens(rng).min(u64::from(u32::MAX)) as u32;
+        r.clamp(1, up.max(1))
+    }
 }
 
 /// `episodes = [{ start = "3h", duration = "1h", factor = 8.0 }]` of a pool's `spot`.
@@ -287,8 +350,10 @@ pub struct Spot {
     /// Zero: lost at once.
     pub notice: SimDuration,
     pub on_notice: OnNotice,
-    /// Replicas taken by each preemption event (>= 1).
+    /// Replicas taken by each preemption event (>= 1; 1 where they are drawn).
     pub reclaim_size: u32,
+    /// Sizes drawn per event instead of `reclaim_size`.
+    pub reclaim_draw: Option<ReclaimDraw>,
     /// Windows (start, end, factor) of a raised or lowered hazard, in time order, not
     /// overlapping.
     pub episodes: Vec<(SimTime, SimTime, f64)>,
@@ -1975,15 +2040,31 @@ impl ScenarioSpec {
                             ),
                         ));
                     }
-                    let reclaim_size = sp.reclaim_size.unwrap_or(1);
-                    if reclaim_size == 0 {
-                        return Err(err(
-                            format!("{key}.spot.reclaim_size"),
-                            format!(
-                                "expected an integer >= 1 (the spot replicas each preemption takes at once), got {reclaim_size}"
-                            ),
-                        ));
-                    }
+                    let (reclaim_size, reclaim_draw) = match &sp.reclaim_size {
+                        None => (1, None),
+                        Some(ReclaimSizeSpec::Fixed(k)) => match u32::try_from(*k) {
+                            Ok(k) if k >= 1 => (k, None),
+                            _ => {
+                                return Err(err(
+                                    format!("{key}.spot.reclaim_size"),
+                                    format!(
+                                        "expected an integer >= 1 (the spot replicas each preemption takes at once), got {k}"
+                                    ),
+                                ));
+                            }
+                        },
+                        Some(ReclaimSizeSpec::Drawn(d)) => {
+                            let draw = ReclaimDraw::new(d.clone(), n)
+                                .map_err(|m| err(format!("{key}.spot.reclaim_size"), m))?;
+                            if draw.mean_taken.get(1).is_none_or(|m| !m.is_finite()) {
+                                return Err(err(
+                                    format!("{key}.spot.reclaim_size"),
+                                    "expected a distribution of replica counts with a finite mean",
+                                ));
+                            }
+                            (1, Some(draw))
+                        }
+                    };
                     if !(sp.usd_per_server_hour.is_finite() && sp.usd_per_server_hour >= 0.0) {
                         return Err(err(
                             format!("{key}.spot.usd_per_server_hour"),
@@ -2048,6 +2129,7 @@ impl ScenarioSpec {
                         notice: sp.notice.unwrap_or(SimDuration::ZERO),
                         on_notice: sp.on_notice,
                         reclaim_size,
+                        reclaim_draw,
                         episodes,
                     })
                 }

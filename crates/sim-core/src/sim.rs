@@ -487,6 +487,18 @@ fn timing_key(work_seed: u64, parts: [u64; 5]) -> u64 {
 /// `up` / that keeps every replica's hazard at `preemptions_per_hour` (with fewer up
 /// than `reclaim_size`, one event per replica-hazard takes them all). Exactly `up`
 /// with `reclaim_size` 1 (the draws of independent preemptions).
+/// [`reclaim_rate`] of a pool's spot spec with `up` replicas exposed: with drawn
+/// sizes, `up` / the mean an event takes then (`ReclaimDraw::mean_taken`).
+fn spot_event_rate(spot: &crate::scenario::Spot, up: u32) -> f64 {
+    match &spot.reclaim_draw {
+        None => reclaim_rate(up, spot.reclaim_size),
+        Some(d) => match d.mean_taken.get(up as usize) {
+            Some(&m) if up > 0 && m > 0.0 => f64::from(up) / m,
+            _ => 0.0,
+        },
+    }
+}
+
 fn reclaim_rate(up: u32, reclaim_size: u32) -> f64 {
     match reclaim_size.min(up) {
         0 => 0.0,
@@ -665,7 +677,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                             usd_per_replica_hour: sp.usd_per_server_hour,
                             recompute: sp.on_preempt == OnPreempt::Recompute,
                             move_waiting_on_notice: sp.on_notice == OnNotice::MoveWaiting,
-                            reclaim_size: sp.reclaim_size,
+                            counts_reclaims: sp.reclaim_size > 1 || sp.reclaim_draw.is_some(),
                         }),
                         (st, _) => st,
                     };
@@ -1264,7 +1276,7 @@ impl<'a, 'o> Sim<'a, 'o> {
         // At the largest episode factor (1 without episodes), thinned in `spot_preempt`.
         let rate_per_s = spot.preemptions_per_hour
             * spot.max_hazard_factor()
-            * reclaim_rate(spot.servers, spot.reclaim_size)
+            * spot_event_rate(spot, spot.servers)
             / 3600.0;
         let e: f64 = Exp1.sample(rng);
         let t = from + SimDuration::from_secs_f64(e / rate_per_s);
@@ -1288,19 +1300,26 @@ impl<'a, 'o> Sim<'a, 'o> {
             return;
         };
         let u: f64 = rng.random();
-        let x = u * reclaim_rate(spot.servers, spot.reclaim_size) * spot.max_hazard_factor();
+        let x = u * spot_event_rate(spot, spot.servers) * spot.max_hazard_factor();
         let up = self.stations[pool].spot_up();
-        let size = spot.reclaim_size.min(up);
         let factor = spot.hazard_factor(self.now);
-        if size == 0 || x >= reclaim_rate(up, spot.reclaim_size) * factor {
+        let rate_up = spot_event_rate(spot, up);
+        if up == 0 || x >= rate_up * factor {
             return;
         }
-        // Accepted, x / factor is uniform on [0, up / size): times size it picks the
-        // first victim (with reclaim_size 1 and no episode, x itself, as before groups
-        // and episodes existed).
+        // Accepted, x / factor is uniform on [0, rate_up): scaled to [0, up) it picks
+        // the first victim (a fixed size: x x size, the same; with reclaim_size 1 and no
+        // episode, x itself, as before groups and episodes existed).
         let x = if factor == 1.0 { x } else { x / factor };
+        let (size, first) = match &spot.reclaim_draw {
+            None => {
+                let size = spot.reclaim_size.min(up);
+                (size, x * size as f64)
+            }
+            Some(d) => (d.draw(rng, up), x / rate_up * f64::from(up)),
+        };
         let mut ks = Vec::with_capacity(size as usize);
-        ks.push(((x * size as f64) as u32).min(up - 1));
+        ks.push((first as u32).min(up - 1));
         for j in 1..size {
             let u: f64 = rng.random();
             ks.push(((u * (up - j) as f64) as u32).min(up - j - 1));

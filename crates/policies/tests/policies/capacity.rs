@@ -1172,6 +1172,80 @@ fn spot_episodes_scale_the_hazard_inside_their_windows_only() {
 }
 
 #[test]
+fn drawn_reclaim_sizes_keep_the_replica_hazard_and_follow_their_distribution() {
+    // Six spot replicas at 10 preemptions per replica-hour, each reclaim taking 1, 2 or
+    // 4 of them with equal chance (held to those up): with all 6 up an event takes 7/3
+    // on average, so events come 6 / (7/3) = 2.57 times per unit of hazard-hour, and
+    // the replicas lost per replica-hour exposed stay 10. Over 8 seeds the replicas
+    // lost are within 4.5 sd of 10 x the spot replica-hours exposed, a reclaim with at
+    // least 4 exposed took 1, 2 and 4 each about a third of the time (4.5 binomial
+    // sd), and every reclaim took a listed size or all those exposed.
+    let base = SPOT
+        .replace("servers = 4", "servers = 6")
+        .replace(
+            "spot = { ",
+            "spot = { reclaim_size = { dist = \"empirical\", values = [1, 2, 4] }, ",
+        )
+        .replace("ON_PREEMPT", "recompute");
+    let (mut lost, mut exposure_h, mut full) = (0u64, 0.0f64, [0u64; 5]);
+    for seed in 1..=8 {
+        let (r, log) = run_spot_logged(&base.replace("SEED", &seed.to_string()));
+        let cap = gpu_report(&r).capacity.expect("a spot pool");
+        let n: u64 = log.iter().map(|e| u64::from(e.taken)).sum();
+        assert_eq!(cap.spot_preemptions, n);
+        assert_eq!(cap.spot_reclaims, Some(log.len() as u64));
+        for e in &log {
+            assert!(
+                [1, 2, 4].contains(&e.taken) || (e.taken == e.exposed && e.exposed < 4),
+                "{e:?}"
+            );
+            if e.exposed >= 4 {
+                full[e.taken as usize] += 1;
+            }
+        }
+        lost += n;
+        exposure_h += cap.spot_running_replica_hours;
+        let c = &r.classes[0];
+        assert_eq!(c.arrived, c.completed);
+    }
+    // Compound Poisson: variance of the replicas lost about 10 x exposure x E[G^2] /
+    // E[G] = 3 with all up.
+    let mean = 10.0 * exposure_h;
+    let sd = (3.0 * mean).sqrt();
+    eprintln!(
+        "{lost} replicas lost over {exposure_h:.2} spot replica-hours (expected {mean:.1}); sizes with 4+ up {full:?}"
+    );
+    assert!(
+        (lost as f64 - mean).abs() < 4.5 * sd,
+        "{lost} lost, expected {mean:.1} +- {sd:.1}"
+    );
+    let events = (full[1] + full[2] + full[4]) as f64;
+    assert!(events > 250.0, "{full:?}");
+    for k in [1, 2, 4] {
+        let p = 1.0 / 3.0;
+        let sd = (events * p * (1.0 - p)).sqrt();
+        assert!(
+            (full[k] as f64 - events * p).abs() < 4.5 * sd,
+            "size {k}: {full:?}"
+        );
+    }
+    // A size distribution that can only draw 0 or negative counts is refused by key.
+    let e = invalid(
+        &base
+            .replace("values = [1, 2, 4]", "values = [-1]")
+            .replace("SEED", "1"),
+    );
+    assert_eq!(e.key, "pools.g.spot.reclaim_size", "{e}");
+    let e = invalid(
+        &SPOT
+            .replace("SEED", "1")
+            .replace("ON_PREEMPT", "recompute")
+            .replace("spot = { ", "spot = { reclaim_size = 0, "),
+    );
+    assert!(e.message.contains("integer >= 1"), "{e}");
+}
+
+#[test]
 fn spot_reclaims_take_their_group_at_once_at_the_same_replica_hazard() {
     // Spot replicas at 10 preemptions per replica-hour, reclaimed 3 at a time:
     // reclaims come a third as often, so about as many replicas are lost per hour as

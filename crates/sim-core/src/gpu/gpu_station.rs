@@ -227,9 +227,9 @@ pub struct SpotConfig {
     /// At a preemption notice, the requests only waiting on the replica move to
     /// another one at once (true), or stay to be served if the notice allows (false).
     pub move_waiting_on_notice: bool,
-    /// Replicas each preemption event takes (`reclaim_size`); above 1 the capacity
-    /// report counts the events (`spot_reclaims`).
-    pub reclaim_size: u32,
+    /// Preemption events can take several replicas (`reclaim_size` above 1, or
+    /// drawn): the capacity report counts the events (`spot_reclaims`).
+    pub counts_reclaims: bool,
 }
 
 /// Reserved (committed) capacity of a GPU pool: `slots` replica-hours per hour are
@@ -730,7 +730,7 @@ impl GpuPoolStation {
             spot_running_replica_hours: self.spot_up.area_s(now) / 3600.0,
             spot_reclaims: self
                 .spot
-                .filter(|s| s.reclaim_size > 1)
+                .filter(|s| s.counts_reclaims)
                 .map(|_| self.reclaims),
             reserved_replicas: self.reserved.map(|r| r.slots),
             reserved_used_hours: self
@@ -2506,7 +2506,7 @@ pub(crate) mod tests {
                 usd_per_replica_hour: 1.8,
                 recompute: true,
                 move_waiting_on_notice: false,
-                reclaim_size: 1,
+                counts_reclaims: false,
             };
             let mut st = ordered(
                 station(1, ReplicaConfig::new(1000).unwrap(), false)
@@ -2619,7 +2619,7 @@ pub(crate) mod tests {
                 usd_per_replica_hour: 1.8,
                 recompute: true,
                 move_waiting_on_notice: false,
-                reclaim_size: 1,
+                counts_reclaims: false,
             })
             .unwrap_or_else(|e| panic!("{e}"))
             .with_first_tokens();
@@ -2673,7 +2673,7 @@ pub(crate) mod tests {
                     usd_per_replica_hour: 1.8,
                     recompute: false,
                     move_waiting_on_notice: false,
-                    reclaim_size: 1,
+                    counts_reclaims: false,
                 })
                 .unwrap_or_else(|e| panic!("{e}"));
             let mut out = StationOutput::default();
@@ -2764,7 +2764,7 @@ pub(crate) mod tests {
                     usd_per_replica_hour: 1.8,
                     recompute: true,
                     move_waiting_on_notice: move_waiting,
-                    reclaim_size: 1,
+                    counts_reclaims: false,
                 })
                 .unwrap_or_else(|e| panic!("{e}"));
             let mut out = StationOutput::default();
@@ -2816,7 +2816,7 @@ pub(crate) mod tests {
             usd_per_replica_hour: 1.8,
             recompute: true,
             move_waiting_on_notice: true,
-            reclaim_size: 2,
+            counts_reclaims: true,
         };
         // Without notice: replica 0 runs request 0, replica 1 request 1 (both 100 in,
         // 400 out), replica 2 request 2 (100 in, 800 out).
@@ -2895,7 +2895,7 @@ pub(crate) mod tests {
         // With reclaim_size 1 the count is not reported (it equals spot_preemptions).
         let mut one = station(1, ReplicaConfig::new(1000).unwrap(), false)
             .with_spot(SpotConfig {
-                reclaim_size: 1,
+                counts_reclaims: false,
                 ..spot
             })
             .unwrap_or_else(|e| panic!("{e}"));
@@ -2911,7 +2911,7 @@ pub(crate) mod tests {
             usd_per_replica_hour: 1.8,
             recompute,
             move_waiting_on_notice: false,
-            reclaim_size: 1,
+            counts_reclaims: false,
         };
         for recompute in [true, false] {
             let mut st = station(2, ReplicaConfig::new(1000).unwrap(), false)
@@ -2975,7 +2975,7 @@ pub(crate) mod tests {
                 usd_per_replica_hour: 1.8,
                 recompute: true,
                 move_waiting_on_notice: false,
-                reclaim_size: 1,
+                counts_reclaims: false,
             };
             let cfg = ReplicaConfig {
                 max_num_seqs: 1,
