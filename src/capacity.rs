@@ -477,12 +477,23 @@ pub fn boot_and_reservation_lines(sc: &Scenario) -> String {
             );
         } else if let Some(r) = p.reserved {
             // The commitment is paid whatever runs: say what a slot must earn.
+            let upfront = r.upfront_per_hour();
+            let price = if upfront > 0.0 {
+                format!(
+                    "${:.2}/h (${:.2} hourly + ${:.2} upfront over {} = ${upfront:.2}/h)",
+                    r.usd_per_server_hour,
+                    r.usd_per_server_hour - upfront,
+                    r.upfront_usd,
+                    r.term.unwrap_or(SimDuration::ZERO)
+                )
+            } else {
+                format!("${:.2}/h", r.usd_per_server_hour)
+            };
             let _ = writeln!(
                 s,
-                "  pool {}: {} reserved replicas at ${:.2}/h (${:.2} a day, used or not) cover as many on-demand ones (${:.2}/h); a slot pays off when a replica runs on it more than {:.0}% of the time",
+                "  pool {}: {} reserved replicas at {price} (${:.2} a day, used or not) cover as many on-demand ones (${:.2}/h); a slot pays off when a replica runs on it more than {:.0}% of the time",
                 p.name,
                 r.servers,
-                r.usd_per_server_hour,
                 r.servers as f64 * r.usd_per_server_hour * 24.0,
                 p.usd_per_server_hour,
                 100.0 * r.usd_per_server_hour / p.usd_per_server_hour
@@ -832,6 +843,19 @@ pool = "g"
         );
         assert!(
             lines.contains("2 reserved replicas at $7.80/h ($374.40 a day, used or not) cover as many on-demand ones ($12.00/h); a slot pays off when a replica runs on it more than 65% of the time"),
+            "{lines}"
+        );
+        // With an upfront payment the slot's price is its amortised price, said how.
+        let upfront = text.replace(
+            "usd_per_server_hour = 7.8",
+            "usd_per_server_hour = 3.0, upfront_usd = 41610, term = \"365d\"",
+        );
+        let sc = crate::parse_scenario("inline.toml", &upfront, &[])
+            .unwrap_or_else(|e| panic!("{e}"))
+            .scenario;
+        let lines = boot_and_reservation_lines(&sc);
+        assert!(
+            lines.contains("2 reserved replicas at $7.75/h ($3.00 hourly + $41610.00 upfront over 8760h = $4.75/h) ($372.00 a day, used or not)"),
             "{lines}"
         );
         // A reservation dearer than on demand can only add cost: said so.

@@ -328,14 +328,36 @@ pub enum OnPreempt {
     Fail,
 }
 
-/// `reserved = { servers = 4, usd_per_server_hour = 1.9 }` on a GPU pool.
+/// `reserved = { servers = 4, usd_per_server_hour = 1.9 }` on a GPU pool, or with an
+/// upfront payment: `{ servers = 4, usd_per_server_hour = 0.9, upfront_usd = 8760,
+/// term = "365d" }`.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ReservedSpec {
     /// Replicas reserved: paid for the whole run, used or not.
     pub servers: u32,
-    /// The reserved (committed) price of a replica-hour.
+    /// The reserved (committed) price of a replica-hour. After validation it includes
+    /// the upfront payment amortised over the term.
     pub usd_per_server_hour: f64,
+    /// Paid once per reserved replica for the whole `term` (default 0); the run is
+    /// charged its share, `upfront_usd` / term hours per replica-hour.
+    #[serde(default)]
+    pub upfront_usd: f64,
+    /// The commitment's length, over which `upfront_usd` is spread (required with it).
+    #[serde(default)]
+    pub term: Option<SimDuration>,
+}
+
+impl ReservedSpec {
+    /// The upfront payment per replica-hour (0 without one).
+    pub fn upfront_per_hour(&self) -> f64 {
+        match self.term {
+            Some(t) if self.upfront_usd > 0.0 && t > SimDuration::ZERO => {
+                self.upfront_usd / (t.as_secs_f64() / 3600.0)
+            }
+            _ => 0.0,
+        }
+    }
 }
 
 /// A validated spot spec.
@@ -2155,7 +2177,36 @@ impl ScenarioSpec {
                             format!("expected a price >= 0, got {}", r.usd_per_server_hour),
                         ));
                     }
-                    Some(r)
+                    if !(r.upfront_usd.is_finite() && r.upfront_usd >= 0.0) {
+                        return Err(err(
+                            format!("{key}.reserved.upfront_usd"),
+                            format!(
+                                "expected a payment >= 0 per reserved replica, got {}",
+                                r.upfront_usd
+                            ),
+                        ));
+                    }
+                    match r.term {
+                        None if r.upfront_usd > 0.0 => {
+                            return Err(err(
+                                format!("{key}.reserved.term"),
+                                "an `upfront_usd` is spread over the commitment's term: expected e.g. term = \"365d\" (1 year) or \"1095d\" (3 years)",
+                            ));
+                        }
+                        Some(t) if t == SimDuration::ZERO => {
+                            return Err(err(
+                                format!("{key}.reserved.term"),
+                                "expected a positive duration, e.g. \"365d\"",
+                            ));
+                        }
+                        _ => {}
+                    }
+                    // Amortised: every replica-hour of the commitment carries its share
+                    // of the upfront payment.
+                    Some(ReservedSpec {
+                        usd_per_server_hour: r.usd_per_server_hour + r.upfront_per_hour(),
+                        ..r
+                    })
                 }
             };
             pool_index.insert(name.clone(), pools.len());

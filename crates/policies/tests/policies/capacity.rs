@@ -863,6 +863,30 @@ fn reserved_replicas_are_paid_whole_and_cover_on_demand_ones() {
     assert!((cap6.reserved_used_hours.unwrap_or(0.0) - cap.replica_hours).abs() < 1e-9);
     assert!((unused6 - (6.0 * t_h - cap.replica_hours)).abs() < 1e-9);
     assert!((big.pool_reports[0].usd_capacity - 6.0 * 1.8 * t_h).abs() < 1e-9);
+    // An upfront payment is amortised over its term: $0.90/h plus $7,884 upfront for
+    // a year (8,760 h: $0.90/h more) is the $1.80/h reservation, dollar for dollar,
+    // in capacity and in what the requests are charged.
+    let (upfront, _) = run_logged(&reserved.replace(
+        "usd_per_server_hour = 1.8 }",
+        "usd_per_server_hour = 0.9, upfront_usd = 7884.0, term = \"365d\" }",
+    ));
+    assert!((upfront.pool_reports[0].usd_capacity - rep.usd_capacity).abs() < 1e-9);
+    assert!((attributed(&upfront) - attributed(&r)).abs() < 1e-9);
+    // An upfront payment without a term, a zero term or a negative payment is refused.
+    for (bad, key) in [
+        ("upfront_usd = 7884.0 }", "pools.g.reserved.term"),
+        (
+            "upfront_usd = 1.0, term = \"0s\" }",
+            "pools.g.reserved.term",
+        ),
+        ("upfront_usd = -1.0 }", "pools.g.reserved.upfront_usd"),
+    ] {
+        let e = invalid(&reserved.replace(
+            "usd_per_server_hour = 1.8 }",
+            &format!("usd_per_server_hour = 0.9, {bad}"),
+        ));
+        assert_eq!(e.key, key, "{bad}: {e}");
+    }
 }
 
 /// A GPU pool with spot replicas under light load.
