@@ -189,6 +189,11 @@ impl TierRouter for LeastLoaded {
 ///   p > target: max(c + 1, ceil(c x p / target)) (the Kubernetes HPA ratio rule, at
 ///   least one more); p < `scale_down_below` x target: c - 1; else c. With no hop
 ///   finished in the window: c - 1 if the pool is empty (busy + queued = 0), else c.
+/// - `queue_age`: the same rule on a = how long the oldest hop still waiting for its
+///   first token has waited (SQS's age of the oldest message): a > target:
+///   max(c + 1, ceil(c x a / target)); a < `scale_down_below` x target: c - 1; else c.
+///   With nothing waiting: c - 1 if a running server is idle (busy < running), else
+///   c (a busy pool with no queue is the size it should be).
 ///
 /// The result is clamped to [floor, max], where floor is `min` raised by the pre-warm
 /// rules active now. No change within `cooldown` of the last change, except that a
@@ -233,6 +238,21 @@ impl ReactiveAutoscaler {
                     }
                 }
                 None if obs.busy + obs.queued == 0 => current.saturating_sub(1),
+                None => current,
+            },
+            "queue_age" => match obs.oldest_wait {
+                Some(a) => {
+                    let a = a.as_secs_f64();
+                    if a > target {
+                        let ratio = (current as f64 * a / target).ceil() as u32;
+                        ratio.max(current.saturating_add(1))
+                    } else if a < self.spec.scale_down_below * target {
+                        current.saturating_sub(1)
+                    } else {
+                        current
+                    }
+                }
+                None if obs.busy < u64::from(obs.running) => current.saturating_sub(1),
                 None => current,
             },
             _ => ((obs.busy + obs.queued) as f64 / target).ceil() as u32,

@@ -165,7 +165,9 @@ pub enum RoutingSpec {
 pub struct AutoscaleSpec {
     /// Load signal: "queue_depth" (hops waiting or in service per server),
     /// "tokens_in_flight" (prompt + output tokens of the pool's unfinished hops per
-    /// server) or "p99_ttft" (windowed p99 time to first token, seconds).
+    /// server), "p99_ttft" (windowed p99 time to first token, seconds) or
+    /// "queue_age" (how long the oldest hop still waiting for its first token has
+    /// waited, seconds).
     #[serde(default = "default_metric")]
     pub metric: String,
     /// Target value of the signal per server (`p99_ttft`: the p99 TTFT, in seconds).
@@ -438,6 +440,10 @@ pub struct ScaleObservation {
     pub ttft_p99: Option<SimDuration>,
     /// How many hops that p99 is over.
     pub ttft_samples: u32,
+    /// How long the oldest hop still waiting for its first token (abstract pools: for
+    /// service) has waited; `None` when none waits. Tracked for `p99_ttft` and
+    /// `queue_age` autoscalers only (`None` otherwise).
+    pub oldest_wait: Option<SimDuration>,
     /// With nothing in service or waiting: when the pool last had work (the last hop
     /// to leave it, or the run's start); `None` while it has some.
     pub idle_since: Option<SimTime>,

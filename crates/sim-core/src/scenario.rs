@@ -1827,11 +1827,13 @@ impl ScenarioSpec {
                         format!("expected a positive load per server, got {}", a.target),
                     ));
                 }
-                if !["queue_depth", "tokens_in_flight", "p99_ttft"].contains(&a.metric.as_str()) {
+                if !["queue_depth", "tokens_in_flight", "p99_ttft", "queue_age"]
+                    .contains(&a.metric.as_str())
+                {
                     return Err(err(
                         format!("{key}.autoscale.metric"),
                         format!(
-                            "unknown metric `{}`; expected \"queue_depth\", \"tokens_in_flight\" or \"p99_ttft\"",
+                            "unknown metric `{}`; expected \"queue_depth\", \"tokens_in_flight\", \"p99_ttft\" or \"queue_age\"",
                             a.metric
                         ),
                     ));

@@ -487,6 +487,12 @@ fn timing_key(work_seed: u64, parts: [u64; 5]) -> u64 {
 /// `up` / that keeps every replica's hazard at `preemptions_per_hour` (with fewer up
 /// than `reclaim_size`, one event per replica-hazard takes them all). Exactly `up`
 /// with `reclaim_size` 1 (the draws of independent preemptions).
+/// Whether an autoscaler's signal needs the waits of hops still waiting for their
+/// first token (the stations track them only then).
+fn waits_signal(a: &crate::policy::AutoscaleSpec) -> bool {
+    a.metric == "p99_ttft" || a.metric == "queue_age"
+}
+
 /// [`reclaim_rate`] of a pool's spot spec with `up` replicas exposed: with drawn
 /// sizes, `up` / the mean an event takes then (`ReclaimDraw::mean_taken`).
 fn spot_event_rate(spot: &crate::scenario::Spot, up: u32) -> f64 {
@@ -688,7 +694,7 @@ impl<'a, 'o> Sim<'a, 'o> {
                         })),
                         (st, _) => st,
                     };
-                    let ttft_signal = p.autoscale.as_ref().is_some_and(|a| a.metric == "p99_ttft");
+                    let ttft_signal = p.autoscale.as_ref().is_some_and(waits_signal);
                     let station = station
                         .and_then(|st| st.with_discipline(p.discipline))
                         .and_then(|st| st.with_priority_preemption(p.preempt_for_priority))
@@ -742,8 +748,9 @@ impl<'a, 'o> Sim<'a, 'o> {
                     price,
                     factory.discipline(p.discipline),
                 );
-                // An autoscaler on `p99_ttft` sees each hop's wait as service starts.
-                if p.autoscale.as_ref().is_some_and(|a| a.metric == "p99_ttft") {
+                // An autoscaler on `p99_ttft` or `queue_age` sees each hop's wait as
+                // service starts.
+                if p.autoscale.as_ref().is_some_and(waits_signal) {
                     Box::new(station.with_first_tokens()) as Box<dyn Station>
                 } else {
                     Box::new(station) as Box<dyn Station>
@@ -1231,6 +1238,7 @@ impl<'a, 'o> Sim<'a, 'o> {
         self.stations[pool].waiting_since(&mut waiting);
         ttfts.extend(waiting.iter().map(|&t| (now - t).as_nanos()));
         ttfts.sort_unstable();
+        let oldest_wait = waiting.iter().min().map(|&t| now - t);
         let ttft_p99 = (!ttfts.is_empty()).then(|| {
             let rank = (ttfts.len() * 99).div_ceil(100).max(1);
             SimDuration(ttfts[rank - 1])
@@ -1244,6 +1252,7 @@ impl<'a, 'o> Sim<'a, 'o> {
             tokens_in_flight: self.pool_tokens[pool],
             ttft_p99,
             ttft_samples: ttfts.len() as u32,
+            oldest_wait,
             idle_since: (load.busy + load.queued == 0).then_some(self.pool_active_at[pool]),
         };
         let target = scaler.target(&obs);

@@ -23,6 +23,7 @@ struct Decision {
     booting: u32,
     tokens: u64,
     p99_s: Option<f64>,
+    oldest_s: Option<f64>,
     target: u32,
 }
 
@@ -48,6 +49,7 @@ impl Autoscaler for LoggedScaler {
                 booting: obs.booting,
                 tokens: obs.tokens_in_flight,
                 p99_s: obs.ttft_p99.map(SimDuration::as_secs_f64),
+                oldest_s: obs.oldest_wait.map(SimDuration::as_secs_f64),
                 target,
             });
         }
@@ -681,6 +683,86 @@ hops = [{ pool = "p" }]
         (270, 4, 0, Some(26.0), 4),
     ];
     assert_eq!(got, want);
+}
+
+#[test]
+fn queue_age_trajectory_scales_on_the_oldest_wait() {
+    // The p99_ttft case above on `queue_age` (target 5s): at 30s B, C and D have waited
+    // 29s since 1s: max(1 + 1, ceil(1 x 29 / 5)) = 6, clamped to 4 (three boot, up at
+    // 75); at 60s C and D still wait, 59s. From 75s the four users keep the four
+    // servers busy (each idle only in the second a user thinks, between ticks), nothing
+    // waits, so the count holds at 4 (p99_ttft went down at 150s on a window of zero
+    // waits).
+    let text = r#"
+[simulation]
+horizon = "270s"
+[pools.p]
+servers = 1
+service = { dist = "constant", value = 30 }
+autoscale = { metric = "queue_age", target = 5.0, min = 1, max = 4, boot = "45s", interval = "30s" }
+[classes.c]
+arrival = { process = "closed", users = 4, think = { dist = "constant", value = 1 } }
+hops = [{ pool = "p" }]
+"#;
+    let rows_of = |log: &[Decision]| -> Vec<(u32, u32, u32, Option<f64>, u32)> {
+        log.iter()
+            .map(|d| (d.t_s as u32, d.running, d.booting, d.oldest_s, d.target))
+            .collect()
+    };
+    let (_, log) = run_logged(text);
+    let mut want = vec![(30, 1, 0, Some(29.0), 4), (60, 1, 3, Some(59.0), 4)];
+    want.extend((90..=270).step_by(30).map(|t| (t, 4, 0, None, 4)));
+    assert_eq!(rows_of(&log), want);
+    // Scale-in: four servers, two users. No hop ever waits; while a server is idle the
+    // count drops by one a look (30s: 3, 60s: 2), then holds at 2 with both busy at
+    // every look (their hops run 1-31, 32-62, 63-93, ...).
+    let two = text
+        .replace("servers = 1", "servers = 4")
+        .replace("users = 4", "users = 2");
+    let (_, log) = run_logged(&two);
+    let mut want = vec![(30, 4, 0, None, 3), (60, 3, 0, None, 2)];
+    want.extend((90..=270).step_by(30).map(|t| (t, 2, 0, None, 2)));
+    assert_eq!(rows_of(&log), want);
+    // The rule itself, on constructed observations (c = 4 running, target 10s, scale
+    // down below 5s): 25s waited -> ceil(4 x 25 / 10) = 10, capped at max 8; 11s ->
+    // at least one more; 7s -> hold; 3s -> one fewer; nothing waiting with an idle
+    // server -> one fewer, with all four busy -> hold.
+    let spec: AutoscaleSpec = toml::from_str(
+        r#"metric = "queue_age"
+target = 10.0
+min = 1
+max = 8"#,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let obs = |oldest: Option<u64>, busy: u64| ScaleObservation {
+        now: sim_core::SimTime(1_000 * NS),
+        running: 4,
+        booting: 0,
+        busy,
+        queued: u64::from(oldest.is_some()),
+        tokens_in_flight: 0,
+        ttft_p99: None,
+        ttft_samples: 0,
+        oldest_wait: oldest.map(SimDuration::from_secs),
+        idle_since: None,
+    };
+    for (oldest, busy, want) in [
+        (Some(25), 4, 8),
+        (Some(11), 4, 5),
+        (Some(7), 4, 4),
+        (Some(3), 4, 3),
+        (None, 3, 3),
+        (None, 4, 4),
+    ] {
+        let mut a = Standard.autoscaler(&spec);
+        assert_eq!(
+            a.target(&obs(oldest, busy)),
+            want,
+            "{oldest:?} waited, {busy} busy"
+        );
+    }
+    let e = invalid(&text.replace("queue_age", "queue_agee"));
+    assert!(e.message.contains("\"queue_age\""), "{e}");
 }
 
 #[test]
