@@ -6,10 +6,9 @@
 //! |---|---|---|
 //! | queue discipline | `pools.X.discipline` | [`Fifo`](sim_core::policy::Fifo), [`StrictPriority`], [`WeightedFair`], [`EarliestDeadline`] |
 //! | tier routing | `[routing] policy` | [`FirstAvailable`], [`CostAware`], [`LeastLoaded`] (within the chain `[[routing.rules]]` chose: `Scenario::tier_chain`) |
-//! | autoscaling | `pools.X.autoscale` | [`ReactiveAutoscaler`] (queue depth, tokens in flight, p99 TTFT; pre-warming) |
-//! | replica load balancing | `pools.X.gpu.picker` | round robin, random, least outstanding tokens or requests (sim-core), [`PrefixAffinity`], [`KvAware`] |
+//! | autoscaling | `pools.X.autoscale` | [`ReactiveAutoscaler`] (queue depth, tokens in flight, p99 TTFT, queue age; pre-warming) |
+//! | replica load balancing | `pools.X.gpu.picker` | round robin, random, least outstanding tokens or requests (sim-core), [`PrefixAffinity`], [`KvAware`], [`LeastTokensAhead`] |
 
-use sim_core::SimTime;
 use sim_core::gpu::LlmRequest;
 use sim_core::gpu::gpu_station::{
     LeastOutstandingRequests, LeastOutstandingTokens, ReplicaPicker, ReplicaView, RoundRobin,
@@ -18,6 +17,7 @@ use sim_core::policy::{
     AutoscaleSpec, Autoscaler, DisciplineSpec, Fifo, JobMeta, PolicyFactory, PoolView,
     QueueDiscipline, RouteRequest, RoutingSpec, ScaleObservation, TierRouter,
 };
+use sim_core::{SimDuration, SimTime};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
@@ -220,38 +220,33 @@ impl ReactiveAutoscaler {
         }
     }
 
+    /// A time signal against its target (the Kubernetes HPA ratio rule, at least one
+    /// more): above it, max(c + 1, ceil(c x signal / target)); below
+    /// `scale_down_below` x target, one fewer; else as many.
+    fn ratio_rule(&self, current: u32, signal: SimDuration) -> u32 {
+        let (x, target) = (signal.as_secs_f64(), self.spec.target);
+        if x > target {
+            let ratio = (current as f64 * x / target).ceil() as u32;
+            ratio.max(current.saturating_add(1))
+        } else if x < self.spec.scale_down_below * target {
+            current.saturating_sub(1)
+        } else {
+            current
+        }
+    }
+
     /// What the signal asks for, before the floor, the max and the cooldown.
     fn wanted(&self, obs: &ScaleObservation, current: u32) -> u32 {
         let target = self.spec.target;
         match self.spec.metric.as_str() {
             "tokens_in_flight" => (obs.tokens_in_flight as f64 / target).ceil() as u32,
             "p99_ttft" => match obs.ttft_p99 {
-                Some(p) => {
-                    let p = p.as_secs_f64();
-                    if p > target {
-                        let ratio = (current as f64 * p / target).ceil() as u32;
-                        ratio.max(current.saturating_add(1))
-                    } else if p < self.spec.scale_down_below * target {
-                        current.saturating_sub(1)
-                    } else {
-                        current
-                    }
-                }
+                Some(p) => self.ratio_rule(current, p),
                 None if obs.busy + obs.queued == 0 => current.saturating_sub(1),
                 None => current,
             },
             "queue_age" => match obs.oldest_wait {
-                Some(a) => {
-                    let a = a.as_secs_f64();
-                    if a > target {
-                        let ratio = (current as f64 * a / target).ceil() as u32;
-                        ratio.max(current.saturating_add(1))
-                    } else if a < self.spec.scale_down_below * target {
-                        current.saturating_sub(1)
-                    } else {
-                        current
-                    }
-                }
+                Some(a) => self.ratio_rule(current, a),
                 None if obs.busy < u64::from(obs.running) => current.saturating_sub(1),
                 None => current,
             },
