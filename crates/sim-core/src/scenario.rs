@@ -222,6 +222,10 @@ impl<'de> Deserialize<'de> for ReclaimSizeSpec {
     }
 }
 
+/// The largest 99.9th percentile a drawn reclaim size may have (a zone reclaiming
+/// thousands of replicas at once is beyond what the mean-size table is computed for).
+const MAX_DRAWN_RECLAIM: f64 = 1000.0;
+
 /// Reclaim sizes drawn per event: the draw rounded and held to [1, replicas up].
 #[derive(Clone, Debug)]
 pub struct ReclaimDraw {
@@ -244,10 +248,41 @@ impl ReclaimDraw {
     /// draws of 0).
     pub fn new(spec: DistSpec, servers: u32) -> Result<Self, String> {
         let sampler = spec.sampler()?;
-        let p_one = sampler.mean_capped_count(1);
+        let high = sampler.high();
+        if high.is_nan() || high > MAX_DRAWN_RECLAIM {
+            return Err(format!(
+                "expected reclaim sizes of at most about {MAX_DRAWN_RECLAIM} replicas; this distribution's 99.9th percentile is about {high:.0}"
+            ));
+        }
+        // Past four times the 99.9th percentile the mean no longer moves: the table
+        // is computed that far (each entry costs up to n terms) and then held.
+        let limit = servers.min((4.0 * high).ceil() as u32 + 8);
         let mut mean_taken = vec![0.0];
-        mean_taken
-            .extend((1..=u64::from(servers)).map(|n| 1.0 + sampler.mean_capped_count(n) - p_one));
+        if let Sampler::Gamma(..) = sampler {
+            // No survival function here: one sorted set of 65,536 draws of a fixed
+            // stream (what `mean_capped_count` averages per call), every n at once.
+            use rand::SeedableRng;
+            let mut rng = crate::rng::SimRng::seed_from_u64(0x7265_636c_6169_6d00);
+            let mut draws: Vec<u64> = (0..1 << 16)
+                .map(|_| sampler.sample_tokens(&mut rng).max(1))
+                .collect();
+            draws.sort_unstable();
+            let total = draws.len() as f64;
+            let (mut below, mut i) = (0.0, 0);
+            for n in 1..=u64::from(limit) {
+                while i < draws.len() && draws[i] < n {
+                    below += draws[i] as f64;
+                    i += 1;
+                }
+                mean_taken.push((below + n as f64 * (draws.len() - i) as f64) / total);
+            }
+        } else {
+            let p_one = sampler.mean_capped_count(1);
+            mean_taken
+                .extend((1..=u64::from(limit)).map(|n| 1.0 + sampler.mean_capped_count(n) - p_one));
+        }
+        let last = mean_taken.last().copied().unwrap_or(0.0);
+        mean_taken.resize(servers as usize + 1, last);
         Ok(ReclaimDraw {
             spec,
             sampler,

@@ -1335,6 +1335,57 @@ fn drawn_reclaim_sizes_keep_the_replica_hazard_and_follow_their_distribution() {
             "size {k}: {full:?}"
         );
     }
+    // The mean-size table: exact for the empirical sizes (min(G, n) averaged), the
+    // sorted draws for a gamma agreeing with E[min(max(R, 1), n)] averaged per n, and a
+    // size beyond about 1,000 replicas refused.
+    let table = |text: &str, servers: u32| {
+        let spec: sim_core::dist::DistSpec = toml::from_str(text).unwrap_or_else(|e| panic!("{e}"));
+        sim_core::scenario::ReclaimDraw::new(spec, servers)
+    };
+    let e = table(
+        r#"dist = "empirical"
+values = [1, 2, 4]"#,
+        6,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let want = [0.0, 1.0, 5.0 / 3.0, 2.0, 7.0 / 3.0, 7.0 / 3.0, 7.0 / 3.0];
+    assert!(
+        e.mean_taken
+            .iter()
+            .zip(want)
+            .all(|(a, b)| (a - b).abs() < 1e-12),
+        "{:?}",
+        e.mean_taken
+    );
+    let g = table(
+        r#"dist = "gamma"
+mean = 3.0
+cv = 1.0"#,
+        5000,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(g.mean_taken.len(), 5001);
+    let p_one = g.sampler.mean_capped_count(1);
+    for n in [1u64, 2, 3, 5, 10, 30] {
+        let direct = 1.0 + g.sampler.mean_capped_count(n) - p_one;
+        assert!(
+            (g.mean_taken[n as usize] - direct).abs() < 0.02,
+            "n {n}: {} vs {direct}",
+            g.mean_taken[n as usize]
+        );
+    }
+    // It levels off at the mean of max(R, 1), a little above 3.
+    assert!(
+        (3.0..3.2).contains(&g.mean_taken[5000]),
+        "{}",
+        g.mean_taken[5000]
+    );
+    let big = table(
+        r#"dist = "exponential"
+mean = 5000.0"#,
+        10,
+    );
+    assert!(big.is_err_and(|m| m.contains("at most about 1000 replicas")));
     // A size distribution that can only draw 0 or negative counts is refused by key.
     let e = invalid(
         &base
